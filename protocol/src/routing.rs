@@ -1,0 +1,45 @@
+//! Partition key → hash key → shard, the Kinesis rule: the MD5 of the partition key read as
+//! a 128-bit big-endian unsigned integer, and the shard whose inclusive range holds it.
+
+use md5::{Digest, Md5};
+
+/// MD5 of the partition key as a big-endian u128 (Kinesis' hash key).
+pub fn hash_key(partition_key: &[u8]) -> u128 {
+    let digest = Md5::digest(partition_key);
+    u128::from_be_bytes(digest.into())
+}
+
+/// The inclusive hash-key range of shard `index` when `[0, 2^128)` is split evenly into
+/// `shard_count` shards, as Kinesis does at stream creation. The last shard takes the rest.
+pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
+    assert!(shard_count > 0 && index < shard_count, "shard {index} of {shard_count}");
+    let step = u128::MAX / u128::from(shard_count);
+    let start = step * u128::from(index);
+    let end = if index + 1 == shard_count { u128::MAX } else { start + step - 1 };
+    (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn md5_matches_known_vector() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e
+        assert_eq!(hash_key(b""), 0xd41d8cd98f00b204e9800998ecf8427e);
+    }
+
+    #[test]
+    fn even_ranges_tile_the_space() {
+        for n in [1u32, 2, 3, 7, 64, 1000] {
+            let mut next = 0u128;
+            for i in 0..n {
+                let (s, e) = even_range(i, n);
+                assert_eq!(s, next);
+                assert!(e >= s);
+                next = e.wrapping_add(1);
+            }
+            assert_eq!(even_range(n - 1, n).1, u128::MAX);
+        }
+    }
+}

@@ -1,1 +1,34 @@
-//! placeholder
+//! Spate's engine: thread-per-core shards on direct-I/O segment logs.
+//!
+//! Codemap (see ARCHITECTURE.md for the data flow):
+//! - `io`: the storage interface and its io_uring (glommio `DmaFile`) implementation;
+//!   `sim`: the simulated, fault-injecting disk used by tests.
+//! - `segment`: segment and index file layouts; `spare`: ready (pre-written) segment files.
+//! - `log`: one shard's log: group commit, reads, recovery, retention.
+//! - `limits`: per-shard token buckets.
+//! - `catalog`: streams, shards, placement; persisted atomically with rkyv.
+//! - `runtime`: one pinned glommio executor per core, the shards it owns, and the bounded
+//!   channels other threads and cores use to reach them; `engine`: the handle callers use.
+
+// The storage traits return `!Send` futures by design (thread-per-core); the lint that
+// warns about `async fn` in public traits is about `Send` bounds we deliberately do not want.
+#![allow(async_fn_in_trait)]
+
+pub mod catalog;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod io;
+pub mod limits;
+pub mod log;
+#[cfg(test)]
+mod log_tests;
+pub mod notify;
+pub mod runtime;
+pub mod segment;
+pub mod sim;
+pub mod spare;
+
+pub use engine::Engine;
+pub use error::EngineError;

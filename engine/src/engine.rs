@@ -1,0 +1,495 @@
+//! The engine handle: starts the cores, and is how any thread talks to them.
+//!
+//! `Engine` is `Clone + Send + Sync`; its async methods work under any executor (they only
+//! await bounded channels), so a test, the CLI or a server thread can drive the engine.
+//! Each data operation goes straight to the core that owns the shard; control operations go
+//! to core 0, which owns the catalog. The stream routing table kept here (behind a mutex) is
+//! used only by callers of this handle, never by the engine cores themselves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_channel::Sender;
+use spate_protocol::batch::{
+    BatchBuilder, DEFAULT_MAX_RECORD_DATA_BYTES, MAX_RECORD_DATA_BYTES_CEILING,
+};
+use spate_protocol::routing::hash_key;
+
+use crate::catalog::{Catalog, ShardState, StreamEntry};
+use crate::clock::{ClockRef, SystemClock};
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::limits::Limits;
+use crate::log::{ReadOutput, ShardIdent};
+use crate::runtime::{
+    call, run_core, ControlOp, CoreMsg, CoreSetup, PutOutcome, ReadRequest, ShardSpec, ShardStats,
+    StartPosition,
+};
+
+/// Options of a new stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    pub max_record_data_bytes: u32,
+}
+
+impl StreamOptions {
+    pub fn new(shard_count: u32) -> StreamOptions {
+        StreamOptions {
+            shard_count,
+            retention_hours: crate::catalog::DEFAULT_RETENTION_HOURS,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: DEFAULT_MAX_RECORD_DATA_BYTES as u32,
+        }
+    }
+}
+
+/// One shard as `describe` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardDescription {
+    pub shard_id: u32,
+    pub open: bool,
+    pub hash_key_start: u128,
+    pub hash_key_end: u128,
+    pub parent: Option<u32>,
+    pub core: u32,
+    /// Oldest retained record, if any.
+    pub first_seq: Option<u64>,
+    /// Newest durable record, if any.
+    pub last_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDescription {
+    pub name: String,
+    pub stream_id: u64,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    pub max_record_data_bytes: u32,
+    pub shards: Vec<ShardDescription>,
+}
+
+struct Inner {
+    cores: Vec<Sender<CoreMsg>>,
+    core_cpus: Vec<usize>,
+    routes: Mutex<HashMap<String, Arc<StreamEntry>>>,
+    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    cfg: EngineConfig,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        shutdown_cores(&self.cores, &self.threads);
+    }
+}
+
+/// A running engine. Cheap to clone; the cores stop at `shutdown` or when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cores", &self.inner.core_cpus)
+            .finish()
+    }
+}
+
+/// The CPUs the engine will run on: the configured list, or every CPU this process may use.
+pub fn engine_cpus(cfg: &EngineConfig) -> Result<Vec<usize>, EngineError> {
+    if !cfg.cores.is_empty() {
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        if let Some(bad) = cfg.cores.iter().find(|c| !allowed.contains(c)) {
+            return Err(EngineError::Startup(format!(
+                "core {bad} is not available to this process (available: {allowed:?}); fix --cores"
+            )));
+        }
+        return Ok(cfg.cores.clone());
+    }
+    let ids = core_affinity::get_core_ids()
+        .ok_or_else(|| EngineError::Startup("cannot list the CPUs this process may use".into()))?;
+    Ok(ids.into_iter().map(|c| c.id).collect())
+}
+
+impl Engine {
+    /// Starts the engine with the system clock.
+    pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Self::start_with_clock(cfg, Arc::new(SystemClock))
+    }
+
+    /// Starts one pinned executor per configured core, recovers every shard, and returns
+    /// once all of them are ready to serve.
+    pub fn start_with_clock(cfg: EngineConfig, clock: ClockRef) -> Result<Engine, EngineError> {
+        cfg.validate().map_err(EngineError::Startup)?;
+        let cpus = engine_cpus(&cfg)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            EngineError::Startup(format!(
+                "cannot create data dir {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
+        let catalog = Catalog::load(&cfg.data_dir)?;
+        let n = cpus.len();
+        let mut routes = HashMap::new();
+        let mut per_core: Vec<Vec<ShardSpec>> = vec![Vec::new(); n];
+        for stream in &catalog.data.streams {
+            for (spec, sh) in ShardSpec::from_catalog(stream)
+                .into_iter()
+                .zip(&stream.shards)
+            {
+                // Placement is stable across restarts with the same cores; with fewer cores
+                // a shard moves to `core % n` (not persisted, so it returns when cores do).
+                per_core[sh.core as usize % n].push(spec);
+            }
+            routes.insert(stream.name.clone(), Arc::new(stream.clone()));
+        }
+        let channels: Vec<_> = (0..n)
+            .map(|_| async_channel::bounded(cfg.core_queue_depth))
+            .collect();
+        let senders: Vec<Sender<CoreMsg>> = channels.iter().map(|(tx, _)| tx.clone()).collect();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let mut threads = Vec::with_capacity(n);
+        let mut catalog = Some(catalog);
+        for (index, ((_, rx), shards)) in channels.into_iter().zip(per_core).enumerate() {
+            let setup = CoreSetup {
+                index,
+                cfg: cfg.clone(),
+                clock: clock.clone(),
+                rx,
+                peers: senders.clone(),
+                catalog: if index == 0 { catalog.take() } else { None },
+                shards,
+                ready: ready_tx.clone(),
+            };
+            let spawned =
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[index]))
+                    .name(&format!("spate-core-{index}"))
+                    .io_memory(cfg.io_memory_bytes)
+                    .spawn(move || run_core(setup));
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    let threads = Mutex::new(threads);
+                    shutdown_cores(&senders, &threads);
+                    return Err(EngineError::Startup(format!(
+                        "cannot start executor on CPU {}: {e}",
+                        cpus[index]
+                    )));
+                }
+            }
+        }
+        drop(ready_tx);
+        let inner = Inner {
+            cores: senders,
+            core_cpus: cpus,
+            routes: Mutex::new(routes),
+            threads: Mutex::new(threads),
+            cfg,
+        };
+        for _ in 0..n {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(EngineError::Startup(
+                        "an engine core exited during start".into(),
+                    ))
+                }
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// CPUs the cores are pinned to, by core index.
+    pub fn core_cpus(&self) -> &[usize] {
+        &self.inner.core_cpus
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.cfg
+    }
+
+    fn route(&self, stream: &str) -> Result<Arc<StreamEntry>, EngineError> {
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock")
+            .get(stream)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownStream(stream.to_owned()))
+    }
+
+    /// The core index and identity of a stream's shard.
+    pub fn shard_owner(
+        &self,
+        stream: &str,
+        shard_id: u32,
+    ) -> Result<(ShardIdent, usize), EngineError> {
+        let entry = self.route(stream)?;
+        let sh = entry
+            .shards
+            .iter()
+            .find(|s| s.shard_id == shard_id)
+            .ok_or_else(|| EngineError::UnknownShard {
+                stream: stream.to_owned(),
+                shard: shard_id,
+            })?;
+        let ident = ShardIdent {
+            stream_id: entry.stream_id,
+            shard_id,
+        };
+        Ok((ident, sh.core as usize % self.inner.cores.len()))
+    }
+
+    /// The shard whose hash-key range holds `hash`.
+    pub fn shard_for_hash(&self, stream: &str, hash: u128) -> Result<u32, EngineError> {
+        let entry = self.route(stream)?;
+        entry
+            .shards
+            .iter()
+            .find(|s| {
+                s.state == ShardState::Open && (s.hash_range().0..=s.hash_range().1).contains(&hash)
+            })
+            .map(|s| s.shard_id)
+            .ok_or_else(|| {
+                EngineError::Corrupt(format!(
+                    "no open shard of {stream:?} covers hash key {hash}"
+                ))
+            })
+    }
+
+    async fn control(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
+        call(&self.inner.cores[0], |reply| CoreMsg::Control { op, reply }).await
+    }
+
+    pub async fn create_stream(
+        &self,
+        name: &str,
+        opts: StreamOptions,
+    ) -> Result<StreamEntry, EngineError> {
+        if opts.max_record_data_bytes as usize > MAX_RECORD_DATA_BYTES_CEILING
+            || opts.max_record_data_bytes == 0
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "max record size {} must be 1..={MAX_RECORD_DATA_BYTES_CEILING}",
+                opts.max_record_data_bytes
+            )));
+        }
+        if let Some((wb, wr, rb)) = opts.limits.rates() {
+            if wb == 0 || wr == 0 || rb == 0 {
+                return Err(EngineError::InvalidArgument(
+                    "custom limits must be positive".into(),
+                ));
+            }
+        }
+        let op = ControlOp::CreateStream {
+            name: name.to_owned(),
+            shard_count: opts.shard_count,
+            retention_hours: opts.retention_hours,
+            limits: opts.limits,
+            max_record_data_bytes: opts.max_record_data_bytes,
+        };
+        let entry = self.control(op).await?.pop().expect("created stream");
+        self.inner
+            .routes
+            .lock()
+            .expect("routes lock")
+            .insert(entry.name.clone(), Arc::new(entry.clone()));
+        Ok(entry)
+    }
+
+    pub async fn delete_stream(&self, name: &str) -> Result<(), EngineError> {
+        self.control(ControlOp::DeleteStream {
+            name: name.to_owned(),
+        })
+        .await?;
+        self.inner.routes.lock().expect("routes lock").remove(name);
+        Ok(())
+    }
+
+    pub async fn set_retention(&self, name: &str, hours: u32) -> Result<(), EngineError> {
+        let entry = self
+            .control(ControlOp::SetRetention {
+                name: name.to_owned(),
+                hours,
+            })
+            .await?
+            .pop();
+        if let Some(entry) = entry {
+            self.inner
+                .routes
+                .lock()
+                .expect("routes lock")
+                .insert(entry.name.clone(), Arc::new(entry));
+        }
+        Ok(())
+    }
+
+    /// Stream names, sorted.
+    pub async fn list_streams(&self) -> Result<Vec<String>, EngineError> {
+        let mut names: Vec<String> = self
+            .control(ControlOp::Snapshot)
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub async fn describe_stream(&self, name: &str) -> Result<StreamDescription, EngineError> {
+        let entry = self
+            .control(ControlOp::Snapshot)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
+        let mut shards = Vec::with_capacity(entry.shards.len());
+        for sh in &entry.shards {
+            let stats = self.shard_stats(name, sh.shard_id).await?;
+            let (start, end) = sh.hash_range();
+            let has_data = stats.next_seq > stats.first_seq;
+            shards.push(ShardDescription {
+                shard_id: sh.shard_id,
+                open: sh.state == ShardState::Open,
+                hash_key_start: start,
+                hash_key_end: end,
+                parent: sh.parent,
+                core: sh.core % self.inner.cores.len() as u32,
+                first_seq: has_data.then_some(stats.first_seq),
+                last_seq: has_data.then(|| stats.next_seq - 1),
+            });
+        }
+        Ok(StreamDescription {
+            name: entry.name,
+            stream_id: entry.stream_id,
+            retention_hours: entry.retention_hours,
+            limits: entry.limits,
+            max_record_data_bytes: entry.max_record_data_bytes,
+            shards,
+        })
+    }
+
+    pub async fn shard_stats(
+        &self,
+        stream: &str,
+        shard_id: u32,
+    ) -> Result<ShardStats, EngineError> {
+        let (ident, core) = self.shard_owner(stream, shard_id)?;
+        call(&self.inner.cores[core], |reply| CoreMsg::Stats {
+            ident,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends a producer batch (built with `protocol::batch::BatchBuilder`) to one shard.
+    /// Returns once the accepted records are durable.
+    pub async fn put_batch(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        batch: Vec<u8>,
+    ) -> Result<PutOutcome, EngineError> {
+        let (ident, core) = self.shard_owner(stream, shard_id)?;
+        call(&self.inner.cores[core], |reply| CoreMsg::Append {
+            ident,
+            batch,
+            reply,
+        })
+        .await
+    }
+
+    /// Puts one record, routed by the MD5 of its partition key (or the explicit hash key).
+    pub async fn put_record(
+        &self,
+        stream: &str,
+        key: &[u8],
+        data: &[u8],
+        explicit_hash_key: Option<u128>,
+    ) -> Result<PutOutcome, EngineError> {
+        let shard =
+            self.shard_for_hash(stream, explicit_hash_key.unwrap_or_else(|| hash_key(key)))?;
+        let mut b = BatchBuilder::with_capacity(128 + key.len() + data.len());
+        b.push(key, data, explicit_hash_key)?;
+        self.put_batch(stream, shard, b.finish()).await
+    }
+
+    /// Resolves an iterator start position to a sequence number.
+    pub async fn position(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        pos: StartPosition,
+    ) -> Result<u64, EngineError> {
+        let (ident, core) = self.shard_owner(stream, shard_id)?;
+        call(&self.inner.cores[core], |reply| CoreMsg::Position {
+            ident,
+            pos,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads stored batches from a shard (see `ShardLog::read`), optionally long-polling.
+    pub async fn read(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        req: ReadRequest,
+    ) -> Result<ReadOutput, EngineError> {
+        let (ident, core) = self.shard_owner(stream, shard_id)?;
+        call(&self.inner.cores[core], |reply| CoreMsg::Read {
+            ident,
+            req,
+            reply,
+        })
+        .await
+    }
+
+    /// Runs the retention sweep on every core now (it also runs periodically).
+    pub async fn run_retention(&self) -> Result<usize, EngineError> {
+        let mut total = 0;
+        for core in &self.inner.cores {
+            total += call(core, |reply| CoreMsg::RetentionNow { reply }).await?;
+        }
+        Ok(total)
+    }
+
+    /// Flushes every shard and stops the cores. Blocks the calling thread; do not call it
+    /// from an engine core. Idempotent.
+    pub fn shutdown(&self) {
+        shutdown_cores(&self.inner.cores, &self.inner.threads);
+    }
+}
+
+fn shutdown_cores(
+    cores: &[Sender<CoreMsg>],
+    threads: &Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+) {
+    let mut threads = threads.lock().unwrap_or_else(|p| p.into_inner());
+    if threads.is_empty() {
+        return;
+    }
+    for core in cores {
+        let (tx, rx) = async_channel::bounded(1);
+        if core.send_blocking(CoreMsg::Shutdown { reply: tx }).is_ok() {
+            let _ = rx.recv_blocking();
+        }
+        core.close();
+    }
+    for t in threads.drain(..) {
+        let _ = t.join();
+    }
+}

@@ -137,6 +137,12 @@ impl Engine {
                 cfg.data_dir.display()
             ))
         })?;
+        // Refuse to start, with one line naming the fix, when the host cannot run glommio
+        // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),
+        // instead of panicking deep inside the runtime.
+        let report = spate_tuning::preflight(&cfg.data_dir, cpus.len())
+            .map_err(|e| EngineError::Startup(e.to_string()))?;
+        tracing::info!("preflight: {}", report.summary());
         let catalog = Catalog::load(&cfg.data_dir)?;
         let n = cpus.len();
         let mut routes = HashMap::new();

@@ -165,18 +165,18 @@ impl Storage for DmaStorage {
             0,
             "segment size must be block-aligned"
         );
+        // Allocate with a plain fallocate before glommio ever sees the file: an empty file
+        // would also trip glommio's iopoll probe (see `DmaStorage::warm_up`). Allocating
+        // first keeps the extent contiguous; writing zeros then turns "allocated but
+        // unwritten" extents into written ones, which is what makes later appends plain
+        // overwrites (no extent conversion in the fdatasync path).
+        allocate(path, len)?;
         let file = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
             .dma_open(path)
             .await
             .map_err(glommio_err)?;
-        // Allocating first keeps the extent contiguous; writing zeros then turns
-        // "allocated but unwritten" extents into written ones, which is what makes later
-        // appends plain overwrites (no extent conversion in the fdatasync path).
-        file.pre_allocate(len, false).await.map_err(glommio_err)?;
         let mut pos = 0u64;
         while pos < len {
             let chunk = ZERO_FILL_CHUNK_BYTES.min((len - pos) as usize);
@@ -254,6 +254,54 @@ impl Storage for DmaStorage {
 
     fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         write_atomic(path, bytes)
+    }
+}
+
+/// Creates (or truncates) `path` and allocates `len` bytes with fallocate(2).
+fn allocate(path: &Path, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    // SAFETY: fallocate on a file descriptor we own; no pointers are involved.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl DmaStorage {
+    /// Must run on each core before any other direct-I/O file is opened.
+    ///
+    /// glommio decides once per block device whether to use its IOPOLL ring, by reading the
+    /// first block of the first file opened there. On an empty file that read "succeeds"
+    /// with 0 bytes, glommio wrongly enables IOPOLL for the device, and every later direct
+    /// read fails with EOPNOTSUPP on devices without poll queues (seen on virtio disks with
+    /// kernel 6.18). Opening a non-empty probe file first makes the probe ask the kernel
+    /// for real.
+    pub async fn warm_up(dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let probe = dir.join(".iopoll-probe");
+        std::fs::write(&probe, vec![0u8; BLOCK_BYTES])?;
+        let file = glommio::io::DmaFile::open(&probe)
+            .await
+            .map_err(glommio_err)?;
+        let read = file.read_at(0, BLOCK_BYTES).await.map(|r| r.len());
+        let _ = file.close().await;
+        std::fs::remove_file(&probe)?;
+        match read {
+            Ok(n) if n == BLOCK_BYTES => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "direct read of the probe file returned {n} bytes"
+            ))),
+            Err(e) => Err(io::Error::other(format!(
+                "direct reads do not work on this device: {e}"
+            ))),
+        }
     }
 }
 

@@ -227,6 +227,10 @@ pub(crate) async fn run_core(setup: CoreSetup) {
     } = setup;
     let storage = Rc::new(DmaStorage);
     let spare_dir = cfg.data_dir.join("spare").join(format!("core-{index}"));
+    if let Err(e) = DmaStorage::warm_up(&spare_dir).await {
+        let _ = ready.send(Err(EngineError::Startup(format!("core {index}: {e}"))));
+        return;
+    }
     let spares = match SparePool::open(
         &*storage,
         spare_dir,

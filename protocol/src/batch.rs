@@ -127,7 +127,10 @@ impl BatchHeader {
     /// checksums are the caller's choice (`verify_stored`, `check_producer_batch`).
     pub fn decode(buf: &[u8]) -> Result<BatchHeader, BatchError> {
         if buf.len() < BATCH_HEADER_LEN {
-            return Err(BatchError::Truncated { need: BATCH_HEADER_LEN, have: buf.len() });
+            return Err(BatchError::Truncated {
+                need: BATCH_HEADER_LEN,
+                have: buf.len(),
+            });
         }
         let magic = le_u32(buf, 0);
         if magic != BATCH_MAGIC {
@@ -279,7 +282,10 @@ impl BatchBuilder {
     ) -> Result<(), BatchError> {
         let index = self.count;
         if key.is_empty() || key.len() > MAX_PARTITION_KEY_BYTES {
-            return Err(BatchError::KeyLength { index, len: key.len() });
+            return Err(BatchError::KeyLength {
+                index,
+                len: key.len(),
+            });
         }
         if std::str::from_utf8(key).is_err() {
             return Err(BatchError::KeyNotUtf8 { index });
@@ -352,7 +358,10 @@ pub struct RecordRules {
 
 impl Default for RecordRules {
     fn default() -> Self {
-        RecordRules { max_record_data_bytes: DEFAULT_MAX_RECORD_DATA_BYTES, hash_range: None }
+        RecordRules {
+            max_record_data_bytes: DEFAULT_MAX_RECORD_DATA_BYTES,
+            hash_range: None,
+        }
     }
 }
 
@@ -385,7 +394,10 @@ pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSumm
         let record = record?;
         let index = found;
         if record.key.is_empty() || record.key.len() > MAX_PARTITION_KEY_BYTES {
-            return Err(BatchError::KeyLength { index, len: record.key.len() });
+            return Err(BatchError::KeyLength {
+                index,
+                len: record.key.len(),
+            });
         }
         if std::str::from_utf8(record.key).is_err() {
             return Err(BatchError::KeyNotUtf8 { index });
@@ -398,7 +410,9 @@ pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSumm
             });
         }
         if let Some((lo, hi)) = rules.hash_range {
-            let h = record.explicit_hash_key.unwrap_or_else(|| hash_key(record.key));
+            let h = record
+                .explicit_hash_key
+                .unwrap_or_else(|| hash_key(record.key));
             if h < lo || h > hi {
                 return Err(BatchError::WrongShard { index });
             }
@@ -406,19 +420,61 @@ pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSumm
         payload_bytes += (record.key.len() + record.data.len()) as u64;
         found += 1;
     }
-    Ok(BatchSummary { record_count: found, payload_bytes })
+    Ok(BatchSummary {
+        record_count: found,
+        payload_bytes,
+    })
 }
 
 /// Stamps a checked batch in place with its sequence number, arrival time and segment
 /// nonce, and re-seals the header checksum. The records and their CRC are untouched.
 pub fn stamp(buf: &mut [u8], base_seq: u64, ts_ms: i64, segment_nonce: u64) {
-    assert!(buf.len() >= BATCH_HEADER_LEN, "stamp on a buffer shorter than a header");
+    assert!(
+        buf.len() >= BATCH_HEADER_LEN,
+        "stamp on a buffer shorter than a header"
+    );
     buf[24..32].copy_from_slice(&base_seq.to_le_bytes());
     buf[32..40].copy_from_slice(&ts_ms.to_le_bytes());
     buf[40..48].copy_from_slice(&ts_ms.to_le_bytes());
     buf[48..56].copy_from_slice(&segment_nonce.to_le_bytes());
     let crc = crc32c::crc32c(&buf[8..BATCH_HEADER_LEN]);
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Cuts a checked producer batch down to its first `keep` records, in place, and re-seals
+/// it (length, count, records CRC, header CRC). Returns the new length: the batch is now
+/// `buf[..len]`. The engine uses it when a limit admits only a prefix of a batch: it stores
+/// the prefix and rejects the rest (see `write::PutBatchResponse`). `buf` may be longer
+/// than the batch (an aligned write buffer); the bytes after the new end are left as they
+/// were. Costs one CRC pass over the kept records.
+pub fn truncate_records(buf: &mut [u8], keep: u32) -> Result<usize, BatchError> {
+    let header = BatchHeader::decode(buf)?;
+    if keep == 0 || keep > header.record_count {
+        return Err(BatchError::RecordCount(keep));
+    }
+    let batch_len = header.batch_len as usize;
+    if batch_len > buf.len() {
+        return Err(BatchError::Truncated {
+            need: batch_len,
+            have: buf.len(),
+        });
+    }
+    let mut records = RecordIter::new(&buf[..batch_len], header.record_count);
+    for _ in 0..keep {
+        records.next().unwrap_or(Err(BatchError::CountMismatch {
+            declared: header.record_count,
+            found: records.index,
+        }))?;
+    }
+    let end = records.pos;
+    let cut = BatchHeader {
+        batch_len: end as u32,
+        record_count: keep,
+        records_crc: crc32c::crc32c(&buf[BATCH_HEADER_LEN..end]),
+        ..header
+    };
+    cut.encode_into(&mut buf[..BATCH_HEADER_LEN]);
+    Ok(end)
 }
 
 /// Checks the header of a batch read back from storage: magic, version, header CRC and a
@@ -475,7 +531,13 @@ pub struct RecordIter<'a> {
 
 impl<'a> RecordIter<'a> {
     pub fn new(batch: &'a [u8], record_count: u32) -> RecordIter<'a> {
-        RecordIter { buf: batch, pos: BATCH_HEADER_LEN, index: 0, count: record_count, done: false }
+        RecordIter {
+            buf: batch,
+            pos: BATCH_HEADER_LEN,
+            index: 0,
+            count: record_count,
+            done: false,
+        }
     }
 
     fn next_record(&mut self) -> Result<RecordRef<'a>, BatchError> {
@@ -487,21 +549,29 @@ impl<'a> RecordIter<'a> {
             return Err(BatchError::BadAttrs { index, attrs });
         }
         let explicit_hash_key = if attrs & ATTR_EXPLICIT_HASH_KEY != 0 {
-            let bytes = buf.get(self.pos..self.pos + 16).ok_or(BatchError::BadVarint { index })?;
+            let bytes = buf
+                .get(self.pos..self.pos + 16)
+                .ok_or(BatchError::BadVarint { index })?;
             self.pos += 16;
             Some(u128::from_be_bytes(bytes.try_into().expect("16 bytes")))
         } else {
             None
         };
         let key_len = get_varint(buf, &mut self.pos).ok_or(BatchError::BadVarint { index })?;
-        let key = take(buf, &mut self.pos, key_len as usize)
-            .ok_or(BatchError::KeyLength { index, len: key_len as usize })?;
+        let key = take(buf, &mut self.pos, key_len as usize).ok_or(BatchError::KeyLength {
+            index,
+            len: key_len as usize,
+        })?;
         let data_len = get_varint(buf, &mut self.pos).ok_or(BatchError::BadVarint { index })?;
         let data = take(buf, &mut self.pos, data_len as usize).ok_or(BatchError::Truncated {
             need: self.pos.saturating_add(data_len as usize),
             have: buf.len(),
         })?;
-        Ok(RecordRef { key, data, explicit_hash_key })
+        Ok(RecordRef {
+            key,
+            data,
+            explicit_hash_key,
+        })
     }
 }
 
@@ -532,7 +602,10 @@ impl<'a> Iterator for RecordIter<'a> {
         }
         if self.pos >= self.buf.len() {
             self.done = true;
-            return Some(Err(BatchError::CountMismatch { declared: self.count, found: self.index }));
+            return Some(Err(BatchError::CountMismatch {
+                declared: self.count,
+                found: self.index,
+            }));
         }
         match self.next_record() {
             Ok(r) => {
@@ -567,9 +640,14 @@ mod tests {
         assert_eq!(summary.record_count, 3);
         stamp(&mut batch, 1000, 1_700_000_000_000, 0xfeed);
         let h = verify_stored(&batch).unwrap();
-        assert_eq!((h.base_seq, h.first_ts_ms, h.segment_nonce), (1000, 1_700_000_000_000, 0xfeed));
+        assert_eq!(
+            (h.base_seq, h.first_ts_ms, h.segment_nonce),
+            (1000, 1_700_000_000_000, 0xfeed)
+        );
         assert_eq!(h.next_seq(), 1003);
-        let recs: Vec<_> = RecordIter::new(&batch, h.record_count).map(Result::unwrap).collect();
+        let recs: Vec<_> = RecordIter::new(&batch, h.record_count)
+            .map(Result::unwrap)
+            .collect();
         assert_eq!(recs[0].key, b"device-1");
         assert_eq!(recs[1].explicit_hash_key, Some(42));
         assert_eq!(recs[2].data.len(), 300);
@@ -594,7 +672,10 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = batch.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(verify_stored(&bad).is_err(), "flip at byte {byte} bit {bit} undetected");
+                assert!(
+                    verify_stored(&bad).is_err(),
+                    "flip at byte {byte} bit {bit} undetected"
+                );
             }
         }
     }
@@ -609,23 +690,73 @@ mod tests {
     }
 
     #[test]
+    fn truncation_keeps_a_valid_prefix() {
+        let original = sample();
+        for keep in 1..=3u32 {
+            let mut buf = original.clone();
+            buf.extend_from_slice(&[0xaa; 100]); // an aligned buffer's slack
+            let len = truncate_records(&mut buf, keep).unwrap();
+            let batch = &buf[..len];
+            let summary = check_producer_batch(batch, &RecordRules::default()).unwrap();
+            assert_eq!(summary.record_count, keep);
+            let kept: Vec<_> = RecordIter::new(batch, keep).map(Result::unwrap).collect();
+            let all: Vec<_> = RecordIter::new(&original, 3).map(Result::unwrap).collect();
+            assert_eq!(kept[..], all[..keep as usize]);
+        }
+        let mut stamped = original.clone();
+        stamp(&mut stamped, 40, 50, 60);
+        let len = truncate_records(&mut stamped, 1).unwrap();
+        let h = verify_stored(&stamped[..len]).unwrap();
+        assert_eq!((h.base_seq, h.first_ts_ms, h.record_count), (40, 50, 1));
+        let mut buf = original.clone();
+        assert_eq!(
+            truncate_records(&mut buf, 0),
+            Err(BatchError::RecordCount(0))
+        );
+        assert_eq!(
+            truncate_records(&mut buf, 4),
+            Err(BatchError::RecordCount(4))
+        );
+        assert!(truncate_records(&mut buf[..70], 1).is_err());
+    }
+
+    #[test]
     fn limits_are_enforced() {
         let mut b = BatchBuilder::new();
-        assert!(matches!(b.push(b"", b"x", None), Err(BatchError::KeyLength { .. })));
-        assert!(matches!(b.push(&[b'a'; 257], b"x", None), Err(BatchError::KeyLength { .. })));
-        assert!(matches!(b.push(&[0xff, 0xfe], b"x", None), Err(BatchError::KeyNotUtf8 { .. })));
+        assert!(matches!(
+            b.push(b"", b"x", None),
+            Err(BatchError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            b.push(&[b'a'; 257], b"x", None),
+            Err(BatchError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            b.push(&[0xff, 0xfe], b"x", None),
+            Err(BatchError::KeyNotUtf8 { .. })
+        ));
         b.push(b"k", &[0u8; 2000], None).unwrap();
         let batch = b.finish();
-        let rules = RecordRules { max_record_data_bytes: 1000, hash_range: None };
+        let rules = RecordRules {
+            max_record_data_bytes: 1000,
+            hash_range: None,
+        };
         assert!(matches!(
             check_producer_batch(&batch, &rules),
-            Err(BatchError::RecordTooLarge { index: 0, len: 2000, max: 1000 })
+            Err(BatchError::RecordTooLarge {
+                index: 0,
+                len: 2000,
+                max: 1000
+            })
         ));
         let mut b = BatchBuilder::new();
         for _ in 0..MAX_RECORDS_PER_BATCH {
             b.push(b"k", b"", None).unwrap();
         }
-        assert!(matches!(b.push(b"k", b"", None), Err(BatchError::RecordCount(501))));
+        assert!(matches!(
+            b.push(b"k", b"", None),
+            Err(BatchError::RecordCount(501))
+        ));
     }
 
     #[test]
@@ -633,10 +764,19 @@ mod tests {
         let mut b = BatchBuilder::new();
         b.push(b"k", b"v", Some(10)).unwrap();
         let batch = b.finish();
-        let inside = RecordRules { hash_range: Some((10, 20)), ..RecordRules::default() };
-        let outside = RecordRules { hash_range: Some((11, 20)), ..RecordRules::default() };
+        let inside = RecordRules {
+            hash_range: Some((10, 20)),
+            ..RecordRules::default()
+        };
+        let outside = RecordRules {
+            hash_range: Some((11, 20)),
+            ..RecordRules::default()
+        };
         assert!(check_producer_batch(&batch, &inside).is_ok());
-        assert_eq!(check_producer_batch(&batch, &outside), Err(BatchError::WrongShard { index: 0 }));
+        assert_eq!(
+            check_producer_batch(&batch, &outside),
+            Err(BatchError::WrongShard { index: 0 })
+        );
     }
 
     #[test]
@@ -651,7 +791,10 @@ mod tests {
         }
         let mut pos = 0;
         assert_eq!(get_varint(&[0xff, 0xff, 0xff, 0xff, 0x7f], &mut pos), None);
-        assert_eq!(get_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos), None);
+        assert_eq!(
+            get_varint(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x01], &mut pos),
+            None
+        );
     }
 
     proptest! {

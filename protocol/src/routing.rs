@@ -12,10 +12,17 @@ pub fn hash_key(partition_key: &[u8]) -> u128 {
 /// The inclusive hash-key range of shard `index` when `[0, 2^128)` is split evenly into
 /// `shard_count` shards, as Kinesis does at stream creation. The last shard takes the rest.
 pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
-    assert!(shard_count > 0 && index < shard_count, "shard {index} of {shard_count}");
+    assert!(
+        shard_count > 0 && index < shard_count,
+        "shard {index} of {shard_count}"
+    );
     let step = u128::MAX / u128::from(shard_count);
     let start = step * u128::from(index);
-    let end = if index + 1 == shard_count { u128::MAX } else { start + step - 1 };
+    let end = if index + 1 == shard_count {
+        u128::MAX
+    } else {
+        start + step - 1
+    };
     (start, end)
 }
 

@@ -1,0 +1,194 @@
+//! Hello: the first exchange on a connection. The server answers with its protocol version,
+//! its maximum frame size and every engine core with the address a client can reach it at,
+//! so a shard-aware client (knowing each shard's core from describe-stream) connects
+//! straight to the core that owns a shard and skips the cross-core hop.
+//!
+//! ```text
+//! request:   client_name       str (at most MAX_CLIENT_NAME_BYTES; for the server's logs)
+//! response:  protocol_version  u8
+//!            max_frame_bytes   u32
+//!            core_count        varint (at most MAX_CORES)
+//!            core_count × { core_id u16, address str ("host:port", at most MAX_ADDRESS_BYTES) }
+//! ```
+
+use crate::message::Payload;
+use crate::wire::{put_count, put_str, put_u16, put_u32, put_u8, DecodeError, Reader};
+
+/// Longest client name a hello may carry.
+pub const MAX_CLIENT_NAME_BYTES: usize = 128;
+/// Longest advertised core address ("host:port"; a DNS name is at most 253 bytes).
+pub const MAX_ADDRESS_BYTES: usize = 255;
+/// Most cores a hello response may list.
+pub const MAX_CORES: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloRequest<'a> {
+    pub client_name: &'a str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloResponse<'a> {
+    pub protocol_version: u8,
+    /// The largest frame the server accepts; the client keeps its requests within it.
+    pub max_frame_bytes: u32,
+    pub cores: Vec<CoreInfo<'a>>,
+}
+
+/// One engine core and where to connect to reach it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreInfo<'a> {
+    pub core_id: u16,
+    /// "host:port" as advertised by the server (not resolved here).
+    pub address: &'a str,
+}
+
+impl<'a> HelloResponse<'a> {
+    /// The advertised address of `core_id`, if the server has such a core.
+    pub fn address_of(&self, core_id: u16) -> Option<&'a str> {
+        self.cores
+            .iter()
+            .find(|c| c.core_id == core_id)
+            .map(|c| c.address)
+    }
+}
+
+impl<'a> Payload<'a> for HelloRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_str(out, self.client_name);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(HelloRequest {
+            client_name: r.str(MAX_CLIENT_NAME_BYTES, "client_name")?,
+        })
+    }
+}
+
+/// Smallest encoded core entry: core_id and a one-byte address length.
+const MIN_CORE_BYTES: usize = 3;
+
+impl<'a> Payload<'a> for HelloResponse<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_u8(out, self.protocol_version);
+        put_u32(out, self.max_frame_bytes);
+        put_count(out, self.cores.len());
+        for core in &self.cores {
+            put_u16(out, core.core_id);
+            put_str(out, core.address);
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let protocol_version = r.u8("protocol_version")?;
+        let max_frame_bytes = r.u32("max_frame_bytes")?;
+        let count = r.count(MAX_CORES, MIN_CORE_BYTES, "cores")?;
+        let mut cores = Vec::new();
+        for _ in 0..count {
+            let core_id = r.u16("core_id")?;
+            let address = r.str(MAX_ADDRESS_BYTES, "address")?;
+            if address.is_empty() {
+                return Err(DecodeError::Malformed {
+                    field: "address",
+                    reason: "empty",
+                });
+            }
+            cores.push(CoreInfo { core_id, address });
+        }
+        Ok(HelloResponse {
+            protocol_version,
+            max_frame_bytes,
+            cores,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::PROTOCOL_VERSION;
+    use crate::message::testkit::{check_request, check_response};
+    use crate::message::{Request, Response};
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips_and_truncations() {
+        check_request(&Request::Hello(HelloRequest { client_name: "" }));
+        check_request(&Request::Hello(HelloRequest {
+            client_name: "spate-cli/0.1",
+        }));
+        check_response(&Response::Hello(HelloResponse {
+            protocol_version: PROTOCOL_VERSION,
+            max_frame_bytes: 1 << 20,
+            cores: vec![],
+        }));
+        let hello = HelloResponse {
+            protocol_version: PROTOCOL_VERSION,
+            max_frame_bytes: crate::frame::DEFAULT_MAX_FRAME_BYTES as u32,
+            cores: vec![
+                CoreInfo {
+                    core_id: 0,
+                    address: "10.0.0.1:7000",
+                },
+                CoreInfo {
+                    core_id: 5,
+                    address: "[::1]:7005",
+                },
+            ],
+        };
+        assert_eq!(hello.address_of(5), Some("[::1]:7005"));
+        assert_eq!(hello.address_of(1), None);
+        check_response(&Response::Hello(hello));
+    }
+
+    #[test]
+    fn golden_hello_request() {
+        let out = check_request(&Request::Hello(HelloRequest { client_name: "c" }));
+        #[rustfmt::skip]
+        let expected = [
+            18, 0, 0, 0,  1,  0,  1, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b'c',
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn bounds_are_enforced() {
+        let long = "x".repeat(MAX_CLIENT_NAME_BYTES + 1);
+        let mut payload = Vec::new();
+        HelloRequest { client_name: &long }.encode_payload(&mut payload);
+        assert!(matches!(
+            Request::decode(1, &payload),
+            Err(DecodeError::Invalid {
+                field: "client_name",
+                ..
+            })
+        ));
+        let empty_address = HelloResponse {
+            protocol_version: 1,
+            max_frame_bytes: 0,
+            cores: vec![CoreInfo {
+                core_id: 0,
+                address: "",
+            }],
+        };
+        let mut payload = Vec::new();
+        empty_address.encode_payload(&mut payload);
+        assert!(Response::decode(1, &payload).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn hello_response_round_trips(
+            version: u8,
+            max_frame_bytes: u32,
+            cores in proptest::collection::vec((any::<u16>(), "[a-z0-9.:]{1,40}"), 0..20),
+        ) {
+            let hello = HelloResponse {
+                protocol_version: version,
+                max_frame_bytes,
+                cores: cores.iter().map(|(id, a)| CoreInfo { core_id: *id, address: a }).collect(),
+            };
+            check_response(&Response::Hello(hello));
+        }
+    }
+}

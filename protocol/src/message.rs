@@ -1,0 +1,496 @@
+//! The message layer: [`Request`] and [`Response`] (one variant per opcode), the error body,
+//! and the functions that put them into frames and take them out.
+//!
+//! Encoders append a whole frame to a caller-owned `Vec<u8>`: header first with a
+//! placeholder length, then the payload fields straight into the vector, then the length
+//! patched in, so no intermediate buffer is built. Decoders borrow strings and byte fields
+//! from the frame, so a request's batch is not copied until the server moves it into its
+//! write buffer. The messages of each command group live in their own module (`hello`,
+//! `stream`, `write`, `read`), with their tests beside them.
+
+use crate::error::ErrorCode;
+use crate::frame::{begin_frame, finish_frame, Frame, Opcode, FLAG_ERROR, FLAG_RESPONSE};
+use crate::hello::{HelloRequest, HelloResponse};
+use crate::read::{GetIteratorRequest, GetIteratorResponse, GetRecordsRequest, GetRecordsResponse};
+use crate::stream::{
+    CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest,
+    ListStreamsRequest, ListStreamsResponse, RetentionRequest, StreamDescription,
+};
+use crate::wire::{put_str, put_u16, put_u32, DecodeError, Reader};
+use crate::write::{PutBatchRequest, PutBatchResponse, PutRecordRequest, PutRecordResponse};
+
+/// Error messages are cut to this many bytes (at a character boundary) when encoded: they
+/// are for humans and logs, and a bound keeps an error frame small.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// A message's payload codec. Decoding reads the whole payload; the caller checks that
+/// nothing is left over.
+pub(crate) trait Payload<'a>: Sized {
+    fn encode_payload(&self, out: &mut Vec<u8>);
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError>;
+}
+
+/// A request, borrowing its strings and batch bytes from the frame it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello(HelloRequest<'a>),
+    CreateStream(CreateStreamRequest<'a>),
+    DeleteStream(DeleteStreamRequest<'a>),
+    ListStreams(ListStreamsRequest<'a>),
+    DescribeStream(DescribeStreamRequest<'a>),
+    IncreaseRetention(RetentionRequest<'a>),
+    DecreaseRetention(RetentionRequest<'a>),
+    PutRecord(PutRecordRequest<'a>),
+    PutBatch(PutBatchRequest<'a>),
+    GetIterator(GetIteratorRequest<'a>),
+    GetRecords(GetRecordsRequest<'a>),
+}
+
+/// A successful response. Errors travel as [`ErrorResponse`] in frames flagged `ERROR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response<'a> {
+    Hello(HelloResponse<'a>),
+    CreateStream(CreateStreamResponse),
+    DeleteStream,
+    ListStreams(ListStreamsResponse<'a>),
+    DescribeStream(StreamDescription<'a>),
+    IncreaseRetention,
+    DecreaseRetention,
+    PutRecord(PutRecordResponse),
+    PutBatch(PutBatchResponse),
+    GetIterator(GetIteratorResponse<'a>),
+    GetRecords(GetRecordsResponse<'a>),
+}
+
+/// The body of every error response.
+///
+/// ```text
+/// code            u16   an ErrorCode other than Ok
+/// retry_after_ms  u32   when to retry (throttling, busy); 0 when there is no hint
+/// message         str   for humans, at most MAX_ERROR_MESSAGE_BYTES
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorResponse<'a> {
+    pub code: ErrorCode,
+    pub retry_after_ms: u32,
+    pub message: &'a str,
+}
+
+/// What a response frame carries: the answer, or why there is none.
+pub type Reply<'a> = Result<Response<'a>, ErrorResponse<'a>>;
+
+fn decode_exact<'a, T: Payload<'a>>(payload: &'a [u8]) -> Result<T, DecodeError> {
+    let mut r = Reader::new(payload);
+    let value = T::decode_payload(&mut r)?;
+    r.finish()?;
+    Ok(value)
+}
+
+fn decode_empty(payload: &[u8]) -> Result<(), DecodeError> {
+    Reader::new(payload).finish()
+}
+
+impl<'a> Request<'a> {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Request::Hello(_) => Opcode::Hello,
+            Request::CreateStream(_) => Opcode::CreateStream,
+            Request::DeleteStream(_) => Opcode::DeleteStream,
+            Request::ListStreams(_) => Opcode::ListStreams,
+            Request::DescribeStream(_) => Opcode::DescribeStream,
+            Request::IncreaseRetention(_) => Opcode::IncreaseRetention,
+            Request::DecreaseRetention(_) => Opcode::DecreaseRetention,
+            Request::PutRecord(_) => Opcode::PutRecord,
+            Request::PutBatch(_) => Opcode::PutBatch,
+            Request::GetIterator(_) => Opcode::GetIterator,
+            Request::GetRecords(_) => Opcode::GetRecords,
+        }
+    }
+
+    /// Appends the payload (no frame header).
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Request::Hello(m) => m.encode_payload(out),
+            Request::CreateStream(m) => m.encode_payload(out),
+            Request::DeleteStream(m) => m.encode_payload(out),
+            Request::ListStreams(m) => m.encode_payload(out),
+            Request::DescribeStream(m) => m.encode_payload(out),
+            Request::IncreaseRetention(m) | Request::DecreaseRetention(m) => m.encode_payload(out),
+            Request::PutRecord(m) => m.encode_payload(out),
+            Request::PutBatch(m) => m.encode_payload(out),
+            Request::GetIterator(m) => m.encode_payload(out),
+            Request::GetRecords(m) => m.encode_payload(out),
+        }
+    }
+
+    /// Decodes a request payload for `opcode`. Validates every field's range, so the server
+    /// can act on the result without further checks (except the batch's checksums and
+    /// records, which [`crate::batch::check_producer_batch`] checks on the shard's core).
+    pub fn decode(opcode: u16, payload: &'a [u8]) -> Result<Request<'a>, DecodeError> {
+        let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
+        Ok(match op {
+            Opcode::Hello => Request::Hello(decode_exact(payload)?),
+            Opcode::CreateStream => Request::CreateStream(decode_exact(payload)?),
+            Opcode::DeleteStream => Request::DeleteStream(decode_exact(payload)?),
+            Opcode::ListStreams => Request::ListStreams(decode_exact(payload)?),
+            Opcode::DescribeStream => Request::DescribeStream(decode_exact(payload)?),
+            Opcode::IncreaseRetention => Request::IncreaseRetention(decode_exact(payload)?),
+            Opcode::DecreaseRetention => Request::DecreaseRetention(decode_exact(payload)?),
+            Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
+            Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
+            Opcode::GetIterator => Request::GetIterator(decode_exact(payload)?),
+            Opcode::GetRecords => Request::GetRecords(decode_exact(payload)?),
+        })
+    }
+}
+
+impl<'a> Response<'a> {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Response::Hello(_) => Opcode::Hello,
+            Response::CreateStream(_) => Opcode::CreateStream,
+            Response::DeleteStream => Opcode::DeleteStream,
+            Response::ListStreams(_) => Opcode::ListStreams,
+            Response::DescribeStream(_) => Opcode::DescribeStream,
+            Response::IncreaseRetention => Opcode::IncreaseRetention,
+            Response::DecreaseRetention => Opcode::DecreaseRetention,
+            Response::PutRecord(_) => Opcode::PutRecord,
+            Response::PutBatch(_) => Opcode::PutBatch,
+            Response::GetIterator(_) => Opcode::GetIterator,
+            Response::GetRecords(_) => Opcode::GetRecords,
+        }
+    }
+
+    /// Appends the payload (no frame header).
+    pub fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self {
+            Response::Hello(m) => m.encode_payload(out),
+            Response::CreateStream(m) => m.encode_payload(out),
+            Response::ListStreams(m) => m.encode_payload(out),
+            Response::DescribeStream(m) => m.encode_payload(out),
+            Response::PutRecord(m) => m.encode_payload(out),
+            Response::PutBatch(m) => m.encode_payload(out),
+            Response::GetIterator(m) => m.encode_payload(out),
+            Response::GetRecords(m) => m.encode_payload(out),
+            Response::DeleteStream | Response::IncreaseRetention | Response::DecreaseRetention => {}
+        }
+    }
+
+    /// Decodes a successful response payload for `opcode`.
+    pub fn decode(opcode: u16, payload: &'a [u8]) -> Result<Response<'a>, DecodeError> {
+        let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
+        Ok(match op {
+            Opcode::Hello => Response::Hello(decode_exact(payload)?),
+            Opcode::CreateStream => Response::CreateStream(decode_exact(payload)?),
+            Opcode::DeleteStream => decode_empty(payload).map(|()| Response::DeleteStream)?,
+            Opcode::ListStreams => Response::ListStreams(decode_exact(payload)?),
+            Opcode::DescribeStream => Response::DescribeStream(decode_exact(payload)?),
+            Opcode::IncreaseRetention => {
+                decode_empty(payload).map(|()| Response::IncreaseRetention)?
+            }
+            Opcode::DecreaseRetention => {
+                decode_empty(payload).map(|()| Response::DecreaseRetention)?
+            }
+            Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
+            Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),
+            Opcode::GetIterator => Response::GetIterator(decode_exact(payload)?),
+            Opcode::GetRecords => Response::GetRecords(decode_exact(payload)?),
+        })
+    }
+}
+
+impl<'a> Payload<'a> for ErrorResponse<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_u16(out, self.code.as_u16());
+        put_u32(out, self.retry_after_ms);
+        put_str(out, truncate_at_char(self.message, MAX_ERROR_MESSAGE_BYTES));
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let raw = r.u16("error code")?;
+        let code = ErrorCode::from_u16(raw).ok_or(DecodeError::UnknownErrorCode(raw))?;
+        if code == ErrorCode::Ok {
+            return Err(DecodeError::Malformed {
+                field: "error code",
+                reason: "Ok in an error",
+            });
+        }
+        Ok(ErrorResponse {
+            code,
+            retry_after_ms: r.u32("retry_after_ms")?,
+            message: r.str(MAX_ERROR_MESSAGE_BYTES, "error message")?,
+        })
+    }
+}
+
+impl<'a> ErrorResponse<'a> {
+    /// Decodes an error body (the payload of a frame flagged `ERROR`).
+    pub fn decode(payload: &'a [u8]) -> Result<ErrorResponse<'a>, DecodeError> {
+        decode_exact(payload)
+    }
+}
+
+/// The longest prefix of `s` of at most `max_bytes` that ends on a character boundary.
+fn truncate_at_char(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends a request frame.
+pub fn encode_request(out: &mut Vec<u8>, correlation_id: u64, request: &Request<'_>) {
+    let start = begin_frame(out, 0, request.opcode().as_u16(), correlation_id);
+    request.encode_payload(out);
+    finish_frame(out, start, 0);
+}
+
+/// Appends a success response frame.
+pub fn encode_response(out: &mut Vec<u8>, correlation_id: u64, response: &Response<'_>) {
+    let start = begin_frame(
+        out,
+        FLAG_RESPONSE,
+        response.opcode().as_u16(),
+        correlation_id,
+    );
+    response.encode_payload(out);
+    finish_frame(out, start, 0);
+}
+
+/// Appends an error response frame. `opcode` is the failed request's (raw, so an unknown
+/// opcode can be echoed); after a framing error, when no request could be read, it is 0
+/// and so is `correlation_id`. The message is cut to `MAX_ERROR_MESSAGE_BYTES`.
+pub fn encode_error(
+    out: &mut Vec<u8>,
+    opcode: u16,
+    correlation_id: u64,
+    error: &ErrorResponse<'_>,
+) {
+    assert_ne!(
+        error.code,
+        ErrorCode::Ok,
+        "an error response needs an error code"
+    );
+    let start = begin_frame(out, FLAG_RESPONSE | FLAG_ERROR, opcode, correlation_id);
+    error.encode_payload(out);
+    finish_frame(out, start, 0);
+}
+
+/// Decodes the request in `frame`; fails if the frame is a response.
+pub fn decode_request<'a>(frame: &Frame<'a>) -> Result<Request<'a>, DecodeError> {
+    if frame.header.is_response() {
+        return Err(DecodeError::WrongDirection {
+            expected: "request",
+        });
+    }
+    Request::decode(frame.header.opcode, frame.payload)
+}
+
+/// Decodes the response in `frame`: `Ok(Ok(_))` for an answer, `Ok(Err(_))` for an error
+/// response, `Err(_)` if the frame cannot be decoded. Match it to its request by
+/// `frame.header.correlation_id`.
+pub fn decode_response<'a>(frame: &Frame<'a>) -> Result<Reply<'a>, DecodeError> {
+    if !frame.header.is_response() {
+        return Err(DecodeError::WrongDirection {
+            expected: "response",
+        });
+    }
+    if frame.header.is_error() {
+        return ErrorResponse::decode(frame.payload).map(Err);
+    }
+    Response::decode(frame.header.opcode, frame.payload).map(Ok)
+}
+
+/// Round-trip and truncation checks shared by every command group's tests.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use super::*;
+    use crate::frame::{decode_frame, DEFAULT_MAX_FRAME_BYTES};
+
+    /// Encodes `request` in a frame, checks that it decodes to itself, that every strict
+    /// prefix of the frame asks for more bytes and that every strict prefix of the payload
+    /// fails to decode. Returns the frame.
+    pub(crate) fn check_request(request: &Request<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(&mut out, 0xc0ff_ee00_0000_0001, request);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.encoded_len(), out.len());
+        assert_eq!(frame.header.correlation_id, 0xc0ff_ee00_0000_0001);
+        assert_eq!(&decode_request(&frame).unwrap(), request);
+        assert!(decode_response(&frame).is_err());
+        check_prefixes(&out, |payload| {
+            Request::decode(frame.header.opcode, payload).is_err()
+        });
+        out
+    }
+
+    /// As [`check_request`], for a success response.
+    pub(crate) fn check_response(response: &Response<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_response(&mut out, 42, response);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.encoded_len(), out.len());
+        assert_eq!(&decode_response(&frame).unwrap().unwrap(), response);
+        assert!(decode_request(&frame).is_err());
+        check_prefixes(&out, |payload| {
+            Response::decode(frame.header.opcode, payload).is_err()
+        });
+        out
+    }
+
+    fn check_prefixes(frame: &[u8], payload_prefix_fails: impl Fn(&[u8]) -> bool) {
+        for cut in 0..frame.len() {
+            assert_eq!(
+                decode_frame(&frame[..cut], DEFAULT_MAX_FRAME_BYTES),
+                Ok(None),
+                "cut {cut}"
+            );
+        }
+        let payload = &frame[crate::frame::FRAME_HEADER_LEN..];
+        for cut in 0..payload.len() {
+            assert!(
+                payload_prefix_fails(&payload[..cut]),
+                "payload prefix of {cut} bytes decoded"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use super::*;
+    use crate::frame::{decode_frame, DEFAULT_MAX_FRAME_BYTES};
+    use crate::stream::DeleteStreamRequest;
+
+    fn error_frame(code: ErrorCode, retry_after_ms: u32, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_error(
+            &mut out,
+            21,
+            9,
+            &ErrorResponse {
+                code,
+                retry_after_ms,
+                message,
+            },
+        );
+        out
+    }
+
+    #[test]
+    fn error_responses_round_trip_and_truncate_cleanly() {
+        let out = error_frame(ErrorCode::Throttled, 250, "shard 3 over its write limit");
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert!(frame.header.is_error());
+        let err = decode_response(&frame).unwrap().unwrap_err();
+        assert_eq!(err.code, ErrorCode::Throttled);
+        assert_eq!(err.retry_after_ms, 250);
+        assert_eq!(err.message, "shard 3 over its write limit");
+        for cut in 0..frame.payload.len() {
+            assert!(ErrorResponse::decode(&frame.payload[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn golden_error_frame() {
+        let out = error_frame(ErrorCode::UnknownStream, 0, "no");
+        #[rustfmt::skip]
+        let expected = [
+            25, 0, 0, 0,  1,  3,  21, 0,  9, 0, 0, 0, 0, 0, 0, 0, // header: RESPONSE|ERROR
+            200, 0,  0, 0, 0, 0,  2, b'n', b'o',                  // code, retry_after_ms, message
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn golden_delete_stream_frames() {
+        let req = Request::DeleteStream(DeleteStreamRequest { name: "s1" });
+        let out = check_request(&req);
+        #[rustfmt::skip]
+        let expected = [
+            19, 0, 0, 0,  1,  0,  11, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            2, b's', b'1',
+        ];
+        assert_eq!(out, expected);
+        let out = check_response(&Response::DeleteStream);
+        assert_eq!(out, [16, 0, 0, 0, 1, 1, 11, 0, 42, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn error_bodies_are_checked() {
+        let mut out = error_frame(ErrorCode::Internal, 0, "x");
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert!(decode_request(&frame).is_err());
+        out[16..18].copy_from_slice(&0u16.to_le_bytes());
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            decode_response(&frame),
+            Err(DecodeError::Malformed { .. })
+        ));
+        out[16..18].copy_from_slice(&999u16.to_le_bytes());
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            decode_response(&frame),
+            Err(DecodeError::UnknownErrorCode(999))
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_char_boundary() {
+        let message = "é".repeat(MAX_ERROR_MESSAGE_BYTES); // 2 bytes each
+        let out = error_frame(ErrorCode::Internal, 0, &message);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        let err = decode_response(&frame).unwrap().unwrap_err();
+        assert_eq!(err.message.len(), MAX_ERROR_MESSAGE_BYTES);
+        let odd = format!("a{message}");
+        let out = error_frame(ErrorCode::Internal, 0, &odd);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        let err = decode_response(&frame).unwrap().unwrap_err();
+        assert_eq!(err.message.len(), MAX_ERROR_MESSAGE_BYTES - 1);
+    }
+
+    #[test]
+    fn unknown_opcodes_and_trailing_bytes_are_typed_errors() {
+        assert_eq!(
+            Request::decode(999, b""),
+            Err(DecodeError::UnknownOpcode(999))
+        );
+        assert_eq!(
+            Request::decode(999, b"").unwrap_err().code(),
+            ErrorCode::UnknownOpcode
+        );
+        assert_eq!(Response::decode(0, b""), Err(DecodeError::UnknownOpcode(0)));
+        assert_eq!(
+            Response::decode(Opcode::DeleteStream.as_u16(), b"x"),
+            Err(DecodeError::TrailingBytes(1))
+        );
+        let mut payload = Vec::new();
+        Request::DeleteStream(DeleteStreamRequest { name: "s" }).encode_payload(&mut payload);
+        payload.push(0);
+        assert_eq!(
+            Request::decode(Opcode::DeleteStream.as_u16(), &payload),
+            Err(DecodeError::TrailingBytes(1))
+        );
+    }
+}

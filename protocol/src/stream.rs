@@ -1,0 +1,788 @@
+//! Stream administration messages: create, delete, list, describe, and the retention
+//! changes. Also the rules for stream names and the ranges of stream settings, which both
+//! the client (before sending) and the server (on decoding) apply.
+//!
+//! ```text
+//! limits:            tag u8: 0 Kinesis | 1 Off | 2 Custom, then for Custom
+//!                    write_bytes_per_s u64, write_records_per_s u64, read_bytes_per_s u64
+//!
+//! CreateStream       req:  name str, shard_count u32, retention_hours u32, limits,
+//!                          max_record_data_bytes opt<u32>
+//!                    resp: stream_id u64
+//! DeleteStream       req:  name str                       resp: (empty)
+//! ListStreams        req:  exclusive_start_name opt<str>, limit u32
+//!                    resp: has_more bool, count varint, count × name str
+//! DescribeStream     req:  name str
+//!                    resp: name str, stream_id u64, retention_hours u32, limits,
+//!                          max_record_data_bytes u32, count varint, count × shard
+//! shard:             id u32, state u8 (0 open, 1 closed), hash_key_start u128,
+//!                    hash_key_end u128, parent opt<u32>, adjacent_parent opt<u32>, core u16,
+//!                    first_seq opt<u64>, last_seq opt<u64>
+//! Increase/DecreaseRetention  req: name str, retention_hours u32    resp: (empty)
+//! ```
+//! `str` is a varint length and UTF-8; `opt<T>` is a presence byte (0 or 1) and `T`.
+
+use crate::batch::MAX_RECORD_DATA_BYTES_CEILING;
+use crate::message::Payload;
+use crate::wire::{
+    put_bool, put_count, put_option, put_str, put_u128, put_u16, put_u32, put_u64, put_u8,
+    DecodeError, Reader,
+};
+
+/// Stream names are 1..=128 bytes of `[a-zA-Z0-9_.-]` (Kinesis' rule), not `.` or `..`.
+pub const MAX_STREAM_NAME_BYTES: usize = 128;
+/// Shortest retention window: one hour.
+pub const MIN_RETENTION_HOURS: u32 = 1;
+/// Longest retention window: 365 days.
+pub const MAX_RETENTION_HOURS: u32 = 8760;
+/// Retention when the user names none.
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+/// Most shards a stream may be created with. The engine may enforce a lower limit of its
+/// own (answered with `LimitExceeded`); this bound only keeps messages bounded.
+pub const MAX_SHARDS_PER_STREAM: u32 = 65_536;
+/// Most shards a description may list: open shards plus closed parents still in retention.
+/// At ≤ 61 bytes a shard this keeps a description under 8 MiB, within one frame.
+pub const MAX_SHARDS_DESCRIBED: usize = 2 * MAX_SHARDS_PER_STREAM as usize;
+/// Most names one list-streams call returns.
+pub const MAX_LIST_STREAMS_LIMIT: u32 = 10_000;
+
+/// Whether `name` is a valid stream name: 1..=128 bytes of `[a-zA-Z0-9_.-]`, and not `.`
+/// or `..` (Kinesis allows those, but a name must be safe to use as a directory name).
+pub fn is_valid_stream_name(name: &str) -> bool {
+    (1..=MAX_STREAM_NAME_BYTES).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `hours` is a valid retention window.
+pub fn is_valid_retention_hours(hours: u32) -> bool {
+    (MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours)
+}
+
+pub(crate) fn put_stream_name(out: &mut Vec<u8>, name: &str) {
+    put_str(out, name);
+}
+
+/// A stream name, validated: every request and response naming a stream goes through here.
+pub(crate) fn get_stream_name<'a>(r: &mut Reader<'a>) -> Result<&'a str, DecodeError> {
+    let name = r.str(MAX_STREAM_NAME_BYTES, "stream name")?;
+    if !is_valid_stream_name(name) {
+        return Err(DecodeError::Invalid {
+            field: "stream name",
+            reason: "must be 1..=128 characters of [a-zA-Z0-9_.-], not . or ..",
+        });
+    }
+    Ok(name)
+}
+
+fn get_retention_hours(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+    let hours = r.u32("retention_hours")?;
+    if !is_valid_retention_hours(hours) {
+        return Err(DecodeError::Invalid {
+            field: "retention_hours",
+            reason: "not in 1..=8760",
+        });
+    }
+    Ok(hours)
+}
+
+fn get_max_record_data_bytes(r: &mut Reader<'_>, field: &'static str) -> Result<u32, DecodeError> {
+    let bytes = r.u32(field)?;
+    if bytes == 0 || bytes as usize > MAX_RECORD_DATA_BYTES_CEILING {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: "not in 1..=10 MiB",
+        });
+    }
+    Ok(bytes)
+}
+
+/// A stream's throughput limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// Kinesis' per-shard defaults (1 MiB/s and 1,000 records/s in, 2 MiB/s out).
+    Kinesis,
+    /// No limits: for benchmarks.
+    Off,
+    /// Per-shard limits of the user's choosing; each is at least 1.
+    Custom {
+        write_bytes_per_s: u64,
+        write_records_per_s: u64,
+        read_bytes_per_s: u64,
+    },
+}
+
+const LIMITS_KINESIS: u8 = 0;
+const LIMITS_OFF: u8 = 1;
+const LIMITS_CUSTOM: u8 = 2;
+
+impl Limits {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        match *self {
+            Limits::Kinesis => put_u8(out, LIMITS_KINESIS),
+            Limits::Off => put_u8(out, LIMITS_OFF),
+            Limits::Custom {
+                write_bytes_per_s,
+                write_records_per_s,
+                read_bytes_per_s,
+            } => {
+                put_u8(out, LIMITS_CUSTOM);
+                put_u64(out, write_bytes_per_s);
+                put_u64(out, write_records_per_s);
+                put_u64(out, read_bytes_per_s);
+            }
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Limits, DecodeError> {
+        match r.u8("limits")? {
+            LIMITS_KINESIS => Ok(Limits::Kinesis),
+            LIMITS_OFF => Ok(Limits::Off),
+            LIMITS_CUSTOM => {
+                let limits = Limits::Custom {
+                    write_bytes_per_s: r.u64("write_bytes_per_s")?,
+                    write_records_per_s: r.u64("write_records_per_s")?,
+                    read_bytes_per_s: r.u64("read_bytes_per_s")?,
+                };
+                if !limits.is_valid() {
+                    return Err(DecodeError::Invalid {
+                        field: "limits",
+                        reason: "a rate is 0",
+                    });
+                }
+                Ok(limits)
+            }
+            _ => Err(DecodeError::Malformed {
+                field: "limits",
+                reason: "unknown tag",
+            }),
+        }
+    }
+
+    /// Custom rates must be positive: a zero rate would refuse every request.
+    pub fn is_valid(&self) -> bool {
+        match *self {
+            Limits::Kinesis | Limits::Off => true,
+            Limits::Custom {
+                write_bytes_per_s,
+                write_records_per_s,
+                read_bytes_per_s,
+            } => write_bytes_per_s > 0 && write_records_per_s > 0 && read_bytes_per_s > 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateStreamRequest<'a> {
+    pub name: &'a str,
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    /// The stream's per-record data limit; `None`: 1 MiB. At most 10 MiB.
+    pub max_record_data_bytes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreateStreamResponse {
+    /// The new stream's incarnation id (a re-created stream gets a new one).
+    pub stream_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteStreamRequest<'a> {
+    pub name: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescribeStreamRequest<'a> {
+    pub name: &'a str,
+}
+
+/// Increase- and decrease-retention requests share this body; the opcode says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionRequest<'a> {
+    pub name: &'a str,
+    pub retention_hours: u32,
+}
+
+/// Names in ascending order, starting after `exclusive_start_name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListStreamsRequest<'a> {
+    pub exclusive_start_name: Option<&'a str>,
+    /// 1..=MAX_LIST_STREAMS_LIMIT names.
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListStreamsResponse<'a> {
+    pub names: Vec<&'a str>,
+    /// More names follow the last one: ask again starting after it.
+    pub has_more: bool,
+}
+
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardState {
+    /// Takes writes.
+    Open = 0,
+    /// Split or merged: read-only until its records leave the retention window.
+    Closed = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardDescription {
+    pub id: u32,
+    pub state: ShardState,
+    /// Inclusive bounds of the shard's hash-key range.
+    pub hash_key_start: u128,
+    pub hash_key_end: u128,
+    /// The shard this one was split from, or the first of the two it was merged from.
+    pub parent: Option<u32>,
+    /// The second parent of a merge (Kinesis' adjacent parent).
+    pub adjacent_parent: Option<u32>,
+    /// The engine core that owns the shard (see the hello response for its address).
+    pub core: u16,
+    /// First and last retained sequence numbers; `None` while the shard holds no record.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamDescription<'a> {
+    pub name: &'a str,
+    pub stream_id: u64,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    pub max_record_data_bytes: u32,
+    pub shards: Vec<ShardDescription>,
+}
+
+impl<'a> Payload<'a> for CreateStreamRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u32(out, self.shard_count);
+        put_u32(out, self.retention_hours);
+        self.limits.encode(out);
+        put_option(out, self.max_record_data_bytes, put_u32);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let shard_count = r.u32("shard_count")?;
+        if shard_count == 0 || shard_count > MAX_SHARDS_PER_STREAM {
+            return Err(DecodeError::Invalid {
+                field: "shard_count",
+                reason: "not in 1..=65536",
+            });
+        }
+        let retention_hours = get_retention_hours(r)?;
+        let limits = Limits::decode(r)?;
+        let max_record_data_bytes = if r.present("max_record_data_bytes")? {
+            Some(get_max_record_data_bytes(r, "max_record_data_bytes")?)
+        } else {
+            None
+        };
+        Ok(CreateStreamRequest {
+            name,
+            shard_count,
+            retention_hours,
+            limits,
+            max_record_data_bytes,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for CreateStreamResponse {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.stream_id);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(CreateStreamResponse {
+            stream_id: r.u64("stream_id")?,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for DeleteStreamRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(DeleteStreamRequest {
+            name: get_stream_name(r)?,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for DescribeStreamRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(DescribeStreamRequest {
+            name: get_stream_name(r)?,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for RetentionRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u32(out, self.retention_hours);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(RetentionRequest {
+            name: get_stream_name(r)?,
+            retention_hours: get_retention_hours(r)?,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for ListStreamsRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        match self.exclusive_start_name {
+            Some(name) => {
+                put_u8(out, 1);
+                put_stream_name(out, name);
+            }
+            None => put_u8(out, 0),
+        }
+        put_u32(out, self.limit);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let exclusive_start_name = if r.present("exclusive_start_name")? {
+            Some(get_stream_name(r)?)
+        } else {
+            None
+        };
+        let limit = r.u32("limit")?;
+        if limit == 0 || limit > MAX_LIST_STREAMS_LIMIT {
+            return Err(DecodeError::Invalid {
+                field: "limit",
+                reason: "not in 1..=10000",
+            });
+        }
+        Ok(ListStreamsRequest {
+            exclusive_start_name,
+            limit,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for ListStreamsResponse<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_bool(out, self.has_more);
+        put_count(out, self.names.len());
+        for name in &self.names {
+            put_stream_name(out, name);
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let has_more = r.bool("has_more")?;
+        // A name takes at least two bytes: its length and one character.
+        let count = r.count(MAX_LIST_STREAMS_LIMIT as usize, 2, "names")?;
+        let mut names = Vec::new();
+        for _ in 0..count {
+            names.push(get_stream_name(r)?);
+        }
+        Ok(ListStreamsResponse { names, has_more })
+    }
+}
+
+/// Smallest encoded shard: id, state, two hash keys, two absent parents, core, two absent
+/// sequence numbers.
+const MIN_SHARD_BYTES: usize = 4 + 1 + 16 + 16 + 1 + 1 + 2 + 1 + 1;
+
+impl ShardDescription {
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.id);
+        put_u8(out, self.state as u8);
+        put_u128(out, self.hash_key_start);
+        put_u128(out, self.hash_key_end);
+        put_option(out, self.parent, put_u32);
+        put_option(out, self.adjacent_parent, put_u32);
+        put_u16(out, self.core);
+        put_option(out, self.first_seq, put_u64);
+        put_option(out, self.last_seq, put_u64);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<ShardDescription, DecodeError> {
+        let id = r.u32("shard id")?;
+        let state = match r.u8("shard state")? {
+            0 => ShardState::Open,
+            1 => ShardState::Closed,
+            _ => {
+                return Err(DecodeError::Malformed {
+                    field: "shard state",
+                    reason: "unknown",
+                })
+            }
+        };
+        let hash_key_start = r.u128("hash_key_start")?;
+        let hash_key_end = r.u128("hash_key_end")?;
+        if hash_key_start > hash_key_end {
+            return Err(DecodeError::Malformed {
+                field: "hash_key_end",
+                reason: "below start",
+            });
+        }
+        Ok(ShardDescription {
+            id,
+            state,
+            hash_key_start,
+            hash_key_end,
+            parent: r.option("parent", Reader::u32)?,
+            adjacent_parent: r.option("adjacent_parent", Reader::u32)?,
+            core: r.u16("core")?,
+            first_seq: r.option("first_seq", Reader::u64)?,
+            last_seq: r.option("last_seq", Reader::u64)?,
+        })
+    }
+
+    /// Whether `hash_key` falls in this shard's inclusive range.
+    pub fn contains(&self, hash_key: u128) -> bool {
+        (self.hash_key_start..=self.hash_key_end).contains(&hash_key)
+    }
+}
+
+impl StreamDescription<'_> {
+    /// The open shard whose range holds `hash_key`: where a record with that key goes.
+    pub fn shard_for(&self, hash_key: u128) -> Option<&ShardDescription> {
+        self.shards
+            .iter()
+            .find(|s| s.state == ShardState::Open && s.contains(hash_key))
+    }
+}
+
+impl<'a> Payload<'a> for StreamDescription<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u64(out, self.stream_id);
+        put_u32(out, self.retention_hours);
+        self.limits.encode(out);
+        put_u32(out, self.max_record_data_bytes);
+        put_count(out, self.shards.len());
+        for shard in &self.shards {
+            shard.encode(out);
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let stream_id = r.u64("stream_id")?;
+        let retention_hours = get_retention_hours(r)?;
+        let limits = Limits::decode(r)?;
+        let max_record_data_bytes = get_max_record_data_bytes(r, "max_record_data_bytes")?;
+        let count = r.count(MAX_SHARDS_DESCRIBED, MIN_SHARD_BYTES, "shards")?;
+        let mut shards = Vec::new();
+        for _ in 0..count {
+            shards.push(ShardDescription::decode(r)?);
+        }
+        Ok(StreamDescription {
+            name,
+            stream_id,
+            retention_hours,
+            limits,
+            max_record_data_bytes,
+            shards,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::testkit::{check_request, check_response};
+    use crate::message::{Request, Response};
+    use crate::routing::even_range;
+    use proptest::prelude::*;
+
+    fn custom() -> Limits {
+        Limits::Custom {
+            write_bytes_per_s: 1 << 20,
+            write_records_per_s: 1000,
+            read_bytes_per_s: 2 << 20,
+        }
+    }
+
+    fn shard(id: u32, n: u32) -> ShardDescription {
+        let (hash_key_start, hash_key_end) = even_range(id, n);
+        ShardDescription {
+            id,
+            state: ShardState::Open,
+            hash_key_start,
+            hash_key_end,
+            parent: None,
+            adjacent_parent: None,
+            core: (id % 2) as u16,
+            first_seq: None,
+            last_seq: None,
+        }
+    }
+
+    fn description() -> StreamDescription<'static> {
+        let mut closed = shard(0, 1);
+        closed.state = ShardState::Closed;
+        closed.id = 9;
+        closed.first_seq = Some(0);
+        closed.last_seq = Some(41);
+        let mut child = shard(1, 2);
+        child.parent = Some(9);
+        child.adjacent_parent = Some(8);
+        child.first_seq = Some(42);
+        child.last_seq = Some(u64::MAX);
+        StreamDescription {
+            name: "orders.v2",
+            stream_id: 77,
+            retention_hours: 24,
+            limits: custom(),
+            max_record_data_bytes: 1 << 20,
+            shards: vec![closed, shard(0, 2), child],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_and_truncate_cleanly() {
+        for limits in [Limits::Kinesis, Limits::Off, custom()] {
+            for max_record_data_bytes in [None, Some(1), Some(10 << 20)] {
+                check_request(&Request::CreateStream(CreateStreamRequest {
+                    name: "a",
+                    shard_count: 4,
+                    retention_hours: MAX_RETENTION_HOURS,
+                    limits,
+                    max_record_data_bytes,
+                }));
+            }
+        }
+        check_request(&Request::DeleteStream(DeleteStreamRequest {
+            name: "x-y_z.1",
+        }));
+        check_request(&Request::DescribeStream(DescribeStreamRequest {
+            name: "S",
+        }));
+        let retention = RetentionRequest {
+            name: "s",
+            retention_hours: 48,
+        };
+        check_request(&Request::IncreaseRetention(retention));
+        check_request(&Request::DecreaseRetention(retention));
+        check_request(&Request::ListStreams(ListStreamsRequest {
+            exclusive_start_name: None,
+            limit: 1,
+        }));
+        check_request(&Request::ListStreams(ListStreamsRequest {
+            exclusive_start_name: Some("m"),
+            limit: MAX_LIST_STREAMS_LIMIT,
+        }));
+    }
+
+    #[test]
+    fn responses_round_trip_and_truncate_cleanly() {
+        check_response(&Response::CreateStream(CreateStreamResponse {
+            stream_id: u64::MAX,
+        }));
+        check_response(&Response::IncreaseRetention);
+        check_response(&Response::DecreaseRetention);
+        check_response(&Response::ListStreams(ListStreamsResponse {
+            names: vec![],
+            has_more: false,
+        }));
+        check_response(&Response::ListStreams(ListStreamsResponse {
+            names: vec!["a", "b.c", "d-e"],
+            has_more: true,
+        }));
+        check_response(&Response::DescribeStream(description()));
+    }
+
+    #[test]
+    fn golden_create_stream_request() {
+        let out = check_request(&Request::CreateStream(CreateStreamRequest {
+            name: "s",
+            shard_count: 2,
+            retention_hours: 24,
+            limits: Limits::Off,
+            max_record_data_bytes: None,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            28, 0, 0, 0,  1,  0,  10, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',        // name
+            2, 0, 0, 0,     // shard_count
+            24, 0, 0, 0,    // retention_hours
+            1,              // limits: Off
+            0,              // max_record_data_bytes: absent
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn stream_names_are_validated() {
+        assert!(is_valid_stream_name("a"));
+        assert!(is_valid_stream_name(&"z".repeat(128)));
+        assert!(!is_valid_stream_name(""));
+        assert!(!is_valid_stream_name(&"z".repeat(129)));
+        assert!(!is_valid_stream_name("a b"));
+        assert!(!is_valid_stream_name("a/b"));
+        assert!(!is_valid_stream_name("ä"));
+        assert!(!is_valid_stream_name("."));
+        assert!(!is_valid_stream_name(".."));
+        assert!(is_valid_stream_name("..."));
+        for bad in ["", "a b", "é"] {
+            let mut payload = Vec::new();
+            DeleteStreamRequest { name: bad }.encode_payload(&mut payload);
+            let err = Request::decode(11, &payload).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_are_range_checked() {
+        let ok = CreateStreamRequest {
+            name: "s",
+            shard_count: 1,
+            retention_hours: 1,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: None,
+        };
+        let bad = [
+            CreateStreamRequest {
+                shard_count: 0,
+                ..ok
+            },
+            CreateStreamRequest {
+                shard_count: MAX_SHARDS_PER_STREAM + 1,
+                ..ok
+            },
+            CreateStreamRequest {
+                retention_hours: 0,
+                ..ok
+            },
+            CreateStreamRequest {
+                retention_hours: 8761,
+                ..ok
+            },
+            CreateStreamRequest {
+                max_record_data_bytes: Some(0),
+                ..ok
+            },
+            CreateStreamRequest {
+                max_record_data_bytes: Some((10 << 20) + 1),
+                ..ok
+            },
+            CreateStreamRequest {
+                limits: Limits::Custom {
+                    write_bytes_per_s: 1,
+                    write_records_per_s: 0,
+                    read_bytes_per_s: 1,
+                },
+                ..ok
+            },
+        ];
+        for req in bad {
+            let mut payload = Vec::new();
+            req.encode_payload(&mut payload);
+            let err = Request::decode(10, &payload).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArgument, "{req:?}");
+        }
+        let mut payload = Vec::new();
+        ListStreamsRequest {
+            exclusive_start_name: None,
+            limit: 0,
+        }
+        .encode_payload(&mut payload);
+        assert!(Request::decode(12, &payload).is_err());
+    }
+
+    #[test]
+    fn shard_lookup() {
+        let d = description();
+        assert_eq!(d.shard_for(0).map(|s| s.id), Some(0));
+        assert_eq!(d.shard_for(u128::MAX).map(|s| s.id), Some(1));
+    }
+
+    fn arb_limits() -> impl Strategy<Value = Limits> {
+        prop_oneof![
+            Just(Limits::Kinesis),
+            Just(Limits::Off),
+            (1u64.., 1u64.., 1u64..).prop_map(|(a, b, c)| Limits::Custom {
+                write_bytes_per_s: a,
+                write_records_per_s: b,
+                read_bytes_per_s: c
+            }),
+        ]
+    }
+
+    fn arb_shard() -> impl Strategy<Value = ShardDescription> {
+        (
+            any::<u32>(),
+            any::<bool>(),
+            any::<(u128, u128)>(),
+            any::<(Option<u32>, Option<u32>)>(),
+            any::<u16>(),
+            any::<(Option<u64>, Option<u64>)>(),
+        )
+            .prop_map(
+                |(id, closed, (a, b), (parent, adjacent_parent), core, (first_seq, last_seq))| {
+                    ShardDescription {
+                        id,
+                        state: if closed {
+                            ShardState::Closed
+                        } else {
+                            ShardState::Open
+                        },
+                        hash_key_start: a.min(b),
+                        hash_key_end: a.max(b),
+                        parent,
+                        adjacent_parent,
+                        core,
+                        first_seq,
+                        last_seq,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn create_requests_round_trip(
+            name in "[a-zA-Z0-9_.-]{1,128}".prop_filter("valid", |n| is_valid_stream_name(n)),
+            shard_count in 1..=MAX_SHARDS_PER_STREAM,
+            retention_hours in MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS,
+            limits in arb_limits(),
+            max_record_data_bytes in proptest::option::of(1..=MAX_RECORD_DATA_BYTES_CEILING as u32),
+        ) {
+            check_request(&Request::CreateStream(CreateStreamRequest {
+                name: &name, shard_count, retention_hours, limits, max_record_data_bytes,
+            }));
+        }
+
+        #[test]
+        fn descriptions_round_trip(
+            name in "[a-zA-Z0-9_.-]{1,20}".prop_filter("valid", |n| is_valid_stream_name(n)),
+            stream_id: u64,
+            retention_hours in MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS,
+            limits in arb_limits(),
+            max_record_data_bytes in 1..=MAX_RECORD_DATA_BYTES_CEILING as u32,
+            shards in proptest::collection::vec(arb_shard(), 0..8),
+        ) {
+            check_response(&Response::DescribeStream(StreamDescription {
+                name: &name, stream_id, retention_hours, limits, max_record_data_bytes, shards,
+            }));
+        }
+
+        #[test]
+        fn lists_round_trip(names in proptest::collection::vec("[a-z0-9]{1,12}", 0..30), has_more: bool) {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            check_response(&Response::ListStreams(ListStreamsResponse { names, has_more }));
+        }
+    }
+}

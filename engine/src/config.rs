@@ -16,7 +16,7 @@ cores = []
 segment_bytes = 268435456          # 256 MiB: full-size segment files (the spare pool's size)
 segment_bytes_min = 1048576        # a shard's first segment; sizes double up to segment_bytes
 segment_age_max_ms = 3600000       # roll a segment whose oldest record is this old
-write_chunk_bytes_max = 1048576     # largest staging buffer per shard
+write_chunk_bytes_max = 262144      # largest staging buffer per shard (a round writes several at once)
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 spare_segments_per_core = 2         # zero-filled segment files kept ready per core
@@ -55,7 +55,7 @@ impl Default for EngineConfig {
             segment_bytes: 256 << 20,
             segment_bytes_min: 1 << 20,
             segment_age_max_ms: 3_600_000,
-            write_chunk_bytes_max: 1 << 20,
+            write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
             spare_segments_per_core: 2,

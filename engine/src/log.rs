@@ -66,7 +66,7 @@ impl Default for LogConfig {
             segment_bytes: 256 << 20,
             segment_bytes_min: 1 << 20,
             segment_age_max_ms: 3_600_000,
-            write_chunk_bytes_max: 1 << 20,
+            write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
         }
@@ -118,6 +118,18 @@ pub struct AppendAck {
     pub base_seq: u64,
     pub record_count: u32,
     pub ts_ms: i64,
+}
+
+/// Counters of a shard log's write path (the log's metrics probe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub rounds: u64,
+    pub round_bytes: u64,
+    pub appends: u64,
+    /// Time spent in the write phase and in the fdatasync phase of rounds, summed.
+    pub write_us: u64,
+    pub sync_us: u64,
+    pub rolls: u64,
 }
 
 /// Stored batches returned by a read, exactly as on disk, plus the window of sequence
@@ -203,9 +215,15 @@ struct State<F: SegFile> {
     active: Active<F>,
     staging: Option<Staging<F>>,
     open_round: Round<F>,
-    /// Id of the open round; rounds complete in id order.
+    /// Id of the open round. Rounds are written one after another and synced one after
+    /// another, but round `n + 1` may be written while round `n` is being synced.
     open_round_id: u64,
-    completed_round_id: u64,
+    /// A round is being written (only one at a time: rounds share their boundary block).
+    writing: bool,
+    /// Every round up to this one finished its sync phase (successfully or not).
+    synced_round_id: u64,
+    /// Every round up to this one is durable.
+    durable_round_id: u64,
     /// Rounds with this id or above failed.
     failed_from_round: Option<u64>,
     poisoned: Option<String>,
@@ -215,7 +233,6 @@ struct State<F: SegFile> {
     durable_last_ts_ms: i64,
     /// Bytes in the last round, to size the next staging buffer.
     last_round_bytes: usize,
-    flushing: bool,
     rolling: bool,
 }
 
@@ -233,6 +250,7 @@ pub struct ShardLog<S: Storage> {
     /// Cached handle of the sealed segment last read.
     reader: RefCell<Option<(u64, Rc<S::File>)>>,
     recovered_torn_bytes: Cell<u64>,
+    stats: Cell<LogStats>,
 }
 
 fn corrupt(segment_base: u64, offset: u64, reason: impl ToString) -> LogError {
@@ -308,7 +326,9 @@ impl<S: Storage> ShardLog<S> {
             open_round: Round::new(next_seq, active.write_end, last_ts_ms),
             active,
             open_round_id: 1,
-            completed_round_id: 0,
+            writing: false,
+            synced_round_id: 0,
+            durable_round_id: 0,
             failed_from_round: None,
             poisoned: None,
             next_seq,
@@ -316,7 +336,6 @@ impl<S: Storage> ShardLog<S> {
             last_ts_ms,
             durable_last_ts_ms: last_ts_ms,
             last_round_bytes: 0,
-            flushing: false,
             rolling: false,
         };
         let log = ShardLog {
@@ -330,12 +349,24 @@ impl<S: Storage> ShardLog<S> {
             changed: Notify::new(),
             reader: RefCell::new(None),
             recovered_torn_bytes: Cell::new(recovered.torn_bytes),
+            stats: Cell::new(LogStats::default()),
         };
         Ok(log)
     }
 
     pub fn ident(&self) -> ShardIdent {
         self.ident
+    }
+
+    /// Write-path counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut LogStats)) {
+        let mut s = self.stats.get();
+        f(&mut s);
+        self.stats.set(s);
     }
 
     /// Bytes cut from the tail at open (0 after a clean shutdown).
@@ -418,6 +449,7 @@ impl<S: Storage> ShardLog<S> {
             rolled?;
         }
         let (ack, round_id) = self.stage(batch, record_count);
+        self.count(|s| s.appends += 1);
         self.wait_round(round_id).await?;
         Ok(ack)
     }
@@ -484,26 +516,24 @@ impl<S: Storage> ShardLog<S> {
         )
     }
 
-    /// Waits until round `round_id` completed, leading flushes while nobody else does.
+    /// Waits until round `round_id` is durable (or failed), leading its flush if nobody
+    /// else is writing.
     async fn wait_round(&self, round_id: u64) -> Result<(), LogError> {
         loop {
-            let (done, flushing) = {
+            let lead = {
                 let st = self.st.borrow();
-                (st.completed_round_id >= round_id, st.flushing)
+                if st.durable_round_id >= round_id {
+                    return Ok(());
+                }
+                if st.failed_from_round.is_some_and(|f| f <= round_id) {
+                    return Err(LogError::Poisoned(st.poisoned.clone().unwrap_or_default()));
+                }
+                !st.writing && st.open_round_id == round_id
             };
-            if done {
-                let st = self.st.borrow();
-                return match st.failed_from_round {
-                    Some(failed) if round_id >= failed => {
-                        Err(LogError::Poisoned(st.poisoned.clone().unwrap_or_default()))
-                    }
-                    _ => Ok(()),
-                };
-            }
-            if flushing {
-                self.changed.wait().await;
-            } else {
+            if lead {
                 self.flush_round().await;
+            } else {
+                self.changed.wait().await;
             }
         }
     }
@@ -521,13 +551,19 @@ impl<S: Storage> ShardLog<S> {
         self.wait_round(round_id).await
     }
 
-    /// Runs one flush round: seal, write, fdatasync, publish.
+    /// Runs one flush round: seal and write its buffers; then, once the previous round's
+    /// sync finished, fdatasync and publish. The next round may start writing as soon as
+    /// this one's writes completed, so the disk is never idle during an fdatasync.
+    ///
+    /// Why the overlap is safe: round `n + 1` rewrites round `n`'s last block, but only
+    /// after round `n`'s write completed, with the same bytes for round `n`'s part, so a
+    /// crash (even a torn block) leaves round `n`'s records intact. Syncs stay in order, so
+    /// a write-back error is always seen by the round it belongs to or an earlier one.
     async fn flush_round(&self) {
-        let (round, round_id, file) = {
+        let (round, round_id) = {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
-            debug_assert!(!st.flushing);
-            st.flushing = true;
+            debug_assert!(!st.writing);
             if let Some(staging) = st.staging.take() {
                 seal_final(st, staging);
             }
@@ -535,34 +571,65 @@ impl<S: Storage> ShardLog<S> {
             let round = std::mem::replace(&mut st.open_round, fresh);
             let id = st.open_round_id;
             st.open_round_id += 1;
-            if st.poisoned.is_some() {
-                // A round after a failed one is never written: it would land behind a gap
-                // and make data after the gap look valid to recovery.
-                st.flushing = false;
-                st.completed_round_id = id;
-                drop(guard);
-                self.changed.notify_all();
-                return;
-            }
-            (round, id, st.active.file.clone())
+            st.writing = true;
+            (round, id)
         };
         let bytes: usize = round
             .writes
             .iter()
             .map(|w| w.buf.as_ref().as_ref().len())
             .sum();
-        let result = write_round(&round, &file).await;
+        // A round after a failed one is never written: it would land behind a gap and make
+        // data after the gap look valid to recovery.
+        let poisoned = self.st.borrow().poisoned.is_some();
+        let write_started = std::time::Instant::now();
+        let mut result = if poisoned {
+            Err(LogError::Poisoned(String::new()))
+        } else {
+            write_buffers(&round).await
+        };
+        let write_us = write_started.elapsed().as_micros() as u64;
+        {
+            let mut st = self.st.borrow_mut();
+            st.writing = false;
+            st.last_round_bytes = bytes;
+        }
+        self.changed.notify_all();
+        while self.st.borrow().synced_round_id + 1 < round_id {
+            self.changed.wait().await;
+        }
+        if result.is_ok() {
+            if let Some(p) = self.st.borrow().poisoned.clone() {
+                result = Err(LogError::Poisoned(p));
+            }
+        }
+        let sync_started = std::time::Instant::now();
+        if result.is_ok() {
+            result = sync_files(&round).await;
+        }
+        let sync_us = sync_started.elapsed().as_micros() as u64;
+        self.count(|s| {
+            s.rounds += 1;
+            s.round_bytes += bytes as u64;
+            s.write_us += write_us;
+            s.sync_us += sync_us;
+        });
+        self.complete_round(round, round_id, result);
+        self.changed.notify_all();
+    }
+
+    fn complete_round(&self, round: Round<S::File>, round_id: u64, result: Result<(), LogError>) {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
-        st.flushing = false;
-        st.completed_round_id = round_id;
-        st.last_round_bytes = bytes;
+        assert_eq!(st.synced_round_id + 1, round_id, "rounds sync in order");
+        st.synced_round_id = round_id;
         match result {
             Ok(()) => {
                 assert!(
                     round.end_seq >= st.durable_seq,
                     "durable sequence went backwards"
                 );
+                st.durable_round_id = round_id;
                 st.durable_seq = round.end_seq;
                 st.durable_last_ts_ms = round.last_ts_ms.max(st.durable_last_ts_ms);
                 st.active.durable_end = round.end_offset;
@@ -580,19 +647,21 @@ impl<S: Storage> ShardLog<S> {
                 }
             }
             Err(e) => {
-                tracing::error!(shard = ?self.ident, error = %e, "flush failed; shard poisoned");
-                st.poisoned = Some(e.to_string());
-                st.failed_from_round.get_or_insert(round_id);
+                if st.poisoned.is_none() {
+                    tracing::error!(shard = ?self.ident, error = %e, "flush failed; shard poisoned");
+                    st.poisoned = Some(e.to_string());
+                }
+                let failed = st.failed_from_round.map_or(round_id, |f| f.min(round_id));
+                st.failed_from_round = Some(failed);
             }
         }
-        drop(guard);
-        self.changed.notify_all();
     }
 
     /// Closes the active segment and opens a new one at `next_seq`. Everything staged is
     /// made durable first, so a sealed segment never has a torn tail.
     async fn roll(&self, batch_len: u64) -> Result<(), LogError> {
         self.flush().await?;
+        self.count(|s| s.rolls += 1);
         let (base, old_base, seal, size) = {
             let st = self.st.borrow();
             let seal = Seal {
@@ -953,30 +1022,26 @@ fn seal_final<F: SegFile>(st: &mut State<F>, mut staging: Staging<F>) {
     });
 }
 
-/// Writes every buffer of a round (concurrently: their ranges are disjoint), then
-/// fdatasyncs each file written plus the active one.
-async fn write_round<F: SegFile>(round: &Round<F>, active: &Rc<F>) -> Result<(), LogError> {
+/// Writes every buffer of a round, concurrently: their block ranges are disjoint.
+async fn write_buffers<F: SegFile>(round: &Round<F>) -> Result<(), LogError> {
     let writes = round
         .writes
         .iter()
         .map(|w| write_fully(&*w.file, w.buf.clone(), w.pos));
-    let results = join_all(writes).await;
-    for r in results {
+    for r in join_all(writes).await {
         r?;
     }
+    Ok(())
+}
+
+/// fdatasyncs each file the round wrote.
+async fn sync_files<F: SegFile>(round: &Round<F>) -> Result<(), LogError> {
     let mut synced: Vec<*const F> = Vec::new();
-    for f in round
-        .writes
-        .iter()
-        .map(|w| &w.file)
-        .chain(std::iter::once(active))
-    {
+    for f in round.writes.iter().map(|w| &w.file) {
         let ptr = Rc::as_ptr(f);
         if !synced.contains(&ptr) {
             synced.push(ptr);
-            if !round.writes.is_empty() {
-                f.fdatasync().await?;
-            }
+            f.fdatasync().await?;
         }
     }
     Ok(())

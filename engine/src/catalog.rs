@@ -45,6 +45,26 @@ pub const DEFAULT_RETENTION_HOURS: u32 = 24;
 /// Shards one stream may have.
 pub const MAX_SHARDS_PER_STREAM: u32 = 10_000;
 
+/// Options of a new stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    pub shard_count: u32,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    pub max_record_data_bytes: u32,
+}
+
+impl StreamOptions {
+    pub fn new(shard_count: u32) -> StreamOptions {
+        StreamOptions {
+            shard_count,
+            retention_hours: DEFAULT_RETENTION_HOURS,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: spate_protocol::batch::DEFAULT_MAX_RECORD_DATA_BYTES as u32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ShardState {
     Open,
@@ -142,10 +162,7 @@ impl Catalog {
     pub fn add_stream(
         &mut self,
         name: &str,
-        shard_count: u32,
-        retention_hours: u32,
-        limits: Limits,
-        max_record_data_bytes: u32,
+        opts: &StreamOptions,
         cores: u32,
         now_ms: i64,
     ) -> Result<&StreamEntry, EngineError> {
@@ -153,6 +170,12 @@ impl Catalog {
         if self.stream(name).is_some() {
             return Err(EngineError::StreamExists(name.to_owned()));
         }
+        let StreamOptions {
+            shard_count,
+            retention_hours,
+            limits,
+            max_record_data_bytes,
+        } = *opts;
         if shard_count == 0 || shard_count > MAX_SHARDS_PER_STREAM {
             return Err(EngineError::InvalidArgument(format!(
                 "shard count {shard_count} must be 1..={MAX_SHARDS_PER_STREAM}"
@@ -250,10 +273,30 @@ mod tests {
     fn catalog_survives_save_and_load() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::load(dir.path()).unwrap();
-        c.add_stream("clicks", 4, 24, Limits::Kinesis, 1 << 20, 2, 1)
-            .unwrap();
-        c.add_stream("iot.v2", 3, 48, Limits::Off, 1 << 20, 2, 2)
-            .unwrap();
+        c.add_stream(
+            "clicks",
+            &StreamOptions {
+                shard_count: 4,
+                retention_hours: 24,
+                limits: Limits::Kinesis,
+                max_record_data_bytes: 1 << 20,
+            },
+            2,
+            1,
+        )
+        .unwrap();
+        c.add_stream(
+            "iot.v2",
+            &StreamOptions {
+                shard_count: 3,
+                retention_hours: 48,
+                limits: Limits::Off,
+                max_record_data_bytes: 1 << 20,
+            },
+            2,
+            2,
+        )
+        .unwrap();
         c.save().unwrap();
         let back = Catalog::load(dir.path()).unwrap();
         assert_eq!(back.data, c.data);
@@ -274,8 +317,18 @@ mod tests {
     fn damaged_catalog_is_a_clean_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::load(dir.path()).unwrap();
-        c.add_stream("s", 1, 24, Limits::Kinesis, 1 << 20, 1, 0)
-            .unwrap();
+        c.add_stream(
+            "s",
+            &StreamOptions {
+                shard_count: 1,
+                retention_hours: 24,
+                limits: Limits::Kinesis,
+                max_record_data_bytes: 1 << 20,
+            },
+            1,
+            0,
+        )
+        .unwrap();
         c.save().unwrap();
         let path = dir.path().join(CATALOG_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -295,14 +348,81 @@ mod tests {
             data: CatalogData::default(),
         };
         assert!(c
-            .add_stream("bad name", 1, 24, Limits::Off, 1, 1, 0)
+            .add_stream(
+                "bad name",
+                &StreamOptions {
+                    shard_count: 1,
+                    retention_hours: 24,
+                    limits: Limits::Off,
+                    max_record_data_bytes: 1
+                },
+                1,
+                0
+            )
             .is_err());
-        assert!(c.add_stream("ok", 0, 24, Limits::Off, 1, 1, 0).is_err());
-        assert!(c.add_stream("ok", 1, 0, Limits::Off, 1, 1, 0).is_err());
-        assert!(c.add_stream("ok", 1, 8761, Limits::Off, 1, 1, 0).is_err());
-        c.add_stream("ok", 1, 8760, Limits::Off, 1, 1, 0).unwrap();
+        assert!(c
+            .add_stream(
+                "ok",
+                &StreamOptions {
+                    shard_count: 0,
+                    retention_hours: 24,
+                    limits: Limits::Off,
+                    max_record_data_bytes: 1
+                },
+                1,
+                0
+            )
+            .is_err());
+        assert!(c
+            .add_stream(
+                "ok",
+                &StreamOptions {
+                    shard_count: 1,
+                    retention_hours: 0,
+                    limits: Limits::Off,
+                    max_record_data_bytes: 1
+                },
+                1,
+                0
+            )
+            .is_err());
+        assert!(c
+            .add_stream(
+                "ok",
+                &StreamOptions {
+                    shard_count: 1,
+                    retention_hours: 8761,
+                    limits: Limits::Off,
+                    max_record_data_bytes: 1
+                },
+                1,
+                0
+            )
+            .is_err());
+        c.add_stream(
+            "ok",
+            &StreamOptions {
+                shard_count: 1,
+                retention_hours: 8760,
+                limits: Limits::Off,
+                max_record_data_bytes: 1,
+            },
+            1,
+            0,
+        )
+        .unwrap();
         assert!(matches!(
-            c.add_stream("ok", 1, 1, Limits::Off, 1, 1, 0),
+            c.add_stream(
+                "ok",
+                &StreamOptions {
+                    shard_count: 1,
+                    retention_hours: 1,
+                    limits: Limits::Off,
+                    max_record_data_bytes: 1
+                },
+                1,
+                0
+            ),
             Err(EngineError::StreamExists(_))
         ));
     }

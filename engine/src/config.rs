@@ -24,6 +24,10 @@ retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
 io_memory_bytes = 2097152           # glommio registered-buffer memory per executor
 core_queue_depth = 1024             # bound of each core's request channel
+max_frame_bytes = 10551360          # largest request frame (a 10 MiB batch plus headers)
+max_connections_per_core = 10000
+max_inflight_per_connection = 1024  # pipelined requests per connection before ServerBusy
+max_buffered_bytes_per_core = 268435456  # request bytes held by in-flight requests, per core
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +47,10 @@ pub struct EngineConfig {
     pub verify_hash_keys: bool,
     pub io_memory_bytes: usize,
     pub core_queue_depth: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections_per_core: usize,
+    pub max_inflight_per_connection: usize,
+    pub max_buffered_bytes_per_core: usize,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +71,10 @@ impl Default for EngineConfig {
             verify_hash_keys: true,
             io_memory_bytes: 2 << 20,
             core_queue_depth: 1024,
+            max_frame_bytes: spate_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_connections_per_core: 10_000,
+            max_inflight_per_connection: 1024,
+            max_buffered_bytes_per_core: 256 << 20,
         }
     }
 }

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_channel::Sender;
-use spate_protocol::batch::{
-    BatchBuilder, DEFAULT_MAX_RECORD_DATA_BYTES, MAX_RECORD_DATA_BYTES_CEILING,
-};
+use spate_protocol::batch::{BatchBuilder, MAX_RECORD_DATA_BYTES_CEILING};
 use spate_protocol::routing::hash_key;
 
 use crate::catalog::{Catalog, ShardState, StreamEntry};
@@ -26,25 +24,7 @@ use crate::runtime::{
     StartPosition,
 };
 
-/// Options of a new stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamOptions {
-    pub shard_count: u32,
-    pub retention_hours: u32,
-    pub limits: Limits,
-    pub max_record_data_bytes: u32,
-}
-
-impl StreamOptions {
-    pub fn new(shard_count: u32) -> StreamOptions {
-        StreamOptions {
-            shard_count,
-            retention_hours: crate::catalog::DEFAULT_RETENTION_HOURS,
-            limits: Limits::Kinesis,
-            max_record_data_bytes: DEFAULT_MAX_RECORD_DATA_BYTES as u32,
-        }
-    }
-}
+pub use crate::catalog::StreamOptions;
 
 /// One shard as `describe` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +144,12 @@ impl Engine {
         let senders: Vec<Sender<CoreMsg>> = channels.iter().map(|(tx, _)| tx.clone()).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut threads = Vec::with_capacity(n);
+        let core_routes: HashMap<String, StreamEntry> = catalog
+            .data
+            .streams
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect();
         let mut catalog = Some(catalog);
         for (index, ((_, rx), shards)) in channels.into_iter().zip(per_core).enumerate() {
             let setup = CoreSetup {
@@ -172,6 +158,7 @@ impl Engine {
                 clock: clock.clone(),
                 rx,
                 peers: senders.clone(),
+                routes: core_routes.clone(),
                 catalog: if index == 0 { catalog.take() } else { None },
                 shards,
                 ready: ready_tx.clone(),
@@ -215,6 +202,11 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The request channel of core `index` (the server uses it to bind listeners).
+    pub(crate) fn core_sender(&self, index: usize) -> &Sender<CoreMsg> {
+        &self.inner.cores[index]
     }
 
     /// CPUs the cores are pinned to, by core index.
@@ -301,10 +293,7 @@ impl Engine {
         }
         let op = ControlOp::CreateStream {
             name: name.to_owned(),
-            shard_count: opts.shard_count,
-            retention_hours: opts.retention_hours,
-            limits: opts.limits,
-            max_record_data_bytes: opts.max_record_data_bytes,
+            opts,
         };
         let entry = self.control(op).await?.pop().expect("created stream");
         self.inner

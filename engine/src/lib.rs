@@ -27,6 +27,7 @@ mod log_tests;
 pub mod notify;
 pub mod runtime;
 pub mod segment;
+pub mod server;
 pub mod sim;
 pub mod spare;
 

@@ -186,15 +186,15 @@ mod tests {
     #[test]
     fn admits_a_prefix_and_hints_retry() {
         let mut w = WriteLimiter::new(1 << 20, 1000, 0);
-        let a = w.admit(std::iter::repeat(100).take(1500), 0);
+        let a = w.admit(std::iter::repeat_n(100, 1500), 0);
         assert_eq!(a.records, 1000);
         assert!(a.retry_after_ms.is_some());
         // After 100 ms, 100 more records fit.
-        let a = w.admit(std::iter::repeat(100).take(500), 100);
+        let a = w.admit(std::iter::repeat_n(100, 500), 100);
         assert_eq!(a.records, 100);
         // Bytes bind for large records: 1 MiB/s means ~10 records of 100 KiB per 1 s.
         let mut w = WriteLimiter::new(1 << 20, 1000, 0);
-        let a = w.admit(std::iter::repeat(100 << 10).take(20), 0);
+        let a = w.admit(std::iter::repeat_n(100 << 10, 20), 0);
         assert_eq!(a.records, 10);
         let retry = a.retry_after_ms.unwrap();
         // 24 KiB left, 100 KiB needed, 1 MiB/s: 76 KiB take ~75 ms.
@@ -207,7 +207,7 @@ mod tests {
         let mut w = WriteLimiter::new(1 << 20, 1000, 0);
         let mut accepted = 0u64;
         for step in 1..=1000 {
-            accepted += u64::from(w.admit(std::iter::repeat(10).take(20), step * 10).records);
+            accepted += u64::from(w.admit(std::iter::repeat_n(10, 20), step * 10).records);
         }
         // One second of burst plus ten seconds at 1,000/s.
         assert!((10_000..=11_000).contains(&accepted), "accepted {accepted}");

@@ -18,6 +18,11 @@ use crate::segment::{index_file_name, segment_file_name};
 use crate::sim::{SimFaults, SimRng, SimStorage};
 use crate::spare::SparePool;
 
+/// A record as the tests see it: partition key and data.
+type Rec = (Vec<u8>, Vec<u8>);
+/// Records by sequence number, with their arrival time.
+type ReadBack = BTreeMap<u64, (Vec<u8>, Vec<u8>, i64)>;
+
 const IDENT: ShardIdent = ShardIdent {
     stream_id: 9,
     shard_id: 2,
@@ -86,7 +91,7 @@ impl Harness {
     }
 }
 
-fn make_batch(rng: &mut SimRng, tag: u64) -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) {
+fn make_batch(rng: &mut SimRng, tag: u64) -> (Vec<u8>, Vec<Rec>) {
     let n = 1 + rng.below(5) as usize;
     let mut b = BatchBuilder::new();
     let mut recs = Vec::new();
@@ -106,10 +111,7 @@ fn make_batch(rng: &mut SimRng, tag: u64) -> (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>) 
 }
 
 /// Every record readable from `from` on, by sequence number.
-fn read_all(
-    log: &ShardLog<SimStorage>,
-    from: u64,
-) -> Result<BTreeMap<u64, (Vec<u8>, Vec<u8>, i64)>, LogError> {
+fn read_all(log: &ShardLog<SimStorage>, from: u64) -> Result<ReadBack, LogError> {
     let mut out = BTreeMap::new();
     let mut next = from;
     loop {
@@ -590,8 +592,7 @@ fn run_model(seed: u64) {
                 let got = read_all(&log, from).unwrap();
                 let want: Vec<_> = model.range(from..).map(|(s, r)| (*s, r.clone())).collect();
                 let have: Vec<_> = got.into_iter().map(|(s, (k, d, _))| (s, (k, d))).collect();
-                let seqs =
-                    |v: &[(u64, (Vec<u8>, Vec<u8>))]| v.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+                let seqs = |v: &[(u64, Rec)]| v.iter().map(|(s, _)| *s).collect::<Vec<_>>();
                 assert_eq!(
                     seqs(&have),
                     seqs(&want),

@@ -11,14 +11,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
-use spate_protocol::batch::{
-    self, check_producer_batch, record_encoded_len, BatchHeader, RecordIter, RecordRules,
-    BATCH_HEADER_LEN,
-};
+use spate_protocol::batch::{self, check_producer_batch, BatchHeader, RecordIter, RecordRules};
 
 use crate::catalog::{validate_retention, Catalog, StreamEntry};
 use crate::clock::ClockRef;
@@ -112,10 +110,7 @@ pub struct ShardStats {
 pub enum ControlOp {
     CreateStream {
         name: String,
-        shard_count: u32,
-        retention_hours: u32,
-        limits: Limits,
-        max_record_data_bytes: u32,
+        opts: crate::catalog::StreamOptions,
     },
     DeleteStream {
         name: String,
@@ -166,6 +161,24 @@ pub(crate) enum CoreMsg {
         op: ControlOp,
         reply: Reply<Vec<StreamEntry>>,
     },
+    /// Core 0 tells every core about a created, changed (`Some`) or deleted (`None`) stream
+    /// before it answers the control request, so any core can route the next request.
+    RouteUpdate {
+        name: String,
+        entry: Option<StreamEntry>,
+        reply: Reply<()>,
+    },
+    /// Bind the public (SO_REUSEPORT) and the core's own listener; reply with both addresses.
+    Listen {
+        public: Option<SocketAddr>,
+        own: SocketAddr,
+        reply: Reply<(Option<SocketAddr>, SocketAddr)>,
+    },
+    /// Every core's advertised address, for `Hello`.
+    SetTopology {
+        addrs: Vec<String>,
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -180,27 +193,32 @@ pub(crate) struct CoreSetup {
     pub peers: Vec<Sender<CoreMsg>>,
     pub catalog: Option<Catalog>,
     pub shards: Vec<ShardSpec>,
+    pub routes: HashMap<String, StreamEntry>,
     pub ready: std::sync::mpsc::Sender<Result<(), EngineError>>,
 }
 
-struct ShardSlot {
+pub(crate) struct ShardSlot {
     spec: RefCell<ShardSpec>,
     log: ShardLog<DmaStorage>,
     write: RefCell<Option<WriteLimiter>>,
     read: RefCell<Option<TokenBucket>>,
 }
 
-struct Core {
-    index: usize,
-    cfg: EngineConfig,
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    pub(crate) cfg: EngineConfig,
     log_cfg: LogConfig,
-    clock: ClockRef,
+    pub(crate) clock: ClockRef,
     storage: Rc<DmaStorage>,
     spares: Rc<SparePool<DmaStorage>>,
     shards: RefCell<HashMap<ShardIdent, Rc<ShardSlot>>>,
-    peers: Vec<Sender<CoreMsg>>,
+    pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
-    stopping: Cell<bool>,
+    pub(crate) stopping: Cell<bool>,
+    /// This core's copy of the stream routing table (name -> catalog entry).
+    pub(crate) routes: RefCell<HashMap<String, Rc<StreamEntry>>>,
+    /// Listeners, connections and request accounting (see `server`).
+    pub(crate) net: crate::server::NetState,
 }
 
 fn limiters(spec: &ShardSpec, now_ms: i64) -> (Option<WriteLimiter>, Option<TokenBucket>) {
@@ -223,6 +241,7 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         peers,
         catalog,
         shards,
+        routes,
         ready,
     } = setup;
     let storage = Rc::new(DmaStorage);
@@ -256,6 +275,8 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         peers,
         catalog: catalog.map(RefCell::new),
         stopping: Cell::new(false),
+        routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
+        net: crate::server::NetState::default(),
     });
     for spec in shards {
         if let Err(e) = core.open_shard(spec.clone()).await {
@@ -272,6 +293,7 @@ pub(crate) async fn run_core(setup: CoreSetup) {
     while let Ok(msg) = rx.recv().await {
         if let CoreMsg::Shutdown { reply } = msg {
             core.stopping.set(true);
+            core.drain_requests().await;
             let slots: Vec<_> = core.shards.borrow().values().cloned().collect();
             for slot in slots {
                 if let Err(e) = slot.log.flush().await {
@@ -331,7 +353,7 @@ impl Core {
                 batch,
                 reply,
             } => {
-                let _ = reply.send(self.append(ident, batch).await).await;
+                let _ = reply.send(self.append(ident, &batch).await).await;
             }
             CoreMsg::Read { ident, req, reply } => {
                 let _ = reply.send(self.read(ident, req).await).await;
@@ -355,6 +377,23 @@ impl Core {
             }
             CoreMsg::Control { op, reply } => {
                 let _ = reply.send(self.control(op).await).await;
+            }
+            CoreMsg::RouteUpdate { name, entry, reply } => {
+                {
+                    let mut routes = self.routes.borrow_mut();
+                    match entry {
+                        Some(e) => routes.insert(name, Rc::new(e)),
+                        None => routes.remove(&name),
+                    };
+                }
+                let _ = reply.send(Ok(())).await;
+            }
+            CoreMsg::Listen { public, own, reply } => {
+                let _ = reply.send(self.clone().listen(public, own)).await;
+            }
+            CoreMsg::SetTopology { addrs, reply } => {
+                *self.net.topology.borrow_mut() = addrs;
+                let _ = reply.send(Ok(())).await;
             }
             CoreMsg::Shutdown { reply } => {
                 let _ = reply.send(Ok(())).await;
@@ -415,10 +454,13 @@ impl Core {
         Ok(())
     }
 
-    async fn append(
+    /// Checks, limits and appends one producer batch to a shard of this core. The batch is
+    /// borrowed (from the connection's frame, or a forwarded message); the log copies it
+    /// once into its write buffer. Only a throttled batch is copied here, to cut it down.
+    pub(crate) async fn append(
         &self,
         ident: ShardIdent,
-        mut batch: Vec<u8>,
+        batch: &[u8],
     ) -> Result<PutOutcome, EngineError> {
         if self.stopping.get() {
             return Err(EngineError::ShuttingDown);
@@ -432,13 +474,13 @@ impl Core {
             };
             (rules, spec.limits != Limits::Off)
         };
-        let summary = check_producer_batch(&batch, &rules)?;
+        let summary = check_producer_batch(batch, &rules)?;
         let mut accepted = summary.record_count;
         let mut retry_after_ms = None;
         if has_limits {
             if let Some(limiter) = slot.write.borrow_mut().as_mut() {
-                let header = BatchHeader::decode(&batch)?;
-                let sizes = RecordIter::new(&batch, header.record_count)
+                let header = BatchHeader::decode(batch)?;
+                let sizes = RecordIter::new(batch, header.record_count)
                     .map(|r| r.map_or(0, |r| (r.key.len() + r.data.len()) as u64));
                 let admission = limiter.admit(sizes, self.clock.now_ms());
                 accepted = admission.records;
@@ -449,11 +491,15 @@ impl Core {
                     retry_after_ms: retry_after_ms.unwrap_or(1),
                 });
             }
-            if accepted < summary.record_count {
-                truncate_to_prefix(&mut batch, accepted)?;
-            }
         }
-        let ack = slot.log.append(&batch, accepted).await?;
+        let mut cut;
+        let mut batch = batch;
+        if accepted < summary.record_count {
+            cut = batch.to_vec();
+            let len = batch::truncate_records(&mut cut, accepted)?;
+            batch = &cut[..len];
+        }
+        let ack = slot.log.append(batch, accepted).await?;
         Ok(PutOutcome {
             shard_id: ident.shard_id,
             base_seq: ack.base_seq,
@@ -464,7 +510,11 @@ impl Core {
         })
     }
 
-    async fn read(&self, ident: ShardIdent, req: ReadRequest) -> Result<ReadOutput, EngineError> {
+    pub(crate) async fn read(
+        &self,
+        ident: ShardIdent,
+        req: ReadRequest,
+    ) -> Result<ReadOutput, EngineError> {
         let slot = self.slot(ident)?;
         if req.wait_ms > 0 && req.from_seq >= slot.log.durable_seq() {
             let deadline =
@@ -504,7 +554,11 @@ impl Core {
         Ok(out)
     }
 
-    async fn position(&self, ident: ShardIdent, pos: StartPosition) -> Result<u64, EngineError> {
+    pub(crate) async fn position(
+        &self,
+        ident: ShardIdent,
+        pos: StartPosition,
+    ) -> Result<u64, EngineError> {
         let slot = self.slot(ident)?;
         let log = &slot.log;
         let durable = log.durable_seq();
@@ -538,6 +592,25 @@ impl Core {
         removed
     }
 
+    /// Tells every core (this one included) about a stream's new routing entry and waits
+    /// until all of them applied it.
+    async fn broadcast_route(
+        &self,
+        name: &str,
+        entry: Option<StreamEntry>,
+    ) -> Result<(), EngineError> {
+        for peer in &self.peers {
+            let entry = entry.clone();
+            call(peer, |reply| CoreMsg::RouteUpdate {
+                name: name.to_owned(),
+                entry,
+                reply,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Control plane (core 0 only): mutate the catalog, persist it, then tell the owning
     /// cores. Returns the affected streams (or all of them for `Snapshot`).
     async fn control(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
@@ -545,25 +618,11 @@ impl Core {
         let cores = self.peers.len() as u32;
         match op {
             ControlOp::Snapshot => Ok(catalog.borrow().data.streams.clone()),
-            ControlOp::CreateStream {
-                name,
-                shard_count,
-                retention_hours,
-                limits,
-                max_record_data_bytes,
-            } => {
+            ControlOp::CreateStream { name, opts } => {
                 let entry = {
                     let mut cat = catalog.borrow_mut();
                     let entry = cat
-                        .add_stream(
-                            &name,
-                            shard_count,
-                            retention_hours,
-                            limits,
-                            max_record_data_bytes,
-                            cores,
-                            self.clock.now_ms(),
-                        )?
+                        .add_stream(&name, &opts, cores, self.clock.now_ms())?
                         .clone();
                     if let Err(e) = cat.save() {
                         cat.remove_stream(&name)?;
@@ -578,6 +637,8 @@ impl Core {
                     let peer = &self.peers[(sh.core % cores) as usize];
                     call(peer, |reply| CoreMsg::OpenShard { spec, reply }).await?;
                 }
+                self.broadcast_route(&entry.name, Some(entry.clone()))
+                    .await?;
                 Ok(vec![entry])
             }
             ControlOp::DeleteStream { name } => {
@@ -587,6 +648,7 @@ impl Core {
                     cat.save()?;
                     entry
                 };
+                self.broadcast_route(&entry.name, None).await?;
                 for sh in &entry.shards {
                     let ident = ShardIdent {
                         stream_id: entry.stream_id,
@@ -627,6 +689,8 @@ impl Core {
                     let peer = &self.peers[(sh.core % cores) as usize];
                     call(peer, |reply| CoreMsg::UpdateShard { spec, reply }).await?;
                 }
+                self.broadcast_route(&entry.name, Some(entry.clone()))
+                    .await?;
                 Ok(vec![entry])
             }
         }
@@ -643,29 +707,4 @@ pub(crate) async fn call<T>(
         .await
         .map_err(|_| EngineError::ShuttingDown)?;
     rx.recv().await.map_err(|_| EngineError::ShuttingDown)?
-}
-
-/// Cuts a checked batch down to its first `keep` records: new length, count and records
-/// CRC. The engine stamps the header afterwards, which re-seals the header CRC.
-fn truncate_to_prefix(batch: &mut Vec<u8>, keep: u32) -> Result<(), EngineError> {
-    let mut header = BatchHeader::decode(batch)?;
-    let mut len = BATCH_HEADER_LEN;
-    for record in RecordIter::new(batch, header.record_count).take(keep as usize) {
-        let r = record?;
-        len += record_encoded_len(r.key.len(), r.data.len(), r.explicit_hash_key.is_some());
-    }
-    batch.truncate(len);
-    header.record_count = keep;
-    header.batch_len = len as u32;
-    header.records_crc = crc32c::crc32c(&batch[BATCH_HEADER_LEN..]);
-    header.encode_into(&mut batch[..BATCH_HEADER_LEN]);
-    debug_assert!(batch::check_producer_batch(
-        batch,
-        &RecordRules {
-            max_record_data_bytes: batch::MAX_RECORD_DATA_BYTES_CEILING,
-            hash_range: None
-        }
-    )
-    .is_ok());
-    Ok(())
 }

@@ -64,3 +64,100 @@ pub fn key_for_shard(shard: u32, shards: u32) -> String {
         .find(|k| (lo..=hi).contains(&spate_protocol::routing::hash_key(k.as_bytes())))
         .expect("some key hashes into every shard")
 }
+
+/// A minimal blocking client speaking the wire protocol directly (std sockets), so server
+/// tests do not depend on the client library and can send malformed bytes on purpose.
+#[derive(Debug)]
+pub struct WireClient {
+    pub stream: std::net::TcpStream,
+    buf: Vec<u8>,
+    next_cid: u64,
+}
+
+/// A response frame, owned.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub header: spate_protocol::FrameHeader,
+    pub frame: Vec<u8>,
+}
+
+impl RawResponse {
+    /// Decodes the response (borrowing from `self`).
+    pub fn reply(&self) -> spate_protocol::message::Reply<'_> {
+        let frame = spate_protocol::decode_frame(&self.frame, usize::MAX)
+            .expect("frame")
+            .expect("whole frame");
+        spate_protocol::decode_response(&frame).expect("decodable response")
+    }
+}
+
+impl WireClient {
+    pub fn connect(addr: impl std::net::ToSocketAddrs) -> WireClient {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        // A generous bound so a broken server fails the test instead of hanging it.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        WireClient {
+            stream,
+            buf: Vec::new(),
+            next_cid: 1,
+        }
+    }
+
+    /// Sends a request; returns its correlation id.
+    pub fn send(&mut self, req: &spate_protocol::Request<'_>) -> u64 {
+        use std::io::Write;
+        let cid = self.next_cid;
+        self.next_cid += 1;
+        let mut out = Vec::new();
+        spate_protocol::encode_request(&mut out, cid, req);
+        self.stream.write_all(&out).expect("send");
+        cid
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// Receives the next response frame; `None` when the server closed the connection.
+    pub fn recv(&mut self) -> Option<RawResponse> {
+        use std::io::Read;
+        loop {
+            if let Ok(Some(f)) = spate_protocol::decode_frame(&self.buf, usize::MAX) {
+                let len = f.encoded_len();
+                let header = f.header;
+                let frame: Vec<u8> = self.buf.drain(..len).collect();
+                return Some(RawResponse { header, frame });
+            }
+            if let Err(e) = spate_protocol::decode_frame(&self.buf, usize::MAX) {
+                panic!(
+                    "undecodable response frame: {e} in {:?}",
+                    &self.buf[..self.buf.len().min(64)]
+                );
+            }
+            let mut chunk = [0u8; 65536];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                // glommio's executors use signals; a blocking read here may see one.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => panic!("reading a response: {e}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends and waits for the answer (no other request outstanding).
+    pub fn call(&mut self, req: &spate_protocol::Request<'_>) -> RawResponse {
+        let cid = self.send(req);
+        let r = self.recv().expect("response");
+        assert_eq!(r.header.correlation_id, cid);
+        r
+    }
+}

@@ -1,0 +1,436 @@
+//! The server over real sockets, driven by a raw protocol client: every operation, routing
+//! and forwarding between cores, pipelining, bad frames, bounds and graceful shutdown.
+
+use spate_engine::config::EngineConfig;
+use spate_engine::server::Server;
+use spate_protocol::{
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest,
+    GetRecordsRequest, HelloRequest, IteratorPosition, Limits, ListStreamsRequest, PutBatchRequest,
+    PutRecordRequest, Reply, Request, Response, RetentionRequest,
+};
+use spate_tests::{key_for_shard, tagged_batch, test_config, WireClient};
+
+fn server(dir: &std::path::Path) -> Server {
+    Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        ..test_config(dir)
+    })
+    .expect("server starts")
+}
+
+fn create(c: &mut WireClient, name: &str, shards: u32, limits: Limits) {
+    let r = c.call(&Request::CreateStream(CreateStreamRequest {
+        name,
+        shard_count: shards,
+        retention_hours: 24,
+        limits,
+        max_record_data_bytes: None,
+    }));
+    assert!(
+        matches!(r.reply(), Ok(Response::CreateStream(_))),
+        "{:?}",
+        r.reply()
+    );
+}
+
+fn error_code(r: &Reply<'_>) -> ErrorCode {
+    match r {
+        Err(e) => e.code,
+        Ok(other) => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn iterator(c: &mut WireClient, stream: &str, shard: u32, position: IteratorPosition) -> Vec<u8> {
+    let r = c.call(&Request::GetIterator(GetIteratorRequest {
+        stream,
+        shard_id: shard,
+        position,
+    }));
+    match r.reply() {
+        Ok(Response::GetIterator(it)) => it.iterator.to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Reads from `iterator` until the tip; returns (seq, data) and the final iterator.
+fn read_to_tip(c: &mut WireClient, mut it: Vec<u8>) -> (Vec<(u64, Vec<u8>)>, Vec<u8>) {
+    let mut out = Vec::new();
+    loop {
+        let r = c.call(&Request::GetRecords(GetRecordsRequest {
+            iterator: &it,
+            max_records: 100,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+        }));
+        let Ok(Response::GetRecords(g)) = r.reply() else {
+            panic!("{:?}", r.reply())
+        };
+        let before = out.len();
+        for rec in g.records() {
+            let rec = rec.expect("records verify end to end");
+            out.push((rec.seq, rec.data.to_vec()));
+        }
+        let next = g.head.next_iterator.expect("next iterator").to_vec();
+        if out.len() == before {
+            assert_eq!(g.head.millis_behind_latest, 0);
+            return (out, next);
+        }
+        it = next;
+    }
+}
+
+#[test]
+fn every_operation_over_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    let hello = c.call(&Request::Hello(HelloRequest {
+        client_name: "test",
+    }));
+    let Ok(Response::Hello(h)) = hello.reply() else {
+        panic!("{:?}", hello.reply())
+    };
+    assert_eq!(h.cores.len(), srv.core_addrs().len());
+    assert_eq!(h.cores[0].address, srv.core_addrs()[0].to_string());
+
+    create(&mut c, "clicks", 4, Limits::Off);
+    let dup = c.call(&Request::CreateStream(CreateStreamRequest {
+        name: "clicks",
+        shard_count: 1,
+        retention_hours: 24,
+        limits: Limits::Off,
+        max_record_data_bytes: None,
+    }));
+    assert_eq!(error_code(&dup.reply()), ErrorCode::StreamExists);
+    let list = c.call(&Request::ListStreams(ListStreamsRequest {
+        exclusive_start_name: None,
+        limit: 100,
+    }));
+    let Ok(Response::ListStreams(l)) = list.reply() else {
+        panic!("{:?}", list.reply())
+    };
+    assert_eq!(l.names, vec!["clicks"]);
+
+    // PutRecord routes by MD5 on the server.
+    let mut b = spate_protocol::batch::BatchBuilder::new();
+    let key = key_for_shard(2, 4);
+    b.push(key.as_bytes(), b"hello", None).unwrap();
+    let batch = b.finish();
+    let r = c.call(&Request::PutRecord(PutRecordRequest {
+        stream: "clicks",
+        batch: &batch,
+    }));
+    let Ok(Response::PutRecord(p)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    assert_eq!((p.shard_id, p.seq), (2, 0));
+
+    // PutBatch to an explicit shard, then read it back from TRIM_HORIZON.
+    for tag in 0..10 {
+        let batch = tagged_batch(&key, tag, 3, 100);
+        let r = c.call(&Request::PutBatch(PutBatchRequest {
+            stream: "clicks",
+            shard_id: 2,
+            batch: &batch,
+        }));
+        let Ok(Response::PutBatch(p)) = r.reply() else {
+            panic!("{:?}", r.reply())
+        };
+        assert_eq!((p.base_seq, p.accepted, p.rejected), (1 + tag * 3, 3, None));
+    }
+    let it = iterator(&mut c, "clicks", 2, IteratorPosition::TrimHorizon);
+    let (records, tip) = read_to_tip(&mut c, it);
+    assert_eq!(records.len(), 31);
+    assert_eq!(records[0], (0, b"hello".to_vec()));
+    assert!(records[1].1.starts_with(b"0:0:"));
+    // The iterator at the tip sees a record written after it was handed out.
+    let batch = tagged_batch(&key, 99, 1, 10);
+    c.call(&Request::PutBatch(PutBatchRequest {
+        stream: "clicks",
+        shard_id: 2,
+        batch: &batch,
+    }));
+    let (more, _) = read_to_tip(&mut c, tip);
+    assert_eq!(more.len(), 1);
+    assert_eq!(more[0].0, 31);
+    // AT / AFTER sequence number and LATEST.
+    let at = iterator(
+        &mut c,
+        "clicks",
+        2,
+        IteratorPosition::AtSequenceNumber { seq: 10 },
+    );
+    assert_eq!(read_to_tip(&mut c, at).0.first().map(|r| r.0), Some(10));
+    let after = iterator(
+        &mut c,
+        "clicks",
+        2,
+        IteratorPosition::AfterSequenceNumber { seq: 10 },
+    );
+    assert_eq!(read_to_tip(&mut c, after).0.first().map(|r| r.0), Some(11));
+    let latest = iterator(&mut c, "clicks", 2, IteratorPosition::Latest);
+    assert!(read_to_tip(&mut c, latest).0.is_empty());
+    let ts = iterator(
+        &mut c,
+        "clicks",
+        2,
+        IteratorPosition::AtTimestamp { ts_ms: 0 },
+    );
+    assert_eq!(read_to_tip(&mut c, ts).0.len(), 32);
+
+    // Describe, retention changes, errors.
+    let d = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "clicks",
+    }));
+    let Ok(Response::DescribeStream(d)) = d.reply() else {
+        panic!()
+    };
+    assert_eq!(d.shards.len(), 4);
+    assert_eq!(
+        (d.shards[2].first_seq, d.shards[2].last_seq),
+        (Some(0), Some(31))
+    );
+    assert_eq!(d.shards[3].hash_key_end, u128::MAX);
+    let inc = c.call(&Request::IncreaseRetention(RetentionRequest {
+        name: "clicks",
+        retention_hours: 48,
+    }));
+    assert!(matches!(inc.reply(), Ok(Response::IncreaseRetention)));
+    let bad = c.call(&Request::DecreaseRetention(RetentionRequest {
+        name: "clicks",
+        retention_hours: 72,
+    }));
+    assert_eq!(error_code(&bad.reply()), ErrorCode::InvalidArgument);
+    let unknown = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "nope",
+    }));
+    assert_eq!(error_code(&unknown.reply()), ErrorCode::UnknownStream);
+    let wrong = tagged_batch(&key, 1, 1, 1);
+    let r = c.call(&Request::PutBatch(PutBatchRequest {
+        stream: "clicks",
+        shard_id: 0,
+        batch: &wrong,
+    }));
+    assert_eq!(error_code(&r.reply()), ErrorCode::WrongShard);
+    let r = c.call(&Request::GetRecords(GetRecordsRequest {
+        iterator: &[1, 2, 3],
+        max_records: 1,
+        max_bytes: 1,
+        wait_ms: 0,
+    }));
+    assert_eq!(error_code(&r.reply()), ErrorCode::InvalidIterator);
+
+    let del = c.call(&Request::DeleteStream(DeleteStreamRequest {
+        name: "clicks",
+    }));
+    assert!(matches!(del.reply(), Ok(Response::DeleteStream)));
+    let r = c.call(&Request::PutBatch(PutBatchRequest {
+        stream: "clicks",
+        shard_id: 2,
+        batch: &batch,
+    }));
+    assert_eq!(error_code(&r.reply()), ErrorCode::UnknownStream);
+    srv.shutdown();
+}
+
+#[test]
+fn requests_to_any_core_are_forwarded_to_the_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let cores = srv.core_addrs();
+    let mut admin = WireClient::connect(srv.local_addr());
+    create(&mut admin, "s", 4, Limits::Off);
+    let d = admin.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "s",
+    }));
+    let Ok(Response::DescribeStream(d)) = d.reply() else {
+        panic!()
+    };
+    // Talk to every core about every shard: owners and non-owners must answer the same.
+    for (ci, addr) in cores.iter().enumerate() {
+        let mut c = WireClient::connect(addr);
+        for sh in &d.shards {
+            let key = key_for_shard(sh.id, 4);
+            let batch = tagged_batch(&key, ci as u64, 2, 50);
+            let r = c.call(&Request::PutBatch(PutBatchRequest {
+                stream: "s",
+                shard_id: sh.id,
+                batch: &batch,
+            }));
+            let Ok(Response::PutBatch(p)) = r.reply() else {
+                panic!("{:?}", r.reply())
+            };
+            assert_eq!(p.base_seq, ci as u64 * 2, "shard {} via core {ci}", sh.id);
+        }
+    }
+    for sh in &d.shards {
+        let it = iterator(&mut admin, "s", sh.id, IteratorPosition::TrimHorizon);
+        assert_eq!(read_to_tip(&mut admin, it).0.len(), cores.len() * 2);
+    }
+    srv.shutdown();
+}
+
+#[test]
+fn pipelined_requests_all_get_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    create(&mut c, "p", 2, Limits::Off);
+    let keys = [key_for_shard(0, 2), key_for_shard(1, 2)];
+    let mut sent = std::collections::HashMap::new();
+    for i in 0..500u64 {
+        let shard = (i % 2) as u32;
+        let batch = tagged_batch(&keys[shard as usize], i, 1, 20);
+        let cid = c.send(&Request::PutBatch(PutBatchRequest {
+            stream: "p",
+            shard_id: shard,
+            batch: &batch,
+        }));
+        sent.insert(cid, shard);
+    }
+    let mut seqs: Vec<(u64, usize, u64)> = Vec::new();
+    for _ in 0..500 {
+        let r = c.recv().expect("answer");
+        let cid = r.header.correlation_id;
+        let shard = sent.remove(&cid).expect("known correlation id") as usize;
+        let Ok(Response::PutBatch(p)) = r.reply() else {
+            panic!("{:?}", r.reply())
+        };
+        assert_eq!(p.accepted, 1);
+        seqs.push((cid, shard, p.base_seq));
+    }
+    // Answers may come in any order, but per shard the sequence numbers follow the order
+    // the requests were sent in: per-key order holds under pipelining.
+    seqs.sort_unstable();
+    for shard in 0..2 {
+        let in_send_order: Vec<u64> = seqs.iter().filter(|s| s.1 == shard).map(|s| s.2).collect();
+        assert_eq!(
+            in_send_order,
+            (0..250).collect::<Vec<u64>>(),
+            "shard {shard}"
+        );
+    }
+    assert!(sent.is_empty());
+    srv.shutdown();
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut good = WireClient::connect(srv.local_addr());
+    create(&mut good, "s", 1, Limits::Off);
+    // Garbage: a frame header claiming version 9.
+    let mut bad = WireClient::connect(srv.local_addr());
+    bad.send_raw(&[20, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4])
+        .unwrap();
+    let r = bad.recv().expect("an error frame before the close");
+    assert_eq!(error_code(&r.reply()), ErrorCode::UnsupportedVersion);
+    assert!(bad.recv().is_none(), "connection closed");
+    // A frame claiming 1 GiB.
+    let mut big = WireClient::connect(srv.local_addr());
+    big.send_raw(&[0, 0, 0, 64, 1, 0, 20, 0]).unwrap();
+    let r = big.recv().expect("an error frame");
+    assert_eq!(error_code(&r.reply()), ErrorCode::FrameTooLarge);
+    assert!(big.recv().is_none());
+    // A well-framed request with a corrupt payload is answered, and the connection lives.
+    let mut bytes = Vec::new();
+    let batch = tagged_batch("k", 0, 1, 10);
+    spate_protocol::encode_request(
+        &mut bytes,
+        7,
+        &Request::PutBatch(PutBatchRequest {
+            stream: "s",
+            shard_id: 0,
+            batch: &batch,
+        }),
+    );
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    good.send_raw(&bytes).unwrap();
+    let r = good.recv().unwrap();
+    assert_eq!(r.header.correlation_id, 7);
+    assert_eq!(error_code(&r.reply()), ErrorCode::ChecksumMismatch);
+    // A dropped connection mid-frame harms nothing.
+    let mut dropped = WireClient::connect(srv.local_addr());
+    dropped.send_raw(&bytes[..bytes.len() / 2]).unwrap();
+    drop(dropped);
+    let batch = tagged_batch("k", 1, 1, 10);
+    let r = good.call(&Request::PutBatch(PutBatchRequest {
+        stream: "s",
+        shard_id: 0,
+        batch: &batch,
+    }));
+    let Ok(Response::PutBatch(p)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    assert_eq!(p.base_seq, 0);
+    srv.shutdown();
+}
+
+#[test]
+fn kinesis_limits_reject_a_suffix_with_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    create(&mut c, "lim", 1, Limits::Kinesis);
+    let mut accepted = 0;
+    let mut saw_rejection = false;
+    for tag in 0..3 {
+        let batch = tagged_batch("k", tag, 500, 10);
+        let r = c.call(&Request::PutBatch(PutBatchRequest {
+            stream: "lim",
+            shard_id: 0,
+            batch: &batch,
+        }));
+        let Ok(Response::PutBatch(p)) = r.reply() else {
+            panic!("{:?}", r.reply())
+        };
+        accepted += p.accepted;
+        if let Some(rej) = p.rejected {
+            assert_eq!(rej.code, ErrorCode::Throttled);
+            assert!(rej.retry_after_ms >= 1);
+            saw_rejection = true;
+        }
+    }
+    assert!(saw_rejection);
+    // One second of burst (1,000 records) plus whatever refilled while the test ran.
+    assert!((1000..1500).contains(&accepted), "accepted {accepted}");
+    srv.shutdown();
+}
+
+#[test]
+fn shutdown_answers_in_flight_requests_and_data_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    create(&mut c, "s", 1, Limits::Off);
+    let cids: Vec<u64> = (0..50)
+        .map(|i| {
+            let batch = tagged_batch("k", i, 4, 100);
+            c.send(&Request::PutBatch(PutBatchRequest {
+                stream: "s",
+                shard_id: 0,
+                batch: &batch,
+            }))
+        })
+        .collect();
+    let mut acked = 0;
+    for _ in &cids {
+        match c.recv() {
+            Some(r) => {
+                if let Ok(Response::PutBatch(p)) = r.reply() {
+                    acked += p.accepted;
+                }
+            }
+            None => break,
+        }
+    }
+    srv.shutdown();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    let it = iterator(&mut c, "s", 0, IteratorPosition::TrimHorizon);
+    assert!(read_to_tip(&mut c, it).0.len() as u32 >= acked);
+    assert_eq!(acked, 200);
+    srv.shutdown();
+}

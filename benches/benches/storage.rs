@@ -57,7 +57,7 @@ fn append(c: &mut Criterion) {
         } else {
             g.throughput(Throughput::Elements(records_per_unit));
         }
-        for producers in [16usize, 64] {
+        for producers in [16usize, 64, 256] {
             g.bench_with_input(
                 BenchmarkId::from_parameter(format!("{producers}-producers")),
                 &producers,

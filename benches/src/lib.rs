@@ -199,9 +199,14 @@ impl Drop for AppendRig {
 
 /// A producer batch of `n` records of `bytes` bytes each, JSON-ish payloads.
 pub fn sample_batch(n: u32, bytes: usize) -> Vec<u8> {
+    sample_batch_keyed(None, n, bytes)
+}
+
+/// Like `sample_batch`, with every record under `key` when given (else 1,000 device keys).
+pub fn sample_batch_keyed(key: Option<&str>, n: u32, bytes: usize) -> Vec<u8> {
     let mut b = BatchBuilder::with_capacity(n as usize * (bytes + 32) + 64);
     for i in 0..n {
-        let key = format!("device-{:06}", i % 1000);
+        let key = key.map_or_else(|| format!("device-{:06}", i % 1000), str::to_owned);
         let mut data = format!("{{\"seq\":{i},\"event\":\"click\",\"pad\":\"").into_bytes();
         data.resize(bytes.saturating_sub(2).max(data.len()), b'x');
         data.extend_from_slice(b"\"}");
@@ -210,6 +215,8 @@ pub fn sample_batch(n: u32, bytes: usize) -> Vec<u8> {
     }
     b.finish()
 }
+
+pub use spate_protocol::routing::key_for_shard;
 
 async fn append_run(log: &Rc<ShardLog<DmaStorage>>, load: AppendLoad) -> AppendStats {
     let batch = Rc::new(sample_batch(load.records_per_batch, load.record_bytes));

@@ -26,6 +26,17 @@ pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
     (start, end)
 }
 
+/// A partition key (`key-<n>`, smallest `n`) whose MD5 falls in shard `shard` of a stream
+/// split evenly into `shards`: for tests, benchmarks and tools that must address a shard
+/// with a key the engine will accept there.
+pub fn key_for_shard(shard: u32, shards: u32) -> String {
+    let (lo, hi) = even_range(shard, shards);
+    (0u64..)
+        .map(|n| format!("key-{n}"))
+        .find(|k| (lo..=hi).contains(&hash_key(k.as_bytes())))
+        .expect("some key hashes into every shard")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,14 +56,7 @@ pub fn records(bytes: &[u8], start_seq: u64, end_seq: u64) -> Vec<(u64, Vec<u8>,
     out
 }
 
-/// A partition key whose MD5 falls in shard `shard` of a stream with `shards` even shards.
-pub fn key_for_shard(shard: u32, shards: u32) -> String {
-    let (lo, hi) = spate_protocol::routing::even_range(shard, shards);
-    (0..)
-        .map(|n| format!("key-{n}"))
-        .find(|k| (lo..=hi).contains(&spate_protocol::routing::hash_key(k.as_bytes())))
-        .expect("some key hashes into every shard")
-}
+pub use spate_protocol::routing::key_for_shard;
 
 /// A minimal blocking client speaking the wire protocol directly (std sockets), so server
 /// tests do not depend on the client library and can send malformed bytes on purpose.

@@ -9,7 +9,7 @@ use futures_lite::future::block_on;
 use spate_engine::engine::StreamOptions;
 use spate_engine::limits::Limits;
 use spate_engine::Engine;
-use spate_protocol::routing::{even_range, hash_key};
+use spate_protocol::routing::key_for_shard;
 
 const PRODUCERS: u64 = 8;
 const SHARDS: u32 = 4;
@@ -33,13 +33,7 @@ fn main() {
     }
     // One partition key per shard that really hashes into it (the engine checks).
     let keys: Vec<String> = (0..SHARDS)
-        .map(|shard| {
-            let (lo, hi) = even_range(shard, SHARDS);
-            (0..)
-                .map(|n| format!("key-{n}"))
-                .find(|k| (lo..=hi).contains(&hash_key(k.as_bytes())))
-                .expect("a key")
-        })
+        .map(|shard| key_for_shard(shard, SHARDS))
         .collect();
     println!("READY");
     let threads: Vec<_> = (0..PRODUCERS)

@@ -376,18 +376,26 @@ impl Connection {
         let max_frame = self.core.cfg.max_frame_bytes;
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         loop {
-            // Dispatch every complete frame in the buffer.
+            // Dispatch every complete frame in the buffer; remember how long a partial one is.
+            let mut partial_len = 0;
             loop {
-                match peek_header(&buf, max_frame) {
+                let checked = match peek_header(&buf, max_frame) {
+                    Ok(Some(h)) if buf.len() >= h.frame_len as usize => {
+                        // Validate the whole frame before a task relies on it.
+                        spate_protocol::decode_frame(&buf[..h.frame_len as usize], max_frame)
+                            .map(|_| Some(h))
+                    }
+                    Ok(Some(h)) => {
+                        partial_len = h.frame_len as usize;
+                        Ok(None)
+                    }
+                    other => other,
+                };
+                match checked {
                     Ok(None) => break,
                     Ok(Some(h)) => {
-                        let len = h.frame_len as usize;
-                        if buf.len() < len {
-                            buf.reserve(len - buf.len());
-                            break;
-                        }
                         // Owned and refcounted, no copy: the request task keeps it alive.
-                        let frame = buf.split_to(len).freeze();
+                        let frame = buf.split_to(h.frame_len as usize).freeze();
                         self.dispatch(h, frame);
                     }
                     Err(e) => {
@@ -399,8 +407,9 @@ impl Connection {
                     }
                 }
             }
+            // Read at least a chunk, or the rest of a large frame in one go.
             let start = buf.len();
-            let want = READ_CHUNK_BYTES.max(buf.capacity() - start);
+            let want = READ_CHUNK_BYTES.max(partial_len.saturating_sub(start));
             buf.resize(start + want, 0);
             let n = reader.read(&mut buf[start..]).await?;
             buf.truncate(start + n);
@@ -500,9 +509,15 @@ async fn write_loop(core: Rc<Core>, mut writer: Half, outbox: Rc<Outbox>) {
 
 /// One request, start to finish: decode, execute, encode the response into `out`.
 async fn handle(core: &Rc<Core>, frame_bytes: &Bytes, out: &mut Vec<u8>) {
-    let frame = match spate_protocol::decode_frame(frame_bytes, usize::MAX) {
-        Ok(Some(f)) => f,
-        _ => unreachable!("the reader split off exactly one whole frame"),
+    // The reader validated this exact frame; failing here would be a bug, answered as one.
+    let Ok(Some(frame)) = spate_protocol::decode_frame(frame_bytes, usize::MAX) else {
+        let message = "frame failed to decode twice";
+        let e = ErrorResponse {
+            code: ErrorCode::Internal,
+            retry_after_ms: 0,
+            message,
+        };
+        return encode_error(out, 0, 0, &e);
     };
     let (opcode, cid) = (frame.header.opcode, frame.header.correlation_id);
     let result = match decode_request(&frame) {

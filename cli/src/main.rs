@@ -1,1 +1,82 @@
-fn main() {}
+//! `spate`: runs the engine (`serve`) and talks to a running one (`stream`, `put`, `read`),
+//! with exactly the command line of SPEC §5.
+//!
+//! Output contract: results go to standard output in the documented line formats; logs go
+//! to standard error (tracing, `RUST_LOG` filter, default `info` for `serve` and `warn`
+//! otherwise). Exit status 0 on success; on failure, one line `spate: REASON` on standard
+//! error and a non-zero status (2 for a command-line error, 1 otherwise).
+
+mod args;
+mod commands;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("spate: {}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help and --version.
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve(_));
+    init_logging(if serving { "info" } else { "warn" });
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        command => commands::run(&cli.server, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("spate: {}", one_line(&reason));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// A message as one line: clap's multi-line errors lose their usage block, and the lines
+/// before it are joined.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_become_one_line() {
+        let clap_style = "error: the following required arguments were not provided:\n  --shards <N>\n\nUsage: spate stream create --shards <N> <NAME>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::one_line(clap_style),
+            "the following required arguments were not provided: --shards <N>"
+        );
+        assert_eq!(super::one_line("plain"), "plain");
+    }
+}

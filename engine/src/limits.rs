@@ -84,6 +84,11 @@ impl TokenBucket {
         }
     }
 
+    /// Units a full bucket holds (one second's worth).
+    pub fn capacity(&self) -> u64 {
+        self.rate_per_s
+    }
+
     pub fn available(&mut self, now_ms: i64) -> u64 {
         self.refill(now_ms);
         self.tokens_milli / 1000
@@ -139,6 +144,10 @@ impl WriteLimiter {
         };
         let mut refused: Option<u64> = None;
         for size in record_sizes {
+            // A record larger than the whole bucket (1 MiB of data plus its key, under the
+            // 1 MiB/s default) is admitted when the bucket is full; counting it at the
+            // bucket's size keeps it from being throttled forever.
+            let size = size.min(self.bytes.capacity());
             if records_left == 0 || size > bytes_left {
                 refused = Some(size);
                 break;
@@ -199,6 +208,18 @@ mod tests {
         let retry = a.retry_after_ms.unwrap();
         // 24 KiB left, 100 KiB needed, 1 MiB/s: 76 KiB take ~75 ms.
         assert!((70..=80).contains(&retry), "retry {retry}");
+    }
+
+    #[test]
+    fn a_record_as_large_as_the_limit_is_admitted_when_the_bucket_is_full() {
+        let mut w = WriteLimiter::new(1 << 20, 1000, 0);
+        let big = (1 << 20) + 10; // 1 MiB of data plus a 10-byte key
+        assert_eq!(w.admit(std::iter::once(big), 0).records, 1);
+        let again = w.admit(std::iter::once(big), 0);
+        assert_eq!(again.records, 0);
+        let retry = again.retry_after_ms.unwrap();
+        assert!((990..=1000).contains(&retry), "retry {retry}");
+        assert_eq!(w.admit(std::iter::once(big), 1000).records, 1);
     }
 
     #[test]

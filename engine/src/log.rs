@@ -46,8 +46,9 @@ pub struct LogConfig {
     /// Spare files in the pool have this size.
     pub segment_bytes: u64,
     /// Size of a shard's first segment. Each roll doubles the size past what the closing
-    /// segment held, up to `segment_bytes`, so idle shards cost little disk and busy ones
-    /// reach full-size (pooled) segments after a few rolls.
+    /// segment held, up to 16 MiB (zero-filled at the roll), then jumps to `segment_bytes`
+    /// (taken from the pool), so idle shards cost little disk and busy ones reach full-size
+    /// pre-written segments after a few rolls.
     pub segment_bytes_min: u64,
     /// A segment whose oldest record is this old is rolled at the next append, so that
     /// retention can delete slow shards' data on time.
@@ -72,6 +73,9 @@ impl Default for LogConfig {
         }
     }
 }
+
+/// Largest segment a roll zero-fills on the append path; bigger ones come from the pool.
+const LADDER_BYTES_MAX: u64 = 16 << 20;
 
 /// Smallest staging buffer: what an idle shard allocates for its first batch.
 const WRITE_CHUNK_BYTES_MIN: usize = 16 << 10;
@@ -673,11 +677,17 @@ impl<S: Storage> ShardLog<S> {
                 st.next_seq, st.durable_seq,
                 "roll with records still pending"
             );
+            // Grow by doubling while small files are cheap to zero-fill on this path; past
+            // LADDER_BYTES_MAX take a full-size file from the pool (already written).
             let used = st.active.durable_end.max(batch_len + SEGMENT_DATA_START);
-            let size = (used * 2)
+            let doubled = (used * 2)
                 .next_power_of_two()
-                .clamp(self.cfg.segment_bytes_min, self.cfg.segment_bytes)
-                .max(align_up(batch_len + SEGMENT_DATA_START));
+                .max(self.cfg.segment_bytes_min);
+            let size = if doubled > LADDER_BYTES_MAX.max(self.cfg.segment_bytes_min) {
+                self.cfg.segment_bytes
+            } else {
+                doubled.min(self.cfg.segment_bytes)
+            };
             (st.next_seq, st.active.base_seq, seal, size)
         };
         // An empty segment (its first batch did not fit) is replaced in place rather than

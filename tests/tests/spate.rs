@@ -1,5 +1,6 @@
 //! Spate's end-to-end test binary (one binary, many modules, as the house style asks).
 
+mod client;
 mod crash;
 mod engine;
 mod server;

@@ -1,0 +1,54 @@
+//! `spate serve`: configuration (embedded default, then `--config`, then flags), start,
+//! announce, wait for SIGTERM or SIGINT, shut down cleanly.
+
+use std::io::Write;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use spate_engine::config::{EngineConfig, DEFAULT_CONFIG_TOML};
+use spate_engine::server::Server;
+
+use crate::args::ServeArgs;
+
+/// The engine configuration `args` describe.
+pub fn config(args: &ServeArgs) -> Result<EngineConfig, String> {
+    let mut cfg = EngineConfig::from_toml(DEFAULT_CONFIG_TOML)
+        .map_err(|e| format!("embedded default config: {e}"))?;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        cfg = EngineConfig::from_toml(&text)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+    }
+    if let Some(dir) = &args.data_dir {
+        cfg.data_dir = dir.clone();
+    }
+    if let Some(listen) = &args.listen {
+        cfg.listen = listen.clone();
+    }
+    if let Some(cores) = &args.cores {
+        cfg.cores = cores.0.clone();
+    }
+    cfg.validate()
+        .map_err(|e| format!("invalid configuration: {e}"))?;
+    Ok(cfg)
+}
+
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let cfg = config(&args)?;
+    // Registered before the engine starts, so a signal during startup is not lost: it is
+    // handled as soon as the server is up.
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let server = Server::start(cfg).map_err(|e| format!("cannot start: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {}", server.local_addr())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    drop(out);
+    let signal = signals.forever().next();
+    tracing::info!(?signal, "shutting down");
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! The `spate` binary end to end: `serve` in a child process on port 0 and a temp dir, and
+//! every client command against it, checking the exact output formats of SPEC §5, exit
+//! statuses, signals and a restart on the same data directory. Every wait is on a
+//! condition (a line printed, a process exiting), bounded by a watchdog.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+use spate_protocol::routing::{even_range, hash_key};
+
+const SPATE: &str = env!("CARGO_BIN_EXE_spate");
+/// Longest any child process may take before the test kills it and fails.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// A `spate serve` child process.
+struct Serve {
+    child: Option<Child>,
+    _stdout: BufReader<ChildStdout>,
+    addr: String,
+    stderr_path: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(data_dir: &Path, log_dir: &Path) -> Serve {
+        let stderr_path = log_dir.join(format!("serve-{}.log", unique()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(SPATE)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn spate serve");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let Some(addr) = line.strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "serve printed {line:?}; stderr: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        };
+        let addr = addr.trim_end().to_string();
+        assert!(line.ends_with('\n'), "one whole line: {line:?}");
+        let parsed: std::net::SocketAddr = addr.parse().expect("HOST:PORT");
+        assert_eq!(parsed.ip().to_string(), "127.0.0.1");
+        assert_ne!(parsed.port(), 0, "the bound port, not the requested 0");
+        Serve {
+            child: Some(child),
+            _stdout: stdout,
+            addr,
+            stderr_path,
+        }
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    fn stop(mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill");
+        let status = wait_with_watchdog(&mut child);
+        assert!(
+            status.success(),
+            "serve exited with {status}; stderr: {}",
+            std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+        );
+        status
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Waits for `child` to exit, polling its status; kills it and fails past the watchdog.
+fn wait_with_watchdog(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child {} did not exit within {WATCHDOG:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `spate --server ADDR ARGS`, feeding `stdin`; returns its output.
+fn spate(addr: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(SPATE)
+        .arg("--server")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spate");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).unwrap();
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stderr.read_to_end(&mut v).unwrap();
+        v
+    });
+    let status = wait_with_watchdog(&mut child);
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(addr: &str, args: &[&str], stdin: &[u8]) -> String {
+    let out = spate(addr, args, stdin);
+    assert!(
+        out.status.success(),
+        "spate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with a one-line reason containing `needle`.
+fn fails(addr: &str, args: &[&str], stdin: &[u8], needle: &str) -> Output {
+    let out = spate(addr, args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "spate {args:?} succeeded");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("spate: "), "{stderr:?}");
+    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    out
+}
+
+fn shard_of(key: &str, shards: u32) -> u32 {
+    let h = hash_key(key.as_bytes());
+    (0..shards)
+        .find(|&s| {
+            let (lo, hi) = even_range(s, shards);
+            (lo..=hi).contains(&h)
+        })
+        .unwrap()
+}
+
+/// `read` output: (shard, seq, key, ts_ms, data) per line, checking each line's shape.
+fn parse_read(stdout: &str) -> Vec<(u64, u64, String, i64, Vec<u8>)> {
+    stdout
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let obj = v.as_object().unwrap();
+            let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["data", "key", "seq", "shard", "ts_ms"], "{line}");
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(v["data"].as_str().unwrap())
+                .unwrap();
+            (
+                v["shard"].as_u64().unwrap(),
+                v["seq"].as_u64().unwrap(),
+                v["key"].as_str().unwrap().to_string(),
+                v["ts_ms"].as_i64().unwrap(),
+                data,
+            )
+        })
+        .collect()
+}
+
+fn rfc3339(ts_ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts_ms) * 1_000_000).unwrap();
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value {
+    let v: Value = serde_json::from_str(json.trim_end()).unwrap();
+    assert_eq!(json.lines().count(), 1, "one JSON object on one line");
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["limits", "name", "retention_hours", "shards"]);
+    assert_eq!(v["name"], name);
+    assert_eq!(v["retention_hours"], 24);
+    assert_eq!(v["limits"], limits);
+    let list = v["shards"].as_array().unwrap();
+    assert_eq!(list.len(), shards as usize);
+    for (i, s) in list.iter().enumerate() {
+        let mut keys: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "core",
+                "first_seq",
+                "hash_key_end",
+                "hash_key_start",
+                "id",
+                "last_seq",
+                "parent",
+                "state"
+            ]
+        );
+        let (lo, hi) = even_range(i as u32, shards);
+        assert_eq!(s["id"], i);
+        assert_eq!(s["state"], "open");
+        assert_eq!(s["hash_key_start"], lo.to_string());
+        assert_eq!(s["hash_key_end"], hi.to_string());
+        assert!(s["parent"].is_null());
+        assert!(s["core"].is_u64());
+    }
+    v
+}
+
+#[test]
+fn serve_streams_put_read_follow_delete_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let server = Serve::start(&data, dir.path());
+    let addr = server.addr.clone();
+    let a = addr.as_str();
+
+    // Streams.
+    assert_eq!(
+        ok(
+            a,
+            &["stream", "create", "clicks", "--shards", "2", "--limits", "off"],
+            b""
+        ),
+        ""
+    );
+    assert_eq!(
+        ok(a, &["stream", "create", "other", "--shards", "1"], b""),
+        ""
+    );
+    assert_eq!(ok(a, &["stream", "list"], b""), "clicks\nother\n");
+    let d = check_description(
+        &ok(a, &["stream", "describe", "clicks"], b""),
+        "clicks",
+        2,
+        "off",
+    );
+    assert!(d["shards"][0]["first_seq"].is_null() && d["shards"][0]["last_seq"].is_null());
+    check_description(
+        &ok(a, &["stream", "describe", "other"], b""),
+        "other",
+        1,
+        "kinesis",
+    );
+    fails(
+        a,
+        &["stream", "create", "clicks", "--shards", "1"],
+        b"",
+        "StreamExists",
+    );
+
+    // Put: one record from DATA, then one per stdin line, in order.
+    let shard = shard_of("user-1", 2);
+    assert_eq!(
+        ok(a, &["put", "clicks", "--key", "user-1", "hello"], b""),
+        format!("{shard} 0\n")
+    );
+    let lines = ok(a, &["put", "clicks", "--key", "user-1"], b"a\nb\r\n\nlast");
+    assert_eq!(
+        lines,
+        (1..=4)
+            .map(|s| format!("{shard} {s}\n"))
+            .collect::<String>(),
+        "one line per record, in input order"
+    );
+    let d = check_description(
+        &ok(a, &["stream", "describe", "clicks"], b""),
+        "clicks",
+        2,
+        "off",
+    );
+    assert_eq!(d["shards"][shard as usize]["first_seq"], 0);
+    assert_eq!(d["shards"][shard as usize]["last_seq"], 4);
+
+    // Read from every position.
+    let s = shard.to_string();
+    let read = |from: &str, extra: &[&str]| {
+        let mut args = vec!["read", "clicks", "--shard", s.as_str(), "--from", from];
+        args.extend_from_slice(extra);
+        parse_read(&ok(a, &args, b""))
+    };
+    let all = read("oldest", &[]);
+    let datas: Vec<&[u8]> = all.iter().map(|r| r.4.as_slice()).collect();
+    assert_eq!(datas, [&b"hello"[..], b"a", b"b", b"", b"last"]);
+    for (i, r) in all.iter().enumerate() {
+        assert_eq!(
+            (r.0, r.1, r.2.as_str()),
+            (u64::from(shard), i as u64, "user-1")
+        );
+        assert!(r.3 > 1_600_000_000_000, "ts_ms is ms since the epoch");
+    }
+    assert!(read("latest", &[]).is_empty(), "nothing after the tip");
+    let seqs =
+        |rs: Vec<(u64, u64, String, i64, Vec<u8>)>| rs.iter().map(|r| r.1).collect::<Vec<_>>();
+    assert_eq!(seqs(read("at:2", &[])), [2, 3, 4]);
+    assert_eq!(seqs(read("after:2", &[])), [3, 4]);
+    assert_eq!(seqs(read("oldest", &["--limit", "2"])), [0, 1]);
+    assert_eq!(seqs(read("at:1", &["--limit", "1"])), [1]);
+    let ts = all[1].3;
+    let expected: Vec<u64> = all.iter().filter(|r| r.3 >= ts).map(|r| r.1).collect();
+    assert_eq!(seqs(read(&format!("time:{}", rfc3339(ts)), &[])), expected);
+    assert_eq!(
+        seqs(read("time:2000-01-01T00:00:00Z", &[])),
+        [0, 1, 2, 3, 4]
+    );
+    let other_shard = (1 - shard).to_string();
+    assert_eq!(
+        ok(
+            a,
+            &[
+                "read",
+                "clicks",
+                "--shard",
+                &other_shard,
+                "--from",
+                "oldest"
+            ],
+            b""
+        ),
+        ""
+    );
+
+    // Follow: the existing records, then one put after they were printed.
+    let mut follower = Command::new(SPATE)
+        .args([
+            "--server", a, "read", "clicks", "--shard", &s, "--from", "oldest", "--follow",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = follower.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        // Kills a stuck follower so the reads below fail instead of hanging. It is told when
+        // the follower has been reaped, so it never signals a reused pid.
+        if finished.recv_timeout(WATCHDOG).is_err() {
+            // SAFETY: kill(2) on our child, which is not reaped before `done` is sent.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let mut followed = BufReader::new(follower.stdout.take().unwrap());
+    let mut next_line = || {
+        let mut line = String::new();
+        followed.read_line(&mut line).unwrap();
+        line
+    };
+    for i in 0..5 {
+        assert_eq!(parse_read(&next_line())[0].1, i);
+    }
+    assert_eq!(
+        ok(a, &["put", "clicks", "--key", "user-1", "new"], b""),
+        format!("{shard} 5\n")
+    );
+    let new = parse_read(&next_line());
+    assert_eq!((new[0].1, new[0].4.as_slice()), (5, &b"new"[..]));
+    follower.kill().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    follower.wait().unwrap();
+    // --follow with --limit stops by itself.
+    assert_eq!(seqs(read("after:4", &["--follow", "--limit", "1"])), [5]);
+
+    // Errors: one line, non-zero.
+    fails(
+        a,
+        &["read", "nope", "--shard", "0", "--from", "oldest"],
+        b"",
+        "UnknownStream",
+    );
+    fails(a, &["stream", "describe", "nope"], b"", "UnknownStream");
+    fails(a, &["put", "nope", "--key", "k", "v"], b"", "UnknownStream");
+    fails(
+        a,
+        &["read", "clicks", "--shard", "7", "--from", "oldest"],
+        b"",
+        "UnknownShard",
+    );
+
+    // Delete.
+    assert_eq!(ok(a, &["stream", "delete", "other"], b""), "");
+    assert_eq!(ok(a, &["stream", "list"], b""), "clicks\n");
+    fails(a, &["stream", "delete", "other"], b"", "UnknownStream");
+
+    // SIGTERM: a clean exit; a restart on the same directory serves the same records.
+    server.stop(libc::SIGTERM);
+    let server = Serve::start(&data, dir.path());
+    let a = server.addr.as_str();
+    assert_eq!(ok(a, &["stream", "list"], b""), "clicks\n");
+    let again = parse_read(&ok(
+        a,
+        &["read", "clicks", "--shard", &s, "--from", "oldest"],
+        b"",
+    ));
+    let mut expected = all.clone();
+    expected.push(new[0].clone());
+    assert_eq!(again, expected);
+    server.stop(libc::SIGINT);
+}
+
+#[test]
+fn put_prints_what_was_acknowledged_then_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(dir.path(), dir.path());
+    let a = server.addr.as_str();
+    ok(
+        a,
+        &["stream", "create", "s", "--shards", "1", "--limits", "off"],
+        b"",
+    );
+    let mut input = b"first\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', (1 << 20) + 1));
+    input.extend_from_slice(b"\nnever\n");
+    let out = fails(a, &["put", "s", "--key", "k"], &input, "RecordTooLarge");
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "0 0\n");
+    let stored = parse_read(&ok(
+        a,
+        &["read", "s", "--shard", "0", "--from", "oldest"],
+        b"",
+    ));
+    assert_eq!(
+        stored.len(),
+        1,
+        "nothing after the failed record was stored"
+    );
+    assert_eq!(stored[0].4, b"first");
+    // A Kinesis-limited stream throttles a burst; put retries until every line is in.
+    ok(a, &["stream", "create", "limited", "--shards", "1"], b"");
+    let lines: String = (0..1500).map(|i| format!("{i}\n")).collect();
+    let out = ok(a, &["put", "limited", "--key", "k"], lines.as_bytes());
+    let expected: String = (0..1500).map(|i| format!("0 {i}\n")).collect();
+    assert_eq!(out, expected);
+    server.stop(libc::SIGTERM);
+}
+
+#[test]
+fn failures_are_one_line_and_non_zero() {
+    // Nothing listens on port 1.
+    fails(
+        "127.0.0.1:1",
+        &["stream", "list"],
+        b"",
+        "cannot connect to 127.0.0.1:1",
+    );
+    // A command-line error: one line, status 2.
+    let out = fails(
+        "127.0.0.1:1",
+        &["read", "s", "--shard", "0", "--from", "yesterday"],
+        b"",
+        "--from",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = fails("127.0.0.1:1", &["stream", "create", "s"], b"", "--shards");
+    assert_eq!(out.status.code(), Some(2));
+    // Startup errors of serve end with one `spate:` line (logs may precede it).
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--listen", "127.0.0.1:0", "--cores", "9999"],
+        vec!["--listen", "not-an-address"],
+        vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            "/nonexistent/spate.toml",
+        ],
+    ] {
+        let out = Command::new(SPATE)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("spate: "), "{args:?}: {stderr}");
+    }
+    // --help goes to stdout with status 0.
+    let out = Command::new(SPATE).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
+}

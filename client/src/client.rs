@@ -1,0 +1,692 @@
+//! The [`Client`]: connections to the engine's cores, stream administration, single puts
+//! and the low-level read calls. Batch puts live in `put`, the [`crate::Producer`] in
+//! `producer`, the [`crate::ShardReader`] in `reader`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use spate_protocol::batch::BatchBuilder;
+use spate_protocol::stream::{
+    is_valid_retention_hours, is_valid_stream_name, MAX_SHARDS_PER_STREAM,
+};
+use spate_protocol::{
+    encode_put_batch_head, encode_put_record_head, encode_request, CreateStreamRequest,
+    DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest, GetRecordsRequest,
+    HelloRequest, IteratorPosition, Limits, ListStreamsRequest, Opcode, PutBatchResponse, Request,
+    Response, RetentionRequest, ShardDescription, PROTOCOL_VERSION,
+};
+
+use crate::connection::{decode_reply, Connection, DEFAULT_MAX_IN_FLIGHT};
+use crate::error::{ClientError, Result};
+use crate::put::{check_entry, Entry, PutResult};
+use crate::retry::RetryPolicy;
+use crate::routing::{ShardMap, ShardRoute};
+
+/// How a [`Client`] connects, times out and retries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Sent in the hello, for the server's logs.
+    pub client_name: String,
+    pub connect_timeout: Duration,
+    /// How long to wait for a response (a long-poll's `wait_ms` is added to it).
+    pub request_timeout: Duration,
+    /// Outstanding requests per connection; a request past it waits for a slot.
+    pub max_in_flight_per_connection: usize,
+    /// Send each shard's requests straight to the core owning it (its advertised address).
+    /// When off, or when a core's address cannot be reached, requests go to the address
+    /// the client connected to and the server forwards them.
+    pub shard_aware: bool,
+    /// Retries of requests the server refused without applying them (throttled, busy).
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            client_name: concat!("spate-client/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT,
+            shard_aware: true,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// What the server said about itself in its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub protocol_version: u8,
+    pub max_frame_bytes: u32,
+    /// Every engine core and its advertised "host:port".
+    pub cores: Vec<(u16, String)>,
+}
+
+/// Settings of a new stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub shards: u32,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    /// Per-record data limit; `None`: 1 MiB. At most 10 MiB.
+    pub max_record_data_bytes: Option<u32>,
+}
+
+impl StreamConfig {
+    /// `shards` shards, 24 h retention, Kinesis limits, 1 MiB records.
+    pub fn new(shards: u32) -> StreamConfig {
+        StreamConfig {
+            shards,
+            retention_hours: spate_protocol::stream::DEFAULT_RETENTION_HOURS,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: None,
+        }
+    }
+
+    pub fn limits(self, limits: Limits) -> StreamConfig {
+        StreamConfig { limits, ..self }
+    }
+
+    pub fn retention_hours(self, retention_hours: u32) -> StreamConfig {
+        StreamConfig {
+            retention_hours,
+            ..self
+        }
+    }
+}
+
+/// A described stream (owned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub name: String,
+    pub stream_id: u64,
+    pub retention_hours: u32,
+    pub limits: Limits,
+    pub max_record_data_bytes: u32,
+    /// Open shards and closed parents still in retention.
+    pub shards: Vec<ShardDescription>,
+}
+
+/// Where a shard iterator starts; the protocol's positions.
+pub type Position = IteratorPosition;
+
+/// An opaque shard iterator, remembering which core serves its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardIterator {
+    token: Bytes,
+    core: Option<u16>,
+}
+
+impl ShardIterator {
+    /// An iterator from its raw token (e.g. saved by a consumer). Requests with it go to
+    /// the address the client connected to.
+    pub fn from_bytes(token: impl Into<Bytes>) -> ShardIterator {
+        ShardIterator {
+            token: token.into(),
+            core: None,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.token
+    }
+}
+
+/// One record read from a shard. `data` shares the response's buffer (no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    /// Arrival time, ms since the epoch (the engine's clock).
+    pub ts_ms: i64,
+    pub key: String,
+    pub data: Bytes,
+    pub explicit_hash_key: Option<u128>,
+}
+
+/// The answer to a get-records call, every batch verified end to end (both CRCs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Records {
+    pub records: Vec<Record>,
+    /// Where to read next; `None` once the shard is closed and fully read.
+    pub next_iterator: Option<ShardIterator>,
+    /// How far the last record returned is behind the shard's newest (0 at the tip).
+    pub millis_behind_latest: u64,
+    /// The sequence numbers this answer covers: `start_seq..end_seq`.
+    pub start_seq: u64,
+    pub end_seq: u64,
+}
+
+/// Which connection a request travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Target {
+    /// The address the client was given.
+    Bootstrap,
+    /// The core owning the shard the request is about.
+    Core(u16),
+}
+
+struct Inner {
+    bootstrap: String,
+    config: ClientConfig,
+    server: ServerInfo,
+    pool: Mutex<HashMap<Target, Arc<Connection>>>,
+    /// Serialises opening connections, so concurrent requests share one new connection.
+    connecting: tokio::sync::Mutex<()>,
+    streams: Mutex<HashMap<String, Arc<ShardMap>>>,
+}
+
+/// A connection to a Spate server: cheap to clone (clones share connections and caches),
+/// usable from many tasks at once. Needs a tokio runtime (it spawns each connection's
+/// reader and writer tasks). See the crate docs for the concurrency model.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bootstrap", &self.inner.bootstrap)
+            .field("server", &self.inner.server)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to `addr` ("host:port") with the default configuration and says hello.
+    pub async fn connect(addr: impl Into<String>) -> Result<Client> {
+        Client::connect_with(addr, ClientConfig::default()).await
+    }
+
+    /// Connects to `addr`, says hello, and learns the server's cores and frame limit.
+    pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
+        let bootstrap = addr.into();
+        let conn = Connection::open(
+            &bootstrap,
+            config.connect_timeout,
+            config.max_in_flight_per_connection,
+        )
+        .await?;
+        let req = Request::Hello(HelloRequest {
+            client_name: &config.client_name,
+        });
+        let frame = conn
+            .call(
+                |out, id| encode_request(out, id, &req),
+                Bytes::new(),
+                config.request_timeout,
+            )
+            .await?;
+        let Response::Hello(hello) = decode_reply(&frame, Some(Opcode::Hello))? else {
+            unreachable!("decode_reply checked the opcode")
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(ClientError::Protocol {
+                code: ErrorCode::UnsupportedVersion,
+                message: format!(
+                    "server speaks protocol {}, this client {PROTOCOL_VERSION}",
+                    hello.protocol_version
+                ),
+            });
+        }
+        let server = ServerInfo {
+            protocol_version: hello.protocol_version,
+            max_frame_bytes: hello.max_frame_bytes,
+            cores: hello
+                .cores
+                .iter()
+                .map(|c| (c.core_id, c.address.to_string()))
+                .collect(),
+        };
+        conn.set_max_request_bytes(u64::from(server.max_frame_bytes));
+        tracing::debug!(addr = %bootstrap, ?server, "connected");
+        let pool = HashMap::from([(Target::Bootstrap, Arc::new(conn))]);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                bootstrap,
+                config,
+                server,
+                pool: Mutex::new(pool),
+                connecting: tokio::sync::Mutex::new(()),
+                streams: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn server_info(&self) -> &ServerInfo {
+        &self.inner.server
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The live connection for `target`, opening one if there is none or it broke. A core
+    /// that cannot be reached at its advertised address is served through the bootstrap
+    /// connection (the server forwards).
+    async fn conn(&self, target: Target) -> Result<Arc<Connection>> {
+        let target = if self.inner.config.shard_aware {
+            target
+        } else {
+            Target::Bootstrap
+        };
+        if let Some(c) = self.pooled(target) {
+            return Ok(c);
+        }
+        let _opening = self.inner.connecting.lock().await;
+        if let Some(c) = self.pooled(target) {
+            return Ok(c);
+        }
+        let cfg = &self.inner.config;
+        let addr = match target {
+            Target::Bootstrap => self.inner.bootstrap.clone(),
+            Target::Core(core) => match self.inner.server.cores.iter().find(|c| c.0 == core) {
+                Some((_, addr)) => addr.clone(),
+                None => self.inner.bootstrap.clone(),
+            },
+        };
+        let opened = Connection::open(&addr, cfg.connect_timeout, cfg.max_in_flight_per_connection)
+            .await
+            .map(Arc::new);
+        let conn = match (opened, target) {
+            (Ok(c), _) => c,
+            (Err(e), Target::Core(core)) => {
+                tracing::debug!(core, error = %e, "core unreachable; going through the bootstrap address");
+                match self.pooled(Target::Bootstrap) {
+                    Some(c) => c,
+                    None => Arc::new(
+                        Connection::open(
+                            &self.inner.bootstrap,
+                            cfg.connect_timeout,
+                            cfg.max_in_flight_per_connection,
+                        )
+                        .await?,
+                    ),
+                }
+            }
+            (Err(e), Target::Bootstrap) => return Err(e),
+        };
+        conn.set_max_request_bytes(u64::from(self.inner.server.max_frame_bytes));
+        self.inner
+            .pool
+            .lock()
+            .expect("pool lock")
+            .insert(target, conn.clone());
+        Ok(conn)
+    }
+
+    fn pooled(&self, target: Target) -> Option<Arc<Connection>> {
+        let pool = self.inner.pool.lock().expect("pool lock");
+        pool.get(&target).filter(|c| !c.is_closed()).cloned()
+    }
+
+    fn timeout(&self, wait_ms: u32) -> Duration {
+        self.inner.config.request_timeout + Duration::from_millis(u64::from(wait_ms))
+    }
+
+    /// Sends a request without a batch and returns the response frame.
+    async fn request(&self, target: Target, req: &Request<'_>, wait_ms: u32) -> Result<Bytes> {
+        let conn = self.conn(target).await?;
+        conn.call(
+            |out, id| encode_request(out, id, req),
+            Bytes::new(),
+            self.timeout(wait_ms),
+        )
+        .await
+    }
+
+    // ---- stream administration -------------------------------------------------------
+
+    /// Creates a stream; returns its incarnation id.
+    pub async fn create_stream(&self, name: &str, config: &StreamConfig) -> Result<u64> {
+        check_stream_name(name)?;
+        if config.shards == 0 || config.shards > MAX_SHARDS_PER_STREAM {
+            return Err(ClientError::invalid(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "shard count {} is not in 1..={MAX_SHARDS_PER_STREAM}",
+                    config.shards
+                ),
+            ));
+        }
+        check_retention(config.retention_hours)?;
+        let req = Request::CreateStream(CreateStreamRequest {
+            name,
+            shard_count: config.shards,
+            retention_hours: config.retention_hours,
+            limits: config.limits,
+            max_record_data_bytes: config.max_record_data_bytes,
+        });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        self.forget_stream(name);
+        match decode_reply(&frame, Some(Opcode::CreateStream))? {
+            Response::CreateStream(r) => Ok(r.stream_id),
+            _ => unreachable!("decode_reply checked the opcode"),
+        }
+    }
+
+    /// Deletes a stream and all its records.
+    pub async fn delete_stream(&self, name: &str) -> Result<()> {
+        check_stream_name(name)?;
+        let req = Request::DeleteStream(DeleteStreamRequest { name });
+        let frame = self.request(Target::Bootstrap, &req, 0).await;
+        self.forget_stream(name);
+        decode_reply(&frame?, Some(Opcode::DeleteStream)).map(|_| ())
+    }
+
+    /// Every stream name, in ascending order (follows the server's pagination).
+    pub async fn list_streams(&self) -> Result<Vec<String>> {
+        const PAGE: u32 = 1000;
+        let mut names: Vec<String> = Vec::new();
+        loop {
+            let req = Request::ListStreams(ListStreamsRequest {
+                exclusive_start_name: names.last().map(String::as_str),
+                limit: PAGE,
+            });
+            let frame = self.request(Target::Bootstrap, &req, 0).await?;
+            let Response::ListStreams(page) = decode_reply(&frame, Some(Opcode::ListStreams))?
+            else {
+                unreachable!("decode_reply checked the opcode")
+            };
+            let progressed = !page.names.is_empty();
+            names.extend(page.names.iter().map(|n| n.to_string()));
+            if !page.has_more || !progressed {
+                return Ok(names);
+            }
+        }
+    }
+
+    /// A stream's settings and shards. Also refreshes the client's routing table for it.
+    pub async fn describe_stream(&self, name: &str) -> Result<StreamInfo> {
+        let (info, _) = self.describe(name).await?;
+        Ok(info)
+    }
+
+    async fn describe(&self, name: &str) -> Result<(StreamInfo, Arc<ShardMap>)> {
+        check_stream_name(name)?;
+        let req = Request::DescribeStream(DescribeStreamRequest { name });
+        let frame = self.request(Target::Bootstrap, &req, 0).await;
+        let frame = frame.inspect_err(|e| self.forget_on(name, e))?;
+        let reply = decode_reply(&frame, Some(Opcode::DescribeStream));
+        let Response::DescribeStream(d) = reply.inspect_err(|e| self.forget_on(name, e))? else {
+            unreachable!("decode_reply checked the opcode")
+        };
+        let map = Arc::new(ShardMap::from_description(&d));
+        self.inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .insert(name.to_string(), map.clone());
+        let info = StreamInfo {
+            name: d.name.to_string(),
+            stream_id: d.stream_id,
+            retention_hours: d.retention_hours,
+            limits: d.limits,
+            max_record_data_bytes: d.max_record_data_bytes,
+            shards: d.shards.clone(),
+        };
+        Ok((info, map))
+    }
+
+    /// Raises a stream's retention window to `hours`.
+    pub async fn increase_retention(&self, name: &str, hours: u32) -> Result<()> {
+        self.retention(name, hours, true).await
+    }
+
+    /// Lowers a stream's retention window to `hours`.
+    pub async fn decrease_retention(&self, name: &str, hours: u32) -> Result<()> {
+        self.retention(name, hours, false).await
+    }
+
+    async fn retention(&self, name: &str, hours: u32, increase: bool) -> Result<()> {
+        check_stream_name(name)?;
+        check_retention(hours)?;
+        let body = RetentionRequest {
+            name,
+            retention_hours: hours,
+        };
+        let (req, op) = if increase {
+            (Request::IncreaseRetention(body), Opcode::IncreaseRetention)
+        } else {
+            (Request::DecreaseRetention(body), Opcode::DecreaseRetention)
+        };
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        decode_reply(&frame, Some(op)).map(|_| ())
+    }
+
+    /// The stream's routing table: cached, or described now.
+    pub async fn shard_map(&self, stream: &str) -> Result<Arc<ShardMap>> {
+        let cached = self
+            .inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .get(stream)
+            .cloned();
+        match cached {
+            Some(map) => Ok(map),
+            None => Ok(self.describe(stream).await?.1),
+        }
+    }
+
+    /// Drops the cached routing table of `stream`; the next request describes it again.
+    pub fn forget_stream(&self, stream: &str) {
+        self.inner
+            .streams
+            .lock()
+            .expect("streams lock")
+            .remove(stream);
+    }
+
+    /// Forgets the routing table when an error says it is stale.
+    pub(crate) fn forget_on(&self, stream: &str, err: &ClientError) {
+        if matches!(
+            err.code(),
+            Some(ErrorCode::UnknownStream | ErrorCode::UnknownShard | ErrorCode::WrongShard)
+        ) {
+            self.forget_stream(stream);
+        }
+    }
+
+    // ---- writes ----------------------------------------------------------------------
+
+    /// Puts one record (routed by MD5 of `key`, or by `explicit_hash_key`), retrying while
+    /// the server refuses it without storing it (throttled, busy).
+    pub async fn put_record(
+        &self,
+        stream: &str,
+        key: &str,
+        data: impl Into<Bytes>,
+        explicit_hash_key: Option<u128>,
+    ) -> Result<PutResult> {
+        let entry = Entry {
+            key: key.to_string(),
+            data: data.into(),
+            explicit_hash_key,
+        };
+        let map = self.shard_map(stream).await?;
+        check_entry(&map, &entry)?;
+        let core = map
+            .route(entry.key.as_bytes(), explicit_hash_key)
+            .map_or(Target::Bootstrap, |r| Target::Core(r.core));
+        let mut builder = BatchBuilder::with_capacity(entry.data.len() + entry.key.len() + 96);
+        builder
+            .push(entry.key.as_bytes(), &entry.data, explicit_hash_key)
+            .map_err(|e| ClientError::invalid(ErrorCode::from(e.clone()), e.to_string()))?;
+        let batch = Bytes::from(builder.finish());
+        let policy = self.inner.config.retry;
+        let mut attempt = 0;
+        loop {
+            let result: Result<PutResult> = async {
+                let conn = self.conn(core).await?;
+                let frame = conn
+                    .call(
+                        |out, id| encode_put_record_head(out, id, stream, batch.len()),
+                        batch.clone(),
+                        self.timeout(0),
+                    )
+                    .await?;
+                match decode_reply(&frame, Some(Opcode::PutRecord))? {
+                    Response::PutRecord(r) => Ok(PutResult {
+                        shard_id: r.shard_id,
+                        seq: r.seq,
+                    }),
+                    _ => unreachable!("decode_reply checked the opcode"),
+                }
+            }
+            .await;
+            match result {
+                Err(e) if e.is_safe_to_retry() && attempt < policy.max_attempts => {
+                    tokio::time::sleep(policy.delay(attempt, e.retry_after_ms())).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.forget_on(stream, &e);
+                    return Err(e);
+                }
+                Ok(r) => return Ok(r),
+            }
+        }
+    }
+
+    /// Sends one producer batch to its shard's core, once.
+    pub(crate) async fn put_batch_once(
+        &self,
+        stream: &str,
+        route: &ShardRoute,
+        batch: Bytes,
+    ) -> Result<PutBatchResponse> {
+        let conn = self.conn(Target::Core(route.core)).await?;
+        let batch_len = batch.len();
+        let frame = conn
+            .call(
+                |out, id| encode_put_batch_head(out, id, stream, route.shard_id, batch_len),
+                batch,
+                self.timeout(0),
+            )
+            .await?;
+        match decode_reply(&frame, Some(Opcode::PutBatch))? {
+            Response::PutBatch(r) if r.shard_id == route.shard_id => Ok(r),
+            Response::PutBatch(r) => Err(ClientError::protocol(format!(
+                "put-batch for shard {} answered for shard {}",
+                route.shard_id, r.shard_id
+            ))),
+            _ => unreachable!("decode_reply checked the opcode"),
+        }
+    }
+
+    // ---- reads -----------------------------------------------------------------------
+
+    /// Opens an iterator on `shard_id` of `stream` at `position`.
+    pub async fn get_iterator(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        position: Position,
+    ) -> Result<ShardIterator> {
+        check_stream_name(stream)?;
+        let core = match self.shard_map(stream).await {
+            Ok(map) => map.core_of(shard_id),
+            Err(e) if e.code() == Some(ErrorCode::UnknownStream) => return Err(e),
+            Err(_) => None,
+        };
+        let target = core.map_or(Target::Bootstrap, Target::Core);
+        let req = Request::GetIterator(GetIteratorRequest {
+            stream,
+            shard_id,
+            position,
+        });
+        let result = async {
+            let frame = self.request(target, &req, 0).await?;
+            match decode_reply(&frame, Some(Opcode::GetIterator))? {
+                Response::GetIterator(r) => Ok(ShardIterator {
+                    token: frame.slice_ref(r.iterator),
+                    core,
+                }),
+                _ => unreachable!("decode_reply checked the opcode"),
+            }
+        }
+        .await;
+        result.inspect_err(|e| self.forget_on(stream, e))
+    }
+
+    /// Reads up to `max_records` records (1..=10,000) and `max_bytes` bytes (1..=10 MiB) at
+    /// `iterator`. With `wait_ms > 0` (at most 30,000) the server holds the call open until
+    /// a record arrives or the wait ends. Every batch is verified (both CRCs) before its
+    /// records are returned. Not retried: see [`crate::ShardReader`] for a reader that
+    /// retries read throttling and renews expired iterators.
+    pub async fn get_records(
+        &self,
+        iterator: &ShardIterator,
+        max_records: u32,
+        max_bytes: u32,
+        wait_ms: u32,
+    ) -> Result<Records> {
+        let req = Request::GetRecords(GetRecordsRequest {
+            iterator: &iterator.token,
+            max_records,
+            max_bytes,
+            wait_ms,
+        });
+        let target = iterator.core.map_or(Target::Bootstrap, Target::Core);
+        let frame = self.request(target, &req, wait_ms).await?;
+        decode_records(&frame, iterator.core)
+    }
+}
+
+/// The records of a get-records response frame, verified; their data borrows the frame.
+fn decode_records(frame: &Bytes, core: Option<u16>) -> Result<Records> {
+    let Response::GetRecords(resp) = decode_reply(frame, Some(Opcode::GetRecords))? else {
+        unreachable!("decode_reply checked the opcode")
+    };
+    let mut records = Vec::new();
+    for r in resp.records() {
+        let r = r.map_err(|e| ClientError::Protocol {
+            code: e.code(),
+            message: format!("a record batch failed its end-to-end check: {e}"),
+        })?;
+        let key = std::str::from_utf8(r.key)
+            .map_err(|_| ClientError::protocol("a record's partition key is not UTF-8"))?;
+        records.push(Record {
+            seq: r.seq,
+            ts_ms: r.arrival_ts_ms,
+            key: key.to_string(),
+            data: frame.slice_ref(r.data),
+            explicit_hash_key: r.explicit_hash_key,
+        });
+    }
+    Ok(Records {
+        records,
+        next_iterator: resp.head.next_iterator.map(|t| ShardIterator {
+            token: frame.slice_ref(t),
+            core,
+        }),
+        millis_behind_latest: resp.head.millis_behind_latest,
+        start_seq: resp.head.start_seq,
+        end_seq: resp.head.end_seq,
+    })
+}
+
+fn check_stream_name(name: &str) -> Result<()> {
+    if is_valid_stream_name(name) {
+        Ok(())
+    } else {
+        Err(ClientError::invalid(
+            ErrorCode::InvalidArgument,
+            format!("invalid stream name {name:?}: use 1..=128 characters of [a-zA-Z0-9_.-]"),
+        ))
+    }
+}
+
+fn check_retention(hours: u32) -> Result<()> {
+    if is_valid_retention_hours(hours) {
+        Ok(())
+    } else {
+        Err(ClientError::invalid(
+            ErrorCode::InvalidArgument,
+            format!("retention of {hours} hours is not in 1..=8760"),
+        ))
+    }
+}

@@ -1,0 +1,379 @@
+//! One pipelined connection to one server address.
+//!
+//! A connection owns two tasks. The writer task takes encoded requests from a bounded queue
+//! and writes them back to back through one buffered writer, flushing when the queue runs
+//! dry, so a burst of small requests leaves in a few syscalls. The reader task decodes
+//! response frames and hands each one, by correlation id, to the request waiting for it;
+//! responses may arrive in any order.
+//!
+//! Bounds: at most `max_in_flight` requests are outstanding (a semaphore; a caller past it
+//! waits for a slot), so the waiter map and the writer queue are bounded by it too. A
+//! response frame is at most `DEFAULT_MAX_FRAME_BYTES`.
+//!
+//! Failure: the first I/O error, end of stream or undecodable frame closes the connection
+//! for good: every waiting request fails with [`ClientError::ConnectionLost`] (retryable,
+//! the request may have been applied), and so does every later one. The [`crate::Client`]
+//! sees [`Connection::is_closed`] and opens a new connection for the next request.
+//!
+//! Copies: a request's head is encoded into its own small buffer and its batch (if any) is
+//! written from the caller's `Bytes` without being copied into the head. A response frame is
+//! split off the receive buffer without a copy (`BytesMut::split_to`), and the records a
+//! caller gets borrow from it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use spate_protocol::{
+    decode_frame, decode_response, peek_header, ErrorResponse, Opcode, Response,
+    DEFAULT_MAX_FRAME_BYTES,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::error::{ClientError, Result};
+
+/// Default bound on outstanding requests per connection.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Size of the writer's buffer: small requests are coalesced up to this many bytes.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Smallest free space the reader asks the socket to fill.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+type Waiter = oneshot::Sender<Result<Bytes>>;
+
+/// The requests waiting for a response, and why the connection closed once it has.
+struct Waiters {
+    by_id: HashMap<u64, Waiter>,
+    closed: Option<ClientError>,
+}
+
+struct Shared {
+    addr: String,
+    waiters: Mutex<Waiters>,
+}
+
+impl Shared {
+    /// Closes the connection: fails every waiting request and every later one with `err`.
+    /// Only the first reason is kept.
+    fn fail(&self, err: ClientError) {
+        let drained: Vec<Waiter> = {
+            let mut w = self.waiters.lock().expect("waiters lock");
+            if w.closed.is_none() {
+                tracing::debug!(addr = %self.addr, error = %err, "connection closed");
+                w.closed = Some(err.clone());
+            }
+            w.by_id.drain().map(|(_, tx)| tx).collect()
+        };
+        for tx in drained {
+            let _ = tx.send(Err(err.clone()));
+        }
+    }
+
+    fn lost(&self, reason: impl Into<String>) -> ClientError {
+        ClientError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An encoded request: the frame head, then the batch the head's length accounts for.
+struct Outgoing {
+    head: Vec<u8>,
+    body: Bytes,
+}
+
+/// A pipelined connection; see the module docs. Dropping it stops its tasks.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    outgoing: mpsc::Sender<Outgoing>,
+    slots: Semaphore,
+    next_id: AtomicU64,
+    /// Largest request frame the server accepts (from its hello; the default until then).
+    max_request_bytes: AtomicU64,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.shared.fail(ClientError::Closed);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.shared.addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` ("host:port") within `timeout` and starts the connection's tasks.
+    /// Must run inside a tokio runtime.
+    pub(crate) async fn open(
+        addr: &str,
+        timeout: Duration,
+        max_in_flight: usize,
+    ) -> Result<Connection> {
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        // Requests are small and latency-bound; the writer coalesces them itself.
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_err(e.to_string()))?;
+        Ok(Connection::from_stream(addr, stream, max_in_flight))
+    }
+
+    fn from_stream(addr: &str, stream: TcpStream, max_in_flight: usize) -> Connection {
+        assert!(max_in_flight > 0, "a connection needs at least one slot");
+        let shared = Arc::new(Shared {
+            addr: addr.to_string(),
+            waiters: Mutex::new(Waiters {
+                by_id: HashMap::new(),
+                closed: None,
+            }),
+        });
+        let (read_half, write_half) = stream.into_split();
+        let (tx, rx) = mpsc::channel(max_in_flight);
+        let reader = tokio::spawn(read_loop(read_half, shared.clone()));
+        let writer = tokio::spawn(write_loop(rx, write_half, shared.clone()));
+        Connection {
+            shared,
+            outgoing: tx,
+            slots: Semaphore::new(max_in_flight),
+            next_id: AtomicU64::new(1),
+            max_request_bytes: AtomicU64::new(DEFAULT_MAX_FRAME_BYTES as u64),
+            tasks: [reader, writer],
+        }
+    }
+
+    /// Whether the connection has failed (or was closed); a new request on it fails at once.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .closed
+            .is_some()
+    }
+
+    pub(crate) fn set_max_request_bytes(&self, bytes: u64) {
+        self.max_request_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Sends one request and waits for its response frame. `encode` appends the frame head
+    /// for the given correlation id; `body` follows it on the wire (a batch, or empty).
+    /// Waits for an in-flight slot first. `timeout` bounds the wait for the response.
+    pub(crate) async fn call(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut head = Vec::with_capacity(64);
+        encode(&mut head, id);
+        let frame_bytes = (head.len() + body.len()) as u64;
+        let max = self.max_request_bytes.load(Ordering::Relaxed);
+        if frame_bytes > max {
+            return Err(ClientError::invalid(
+                spate_protocol::ErrorCode::FrameTooLarge,
+                format!(
+                    "request of {frame_bytes} bytes exceeds the server's maximum frame of {max}"
+                ),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut w = self.shared.waiters.lock().expect("waiters lock");
+            if let Some(err) = &w.closed {
+                return Err(err.clone());
+            }
+            let previous = w.by_id.insert(id, tx);
+            assert!(previous.is_none(), "correlation id {id} reused");
+        }
+        // Removes the waiter if this future is dropped or times out before the response.
+        let _guard = WaiterGuard {
+            shared: &self.shared,
+            id,
+        };
+        if self.outgoing.send(Outgoing { head, body }).await.is_err() {
+            return Err(self.closed_reason());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(self.closed_reason()),
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.shared.addr.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    fn closed_reason(&self) -> ClientError {
+        let w = self.shared.waiters.lock().expect("waiters lock");
+        w.closed
+            .clone()
+            .unwrap_or_else(|| self.shared.lost("connection tasks stopped"))
+    }
+}
+
+struct WaiterGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.shared.waiters.lock() {
+            w.by_id.remove(&self.id);
+        }
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Outgoing>,
+    write_half: OwnedWriteHalf,
+    shared: Arc<Shared>,
+) {
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let result = async {
+            // Write everything queued, then flush once: a burst of requests shares syscalls.
+            while let Some(msg) = next.take() {
+                w.write_all(&msg.head).await?;
+                if !msg.body.is_empty() {
+                    // Larger than the buffer: BufWriter writes it straight to the socket.
+                    w.write_all(&msg.body).await?;
+                }
+                next = rx.try_recv().ok();
+            }
+            w.flush().await
+        }
+        .await;
+        if let Err(e) = result {
+            shared.fail(shared.lost(format!("write failed: {e}")));
+            return;
+        }
+    }
+    // Every sender is gone: the connection is being dropped.
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        loop {
+            let (len, id, is_error) = match decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES) {
+                Ok(Some(frame)) => (
+                    frame.encoded_len(),
+                    frame.header.correlation_id,
+                    frame.header.is_error(),
+                ),
+                Ok(None) => break,
+                Err(e) => {
+                    shared.fail(shared.lost(format!("undecodable frame from the server: {e}")));
+                    return;
+                }
+            };
+            let frame = buf.split_to(len).freeze();
+            dispatch(&shared, id, is_error, frame);
+        }
+        // Make room for the rest of a frame whose header is in, or for a fresh chunk.
+        let want = match peek_header(&buf, DEFAULT_MAX_FRAME_BYTES) {
+            Ok(Some(h)) => (h.frame_len as usize).saturating_sub(buf.len()),
+            _ => 0,
+        };
+        buf.reserve(want.max(READ_CHUNK_BYTES));
+        match read_half.read_buf(&mut buf).await {
+            Ok(0) => {
+                shared.fail(shared.lost("closed by the server"));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                shared.fail(shared.lost(format!("read failed: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+/// Hands a response frame to its waiter. A frame nobody waits for belongs to a request that
+/// was cancelled or timed out, except an error with correlation id 0: the server's answer
+/// to a frame it could not read, sent just before it closes the connection.
+fn dispatch(shared: &Shared, id: u64, is_error: bool, frame: Bytes) {
+    let waiter = shared
+        .waiters
+        .lock()
+        .expect("waiters lock")
+        .by_id
+        .remove(&id);
+    match waiter {
+        Some(tx) => {
+            let _ = tx.send(Ok(frame));
+        }
+        None if id == 0 && is_error => {
+            let reason = match decode_reply(&frame, None) {
+                Err(e) => format!("the server closed the connection: {e}"),
+                Ok(_) => "the server closed the connection".to_string(),
+            };
+            shared.fail(shared.lost(reason));
+        }
+        None => tracing::debug!(id, "response for a request nobody waits for"),
+    }
+}
+
+/// Decodes a response frame into the success response for `expect` (any opcode when
+/// `None`), or the error the server answered.
+pub(crate) fn decode_reply(frame: &Bytes, expect: Option<Opcode>) -> Result<Response<'_>> {
+    let decoded = decode_frame(frame, DEFAULT_MAX_FRAME_BYTES)
+        .map_err(|e| ClientError::protocol(e.to_string()))?
+        .ok_or_else(|| ClientError::protocol("truncated response frame"))?;
+    match decode_response(&decoded) {
+        Ok(Ok(response)) => match expect {
+            Some(op) if response.opcode() != op => Err(ClientError::protocol(format!(
+                "expected a {} response, got {}",
+                op.name(),
+                response.opcode().name()
+            ))),
+            _ => Ok(response),
+        },
+        Ok(Err(ErrorResponse {
+            code,
+            retry_after_ms,
+            message,
+        })) => Err(ClientError::Server {
+            code,
+            retry_after_ms,
+            message: message.to_string(),
+        }),
+        Err(e) => Err(ClientError::Protocol {
+            code: e.code(),
+            message: format!("undecodable response: {e}"),
+        }),
+    }
+}

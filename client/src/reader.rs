@@ -1,0 +1,158 @@
+//! The [`ShardReader`]: follows one shard from a position, call after call.
+//!
+//! It keeps the iterator each answer hands back, retries read throttling and busy answers
+//! with backoff ([`crate::RetryPolicy`]), and when an iterator expires (a reader idle for
+//! five minutes) opens a new one just after the last sequence number it has returned, so a
+//! reader neither skips nor repeats a record. With `wait_ms > 0` each call long-polls at the
+//! tip, so a follower sees a new record about as soon as it is durable.
+
+use crate::client::{Client, Position, Records, ShardIterator};
+use crate::error::Result;
+use spate_protocol::read::{MAX_BYTES_PER_READ, MAX_RECORDS_PER_READ, MAX_WAIT_MS};
+use spate_protocol::ErrorCode;
+
+/// Bounds of each get-records call a [`ShardReader`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// 1..=10,000.
+    pub max_records: u32,
+    /// 1..=10 MiB.
+    pub max_bytes: u32,
+    /// Long-poll wait at the tip, 0..=30,000 ms; 0 answers at once.
+    pub wait_ms: u32,
+}
+
+impl Default for ReadOptions {
+    /// 10,000 records, 10 MiB, no long-poll.
+    fn default() -> Self {
+        ReadOptions {
+            max_records: MAX_RECORDS_PER_READ,
+            max_bytes: MAX_BYTES_PER_READ,
+            wait_ms: 0,
+        }
+    }
+}
+
+impl ReadOptions {
+    fn clamped(self) -> ReadOptions {
+        ReadOptions {
+            max_records: self.max_records.clamp(1, MAX_RECORDS_PER_READ),
+            max_bytes: self.max_bytes.clamp(1, MAX_BYTES_PER_READ),
+            wait_ms: self.wait_ms.min(MAX_WAIT_MS),
+        }
+    }
+}
+
+/// Reads one shard in order; see the module docs.
+#[derive(Debug)]
+pub struct ShardReader {
+    client: Client,
+    stream: String,
+    shard_id: u32,
+    start: Position,
+    options: ReadOptions,
+    iterator: Option<ShardIterator>,
+    /// One past the last sequence number returned (from the last answer's `end_seq`).
+    next_seq: Option<u64>,
+    finished: bool,
+}
+
+impl Client {
+    /// A reader of `shard_id` of `stream` from `position`. Opens the iterator now, so an
+    /// unknown stream or shard fails here.
+    pub async fn shard_reader(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        position: Position,
+        options: ReadOptions,
+    ) -> Result<ShardReader> {
+        let iterator = self.get_iterator(stream, shard_id, position).await?;
+        Ok(ShardReader {
+            client: self.clone(),
+            stream: stream.to_string(),
+            shard_id,
+            start: position,
+            options: options.clamped(),
+            iterator: Some(iterator),
+            next_seq: None,
+            finished: false,
+        })
+    }
+}
+
+impl ShardReader {
+    /// The next answer: `Some` with the records read (possibly none, when a long-poll ended
+    /// at the tip), or `None` once the shard is closed and fully read.
+    pub async fn next(&mut self) -> Result<Option<Records>> {
+        let policy = self.client.config().retry;
+        let mut attempt = 0u32;
+        while !self.finished {
+            let iterator = match &self.iterator {
+                Some(it) => it.clone(),
+                None => self.reopen().await?,
+            };
+            let o = self.options;
+            let err = match self
+                .client
+                .get_records(&iterator, o.max_records, o.max_bytes, o.wait_ms)
+                .await
+            {
+                Ok(records) => {
+                    self.next_seq = Some(records.end_seq);
+                    self.iterator = records.next_iterator.clone();
+                    self.finished = self.iterator.is_none();
+                    return Ok(Some(records));
+                }
+                Err(e) => e,
+            };
+            let expired = err.code() == Some(ErrorCode::IteratorExpired);
+            if (expired || err.is_safe_to_retry()) && attempt < policy.max_attempts {
+                if expired {
+                    self.iterator = None;
+                } else {
+                    tokio::time::sleep(policy.delay(attempt, err.retry_after_ms())).await;
+                }
+                attempt += 1;
+                continue;
+            }
+            return Err(err);
+        }
+        Ok(None)
+    }
+
+    /// Changes the bounds of the following calls (e.g. a long-poll wait once caught up).
+    pub fn set_options(&mut self, options: ReadOptions) {
+        self.options = options.clamped();
+    }
+
+    pub fn options(&self) -> ReadOptions {
+        self.options
+    }
+
+    /// One past the last sequence number returned so far, once a call has answered.
+    pub fn next_seq(&self) -> Option<u64> {
+        self.next_seq
+    }
+
+    pub fn shard_id(&self) -> u32 {
+        self.shard_id
+    }
+
+    /// Opens a fresh iterator where the expired one would have continued.
+    async fn reopen(&mut self) -> Result<ShardIterator> {
+        let position = match self.next_seq {
+            None => self.start,
+            // Nothing below sequence number 0 exists, so everything from the oldest on is
+            // what the reader has not seen yet.
+            Some(0) => Position::TrimHorizon,
+            Some(next) => Position::AfterSequenceNumber { seq: next - 1 },
+        };
+        let it = self
+            .client
+            .get_iterator(&self.stream, self.shard_id, position)
+            .await?;
+        self.iterator = Some(it.clone());
+        Ok(it)
+    }
+}

@@ -1,0 +1,759 @@
+//! The client against a scripted fake server that speaks the protocol crate's codec over
+//! tokio TCP. The fake answers hello and describe-stream itself and hands every other
+//! request to the test, which answers when and how it likes: out of order, throttled,
+//! or by dropping the connection. Nothing here waits on a sleep; every step waits on a
+//! request arriving or a response resolving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_client::{
+    Client, ClientConfig, ClientError, Entry, ErrorCode, Position, ProducerConfig, PutResult,
+    ReadOptions, RetryPolicy,
+};
+use spate_protocol::batch::{stamp, BatchBuilder, BatchHeader, RecordIter};
+use spate_protocol::routing::{even_range, hash_key};
+use spate_protocol::{
+    decode_frame, decode_request, encode_error, encode_get_records_response, encode_response,
+    CoreInfo, ErrorResponse, GetIteratorResponse, GetRecordsHead, HelloResponse, Limits,
+    PutBatchResponse, PutRecordResponse, Rejection, Request, Response, ShardDescription,
+    ShardState, StreamDescription, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+
+mod fake {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// The fake's view of a stream: `shards` even shards, shard `i` on core `i % cores`.
+    #[derive(Clone)]
+    pub struct Setup {
+        pub stream: &'static str,
+        pub shards: u32,
+        pub max_record_data_bytes: u32,
+    }
+
+    enum Out {
+        Frame(Vec<u8>),
+        Close,
+    }
+
+    /// A request the fake did not answer itself, with the means to answer it.
+    pub struct Req {
+        pub core: u16,
+        pub conn: usize,
+        pub id: u64,
+        pub opcode: u16,
+        frame: Vec<u8>,
+        out: mpsc::UnboundedSender<Out>,
+    }
+
+    impl Req {
+        pub fn request(&self) -> Request<'_> {
+            let frame = decode_frame(&self.frame, DEFAULT_MAX_FRAME_BYTES)
+                .unwrap()
+                .unwrap();
+            decode_request(&frame).unwrap()
+        }
+
+        /// (stream, shard id, [(key, data)]) of a put-batch request.
+        pub fn put_batch(&self) -> (String, u32, Vec<(String, Vec<u8>)>) {
+            let Request::PutBatch(p) = self.request() else {
+                panic!("expected a put-batch, got opcode {}", self.opcode)
+            };
+            (p.stream.to_string(), p.shard_id, batch_records(p.batch))
+        }
+
+        pub fn respond(&self, response: &Response<'_>) {
+            let mut out = Vec::new();
+            encode_response(&mut out, self.id, response);
+            let _ = self.out.send(Out::Frame(out));
+        }
+
+        pub fn respond_raw(&self, frame: Vec<u8>) {
+            let _ = self.out.send(Out::Frame(frame));
+        }
+
+        pub fn error(&self, code: ErrorCode, retry_after_ms: u32) {
+            let mut out = Vec::new();
+            let body = ErrorResponse {
+                code,
+                retry_after_ms,
+                message: "fake says no",
+            };
+            encode_error(&mut out, self.opcode, self.id, &body);
+            let _ = self.out.send(Out::Frame(out));
+        }
+
+        pub fn accept_batch(
+            &self,
+            base_seq: u64,
+            accepted: u32,
+            rejected: Option<(ErrorCode, u32)>,
+        ) {
+            let (_, shard_id, _) = self.put_batch();
+            self.respond(&Response::PutBatch(PutBatchResponse {
+                shard_id,
+                base_seq,
+                accepted,
+                rejected: rejected.map(|(code, retry_after_ms)| Rejection {
+                    code,
+                    retry_after_ms,
+                }),
+            }));
+        }
+
+        /// Closes the connection the request came on.
+        pub fn close_connection(&self) {
+            let _ = self.out.send(Out::Close);
+        }
+    }
+
+    pub fn batch_records(batch: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let h = BatchHeader::decode(batch).unwrap();
+        RecordIter::new(batch, h.record_count)
+            .map(|r| {
+                let r = r.unwrap();
+                (String::from_utf8(r.key.to_vec()).unwrap(), r.data.to_vec())
+            })
+            .collect()
+    }
+
+    pub struct Fake {
+        pub addrs: Vec<String>,
+        pub requests: mpsc::UnboundedReceiver<Req>,
+    }
+
+    impl Fake {
+        pub async fn next(&mut self) -> Req {
+            tokio::time::timeout(Duration::from_secs(30), self.requests.recv())
+                .await
+                .expect("a request within 30 s")
+                .expect("fake server running")
+        }
+    }
+
+    /// Starts one listener per core on 127.0.0.1:0; the hello advertises all of them.
+    pub async fn start(cores: u16, setup: Setup) -> Fake {
+        let mut listeners = Vec::new();
+        for _ in 0..cores {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().to_string())
+            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn_ids = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for (core, listener) in listeners.into_iter().enumerate() {
+            let (tx, addrs, setup, conn_ids) =
+                (tx.clone(), addrs.clone(), setup.clone(), conn_ids.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (socket, _) = listener.accept().await.unwrap();
+                    let conn = conn_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(serve(
+                        socket,
+                        core as u16,
+                        conn,
+                        addrs.clone(),
+                        setup.clone(),
+                        tx.clone(),
+                    ));
+                }
+            });
+        }
+        Fake {
+            addrs,
+            requests: rx,
+        }
+    }
+
+    async fn serve(
+        socket: TcpStream,
+        core: u16,
+        conn: usize,
+        addrs: Vec<String>,
+        setup: Setup,
+        requests: mpsc::UnboundedSender<Req>,
+    ) {
+        let (mut rd, mut wr) = socket.into_split();
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
+        let reader = tokio::spawn({
+            let out_tx = out_tx.clone();
+            async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    while let Some(frame) = decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES).unwrap() {
+                        let len = frame.encoded_len();
+                        let (id, opcode) = (frame.header.correlation_id, frame.header.opcode);
+                        let req = Req {
+                            core,
+                            conn,
+                            id,
+                            opcode,
+                            frame: buf[..len].to_vec(),
+                            out: out_tx.clone(),
+                        };
+                        if !answer_itself(&req, &addrs, &setup) {
+                            let _ = requests.send(req);
+                        }
+                        buf.drain(..len);
+                    }
+                    match rd.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        });
+        while let Some(out) = out_rx.recv().await {
+            match out {
+                Out::Frame(f) => {
+                    if wr.write_all(&f).await.is_err() {
+                        break;
+                    }
+                }
+                Out::Close => break,
+            }
+        }
+        reader.abort();
+        let _ = wr.shutdown().await;
+    }
+
+    fn answer_itself(req: &Req, addrs: &[String], setup: &Setup) -> bool {
+        match req.request() {
+            Request::Hello(_) => {
+                let cores = addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| CoreInfo {
+                        core_id: i as u16,
+                        address: a,
+                    })
+                    .collect();
+                req.respond(&Response::Hello(HelloResponse {
+                    protocol_version: PROTOCOL_VERSION,
+                    max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
+                    cores,
+                }));
+                true
+            }
+            Request::DescribeStream(d) if d.name == setup.stream => {
+                let n = setup.shards;
+                let shards = (0..n)
+                    .map(|i| {
+                        let (start, end) = even_range(i, n);
+                        ShardDescription {
+                            id: i,
+                            state: ShardState::Open,
+                            hash_key_start: start,
+                            hash_key_end: end,
+                            parent: None,
+                            adjacent_parent: None,
+                            core: (i % addrs.len() as u32) as u16,
+                            first_seq: None,
+                            last_seq: None,
+                        }
+                    })
+                    .collect();
+                req.respond(&Response::DescribeStream(StreamDescription {
+                    name: setup.stream,
+                    stream_id: 7,
+                    retention_hours: 24,
+                    limits: Limits::Off,
+                    max_record_data_bytes: setup.max_record_data_bytes,
+                    shards,
+                }));
+                true
+            }
+            Request::DescribeStream(_) => {
+                req.error(ErrorCode::UnknownStream, 0);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+use fake::{batch_records, Fake, Setup};
+
+fn setup(shards: u32) -> Setup {
+    Setup {
+        stream: "s",
+        shards,
+        max_record_data_bytes: 1 << 20,
+    }
+}
+
+fn fast_retry() -> ClientConfig {
+    ClientConfig {
+        retry: RetryPolicy {
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            max_attempts: 5,
+        },
+        ..ClientConfig::default()
+    }
+}
+
+async fn connect(fake: &Fake) -> Client {
+    Client::connect_with(fake.addrs[0].clone(), fast_retry())
+        .await
+        .unwrap()
+}
+
+fn key_for(shard: u32, shards: u32, n: usize) -> String {
+    let (lo, hi) = even_range(shard, shards);
+    (0..)
+        .map(|i| format!("key-{n}-{i}"))
+        .find(|k| (lo..=hi).contains(&hash_key(k.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_outstanding_requests_on_one_connection_with_out_of_order_responses() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    const N: usize = 200;
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client
+                .put_record("s", &format!("k{i}"), format!("{i}"), None)
+                .await
+        }));
+    }
+    // Every request is outstanding before the first answer: the client pipelines them.
+    let mut reqs = Vec::new();
+    for _ in 0..N {
+        reqs.push(fake.next().await);
+    }
+    let conn = reqs[0].conn;
+    assert!(
+        reqs.iter().all(|r| r.conn == conn),
+        "one connection carries them all"
+    );
+    // Answer in reverse order, each with a sequence number derived from its record.
+    for req in reqs.iter().rev() {
+        let Request::PutRecord(p) = req.request() else {
+            panic!("expected put-record")
+        };
+        let (key, _) = batch_records(p.batch).remove(0);
+        let i: u64 = key[1..].parse().unwrap();
+        req.respond(&Response::PutRecord(PutRecordResponse {
+            shard_id: 0,
+            seq: 1000 + i,
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        let r = call.await.unwrap().unwrap();
+        assert_eq!(
+            r,
+            PutResult {
+                shard_id: 0,
+                seq: 1000 + i as u64
+            }
+        );
+    }
+}
+
+#[tokio::test]
+async fn throttled_suffixes_are_retried_in_order() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let entries: Vec<Entry> = (0..700)
+        .map(|i| Entry::new("one-key", format!("{i}")))
+        .collect();
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    let data = |records: &[(String, Vec<u8>)]| -> Vec<usize> {
+        records
+            .iter()
+            .map(|(_, d)| String::from_utf8(d.clone()).unwrap().parse().unwrap())
+            .collect()
+    };
+    // The first batch is full; the shard takes 200 and throttles the rest.
+    let r = fake.next().await;
+    let (_, _, records) = r.put_batch();
+    assert_eq!(data(&records), (0..500).collect::<Vec<_>>());
+    r.accept_batch(0, 200, Some((ErrorCode::Throttled, 3)));
+    // The refused tail comes back first (not the records after the batch).
+    let r = fake.next().await;
+    assert_eq!(data(&r.put_batch().2), (200..700).collect::<Vec<_>>());
+    // Throttled entirely, as an error response this time.
+    r.error(ErrorCode::Throttled, 2);
+    let r = fake.next().await;
+    assert_eq!(data(&r.put_batch().2), (200..700).collect::<Vec<_>>());
+    r.accept_batch(200, 500, None);
+    let results = put.await.unwrap();
+    let seqs: Vec<u64> = results.into_iter().map(|r| r.unwrap().seq).collect();
+    assert_eq!(seqs, (0..700).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_final_failure_fails_the_rest_of_the_shard_unsent() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let entries: Vec<Entry> = (0..700).map(|i| Entry::new("k", format!("{i}"))).collect();
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    let r = fake.next().await;
+    assert_eq!(r.put_batch().2.len(), 500);
+    r.accept_batch(10, 100, Some((ErrorCode::ShardPoisoned, 0)));
+    // Completing proves nothing else was sent: it would have needed an answer first.
+    let results = put.await.unwrap();
+    assert_eq!(results.len(), 700);
+    for (i, r) in results.iter().enumerate() {
+        if i < 100 {
+            assert_eq!(r.as_ref().unwrap().seq, 10 + i as u64);
+        } else {
+            let err = r.as_ref().unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::ShardPoisoned), "record {i}");
+            assert_eq!(
+                err.to_string().contains("not sent"),
+                i > 100,
+                "record {i}: {err}"
+            );
+        }
+    }
+    assert!(fake.requests.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn invalid_records_fail_in_their_place_and_stop_their_shard_only() {
+    const SHARDS: u32 = 2;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let (a, b) = (key_for(0, SHARDS, 0), key_for(1, SHARDS, 1));
+    let entries = vec![
+        Entry::new(a.clone(), "a0"),
+        Entry::new(b.clone(), "b0"),
+        Entry::new(a.clone(), vec![0u8; (1 << 20) + 1]), // over the stream's data limit
+        Entry::new(b.clone(), "b1"),
+        Entry::new(a.clone(), "a2"),
+        Entry::new("x".repeat(257), "bad key"),
+    ];
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    for _ in 0..2 {
+        let r = fake.next().await;
+        let (_, shard, records) = r.put_batch();
+        let data: Vec<&[u8]> = records.iter().map(|(_, d)| d.as_slice()).collect();
+        match shard {
+            0 => assert_eq!(
+                data,
+                vec![b"a0".as_slice()],
+                "shard 0 stops at the big record"
+            ),
+            _ => assert_eq!(data, vec![b"b0".as_slice(), b"b1".as_slice()]),
+        }
+        r.accept_batch(0, records.len() as u32, None);
+    }
+    let results = put.await.unwrap();
+    let codes: Vec<Option<ErrorCode>> = results
+        .iter()
+        .map(|r| r.as_ref().err().and_then(ClientError::code))
+        .collect();
+    let big = Some(ErrorCode::RecordTooLarge);
+    assert_eq!(codes[..5], [None, None, big, None, big]);
+    assert!(results[5].is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_fails_in_flight_requests_and_the_next_one_reconnects() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client.put_record("s", &format!("k{i}"), "x", None).await
+        }));
+    }
+    let mut reqs = Vec::new();
+    for _ in 0..5 {
+        reqs.push(fake.next().await);
+    }
+    reqs[0].close_connection();
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ClientError::ConnectionLost { .. }), "{err:?}");
+        assert!(err.is_retryable() && !err.is_safe_to_retry());
+    }
+    let again = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_record("s", "k", "x", None).await }
+    });
+    let r = fake.next().await;
+    assert_ne!(r.conn, reqs[0].conn, "a new connection");
+    r.respond(&Response::PutRecord(PutRecordResponse {
+        shard_id: 0,
+        seq: 9,
+    }));
+    assert_eq!(again.await.unwrap().unwrap().seq, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_go_to_the_shard_whose_range_holds_their_md5_on_its_core() {
+    const SHARDS: u32 = 4;
+    let mut fake = fake::start(2, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let entries: Vec<Entry> = (0..400)
+        .map(|i| Entry::new(format!("user-{i}"), format!("{i}")))
+        .collect();
+    let expected: Vec<u32> = entries
+        .iter()
+        .map(|e| {
+            let h = hash_key(e.key.as_bytes());
+            (0..SHARDS)
+                .find(|&s| {
+                    let (lo, hi) = even_range(s, SHARDS);
+                    (lo..=hi).contains(&h)
+                })
+                .unwrap()
+        })
+        .collect();
+    // An explicit hash key overrides the MD5.
+    let mut entries = entries;
+    entries.push(Entry::new("user-0", "ehk").with_explicit_hash_key(u128::MAX));
+    let mut expected = expected;
+    expected.push(SHARDS - 1);
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    let shards_hit = expected
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    for _ in 0..shards_hit {
+        let r = fake.next().await;
+        let (_, shard, records) = r.put_batch();
+        assert_eq!(
+            u32::from(r.core),
+            shard % 2,
+            "shard {shard} sent to its own core"
+        );
+        let (lo, hi) = even_range(shard, SHARDS);
+        for (key, data) in &records {
+            if data != b"ehk" {
+                assert!(
+                    (lo..=hi).contains(&hash_key(key.as_bytes())),
+                    "{key} in shard {shard}"
+                );
+            }
+        }
+        r.accept_batch(u64::from(shard) * 1000, records.len() as u32, None);
+    }
+    let results = put.await.unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap().shard_id, expected[i], "record {i}");
+    }
+    // The client's own routing table agrees.
+    let map = client.shard_map("s").await.unwrap();
+    assert_eq!(map.route(b"user-1", None).unwrap().shard_id, expected[1]);
+    assert_eq!(map.core_of(3), Some(1));
+}
+
+#[tokio::test]
+async fn the_producer_batches_per_shard_keeps_one_batch_in_flight_and_key_order() {
+    const SHARDS: u32 = 2;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_records_max: 50,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("s", config).await.unwrap();
+    let keys = [key_for(0, SHARDS, 0), key_for(1, SHARDS, 1)];
+    let mut handles = Vec::new();
+    for i in 0..300usize {
+        let key = &keys[i % 2];
+        handles.push((i, producer.send(key.clone(), format!("{i}")).await.unwrap()));
+    }
+    let flushed = tokio::spawn(async move {
+        producer.flush().await;
+        producer
+    });
+    // Answer each shard's batches, accepting only part of every other batch. Each shard's
+    // next batch must start right after what was accepted: a second batch in flight, or a
+    // retry out of order, would show up as a gap or an overlap.
+    let mut next_expected = [0usize, 1usize];
+    let mut next_seq = [0u64; 2];
+    let mut round = 0;
+    while next_expected.iter().any(|&n| n < 300) {
+        let r = fake.next().await;
+        let (_, shard, records) = r.put_batch();
+        let s = shard as usize;
+        let got: Vec<usize> = records
+            .iter()
+            .map(|(_, d)| String::from_utf8(d.clone()).unwrap().parse().unwrap())
+            .collect();
+        assert!(records.iter().all(|(k, _)| *k == keys[s]));
+        let want: Vec<usize> = (0..got.len()).map(|j| next_expected[s] + 2 * j).collect();
+        assert_eq!(got, want, "shard {shard} batch out of order");
+        round += 1;
+        let accepted = if round % 2 == 0 {
+            got.len().div_ceil(2)
+        } else {
+            got.len()
+        } as u32;
+        let rejected = (accepted < got.len() as u32).then_some((ErrorCode::Throttled, 1));
+        r.accept_batch(next_seq[s], accepted, rejected);
+        next_seq[s] += u64::from(accepted);
+        next_expected[s] += 2 * accepted as usize;
+    }
+    let producer = flushed.await.unwrap();
+    let mut per_shard_seq = [0u64; 2];
+    for (i, handle) in handles {
+        let r = handle.await.unwrap();
+        assert_eq!(r.shard_id as usize, i % 2);
+        assert_eq!(r.seq, per_shard_seq[i % 2], "record {i}");
+        per_shard_seq[i % 2] += 1;
+    }
+    producer.close().await;
+}
+
+fn stored_batch(base_seq: u64, n: u32, ts_ms: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for i in 0..n {
+        b.push(
+            b"k",
+            format!("r{}", base_seq + u64::from(i)).as_bytes(),
+            None,
+        )
+        .unwrap();
+    }
+    let mut batch = b.finish();
+    stamp(&mut batch, base_seq, ts_ms, 1);
+    batch
+}
+
+fn records_frame(id: u64, start: u64, end: u64, batches: &[&[u8]], token: &[u8]) -> Vec<u8> {
+    let head = GetRecordsHead {
+        start_seq: start,
+        end_seq: end,
+        millis_behind_latest: 0,
+        next_iterator: Some(token),
+    };
+    let mut out = Vec::new();
+    encode_get_records_response(&mut out, id, &head, batches.iter().copied());
+    out
+}
+
+#[tokio::test]
+async fn reads_are_verified_and_the_reader_retries_and_renews_its_iterator() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let options = ReadOptions {
+        max_records: 100,
+        max_bytes: 1 << 20,
+        wait_ms: 0,
+    };
+    let open = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .shard_reader("s", 0, Position::TrimHorizon, options)
+                .await
+        }
+    });
+    let r = fake.next().await;
+    let Request::GetIterator(g) = r.request() else {
+        panic!()
+    };
+    assert_eq!((g.shard_id, g.position), (0, Position::TrimHorizon));
+    r.respond(&Response::GetIterator(GetIteratorResponse {
+        iterator: b"t1",
+    }));
+    let mut reader = open.await.unwrap().unwrap();
+
+    let next = tokio::spawn(async move {
+        let first = reader.next().await;
+        (reader, first)
+    });
+    let r = fake.next().await;
+    let Request::GetRecords(g) = r.request() else {
+        panic!()
+    };
+    assert_eq!(g.iterator, b"t1");
+    // The first batch starts before the range: only records 2..5 are returned.
+    let a = stored_batch(0, 3, 1000);
+    let b = stored_batch(3, 2, 1001);
+    r.respond_raw(records_frame(r.id, 2, 5, &[&a, &b], b"t2"));
+    let (mut reader, first) = next.await.unwrap();
+    let first = first.unwrap().unwrap();
+    let seqs: Vec<u64> = first.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4]);
+    assert_eq!(&first.records[1].data[..], b"r3");
+    assert_eq!(first.records[1].ts_ms, 1001);
+    assert_eq!(first.records[0].key, "k");
+
+    let next = tokio::spawn(async move {
+        let second = reader.next().await;
+        (reader, second)
+    });
+    // The iterator expired: the reader opens one after the last record it returned.
+    let r = fake.next().await;
+    let Request::GetRecords(g) = r.request() else {
+        panic!()
+    };
+    assert_eq!(g.iterator, b"t2");
+    r.error(ErrorCode::IteratorExpired, 0);
+    let r = fake.next().await;
+    let Request::GetIterator(g) = r.request() else {
+        panic!()
+    };
+    assert_eq!(g.position, Position::AfterSequenceNumber { seq: 4 });
+    r.respond(&Response::GetIterator(GetIteratorResponse {
+        iterator: b"t3",
+    }));
+    // Read-throttled: retried after the hint.
+    let r = fake.next().await;
+    r.error(ErrorCode::ReadThrottled, 1);
+    let r = fake.next().await;
+    let Request::GetRecords(g) = r.request() else {
+        panic!()
+    };
+    assert_eq!(g.iterator, b"t3");
+    let mut corrupt = stored_batch(5, 1, 1002);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0x55;
+    r.respond_raw(records_frame(r.id, 5, 6, &[&corrupt], b"t4"));
+    let (_, second) = next.await.unwrap();
+    let err = second.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ChecksumMismatch), "{err}");
+}
+
+#[tokio::test]
+async fn server_errors_carry_their_code_and_unknown_streams_fail_cleanly() {
+    let fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let err = client.describe_stream("nope").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownStream));
+    assert!(!err.is_retryable());
+    let results = client.put_records("nope", vec![Entry::new("k", "v")]).await;
+    assert_eq!(
+        results[0].as_ref().unwrap_err().code(),
+        Some(ErrorCode::UnknownStream)
+    );
+    let err = client
+        .put_record("bad name", "k", "v", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument));
+    let err = Client::connect("127.0.0.1:1").await.unwrap_err();
+    assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+    assert_eq!(client.server_info().cores.len(), 1);
+}

@@ -16,7 +16,12 @@ pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
         shard_count > 0 && index < shard_count,
         "shard {index} of {shard_count}"
     );
-    let step = u128::MAX / u128::from(shard_count);
+    if shard_count == 1 {
+        return (0, u128::MAX);
+    }
+    // floor(2^128 / n), as Kinesis splits the space (2^128 itself does not fit in a u128).
+    let n = u128::from(shard_count);
+    let step = u128::MAX / n + (u128::MAX % n + 1) / n;
     let start = step * u128::from(index);
     let end = if index + 1 == shard_count {
         u128::MAX
@@ -45,6 +50,16 @@ mod tests {
     fn md5_matches_known_vector() {
         // MD5("") = d41d8cd98f00b204e9800998ecf8427e
         assert_eq!(hash_key(b""), 0xd41d8cd98f00b204e9800998ecf8427e);
+    }
+
+    #[test]
+    fn even_ranges_match_kinesis() {
+        // What CreateStream with 2 and 3 shards gives in Kinesis.
+        assert_eq!(even_range(0, 2).1, 170141183460469231731687303715884105727);
+        assert_eq!(even_range(1, 2).0, 170141183460469231731687303715884105728);
+        assert_eq!(even_range(0, 3).1, 113427455640312821154458202477256070484);
+        assert_eq!(even_range(2, 3).0, 226854911280625642308916404954512140970);
+        assert_eq!(even_range(0, 1), (0, u128::MAX));
     }
 
     #[test]

@@ -34,6 +34,10 @@ fn batches(c: &mut Criterion) {
         g.bench_function("check_producer_batch+md5", |b| {
             b.iter(|| batch::check_producer_batch(&built, &routed).unwrap())
         });
+        let mut cache = spate_protocol::routing::CachedKeyHasher::new(4096);
+        g.bench_function("check_producer_batch+md5-cached", |b| {
+            b.iter(|| batch::check_producer_batch_with(&built, &routed, &mut cache).unwrap())
+        });
         let mut stamped = built.clone();
         g.bench_function("stamp", |b| b.iter(|| batch::stamp(&mut stamped, 1, 2, 3)));
         g.bench_function("verify_stored", |b| {

@@ -16,7 +16,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
-use spate_protocol::batch::{self, check_producer_batch, BatchHeader, RecordIter, RecordRules};
+use spate_protocol::batch::{
+    self, check_producer_batch_with, BatchHeader, RecordIter, RecordRules,
+};
 
 use crate::catalog::{validate_retention, Catalog, StreamEntry};
 use crate::clock::ClockRef;
@@ -27,6 +29,9 @@ use crate::limits::{Limits, TokenBucket, WriteLimiter};
 use crate::log::{LogConfig, ReadOutput, ShardIdent, ShardLog};
 use crate::segment::{shard_dir, stream_dir};
 use crate::spare::SparePool;
+
+/// Slots of each core's partition-key hash cache (~80 bytes each: 320 KiB per core).
+const KEY_HASH_CACHE_SLOTS: usize = 4096;
 
 pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
 
@@ -219,6 +224,8 @@ pub(crate) struct Core {
     pub(crate) routes: RefCell<HashMap<String, Rc<StreamEntry>>>,
     /// Listeners, connections and request accounting (see `server`).
     pub(crate) net: crate::server::NetState,
+    /// Partition key -> MD5 cache for the routing check (`verify_hash_keys`).
+    key_hashes: RefCell<spate_protocol::routing::CachedKeyHasher>,
 }
 
 fn limiters(spec: &ShardSpec, now_ms: i64) -> (Option<WriteLimiter>, Option<TokenBucket>) {
@@ -277,6 +284,9 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         stopping: Cell::new(false),
         routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
         net: crate::server::NetState::default(),
+        key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
+            KEY_HASH_CACHE_SLOTS,
+        )),
     });
     for spec in shards {
         if let Err(e) = core.open_shard(spec.clone()).await {
@@ -474,7 +484,7 @@ impl Core {
             };
             (rules, spec.limits != Limits::Off)
         };
-        let summary = check_producer_batch(batch, &rules)?;
+        let summary = check_producer_batch_with(batch, &rules, &mut *self.key_hashes.borrow_mut())?;
         let mut accepted = summary.record_count;
         let mut retry_after_ms = None;
         if has_limits {

@@ -36,8 +36,6 @@
 //! engine verifies it once and only re-checksums the 56 header bytes after stamping; a
 //! reader verifies both, so every stored byte is covered.
 
-use crate::routing::hash_key;
-
 /// Magic at the start of every batch: `b"SPB1"` read as little-endian u32.
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"SPB1");
 /// The only batch layout version this build reads and writes.
@@ -369,6 +367,16 @@ impl Default for RecordRules {
 /// framing and limits. Runs on the shard's core before the batch is stamped; the bytes
 /// are untrusted, so every failure is a typed error.
 pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSummary, BatchError> {
+    check_producer_batch_with(buf, rules, &mut crate::routing::Md5KeyHasher)
+}
+
+/// `check_producer_batch` with the caller's partition-key hasher (the engine passes a
+/// per-core cache, since the same device keys come back again and again).
+pub fn check_producer_batch_with(
+    buf: &[u8],
+    rules: &RecordRules,
+    hasher: &mut impl crate::routing::KeyHasher,
+) -> Result<BatchSummary, BatchError> {
     let header = BatchHeader::decode(buf)?;
     if header.batch_len as usize != buf.len() {
         return Err(BatchError::LengthMismatch {
@@ -412,7 +420,7 @@ pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSumm
         if let Some((lo, hi)) = rules.hash_range {
             let h = record
                 .explicit_hash_key
-                .unwrap_or_else(|| hash_key(record.key));
+                .unwrap_or_else(|| hasher.hash_key(record.key));
             if h < lo || h > hi {
                 return Err(BatchError::WrongShard { index });
             }

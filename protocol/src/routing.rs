@@ -31,6 +31,94 @@ pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
     (start, end)
 }
 
+/// Turns partition keys into hash keys. The plain MD5 is always right; a caching hasher
+/// trades a little memory for skipping MD5 on keys seen recently.
+pub trait KeyHasher {
+    fn hash_key(&mut self, partition_key: &[u8]) -> u128;
+}
+
+/// MD5 every time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Md5KeyHasher;
+
+impl KeyHasher for Md5KeyHasher {
+    fn hash_key(&mut self, partition_key: &[u8]) -> u128 {
+        hash_key(partition_key)
+    }
+}
+
+/// Longest partition key the cache stores; longer keys are hashed every time.
+const CACHED_KEY_BYTES_MAX: usize = 48;
+
+#[derive(Clone, Copy)]
+struct CacheSlot {
+    len: u8,
+    key: [u8; CACHED_KEY_BYTES_MAX],
+    hash: u128,
+}
+
+/// A direct-mapped cache of partition key → MD5 hash key. A slot is chosen by a cheap
+/// multiplicative hash of the key and hit only when the stored key bytes are equal, so it
+/// never returns a wrong hash; a miss computes MD5 and replaces the slot. Clickstream and
+/// IoT traffic reuses a bounded set of device keys, so most lookups skip MD5 (~5x cheaper).
+pub struct CachedKeyHasher {
+    slots: Box<[CacheSlot]>,
+    mask: usize,
+}
+
+impl std::fmt::Debug for CachedKeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedKeyHasher")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+impl CachedKeyHasher {
+    /// A cache of `slots` entries (rounded up to a power of two; ~80 bytes each).
+    pub fn new(slots: usize) -> CachedKeyHasher {
+        let n = slots.max(1).next_power_of_two();
+        let empty = CacheSlot {
+            len: 0,
+            key: [0; CACHED_KEY_BYTES_MAX],
+            hash: 0,
+        };
+        CachedKeyHasher {
+            slots: vec![empty; n].into_boxed_slice(),
+            mask: n - 1,
+        }
+    }
+
+    fn slot_of(&self, key: &[u8]) -> usize {
+        // FNV-1a, folded: cheap, and good enough to spread device ids over the slots.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in key {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        ((h ^ (h >> 32)) as usize) & self.mask
+    }
+}
+
+impl KeyHasher for CachedKeyHasher {
+    fn hash_key(&mut self, partition_key: &[u8]) -> u128 {
+        // Empty keys never reach here (the batch check refuses them), but stay correct.
+        if partition_key.is_empty() || partition_key.len() > CACHED_KEY_BYTES_MAX {
+            return hash_key(partition_key);
+        }
+        let i = self.slot_of(partition_key);
+        let slot = &mut self.slots[i];
+        let len = partition_key.len();
+        if slot.len as usize == len && &slot.key[..len] == partition_key {
+            return slot.hash;
+        }
+        let hash = hash_key(partition_key);
+        slot.len = len as u8;
+        slot.key[..len].copy_from_slice(partition_key);
+        slot.hash = hash;
+        hash
+    }
+}
+
 /// A partition key (`key-<n>`, smallest `n`) whose MD5 falls in shard `shard` of a stream
 /// split evenly into `shards`: for tests, benchmarks and tools that must address a shard
 /// with a key the engine will accept there.
@@ -50,6 +138,20 @@ mod tests {
     fn md5_matches_known_vector() {
         // MD5("") = d41d8cd98f00b204e9800998ecf8427e
         assert_eq!(hash_key(b""), 0xd41d8cd98f00b204e9800998ecf8427e);
+    }
+
+    #[test]
+    fn cached_hasher_always_agrees_with_md5() {
+        let mut cache = CachedKeyHasher::new(8); // tiny: plenty of collisions and evictions
+        for round in 0..3 {
+            for i in 0..100 {
+                let key = format!("device-{}", (i * 7 + round) % 37);
+                assert_eq!(cache.hash_key(key.as_bytes()), hash_key(key.as_bytes()));
+            }
+        }
+        let long = "k".repeat(200);
+        assert_eq!(cache.hash_key(long.as_bytes()), hash_key(long.as_bytes()));
+        assert_eq!(cache.hash_key(b""), hash_key(b""));
     }
 
     #[test]

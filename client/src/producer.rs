@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::routing::cached_hash_key;
 use bytes::Bytes;
 use spate_protocol::batch::{MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
-use spate_protocol::routing::hash_key;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -173,7 +173,7 @@ impl Producer {
         check_entry(&self.map, &entry)?;
         let hash = entry
             .explicit_hash_key
-            .unwrap_or_else(|| hash_key(entry.key.as_bytes()));
+            .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
         let shard = self
             .map
             .index_for_hash(hash)

@@ -11,11 +11,11 @@
 //! is acknowledged after an earlier record of its shard failed, so a caller that stops at
 //! the first failure in input order has seen every acknowledgement.
 
+use crate::routing::cached_hash_key;
 use bytes::Bytes;
 use spate_protocol::batch::{
     record_encoded_len, BatchBuilder, BATCH_HEADER_LEN, MAX_BATCH_BYTES, MAX_PARTITION_KEY_BYTES,
 };
-use spate_protocol::routing::hash_key;
 use spate_protocol::ErrorCode;
 use tokio::task::JoinSet;
 
@@ -214,7 +214,7 @@ impl Client {
             // An invalid record is routed too: it fails in its place in its shard's chain.
             let hash = entry
                 .explicit_hash_key
-                .unwrap_or_else(|| hash_key(entry.key.as_bytes()));
+                .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
             let routed = map
                 .index_for_hash(hash)
                 .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"));

@@ -6,7 +6,7 @@
 //! checks every record's hash key against the shard it was sent to, so a stale map yields a
 //! `WrongShard` or `UnknownShard` error, never a misplaced record.
 
-use spate_protocol::routing::hash_key;
+use spate_protocol::routing::{CachedKeyHasher, KeyHasher};
 use spate_protocol::{ShardState, StreamDescription};
 
 /// One open shard as the router sees it.
@@ -84,9 +84,23 @@ impl ShardMap {
         partition_key: &[u8],
         explicit_hash_key: Option<u128>,
     ) -> Option<&ShardRoute> {
-        let hash = explicit_hash_key.unwrap_or_else(|| hash_key(partition_key));
+        let hash = explicit_hash_key.unwrap_or_else(|| cached_hash_key(partition_key));
         self.index_for_hash(hash).map(|i| &self.routes[i])
     }
+}
+
+/// Slots of each thread's partition-key hash cache (~80 bytes each).
+const KEY_HASH_CACHE_SLOTS: usize = 4096;
+
+thread_local! {
+    static KEY_HASHES: std::cell::RefCell<CachedKeyHasher> =
+        std::cell::RefCell::new(CachedKeyHasher::new(KEY_HASH_CACHE_SLOTS));
+}
+
+/// MD5 of a partition key through a per-thread cache: producers send the same device keys
+/// over and over, and MD5 is most of the client's per-record CPU otherwise.
+pub(crate) fn cached_hash_key(partition_key: &[u8]) -> u128 {
+    KEY_HASHES.with(|c| c.borrow_mut().hash_key(partition_key))
 }
 
 #[cfg(test)]
@@ -136,7 +150,7 @@ mod tests {
                 }
             }
             for key in ["a", "device-7", "ü"] {
-                let h = hash_key(key.as_bytes());
+                let h = spate_protocol::routing::hash_key(key.as_bytes());
                 let r = map.route(key.as_bytes(), None).unwrap();
                 assert!((r.hash_key_start..=r.hash_key_end).contains(&h));
             }

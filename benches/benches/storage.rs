@@ -82,6 +82,28 @@ fn append(c: &mut Criterion) {
     }
 }
 
+/// Not a throughput loop: the latency distribution of a lone durable append, printed, to
+/// compare with fio's fdatasync latency (BENCHMARKS.md).
+fn lone_append_latency(_c: &mut Criterion) {
+    let rig = rig();
+    let n = if full_size() { 20_000 } else { 100 };
+    let mut us: Vec<u128> = rig
+        .lone_append_latencies(n)
+        .iter()
+        .map(|d| d.as_micros())
+        .collect();
+    us.sort_unstable();
+    let q = |f: f64| us[((us.len() - 1) as f64 * f) as usize];
+    println!(
+        "ShardLog::append lone 100 B record, {n} appends: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        us[us.len() - 1]
+    );
+}
+
 fn crc(c: &mut Criterion) {
     let mut g = c.benchmark_group("crc32c");
     for size in [1024usize, 1 << 20] {
@@ -143,5 +165,5 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = append, crc, index, recovery }
+criterion_group! { name = benches; config = config(); targets = append, lone_append_latency, crc, index, recovery }
 criterion_main!(benches);

@@ -52,6 +52,7 @@ pub struct AppendLoad {
 
 enum Cmd {
     Append(AppendLoad, mpsc::Sender<AppendStats>),
+    Latency(u32, mpsc::Sender<Vec<Duration>>),
     Reopen(mpsc::Sender<Duration>),
 }
 
@@ -147,6 +148,18 @@ impl AppendRig {
                             pool.fill(&*storage).await.expect("refill spares");
                             let _ = reply.send(stats);
                         }
+                        Cmd::Latency(n, reply) => {
+                            // One producer, one 100 B record per append: the latency of a
+                            // lone durable append (write + fdatasync), nothing to share it with.
+                            let batch = sample_batch(1, 100);
+                            let mut out = Vec::with_capacity(n as usize);
+                            for _ in 0..n {
+                                let t = Instant::now();
+                                log.append(&batch, 1).await.expect("append");
+                                out.push(t.elapsed());
+                            }
+                            let _ = reply.send(out);
+                        }
                         Cmd::Reopen(reply) => {
                             drop(log);
                             let started = Instant::now();
@@ -172,6 +185,17 @@ impl AppendRig {
             .as_ref()
             .expect("running")
             .send(Cmd::Append(load, tx))
+            .expect("rig alive");
+        rx.recv().expect("rig reply")
+    }
+
+    /// `n` lone appends of one 100 B record, one after another; each one's latency.
+    pub fn lone_append_latencies(&self, n: u32) -> Vec<Duration> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .expect("running")
+            .send(Cmd::Latency(n, tx))
             .expect("rig alive");
         rx.recv().expect("rig reply")
     }

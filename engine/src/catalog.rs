@@ -19,6 +19,7 @@ use spate_protocol::routing::even_range;
 
 use crate::error::EngineError;
 use crate::limits::Limits;
+use crate::log::ShardIdent;
 
 const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG1";
 const CATALOG_FILE: &str = "catalog.bin";
@@ -81,6 +82,26 @@ pub struct ShardEntry {
     pub state: ShardState,
     /// Executor index that owns the shard.
     pub core: u32,
+}
+
+impl StreamEntry {
+    /// A shard's identity and the index of the core that owns it, among `cores` cores
+    /// (placement is stable; with fewer cores than placed, shards wrap around).
+    pub fn locate(&self, shard_id: u32, cores: usize) -> Result<(ShardIdent, usize), EngineError> {
+        let sh = self
+            .shards
+            .iter()
+            .find(|s| s.shard_id == shard_id)
+            .ok_or_else(|| EngineError::UnknownShard {
+                stream: self.name.clone(),
+                shard: shard_id,
+            })?;
+        let ident = ShardIdent {
+            stream_id: self.stream_id,
+            shard_id,
+        };
+        Ok((ident, sh.core as usize % cores))
+    }
 }
 
 impl ShardEntry {

@@ -234,20 +234,7 @@ impl Engine {
         stream: &str,
         shard_id: u32,
     ) -> Result<(ShardIdent, usize), EngineError> {
-        let entry = self.route(stream)?;
-        let sh = entry
-            .shards
-            .iter()
-            .find(|s| s.shard_id == shard_id)
-            .ok_or_else(|| EngineError::UnknownShard {
-                stream: stream.to_owned(),
-                shard: shard_id,
-            })?;
-        let ident = ShardIdent {
-            stream_id: entry.stream_id,
-            shard_id,
-        };
-        Ok((ident, sh.core as usize % self.inner.cores.len()))
+        self.route(stream)?.locate(shard_id, self.inner.cores.len())
     }
 
     /// The shard whose hash-key range holds `hash`.

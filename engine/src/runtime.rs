@@ -602,6 +602,19 @@ impl Core {
         removed
     }
 
+    /// Sends each shard's spec to the core that owns it and waits for every answer.
+    async fn tell_owners(
+        &self,
+        entry: &StreamEntry,
+        make: impl Fn(ShardSpec, Reply<()>) -> CoreMsg,
+    ) -> Result<(), EngineError> {
+        for spec in ShardSpec::from_catalog(entry) {
+            let (_, owner) = entry.locate(spec.ident.shard_id, self.peers.len())?;
+            call(&self.peers[owner], |reply| make(spec, reply)).await?;
+        }
+        Ok(())
+    }
+
     /// Tells every core (this one included) about a stream's new routing entry and waits
     /// until all of them applied it.
     async fn broadcast_route(
@@ -640,13 +653,8 @@ impl Core {
                     }
                     entry
                 };
-                for (spec, sh) in ShardSpec::from_catalog(&entry)
-                    .into_iter()
-                    .zip(&entry.shards)
-                {
-                    let peer = &self.peers[(sh.core % cores) as usize];
-                    call(peer, |reply| CoreMsg::OpenShard { spec, reply }).await?;
-                }
+                self.tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
+                    .await?;
                 self.broadcast_route(&entry.name, Some(entry.clone()))
                     .await?;
                 Ok(vec![entry])
@@ -692,13 +700,8 @@ impl Core {
                     }
                     entry
                 };
-                for (spec, sh) in ShardSpec::from_catalog(&entry)
-                    .into_iter()
-                    .zip(&entry.shards)
-                {
-                    let peer = &self.peers[(sh.core % cores) as usize];
-                    call(peer, |reply| CoreMsg::UpdateShard { spec, reply }).await?;
-                }
+                self.tell_owners(&entry, |spec, reply| CoreMsg::UpdateShard { spec, reply })
+                    .await?;
                 self.broadcast_route(&entry.name, Some(entry.clone()))
                     .await?;
                 Ok(vec![entry])

@@ -614,23 +614,8 @@ impl Core {
         shard_id: u32,
     ) -> Result<(ShardIdent, usize, Rc<StreamEntry>), EngineError> {
         let entry = self.route(stream)?;
-        let sh = entry
-            .shards
-            .iter()
-            .find(|s| s.shard_id == shard_id)
-            .ok_or_else(|| EngineError::UnknownShard {
-                stream: stream.to_owned(),
-                shard: shard_id,
-            })?;
-        let owner = sh.core as usize % self.peers.len();
-        Ok((
-            ShardIdent {
-                stream_id: entry.stream_id,
-                shard_id,
-            },
-            owner,
-            entry.clone(),
-        ))
+        let (ident, owner) = entry.locate(shard_id, self.peers.len())?;
+        Ok((ident, owner, entry))
     }
 
     async fn control_op(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {

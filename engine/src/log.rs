@@ -564,10 +564,14 @@ impl<S: Storage> ShardLog<S> {
     /// crash (even a torn block) leaves round `n`'s records intact. Syncs stay in order, so
     /// a write-back error is always seen by the round it belongs to or an earlier one.
     async fn flush_round(&self) {
+        // Claim the write phase, then let every task that is already runnable (appenders
+        // woken by the last round) stage its batch before the round is sealed: one yield
+        // turns a round of 1 batch followed by a round of 63 into one round of 64.
+        self.st.borrow_mut().writing = true;
+        futures_lite::future::yield_now().await;
         let (round, round_id) = {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
-            debug_assert!(!st.writing);
             if let Some(staging) = st.staging.take() {
                 seal_final(st, staging);
             }

@@ -19,6 +19,7 @@ segment_age_max_ms = 3600000       # roll a segment whose oldest record is this 
 write_chunk_bytes_max = 262144      # largest staging buffer per shard (a round writes several at once)
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
+round_bytes_max = 2097152           # bytes one group-commit round takes while the last one writes
 spare_segments_per_core = 2         # zero-filled segment files kept ready per core
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
@@ -42,6 +43,7 @@ pub struct EngineConfig {
     pub write_chunk_bytes_max: usize,
     pub index_interval_bytes: u64,
     pub read_chunk_bytes: usize,
+    pub round_bytes_max: usize,
     pub spare_segments_per_core: usize,
     pub retention_check_interval_ms: u64,
     pub verify_hash_keys: bool,
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
+            round_bytes_max: 2 << 20,
             spare_segments_per_core: 2,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
@@ -93,6 +96,7 @@ impl EngineConfig {
             write_chunk_bytes_max: self.write_chunk_bytes_max,
             index_interval_bytes: self.index_interval_bytes,
             read_chunk_bytes: self.read_chunk_bytes,
+            round_bytes_max: self.round_bytes_max,
         }
     }
 

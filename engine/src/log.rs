@@ -59,6 +59,8 @@ pub struct LogConfig {
     pub index_interval_bytes: u64,
     /// Bytes read from disk per step of a read or scan.
     pub read_chunk_bytes: usize,
+    /// Bytes one flush round may take while the previous round is being written.
+    pub round_bytes_max: usize,
 }
 
 impl Default for LogConfig {
@@ -70,6 +72,7 @@ impl Default for LogConfig {
             write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
+            round_bytes_max: 2 << 20,
         }
     }
 }
@@ -222,6 +225,8 @@ struct State<F: SegFile> {
     /// Id of the open round. Rounds are written one after another and synced one after
     /// another, but round `n + 1` may be written while round `n` is being synced.
     open_round_id: u64,
+    /// Batch bytes staged into the open round.
+    open_round_bytes: usize,
     /// A round is being written (only one at a time: rounds share their boundary block).
     writing: bool,
     /// Every round up to this one finished its sync phase (successfully or not).
@@ -330,6 +335,7 @@ impl<S: Storage> ShardLog<S> {
             open_round: Round::new(next_seq, active.write_end, last_ts_ms),
             active,
             open_round_id: 1,
+            open_round_bytes: 0,
             writing: false,
             synced_round_id: 0,
             durable_round_id: 0,
@@ -425,21 +431,25 @@ impl<S: Storage> ShardLog<S> {
             return Err(LogError::BatchTooLarge(batch.len()));
         }
         loop {
-            let (poisoned, needs_roll, rolling) = {
+            let (poisoned, needs_roll, rolling, round_full) = {
                 let st = self.st.borrow();
+                // While a round is being written, the next one fills up to a bound: past it,
+                // appenders wait for the round after, which keeps each fdatasync's share of
+                // data (and so its latency) bounded.
+                let round_full = st.writing && st.open_round_bytes >= self.cfg.round_bytes_max;
                 let full = st.active.write_end + len > st.active.size;
                 let old = st.active.write_end > SEGMENT_DATA_START
                     && st.active_meta.index.first_ts_ms().is_some_and(|t| {
                         self.clock.now_ms().saturating_sub(t) >= self.cfg.segment_age_max_ms
                     });
-                (st.poisoned.clone(), full || old, st.rolling)
+                (st.poisoned.clone(), full || old, st.rolling, round_full)
             };
             if let Some(p) = poisoned {
                 return Err(LogError::Poisoned(p));
             }
             // Nothing is staged while a roll runs: the closing segment's seal must cover
             // every batch written into it.
-            if rolling {
+            if rolling || round_full {
                 self.changed.wait().await;
                 continue;
             }
@@ -494,6 +504,7 @@ impl<S: Storage> ShardLog<S> {
         dst.copy_from_slice(batch);
         batch::stamp(dst, base_seq, ts_ms, st.active.nonce);
         staging.len += len;
+        st.open_round_bytes += len;
         st.active.write_end += len as u64;
         st.next_seq += u64::from(record_count);
         st.last_ts_ms = ts_ms;
@@ -577,11 +588,14 @@ impl<S: Storage> ShardLog<S> {
             }
             let fresh = Round::new(st.next_seq, st.active.write_end, st.last_ts_ms);
             let round = std::mem::replace(&mut st.open_round, fresh);
+            st.open_round_bytes = 0;
             let id = st.open_round_id;
             st.open_round_id += 1;
             st.writing = true;
             (round, id)
         };
+        // Appenders held back by a full open round may stage into the fresh one now.
+        self.changed.notify_all();
         let bytes: usize = round
             .writes
             .iter()

@@ -36,6 +36,7 @@ fn small_cfg() -> LogConfig {
         write_chunk_bytes_max: 16 << 10,
         index_interval_bytes: 2 << 10,
         read_chunk_bytes: 4 << 10,
+        round_bytes_max: 32 << 10,
     }
 }
 

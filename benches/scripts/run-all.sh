@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Runs Spate's load-generator benchmark suite in one session (SPEC §6):
+#   1. measures the machine's own limits (machine-limits.sh: fio + iperf3);
+#   2. for each scenario, starts a fresh `spate serve` (new data directory) pinned to the
+#      engine core(s), runs `spate-loadgen bench NAME` pinned to the other core(s), and
+#      stops the engine;
+#   3. writes OUT/RESULTS.md (a markdown section for BENCHMARKS.md: figures, ratios to the
+#      machine's limits, exact commands), one JSON per scenario and an SVG latency plot each.
+#
+# Usage: benches/scripts/run-all.sh [OUT_DIR]            (default: bench-results)
+# Environment:
+#   SPATE_BENCH_DIR  a directory on the disk to measure; also holds the engine's data (/tmp)
+#   ENGINE_CORES     CPUs for the engine (default 0)
+#   LOADGEN_CORES    CPUs for the load generator (default: 1)
+#   SCENARIOS        which scenarios, in order (default: all six)
+#   DURATION         override every run's measured seconds
+#   QUICK=1          tiny runs: checks the suite works, measures nothing
+#   SKIP_LIMITS=1    reuse OUT_DIR/machine-limits.json instead of measuring again
+#   PORT             the engine's port (default 7400; the cores also use PORT+1...)
+#   ENGINE_CONFIG    a TOML file for `spate serve --config` (default: the embedded defaults)
+#   DISK_IRQ_CPUS    e.g. 0: deliver the data disk's interrupts to these CPUs (the engine's)
+#                    during the run and restore them after (root). By default the kernel may
+#                    put them on the load generator's core, which then does the engine's
+#                    I/O-completion work.
+# Needs fio and iperf3 (machine-limits.sh), taskset (util-linux) and cargo.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${1:-bench-results}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+bench_dir=${SPATE_BENCH_DIR:-/tmp}
+engine_cores=${ENGINE_CORES:-0}
+loadgen_cores=${LOADGEN_CORES:-1}
+port=${PORT:-7400}
+scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density fan-out}
+
+cd "$root"
+cargo build --release -p spate -p spate-loadgen
+target=${CARGO_TARGET_DIR:-$root/target}/release
+spate=$target/spate
+loadgen=$target/spate-loadgen
+
+if [[ -z ${SKIP_LIMITS:-} || ! -f $out/machine-limits.json ]]; then
+    echo "== machine limits"
+    "$root/benches/scripts/machine-limits.sh" "$bench_dir" "$out/machine-limits.json"
+fi
+
+irq_saved=()
+restore_irqs() {
+    local entry
+    for entry in "${irq_saved[@]}"; do
+        echo "${entry#*=}" >"/proc/irq/${entry%%=*}/smp_affinity_list" 2>/dev/null || true
+    done
+}
+if [[ -n ${DISK_IRQ_CPUS:-} ]]; then
+    # The block device under SPATE_BENCH_DIR, its virtio name, and that device's IRQs.
+    dev=$(basename "$(df --output=source "$bench_dir" | tail -n 1)")
+    dev=${dev%%[0-9]*}
+    virtio=$(basename "$(readlink -f "/sys/block/$dev/device")")
+    for irq in $(awk -v v="$virtio-" 'index($NF, v) == 1 { sub(":", "", $1); print $1 }' /proc/interrupts); do
+        irq_saved+=("$irq=$(cat "/proc/irq/$irq/smp_affinity_list")")
+        echo "$DISK_IRQ_CPUS" >"/proc/irq/$irq/smp_affinity_list"
+        echo "disk IRQ $irq ($virtio) now on CPU(s) $DISK_IRQ_CPUS"
+    done
+fi
+
+engine_pid=
+data=
+stop_engine() {
+    if [[ -n $engine_pid ]]; then
+        kill -TERM "$engine_pid" 2>/dev/null || true
+        wait "$engine_pid" 2>/dev/null || true
+        engine_pid=
+    fi
+    if [[ -n $data ]]; then
+        rm -rf "$data"
+        data=
+    fi
+}
+trap 'stop_engine; restore_irqs' EXIT
+
+start_engine() {
+    local log=$1
+    data=$(mktemp -d "$bench_dir/spate-bench.XXXXXX")
+    local config=()
+    [[ -n ${ENGINE_CONFIG:-} ]] && config=(--config "$ENGINE_CONFIG")
+    taskset -c "$engine_cores" "$spate" serve "${config[@]}" --data-dir "$data" \
+        --listen "127.0.0.1:$port" --cores "$engine_cores" >"$log" 2>&1 &
+    engine_pid=$!
+    for _ in $(seq 600); do
+        if grep -q '^listening on' "$log"; then
+            return 0
+        fi
+        if ! kill -0 "$engine_pid" 2>/dev/null; then
+            echo "the engine exited: $(tail -n 3 "$log")" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "the engine did not start within 60 s" >&2
+    return 1
+}
+
+failed=()
+for s in $scenarios; do
+    echo "== $s"
+    start_engine "$out/engine-$s.log"
+    extra=()
+    [[ -n ${DURATION:-} ]] && extra+=(--duration "$DURATION")
+    [[ -n ${QUICK:-} ]] && extra+=(--quick)
+    if ! taskset -c "$loadgen_cores" "$loadgen" bench "$s" --server "127.0.0.1:$port" \
+        --cores "$loadgen_cores" --engine-pid "$engine_pid" --out "$out" "${extra[@]}"; then
+        failed+=("$s")
+    fi
+    stop_engine
+    if [[ -f $out/$s.json ]]; then
+        "$loadgen" plot "$out/$s.json" "$out/$s.svg" || true
+    fi
+done
+
+"$loadgen" summarize "$out" --output "$out/RESULTS.md"
+echo "wrote $out/RESULTS.md"
+if ((${#failed[@]})); then
+    echo "scenarios that failed: ${failed[*]}" >&2
+    exit 1
+fi

@@ -719,7 +719,17 @@ impl<S: Storage> ShardLog<S> {
         }
         let path = self.dir.join(segment_file_name(base));
         let tmp = self.dir.join(format!("{}.tmp", segment_file_name(base)));
-        if size == self.cfg.segment_bytes {
+        // A full-size file comes from the pool. When the pool is empty (many shards rolled
+        // at once), zero-filling one here would stall this shard's appends for the whole
+        // fill: take a ladder-size file instead, cheap to fill, and grow again next roll.
+        let size = if size == self.cfg.segment_bytes && self.spares.ready_count() == 0 {
+            LADDER_BYTES_MAX
+                .clamp(self.cfg.segment_bytes_min, self.cfg.segment_bytes)
+                .max(align_up(batch_len + SEGMENT_DATA_START))
+        } else {
+            size
+        };
+        if size == self.cfg.segment_bytes && self.spares.ready_count() > 0 {
             self.spares.provide(&self.storage, &tmp, size).await?;
         } else {
             // Smaller than the pooled size: the shard is still growing; zero-fill one now.
@@ -827,11 +837,24 @@ impl<S: Storage> ShardLog<S> {
                         "batch runs past the end of data",
                     ));
                 }
-                self.take_batches(&mut out, whole.as_ref(), &got, from_seq);
-            } else {
-                self.take_batches(&mut out, chunk.as_ref(), &batches, from_seq);
-            }
-            if out.bytes.len() >= max_bytes {
+                if self.take_batches(
+                    &mut out,
+                    whole.as_ref(),
+                    &got,
+                    from_seq,
+                    limit_seq,
+                    max_bytes,
+                ) {
+                    break;
+                }
+            } else if self.take_batches(
+                &mut out,
+                chunk.as_ref(),
+                &batches,
+                from_seq,
+                limit_seq,
+                max_bytes,
+            ) {
                 break;
             }
         }
@@ -845,22 +868,33 @@ impl<S: Storage> ShardLog<S> {
         Ok(out)
     }
 
+    /// Appends the batches of `chunk` that hold records at or after `from_seq` to `out`,
+    /// stopping before one that starts at or past `limit_seq` or would push `out` past
+    /// `max_bytes` (the first batch is always taken, whatever its size). Returns whether
+    /// `out` is complete.
     fn take_batches(
         &self,
         out: &mut ReadOutput,
         chunk: &[u8],
         batches: &[(usize, BatchHeader)],
         from_seq: u64,
-    ) {
+        limit_seq: u64,
+        max_bytes: usize,
+    ) -> bool {
         for (pos, h) in batches {
             if h.next_seq() <= from_seq {
                 continue;
             }
-            out.bytes
-                .extend_from_slice(&chunk[*pos..*pos + h.batch_len as usize]);
+            let len = h.batch_len as usize;
+            if h.base_seq >= limit_seq || (out.batch_count > 0 && out.bytes.len() + len > max_bytes)
+            {
+                return true;
+            }
+            out.bytes.extend_from_slice(&chunk[*pos..*pos + len]);
             out.batch_count += 1;
             out.end_seq = h.next_seq();
         }
+        out.bytes.len() >= max_bytes
     }
 
     /// Segment and starting point for reading `seq`: (segment base, nonce, offset of an

@@ -635,3 +635,29 @@ fn observe(log: &ShardLog<SimStorage>, model: &mut BTreeMap<u64, (Vec<u8>, Vec<u
 fn index_file_names_are_per_segment() {
     assert_eq!(index_file_name(5), "00000000000000000005.idx");
 }
+
+#[test]
+fn reads_respect_their_byte_and_record_bounds() {
+    let h = Harness::new(16, small_cfg());
+    let log = h.open().unwrap();
+    for i in 0..40u64 {
+        let mut b = BatchBuilder::new();
+        for r in 0..3 {
+            b.push(format!("k{r}").as_bytes(), &[i as u8; 300], None)
+                .unwrap();
+        }
+        block_on(log.append(&b.finish(), 3)).unwrap();
+    }
+    let one = block_on(log.read(0, 10_000, 1)).unwrap();
+    assert_eq!(one.batch_count, 1, "the first batch is always served");
+    let some = block_on(log.read(0, 10_000, 3000)).unwrap();
+    assert!(
+        some.bytes.len() <= 3000 && some.batch_count >= 2,
+        "{} bytes",
+        some.bytes.len()
+    );
+    let few = block_on(log.read(4, 5, 1 << 20)).unwrap();
+    assert_eq!((few.start_seq, few.end_seq), (4, 9));
+    // Batches start at 3 and 6 cover 4..9; the one starting at 9 is not shipped.
+    assert_eq!(few.batch_count, 2);
+}

@@ -1,1 +1,321 @@
-fn main() {}
+//! `spate-loadgen`: the command line around the `spate_loadgen` library.
+//!
+//! ```text
+//! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
+//!               --size BYTES --keys K --duration SECS [--consumers C] [--cores LIST]
+//!               [--json FILE] [--verify] [more options: --help]
+//! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] ...
+//! spate-loadgen plot REPORT.json OUT.svg
+//! spate-loadgen summarize DIR [--output FILE]
+//! ```
+//!
+//! Exit status 0 on success; 1 with a one-line reason on stderr when the run could not be
+//! done, a record failed (other than by throttling) or `--verify` found a problem; 2 for a
+//! malformed command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use spate_loadgen::bench::{self, BenchOptions};
+use spate_loadgen::cpus::parse_cpu_list;
+use spate_loadgen::{Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spate-loadgen",
+    version,
+    about = "Load generator for Spate: open- or closed-loop producers, tip-following consumers, \
+             --verify, JSON reports and named benchmark scenarios",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a named benchmark scenario (see `bench --list`) and write its JSON.
+    Bench(BenchArgs),
+    /// Draw the latency percentiles of a report (or bench result) as an SVG.
+    Plot { report: PathBuf, out: PathBuf },
+    /// Write a markdown section from a directory of bench results and machine limits.
+    Summarize {
+        dir: PathBuf,
+        /// Where to write the markdown (default: DIR/RESULTS.md).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The server's address.
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    server: Option<String>,
+    /// The stream to write to.
+    #[arg(long, required = true, value_name = "NAME")]
+    stream: Option<String>,
+    /// Create the stream with N shards first (it must not exist yet).
+    #[arg(long, value_name = "N")]
+    create_shards: Option<u32>,
+    /// Limits of a created stream.
+    #[arg(long, value_enum, default_value = "kinesis")]
+    limits: LimitsArg,
+    /// Delete the created stream after the run.
+    #[arg(long)]
+    delete_after: bool,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 1, value_name = "P")]
+    producers: usize,
+    /// Records per second over all producers, due at fixed times (open loop); 0 sends as
+    /// fast as acknowledgements allow (closed loop).
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    rate: f64,
+    /// Record data size: BYTES, or MIN-MAX for a uniform spread (at least 72).
+    #[arg(long, default_value = "1024", value_parser = SizeSpec::parse, value_name = "BYTES")]
+    size: SizeSpec,
+    /// Client call: `producer` (Producer::send per record, batched per shard by the
+    /// client) or `put-records` (one PutRecords call of every record due so far at a time).
+    #[arg(long, value_enum, default_value = "producer")]
+    api: Api,
+    /// `--api put-records`: most records per call.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    call_records: usize,
+    /// Distinct partition keys (devices).
+    #[arg(long, default_value_t = 1000, value_name = "K")]
+    keys: u32,
+    /// How producers pick keys: at random, or spread evenly over the shards.
+    #[arg(long, value_enum, default_value = "random")]
+    key_mode: KeyMode,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    duration: f64,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    warmup: f64,
+    /// Consumer groups, each following every shard from the tip (end-to-end latency).
+    #[arg(long, default_value_t = 0, value_name = "C")]
+    consumers: usize,
+    /// Pin the load generator's threads to these CPUs (e.g. 1 or 2-3); default: unpinned.
+    #[arg(long, value_parser = parse_cpus, value_name = "LIST")]
+    cores: Option<CpuList>,
+    /// Write the JSON report to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Read every shard back after the run: report lost, duplicated, reordered records.
+    #[arg(long)]
+    verify: bool,
+    /// Producer linger: how long a batch waits for more records.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    linger_ms: u64,
+    /// A producer's batch is sent once it holds this many bytes (at most 500 records).
+    #[arg(long, default_value_t = 256 << 10, value_name = "BYTES")]
+    batch_bytes: usize,
+    /// Records a producer may have outstanding.
+    #[arg(long, default_value_t = 20_000, value_name = "N")]
+    inflight: usize,
+    /// Client retries of throttled or busy puts (0: count them as throttled / errors).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    retries: u32,
+    /// Consumers' long-poll wait.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    read_wait_ms: u32,
+    /// Spin instead of sleeping when the next record is due this soon (0: never spin).
+    #[arg(long, default_value_t = 1000, value_name = "US")]
+    spin_us: u64,
+    /// Seed of key, size and padding choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also report this process's CPU use (the engine's pid).
+    #[arg(long, value_name = "PID")]
+    engine_pid: Option<u32>,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Scenario name.
+    #[arg(required_unless_present = "list")]
+    name: Option<String>,
+    /// List the scenarios.
+    #[arg(long)]
+    list: bool,
+    #[arg(long, default_value = "127.0.0.1:7400", value_name = "HOST:PORT")]
+    server: String,
+    /// Pin the load generator's threads to these CPUs.
+    #[arg(long, value_parser = parse_cpus, value_name = "LIST")]
+    cores: Option<CpuList>,
+    /// Directory for NAME.json.
+    #[arg(long, default_value = "bench-results", value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, value_name = "PID")]
+    engine_pid: Option<u32>,
+    /// Override each run's measured seconds.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// latency-half: take max-1k's rate from this report (default: OUT/max-1k.json, else
+    /// measure it first).
+    #[arg(long, value_name = "FILE")]
+    max_report: Option<PathBuf>,
+    /// Tiny runs (about a second each): checks the scenario works, measures nothing.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// A parsed `--cores` list (a newtype, so clap takes the list as one value).
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    parse_cpu_list(text).map(CpuList)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Bench(b)) => run_bench(b),
+        Some(Command::Plot { report, out }) => {
+            spate_loadgen::plot::plot_file(&report, &out).map_err(|e| e.to_string())
+        }
+        Some(Command::Summarize { dir, output }) => {
+            let output = output.unwrap_or_else(|| dir.join("RESULTS.md"));
+            spate_loadgen::summary::summarize_dir(&dir, &output).map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("spate-loadgen: {}", why.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<(), String> {
+    let cfg = RunConfig {
+        create_shards: a.create_shards,
+        limits: a.limits,
+        delete_after: a.delete_after,
+        producers: a.producers,
+        rate: a.rate,
+        size: a.size,
+        api: a.api,
+        call_records: a.call_records,
+        keys: a.keys,
+        key_mode: a.key_mode,
+        duration_s: a.duration,
+        warmup_s: a.warmup,
+        consumers: a.consumers,
+        cores: a.cores.map(|c| c.0),
+        verify: a.verify,
+        linger_ms: a.linger_ms,
+        batch_bytes: a.batch_bytes,
+        inflight: a.inflight,
+        retries: a.retries,
+        read_wait_ms: a.read_wait_ms,
+        spin_us: a.spin_us,
+        seed: a.seed,
+        progress: !a.quiet,
+        engine_pid: a.engine_pid,
+        ..RunConfig::new(
+            a.server.expect("clap requires --server"),
+            a.stream.expect("clap requires --stream"),
+        )
+    };
+    cfg.validate()?;
+    let report = spate_loadgen::run_blocking(&cfg).map_err(|e| e.to_string())?;
+    eprintln!("{}", report.summary_line());
+    if let Some(path) = &a.json {
+        let json = serde_json::to_string_pretty(&report).expect("a report serialises");
+        if path.as_os_str() == "-" {
+            println!("{json}");
+        } else {
+            std::fs::write(path, json + "\n")
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    match report.failure() {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+fn run_bench(b: BenchArgs) -> Result<(), String> {
+    if b.list {
+        for s in bench::SCENARIOS {
+            println!("{:<14} {}", s.name, s.description);
+        }
+        return Ok(());
+    }
+    let name = b.name.expect("clap requires a name");
+    let opts = BenchOptions {
+        server: b.server,
+        cores: b.cores.map(|c| c.0),
+        out_dir: b.out,
+        engine_pid: b.engine_pid,
+        duration_s: b.duration,
+        max_report: b.max_report,
+        quick: b.quick,
+        progress: !b.quiet,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let result = bench::run_and_write(&name, &opts).map_err(|e| e.to_string())?;
+    for line in result.headline_lines() {
+        eprintln!("{line}");
+    }
+    match result.failure() {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn spec_command_line_parses() {
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server 127.0.0.1:7400 --stream s --create-shards 2 --producers 4 \
+             --rate 1000 --size 1024 --keys 100 --duration 5 --consumers 2 --cores 1-2 \
+             --json r.json --verify"
+                .split_whitespace(),
+        )
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.cores.unwrap().0, vec![1, 2]);
+        assert_eq!(cli.run.create_shards, Some(2));
+        assert!(cli.run.verify);
+        let cli =
+            Cli::try_parse_from(["spate-loadgen", "bench", "max-1k", "--cores", "1"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Bench(_))));
+        assert!(
+            Cli::try_parse_from(["spate-loadgen", "--stream", "s"]).is_err(),
+            "--server is required"
+        );
+        assert!(Cli::try_parse_from(["spate-loadgen", "plot", "a.json", "b.svg"]).is_ok());
+    }
+}

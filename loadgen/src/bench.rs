@@ -1,0 +1,630 @@
+//! Named benchmark scenarios (`spate-loadgen bench NAME`), each one command writing one
+//! JSON ([`BenchResult`]: headline figures, checks, and every run's full [`Report`]).
+//!
+//! | scenario | what it measures |
+//! |---|---|
+//! | `max-1k` | durable ingest of 1 KiB records, limits off, closed loop (PutRecords calls): MiB/s |
+//! | `max-100b` | the same with 100 B records: records/s (per engine core) |
+//! | `latency-half` | open loop at half of `max-1k`'s rate: ack p50 … p99.99, max |
+//! | `shard-limit` | one shard offered 2× its Kinesis write limit, in records and in bytes: accepted rate within ±10 % of the limit, the rest throttled, nothing lost |
+//! | `shard-density` | N shards each at its full Kinesis write limit, N growing until ack p99 exceeds 10 ms: the largest N per engine core |
+//! | `fan-out` | several consumer groups on every shard: end-to-end latency and each consumer's throughput |
+//!
+//! Every scenario creates its own streams (named `bench-NAME-...`) and deletes them after.
+//! `--quick` shrinks every run to about half a second: it checks a scenario still works
+//! (the test suite runs every scenario that way), and measures nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
+use crate::report::{git_sha, unix_now_s, Report};
+use crate::runner::{run, runtime};
+use crate::Error;
+
+/// A scenario's name and one line about it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "max-1k",
+        description: "durable ingest of 1 KiB records, limits off, as fast as acknowledgements allow",
+    },
+    Scenario {
+        name: "max-100b",
+        description: "durable ingest of 100 B records, limits off, as fast as acknowledgements allow",
+    },
+    Scenario {
+        name: "latency-half",
+        description: "open loop at half of max-1k's rate: ack latency percentiles",
+    },
+    Scenario {
+        name: "shard-limit",
+        description: "one shard offered 2x its Kinesis write limit (records, then bytes): accepted within 10 %, rest throttled, nothing lost",
+    },
+    Scenario {
+        name: "shard-density",
+        description: "N shards each at its full Kinesis write limit, N growing until ack p99 > 10 ms",
+    },
+    Scenario {
+        name: "fan-out",
+        description: "4 consumer groups on every shard: end-to-end latency, each consumer's throughput",
+    },
+];
+
+/// How to run scenarios.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub server: String,
+    pub cores: Option<Vec<usize>>,
+    pub out_dir: PathBuf,
+    pub engine_pid: Option<u32>,
+    /// Overrides each run's measured seconds.
+    pub duration_s: Option<f64>,
+    /// `latency-half`: the `max-1k` result to take the rate from.
+    pub max_report: Option<PathBuf>,
+    pub quick: bool,
+    pub progress: bool,
+    /// The command line, recorded in the result.
+    pub command: String,
+}
+
+impl BenchOptions {
+    pub fn new(server: impl Into<String>, out_dir: impl Into<PathBuf>) -> BenchOptions {
+        BenchOptions {
+            server: server.into(),
+            cores: None,
+            out_dir: out_dir.into(),
+            engine_pid: None,
+            duration_s: None,
+            max_report: None,
+            quick: false,
+            progress: false,
+            command: String::new(),
+        }
+    }
+}
+
+/// A pass/fail check within a scenario (e.g. the accepted rate within 10 % of the limit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What a scenario writes: `OUT/NAME.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub scenario: String,
+    pub description: String,
+    pub command: String,
+    pub started_unix_s: u64,
+    pub git_sha: String,
+    pub engine_cores: usize,
+    pub quick: bool,
+    /// Headline figures by name (units in the names).
+    pub figures: BTreeMap<String, f64>,
+    pub checks: Vec<Check>,
+    pub notes: Vec<String>,
+    pub runs: Vec<Report>,
+}
+
+impl BenchResult {
+    /// A run failed (errors other than throttling, or verify): one line.
+    pub fn failure(&self) -> Option<String> {
+        self.runs
+            .iter()
+            .find_map(|r| r.failure())
+            .map(|why| format!("{}: {why}", self.scenario))
+    }
+
+    /// Lines for stderr: the figures, checks and notes.
+    pub fn headline_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("== {} ==", self.scenario)];
+        lines.extend(
+            self.figures
+                .iter()
+                .map(|(k, v)| format!("  {k}: {}", fmt_figure(*v))),
+        );
+        lines.extend(self.checks.iter().map(|c| {
+            format!(
+                "  check {}: {} ({})",
+                c.name,
+                if c.passed { "ok" } else { "MISSED" },
+                c.detail
+            )
+        }));
+        lines.extend(self.notes.iter().map(|n| format!("  note: {n}")));
+        lines
+    }
+}
+
+fn fmt_figure(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Runs scenario `name` and writes `OUT/NAME.json`.
+pub fn run_and_write(name: &str, opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let result = run_scenario(name, opts)?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| Error::new(format!("cannot create {}: {e}", opts.out_dir.display())))?;
+    let path = opts.out_dir.join(format!("{name}.json"));
+    let json = serde_json::to_string_pretty(&result).expect("a result serialises");
+    std::fs::write(&path, json + "\n")
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", path.display())))?;
+    Ok(result)
+}
+
+/// Runs scenario `name` on a runtime pinned to `opts.cores`.
+pub fn run_scenario(name: &str, opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let scenario = *SCENARIOS.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        Error::new(format!(
+            "no scenario {name:?}; scenarios: {}",
+            names.join(", ")
+        ))
+    })?;
+    let rt = runtime(opts.cores.as_deref())?;
+    let opts = opts.clone();
+    rt.block_on(
+        async move { tokio::spawn(async move { scenario_async(scenario, &opts).await }).await },
+    )
+    .map_err(|e| Error::new(format!("scenario {name} panicked: {e}")))?
+}
+
+async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<BenchResult, Error> {
+    let probe = spate_client::Client::connect(opts.server.clone())
+        .await
+        .map_err(|e| Error::new(format!("cannot connect to {}: {e}", opts.server)))?;
+    let engine_cores = probe.server_info().cores.len().max(1);
+    drop(probe);
+    let mut b = Bench {
+        opts,
+        engine_cores,
+        result: BenchResult {
+            scenario: scenario.name.into(),
+            description: scenario.description.into(),
+            command: opts.command.clone(),
+            started_unix_s: unix_now_s(),
+            git_sha: git_sha(),
+            engine_cores,
+            quick: opts.quick,
+            figures: BTreeMap::new(),
+            checks: Vec::new(),
+            notes: Vec::new(),
+            runs: Vec::new(),
+        },
+    };
+    match scenario.name {
+        "max-1k" => b.max(1024).await?,
+        "max-100b" => b.max(100).await?,
+        "latency-half" => b.latency_half().await?,
+        "shard-limit" => b.shard_limit().await?,
+        "shard-density" => b.shard_density().await?,
+        "fan-out" => b.fan_out().await?,
+        other => unreachable!("scenario {other} is listed but not implemented"),
+    }
+    Ok(b.result)
+}
+
+struct Bench<'a> {
+    opts: &'a BenchOptions,
+    engine_cores: usize,
+    result: BenchResult,
+}
+
+static STREAM_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Bench<'_> {
+    /// A run on a fresh stream of `shards` shards, deleted afterwards.
+    fn config(&self, shards: u32, limits: LimitsArg) -> RunConfig {
+        let stream = format!(
+            "bench-{}-{}-{}-{}",
+            self.result.scenario,
+            std::process::id(),
+            unix_now_s(),
+            STREAM_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        RunConfig {
+            create_shards: Some(shards),
+            limits,
+            delete_after: true,
+            cores: self.opts.cores.clone(),
+            engine_pid: self.opts.engine_pid,
+            progress: self.opts.progress,
+            // Quick runs measure nothing; spinning would only slow a shared machine.
+            spin_us: if self.opts.quick { 0 } else { 1000 },
+            ..RunConfig::new(self.opts.server.clone(), stream)
+        }
+    }
+
+    /// Measured seconds: the scenario's, the override, or half a second when quick.
+    fn duration(&self, normal: f64) -> f64 {
+        if self.opts.quick {
+            0.5
+        } else {
+            self.opts.duration_s.unwrap_or(normal)
+        }
+    }
+
+    fn warmup(&self, normal: f64) -> f64 {
+        if self.opts.quick {
+            0.0
+        } else {
+            normal
+        }
+    }
+
+    async fn run(&mut self, cfg: RunConfig) -> Result<Report, Error> {
+        if self.opts.progress {
+            eprintln!("-- {}", cfg.command_line());
+        }
+        let r = run(&cfg).await?;
+        eprintln!("{}", r.summary_line());
+        self.result.runs.push(r.clone());
+        Ok(r)
+    }
+
+    fn figure(&mut self, name: &str, v: f64) {
+        self.result.figures.insert(name.into(), v);
+    }
+
+    fn check(&mut self, name: &str, passed: bool, detail: String) {
+        self.result.checks.push(Check {
+            name: name.into(),
+            passed,
+            detail,
+        });
+    }
+
+    fn note(&mut self, note: String) {
+        self.result.notes.push(note);
+    }
+
+    fn throughput_figures(&mut self, r: &Report) {
+        let per_core = r.acked_records_per_s / self.engine_cores as f64;
+        self.figure("acked_records_per_s", r.acked_records_per_s);
+        self.figure("acked_mib_per_s", r.acked_mib_per_s);
+        self.figure("acked_bytes_per_s", r.bytes_acked as f64 / r.duration_s);
+        self.figure("acked_records_per_s_per_engine_core", per_core);
+        self.figure("loadgen_cores_used", r.loadgen_cpu.cores_used);
+        if let Some(c) = &r.engine_cpu {
+            self.figure("engine_cores_used", c.cores_used);
+        }
+    }
+
+    /// The max-* runs: PutRecords calls (half the load generator's CPU per record of
+    /// `Producer::send`, which matters with one load-generator core), 4 connections.
+    fn closed_loop(&self, size: usize) -> RunConfig {
+        let shards = 4 * self.engine_cores as u32;
+        RunConfig {
+            producers: 4,
+            rate: 0.0,
+            api: Api::PutRecords,
+            call_records: 2000,
+            size: SizeSpec::fixed(size),
+            keys: 10_000,
+            duration_s: self.duration(15.0),
+            warmup_s: self.warmup(3.0),
+            ..self.config(shards, LimitsArg::Off)
+        }
+    }
+
+    /// `max-1k` / `max-100b`.
+    async fn max(&mut self, size: usize) -> Result<(), Error> {
+        let r = self.run(self.closed_loop(size)).await?;
+        self.throughput_figures(&r);
+        self.bottleneck_note(&r);
+        Ok(())
+    }
+
+    /// Says which core ran out, from how busy every CPU was (kernel work and interrupts
+    /// included, which neither process's own CPU time shows).
+    fn bottleneck_note(&mut self, r: &Report) {
+        let Some(mine) = self.opts.cores.clone() else {
+            return;
+        };
+        let mean = |f: &dyn Fn(&crate::stats::CoreUse) -> f64, loadgen: bool| {
+            let v: Vec<f64> = r
+                .cpus
+                .iter()
+                .filter(|c| mine.contains(&c.cpu) == loadgen)
+                .map(f)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let (Some(lg), Some(en)) = (mean(&|c| c.busy, true), mean(&|c| c.busy, false)) else {
+            return;
+        };
+        let iowait = mean(&|c| c.iowait, false).unwrap_or(0.0);
+        let verdict = if lg > 0.9 && en < 0.9 {
+            "the load generator's core(s) were the bottleneck"
+        } else if en > 0.9 {
+            "the engine's core(s) were saturated"
+        } else {
+            "no core was saturated"
+        };
+        self.note(format!(
+            "{verdict}: load generator's CPU(s) {:.0} % busy (the process itself {:.2} cores), \
+             the other CPU(s) {:.0} % busy and {:.0} % waiting for I/O{}",
+            lg * 100.0,
+            r.loadgen_cpu.cores_used,
+            en * 100.0,
+            iowait * 100.0,
+            r.engine_cpu.map_or(String::new(), |c| format!(
+                " (the engine itself {:.2} cores)",
+                c.cores_used
+            ))
+        ));
+    }
+
+    /// max-1k's acknowledged records/s: from a result file, or measured now.
+    async fn max_1k_rate(&mut self) -> Result<f64, Error> {
+        let path = self
+            .opts
+            .max_report
+            .clone()
+            .unwrap_or_else(|| self.opts.out_dir.join("max-1k.json"));
+        if let Some(rate) = read_max_rate(&path)? {
+            self.note(format!(
+                "max-1k rate {rate:.0} records/s from {}",
+                path.display()
+            ));
+            return Ok(rate);
+        }
+        self.note("max-1k measured first (no max-1k.json)".into());
+        let r = self.run(self.closed_loop(1024)).await?;
+        Ok(r.acked_records_per_s)
+    }
+
+    async fn latency_half(&mut self) -> Result<(), Error> {
+        let max = self.max_1k_rate().await?;
+        if max.is_nan() || max <= 0.0 {
+            return Err(Error::new(
+                "max-1k acknowledged nothing; no half rate to offer",
+            ));
+        }
+        let rate = (max / 2.0).round().max(1.0);
+        let cfg = RunConfig {
+            rate,
+            duration_s: self.duration(20.0),
+            ..self.closed_loop(1024)
+        };
+        let r = self.run(cfg).await?;
+        self.figure("offered_records_per_s", rate);
+        self.figure("acked_records_per_s", r.acked_records_per_s);
+        let a = r.ack_latency_us;
+        for (name, v) in [
+            ("ack_p50_us", a.p50),
+            ("ack_p90_us", a.p90),
+            ("ack_p99_us", a.p99),
+            ("ack_p999_us", a.p999),
+            ("ack_p9999_us", a.p9999),
+            ("ack_max_us", a.max),
+        ] {
+            self.figure(name, v as f64);
+        }
+        self.figure("records_unsent", r.records_unsent as f64);
+        // A handful of records due in the last instant are normal; more is a shortfall.
+        if r.records_unsent as f64 > 0.001 * r.records_due.unwrap_or(0) as f64 {
+            self.note(format!(
+                "{} records were due but never sent: the offered rate was not reached",
+                r.records_unsent
+            ));
+        }
+        self.bottleneck_note(&r);
+        Ok(())
+    }
+
+    async fn shard_limit(&mut self) -> Result<(), Error> {
+        const LIMIT_RECORDS: f64 = 1000.0;
+        const LIMIT_MIB: f64 = 1.0;
+        let base = |b: &Self| RunConfig {
+            producers: 1,
+            keys: 16,
+            key_mode: KeyMode::PerShard,
+            duration_s: b.duration(10.0),
+            // The token bucket starts with one second of burst; the warm-up spends it.
+            warmup_s: b.warmup(2.0),
+            verify: true,
+            ..b.config(1, LimitsArg::Kinesis)
+        };
+        // Records: 100 B records at 2,000/s (2x 1,000 records/s; bytes far below 1 MiB/s).
+        let records = RunConfig {
+            rate: 2.0 * LIMIT_RECORDS,
+            size: SizeSpec::fixed(100),
+            ..base(self)
+        };
+        let r = self.run(records).await?;
+        let got = r.acked_records_per_s;
+        self.figure("records_run_acked_records_per_s", got);
+        self.figure("records_run_throttled", r.records_throttled as f64);
+        self.check(
+            "records: accepted rate within 10 % of 1,000 records/s",
+            (got / LIMIT_RECORDS - 1.0).abs() <= 0.10,
+            format!("{got:.0} records/s accepted"),
+        );
+        self.limit_checks("records", &r);
+        // Bytes: 10 KiB records at 200/s (2x 1 MiB/s; records far below 1,000/s).
+        let bytes = RunConfig {
+            rate: 200.0,
+            size: SizeSpec::fixed(10 << 10),
+            ..base(self)
+        };
+        let r = self.run(bytes).await?;
+        let got = r.acked_mib_per_s;
+        self.figure("bytes_run_acked_mib_per_s", got);
+        self.figure("bytes_run_throttled", r.records_throttled as f64);
+        self.check(
+            "bytes: accepted rate within 10 % of 1 MiB/s",
+            (got / LIMIT_MIB - 1.0).abs() <= 0.10,
+            format!("{got:.3} MiB/s accepted (key + data bytes)"),
+        );
+        self.limit_checks("bytes", &r);
+        Ok(())
+    }
+
+    fn limit_checks(&mut self, what: &str, r: &Report) {
+        let sent = r.records_sent;
+        self.check(
+            &format!("{what}: every record sent was acknowledged or throttled"),
+            r.records_acked + r.records_throttled == sent && r.errors == 0,
+            format!(
+                "sent {sent}, acked {}, throttled {}, errors {}",
+                r.records_acked, r.records_throttled, r.errors
+            ),
+        );
+        if let Some(v) = &r.verify {
+            self.check(
+                &format!("{what}: nothing lost, duplicated or reordered"),
+                v.passed(),
+                format!(
+                    "lost {}, duplicated {}, reordered {}, corrupt {}",
+                    v.lost, v.duplicated, v.reordered, v.corrupt
+                ),
+            );
+        }
+    }
+
+    async fn shard_density(&mut self) -> Result<(), Error> {
+        const P99_US_MAX: u64 = 10_000;
+        const PER_SHARD_RECORDS: f64 = 1000.0;
+        let e = self.engine_cores as u32;
+        let steps: Vec<u32> = if self.opts.quick {
+            vec![2, 4]
+        } else {
+            [
+                8, 16, 32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096,
+            ]
+            .iter()
+            .map(|n| n * e)
+            .collect()
+        };
+        let mut best: Option<u32> = None;
+        let mut stop = String::from("every step passed");
+        for &n in &steps {
+            let cfg = RunConfig {
+                producers: 4,
+                rate: PER_SHARD_RECORDS * f64::from(n),
+                api: Api::PutRecords,
+                call_records: 2000,
+                // 1,000 B of data plus a ~15 B key: 1,000 records/s is ~0.97 MiB/s, so a
+                // shard is at both of its write limits at once.
+                size: SizeSpec::fixed(1000),
+                keys: 4 * n,
+                key_mode: KeyMode::PerShard,
+                duration_s: self.duration(10.0),
+                warmup_s: self.warmup(2.0),
+                ..self.config(n, LimitsArg::Kinesis)
+            };
+            let r = self.run(cfg).await?;
+            let due = r.records_due.unwrap_or(0).max(1) as f64;
+            let p99 = r.ack_latency_us.p99;
+            let unsent = r.records_unsent as f64 / due;
+            let acked = r.records_acked as f64 / due;
+            let verdict = if unsent > 0.01 {
+                Some(format!(
+                    "at {n} shards the load generator could not keep up ({:.1} % of records never sent, \
+                     loadgen CPU {:.2} cores): the largest N is a lower bound",
+                    unsent * 100.0,
+                    r.loadgen_cpu.cores_used
+                ))
+            } else if p99 > P99_US_MAX {
+                Some(format!("at {n} shards ack p99 was {p99} µs > 10 ms"))
+            } else if acked < 0.95 || r.errors > 0 {
+                Some(format!(
+                    "at {n} shards only {:.1} % of the offered records were acknowledged \
+                     ({} throttled, {} errors)",
+                    acked * 100.0,
+                    r.records_throttled,
+                    r.errors
+                ))
+            } else {
+                None
+            };
+            match verdict {
+                None => best = Some(n),
+                Some(why) => {
+                    stop = why;
+                    break;
+                }
+            }
+        }
+        let best_n = best.unwrap_or(0);
+        self.figure("largest_ok_shards", f64::from(best_n));
+        self.figure("shards_per_engine_core", f64::from(best_n) / f64::from(e));
+        self.note(stop);
+        Ok(())
+    }
+
+    async fn fan_out(&mut self) -> Result<(), Error> {
+        let shards = 2 * self.engine_cores as u32;
+        let cfg = RunConfig {
+            producers: 2,
+            rate: if self.opts.quick { 2000.0 } else { 20_000.0 },
+            size: SizeSpec::fixed(1024),
+            keys: 10_000,
+            consumers: 4,
+            duration_s: self.duration(15.0),
+            warmup_s: self.warmup(3.0),
+            read_wait_ms: 1000,
+            verify: true,
+            ..self.config(shards, LimitsArg::Off)
+        };
+        let r = self.run(cfg).await?;
+        let a = r.ack_latency_us;
+        let e = r.e2e_latency_us.unwrap_or_default();
+        self.figure("acked_records_per_s", r.acked_records_per_s);
+        self.figure("ack_p99_us", a.p99 as f64);
+        self.figure("e2e_p50_us", e.p50 as f64);
+        self.figure("e2e_p99_us", e.p99 as f64);
+        self.figure("e2e_p999_us", e.p999 as f64);
+        self.figure("e2e_max_us", e.max as f64);
+        self.figure("e2e_p99_minus_ack_p99_us", e.p99 as f64 - a.p99 as f64);
+        for c in &r.consumers {
+            self.figure(&format!("consumer_{}_records_per_s", c.id), c.records_per_s);
+        }
+        let short = r
+            .consumers
+            .iter()
+            .filter(|c| c.records < r.records_acked)
+            .count();
+        self.check(
+            "every consumer read every acknowledged record",
+            short == 0,
+            format!(
+                "{short} of {} consumers read fewer records than were acknowledged",
+                r.consumers.len()
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// `acked_records_per_s` of a max-1k result (or a plain report), if the file exists.
+fn read_max_rate(path: &Path) -> Result<Option<f64>, Error> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::new(format!("cannot read {}: {e}", path.display()))),
+    };
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::new(format!("{} is not JSON: {e}", path.display())))?;
+    let rate = v["figures"]["acked_records_per_s"]
+        .as_f64()
+        .or_else(|| v["acked_records_per_s"].as_f64())
+        .ok_or_else(|| Error::new(format!("{} has no acked_records_per_s", path.display())))?;
+    Ok(Some(rate))
+}

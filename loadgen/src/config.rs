@@ -1,0 +1,343 @@
+//! A run's parameters ([`RunConfig`]): what the command line sets, what a named scenario
+//! sets, what the report echoes, and the command line that reproduces a run.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cpus::format_cpu_list;
+use crate::payload::{MAX_RECORD_BYTES, MIN_RECORD_BYTES};
+
+/// Record sizes: fixed, or uniform between two bounds (`100-4096`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SizeSpec {
+    pub min: usize,
+    pub max: usize,
+}
+
+impl SizeSpec {
+    pub fn fixed(bytes: usize) -> SizeSpec {
+        SizeSpec {
+            min: bytes,
+            max: bytes,
+        }
+    }
+
+    /// `BYTES` or `MIN-MAX` (uniform), each within the load generator's record bounds.
+    pub fn parse(text: &str) -> Result<SizeSpec, String> {
+        let num = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{s:?} is not a size in bytes"))
+        };
+        let spec = match text.split_once('-') {
+            Some((a, b)) => SizeSpec {
+                min: num(a)?,
+                max: num(b)?,
+            },
+            None => SizeSpec::fixed(num(text)?),
+        };
+        if spec.min > spec.max {
+            return Err(format!("size range {text:?} is descending"));
+        }
+        if spec.min < MIN_RECORD_BYTES || spec.max > MAX_RECORD_BYTES {
+            return Err(format!(
+                "record size {text:?} is outside {MIN_RECORD_BYTES}..={MAX_RECORD_BYTES} bytes \
+                 (each record carries a {MIN_RECORD_BYTES}-byte tracking header)"
+            ));
+        }
+        Ok(spec)
+    }
+
+    pub fn mean(&self) -> f64 {
+        (self.min + self.max) as f64 / 2.0
+    }
+}
+
+impl std::fmt::Display for SizeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
+}
+
+/// How producers pick the key of their next record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyMode {
+    /// Uniformly at random among the producer's keys (devices reporting at random).
+    Random,
+    /// Keys spread evenly over the shards and used round-robin, so every shard receives
+    /// exactly the same rate (for per-shard limits and shard-density runs).
+    PerShard,
+}
+
+/// Which client call the producers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// `Producer::send` per record (the client batches per shard, one batch in flight per
+    /// shard); the producer never waits for an acknowledgement.
+    Producer,
+    /// `Client::put_records` with every record due so far (at most `--call-records`), one
+    /// call in flight per producer, like Kinesis' PutRecords; cheaper per record.
+    PutRecords,
+}
+
+/// The limits mode of a stream the load generator creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitsArg {
+    Kinesis,
+    Off,
+}
+
+/// Everything a run needs; see `spate-loadgen --help` for each field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub server: String,
+    pub stream: String,
+    /// Create the stream with this many shards first (it must not exist).
+    pub create_shards: Option<u32>,
+    /// Limits of a created stream.
+    pub limits: LimitsArg,
+    /// Delete the stream after the run (only one this run created).
+    pub delete_after: bool,
+    pub producers: usize,
+    /// Records per second over all producers; 0 = closed loop.
+    pub rate: f64,
+    pub size: SizeSpec,
+    pub api: Api,
+    /// `--api put-records`: most records per call.
+    pub call_records: usize,
+    pub keys: u32,
+    pub key_mode: KeyMode,
+    /// Measured seconds (after the warm-up).
+    pub duration_s: f64,
+    /// Seconds of load before measuring starts (records due then are sent, not counted).
+    pub warmup_s: f64,
+    /// Consumer groups; each follows every shard from the tip.
+    pub consumers: usize,
+    /// CPUs for the load generator's threads; `None`: every CPU, unpinned.
+    pub cores: Option<Vec<usize>>,
+    pub verify: bool,
+    /// The producer's linger: how long a batch waits for more records.
+    pub linger_ms: u64,
+    pub batch_bytes: usize,
+    /// Records a producer may have outstanding (sent, not yet answered).
+    pub inflight: usize,
+    /// Client retries of refused (throttled or busy) puts; 0 counts them as throttled.
+    pub retries: u32,
+    /// Long-poll wait of the consumers' reads.
+    pub read_wait_ms: u32,
+    /// Spin (instead of sleeping on the timer) when the next record is due this soon.
+    pub spin_us: u64,
+    pub seed: u64,
+    /// Print a progress line to stderr every second.
+    pub progress: bool,
+    /// A process whose CPU use to report beside the load generator's (the engine).
+    pub engine_pid: Option<u32>,
+}
+
+impl RunConfig {
+    /// Defaults for everything but the server, stream and load shape.
+    pub fn new(server: impl Into<String>, stream: impl Into<String>) -> RunConfig {
+        RunConfig {
+            server: server.into(),
+            stream: stream.into(),
+            create_shards: None,
+            limits: LimitsArg::Kinesis,
+            delete_after: false,
+            producers: 1,
+            rate: 0.0,
+            size: SizeSpec::fixed(1024),
+            api: Api::Producer,
+            call_records: 2000,
+            keys: 1000,
+            key_mode: KeyMode::Random,
+            duration_s: 10.0,
+            warmup_s: 0.0,
+            consumers: 0,
+            cores: None,
+            verify: false,
+            linger_ms: 0,
+            batch_bytes: 256 << 10,
+            inflight: 20_000,
+            retries: 0,
+            read_wait_ms: 1000,
+            spin_us: 1000,
+            seed: 1,
+            progress: false,
+            engine_pid: None,
+        }
+    }
+
+    /// Checks values a run cannot use; one line.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.producers == 0 {
+            return Err("--producers must be at least 1".into());
+        }
+        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+            return Err("--rate must be 0 (closed loop) or a positive number".into());
+        }
+        if self.keys == 0 || (self.keys as usize) < self.producers {
+            return Err(
+                "--keys must be at least --producers (a key belongs to one producer)".into(),
+            );
+        }
+        if !(self.duration_s > 0.0 && self.duration_s.is_finite()) {
+            return Err("--duration must be positive".into());
+        }
+        if !(self.warmup_s >= 0.0 && self.warmup_s.is_finite()) {
+            return Err("--warmup must be zero or positive".into());
+        }
+        // The record header's clock holds 48 bits of nanoseconds (78 hours).
+        if self.duration_s + self.warmup_s > 72.0 * 3600.0 {
+            return Err("--duration plus --warmup must be at most 72 hours".into());
+        }
+        if self.inflight == 0 || self.batch_bytes == 0 || self.call_records == 0 {
+            return Err("--inflight, --batch-bytes and --call-records must be positive".into());
+        }
+        if self.read_wait_ms > 30_000 {
+            return Err("--read-wait-ms must be at most 30000".into());
+        }
+        if self.create_shards == Some(0) {
+            return Err("--create-shards must be at least 1".into());
+        }
+        if self.delete_after && self.create_shards.is_none() {
+            return Err(
+                "--delete-after only deletes a stream the run created (--create-shards)".into(),
+            );
+        }
+        if let Some(cores) = &self.cores {
+            if cores.is_empty() {
+                return Err("--cores names no CPU".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn run_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s + self.duration_s)
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs_f64(self.warmup_s)
+    }
+
+    /// The `spate-loadgen` command line that repeats this run.
+    pub fn command_line(&self) -> String {
+        let mut a = vec![
+            "spate-loadgen".to_string(),
+            format!("--server {}", self.server),
+            format!("--stream {}", self.stream),
+        ];
+        if let Some(n) = self.create_shards {
+            a.push(format!("--create-shards {n}"));
+            a.push(format!("--limits {}", limits_name(self.limits)));
+        }
+        if self.delete_after {
+            a.push("--delete-after".into());
+        }
+        a.push(format!("--producers {}", self.producers));
+        a.push(format!("--rate {}", self.rate));
+        a.push(format!("--size {}", self.size));
+        if self.api == Api::PutRecords {
+            a.push(format!(
+                "--api put-records --call-records {}",
+                self.call_records
+            ));
+        }
+        a.push(format!("--keys {}", self.keys));
+        if self.key_mode == KeyMode::PerShard {
+            a.push("--key-mode per-shard".into());
+        }
+        a.push(format!("--duration {}", self.duration_s));
+        if self.warmup_s > 0.0 {
+            a.push(format!("--warmup {}", self.warmup_s));
+        }
+        if self.consumers > 0 {
+            a.push(format!("--consumers {}", self.consumers));
+        }
+        if let Some(cores) = &self.cores {
+            a.push(format!("--cores {}", format_cpu_list(cores)));
+        }
+        let d = RunConfig::new("", "");
+        if self.linger_ms != d.linger_ms {
+            a.push(format!("--linger-ms {}", self.linger_ms));
+        }
+        if self.batch_bytes != d.batch_bytes {
+            a.push(format!("--batch-bytes {}", self.batch_bytes));
+        }
+        if self.inflight != d.inflight {
+            a.push(format!("--inflight {}", self.inflight));
+        }
+        if self.retries != d.retries {
+            a.push(format!("--retries {}", self.retries));
+        }
+        if self.verify {
+            a.push("--verify".into());
+        }
+        a.join(" ")
+    }
+}
+
+pub fn limits_name(l: LimitsArg) -> &'static str {
+    match l {
+        LimitsArg::Kinesis => "kinesis",
+        LimitsArg::Off => "off",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_fixed_and_ranges() {
+        assert_eq!(SizeSpec::parse("1024").unwrap(), SizeSpec::fixed(1024));
+        assert_eq!(
+            SizeSpec::parse("100-4096").unwrap(),
+            SizeSpec {
+                min: 100,
+                max: 4096
+            }
+        );
+        for bad in ["", "x", "10", "4096-100", "100-", "2000000"] {
+            assert!(SizeSpec::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(SizeSpec::parse("100-4096").unwrap().to_string(), "100-4096");
+    }
+
+    #[test]
+    fn validation_names_the_flag() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.validate().unwrap();
+        c.producers = 0;
+        assert!(c.validate().unwrap_err().contains("--producers"));
+        c.producers = 4;
+        c.keys = 3;
+        assert!(c.validate().unwrap_err().contains("--keys"));
+        c.keys = 4;
+        c.delete_after = true;
+        assert!(c.validate().unwrap_err().contains("--delete-after"));
+    }
+
+    #[test]
+    fn command_line_repeats_the_run() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "clicks");
+        c.create_shards = Some(4);
+        c.limits = LimitsArg::Off;
+        c.rate = 5000.0;
+        c.cores = Some(vec![1, 2, 3]);
+        c.verify = true;
+        assert_eq!(
+            c.command_line(),
+            "spate-loadgen --server 127.0.0.1:7400 --stream clicks --create-shards 4 --limits off \
+             --producers 1 --rate 5000 --size 1024 --keys 1000 --duration 10 --cores 1-3 --verify"
+        );
+    }
+}

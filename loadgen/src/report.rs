@@ -1,0 +1,366 @@
+//! The JSON report of a run: every field SPEC §5 names, the parameters, the machine, the
+//! engine version and git commit, and both programs' CPU use.
+//!
+//! Counts and rates cover the measured window only (records due, or sent in closed loop,
+//! after the warm-up). `bytes_acked` counts partition key plus data bytes, as Kinesis
+//! accounts a record against a shard's limits.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::stats::{CoreUse, CpuUse, Percentiles};
+use crate::verify::VerifyReport;
+
+/// One consumer group's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerReport {
+    pub id: usize,
+    /// Records of the measured window this consumer read.
+    pub records: u64,
+    pub bytes: u64,
+    pub records_per_s: f64,
+    pub mib_per_s: f64,
+    pub e2e_latency_us: Percentiles,
+    /// Failed reads (after the client's retries).
+    pub errors: u64,
+}
+
+/// The machine the load generator ran on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPUs online.
+    pub cores: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub hostname: String,
+    /// Engine cores, from the server's hello.
+    pub engine_cores: usize,
+    /// The CPUs the load generator's threads were pinned to, if any.
+    pub loadgen_cores: Option<Vec<usize>>,
+}
+
+impl Machine {
+    pub fn detect(engine_cores: usize, loadgen_cores: Option<Vec<usize>>) -> Machine {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            cores: online_cpus(),
+            kernel: read("/proc/sys/kernel/osrelease"),
+            cpu_model,
+            hostname: read("/proc/sys/kernel/hostname"),
+            engine_cores,
+            loadgen_cores,
+        }
+    }
+}
+
+/// The report of one run; see the module docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    /// The engine's version (the workspace's: the load generator is built with it).
+    pub engine_version: String,
+    pub git_sha: String,
+    pub started_unix_s: u64,
+    /// The command line that repeats this run.
+    pub command: String,
+    pub params: RunConfig,
+    pub machine: Machine,
+    /// Shards of the stream during the run.
+    pub shards: usize,
+    /// Open loop: records the schedule made due in the measured window (the offered load).
+    pub records_due: Option<u64>,
+    pub records_sent: u64,
+    /// Open loop: records due in the whole run that the producers had not sent when it
+    /// ended (the load generator or the server could not keep up). Never sent, so never
+    /// counted as errors or in the latencies.
+    pub records_unsent: u64,
+    pub records_acked: u64,
+    pub records_throttled: u64,
+    pub errors: u64,
+    pub errors_by_code: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    pub bytes_acked: u64,
+    pub duration_s: f64,
+    pub acked_records_per_s: f64,
+    pub acked_mib_per_s: f64,
+    pub offered_records_per_s: Option<f64>,
+    pub ack_latency_us: Percentiles,
+    pub ack_latency_spectrum_us: Vec<[f64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub e2e_latency_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub e2e_latency_spectrum_us: Option<Vec<[f64; 2]>>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub consumers: Vec<ConsumerReport>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verify: Option<VerifyReport>,
+    pub loadgen_cpu: CpuUse,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub engine_cpu: Option<CpuUse>,
+    /// How every CPU of the machine spent the measured window (`/proc/stat`), kernel work
+    /// and interrupts included: a core can be saturated by work neither process is charged
+    /// for (loopback TCP's receive path runs in the sender's softirq; disk completions run
+    /// where the disk's interrupt is delivered).
+    #[serde(default)]
+    pub cpus: Vec<CoreUse>,
+}
+
+impl Report {
+    /// Whether the run failed: records failed with errors other than throttling, or the
+    /// verification found a problem. The reason is one line.
+    pub fn failure(&self) -> Option<String> {
+        if let Some(v) = &self.verify {
+            if !v.passed() {
+                return Some(format!(
+                    "verify failed: lost {}, duplicated {}, reordered {}, corrupt {}",
+                    v.lost, v.duplicated, v.reordered, v.corrupt
+                ));
+            }
+        }
+        if self.errors > 0 {
+            return Some(format!(
+                "{} records failed; first error: {}",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("unknown")
+            ));
+        }
+        let read_errors: u64 = self.consumers.iter().map(|c| c.errors).sum();
+        if read_errors > 0 {
+            return Some(format!("{read_errors} consumer reads failed"));
+        }
+        None
+    }
+
+    /// A short human summary (printed on stderr at the end of a run).
+    pub fn summary_line(&self) -> String {
+        let a = &self.ack_latency_us;
+        let mut s = format!(
+            "{} acked in {:.1} s: {:.0} records/s, {:.1} MiB/s; ack µs p50 {} p99 {} p99.9 {} p99.99 {} max {}; \
+             throttled {}, errors {}, loadgen CPU {:.2} cores",
+            self.records_acked,
+            self.duration_s,
+            self.acked_records_per_s,
+            self.acked_mib_per_s,
+            a.p50,
+            a.p99,
+            a.p999,
+            a.p9999,
+            a.max,
+            self.records_throttled,
+            self.errors,
+            self.loadgen_cpu.cores_used,
+        );
+        if let Some(e) = &self.e2e_latency_us {
+            s += &format!("; e2e µs p50 {} p99 {} max {}", e.p50, e.p99, e.max);
+        }
+        if let Some(c) = &self.engine_cpu {
+            s += &format!("; engine CPU {:.2} cores", c.cores_used);
+        }
+        if !self.cpus.is_empty() {
+            let busy: Vec<String> = self
+                .cpus
+                .iter()
+                .map(|c| format!("{} {:.0} %", c.cpu, c.busy * 100.0))
+                .collect();
+            s += &format!("; CPUs busy: {}", busy.join(", "));
+        }
+        if self.records_unsent > 0 {
+            s += &format!("; {} records due but never sent", self.records_unsent);
+        }
+        if let Some(v) = &self.verify {
+            s += &format!(
+                "; verify: lost {} duplicated {} reordered {} corrupt {}",
+                v.lost, v.duplicated, v.reordered, v.corrupt
+            );
+        }
+        s
+    }
+}
+
+/// CPUs online (not only those this process may use).
+fn online_cpus() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if n > 0 {
+        n as usize
+    } else {
+        crate::cpus::available_cpus().len()
+    }
+}
+
+/// The git commit: `git rev-parse HEAD` where the load generator runs (with `-dirty` when
+/// the tree has changes), else the commit it was built from, else "unknown".
+pub fn git_sha() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(sha) = git(&["rev-parse", "HEAD"]).filter(|s| !s.is_empty()) {
+        let dirty =
+            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        return if dirty { format!("{sha}-dirty") } else { sha };
+    }
+    match env!("SPATE_GIT_SHA") {
+        "" => "unknown".into(),
+        sha => sha.into(),
+    }
+}
+
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::stats::Latency;
+
+    /// A report as a finished run with consumers and --verify would write it.
+    pub(crate) fn sample() -> Report {
+        let mut h = Latency::default();
+        for us in [100, 200, 300, 5000] {
+            h.record_ns(us * 1000);
+        }
+        Report {
+            tool: "spate-loadgen".into(),
+            engine_version: "0.1.0".into(),
+            git_sha: "abc".into(),
+            started_unix_s: 1,
+            command: "spate-loadgen --server x --stream s".into(),
+            params: RunConfig::new("x", "s"),
+            machine: Machine::detect(1, Some(vec![1])),
+            shards: 2,
+            records_due: Some(4),
+            records_sent: 4,
+            records_unsent: 0,
+            records_acked: 4,
+            records_throttled: 0,
+            errors: 0,
+            errors_by_code: BTreeMap::new(),
+            first_error: None,
+            bytes_acked: 4096,
+            duration_s: 1.0,
+            acked_records_per_s: 4.0,
+            acked_mib_per_s: 4096.0 / 1048576.0,
+            offered_records_per_s: Some(4.0),
+            ack_latency_us: h.summary(),
+            ack_latency_spectrum_us: h.spectrum(),
+            e2e_latency_us: Some(h.summary()),
+            e2e_latency_spectrum_us: Some(h.spectrum()),
+            consumers: vec![ConsumerReport {
+                id: 0,
+                records: 4,
+                bytes: 4096,
+                records_per_s: 4.0,
+                mib_per_s: 0.004,
+                e2e_latency_us: h.summary(),
+                errors: 0,
+            }],
+            verify: Some(VerifyReport::default()),
+            loadgen_cpu: CpuUse::default(),
+            engine_cpu: None,
+            cpus: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn every_spec_field_is_in_the_json() {
+        let v = serde_json::to_value(sample()).unwrap();
+        for field in [
+            "records_acked",
+            "records_throttled",
+            "errors",
+            "bytes_acked",
+            "duration_s",
+            "acked_records_per_s",
+            "acked_mib_per_s",
+        ] {
+            assert!(
+                v[field].is_number(),
+                "{field} missing or not a number in {v}"
+            );
+        }
+        for hist in ["ack_latency_us", "e2e_latency_us"] {
+            for p in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+                assert!(v[hist][p].is_u64(), "{hist}.{p} missing in {v}");
+            }
+        }
+        for f in ["lost", "duplicated", "reordered"] {
+            assert!(v["verify"][f].is_u64(), "verify.{f} missing in {v}");
+        }
+        // Parameters, machine, version and commit travel with the figures.
+        for f in [
+            "params",
+            "machine",
+            "engine_version",
+            "git_sha",
+            "command",
+            "loadgen_cpu",
+        ] {
+            assert!(!v[f].is_null(), "{f} missing in {v}");
+        }
+        assert!(v["machine"]["kernel"].is_string() && v["machine"]["cores"].is_u64());
+        assert!(v["params"]["producers"].is_u64() && v["params"]["rate"].is_number());
+        // And the JSON reads back into the same report.
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, sample_with_same_machine(&back));
+    }
+
+    fn sample_with_same_machine(other: &Report) -> Report {
+        Report {
+            machine: other.machine.clone(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn optional_sections_are_left_out_when_unused() {
+        let r = Report {
+            e2e_latency_us: None,
+            e2e_latency_spectrum_us: None,
+            consumers: Vec::new(),
+            verify: None,
+            ..sample()
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("e2e_latency_us").is_none() && v.get("verify").is_none());
+        assert!(r.failure().is_none());
+    }
+
+    #[test]
+    fn failures_have_a_one_line_reason() {
+        let mut r = sample();
+        r.verify = Some(VerifyReport {
+            lost: 2,
+            ..VerifyReport::default()
+        });
+        let why = r.failure().unwrap();
+        assert!(why.contains("lost 2") && !why.contains('\n'), "{why}");
+        r.verify = None;
+        r.errors = 3;
+        r.first_error = Some("StorageIo (602): disk".into());
+        assert!(r.failure().unwrap().contains("3 records failed"));
+        r.errors = 0;
+        r.records_throttled = 10;
+        assert!(r.failure().is_none(), "throttling is not a failure");
+    }
+}

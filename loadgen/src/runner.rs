@@ -1,0 +1,1080 @@
+//! One load-generator run: set up the stream, start the consumers, drive the producers for
+//! the warm-up and the measured window, drain, read back (`--verify`), and report.
+//!
+//! Tasks (all on the load generator's tokio runtime, pinned to `--cores`):
+//!
+//! ```text
+//!  generator p ──send──▶ client Producer p (own connection) ──▶ engine
+//!      │ (SendHandle, due time, key, counter)                      │
+//!      ▼                                                           │ acks
+//!  collector p: awaits every handle as it resolves, records ack    ▼
+//!  latency (from the due time), counts throttled / errors,    consumer c × shard s:
+//!  marks acknowledged counters for --verify                    long-polls from the tip,
+//!                                                              records end-to-end latency
+//!  progress: one line on stderr per second
+//! ```
+//!
+//! A generator never waits for an acknowledgement itself (open loop); its only brake is
+//! the window of `--inflight` outstanding records (and the client's own buffer bounds),
+//! which in closed loop is what paces it. Each producer owns its keys, so a key's records
+//! are sent in counter order by one task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use spate_client::{
+    Client, ClientConfig, ClientError, Entry, ErrorCode, Limits, Position, Producer,
+    ProducerConfig, PutResult, ReadOptions, RetryPolicy, SendHandle, ShardState, StreamConfig,
+};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{Api, KeyMode, LimitsArg, RunConfig};
+use crate::keys::{make_keys, owned_by};
+use crate::payload::{self, Header, PaddingPool, RecordWriter, Rng};
+use crate::report::{git_sha, unix_now_s, ConsumerReport, Machine, Report};
+use crate::schedule::{wait_until, Schedule};
+use crate::stats::{core_use, cpu_ticks, CpuTimes, CpuUse, Latency};
+use crate::verify::{BitSet, Verifier};
+use crate::Error;
+
+const MIB: f64 = 1024.0 * 1024.0;
+/// Bytes asked for per read. Not the protocol's 10 MiB: the server may answer a 10 MiB
+/// read with whole batches past 10 MiB, in a frame larger than the client accepts
+/// ("frame of 10741664 bytes exceeds the maximum of 10551360").
+const READ_BYTES_MAX: u32 = 4 << 20;
+/// How long producers may take to settle their outstanding records after the run.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long consumers may take to reach the tip after the producers are done.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `cfg` on a fresh runtime pinned to `cfg.cores` and returns its report. Blocks.
+pub fn run_blocking(cfg: &RunConfig) -> Result<Report, Error> {
+    let rt = runtime(cfg.cores.as_deref())?;
+    let cfg = cfg.clone();
+    // The run is spawned so that it, too, runs on the pinned workers.
+    rt.block_on(async move { tokio::spawn(async move { run(&cfg).await }).await })
+        .map_err(|e| Error::new(format!("the run panicked or was cancelled: {e}")))?
+}
+
+/// A multi-threaded runtime with one worker per CPU of `cores`, each pinned to one of
+/// them; unpinned with a worker per available CPU when `cores` is `None`.
+pub fn runtime(cores: Option<&[usize]>) -> Result<tokio::runtime::Runtime, Error> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all().thread_name("spate-loadgen");
+    match cores {
+        Some(cores) => {
+            crate::cpus::check_available(cores).map_err(Error::new)?;
+            b.worker_threads(cores.len())
+                .on_thread_start(crate::cpus::pinner(cores.to_vec()));
+        }
+        None => {
+            b.worker_threads(crate::cpus::available_cpus().len().max(1));
+        }
+    }
+    b.build()
+        .map_err(|e| Error::new(format!("cannot start the runtime: {e}")))
+}
+
+/// What every task of a run shares (read-only but for the live counters).
+struct Shared {
+    t0: Instant,
+    warmup_ns: u64,
+    end_ns: u64,
+    run_id: u32,
+    keys: Arc<Vec<String>>,
+    live: Live,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    fn in_window(&self, origin_ns: u64) -> bool {
+        (self.warmup_ns..self.end_ns).contains(&origin_ns)
+    }
+}
+
+/// Counters of the whole run (warm-up included) for the progress line.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    acked_bytes: AtomicU64,
+    throttled: AtomicU64,
+    errors: AtomicU64,
+    consumed: AtomicU64,
+    /// The slowest acknowledgement since the last progress line (µs), so a stall shows in
+    /// the second it happened.
+    ack_us_max: AtomicU64,
+}
+
+/// A producer's figures for the measured window (errors: the whole run).
+#[derive(Default)]
+struct ProducerStats {
+    ack: Latency,
+    acked: u64,
+    bytes: u64,
+    throttled: u64,
+    errors: u64,
+    errors_by_code: BTreeMap<String, u64>,
+    first_error: Option<String>,
+}
+
+impl ProducerStats {
+    fn error(&mut self, e: &ClientError) {
+        self.errors += 1;
+        *self.errors_by_code.entry(error_name(e)).or_default() += 1;
+        self.first_error.get_or_insert_with(|| e.to_string());
+    }
+}
+
+/// A consumer group's figures for the measured window.
+#[derive(Default)]
+struct ConsumerStats {
+    e2e: Latency,
+    records: u64,
+    bytes: u64,
+    errors: u64,
+}
+
+/// Where the consumers stop: each shard's last sequence number once the producers are
+/// done (`None` inside: an empty shard), `None` until then.
+type StopAt = Option<Arc<HashMap<u32, Option<u64>>>>;
+
+/// A producer before its generator starts.
+enum ProducerKind {
+    Producer(Producer),
+    PutRecords(Client),
+}
+
+/// A record sent and not yet settled.
+struct Pending {
+    handle: SendHandle,
+    meta: Meta,
+    /// The record's place in the producer's window, freed when it settles.
+    permit: OwnedSemaphorePermit,
+}
+
+#[derive(Clone, Copy)]
+struct Meta {
+    /// Index into the producer's own keys.
+    key_local: u32,
+    counter: u32,
+    origin_ns: u64,
+    bytes: u32,
+}
+
+/// What a generator did.
+struct Generated {
+    sent: u64,
+    sent_in_window: u64,
+    unsent: u64,
+    /// `--api put-records` with `--verify`: the acknowledged counters per owned key.
+    acked: Option<Vec<BitSet>>,
+}
+
+/// Runs `cfg` on the current tokio runtime; see the module docs.
+pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
+    cfg.validate().map_err(Error::new)?;
+    let started_unix_s = unix_now_s();
+    let client_cfg = ClientConfig {
+        client_name: format!("spate-loadgen/{}", env!("CARGO_PKG_VERSION")),
+        retry: RetryPolicy {
+            max_attempts: cfg.retries,
+            ..RetryPolicy::default()
+        },
+        ..ClientConfig::default()
+    };
+    let admin = Client::connect_with(cfg.server.clone(), client_cfg.clone())
+        .await
+        .map_err(|e| Error::new(format!("cannot connect to {}: {e}", cfg.server)))?;
+    let engine_cores = admin.server_info().cores.len();
+    if let Some(shards) = cfg.create_shards {
+        create_stream(&admin, cfg, shards).await?;
+    }
+    let result = run_on_stream(cfg, &admin, client_cfg, engine_cores, started_unix_s).await;
+    if cfg.delete_after {
+        if let Err(e) = admin.delete_stream(&cfg.stream).await {
+            tracing::warn!(stream = %cfg.stream, error = %e, "could not delete the stream");
+        }
+    }
+    result
+}
+
+async fn create_stream(admin: &Client, cfg: &RunConfig, shards: u32) -> Result<(), Error> {
+    let limits = match cfg.limits {
+        LimitsArg::Kinesis => Limits::Kinesis,
+        LimitsArg::Off => Limits::Off,
+    };
+    match admin
+        .create_stream(&cfg.stream, &StreamConfig::new(shards).limits(limits))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::StreamExists) => Err(Error::new(format!(
+            "stream {} already exists: drop --create-shards to use it, or pick another name",
+            cfg.stream
+        ))),
+        Err(e) => Err(Error::new(format!(
+            "cannot create stream {}: {e}",
+            cfg.stream
+        ))),
+    }
+}
+
+async fn run_on_stream(
+    cfg: &RunConfig,
+    admin: &Client,
+    client_cfg: ClientConfig,
+    engine_cores: usize,
+    started_unix_s: u64,
+) -> Result<Report, Error> {
+    let info = admin
+        .describe_stream(&cfg.stream)
+        .await
+        .map_err(|e| Error::new(format!("cannot describe stream {}: {e}", cfg.stream)))?;
+    let shards: Vec<u32> = info
+        .shards
+        .iter()
+        .filter(|s| s.state == ShardState::Open)
+        .map(|s| s.id)
+        .collect();
+    let size_max = cfg.size.max as u32;
+    if size_max > info.max_record_data_bytes {
+        return Err(Error::new(format!(
+            "--size {} exceeds stream {}'s record limit of {} bytes",
+            cfg.size, cfg.stream, info.max_record_data_bytes
+        )));
+    }
+    let map = admin
+        .shard_map(&cfg.stream)
+        .await
+        .map_err(|e| Error::new(format!("cannot route stream {}: {e}", cfg.stream)))?;
+    let keys = Arc::new(make_keys(cfg.keys, cfg.key_mode, &map).map_err(Error::new)?);
+    let run_id = payload::mix(cfg.seed ^ u64::from(std::process::id()) ^ now_nanos()) as u32;
+    let warmup_ns = cfg.warmup().as_nanos() as u64;
+    let end_ns = cfg.run_duration().as_nanos() as u64;
+
+    // Producers connect (each on its own connection) before the clock starts.
+    let mut producers = Vec::with_capacity(cfg.producers);
+    for p in 0..cfg.producers {
+        let client = Client::connect_with(cfg.server.clone(), client_cfg.clone())
+            .await
+            .map_err(|e| Error::new(format!("producer {p} cannot connect: {e}")))?;
+        let producer = match cfg.api {
+            Api::Producer => ProducerKind::Producer(
+                client
+                    .producer(
+                        &cfg.stream,
+                        ProducerConfig {
+                            linger: Duration::from_millis(cfg.linger_ms),
+                            batch_bytes_max: cfg.batch_bytes,
+                            ..ProducerConfig::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| Error::new(format!("producer {p} cannot start: {e}")))?,
+            ),
+            Api::PutRecords => {
+                // Learn the routing table now, not on the first call.
+                client
+                    .shard_map(&cfg.stream)
+                    .await
+                    .map_err(|e| Error::new(format!("producer {p} cannot route: {e}")))?;
+                ProducerKind::PutRecords(client)
+            }
+        };
+        producers.push(producer);
+    }
+
+    // Consumers open their iterators at the tip before anything is sent, so they see every
+    // record of the run.
+    let (stop_tx, stop_rx) = watch::channel::<StopAt>(None);
+    let mut consumer_clients = Vec::new();
+    for c in 0..cfg.consumers {
+        let client = Client::connect_with(cfg.server.clone(), client_cfg.clone())
+            .await
+            .map_err(|e| Error::new(format!("consumer {c} cannot connect: {e}")))?;
+        consumer_clients.push(client);
+    }
+    let mut readers = Vec::new();
+    for client in &consumer_clients {
+        for &shard in &shards {
+            let reader = client
+                .shard_reader(
+                    &cfg.stream,
+                    shard,
+                    Position::Latest,
+                    ReadOptions {
+                        wait_ms: cfg.read_wait_ms,
+                        max_bytes: READ_BYTES_MAX,
+                        ..ReadOptions::default()
+                    },
+                )
+                .await
+                .map_err(|e| Error::new(format!("cannot open a reader on shard {shard}: {e}")))?;
+            readers.push(reader);
+        }
+    }
+
+    // The clock starts now: record n is due at t0 + n / rate.
+    let shared = Arc::new(Shared {
+        t0: Instant::now(),
+        warmup_ns,
+        end_ns,
+        run_id,
+        keys: keys.clone(),
+        live: Live::default(),
+    });
+    let consumer_stats: Vec<Arc<Mutex<ConsumerStats>>> = (0..cfg.consumers)
+        .map(|_| Arc::new(Mutex::new(ConsumerStats::default())))
+        .collect();
+    let mut reader_tasks = Vec::new();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let stats = consumer_stats[i / shards.len().max(1)].clone();
+        reader_tasks.push(tokio::spawn(follow(
+            reader,
+            shared.clone(),
+            stats,
+            stop_rx.clone(),
+        )));
+    }
+
+    let pool = Arc::new(PaddingPool::new(cfg.size.max, cfg.seed));
+    let mut producer_stats = Vec::new();
+    let mut generators = Vec::new();
+    let mut collectors = Vec::new();
+    for (p, producer) in producers.into_iter().enumerate() {
+        let owned = owned_by(p, cfg.producers, cfg.keys);
+        let stats = Arc::new(Mutex::new(ProducerStats::default()));
+        let acked = cfg.verify.then(|| vec![BitSet::default(); owned.len()]);
+        let sender = match producer {
+            ProducerKind::Producer(producer) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                collectors.push(tokio::spawn(collect(
+                    rx,
+                    shared.clone(),
+                    stats.clone(),
+                    acked,
+                )));
+                Sender::Producer(producer, tx)
+            }
+            ProducerKind::PutRecords(client) => Sender::PutRecords(client, acked),
+        };
+        let gen = Generator::new(
+            cfg,
+            sender,
+            p,
+            owned,
+            shared.clone(),
+            stats.clone(),
+            pool.clone(),
+        );
+        generators.push(tokio::spawn(gen.run()));
+        producer_stats.push(stats);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = cfg.progress.then(|| {
+        tokio::spawn(progress(
+            shared.clone(),
+            producer_stats.clone(),
+            consumer_stats.clone(),
+            done.clone(),
+        ))
+    });
+
+    // CPU is measured over the measured window.
+    tokio::time::sleep_until((shared.t0 + cfg.warmup()).into()).await;
+    let cpu_start = (
+        CpuTimes::of_self(),
+        cfg.engine_pid.and_then(CpuTimes::of_pid),
+    );
+    let ticks_start = cpu_ticks();
+    let window_start = Instant::now();
+    tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into()).await;
+    let cpu_end = (
+        CpuTimes::of_self(),
+        cfg.engine_pid.and_then(CpuTimes::of_pid),
+    );
+    let window_s = window_start.elapsed().as_secs_f64();
+    let cpus = core_use(&ticks_start, &cpu_ticks());
+
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut generated = Vec::new();
+        for g in generators {
+            generated.push(g.await.expect("generator task"));
+        }
+        let mut acked = Vec::new();
+        for c in collectors {
+            acked.push(c.await.expect("collector task"));
+        }
+        (generated, acked)
+    })
+    .await;
+    let Ok((mut generated, mut collected)) = drained else {
+        done.store(true, Ordering::Relaxed);
+        return Err(Error::new(format!(
+            "producers still had unsettled records {} s after the run",
+            DRAIN_TIMEOUT.as_secs()
+        )));
+    };
+
+    // Consumers read up to each shard's last record, then stop.
+    let tips = shard_tips(admin, &cfg.stream).await?;
+    stop_tx.send_replace(Some(Arc::new(tips.iter().copied().collect())));
+    let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
+        for t in reader_tasks {
+            t.await.expect("reader task");
+        }
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    if caught_up.is_err() {
+        return Err(Error::new(format!(
+            "consumers had not reached the tip {} s after the run",
+            CATCH_UP_TIMEOUT.as_secs()
+        )));
+    }
+
+    let verify = if cfg.verify {
+        let mut acked = vec![BitSet::default(); keys.len()];
+        // Each producer's counters come from its collector or (put-records) itself.
+        let mut collected = collected.drain(..);
+        for (p, g) in generated.iter_mut().enumerate() {
+            let local = match g.acked.take() {
+                Some(local) => local,
+                None => collected
+                    .next()
+                    .flatten()
+                    .expect("verify keeps acknowledged counters"),
+            };
+            for (j, bits) in local.into_iter().enumerate() {
+                acked[p + j * cfg.producers] = bits;
+            }
+        }
+        Some(read_back(admin, &cfg.stream, &tips, &shared, Verifier::new(acked)).await?)
+    } else {
+        None
+    };
+
+    // Assemble the report.
+    let mut ack = Latency::default();
+    let mut totals = ProducerStats::default();
+    for s in &producer_stats {
+        let s = s.lock().expect("stats lock");
+        ack.add(&s.ack);
+        totals.acked += s.acked;
+        totals.bytes += s.bytes;
+        totals.throttled += s.throttled;
+        totals.errors += s.errors;
+        for (code, n) in &s.errors_by_code {
+            *totals.errors_by_code.entry(code.clone()).or_default() += n;
+        }
+        if totals.first_error.is_none() {
+            totals.first_error = s.first_error.clone();
+        }
+    }
+    let duration_s = cfg.duration_s;
+    let mut e2e = Latency::default();
+    let consumers: Vec<ConsumerReport> = consumer_stats
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            let s = s.lock().expect("stats lock");
+            e2e.add(&s.e2e);
+            ConsumerReport {
+                id,
+                records: s.records,
+                bytes: s.bytes,
+                records_per_s: s.records as f64 / duration_s,
+                mib_per_s: s.bytes as f64 / MIB / duration_s,
+                e2e_latency_us: s.e2e.summary(),
+                errors: s.errors,
+            }
+        })
+        .collect();
+    let records_due = cfg.rate.gt(&0.0).then(|| {
+        let s = Schedule::new(cfg.rate, 0, 1, cfg.run_duration());
+        let before = if warmup_ns > 0 {
+            s.due_count(warmup_ns - 1)
+        } else {
+            0
+        };
+        s.due_count(u64::MAX) - before
+    });
+    let loadgen_cores = cfg.cores.as_ref().map(Vec::len);
+    Ok(Report {
+        tool: format!("spate-loadgen {}", env!("CARGO_PKG_VERSION")),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_sha: git_sha(),
+        started_unix_s,
+        command: cfg.command_line(),
+        params: cfg.clone(),
+        machine: Machine::detect(engine_cores, cfg.cores.clone()),
+        shards: shards.len(),
+        records_due,
+        records_sent: generated.iter().map(|g| g.sent_in_window).sum(),
+        records_unsent: generated.iter().map(|g| g.unsent).sum(),
+        records_acked: totals.acked,
+        records_throttled: totals.throttled,
+        errors: totals.errors,
+        errors_by_code: totals.errors_by_code,
+        first_error: totals.first_error,
+        bytes_acked: totals.bytes,
+        duration_s,
+        acked_records_per_s: totals.acked as f64 / duration_s,
+        acked_mib_per_s: totals.bytes as f64 / MIB / duration_s,
+        offered_records_per_s: (cfg.rate > 0.0).then_some(cfg.rate),
+        ack_latency_us: ack.summary(),
+        ack_latency_spectrum_us: ack.spectrum(),
+        e2e_latency_us: (cfg.consumers > 0).then(|| e2e.summary()),
+        e2e_latency_spectrum_us: (cfg.consumers > 0).then(|| e2e.spectrum()),
+        consumers,
+        verify,
+        loadgen_cpu: CpuUse::over(cpu_end.0.since(&cpu_start.0), window_s, loadgen_cores),
+        engine_cpu: match (cpu_start.1, cpu_end.1) {
+            (Some(a), Some(b)) => Some(CpuUse::over(b.since(&a), window_s, Some(engine_cores))),
+            _ => None,
+        },
+        cpus,
+    })
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A short name for an error, for `errors_by_code`.
+fn error_name(e: &ClientError) -> String {
+    match (e.code(), e) {
+        (Some(code), _) => format!("{code:?}"),
+        (None, ClientError::Connect { .. }) => "Connect".into(),
+        (None, ClientError::ConnectionLost { .. }) => "ConnectionLost".into(),
+        (None, ClientError::Timeout { .. }) => "Timeout".into(),
+        (None, ClientError::Closed) => "Closed".into(),
+        (None, _) => "Other".into(),
+    }
+}
+
+/// Every open shard's last sequence number (`None`: empty), from a fresh description.
+async fn shard_tips(admin: &Client, stream: &str) -> Result<Vec<(u32, Option<u64>)>, Error> {
+    let info = admin.describe_stream(stream).await.map_err(|e| {
+        Error::new(format!(
+            "cannot describe stream {stream} after the run: {e}"
+        ))
+    })?;
+    Ok(info
+        .shards
+        .iter()
+        .filter(|s| s.state == ShardState::Open)
+        .map(|s| (s.id, s.last_seq))
+        .collect())
+}
+
+/// How a generator hands its records to the client.
+enum Sender {
+    /// `Producer::send` per record; a collector task awaits the handles.
+    Producer(Producer, mpsc::UnboundedSender<Pending>),
+    /// `Client::put_records` per call; the generator settles the results itself.
+    PutRecords(Client, Option<Vec<BitSet>>),
+}
+
+/// One producer's record generator; see the module docs.
+struct Generator {
+    cfg: RunConfig,
+    sender: Option<Sender>,
+    schedule: Schedule,
+    /// Global indices of the keys this producer owns.
+    owned: Vec<u32>,
+    shared: Arc<Shared>,
+    stats: Arc<Mutex<ProducerStats>>,
+    pool: Arc<PaddingPool>,
+    rng: Rng,
+    window: Arc<Semaphore>,
+    /// Per owned key, the counter of its next record.
+    counters: Vec<u32>,
+    writer: RecordWriter,
+    next_key: usize,
+    /// Records sent so far (the schedule's index of the next one).
+    k: u64,
+    out: Generated,
+}
+
+impl Generator {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: &RunConfig,
+        sender: Sender,
+        p: usize,
+        owned: Vec<u32>,
+        shared: Arc<Shared>,
+        stats: Arc<Mutex<ProducerStats>>,
+        pool: Arc<PaddingPool>,
+    ) -> Generator {
+        Generator {
+            cfg: cfg.clone(),
+            sender: Some(sender),
+            schedule: Schedule::new(cfg.rate, p, cfg.producers, cfg.run_duration()),
+            counters: vec![0; owned.len()],
+            owned,
+            shared,
+            stats,
+            pool,
+            rng: Rng::new(payload::mix(cfg.seed.wrapping_add(p as u64))),
+            window: Arc::new(Semaphore::new(cfg.inflight)),
+            writer: RecordWriter::new(cfg.size.max),
+            next_key: 0,
+            k: 0,
+            out: Generated {
+                sent: 0,
+                sent_in_window: 0,
+                unsent: 0,
+                acked: None,
+            },
+        }
+    }
+
+    async fn run(mut self) -> Generated {
+        match self.sender.take().expect("a generator runs once") {
+            Sender::Producer(producer, tx) => self.run_producer(producer, tx).await,
+            Sender::PutRecords(client, acked) => self.run_put_records(client, acked).await,
+        }
+        if self.schedule.is_open_loop() {
+            self.out.unsent = self.schedule.due_count(u64::MAX) - self.k;
+        }
+        self.out
+    }
+
+    fn run_end(&self) -> Instant {
+        self.shared.t0 + Duration::from_nanos(self.shared.end_ns)
+    }
+
+    /// Waits for record `k`'s due time (open loop); `Err(())` once nothing more is due.
+    async fn wait_due(&self) -> Result<Option<u64>, ()> {
+        match self.schedule.due_ns(self.k) {
+            Some(due) => {
+                let spin = Duration::from_micros(self.cfg.spin_us);
+                wait_until(self.shared.t0 + Duration::from_nanos(due), spin).await;
+                Ok(Some(due))
+            }
+            None if self.schedule.is_open_loop() => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    /// The next record, due (or sent, closed loop) at `origin_ns`.
+    fn make_record(&mut self, origin_ns: u64) -> (String, Bytes, Meta) {
+        let sh = &self.shared;
+        let j = match self.cfg.key_mode {
+            KeyMode::Random => self.rng.below(self.owned.len() as u64) as usize,
+            KeyMode::PerShard => {
+                let j = self.next_key;
+                self.next_key = (self.next_key + 1) % self.owned.len();
+                j
+            }
+        };
+        let counter = self.counters[j];
+        self.counters[j] += 1;
+        let size = self.cfg.size.min
+            + self
+                .rng
+                .below((self.cfg.size.max - self.cfg.size.min + 1) as u64) as usize;
+        let key_idx = self.owned[j];
+        let header = Header {
+            run: sh.run_id,
+            key: key_idx,
+            counter,
+            origin_ns,
+        };
+        let data = self.writer.write(&header, size, &self.pool, &mut self.rng);
+        // The client takes an owned String per record (one allocation).
+        let key = sh.keys[key_idx as usize].clone();
+        let meta = Meta {
+            key_local: j as u32,
+            counter,
+            origin_ns,
+            bytes: (key.len() + data.len()) as u32,
+        };
+        self.k += 1;
+        self.out.sent += 1;
+        if sh.in_window(origin_ns) {
+            self.out.sent_in_window += 1;
+        }
+        sh.live.sent.fetch_add(1, Ordering::Relaxed);
+        (key, data, meta)
+    }
+
+    /// `--api producer`: one `send` per record, never waiting for its answer.
+    async fn run_producer(&mut self, producer: Producer, tx: mpsc::UnboundedSender<Pending>) {
+        let run_end = self.run_end();
+        loop {
+            let Ok(due_ns) = self.wait_due().await else {
+                break;
+            };
+            let permit = match self.window.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => self
+                    .window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("window open"),
+            };
+            // A record due before the end but not sent by then is not sent at all.
+            if Instant::now() >= run_end {
+                break;
+            }
+            // Closed loop measures from the send; open loop from the due time.
+            let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
+            let (key, data, meta) = self.make_record(origin_ns);
+            match producer.send(key, data).await {
+                Ok(handle) => {
+                    let pending = Pending {
+                        handle,
+                        meta,
+                        permit,
+                    };
+                    if tx.send(pending).is_err() {
+                        unreachable!("the collector outlives its generator");
+                    }
+                }
+                Err(e) => {
+                    self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.lock().expect("stats lock").error(&e);
+                }
+            }
+        }
+        // Sends whatever is still queued and waits for it to settle; the collector sees
+        // every handle resolve, then its channel close (when `tx` drops).
+        producer.close().await;
+    }
+
+    /// `--api put-records`: every record due so far in one call, one call at a time.
+    async fn run_put_records(&mut self, client: Client, mut acked: Option<Vec<BitSet>>) {
+        let run_end = self.run_end();
+        let stream = self.cfg.stream.clone();
+        let mut entries = Vec::with_capacity(self.cfg.call_records);
+        let mut metas = Vec::with_capacity(self.cfg.call_records);
+        loop {
+            // The first record of a call waits for its due time; the rest are those
+            // already due (open loop) or the next ones (closed loop), up to the bound.
+            let Ok(due_ns) = self.wait_due().await else {
+                break;
+            };
+            if Instant::now() >= run_end {
+                break;
+            }
+            let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
+            let (key, data, meta) = self.make_record(origin_ns);
+            entries.push(Entry::new(key, data));
+            metas.push(meta);
+            let now_ns = self.shared.now_ns();
+            while entries.len() < self.cfg.call_records {
+                let origin_ns = match self.schedule.due_ns(self.k) {
+                    Some(due) if due <= now_ns => due,
+                    Some(_) => break,
+                    None if self.schedule.is_open_loop() => break,
+                    None => now_ns,
+                };
+                let (key, data, meta) = self.make_record(origin_ns);
+                entries.push(Entry::new(key, data));
+                metas.push(meta);
+            }
+            let results = client
+                .put_records(&stream, std::mem::take(&mut entries))
+                .await;
+            for (meta, result) in metas.drain(..).zip(results) {
+                settle(&self.shared, &self.stats, acked.as_mut(), result, meta);
+            }
+        }
+        self.out.acked = acked;
+    }
+}
+
+/// Awaits a producer's handles as they resolve; returns the acknowledged counters per
+/// owned key when verifying.
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    sh: Arc<Shared>,
+    stats: Arc<Mutex<ProducerStats>>,
+    mut acked: Option<Vec<BitSet>>,
+) -> Option<Vec<BitSet>> {
+    let mut pending = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some((result, meta)) = pending.next(), if !pending.is_empty() => {
+                settle(&sh, &stats, acked.as_mut(), result, meta);
+            }
+            msg = rx.recv(), if open => match msg {
+                Some(p) => pending.push(wait(p)),
+                None => open = false,
+            },
+            else => break,
+        }
+    }
+    acked
+}
+
+async fn wait(p: Pending) -> (spate_client::Result<PutResult>, Meta) {
+    let Pending {
+        handle,
+        meta,
+        permit,
+    } = p;
+    let result = handle.await;
+    drop(permit);
+    (result, meta)
+}
+
+fn settle(
+    sh: &Shared,
+    stats: &Mutex<ProducerStats>,
+    acked: Option<&mut Vec<BitSet>>,
+    result: spate_client::Result<PutResult>,
+    meta: Meta,
+) {
+    let now_ns = sh.now_ns();
+    let in_window = sh.in_window(meta.origin_ns);
+    match result {
+        Ok(_) => {
+            if let Some(acked) = acked {
+                acked[meta.key_local as usize].insert(meta.counter);
+            }
+            sh.live.acked.fetch_add(1, Ordering::Relaxed);
+            sh.live
+                .acked_bytes
+                .fetch_add(u64::from(meta.bytes), Ordering::Relaxed);
+            let latency_ns = now_ns.saturating_sub(meta.origin_ns);
+            sh.live
+                .ack_us_max
+                .fetch_max(latency_ns / 1000, Ordering::Relaxed);
+            if in_window {
+                let mut s = stats.lock().expect("stats lock");
+                s.ack.record_ns(latency_ns);
+                s.acked += 1;
+                s.bytes += u64::from(meta.bytes);
+            }
+        }
+        Err(e) if e.code() == Some(ErrorCode::Throttled) => {
+            sh.live.throttled.fetch_add(1, Ordering::Relaxed);
+            if in_window {
+                stats.lock().expect("stats lock").throttled += 1;
+            }
+        }
+        Err(e) => {
+            sh.live.errors.fetch_add(1, Ordering::Relaxed);
+            stats.lock().expect("stats lock").error(&e);
+        }
+    }
+}
+
+/// Follows one shard from the tip for one consumer group until the stop signal's tip.
+async fn follow(
+    mut reader: spate_client::ShardReader,
+    sh: Arc<Shared>,
+    stats: Arc<Mutex<ConsumerStats>>,
+    mut stop: watch::Receiver<StopAt>,
+) {
+    let shard = reader.shard_id();
+    let mut errors_in_a_row = 0;
+    loop {
+        let tip = stop
+            .borrow()
+            .as_ref()
+            .map(|t| t.get(&shard).copied().flatten());
+        let answer = match tip {
+            // Stop once past the shard's last record (or at once if it has none).
+            Some(tip) => {
+                if tip.is_none_or(|last| reader.next_seq().is_some_and(|n| n > last)) {
+                    return;
+                }
+                reader.next().await
+            }
+            // Until the producers are done, a long-poll is abandoned when the stop comes,
+            // so the consumer need not wait out its wait time at an idle tip.
+            None => tokio::select! {
+                r = reader.next() => r,
+                _ = stop.changed() => continue,
+            },
+        };
+        match answer {
+            Ok(Some(records)) => {
+                errors_in_a_row = 0;
+                let now_ns = sh.now_ns();
+                let mut n = 0;
+                let mut s = stats.lock().expect("stats lock");
+                for r in &records.records {
+                    let Ok(h) = payload::decode(&r.data) else {
+                        continue;
+                    };
+                    if h.run != sh.run_id {
+                        continue;
+                    }
+                    n += 1;
+                    if sh.in_window(h.origin_ns) {
+                        s.e2e.record_ns(now_ns.saturating_sub(h.origin_ns));
+                        s.records += 1;
+                        s.bytes += (r.key.len() + r.data.len()) as u64;
+                    }
+                }
+                drop(s);
+                sh.live.consumed.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(None) => return,
+            Err(e) => {
+                stats.lock().expect("stats lock").errors += 1;
+                errors_in_a_row += 1;
+                tracing::warn!(shard, error = %e, "consumer read failed");
+                if errors_in_a_row >= 10 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads every shard from the oldest record to `tips` and checks this run's records.
+async fn read_back(
+    admin: &Client,
+    stream: &str,
+    tips: &[(u32, Option<u64>)],
+    sh: &Shared,
+    mut verifier: Verifier,
+) -> Result<crate::verify::VerifyReport, Error> {
+    let fail = |shard: u32, e: &dyn std::fmt::Display| {
+        Error::new(format!("verify: cannot read back shard {shard}: {e}"))
+    };
+    for &(shard, tip) in tips {
+        let Some(last) = tip else { continue };
+        let mut reader = admin
+            .shard_reader(
+                stream,
+                shard,
+                Position::TrimHorizon,
+                ReadOptions {
+                    max_bytes: READ_BYTES_MAX,
+                    ..ReadOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| fail(shard, &e))?;
+        let mut empty_in_a_row = 0;
+        while reader.next_seq().is_none_or(|n| n <= last) {
+            let Some(records) = reader.next().await.map_err(|e| fail(shard, &e))? else {
+                break;
+            };
+            if records.records.is_empty() {
+                empty_in_a_row += 1;
+                if empty_in_a_row > 100 {
+                    return Err(fail(
+                        shard,
+                        &format!("no progress at sequence number {}", records.end_seq),
+                    ));
+                }
+                continue;
+            }
+            empty_in_a_row = 0;
+            for r in records.records.iter().filter(|r| r.seq <= last) {
+                match payload::decode(&r.data) {
+                    Ok(h) if h.run == sh.run_id => {
+                        if sh.keys.get(h.key as usize).is_some_and(|k| *k == r.key) {
+                            verifier.observe(h.key, h.counter);
+                        } else {
+                            verifier.corrupt();
+                        }
+                    }
+                    _ => verifier.foreign(),
+                }
+            }
+        }
+    }
+    Ok(verifier.finish())
+}
+
+/// Prints one line a second on stderr until `done`.
+async fn progress(
+    sh: Arc<Shared>,
+    producers: Vec<Arc<Mutex<ProducerStats>>>,
+    consumers: Vec<Arc<Mutex<ConsumerStats>>>,
+    done: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval_at(
+        (sh.t0 + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    let (mut sent0, mut acked0, mut bytes0, mut consumed0) = (0, 0, 0, 0);
+    let mut cpu0 = CpuTimes::of_self();
+    let mut at0 = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let l = &sh.live;
+        let (sent, acked, bytes, consumed) = (
+            l.sent.load(Ordering::Relaxed),
+            l.acked.load(Ordering::Relaxed),
+            l.acked_bytes.load(Ordering::Relaxed),
+            l.consumed.load(Ordering::Relaxed),
+        );
+        let (cpu, at) = (CpuTimes::of_self(), Instant::now());
+        let dt = at.duration_since(at0).as_secs_f64().max(1e-9);
+        let mut ack = Latency::default();
+        for p in &producers {
+            ack.add(&p.lock().expect("stats lock").ack);
+        }
+        let ack_max = l.ack_us_max.swap(0, Ordering::Relaxed);
+        let mut line = format!(
+            "[{:>5.1}s{}] sent {:>9.0}/s  acked {:>9.0}/s {:>8.1} MiB/s  ack p99 {} (this second's max {})",
+            sh.t0.elapsed().as_secs_f64(),
+            if sh.now_ns() < sh.warmup_ns {
+                " warm-up"
+            } else {
+                ""
+            },
+            (sent - sent0) as f64 / dt,
+            (acked - acked0) as f64 / dt,
+            (bytes - bytes0) as f64 / MIB / dt,
+            fmt_us(ack.count(), ack.at(99.0)),
+            fmt_us(1, ack_max),
+        );
+        if !consumers.is_empty() {
+            let mut e2e = Latency::default();
+            for c in &consumers {
+                e2e.add(&c.lock().expect("stats lock").e2e);
+            }
+            line += &format!(
+                "  consumed {:>9.0}/s  e2e p99 {}",
+                (consumed - consumed0) as f64 / dt,
+                fmt_us(e2e.count(), e2e.at(99.0))
+            );
+        }
+        line += &format!(
+            "  throttled {}  errors {}  cpu {:.2}",
+            l.throttled.load(Ordering::Relaxed),
+            l.errors.load(Ordering::Relaxed),
+            cpu.since(&cpu0).total_s() / dt
+        );
+        eprintln!("{line}");
+        (sent0, acked0, bytes0, consumed0, cpu0, at0) = (sent, acked, bytes, consumed, cpu, at);
+    }
+}
+
+fn fmt_us(count: u64, us: u64) -> String {
+    match (count, us) {
+        (0, _) => "-".into(),
+        (_, us) if us >= 10_000 => format!("{:.0} ms", us as f64 / 1000.0),
+        (_, us) if us >= 1000 => format!("{:.2} ms", us as f64 / 1000.0),
+        (_, us) => format!("{us} µs"),
+    }
+}

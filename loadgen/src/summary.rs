@@ -1,0 +1,458 @@
+//! `spate-loadgen summarize DIR`: a markdown section for BENCHMARKS.md from the scenarios'
+//! JSON files and `machine-limits.json` (written by `benches/scripts/machine-limits.sh` in
+//! the same session): every figure with its command, and each SPEC §6 target with the
+//! measured figure, its ratio to the machine's limit and whether it was met.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::bench::{BenchResult, SCENARIOS};
+use crate::report::Report;
+use crate::Error;
+
+/// What `machine-limits.sh` measured.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct MachineLimits {
+    pub fio_seq_write_64k_qd32_bytes_per_s: f64,
+    pub fio_fdatasync_64k_qd1_us: SyncLatency,
+    pub iperf3_loopback_bytes_per_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct SyncLatency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// Writes `output` from `dir/*.json`.
+pub fn summarize_dir(dir: &Path, output: &Path) -> Result<(), Error> {
+    let read = |name: &str| -> Result<Option<String>, Error> {
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::new(format!(
+                "cannot read {}: {e}",
+                dir.join(name).display()
+            ))),
+        }
+    };
+    let limits = match read("machine-limits.json")? {
+        Some(t) => Some(
+            serde_json::from_str::<MachineLimits>(&t)
+                .map_err(|e| Error::new(format!("machine-limits.json: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut results = Vec::new();
+    for s in SCENARIOS {
+        if let Some(t) = read(&format!("{}.json", s.name))? {
+            let r: BenchResult = serde_json::from_str(&t)
+                .map_err(|e| Error::new(format!("{}.json: {e}", s.name)))?;
+            results.push(r);
+        }
+    }
+    if results.is_empty() {
+        return Err(Error::new(format!(
+            "no scenario results in {}",
+            dir.display()
+        )));
+    }
+    std::fs::write(output, markdown(limits.as_ref(), &results))
+        .map_err(|e| Error::new(format!("cannot write {}: {e}", output.display())))
+}
+
+fn find<'a>(results: &'a [BenchResult], name: &str) -> Option<&'a BenchResult> {
+    results
+        .iter()
+        .find(|r| r.scenario == name && !r.runs.is_empty())
+}
+
+fn fig(r: Option<&BenchResult>, name: &str) -> Option<f64> {
+    r.and_then(|r| r.figures.get(name).copied())
+}
+
+/// One row of the targets table.
+struct Target {
+    what: &'static str,
+    goal: String,
+    measured: String,
+    ratio: String,
+    met: Option<bool>,
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+fn gb(bytes_per_s: f64) -> String {
+    format!("{:.2} GB/s", bytes_per_s / 1e9)
+}
+
+fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Target> {
+    let mut t = Vec::new();
+    let max1k = find(results, "max-1k");
+    let bw = fig(max1k, "acked_bytes_per_s");
+    let floor = limits.map(|l| {
+        l.fio_seq_write_64k_qd32_bytes_per_s
+            .min(l.iperf3_loopback_bytes_per_s)
+    });
+    t.push(Target {
+        what: "durable ingest, 1 KiB records, over loopback",
+        goal: match floor {
+            Some(f) => format!("≥ 80 % of min(fio, iperf3) = {}", gb(0.8 * f)),
+            None => "≥ 80 % of min(fio, iperf3)".into(),
+        },
+        measured: match (bw, fig(max1k, "acked_records_per_s")) {
+            (Some(b), Some(r)) => format!("{} ({:.0} records/s)", gb(b), r),
+            _ => "—".into(),
+        },
+        ratio: match (bw, floor) {
+            (Some(b), Some(f)) => format!("{:.1} % of the machine's limit", 100.0 * b / f),
+            _ => "—".into(),
+        },
+        met: bw.zip(floor).map(|(b, f)| b >= 0.8 * f),
+    });
+    let max100 = find(results, "max-100b");
+    let per_core = fig(max100, "acked_records_per_s_per_engine_core");
+    t.push(Target {
+        what: "durable ingest, 100 B records, per engine core",
+        goal: "≥ 5,000,000 records/s".into(),
+        measured: per_core.map_or("—".into(), |r| format!("{r:.0} records/s")),
+        ratio: per_core.map_or("—".into(), |r| format!("{:.1} % of the goal", r / 5e4)),
+        met: per_core.map(|r| r >= 5e6),
+    });
+    let half = find(results, "latency-half");
+    let sync99 = limits.map(|l| l.fio_fdatasync_64k_qd1_us.p99);
+    for (what, name, factor) in [
+        ("ack latency p99 at half of max load", "ack_p99_us", 2.0),
+        ("ack latency p99.9 at half of max load", "ack_p999_us", 4.0),
+    ] {
+        let v = fig(half, name);
+        t.push(Target {
+            what,
+            goal: match sync99 {
+                Some(s) => format!("≤ {factor:.0} × fdatasync p99 = {:.0} µs", factor * s),
+                None => format!("≤ {factor:.0} × fio's fdatasync p99"),
+            },
+            measured: v.map_or("—".into(), |v| format!("{v:.0} µs")),
+            ratio: match (v, sync99) {
+                (Some(v), Some(s)) if s > 0.0 => format!("{:.1} × fdatasync p99", v / s),
+                _ => "—".into(),
+            },
+            met: v.zip(sync99).map(|(v, s)| v <= factor * s),
+        });
+    }
+    let fan = find(results, "fan-out");
+    let (e2e, ack) = (fig(fan, "e2e_p99_us"), fig(fan, "ack_p99_us"));
+    t.push(Target {
+        what: "produce → consumer latency p99 (long-poll)",
+        goal: "≤ ack p99 + 1 ms".into(),
+        measured: match (e2e, ack) {
+            (Some(e), Some(a)) => format!("{e:.0} µs (ack p99 {a:.0} µs)"),
+            _ => "—".into(),
+        },
+        ratio: match (e2e, ack) {
+            (Some(e), Some(a)) => format!("{:+.0} µs over ack p99", e - a),
+            _ => "—".into(),
+        },
+        met: e2e.zip(ack).map(|(e, a)| e - a <= 1000.0),
+    });
+    let density = find(results, "shard-density");
+    let spc = fig(density, "shards_per_engine_core");
+    t.push(Target {
+        what: "shards per core at their full Kinesis write limit, p99 ack ≤ 10 ms",
+        goal: "≥ 1,000".into(),
+        measured: spc.map_or("—".into(), |s| format!("{s:.0}")),
+        ratio: spc.map_or("—".into(), |s| format!("{:.0} % of the goal", s / 10.0)),
+        met: spc.map(|s| s >= 1000.0),
+    });
+    let limit = find(results, "shard-limit");
+    t.push(Target {
+        what: "one shard offered 2× its write limit",
+        goal:
+            "accepted within ±10 % of 1,000 records/s and of 1 MiB/s; rest throttled; nothing lost"
+                .into(),
+        measured: match (
+            fig(limit, "records_run_acked_records_per_s"),
+            fig(limit, "bytes_run_acked_mib_per_s"),
+        ) {
+            (Some(r), Some(b)) => format!("{r:.0} records/s; {b:.3} MiB/s"),
+            _ => "—".into(),
+        },
+        ratio: "—".into(),
+        met: limit.map(|l| l.checks.iter().all(|c| c.passed)),
+    });
+    t
+}
+
+/// The markdown section.
+pub fn markdown(limits: Option<&MachineLimits>, results: &[BenchResult]) -> String {
+    let mut s = String::new();
+    let first = results.iter().flat_map(|r| r.runs.first()).next();
+    let _ = writeln!(s, "## Load-generator scenarios\n");
+    if results.iter().any(|r| r.quick) {
+        let _ = writeln!(
+            s,
+            "**Quick mode (`--quick`): every run lasted half a second; nothing below is a \
+             measurement.**\n"
+        );
+    }
+    if let Some(r) = first {
+        let m = &r.machine;
+        let _ = writeln!(
+            s,
+            "Commit `{}`; {} ({} CPUs), kernel {}; engine on {} core(s), the load generator \
+             pinned to CPU(s) {}. Each scenario is one `spate-loadgen bench NAME` command (given \
+             under its table); `NAME.json` beside this file holds every run's full report. \
+             *loadgen CPU* and *engine CPU* are each process's own CPU time over the measured \
+             window, in cores; *CPUs busy* is every CPU's non-idle share over the same window \
+             whoever ran there (kernel work and interrupts included: loopback TCP's receive \
+             path runs on the sender's core, disk completions where the disk's interrupt \
+             lands), with the share spent waiting for I/O in parentheses.\n",
+            results[0].git_sha,
+            m.cpu_model,
+            m.cores,
+            m.kernel,
+            m.engine_cores,
+            m.loadgen_cores
+                .as_ref()
+                .map_or("(unpinned)".into(), |c| crate::cpus::format_cpu_list(c)),
+        );
+    }
+    match limits {
+        Some(l) => {
+            let f = l.fio_fdatasync_64k_qd1_us;
+            let _ = writeln!(
+                s,
+                "### The machine's own limits (same session, `benches/scripts/machine-limits.sh`)\n\n\
+                 | what | figure |\n|---|---|\n\
+                 | fio sequential O_DIRECT write, 64 KiB, QD32, already-written file | {} |\n\
+                 | fio 64 KiB write + fdatasync, QD1 | p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs |\n\
+                 | iperf3 loopback, one stream | {} |\n",
+                gb(l.fio_seq_write_64k_qd32_bytes_per_s),
+                f.p50,
+                f.p99,
+                f.p999,
+                gb(l.iperf3_loopback_bytes_per_s),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "(No machine-limits.json: ratios to the machine's limits are missing.)\n"
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "### Targets (SPEC §6)\n\n| target | goal | measured | ratio | verdict |\n|---|---|---|---|---|"
+    );
+    for t in targets(limits, results) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            t.what,
+            t.goal,
+            t.measured,
+            t.ratio,
+            verdict(t.met)
+        );
+    }
+    s.push('\n');
+    for r in results {
+        scenario_section(&mut s, r);
+    }
+    s
+}
+
+fn scenario_section(s: &mut String, r: &BenchResult) {
+    let _ = writeln!(s, "### `{}`: {}\n", r.scenario, r.description);
+    if r.quick {
+        let _ = writeln!(
+            s,
+            "*Quick mode: these runs only check that the scenario works.*\n"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| run | shards | offered | acked records/s | MiB/s | ack p50 | p90 | p99 | p99.9 | p99.99 | max | e2e p99 | throttled | errors | loadgen CPU | engine CPU | CPUs busy (iowait) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for (i, run) in r.runs.iter().enumerate() {
+        run_row(s, i + 1, run);
+    }
+    s.push('\n');
+    if !r.figures.is_empty() {
+        let figures: Vec<String> = r
+            .figures
+            .iter()
+            .map(|(k, v)| format!("`{k}` = {}", fmt_num(*v)))
+            .collect();
+        let _ = writeln!(s, "Figures: {}.\n", figures.join(", "));
+    }
+    for c in &r.checks {
+        let _ = writeln!(
+            s,
+            "- check: {} — {} ({})",
+            c.name,
+            if c.passed { "passed" } else { "**missed**" },
+            c.detail
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "- note: {n}");
+    }
+    if !r.checks.is_empty() || !r.notes.is_empty() {
+        s.push('\n');
+    }
+    let _ = writeln!(s, "```sh\n{}", r.command);
+    for run in &r.runs {
+        let _ = writeln!(s, "# run: {}", run.command);
+    }
+    let _ = writeln!(s, "```\n");
+}
+
+fn run_row(s: &mut String, i: usize, r: &Report) {
+    let a = &r.ack_latency_us;
+    let cpu = |c: Option<f64>| c.map_or("—".into(), |c| format!("{c:.2} cores"));
+    let _ = writeln!(
+        s,
+        "| {i} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        r.shards,
+        r.offered_records_per_s
+            .map_or("closed loop".into(), |o| format!("{o:.0}/s")),
+        r.acked_records_per_s,
+        r.acked_mib_per_s,
+        us(a.p50),
+        us(a.p90),
+        us(a.p99),
+        us(a.p999),
+        us(a.p9999),
+        us(a.max),
+        r.e2e_latency_us.map_or("—".into(), |e| us(e.p99)),
+        r.records_throttled,
+        r.errors,
+        cpu(Some(r.loadgen_cpu.cores_used)),
+        cpu(r.engine_cpu.map(|c| c.cores_used)),
+        r.cpus
+            .iter()
+            .map(|c| format!("{}: {:.0} % ({:.0} %)", c.cpu, c.busy * 100.0, c.iowait * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+}
+
+fn us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.1} ms", v as f64 / 1000.0)
+    } else {
+        format!("{v} µs")
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn result(name: &str, figures: &[(&str, f64)]) -> BenchResult {
+        BenchResult {
+            scenario: name.into(),
+            description: "d".into(),
+            command: format!("spate-loadgen bench {name}"),
+            started_unix_s: 0,
+            git_sha: "abc".into(),
+            engine_cores: 1,
+            quick: false,
+            figures: figures
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect::<BTreeMap<_, _>>(),
+            checks: Vec::new(),
+            notes: vec!["a note".into()],
+            runs: vec![crate::report::tests::sample()],
+        }
+    }
+
+    #[test]
+    fn targets_compare_with_the_machine_limits() {
+        let limits = MachineLimits {
+            fio_seq_write_64k_qd32_bytes_per_s: 3e9,
+            fio_fdatasync_64k_qd1_us: SyncLatency {
+                p50: 35.0,
+                p99: 100.0,
+                p999: 200.0,
+            },
+            iperf3_loopback_bytes_per_s: 2.5e9,
+        };
+        let results = vec![
+            result(
+                "max-1k",
+                &[("acked_bytes_per_s", 2.1e9), ("acked_records_per_s", 2e6)],
+            ),
+            result(
+                "latency-half",
+                &[("ack_p99_us", 150.0), ("ack_p999_us", 500.0)],
+            ),
+        ];
+        let md = markdown(Some(&limits), &results);
+        // 2.1 GB/s against 0.8 × 2.5 GB/s: met, at 84 % of the limit.
+        assert!(
+            md.contains("| 2.10 GB/s (2000000 records/s) | 84.0 % of the machine's limit | met |"),
+            "{md}"
+        );
+        // p99 150 µs ≤ 200 µs met; p99.9 500 µs > 400 µs missed.
+        assert!(
+            md.contains("| 150 µs | 1.5 × fdatasync p99 | met |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 500 µs | 5.0 × fdatasync p99 | **missed** |"),
+            "{md}"
+        );
+        assert!(md.contains("| not measured |"));
+        assert!(
+            md.contains("spate-loadgen bench max-1k")
+                && md.contains("# run: spate-loadgen --server")
+        );
+        assert!(md.contains("- note: a note"));
+    }
+
+    #[test]
+    fn summarize_reads_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("RESULTS.md");
+        assert!(
+            summarize_dir(dir.path(), &out).is_err(),
+            "nothing to summarise"
+        );
+        let r = result("max-100b", &[("acked_records_per_s_per_engine_core", 6e6)]);
+        std::fs::write(
+            dir.path().join("max-100b.json"),
+            serde_json::to_string(&r).unwrap(),
+        )
+        .unwrap();
+        summarize_dir(dir.path(), &out).unwrap();
+        let md = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            md.contains("| 6000000 records/s | 120.0 % of the goal | met |"),
+            "{md}"
+        );
+        assert!(md.contains("No machine-limits.json"));
+    }
+}

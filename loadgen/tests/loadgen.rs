@@ -1,0 +1,202 @@
+//! The load generator against a real server in-process (port 0, temp dir, small segments):
+//! a short open-loop run with consumers and --verify, and a throttled run.
+
+use spate_engine::config::EngineConfig;
+use spate_engine::server::Server;
+use spate_loadgen::{run_blocking, Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
+
+struct Env {
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".into(),
+            segment_bytes: 16 << 20,
+            segment_bytes_min: 64 << 10,
+            spare_segments_per_core: 1,
+            ..EngineConfig::default()
+        })
+        .expect("server starts");
+        Env {
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    fn config(&self, stream: &str) -> RunConfig {
+        let addr = self.server.as_ref().unwrap().local_addr().to_string();
+        RunConfig::new(addr, stream)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+#[test]
+fn open_loop_run_with_consumers_verifies_clean() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(3),
+        limits: LimitsArg::Off,
+        producers: 2,
+        rate: 2000.0,
+        size: SizeSpec::parse("100-300").unwrap(),
+        keys: 50,
+        duration_s: 1.0,
+        consumers: 2,
+        verify: true,
+        read_wait_ms: 200,
+        spin_us: 0,
+        ..env.config("lg-open")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert_eq!((r.errors, r.records_throttled), (0, 0));
+    assert_eq!(r.shards, 3);
+    // Every record due was either sent (and then acknowledged) or, on a machine too busy
+    // to keep up, counted as unsent; nothing in between.
+    assert_eq!(r.records_due, Some(2000));
+    assert_eq!(r.records_sent + r.records_unsent, 2000);
+    assert_eq!(r.records_acked, r.records_sent);
+    assert!(r.records_acked > 0);
+    assert!(r.bytes_acked >= 100 * r.records_acked);
+    assert_eq!(r.ack_latency_us.count, r.records_acked);
+    assert!(
+        r.ack_latency_us.p50 <= r.ack_latency_us.p99
+            && r.ack_latency_us.p99 <= r.ack_latency_us.max
+    );
+    // Each consumer group saw every record once.
+    let e2e = r.e2e_latency_us.expect("consumers report e2e latency");
+    assert_eq!(e2e.count, 2 * r.records_acked);
+    assert_eq!(r.consumers.len(), 2);
+    for c in &r.consumers {
+        assert_eq!(
+            (c.records, c.bytes, c.errors),
+            (r.records_acked, r.bytes_acked, 0)
+        );
+    }
+    let v = r.verify.expect("verify ran");
+    assert_eq!((v.lost, v.duplicated, v.reordered, v.corrupt), (0, 0, 0, 0));
+    assert_eq!(
+        (v.acked, v.records_read),
+        (r.records_acked, r.records_acked)
+    );
+    // The JSON holds every field SPEC §5 names.
+    let json = serde_json::to_value(&r).unwrap();
+    for f in [
+        "records_acked",
+        "records_throttled",
+        "errors",
+        "bytes_acked",
+        "duration_s",
+        "acked_records_per_s",
+        "acked_mib_per_s",
+    ] {
+        assert!(json[f].is_number(), "{f}");
+    }
+    for f in ["lost", "duplicated", "reordered"] {
+        assert_eq!(json["verify"][f], 0, "{f}");
+    }
+}
+
+#[test]
+fn closed_loop_put_records_run_verifies_clean() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(2),
+        limits: LimitsArg::Off,
+        delete_after: true,
+        producers: 2,
+        rate: 0.0,
+        api: Api::PutRecords,
+        call_records: 300,
+        size: SizeSpec::fixed(128),
+        keys: 1000,
+        duration_s: 0.5,
+        verify: true,
+        ..env.config("lg-closed")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert_eq!(r.records_due, None, "closed loop has no schedule");
+    assert_eq!((r.records_unsent, r.errors, r.records_throttled), (0, 0, 0));
+    assert_eq!(r.records_acked, r.records_sent);
+    assert!(r.records_acked > 0);
+    let v = r.verify.expect("verify ran");
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(v.records_read, v.acked);
+}
+
+#[test]
+fn over_the_shard_limit_records_are_throttled_not_lost() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(1),
+        limits: LimitsArg::Kinesis,
+        delete_after: true,
+        producers: 1,
+        rate: 5000.0,
+        size: SizeSpec::fixed(100),
+        keys: 20,
+        key_mode: KeyMode::PerShard,
+        duration_s: 1.0,
+        verify: true,
+        spin_us: 0,
+        ..env.config("lg-limit")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert_eq!(r.errors, 0);
+    assert_eq!(r.records_acked + r.records_throttled, r.records_sent);
+    // One second of burst plus one second of refill at 1,000 records/s admit at most
+    // about 2,000 records; anything sent beyond that must have been throttled.
+    if r.records_sent > 2500 {
+        assert!(r.records_throttled > 0, "{}", r.summary_line());
+    }
+    let v = r.verify.expect("verify ran");
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(
+        v.records_read, r.records_acked,
+        "throttled records are not stored"
+    );
+}
+
+#[test]
+fn every_bench_scenario_runs_tiny() {
+    use spate_loadgen::bench::{run_and_write, BenchOptions, SCENARIOS};
+    let env = Env::new();
+    let out = tempfile::tempdir().unwrap();
+    let addr = env.server.as_ref().unwrap().local_addr().to_string();
+    let opts = BenchOptions {
+        quick: true,
+        ..BenchOptions::new(addr, out.path())
+    };
+    // In list order: latency-half takes its rate from max-1k.json.
+    for s in SCENARIOS {
+        let r = run_and_write(s.name, &opts).unwrap_or_else(|e| panic!("{}: {e}", s.name));
+        assert_eq!(r.failure(), None, "{}", s.name);
+        assert!(!r.runs.is_empty() && !r.figures.is_empty(), "{}", s.name);
+        assert!(out.path().join(format!("{}.json", s.name)).exists());
+    }
+    spate_loadgen::summary::summarize_dir(out.path(), &out.path().join("RESULTS.md")).unwrap();
+    let md = std::fs::read_to_string(out.path().join("RESULTS.md")).unwrap();
+    assert!(md.contains("### `shard-density`"), "{md}");
+    spate_loadgen::plot::plot_file(
+        &out.path().join("fan-out.json"),
+        &out.path().join("fan-out.svg"),
+    )
+    .unwrap();
+}

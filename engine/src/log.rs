@@ -413,6 +413,11 @@ impl<S: Storage> ShardLog<S> {
         self.st.borrow().sealed.len() + 1
     }
 
+    /// Wakes every task waiting in `wait_for_change` (shutdown).
+    pub fn wake_waiters(&self) {
+        self.changed.notify_all();
+    }
+
     /// Resolves when the durable sequence number moves past `seq` or the log changes
     /// otherwise; the caller re-checks (long-poll readers).
     pub async fn wait_for_change(&self) {

@@ -303,6 +303,10 @@ pub(crate) async fn run_core(setup: CoreSetup) {
     while let Ok(msg) = rx.recv().await {
         if let CoreMsg::Shutdown { reply } = msg {
             core.stopping.set(true);
+            // Long-polling readers wake up, see `stopping` and answer at once.
+            for slot in core.shards.borrow().values() {
+                slot.log.wake_waiters();
+            }
             core.drain_requests().await;
             let slots: Vec<_> = core.shards.borrow().values().cloned().collect();
             for slot in slots {

@@ -5,8 +5,16 @@
 #   2. fio 64 KiB write + fdatasync at queue depth 1 (the fsync floor: p50/p99/p99.9);
 #   3. iperf3 single-stream loopback bandwidth.
 # Usage: benches/scripts/machine-limits.sh [DIR] [OUT.json]   (DIR: on the disk to measure)
-# Needs fio and iperf3 (apt-get install fio iperf3).
+# Needs fio and iperf3; installs them with apt-get when missing (as root on Debian/Ubuntu).
 set -euo pipefail
+if ! command -v fio >/dev/null || ! command -v iperf3 >/dev/null; then
+    if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio iperf3 >/dev/null
+    else
+        echo "machine-limits.sh: needs fio and iperf3 (apt-get install fio iperf3)" >&2
+        exit 2
+    fi
+fi
 dir=${1:-${SPATE_BENCH_DIR:-/tmp}}
 out=${2:-machine-limits.json}
 file="$dir/spate-fio.dat"

@@ -488,7 +488,7 @@ impl<S: Storage> ShardLog<S> {
             .is_some_and(|s| s.len + len <= s.buf.as_ref().len());
         if !fits {
             if let Some(full) = st.staging.take() {
-                seal_full(st, full);
+                seal_staging(st, full, SealKind::WholeBlocks);
             }
             let carry = (st.active.write_end % BLOCK_BYTES as u64) as usize;
             let want = (st.last_round_bytes * 2)
@@ -589,7 +589,7 @@ impl<S: Storage> ShardLog<S> {
             let mut guard = self.st.borrow_mut();
             let st = &mut *guard;
             if let Some(staging) = st.staging.take() {
-                seal_final(st, staging);
+                seal_staging(st, staging, SealKind::Padded);
             }
             let fresh = Round::new(st.next_seq, st.active.write_end, st.last_ts_ms);
             let round = std::mem::replace(&mut st.open_round, fresh);
@@ -1052,36 +1052,34 @@ impl<S: Storage> ShardLog<S> {
     }
 }
 
-/// Seals a full staging buffer mid-round: only its whole blocks are written; the partial
-/// last block moves into `tail_page` and starts the next buffer. Buffers of one round thus
-/// cover disjoint block ranges and can be written concurrently.
-fn seal_full<F: SegFile>(st: &mut State<F>, mut staging: Staging<F>) {
-    let whole = align_down(staging.len as u64) as usize;
-    let rest = staging.len - whole;
-    st.active.tail_page[..rest].copy_from_slice(&staging.buf.as_ref()[whole..staging.len]);
-    if whole == 0 {
-        return;
-    }
-    staging.buf.trim(whole);
-    st.open_round.writes.push(PendingWrite {
-        file: st.active.file.clone(),
-        buf: Rc::new(staging.buf),
-        pos: staging.file_pos,
-    });
+/// How a staging buffer is sealed into the open round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SealKind {
+    /// Mid-round, the buffer is full: only its whole blocks are written; the partial last
+    /// block moves into `tail_page` and starts the next buffer, so the buffers of one round
+    /// cover disjoint block ranges and can be written concurrently.
+    WholeBlocks,
+    /// At flush time: the partial last block is padded with zeros (what the pre-written
+    /// file holds there anyway), written, and also kept in `tail_page` for the next round.
+    Padded,
 }
 
-/// Seals the staging buffer at flush time: the partial last block is padded with zeros
-/// (what the pre-written file holds there anyway) and kept in `tail_page` for the next round.
-fn seal_final<F: SegFile>(st: &mut State<F>, mut staging: Staging<F>) {
-    let padded = align_up(staging.len as u64) as usize;
+fn seal_staging<F: SegFile>(st: &mut State<F>, mut staging: Staging<F>, how: SealKind) {
     let whole = align_down(staging.len as u64) as usize;
-    let rest = staging.len - whole;
-    st.active.tail_page[..rest].copy_from_slice(&staging.buf.as_ref()[whole..staging.len]);
-    staging.buf.as_mut()[staging.len..padded].fill(0);
-    if padded == 0 {
+    st.active.tail_page[..staging.len - whole]
+        .copy_from_slice(&staging.buf.as_ref()[whole..staging.len]);
+    let write_len = match how {
+        SealKind::WholeBlocks => whole,
+        SealKind::Padded => {
+            let padded = align_up(staging.len as u64) as usize;
+            staging.buf.as_mut()[staging.len..padded].fill(0);
+            padded
+        }
+    };
+    if write_len == 0 {
         return;
     }
-    staging.buf.trim(padded);
+    staging.buf.trim(write_len);
     st.open_round.writes.push(PendingWrite {
         file: st.active.file.clone(),
         buf: Rc::new(staging.buf),

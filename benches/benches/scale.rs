@@ -30,7 +30,6 @@ fn rss_bytes() -> u64 {
 fn config(dir: &std::path::Path) -> EngineConfig {
     EngineConfig {
         data_dir: dir.to_path_buf(),
-        spare_segments_per_core: 1,
         ..EngineConfig::default()
     }
 }

@@ -1,5 +1,6 @@
-//! Storage benchmarks: segment append with group commit on one core, CRC32C, sparse-index
-//! lookup, and recovery (reopen) of a 1 GiB shard.
+//! Storage benchmarks: appends with group commit on one core (one shard, and many shards
+//! sharing each flush), the latency of a lone durable append, CRC32C, and recovery (reopen
+//! with journal replay).
 //!
 //! `cargo bench -p spate-benches --bench storage` (set `SPATE_BENCH_DIR` to a directory on
 //! the disk to measure; default: the system temp dir). The shard runs on CPU 1 when the
@@ -8,8 +9,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use spate_benches::{bench_log_config, AppendLoad, AppendRig};
-use spate_engine::segment::{IndexEntry, SegmentIndex};
+use spate_benches::{bench_store_config, tiny_store_config, AppendLoad, AppendRig};
 
 /// Criterion defaults for this suite, in one place.
 fn config() -> Criterion {
@@ -33,14 +33,9 @@ fn rig() -> AppendRig {
     };
     let base = std::env::var_os("SPATE_BENCH_DIR").map(Into::into);
     if full_size() {
-        AppendRig::start(base, cpu, bench_log_config(), 4)
+        AppendRig::start(base, cpu, bench_store_config())
     } else {
-        let cfg = spate_engine::log::LogConfig {
-            segment_bytes: 16 << 20,
-            segment_bytes_min: 16 << 20,
-            ..bench_log_config()
-        };
-        AppendRig::start(base, cpu, cfg, 1)
+        AppendRig::start(base, cpu, tiny_store_config())
     }
 }
 
@@ -48,8 +43,17 @@ const UNIT_BYTES: u64 = 16 << 20;
 
 fn append(c: &mut Criterion) {
     let rig = rig();
-    for (name, record_bytes, per_batch) in [("1KiB", 1024usize, 64u32), ("100B", 100, 500)] {
-        let mut g = c.benchmark_group(format!("ShardLog::append/{name}"));
+    // (name, record bytes, records per batch, shards, producers): one hot shard, and many
+    // shards each sending small batches (the journal path: one flush for all of them).
+    let shapes: &[(&str, usize, u32, u32, &[usize])] = &[
+        ("1KiB", 1024, 64, 1, &[16, 64]),
+        ("100B", 100, 500, 1, &[16, 64]),
+        ("1KiB-8-shards", 1024, 64, 8, &[64]),
+        ("1000B-x1-1000-shards", 1000, 1, 1000, &[1000]),
+        ("100B-x10-1000-shards", 100, 10, 1000, &[1000]),
+    ];
+    for &(name, record_bytes, per_batch, shards, producer_counts) in shapes {
+        let mut g = c.benchmark_group(format!("Store::append/{name}"));
         let probe = spate_benches::sample_batch(per_batch, record_bytes).len() as u64;
         let records_per_unit = UNIT_BYTES / probe * u64::from(per_batch);
         if record_bytes >= 1024 {
@@ -57,7 +61,7 @@ fn append(c: &mut Criterion) {
         } else {
             g.throughput(Throughput::Elements(records_per_unit));
         }
-        for producers in [16usize, 64, 256] {
+        for &producers in producer_counts {
             g.bench_with_input(
                 BenchmarkId::from_parameter(format!("{producers}-producers")),
                 &producers,
@@ -67,6 +71,7 @@ fn append(c: &mut Criterion) {
                             record_bytes,
                             records_per_batch: per_batch,
                             producers: p,
+                            shards,
                             total_bytes: iters * UNIT_BYTES,
                             keep: false,
                         };
@@ -95,7 +100,7 @@ fn lone_append_latency(_c: &mut Criterion) {
     us.sort_unstable();
     let q = |f: f64| us[((us.len() - 1) as f64 * f) as usize];
     println!(
-        "ShardLog::append lone 100 B record, {n} appends: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+        "Store::append lone 100 B record, {n} appends: p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
         q(0.5),
         q(0.9),
         q(0.99),
@@ -116,54 +121,25 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
-fn index(c: &mut Criterion) {
-    // A 1 GiB segment indexed every 64 KiB: 16,384 entries.
-    let entries: Vec<IndexEntry> = (0..16_384u64)
-        .map(|i| IndexEntry {
-            seq: i * 64,
-            offset: 4096 + i * 65_536,
-            ts_ms: 1_700_000_000_000 + i as i64,
-        })
-        .collect();
-    let idx = SegmentIndex { entries };
-    let mut g = c.benchmark_group("SegmentIndex");
-    let mut x = 0u64;
-    g.bench_function("floor_seq", |b| {
-        b.iter(|| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            idx.floor_seq(x % (16_384 * 64))
-        })
-    });
-    g.bench_function("floor_ts", |b| {
-        b.iter(|| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            idx.floor_ts(1_700_000_000_000 + (x % 16_384) as i64)
-        })
-    });
-    g.finish();
-}
-
 fn recovery(c: &mut Criterion) {
     let rig = rig();
-    // A shard holding 1 GiB: four full segments, the newest one active.
+    // A store holding 1 GiB in 64 shards, small batches (journaled), then reopened: the
+    // manifest is loaded and the journal since the last checkpoint replayed.
     let total_bytes = if full_size() { 1 << 30 } else { 32 << 20 };
     rig.append(AppendLoad {
         record_bytes: 1024,
-        records_per_batch: 64,
-        producers: 16,
+        records_per_batch: 8,
+        producers: 64,
+        shards: 64,
         total_bytes,
         keep: true,
     });
-    let mut g = c.benchmark_group("ShardLog::open");
-    g.bench_function("1GiB-shard", |b| {
+    let mut g = c.benchmark_group("Store::open");
+    g.bench_function("1GiB-64-shards", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| rig.reopen()).sum())
     });
     g.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = append, lone_append_latency, crc, index, recovery }
+criterion_group! { name = benches; config = config(); targets = append, lone_append_latency, crc, recovery }
 criterion_main!(benches);

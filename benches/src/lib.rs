@@ -1,10 +1,12 @@
 //! Benchmark workloads shared by the criterion harnesses in `benches/` and by the tiny
 //! versions of them that run under `cargo test` (so the benchmarks cannot rot).
 //!
-//! `AppendRig` runs one shard log on one pinned glommio executor (the engine's own storage
-//! path: O_DIRECT writes through io_uring, group commit, fdatasync per round) and lets a
-//! benchmark drive it from the outside: append N bytes with P concurrent producers, reopen
-//! (recovery), and recycle segments between runs so the disk does not fill up.
+//! `AppendRig` runs one store on one pinned glommio executor (the engine's own storage path:
+//! O_DIRECT writes through io_uring, one journal flush per round shared by every shard,
+//! in-place writes for hot shards, write-behind and checkpoints in the background) and lets
+//! a benchmark drive it from the outside: append N bytes spread over S shards with P
+//! concurrent producers, reopen (recovery), and free the data between runs so the disk
+//! does not fill up.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -13,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spate_engine::clock::SystemClock;
+use spate_engine::config::EngineConfig;
 use spate_engine::io::DmaStorage;
-use spate_engine::log::{LogConfig, ShardIdent, ShardLog};
-use spate_engine::spare::SparePool;
+use spate_engine::store::{ShardKey, Store, StoreConfig, StoreStats};
 use spate_protocol::batch::BatchBuilder;
 
 /// What one append run did.
@@ -23,8 +25,10 @@ use spate_protocol::batch::BatchBuilder;
 pub struct AppendStats {
     pub elapsed: Duration,
     pub records: u64,
-    /// Batch bytes written (what the disk took, headers included).
+    /// Batch bytes appended (headers included).
     pub bytes: u64,
+    /// The store's counters over the run.
+    pub store: StoreStats,
 }
 
 impl AppendStats {
@@ -44,9 +48,10 @@ pub struct AppendLoad {
     pub records_per_batch: u32,
     /// Concurrent producer tasks; their batches share flushes (group commit).
     pub producers: usize,
+    /// Shards the producers spread over (producer `i` writes shard `i % shards`).
+    pub shards: u32,
     pub total_bytes: u64,
-    /// Keep the data afterwards (recovery benchmarks); otherwise sealed segments are
-    /// recycled into the spare pool after the run.
+    /// Keep the data afterwards (recovery benchmarks); otherwise it is freed after the run.
     pub keep: bool,
 }
 
@@ -56,7 +61,7 @@ enum Cmd {
     Reopen(mpsc::Sender<Duration>),
 }
 
-/// One shard log on a dedicated, pinned glommio executor.
+/// One store on a dedicated, pinned glommio executor.
 pub struct AppendRig {
     tx: Option<mpsc::Sender<Cmd>>,
     thread: Option<glommio::ExecutorJoinHandle<()>>,
@@ -69,31 +74,45 @@ impl std::fmt::Debug for AppendRig {
     }
 }
 
-/// A log configuration for benchmarks: full-size segments from the start.
-pub fn bench_log_config() -> LogConfig {
-    let mut cfg = LogConfig {
-        segment_bytes_min: 256 << 20,
-        ..LogConfig::default()
-    };
-    // For tuning experiments: SPATE_BENCH_CHUNK_KIB overrides the staging buffer size.
-    if let Some(kib) = std::env::var("SPATE_BENCH_CHUNK_KIB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+/// The engine's default store configuration (what `spate serve` runs with).
+pub fn bench_store_config() -> StoreConfig {
+    let mut cfg = EngineConfig::default().store_config(0);
+    // For tuning experiments: overrides of the knobs that decide the write path.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(kib) = env("SPATE_BENCH_CHUNK_KIB") {
         cfg.write_chunk_bytes_max = kib << 10;
+    }
+    if let Some(kib) = env("SPATE_BENCH_DIRECT_KIB") {
+        cfg.direct_write_bytes_min = kib << 10;
     }
     cfg
 }
 
+/// A small store configuration for the tiny runs under `cargo test`.
+pub fn tiny_store_config() -> StoreConfig {
+    StoreConfig {
+        volume_bytes: 64 << 20,
+        journal_file_bytes: 32 << 20,
+        journal_files: 3,
+        checkpoint_bytes: 16 << 20,
+        ..bench_store_config()
+    }
+}
+
+/// Shards the rig's store holds.
+const RIG_SHARDS: u32 = 1024;
+
+fn rig_key(i: u32) -> ShardKey {
+    ShardKey {
+        stream_id: 1,
+        shard_id: i,
+    }
+}
+
 impl AppendRig {
     /// Starts the rig on `cpu` (or unpinned), in a temporary directory under `base` (the
-    /// directory must be on the disk being measured), with `spares` ready segments.
-    pub fn start(
-        base: Option<PathBuf>,
-        cpu: Option<usize>,
-        cfg: LogConfig,
-        spares: usize,
-    ) -> AppendRig {
+    /// directory must be on the disk being measured).
+    pub fn start(base: Option<PathBuf>, cpu: Option<usize>, cfg: StoreConfig) -> AppendRig {
         let dir = match base {
             Some(b) => tempfile::tempdir_in(b).expect("temp dir"),
             None => tempfile::tempdir().expect("temp dir"),
@@ -103,49 +122,48 @@ impl AppendRig {
         let (ready_tx, ready_rx) = mpsc::channel();
         let placement = cpu.map_or(glommio::Placement::Unbound, glommio::Placement::Fixed);
         let thread = glommio::LocalExecutorBuilder::new(placement)
-            .name("bench-shard")
+            .name("bench-store")
             .spawn(move || async move {
-                let storage = Rc::new(DmaStorage);
-                let spare_dir = path.join("spare");
-                DmaStorage::warm_up(&spare_dir).await.expect("direct I/O works");
-                let pool = Rc::new(SparePool::open(&*storage, spare_dir, cfg.segment_bytes, spares).expect("pool"));
-                pool.fill(&*storage).await.expect("fill spares");
-                let ident = ShardIdent { stream_id: 1, shard_id: 0 };
-                let open = || {
-                    ShardLog::open(
-                        storage.clone(),
-                        path.join("shard"),
-                        ident,
-                        cfg,
-                        Arc::new(SystemClock),
-                        pool.clone(),
-                    )
+                let storage = Rc::new(DmaStorage::open_core(&path, 0).await.expect("direct I/O works"));
+                let cfg = StoreConfig {
+                    dir: path.join("store-0"),
+                    ..cfg
                 };
-                let mut log = Rc::new(open().await.expect("open log"));
+                let keys: Vec<ShardKey> = (0..RIG_SHARDS).map(rig_key).collect();
+                let open = || Store::open(storage.clone(), cfg.clone(), Arc::new(SystemClock), &keys);
+                let mut store = Rc::new(open().await.expect("open store"));
+                let mut stop = spawn_background(store.clone());
+                // Space is made before the first measurement, as in a warm engine.
+                while store.background_step().await.expect("space") {}
                 ready_tx.send(()).expect("ready");
                 while let Ok(cmd) = rx.recv() {
                     match cmd {
                         Cmd::Append(load, reply) => {
-                            let before = log.stats();
-                            let stats = append_run(&log, load).await;
+                            let stats = append_run(&store, load).await;
                             if std::env::var_os("SPATE_BENCH_VERBOSE").is_some() {
-                                let a = log.stats();
-                                let rounds = (a.rounds - before.rounds).max(1);
+                                let a = stats.store;
+                                let rounds = a.rounds.max(1);
                                 eprintln!(
-                                    "rounds {rounds} avg {} KiB, appends/round {:.1}, write {} us/round, sync {} us/round, rolls {}, {:.2} GB/s",
-                                    (a.round_bytes - before.round_bytes) / rounds / 1024,
-                                    (a.appends - before.appends) as f64 / rounds as f64,
-                                    (a.write_us - before.write_us) / rounds,
-                                    (a.sync_us - before.sync_us) / rounds,
-                                    a.rolls - before.rolls,
+                                    "rounds {rounds}, appends/round {:.1}, journal {} KiB/round, direct {} KiB/round, syncs/round {:.2}, write {} us/round, sync {} us/round, behind {} MiB, checkpoints {}, {:.2} GB/s",
+                                    a.appends as f64 / rounds as f64,
+                                    a.journal_bytes / rounds / 1024,
+                                    a.direct_bytes / rounds / 1024,
+                                    a.round_syncs as f64 / rounds as f64,
+                                    a.write_us / rounds,
+                                    a.sync_us / rounds,
+                                    a.write_behind_bytes >> 20,
+                                    a.checkpoints,
                                     stats.bytes_per_s() / 1e9
                                 );
                             }
-                            // Recycle everything sealed and top the pool up, outside the timing.
                             if !load.keep {
-                                log.apply_retention(i64::MAX).await.expect("recycle");
+                                // Free everything but each shard's newest extent, outside the
+                                // timing, and let a checkpoint make the space reusable.
+                                for k in &keys {
+                                    store.apply_retention(*k, i64::MAX);
+                                }
+                                store.checkpoint().await.expect("checkpoint");
                             }
-                            pool.fill(&*storage).await.expect("refill spares");
                             let _ = reply.send(stats);
                         }
                         Cmd::Latency(n, reply) => {
@@ -155,19 +173,25 @@ impl AppendRig {
                             let mut out = Vec::with_capacity(n as usize);
                             for _ in 0..n {
                                 let t = Instant::now();
-                                log.append(&batch, 1).await.expect("append");
+                                store.append(rig_key(0), &batch, 1).await.expect("append");
                                 out.push(t.elapsed());
                             }
                             let _ = reply.send(out);
                         }
                         Cmd::Reopen(reply) => {
-                            drop(log);
+                            // A restart after a crash: no final checkpoint, the journal since
+                            // the last one is replayed.
+                            stop.set(true);
+                            store.flush().await.expect("flush");
+                            drop(store);
                             let started = Instant::now();
-                            log = Rc::new(open().await.expect("reopen"));
+                            store = Rc::new(open().await.expect("reopen"));
                             let _ = reply.send(started.elapsed());
+                            stop = spawn_background(store.clone());
                         }
                     }
                 }
+                stop.set(true);
             })
             .expect("spawn bench executor");
         ready_rx.recv().expect("rig ready");
@@ -200,7 +224,8 @@ impl AppendRig {
         rx.recv().expect("rig reply")
     }
 
-    /// Drops and reopens the log (recovery), returning the time `open` took.
+    /// Drops and reopens the store (recovery with journal replay), returning the time
+    /// `open` took.
     pub fn reopen(&self) -> Duration {
         let (tx, rx) = mpsc::channel();
         self.tx
@@ -219,6 +244,35 @@ impl Drop for AppendRig {
             let _ = t.join();
         }
     }
+}
+
+/// Runs the store's background work in a low-priority task queue, as the engine does,
+/// until the returned flag is set.
+fn spawn_background(store: Rc<Store<DmaStorage>>) -> Rc<std::cell::Cell<bool>> {
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let flag = stop.clone();
+    let tq = glommio::executor().create_task_queue(
+        glommio::Shares::Static(100),
+        glommio::Latency::NotImportant,
+        "background",
+    );
+    glommio::spawn_local_into(
+        async move {
+            while !flag.get() {
+                match store.background_step().await {
+                    Ok(true) => futures_lite::future::yield_now().await,
+                    _ => {
+                        let tick = glommio::timer::sleep(Duration::from_millis(50));
+                        futures_lite::future::or(store.work_signal(), tick).await;
+                    }
+                }
+            }
+        },
+        tq,
+    )
+    .expect("background task")
+    .detach();
+    stop
 }
 
 /// A producer batch of `n` records of `bytes` bytes each, JSON-ish payloads.
@@ -242,18 +296,21 @@ pub fn sample_batch_keyed(key: Option<&str>, n: u32, bytes: usize) -> Vec<u8> {
 
 pub use spate_protocol::routing::key_for_shard;
 
-async fn append_run(log: &Rc<ShardLog<DmaStorage>>, load: AppendLoad) -> AppendStats {
+async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendStats {
     let batch = Rc::new(sample_batch(load.records_per_batch, load.record_bytes));
     let batches_total = load.total_bytes.div_ceil(batch.len() as u64);
     let issued = Rc::new(std::cell::Cell::new(0u64));
+    let before = store.stats();
     let started = Instant::now();
     let tasks: Vec<_> = (0..load.producers)
-        .map(|_| {
-            let (log, batch, issued) = (log.clone(), batch.clone(), issued.clone());
+        .map(|p| {
+            let (store, batch, issued) = (store.clone(), batch.clone(), issued.clone());
+            let key = rig_key(p as u32 % load.shards.clamp(1, RIG_SHARDS));
             glommio::spawn_local(async move {
                 while issued.get() < batches_total {
                     issued.set(issued.get() + 1);
-                    log.append(&batch, load.records_per_batch)
+                    store
+                        .append(key, &batch, load.records_per_batch)
                         .await
                         .expect("append");
                 }
@@ -264,10 +321,26 @@ async fn append_run(log: &Rc<ShardLog<DmaStorage>>, load: AppendLoad) -> AppendS
         t.await;
     }
     let elapsed = started.elapsed();
+    let after = store.stats();
     AppendStats {
         elapsed,
         records: batches_total * u64::from(load.records_per_batch),
         bytes: batches_total * batch.len() as u64,
+        store: StoreStats {
+            rounds: after.rounds - before.rounds,
+            round_syncs: after.round_syncs - before.round_syncs,
+            appends: after.appends - before.appends,
+            journal_bytes: after.journal_bytes - before.journal_bytes,
+            direct_bytes: after.direct_bytes - before.direct_bytes,
+            write_behind_bytes: after.write_behind_bytes - before.write_behind_bytes,
+            checkpoints: after.checkpoints - before.checkpoints,
+            checkpoint_syncs: after.checkpoint_syncs - before.checkpoint_syncs,
+            rolls: after.rolls - before.rolls,
+            write_us: after.write_us - before.write_us,
+            sync_us: after.sync_us - before.sync_us,
+            replayed_rounds: 0,
+            replayed_bytes: 0,
+        },
     }
 }
 
@@ -278,23 +351,20 @@ mod tests {
     /// The benchmark workloads, tiny: they must run and produce sane figures.
     #[test]
     fn append_and_reopen_workloads_run_tiny() {
-        let cfg = LogConfig {
-            segment_bytes: 16 << 20,
-            segment_bytes_min: 16 << 20,
-            ..LogConfig::default()
-        };
-        let rig = AppendRig::start(None, None, cfg, 1);
-        for (record_bytes, per_batch) in [(100, 500), (1024, 64)] {
+        let rig = AppendRig::start(None, None, tiny_store_config());
+        for (record_bytes, per_batch, shards) in [(100, 500, 1), (1024, 64, 1), (1000, 1, 64)] {
             let load = AppendLoad {
                 record_bytes,
                 records_per_batch: per_batch,
-                producers: 4,
-                total_bytes: 20 << 20,
+                producers: 64,
+                shards,
+                total_bytes: 8 << 20,
                 keep: false,
             };
             let s = rig.append(load);
-            assert!(s.bytes >= 20 << 20);
+            assert!(s.bytes >= 8 << 20);
             assert!(s.records_per_s() > 0.0 && s.bytes_per_s() > 0.0);
+            assert!(s.store.rounds > 0);
         }
         assert!(rig.reopen() < Duration::from_secs(30));
     }

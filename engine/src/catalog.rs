@@ -19,7 +19,7 @@ use spate_protocol::routing::even_range;
 
 use crate::error::EngineError;
 use crate::limits::Limits;
-use crate::log::ShardIdent;
+use crate::runtime::ShardIdent;
 
 const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG1";
 const CATALOG_FILE: &str = "catalog.bin";
@@ -168,10 +168,24 @@ impl Catalog {
         Ok(Catalog { path, data })
     }
 
-    /// Persists the catalog atomically.
+    /// Persists the catalog atomically. Blocking: from an executor, use `save_async`.
     pub fn save(&self) -> Result<(), EngineError> {
         crate::io::write_atomic(&self.path, &encode(&self.data))?;
         Ok(())
+    }
+
+    /// The catalog's path and encoded bytes, for an atomic write through the storage (off
+    /// the executor thread in production).
+    pub fn encoded(&self) -> (PathBuf, Vec<u8>) {
+        (self.path.clone(), encode(&self.data))
+    }
+
+    /// A catalog at `data_dir` holding `data` (tests).
+    pub fn with_data(data_dir: &Path, data: CatalogData) -> Catalog {
+        Catalog {
+            path: data_dir.join(CATALOG_FILE),
+            data,
+        }
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamEntry> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log::LogConfig;
+use crate::store::StoreConfig;
 
 /// The configuration `spate serve` runs with when given no `--config`.
 pub const DEFAULT_CONFIG_TOML: &str = r#"
@@ -13,14 +13,22 @@ data_dir = "./spate-data"
 listen = "127.0.0.1:7400"
 # Engine cores; empty means every core this process may run on.
 cores = []
-segment_bytes = 268435456          # 256 MiB: full-size segment files (the spare pool's size)
-segment_bytes_min = 1048576        # a shard's first segment; sizes double up to segment_bytes
-segment_age_max_ms = 3600000       # roll a segment whose oldest record is this old
-write_chunk_bytes_max = 262144      # largest staging buffer per shard (a round writes several at once)
+extent_bytes_min = 1048576          # a shard's log is a list of extents, 1 MiB ...
+extent_bytes_max = 16777216         # ... growing to 16 MiB while the shard is busy (holds a 10 MiB batch)
+volume_bytes = 1073741824           # pre-written volume files extents are allocated from, per store
+journal_file_bytes = 67108864       # journal ring: files of 64 MiB ...
+journal_files = 8                   # ... of which at most this many exist per store
+checkpoint_bytes = 134217728        # a checkpoint every 128 MiB of journal (bounds replay at start)
+checkpoint_interval_ms = 10000      # and at least this often when one is owed (freed extents)
+direct_write_bytes_min = 262144     # a shard putting 256 KiB into one round is written in place, not journaled
+write_behind_bytes = 262144         # a shard's journaled bytes are written to its extent in pieces this large
+memory_bytes_max = 268435456        # journaled bytes not yet written behind, per store, before appends wait
+segment_age_max_ms = 3600000        # close an extent whose oldest record is this old (retention granularity)
+write_chunk_bytes_max = 262144      # largest staging or journal buffer
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 round_bytes_max = 2097152           # bytes one group-commit round takes while the last one writes
-spare_segments_per_core = 2         # zero-filled segment files kept ready per core
+background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
 io_memory_bytes = 2097152           # glommio registered-buffer memory per executor
@@ -37,14 +45,22 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     pub listen: String,
     pub cores: Vec<usize>,
-    pub segment_bytes: u64,
-    pub segment_bytes_min: u64,
+    pub extent_bytes_min: u64,
+    pub extent_bytes_max: u64,
+    pub volume_bytes: u64,
+    pub journal_file_bytes: u64,
+    pub journal_files: u32,
+    pub checkpoint_bytes: u64,
+    pub checkpoint_interval_ms: i64,
+    pub direct_write_bytes_min: usize,
+    pub write_behind_bytes: usize,
+    pub memory_bytes_max: usize,
     pub segment_age_max_ms: i64,
     pub write_chunk_bytes_max: usize,
     pub index_interval_bytes: u64,
     pub read_chunk_bytes: usize,
     pub round_bytes_max: usize,
-    pub spare_segments_per_core: usize,
+    pub background_shares: usize,
     pub retention_check_interval_ms: u64,
     pub verify_hash_keys: bool,
     pub io_memory_bytes: usize,
@@ -62,14 +78,22 @@ impl Default for EngineConfig {
             data_dir: PathBuf::from("./spate-data"),
             listen: "127.0.0.1:7400".into(),
             cores: Vec::new(),
-            segment_bytes: 256 << 20,
-            segment_bytes_min: 1 << 20,
+            extent_bytes_min: 1 << 20,
+            extent_bytes_max: 16 << 20,
+            volume_bytes: 1 << 30,
+            journal_file_bytes: 64 << 20,
+            journal_files: 8,
+            checkpoint_bytes: 128 << 20,
+            checkpoint_interval_ms: 10_000,
+            direct_write_bytes_min: 256 << 10,
+            write_behind_bytes: 256 << 10,
+            memory_bytes_max: 256 << 20,
             segment_age_max_ms: 3_600_000,
             write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
             round_bytes_max: 2 << 20,
-            spare_segments_per_core: 2,
+            background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
             io_memory_bytes: 2 << 20,
@@ -88,55 +112,73 @@ impl EngineConfig {
         toml::from_str(text).map_err(|e| e.to_string())
     }
 
-    pub fn log_config(&self) -> LogConfig {
-        LogConfig {
-            segment_bytes: self.segment_bytes,
-            segment_bytes_min: self.segment_bytes_min,
+    /// A configuration with small files (64 MiB volumes, 16 MiB journal files, 64 KiB first
+    /// extents) for tests and trials, so a fresh data directory takes its first write at
+    /// once; everything else is the default.
+    pub fn small(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            extent_bytes_min: 64 << 10,
+            volume_bytes: 64 << 20,
+            journal_file_bytes: 16 << 20,
+            journal_files: 3,
+            checkpoint_bytes: 8 << 20,
+            checkpoint_interval_ms: 1000,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// The tunables of store `index` (its files live in `<data_dir>/store-<index>`).
+    pub fn store_config(&self, index: u32) -> StoreConfig {
+        StoreConfig {
+            index,
+            dir: self.data_dir.join(format!("store-{index}")),
+            extent_bytes_min: self.extent_bytes_min,
+            extent_bytes_max: self.extent_bytes_max,
+            volume_bytes: self.volume_bytes,
+            journal_file_bytes: self.journal_file_bytes,
+            journal_files: self.journal_files,
+            checkpoint_bytes: self.checkpoint_bytes,
+            checkpoint_interval_ms: self.checkpoint_interval_ms,
+            direct_write_bytes_min: self.direct_write_bytes_min,
+            write_behind_bytes: self.write_behind_bytes,
+            memory_bytes_max: self.memory_bytes_max,
             segment_age_max_ms: self.segment_age_max_ms,
-            write_chunk_bytes_max: self.write_chunk_bytes_max,
             index_interval_bytes: self.index_interval_bytes,
             read_chunk_bytes: self.read_chunk_bytes,
             round_bytes_max: self.round_bytes_max,
+            write_chunk_bytes_max: self.write_chunk_bytes_max,
         }
     }
 
     /// Checks values the engine cannot run with; one line per problem.
     pub fn validate(&self) -> Result<(), String> {
         let block = crate::io::BLOCK_BYTES as u64;
-        let min_segment =
-            (spate_protocol::batch::MAX_BATCH_BYTES as u64 + 2 * block).next_multiple_of(block);
-        if self.segment_bytes % block != 0 || self.segment_bytes < min_segment {
+        let min_extent =
+            (spate_protocol::batch::MAX_BATCH_BYTES as u64 + block).next_power_of_two();
+        if self.extent_bytes_max < min_extent {
             return Err(format!(
-                "segment_bytes = {} must be a multiple of 4096 and at least {} (one maximal batch)",
-                self.segment_bytes, min_segment
+                "extent_bytes_max = {} must be at least {min_extent} (one maximal batch and the extent header)",
+                self.extent_bytes_max
             ));
         }
-        if !self.segment_bytes_min.is_power_of_two()
-            || self.segment_bytes_min < 64 << 10
-            || self.segment_bytes_min > self.segment_bytes
+        if self.journal_file_bytes
+            < spate_protocol::batch::MAX_BATCH_BYTES as u64
+                + 2 * self.round_bytes_max as u64
+                + 2 * block
         {
-            return Err(format!(
-                "segment_bytes_min = {} must be a power of two, at least 65536 and at most segment_bytes",
-                self.segment_bytes_min
-            ));
+            return Err("journal_file_bytes must hold a maximal batch and two full rounds".into());
         }
         if self.segment_age_max_ms < 1000 {
             return Err("segment_age_max_ms must be at least 1000".into());
         }
-        if self.write_chunk_bytes_max < 64 << 10
-            || self.write_chunk_bytes_max % crate::io::BLOCK_BYTES != 0
-        {
-            return Err(
-                "write_chunk_bytes_max must be a multiple of 4096 and at least 65536".into(),
-            );
+        if self.core_queue_depth == 0 || self.background_shares == 0 {
+            return Err("core_queue_depth and background_shares must be positive".into());
         }
-        if self.index_interval_bytes == 0
-            || self.read_chunk_bytes < 4096
-            || self.core_queue_depth == 0
-        {
-            return Err("index_interval_bytes, read_chunk_bytes (>= 4096) and core_queue_depth must be positive".into());
+        if self.memory_bytes_max < 2 * spate_protocol::batch::MAX_BATCH_BYTES {
+            return Err("memory_bytes_max must hold two maximal batches".into());
         }
-        Ok(())
+        self.store_config(0).validate()
     }
 }
 
@@ -154,8 +196,8 @@ mod tests {
 
     #[test]
     fn file_overrides_some_keys() {
-        let c = EngineConfig::from_toml("segment_bytes = 33554432\ncores = [1]").unwrap();
-        assert_eq!(c.segment_bytes, 32 << 20);
+        let c = EngineConfig::from_toml("volume_bytes = 33554432\ncores = [1]").unwrap();
+        assert_eq!(c.volume_bytes, 32 << 20);
         assert_eq!(c.cores, vec![1]);
         assert_eq!(c.index_interval_bytes, 65536);
         assert!(EngineConfig::from_toml("bogus = 1").is_err());

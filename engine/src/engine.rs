@@ -18,11 +18,11 @@ use crate::clock::{ClockRef, SystemClock};
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::limits::Limits;
-use crate::log::{ReadOutput, ShardIdent};
 use crate::runtime::{
-    call, run_core, ControlOp, CoreMsg, CoreSetup, PutOutcome, ReadRequest, ShardSpec, ShardStats,
-    StartPosition,
+    call, run_core, ControlOp, CoreMsg, CoreSetup, PutOutcome, ReadRequest, ShardIdent,
+    ShardSpecMsg, ShardStats, StartPosition,
 };
+use crate::store::ReadOutput;
 
 pub use crate::catalog::StreamOptions;
 
@@ -123,20 +123,37 @@ impl Engine {
         let report = spate_tuning::preflight(&cfg.data_dir, cpus.len())
             .map_err(|e| EngineError::Startup(e.to_string()))?;
         tracing::info!("preflight: {}", report.summary());
+        if cfg.data_dir.join("streams").exists() {
+            return Err(EngineError::Startup(format!(
+                "{} holds data in the per-shard layout of Spate before 0.2, which this build does not read; move it away or use another --data-dir",
+                cfg.data_dir.display()
+            )));
+        }
         let catalog = Catalog::load(&cfg.data_dir)?;
         let n = cpus.len();
         let mut routes = HashMap::new();
-        let mut per_core: Vec<Vec<ShardSpec>> = vec![Vec::new(); n];
-        for stream in &catalog.data.streams {
-            for (spec, sh) in ShardSpec::from_catalog(stream)
-                .into_iter()
-                .zip(&stream.shards)
+        // A shard's data lives in the store the catalog placed it on; store `k` is served by
+        // core `k % n`, so placement survives a change of the core count (a core may then
+        // serve several stores). Every core serves at least its own store.
+        let mut stores: std::collections::BTreeMap<u32, Vec<ShardSpecMsg>> =
+            (0..n as u32).map(|k| (k, Vec::new())).collect();
+        for name in crate::io::list_dir_blocking(&cfg.data_dir).unwrap_or_default() {
+            if let Some(k) = name
+                .strip_prefix("store-")
+                .and_then(|k| k.parse::<u32>().ok())
             {
-                // Placement is stable across restarts with the same cores; with fewer cores
-                // a shard moves to `core % n` (not persisted, so it returns when cores do).
-                per_core[sh.core as usize % n].push(spec);
+                stores.entry(k).or_default();
+            }
+        }
+        for stream in &catalog.data.streams {
+            for spec in ShardSpecMsg::from_catalog(stream) {
+                stores.entry(spec.store).or_default().push(spec);
             }
             routes.insert(stream.name.clone(), Arc::new(stream.clone()));
+        }
+        let mut per_core: Vec<Vec<(u32, Vec<ShardSpecMsg>)>> = vec![Vec::new(); n];
+        for (k, specs) in stores {
+            per_core[k as usize % n].push((k, specs));
         }
         let channels: Vec<_> = (0..n)
             .map(|_| async_channel::bounded(cfg.core_queue_depth))
@@ -151,16 +168,17 @@ impl Engine {
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
         let mut catalog = Some(catalog);
-        for (index, ((_, rx), shards)) in channels.into_iter().zip(per_core).enumerate() {
+        for (index, ((_, rx), stores)) in channels.into_iter().zip(per_core).enumerate() {
             let setup = CoreSetup {
                 index,
+                cores: n,
                 cfg: cfg.clone(),
                 clock: clock.clone(),
                 rx,
                 peers: senders.clone(),
                 routes: core_routes.clone(),
                 catalog: if index == 0 { catalog.take() } else { None },
-                shards,
+                stores,
                 ready: ready_tx.clone(),
             };
             let spawned =
@@ -438,6 +456,14 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Takes a checkpoint of every store now (they also run by themselves).
+    pub async fn checkpoint(&self) -> Result<(), EngineError> {
+        for core in &self.inner.cores {
+            call(core, |reply| CoreMsg::CheckpointNow { reply }).await?;
+        }
+        Ok(())
     }
 
     /// Runs the retention sweep on every core now (it also runs periodically).

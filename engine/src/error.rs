@@ -3,7 +3,7 @@
 
 use spate_protocol::batch::BatchError;
 
-use crate::log::LogError;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -50,20 +50,25 @@ impl EngineError {
     }
 }
 
-impl From<LogError> for EngineError {
-    fn from(e: LogError) -> Self {
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
         match e {
-            LogError::Poisoned(m) => EngineError::Poisoned(m),
-            LogError::StorageFull => EngineError::StorageFull,
-            LogError::Io(m) => EngineError::Io(m),
-            e @ LogError::Corrupt { .. } => EngineError::Corrupt(e.to_string()),
-            LogError::BatchTooLarge(n) => EngineError::InvalidBatch(BatchError::BatchTooLarge(n)),
+            StoreError::Poisoned(m) => EngineError::Poisoned(m),
+            StoreError::StorageFull => EngineError::StorageFull,
+            StoreError::Io(m) => EngineError::Io(m),
+            StoreError::Corrupt(m) => EngineError::Corrupt(m),
+            StoreError::BatchTooLarge(n) => EngineError::InvalidBatch(BatchError::BatchTooLarge(n)),
+            StoreError::UnknownShard(k) => EngineError::UnknownShard {
+                stream: format!("#{}", k.stream_id),
+                shard: k.shard_id,
+            },
+            StoreError::ShuttingDown => EngineError::ShuttingDown,
         }
     }
 }
 
 impl From<std::io::Error> for EngineError {
     fn from(e: std::io::Error) -> Self {
-        EngineError::from(LogError::from(e))
+        EngineError::from(StoreError::from(e))
     }
 }

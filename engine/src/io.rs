@@ -1,21 +1,22 @@
-//! The storage interface the shard log is written against, and its io_uring implementation.
+//! The storage interface the store is written against, and its io_uring implementation.
 //!
-//! The shard log (`log.rs`) never names glommio: it is generic over [`Storage`], so the same
-//! code runs on [`DmaStorage`] (O_DIRECT files driven by glommio's io_uring reactor) in
-//! production and on `sim::SimStorage` (an in-memory disk that tears writes and fails I/O
-//! from a seed) in tests, under any single-threaded executor.
+//! The store (`store/`) never names glommio: it is generic over [`Storage`], so the same code
+//! runs on [`DmaStorage`] (O_DIRECT files driven by glommio's io_uring reactor) in production
+//! and on `sim::SimStorage` (an in-memory disk that tears writes, fails I/O and forgets
+//! directory changes that were never synced, all from a seed) in tests.
 //!
 //! Concurrency contract: a `Storage` value and every file it opens belong to one core; the
 //! futures are `!Send` on purpose (thread-per-core), which is why the traits use plain
 //! `async fn`.
 //!
-//! Segment data goes through io_uring with O_DIRECT. Small metadata files (the sparse index,
-//! the catalog) and directory operations use blocking std calls: they happen once per
-//! segment roll or index interval, cost microseconds, and io_uring offers nothing for
-//! rename/fsync-of-a-directory that glommio exposes.
+//! Data goes through io_uring with O_DIRECT. Directory operations (rename, unlink, directory
+//! fsync, listing, removing a tree) and small metadata files (the manifest, the catalog) have
+//! no io_uring path in glommio that covers all of them, so `DmaStorage` runs them on glommio's
+//! blocking-thread pool (`spawn_blocking`): they never stall the executor thread, and with it
+//! every other shard's acknowledgements on that core.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 /// Block size every direct write and its offset are aligned to.
@@ -37,14 +38,11 @@ pub trait IoBuf: AsRef<[u8]> + AsMut<[u8]> {
     fn trim(&mut self, len: usize);
 }
 
-/// One open segment file.
+/// One open data file (a journal file or a volume).
 pub trait SegFile {
     type Buf: IoBuf;
     type ReadBuf: AsRef<[u8]>;
 
-    /// A block-aligned buffer of `len` bytes (`len` a multiple of [`BLOCK_BYTES`]); its
-    /// contents are unspecified.
-    fn alloc_buf(&self, len: usize) -> Self::Buf;
     /// Writes the whole buffer at `pos` (block-aligned). Returns bytes written, which may be
     /// short; the caller decides what a short write means.
     async fn write_at(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize>;
@@ -56,37 +54,46 @@ pub trait SegFile {
     async fn size(&self) -> io::Result<u64>;
 }
 
-/// The per-core file system: segment files plus small metadata files.
+/// The per-core file system.
 pub trait Storage {
-    type File: SegFile;
+    type Buf: IoBuf;
+    type File: SegFile<Buf = Self::Buf>;
 
-    /// Opens an existing segment file for direct reads and writes.
+    /// A block-aligned buffer of `len` bytes (`len` a multiple of [`BLOCK_BYTES`]); its
+    /// contents are unspecified.
+    fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// Opens an existing data file for direct reads and writes.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates `path` holding `len` zero bytes, every block written (not merely allocated)
-    /// and durable, so later appends are overwrites of written blocks.
+    /// and durable, so later writes are overwrites of written blocks. The new name is
+    /// durable only after `sync_dir` of its directory.
     async fn create_zeroed(&self, path: &Path, len: u64) -> io::Result<()>;
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    fn remove_file(&self, path: &Path) -> io::Result<()>;
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
-    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
-    /// Makes renames and creations inside `dir` durable.
-    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
-    /// Names of the entries in `dir` (empty if it does not exist).
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    async fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes a directory tree; a missing one is not an error.
+    async fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes creations, renames and removals inside `dir` durable.
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the entries in `dir`, sorted (empty if it does not exist).
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Whole contents of a small file, `None` if it does not exist.
-    fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
-    /// Appends to a small file (created if missing) without syncing: used for index hints
-    /// that recovery validates against the log.
-    fn append_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
-    /// Replaces a small file atomically: write a temporary, fsync, rename, fsync the dir.
-    fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    async fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces a small file atomically and durably: write a temporary, fsync, rename,
+    /// fsync the directory.
+    async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Bytes available to this process on the file system holding `dir`.
+    async fn free_bytes(&self, dir: &Path) -> io::Result<u64>;
 }
 
-/// Production storage: glommio `DmaFile` (O_DIRECT, io_uring) for segments.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DmaStorage;
+/// Production storage: glommio `DmaFile` (O_DIRECT, io_uring) for data, the blocking pool
+/// for directory operations. One per core: it keeps a file open only to allocate buffers
+/// from the core's reactor.
+pub struct DmaStorage {
+    allocator: glommio::io::DmaFile,
+}
 
-/// A segment file opened with O_DIRECT on the current core's io_uring.
+/// A data file opened with O_DIRECT on the current core's io_uring.
 pub struct DmaSegFile {
     file: glommio::io::DmaFile,
 }
@@ -117,11 +124,6 @@ impl SegFile for DmaSegFile {
     type Buf = glommio::io::DmaBuffer;
     type ReadBuf = DmaRead;
 
-    fn alloc_buf(&self, len: usize) -> Self::Buf {
-        debug_assert_eq!(len % BLOCK_BYTES, 0);
-        self.file.alloc_dma_buffer(len)
-    }
-
     async fn write_at(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize> {
         self.file.write_rc_at(buf, pos).await.map_err(glommio_err)
     }
@@ -143,11 +145,24 @@ impl SegFile for DmaSegFile {
     }
 }
 
-/// Zero-fill chunk for new segment files: large enough to stream at disk speed.
+/// Zero-fill chunk for new data files: large enough to stream at disk speed.
 const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
+/// Runs a blocking file-system call on glommio's blocking pool, off the executor thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    glommio::executor().spawn_blocking(f).await
+}
+
 impl Storage for DmaStorage {
+    type Buf = glommio::io::DmaBuffer;
     type File = DmaSegFile;
+
+    fn alloc_buf(&self, len: usize) -> Self::Buf {
+        debug_assert_eq!(len % BLOCK_BYTES, 0);
+        self.allocator.alloc_dma_buffer(len)
+    }
 
     async fn open(&self, path: &Path) -> io::Result<DmaSegFile> {
         let file = glommio::io::OpenOptions::new()
@@ -160,101 +175,131 @@ impl Storage for DmaStorage {
     }
 
     async fn create_zeroed(&self, path: &Path, len: u64) -> io::Result<()> {
-        assert_eq!(
-            len % BLOCK_BYTES as u64,
-            0,
-            "segment size must be block-aligned"
-        );
+        assert_eq!(len % BLOCK_BYTES as u64, 0, "data files are block-aligned");
         // Allocate with a plain fallocate before glommio ever sees the file: an empty file
-        // would also trip glommio's iopoll probe (see `DmaStorage::warm_up`). Allocating
+        // would also trip glommio's iopoll probe (see `DmaStorage::open_core`). Allocating
         // first keeps the extent contiguous; writing zeros then turns "allocated but
-        // unwritten" extents into written ones, which is what makes later appends plain
+        // unwritten" extents into written ones, which is what makes later writes plain
         // overwrites (no extent conversion in the fdatasync path).
-        allocate(path, len)?;
+        let p = path.to_path_buf();
+        blocking(move || allocate(&p, len)).await?;
         let file = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)
             .dma_open(path)
             .await
             .map_err(glommio_err)?;
-        let mut pos = 0u64;
-        while pos < len {
-            let chunk = ZERO_FILL_CHUNK_BYTES.min((len - pos) as usize);
-            let mut buf = file.alloc_dma_buffer(chunk);
-            buf.as_bytes_mut().fill(0);
-            let n = file.write_at(buf, pos).await.map_err(glommio_err)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "zero-fill wrote nothing",
-                ));
+        let result = async {
+            let mut pos = 0u64;
+            while pos < len {
+                let chunk = ZERO_FILL_CHUNK_BYTES.min((len - pos) as usize);
+                let mut buf = file.alloc_dma_buffer(chunk);
+                buf.as_bytes_mut().fill(0);
+                let n = file.write_at(buf, pos).await.map_err(glommio_err)?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "zero-fill wrote nothing",
+                    ));
+                }
+                pos += n as u64;
             }
-            pos += n as u64;
+            file.fdatasync().await.map_err(glommio_err)
         }
-        file.fdatasync().await.map_err(glommio_err)?;
-        file.close().await.map_err(glommio_err)?;
-        Ok(())
+        .await;
+        let _ = file.close().await;
+        if result.is_err() {
+            // A failed fill leaves nothing behind.
+            let p = path.to_path_buf();
+            let _ = blocking(move || std::fs::remove_file(p)).await;
+        }
+        result
     }
 
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (from.to_path_buf(), to.to_path_buf());
+        blocking(move || std::fs::rename(from, to)).await
     }
 
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
+    async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || std::fs::remove_file(path)).await
     }
 
-    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        match std::fs::remove_dir_all(path) {
+    async fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || match std::fs::remove_dir_all(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
-        }
+        })
+        .await
     }
 
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let path = path.to_path_buf();
+        blocking(move || std::fs::create_dir_all(path)).await
     }
 
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        std::fs::File::open(dir)?.sync_all()
+    async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = dir.to_path_buf();
+        blocking(move || std::fs::File::open(dir)?.sync_all()).await
     }
 
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            if let Some(name) = entry?.file_name().to_str() {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+    async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let dir = dir.to_path_buf();
+        blocking(move || list_dir_blocking(&dir)).await
     }
 
-    fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match std::fs::read(path) {
+    async fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let path = path.to_path_buf();
+        blocking(move || match std::fs::read(path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+        blocking(move || write_atomic(&path, &bytes)).await
+    }
+
+    async fn free_bytes(&self, dir: &Path) -> io::Result<u64> {
+        let dir = dir.to_path_buf();
+        blocking(move || free_bytes_blocking(&dir)).await
+    }
+}
+
+/// Names in `dir`, sorted; empty if the directory does not exist.
+pub fn list_dir_blocking(dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        if let Some(name) = entry?.file_name().to_str() {
+            names.push(name.to_owned());
         }
     }
+    names.sort();
+    Ok(names)
+}
 
-    fn append_small(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?
-            .write_all(bytes)
+/// statvfs(2): bytes available to unprivileged writers on `dir`'s file system.
+pub fn free_bytes_blocking(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        write_atomic(path, bytes)
-    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Creates (or truncates) `path` and allocates `len` bytes with fallocate(2).
@@ -269,32 +314,39 @@ fn allocate(path: &Path, len: u64) -> io::Result<()> {
     // SAFETY: fallocate on a file descriptor we own; no pointers are involved.
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
     }
     Ok(())
 }
 
 impl DmaStorage {
-    /// Must run on each core before any other direct-I/O file is opened.
+    /// Prepares direct I/O on core `core`; must run on each core before any other direct-I/O
+    /// file is opened. `dir` is a directory on the data device.
     ///
     /// glommio decides once per block device whether to use its IOPOLL ring, by reading the
     /// first block of the first file opened there. On an empty file that read "succeeds"
     /// with 0 bytes, glommio wrongly enables IOPOLL for the device, and every later direct
     /// read fails with EOPNOTSUPP on devices without poll queues (seen on virtio disks with
     /// kernel 6.18). Opening a non-empty probe file first makes the probe ask the kernel
-    /// for real.
-    pub async fn warm_up(dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        let probe = dir.join(".iopoll-probe");
-        std::fs::write(&probe, vec![0u8; BLOCK_BYTES])?;
+    /// for real. The probe stays open: buffers are allocated through it.
+    pub async fn open_core(dir: &Path, core: usize) -> io::Result<DmaStorage> {
+        let d = dir.to_path_buf();
+        let probe: PathBuf = dir.join(format!(".iopoll-probe-{core}"));
+        let p = probe.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(&p, vec![0u8; BLOCK_BYTES])
+        })
+        .await?;
         let file = glommio::io::DmaFile::open(&probe)
             .await
             .map_err(glommio_err)?;
         let read = file.read_at(0, BLOCK_BYTES).await.map(|r| r.len());
-        let _ = file.close().await;
-        std::fs::remove_file(&probe)?;
         match read {
-            Ok(n) if n == BLOCK_BYTES => Ok(()),
+            Ok(n) if n == BLOCK_BYTES => Ok(DmaStorage { allocator: file }),
             Ok(n) => Err(io::Error::other(format!(
                 "direct read of the probe file returned {n} bytes"
             ))),
@@ -306,7 +358,7 @@ impl DmaStorage {
 }
 
 /// Write-new, fsync, rename, fsync-directory: after a crash the file is either the old or
-/// the new contents, never a mix.
+/// the new contents, never a mix. Blocking: call it from a blocking thread.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));

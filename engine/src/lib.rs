@@ -3,8 +3,8 @@
 //! Codemap (see ARCHITECTURE.md for the data flow):
 //! - `io`: the storage interface and its io_uring (glommio `DmaFile`) implementation;
 //!   `sim`: the simulated, fault-injecting disk used by tests.
-//! - `segment`: segment and index file layouts; `spare`: ready (pre-written) segment files.
-//! - `log`: one shard's log: group commit, reads, recovery, retention.
+//! - `store`: the shards' logs of one store: journal, extents in shared volumes, group
+//!   commit with one flush per round, write-behind, checkpoints, recovery, retention.
 //! - `limits`: per-shard token buckets.
 //! - `catalog`: streams, shards, placement; persisted atomically with rkyv.
 //! - `runtime`: one pinned glommio executor per core, the shards it owns, and the bounded
@@ -21,15 +21,11 @@ pub mod engine;
 pub mod error;
 pub mod io;
 pub mod limits;
-pub mod log;
-#[cfg(test)]
-mod log_tests;
 pub mod notify;
 pub mod runtime;
-pub mod segment;
 pub mod server;
 pub mod sim;
-pub mod spare;
+pub mod store;
 
 pub use engine::Engine;
 pub use error::EngineError;

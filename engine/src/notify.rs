@@ -1,8 +1,10 @@
 //! A single-threaded "something changed" signal for tasks on one core.
 //!
 //! Waiters register and are all woken by `notify_all`; each then re-checks the state it
-//! cares about (the usual condition-variable discipline). It needs no runtime, so the shard
-//! log runs unchanged on glommio and under a plain `block_on` in tests.
+//! cares about (the usual condition-variable discipline). A waiter that gives up (a
+//! long-poll that times out, a request whose connection went away) unregisters when its
+//! future is dropped, so the list holds only live waiters. It needs no runtime, so the store
+//! runs unchanged on glommio and under a plain executor in tests.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -12,7 +14,11 @@ use std::task::{Context, Poll, Waker};
 #[derive(Debug, Default)]
 pub struct Notify {
     epoch: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Registered wakers by slot, with the slot's generation (a waiter unregisters only
+    /// its own registration, never a later one that reused the slot); `None` is free.
+    slots: RefCell<Vec<(u64, Option<Waker>)>>,
+    free: RefCell<Vec<usize>>,
+    registered: Cell<usize>,
 }
 
 impl Notify {
@@ -23,7 +29,23 @@ impl Notify {
     /// Wakes every task waiting now.
     pub fn notify_all(&self) {
         self.epoch.set(self.epoch.get() + 1);
-        for w in self.waiters.borrow_mut().drain(..) {
+        if self.registered.get() == 0 {
+            return;
+        }
+        let wakers: Vec<Waker> = {
+            let mut slots = self.slots.borrow_mut();
+            let mut free = self.free.borrow_mut();
+            let mut out = Vec::with_capacity(self.registered.get());
+            for (i, s) in slots.iter_mut().enumerate() {
+                if let Some(w) = s.1.take() {
+                    out.push(w);
+                    free.push(i);
+                }
+            }
+            out
+        };
+        self.registered.set(0);
+        for w in wakers {
             w.wake();
         }
     }
@@ -33,6 +55,21 @@ impl Notify {
         Wait {
             notify: self,
             epoch: self.epoch.get(),
+            slot: None,
+        }
+    }
+
+    /// Waiters registered now (a bound tests check).
+    pub fn waiters(&self) -> usize {
+        self.registered.get()
+    }
+
+    fn unregister(&self, slot: usize, generation: u64) {
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[slot];
+        if s.0 == generation && s.1.take().is_some() {
+            self.free.borrow_mut().push(slot);
+            self.registered.set(self.registered.get() - 1);
         }
     }
 }
@@ -41,19 +78,76 @@ impl Notify {
 pub struct Wait<'a> {
     notify: &'a Notify,
     epoch: u64,
+    slot: Option<(usize, u64)>,
 }
 
 impl Future for Wait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.notify.epoch.get() != self.epoch {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let n = self.notify;
+        if n.epoch.get() != self.epoch {
+            self.slot = None;
             return Poll::Ready(());
         }
-        let mut waiters = self.notify.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
+        let mut slots = n.slots.borrow_mut();
+        match self.slot {
+            Some((i, g)) if slots[i].0 == g && slots[i].1.is_some() => {
+                let w = slots[i].1.as_mut().expect("registered");
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+            }
+            _ => {
+                let i = match n.free.borrow_mut().pop() {
+                    Some(i) => i,
+                    None => {
+                        slots.push((0, None));
+                        slots.len() - 1
+                    }
+                };
+                let g = slots[i].0 + 1;
+                slots[i] = (g, Some(cx.waker().clone()));
+                n.registered.set(n.registered.get() + 1);
+                self.slot = Some((i, g));
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some((i, g)) = self.slot {
+            self.notify.unregister(i, g);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_waiters_unregister_and_notify_wakes_the_rest() {
+        let n = Notify::new();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for _ in 0..1000 {
+            let mut w = Box::pin(n.wait());
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+            assert!(
+                w.as_mut().poll(&mut cx).is_pending(),
+                "re-polling keeps one slot"
+            );
+        }
+        assert_eq!(n.waiters(), 0, "timed-out waiters left nothing behind");
+        let mut a = Box::pin(n.wait());
+        assert!(a.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(n.waiters(), 1);
+        n.notify_all();
+        assert!(a.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(n.waiters(), 0);
+        assert!(n.slots.borrow().len() <= 2, "slots are reused");
     }
 }

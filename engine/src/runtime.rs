@@ -1,16 +1,21 @@
-//! One pinned glommio executor per engine core, and the shards each owns.
+//! One pinned glommio executor per engine core, the stores it serves and the shards in them.
 //!
-//! Ownership: every shard (its `ShardLog`, limiters and spec) lives in exactly one core's
-//! `Core` and is touched by no other thread. Core 0 additionally owns the catalog (the
-//! control plane). Other threads and cores reach a core only through its bounded request
-//! channel (`CoreMsg`); replies come back on a one-slot channel. No locks are taken on the
-//! write path: the channel is the only cross-thread structure a request touches.
+//! Ownership: every shard lives in exactly one store, and every store is served by exactly
+//! one core (store `k` by core `k % cores`; normally core `k` serves store `k`). A core's
+//! state (`Core`) is touched only by its own thread. Core 0 additionally owns the catalog
+//! (the control plane). Other threads and cores reach a core only through its bounded
+//! request channel (`CoreMsg`); replies come back on a one-slot channel. No locks are taken
+//! on the write path: the channel is the only cross-thread structure a request touches.
 //!
-//! Each core runs three kinds of task: one per request (so a slow flush never blocks the
-//! core's queue), a spare-segment filler, and a retention sweeper.
+//! Each core runs one task per request (so a slow flush never blocks the core's queue), and
+//! per store a background task (write-behind, checkpoints, space) in a task queue with
+//! `background_shares` of CPU shares against 1000 for requests, plus a retention sweeper.
+//!
+//! `Core` is generic over the storage, so the whole request path (limits, appends, reads,
+//! long-polls, the control plane) runs on the simulated disk in tests.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -26,43 +31,71 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::io::{DmaStorage, Storage};
 use crate::limits::{Limits, TokenBucket, WriteLimiter};
-use crate::log::{LogConfig, ReadOutput, ShardIdent, ShardLog};
-use crate::segment::{shard_dir, stream_dir};
-use crate::spare::SparePool;
+use crate::store::{ReadOutput, ShardKey, Store};
+
+/// Names one shard: its stream incarnation and shard number.
+pub type ShardIdent = ShardKey;
 
 /// Slots of each core's partition-key hash cache (~80 bytes each: 320 KiB per core).
 const KEY_HASH_CACHE_SLOTS: usize = 4096;
 
 pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
 
-/// Everything a core needs to open and run one shard.
+/// Everything a core needs to serve one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardSpec {
     pub ident: ShardIdent,
-    pub stream: String,
+    pub stream: Rc<str>,
+    /// The store holding the shard's data (the catalog's placement).
+    pub store: u32,
     pub hash_range: (u128, u128),
     pub limits: Limits,
     pub retention_hours: u32,
     pub max_record_data_bytes: u32,
 }
 
-impl ShardSpec {
-    pub fn from_catalog(stream: &StreamEntry) -> Vec<ShardSpec> {
+/// A `ShardSpec` that can cross threads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSpecMsg {
+    pub ident: ShardIdent,
+    pub stream: String,
+    pub store: u32,
+    pub hash_range: (u128, u128),
+    pub limits: Limits,
+    pub retention_hours: u32,
+    pub max_record_data_bytes: u32,
+}
+
+impl ShardSpecMsg {
+    pub fn from_catalog(stream: &StreamEntry) -> Vec<ShardSpecMsg> {
         stream
             .shards
             .iter()
-            .map(|sh| ShardSpec {
+            .map(|sh| ShardSpecMsg {
                 ident: ShardIdent {
                     stream_id: stream.stream_id,
                     shard_id: sh.shard_id,
                 },
                 stream: stream.name.clone(),
+                store: sh.core,
                 hash_range: sh.hash_range(),
                 limits: stream.limits,
                 retention_hours: stream.retention_hours,
                 max_record_data_bytes: stream.max_record_data_bytes,
             })
             .collect()
+    }
+
+    fn local(self) -> ShardSpec {
+        ShardSpec {
+            ident: self.ident,
+            stream: self.stream.into(),
+            store: self.store,
+            hash_range: self.hash_range,
+            limits: self.limits,
+            retention_hours: self.retention_hours,
+            max_record_data_bytes: self.max_record_data_bytes,
+        }
     }
 }
 
@@ -129,7 +162,7 @@ pub enum ControlOp {
 
 pub(crate) enum CoreMsg {
     OpenShard {
-        spec: ShardSpec,
+        spec: ShardSpecMsg,
         reply: Reply<()>,
     },
     DropShard {
@@ -137,7 +170,7 @@ pub(crate) enum CoreMsg {
         reply: Reply<()>,
     },
     UpdateShard {
-        spec: ShardSpec,
+        spec: ShardSpecMsg,
         reply: Reply<()>,
     },
     Append {
@@ -161,6 +194,10 @@ pub(crate) enum CoreMsg {
     },
     RetentionNow {
         reply: Reply<usize>,
+    },
+    /// Runs a checkpoint of every store of the core now (tests, benchmarks).
+    CheckpointNow {
+        reply: Reply<()>,
     },
     Control {
         op: ControlOp,
@@ -192,31 +229,33 @@ pub(crate) enum CoreMsg {
 /// What a core's thread is started with.
 pub(crate) struct CoreSetup {
     pub index: usize,
+    pub cores: usize,
     pub cfg: EngineConfig,
     pub clock: ClockRef,
     pub rx: Receiver<CoreMsg>,
     pub peers: Vec<Sender<CoreMsg>>,
     pub catalog: Option<Catalog>,
-    pub shards: Vec<ShardSpec>,
+    /// Stores this core serves, with the shards placed in each.
+    pub stores: Vec<(u32, Vec<ShardSpecMsg>)>,
     pub routes: HashMap<String, StreamEntry>,
     pub ready: std::sync::mpsc::Sender<Result<(), EngineError>>,
 }
 
-pub(crate) struct ShardSlot {
+pub(crate) struct ShardSlot<S: Storage> {
     spec: RefCell<ShardSpec>,
-    log: ShardLog<DmaStorage>,
+    store: Rc<Store<S>>,
     write: RefCell<Option<WriteLimiter>>,
     read: RefCell<Option<TokenBucket>>,
 }
 
-pub(crate) struct Core {
+pub struct Core<S: Storage> {
     pub(crate) index: usize,
     pub(crate) cfg: EngineConfig,
-    log_cfg: LogConfig,
     pub(crate) clock: ClockRef,
-    storage: Rc<DmaStorage>,
-    spares: Rc<SparePool<DmaStorage>>,
-    shards: RefCell<HashMap<ShardIdent, Rc<ShardSlot>>>,
+    storage: Rc<S>,
+    /// The stores this core serves, by store index.
+    stores: RefCell<BTreeMap<u32, Rc<Store<S>>>>,
+    shards: RefCell<HashMap<ShardIdent, Rc<ShardSlot<S>>>>,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -242,78 +281,39 @@ fn limiters(spec: &ShardSpec, now_ms: i64) -> (Option<WriteLimiter>, Option<Toke
 pub(crate) async fn run_core(setup: CoreSetup) {
     let CoreSetup {
         index,
+        cores,
         cfg,
         clock,
         rx,
         peers,
         catalog,
-        shards,
+        stores,
         routes,
         ready,
     } = setup;
-    let storage = Rc::new(DmaStorage);
-    let spare_dir = cfg.data_dir.join("spare").join(format!("core-{index}"));
-    if let Err(e) = DmaStorage::warm_up(&spare_dir).await {
-        let _ = ready.send(Err(EngineError::Startup(format!("core {index}: {e}"))));
-        return;
-    }
-    let spares = match SparePool::open(
-        &*storage,
-        spare_dir,
-        cfg.segment_bytes,
-        cfg.spare_segments_per_core,
-    ) {
-        Ok(p) => Rc::new(p),
+    let storage = match DmaStorage::open_core(&cfg.data_dir, index).await {
+        Ok(s) => Rc::new(s),
         Err(e) => {
-            let _ = ready.send(Err(EngineError::Startup(format!(
-                "core {index}: spare pool: {e}"
-            ))));
+            let _ = ready.send(Err(EngineError::Startup(format!("core {index}: {e}"))));
             return;
         }
     };
-    let core = Rc::new(Core {
-        index,
-        log_cfg: cfg.log_config(),
-        cfg,
-        clock,
-        storage,
-        spares,
-        shards: RefCell::new(HashMap::new()),
-        peers,
-        catalog: catalog.map(RefCell::new),
-        stopping: Cell::new(false),
-        routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
-        net: crate::server::NetState::default(),
-        key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
-            KEY_HASH_CACHE_SLOTS,
-        )),
-    });
-    for spec in shards {
-        if let Err(e) = core.open_shard(spec.clone()).await {
-            let _ = ready.send(Err(EngineError::Startup(format!(
-                "core {index}: cannot open stream {:?} shard {}: {e}",
-                spec.stream, spec.ident.shard_id
-            ))));
+    let core = match Core::open(
+        index, cores, cfg, clock, storage, peers, catalog, stores, routes,
+    )
+    .await
+    {
+        Ok(c) => Rc::new(c),
+        Err(e) => {
+            let _ = ready.send(Err(e));
             return;
         }
-    }
+    };
     let _ = ready.send(Ok(()));
-    glommio::spawn_local(fill_spares(core.clone())).detach();
-    glommio::spawn_local(sweep_retention(core.clone())).detach();
+    core.spawn_background();
     while let Ok(msg) = rx.recv().await {
         if let CoreMsg::Shutdown { reply } = msg {
-            core.stopping.set(true);
-            // Long-polling readers wake up, see `stopping` and answer at once.
-            for slot in core.shards.borrow().values() {
-                slot.log.wake_waiters();
-            }
-            core.drain_requests().await;
-            let slots: Vec<_> = core.shards.borrow().values().cloned().collect();
-            for slot in slots {
-                if let Err(e) = slot.log.flush().await {
-                    tracing::error!(shard = ?slot.log.ident(), error = %e, "flush at shutdown failed");
-                }
-            }
+            core.shutdown().await;
             let _ = reply.send(Ok(())).await;
             break;
         }
@@ -322,41 +322,144 @@ pub(crate) async fn run_core(setup: CoreSetup) {
     tracing::debug!(core = index, "core stopped");
 }
 
-async fn fill_spares(core: Rc<Core>) {
-    loop {
-        if core.stopping.get() {
-            return;
+impl<S: Storage + 'static> Core<S> {
+    /// Opens (recovers) the stores this core serves and registers their shards.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open(
+        index: usize,
+        cores: usize,
+        cfg: EngineConfig,
+        clock: ClockRef,
+        storage: Rc<S>,
+        peers: Vec<Sender<CoreMsg>>,
+        catalog: Option<Catalog>,
+        stores: Vec<(u32, Vec<ShardSpecMsg>)>,
+        routes: HashMap<String, StreamEntry>,
+    ) -> Result<Core<S>, EngineError> {
+        let _ = cores;
+        let core = Core {
+            index,
+            cfg,
+            clock,
+            storage,
+            stores: RefCell::new(BTreeMap::new()),
+            shards: RefCell::new(HashMap::new()),
+            peers,
+            catalog: catalog.map(RefCell::new),
+            stopping: Cell::new(false),
+            routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
+            net: crate::server::NetState::default(),
+            key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
+                KEY_HASH_CACHE_SLOTS,
+            )),
+        };
+        for (store_index, specs) in stores {
+            let live: Vec<ShardKey> = specs.iter().map(|s| s.ident).collect();
+            let started = std::time::Instant::now();
+            let store = Store::open(
+                core.storage.clone(),
+                core.cfg.store_config(store_index),
+                core.clock.clone(),
+                &live,
+            )
+            .await
+            .map_err(|e| {
+                EngineError::Startup(format!(
+                    "core {index}: cannot open store {store_index}: {e}"
+                ))
+            })?;
+            tracing::info!(
+                core = index,
+                store = store_index,
+                shards = live.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "store open"
+            );
+            core.stores.borrow_mut().insert(store_index, Rc::new(store));
+            for spec in specs {
+                core.register_shard(spec.local())?;
+            }
         }
-        if let Err(e) = core.spares.fill(&*core.storage).await {
-            tracing::warn!(core = core.index, error = %e, "cannot fill spare segments");
-        }
-        glommio::timer::sleep(Duration::from_millis(200)).await;
+        Ok(core)
     }
-}
 
-async fn sweep_retention(core: Rc<Core>) {
-    loop {
-        glommio::timer::sleep(Duration::from_millis(
-            core.cfg.retention_check_interval_ms.max(10),
-        ))
-        .await;
-        if core.stopping.get() {
-            return;
+    /// Starts the background tasks: per store write-behind, checkpoints and space, in a low
+    /// priority task queue; and the retention sweeper.
+    pub(crate) fn spawn_background(self: &Rc<Self>) {
+        let shares = glommio::Shares::Static(self.cfg.background_shares);
+        let tq = glommio::executor().create_task_queue(
+            shares,
+            glommio::Latency::NotImportant,
+            "background",
+        );
+        let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
+        for store in stores {
+            let core = self.clone();
+            let spawned =
+                glommio::spawn_local_into(async move { core.background_loop(store).await }, tq);
+            match spawned {
+                Ok(t) => {
+                    t.detach();
+                }
+                Err(e) => {
+                    tracing::error!(core = self.index, error = %e, "cannot start background work")
+                }
+            }
         }
-        core.apply_retention().await;
+        let spawned = glommio::spawn_local_into(sweep_retention(self.clone()), tq);
+        if let Ok(t) = spawned {
+            t.detach();
+        }
     }
-}
 
-impl Core {
+    async fn background_loop(self: Rc<Self>, store: Rc<Store<S>>) {
+        loop {
+            if self.stopping.get() {
+                return;
+            }
+            match store.background_step().await {
+                Ok(true) => futures_lite::future::yield_now().await,
+                Ok(false) => {
+                    let signal = store.work_signal();
+                    let tick = glommio::timer::sleep(Duration::from_millis(100));
+                    futures_lite::future::or(signal, tick).await;
+                }
+                Err(e) => {
+                    tracing::warn!(core = self.index, error = %e, "background work failed");
+                    glommio::timer::sleep(Duration::from_millis(1000)).await;
+                }
+            }
+        }
+    }
+
+    /// Stops taking requests, answers the in-flight ones, and makes every store durable
+    /// with a final checkpoint (a clean restart replays nothing).
+    pub(crate) async fn shutdown(&self) {
+        self.stopping.set(true);
+        let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
+        // Long-polling readers wake up, see `stopping` and answer at once.
+        for s in &stores {
+            s.wake_readers();
+        }
+        self.drain_requests().await;
+        for s in stores {
+            if let Err(e) = s.shutdown().await {
+                tracing::error!(store = s.config().index, error = %e, "flush at shutdown failed");
+            }
+        }
+    }
+
     async fn handle(self: Rc<Self>, msg: CoreMsg) {
         match msg {
             CoreMsg::OpenShard { spec, reply } => {
-                let _ = reply.send(self.open_shard(spec).await).await;
+                let _ = reply.send(self.open_shard(spec.local()).await).await;
             }
             CoreMsg::DropShard { ident, reply } => {
-                let _ = reply.send(self.drop_shard(ident).await).await;
+                self.drop_shard(ident);
+                let _ = reply.send(Ok(())).await;
             }
             CoreMsg::UpdateShard { spec, reply } => {
+                let spec = spec.local();
                 let r = self.slot(spec.ident).map(|slot| {
                     *slot.spec.borrow_mut() = spec;
                 });
@@ -376,18 +479,14 @@ impl Core {
                 let _ = reply.send(self.position(ident, pos).await).await;
             }
             CoreMsg::Stats { ident, reply } => {
-                let r = self.slot(ident).map(|slot| ShardStats {
-                    first_seq: slot.log.trim_horizon(),
-                    next_seq: slot.log.durable_seq(),
-                    latest_ts_ms: slot.log.latest_ts_ms(),
-                    segments: slot.log.segment_count(),
-                    poisoned: slot.log.is_poisoned().is_some(),
-                });
-                let _ = reply.send(r).await;
+                let _ = reply.send(self.shard_stats(ident)).await;
             }
             CoreMsg::RetentionNow { reply } => {
-                let n = self.apply_retention().await;
+                let n = self.apply_retention();
                 let _ = reply.send(Ok(n)).await;
+            }
+            CoreMsg::CheckpointNow { reply } => {
+                let _ = reply.send(self.checkpoint_now().await).await;
             }
             CoreMsg::Control { op, reply } => {
                 let _ = reply.send(self.control(op).await).await;
@@ -415,7 +514,7 @@ impl Core {
         }
     }
 
-    fn slot(&self, ident: ShardIdent) -> Result<Rc<ShardSlot>, EngineError> {
+    fn slot(&self, ident: ShardIdent) -> Result<Rc<ShardSlot<S>>, EngineError> {
         self.shards
             .borrow()
             .get(&ident)
@@ -426,31 +525,53 @@ impl Core {
             })
     }
 
-    async fn open_shard(&self, spec: ShardSpec) -> Result<(), EngineError> {
-        if self.shards.borrow().contains_key(&spec.ident) {
-            return Ok(());
+    pub(crate) fn shard_stats(&self, ident: ShardIdent) -> Result<ShardStats, EngineError> {
+        let slot = self.slot(ident)?;
+        let info = slot.store.shard_info(ident)?;
+        Ok(ShardStats {
+            first_seq: info.first_seq,
+            next_seq: info.next_seq,
+            latest_ts_ms: info.latest_ts_ms,
+            segments: info.extents,
+            poisoned: slot.store.is_poisoned().is_some(),
+        })
+    }
+
+    /// The store with index `store`, opening (creating) it if this core does not serve it
+    /// yet (a new stream placed on a store that does not exist yet).
+    async fn store(&self, store: u32) -> Result<Rc<Store<S>>, EngineError> {
+        if let Some(s) = self.stores.borrow().get(&store) {
+            return Ok(s.clone());
         }
-        let dir = shard_dir(
-            &self.cfg.data_dir,
-            spec.ident.stream_id,
-            spec.ident.shard_id,
+        let s = Rc::new(
+            Store::open(
+                self.storage.clone(),
+                self.cfg.store_config(store),
+                self.clock.clone(),
+                &[],
+            )
+            .await?,
         );
-        let log = ShardLog::open(
-            self.storage.clone(),
-            dir,
-            spec.ident,
-            self.log_cfg,
-            self.clock.clone(),
-            self.spares.clone(),
-        )
-        .await?;
-        if log.recovered_torn_bytes() > 0 {
-            tracing::warn!(stream = %spec.stream, shard = spec.ident.shard_id, "recovered shard had a torn tail");
+        let existing = self.stores.borrow().get(&store).cloned();
+        if let Some(e) = existing {
+            return Ok(e);
         }
+        self.stores.borrow_mut().insert(store, s.clone());
+        Ok(s)
+    }
+
+    fn register_shard(&self, spec: ShardSpec) -> Result<(), EngineError> {
+        let store = self
+            .stores
+            .borrow()
+            .get(&spec.store)
+            .cloned()
+            .ok_or_else(|| EngineError::Startup(format!("store {} is not open", spec.store)))?;
+        store.add_shard(spec.ident);
         let (write, read) = limiters(&spec, self.clock.now_ms());
         let slot = ShardSlot {
             spec: RefCell::new(spec.clone()),
-            log,
+            store,
             write: RefCell::new(write),
             read: RefCell::new(read),
         };
@@ -458,19 +579,24 @@ impl Core {
         Ok(())
     }
 
-    async fn drop_shard(&self, ident: ShardIdent) -> Result<(), EngineError> {
+    async fn open_shard(&self, spec: ShardSpec) -> Result<(), EngineError> {
+        if self.shards.borrow().contains_key(&spec.ident) {
+            return Ok(());
+        }
+        self.store(spec.store).await?;
+        self.register_shard(spec)
+    }
+
+    fn drop_shard(&self, ident: ShardIdent) {
         let slot = self.shards.borrow_mut().remove(&ident);
         if let Some(slot) = slot {
-            // Writes already acknowledged are durable; pending ones finish or fail first.
-            let _ = slot.log.flush().await;
-            self.storage.remove_dir_all(slot.log.dir())?;
+            slot.store.drop_shard(ident);
         }
-        Ok(())
     }
 
     /// Checks, limits and appends one producer batch to a shard of this core. The batch is
-    /// borrowed (from the connection's frame, or a forwarded message); the log copies it
-    /// once into its write buffer. Only a throttled batch is copied here, to cut it down.
+    /// borrowed (from the connection's frame, or a forwarded message); the store copies it
+    /// once into the shard's buffer. Only a throttled batch is copied here, to cut it down.
     pub(crate) async fn append(
         &self,
         ident: ShardIdent,
@@ -513,7 +639,7 @@ impl Core {
             let len = batch::truncate_records(&mut cut, accepted)?;
             batch = &cut[..len];
         }
-        let ack = slot.log.append(batch, accepted).await?;
+        let ack = slot.store.append(ident, batch, accepted).await?;
         Ok(PutOutcome {
             shard_id: ident.shard_id,
             base_seq: ack.base_seq,
@@ -530,24 +656,32 @@ impl Core {
         req: ReadRequest,
     ) -> Result<ReadOutput, EngineError> {
         let slot = self.slot(ident)?;
-        if req.wait_ms > 0 && req.from_seq >= slot.log.durable_seq() {
+        let store = &slot.store;
+        if req.wait_ms > 0 && req.from_seq >= store.durable_seq(ident)? {
             let deadline =
                 std::time::Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
-            while req.from_seq >= slot.log.durable_seq() && !self.stopping.get() {
+            let changed = store.changed(ident)?;
+            while req.from_seq >= store.durable_seq(ident)? && !self.stopping.get() {
                 let now = std::time::Instant::now();
                 if now >= deadline {
                     break;
                 }
-                let changed = async {
-                    slot.log.wait_for_change().await;
+                let woken = async {
+                    changed.wait().await;
                     true
                 };
                 let timeout = async {
                     glommio::timer::sleep(deadline - now).await;
                     false
                 };
-                if !futures_lite::future::or(changed, timeout).await {
+                if !futures_lite::future::or(woken, timeout).await {
                     break;
+                }
+                if !store.has_shard(ident) {
+                    return Err(EngineError::UnknownShard {
+                        stream: format!("#{}", ident.stream_id),
+                        shard: ident.shard_id,
+                    });
                 }
             }
         }
@@ -558,9 +692,8 @@ impl Core {
                 });
             }
         }
-        let out = slot
-            .log
-            .read(req.from_seq, req.max_records, req.max_bytes)
+        let out = store
+            .read(ident, req.from_seq, req.max_records, req.max_bytes)
             .await?;
         if let Some(bucket) = slot.read.borrow_mut().as_mut() {
             bucket.take(out.bytes.len() as u64);
@@ -574,46 +707,59 @@ impl Core {
         pos: StartPosition,
     ) -> Result<u64, EngineError> {
         let slot = self.slot(ident)?;
-        let log = &slot.log;
-        let durable = log.durable_seq();
+        let store = &slot.store;
+        let info = store.shard_info(ident)?;
+        let durable = info.next_seq;
+        let horizon = info.first_seq;
         let seq = match pos {
-            StartPosition::TrimHorizon => log.trim_horizon(),
+            StartPosition::TrimHorizon => horizon,
             StartPosition::Latest => durable,
             StartPosition::AtSequence(s) | StartPosition::AfterSequence(s) if s >= durable => {
                 return Err(EngineError::InvalidArgument(format!(
                     "sequence number {s} is not in the shard (next is {durable})"
                 )))
             }
-            StartPosition::AtSequence(s) => s.max(log.trim_horizon()),
-            StartPosition::AfterSequence(s) => (s + 1).max(log.trim_horizon()),
-            StartPosition::AtTimestamp(ts) => log.seq_at_timestamp(ts).await?,
+            StartPosition::AtSequence(s) => s.max(horizon),
+            StartPosition::AfterSequence(s) => (s + 1).max(horizon),
+            StartPosition::AtTimestamp(ts) => store.seq_at_timestamp(ident, ts).await?,
         };
         Ok(seq)
     }
 
-    async fn apply_retention(&self) -> usize {
+    pub(crate) fn apply_retention(&self) -> usize {
         let slots: Vec<_> = self.shards.borrow().values().cloned().collect();
         let now = self.clock.now_ms();
         let mut removed = 0;
         for slot in slots {
-            let hours = slot.spec.borrow().retention_hours;
+            let (ident, hours) = {
+                let spec = slot.spec.borrow();
+                (spec.ident, spec.retention_hours)
+            };
             let cutoff = now - i64::from(hours) * 3_600_000;
-            match slot.log.apply_retention(cutoff).await {
-                Ok(n) => removed += n,
-                Err(e) => tracing::warn!(shard = ?slot.log.ident(), error = %e, "retention failed"),
-            }
+            removed += slot.store.apply_retention(ident, cutoff);
         }
         removed
     }
 
-    /// Sends each shard's spec to the core that owns it and waits for every answer.
+    pub(crate) async fn checkpoint_now(&self) -> Result<(), EngineError> {
+        let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
+        for s in stores {
+            s.flush().await?;
+            while !s.checkpoint().await? {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends each shard's spec to the core that serves its store and waits for every answer.
     async fn tell_owners(
         &self,
         entry: &StreamEntry,
-        make: impl Fn(ShardSpec, Reply<()>) -> CoreMsg,
+        make: impl Fn(ShardSpecMsg, Reply<()>) -> CoreMsg,
     ) -> Result<(), EngineError> {
-        for spec in ShardSpec::from_catalog(entry) {
-            let (_, owner) = entry.locate(spec.ident.shard_id, self.peers.len())?;
+        for spec in ShardSpecMsg::from_catalog(entry) {
+            let owner = spec.store as usize % self.peers.len();
             call(&self.peers[owner], |reply| make(spec, reply)).await?;
         }
         Ok(())
@@ -638,25 +784,23 @@ impl Core {
         Ok(())
     }
 
-    /// Control plane (core 0 only): mutate the catalog, persist it, then tell the owning
-    /// cores. Returns the affected streams (or all of them for `Snapshot`).
+    /// Control plane (core 0 only): mutate the catalog, persist it (off the executor
+    /// thread), then tell the owning cores. Returns the affected streams (or all of them for
+    /// `Snapshot`).
     async fn control(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
         let catalog = self.catalog.as_ref().expect("control ops go to core 0");
         let cores = self.peers.len() as u32;
         match op {
             ControlOp::Snapshot => Ok(catalog.borrow().data.streams.clone()),
             ControlOp::CreateStream { name, opts } => {
-                let entry = {
-                    let mut cat = catalog.borrow_mut();
-                    let entry = cat
-                        .add_stream(&name, &opts, cores, self.clock.now_ms())?
-                        .clone();
-                    if let Err(e) = cat.save() {
-                        cat.remove_stream(&name)?;
-                        return Err(e);
-                    }
-                    entry
-                };
+                let entry = catalog
+                    .borrow_mut()
+                    .add_stream(&name, &opts, cores, self.clock.now_ms())?
+                    .clone();
+                if let Err(e) = self.save_catalog().await {
+                    let _ = catalog.borrow_mut().remove_stream(&name);
+                    return Err(e);
+                }
                 self.tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
                     .await?;
                 self.broadcast_route(&entry.name, Some(entry.clone()))
@@ -664,12 +808,11 @@ impl Core {
                 Ok(vec![entry])
             }
             ControlOp::DeleteStream { name } => {
-                let entry = {
-                    let mut cat = catalog.borrow_mut();
-                    let entry = cat.remove_stream(&name)?;
-                    cat.save()?;
-                    entry
-                };
+                let entry = catalog.borrow_mut().remove_stream(&name)?;
+                if let Err(e) = self.save_catalog().await {
+                    catalog.borrow_mut().data.streams.push(entry);
+                    return Err(e);
+                }
                 self.broadcast_route(&entry.name, None).await?;
                 for sh in &entry.shards {
                     let ident = ShardIdent {
@@ -679,13 +822,11 @@ impl Core {
                     let peer = &self.peers[(sh.core % cores) as usize];
                     call(peer, |reply| CoreMsg::DropShard { ident, reply }).await?;
                 }
-                self.storage
-                    .remove_dir_all(&stream_dir(&self.cfg.data_dir, entry.stream_id))?;
                 Ok(vec![entry])
             }
             ControlOp::SetRetention { name, hours } => {
                 validate_retention(hours)?;
-                let entry = {
+                let (entry, old) = {
                     let mut cat = catalog.borrow_mut();
                     let s = cat
                         .data
@@ -695,15 +836,20 @@ impl Core {
                         .ok_or_else(|| EngineError::UnknownStream(name.clone()))?;
                     let old = s.retention_hours;
                     s.retention_hours = hours;
-                    let entry = s.clone();
-                    if let Err(e) = cat.save() {
-                        if let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) {
-                            s.retention_hours = old;
-                        }
-                        return Err(e);
-                    }
-                    entry
+                    (s.clone(), old)
                 };
+                if let Err(e) = self.save_catalog().await {
+                    if let Some(s) = catalog
+                        .borrow_mut()
+                        .data
+                        .streams
+                        .iter_mut()
+                        .find(|s| s.name == name)
+                    {
+                        s.retention_hours = old;
+                    }
+                    return Err(e);
+                }
                 self.tell_owners(&entry, |spec, reply| CoreMsg::UpdateShard { spec, reply })
                     .await?;
                 self.broadcast_route(&entry.name, Some(entry.clone()))
@@ -711,6 +857,27 @@ impl Core {
                 Ok(vec![entry])
             }
         }
+    }
+
+    async fn save_catalog(&self) -> Result<(), EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        // Encode under the borrow, write without it: the write runs off the executor thread.
+        let (path, bytes) = catalog.borrow().encoded();
+        self.storage.write_small_atomic(&path, &bytes).await?;
+        Ok(())
+    }
+}
+
+async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {
+    loop {
+        glommio::timer::sleep(Duration::from_millis(
+            core.cfg.retention_check_interval_ms.max(10),
+        ))
+        .await;
+        if core.stopping.get() {
+            return;
+        }
+        core.apply_retention();
     }
 }
 

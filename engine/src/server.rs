@@ -49,10 +49,13 @@ use crate::catalog::{self, StreamEntry};
 use crate::config::EngineConfig;
 use crate::engine::Engine;
 use crate::error::EngineError;
+use crate::io::Storage;
 use crate::limits::Limits;
-use crate::log::{ReadOutput, ShardIdent};
 use crate::notify::Notify;
-use crate::runtime::{call, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, StartPosition};
+use crate::runtime::{
+    call, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StartPosition,
+};
+use crate::store::ReadOutput;
 
 /// How long a shutdown waits for in-flight requests before flushing anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -165,7 +168,7 @@ impl Server {
     }
 }
 
-impl Core {
+impl<S: Storage + 'static> Core<S> {
     /// Binds this core's listeners and starts accepting on them.
     pub(crate) fn listen(
         self: Rc<Self>,
@@ -244,7 +247,7 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, Engi
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>) {
+async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpListener>) {
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -344,13 +347,13 @@ struct Outbox {
     inflight: Cell<usize>,
 }
 
-struct Connection {
-    core: Rc<Core>,
+struct Connection<S: Storage> {
+    core: Rc<Core<S>>,
     outbox: Rc<Outbox>,
 }
 
-impl Connection {
-    async fn serve(core: Rc<Core>, stream: TcpStream) {
+impl<S: Storage + 'static> Connection<S> {
+    async fn serve(core: Rc<Core<S>>, stream: TcpStream) {
         let stream = Rc::new(RefCell::new(stream));
         let outbox = Rc::new(Outbox::default());
         let writer = glommio::spawn_local(write_loop(
@@ -481,7 +484,7 @@ impl Connection {
     }
 }
 
-async fn write_loop(core: Rc<Core>, mut writer: Half, outbox: Rc<Outbox>) {
+async fn write_loop<S: Storage + 'static>(core: Rc<Core<S>>, mut writer: Half, outbox: Rc<Outbox>) {
     let mut sending = Vec::new();
     let mut failed = false;
     loop {
@@ -508,7 +511,7 @@ async fn write_loop(core: Rc<Core>, mut writer: Half, outbox: Rc<Outbox>) {
 }
 
 /// One request, start to finish: decode, execute, encode the response into `out`.
-async fn handle(core: &Rc<Core>, frame_bytes: &Bytes, out: &mut Vec<u8>) {
+async fn handle<S: Storage + 'static>(core: &Rc<Core<S>>, frame_bytes: &Bytes, out: &mut Vec<u8>) {
     // The reader validated this exact frame; failing here would be a bug, answered as one.
     let Ok(Some(frame)) = spate_protocol::decode_frame(frame_bytes, usize::MAX) else {
         let message = "frame failed to decode twice";
@@ -598,7 +601,7 @@ fn from_wire_limits(l: spate_protocol::stream::Limits) -> Limits {
     }
 }
 
-impl Core {
+impl<S: Storage + 'static> Core<S> {
     fn route(&self, stream: &str) -> Result<Rc<StreamEntry>, EngineError> {
         self.routes
             .borrow()
@@ -679,8 +682,8 @@ impl Core {
     }
 }
 
-async fn execute(
-    core: &Rc<Core>,
+async fn execute<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
     frame: &Frame<'_>,
     req: Request<'_>,
     out: &mut Vec<u8>,

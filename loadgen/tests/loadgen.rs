@@ -1,4 +1,4 @@
-//! The load generator against a real server in-process (port 0, temp dir, small segments):
+//! The load generator against a real server in-process (port 0, temp dir, small files):
 //! a short open-loop run with consumers and --verify, and a throttled run.
 
 use spate_engine::config::EngineConfig;
@@ -14,12 +14,8 @@ impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(EngineConfig {
-            data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".into(),
-            segment_bytes: 16 << 20,
-            segment_bytes_min: 64 << 10,
-            spare_segments_per_core: 1,
-            ..EngineConfig::default()
+            ..EngineConfig::small(dir.path())
         })
         .expect("server starts");
         Env {

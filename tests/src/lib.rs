@@ -6,17 +6,13 @@ use std::path::Path;
 use spate_engine::config::EngineConfig;
 use spate_protocol::batch::{BatchBuilder, BatchHeader, RecordIter};
 
-/// A configuration small enough for tests: small segments so that rolls, retention and
-/// recovery across segments all happen within a few megabytes.
+/// A configuration small enough for tests: small extents, volumes and journal files, so that
+/// rolls, checkpoints, retention and recovery all happen within a few megabytes.
 pub fn test_config(data_dir: &Path) -> EngineConfig {
     EngineConfig {
-        data_dir: data_dir.to_path_buf(),
-        segment_bytes: 16 << 20,
-        segment_bytes_min: 64 << 10,
         segment_age_max_ms: 1000,
-        spare_segments_per_core: 1,
         retention_check_interval_ms: 3_600_000,
-        ..EngineConfig::default()
+        ..EngineConfig::small(data_dir)
     }
 }
 

@@ -1,0 +1,522 @@
+//! Background work of a store: making space (volumes, journal files), writing journaled
+//! bytes behind into their extents, and checkpoints.
+//!
+//! None of it acknowledges anything, so none of it is on an appender's path; the core runs
+//! `background_step` in a task queue of its own with a small share of the CPU (see
+//! `runtime.rs`), and appenders only wait for it when a bound is reached (memory for
+//! unwritten bytes, journal space, free extents).
+//!
+//! Write-behind writes a shard's sealed pieces in order (a padded piece shares its last
+//! block with the next), one shard at a time per writer, never concurrently with a round
+//! that writes the same shard in place (`direct`, `direct_round`), and without a flush:
+//! the journal still holds those bytes, and the next checkpoint fdatasyncs the volumes.
+
+use std::rc::Rc;
+
+use super::layout::{journal_file_name, volume_file_name, ExtentId, ShardKey, MANIFEST_FILE};
+use super::manifest::{self, ExtentRecord, Manifest, ShardRecord};
+use super::shard::{seal_padded, seal_staging};
+use super::{join_all, write_fully, Store, StoreError, SPACE_RETRY_MS};
+use crate::io::{align_down, align_up, SegFile, Storage, BLOCK_BYTES};
+
+/// Shards written behind concurrently by one background step.
+const BEHIND_CONCURRENCY: usize = 4;
+
+impl<S: Storage> Store<S> {
+    /// One unit of background work: space, a checkpoint when one is due, write-behind.
+    /// Returns whether it did anything (the caller sleeps when it did not).
+    pub async fn background_step(&self) -> Result<bool, StoreError> {
+        if self.st.borrow().poisoned.is_some() || self.st.borrow().stopping {
+            return Ok(false);
+        }
+        let mut did = self.prepare_space().await?;
+        if self.checkpoint_due() {
+            did |= self.checkpoint().await?;
+        }
+        did |= self.write_behind_some().await?;
+        Ok(did)
+    }
+
+    /// Resolves when background work may be waiting (a bound was reached, a round made a
+    /// checkpoint due). The caller also wakes itself on a timer for time-based work.
+    pub async fn work_signal(&self) {
+        self.work.wait().await
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let st = self.st.borrow();
+        if st.checkpointing {
+            return false;
+        }
+        let journal_tight = st.journal.free_slots() == 0 && st.journal.active.is_some() && {
+            let left = st.journal.file_bytes - st.journal.write_pos;
+            left < st.journal.file_bytes / 2
+        };
+        st.since_checkpoint_bytes >= self.cfg.checkpoint_bytes
+            || st.checkpoint_urgent
+            || (journal_tight && st.since_checkpoint_bytes > 0)
+            || (st.checkpoint_owed
+                && self.clock.now_ms() - st.last_checkpoint_ms >= self.cfg.checkpoint_interval_ms)
+    }
+
+    // ---------------------------------------------------------------- space
+
+    /// Creates a journal file when none is free, and a volume when free extents run low.
+    async fn prepare_space(&self) -> Result<bool, StoreError> {
+        let (journal_slot, need_volume) = {
+            let st = self.st.borrow();
+            let recently_failed = st.space_error.is_some()
+                && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
+            if recently_failed {
+                return Ok(false);
+            }
+            let slot = if st.journal.free_slots() == 0 {
+                st.journal.slots.iter().position(|s| s.file.is_none())
+            } else {
+                None
+            };
+            // Keep a quarter of the next volume's size free, and at least two of the
+            // largest extents.
+            let units = self.cfg.volume_size(st.next_volume) / self.cfg.extent_bytes_min;
+            let low_water = (units / 4).max(2 << self.cfg.max_order());
+            // Or an appender needs an extent size that free space (fragmented) cannot give,
+            // and no checkpoint is about to release more.
+            let wanted = st.extent_wanted && st.alloc.quarantined_units() == 0 && !st.checkpointing;
+            (slot, st.alloc.free_units() < low_water || wanted)
+        };
+        if journal_slot.is_none() && !need_volume {
+            return Ok(false);
+        }
+        self.st.borrow_mut().last_space_attempt_ms = self.clock.now_ms();
+        let result = async {
+            if let Some(slot) = journal_slot {
+                self.create_journal_file(slot).await?;
+            }
+            if need_volume {
+                self.create_volume().await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        let mut st = self.st.borrow_mut();
+        match result {
+            Ok(()) => {
+                if st.space_error.take().is_some() {
+                    tracing::info!(store = self.cfg.index, "space is available again");
+                }
+            }
+            Err(e) => {
+                if st.space_error.is_none() {
+                    tracing::warn!(store = self.cfg.index, error = %e, "cannot create space for data; writes that need it fail with StorageFull until it returns");
+                }
+                st.space_error = Some(e.to_string());
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+        Ok(true)
+    }
+
+    /// A fresh store gets its first journal file and volume before it serves, so its first
+    /// write does not wait for them. Failure (a full disk) is not fatal: writes that need
+    /// the space fail with StorageFull until the background work creates it.
+    pub(crate) async fn initial_space(&self) {
+        let (need_journal, need_volume) = {
+            let st = self.st.borrow();
+            (
+                st.journal.slots.iter().all(|s| s.file.is_none()),
+                st.volumes.is_empty(),
+            )
+        };
+        let result = async {
+            if need_journal {
+                self.create_journal_file(0).await?;
+            }
+            if need_volume {
+                self.create_volume().await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(store = self.cfg.index, error = %e, "cannot create the store's first files; writes wait for space");
+            let mut st = self.st.borrow_mut();
+            st.space_error = Some(e.to_string());
+            st.last_space_attempt_ms = self.clock.now_ms();
+        }
+    }
+
+    /// Creates, fills and syncs a file under a temporary name, then renames it into place
+    /// and syncs the directory: a file with a final name is always complete and durable.
+    async fn create_file(&self, name: &str, len: u64) -> Result<Rc<S::File>, StoreError> {
+        let dir = &self.cfg.dir;
+        let free = self.storage.free_bytes(dir).await?;
+        if free < len + len / 16 {
+            return Err(StoreError::StorageFull);
+        }
+        let tmp = dir.join(format!("{name}.tmp"));
+        let path = dir.join(name);
+        self.storage.create_zeroed(&tmp, len).await?;
+        self.storage.rename(&tmp, &path).await?;
+        self.storage.sync_dir(dir).await?;
+        Ok(Rc::new(self.storage.open(&path).await?))
+    }
+
+    async fn create_journal_file(&self, slot: usize) -> Result<(), StoreError> {
+        let file = self
+            .create_file(&journal_file_name(slot as u32), self.cfg.journal_file_bytes)
+            .await?;
+        let mut st = self.st.borrow_mut();
+        let s = &mut st.journal.slots[slot];
+        s.file = Some(file);
+        s.content_seq = 0;
+        Ok(())
+    }
+
+    async fn create_volume(&self) -> Result<(), StoreError> {
+        let n = {
+            let mut st = self.st.borrow_mut();
+            let n = st.next_volume;
+            st.next_volume += 1;
+            n
+        };
+        let size = self.cfg.volume_size(n);
+        let file = self.create_file(&volume_file_name(n), size).await?;
+        let mut st = self.st.borrow_mut();
+        st.alloc
+            .add_volume(n, (size / self.cfg.extent_bytes_min) as u32);
+        st.extent_wanted = false;
+        st.volumes.insert(n, file);
+        tracing::debug!(store = self.cfg.index, volume = n, "volume ready");
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- write-behind
+
+    /// Writes behind the queued shards (and, under memory pressure, the largest ones).
+    async fn write_behind_some(&self) -> Result<bool, StoreError> {
+        let keys: Vec<ShardKey> = {
+            let mut st = self.st.borrow_mut();
+            let mut keys = Vec::new();
+            while keys.len() < BEHIND_CONCURRENCY {
+                let Some(k) = st.behind_queue.pop_front() else {
+                    break;
+                };
+                if let Some(log) = st.shards.get_mut(&k) {
+                    log.queued_behind = false;
+                    keys.push(k);
+                }
+            }
+            if keys.is_empty() && st.pending_bytes > self.cfg.memory_bytes_max / 2 {
+                let mut by_size: Vec<(u64, ShardKey)> = st
+                    .shards
+                    .iter()
+                    .map(|(k, l)| (l.unwritten_bytes(), *k))
+                    .filter(|(n, _)| *n >= BLOCK_BYTES as u64)
+                    .collect();
+                by_size.sort_unstable_by(|a, b| b.cmp(a));
+                keys.extend(by_size.into_iter().take(BEHIND_CONCURRENCY).map(|(_, k)| k));
+            }
+            keys
+        };
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut did = false;
+        for r in join_all(keys.iter().map(|k| self.write_behind(*k, None))).await {
+            did |= r?;
+        }
+        Ok(did)
+    }
+
+    /// Writes a shard's unwritten bytes into its extents: whole blocks of the extent being
+    /// appended to, and closed extents completely; with `force`, also the partial block up
+    /// to that offset of that extent (a checkpoint). Returns false if the shard is busy
+    /// (another writer has it) or had nothing to write.
+    pub(crate) async fn write_behind(
+        &self,
+        key: ShardKey,
+        force: Option<(ExtentId, u64)>,
+    ) -> Result<bool, StoreError> {
+        let storage = &*self.storage;
+        let jobs = {
+            let mut guard = self.st.borrow_mut();
+            let st = &mut *guard;
+            let Some(log) = st.shards.get_mut(&key) else {
+                return Ok(false);
+            };
+            if log.writing_behind || log.direct.is_some() || log.direct_round != 0 {
+                return Ok(false);
+            }
+            let last = log.extents.back().map(|e| e.id);
+            let mut jobs = Vec::new();
+            for e in log.extents.iter_mut().filter(|e| e.written_end < e.end) {
+                let closed = Some(e.id) != last;
+                let staged_from = e.staging.as_ref().map(|s| s.pos);
+                match (closed, force) {
+                    (true, _) => {
+                        if staged_from.is_some_and(|p| p < e.end) {
+                            let end = e.end;
+                            seal_padded(e, end, storage.alloc_buf(BLOCK_BYTES));
+                        }
+                    }
+                    (false, Some((fid, upto))) if fid == e.id && upto > e.written_end => {
+                        if staged_from.is_some_and(|p| p < upto) {
+                            let rest = (e.end - align_down(upto)) as usize;
+                            seal_padded(e, upto, storage.alloc_buf(fresh_len(rest)));
+                        }
+                    }
+                    _ => {
+                        let upto = align_down(e.end);
+                        if staged_from.is_some_and(|p| p < upto) {
+                            let rest = (e.end - upto) as usize;
+                            seal_staging(e, upto, storage.alloc_buf(fresh_len(rest)));
+                        }
+                    }
+                }
+                let vol = st
+                    .volumes
+                    .get(&e.id.volume())
+                    .expect("extent in a volume")
+                    .clone();
+                let vpos = u64::from(e.id.unit()) * self.cfg.extent_bytes_min;
+                for p in e.pieces.iter_mut().filter(|p| !p.writing) {
+                    p.writing = true;
+                    jobs.push((
+                        e.id,
+                        p.pos,
+                        p.pos + p.len as u64,
+                        vol.clone(),
+                        p.buf.clone(),
+                        vpos + p.pos,
+                    ));
+                }
+            }
+            if jobs.is_empty() {
+                return Ok(false);
+            }
+            log.writing_behind = true;
+            jobs
+        };
+        let mut result = Ok(());
+        let mut bytes = 0u64;
+        for (eid, from, to, file, buf, pos) in jobs {
+            bytes += buf.as_ref().as_ref().len() as u64;
+            if let Err(e) = write_fully(storage, &*file, buf, pos).await {
+                result = Err(e);
+                break;
+            }
+            self.piece_written(key, eid, from, to);
+            self.st.borrow_mut().dirty_volumes.insert(eid.volume());
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(log) = st.shards.get_mut(&key) {
+                log.writing_behind = false;
+                // A closed extent that is wholly on disk needs no buffer any more.
+                let last = log.extents.back().map(|e| e.id);
+                for e in log.extents.iter_mut() {
+                    if Some(e.id) != last && e.written_end >= e.end && e.pieces.is_empty() {
+                        e.staging = None;
+                    }
+                }
+            }
+            st.stats.write_behind_bytes += bytes;
+            if let Err(e) = &result {
+                if st.poisoned.is_none() {
+                    tracing::error!(store = self.cfg.index, error = %e, "write-behind failed; the store refuses writes until restart");
+                    st.poisoned = Some(e.to_string());
+                }
+            }
+        }
+        self.changed.notify_all();
+        result.map(|()| true)
+    }
+
+    // ---------------------------------------------------------------- checkpoints
+
+    /// Takes a checkpoint: records every shard's durable extents as of now and where journal
+    /// replay must start, after writing behind and fdatasyncing everything it claims; then
+    /// journal files before that position and extents freed before it are reusable.
+    /// Returns false if one was already running.
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        {
+            let mut st = self.st.borrow_mut();
+            if let Some(p) = &st.poisoned {
+                return Err(StoreError::Poisoned(p.clone()));
+            }
+            if st.checkpointing {
+                return Ok(false);
+            }
+            st.checkpointing = true;
+        }
+        let result = self.checkpoint_inner().await;
+        {
+            let mut st = self.st.borrow_mut();
+            st.checkpointing = false;
+            if let Err(e) = &result {
+                if st.poisoned.is_none() {
+                    tracing::error!(store = self.cfg.index, error = %e, "checkpoint failed; the store refuses writes until restart");
+                    st.poisoned = Some(e.to_string());
+                }
+            }
+        }
+        self.changed.notify_all();
+        result.map(|()| true)
+    }
+
+    async fn checkpoint_inner(&self) -> Result<(), StoreError> {
+        let (mut manifest, targets, quarantine) = self.snapshot();
+        // Write behind everything the manifest will claim. An extent retention freed (or a
+        // shard dropped) meanwhile is left out of the manifest instead: its bytes may never
+        // be written, and it is free space to recovery (and quarantined until then).
+        let mut gone: Vec<(ShardKey, ExtentId)> = Vec::new();
+        for (key, eid, target) in targets {
+            loop {
+                let busy = {
+                    let st = self.st.borrow();
+                    if let Some(p) = &st.poisoned {
+                        return Err(StoreError::Poisoned(p.clone()));
+                    }
+                    let Some(e) = st.shards.get(&key).and_then(|l| l.extent(eid)) else {
+                        gone.push((key, eid));
+                        break;
+                    };
+                    let log = &st.shards[&key];
+                    if e.written_end >= target {
+                        break;
+                    }
+                    log.writing_behind || log.direct.is_some() || log.direct_round != 0
+                };
+                if busy {
+                    // A round writes it in place, or another writer has it: wait for them.
+                    self.changed.wait().await;
+                    continue;
+                }
+                self.write_behind(key, Some((eid, target))).await?;
+            }
+        }
+        for (key, eid) in gone {
+            if let Some(rec) = manifest
+                .shards
+                .iter_mut()
+                .find(|r| r.stream_id == key.stream_id && r.shard_id == key.shard_id)
+            {
+                rec.extents.retain(|x| x.id != eid.0);
+            }
+        }
+        manifest.shards.retain(|r| !r.extents.is_empty());
+        // Every volume written since its last fdatasync, the claimed bytes among them.
+        let files: Vec<Rc<S::File>> = {
+            let mut st = self.st.borrow_mut();
+            let dirty = std::mem::take(&mut st.dirty_volumes);
+            dirty
+                .iter()
+                .filter_map(|v| st.volumes.get(v).cloned())
+                .collect()
+        };
+        for r in join_all(files.iter().map(|f| f.fdatasync())).await {
+            r?;
+        }
+        let bytes = manifest::encode(&manifest);
+        self.storage
+            .write_small_atomic(&self.cfg.dir.join(MANIFEST_FILE), &bytes)
+            .await?;
+        let mut st = self.st.borrow_mut();
+        st.journal.checkpoint_pos = manifest.replay_from;
+        st.alloc.release(quarantine);
+        st.checkpoints = manifest.checkpoint;
+        st.last_checkpoint_ms = self.clock.now_ms();
+        st.stats.checkpoints += 1;
+        st.stats.checkpoint_syncs += files.len() as u64;
+        Ok(())
+    }
+
+    /// The manifest as of the last durable round, the writes it depends on, and the
+    /// extents it records as free.
+    #[allow(clippy::type_complexity)]
+    fn snapshot(
+        &self,
+    ) -> (
+        Manifest,
+        Vec<(ShardKey, ExtentId, u64)>,
+        Vec<(ExtentId, u32)>,
+    ) {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let replay_from = st.journal.durable_pos;
+        let quarantine = st.alloc.take_quarantine();
+        let mut keys: Vec<ShardKey> = st.shards.keys().copied().collect();
+        keys.sort_unstable();
+        let mut shards = Vec::new();
+        let mut targets = Vec::new();
+        for key in keys {
+            let log = &st.shards[&key];
+            let mut extents = Vec::new();
+            for (i, e) in log.extents.iter().enumerate() {
+                if !e.opened_durable {
+                    break;
+                }
+                let sealed = log.extents.get(i + 1).is_some_and(|n| n.opened_durable);
+                let has_data = e.durable_end > super::layout::EXTENT_DATA_START;
+                extents.push(ExtentRecord {
+                    id: e.id.0,
+                    order: e.order,
+                    base_seq: e.base_seq,
+                    nonce: e.nonce,
+                    created_ms: e.created_ms,
+                    first_ts_ms: if has_data {
+                        e.first_ts_ms.unwrap_or(i64::MIN)
+                    } else {
+                        i64::MIN
+                    },
+                    end_offset: e.durable_end,
+                    end_seq: e.durable_end_seq,
+                    last_ts_ms: e.durable_last_ts_ms,
+                    sealed,
+                });
+                if e.written_end < e.durable_end {
+                    targets.push((key, e.id, e.durable_end));
+                }
+            }
+            if !extents.is_empty() {
+                shards.push(ShardRecord {
+                    stream_id: key.stream_id,
+                    shard_id: key.shard_id,
+                    extents,
+                });
+            }
+        }
+        st.since_checkpoint_bytes = 0;
+        st.checkpoint_owed = false;
+        st.checkpoint_urgent = false;
+        let manifest = Manifest {
+            store: self.cfg.index,
+            checkpoint: st.checkpoints + 1,
+            replay_from,
+            next_file_seq: st.journal.next_file_seq,
+            shards,
+        };
+        (manifest, targets, quarantine)
+    }
+
+    /// Stops taking appends, makes everything durable, and takes a final checkpoint, so a
+    /// restart replays nothing.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        self.flush().await?;
+        self.st.borrow_mut().stopping = true;
+        self.wake_readers();
+        if self.st.borrow().poisoned.is_some() {
+            return Ok(());
+        }
+        while !self.checkpoint().await? {
+            self.changed.wait().await;
+        }
+        Ok(())
+    }
+}
+
+/// Capacity of a fresh staging buffer that restarts with `rest` bytes.
+fn fresh_len(rest: usize) -> usize {
+    (align_up(rest as u64 + 1) as usize).max(BLOCK_BYTES)
+}

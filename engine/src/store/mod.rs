@@ -1,0 +1,1650 @@
+//! A store: the logs of every shard placed on it, kept durable with one journal flush per
+//! round, whatever number of shards wrote in the round.
+//!
+//! # Layout (see `layout.rs` for the bytes)
+//! Each shard's log is a list of *extents*: power-of-two runs of blocks (1–16 MiB by
+//! default) inside a few large, pre-written *volume* files the store shares between all its
+//! shards. Extents are allocated from the volumes by a buddy allocator, grow while a shard is
+//! busy, roll by size or age, and are freed whole by retention, so a shard's history is
+//! contiguous in runs of its own (replay reads it sequentially), streams with different
+//! windows can share a store, and an idle shard owns nothing on disk until it is written.
+//!
+//! # Write path (group commit, one flush per round)
+//! 1. `append` stages a batch: it assigns sequence numbers, copies the batch into the shard's
+//!    staging buffer (the extent's bytes as they will be on disk), stamps it there, and
+//!    copies the stamped bytes into the open round's journal buffer (the second copy).
+//! 2. The first appender that finds no round being written leads one: it seals the round
+//!    (header, CRC, padding), places it in the journal, writes it, and fdatasyncs the journal
+//!    file once. Every append of the round then returns. Round *n+1* is written while round
+//!    *n* is synced; syncs stay in order.
+//! 3. A shard that puts at least `direct_write_bytes_min` into one round (a hot shard) is
+//!    not copied into the journal: the round writes its bytes in place in its extent and
+//!    fdatasyncs that volume too, and the journal carries only a `direct` entry naming the
+//!    range. Hot shards are written once; the many small contributions share one flush.
+//!    The number of flushes per round is bounded by the volumes touched, not by shards.
+//! 4. *Write-behind*: journaled bytes stay in memory and are written into their extents in
+//!    large pieces in the background (`behind.rs`), without a flush of their own.
+//! 5. *Checkpoint*: every `checkpoint_bytes` of journal, everything durable is written
+//!    behind, the volumes written since the last checkpoint are fdatasynced, and the
+//!    manifest records each shard's extents and the journal position replay starts from;
+//!    journal files before it are reused. Recovery (`recover.rs`) loads the manifest and
+//!    replays the journal from there: bounded work, whatever is retained.
+//!
+//! The durability contract holds per file: an append returns only after the round's
+//! fdatasync of the journal file holding its bytes, or of the volume holding them (direct).
+//! A checkpoint claims only bytes it wrote and then fdatasynced in their volume.
+//!
+//! # Concurrency contract
+//! A store lives on one core. Its state sits in one `RefCell`, borrowed between awaits and
+//! never across one; every async method re-checks state after each await.
+
+mod alloc;
+mod behind;
+mod journal;
+pub mod layout;
+pub mod manifest;
+mod recover;
+mod shard;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use spate_protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
+
+use crate::clock::ClockRef;
+use crate::io::{align_down, align_up, IoBuf, SegFile, Storage, BLOCK_BYTES};
+use crate::notify::Notify;
+
+use alloc::ExtentAllocator;
+use journal::Journal;
+pub use layout::ShardKey;
+use layout::{
+    encode_batch_entry_header, encode_direct, encode_roll, entry_len, Direct, ExtentId, Roll,
+    RoundHeader, DIRECT_BODY_LEN, ENTRY_HEADER_LEN, EXTENT_DATA_START, ROLL_BODY_LEN,
+    ROUND_HEADER_LEN,
+};
+use shard::{parse_batches, seal_padded, seal_staging, DirectStart, ShardLog, Staged};
+
+/// Tunables of one store (see `config.rs` for the defaults and what each is for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Index of the store (its directory is `store-<index>`); served by core `index % cores`.
+    pub index: u32,
+    pub dir: PathBuf,
+    /// Smallest extent (the allocation unit) and largest; powers of two.
+    pub extent_bytes_min: u64,
+    pub extent_bytes_max: u64,
+    /// Size of each volume file (a multiple of `extent_bytes_max`); a store's first volumes
+    /// are smaller (32 MiB, then ×4).
+    pub volume_bytes: u64,
+    pub journal_file_bytes: u64,
+    /// Journal files in the ring (at least 2).
+    pub journal_files: u32,
+    /// Journal (and direct) bytes after which a checkpoint starts.
+    pub checkpoint_bytes: u64,
+    /// A checkpoint also runs this often when one is owed (freed extents, replayed data).
+    pub checkpoint_interval_ms: i64,
+    /// A shard putting at least this much into one round writes it in place (not journaled).
+    pub direct_write_bytes_min: usize,
+    /// A shard's unwritten bytes that start a write-behind.
+    pub write_behind_bytes: usize,
+    /// Unwritten bytes the store holds in memory before appends wait.
+    pub memory_bytes_max: usize,
+    /// An extent whose oldest record is this old is closed at the next append.
+    pub segment_age_max_ms: i64,
+    pub index_interval_bytes: u64,
+    pub read_chunk_bytes: usize,
+    /// Bytes one round may take while the previous one is being written.
+    pub round_bytes_max: usize,
+    /// Largest staging or journal buffer.
+    pub write_chunk_bytes_max: usize,
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let block = BLOCK_BYTES as u64;
+        if !self.extent_bytes_min.is_power_of_two()
+            || !self.extent_bytes_max.is_power_of_two()
+            || self.extent_bytes_min < 4 * block
+            || self.extent_bytes_max < self.extent_bytes_min
+        {
+            return Err("extent sizes must be powers of two, at least 16 KiB, min <= max".into());
+        }
+        if self.volume_bytes % self.extent_bytes_max != 0 || self.volume_bytes == 0 {
+            return Err("volume_bytes must be a multiple of extent_bytes_max".into());
+        }
+        if self.volume_bytes / self.extent_bytes_min > u64::from(u32::MAX) {
+            return Err("volume_bytes / extent_bytes_min must fit in 32 bits".into());
+        }
+        if self.journal_files < 2 {
+            return Err("journal_files must be at least 2".into());
+        }
+        if self.journal_file_bytes % block != 0
+            || self.journal_file_bytes < 2 * self.round_bytes_max as u64 + 2 * block
+        {
+            return Err("journal_file_bytes must be block-aligned and hold two full rounds".into());
+        }
+        if self.checkpoint_bytes == 0
+            || self.checkpoint_bytes > u64::from(self.journal_files - 1) * self.journal_file_bytes
+        {
+            return Err(
+                "checkpoint_bytes must be positive and fit in all but one journal file".into(),
+            );
+        }
+        if self.write_chunk_bytes_max < 16 << 10 || self.write_chunk_bytes_max % BLOCK_BYTES != 0 {
+            return Err("write_chunk_bytes_max must be a multiple of 4096, at least 16 KiB".into());
+        }
+        if self.index_interval_bytes == 0 || self.read_chunk_bytes < BLOCK_BYTES {
+            return Err("index_interval_bytes and read_chunk_bytes must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn max_order(&self) -> u32 {
+        (self.extent_bytes_max / self.extent_bytes_min).trailing_zeros()
+    }
+
+    fn extent_size(&self, order: u32) -> u64 {
+        self.extent_bytes_min << order
+    }
+
+    /// Largest batch the store can hold (one batch never spans extents).
+    pub fn max_batch_bytes(&self) -> usize {
+        (self.extent_bytes_max - EXTENT_DATA_START) as usize
+    }
+
+    /// Size of the store's volume number `n`: the first ones are small (a fresh store
+    /// takes its first write after a short fill), each four times the last, up to
+    /// `volume_bytes`.
+    fn volume_size(&self, n: u32) -> u64 {
+        let first = (32u64 << 20).max(2 * self.extent_bytes_max);
+        first
+            .checked_shl(2 * n.min(16))
+            .unwrap_or(u64::MAX)
+            .min(self.volume_bytes)
+            .max(self.extent_bytes_max)
+    }
+}
+
+/// Errors of a store. Converted to wire codes at the server boundary.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store refuses writes after a failed write or flush: {0}")]
+    Poisoned(String),
+    #[error("no space left for the shard's data")]
+    StorageFull,
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("batch of {0} bytes does not fit in an extent")]
+    BatchTooLarge(usize),
+    #[error("no shard {0:?} in this store")]
+    UnknownShard(ShardKey),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            StoreError::StorageFull
+        } else {
+            StoreError::Io(e.to_string())
+        }
+    }
+}
+
+/// What an acknowledged append tells the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub base_seq: u64,
+    pub record_count: u32,
+    pub ts_ms: i64,
+}
+
+/// Stored batches returned by a read, exactly as on disk, plus the window of sequence
+/// numbers the reader should yield from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadOutput {
+    /// Concatenated stored batches, each verified by CRC.
+    pub bytes: Vec<u8>,
+    pub batch_count: u32,
+    /// Yield records with `start_seq <= seq < end_seq`; `end_seq` is also where to continue.
+    pub start_seq: u64,
+    pub end_seq: u64,
+    /// Arrival time of the newest durable record, for "millis behind latest".
+    pub latest_ts_ms: i64,
+    /// One past the newest durable record.
+    pub durable_seq: u64,
+}
+
+/// Counters of a store (its metrics probe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub rounds: u64,
+    pub round_syncs: u64,
+    pub appends: u64,
+    pub journal_bytes: u64,
+    pub direct_bytes: u64,
+    pub write_behind_bytes: u64,
+    pub checkpoints: u64,
+    pub checkpoint_syncs: u64,
+    pub rolls: u64,
+    /// Time spent in the write phase and in the sync phase of rounds, summed.
+    pub write_us: u64,
+    pub sync_us: u64,
+    pub replayed_rounds: u64,
+    pub replayed_bytes: u64,
+}
+
+/// A shard's vital statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub first_seq: u64,
+    /// One past the newest durable record.
+    pub next_seq: u64,
+    pub latest_ts_ms: i64,
+    pub extents: usize,
+}
+
+/// The round being filled: its journal payload (built as batches are staged) and the
+/// shards that staged into it.
+struct OpenRound<B> {
+    /// Journal buffers; the first starts with room for the round header.
+    chunks: Vec<B>,
+    /// Bytes used in `chunks` (header room included).
+    len: usize,
+    entries: u32,
+    crc: u32,
+    touched: Vec<ShardKey>,
+    direct: Vec<ShardKey>,
+    /// Batch bytes staged into the round (journaled or direct).
+    batch_bytes: usize,
+}
+
+impl<B: IoBuf> OpenRound<B> {
+    fn new() -> OpenRound<B> {
+        OpenRound {
+            chunks: Vec::new(),
+            len: ROUND_HEADER_LEN,
+            entries: 0,
+            crc: 0,
+            touched: Vec::new(),
+            direct: Vec::new(),
+            batch_bytes: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries == 0 && self.direct.is_empty()
+    }
+
+    /// Appends payload bytes, allocating journal buffers as needed.
+    fn put(&mut self, bytes: &[u8], chunk_bytes: usize, alloc: &dyn Fn(usize) -> B) {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let cap: usize = self.chunks.iter().map(|c| c.as_ref().len()).sum();
+            if self.len == cap {
+                let want = align_up((rest.len() + ROUND_HEADER_LEN) as u64) as usize;
+                self.chunks.push(alloc(want.clamp(16 << 10, chunk_bytes)));
+                continue;
+            }
+            let last = self.chunks.last_mut().expect("a chunk");
+            let start_of_last = cap - last.as_ref().len();
+            let at = self.len - start_of_last;
+            let n = rest.len().min(last.as_ref().len() - at);
+            last.as_mut()[at..at + n].copy_from_slice(&rest[..n]);
+            self.len += n;
+            rest = &rest[n..];
+        }
+    }
+
+    fn put_entry(
+        &mut self,
+        header: &[u8],
+        body: &[u8],
+        chunk_bytes: usize,
+        alloc: &dyn Fn(usize) -> B,
+    ) {
+        if self.chunks.is_empty() {
+            self.chunks.push(alloc(16 << 10));
+        }
+        self.put(header, chunk_bytes, alloc);
+        self.put(body, chunk_bytes, alloc);
+        let pad = body.len().next_multiple_of(8) - body.len();
+        self.put(&[0u8; 8][..pad], chunk_bytes, alloc);
+        self.entries += 1;
+    }
+}
+
+/// What completing a round tells one shard.
+struct Completion {
+    key: ShardKey,
+    extent: ExtentId,
+    end: u64,
+    end_seq: u64,
+    last_ts_ms: i64,
+}
+
+/// A write of one buffer to a file at a position.
+struct WriteJob<F, B> {
+    file: Rc<F>,
+    buf: Rc<B>,
+    pos: u64,
+}
+
+/// A shard's in-place writes of one round, in order, and what they cover.
+struct DirectJob<F, B> {
+    key: ShardKey,
+    writes: Vec<(ExtentId, u64, u64, WriteJob<F, B>)>,
+}
+
+/// A round, sealed and placed, ready to be written.
+struct SealedRound<S: Storage> {
+    id: u64,
+    journal_file: Rc<S::File>,
+    journal_writes: Vec<WriteJob<S::File, S::Buf>>,
+    direct: Vec<DirectJob<S::File, S::Buf>>,
+    direct_volumes: BTreeSet<u32>,
+    completions: Vec<Completion>,
+    end_pos: manifest::JournalPos,
+    journal_bytes: u64,
+    direct_bytes: u64,
+}
+
+pub(crate) struct State<S: Storage> {
+    shards: HashMap<ShardKey, ShardLog<S::Buf>>,
+    alloc: ExtentAllocator,
+    volumes: BTreeMap<u32, Rc<S::File>>,
+    next_volume: u32,
+    journal: Journal<S::File>,
+    open: OpenRound<S::Buf>,
+    open_id: u64,
+    writing: bool,
+    synced_id: u64,
+    durable_id: u64,
+    poisoned: Option<String>,
+    /// Staged bytes not yet written to their extents.
+    pending_bytes: usize,
+    /// Volumes written by write-behind since their last fdatasync.
+    dirty_volumes: BTreeSet<u32>,
+    since_checkpoint_bytes: u64,
+    last_checkpoint_ms: i64,
+    checkpoints: u64,
+    checkpointing: bool,
+    /// A checkpoint is owed (replayed data, freed extents) even without journal traffic.
+    checkpoint_owed: bool,
+    /// An appender waits for what only a checkpoint frees (journal files, extents).
+    checkpoint_urgent: bool,
+    /// An appender waits for an extent size free space cannot give (fragmented or full).
+    extent_wanted: bool,
+    /// Shards queued for write-behind.
+    behind_queue: std::collections::VecDeque<ShardKey>,
+    /// Why the last attempt to create space (a volume, a journal file) failed, and when.
+    space_error: Option<String>,
+    last_space_attempt_ms: i64,
+    stopping: bool,
+    stats: StoreStats,
+}
+
+/// A store. See the module docs for the write path and the concurrency contract.
+pub struct Store<S: Storage> {
+    storage: Rc<S>,
+    cfg: StoreConfig,
+    clock: ClockRef,
+    st: RefCell<State<S>>,
+    /// Rounds completed, space freed, memory released: appenders and the checkpoint wait here.
+    changed: Notify,
+    /// Wakes the background task.
+    work: Notify,
+}
+
+fn poisoned(st: &State<impl Storage>) -> Result<(), StoreError> {
+    match &st.poisoned {
+        Some(p) => Err(StoreError::Poisoned(p.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Extra journal bytes a staged batch may bring with it (a roll and a direct entry).
+const ENTRY_SLACK_BYTES: usize = 2 * (ENTRY_HEADER_LEN + 48);
+
+/// How long a failed attempt to create space is trusted before the next try.
+pub(crate) const SPACE_RETRY_MS: i64 = 1000;
+
+/// Staging buffers start this small (an idle shard's first batch).
+const STAGING_BYTES_MIN: usize = 16 << 10;
+
+impl<S: Storage> Store<S> {
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.st.borrow().stats
+    }
+
+    pub fn is_poisoned(&self) -> Option<String> {
+        self.st.borrow().poisoned.clone()
+    }
+
+    /// Staged bytes not yet written to extents (the memory the store holds for them).
+    pub fn pending_bytes(&self) -> usize {
+        self.st.borrow().pending_bytes
+    }
+
+    /// Bytes of memory the shards' buffers hold (a scan: for tests and benchmarks).
+    pub fn memory_bytes(&self) -> usize {
+        self.st
+            .borrow()
+            .shards
+            .values()
+            .map(ShardLog::mem_bytes)
+            .sum()
+    }
+
+    /// Volumes and journal files this store has.
+    pub fn file_count(&self) -> usize {
+        let st = self.st.borrow();
+        st.volumes.len() + st.journal.slots.iter().filter(|s| s.file.is_some()).count()
+    }
+
+    /// Registers a shard (a new stream's, or one placed here). No I/O: a shard owns
+    /// nothing on disk until it is written.
+    pub fn add_shard(&self, key: ShardKey) {
+        self.st
+            .borrow_mut()
+            .shards
+            .entry(key)
+            .or_insert_with(|| ShardLog::new(key.stream_id, key.shard_id, 0, 0));
+    }
+
+    pub fn has_shard(&self, key: ShardKey) -> bool {
+        self.st.borrow().shards.contains_key(&key)
+    }
+
+    /// Drops a shard (its stream was deleted): its extents are freed after the next
+    /// checkpoint; readers waiting on it are woken.
+    pub fn drop_shard(&self, key: ShardKey) {
+        let mut st = self.st.borrow_mut();
+        let Some(log) = st.shards.remove(&key) else {
+            return;
+        };
+        for e in &log.extents {
+            st.pending_bytes -= (e.end - e.written_end.min(e.end)) as usize;
+            st.alloc.free_later(e.id, e.order);
+        }
+        st.checkpoint_owed = true;
+        log.changed.notify_all();
+        drop(st);
+        self.work.notify_all();
+    }
+
+    /// The signal a long-polling reader of `key` waits on.
+    pub fn changed(&self, key: ShardKey) -> Result<Rc<Notify>, StoreError> {
+        let st = self.st.borrow();
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        Ok(log.changed.clone())
+    }
+
+    /// Wakes every reader waiting on any shard (shutdown).
+    pub fn wake_readers(&self) {
+        for log in self.st.borrow().shards.values() {
+            log.changed.notify_all();
+        }
+    }
+
+    pub fn shard_info(&self, key: ShardKey) -> Result<ShardInfo, StoreError> {
+        let st = self.st.borrow();
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        Ok(ShardInfo {
+            first_seq: log.trim_horizon().min(log.durable_seq),
+            next_seq: log.durable_seq,
+            latest_ts_ms: log.durable_last_ts_ms,
+            extents: log.extents.len(),
+        })
+    }
+
+    pub fn durable_seq(&self, key: ShardKey) -> Result<u64, StoreError> {
+        Ok(self.shard_info(key)?.next_seq)
+    }
+
+    pub fn trim_horizon(&self, key: ShardKey) -> Result<u64, StoreError> {
+        Ok(self.shard_info(key)?.first_seq)
+    }
+
+    // ---------------------------------------------------------------- appends
+
+    /// Appends one checked producer batch (see `protocol::batch::check_producer_batch`) to
+    /// a shard and returns once it is durable.
+    pub async fn append(
+        &self,
+        key: ShardKey,
+        batch: &[u8],
+        record_count: u32,
+    ) -> Result<AppendAck, StoreError> {
+        debug_assert_eq!(
+            BatchHeader::decode(batch).map(|h| h.record_count),
+            Ok(record_count)
+        );
+        let len = batch.len();
+        if len > self.cfg.max_batch_bytes() {
+            return Err(StoreError::BatchTooLarge(len));
+        }
+        loop {
+            let wait = {
+                let st = self.st.borrow();
+                poisoned(&st)?;
+                if st.stopping {
+                    return Err(StoreError::ShuttingDown);
+                }
+                let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+                let round_full = st.writing && st.open.batch_bytes >= self.cfg.round_bytes_max;
+                let memory_full =
+                    st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
+                let padded = align_up((st.open.len + entry_len(len) + ENTRY_SLACK_BYTES) as u64);
+                let journal_full = !st.journal.has_room(padded);
+                let needs_roll =
+                    log.needs_roll(len as u64, self.clock.now_ms(), self.cfg.segment_age_max_ms);
+                let no_extent = needs_roll && !st.alloc_possible(self.roll_order(log, len));
+                let space_failed_recently = st.space_error.is_some()
+                    && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
+                if (journal_full || no_extent) && space_failed_recently && !st.checkpointing {
+                    // Nothing in flight can make room: the file system is full.
+                    let journal_stuck = journal_full
+                        && st.journal.free_slots() == 0
+                        && st.journal.slots.iter().all(|s| s.file.is_some());
+                    if no_extent || !journal_stuck {
+                        return Err(StoreError::StorageFull);
+                    }
+                }
+                let needs_tail = log.active().is_some_and(|a| a.staging.is_none()) && !needs_roll;
+                if needs_tail {
+                    Wait::LoadTail
+                } else if round_full {
+                    Wait::Round
+                } else if memory_full || journal_full || no_extent {
+                    Wait::Background {
+                        urgent: journal_full || (no_extent && st.alloc.quarantined_units() > 0),
+                        extent: no_extent,
+                    }
+                } else {
+                    Wait::None
+                }
+            };
+            match wait {
+                Wait::None => break,
+                Wait::Round => self.changed.wait().await,
+                Wait::Background { urgent, extent } => {
+                    let w = self.changed.wait();
+                    {
+                        let mut st = self.st.borrow_mut();
+                        st.checkpoint_urgent |= urgent;
+                        st.extent_wanted |= extent;
+                    }
+                    self.work.notify_all();
+                    w.await;
+                }
+                Wait::LoadTail => self.load_tail(key).await?,
+            }
+        }
+        let (ack, round_id) = self.stage(key, batch, record_count)?;
+        self.wait_round(round_id).await?;
+        Ok(ack)
+    }
+
+    /// Size order of the next extent of a shard: doubles while the shard fills extents,
+    /// and is large enough for the batch.
+    fn roll_order(&self, log: &ShardLog<S::Buf>, len: usize) -> u32 {
+        let need = (len as u64 + EXTENT_DATA_START).div_ceil(self.cfg.extent_bytes_min);
+        let need_order = need.next_power_of_two().trailing_zeros();
+        log.next_order.max(need_order).min(self.cfg.max_order())
+    }
+
+    /// Reads the partial last block of a recovered shard's active extent into a staging
+    /// buffer, so appends can continue it.
+    async fn load_tail(&self, key: ShardKey) -> Result<(), StoreError> {
+        let (file, pos, at) = {
+            let st = self.st.borrow();
+            let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+            let Some(a) = log.active() else { return Ok(()) };
+            if a.staging.is_some() {
+                return Ok(());
+            }
+            let at = align_down(a.end);
+            let file = st.volume(a.id)?;
+            (file, self.volume_pos(a.id) + at, at)
+        };
+        let want = (self.cfg_end_of(key)? - at) as usize;
+        let bytes = if want > 0 {
+            file.read_at(pos, want).await?.as_ref().to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut st = self.st.borrow_mut();
+        let log = st
+            .shards
+            .get_mut(&key)
+            .ok_or(StoreError::UnknownShard(key))?;
+        let Some(a) = log.extents.back_mut() else {
+            return Ok(());
+        };
+        if a.staging.is_some() || align_down(a.end) != at || bytes.len() != (a.end - at) as usize {
+            return Ok(()); // someone else loaded it, or it changed: re-check
+        }
+        let mut buf = self.storage.alloc_buf(STAGING_BYTES_MIN);
+        buf.as_mut()[..bytes.len()].copy_from_slice(&bytes);
+        a.staging = Some(shard::Staging {
+            pos: at,
+            len: bytes.len(),
+            buf,
+        });
+        Ok(())
+    }
+
+    fn cfg_end_of(&self, key: ShardKey) -> Result<u64, StoreError> {
+        let st = self.st.borrow();
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        Ok(log.active().map_or(0, |a| a.end))
+    }
+
+    /// Byte position of an extent in its volume.
+    fn volume_pos(&self, id: ExtentId) -> u64 {
+        u64::from(id.unit()) * self.cfg.extent_bytes_min
+    }
+
+    /// Stages a batch (synchronous, so sequence numbers, file order and journal order all
+    /// agree). Returns the ack and the round that makes it durable.
+    fn stage(
+        &self,
+        key: ShardKey,
+        batch: &[u8],
+        record_count: u32,
+    ) -> Result<(AppendAck, u64), StoreError> {
+        let now = self.clock.now_ms();
+        let cfg = &self.cfg;
+        let storage = &*self.storage;
+        let alloc_buf = |n: usize| storage.alloc_buf(n);
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let open_id = st.open_id;
+        let len = batch.len();
+        let log = st
+            .shards
+            .get_mut(&key)
+            .ok_or(StoreError::UnknownShard(key))?;
+        if log.round_id != open_id {
+            log.round_id = open_id;
+            log.round_bytes = 0;
+            st.open.touched.push(key);
+        }
+        if log.needs_roll(len as u64, now, cfg.segment_age_max_ms) {
+            let order = self.roll_order(log, len);
+            let id = st.alloc.alloc(order).ok_or(StoreError::StorageFull)?;
+            // The shard grows its extents while it fills them; an extent closed by age
+            // means a slow shard, which goes back down.
+            if let Some(a) = log.active() {
+                let full = a.end + len as u64 > a.size;
+                log.next_order = if full {
+                    (a.order + 1).min(cfg.max_order())
+                } else {
+                    a.order.saturating_sub(1)
+                };
+            }
+            let was_direct = log.direct.take();
+            if let Some(d) = was_direct {
+                let a = log.active().expect("direct implies an active extent");
+                let entry = Direct {
+                    extent: d.extent,
+                    from_offset: d.offset,
+                    to_offset: a.end,
+                    from_seq: d.seq,
+                    next_seq: log.next_seq,
+                };
+                let mut e = [0u8; ENTRY_HEADER_LEN + DIRECT_BODY_LEN];
+                encode_direct(&mut e, key, &entry);
+                st.open.put_entry(
+                    &e[..ENTRY_HEADER_LEN],
+                    &e[ENTRY_HEADER_LEN..],
+                    cfg.write_chunk_bytes_max,
+                    &alloc_buf,
+                );
+            }
+            let nonce = rand::random::<u64>() | 1;
+            let size = cfg.extent_size(order);
+            let staging_len =
+                align_up((len + BLOCK_BYTES) as u64).max(STAGING_BYTES_MIN as u64) as usize;
+            log.open_extent(
+                id,
+                order,
+                size,
+                nonce,
+                now,
+                alloc_buf(
+                    staging_len
+                        .min(cfg.write_chunk_bytes_max)
+                        .max(align_up((len + BLOCK_BYTES) as u64) as usize),
+                ),
+            );
+            let roll = Roll {
+                extent: id,
+                order,
+                base_seq: log.next_seq,
+                nonce,
+                created_ms: now,
+            };
+            let mut e = [0u8; ENTRY_HEADER_LEN + ROLL_BODY_LEN];
+            encode_roll(&mut e, key, &roll);
+            st.open.put_entry(
+                &e[..ENTRY_HEADER_LEN],
+                &e[ENTRY_HEADER_LEN..],
+                cfg.write_chunk_bytes_max,
+                &alloc_buf,
+            );
+            st.pending_bytes += BLOCK_BYTES;
+            st.stats.rolls += 1;
+            if was_direct.is_some() {
+                log.direct = Some(DirectStart {
+                    extent: id,
+                    offset: EXTENT_DATA_START,
+                    seq: log.next_seq,
+                });
+            }
+            if log.extents.len() > 1 && !log.queued_behind {
+                // The closed extent's bytes can go to disk whole.
+                log.queued_behind = true;
+                st.behind_queue.push_back(key);
+            }
+        }
+        if !log.staging_room(len) {
+            let a = log.extents.back_mut().expect("active extent");
+            let s = a.staging.as_ref().expect("staging");
+            let carry = (a.end - align_down(a.end)) as usize;
+            let want = (s.buf.as_ref().len() * 2)
+                .clamp(STAGING_BYTES_MIN, cfg.write_chunk_bytes_max)
+                .max(align_up((carry + len) as u64) as usize);
+            let upto = align_down(a.end);
+            seal_staging(a, upto, alloc_buf(want));
+        }
+        let direct = log.direct.is_some()
+            || (log.round_bytes + len >= cfg.direct_write_bytes_min
+                && !log.writing_behind
+                && log.direct_round == 0);
+        if direct && log.direct.is_none() {
+            let a = log.active().expect("active extent");
+            log.direct = Some(DirectStart {
+                extent: a.id,
+                offset: a.end,
+                seq: log.next_seq,
+            });
+            st.open.direct.push(key);
+        }
+        let staged: Staged = log.stage(batch, record_count, now, cfg.index_interval_bytes);
+        log.round_bytes += len;
+        st.open.batch_bytes += len;
+        st.pending_bytes += len;
+        if !direct {
+            let mut h = [0u8; ENTRY_HEADER_LEN];
+            encode_batch_entry_header(&mut h, key, len);
+            st.open.put_entry(
+                &h,
+                log.staged_bytes(&staged),
+                cfg.write_chunk_bytes_max,
+                &alloc_buf,
+            );
+        }
+        let unwritten = log.active().map_or(0, |a| a.end - a.mem_start());
+        if unwritten >= cfg.write_behind_bytes as u64 && !log.queued_behind && log.direct.is_none()
+        {
+            log.queued_behind = true;
+            st.behind_queue.push_back(key);
+        }
+        st.stats.appends += 1;
+        Ok((
+            AppendAck {
+                base_seq: staged.base_seq,
+                record_count,
+                ts_ms: staged.ts_ms,
+            },
+            open_id,
+        ))
+    }
+
+    /// Waits until round `round_id` is durable (or failed), leading its flush if nobody
+    /// else is writing.
+    async fn wait_round(&self, round_id: u64) -> Result<(), StoreError> {
+        loop {
+            let lead = {
+                let st = self.st.borrow();
+                if st.durable_id >= round_id {
+                    return Ok(());
+                }
+                if st.synced_id >= round_id {
+                    poisoned(&st)?;
+                    return Err(StoreError::Poisoned("round failed".into()));
+                }
+                !st.writing && st.open_id == round_id
+            };
+            if lead {
+                self.flush_round().await;
+            } else {
+                self.changed.wait().await;
+            }
+        }
+    }
+
+    /// Makes everything staged so far durable (shutdown, tests, the checkpoint).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let round_id = {
+            let st = self.st.borrow();
+            if st.open.is_empty() {
+                st.open_id - 1
+            } else {
+                st.open_id
+            }
+        };
+        self.wait_round(round_id).await
+    }
+
+    /// Runs one round: seal, write (journal and direct writes concurrently), then once the
+    /// previous round's sync finished, fdatasync the journal file and the volumes written in
+    /// place, and publish.
+    ///
+    /// Why the overlap is safe: round `n + 1` is written only after round `n`'s writes
+    /// completed. Journal rounds never share blocks. A direct write may rewrite a block that
+    /// round `n` wrote (a shard's partial last block), with the same bytes for round `n`'s
+    /// part, so a crash (even a torn block) leaves round `n`'s records intact. Syncs stay in
+    /// order, so a write-back error is seen by the round it belongs to or an earlier one.
+    async fn flush_round(&self) {
+        // Claim the write phase, then let every task that is already runnable (appenders
+        // woken by the last round) stage before the round is sealed.
+        self.st.borrow_mut().writing = true;
+        futures_lite::future::yield_now().await;
+        let sealed = self.seal_round();
+        // Appenders held back by a full open round may stage into the fresh one now.
+        self.changed.notify_all();
+        let Some(sealed) = sealed else {
+            self.st.borrow_mut().writing = false;
+            self.changed.notify_all();
+            return;
+        };
+        let started = std::time::Instant::now();
+        let already_failed = self.st.borrow().poisoned.is_some();
+        let mut result = if already_failed {
+            Err(StoreError::Poisoned("an earlier round failed".into()))
+        } else {
+            self.write_round(&sealed).await
+        };
+        let write_us = started.elapsed().as_micros() as u64;
+        self.st.borrow_mut().writing = false;
+        self.changed.notify_all();
+        while self.st.borrow().synced_id + 1 < sealed.id {
+            self.changed.wait().await;
+        }
+        if result.is_ok() {
+            poisoned(&self.st.borrow())
+                .map_err(|e| result = Err(e))
+                .ok();
+        }
+        let sync_started = std::time::Instant::now();
+        let mut syncs = 0;
+        if result.is_ok() {
+            let mut files: Vec<Rc<S::File>> = vec![sealed.journal_file.clone()];
+            {
+                let st = self.st.borrow();
+                for v in &sealed.direct_volumes {
+                    if let Some(f) = st.volumes.get(v) {
+                        files.push(f.clone());
+                    }
+                }
+            }
+            syncs = files.len() as u64;
+            for r in join_all(files.iter().map(|f| f.fdatasync())).await {
+                if let Err(e) = r {
+                    result = Err(e.into());
+                }
+            }
+        }
+        let sync_us = sync_started.elapsed().as_micros() as u64;
+        self.complete_round(sealed, result, write_us, sync_us, syncs);
+        self.changed.notify_all();
+    }
+
+    /// Seals the open round: finishes its journal payload (final direct entries, header,
+    /// padding), places it in the journal, and collects the in-place writes of hot shards.
+    fn seal_round(&self) -> Option<SealedRound<S>> {
+        let cfg = &self.cfg;
+        let storage = &*self.storage;
+        let alloc_buf = |n: usize| storage.alloc_buf(n);
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        if st.open.is_empty() {
+            return None;
+        }
+        let id = st.open_id;
+        let mut round = std::mem::replace(&mut st.open, OpenRound::new());
+        st.open_id += 1;
+        // Hot shards: a final direct entry, and their unwritten bytes sealed for writing.
+        let mut direct = Vec::new();
+        let mut direct_volumes = BTreeSet::new();
+        let mut direct_bytes = 0u64;
+        for key in std::mem::take(&mut round.direct) {
+            let Some(log) = st.shards.get_mut(&key) else {
+                continue;
+            };
+            let Some(d) = log.direct.take() else { continue };
+            let a = log.active().expect("active extent");
+            let entry = Direct {
+                extent: d.extent,
+                from_offset: d.offset,
+                to_offset: a.end,
+                from_seq: d.seq,
+                next_seq: log.next_seq,
+            };
+            direct_bytes += a.end - d.offset;
+            let mut e = [0u8; ENTRY_HEADER_LEN + DIRECT_BODY_LEN];
+            encode_direct(&mut e, key, &entry);
+            round.put_entry(
+                &e[..ENTRY_HEADER_LEN],
+                &e[ENTRY_HEADER_LEN..],
+                cfg.write_chunk_bytes_max,
+                &alloc_buf,
+            );
+            let mut job = DirectJob {
+                key,
+                writes: Vec::new(),
+            };
+            let base: Vec<(ExtentId, u64)> = log
+                .extents
+                .iter()
+                .filter(|e| e.written_end < e.end)
+                .map(|e| (e.id, e.end))
+                .collect();
+            for (eid, end) in base {
+                let e = log.extent_mut(eid).expect("listed");
+                if e.staging.as_ref().is_some_and(|s| s.pos < end) {
+                    let rest = (end - align_down(end)) as usize;
+                    seal_padded(
+                        e,
+                        end,
+                        alloc_buf(align_up(rest as u64 + 1).max(BLOCK_BYTES as u64) as usize),
+                    );
+                }
+                let vol = st
+                    .volumes
+                    .get(&eid.volume())
+                    .expect("extent in a volume")
+                    .clone();
+                direct_volumes.insert(eid.volume());
+                let vpos = u64::from(eid.unit()) * cfg.extent_bytes_min;
+                for p in e.pieces.iter_mut().filter(|p| !p.writing) {
+                    p.writing = true;
+                    job.writes.push((
+                        eid,
+                        p.pos,
+                        p.pos + p.len as u64,
+                        WriteJob {
+                            file: vol.clone(),
+                            buf: p.buf.clone(),
+                            pos: vpos + p.pos,
+                        },
+                    ));
+                }
+            }
+            log.direct_round = id;
+            direct.push(job);
+        }
+        // What each shard of the round will be able to publish once it is durable.
+        let mut completions = Vec::with_capacity(round.touched.len());
+        for key in &round.touched {
+            if let Some(log) = st.shards.get(key) {
+                if let Some(a) = log.active() {
+                    completions.push(Completion {
+                        key: *key,
+                        extent: a.id,
+                        end: a.end,
+                        end_seq: log.next_seq,
+                        last_ts_ms: log.last_ts_ms,
+                    });
+                }
+            }
+        }
+        // The header, then padding to a block.
+        let payload_len = round.len - ROUND_HEADER_LEN;
+        let padded = align_up(round.len as u64);
+        let placement = st.journal.place(padded, self.clock.now_ms());
+        let header = RoundHeader {
+            nonce: placement.nonce,
+            round: placement.round,
+            payload_len: payload_len as u32,
+            entry_count: round.entries,
+            payload_crc: round.crc,
+        };
+        header.encode(&mut round.chunks[0].as_mut()[..ROUND_HEADER_LEN]);
+        let slot = &st.journal.slots[placement.slot];
+        let file = slot.file.clone().expect("placed in an existing file");
+        let mut journal_writes = Vec::new();
+        if let Some(h) = placement.new_header {
+            let mut b = alloc_buf(BLOCK_BYTES);
+            h.encode_block(b.as_mut());
+            journal_writes.push(WriteJob {
+                file: file.clone(),
+                buf: Rc::new(b),
+                pos: 0,
+            });
+        }
+        let mut pos = placement.pos;
+        let mut left = padded as usize;
+        let mut filled = round.len;
+        for mut c in round.chunks {
+            let cap = c.as_ref().len();
+            let n = left.min(cap);
+            // Zero the unused tail of the last chunk: padding is part of the round's bytes.
+            let valid = filled.min(cap);
+            c.as_mut()[valid..n].fill(0);
+            filled = filled.saturating_sub(cap);
+            c.trim(n);
+            journal_writes.push(WriteJob {
+                file: file.clone(),
+                buf: Rc::new(c),
+                pos,
+            });
+            pos += n as u64;
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
+        assert_eq!(left, 0, "journal buffers cover the padded round");
+        let end_pos = manifest::JournalPos {
+            file_seq: placement.file_seq,
+            offset: placement.pos + padded,
+            round: placement.round + 1,
+        };
+        Some(SealedRound {
+            id,
+            journal_file: file,
+            journal_writes,
+            direct,
+            direct_volumes,
+            completions,
+            end_pos,
+            journal_bytes: padded,
+            direct_bytes,
+        })
+    }
+
+    /// The write phase of a round: journal buffers concurrently; each hot shard's pieces in
+    /// order (a padded piece shares its last block with the next), shards concurrently.
+    async fn write_round(&self, r: &SealedRound<S>) -> Result<(), StoreError> {
+        let storage = &*self.storage;
+        let journal = join_all(
+            r.journal_writes
+                .iter()
+                .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos)),
+        );
+        let direct = join_all(r.direct.iter().map(|job| async move {
+            for (eid, from, to, w) in &job.writes {
+                write_fully(storage, &*w.file, w.buf.clone(), w.pos).await?;
+                self.piece_written(job.key, *eid, *from, *to);
+            }
+            Ok::<(), StoreError>(())
+        }));
+        let (j, d) = futures_lite::future::zip(journal, direct).await;
+        for r in j.into_iter().chain(d) {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// A piece `[from, to)` of an extent reached its volume: drop it from memory.
+    fn piece_written(&self, key: ShardKey, eid: ExtentId, from: u64, to: u64) {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let Some(log) = st.shards.get_mut(&key) else {
+            return;
+        };
+        let Some(e) = log.extent_mut(eid) else { return };
+        e.pieces
+            .retain(|p| !(p.pos == from && p.pos + p.len as u64 == to && p.writing));
+        if to > e.written_end {
+            let before = e.written_end.min(e.end);
+            e.written_end = to;
+            st.pending_bytes -= (to.min(e.end) - before) as usize;
+        }
+    }
+
+    fn complete_round(
+        &self,
+        r: SealedRound<S>,
+        result: Result<(), StoreError>,
+        write_us: u64,
+        sync_us: u64,
+        syncs: u64,
+    ) {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        assert_eq!(st.synced_id + 1, r.id, "rounds sync in order");
+        st.synced_id = r.id;
+        st.stats.rounds += 1;
+        st.stats.write_us += write_us;
+        st.stats.sync_us += sync_us;
+        st.stats.round_syncs += syncs;
+        match result {
+            Ok(()) => {
+                st.durable_id = r.id;
+                assert!(
+                    r.end_pos.round > st.journal.durable_pos.round
+                        || st.journal.durable_pos.round == 0
+                );
+                st.journal.durable_pos = r.end_pos;
+                st.since_checkpoint_bytes += r.journal_bytes + r.direct_bytes;
+                st.stats.journal_bytes += r.journal_bytes;
+                st.stats.direct_bytes += r.direct_bytes;
+                for c in &r.completions {
+                    let Some(log) = st.shards.get_mut(&c.key) else {
+                        continue;
+                    };
+                    assert!(
+                        c.end_seq >= log.durable_seq,
+                        "durable sequence went backwards"
+                    );
+                    log.durable_seq = c.end_seq;
+                    log.durable_last_ts_ms = c.last_ts_ms.max(log.durable_last_ts_ms);
+                    if log.direct_round == r.id {
+                        log.direct_round = 0;
+                    }
+                    // Every extent up to the round's last one is now durable to its end
+                    // (earlier ones were closed by rolls staged before the seal).
+                    let Some(i) = log.extents.iter().rposition(|e| e.id == c.extent) else {
+                        continue;
+                    };
+                    for (j, e) in log.extents.iter_mut().enumerate().take(i + 1).rev() {
+                        let end = if j == i { c.end } else { e.end };
+                        if e.opened_durable && e.durable_end >= end {
+                            break;
+                        }
+                        e.opened_durable = true;
+                        e.durable_end = end;
+                        e.durable_end_seq = if j == i { c.end_seq } else { e.end_seq };
+                        e.durable_last_ts_ms = if j == i { c.last_ts_ms } else { e.last_ts_ms };
+                    }
+                    log.changed.notify_all();
+                }
+                if st.since_checkpoint_bytes >= self.cfg.checkpoint_bytes {
+                    drop(guard);
+                    self.work.notify_all();
+                }
+            }
+            Err(e) => {
+                if st.poisoned.is_none() {
+                    tracing::error!(store = self.cfg.index, error = %e, "round failed; the store refuses writes until restart");
+                    st.poisoned = Some(e.to_string());
+                }
+                for c in &r.completions {
+                    if let Some(log) = st.shards.get(&c.key) {
+                        log.changed.notify_all();
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads stored batches from `from_seq` on: at most `max_records` records (counting from
+    /// `from_seq`) and about `max_bytes` bytes, but always at least one batch if any record
+    /// at or after `from_seq` is durable. A batch that fails its checksum is an error, never
+    /// served and never skipped.
+    pub async fn read(
+        &self,
+        key: ShardKey,
+        from_seq: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<ReadOutput, StoreError> {
+        let (durable_seq, latest_ts_ms, horizon) = {
+            let st = self.st.borrow();
+            let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+            (log.durable_seq, log.durable_last_ts_ms, log.trim_horizon())
+        };
+        let from_seq = from_seq.max(horizon);
+        let mut out = ReadOutput {
+            start_seq: from_seq,
+            end_seq: from_seq,
+            latest_ts_ms,
+            durable_seq,
+            ..ReadOutput::default()
+        };
+        if from_seq >= durable_seq || max_records == 0 {
+            return Ok(out);
+        }
+        let limit_seq = from_seq
+            .saturating_add(u64::from(max_records))
+            .min(durable_seq);
+        let mut cursor = self.locate(key, from_seq)?;
+        while let Some(c) = cursor {
+            let done = self
+                .read_extent(key, c, from_seq, limit_seq, max_bytes, &mut out)
+                .await?;
+            if done || out.end_seq >= limit_seq {
+                break;
+            }
+            cursor = self.next_extent_cursor(key, c.extent)?;
+        }
+        out.end_seq = out.end_seq.min(limit_seq).max(from_seq);
+        Ok(out)
+    }
+
+    /// Where to start reading for `seq`: its extent, and an indexed batch at or before it.
+    fn locate(&self, key: ShardKey, seq: u64) -> Result<Option<Cursor>, StoreError> {
+        let st = self.st.borrow();
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        let Some(i) = log.extent_index_of(seq) else {
+            return Ok(None);
+        };
+        let e = &log.extents[i];
+        let (offset, expect_seq) = e
+            .floor_seq(seq)
+            .map_or((EXTENT_DATA_START, e.base_seq), |x| (x.offset, x.seq));
+        Ok(Some(Cursor {
+            extent: e.id,
+            nonce: e.nonce,
+            offset,
+            expect_seq,
+        }))
+    }
+
+    fn next_extent_cursor(
+        &self,
+        key: ShardKey,
+        after: ExtentId,
+    ) -> Result<Option<Cursor>, StoreError> {
+        let st = self.st.borrow();
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        let Some(i) = log.extents.iter().position(|e| e.id == after) else {
+            return Ok(None);
+        };
+        Ok(log.extents.get(i + 1).map(|e| Cursor {
+            extent: e.id,
+            nonce: e.nonce,
+            offset: EXTENT_DATA_START,
+            expect_seq: e.base_seq,
+        }))
+    }
+
+    /// Bytes `[pos, pos + len)` of an extent, from memory where they are there and from the
+    /// volume otherwise (`None` if the extent is gone: retention removed it meanwhile).
+    async fn fetch(
+        &self,
+        key: ShardKey,
+        eid: ExtentId,
+        pos: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut out = vec![0u8; len];
+        let mut at = 0usize;
+        while at < len {
+            let disk = {
+                let st = self.st.borrow();
+                let Some(e) = st.shards.get(&key).and_then(|l| l.extent(eid)) else {
+                    return Ok(None);
+                };
+                let here = pos + at as u64;
+                let mem = e.mem_start();
+                if here >= mem {
+                    if !e.copy_from_mem(here, &mut out[at..]) {
+                        return Err(StoreError::Corrupt(format!(
+                            "extent {eid:?} bytes {here}.. missing from memory"
+                        )));
+                    }
+                    return Ok(Some(out));
+                }
+                let n = ((mem - here) as usize).min(len - at);
+                (st.volume(eid)?, self.volume_pos(eid) + here, n)
+            };
+            let (file, vpos, n) = disk;
+            let got = file.read_at(vpos, n).await?;
+            let got = got.as_ref();
+            if got.len() < n {
+                return Err(StoreError::Corrupt(format!(
+                    "volume short read: {} of {n} bytes at {vpos}",
+                    got.len()
+                )));
+            }
+            out[at..at + n].copy_from_slice(&got[..n]);
+            at += n;
+        }
+        Ok(Some(out))
+    }
+
+    /// Reads batches of one extent into `out`. Returns whether `out` is complete.
+    async fn read_extent(
+        &self,
+        key: ShardKey,
+        mut c: Cursor,
+        from_seq: u64,
+        limit_seq: u64,
+        max_bytes: usize,
+        out: &mut ReadOutput,
+    ) -> Result<bool, StoreError> {
+        loop {
+            let end = {
+                let st = self.st.borrow();
+                let Some(e) = st.shards.get(&key).and_then(|l| l.extent(c.extent)) else {
+                    return Ok(false);
+                };
+                e.durable_end
+            };
+            if c.offset >= end || c.expect_seq >= limit_seq {
+                return Ok(false);
+            }
+            let want = self
+                .cfg
+                .read_chunk_bytes
+                .max(max_bytes.saturating_sub(out.bytes.len()))
+                .min((end - c.offset) as usize);
+            let Some(chunk) = self.fetch(key, c.extent, c.offset, want).await? else {
+                return Ok(false);
+            };
+            let mut batches = parse_batches(&chunk, c.nonce, c.expect_seq, true)
+                .map_err(|(at, why)| corrupt(key, c.extent, c.offset + at as u64, why))?;
+            let mut data = chunk;
+            if batches.is_empty() {
+                // One batch larger than the chunk: read it whole.
+                let h = shard::check_stored_header(&data, c.nonce, c.expect_seq)
+                    .map_err(|why| corrupt(key, c.extent, c.offset, why))?;
+                let len = (h.batch_len as usize).min((end - c.offset) as usize);
+                let Some(whole) = self.fetch(key, c.extent, c.offset, len).await? else {
+                    return Ok(false);
+                };
+                batches = parse_batches(&whole, c.nonce, c.expect_seq, true)
+                    .map_err(|(at, why)| corrupt(key, c.extent, c.offset + at as u64, why))?;
+                if batches.is_empty() {
+                    return Err(corrupt(
+                        key,
+                        c.extent,
+                        c.offset,
+                        "batch runs past the durable end",
+                    ));
+                }
+                data = whole;
+            }
+            for (pos, h) in &batches {
+                c.offset += u64::from(h.batch_len);
+                c.expect_seq = h.next_seq();
+                if h.next_seq() <= from_seq {
+                    continue;
+                }
+                let len = h.batch_len as usize;
+                if h.base_seq >= limit_seq
+                    || (out.batch_count > 0 && out.bytes.len() + len > max_bytes)
+                {
+                    return Ok(true);
+                }
+                out.bytes.extend_from_slice(&data[*pos..*pos + len]);
+                out.batch_count += 1;
+                out.end_seq = h.next_seq();
+            }
+            if out.bytes.len() >= max_bytes {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// The first sequence number whose batch arrived at or after `ts_ms` (the durable end
+    /// if none did): where an AT_TIMESTAMP iterator starts.
+    pub async fn seq_at_timestamp(&self, key: ShardKey, ts_ms: i64) -> Result<u64, StoreError> {
+        let candidates: Vec<Cursor> = {
+            let st = self.st.borrow();
+            let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+            log.extents
+                .iter()
+                .filter(|e| e.opened_durable && e.durable_last_ts_ms >= ts_ms)
+                .map(|e| {
+                    let (offset, expect_seq) = e
+                        .floor_ts(ts_ms)
+                        .map_or((EXTENT_DATA_START, e.base_seq), |x| (x.offset, x.seq));
+                    Cursor {
+                        extent: e.id,
+                        nonce: e.nonce,
+                        offset,
+                        expect_seq,
+                    }
+                })
+                .collect()
+        };
+        for mut c in candidates {
+            loop {
+                let end = {
+                    let st = self.st.borrow();
+                    match st.shards.get(&key).and_then(|l| l.extent(c.extent)) {
+                        Some(e) => e.durable_end,
+                        None => break,
+                    }
+                };
+                if c.offset >= end {
+                    break;
+                }
+                let want = self.cfg.read_chunk_bytes.min((end - c.offset) as usize);
+                let Some(chunk) = self.fetch(key, c.extent, c.offset, want).await? else {
+                    break;
+                };
+                let batches = parse_batches(&chunk, c.nonce, c.expect_seq, true)
+                    .map_err(|(at, why)| corrupt(key, c.extent, c.offset + at as u64, why))?;
+                if let Some((_, h)) = batches.iter().find(|(_, h)| h.first_ts_ms >= ts_ms) {
+                    return Ok(h.base_seq);
+                }
+                match batches.last() {
+                    Some((pos, h)) => {
+                        c.offset += (*pos + h.batch_len as usize) as u64;
+                        c.expect_seq = h.next_seq();
+                    }
+                    None => {
+                        let h = shard::check_stored_header(&chunk, c.nonce, c.expect_seq)
+                            .map_err(|why| corrupt(key, c.extent, c.offset, why))?;
+                        if h.first_ts_ms >= ts_ms {
+                            return Ok(h.base_seq);
+                        }
+                        c.offset += u64::from(h.batch_len);
+                        c.expect_seq = h.next_seq();
+                    }
+                }
+            }
+        }
+        self.durable_seq(key)
+    }
+
+    // ---------------------------------------------------------------- retention
+
+    /// Frees the oldest closed extents of a shard whose newest record arrived before
+    /// `cutoff_ms` (reusable after the next checkpoint). Never the extent being appended
+    /// to. Returns how many went.
+    pub fn apply_retention(&self, key: ShardKey, cutoff_ms: i64) -> usize {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        let Some(log) = st.shards.get_mut(&key) else {
+            return 0;
+        };
+        let mut removed = 0;
+        while log.extents.len() > 1 {
+            let closed_durable = log.extents[1].opened_durable;
+            if !(closed_durable && log.extents[0].durable_last_ts_ms < cutoff_ms) {
+                break;
+            }
+            // Bytes still in memory are expired too: they are dropped, never written. A
+            // write of them in flight lands in an extent nothing refers to any more.
+            let e = log.extents.pop_front().expect("checked");
+            st.pending_bytes -= e.unwritten_bytes() as usize;
+            st.alloc.free_later(e.id, e.order);
+            removed += 1;
+        }
+        if removed > 0 {
+            st.checkpoint_owed = true;
+            log.changed.notify_all();
+        }
+        removed
+    }
+}
+
+enum Wait {
+    None,
+    Round,
+    Background { urgent: bool, extent: bool },
+    LoadTail,
+}
+
+/// A read position inside one extent.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    extent: ExtentId,
+    nonce: u64,
+    offset: u64,
+    expect_seq: u64,
+}
+
+fn corrupt(key: ShardKey, eid: ExtentId, offset: u64, why: impl ToString) -> StoreError {
+    StoreError::Corrupt(format!(
+        "stream {} shard {} extent {}:{} offset {offset}: {}",
+        key.stream_id,
+        key.shard_id,
+        eid.volume(),
+        eid.unit(),
+        why.to_string()
+    ))
+}
+
+impl<S: Storage> State<S> {
+    fn volume(&self, id: ExtentId) -> Result<Rc<S::File>, StoreError> {
+        self.volumes
+            .get(&id.volume())
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("extent {id:?} names a missing volume")))
+    }
+
+    fn alloc_possible(&self, order: u32) -> bool {
+        self.alloc.can_alloc(order)
+    }
+}
+
+/// Minimal join of a few futures without a runtime dependency.
+pub(crate) async fn join_all<T, Fut: std::future::Future<Output = T>>(
+    futs: impl Iterator<Item = Fut>,
+) -> Vec<T> {
+    let mut pending: Vec<std::pin::Pin<Box<Fut>>> = futs.map(Box::pin).collect();
+    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut all = true;
+        for (i, f) in pending.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(
+                results
+                    .iter_mut()
+                    .map(|r| r.take().expect("ready"))
+                    .collect(),
+            )
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Writes a buffer completely. A short direct write is retried once for the remainder (the
+/// kernel may split large writes); a write that makes no progress is an error.
+async fn write_fully<S: Storage>(
+    storage: &S,
+    file: &S::File,
+    buf: Rc<S::Buf>,
+    pos: u64,
+) -> Result<(), StoreError> {
+    let total = buf.as_ref().as_ref().len();
+    let mut done = file.write_at(buf.clone(), pos).await?;
+    if done < total {
+        let start = align_down(done as u64) as usize;
+        let mut rest = storage.alloc_buf(total - start);
+        rest.as_mut()
+            .copy_from_slice(&buf.as_ref().as_ref()[start..]);
+        let n = file.write_at(Rc::new(rest), pos + start as u64).await?;
+        done = start + n;
+    }
+    if done < total {
+        return Err(StoreError::Io(format!(
+            "short write: {done} of {total} bytes at {pos}"
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies that `bytes` hold exactly the batches `from_seq..next_seq` of an extent with
+/// `nonce` (replay of a direct entry).
+fn verify_span(
+    bytes: &[u8],
+    nonce: u64,
+    from_seq: u64,
+    next_seq: u64,
+) -> Result<Vec<(usize, BatchHeader)>, String> {
+    let batches = parse_batches(bytes, nonce, from_seq, true)
+        .map_err(|(at, why)| format!("at {at}: {why}"))?;
+    let end: usize = batches.last().map_or(0, |(p, h)| p + h.batch_len as usize);
+    let last_seq = batches.last().map_or(from_seq, |(_, h)| h.next_seq());
+    if end != bytes.len() || last_seq != next_seq {
+        return Err(format!(
+            "span holds batches to {last_seq} over {end} bytes, expected {next_seq} over {}",
+            bytes.len()
+        ));
+    }
+    if bytes.len() < BATCH_HEADER_LEN && next_seq > from_seq {
+        return Err("span too short".into());
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+impl<S: Storage> Store<S> {
+    /// A summary of the state, for test failure messages.
+    pub(crate) fn debug_state(&self) -> String {
+        let st = self.st.borrow();
+        let mut out = format!(
+            "open_id {} writing {} synced {} durable {} poisoned {:?} pending {} open.len {} open.batch {} checkpointing {} since_ckpt {} space_error {:?} free_units {} volumes {}\n journal: active {:?} seq {} pos {} next_round {} free_slots {} durable_pos {:?} ckpt_pos {:?} slots {:?}\n",
+            st.open_id, st.writing, st.synced_id, st.durable_id, st.poisoned, st.pending_bytes,
+            st.open.len, st.open.batch_bytes, st.checkpointing, st.since_checkpoint_bytes,
+            st.space_error, st.alloc.free_units(), st.volumes.len(),
+            st.journal.active, st.journal.active_seq, st.journal.write_pos, st.journal.next_round,
+            st.journal.free_slots(), st.journal.durable_pos, st.journal.checkpoint_pos,
+            st.journal.slots.iter().map(|s| (s.file.is_some(), s.content_seq)).collect::<Vec<_>>(),
+        );
+        for (k, l) in &st.shards {
+            if l.extents.is_empty() {
+                continue;
+            }
+            out += &format!(
+                " shard {:?}: next {} durable {} direct {:?} direct_round {} behind {} queued {} extents {}\n",
+                k, l.next_seq, l.durable_seq, l.direct, l.direct_round, l.writing_behind, l.queued_behind, l.extents.len()
+            );
+            for e in &l.extents {
+                out += &format!(
+                    "   ext {:?} o{} base {} end {} durable_end {} written {} od {} pieces {:?} staging {:?}\n",
+                    e.id, e.order, e.base_seq, e.end, e.durable_end, e.written_end, e.opened_durable,
+                    e.pieces.iter().map(|p| (p.pos, p.len, p.writing)).collect::<Vec<_>>(),
+                    e.staging.as_ref().map(|s| (s.pos, s.len))
+                );
+            }
+        }
+        out
+    }
+}

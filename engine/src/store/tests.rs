@@ -1,0 +1,787 @@
+//! Store tests on the simulated disk: behaviour, plus a seeded model check that runs random
+//! appends over many shards, rolls, direct writes, write-behind, checkpoints, retention,
+//! crashes at random points (directory changes included) and reopens, against a model of
+//! what the store must hold.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_lite::future::block_on;
+use spate_protocol::batch::{self, BatchBuilder, BatchHeader, RecordIter};
+
+use super::*;
+use crate::clock::{Clock, ClockRef, ManualClock};
+use crate::sim::{SimFaults, SimRng, SimStorage};
+
+fn small_cfg() -> StoreConfig {
+    StoreConfig {
+        index: 0,
+        dir: PathBuf::from("/data/store-0"),
+        extent_bytes_min: 16 << 10,
+        extent_bytes_max: 64 << 10,
+        volume_bytes: 512 << 10,
+        journal_file_bytes: 96 << 10,
+        journal_files: 3,
+        checkpoint_bytes: 40 << 10,
+        checkpoint_interval_ms: 1000,
+        direct_write_bytes_min: 12 << 10,
+        write_behind_bytes: 8 << 10,
+        memory_bytes_max: 256 << 10,
+        segment_age_max_ms: 3_600_000,
+        index_interval_bytes: 2 << 10,
+        read_chunk_bytes: 4 << 10,
+        round_bytes_max: 24 << 10,
+        write_chunk_bytes_max: 16 << 10,
+    }
+}
+
+fn key(stream: u64, shard: u32) -> ShardKey {
+    ShardKey {
+        stream_id: stream,
+        shard_id: shard,
+    }
+}
+
+struct Harness {
+    storage: Rc<SimStorage>,
+    clock: ManualClock,
+    cfg: StoreConfig,
+    keys: Vec<ShardKey>,
+}
+
+impl Harness {
+    fn new(seed: u64, cfg: StoreConfig, keys: Vec<ShardKey>) -> Harness {
+        let storage = Rc::new(SimStorage::new(seed));
+        block_on(async {
+            storage
+                .create_dir_all(std::path::Path::new("/data"))
+                .await
+                .unwrap();
+            storage.sync_dir(std::path::Path::new("/")).await.unwrap();
+        });
+        Harness {
+            storage,
+            clock: ManualClock::new(1_000_000),
+            cfg,
+            keys,
+        }
+    }
+
+    fn open(&self) -> Result<Store<SimStorage>, StoreError> {
+        let clock: ClockRef = Arc::new(self.clock.clone());
+        block_on(Store::open(
+            self.storage.clone(),
+            self.cfg.clone(),
+            clock,
+            &self.keys,
+        ))
+    }
+}
+
+/// Runs `fut` with the store's background work driven alongside it (what the core's
+/// background task does in production).
+fn run<T>(store: &Store<SimStorage>, fut: impl Future<Output = T>) -> T {
+    let done = Cell::new(false);
+    let bg = async {
+        let mut idle = 0u64;
+        while !done.get() {
+            match store.background_step().await {
+                Ok(true) => idle = 0,
+                _ => {
+                    idle += 1;
+                    assert!(idle < 1_000_000, "stuck:\n{}", store.debug_state());
+                    futures_lite::future::yield_now().await
+                }
+            }
+        }
+    };
+    let main = async {
+        let r = fut.await;
+        done.set(true);
+        r
+    };
+    block_on(futures_lite::future::zip(main, bg)).0
+}
+
+/// A record as the tests see it: partition key and data.
+type Rec = (Vec<u8>, Vec<u8>);
+
+/// A batch whose records carry unique tags, and the records.
+fn make_batch(rng: &mut SimRng, tag: &str, big: bool) -> (Vec<u8>, Vec<Rec>) {
+    let n = 1 + rng.below(4) as usize;
+    let mut b = BatchBuilder::new();
+    let mut recs = Vec::new();
+    for i in 0..n {
+        let key = format!("key-{}", rng.below(5)).into_bytes();
+        let len = if big {
+            3000 + rng.below(3000)
+        } else if rng.below(8) == 0 {
+            1500 + rng.below(1500)
+        } else {
+            rng.below(200)
+        } as usize;
+        let mut data = format!("{tag}/{i}:").into_bytes();
+        data.resize(data.len() + len, b'a' + (rng.below(26) as u8));
+        b.push(&key, &data, None).unwrap();
+        recs.push((key, data));
+    }
+    (b.finish(), recs)
+}
+
+/// Every record readable from the trim horizon on: seq -> (key, data, ts).
+type ReadBack = BTreeMap<u64, (Vec<u8>, Vec<u8>, i64)>;
+
+fn read_all(store: &Store<SimStorage>, k: ShardKey) -> Result<ReadBack, StoreError> {
+    let mut out = BTreeMap::new();
+    let mut next = 0;
+    loop {
+        let r = run(store, store.read(k, next, 37, 6 << 10))?;
+        if r.batch_count == 0 {
+            assert!(
+                r.end_seq >= next.min(r.durable_seq),
+                "an empty read does not go back"
+            );
+            assert!(
+                r.end_seq >= r.durable_seq || next < store.trim_horizon(k).unwrap(),
+                "empty read before the end"
+            );
+            return Ok(out);
+        }
+        let mut pos = 0;
+        while pos < r.bytes.len() {
+            let h = BatchHeader::decode(&r.bytes[pos..]).unwrap();
+            let one = &r.bytes[pos..pos + h.batch_len as usize];
+            batch::verify_stored(one).expect("served batch verifies");
+            for (i, rec) in RecordIter::new(one, h.record_count).enumerate() {
+                let seq = h.base_seq + i as u64;
+                if seq >= r.start_seq && seq < r.end_seq {
+                    let rec = rec.unwrap();
+                    assert!(out
+                        .insert(seq, (rec.key.to_vec(), rec.data.to_vec(), h.first_ts_ms))
+                        .is_none());
+                }
+            }
+            pos += h.batch_len as usize;
+        }
+        assert!(r.end_seq > next, "read made no progress");
+        next = r.end_seq;
+    }
+}
+
+#[test]
+fn append_read_roll_and_reopen_many_shards() {
+    let keys: Vec<ShardKey> = (0..5).map(|s| key(3, s)).collect();
+    let h = Harness::new(1, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(7);
+    let mut model: HashMap<ShardKey, BTreeMap<u64, Vec<u8>>> = HashMap::new();
+    for tag in 0..300 {
+        let k = keys[rng.below(keys.len() as u64) as usize];
+        let (b, recs) = make_batch(&mut rng, &format!("{tag}"), false);
+        let ack = run(&store, store.append(k, &b, recs.len() as u32)).unwrap();
+        let m = model.entry(k).or_default();
+        assert_eq!(
+            ack.base_seq,
+            m.len() as u64,
+            "dense, increasing sequence numbers"
+        );
+        for (i, (_, d)) in recs.into_iter().enumerate() {
+            m.insert(ack.base_seq + i as u64, d);
+        }
+        h.clock.advance(3);
+    }
+    let check = |store: &Store<SimStorage>| {
+        for k in &keys {
+            let got = read_all(store, *k).unwrap();
+            let want = model.get(k).cloned().unwrap_or_default();
+            assert_eq!(got.len(), want.len(), "shard {k:?}");
+            for (seq, (_, d, _)) in &got {
+                assert_eq!(&want[seq], d);
+            }
+        }
+    };
+    check(&store);
+    assert!(store.stats().rolls > 5, "small extents rolled");
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    let store = h.open().unwrap();
+    assert_eq!(
+        store.stats().replayed_rounds,
+        0,
+        "a clean shutdown leaves nothing to replay"
+    );
+    check(&store);
+    let (b, recs) = make_batch(&mut rng, "after", false);
+    let k = keys[0];
+    let ack = run(&store, store.append(k, &b, recs.len() as u32)).unwrap();
+    assert_eq!(
+        ack.base_seq,
+        model[&k].len() as u64,
+        "appends continue after a restart"
+    );
+}
+
+#[test]
+fn one_flush_per_round_whatever_the_shard_count() {
+    let keys: Vec<ShardKey> = (0..64).map(|s| key(1, s)).collect();
+    let mut cfg = small_cfg();
+    cfg.volume_bytes = 4 << 20;
+    cfg.journal_file_bytes = 512 << 10;
+    cfg.checkpoint_bytes = 512 << 10;
+    cfg.round_bytes_max = 128 << 10;
+    let h = Harness::new(2, cfg, keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(3);
+    // Warm up: space exists, each shard has an extent.
+    for k in &keys {
+        let (b, r) = make_batch(&mut rng, "warm", false);
+        run(&store, store.append(*k, &b, r.len() as u32)).unwrap();
+    }
+    let batches: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let (b, r) = make_batch(&mut rng, "x", false);
+            (*k, b, r.len() as u32)
+        })
+        .collect();
+    let syncs_before = h.storage.stats().syncs;
+    let rounds_before = store.stats().rounds;
+    let acks = run(
+        &store,
+        join_all(batches.iter().map(|(k, b, n)| store.append(*k, b, *n))),
+    );
+    assert!(acks.iter().all(|a| a.is_ok()));
+    let rounds = store.stats().rounds - rounds_before;
+    let syncs = h.storage.stats().syncs - syncs_before;
+    assert!(
+        rounds <= 2,
+        "{rounds} rounds for 64 concurrent appends to 64 shards"
+    );
+    assert!(
+        syncs <= rounds + 1,
+        "{syncs} fdatasyncs for {rounds} rounds of 64 shards"
+    );
+}
+
+#[test]
+fn hot_shards_are_written_in_place_and_survive_a_crash() {
+    let keys = vec![key(1, 0), key(1, 1)];
+    let h = Harness::new(4, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(9);
+    let mut acked = Vec::new();
+    for t in 0..40 {
+        let (b, r) = make_batch(&mut rng, &format!("hot{t}"), true);
+        let (b2, r2) = make_batch(&mut rng, &format!("hot{t}b"), true);
+        let (b3, r3) = make_batch(&mut rng, &format!("cold{t}"), false);
+        let res = run(
+            &store,
+            join_all(
+                [
+                    (keys[0], &b, r.len()),
+                    (keys[0], &b2, r2.len()),
+                    (keys[1], &b3, r3.len()),
+                ]
+                .into_iter()
+                .map(|(k, b, n)| store.append(k, b, n as u32)),
+            ),
+        );
+        for (r, recs) in res.into_iter().zip([r, r2, r3]) {
+            acked.push((r.unwrap(), recs));
+        }
+    }
+    let stats = store.stats();
+    assert!(
+        stats.direct_bytes > 100 << 10,
+        "hot shard bytes went in place: {stats:?}"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    let got0 = read_all(&store, keys[0]).unwrap();
+    let got1 = read_all(&store, keys[1]).unwrap();
+    let mut n = 0;
+    for (ack, recs) in acked {
+        for (i, (_, d)) in recs.iter().enumerate() {
+            let seq = ack.base_seq + i as u64;
+            let got = if got0.get(&seq).is_some_and(|x| &x.1 == d) {
+                &got0
+            } else {
+                &got1
+            };
+            assert_eq!(&got[&seq].1, d, "acked record {seq} came back");
+            n += 1;
+        }
+    }
+    assert!(n > 100);
+}
+
+#[test]
+fn idle_shards_cost_no_files_and_little_memory() {
+    let keys: Vec<ShardKey> = (0..20_000).map(|s| key(5, s)).collect();
+    let h = Harness::new(5, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    // The store's own first journal file and volume, and nothing per shard.
+    assert_eq!(store.file_count(), 2, "{:?}", h.storage.files());
+    assert_eq!(h.storage.files().len(), 2, "{:?}", h.storage.files());
+    assert_eq!(
+        store.memory_bytes(),
+        0,
+        "no buffers until a shard is written"
+    );
+}
+
+#[test]
+fn retention_frees_whole_extents_and_space_is_reused() {
+    let keys = vec![key(1, 0), key(2, 0)];
+    let mut cfg = small_cfg();
+    cfg.segment_age_max_ms = 1000;
+    let h = Harness::new(6, cfg, keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(1);
+    // Old data in both shards, each batch rolling by age into its own extent.
+    for t in 0..6 {
+        for k in &keys {
+            let (b, r) = make_batch(&mut rng, &format!("old{t}"), false);
+            run(&store, store.append(*k, &b, r.len() as u32)).unwrap();
+        }
+        h.clock.advance(1500);
+    }
+    run(&store, store.checkpoint()).unwrap();
+    let cutoff = h.clock.now_ms() - 2000;
+    let removed = store.apply_retention(keys[0], cutoff);
+    assert!(removed >= 4, "old extents of shard 0 go: {removed}");
+    assert_eq!(store.apply_retention(keys[0], cutoff), 0, "idempotent");
+    let horizon = store.trim_horizon(keys[0]).unwrap();
+    assert!(horizon > 0);
+    let got = read_all(&store, keys[0]).unwrap();
+    assert!(got.keys().all(|s| *s >= horizon));
+    // The other stream keeps everything (its own window).
+    assert_eq!(store.trim_horizon(keys[1]).unwrap(), 0);
+    // Freed extents come back after a checkpoint, and a restart agrees.
+    let free_before = store.st.borrow().alloc.free_units();
+    run(&store, store.checkpoint()).unwrap();
+    assert!(store.st.borrow().alloc.free_units() > free_before);
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    let store = h.open().unwrap();
+    assert_eq!(store.trim_horizon(keys[0]).unwrap(), horizon);
+    assert_eq!(read_all(&store, keys[0]).unwrap(), got);
+}
+
+#[test]
+fn seek_by_timestamp_across_extents_and_memory() {
+    let k = key(1, 0);
+    let h = Harness::new(8, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(2);
+    let mut first_at = Vec::new();
+    for t in 0..60 {
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), false);
+        let ack = run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        first_at.push((ack.ts_ms, ack.base_seq));
+        h.clock.advance(10);
+    }
+    for (ts, seq) in first_at.iter().step_by(7) {
+        assert_eq!(run(&store, store.seq_at_timestamp(k, *ts)).unwrap(), *seq);
+        assert_eq!(
+            run(&store, store.seq_at_timestamp(k, *ts - 5)).unwrap(),
+            *seq
+        );
+    }
+    let end = store.durable_seq(k).unwrap();
+    assert_eq!(
+        run(&store, store.seq_at_timestamp(k, i64::MAX)).unwrap(),
+        end
+    );
+    // After a restart the index is gone; seeks scan the extents and agree.
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    let store = h.open().unwrap();
+    for (ts, seq) in first_at.iter().step_by(5) {
+        assert_eq!(run(&store, store.seq_at_timestamp(k, *ts)).unwrap(), *seq);
+    }
+}
+
+#[test]
+fn a_failed_round_poisons_until_reopen_and_loses_nothing_acknowledged() {
+    let k = key(1, 0);
+    let h = Harness::new(9, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(4);
+    let mut acked = BTreeMap::new();
+    for t in 0..20 {
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), false);
+        let a = run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        for (i, (_, d)) in r.into_iter().enumerate() {
+            acked.insert(a.base_seq + i as u64, d);
+        }
+    }
+    h.storage.set_faults(SimFaults {
+        sync_error_ppm: 1_000_000,
+        ..SimFaults::default()
+    });
+    let (b, r) = make_batch(&mut rng, "fails", false);
+    let err = run(&store, store.append(k, &b, r.len() as u32)).unwrap_err();
+    assert!(matches!(err, StoreError::Poisoned(_)), "{err}");
+    h.storage.set_faults(SimFaults::default());
+    let (b, r) = make_batch(&mut rng, "refused", false);
+    assert!(matches!(
+        run(&store, store.append(k, &b, r.len() as u32)),
+        Err(StoreError::Poisoned(_))
+    ));
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    let got = read_all(&store, k).unwrap();
+    for (seq, d) in &acked {
+        assert_eq!(&got[seq].1, d);
+    }
+    let (b, r) = make_batch(&mut rng, "after", false);
+    run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+}
+
+#[test]
+fn a_full_disk_fails_writes_that_need_space_and_they_resume_when_it_returns() {
+    let k = key(1, 0);
+    let mut cfg = small_cfg();
+    cfg.volume_bytes = 128 << 10;
+    let h = Harness::new(10, cfg, vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(5);
+    let (b, r) = make_batch(&mut rng, "first", false);
+    run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+    h.storage.set_faults(SimFaults {
+        disk_full: true,
+        ..SimFaults::default()
+    });
+    let mut acked = BTreeMap::new();
+    let mut full = false;
+    for t in 0..400 {
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), true);
+        match run(&store, store.append(k, &b, r.len() as u32)) {
+            Ok(a) => {
+                for (i, (_, d)) in r.into_iter().enumerate() {
+                    acked.insert(a.base_seq + i as u64, d);
+                }
+            }
+            Err(StoreError::StorageFull) => {
+                full = true;
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        h.clock.advance(10);
+    }
+    assert!(full, "the disk filled up");
+    h.storage.set_faults(SimFaults::default());
+    h.clock.advance(5000);
+    let (b, r) = make_batch(&mut rng, "resumed", true);
+    run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+    let got = read_all(&store, k).unwrap();
+    for (seq, d) in &acked {
+        assert_eq!(&got[seq].1, d);
+    }
+}
+
+#[test]
+fn journal_wraps_through_many_checkpoints() {
+    let keys: Vec<ShardKey> = (0..4).map(|s| key(7, s)).collect();
+    let h = Harness::new(11, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(6);
+    let mut count = 0u64;
+    for t in 0..1500 {
+        let k = keys[t % keys.len()];
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), false);
+        run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        count += r.len() as u64;
+    }
+    let stats = store.stats();
+    assert!(stats.checkpoints >= 5, "{stats:?}");
+    assert!(
+        stats.journal_bytes > (3 * 96) << 10,
+        "the 3-file ring wrapped: {stats:?}"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    let total: usize = keys
+        .iter()
+        .map(|k| read_all(&store, *k).unwrap().len())
+        .sum();
+    assert_eq!(total as u64, count);
+}
+
+/// One record the model knows: its data, whether its append was acknowledged, and its
+/// arrival time once known.
+#[derive(Clone)]
+struct Sent {
+    data: Vec<u8>,
+    acked: bool,
+    ts_ms: i64,
+}
+
+#[test]
+fn random_schedules_match_the_model() {
+    let seeds: u64 = std::env::var("SPATE_MODEL_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    for seed in 0..seeds {
+        run_model(seed);
+    }
+}
+
+/// Per shard: seq -> record, for what the store holds or may hold.
+type Model = HashMap<ShardKey, BTreeMap<u64, Sent>>;
+
+fn run_model(seed: u64) {
+    let mut rng = SimRng::new(seed ^ 0x5eed);
+    let keys: Vec<ShardKey> = (0..7).map(|s| key(1 + (s as u64 % 2), s)).collect();
+    let mut cfg = small_cfg();
+    cfg.segment_age_max_ms = 2000;
+    cfg.direct_write_bytes_min = [4 << 10, 12 << 10, 1 << 30][rng.below(3) as usize];
+    let h = Harness::new(seed, cfg, keys.clone());
+    let mut store = h.open().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    let mut model: Model = HashMap::new();
+    // Records whose append is in flight or failed: they may or may not be stored.
+    let mut unsure: HashMap<ShardKey, Vec<Vec<u8>>> = HashMap::new();
+    let mut tag = 0u64;
+    // Retention: every record older than this may be gone.
+    let mut cutoff: HashMap<ShardKey, i64> = HashMap::new();
+    let faults = rng.below(4) == 0;
+    for step in 0..120 {
+        let action = rng.below(100);
+        if action < 55 {
+            // Concurrent appends, maybe interrupted by a crash before they finish.
+            let n = 1 + rng.below(6) as usize;
+            let batches: Vec<_> = (0..n)
+                .map(|_| {
+                    let k = keys[rng.below(keys.len() as u64) as usize];
+                    tag += 1;
+                    let big = rng.below(5) == 0;
+                    let (b, r) = make_batch(&mut rng, &format!("s{seed}t{tag}"), big);
+                    (k, b, r)
+                })
+                .collect();
+            if faults && rng.below(6) == 0 {
+                h.storage.set_faults(SimFaults {
+                    write_error_ppm: 20_000,
+                    short_write_ppm: 50_000,
+                    sync_error_ppm: 20_000,
+                    disk_full: false,
+                });
+            }
+            let crash_after = (rng.below(3) == 0).then(|| rng.below(40) as usize);
+            let results = drive_appends(&store, &batches, crash_after);
+            h.storage.set_faults(SimFaults::default());
+            for ((k, _, recs), res) in batches.iter().zip(results) {
+                match res {
+                    Some(Ok(ack)) => {
+                        let m = model.entry(*k).or_default();
+                        for (i, (_, d)) in recs.iter().enumerate() {
+                            let prev = m.insert(
+                                ack.base_seq + i as u64,
+                                Sent {
+                                    data: d.clone(),
+                                    acked: true,
+                                    ts_ms: ack.ts_ms,
+                                },
+                            );
+                            assert!(prev.is_none_or(|p| !p.acked), "seed {seed}: seq reused");
+                        }
+                    }
+                    _ => unsure
+                        .entry(*k)
+                        .or_default()
+                        .extend(recs.iter().map(|(_, d)| d.clone())),
+                }
+            }
+            if crash_after.is_some() || store.is_poisoned().is_some() {
+                drop(store);
+                h.storage.crash();
+                store = reopen_and_check(&h, seed, step, &mut model, &mut unsure, &cutoff);
+            }
+        } else if action < 65 {
+            run(&store, async {
+                for _ in 0..rng.below(8) {
+                    let _ = store.background_step().await;
+                }
+            });
+        } else if action < 72 {
+            let _ = run(&store, store.checkpoint());
+        } else if action < 80 {
+            h.clock.advance(rng.below(3000) as i64);
+            let k = keys[rng.below(keys.len() as u64) as usize];
+            let c = h.clock.now_ms() - 2500;
+            store.apply_retention(k, c);
+            cutoff.insert(k, c);
+        } else if action < 88 {
+            // A crash at an idle moment.
+            drop(store);
+            h.storage.crash();
+            store = reopen_and_check(&h, seed, step, &mut model, &mut unsure, &cutoff);
+        } else if action < 94 {
+            // A clean restart.
+            let _ = run(&store, store.shutdown());
+            drop(store);
+            store = reopen_and_check(&h, seed, step, &mut model, &mut unsure, &cutoff);
+        } else {
+            let k = keys[rng.below(keys.len() as u64) as usize];
+            check_shard(
+                &store,
+                k,
+                seed,
+                step,
+                &mut model,
+                &mut unsure,
+                &cutoff,
+                false,
+            );
+        }
+    }
+    drop(store);
+    h.storage.crash();
+    reopen_and_check(&h, seed, 999, &mut model, &mut unsure, &cutoff);
+}
+
+/// Runs the appends concurrently with background work; with `crash_after`, stops polling
+/// after that many polls (the crash hits with them in flight). `None` means unfinished.
+fn drive_appends(
+    store: &Store<SimStorage>,
+    batches: &[(ShardKey, Vec<u8>, Vec<Rec>)],
+    crash_after: Option<usize>,
+) -> Vec<Option<Result<AppendAck, StoreError>>> {
+    let results: Vec<Cell<Option<Result<AppendAck, StoreError>>>> =
+        batches.iter().map(|_| Cell::new(None)).collect();
+    let all = join_all(
+        batches
+            .iter()
+            .zip(&results)
+            .map(|((k, b, r), slot)| async move {
+                slot.set(Some(store.append(*k, b, r.len() as u32).await));
+            }),
+    );
+    let done = Cell::new(false);
+    let bg = async {
+        while !done.get() {
+            if !matches!(store.background_step().await, Ok(true)) {
+                futures_lite::future::yield_now().await;
+            }
+        }
+    };
+    let main = async {
+        all.await;
+        done.set(true);
+    };
+    let mut fut = Box::pin(futures_lite::future::zip(main, bg));
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut polls = 0usize;
+    loop {
+        if fut.as_mut().poll(&mut cx).is_ready() {
+            break;
+        }
+        polls += 1;
+        if crash_after.is_some_and(|n| polls >= n) {
+            break;
+        }
+        assert!(polls < 200_000, "appends stuck:\n{}", store.debug_state());
+    }
+    drop(fut);
+    results.into_iter().map(Cell::into_inner).collect()
+}
+
+fn reopen_and_check(
+    h: &Harness,
+    seed: u64,
+    step: usize,
+    model: &mut Model,
+    unsure: &mut HashMap<ShardKey, Vec<Vec<u8>>>,
+    cutoff: &HashMap<ShardKey, i64>,
+) -> Store<SimStorage> {
+    let store = h
+        .open()
+        .unwrap_or_else(|e| panic!("seed {seed} step {step}: reopen failed: {e}"));
+    for k in &h.keys {
+        check_shard(&store, *k, seed, step, model, unsure, cutoff, true);
+    }
+    unsure.clear();
+    store
+}
+
+/// Reads a shard whole and checks it against the model: every acknowledged record that
+/// retention may not have removed is there, in place; everything else there was sent (a
+/// record in flight at a crash), once; nothing is invented. Adopts what it found.
+#[allow(clippy::too_many_arguments)]
+fn check_shard(
+    store: &Store<SimStorage>,
+    k: ShardKey,
+    seed: u64,
+    step: usize,
+    model: &mut Model,
+    unsure: &mut HashMap<ShardKey, Vec<Vec<u8>>>,
+    cutoff: &HashMap<ShardKey, i64>,
+    adopt: bool,
+) {
+    let got =
+        read_all(store, k).unwrap_or_else(|e| panic!("seed {seed} step {step}: read {k:?}: {e}"));
+    let horizon = store.trim_horizon(k).unwrap();
+    let durable = store.durable_seq(k).unwrap();
+    let ctx = format!("seed {seed} step {step} shard {k:?}");
+    assert_eq!(
+        got.len() as u64,
+        durable - horizon.min(durable),
+        "{ctx}: dense from the horizon"
+    );
+    let m = model.entry(k).or_default();
+    // Records are told apart by their unique tag (the data up to its first ':').
+    let tag = |d: &[u8]| d[..d.iter().position(|&b| b == b':').map_or(d.len(), |i| i + 1)].to_vec();
+    let maybe: HashMap<Vec<u8>, &Vec<u8>> = unsure
+        .get(&k)
+        .map(|v| v.iter().map(|d| (tag(d), d)).collect())
+        .unwrap_or_default();
+    let mut seen = HashSet::new();
+    for (seq, (_, d, _)) in &got {
+        assert!(seen.insert(tag(d)), "{ctx}: record at {seq} stored twice");
+        match m.get(seq) {
+            Some(s) if s.acked || !adopt => {
+                assert_eq!(&s.data, d, "{ctx}: acked record {seq} changed")
+            }
+            _ => assert_eq!(
+                maybe.get(&tag(d)).copied(),
+                Some(d),
+                "{ctx}: record at {seq} was never sent (or not in flight)"
+            ),
+        }
+    }
+    let c = cutoff.get(&k).copied().unwrap_or(i64::MIN);
+    for (seq, s) in m.iter() {
+        if !s.acked || got.contains_key(seq) {
+            continue;
+        }
+        assert!(
+            *seq < horizon && s.ts_ms < c,
+            "{ctx}: acknowledged record {seq} lost (horizon {horizon}, durable {durable}, its time {} vs retention cutoff {c})",
+            s.ts_ms
+        );
+    }
+    if adopt {
+        m.clear();
+        for (seq, (_, d, ts_ms)) in got {
+            m.insert(
+                seq,
+                Sent {
+                    data: d,
+                    acked: true,
+                    ts_ms,
+                },
+            );
+        }
+    }
+}

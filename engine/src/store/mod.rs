@@ -681,6 +681,12 @@ impl<S: Storage> Store<S> {
             .get_mut(&key)
             .ok_or(StoreError::UnknownShard(key))?;
         if log.round_id != open_id {
+            // A shard that was hot in the round before goes in place from its first batch.
+            log.prev_round_bytes = if log.round_id + 1 == open_id {
+                log.round_bytes
+            } else {
+                0
+            };
             log.round_id = open_id;
             log.round_bytes = 0;
             st.open.touched.push(key);
@@ -773,10 +779,12 @@ impl<S: Storage> Store<S> {
             let upto = align_down(a.end);
             seal_staging(a, upto, alloc_buf(want));
         }
-        let direct = log.direct.is_some()
-            || (log.round_bytes + len >= cfg.direct_write_bytes_min
-                && !log.writing_behind
-                && log.direct_round == 0);
+        let hot = log.prev_round_bytes >= cfg.direct_write_bytes_min
+            || log.round_bytes + len >= cfg.direct_write_bytes_min;
+        // Not while a write-behind of the shard is in flight (one writer of a shard's blocks
+        // at a time). A direct write of the round before may still be syncing: this round
+        // writes only after that one's writes completed.
+        let direct = log.direct.is_some() || (hot && !log.writing_behind);
         if direct && log.direct.is_none() {
             let a = log.active().expect("active extent");
             log.direct = Some(DirectStart {

@@ -176,6 +176,8 @@ pub(crate) struct ShardLog<B> {
     /// Batch bytes staged into the open round (decides the direct path).
     pub round_bytes: usize,
     pub round_id: u64,
+    /// Batch bytes the shard staged into the round before (it is hot when they were many).
+    pub prev_round_bytes: usize,
     /// The shard writes its bytes in place in the open round, from here on.
     pub direct: Option<DirectStart>,
     /// Round whose direct write of this shard is in flight (0: none).
@@ -211,6 +213,7 @@ impl<B: IoBuf> ShardLog<B> {
             durable_last_ts_ms: last_ts_ms,
             round_bytes: 0,
             round_id: 0,
+            prev_round_bytes: 0,
             direct: None,
             direct_round: 0,
             writing_behind: false,

@@ -338,6 +338,8 @@ async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendSt
             rolls: after.rolls - before.rolls,
             write_us: after.write_us - before.write_us,
             sync_us: after.sync_us - before.sync_us,
+            write_us_max: after.write_us_max,
+            sync_us_max: after.sync_us_max,
             replayed_rounds: 0,
             replayed_bytes: 0,
         },

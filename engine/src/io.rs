@@ -68,6 +68,10 @@ pub trait Storage {
     /// and durable, so later writes are overwrites of written blocks. The new name is
     /// durable only after `sync_dir` of its directory.
     async fn create_zeroed(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Creates `path` with `len` bytes allocated (fallocate) but not written, and makes the
+    /// allocation durable. Reads of never-written blocks return zeros; the first write of a
+    /// block costs an extent conversion. The new name is durable only after `sync_dir`.
+    async fn create_allocated(&self, path: &Path, len: u64) -> io::Result<()>;
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     async fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Removes a directory tree; a missing one is not an error.
@@ -84,6 +88,8 @@ pub trait Storage {
     async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Bytes available to this process on the file system holding `dir`.
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// Sleeps (group commit's pacing). The simulated disk only yields.
+    async fn sleep(&self, d: std::time::Duration);
 }
 
 /// Production storage: glommio `DmaFile` (O_DIRECT, io_uring) for data, the blocking pool
@@ -216,6 +222,16 @@ impl Storage for DmaStorage {
         result
     }
 
+    async fn create_allocated(&self, path: &Path, len: u64) -> io::Result<()> {
+        assert_eq!(len % BLOCK_BYTES as u64, 0, "data files are block-aligned");
+        let p = path.to_path_buf();
+        blocking(move || {
+            allocate(&p, len)?;
+            std::fs::File::open(&p)?.sync_all()
+        })
+        .await
+    }
+
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from, to) = (from.to_path_buf(), to.to_path_buf());
         blocking(move || std::fs::rename(from, to)).await
@@ -268,6 +284,10 @@ impl Storage for DmaStorage {
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64> {
         let dir = dir.to_path_buf();
         blocking(move || free_bytes_blocking(&dir)).await
+    }
+
+    async fn sleep(&self, d: std::time::Duration) {
+        glommio::timer::sleep(d).await;
     }
 }
 

@@ -413,9 +413,17 @@ impl<S: Storage + 'static> Core<S> {
     }
 
     async fn background_loop(self: Rc<Self>, store: Rc<Store<S>>) {
+        let mut last = store.stats();
+        let mut last_log = std::time::Instant::now();
         loop {
             if self.stopping.get() {
                 return;
+            }
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                let now = store.stats();
+                log_store_stats(store.config().index, &last, &now, last_log.elapsed());
+                last = now;
+                last_log = std::time::Instant::now();
             }
             match store.background_step().await {
                 Ok(true) => futures_lite::future::yield_now().await,
@@ -866,6 +874,32 @@ impl<S: Storage + 'static> Core<S> {
         self.storage.write_small_atomic(&path, &bytes).await?;
         Ok(())
     }
+}
+
+/// One debug line per store every ten seconds: what its rounds were like.
+fn log_store_stats(
+    store: u32,
+    a: &crate::store::StoreStats,
+    b: &crate::store::StoreStats,
+    over: Duration,
+) {
+    let rounds = b.rounds - a.rounds;
+    if rounds == 0 {
+        return;
+    }
+    tracing::debug!(
+        store,
+        rounds_per_s = (rounds as f64 / over.as_secs_f64()) as u64,
+        appends_per_round = (b.appends - a.appends) as f64 / rounds as f64,
+        journal_kib_per_round = (b.journal_bytes - a.journal_bytes) / rounds / 1024,
+        direct_kib_per_round = (b.direct_bytes - a.direct_bytes) / rounds / 1024,
+        syncs_per_round = (b.round_syncs - a.round_syncs) as f64 / rounds as f64,
+        write_us_per_round = (b.write_us - a.write_us) / rounds,
+        sync_us_per_round = (b.sync_us - a.sync_us) / rounds,
+        write_behind_mib = (b.write_behind_bytes - a.write_behind_bytes) >> 20,
+        checkpoints = b.checkpoints - a.checkpoints,
+        "store rounds"
+    );
 }
 
 async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {

@@ -473,6 +473,10 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    async fn create_allocated(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.create_zeroed(path, len).await
+    }
+
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut disk = self.disk.borrow_mut();
         let id = disk.file(from)?;
@@ -579,6 +583,10 @@ impl Storage for SimStorage {
         disk.durable_names
             .insert(path.to_path_buf(), Entry::File(id));
         Ok(())
+    }
+
+    async fn sleep(&self, _d: std::time::Duration) {
+        yield_once().await;
     }
 
     async fn free_bytes(&self, _dir: &Path) -> io::Result<u64> {

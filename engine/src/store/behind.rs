@@ -146,9 +146,15 @@ impl<S: Storage> Store<S> {
         }
     }
 
-    /// Creates, fills and syncs a file under a temporary name, then renames it into place
-    /// and syncs the directory: a file with a final name is always complete and durable.
-    async fn create_file(&self, name: &str, len: u64) -> Result<Rc<S::File>, StoreError> {
+    /// Creates and syncs a file under a temporary name (zero-filled, or only allocated),
+    /// then renames it into place and syncs the directory: a file with a final name is
+    /// always complete and durable.
+    async fn create_file(
+        &self,
+        name: &str,
+        len: u64,
+        zeroed: bool,
+    ) -> Result<Rc<S::File>, StoreError> {
         let dir = &self.cfg.dir;
         let free = self.storage.free_bytes(dir).await?;
         if free < len + len / 16 {
@@ -156,7 +162,11 @@ impl<S: Storage> Store<S> {
         }
         let tmp = dir.join(format!("{name}.tmp"));
         let path = dir.join(name);
-        self.storage.create_zeroed(&tmp, len).await?;
+        if zeroed {
+            self.storage.create_zeroed(&tmp, len).await?;
+        } else {
+            self.storage.create_allocated(&tmp, len).await?;
+        }
         self.storage.rename(&tmp, &path).await?;
         self.storage.sync_dir(dir).await?;
         Ok(Rc::new(self.storage.open(&path).await?))
@@ -164,7 +174,11 @@ impl<S: Storage> Store<S> {
 
     async fn create_journal_file(&self, slot: usize) -> Result<(), StoreError> {
         let file = self
-            .create_file(&journal_file_name(slot as u32), self.cfg.journal_file_bytes)
+            .create_file(
+                &journal_file_name(slot as u32),
+                self.cfg.journal_file_bytes,
+                true,
+            )
             .await?;
         let mut st = self.st.borrow_mut();
         let s = &mut st.journal.slots[slot];
@@ -181,7 +195,11 @@ impl<S: Storage> Store<S> {
             n
         };
         let size = self.cfg.volume_size(n);
-        let file = self.create_file(&volume_file_name(n), size).await?;
+        // Journal files are zero-filled: every round is an overwrite of written blocks. A
+        // volume is only allocated: zero-filling it first would write every byte twice on
+        // a growing store (on the development VM, writes into allocated-but-unwritten
+        // space cost 5-10 % more than overwrites; a zero-fill costs 100 %; BENCHMARKS.md).
+        let file = self.create_file(&volume_file_name(n), size, false).await?;
         let mut st = self.st.borrow_mut();
         st.alloc
             .add_volume(n, (size / self.cfg.extent_bytes_min) as u32);

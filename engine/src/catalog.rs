@@ -180,12 +180,24 @@ impl Catalog {
         (self.path.clone(), encode(&self.data))
     }
 
-    /// A catalog at `data_dir` holding `data` (tests).
-    pub fn with_data(data_dir: &Path, data: CatalogData) -> Catalog {
-        Catalog {
-            path: data_dir.join(CATALOG_FILE),
-            data,
-        }
+    /// The catalog of `data_dir` from the bytes of its file (`None`: there is none yet), as
+    /// read through a storage (the simulated disk in tests).
+    pub fn from_bytes(data_dir: &Path, bytes: Option<&[u8]>) -> Result<Catalog, EngineError> {
+        let path = data_dir.join(CATALOG_FILE);
+        let data = match bytes {
+            None => CatalogData {
+                next_stream_id: 1,
+                streams: Vec::new(),
+            },
+            Some(b) => decode(b).map_err(|why| {
+                EngineError::Startup(format!("catalog {} is damaged: {why}", path.display()))
+            })?,
+        };
+        Ok(Catalog { path, data })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn stream(&self, name: &str) -> Option<&StreamEntry> {

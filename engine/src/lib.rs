@@ -23,6 +23,8 @@ pub mod io;
 pub mod limits;
 pub mod notify;
 pub mod runtime;
+#[cfg(test)]
+mod runtime_tests;
 pub mod server;
 pub mod sim;
 pub mod store;

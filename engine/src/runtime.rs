@@ -440,6 +440,17 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
+    /// One step of every store's background work (tests drive it by hand).
+    #[cfg(test)]
+    pub(crate) async fn background_once(&self) -> bool {
+        let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
+        let mut did = false;
+        for s in stores {
+            did |= s.background_step().await.unwrap_or(false);
+        }
+        did
+    }
+
     /// Stops taking requests, answers the in-flight ones, and makes every store durable
     /// with a final checkpoint (a clean restart replays nothing).
     pub(crate) async fn shutdown(&self) {
@@ -457,7 +468,7 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
-    async fn handle(self: Rc<Self>, msg: CoreMsg) {
+    pub(crate) async fn handle(self: Rc<Self>, msg: CoreMsg) {
         match msg {
             CoreMsg::OpenShard { spec, reply } => {
                 let _ = reply.send(self.open_shard(spec.local()).await).await;

@@ -1,6 +1,7 @@
 //! Crash recovery on real files: a child process appends from many threads and is killed
 //! with SIGKILL at a random moment; after a restart every acknowledged batch is back, in
-//! order, with its sequence numbers. Repeated several times on the same data directory.
+//! order, with its sequence numbers. Repeated on the same data directory, the kills aimed at
+//! journaled rounds, at checkpoints, and at hot shards' in-place writes in turn.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -20,10 +21,16 @@ struct Ack {
 }
 
 /// Runs the writer until it has produced `acks_before_kill` acknowledgements, then kills it.
-fn run_writer_and_kill(dir: &std::path::Path, start_tag: u64, acks_before_kill: usize) -> Vec<Ack> {
+fn run_writer_and_kill(
+    dir: &std::path::Path,
+    start_tag: u64,
+    mode: &str,
+    acks_before_kill: usize,
+) -> Vec<Ack> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crash_writer"))
         .arg(dir)
         .arg(start_tag.to_string())
+        .arg(mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -70,15 +77,26 @@ fn sigkill_at_random_moments_loses_no_acknowledged_batch() {
         rng
     };
     let mut all_acks: Vec<Ack> = Vec::new();
-    for round in 0..4u64 {
+    for (round, mode) in [
+        "journal",
+        "checkpoint",
+        "direct",
+        "checkpoint",
+        "journal",
+        "direct",
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let kill_after = 50 + (next() % 400) as usize;
         all_acks.extend(run_writer_and_kill(
             dir.path(),
-            round * 1_000_000,
+            round as u64 * 1_000_000,
+            mode,
             kill_after,
         ));
         let engine = Engine::start(test_config(dir.path())).expect("restart after SIGKILL");
-        for shard in 0..4u32 {
+        for shard in 0..16u32 {
             let mut got: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
             let mut from = 0;
             loop {

@@ -2,6 +2,10 @@
 //! stream if needed, and appends batches forever from several threads, printing
 //! `ACK <shard> <base_seq> <count> <tag>` after each acknowledgement. The parent kills it
 //! with SIGKILL at a random moment and checks every acknowledged batch after a restart.
+//!
+//! Modes (third argument) steer where the kill lands: `journal` (small batches over many
+//! shards: journaled rounds and write-behind), `checkpoint` (a checkpoint every 256 KiB of
+//! journal, so most kills hit one), `direct` (large batches: hot shards written in place).
 
 use std::io::Write;
 
@@ -12,7 +16,8 @@ use spate_engine::Engine;
 use spate_protocol::routing::key_for_shard;
 
 const PRODUCERS: u64 = 8;
-const SHARDS: u32 = 4;
+/// Shards of the stream (the parent reads them all back).
+pub const SHARDS: u32 = 16;
 
 fn main() {
     let dir = std::env::args()
@@ -22,8 +27,17 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let engine =
-        Engine::start(spate_tests::test_config(std::path::Path::new(&dir))).expect("engine starts");
+    let mode = std::env::args().nth(3).unwrap_or_else(|| "journal".into());
+    let mut cfg = spate_tests::test_config(std::path::Path::new(&dir));
+    let (size_min, size_spread) = match mode.as_str() {
+        "checkpoint" => {
+            cfg.checkpoint_bytes = 256 << 10;
+            (100, 5000)
+        }
+        "direct" => (20_000, 60_000),
+        _ => (100, 5000),
+    };
+    let engine = Engine::start(cfg).expect("engine starts");
     if block_on(engine.describe_stream("crash")).is_err() {
         let opts = StreamOptions {
             limits: Limits::Off,
@@ -51,7 +65,7 @@ fn main() {
                         &keys[shard as usize],
                         tag,
                         n,
-                        100 + (tag % 5000) as usize,
+                        size_min + (tag % size_spread) as usize,
                     );
                     let out = block_on(engine.put_batch("crash", shard, batch)).expect("append");
                     let stdout = std::io::stdout();

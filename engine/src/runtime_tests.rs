@@ -1,0 +1,322 @@
+//! The whole request path of a core on the simulated disk: the control plane (catalog saved
+//! through the storage), limits and checks, appends, reads, long-polls, positions and
+//! retention, with crashes (file data and directory changes lost as a power cut would) and
+//! restarts, against a model of what every acknowledged put must leave behind.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use spate_protocol::batch::BatchBuilder;
+use spate_protocol::routing::key_for_shard;
+
+use crate::catalog::{Catalog, StreamOptions};
+use crate::clock::{ClockRef, ManualClock};
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::io::Storage;
+use crate::limits::Limits;
+use crate::runtime::{
+    call, ControlOp, Core, CoreMsg, ReadRequest, ShardIdent, ShardSpecMsg, StartPosition,
+};
+use crate::sim::{SimRng, SimStorage};
+
+const DATA: &str = "/data";
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        data_dir: PathBuf::from(DATA),
+        // Small files: the simulated disk holds them in memory and copies them at a crash.
+        extent_bytes_min: 16 << 10,
+        extent_bytes_max: 256 << 10,
+        volume_bytes: 1 << 20,
+        journal_file_bytes: 1 << 20,
+        journal_files: 3,
+        round_bytes_max: 128 << 10,
+        write_chunk_bytes_max: 64 << 10,
+        memory_bytes_max: 4 << 20,
+        checkpoint_bytes: 256 << 10,
+        checkpoint_interval_ms: 1000,
+        segment_age_max_ms: 1000,
+        direct_write_bytes_min: 32 << 10,
+        ..EngineConfig::default()
+    }
+}
+
+/// A running core and the flag that stops its background driver.
+struct Running {
+    core: Rc<Core<SimStorage>>,
+    alive: Rc<std::cell::Cell<bool>>,
+    driver: glommio::Task<()>,
+}
+
+impl Running {
+    /// Stops the background driver and waits for it, so nothing touches the disk after.
+    async fn stop(self) -> Rc<Core<SimStorage>> {
+        self.alive.set(false);
+        self.driver.await;
+        self.core.stopping.set(true);
+        self.core
+    }
+}
+
+/// Starts a single core on the simulated disk (catalog and stores recovered from it) with
+/// its message loop running, as `run_core` does on a real one, and its background work
+/// driven by a task of ours.
+async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
+    let bytes = storage
+        .read_small(&Path::new(DATA).join("catalog.bin"))
+        .await
+        .unwrap();
+    let catalog = Catalog::from_bytes(Path::new(DATA), bytes.as_deref()).unwrap();
+    let mut specs = Vec::new();
+    let mut routes = HashMap::new();
+    for s in &catalog.data.streams {
+        specs.extend(ShardSpecMsg::from_catalog(s));
+        routes.insert(s.name.clone(), s.clone());
+    }
+    let (tx, rx) = async_channel::bounded(64);
+    let clock: ClockRef = Arc::new(clock.clone());
+    let core = Rc::new(
+        Core::open(
+            0,
+            1,
+            cfg(),
+            clock,
+            storage.clone(),
+            vec![tx],
+            Some(catalog),
+            vec![(0, specs)],
+            routes,
+        )
+        .await
+        .expect("core opens"),
+    );
+    let c = core.clone();
+    glommio::spawn_local(async move {
+        while let Ok(msg) = rx.recv().await {
+            glommio::spawn_local(c.clone().handle(msg)).detach();
+        }
+    })
+    .detach();
+    let alive = Rc::new(std::cell::Cell::new(true));
+    let (c, a) = (core.clone(), alive.clone());
+    let driver = glommio::spawn_local(async move {
+        while a.get() {
+            if !c.background_once().await {
+                futures_lite::future::yield_now().await;
+            }
+        }
+    });
+    Running {
+        core,
+        alive,
+        driver,
+    }
+}
+
+fn tagged(key: &str, tag: u64, n: u32, size: usize) -> Vec<u8> {
+    let mut b = BatchBuilder::new();
+    for i in 0..n {
+        let mut data = format!("{tag}:{i}:").into_bytes();
+        data.resize(size.max(data.len()), b'z');
+        b.push(key.as_bytes(), &data, None).unwrap();
+    }
+    b.finish()
+}
+
+async fn read_shard(core: &Core<SimStorage>, id: ShardIdent) -> BTreeMap<u64, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut from = core.position(id, StartPosition::TrimHorizon).await.unwrap();
+    loop {
+        let req = ReadRequest {
+            from_seq: from,
+            max_records: 100,
+            max_bytes: 64 << 10,
+            wait_ms: 0,
+        };
+        let r = core.read(id, req).await.unwrap();
+        if r.batch_count == 0 {
+            return out;
+        }
+        let mut pos = 0;
+        while pos < r.bytes.len() {
+            let h = spate_protocol::batch::verify_stored(
+                &r.bytes[pos..pos
+                    + spate_protocol::batch::BatchHeader::decode(&r.bytes[pos..])
+                        .unwrap()
+                        .batch_len as usize],
+            )
+            .unwrap();
+            let one = &r.bytes[pos..pos + h.batch_len as usize];
+            for (i, rec) in spate_protocol::batch::RecordIter::new(one, h.record_count).enumerate()
+            {
+                let seq = h.base_seq + i as u64;
+                if (r.start_seq..r.end_seq).contains(&seq) {
+                    out.insert(seq, rec.unwrap().data.to_vec());
+                }
+            }
+            pos += h.batch_len as usize;
+        }
+        from = r.end_seq;
+    }
+}
+
+#[test]
+fn the_request_path_on_the_simulated_disk_survives_crashes() {
+    let seeds: u64 = std::env::var("SPATE_CORE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("executor")
+        .run(async move {
+            for seed in 0..seeds {
+                run_seed(seed).await;
+            }
+        });
+}
+
+async fn run_seed(seed: u64) {
+    let storage = Rc::new(SimStorage::new(seed));
+    storage.create_dir_all(Path::new(DATA)).await.unwrap();
+    storage.sync_dir(Path::new("/")).await.unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut rng = SimRng::new(seed ^ 0xc0);
+    let mut running = start(&storage, &clock).await;
+    let mut core = running.core.clone();
+    let shards = 1 + rng.below(8) as u32;
+    let create = |name: &str, limits: Limits| ControlOp::CreateStream {
+        name: name.into(),
+        opts: StreamOptions {
+            limits,
+            ..StreamOptions::new(shards)
+        },
+    };
+    let peer = core.peers[0].clone();
+    let entry = call(&peer, |reply| CoreMsg::Control {
+        op: create("s", Limits::Off),
+        reply,
+    })
+    .await
+    .unwrap()
+    .pop()
+    .unwrap();
+    let stream_id = entry.stream_id;
+    // Acknowledged records: (shard, seq) -> data prefix.
+    let mut acked: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    let mut tag = 0u64;
+    for step in 0..60 {
+        match rng.below(10) {
+            0..=5 => {
+                let n = 1 + rng.below(6) as usize;
+                let puts: Vec<(u32, Vec<u8>, u64)> = (0..n)
+                    .map(|_| {
+                        let shard = rng.below(u64::from(shards)) as u32;
+                        tag += 1;
+                        let size = if rng.below(4) == 0 { 9000 } else { 200 };
+                        let b = tagged(
+                            &key_for_shard(shard, shards),
+                            tag,
+                            1 + rng.below(4) as u32,
+                            size,
+                        );
+                        (shard, b, tag)
+                    })
+                    .collect();
+                let results = crate::store::join_all(puts.iter().map(|(shard, b, _)| {
+                    let c = core.clone();
+                    let id = ShardIdent {
+                        stream_id,
+                        shard_id: *shard,
+                    };
+                    async move { c.append(id, b).await }
+                }))
+                .await;
+                for ((shard, _, t), r) in puts.iter().zip(results) {
+                    let out = r.unwrap_or_else(|e| panic!("seed {seed} step {step}: put: {e}"));
+                    for i in 0..out.accepted {
+                        acked.insert((*shard, out.base_seq + u64::from(i)), format!("{t}:{i}:"));
+                    }
+                }
+            }
+            6 => {
+                // A long-poll at the tip answers at its timeout with nothing, and leaves no
+                // waiter behind.
+                let id = ShardIdent {
+                    stream_id,
+                    shard_id: 0,
+                };
+                let tip = core.position(id, StartPosition::Latest).await.unwrap();
+                let r = core
+                    .read(
+                        id,
+                        ReadRequest {
+                            from_seq: tip,
+                            max_records: 10,
+                            max_bytes: 1 << 20,
+                            wait_ms: 5,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(r.batch_count, 0);
+            }
+            7 => {
+                clock.advance(1500);
+                core.apply_retention();
+            }
+            _ => {
+                // A crash: the core is gone with everything in flight, the disk keeps
+                // what a power cut would leave.
+                drop(core);
+                drop(running.stop().await);
+                storage.crash();
+                running = start(&storage, &clock).await;
+                core = running.core.clone();
+                let peer = core.peers[0].clone();
+                let snapshot = call(&peer, |reply| CoreMsg::Control {
+                    op: ControlOp::Snapshot,
+                    reply,
+                })
+                .await
+                .unwrap();
+                assert_eq!(
+                    snapshot.len(),
+                    1,
+                    "seed {seed}: the created stream survives"
+                );
+                for shard in 0..shards {
+                    let id = ShardIdent {
+                        stream_id,
+                        shard_id: shard,
+                    };
+                    let got = read_shard(&core, id).await;
+                    for ((s, seq), prefix) in acked.range((shard, 0)..(shard, u64::MAX)) {
+                        let _ = s;
+                        let data = got.get(seq).unwrap_or_else(|| {
+                            panic!("seed {seed} step {step}: acked {shard}/{seq} lost")
+                        });
+                        assert!(
+                            data.starts_with(prefix.as_bytes()),
+                            "seed {seed}: {shard}/{seq} changed"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Unknown streams and shards are typed errors, never a panic.
+    let bad = ShardIdent {
+        stream_id: 999,
+        shard_id: 0,
+    };
+    assert!(matches!(
+        core.append(bad, &tagged("k", 0, 1, 10)).await,
+        Err(EngineError::UnknownShard { .. })
+    ));
+    drop(core);
+    drop(running.stop().await);
+}

@@ -356,6 +356,12 @@ pub fn decode_entries(payload: &[u8], entry_count: u32) -> Result<Vec<Entry<'_>>
             return Err(EntryError::Truncated { at });
         }
         let body = &payload[body_start..body_start + len];
+        if payload[body_start + len..body_start + padded]
+            .iter()
+            .any(|&b| b != 0)
+        {
+            return Err(EntryError::Reserved { at });
+        }
         let entry = match h[0] {
             KIND_BATCH => {
                 if len < BATCH_HEADER_LEN {

@@ -40,6 +40,8 @@
 
 mod alloc;
 mod behind;
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 pub mod layout;
 pub mod manifest;

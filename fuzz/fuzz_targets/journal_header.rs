@@ -1,0 +1,8 @@
+//! libFuzzer target: the on-disk decoder `journal_header` (see `spate_engine::store::fuzzing`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = spate_engine::store::fuzzing::journal_header(data);
+});

@@ -121,6 +121,30 @@ fn crc(c: &mut Criterion) {
     g.finish();
 }
 
+/// Not a throughput loop: one shard's last GiB read back from the volumes with 10 MiB
+/// reads, printed as GB/s to compare with fio's sequential O_DIRECT read (BENCHMARKS.md).
+fn replay(_c: &mut Criterion) {
+    let rig = rig();
+    let total_bytes = if full_size() { 1 << 30 } else { 16 << 20 };
+    rig.append(AppendLoad {
+        record_bytes: 1024,
+        records_per_batch: 500,
+        producers: 8,
+        shards: 1,
+        total_bytes,
+        keep: true,
+    });
+    for _ in 0..if full_size() { 3 } else { 1 } {
+        let (bytes, took) = rig.replay(0, 10 << 20);
+        println!(
+            "Store::read replay of one shard: {:.2} GiB in {:.2} s, {:.3} GB/s",
+            bytes as f64 / f64::from(1u32 << 30),
+            took.as_secs_f64(),
+            bytes as f64 / took.as_secs_f64() / 1e9
+        );
+    }
+}
+
 fn recovery(c: &mut Criterion) {
     let rig = rig();
     // A store holding 1 GiB in 64 shards, small batches (journaled), then reopened: the
@@ -141,5 +165,5 @@ fn recovery(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! { name = benches; config = config(); targets = append, lone_append_latency, crc, recovery }
+criterion_group! { name = benches; config = config(); targets = append, lone_append_latency, crc, replay, recovery }
 criterion_main!(benches);

@@ -57,6 +57,7 @@ pub struct AppendLoad {
 
 enum Cmd {
     Append(AppendLoad, mpsc::Sender<AppendStats>),
+    Replay(u32, usize, mpsc::Sender<(u64, Duration)>),
     Latency(u32, mpsc::Sender<Vec<Duration>>),
     Reopen(mpsc::Sender<Duration>),
 }
@@ -166,6 +167,22 @@ impl AppendRig {
                             }
                             let _ = reply.send(stats);
                         }
+                        Cmd::Replay(shard, read_bytes, reply) => {
+                            // What is still in memory goes to disk first: a replay reads
+                            // history, not the tail.
+                            store.checkpoint().await.expect("checkpoint");
+                            let key = rig_key(shard);
+                            let mut from = store.trim_horizon(key).expect("shard");
+                            let end = store.durable_seq(key).expect("shard");
+                            let started = Instant::now();
+                            let mut bytes = 0u64;
+                            while from < end {
+                                let r = store.read(key, from, 10_000, read_bytes).await.expect("read");
+                                bytes += r.bytes.len() as u64;
+                                from = r.end_seq;
+                            }
+                            let _ = reply.send((bytes, started.elapsed()));
+                        }
                         Cmd::Latency(n, reply) => {
                             // One producer, one 100 B record per append: the latency of a
                             // lone durable append (write + fdatasync), nothing to share it with.
@@ -220,6 +237,18 @@ impl AppendRig {
             .as_ref()
             .expect("running")
             .send(Cmd::Latency(n, tx))
+            .expect("rig alive");
+        rx.recv().expect("rig reply")
+    }
+
+    /// Reads shard `shard`'s whole history with reads of `read_bytes` (after a checkpoint,
+    /// so it comes from the volumes): bytes read and time taken.
+    pub fn replay(&self, shard: u32, read_bytes: usize) -> (u64, Duration) {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .expect("running")
+            .send(Cmd::Replay(shard, read_bytes, tx))
             .expect("rig alive");
         rx.recv().expect("rig reply")
     }

@@ -435,6 +435,9 @@ const SEAL_GAP_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a failed attempt to create space is trusted before the next try.
 pub(crate) const SPACE_RETRY_MS: i64 = 1000;
 
+/// Long reads from a volume go out in pieces of this size, all in flight at once.
+const READ_PIECE_BYTES: usize = 1 << 20;
+
 /// Staging buffers start this small (an idle shard's first batch).
 const STAGING_BYTES_MIN: usize = 16 << 10;
 
@@ -1359,15 +1362,28 @@ impl<S: Storage> Store<S> {
                 (st.volume(eid)?, self.volume_pos(eid) + here, n)
             };
             let (file, vpos, n) = disk;
-            let got = file.read_at(vpos, n).await?;
-            let got = got.as_ref();
-            if got.len() < n {
-                return Err(StoreError::Corrupt(format!(
-                    "volume short read: {} of {n} bytes at {vpos}",
-                    got.len()
-                )));
+            // A long read (a consumer replaying history) goes out as several reads in
+            // flight at once: one large read at a time leaves the device idle between them.
+            let pieces = n.div_ceil(READ_PIECE_BYTES);
+            let reads = join_all((0..pieces).map(|i| {
+                let from = i * READ_PIECE_BYTES;
+                let len = READ_PIECE_BYTES.min(n - from);
+                let file = &file;
+                async move { (from, len, file.read_at(vpos + from as u64, len).await) }
+            }))
+            .await;
+            for (from, len, got) in reads {
+                let got = got?;
+                let got = got.as_ref();
+                if got.len() < len {
+                    return Err(StoreError::Corrupt(format!(
+                        "volume short read: {} of {len} bytes at {}",
+                        got.len(),
+                        vpos + from as u64
+                    )));
+                }
+                out[at + from..at + from + len].copy_from_slice(&got[..len]);
             }
-            out[at..at + n].copy_from_slice(&got[..n]);
             at += n;
         }
         Ok(Some(out))

@@ -12,10 +12,11 @@ use spate_protocol::stream::{
     is_valid_retention_hours, is_valid_stream_name, MAX_SHARDS_PER_STREAM,
 };
 use spate_protocol::{
-    encode_put_batch_head, encode_put_record_head, encode_request, CreateStreamRequest,
-    DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest, GetRecordsRequest,
-    HelloRequest, IteratorPosition, Limits, ListStreamsRequest, Opcode, PutBatchResponse, Request,
-    Response, RetentionRequest, ShardDescription, PROTOCOL_VERSION,
+    encode_put_batch_head, encode_put_batches_head, encode_put_record_head, encode_request,
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest,
+    GetRecordsRequest, HelloRequest, IteratorPosition, Limits, ListStreamsRequest, Opcode,
+    PutBatchResponse, Request, Response, RetentionRequest, ShardDescription, ShardOutcome,
+    PROTOCOL_VERSION,
 };
 
 use crate::connection::{decode_reply, Connection, DEFAULT_MAX_IN_FLIGHT};
@@ -575,6 +576,66 @@ impl Client {
             ))),
             _ => unreachable!("decode_reply checked the opcode"),
         }
+    }
+
+    /// Sends one batch to each of several shards of one core in one request, once. Returns
+    /// each batch's outcome, in order; the whole request fails only for a transport or
+    /// protocol error (or an error for the whole stream).
+    pub(crate) async fn put_batches_once(
+        &self,
+        stream: &str,
+        core: u16,
+        batches: &[(u32, Bytes)],
+    ) -> Result<Vec<Result<PutBatchResponse>>> {
+        let conn = self.conn(Target::Core(core)).await?;
+        let mut body = Vec::with_capacity(2 * batches.len());
+        let mut body_len = 0;
+        for (shard_id, batch) in batches {
+            body.push(Bytes::copy_from_slice(&shard_id.to_le_bytes()));
+            body.push(batch.clone());
+            body_len += 4 + batch.len();
+        }
+        let count = batches.len();
+        let frame = conn
+            .call_parts(
+                |out, id| encode_put_batches_head(out, id, stream, count, body_len),
+                body,
+                self.timeout(0),
+            )
+            .await?;
+        let Response::PutBatches(r) = decode_reply(&frame, Some(Opcode::PutBatches))? else {
+            unreachable!("decode_reply checked the opcode")
+        };
+        if r.outcomes.len() != batches.len() {
+            return Err(ClientError::protocol(format!(
+                "put-batches of {} batches answered with {} outcomes",
+                batches.len(),
+                r.outcomes.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(count);
+        for ((shard_id, _), o) in batches.iter().zip(r.outcomes) {
+            if o.shard_id() != *shard_id {
+                return Err(ClientError::protocol(format!(
+                    "put-batches outcome for shard {} where shard {shard_id} was expected",
+                    o.shard_id()
+                )));
+            }
+            out.push(match o {
+                ShardOutcome::Stored(r) => Ok(r),
+                ShardOutcome::Failed(f) => Err(ClientError::Server {
+                    code: f.code,
+                    retry_after_ms: f.retry_after_ms,
+                    message: f.message.to_string(),
+                }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Largest request frame the server takes.
+    pub(crate) fn max_request_bytes(&self) -> usize {
+        self.inner.server.max_frame_bytes as usize
     }
 
     // ---- reads -----------------------------------------------------------------------

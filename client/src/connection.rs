@@ -86,7 +86,8 @@ impl Shared {
 /// An encoded request: the frame head, then the batch the head's length accounts for.
 struct Outgoing {
     head: Vec<u8>,
-    body: Bytes,
+    /// Sent right after the head, in order (batches travel without being copied into it).
+    body: Vec<Bytes>,
 }
 
 /// A pipelined connection; see the module docs. Dropping it stops its tasks.
@@ -187,6 +188,21 @@ impl Connection {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Bytes> {
+        let body = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![body]
+        };
+        self.call_parts(encode, body, timeout).await
+    }
+
+    /// As [`Connection::call`], with a body in several parts sent back to back.
+    pub(crate) async fn call_parts(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+        body: Vec<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes> {
         let _slot = self
             .slots
             .acquire()
@@ -195,7 +211,7 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut head = Vec::with_capacity(64);
         encode(&mut head, id);
-        let frame_bytes = (head.len() + body.len()) as u64;
+        let frame_bytes = (head.len() + body.iter().map(Bytes::len).sum::<usize>()) as u64;
         let max = self.max_request_bytes.load(Ordering::Relaxed);
         if frame_bytes > max {
             return Err(ClientError::invalid(
@@ -265,9 +281,9 @@ async fn write_loop(
             // Write everything queued, then flush once: a burst of requests shares syscalls.
             while let Some(msg) = next.take() {
                 w.write_all(&msg.head).await?;
-                if !msg.body.is_empty() {
+                for part in &msg.body {
                     // Larger than the buffer: BufWriter writes it straight to the socket.
-                    w.write_all(&msg.body).await?;
+                    w.write_all(part).await?;
                 }
                 next = rx.try_recv().ok();
             }

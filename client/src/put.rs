@@ -1,8 +1,11 @@
 //! Batch puts: route records to shards, one batch per shard, retry refused suffixes.
 //!
 //! `put_records` sends each shard's records as a chain of batches (each within 500 records
-//! and 10 MiB): shards in parallel, but a shard's batches one after another, each sent only
-//! once the previous one is fully acknowledged (its throttled tail retried first). Since the
+//! and 10 MiB): a shard's batches one after another, each sent only once the previous one is
+//! fully acknowledged (its throttled tail retried first). Shards advance together: each step
+//! sends, to every core, one request carrying the next batch of each of its shards that is
+//! ready (PutBatches), so a call over thousands of shards costs a request per core per step,
+//! not one per shard. Since the
 //! engine admits a prefix of a batch and refuses the rest, and the refused rest is retried
 //! before anything later is sent, a partition key's acknowledged records are stored in input
 //! order. After a final failure on a shard (a record the client finds invalid, anything but
@@ -16,8 +19,7 @@ use bytes::Bytes;
 use spate_protocol::batch::{
     record_encoded_len, BatchBuilder, BATCH_HEADER_LEN, MAX_BATCH_BYTES, MAX_PARTITION_KEY_BYTES,
 };
-use spate_protocol::ErrorCode;
-use tokio::task::JoinSet;
+use spate_protocol::{ErrorCode, PutBatchResponse};
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
@@ -193,10 +195,235 @@ fn fail_rest(
     results.resize(len, Err(skipped));
 }
 
+/// One shard's records being put in order: a chain of batches, see the module docs.
+pub(crate) struct Chain {
+    pub route: ShardRoute,
+    /// Indices of the records in the caller's order (for `put_records`).
+    pub indices: Vec<usize>,
+    pub entries: Vec<Entry>,
+    /// Records from the first one the client refuses on are never sent.
+    sendable: usize,
+    pub results: Vec<Result<PutResult>>,
+    attempt: u32,
+    /// A refused tail is retried no earlier than this.
+    ready_at: Option<tokio::time::Instant>,
+}
+
+impl Chain {
+    pub(crate) fn new(
+        map: &ShardMap,
+        route: ShardRoute,
+        indices: Vec<usize>,
+        entries: Vec<Entry>,
+    ) -> Chain {
+        let sendable = entries
+            .iter()
+            .position(|e| check_entry(map, e).is_err())
+            .unwrap_or(entries.len());
+        Chain {
+            route,
+            indices,
+            results: Vec::with_capacity(entries.len()),
+            entries,
+            sendable,
+            attempt: 0,
+            ready_at: None,
+        }
+    }
+
+    pub(crate) fn done(&self) -> bool {
+        self.results.len() == self.entries.len()
+    }
+
+    /// The next batch to send (at most `bytes_max` past its first record) and how many
+    /// records it holds; `None` when the chain is done or waiting out a retry delay. A
+    /// record the client refuses fails here, with everything after it.
+    fn next_batch(
+        &mut self,
+        map: &ShardMap,
+        bytes_max: usize,
+        now: tokio::time::Instant,
+    ) -> Option<(Bytes, usize)> {
+        if self.done() || self.ready_at.is_some_and(|t| t > now) {
+            return None;
+        }
+        let next = self.results.len();
+        if next == self.sendable {
+            let err = check_entry(map, &self.entries[next]).expect_err("invalid, found above");
+            fail_rest(&mut self.results, self.entries.len(), err, &self.route);
+            return None;
+        }
+        Some(build_batch(&self.entries[next..self.sendable], bytes_max))
+    }
+
+    /// Applies the answer to a batch of `count` records.
+    fn settle(
+        &mut self,
+        client: &Client,
+        stream: &str,
+        count: usize,
+        answer: Result<PutBatchResponse>,
+    ) {
+        let policy = client.config().retry;
+        let err = match answer {
+            Ok(resp) if resp.accepted as usize > count => ClientError::protocol(format!(
+                "server accepted {} records of a batch of {count}",
+                resp.accepted
+            )),
+            Ok(resp) => {
+                for i in 0..resp.accepted {
+                    self.results.push(Ok(PutResult {
+                        shard_id: self.route.shard_id,
+                        seq: resp.base_seq + u64::from(i),
+                    }));
+                }
+                if resp.accepted > 0 {
+                    self.attempt = 0;
+                }
+                match resp.rejected {
+                    None if resp.accepted as usize == count => {
+                        self.ready_at = None;
+                        return;
+                    }
+                    None => ClientError::Server {
+                        code: ErrorCode::Internal,
+                        retry_after_ms: 0,
+                        message: "the server accounted for only part of the batch".into(),
+                    },
+                    Some(rejection) => ClientError::Server {
+                        code: rejection.code,
+                        retry_after_ms: rejection.retry_after_ms,
+                        message: format!("shard {} refused the record", self.route.shard_id),
+                    },
+                }
+            }
+            Err(e) => e,
+        };
+        if err.is_safe_to_retry() && self.attempt < policy.max_attempts {
+            tracing::debug!(shard = self.route.shard_id, attempt = self.attempt, error = %err, "retrying put");
+            self.ready_at = Some(
+                tokio::time::Instant::now() + policy.delay(self.attempt, err.retry_after_ms()),
+            );
+            self.attempt += 1;
+            return;
+        }
+        client.forget_on(stream, &err);
+        fail_rest(&mut self.results, self.entries.len(), err, &self.route);
+    }
+}
+
+/// Awaits every future, concurrently (the client's own tiny join: no extra dependency).
+async fn join_all<T>(futs: impl Iterator<Item = impl std::future::Future<Output = T>>) -> Vec<T> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("ready")).collect()
+}
+
+/// Runs chains to completion: each step sends every ready chain's next batch, one request
+/// per core (split when a frame would be too large), all cores at once.
+pub(crate) async fn put_chains(
+    client: &Client,
+    stream: &str,
+    map: &ShardMap,
+    chains: &mut [Chain],
+    batch_bytes_max: usize,
+) {
+    // Room for the frame head, the stream name and each entry's shard id.
+    let frame_max = client.max_request_bytes().saturating_sub(1024);
+    loop {
+        let now = tokio::time::Instant::now();
+        let mut by_core: std::collections::BTreeMap<u16, Vec<Vec<(usize, Bytes, usize)>>> =
+            Default::default();
+        for (i, c) in chains.iter_mut().enumerate() {
+            if let Some((batch, count)) = c.next_batch(map, batch_bytes_max, now) {
+                let requests = by_core.entry(c.route.core).or_default();
+                let fits = requests.last().is_some_and(|r| {
+                    r.len() < spate_protocol::MAX_BATCHES_PER_PUT
+                        && r.iter().map(|(_, b, _)| b.len() + 4).sum::<usize>() + batch.len() + 4
+                            <= frame_max
+                });
+                if !fits {
+                    requests.push(Vec::new());
+                }
+                requests
+                    .last_mut()
+                    .expect("a request")
+                    .push((i, batch, count));
+            }
+        }
+        if by_core.is_empty() {
+            let wake = chains
+                .iter()
+                .filter(|c| !c.done())
+                .filter_map(|c| c.ready_at)
+                .min();
+            match wake {
+                Some(t) => {
+                    tokio::time::sleep_until(t).await;
+                    continue;
+                }
+                None => return,
+            }
+        }
+        let planned: Vec<(u16, Vec<(usize, Bytes, usize)>)> = by_core
+            .into_iter()
+            .flat_map(|(core, requests)| requests.into_iter().map(move |items| (core, items)))
+            .collect();
+        let answers = join_all(planned.iter().map(|(core, items)| {
+            let batches: Vec<(u32, Bytes)> = items
+                .iter()
+                .map(|(i, b, _)| (chains[*i].route.shard_id, b.clone()))
+                .collect();
+            let single = (items.len() == 1).then(|| chains[items[0].0].route);
+            async move {
+                if let Some(route) = single {
+                    // One shard: the plain put-batch request (no entry framing).
+                    vec![
+                        client
+                            .put_batch_once(stream, &route, batches[0].1.clone())
+                            .await,
+                    ]
+                } else {
+                    match client.put_batches_once(stream, *core, &batches).await {
+                        Ok(r) => r,
+                        Err(e) => vec![Err(e); batches.len()],
+                    }
+                }
+            }
+        }))
+        .await;
+        for ((_, items), answer) in planned.into_iter().zip(answers) {
+            for ((i, _, count), a) in items.into_iter().zip(answer) {
+                chains[i].settle(client, stream, count, a);
+            }
+        }
+    }
+}
+
 impl Client {
     /// Puts many records: routes each one by the MD5 of its key (or its explicit hash key)
-    /// to its shard, sends one batch chain per shard to the shard's core, all shards
-    /// concurrently, and retries refused suffixes with backoff. Returns one result per
+    /// to its shard, and sends the shards' batch chains (one request per core per step, see
+    /// the module docs), retrying refused suffixes with backoff. Returns one result per
     /// record, in input order (see the module docs for ordering and failure semantics).
     pub async fn put_records(&self, stream: &str, entries: Vec<Entry>) -> Vec<Result<PutResult>> {
         let n = entries.len();
@@ -226,28 +453,17 @@ impl Client {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let mut tasks = JoinSet::new();
-        for (shard, (indices, entries)) in groups.into_iter().enumerate() {
-            if indices.is_empty() {
-                continue;
-            }
-            let client = self.clone();
-            let stream = stream.to_string();
-            let map = map.clone();
-            let route = map.routes()[shard];
-            tasks.spawn(async move {
-                let r =
-                    put_to_shard(&client, &stream, &map, &route, &entries, MAX_BATCH_BYTES).await;
-                (indices, r)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let (indices, shard_results) = match joined {
-                Ok(done) => done,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => panic!("put task cancelled: {e}"),
-            };
-            for (i, r) in indices.into_iter().zip(shard_results) {
+        let mut chains: Vec<Chain> = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (indices, _))| !indices.is_empty())
+            .map(|(shard, (indices, entries))| {
+                Chain::new(&map, map.routes()[shard], indices, entries)
+            })
+            .collect();
+        put_chains(self, stream, &map, &mut chains, MAX_BATCH_BYTES).await;
+        for c in chains {
+            for (i, r) in c.indices.into_iter().zip(c.results) {
                 results[i] = Some(r);
             }
         }

@@ -16,8 +16,9 @@ use spate_protocol::routing::{even_range, hash_key};
 use spate_protocol::{
     decode_frame, decode_request, encode_error, encode_get_records_response, encode_response,
     CoreInfo, ErrorResponse, GetIteratorResponse, GetRecordsHead, HelloResponse, Limits,
-    PutBatchResponse, PutRecordResponse, Rejection, Request, Response, ShardDescription,
-    ShardState, StreamDescription, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    PutBatchResponse, PutBatchesResponse, PutRecordResponse, Rejection, Request, Response,
+    ShardDescription, ShardOutcome, ShardState, StreamDescription, DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
 };
 
 mod fake {
@@ -63,6 +64,43 @@ mod fake {
                 panic!("expected a put-batch, got opcode {}", self.opcode)
             };
             (p.stream.to_string(), p.shard_id, batch_records(p.batch))
+        }
+
+        /// Every (stream, shard id, records) of a put-batch or put-batches request.
+        pub fn puts(&self) -> Vec<(String, u32, Vec<(String, Vec<u8>)>)> {
+            match self.request() {
+                Request::PutBatch(p) => {
+                    vec![(p.stream.to_string(), p.shard_id, batch_records(p.batch))]
+                }
+                Request::PutBatches(p) => p
+                    .batches
+                    .iter()
+                    .map(|b| (p.stream.to_string(), b.shard_id, batch_records(b.batch)))
+                    .collect(),
+                _ => panic!("expected a put, got opcode {}", self.opcode),
+            }
+        }
+
+        /// Accepts every batch of a put request whole, numbering each shard's records from
+        /// `base(shard)`.
+        pub fn accept_all(&self, base: impl Fn(u32) -> u64) {
+            let stored: Vec<PutBatchResponse> = self
+                .puts()
+                .iter()
+                .map(|(_, shard_id, records)| PutBatchResponse {
+                    shard_id: *shard_id,
+                    base_seq: base(*shard_id),
+                    accepted: records.len() as u32,
+                    rejected: None,
+                })
+                .collect();
+            if matches!(self.request(), Request::PutBatch(_)) {
+                self.respond(&Response::PutBatch(stored[0]));
+            } else {
+                self.respond(&Response::PutBatches(PutBatchesResponse {
+                    outcomes: stored.into_iter().map(ShardOutcome::Stored).collect(),
+                }));
+            }
         }
 
         pub fn respond(&self, response: &Response<'_>) {
@@ -445,9 +483,15 @@ async fn invalid_records_fail_in_their_place_and_stop_their_shard_only() {
         let client = client.clone();
         async move { client.put_records("s", entries).await }
     });
-    for _ in 0..2 {
-        let r = fake.next().await;
-        let (_, shard, records) = r.put_batch();
+    // Both shards live on the one core: their batches travel in one request.
+    let r = fake.next().await;
+    let puts = r.puts();
+    assert_eq!(
+        puts.len(),
+        2,
+        "one put-batches request for the core's two shards"
+    );
+    for (_, shard, records) in &puts {
         let data: Vec<&[u8]> = records.iter().map(|(_, d)| d.as_slice()).collect();
         match shard {
             0 => assert_eq!(
@@ -457,8 +501,8 @@ async fn invalid_records_fail_in_their_place_and_stop_their_shard_only() {
             ),
             _ => assert_eq!(data, vec![b"b0".as_slice(), b"b1".as_slice()]),
         }
-        r.accept_batch(0, records.len() as u32, None);
     }
+    r.accept_all(|_| 0);
     let results = put.await.unwrap();
     let codes: Vec<Option<ErrorCode>> = results
         .iter()
@@ -536,24 +580,28 @@ async fn records_go_to_the_shard_whose_range_holds_their_md5_on_its_core() {
         .iter()
         .collect::<std::collections::HashSet<_>>()
         .len();
-    for _ in 0..shards_hit {
+    // One request per core, each carrying that core's shards.
+    let mut seen = 0;
+    while seen < shards_hit {
         let r = fake.next().await;
-        let (_, shard, records) = r.put_batch();
-        assert_eq!(
-            u32::from(r.core),
-            shard % 2,
-            "shard {shard} sent to its own core"
-        );
-        let (lo, hi) = even_range(shard, SHARDS);
-        for (key, data) in &records {
-            if data != b"ehk" {
-                assert!(
-                    (lo..=hi).contains(&hash_key(key.as_bytes())),
-                    "{key} in shard {shard}"
-                );
+        for (_, shard, records) in r.puts() {
+            assert_eq!(
+                u32::from(r.core),
+                shard % 2,
+                "shard {shard} sent to its own core"
+            );
+            let (lo, hi) = even_range(shard, SHARDS);
+            for (key, data) in &records {
+                if data != b"ehk" {
+                    assert!(
+                        (lo..=hi).contains(&hash_key(key.as_bytes())),
+                        "{key} in shard {shard}"
+                    );
+                }
             }
+            seen += 1;
         }
-        r.accept_batch(u64::from(shard) * 1000, records.len() as u32, None);
+        r.accept_all(|shard| u64::from(shard) * 1000);
     }
     let results = put.await.unwrap();
     for (i, r) in results.iter().enumerate() {
@@ -756,4 +804,86 @@ async fn server_errors_carry_their_code_and_unknown_streams_fail_cleanly() {
     let err = Client::connect("127.0.0.1:1").await.unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     assert_eq!(client.server_info().cores.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_batches_outcomes_apply_per_shard_and_only_the_throttled_shard_is_retried() {
+    const SHARDS: u32 = 3;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let keys: Vec<String> = (0..SHARDS)
+        .map(|s| key_for(s, SHARDS, s as usize))
+        .collect();
+    let entries: Vec<Entry> = (0..SHARDS)
+        .flat_map(|s| (0..3).map(move |i| (s, i)))
+        .map(|(s, i)| Entry::new(keys[s as usize].clone(), format!("{s}-{i}")))
+        .collect();
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    // First step: one request with the three shards. Shard 0 is stored whole, shard 1 has
+    // its last two records throttled, shard 2 fails for good (not safe to retry).
+    let r = fake.next().await;
+    assert_eq!(r.puts().len(), 3);
+    let outcomes = r
+        .puts()
+        .iter()
+        .map(|(_, shard, records)| match shard {
+            0 => ShardOutcome::Stored(PutBatchResponse {
+                shard_id: 0,
+                base_seq: 100,
+                accepted: records.len() as u32,
+                rejected: None,
+            }),
+            1 => ShardOutcome::Stored(PutBatchResponse {
+                shard_id: 1,
+                base_seq: 200,
+                accepted: 1,
+                rejected: Some(Rejection {
+                    code: ErrorCode::Throttled,
+                    retry_after_ms: 1,
+                }),
+            }),
+            _ => ShardOutcome::Failed(spate_protocol::ShardFailure {
+                shard_id: 2,
+                code: ErrorCode::WrongShard,
+                retry_after_ms: 0,
+                message: "no",
+            }),
+        })
+        .collect();
+    r.respond(&Response::PutBatches(PutBatchesResponse { outcomes }));
+    // Second step: only shard 1's refused tail, in order.
+    let r = fake.next().await;
+    let puts = r.puts();
+    assert_eq!(puts.len(), 1);
+    let (_, shard, records) = &puts[0];
+    assert_eq!(*shard, 1);
+    let data: Vec<&[u8]> = records.iter().map(|(_, d)| d.as_slice()).collect();
+    assert_eq!(data, vec![b"1-1".as_slice(), b"1-2".as_slice()]);
+    r.accept_all(|_| 201);
+    let results = put.await.unwrap();
+    let seqs: Vec<Option<u64>> = results
+        .iter()
+        .map(|r| r.as_ref().ok().map(|p| p.seq))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![
+            Some(100),
+            Some(101),
+            Some(102),
+            Some(200),
+            Some(201),
+            Some(202),
+            None,
+            None,
+            None
+        ]
+    );
+    assert_eq!(
+        results[6].as_ref().unwrap_err().code(),
+        Some(ErrorCode::WrongShard)
+    );
 }

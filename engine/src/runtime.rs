@@ -178,6 +178,11 @@ pub(crate) enum CoreMsg {
         batch: Vec<u8>,
         reply: Reply<PutOutcome>,
     },
+    /// Batches for several shards of this core, appended at once (a forwarded PutBatches).
+    AppendMany {
+        items: Vec<(ShardIdent, Vec<u8>)>,
+        reply: Sender<Result<Vec<Result<PutOutcome, EngineError>>, EngineError>>,
+    },
     Read {
         ident: ShardIdent,
         req: ReadRequest,
@@ -490,6 +495,15 @@ impl<S: Storage + 'static> Core<S> {
                 reply,
             } => {
                 let _ = reply.send(self.append(ident, &batch).await).await;
+            }
+            CoreMsg::AppendMany { items, reply } => {
+                let results = crate::store::join_all(
+                    items
+                        .iter()
+                        .map(|(ident, batch)| self.append(*ident, batch)),
+                )
+                .await;
+                let _ = reply.send(Ok(results)).await;
             }
             CoreMsg::Read { ident, req, reply } => {
                 let _ = reply.send(self.read(ident, req).await).await;

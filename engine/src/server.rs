@@ -39,7 +39,10 @@ use spate_protocol::stream::{
     CreateStreamResponse, ListStreamsResponse, ShardDescription, ShardState, StreamDescription,
 };
 use spate_protocol::token::IteratorToken;
-use spate_protocol::write::{PutBatchResponse, PutRecordResponse, Rejection};
+use spate_protocol::write::{
+    PutBatchResponse, PutBatchesResponse, PutRecordResponse, Rejection, ShardBatch, ShardFailure,
+    ShardOutcome,
+};
 use spate_protocol::{
     decode_request, encode_error, encode_response, peek_header, ErrorCode, ErrorResponse, Frame,
     FrameHeader, Opcode, Request, Response, PROTOCOL_VERSION,
@@ -645,6 +648,58 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
+    /// Puts one batch to each of several shards of a stream: this core's shards directly,
+    /// every other core's in one message to it; all at once. One result per batch, in order.
+    async fn put_many(
+        &self,
+        entry: &StreamEntry,
+        batches: &[ShardBatch<'_>],
+    ) -> Vec<Result<PutOutcome, EngineError>> {
+        let cores = self.peers.len();
+        let mut results: Vec<Option<Result<PutOutcome, EngineError>>> = vec![None; batches.len()];
+        let mut local = Vec::new();
+        let mut remote: Vec<Vec<(usize, ShardIdent, Vec<u8>)>> = vec![Vec::new(); cores];
+        for (i, b) in batches.iter().enumerate() {
+            match entry.locate(b.shard_id, cores) {
+                Ok((ident, owner)) if owner == self.index => local.push((i, ident)),
+                // Forwarded: the batch is copied into the message for the owning core.
+                Ok((ident, owner)) => remote[owner].push((i, ident, b.batch.to_vec())),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        let here =
+            crate::store::join_all(local.iter().map(|(i, ident)| async move {
+                (*i, self.append(*ident, batches[*i].batch).await)
+            }));
+        let there = crate::store::join_all(
+            remote
+                .into_iter()
+                .enumerate()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(owner, items)| async move {
+                    let index: Vec<usize> = items.iter().map(|(i, _, _)| *i).collect();
+                    let items: Vec<(ShardIdent, Vec<u8>)> =
+                        items.into_iter().map(|(_, ident, b)| (ident, b)).collect();
+                    let n = items.len();
+                    let got = call(&self.peers[owner], |reply| CoreMsg::AppendMany {
+                        items,
+                        reply,
+                    })
+                    .await
+                    .unwrap_or_else(|e| (0..n).map(|_| Err(e.clone())).collect());
+                    index.into_iter().zip(got).collect::<Vec<_>>()
+                }),
+        );
+        let (here, there) = futures_lite::future::zip(here, there).await;
+        for (i, r) in here.into_iter().chain(there.into_iter().flatten()) {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every batch has a result"))
+            .collect()
+    }
+
     async fn read_shard(
         &self,
         ident: ShardIdent,
@@ -880,31 +935,41 @@ async fn execute<S: Storage + 'static>(
         }
         Request::PutBatch(r) => {
             let (ident, owner, _) = core.locate(r.stream, r.shard_id).map_err(fail)?;
-            let response = match core.put(ident, owner, r.batch).await {
-                Ok(o) => PutBatchResponse {
-                    shard_id: o.shard_id,
-                    base_seq: o.base_seq,
-                    accepted: o.accepted,
-                    rejected: o
-                        .retry_after_ms
-                        .filter(|_| o.accepted < o.record_count)
-                        .map(|retry_after_ms| Rejection {
-                            code: ErrorCode::Throttled,
-                            retry_after_ms,
-                        }),
-                },
-                Err(EngineError::Throttled { retry_after_ms }) => PutBatchResponse {
-                    shard_id: r.shard_id,
-                    base_seq: 0,
-                    accepted: 0,
-                    rejected: Some(Rejection {
-                        code: ErrorCode::Throttled,
-                        retry_after_ms,
-                    }),
-                },
-                Err(e) => return Err(fail(e)),
-            };
+            let response = put_batch_response(r.shard_id, core.put(ident, owner, r.batch).await)
+                .map_err(fail)?;
             respond(out, &Response::PutBatch(response));
+        }
+        Request::PutBatches(r) => {
+            let entry = core.route(r.stream).map_err(fail)?;
+            let results = core.put_many(&entry, &r.batches).await;
+            let messages: Vec<String> = results
+                .iter()
+                .map(|res| match res {
+                    Err(e) if !matches!(e, EngineError::Throttled { .. }) => e.to_string(),
+                    _ => String::new(),
+                })
+                .collect();
+            let outcomes = r
+                .batches
+                .iter()
+                .zip(results)
+                .zip(&messages)
+                .map(
+                    |((b, res), message)| match put_batch_response(b.shard_id, res) {
+                        Ok(stored) => ShardOutcome::Stored(stored),
+                        Err(e) => {
+                            let (code, retry_after_ms) = error_code(&e);
+                            ShardOutcome::Failed(ShardFailure {
+                                shard_id: b.shard_id,
+                                code,
+                                retry_after_ms,
+                                message,
+                            })
+                        }
+                    },
+                )
+                .collect();
+            respond(out, &Response::PutBatches(PutBatchesResponse { outcomes }));
         }
         Request::GetIterator(r) => {
             let (ident, owner, entry) = core.locate(r.stream, r.shard_id).map_err(fail)?;
@@ -990,6 +1055,38 @@ async fn execute<S: Storage + 'static>(
         }
     }
     Ok(())
+}
+
+/// A put's outcome as the wire reports it: a stored prefix (maybe with the rest throttled),
+/// a wholly throttled batch, or an error for the whole batch.
+fn put_batch_response(
+    shard_id: u32,
+    result: Result<PutOutcome, EngineError>,
+) -> Result<PutBatchResponse, EngineError> {
+    match result {
+        Ok(o) => Ok(PutBatchResponse {
+            shard_id: o.shard_id,
+            base_seq: o.base_seq,
+            accepted: o.accepted,
+            rejected: o
+                .retry_after_ms
+                .filter(|_| o.accepted < o.record_count)
+                .map(|retry_after_ms| Rejection {
+                    code: ErrorCode::Throttled,
+                    retry_after_ms,
+                }),
+        }),
+        Err(EngineError::Throttled { retry_after_ms }) => Ok(PutBatchResponse {
+            shard_id,
+            base_seq: 0,
+            accepted: 0,
+            rejected: Some(Rejection {
+                code: ErrorCode::Throttled,
+                retry_after_ms,
+            }),
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Arrival time of the last batch in a read's concatenated stored batches.

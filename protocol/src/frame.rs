@@ -90,6 +90,8 @@ opcodes! {
     PutRecord = 20,
     /// Put a batch to one shard.
     PutBatch = 21,
+    /// Put a batch to each of several shards.
+    PutBatches = 22,
     /// Open a shard iterator.
     GetIterator = 30,
     /// Read records at an iterator.

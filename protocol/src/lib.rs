@@ -17,7 +17,7 @@
 //!  6     2    opcode          Hello 1 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
 //!                             DescribeStream 13 | IncreaseRetention 14 |
 //!                             DecreaseRetention 15 | PutRecord 20 | PutBatch 21 |
-//!                             GetIterator 30 | GetRecords 31
+//!                             PutBatches 22 | GetIterator 30 | GetRecords 31
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
 //!
@@ -97,6 +97,7 @@ pub use stream::{
 pub use token::{IteratorToken, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;
 pub use write::{
-    encode_put_batch_head, encode_put_record_head, PutBatchRequest, PutBatchResponse,
-    PutRecordRequest, PutRecordResponse, Rejection,
+    encode_put_batch_head, encode_put_batches_head, encode_put_record_head, put_shard_batch,
+    PutBatchRequest, PutBatchResponse, PutBatchesRequest, PutBatchesResponse, PutRecordRequest,
+    PutRecordResponse, Rejection, ShardBatch, ShardFailure, ShardOutcome, MAX_BATCHES_PER_PUT,
 };

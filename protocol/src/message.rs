@@ -17,7 +17,10 @@ use crate::stream::{
     ListStreamsRequest, ListStreamsResponse, RetentionRequest, StreamDescription,
 };
 use crate::wire::{put_str, put_u16, put_u32, DecodeError, Reader};
-use crate::write::{PutBatchRequest, PutBatchResponse, PutRecordRequest, PutRecordResponse};
+use crate::write::{
+    PutBatchRequest, PutBatchResponse, PutBatchesRequest, PutBatchesResponse, PutRecordRequest,
+    PutRecordResponse,
+};
 
 /// Error messages are cut to this many bytes (at a character boundary) when encoded: they
 /// are for humans and logs, and a bound keeps an error frame small.
@@ -42,6 +45,7 @@ pub enum Request<'a> {
     DecreaseRetention(RetentionRequest<'a>),
     PutRecord(PutRecordRequest<'a>),
     PutBatch(PutBatchRequest<'a>),
+    PutBatches(PutBatchesRequest<'a>),
     GetIterator(GetIteratorRequest<'a>),
     GetRecords(GetRecordsRequest<'a>),
 }
@@ -58,6 +62,7 @@ pub enum Response<'a> {
     DecreaseRetention,
     PutRecord(PutRecordResponse),
     PutBatch(PutBatchResponse),
+    PutBatches(PutBatchesResponse<'a>),
     GetIterator(GetIteratorResponse<'a>),
     GetRecords(GetRecordsResponse<'a>),
 }
@@ -102,6 +107,7 @@ impl<'a> Request<'a> {
             Request::DecreaseRetention(_) => Opcode::DecreaseRetention,
             Request::PutRecord(_) => Opcode::PutRecord,
             Request::PutBatch(_) => Opcode::PutBatch,
+            Request::PutBatches(_) => Opcode::PutBatches,
             Request::GetIterator(_) => Opcode::GetIterator,
             Request::GetRecords(_) => Opcode::GetRecords,
         }
@@ -118,6 +124,7 @@ impl<'a> Request<'a> {
             Request::IncreaseRetention(m) | Request::DecreaseRetention(m) => m.encode_payload(out),
             Request::PutRecord(m) => m.encode_payload(out),
             Request::PutBatch(m) => m.encode_payload(out),
+            Request::PutBatches(m) => m.encode_payload(out),
             Request::GetIterator(m) => m.encode_payload(out),
             Request::GetRecords(m) => m.encode_payload(out),
         }
@@ -138,6 +145,7 @@ impl<'a> Request<'a> {
             Opcode::DecreaseRetention => Request::DecreaseRetention(decode_exact(payload)?),
             Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
+            Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
             Opcode::GetIterator => Request::GetIterator(decode_exact(payload)?),
             Opcode::GetRecords => Request::GetRecords(decode_exact(payload)?),
         })
@@ -156,6 +164,7 @@ impl<'a> Response<'a> {
             Response::DecreaseRetention => Opcode::DecreaseRetention,
             Response::PutRecord(_) => Opcode::PutRecord,
             Response::PutBatch(_) => Opcode::PutBatch,
+            Response::PutBatches(_) => Opcode::PutBatches,
             Response::GetIterator(_) => Opcode::GetIterator,
             Response::GetRecords(_) => Opcode::GetRecords,
         }
@@ -170,6 +179,7 @@ impl<'a> Response<'a> {
             Response::DescribeStream(m) => m.encode_payload(out),
             Response::PutRecord(m) => m.encode_payload(out),
             Response::PutBatch(m) => m.encode_payload(out),
+            Response::PutBatches(m) => m.encode_payload(out),
             Response::GetIterator(m) => m.encode_payload(out),
             Response::GetRecords(m) => m.encode_payload(out),
             Response::DeleteStream | Response::IncreaseRetention | Response::DecreaseRetention => {}
@@ -193,6 +203,7 @@ impl<'a> Response<'a> {
             }
             Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),
+            Opcode::PutBatches => Response::PutBatches(decode_exact(payload)?),
             Opcode::GetIterator => Response::GetIterator(decode_exact(payload)?),
             Opcode::GetRecords => Response::GetRecords(decode_exact(payload)?),
         })
@@ -231,6 +242,11 @@ impl<'a> ErrorResponse<'a> {
 }
 
 /// The longest prefix of `s` of at most `max_bytes` that ends on a character boundary.
+/// An error message cut to `MAX_ERROR_MESSAGE_BYTES` at a character boundary.
+pub(crate) fn truncated_message(s: &str) -> &str {
+    truncate_at_char(s, MAX_ERROR_MESSAGE_BYTES)
+}
+
 fn truncate_at_char(s: &str, max_bytes: usize) -> &str {
     if s.len() <= max_bytes {
         return s;

@@ -259,6 +259,14 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// The next `len` bytes without consuming them (`Truncated` if they are not there).
+    pub(crate) fn peek(&self, len: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if len > self.remaining() {
+            return Err(DecodeError::Truncated { field });
+        }
+        Ok(&self.buf[self.pos..self.pos + len])
+    }
+
     /// Everything left: for the field that ends a payload (a batch).
     pub(crate) fn rest(&mut self) -> &'a [u8] {
         let out = &self.buf[self.pos..];

@@ -1,4 +1,4 @@
-//! Write messages: put one record, put a batch.
+//! Write messages: put one record, put a batch, put batches for many shards at once.
 //!
 //! Both carry a producer batch in exactly the [`crate::batch`] layout, as the payload's last
 //! field (it runs to the end of the frame, its length is the batch's own `batch_len`). That
@@ -16,19 +16,32 @@
 //! PutBatch    req:  stream str, shard_id u32, batch (1..=500 records, all for that shard)
 //!             resp: shard_id u32, base_seq u64, accepted u32, rejected opt<{code u16,
 //!                   retry_after_ms u32}>
+//! PutBatches  req:  stream str, count varint (1..=MAX_BATCHES_PER_PUT), then count times:
+//!                   shard_id u32, batch (its own length field delimits it); shard ids distinct
+//!             resp: count varint, then per batch in request order:
+//!                   tag u8 = 0  stored: a PutBatch response (shard_id, base_seq, accepted,
+//!                               rejected)
+//!                   tag u8 = 1  failed: shard_id u32, code u16, retry_after_ms u32, message str
 //! ```
+//! PutBatches is Kinesis' PutRecords across shards, shaped for a shard-aware client: one
+//! frame carries a batch for each of many shards (of one core), so a producer writing to
+//! thousands of shards sends one request per core per linger instead of one per shard. Each
+//! batch succeeds, is throttled in part, or fails on its own; the order of batches of
+//! different shards does not matter, and a shard appears at most once per request.
 //! The engine stores a batch whole, and when a limit admits only part of it, it stores a
 //! prefix: records `0..accepted` got sequence numbers `base_seq + i`, and every later record
 //! failed with `rejected`'s code. The client retries the rejected tail (in order, so a
 //! partition key's records keep their order).
 
-use crate::batch::{BatchError, BatchHeader, RecordIter, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
+use crate::batch::{
+    BatchError, BatchHeader, RecordIter, BATCH_HEADER_LEN, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH,
+};
 use crate::error::ErrorCode;
 use crate::frame::{begin_frame, finish_frame, Opcode};
 use crate::message::Payload;
 use crate::routing::hash_key;
 use crate::stream::{get_stream_name, put_stream_name};
-use crate::wire::{put_u16, put_u32, put_u64, put_u8, DecodeError, Reader};
+use crate::wire::{put_count, put_str, put_u16, put_u32, put_u64, put_u8, DecodeError, Reader};
 
 /// Put one record. `batch` holds exactly one record, so its payload is checksummed like any
 /// batch's.
@@ -93,9 +106,80 @@ impl PutBatchResponse {
     }
 }
 
+/// Most batches (shards) one put-batches request may carry.
+pub const MAX_BATCHES_PER_PUT: usize = 10_000;
+
+/// One shard's batch in a put-batches request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardBatch<'a> {
+    pub shard_id: u32,
+    pub batch: &'a [u8],
+}
+
+/// Put a batch to each of several shards of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutBatchesRequest<'a> {
+    pub stream: &'a str,
+    pub batches: Vec<ShardBatch<'a>>,
+}
+
+/// Why one shard's batch of a put-batches request failed as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardFailure<'a> {
+    pub shard_id: u32,
+    pub code: ErrorCode,
+    pub retry_after_ms: u32,
+    pub message: &'a str,
+}
+
+/// The outcome of one shard's batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardOutcome<'a> {
+    /// Stored whole, or a prefix stored and the rest refused (throttling).
+    Stored(PutBatchResponse),
+    Failed(ShardFailure<'a>),
+}
+
+impl ShardOutcome<'_> {
+    pub fn shard_id(&self) -> u32 {
+        match self {
+            ShardOutcome::Stored(r) => r.shard_id,
+            ShardOutcome::Failed(f) => f.shard_id,
+        }
+    }
+}
+
+/// One outcome per batch, in request order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutBatchesResponse<'a> {
+    pub outcomes: Vec<ShardOutcome<'a>>,
+}
+
 /// The batch that ends a put payload, with its framing checked.
 fn get_batch<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], BatchHeader), DecodeError> {
     let batch = r.rest();
+    check_batch_framing(batch)
+}
+
+/// One batch inside a payload, delimited by its own length field.
+fn get_inner_batch<'a>(r: &mut Reader<'a>) -> Result<(&'a [u8], BatchHeader), DecodeError> {
+    let head = r.peek(BATCH_HEADER_LEN, "batch")?;
+    let header = BatchHeader::decode(head)?;
+    let len = header.batch_len as usize;
+    if len > MAX_BATCH_BYTES {
+        return Err(BatchError::BatchTooLarge(len).into());
+    }
+    if len < BATCH_HEADER_LEN {
+        return Err(BatchError::LengthMismatch {
+            field: len,
+            actual: BATCH_HEADER_LEN,
+        }
+        .into());
+    }
+    check_batch_framing(r.take(len, "batch")?)
+}
+
+fn check_batch_framing(batch: &[u8]) -> Result<(&[u8], BatchHeader), DecodeError> {
     let header = BatchHeader::decode(batch)?;
     if batch.len() > MAX_BATCH_BYTES {
         return Err(BatchError::BatchTooLarge(batch.len()).into());
@@ -236,6 +320,121 @@ impl<'a> Payload<'a> for PutBatchResponse {
     }
 }
 
+impl<'a> Payload<'a> for PutBatchesRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.stream);
+        put_count(out, self.batches.len());
+        for b in &self.batches {
+            put_shard_batch(out, b.shard_id, b.batch);
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let stream = get_stream_name(r)?;
+        let n = r.count(MAX_BATCHES_PER_PUT, 4 + BATCH_HEADER_LEN, "batches")?;
+        if n == 0 {
+            return Err(DecodeError::Invalid {
+                field: "batches",
+                reason: "no batch",
+            });
+        }
+        let mut batches = Vec::with_capacity(n);
+        for _ in 0..n {
+            let shard_id = r.u32("shard_id")?;
+            let (batch, _) = get_inner_batch(r)?;
+            batches.push(ShardBatch { shard_id, batch });
+        }
+        let mut ids: Vec<u32> = batches.iter().map(|b| b.shard_id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(DecodeError::Invalid {
+                field: "batches",
+                reason: "a shard appears twice",
+            });
+        }
+        Ok(PutBatchesRequest { stream, batches })
+    }
+}
+
+impl<'a> Payload<'a> for PutBatchesResponse<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_count(out, self.outcomes.len());
+        for o in &self.outcomes {
+            match o {
+                ShardOutcome::Stored(r) => {
+                    put_u8(out, 0);
+                    r.encode_payload(out);
+                }
+                ShardOutcome::Failed(f) => {
+                    put_u8(out, 1);
+                    put_u32(out, f.shard_id);
+                    put_u16(out, f.code.as_u16());
+                    put_u32(out, f.retry_after_ms);
+                    put_str(out, crate::message::truncated_message(f.message));
+                }
+            }
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        // The smallest outcome is a failure with an empty message: 1 + 4 + 2 + 4 + 1 bytes.
+        let n = r.count(MAX_BATCHES_PER_PUT, 12, "outcomes")?;
+        let mut outcomes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let outcome = match r.u8("outcome")? {
+                0 => ShardOutcome::Stored(PutBatchResponse::decode_payload(r)?),
+                1 => {
+                    let shard_id = r.u32("shard_id")?;
+                    let raw = r.u16("code")?;
+                    let code =
+                        ErrorCode::from_u16(raw).ok_or(DecodeError::UnknownErrorCode(raw))?;
+                    if code == ErrorCode::Ok {
+                        return Err(DecodeError::Malformed {
+                            field: "code",
+                            reason: "Ok",
+                        });
+                    }
+                    ShardOutcome::Failed(ShardFailure {
+                        shard_id,
+                        code,
+                        retry_after_ms: r.u32("retry_after_ms")?,
+                        message: r.str(crate::message::MAX_ERROR_MESSAGE_BYTES, "message")?,
+                    })
+                }
+                _ => {
+                    return Err(DecodeError::Malformed {
+                        field: "outcome",
+                        reason: "tag is neither 0 nor 1",
+                    })
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Ok(PutBatchesResponse { outcomes })
+    }
+}
+
+/// Appends one shard's entry of a put-batches body: the shard id, then the batch.
+pub fn put_shard_batch(out: &mut Vec<u8>, shard_id: u32, batch: &[u8]) {
+    put_u32(out, shard_id);
+    out.extend_from_slice(batch);
+}
+
+/// Appends the head of a put-batches request frame: everything up to the first shard's
+/// entry. The caller sends `body_len` bytes of entries (see [`put_shard_batch`]) right after.
+pub fn encode_put_batches_head(
+    out: &mut Vec<u8>,
+    correlation_id: u64,
+    stream: &str,
+    count: usize,
+    body_len: usize,
+) {
+    let start = begin_frame(out, 0, Opcode::PutBatches.as_u16(), correlation_id);
+    put_stream_name(out, stream);
+    put_count(out, count);
+    finish_frame(out, start, body_len);
+}
+
 /// Appends the head of a put-batch request frame: everything but the batch, which the
 /// caller sends right after `out` (a vectored write), so the batch is never copied into the
 /// frame buffer. `batch_len` is the batch's length.
@@ -343,6 +542,112 @@ mod tests {
                 retry_after_ms: 120,
             }),
         }));
+    }
+
+    #[test]
+    fn put_batches_round_trip_truncate_and_refuse_a_shard_twice() {
+        let one = one_record(b"device-7", None);
+        let three = three_records();
+        let req = PutBatchesRequest {
+            stream: "s",
+            batches: vec![
+                ShardBatch {
+                    shard_id: 4,
+                    batch: &three,
+                },
+                ShardBatch {
+                    shard_id: 1,
+                    batch: &one,
+                },
+            ],
+        };
+        check_request(&Request::PutBatches(req.clone()));
+        // The head helper and the entry helper make the same frame.
+        let mut body = Vec::new();
+        for b in &req.batches {
+            put_shard_batch(&mut body, b.shard_id, b.batch);
+        }
+        let mut head = Vec::new();
+        encode_put_batches_head(&mut head, 0xc0ff_ee00_0000_0001, "s", 2, body.len());
+        head.extend_from_slice(&body);
+        let mut whole = Vec::new();
+        encode_request(&mut whole, 0xc0ff_ee00_0000_0001, &Request::PutBatches(req));
+        assert_eq!(head, whole);
+        // A shard twice is refused: its batches' order would be the server's guess.
+        let twice = PutBatchesRequest {
+            stream: "s",
+            batches: vec![
+                ShardBatch {
+                    shard_id: 1,
+                    batch: &one,
+                },
+                ShardBatch {
+                    shard_id: 1,
+                    batch: &one,
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        encode_request(&mut out, 1, &Request::PutBatches(twice));
+        let frame = crate::decode_frame(&out, crate::DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            crate::decode_request(&frame),
+            Err(DecodeError::Invalid { .. })
+        ));
+        check_response(&Response::PutBatches(PutBatchesResponse {
+            outcomes: vec![
+                ShardOutcome::Stored(PutBatchResponse {
+                    shard_id: 4,
+                    base_seq: 10,
+                    accepted: 3,
+                    rejected: None,
+                }),
+                ShardOutcome::Failed(ShardFailure {
+                    shard_id: 1,
+                    code: ErrorCode::WrongShard,
+                    retry_after_ms: 0,
+                    message: "hash key outside the shard",
+                }),
+            ],
+        }));
+    }
+
+    #[test]
+    fn golden_put_batches_response() {
+        let out = check_response(&Response::PutBatches(PutBatchesResponse {
+            outcomes: vec![
+                ShardOutcome::Stored(PutBatchResponse {
+                    shard_id: 2,
+                    base_seq: 7,
+                    accepted: 1,
+                    rejected: None,
+                }),
+                ShardOutcome::Failed(ShardFailure {
+                    shard_id: 3,
+                    code: ErrorCode::Throttled,
+                    retry_after_ms: 9,
+                    message: "x",
+                }),
+            ],
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            48, 0, 0, 0,  1,  1,  22, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            2,                          // two outcomes
+            0,                          // stored:
+            2, 0, 0, 0,                 //   shard_id
+            7, 0, 0, 0, 0, 0, 0, 0,     //   base_seq
+            1, 0, 0, 0,                 //   accepted
+            0,                          //   nothing rejected
+            1,                          // failed:
+            3, 0, 0, 0,                 //   shard_id
+            0x90, 0x01,                 //   Throttled (400)
+            9, 0, 0, 0,                 //   retry_after_ms
+            1, b'x',                    //   message
+        ];
+        assert_eq!(out, expected);
     }
 
     #[test]

@@ -126,6 +126,19 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             shard_id: 1,
             batch: &batch,
         }),
+        Request::PutBatches(PutBatchesRequest {
+            stream: "orders",
+            batches: vec![
+                ShardBatch {
+                    shard_id: 1,
+                    batch: &batch,
+                },
+                ShardBatch {
+                    shard_id: 0,
+                    batch: &one,
+                },
+            ],
+        }),
         Request::GetIterator(GetIteratorRequest {
             stream: "orders",
             shard_id: 1,
@@ -207,6 +220,22 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             }),
         }),
         Response::GetIterator(GetIteratorResponse { iterator: &token }),
+        Response::PutBatches(PutBatchesResponse {
+            outcomes: vec![
+                ShardOutcome::Stored(PutBatchResponse {
+                    shard_id: 1,
+                    base_seq: 5,
+                    accepted: 2,
+                    rejected: None,
+                }),
+                ShardOutcome::Failed(ShardFailure {
+                    shard_id: 0,
+                    code: ErrorCode::WrongShard,
+                    retry_after_ms: 0,
+                    message: "no",
+                }),
+            ],
+        }),
     ];
     let mut corpus = Vec::new();
     for (i, request) in requests.iter().enumerate() {

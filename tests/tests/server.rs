@@ -6,7 +6,8 @@ use spate_engine::server::Server;
 use spate_protocol::{
     CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest,
     GetRecordsRequest, HelloRequest, IteratorPosition, Limits, ListStreamsRequest, PutBatchRequest,
-    PutRecordRequest, Reply, Request, Response, RetentionRequest,
+    PutBatchesRequest, PutRecordRequest, Reply, Request, Response, RetentionRequest, ShardBatch,
+    ShardOutcome,
 };
 use spate_tests::{key_for_shard, tagged_batch, test_config, WireClient};
 
@@ -432,5 +433,81 @@ fn shutdown_answers_in_flight_requests_and_data_survives_restart() {
     let it = iterator(&mut c, "s", 0, IteratorPosition::TrimHorizon);
     assert!(read_to_tip(&mut c, it).0.len() as u32 >= acked);
     assert_eq!(acked, 200);
+    srv.shutdown();
+}
+
+#[test]
+fn put_batches_stores_each_shard_on_its_own_and_answers_per_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path());
+    let mut c = WireClient::connect(srv.local_addr());
+    create(&mut c, "multi", 4, Limits::Off);
+    let ok0 = tagged_batch(&key_for_shard(0, 4), 1, 3, 50);
+    let ok2 = tagged_batch(&key_for_shard(2, 4), 2, 2, 50);
+    // Shard 3's batch carries a key of shard 1: refused alone, the others are stored.
+    let wrong = tagged_batch(&key_for_shard(1, 4), 3, 1, 50);
+    let r = c.call(&Request::PutBatches(PutBatchesRequest {
+        stream: "multi",
+        batches: vec![
+            ShardBatch {
+                shard_id: 0,
+                batch: &ok0,
+            },
+            ShardBatch {
+                shard_id: 3,
+                batch: &wrong,
+            },
+            ShardBatch {
+                shard_id: 2,
+                batch: &ok2,
+            },
+        ],
+    }));
+    let Ok(Response::PutBatches(p)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    let summary: Vec<(u32, Result<(u64, u32), ErrorCode>)> = p
+        .outcomes
+        .iter()
+        .map(|o| match o {
+            ShardOutcome::Stored(s) => (s.shard_id, Ok((s.base_seq, s.accepted))),
+            ShardOutcome::Failed(f) => (f.shard_id, Err(f.code)),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, Ok((0, 3))),
+            (3, Err(ErrorCode::WrongShard)),
+            (2, Ok((0, 2)))
+        ]
+    );
+    // An unknown shard fails alone too; an unknown stream fails the whole request.
+    let r = c.call(&Request::PutBatches(PutBatchesRequest {
+        stream: "multi",
+        batches: vec![
+            ShardBatch {
+                shard_id: 9,
+                batch: &ok0,
+            },
+            ShardBatch {
+                shard_id: 0,
+                batch: &ok0,
+            },
+        ],
+    }));
+    let Ok(Response::PutBatches(p)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    assert!(matches!(p.outcomes[0], ShardOutcome::Failed(f) if f.code == ErrorCode::UnknownShard));
+    assert!(matches!(p.outcomes[1], ShardOutcome::Stored(s) if s.base_seq == 3 && s.accepted == 3));
+    let r = c.call(&Request::PutBatches(PutBatchesRequest {
+        stream: "nope",
+        batches: vec![ShardBatch {
+            shard_id: 0,
+            batch: &ok0,
+        }],
+    }));
+    assert_eq!(error_code(&r.reply()), ErrorCode::UnknownStream);
     srv.shutdown();
 }

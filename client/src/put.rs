@@ -312,6 +312,9 @@ impl Chain {
     }
 }
 
+/// A chain's next batch in a request: (chain index, batch, records in it).
+type Planned = (usize, Bytes, usize);
+
 /// Awaits every future, concurrently (the client's own tiny join: no extra dependency).
 async fn join_all<T>(futs: impl Iterator<Item = impl std::future::Future<Output = T>>) -> Vec<T> {
     let mut set = Vec::new();
@@ -352,8 +355,7 @@ pub(crate) async fn put_chains(
     let frame_max = client.max_request_bytes().saturating_sub(1024);
     loop {
         let now = tokio::time::Instant::now();
-        let mut by_core: std::collections::BTreeMap<u16, Vec<Vec<(usize, Bytes, usize)>>> =
-            Default::default();
+        let mut by_core: std::collections::BTreeMap<u16, Vec<Vec<Planned>>> = Default::default();
         for (i, c) in chains.iter_mut().enumerate() {
             if let Some((batch, count)) = c.next_batch(map, batch_bytes_max, now) {
                 let requests = by_core.entry(c.route.core).or_default();
@@ -385,7 +387,7 @@ pub(crate) async fn put_chains(
                 None => return,
             }
         }
-        let planned: Vec<(u16, Vec<(usize, Bytes, usize)>)> = by_core
+        let planned: Vec<(u16, Vec<Planned>)> = by_core
             .into_iter()
             .flat_map(|(core, requests)| requests.into_iter().map(move |items| (core, items)))
             .collect();

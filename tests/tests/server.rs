@@ -466,7 +466,8 @@ fn put_batches_stores_each_shard_on_its_own_and_answers_per_shard() {
     let Ok(Response::PutBatches(p)) = r.reply() else {
         panic!("{:?}", r.reply())
     };
-    let summary: Vec<(u32, Result<(u64, u32), ErrorCode>)> = p
+    type Summary = (u32, Result<(u64, u32), ErrorCode>);
+    let summary: Vec<Summary> = p
         .outcomes
         .iter()
         .map(|o| match o {

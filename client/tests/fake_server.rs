@@ -40,6 +40,9 @@ mod fake {
         Close,
     }
 
+    /// One shard's batch of a put request: (stream, shard id, [(key, data)]).
+    pub type Put = (String, u32, Vec<(String, Vec<u8>)>);
+
     /// A request the fake did not answer itself, with the means to answer it.
     pub struct Req {
         pub core: u16,
@@ -67,7 +70,7 @@ mod fake {
         }
 
         /// Every (stream, shard id, records) of a put-batch or put-batches request.
-        pub fn puts(&self) -> Vec<(String, u32, Vec<(String, Vec<u8>)>)> {
+        pub fn puts(&self) -> Vec<Put> {
             match self.request() {
                 Request::PutBatch(p) => {
                     vec![(p.stream.to_string(), p.shard_id, batch_records(p.batch))]

@@ -1,24 +1,26 @@
 //! The [`Producer`]: aggregates records per shard into batches, like the Kinesis Producer
 //! Library's collection, with bounded buffering and per-key order.
 //!
-//! Each open shard of the stream has one worker task and one bounded queue. `send` routes
-//! the record, waits for room (backpressure: a byte budget shared by the whole producer and
-//! a record bound per shard queue), queues it, and returns a [`SendHandle`] that resolves
-//! once the record is acknowledged or has failed. A worker takes the first queued record,
-//! then keeps collecting until the batch reaches `batch_bytes_max` or 500 records, or
-//! `linger` has passed since its first record, and puts the batch.
+//! One worker task per engine core. `send` routes the record, waits for room (backpressure:
+//! a byte budget shared by the whole producer), and hands it to its core's worker, which
+//! queues it under its shard and returns a [`SendHandle`] that resolves once the record is
+//! acknowledged or has failed. A shard's queued records become a batch when they reach
+//! `batch_bytes_max` or `batch_records_max`, or `linger` after the first of them; the worker
+//! sends every batch that is ready at the same moment in one request (PutBatches), so a
+//! producer writing to thousands of shards of a core sends about one request per linger,
+//! not one per shard.
 //!
-//! Ordering: a worker has exactly one batch in flight; it sends the next only after the
-//! previous one is fully settled (its throttled tail retried to completion or failed). So
-//! a partition key's acknowledged records are stored in the order they were sent, at the
-//! cost of one round trip per batch per shard; records queue (bounded) meanwhile and go out
-//! together in the next batch. Batches of different shards are in flight at once,
-//! pipelined on one connection per core.
+//! Ordering: a shard has at most one batch in flight; its next batch is built only after the
+//! previous one settled, and a throttled tail goes back to the front of its shard's queue
+//! (after the retry delay), so a partition key's acknowledged records are stored in the
+//! order they were sent. Different shards' batches are in flight at once, in one or more
+//! requests, pipelined on one connection per core.
 //!
 //! Failure: a record whose batch fails for good (after the retries of
-//! [`crate::RetryPolicy`]) resolves to the error; the worker goes on with the next batch.
+//! [`crate::RetryPolicy`]) resolves to the error; its shard goes on with the next batch.
 //! Dropping the producer without [`Producer::close`] still sends what was queued.
 
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,14 +29,15 @@ use std::time::Duration;
 
 use crate::routing::cached_hash_key;
 use bytes::Bytes;
-use spate_protocol::batch::{MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
+use spate_protocol::batch::{BatchBuilder, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
+use spate_protocol::{ErrorCode, PutBatchResponse, MAX_BATCHES_PER_PUT};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::put::{check_entry, put_to_shard, Entry, PutResult};
+use crate::put::{check_entry, Entry, PutResult};
 use crate::routing::{ShardMap, ShardRoute};
 
 /// How a [`Producer`] batches and bounds its buffering.
@@ -46,7 +49,7 @@ pub struct ProducerConfig {
     pub batch_bytes_max: usize,
     /// A batch is sent once it holds this many records (at most 500).
     pub batch_records_max: u32,
-    /// Records queued per shard, beyond which `send` waits.
+    /// Records on their way to a core's worker, beyond which `send` waits.
     pub queued_records_max_per_shard: usize,
     /// Key and data bytes queued or in flight in the whole producer, beyond which `send`
     /// waits.
@@ -67,6 +70,7 @@ impl Default for ProducerConfig {
 }
 
 struct Item {
+    id: u64,
     entry: Entry,
     done: oneshot::Sender<Result<PutResult>>,
     /// The record's share of the byte budget, returned when the record settles.
@@ -74,7 +78,8 @@ struct Item {
 }
 
 enum Msg {
-    Record(Item),
+    /// A record for the shard with this index in the producer's map.
+    Record(usize, Item),
     /// Answered once every record queued before it has settled.
     Flush(oneshot::Sender<()>),
 }
@@ -84,16 +89,20 @@ pub struct Producer {
     stream: String,
     map: Arc<ShardMap>,
     config: ProducerConfig,
+    /// One queue per core worker, and each shard's worker.
     queues: Vec<mpsc::Sender<Msg>>,
+    worker_of_shard: Vec<usize>,
     budget: Arc<Semaphore>,
     workers: Vec<JoinHandle<()>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("stream", &self.stream)
-            .field("shards", &self.queues.len())
+            .field("shards", &self.worker_of_shard.len())
+            .field("workers", &self.queues.len())
             .field("config", &self.config)
             .finish()
     }
@@ -135,19 +144,35 @@ impl Producer {
                 .min(u32::MAX as usize),
             ..config
         };
+        let mut cores: Vec<u16> = map.routes().iter().map(|r| r.core).collect();
+        cores.sort_unstable();
+        cores.dedup();
+        let worker_of_shard = map
+            .routes()
+            .iter()
+            .map(|r| cores.binary_search(&r.core).expect("listed"))
+            .collect();
         let mut queues = Vec::new();
         let mut workers = Vec::new();
-        for route in map.routes() {
+        for &core in &cores {
             let (tx, rx) = mpsc::channel(config.queued_records_max_per_shard);
             queues.push(tx);
-            let worker = ShardWorker {
+            let (done_tx, done_rx) = mpsc::unbounded_channel();
+            let worker = CoreWorker {
                 client: client.clone(),
                 stream: stream.to_string(),
                 map: map.clone(),
-                route: *route,
+                core,
                 config,
                 rx,
-                carry: None,
+                done_tx,
+                done_rx,
+                shards: HashMap::new(),
+                inflight: 0,
+                unsettled: BTreeSet::new(),
+                flushes: Vec::new(),
+                force_upto: 0,
+                closed: false,
             };
             workers.push(tokio::spawn(worker.run()));
         }
@@ -156,8 +181,10 @@ impl Producer {
             map,
             config,
             queues,
+            worker_of_shard,
             budget: Arc::new(Semaphore::new(config.buffered_bytes_max)),
             workers,
+            next_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -187,12 +214,15 @@ impl Producer {
             .map_err(|_| ClientError::Closed)?;
         let (done, rx) = oneshot::channel();
         let item = Item {
+            id: self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             entry,
             done,
             _budget: budget,
         };
-        self.queues[shard]
-            .send(Msg::Record(item))
+        self.queues[self.worker_of_shard[shard]]
+            .send(Msg::Record(shard, item))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(SendHandle { rx })
@@ -229,86 +259,305 @@ impl Producer {
     }
 }
 
-/// One shard's batching loop.
-struct ShardWorker {
+/// A shard's records waiting at its core's worker.
+struct ShardQueue {
+    route: ShardRoute,
+    queue: VecDeque<Item>,
+    /// Key and data bytes queued.
+    bytes: usize,
+    /// When the oldest queued record arrived (the linger runs from it).
+    first_at: Option<Instant>,
+    /// A batch of this shard is in flight.
+    busy: bool,
+    /// A refused tail waits until then.
+    retry_at: Option<Instant>,
+    attempt: u32,
+}
+
+/// What came back for one request: each shard's batch (its items, how many records) and
+/// the answer for it.
+struct Done {
+    sent: Vec<(usize, Vec<Item>)>,
+    answers: Vec<Result<PutBatchResponse>>,
+}
+
+/// One core's batching loop.
+struct CoreWorker {
     client: Client,
     stream: String,
     map: Arc<ShardMap>,
-    route: ShardRoute,
+    core: u16,
     config: ProducerConfig,
     rx: mpsc::Receiver<Msg>,
-    /// A record that did not fit the previous batch: the first of the next.
-    carry: Option<Item>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    shards: HashMap<usize, ShardQueue>,
+    /// Requests in flight.
+    inflight: usize,
+    /// Ids of records queued or in flight here.
+    unsettled: BTreeSet<u64>,
+    /// Flushes waiting for every record up to an id to settle.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// Records up to this id go out without waiting out the linger (a flush asked).
+    force_upto: u64,
+    closed: bool,
 }
 
-impl ShardWorker {
+impl CoreWorker {
     async fn run(mut self) {
         loop {
-            let first = match self.carry.take() {
-                Some(item) => item,
-                None => match self.rx.recv().await {
-                    Some(Msg::Record(item)) => item,
+            self.send_due();
+            self.answer_flushes();
+            if self.closed && self.unsettled.is_empty() && self.inflight == 0 {
+                return;
+            }
+            let deadline = self.next_deadline();
+            tokio::select! {
+                msg = self.rx.recv(), if !self.closed => match msg {
+                    Some(Msg::Record(shard, item)) => self.enqueue(shard, item),
                     Some(Msg::Flush(ack)) => {
-                        let _ = ack.send(());
-                        continue;
+                        let upto = self.unsettled.last().copied().unwrap_or(0);
+                        self.force_upto = self.force_upto.max(upto);
+                        self.flushes.push((upto, ack));
                     }
-                    None => return,
+                    None => {
+                        self.closed = true;
+                        self.force_upto = u64::MAX;
+                    }
                 },
-            };
-            let (items, flushes) = self.collect(first).await;
-            self.put(items).await;
-            for ack in flushes {
-                let _ = ack.send(());
+                Some(done) = self.done_rx.recv() => self.settle(done),
+                _ = sleep_until(deadline), if deadline.is_some() => {}
             }
         }
     }
 
-    /// Collects a batch starting with `first`, until it is full, the linger has passed, a
-    /// flush is asked for or the producer is closed.
-    async fn collect(&mut self, first: Item) -> (Vec<Item>, Vec<oneshot::Sender<()>>) {
-        let deadline = Instant::now() + self.config.linger;
-        let mut bytes = first.entry.key.len() + first.entry.data.len();
-        let mut items = vec![first];
-        let mut flushes = Vec::new();
-        while items.len() < self.config.batch_records_max as usize
-            && bytes < self.config.batch_bytes_max
-        {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(Msg::Record(item))) => {
-                    let size = item.entry.key.len() + item.entry.data.len();
-                    if bytes + size > self.config.batch_bytes_max {
-                        self.carry = Some(item);
-                        break;
+    fn enqueue(&mut self, shard: usize, item: Item) {
+        let route = self.map.routes()[shard];
+        let q = self.shards.entry(shard).or_insert_with(|| ShardQueue {
+            route,
+            queue: VecDeque::new(),
+            bytes: 0,
+            first_at: None,
+            busy: false,
+            retry_at: None,
+            attempt: 0,
+        });
+        self.unsettled.insert(item.id);
+        q.bytes += item.entry.key.len() + item.entry.data.len();
+        q.first_at.get_or_insert_with(Instant::now);
+        q.queue.push_back(item);
+    }
+
+    /// The earliest moment a waiting shard becomes due (linger or retry delay).
+    fn next_deadline(&self) -> Option<Instant> {
+        self.shards
+            .values()
+            .filter(|q| !q.busy && !q.queue.is_empty())
+            .map(|q| match q.retry_at {
+                Some(t) => t,
+                None => q.first_at.expect("queued") + self.config.linger,
+            })
+            .min()
+    }
+
+    fn due(&self, q: &ShardQueue, now: Instant) -> bool {
+        if q.busy || q.queue.is_empty() || q.retry_at.is_some_and(|t| t > now) {
+            return false;
+        }
+        q.retry_at.is_some()
+            || q.bytes >= self.config.batch_bytes_max
+            || q.queue.len() >= self.config.batch_records_max as usize
+            || q.first_at.is_some_and(|t| t + self.config.linger <= now)
+            || q.queue.front().is_some_and(|i| i.id <= self.force_upto)
+    }
+
+    /// Builds a batch for every shard that is due and sends them, one request per frame's
+    /// worth (most often one).
+    fn send_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .shards
+            .iter()
+            .filter(|(_, q)| self.due(q, now))
+            .map(|(s, _)| *s)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let frame_max = self.client.max_request_bytes().saturating_sub(1024);
+        let mut requests: Vec<Vec<(usize, Vec<Item>, Bytes)>> = vec![Vec::new()];
+        let mut request_bytes = 0usize;
+        for shard in due {
+            let (items, batch) = self.take_batch(shard);
+            if request_bytes + batch.len() + 4 > frame_max
+                || requests.last().map_or(0, Vec::len) >= MAX_BATCHES_PER_PUT
+            {
+                requests.push(Vec::new());
+                request_bytes = 0;
+            }
+            request_bytes += batch.len() + 4;
+            requests
+                .last_mut()
+                .expect("a request")
+                .push((shard, items, batch));
+        }
+        for request in requests.into_iter().filter(|r| !r.is_empty()) {
+            self.inflight += 1;
+            let client = self.client.clone();
+            let stream = self.stream.clone();
+            let core = self.core;
+            let routes: Vec<ShardRoute> = request
+                .iter()
+                .map(|(s, _, _)| self.shards[s].route)
+                .collect();
+            let done_tx = self.done_tx.clone();
+            tokio::spawn(async move {
+                let batches: Vec<(u32, Bytes)> = request
+                    .iter()
+                    .zip(&routes)
+                    .map(|((_, _, b), r)| (r.shard_id, b.clone()))
+                    .collect();
+                let answers = if batches.len() == 1 {
+                    vec![
+                        client
+                            .put_batch_once(&stream, &routes[0], batches[0].1.clone())
+                            .await,
+                    ]
+                } else {
+                    match client.put_batches_once(&stream, core, &batches).await {
+                        Ok(a) => a,
+                        Err(e) => vec![Err(e); batches.len()],
                     }
-                    bytes += size;
-                    items.push(item);
-                }
-                Ok(Some(Msg::Flush(ack))) => {
-                    flushes.push(ack);
-                    break;
-                }
-                Ok(None) | Err(_) => break,
-            }
+                };
+                let sent = request
+                    .into_iter()
+                    .map(|(s, items, _)| (s, items))
+                    .collect();
+                let _ = done_tx.send(Done { sent, answers });
+            });
         }
-        (items, flushes)
     }
 
-    async fn put(&self, items: Vec<Item>) {
-        let (entries, dones): (Vec<Entry>, Vec<_>) = items
-            .into_iter()
-            .map(|item| (item.entry, (item.done, item._budget)))
-            .unzip();
-        let results = put_to_shard(
-            &self.client,
-            &self.stream,
-            &self.map,
-            &self.route,
-            &entries,
-            MAX_BATCH_BYTES,
-        )
-        .await;
-        for ((done, _budget), result) in dones.into_iter().zip(results) {
-            let _ = done.send(result);
+    /// Takes the longest prefix of a shard's queue that makes one batch (within the batch
+    /// bounds; the first record always goes) and builds it.
+    fn take_batch(&mut self, shard: usize) -> (Vec<Item>, Bytes) {
+        let config = self.config;
+        let q = self.shards.get_mut(&shard).expect("due shard");
+        let mut b = BatchBuilder::with_capacity(
+            q.bytes.min(config.batch_bytes_max) + 64 * q.queue.len().min(500),
+        );
+        let mut items = Vec::new();
+        while let Some(item) = q.queue.front() {
+            let e = &item.entry;
+            let size = e.key.len() + e.data.len();
+            let soft = !b.is_empty()
+                && (b.encoded_len() + size > config.batch_bytes_max
+                    || b.len() >= config.batch_records_max);
+            if soft || !b.fits(e.key.len(), e.data.len(), e.explicit_hash_key.is_some()) {
+                break;
+            }
+            // The copy into the batch is the one the wire format needs.
+            b.push(e.key.as_bytes(), &e.data, e.explicit_hash_key)
+                .expect("entry checked by send");
+            q.bytes -= size;
+            items.push(q.queue.pop_front().expect("front"));
         }
+        assert!(
+            !items.is_empty(),
+            "a checked record always fits an empty batch"
+        );
+        q.busy = true;
+        q.first_at = q.queue.front().map(|_| Instant::now());
+        (items, Bytes::from(b.finish()))
+    }
+
+    /// Resolves what a request's answer settled; a refused tail goes back to the front of
+    /// its shard's queue after the retry delay.
+    fn settle(&mut self, done: Done) {
+        self.inflight -= 1;
+        let policy = self.client.config().retry;
+        for ((shard, items), answer) in done.sent.into_iter().zip(done.answers) {
+            let q = self.shards.get_mut(&shard).expect("sent shard");
+            q.busy = false;
+            let count = items.len();
+            let (accepted, base_seq, err) = match answer {
+                Ok(r) if r.accepted as usize > count => (
+                    0,
+                    0,
+                    Some(ClientError::protocol(format!(
+                        "server accepted {} records of a batch of {count}",
+                        r.accepted
+                    ))),
+                ),
+                Ok(r) => {
+                    let err = match r.rejected {
+                        None if r.accepted as usize == count => None,
+                        None => Some(ClientError::Server {
+                            code: ErrorCode::Internal,
+                            retry_after_ms: 0,
+                            message: "the server accounted for only part of the batch".into(),
+                        }),
+                        Some(rej) => Some(ClientError::Server {
+                            code: rej.code,
+                            retry_after_ms: rej.retry_after_ms,
+                            message: format!("shard {} refused the record", q.route.shard_id),
+                        }),
+                    };
+                    (r.accepted as usize, r.base_seq, err)
+                }
+                Err(e) => (0, 0, Some(e)),
+            };
+            let mut items = items.into_iter();
+            for (i, item) in items.by_ref().take(accepted).enumerate() {
+                self.unsettled.remove(&item.id);
+                let _ = item.done.send(Ok(PutResult {
+                    shard_id: q.route.shard_id,
+                    seq: base_seq + i as u64,
+                }));
+            }
+            if accepted > 0 {
+                q.attempt = 0;
+            }
+            let Some(err) = err else {
+                q.retry_at = None;
+                continue;
+            };
+            let rest: Vec<Item> = items.collect();
+            if err.is_safe_to_retry() && q.attempt < policy.max_attempts {
+                tracing::debug!(shard = q.route.shard_id, attempt = q.attempt, error = %err, "retrying batch");
+                q.retry_at = Some(Instant::now() + policy.delay(q.attempt, err.retry_after_ms()));
+                q.attempt += 1;
+                for item in rest.into_iter().rev() {
+                    q.bytes += item.entry.key.len() + item.entry.data.len();
+                    q.queue.push_front(item);
+                }
+                q.first_at.get_or_insert_with(Instant::now);
+            } else {
+                self.client.forget_on(&self.stream, &err);
+                q.retry_at = None;
+                q.attempt = 0;
+                for item in rest {
+                    self.unsettled.remove(&item.id);
+                    let _ = item.done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn answer_flushes(&mut self) {
+        let oldest = self.unsettled.first().copied().unwrap_or(u64::MAX);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            self.flushes.drain(..).partition(|(upto, _)| *upto < oldest);
+        self.flushes = waiting;
+        for (_, ack) in ready {
+            let _ = ack.send(());
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

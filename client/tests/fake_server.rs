@@ -87,15 +87,21 @@ mod fake {
         /// Accepts every batch of a put request whole, numbering each shard's records from
         /// `base(shard)`.
         pub fn accept_all(&self, base: impl Fn(u32) -> u64) {
+            self.answer_puts(|shard_id, n| PutBatchResponse {
+                shard_id,
+                base_seq: base(shard_id),
+                accepted: n as u32,
+                rejected: None,
+            });
+        }
+
+        /// Answers every batch of a put request (a put-batch or a put-batches) with what
+        /// `answer(shard, records in its batch)` says.
+        pub fn answer_puts(&self, mut answer: impl FnMut(u32, usize) -> PutBatchResponse) {
             let stored: Vec<PutBatchResponse> = self
                 .puts()
                 .iter()
-                .map(|(_, shard_id, records)| PutBatchResponse {
-                    shard_id: *shard_id,
-                    base_seq: base(*shard_id),
-                    accepted: records.len() as u32,
-                    rejected: None,
-                })
+                .map(|(_, shard_id, records)| answer(*shard_id, records.len()))
                 .collect();
             if matches!(self.request(), Request::PutBatch(_)) {
                 self.respond(&Response::PutBatch(stored[0]));
@@ -645,25 +651,41 @@ async fn the_producer_batches_per_shard_keeps_one_batch_in_flight_and_key_order(
     let mut round = 0;
     while next_expected.iter().any(|&n| n < 300) {
         let r = fake.next().await;
-        let (_, shard, records) = r.put_batch();
-        let s = shard as usize;
-        let got: Vec<usize> = records
-            .iter()
-            .map(|(_, d)| String::from_utf8(d.clone()).unwrap().parse().unwrap())
-            .collect();
-        assert!(records.iter().all(|(k, _)| *k == keys[s]));
-        let want: Vec<usize> = (0..got.len()).map(|j| next_expected[s] + 2 * j).collect();
-        assert_eq!(got, want, "shard {shard} batch out of order");
-        round += 1;
-        let accepted = if round % 2 == 0 {
-            got.len().div_ceil(2)
-        } else {
-            got.len()
-        } as u32;
-        let rejected = (accepted < got.len() as u32).then_some((ErrorCode::Throttled, 1));
-        r.accept_batch(next_seq[s], accepted, rejected);
-        next_seq[s] += u64::from(accepted);
-        next_expected[s] += 2 * accepted as usize;
+        // Both shards' batches may come in one put-batches request, or one each.
+        let puts = r.puts();
+        let mut answers = std::collections::HashMap::new();
+        for (_, shard, records) in &puts {
+            let s = *shard as usize;
+            let got: Vec<usize> = records
+                .iter()
+                .map(|(_, d)| String::from_utf8(d.clone()).unwrap().parse().unwrap())
+                .collect();
+            assert!(records.iter().all(|(k, _)| *k == keys[s]));
+            let want: Vec<usize> = (0..got.len()).map(|j| next_expected[s] + 2 * j).collect();
+            assert_eq!(got, want, "shard {shard} batch out of order");
+            round += 1;
+            let accepted = if round % 2 == 0 {
+                got.len().div_ceil(2)
+            } else {
+                got.len()
+            } as u32;
+            let rejected = (accepted < got.len() as u32).then_some(Rejection {
+                code: ErrorCode::Throttled,
+                retry_after_ms: 1,
+            });
+            answers.insert(
+                *shard,
+                PutBatchResponse {
+                    shard_id: *shard,
+                    base_seq: next_seq[s],
+                    accepted,
+                    rejected,
+                },
+            );
+            next_seq[s] += u64::from(accepted);
+            next_expected[s] += 2 * accepted as usize;
+        }
+        r.answer_puts(|shard, _| answers[&shard]);
     }
     let producer = flushed.await.unwrap();
     let mut per_shard_seq = [0u64; 2];

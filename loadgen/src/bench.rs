@@ -7,7 +7,11 @@
 //! | `max-100b` | the same with 100 B records: records/s (per engine core) |
 //! | `latency-half` | open loop at half of `max-1k`'s rate: ack p50 … p99.99, max |
 //! | `shard-limit` | one shard offered 2× its Kinesis write limit, in records and in bytes: accepted rate within ±10 % of the limit, the rest throttled, nothing lost |
-//! | `shard-density` | N shards each at its full Kinesis write limit, N growing until ack p99 exceeds 10 ms: the largest N per engine core |
+//! | `shard-density` | N shards each at its full Kinesis write limit (1,000 records/s of 1,000 B), N growing until ack p99 exceeds 10 ms: the largest N per engine core |
+//! | `shard-density-small` | the same with 100 B records (1,000 records/s per shard) |
+//! | `many-shards` | 10,000 shards at 100 records/s of 100 B each, then 10 shards at the same total rate: ack p99, and the engine's CPU per record in both |
+//! | `peer-shape` | 1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop (the shape peers publish): MB/s against fio durable |
+//! | `producer-path` | `Producer::send` on an 8-shard stream, 1 KiB records: its maximum against `put_records`', and ack latency at half its maximum |
 //! | `fan-out` | several consumer groups on every shard: end-to-end latency and each consumer's throughput |
 //!
 //! Every scenario creates its own streams (named `bench-NAME-...`) and deletes them after.
@@ -52,6 +56,22 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "shard-density",
         description: "N shards each at its full Kinesis write limit, N growing until ack p99 > 10 ms",
+    },
+    Scenario {
+        name: "shard-density-small",
+        description: "N shards each at 1,000 records/s of 100 B, N growing until ack p99 > 10 ms",
+    },
+    Scenario {
+        name: "many-shards",
+        description: "10,000 shards at 100 records/s of 100 B each, then 10 shards at the same total rate: ack p99, engine CPU per record",
+    },
+    Scenario {
+        name: "peer-shape",
+        description: "1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop: MB/s vs fio durable",
+    },
+    Scenario {
+        name: "producer-path",
+        description: "Producer::send on 8 shards, 1 KiB: its maximum vs put_records', ack latency at half its maximum",
     },
     Scenario {
         name: "fan-out",
@@ -212,7 +232,11 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
         "max-100b" => b.max(100).await?,
         "latency-half" => b.latency_half().await?,
         "shard-limit" => b.shard_limit().await?,
-        "shard-density" => b.shard_density().await?,
+        "shard-density" => b.shard_density(1000).await?,
+        "shard-density-small" => b.shard_density(100).await?,
+        "many-shards" => b.many_shards().await?,
+        "peer-shape" => b.peer_shape().await?,
+        "producer-path" => b.producer_path().await?,
         "fan-out" => b.fan_out().await?,
         other => unreachable!("scenario {other} is listed but not implemented"),
     }
@@ -498,7 +522,8 @@ impl Bench<'_> {
         }
     }
 
-    async fn shard_density(&mut self) -> Result<(), Error> {
+    /// `shard-density` (1,000 B records) and `shard-density-small` (100 B).
+    async fn shard_density(&mut self, size: usize) -> Result<(), Error> {
         const P99_US_MAX: u64 = 10_000;
         const PER_SHARD_RECORDS: f64 = 1000.0;
         let e = self.engine_cores as u32;
@@ -521,8 +546,8 @@ impl Bench<'_> {
                 api: Api::PutRecords,
                 call_records: 2000,
                 // 1,000 B of data plus a ~15 B key: 1,000 records/s is ~0.97 MiB/s, so a
-                // shard is at both of its write limits at once.
-                size: SizeSpec::fixed(1000),
+                // shard is at both of its write limits at once (100 B: the record limit).
+                size: SizeSpec::fixed(size),
                 keys: 4 * n,
                 key_mode: KeyMode::PerShard,
                 duration_s: self.duration(10.0),
@@ -566,6 +591,178 @@ impl Bench<'_> {
         self.figure("largest_ok_shards", f64::from(best_n));
         self.figure("shards_per_engine_core", f64::from(best_n) / f64::from(e));
         self.note(stop);
+        Ok(())
+    }
+
+    /// The machine's limits measured in the same session (`machine-limits.json` beside the
+    /// results), if there.
+    fn machine_limit(&self, field: &str) -> Option<f64> {
+        let text = std::fs::read_to_string(self.opts.out_dir.join("machine-limits.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v[field].as_f64()
+    }
+
+    fn cpu_per_record_ns(r: &Report) -> Option<f64> {
+        let c = r.engine_cpu.as_ref()?;
+        (r.acked_records_per_s > 0.0).then(|| c.cores_used * 1e9 / r.acked_records_per_s)
+    }
+
+    async fn many_shards(&mut self) -> Result<(), Error> {
+        let (shards, per_shard) = if self.opts.quick {
+            (200, 20.0)
+        } else {
+            (10_000, 100.0)
+        };
+        let total = f64::from(shards) * per_shard;
+        let base = |b: &Self, n: u32, limits: LimitsArg| RunConfig {
+            producers: 4,
+            rate: total,
+            api: Api::PutRecords,
+            call_records: 2000,
+            size: SizeSpec::fixed(100),
+            keys: n.max(4 * n.min(2500)),
+            key_mode: KeyMode::PerShard,
+            duration_s: b.duration(15.0),
+            warmup_s: b.warmup(5.0),
+            ..b.config(n, limits)
+        };
+        let many = self.run(base(self, shards, LimitsArg::Kinesis)).await?;
+        // The same total rate over 10 shards (each above Kinesis' per-shard limit: off).
+        let few = self.run(base(self, 10, LimitsArg::Off)).await?;
+        self.figure("many_ack_p99_us", many.ack_latency_us.p99 as f64);
+        self.figure("many_acked_records_per_s", many.acked_records_per_s);
+        self.figure("few_ack_p99_us", few.ack_latency_us.p99 as f64);
+        self.figure("few_acked_records_per_s", few.acked_records_per_s);
+        let unsent = many.records_unsent as f64 / many.records_due.unwrap_or(1).max(1) as f64;
+        self.check(
+            &format!("{shards} shards: ack p99 <= 10 ms"),
+            many.ack_latency_us.p99 <= 10_000 && unsent <= 0.01,
+            format!(
+                "p99 {} µs, {:.0} records/s acknowledged of {total:.0} offered",
+                many.ack_latency_us.p99, many.acked_records_per_s
+            ),
+        );
+        if let (Some(m), Some(f)) = (
+            Self::cpu_per_record_ns(&many),
+            Self::cpu_per_record_ns(&few),
+        ) {
+            self.figure("many_engine_cpu_ns_per_record", m);
+            self.figure("few_engine_cpu_ns_per_record", f);
+            self.check(
+                "engine CPU per record within 20 % of 10 shards at the same rate",
+                m <= f * 1.2,
+                format!(
+                    "{m:.0} ns vs {f:.0} ns per record ({:+.0} %)",
+                    (m / f - 1.0) * 100.0
+                ),
+            );
+        }
+        if unsent > 0.01 {
+            self.note(format!(
+                "the load generator sent only {:.1} % of the records due (its CPU {:.2} cores):                  the offered rate was not reached",
+                (1.0 - unsent) * 100.0,
+                many.loadgen_cpu.cores_used
+            ));
+        }
+        self.bottleneck_note(&many);
+        Ok(())
+    }
+
+    async fn peer_shape(&mut self) -> Result<(), Error> {
+        let fio = self.machine_limit("fio_durable_write_1m_qd1_bytes_per_s");
+        for producers in [1usize, 4] {
+            let cfg = RunConfig {
+                producers,
+                rate: 0.0,
+                api: Api::PutRecords,
+                call_records: 100,
+                size: SizeSpec::fixed(1000),
+                keys: producers as u32,
+                key_mode: KeyMode::PerShard,
+                duration_s: self.duration(15.0),
+                warmup_s: self.warmup(3.0),
+                ..self.config(producers as u32, LimitsArg::Off)
+            };
+            let r = self.run(cfg).await?;
+            let bytes = r.bytes_acked as f64 / r.duration_s;
+            self.figure(&format!("producers_{producers}_mb_per_s"), bytes / 1e6);
+            if let Some(fio) = fio {
+                self.figure(
+                    &format!("producers_{producers}_ratio_to_fio_durable"),
+                    bytes / fio,
+                );
+                self.check(
+                    &format!("{producers} producer(s): >= 80 % of fio durable"),
+                    bytes >= 0.8 * fio,
+                    format!(
+                        "{:.1} MB/s vs fio durable {:.1} MB/s",
+                        bytes / 1e6,
+                        fio / 1e6
+                    ),
+                );
+            }
+            self.bottleneck_note(&r);
+        }
+        if fio.is_none() {
+            self.note("no machine-limits.json beside the results: no ratio to fio durable".into());
+        }
+        Ok(())
+    }
+
+    async fn producer_path(&mut self) -> Result<(), Error> {
+        let base = |b: &Self| RunConfig {
+            producers: 4,
+            rate: 0.0,
+            size: SizeSpec::fixed(1024),
+            keys: 10_000,
+            duration_s: b.duration(15.0),
+            warmup_s: b.warmup(3.0),
+            ..b.config(8, LimitsArg::Off)
+        };
+        let put = self
+            .run(RunConfig {
+                api: Api::PutRecords,
+                call_records: 2000,
+                ..base(self)
+            })
+            .await?;
+        let producer = self
+            .run(RunConfig {
+                api: Api::Producer,
+                ..base(self)
+            })
+            .await?;
+        let half = (producer.acked_records_per_s / 2.0).round().max(1.0);
+        let at_half = self
+            .run(RunConfig {
+                api: Api::Producer,
+                rate: half,
+                ..base(self)
+            })
+            .await?;
+        self.figure("put_records_acked_records_per_s", put.acked_records_per_s);
+        self.figure("producer_acked_records_per_s", producer.acked_records_per_s);
+        self.figure("producer_half_rate", half);
+        self.figure(
+            "producer_half_ack_p99_us",
+            at_half.ack_latency_us.p99 as f64,
+        );
+        self.figure(
+            "producer_half_ack_p999_us",
+            at_half.ack_latency_us.p999 as f64,
+        );
+        let ratio = producer.acked_records_per_s / put.acked_records_per_s.max(1.0);
+        self.check(
+            "Producer::send >= 80 % of put_records",
+            ratio >= 0.8,
+            format!("{:.0} % ", ratio * 100.0),
+        );
+        self.check(
+            "Producer::send at half its maximum: ack p99 <= 10 ms",
+            at_half.ack_latency_us.p99 <= 10_000,
+            format!("p99 {} µs", at_half.ack_latency_us.p99),
+        );
+        self.bottleneck_note(&producer);
         Ok(())
     }
 

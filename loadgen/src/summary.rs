@@ -491,6 +491,8 @@ mod tests {
                 p99: 100.0,
                 p999: 200.0,
             },
+            fio_durable_write_1m_qd1_bytes_per_s: Some(2.9e9),
+            fio_seq_read_1m_qd8_bytes_per_s: Some(2.0e9),
             iperf3_loopback_bytes_per_s: 2.5e9,
         };
         let results = vec![

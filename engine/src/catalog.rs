@@ -89,9 +89,7 @@ impl StreamEntry {
     /// (placement is stable; with fewer cores than placed, shards wrap around).
     pub fn locate(&self, shard_id: u32, cores: usize) -> Result<(ShardIdent, usize), EngineError> {
         let sh = self
-            .shards
-            .iter()
-            .find(|s| s.shard_id == shard_id)
+            .shard(shard_id)
             .ok_or_else(|| EngineError::UnknownShard {
                 stream: self.name.clone(),
                 shard: shard_id,
@@ -101,6 +99,18 @@ impl StreamEntry {
             shard_id,
         };
         Ok((ident, sh.core as usize % cores))
+    }
+}
+
+impl StreamEntry {
+    /// The shard with this id. Shards are kept in ascending id order (ids are handed out in
+    /// order), so this is a binary search, not a scan: a put-batches request looks up
+    /// thousands of shards of a stream of thousands.
+    pub fn shard(&self, shard_id: u32) -> Option<&ShardEntry> {
+        self.shards
+            .binary_search_by_key(&shard_id, |s| s.shard_id)
+            .ok()
+            .map(|i| &self.shards[i])
     }
 }
 

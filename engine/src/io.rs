@@ -88,8 +88,6 @@ pub trait Storage {
     async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Bytes available to this process on the file system holding `dir`.
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64>;
-    /// Sleeps (group commit's pacing). The simulated disk only yields.
-    async fn sleep(&self, d: std::time::Duration);
 }
 
 /// Production storage: glommio `DmaFile` (O_DIRECT, io_uring) for data, the blocking pool
@@ -284,10 +282,6 @@ impl Storage for DmaStorage {
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64> {
         let dir = dir.to_path_buf();
         blocking(move || free_bytes_blocking(&dir)).await
-    }
-
-    async fn sleep(&self, d: std::time::Duration) {
-        glommio::timer::sleep(d).await;
     }
 }
 

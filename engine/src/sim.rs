@@ -585,10 +585,6 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    async fn sleep(&self, _d: std::time::Duration) {
-        yield_once().await;
-    }
-
     async fn free_bytes(&self, _dir: &Path) -> io::Result<u64> {
         Ok(if self.disk.borrow().faults.disk_full {
             0

@@ -377,9 +377,6 @@ pub(crate) struct State<S: Storage> {
     synced_id: u64,
     /// The round whose sync phase started last (rounds sync one at a time, in order).
     sync_started_id: u64,
-    /// When the last round was sealed, and how long the last round's sync took.
-    last_seal: std::time::Instant,
-    last_sync_us: u64,
     durable_id: u64,
     poisoned: Option<String>,
     /// Staged bytes not yet written to their extents.
@@ -411,8 +408,11 @@ pub struct Store<S: Storage> {
     cfg: StoreConfig,
     clock: ClockRef,
     st: RefCell<State<S>>,
-    /// Rounds completed, space freed, memory released: appenders and the checkpoint wait here.
+    /// Rounds sealed, written or completed, space freed, memory released: appenders of the
+    /// open round and the checkpoint wait here.
     changed: Notify,
+    /// A round completed: appenders of sealed rounds wait here.
+    round_done: Notify,
     /// Wakes the background task.
     work: Notify,
 }
@@ -426,11 +426,6 @@ fn poisoned(st: &State<impl Storage>) -> Result<(), StoreError> {
 
 /// Extra journal bytes a staged batch may bring with it (a roll and a direct entry).
 const ENTRY_SLACK_BYTES: usize = 2 * (ENTRY_HEADER_LEN + 48);
-
-/// Rounds are sealed at most once per this many durations of the last round's sync ...
-const SEAL_GAP_SYNCS: u64 = 2;
-/// ... and never held back longer than this.
-const SEAL_GAP_MAX: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How long a failed attempt to create space is trusted before the next try.
 pub(crate) const SPACE_RETRY_MS: i64 = 1000;
@@ -864,6 +859,10 @@ impl<S: Storage> Store<S> {
             };
             if lead {
                 self.flush_round().await;
+            } else if self.st.borrow().open_id > round_id {
+                // Sealed: only its completion matters. (Waking every appender at every
+                // state change made thousands of waiters spin: `many-shards`.)
+                self.round_done.wait().await;
             } else {
                 self.changed.wait().await;
             }
@@ -895,20 +894,7 @@ impl<S: Storage> Store<S> {
     async fn flush_round(&self) {
         // Claim the write phase, then let every task that is already runnable (appenders
         // woken by the last round) stage before the round is sealed.
-        let gap = {
-            let mut st = self.st.borrow_mut();
-            st.writing = true;
-            // Pacing: rounds are sealed at most once per `SEAL_GAP_SYNCS` sync durations,
-            // so under load the device spends at most about half its time flushing and
-            // each round takes what arrived meanwhile (a device flush costs ~0.2 ms on the
-            // development VM, whatever it covers). A lone append waits for nothing.
-            let min = std::time::Duration::from_micros(st.last_sync_us * SEAL_GAP_SYNCS)
-                .min(SEAL_GAP_MAX);
-            min.checked_sub(st.last_seal.elapsed())
-        };
-        if let Some(gap) = gap {
-            self.storage.sleep(gap).await;
-        }
+        self.st.borrow_mut().writing = true;
         futures_lite::future::yield_now().await;
         let sealed = self.seal_round();
         // Appenders held back by a full open round may stage into the fresh one now.
@@ -958,8 +944,8 @@ impl<S: Storage> Store<S> {
             }
         }
         let sync_us = sync_started.elapsed().as_micros() as u64;
-        self.st.borrow_mut().last_sync_us = sync_us;
         self.complete_round(sealed, result, write_us, sync_us, syncs);
+        self.round_done.notify_all();
         self.changed.notify_all();
     }
 
@@ -975,7 +961,6 @@ impl<S: Storage> Store<S> {
             return None;
         }
         let id = st.open_id;
-        st.last_seal = std::time::Instant::now();
         let mut round = std::mem::replace(&mut st.open, OpenRound::new());
         st.open_id += 1;
         // Hot shards: a final direct entry, and their unwritten bytes sealed for writing.
@@ -1598,34 +1583,24 @@ impl<S: Storage> State<S> {
     }
 }
 
-/// Minimal join of a few futures without a runtime dependency.
+/// Awaits every future concurrently and returns their outputs in order. Each future has
+/// its own waker (`FuturesUnordered`), so waking one does not re-poll the others: a
+/// PutBatches of thousands of shards joins thousands of appends.
 pub(crate) async fn join_all<T, Fut: std::future::Future<Output = T>>(
     futs: impl Iterator<Item = Fut>,
 ) -> Vec<T> {
-    let mut pending: Vec<std::pin::Pin<Box<Fut>>> = futs.map(Box::pin).collect();
-    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(move |cx| {
-        let mut all = true;
-        for (i, f) in pending.iter_mut().enumerate() {
-            if results[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => results[i] = Some(v),
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(
-                results
-                    .iter_mut()
-                    .map(|r| r.take().expect("ready"))
-                    .collect(),
-            )
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut set: FuturesUnordered<_> = futs
+        .enumerate()
+        .map(|(i, f)| async move { (i, f.await) })
+        .collect();
+    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
+    while let Some((i, v)) = set.next().await {
+        out[i] = Some(v);
+    }
+    out.into_iter()
+        .map(|v| v.expect("every future finished"))
+        .collect()
 }
 
 /// Writes a buffer completely. A short direct write is retried once for the remainder (the

@@ -213,8 +213,6 @@ impl<S: Storage> Store<S> {
                 writing: false,
                 synced_id: 0,
                 sync_started_id: 0,
-                last_seal: std::time::Instant::now(),
-                last_sync_us: 0,
                 durable_id: 0,
                 poisoned: None,
                 pending_bytes: 0,
@@ -233,6 +231,7 @@ impl<S: Storage> Store<S> {
                 stats: StoreStats::default(),
             }),
             changed: Notify::new(),
+            round_done: Notify::new(),
             work: Notify::new(),
         };
         store.replay(&manifest, &headers).await?;

@@ -236,6 +236,8 @@ pub struct StoreStats {
     pub journal_bytes: u64,
     pub direct_bytes: u64,
     pub write_behind_bytes: u64,
+    /// Zeros written to make new journal files (paced by rounds).
+    pub fill_bytes: u64,
     pub checkpoints: u64,
     pub checkpoint_syncs: u64,
     pub rolls: u64,
@@ -395,6 +397,15 @@ pub(crate) struct State<S: Storage> {
     extent_wanted: bool,
     /// Shards queued for write-behind.
     behind_queue: std::collections::VecDeque<ShardKey>,
+    /// A journal file being zero-filled in the background, paced by rounds.
+    fill: Option<behind::Fill<S>>,
+    /// Zero-fill bytes the completed rounds allow now (see `behind::FILL_CREDIT_MAX`).
+    fill_credit: u64,
+    /// An appender waits for journal room: the fill goes at full speed.
+    journal_starved: bool,
+    /// Write-behind bytes the completed rounds allow now; negative after a piece larger
+    /// than the credit (see `behind::BEHIND_CREDIT_MAX`).
+    behind_credit: i64,
     /// Why the last attempt to create space (a volume, a journal file) failed, and when.
     space_error: Option<String>,
     last_space_attempt_ms: i64,
@@ -602,6 +613,7 @@ impl<S: Storage> Store<S> {
                         let mut st = self.st.borrow_mut();
                         st.checkpoint_urgent |= urgent;
                         st.extent_wanted |= extent;
+                        st.journal_starved |= urgent && st.fill.is_some();
                     }
                     self.work.notify_all();
                     w.await;
@@ -827,6 +839,7 @@ impl<S: Storage> Store<S> {
         {
             log.queued_behind = true;
             st.behind_queue.push_back(key);
+            self.work.notify_all();
         }
         st.stats.appends += 1;
         Ok((
@@ -1171,6 +1184,25 @@ impl<S: Storage> Store<S> {
         st.stats.write_us_max = st.stats.write_us_max.max(write_us);
         st.stats.sync_us_max = st.stats.sync_us_max.max(sync_us);
         st.stats.round_syncs += syncs;
+        {
+            // Write-behind is paced the same way (each round's journal bytes must be
+            // written behind once; twice that keeps it ahead).
+            let before = st.behind_credit;
+            st.behind_credit = (before + 2 * r.journal_bytes as i64).min(behind::BEHIND_CREDIT_MAX);
+            if before <= 0 && st.behind_credit > 0 && !st.behind_queue.is_empty() {
+                self.work.notify_all();
+            }
+        }
+        if st.fill.is_some() {
+            // A journal file is being zero-filled: each round lets it write twice the
+            // journal bytes the round used, so the fill keeps ahead of the journal while
+            // every round's flush carries only a little of it.
+            let before = st.fill_credit;
+            st.fill_credit = (before + 2 * r.journal_bytes).min(behind::FILL_CREDIT_MAX);
+            if before < behind::FILL_CHUNK_BYTES && st.fill_credit >= behind::FILL_CHUNK_BYTES {
+                self.work.notify_all();
+            }
+        }
         match result {
             Ok(()) => {
                 st.durable_id = r.id;

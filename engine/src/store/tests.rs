@@ -517,6 +517,62 @@ fn journal_wraps_through_many_checkpoints() {
     assert_eq!(total as u64, count);
 }
 
+#[test]
+fn new_journal_files_are_filled_a_little_per_round() {
+    // The ring grows while writes go on; each new file's zero-fill is paced by the rounds
+    // (at most twice the journal bytes they wrote, plus a first chunk per file), so no
+    // round's flush has to carry a whole file of zeros.
+    let keys: Vec<ShardKey> = (0..3).map(|s| key(9, s)).collect();
+    let mut cfg = small_cfg();
+    cfg.journal_file_bytes = 512 << 10;
+    cfg.journal_files = 4;
+    cfg.checkpoint_bytes = 1 << 20;
+    let h = Harness::new(12, cfg, keys.clone());
+    let store = h.open().unwrap();
+    let journal_files = || {
+        block_on(h.storage.list_dir(std::path::Path::new("/data/store-0")))
+            .unwrap()
+            .iter()
+            .filter(|n| n.starts_with("jnl-") && !n.ends_with(".tmp"))
+            .count()
+    };
+    assert_eq!(
+        journal_files(),
+        1,
+        "a fresh store starts with one journal file"
+    );
+    let mut rng = SimRng::new(4);
+    let mut count = 0u64;
+    let mut t = 0;
+    while journal_files() < 4 {
+        assert!(t < 20_000, "the ring never grew: {:?}", store.stats());
+        let k = keys[t % keys.len()];
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), false);
+        run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        count += r.len() as u64;
+        let s = store.stats();
+        let files_begun = journal_files() as u64;
+        assert!(
+            s.fill_bytes <= 2 * s.journal_bytes + files_begun * behind::FILL_CHUNK_BYTES,
+            "the fill ran ahead of the rounds: {s:?}"
+        );
+        t += 1;
+    }
+    let s = store.stats();
+    assert!(
+        s.fill_bytes >= 3 * (512 << 10),
+        "three files were filled: {s:?}"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    let total: usize = keys
+        .iter()
+        .map(|k| read_all(&store, *k).unwrap().len())
+        .sum();
+    assert_eq!(total as u64, count, "every acknowledged record survives");
+}
+
 /// One record the model knows: its data, whether its append was acknowledged, and its
 /// arrival time once known.
 #[derive(Clone)]

@@ -22,6 +22,7 @@ checkpoint_bytes = 134217728        # a checkpoint every 128 MiB of journal (bou
 checkpoint_interval_ms = 10000      # and at least this often when one is owed (freed extents)
 direct_write_bytes_min = 262144     # a shard putting 256 KiB into one round is written in place, not journaled
 write_behind_bytes = 262144         # a shard's journaled bytes are written to its extent in pieces this large
+prewrite_bytes = 1073741824         # free volume space kept written (zeros) ahead of allocation, so extents are overwrites; 0: off
 memory_bytes_max = 268435456        # journaled bytes not yet written behind, per store, before appends wait
 segment_age_max_ms = 3600000        # close an extent whose oldest record is this old (retention granularity)
 write_chunk_bytes_max = 262144      # largest staging or journal buffer
@@ -54,6 +55,7 @@ pub struct EngineConfig {
     pub checkpoint_interval_ms: i64,
     pub direct_write_bytes_min: usize,
     pub write_behind_bytes: usize,
+    pub prewrite_bytes: u64,
     pub memory_bytes_max: usize,
     pub segment_age_max_ms: i64,
     pub write_chunk_bytes_max: usize,
@@ -87,6 +89,7 @@ impl Default for EngineConfig {
             checkpoint_interval_ms: 10_000,
             direct_write_bytes_min: 256 << 10,
             write_behind_bytes: 256 << 10,
+            prewrite_bytes: 1 << 30,
             memory_bytes_max: 256 << 20,
             segment_age_max_ms: 3_600_000,
             write_chunk_bytes_max: 256 << 10,
@@ -142,6 +145,7 @@ impl EngineConfig {
             checkpoint_interval_ms: self.checkpoint_interval_ms,
             direct_write_bytes_min: self.direct_write_bytes_min,
             write_behind_bytes: self.write_behind_bytes,
+            prewrite_bytes: self.prewrite_bytes,
             memory_bytes_max: self.memory_bytes_max,
             segment_age_max_ms: self.segment_age_max_ms,
             index_interval_bytes: self.index_interval_bytes,

@@ -77,6 +77,19 @@ impl ExtentAllocator {
     }
 
     /// Whether an extent of `order` can be allocated now.
+    /// Free blocks (start, order), any order.
+    pub fn free_blocks(&self) -> impl Iterator<Item = (ExtentId, u32)> + '_ {
+        self.free
+            .iter()
+            .enumerate()
+            .flat_map(|(o, set)| set.iter().map(move |&id| (id, o as u32)))
+    }
+
+    /// Units of `volume` (0 if unknown).
+    pub fn volume_units(&self, volume: u32) -> u32 {
+        self.volume_units.get(&volume).copied().unwrap_or(0)
+    }
+
     pub fn can_alloc(&self, order: u32) -> bool {
         (order..=self.max_order).any(|o| !self.free[o as usize].is_empty())
     }

@@ -96,6 +96,8 @@ pub struct StoreConfig {
     pub direct_write_bytes_min: usize,
     /// A shard's unwritten bytes that start a write-behind.
     pub write_behind_bytes: usize,
+    /// Free volume space kept written (with zeros) ahead of allocation (0: none).
+    pub prewrite_bytes: u64,
     /// Unwritten bytes the store holds in memory before appends wait.
     pub memory_bytes_max: usize,
     /// An extent whose oldest record is this old is closed at the next append.
@@ -238,6 +240,8 @@ pub struct StoreStats {
     pub write_behind_bytes: u64,
     /// Zeros written to make new journal files (paced by rounds).
     pub fill_bytes: u64,
+    /// Zeros written into free volume space ahead of allocation.
+    pub prewrite_bytes: u64,
     pub checkpoints: u64,
     pub checkpoint_syncs: u64,
     pub rolls: u64,
@@ -397,6 +401,9 @@ pub(crate) struct State<S: Storage> {
     extent_wanted: bool,
     /// Shards queued for write-behind.
     behind_queue: std::collections::VecDeque<ShardKey>,
+    /// `prepare_space` is running (it is not reentrant: the background task and tests may
+    /// run steps concurrently).
+    space_busy: bool,
     /// A journal file being zero-filled in the background, paced by rounds.
     fill: Option<behind::Fill<S>>,
     /// Zero-fill bytes the completed rounds allow now (see `behind::FILL_CREDIT_MAX`).
@@ -406,6 +413,12 @@ pub(crate) struct State<S: Storage> {
     /// Write-behind bytes the completed rounds allow now; negative after a piece larger
     /// than the credit (see `behind::BEHIND_CREDIT_MAX`).
     behind_credit: i64,
+    /// Per volume, the units below which free space has been written (by the prewrite).
+    prewritten: std::collections::BTreeMap<u32, u32>,
+    /// Prewrite bytes the completed rounds allow now (a quarter of their bytes).
+    prewrite_credit: i64,
+    /// When the last round completed (the prewrite runs freely while none do).
+    last_round_ms: i64,
     /// Why the last attempt to create space (a volume, a journal file) failed, and when.
     space_error: Option<String>,
     last_space_attempt_ms: i64,
@@ -581,12 +594,23 @@ impl<S: Storage> Store<S> {
                 let no_extent = needs_roll && !st.alloc_possible(self.roll_order(log, len));
                 let space_failed_recently = st.space_error.is_some()
                     && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
-                if (journal_full || no_extent) && space_failed_recently && !st.checkpointing {
-                    // Nothing in flight can make room: the file system is full.
+                if (journal_full || no_extent) && space_failed_recently {
+                    // Nothing in flight can make room: the file system is full. A checkpoint
+                    // frees journal files only below the durable position; if there are
+                    // none, the ring needs a new file, which the file system refused.
+                    let j = &st.journal;
+                    let freeable = j.slots.iter().enumerate().any(|(i, s)| {
+                        s.file.is_some()
+                            && Some(i) != j.active
+                            && s.content_seq < j.durable_pos.file_seq
+                    });
+                    if journal_full && !freeable && j.free_slots() == 0 {
+                        return Err(StoreError::StorageFull);
+                    }
                     let journal_stuck = journal_full
-                        && st.journal.free_slots() == 0
-                        && st.journal.slots.iter().all(|s| s.file.is_some());
-                    if no_extent || !journal_stuck {
+                        && j.free_slots() == 0
+                        && j.slots.iter().all(|s| s.file.is_some());
+                    if !st.checkpointing && (no_extent || !journal_stuck) {
                         return Err(StoreError::StorageFull);
                     }
                 }
@@ -1192,6 +1216,12 @@ impl<S: Storage> Store<S> {
             if before <= 0 && st.behind_credit > 0 && !st.behind_queue.is_empty() {
                 self.work.notify_all();
             }
+        }
+        st.last_round_ms = self.clock.now_ms();
+        if self.cfg.prewrite_bytes > 0 {
+            st.prewrite_credit = (st.prewrite_credit
+                + ((r.journal_bytes + r.direct_bytes) / 4) as i64)
+                .min(behind::BEHIND_CREDIT_MAX);
         }
         if st.fill.is_some() {
             // A journal file is being zero-filled: each round lets it write twice the

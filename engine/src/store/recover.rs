@@ -8,9 +8,14 @@
 //!   and its payload must match its CRC. The first that does not is where the journal ends
 //!   (a torn round, or nothing written there); a later file continues the journal only if
 //!   its header says it starts with the next round.
+//! - A round's direct entries' bytes must verify in their volumes, all of them, before
+//!   any of its entries is applied: a round whose in-place bytes are not all on disk never
+//!   completed, and it is where the journal ends, like a torn round. (Applying the rest of
+//!   it and cutting only that shard would leave the cut to be made again by every later
+//!   recovery, which would then drop what was acknowledged for that shard after it.)
 //! - A batch entry must continue its shard's sequence; a roll entry must open an extent at
-//!   the shard's next sequence number in free space; a direct entry's bytes must verify in
-//!   the volume. A shard whose entry does not fit is cut there, and its later entries are
+//!   the shard's next sequence number in free space; a direct entry must continue its
+//!   shard. A shard whose entry does not fit is cut there, and its later entries are
 //!   dropped: rounds complete in order, so nothing after a round that did not complete was
 //!   ever acknowledged.
 //! - Journal files holding rounds past the end of the valid chain are invalidated (their
@@ -225,10 +230,14 @@ impl<S: Storage> Store<S> {
                 checkpoint_urgent: false,
                 extent_wanted: false,
                 behind_queue: Default::default(),
+                space_busy: false,
                 fill: None,
                 fill_credit: 0,
                 journal_starved: false,
                 behind_credit: 0,
+                prewritten: Default::default(),
+                prewrite_credit: 0,
+                last_round_ms: now,
                 space_error: None,
                 last_space_attempt_ms: i64::MIN / 2,
                 stopping: false,
@@ -298,6 +307,15 @@ impl<S: Storage> Store<S> {
                         break;
                     }
                 };
+                // A round is durable only with all its in-place bytes: if one hot shard's
+                // do not verify, the round never completed, so neither did any later one
+                // (rounds complete in order), and none of its entries may be applied, or
+                // a later recovery would cut that shard here again and drop what the next
+                // run acknowledged after it.
+                if let Some(why) = self.torn_direct(&entries, &broken).await? {
+                    tracing::warn!(store = self.cfg.index, round = expected, "in-place bytes of a journal round are not on disk ({why}): it never completed; the journal ends here");
+                    break;
+                }
                 for entry in entries {
                     self.apply(entry, &mut broken).await?;
                 }
@@ -383,6 +401,66 @@ impl<S: Storage> Store<S> {
             );
         }
         Ok(())
+    }
+
+    /// Checks the in-place bytes of every direct entry of a round before any of its
+    /// entries is applied: the first that does not verify, if any. A direct entry whose
+    /// shard state does not match (no such extent, another position) is left to `apply`,
+    /// which cuts that shard.
+    async fn torn_direct(
+        &self,
+        entries: &[Entry<'_>],
+        broken: &BTreeSet<ShardKey>,
+    ) -> Result<Option<String>, StoreError> {
+        for (i, entry) in entries.iter().enumerate() {
+            let Entry::Direct(key, d) = entry else {
+                continue;
+            };
+            // The extent's nonce: from a roll into it earlier in this round, or from the
+            // shard's active extent.
+            let rolled = entries[..i].iter().rev().find_map(|e| match e {
+                Entry::Roll(k, r) if k == key && r.extent == d.extent => Some(r.nonce),
+                _ => None,
+            });
+            let (file, vpos, nonce) = {
+                let st = self.st.borrow();
+                if broken.contains(key) {
+                    continue;
+                }
+                let Some(log) = st.shards.get(key) else {
+                    continue;
+                };
+                let nonce = match rolled {
+                    Some(n) => n,
+                    None => match log.active() {
+                        Some(a) if a.id == d.extent => a.nonce,
+                        _ => continue,
+                    },
+                };
+                let Ok(file) = st.volume(d.extent) else {
+                    continue;
+                };
+                (file, self.volume_pos(d.extent) + d.from_offset, nonce)
+            };
+            if d.to_offset < d.from_offset {
+                continue;
+            }
+            let len = (d.to_offset - d.from_offset) as usize;
+            let got = file.read_at(vpos, len).await?;
+            if got.as_ref().len() != len {
+                return Ok(Some(format!(
+                    "stream {} shard {}: past the volume's end",
+                    key.stream_id, key.shard_id
+                )));
+            }
+            if let Err(why) = verify_span(got.as_ref(), nonce, d.from_seq, d.next_seq) {
+                return Ok(Some(format!(
+                    "stream {} shard {}: {why}",
+                    key.stream_id, key.shard_id
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Applies one journal entry during replay.

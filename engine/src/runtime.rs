@@ -923,6 +923,7 @@ fn log_store_stats(
         sync_us_per_round = (b.sync_us - a.sync_us) / rounds,
         write_behind_mib = (b.write_behind_bytes - a.write_behind_bytes) >> 20,
         fill_mib = (b.fill_bytes - a.fill_bytes) >> 20,
+        prewrite_mib = (b.prewrite_bytes - a.prewrite_bytes) >> 20,
         checkpoints = b.checkpoints - a.checkpoints,
         write_us_max = b.write_us_max,
         sync_us_max = b.sync_us_max,

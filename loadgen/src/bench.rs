@@ -74,6 +74,10 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "Producer::send on 8 shards, 1 KiB: its maximum vs put_records', ack latency at half its maximum",
     },
     Scenario {
+        name: "control-churn",
+        description: "ack latency of a steady stream alone, then while another client creates and deletes 16-shard streams nonstop (directory syncs, renames, catalog saves): blocking calls must stay off the hot path",
+    },
+    Scenario {
         name: "fan-out",
         description: "4 consumer groups on every shard: end-to-end latency, each consumer's throughput",
     },
@@ -238,6 +242,7 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
         "peer-shape" => b.peer_shape().await?,
         "producer-path" => b.producer_path().await?,
         "fan-out" => b.fan_out().await?,
+        "control-churn" => b.control_churn().await?,
         other => unreachable!("scenario {other} is listed but not implemented"),
     }
     Ok(b.result)
@@ -763,6 +768,75 @@ impl Bench<'_> {
             format!("p99 {} µs", at_half.ack_latency_us.p99),
         );
         self.bottleneck_note(&producer);
+        Ok(())
+    }
+
+    /// Blocking filesystem calls (directory syncs, renames, removals, catalog saves) run off
+    /// the engine cores' executors: a stream's acknowledgements must not slow down while
+    /// another client creates and deletes streams on the same cores.
+    async fn control_churn(&mut self) -> Result<(), Error> {
+        let base = || RunConfig {
+            producers: 2,
+            rate: if self.opts.quick { 1000.0 } else { 5000.0 },
+            size: SizeSpec::fixed(1024),
+            keys: 1000,
+            duration_s: self.duration(10.0),
+            warmup_s: self.warmup(2.0),
+            ..self.config(4 * self.engine_cores as u32, LimitsArg::Off)
+        };
+        let (first, second) = (base(), base());
+        let alone = self.run(first).await?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ops = std::sync::Arc::new(AtomicU32::new(0));
+        let churn = {
+            let (server, stop, ops) = (self.opts.server.clone(), stop.clone(), ops.clone());
+            let prefix = format!("churn-{}-{}", std::process::id(), unix_now_s());
+            tokio::spawn(async move {
+                let client = spate_client::Client::connect(server)
+                    .await
+                    .map_err(|e| Error::new(format!("churn: cannot connect: {e}")))?;
+                let config = spate_client::StreamConfig::new(16);
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("{prefix}-{n}");
+                    client
+                        .create_stream(&name, &config)
+                        .await
+                        .map_err(|e| Error::new(format!("churn: create {name}: {e}")))?;
+                    client
+                        .delete_stream(&name)
+                        .await
+                        .map_err(|e| Error::new(format!("churn: delete {name}: {e}")))?;
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Ok::<(), Error>(())
+            })
+        };
+        let during = self.run(second).await;
+        stop.store(true, Ordering::Relaxed);
+        let churned = churn
+            .await
+            .map_err(|e| Error::new(format!("churn task: {e}")))?;
+        let during = during?;
+        churned?;
+        let pairs = ops.load(Ordering::Relaxed);
+        let seconds = during.duration_s + during.params.warmup_s;
+        self.figure("churn_create_delete_pairs", pairs as f64);
+        self.figure("churn_pairs_per_s", pairs as f64 / seconds.max(1e-9));
+        for (tag, r) in [("alone", &alone), ("churn", &during)] {
+            let a = r.ack_latency_us;
+            self.figure(&format!("{tag}_ack_p50_us"), a.p50 as f64);
+            self.figure(&format!("{tag}_ack_p99_us"), a.p99 as f64);
+            self.figure(&format!("{tag}_ack_p999_us"), a.p999 as f64);
+            self.figure(&format!("{tag}_ack_max_us"), a.max as f64);
+        }
+        let (p_alone, p_churn) = (alone.ack_latency_us.p99, during.ack_latency_us.p99);
+        self.check(
+            "ack p99 with streams created and deleted alongside <= 2x alone (+1 ms)",
+            pairs > 0 && p_churn <= 2 * p_alone + 1000,
+            format!("{p_churn} µs vs {p_alone} µs alone; {pairs} create/delete pairs"),
+        );
         Ok(())
     }
 

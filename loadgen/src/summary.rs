@@ -262,6 +262,26 @@ fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Targe
         },
         met: prod.map(|r| r.checks.iter().all(|c| c.passed)),
     });
+    let churn = find(results, "control-churn");
+    t.push(Target {
+        what: "acks while another client creates and deletes streams (blocking calls off the executor)",
+        goal: "ack p99 ≤ 2 × alone + 1 ms".into(),
+        measured: match (
+            fig(churn, "churn_ack_p99_us"),
+            fig(churn, "alone_ack_p99_us"),
+            fig(churn, "churn_pairs_per_s"),
+        ) {
+            (Some(c), Some(a), Some(p)) => {
+                format!("p99 {c:.0} µs vs {a:.0} µs alone; {p:.0} create/delete pairs/s")
+            }
+            _ => "—".into(),
+        },
+        ratio: match (fig(churn, "churn_ack_p99_us"), fig(churn, "alone_ack_p99_us")) {
+            (Some(c), Some(a)) if a > 0.0 => format!("{:.2} × alone", c / a),
+            _ => "—".into(),
+        },
+        met: churn.map(|r| r.checks.iter().all(|c| c.passed)),
+    });
     let limit = find(results, "shard-limit");
     t.push(Target {
         what: "one shard offered 2× its write limit",

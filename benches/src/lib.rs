@@ -362,6 +362,8 @@ async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendSt
             journal_bytes: after.journal_bytes - before.journal_bytes,
             direct_bytes: after.direct_bytes - before.direct_bytes,
             write_behind_bytes: after.write_behind_bytes - before.write_behind_bytes,
+            fill_bytes: after.fill_bytes - before.fill_bytes,
+            prewrite_bytes: after.prewrite_bytes - before.prewrite_bytes,
             checkpoints: after.checkpoints - before.checkpoints,
             checkpoint_syncs: after.checkpoint_syncs - before.checkpoint_syncs,
             rolls: after.rolls - before.rolls,

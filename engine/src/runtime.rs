@@ -36,6 +36,33 @@ use crate::store::{ReadOutput, ShardKey, Store};
 /// Names one shard: its stream incarnation and shard number.
 pub type ShardIdent = ShardKey;
 
+/// A batch that passed its checks and limits, ready for its store.
+struct Prepared<S: Storage> {
+    slot: Rc<ShardSlot<S>>,
+    /// The batch cut down to what the limits admit (None: all of it).
+    cut: Option<Vec<u8>>,
+    accepted: u32,
+    record_count: u32,
+    retry_after_ms: Option<u32>,
+}
+
+impl<S: Storage> Prepared<S> {
+    fn batch<'a>(&'a self, original: &'a [u8]) -> &'a [u8] {
+        self.cut.as_deref().unwrap_or(original)
+    }
+
+    fn outcome(&self, ident: ShardIdent, ack: crate::store::AppendAck) -> PutOutcome {
+        PutOutcome {
+            shard_id: ident.shard_id,
+            base_seq: ack.base_seq,
+            accepted: self.accepted,
+            record_count: self.record_count,
+            ts_ms: ack.ts_ms,
+            retry_after_ms: self.retry_after_ms,
+        }
+    }
+}
+
 /// Slots of each core's partition-key hash cache (~80 bytes each: 320 KiB per core).
 const KEY_HASH_CACHE_SLOTS: usize = 4096;
 
@@ -260,7 +287,8 @@ pub struct Core<S: Storage> {
     storage: Rc<S>,
     /// The stores this core serves, by store index.
     stores: RefCell<BTreeMap<u32, Rc<Store<S>>>>,
-    shards: RefCell<HashMap<ShardIdent, Rc<ShardSlot<S>>>>,
+    /// (Fx hashing: the keys are ids the engine assigns, and this is looked up per batch.)
+    shards: RefCell<rustc_hash::FxHashMap<ShardIdent, Rc<ShardSlot<S>>>>,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -348,7 +376,7 @@ impl<S: Storage + 'static> Core<S> {
             clock,
             storage,
             stores: RefCell::new(BTreeMap::new()),
-            shards: RefCell::new(HashMap::new()),
+            shards: RefCell::new(Default::default()),
             peers,
             catalog: catalog.map(RefCell::new),
             stopping: Cell::new(false),
@@ -497,12 +525,9 @@ impl<S: Storage + 'static> Core<S> {
                 let _ = reply.send(self.append(ident, &batch).await).await;
             }
             CoreMsg::AppendMany { items, reply } => {
-                let results = crate::store::join_all(
-                    items
-                        .iter()
-                        .map(|(ident, batch)| self.append(*ident, batch)),
-                )
-                .await;
+                let borrowed: Vec<(ShardIdent, &[u8])> =
+                    items.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+                let results = self.append_many(&borrowed).await;
                 let _ = reply.send(Ok(results)).await;
             }
             CoreMsg::Read { ident, req, reply } => {
@@ -635,6 +660,71 @@ impl<S: Storage + 'static> Core<S> {
         ident: ShardIdent,
         batch: &[u8],
     ) -> Result<PutOutcome, EngineError> {
+        let p = self.prepare_append(ident, batch)?;
+        let ack = p
+            .slot
+            .store
+            .append(ident, p.batch(batch), p.accepted)
+            .await?;
+        Ok(p.outcome(ident, ack))
+    }
+
+    /// `append` for several batches at once (a put spread over many shards): each is
+    /// checked and limited as `append` does, then every store stages its batches and waits
+    /// once for them all. One result per batch, in order.
+    pub(crate) async fn append_many(
+        &self,
+        items: &[(ShardIdent, &[u8])],
+    ) -> Vec<Result<PutOutcome, EngineError>> {
+        let mut results: Vec<Option<Result<PutOutcome, EngineError>>> =
+            (0..items.len()).map(|_| None).collect();
+        let mut prepared = Vec::with_capacity(items.len());
+        for (i, (ident, batch)) in items.iter().enumerate() {
+            match self.prepare_append(*ident, batch) {
+                Ok(p) => prepared.push((i, p)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // Per store (a core may serve several), in the request's order.
+        let mut stores: Vec<Rc<Store<S>>> = Vec::new();
+        for (_, p) in &prepared {
+            if !stores.iter().any(|s| Rc::ptr_eq(s, &p.slot.store)) {
+                stores.push(p.slot.store.clone());
+            }
+        }
+        let runs = stores.iter().map(|store| {
+            let mine: Vec<&(usize, Prepared<S>)> = prepared
+                .iter()
+                .filter(|(_, p)| Rc::ptr_eq(&p.slot.store, store))
+                .collect();
+            async move {
+                let input: Vec<(ShardKey, &[u8], u32)> = mine
+                    .iter()
+                    .map(|(i, p)| (items[*i].0, p.batch(items[*i].1), p.accepted))
+                    .collect();
+                let acks = store.append_many(&input).await;
+                mine.into_iter()
+                    .zip(acks)
+                    .map(|((i, p), ack)| {
+                        (
+                            *i,
+                            ack.map(|a| p.outcome(items[*i].0, a)).map_err(Into::into),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            }
+        });
+        for (i, r) in crate::store::join_all(runs).await.into_iter().flatten() {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every batch has a result"))
+            .collect()
+    }
+
+    /// The synchronous part of an append: the shard, the batch's checks, its limits.
+    fn prepare_append(&self, ident: ShardIdent, batch: &[u8]) -> Result<Prepared<S>, EngineError> {
         if self.stopping.get() {
             return Err(EngineError::ShuttingDown);
         }
@@ -665,20 +755,19 @@ impl<S: Storage + 'static> Core<S> {
                 });
             }
         }
-        let mut cut;
-        let mut batch = batch;
-        if accepted < summary.record_count {
-            cut = batch.to_vec();
+        let cut = if accepted < summary.record_count {
+            let mut cut = batch.to_vec();
             let len = batch::truncate_records(&mut cut, accepted)?;
-            batch = &cut[..len];
-        }
-        let ack = slot.store.append(ident, batch, accepted).await?;
-        Ok(PutOutcome {
-            shard_id: ident.shard_id,
-            base_seq: ack.base_seq,
+            cut.truncate(len);
+            Some(cut)
+        } else {
+            None
+        };
+        Ok(Prepared {
+            slot,
+            cut,
             accepted,
             record_count: summary.record_count,
-            ts_ms: ack.ts_ms,
             retry_after_ms,
         })
     }

@@ -667,10 +667,14 @@ impl<S: Storage + 'static> Core<S> {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        let here =
-            crate::store::join_all(local.iter().map(|(i, ident)| async move {
-                (*i, self.append(*ident, batches[*i].batch).await)
-            }));
+        let here = async {
+            let items: Vec<(ShardIdent, &[u8])> = local
+                .iter()
+                .map(|(i, ident)| (*ident, batches[*i].batch))
+                .collect();
+            let got = self.append_many(&items).await;
+            local.iter().map(|(i, _)| *i).zip(got).collect::<Vec<_>>()
+        };
         let there = crate::store::join_all(
             remote
                 .into_iter()

@@ -22,6 +22,9 @@ use crate::io::{align_down, align_up, SegFile, Storage, BLOCK_BYTES};
 /// Shards written behind concurrently by one background step.
 const BEHIND_CONCURRENCY: usize = 4;
 
+/// Shards a checkpoint writes behind at once.
+const CHECKPOINT_CONCURRENCY: usize = 32;
+
 /// A journal file's zero-fill goes out in writes of this size ...
 pub(crate) const FILL_CHUNK_BYTES: u64 = 64 << 10;
 /// ... and at most this much of it accumulates while no round needs it.
@@ -715,30 +718,19 @@ impl<S: Storage> Store<S> {
         // Write behind everything the manifest will claim. An extent retention freed (or a
         // shard dropped) meanwhile is left out of the manifest instead: its bytes may never
         // be written, and it is free space to recovery (and quarantined until then).
+        // Many shards at once (a store with 10,000 shards has as many partial blocks to
+        // write): one at a time, a checkpoint took a second while appenders waited for the
+        // journal files it frees.
         let mut gone: Vec<(ShardKey, ExtentId)> = Vec::new();
-        for (key, eid, target) in targets {
-            loop {
-                let busy = {
-                    let st = self.st.borrow();
-                    if let Some(p) = &st.poisoned {
-                        return Err(StoreError::Poisoned(p.clone()));
-                    }
-                    let Some(e) = st.shards.get(&key).and_then(|l| l.extent(eid)) else {
-                        gone.push((key, eid));
-                        break;
-                    };
-                    let log = &st.shards[&key];
-                    if e.written_end >= target {
-                        break;
-                    }
-                    log.writing_behind || log.direct.is_some() || log.direct_round != 0
-                };
-                if busy {
-                    // A round writes it in place, or another writer has it: wait for them.
-                    self.changed.wait().await;
-                    continue;
-                }
-                self.write_behind(key, Some((eid, target))).await?;
+        for chunk in targets.chunks(CHECKPOINT_CONCURRENCY) {
+            let settled = join_all(
+                chunk
+                    .iter()
+                    .map(|&(key, eid, target)| self.settle(key, eid, target)),
+            )
+            .await;
+            for r in settled {
+                gone.extend(r?);
             }
         }
         for (key, eid) in gone {
@@ -775,6 +767,38 @@ impl<S: Storage> Store<S> {
         st.stats.checkpoints += 1;
         st.stats.checkpoint_syncs += files.len() as u64;
         Ok(())
+    }
+
+    /// Writes a shard's extent behind up to `target` for a checkpoint (waiting for a round
+    /// or another writer that has the shard); `Some` if the extent is gone meanwhile.
+    async fn settle(
+        &self,
+        key: ShardKey,
+        eid: ExtentId,
+        target: u64,
+    ) -> Result<Option<(ShardKey, ExtentId)>, StoreError> {
+        loop {
+            let busy = {
+                let st = self.st.borrow();
+                if let Some(p) = &st.poisoned {
+                    return Err(StoreError::Poisoned(p.clone()));
+                }
+                let Some(e) = st.shards.get(&key).and_then(|l| l.extent(eid)) else {
+                    return Ok(Some((key, eid)));
+                };
+                let log = &st.shards[&key];
+                if e.written_end >= target {
+                    return Ok(None);
+                }
+                log.writing_behind || log.direct.is_some() || log.direct_round != 0
+            };
+            if busy {
+                // A round writes it in place, or another writer has it: wait for them.
+                self.changed.wait().await;
+                continue;
+            }
+            self.write_behind(key, Some((eid, target))).await?;
+        }
     }
 
     /// The manifest as of the last durable round, the writes it depends on, and the

@@ -51,7 +51,7 @@ mod shard;
 mod tests;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -372,7 +372,8 @@ struct SealedRound<S: Storage> {
 }
 
 pub(crate) struct State<S: Storage> {
-    shards: HashMap<ShardKey, ShardLog<S::Buf>>,
+    /// (Fx hashing: engine-assigned ids, looked up per batch and per round.)
+    shards: rustc_hash::FxHashMap<ShardKey, ShardLog<S::Buf>>,
     alloc: ExtentAllocator,
     volumes: BTreeMap<u32, Rc<S::File>>,
     next_volume: u32,
@@ -572,62 +573,128 @@ impl<S: Storage> Store<S> {
             BatchHeader::decode(batch).map(|h| h.record_count),
             Ok(record_count)
         );
-        let len = batch.len();
+        self.admit(key, batch.len()).await?;
+        let (ack, round_id) = self.stage(key, batch, record_count)?;
+        self.wait_round(round_id).await?;
+        Ok(ack)
+    }
+
+    /// Appends one batch to each of several shards (or several to one, in order) and
+    /// returns once all are durable: one result per batch, in order. Staging is the same as
+    /// `append`'s, but the caller waits once for the last round instead of once per batch
+    /// (a put spread over thousands of shards: `many-shards`).
+    pub async fn append_many(
+        &self,
+        items: &[(ShardKey, &[u8], u32)],
+    ) -> Vec<Result<AppendAck, StoreError>> {
+        let mut staged: Vec<Result<(AppendAck, u64), StoreError>> = Vec::with_capacity(items.len());
+        let mut last: Option<u64> = None;
+        for &(key, batch, record_count) in items {
+            debug_assert_eq!(
+                BatchHeader::decode(batch).map(|h| h.record_count),
+                Ok(record_count)
+            );
+            // What this call staged waits for nobody until it returns: before waiting for
+            // room (which may need those rounds to go out), see them through.
+            let r = match self.admission(key, batch.len()) {
+                Ok(Wait::None) if batch.len() <= self.cfg.max_batch_bytes() => {
+                    self.stage(key, batch, record_count)
+                }
+                Err(e) => Err(e),
+                Ok(_) => {
+                    if let Some(last) = last {
+                        let _ = self.wait_round(last).await;
+                    }
+                    match self.admit(key, batch.len()).await {
+                        Ok(()) => self.stage(key, batch, record_count),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Ok((_, id)) = &r {
+                last = last.max(Some(*id));
+            }
+            staged.push(r);
+        }
+        if let Some(last) = last {
+            // Rounds complete in order: once the last is through, every earlier one is.
+            let _ = self.wait_round(last).await;
+        }
+        let st = self.st.borrow();
+        staged
+            .into_iter()
+            .map(|r| {
+                let (ack, id) = r?;
+                if st.durable_id >= id {
+                    Ok(ack)
+                } else {
+                    poisoned(&st)?;
+                    Err(StoreError::Poisoned("round failed".into()))
+                }
+            })
+            .collect()
+    }
+
+    /// What an append of `len` bytes to `key` has to wait for now, if anything.
+    fn admission(&self, key: ShardKey, len: usize) -> Result<Wait, StoreError> {
+        let st = self.st.borrow();
+        poisoned(&st)?;
+        if st.stopping {
+            return Err(StoreError::ShuttingDown);
+        }
+        let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        let round_full = st.writing && st.open.batch_bytes >= self.cfg.round_bytes_max;
+        let memory_full =
+            st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
+        let padded = align_up((st.open.len + entry_len(len) + ENTRY_SLACK_BYTES) as u64);
+        let journal_full = !st.journal.has_room(padded);
+        let needs_roll =
+            log.needs_roll(len as u64, self.clock.now_ms(), self.cfg.segment_age_max_ms);
+        let no_extent = needs_roll && !st.alloc_possible(self.roll_order(log, len));
+        let space_failed_recently = st.space_error.is_some()
+            && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
+        if (journal_full || no_extent) && space_failed_recently {
+            // Nothing in flight can make room: the file system is full. A checkpoint
+            // frees journal files only below the durable position; if there are
+            // none, the ring needs a new file, which the file system refused.
+            let j = &st.journal;
+            let freeable = j.slots.iter().enumerate().any(|(i, s)| {
+                s.file.is_some() && Some(i) != j.active && s.content_seq < j.durable_pos.file_seq
+            });
+            if journal_full && !freeable && j.free_slots() == 0 {
+                return Err(StoreError::StorageFull);
+            }
+            let journal_stuck =
+                journal_full && j.free_slots() == 0 && j.slots.iter().all(|s| s.file.is_some());
+            if !st.checkpointing && (no_extent || !journal_stuck) {
+                return Err(StoreError::StorageFull);
+            }
+        }
+        let needs_tail = log.active().is_some_and(|a| a.staging.is_none()) && !needs_roll;
+        let wait = if needs_tail {
+            Wait::LoadTail
+        } else if round_full {
+            Wait::Round
+        } else if memory_full || journal_full || no_extent {
+            Wait::Background {
+                urgent: journal_full || (no_extent && st.alloc.quarantined_units() > 0),
+                extent: no_extent,
+            }
+        } else {
+            Wait::None
+        };
+        Ok(wait)
+    }
+
+    /// Waits until a batch of `len` bytes for `key` may be staged now (room in the round,
+    /// memory, journal, an extent; the shard's tail loaded), or fails.
+    async fn admit(&self, key: ShardKey, len: usize) -> Result<(), StoreError> {
         if len > self.cfg.max_batch_bytes() {
             return Err(StoreError::BatchTooLarge(len));
         }
         loop {
-            let wait = {
-                let st = self.st.borrow();
-                poisoned(&st)?;
-                if st.stopping {
-                    return Err(StoreError::ShuttingDown);
-                }
-                let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
-                let round_full = st.writing && st.open.batch_bytes >= self.cfg.round_bytes_max;
-                let memory_full =
-                    st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
-                let padded = align_up((st.open.len + entry_len(len) + ENTRY_SLACK_BYTES) as u64);
-                let journal_full = !st.journal.has_room(padded);
-                let needs_roll =
-                    log.needs_roll(len as u64, self.clock.now_ms(), self.cfg.segment_age_max_ms);
-                let no_extent = needs_roll && !st.alloc_possible(self.roll_order(log, len));
-                let space_failed_recently = st.space_error.is_some()
-                    && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
-                if (journal_full || no_extent) && space_failed_recently {
-                    // Nothing in flight can make room: the file system is full. A checkpoint
-                    // frees journal files only below the durable position; if there are
-                    // none, the ring needs a new file, which the file system refused.
-                    let j = &st.journal;
-                    let freeable = j.slots.iter().enumerate().any(|(i, s)| {
-                        s.file.is_some()
-                            && Some(i) != j.active
-                            && s.content_seq < j.durable_pos.file_seq
-                    });
-                    if journal_full && !freeable && j.free_slots() == 0 {
-                        return Err(StoreError::StorageFull);
-                    }
-                    let journal_stuck = journal_full
-                        && j.free_slots() == 0
-                        && j.slots.iter().all(|s| s.file.is_some());
-                    if !st.checkpointing && (no_extent || !journal_stuck) {
-                        return Err(StoreError::StorageFull);
-                    }
-                }
-                let needs_tail = log.active().is_some_and(|a| a.staging.is_none()) && !needs_roll;
-                if needs_tail {
-                    Wait::LoadTail
-                } else if round_full {
-                    Wait::Round
-                } else if memory_full || journal_full || no_extent {
-                    Wait::Background {
-                        urgent: journal_full || (no_extent && st.alloc.quarantined_units() > 0),
-                        extent: no_extent,
-                    }
-                } else {
-                    Wait::None
-                }
-            };
+            let wait = self.admission(key, len)?;
+
             match wait {
                 Wait::None => break,
                 Wait::Round => self.changed.wait().await,
@@ -645,9 +712,7 @@ impl<S: Storage> Store<S> {
                 Wait::LoadTail => self.load_tail(key).await?,
             }
         }
-        let (ack, round_id) = self.stage(key, batch, record_count)?;
-        self.wait_round(round_id).await?;
-        Ok(ack)
+        Ok(())
     }
 
     /// Size order of the next extent of a shard: doubles while the shard fills extents,
@@ -1605,6 +1670,7 @@ impl<S: Storage> Store<S> {
     }
 }
 
+#[derive(Debug)]
 enum Wait {
     None,
     Round,

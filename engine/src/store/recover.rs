@@ -23,7 +23,7 @@
 //!   never chain into stale rounds.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use spate_protocol::batch::{self, BatchHeader};
@@ -140,7 +140,7 @@ impl<S: Storage> Store<S> {
             }
         }
         // Shards as the manifest left them.
-        let mut shards: HashMap<ShardKey, ShardLog<S::Buf>> = live
+        let mut shards: rustc_hash::FxHashMap<ShardKey, ShardLog<S::Buf>> = live
             .iter()
             .map(|k| (*k, ShardLog::new(k.stream_id, k.shard_id, 0, 0)))
             .collect();

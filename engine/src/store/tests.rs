@@ -616,6 +616,57 @@ fn free_space_is_prewritten_ahead_of_allocation_and_data_is_never_touched() {
     check(&store);
 }
 
+#[test]
+fn append_many_stages_all_and_answers_each() {
+    let keys: Vec<ShardKey> = (0..50).map(|s| key(11, s)).collect();
+    let h = Harness::new(14, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(9);
+    let mut batches = Vec::new();
+    // Every shard once, shard 0 three times (in order), and one shard the store lacks.
+    for (i, k) in keys.iter().chain([&keys[0], &keys[0]]).enumerate() {
+        let (b, r) = make_batch(&mut rng, &format!("m{i}"), false);
+        batches.push((*k, b, r));
+    }
+    let missing = key(12, 0);
+    let (b, r) = make_batch(&mut rng, "missing", false);
+    batches.push((missing, b, r));
+    let items: Vec<(ShardKey, &[u8], u32)> = batches
+        .iter()
+        .map(|(k, b, r)| (*k, b.as_slice(), r.len() as u32))
+        .collect();
+    let rounds_before = store.stats().rounds;
+    let acks = run(&store, store.append_many(&items));
+    assert_eq!(acks.len(), items.len());
+    assert!(matches!(
+        acks.last(),
+        Some(Err(StoreError::UnknownShard(_)))
+    ));
+    let mut next: HashMap<ShardKey, u64> = HashMap::new();
+    for ((k, _, r), ack) in batches.iter().zip(&acks).take(items.len() - 1) {
+        let ack = ack.as_ref().expect("stored");
+        let n = next.entry(*k).or_default();
+        assert_eq!(ack.base_seq, *n, "in order per shard");
+        *n += r.len() as u64;
+    }
+    // Rounds fill up to `round_bytes_max` (24 KiB here), not one per batch.
+    assert!(
+        (store.stats().rounds - rounds_before) as usize <= items.len() / 10,
+        "{:?}",
+        store.stats()
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    for (k, n) in next {
+        assert_eq!(
+            read_all(&store, k).unwrap().len() as u64,
+            n,
+            "acknowledged, so durable"
+        );
+    }
+}
+
 /// One record the model knows: its data, whether its append was acknowledged, and its
 /// arrival time once known.
 #[derive(Clone)]

@@ -312,12 +312,15 @@ impl<S: Storage> Store<S> {
                 // (rounds complete in order), and none of its entries may be applied, or
                 // a later recovery would cut that shard here again and drop what the next
                 // run acknowledged after it.
-                if let Some(why) = self.torn_direct(&entries, &broken).await? {
-                    tracing::warn!(store = self.cfg.index, round = expected, "in-place bytes of a journal round are not on disk ({why}): it never completed; the journal ends here");
-                    break;
-                }
-                for entry in entries {
-                    self.apply(entry, &mut broken).await?;
+                let mut verified = match self.torn_direct(&entries, &broken).await? {
+                    Ok(v) => v,
+                    Err(why) => {
+                        tracing::warn!(store = self.cfg.index, round = expected, "in-place bytes of a journal round are not on disk ({why}): it never completed; the journal ends here");
+                        break;
+                    }
+                };
+                for (i, entry) in entries.into_iter().enumerate() {
+                    self.apply(entry, verified[i].take(), &mut broken).await?;
                 }
                 replayed_rounds += 1;
                 replayed_bytes += h.padded_len();
@@ -404,14 +407,18 @@ impl<S: Storage> Store<S> {
     }
 
     /// Checks the in-place bytes of every direct entry of a round before any of its
-    /// entries is applied: the first that does not verify, if any. A direct entry whose
-    /// shard state does not match (no such extent, another position) is left to `apply`,
-    /// which cuts that shard.
+    /// entries is applied: why the first that does not verify fails, or the bytes read (per
+    /// entry, for `apply`, so they are read once). A direct entry whose shard state does
+    /// not match (no such extent, another position) is left to `apply`, which cuts that
+    /// shard.
+    #[allow(clippy::type_complexity)]
     async fn torn_direct(
         &self,
         entries: &[Entry<'_>],
         broken: &BTreeSet<ShardKey>,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Result<Vec<Option<<S::File as SegFile>::ReadBuf>>, String>, StoreError> {
+        let mut read: Vec<Option<<S::File as SegFile>::ReadBuf>> =
+            (0..entries.len()).map(|_| None).collect();
         for (i, entry) in entries.iter().enumerate() {
             let Entry::Direct(key, d) = entry else {
                 continue;
@@ -448,25 +455,27 @@ impl<S: Storage> Store<S> {
             let len = (d.to_offset - d.from_offset) as usize;
             let got = file.read_at(vpos, len).await?;
             if got.as_ref().len() != len {
-                return Ok(Some(format!(
+                return Ok(Err(format!(
                     "stream {} shard {}: past the volume's end",
                     key.stream_id, key.shard_id
                 )));
             }
             if let Err(why) = verify_span(got.as_ref(), nonce, d.from_seq, d.next_seq) {
-                return Ok(Some(format!(
+                return Ok(Err(format!(
                     "stream {} shard {}: {why}",
                     key.stream_id, key.shard_id
                 )));
             }
+            read[i] = Some(got);
         }
-        Ok(None)
+        Ok(Ok(read))
     }
 
     /// Applies one journal entry during replay.
     async fn apply(
         &self,
         entry: Entry<'_>,
+        prefetched: Option<<S::File as SegFile>::ReadBuf>,
         broken: &mut BTreeSet<ShardKey>,
     ) -> Result<(), StoreError> {
         let key = match entry {
@@ -483,7 +492,7 @@ impl<S: Storage> Store<S> {
             Entry::Roll(_, r) => self.replay_roll(key, &r),
             Entry::Direct(_, d) => {
                 self.replay_tail(key).await?;
-                self.replay_direct(key, &d).await?
+                self.replay_direct(key, &d, prefetched).await?
             }
         };
         if let Err(why) = outcome {
@@ -581,6 +590,7 @@ impl<S: Storage> Store<S> {
         &self,
         key: ShardKey,
         d: &Direct,
+        prefetched: Option<<S::File as SegFile>::ReadBuf>,
     ) -> Result<Result<(), String>, StoreError> {
         let (file, vpos, nonce) = {
             let st = self.st.borrow();
@@ -605,7 +615,11 @@ impl<S: Storage> Store<S> {
             )
         };
         let len = (d.to_offset - d.from_offset) as usize;
-        let got = file.read_at(vpos, len).await?;
+        // Read (and verified) already when the round was checked, from the same place.
+        let got = match prefetched {
+            Some(b) => b,
+            None => file.read_at(vpos, len).await?,
+        };
         let bytes = got.as_ref();
         if bytes.len() != len {
             return Ok(Err("direct bytes past the volume's end".into()));

@@ -80,6 +80,7 @@ pub enum StreamCommand {
     /// Change a stream's retention window.
     SetRetention {
         name: String,
+        /// New retention window in hours (1..=8760); records older than it are deleted.
         #[arg(long, value_name = "HOURS")]
         hours: u32,
     },

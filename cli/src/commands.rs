@@ -86,10 +86,17 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
         }
         StreamCommand::SetRetention { name, hours } => {
             let info = client.describe_stream(&name).await.map_err(err)?;
-            if hours > info.retention_hours {
+            let was = info.retention_hours;
+            if hours > was {
                 client.increase_retention(&name, hours).await.map_err(err)?;
-            } else if hours < info.retention_hours {
+            } else if hours < was {
                 client.decrease_retention(&name, hours).await.map_err(err)?;
+            }
+            // Confirmed like create and delete (stderr: stdout stays for data).
+            if hours == was {
+                eprintln!("retention of stream {name} is already {hours} h");
+            } else {
+                eprintln!("retention of stream {name}: {was} h -> {hours} h");
             }
         }
     }

@@ -47,7 +47,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(out);
     let signal = signals.forever().next();
-    tracing::info!(?signal, "shutting down");
+    let name = match signal {
+        Some(SIGTERM) => "SIGTERM",
+        Some(SIGINT) => "SIGINT",
+        _ => "the end of the signal stream",
+    };
+    tracing::info!(
+        "shutting down on {name}: answering requests in flight, then a final checkpoint"
+    );
     server.shutdown();
     tracing::info!("stopped");
     Ok(())

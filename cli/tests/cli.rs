@@ -412,6 +412,27 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         "UnknownShard",
     );
 
+    // Retention: confirmed on stderr, visible in describe.
+    let out = spate(
+        a,
+        &["stream", "set-retention", "other", "--hours", "48"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "retention of stream other: 24 h -> 48 h\n"
+    );
+    let v: Value =
+        serde_json::from_str(ok(a, &["stream", "describe", "other"], b"").trim_end()).unwrap();
+    assert_eq!(v["retention_hours"], 48);
+    fails(
+        a,
+        &["stream", "set-retention", "other", "--hours", "0"],
+        b"",
+        "",
+    );
+
     // Delete.
     assert_eq!(ok(a, &["stream", "delete", "other"], b""), "");
     assert_eq!(ok(a, &["stream", "list"], b""), "clicks\n");

@@ -122,7 +122,7 @@ impl Engine {
         // instead of panicking deep inside the runtime.
         let report = spate_tuning::preflight(&cfg.data_dir, cpus.len())
             .map_err(|e| EngineError::Startup(e.to_string()))?;
-        tracing::info!("preflight: {}", report.summary());
+        tracing::info!("{}", report.summary());
         if cfg.data_dir.join("streams").exists() {
             return Err(EngineError::Startup(format!(
                 "{} holds data in the per-shard layout of Spate before 0.2, which this build does not read; move it away or use another --data-dir",

@@ -121,7 +121,8 @@ pub struct ReadArgs {
     /// Shard id.
     #[arg(long, value_name = "ID")]
     pub shard: u32,
-    /// Where to start: oldest, latest, at:SEQ, after:SEQ or time:RFC3339.
+    /// Where to start: oldest, latest, at:SEQ, after:SEQ or time:RFC3339 (time:YYYY-MM-DD: that
+    /// day's midnight UTC).
     #[arg(long, value_name = "POSITION", value_parser = parse_from)]
     pub from: Position,
     /// Stop after this many records.
@@ -165,7 +166,8 @@ pub fn parse_cores(text: &str) -> Result<CoreList, String> {
     Ok(CoreList(cores))
 }
 
-/// Parses a start position: `oldest`, `latest`, `at:SEQ`, `after:SEQ`, `time:RFC3339`.
+/// Parses a start position: `oldest`, `latest`, `at:SEQ`, `after:SEQ`, `time:RFC3339` (or
+/// `time:YYYY-MM-DD`, that day's midnight UTC).
 pub fn parse_from(text: &str) -> Result<Position, String> {
     let seq = |s: &str| {
         s.parse::<u64>()
@@ -189,10 +191,20 @@ pub fn parse_from(text: &str) -> Result<Position, String> {
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time such as `2026-11-25T20:00:00Z` or
-/// `2026-11-25T21:00:00.250+01:00`.
+/// `2026-11-25T21:00:00.250+01:00`, or of a date alone (`2026-11-25`: midnight UTC).
 pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    let date_only = time::format_description::parse_borrowed::<2>("[year]-[month]-[day]")
+        .expect("a valid description");
+    if let Ok(d) = time::Date::parse(text, &date_only) {
+        let t = d.midnight().assume_utc();
+        return Ok((t.unix_timestamp_nanos().div_euclid(1_000_000)) as i64);
+    }
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
+        .map_err(|_| {
+            format!(
+                "{text:?} is not a time: give a date (2026-11-25, midnight UTC) or an RFC 3339 time with a zone (2026-11-25T20:00:00Z, 2026-11-25T21:00:00.250+01:00)"
+            )
+        })?;
     Ok((t.unix_timestamp_nanos().div_euclid(1_000_000)) as i64)
 }
 
@@ -223,6 +235,12 @@ mod tests {
             Position::AfterSequenceNumber { seq: 0 }
         );
         assert_eq!(
+            parse_from("time:2026-11-25").unwrap(),
+            Position::AtTimestamp {
+                ts_ms: 1_795_564_800_000
+            }
+        );
+        assert_eq!(
             parse_from("time:2026-11-25T20:00:00Z").unwrap(),
             Position::AtTimestamp {
                 ts_ms: 1_795_636_800_000
@@ -239,15 +257,7 @@ mod tests {
             -1,
             "before the epoch rounds down"
         );
-        for bad in [
-            "",
-            "first",
-            "at:",
-            "at:-1",
-            "after:x",
-            "time:yesterday",
-            "time:2026-11-25",
-        ] {
+        for bad in ["", "first", "at:", "at:-1", "after:x", "time:yesterday"] {
             assert!(parse_from(bad).is_err(), "{bad:?}");
         }
     }

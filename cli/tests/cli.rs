@@ -412,6 +412,15 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         "UnknownShard",
     );
 
+    // A position past the end: the code names the kind once, the message the numbers.
+    let out = fails(
+        a,
+        &["read", "clicks", "--shard", "0", "--from", "at:999999"],
+        b"",
+        "InvalidArgument (104): sequence number 999999 is not in the shard",
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("invalid argument"));
+
     // Retention: confirmed on stderr, visible in describe.
     let out = spate(
         a,

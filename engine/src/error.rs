@@ -13,7 +13,9 @@ pub enum EngineError {
     StreamExists(String),
     #[error("stream {stream:?} has no shard {shard}")]
     UnknownShard { stream: String, shard: u32 },
-    #[error("invalid argument: {0}")]
+    /// The message says what is wrong; the error code (InvalidArgument) says the kind, so
+    /// the message does not repeat it (the client prints "CODE: message").
+    #[error("{0}")]
     InvalidArgument(String),
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] BatchError),

@@ -58,17 +58,17 @@ pub enum StreamCommand {
     /// Create a stream.
     Create {
         name: String,
-        /// Number of shards.
-        #[arg(long, value_name = "N")]
+        /// Number of shards (1..=65536).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
         shards: u32,
         /// Retention window in hours (1..=8760).
-        #[arg(long, value_name = "HOURS", default_value_t = 24)]
+        #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = hours_range())]
         retention: u32,
         /// Per-shard throughput limits.
         #[arg(long, value_enum, default_value_t = LimitsArg::Kinesis)]
         limits: LimitsArg,
-        /// Per-record data limit in bytes (default 1 MiB, at most 10 MiB).
-        #[arg(long, value_name = "BYTES")]
+        /// Per-record data limit in bytes (default 1 MiB = 1048576, at most 10 MiB = 10485760).
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING as i64))]
         max_record_bytes: Option<u32>,
     },
     /// Print every stream name, one a line.
@@ -81,7 +81,7 @@ pub enum StreamCommand {
     SetRetention {
         name: String,
         /// New retention window in hours (1..=8760); records older than it are deleted.
-        #[arg(long, value_name = "HOURS")]
+        #[arg(long, value_name = "HOURS", value_parser = hours_range())]
         hours: u32,
     },
 }
@@ -164,6 +164,14 @@ pub fn parse_cores(text: &str) -> Result<CoreList, String> {
         }
     }
     Ok(CoreList(cores))
+}
+
+/// Retention hours as the engine takes them, checked before anything is sent.
+fn hours_range() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(
+        i64::from(spate_protocol::stream::MIN_RETENTION_HOURS)
+            ..=i64::from(spate_protocol::stream::MAX_RETENTION_HOURS),
+    )
 }
 
 /// Parses a start position: `oldest`, `latest`, `at:SEQ`, `after:SEQ`, `time:RFC3339` (or

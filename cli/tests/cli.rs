@@ -412,6 +412,28 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         "UnknownShard",
     );
 
+    // Out-of-range settings are refused before anything is sent, naming the value.
+    fails(
+        a,
+        &[
+            "stream",
+            "create",
+            "big",
+            "--shards",
+            "1",
+            "--max-record-bytes",
+            "20000000",
+        ],
+        b"",
+        "20000000 is not in 1..=10485760",
+    );
+    fails(
+        a,
+        &["stream", "set-retention", "other", "--hours", "9000"],
+        b"",
+        "9000 is not in 1..=8760",
+    );
+
     // A position past the end: the code names the kind once, the message the numbers.
     let out = fails(
         a,

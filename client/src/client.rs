@@ -206,6 +206,7 @@ impl Client {
         let bootstrap = addr.into();
         let conn = Connection::open(
             &bootstrap,
+            &bootstrap,
             config.connect_timeout,
             config.max_in_flight_per_connection,
         )
@@ -288,9 +289,21 @@ impl Client {
                 None => self.inner.bootstrap.clone(),
             },
         };
-        let opened = Connection::open(&addr, cfg.connect_timeout, cfg.max_in_flight_per_connection)
-            .await
-            .map(Arc::new);
+        // Errors name the address the user gave first: per-core ports are the server's own.
+        let label = match target {
+            Target::Core(core) if addr != self.inner.bootstrap => {
+                format!("{} (core {core} at {addr})", self.inner.bootstrap)
+            }
+            _ => addr.clone(),
+        };
+        let opened = Connection::open(
+            &addr,
+            &label,
+            cfg.connect_timeout,
+            cfg.max_in_flight_per_connection,
+        )
+        .await
+        .map(Arc::new);
         let conn = match (opened, target) {
             (Ok(c), _) => c,
             (Err(e), Target::Core(core)) => {
@@ -299,6 +312,7 @@ impl Client {
                     Some(c) => c,
                     None => Arc::new(
                         Connection::open(
+                            &self.inner.bootstrap,
                             &self.inner.bootstrap,
                             cfg.connect_timeout,
                             cfg.max_in_flight_per_connection,

@@ -121,14 +121,16 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects to `addr` ("host:port") within `timeout` and starts the connection's tasks.
-    /// Must run inside a tokio runtime.
+    /// Errors name it as `label` (the address the user gave, and the core's own if this is a
+    /// per-core connection). Must run inside a tokio runtime.
     pub(crate) async fn open(
         addr: &str,
+        label: &str,
         timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Connection> {
         let connect_err = |reason: String| ClientError::Connect {
-            addr: addr.to_string(),
+            addr: label.to_string(),
             reason,
         };
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -139,7 +141,7 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| connect_err(e.to_string()))?;
-        Ok(Connection::from_stream(addr, stream, max_in_flight))
+        Ok(Connection::from_stream(label, stream, max_in_flight))
     }
 
     fn from_stream(addr: &str, stream: TcpStream, max_in_flight: usize) -> Connection {

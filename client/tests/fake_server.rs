@@ -523,6 +523,27 @@ async fn invalid_records_fail_in_their_place_and_stop_their_shard_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_address_the_user_gave_and_the_core() {
+    // Two cores: shard 1 lives on core 1, whose port the user never typed.
+    let mut fake = fake::start(2, setup(2)).await;
+    let client = connect(&fake).await;
+    let call = tokio::spawn({
+        let client = client.clone();
+        let key = key_for(1, 2, 0);
+        async move { client.put_record("s", &key, "x", None).await }
+    });
+    let req = fake.next().await;
+    assert_eq!(req.core, 1);
+    req.close_connection();
+    let err = call.await.unwrap().unwrap_err().to_string();
+    let want = format!(
+        "connection to {} (core 1 at {}) lost",
+        fake.addrs[0], fake.addrs[1]
+    );
+    assert!(err.starts_with(&want), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_fails_in_flight_requests_and_the_next_one_reconnects() {
     let mut fake = fake::start(1, setup(1)).await;
     let client = connect(&fake).await;

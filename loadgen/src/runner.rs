@@ -1016,6 +1016,7 @@ async fn progress(
         Duration::from_secs(1),
     );
     let (mut sent0, mut acked0, mut bytes0, mut consumed0) = (0, 0, 0, 0);
+    let (mut throttled0, mut errors0) = (0u64, 0u64);
     let mut cpu0 = CpuTimes::of_self();
     let mut at0 = Instant::now();
     while !done.load(Ordering::Relaxed) {
@@ -1035,7 +1036,9 @@ async fn progress(
         }
         let ack_max = l.ack_us_max.swap(0, Ordering::Relaxed);
         let mut line = format!(
-            "[{:>5.1}s{}] sent {:>9.0}/s  acked {:>9.0}/s {:>8.1} MiB/s  ack p99 {} (this second's max {})",
+            // Everything on the line is about the last second, except the p99 so far (the
+            // figure the summary reports), which says so.
+            "[{:>5.1}s{}] sent {:>9.0}/s  acked {:>9.0}/s {:>8.1} MiB/s  ack max {}, p99 so far {}",
             sh.t0.elapsed().as_secs_f64(),
             if sh.now_ns() < sh.warmup_ns {
                 " warm-up"
@@ -1045,8 +1048,8 @@ async fn progress(
             (sent - sent0) as f64 / dt,
             (acked - acked0) as f64 / dt,
             (bytes - bytes0) as f64 / MIB / dt,
-            fmt_us(ack.count(), ack.at(99.0)),
             fmt_us(1, ack_max),
+            fmt_us(ack.count(), ack.at(99.0)),
         );
         if !consumers.is_empty() {
             let mut e2e = Latency::default();
@@ -1054,19 +1057,24 @@ async fn progress(
                 e2e.add(&c.lock().expect("stats lock").e2e);
             }
             line += &format!(
-                "  consumed {:>9.0}/s  e2e p99 {}",
+                "  consumed {:>9.0}/s  e2e p99 so far {}",
                 (consumed - consumed0) as f64 / dt,
                 fmt_us(e2e.count(), e2e.at(99.0))
             );
         }
-        line += &format!(
-            "  throttled {}  errors {}  cpu {:.2}",
+        let (throttled, errors) = (
             l.throttled.load(Ordering::Relaxed),
             l.errors.load(Ordering::Relaxed),
+        );
+        line += &format!(
+            "  throttled {:.0}/s  errors {:.0}/s  loadgen CPU {:.2} cores",
+            (throttled - throttled0) as f64 / dt,
+            (errors - errors0) as f64 / dt,
             cpu.since(&cpu0).total_s() / dt
         );
         eprintln!("{line}");
         (sent0, acked0, bytes0, consumed0, cpu0, at0) = (sent, acked, bytes, consumed, cpu, at);
+        (throttled0, errors0) = (throttled, errors);
     }
 }
 

@@ -196,6 +196,9 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
     let engine_cores = admin.server_info().cores.len();
     if let Some(shards) = cfg.create_shards {
         create_stream(&admin, cfg, shards).await?;
+        if let Some(warning) = over_limits(cfg, shards) {
+            eprintln!("spate-loadgen: {warning}");
+        }
     }
     let result = run_on_stream(cfg, &admin, client_cfg, engine_cores, started_unix_s).await;
     if cfg.delete_after {
@@ -204,6 +207,27 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
         }
     }
     result
+}
+
+/// A warning when the offered rate is above what Kinesis limits let `shards` shards take:
+/// the surplus is throttled (reported, never dropped), which a user should expect up front.
+fn over_limits(cfg: &RunConfig, shards: u32) -> Option<String> {
+    if cfg.limits != LimitsArg::Kinesis || cfg.rate <= 0.0 || shards == 0 {
+        return None;
+    }
+    // Kinesis: 1,000 records/s and 1 MiB/s in, per shard (keys and data count).
+    let per_record = cfg.size.mean() + 16.0;
+    let records = 1000.0 * f64::from(shards);
+    let bytes = f64::from(1u32 << 20) * f64::from(shards);
+    let capacity = records.min(bytes / per_record);
+    (cfg.rate > capacity * 1.05).then(|| {
+        format!(
+            "offering {:.0} records/s to {shards} shard(s) with Kinesis limits, which take about {:.0} records/s of this size: expect about {:.0} % throttled (use --limits off, or more shards)",
+            cfg.rate,
+            capacity,
+            100.0 * (1.0 - capacity / cfg.rate)
+        )
+    })
 }
 
 async fn create_stream(admin: &Client, cfg: &RunConfig, shards: u32) -> Result<(), Error> {
@@ -1084,5 +1108,30 @@ fn fmt_us(count: u64, us: u64) -> String {
         (_, us) if us >= 10_000 => format!("{:.0} ms", us as f64 / 1000.0),
         (_, us) if us >= 1000 => format!("{:.2} ms", us as f64 / 1000.0),
         (_, us) => format!("{us} µs"),
+    }
+}
+
+#[cfg(test)]
+mod over_limits_tests {
+    use super::*;
+    use crate::config::SizeSpec;
+
+    #[test]
+    fn warns_only_above_the_kinesis_capacity() {
+        let cfg = |rate: f64, limits| RunConfig {
+            rate,
+            size: SizeSpec::fixed(1024),
+            limits,
+            ..RunConfig::new("127.0.0.1:1".to_string(), "s".to_string())
+        };
+        let w = over_limits(&cfg(10_000.0, LimitsArg::Kinesis), 4).expect("a warning");
+        assert!(w.contains("expect about 60 % throttled"), "{w}");
+        assert_eq!(over_limits(&cfg(10_000.0, LimitsArg::Kinesis), 12), None);
+        assert_eq!(over_limits(&cfg(10_000.0, LimitsArg::Off), 4), None);
+        assert_eq!(
+            over_limits(&cfg(0.0, LimitsArg::Kinesis), 1),
+            None,
+            "closed loop"
+        );
     }
 }

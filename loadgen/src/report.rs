@@ -148,23 +148,28 @@ impl Report {
     pub fn summary_line(&self) -> String {
         let a = &self.ack_latency_us;
         let mut s = format!(
-            "{} acked in {:.1} s: {:.0} records/s, {:.1} MiB/s; ack µs p50 {} p99 {} p99.9 {} p99.99 {} max {}; \
+            "{} acked in {:.1} s: {:.0} records/s, {:.1} MiB/s; ack p50 {}, p99 {}, p99.9 {}, p99.99 {}, max {}; \
              throttled {}, errors {}, loadgen CPU {:.2} cores",
             self.records_acked,
             self.duration_s,
             self.acked_records_per_s,
             self.acked_mib_per_s,
-            a.p50,
-            a.p99,
-            a.p999,
-            a.p9999,
-            a.max,
+            fmt_latency_us(a.p50),
+            fmt_latency_us(a.p99),
+            fmt_latency_us(a.p999),
+            fmt_latency_us(a.p9999),
+            fmt_latency_us(a.max),
             self.records_throttled,
             self.errors,
             self.loadgen_cpu.cores_used,
         );
         if let Some(e) = &self.e2e_latency_us {
-            s += &format!("; e2e µs p50 {} p99 {} max {}", e.p50, e.p99, e.max);
+            s += &format!(
+                "; e2e p50 {}, p99 {}, max {}",
+                fmt_latency_us(e.p50),
+                fmt_latency_us(e.p99),
+                fmt_latency_us(e.max)
+            );
         }
         if let Some(c) = &self.engine_cpu {
             s += &format!("; engine CPU {:.2} cores", c.cores_used);
@@ -187,6 +192,15 @@ impl Report {
             );
         }
         s
+    }
+}
+
+/// A latency for people, in the units the progress lines use: µs below 1 ms, then ms.
+pub fn fmt_latency_us(us: u64) -> String {
+    match us {
+        us if us >= 10_000 => format!("{:.0} ms", us as f64 / 1000.0),
+        us if us >= 1000 => format!("{:.2} ms", us as f64 / 1000.0),
+        us => format!("{us} µs"),
     }
 }
 

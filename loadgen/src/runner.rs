@@ -1103,11 +1103,9 @@ async fn progress(
 }
 
 fn fmt_us(count: u64, us: u64) -> String {
-    match (count, us) {
-        (0, _) => "-".into(),
-        (_, us) if us >= 10_000 => format!("{:.0} ms", us as f64 / 1000.0),
-        (_, us) if us >= 1000 => format!("{:.2} ms", us as f64 / 1000.0),
-        (_, us) => format!("{us} µs"),
+    match count {
+        0 => "-".into(),
+        _ => crate::report::fmt_latency_us(us),
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) const FILL_CREDIT_MAX: u64 = 4 << 20;
 /// Write-behind credit saved up while nothing needed it (a cap, so that a quiet spell is
 /// not followed by a burst).
 pub(crate) const BEHIND_CREDIT_MAX: i64 = 1 << 20;
+/// The same cap for the prewrite of free volume space.
+pub(crate) const PREWRITE_CREDIT_MAX: i64 = 1 << 20;
 
 /// Runs a closure when dropped (resets a flag however the future holding it ends).
 struct OnDrop<F: FnOnce()>(Option<F>);
@@ -180,13 +182,8 @@ impl<S: Storage> Store<S> {
     /// rounds then pace its zero-fill (`fill_journal_file`).
     async fn start_journal_file(&self, slot: usize) -> Result<(), StoreError> {
         let len = self.cfg.journal_file_bytes;
-        let name = journal_file_name(slot as u32);
-        let dir = &self.cfg.dir;
-        let free = self.storage.free_bytes(dir).await?;
-        if free < len + len / 16 {
-            return Err(StoreError::StorageFull);
-        }
-        let tmp = dir.join(format!("{name}.tmp"));
+        let tmp = self.tmp_path(&journal_file_name(slot as u32));
+        self.room_for(len).await?;
         self.storage.create_allocated(&tmp, len).await?;
         let file = match self.storage.open(&tmp).await {
             Ok(f) => Rc::new(f),
@@ -280,7 +277,7 @@ impl<S: Storage> Store<S> {
         };
         let name = journal_file_name(slot as u32);
         let dir = &self.cfg.dir;
-        let tmp = dir.join(format!("{name}.tmp"));
+        let tmp = self.tmp_path(&name);
         let path = dir.join(&name);
         let finish = async {
             file.fdatasync().await?;
@@ -313,12 +310,9 @@ impl<S: Storage> Store<S> {
         let Some(f) = self.st.borrow_mut().fill.take() else {
             return;
         };
-        let name = journal_file_name(f.slot as u32);
+        let tmp = self.tmp_path(&journal_file_name(f.slot as u32));
         drop(f);
-        let _ = self
-            .storage
-            .remove_file(&self.cfg.dir.join(format!("{name}.tmp")))
-            .await;
+        let _ = self.storage.remove_file(&tmp).await;
     }
 
     /// A fresh store gets its first journal file and volume before it serves, so its first
@@ -350,6 +344,19 @@ impl<S: Storage> Store<S> {
         }
     }
 
+    /// Where a file is made before it is renamed into place (recovery removes leftovers).
+    fn tmp_path(&self, name: &str) -> std::path::PathBuf {
+        self.cfg.dir.join(format!("{name}.tmp"))
+    }
+
+    /// StorageFull unless the file system has `len` bytes free, and a sixteenth more.
+    async fn room_for(&self, len: u64) -> Result<(), StoreError> {
+        if self.storage.free_bytes(&self.cfg.dir).await? < len + len / 16 {
+            return Err(StoreError::StorageFull);
+        }
+        Ok(())
+    }
+
     /// Creates and syncs a file under a temporary name (zero-filled, or only allocated),
     /// then renames it into place and syncs the directory: a file with a final name is
     /// always complete and durable.
@@ -360,11 +367,8 @@ impl<S: Storage> Store<S> {
         zeroed: bool,
     ) -> Result<Rc<S::File>, StoreError> {
         let dir = &self.cfg.dir;
-        let free = self.storage.free_bytes(dir).await?;
-        if free < len + len / 16 {
-            return Err(StoreError::StorageFull);
-        }
-        let tmp = dir.join(format!("{name}.tmp"));
+        self.room_for(len).await?;
+        let tmp = self.tmp_path(name);
         let path = dir.join(name);
         if zeroed {
             self.storage.create_zeroed(&tmp, len).await?;

@@ -1286,7 +1286,7 @@ impl<S: Storage> Store<S> {
         if self.cfg.prewrite_bytes > 0 {
             st.prewrite_credit = (st.prewrite_credit
                 + ((r.journal_bytes + r.direct_bytes) / 4) as i64)
-                .min(behind::BEHIND_CREDIT_MAX);
+                .min(behind::PREWRITE_CREDIT_MAX);
         }
         if st.fill.is_some() {
             // A journal file is being zero-filled: each round lets it write twice the

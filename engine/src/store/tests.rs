@@ -173,6 +173,13 @@ fn read_all(store: &Store<SimStorage>, k: ShardKey) -> Result<ReadBack, StoreErr
     }
 }
 
+/// Records readable in these shards, all told.
+fn records_in(store: &Store<SimStorage>, keys: &[ShardKey]) -> u64 {
+    keys.iter()
+        .map(|k| read_all(store, *k).unwrap().len() as u64)
+        .sum()
+}
+
 #[test]
 fn append_read_roll_and_reopen_many_shards() {
     let keys: Vec<ShardKey> = (0..5).map(|s| key(3, s)).collect();
@@ -511,11 +518,7 @@ fn journal_wraps_through_many_checkpoints() {
     drop(store);
     h.storage.crash();
     let store = h.open().unwrap();
-    let total: usize = keys
-        .iter()
-        .map(|k| read_all(&store, *k).unwrap().len())
-        .sum();
-    assert_eq!(total as u64, count);
+    assert_eq!(records_in(&store, &keys), count);
 }
 
 #[test]
@@ -567,11 +570,11 @@ fn new_journal_files_are_filled_a_little_per_round() {
     drop(store);
     h.storage.crash();
     let store = h.open().unwrap();
-    let total: usize = keys
-        .iter()
-        .map(|k| read_all(&store, *k).unwrap().len())
-        .sum();
-    assert_eq!(total as u64, count, "every acknowledged record survives");
+    assert_eq!(
+        records_in(&store, &keys),
+        count,
+        "every acknowledged record survives"
+    );
 }
 
 #[test]
@@ -602,18 +605,15 @@ fn free_space_is_prewritten_ahead_of_allocation_and_data_is_never_touched() {
         "{} ahead",
         store.prewritten_free_bytes()
     );
-    let check = |store: &Store<SimStorage>| {
-        let total: usize = keys
-            .iter()
-            .map(|k| read_all(store, *k).unwrap().len())
-            .sum();
-        assert_eq!(total as u64, count, "zeros never landed on data");
-    };
-    check(&store);
+    assert_eq!(
+        records_in(&store, &keys),
+        count,
+        "zeros never landed on data"
+    );
     drop(store);
     h.storage.crash();
     let store = h.open().unwrap();
-    check(&store);
+    assert_eq!(records_in(&store, &keys), count, "nor after a crash");
 }
 
 #[test]

@@ -37,7 +37,13 @@ core_queue_depth = 1024             # bound of each core's request channel
 max_frame_bytes = 10551360          # largest request frame (a 10 MiB batch plus headers)
 max_connections_per_core = 10000
 max_inflight_per_connection = 1024  # pipelined requests per connection before ServerBusy
-max_buffered_bytes_per_core = 268435456  # request bytes held by in-flight requests, per core
+max_buffered_bytes_per_core = 268435456  # request frame bytes held (arriving or in flight), per core
+max_connection_bytes = 33554432     # per connection: request bytes in flight + answers not yet read; past it the socket is not read
+write_stall_timeout_ms = 30000      # close a connection that reads none of its answers for this long
+idle_timeout_ms = 600000            # close a connection with nothing in flight that says nothing for this long
+frame_timeout_ms = 30000            # a started frame must arrive whole within this
+keepalive_ms = 60000                # TCP keepalive idle time (0: off)
+max_parked_reads_per_core = 10000   # long-polls waiting at once per core; past it they answer at once
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +77,12 @@ pub struct EngineConfig {
     pub max_connections_per_core: usize,
     pub max_inflight_per_connection: usize,
     pub max_buffered_bytes_per_core: usize,
+    pub max_connection_bytes: usize,
+    pub write_stall_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
+    pub keepalive_ms: u64,
+    pub max_parked_reads_per_core: usize,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +117,12 @@ impl Default for EngineConfig {
             max_connections_per_core: 10_000,
             max_inflight_per_connection: 1024,
             max_buffered_bytes_per_core: 256 << 20,
+            max_connection_bytes: 32 << 20,
+            write_stall_timeout_ms: 30_000,
+            idle_timeout_ms: 600_000,
+            frame_timeout_ms: 30_000,
+            keepalive_ms: 60_000,
+            max_parked_reads_per_core: 10_000,
         }
     }
 }
@@ -178,6 +196,21 @@ impl EngineConfig {
         }
         if self.core_queue_depth == 0 || self.background_shares == 0 {
             return Err("core_queue_depth and background_shares must be positive".into());
+        }
+        if self.max_buffered_bytes_per_core < self.max_frame_bytes {
+            return Err("max_buffered_bytes_per_core must hold one maximal frame".into());
+        }
+        if self.max_connection_bytes < self.max_frame_bytes {
+            return Err("max_connection_bytes must hold one maximal frame".into());
+        }
+        if self.write_stall_timeout_ms == 0
+            || self.idle_timeout_ms == 0
+            || self.frame_timeout_ms == 0
+        {
+            return Err(
+                "write_stall_timeout_ms, idle_timeout_ms and frame_timeout_ms must be positive"
+                    .into(),
+            );
         }
         if self.memory_bytes_max < 2 * spate_protocol::batch::MAX_BATCH_BYTES {
             return Err("memory_bytes_max must hold two maximal batches".into());

@@ -253,6 +253,17 @@ pub(crate) enum CoreMsg {
         addrs: Vec<String>,
         reply: Reply<()>,
     },
+    /// A long-poll (`Core::wait_for_data`), answered when the shard has data or time is up.
+    WaitData {
+        ident: ShardIdent,
+        from_seq: u64,
+        wait_ms: u32,
+        reply: Reply<()>,
+    },
+    /// This core's network accounting.
+    NetStats {
+        reply: Reply<crate::server::NetStats>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -536,6 +547,19 @@ impl<S: Storage + 'static> Core<S> {
             CoreMsg::Position { ident, pos, reply } => {
                 let _ = reply.send(self.position(ident, pos).await).await;
             }
+            CoreMsg::WaitData {
+                ident,
+                from_seq,
+                wait_ms,
+                reply,
+            } => {
+                let _ = reply
+                    .send(self.wait_for_data(ident, from_seq, wait_ms).await)
+                    .await;
+            }
+            CoreMsg::NetStats { reply } => {
+                let _ = reply.send(Ok(self.net.stats())).await;
+            }
             CoreMsg::Stats { ident, reply } => {
                 let _ = reply.send(self.shard_stats(ident)).await;
             }
@@ -772,41 +796,61 @@ impl<S: Storage + 'static> Core<S> {
         })
     }
 
+    /// A long-poll: waits until the shard has a durable record at `from_seq` or later,
+    /// `wait_ms` passes, or the core stops. Past `max_parked_reads_per_core` waiting at once,
+    /// it returns at once (the read answers empty and the client asks again).
+    pub(crate) async fn wait_for_data(
+        &self,
+        ident: ShardIdent,
+        from_seq: u64,
+        wait_ms: u32,
+    ) -> Result<(), EngineError> {
+        let slot = self.slot(ident)?;
+        let store = &slot.store;
+        let parked = &self.net.parked_reads;
+        let may_park = parked.get() < self.cfg.max_parked_reads_per_core;
+        if !may_park || wait_ms == 0 || from_seq < store.durable_seq(ident)? {
+            return Ok(());
+        }
+        parked.set(parked.get() + 1);
+        let _unpark = crate::notify::OnDrop::new(|| parked.set(parked.get() - 1));
+        let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
+        let changed = store.changed(ident)?;
+        while from_seq >= store.durable_seq(ident)? && !self.stopping.get() {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let woken = async {
+                changed.wait().await;
+                true
+            };
+            let timeout = async {
+                glommio::timer::sleep(deadline - now).await;
+                false
+            };
+            if !futures_lite::future::or(woken, timeout).await {
+                break;
+            }
+            if !store.has_shard(ident) {
+                return Err(EngineError::UnknownShard {
+                    stream: format!("#{}", ident.stream_id),
+                    shard: ident.shard_id,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A read, after a long-poll for data when `req.wait_ms` asks for one.
     pub(crate) async fn read(
         &self,
         ident: ShardIdent,
         req: ReadRequest,
     ) -> Result<ReadOutput, EngineError> {
+        self.wait_for_data(ident, req.from_seq, req.wait_ms).await?;
         let slot = self.slot(ident)?;
         let store = &slot.store;
-        if req.wait_ms > 0 && req.from_seq >= store.durable_seq(ident)? {
-            let deadline =
-                std::time::Instant::now() + Duration::from_millis(u64::from(req.wait_ms));
-            let changed = store.changed(ident)?;
-            while req.from_seq >= store.durable_seq(ident)? && !self.stopping.get() {
-                let now = std::time::Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                let woken = async {
-                    changed.wait().await;
-                    true
-                };
-                let timeout = async {
-                    glommio::timer::sleep(deadline - now).await;
-                    false
-                };
-                if !futures_lite::future::or(woken, timeout).await {
-                    break;
-                }
-                if !store.has_shard(ident) {
-                    return Err(EngineError::UnknownShard {
-                        stream: format!("#{}", ident.stream_id),
-                        shard: ident.shard_id,
-                    });
-                }
-            }
-        }
         if let Some(bucket) = slot.read.borrow_mut().as_mut() {
             if bucket.available(self.clock.now_ms()) == 0 {
                 return Err(EngineError::ReadThrottled {

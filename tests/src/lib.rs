@@ -16,6 +16,37 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
     }
 }
 
+/// `base` with the keys of a TOML fragment laid over it (`""` changes nothing).
+pub fn config_with(base: EngineConfig, toml_fragment: &str) -> EngineConfig {
+    let mut table = toml::Value::try_from(&base).expect("config serialises");
+    let over: toml::Table = toml::from_str(toml_fragment).expect("override TOML parses");
+    for (k, v) in over {
+        table.as_table_mut().expect("a table").insert(k, v);
+    }
+    table.try_into().expect("overridden config is valid")
+}
+
+/// Resident memory of a process in bytes (`/proc/<pid>/statm`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// A batch of `n` records whose data encodes `(tag, i)` so a reader can check identity.
 pub fn tagged_batch(key: &str, tag: u64, n: u32, data_bytes: usize) -> Vec<u8> {
     let mut b = BatchBuilder::new();

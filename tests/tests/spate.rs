@@ -3,4 +3,5 @@
 mod client;
 mod crash;
 mod engine;
+mod hostile;
 mod server;

@@ -18,6 +18,7 @@ use super::manifest::{self, ExtentRecord, Manifest, ShardRecord};
 use super::shard::{seal_padded, seal_staging};
 use super::{join_all, write_fully, Store, StoreError, SPACE_RETRY_MS};
 use crate::io::{align_down, align_up, SegFile, Storage, BLOCK_BYTES};
+use crate::notify::OnDrop;
 
 /// Shards written behind concurrently by one background step.
 const BEHIND_CONCURRENCY: usize = 4;
@@ -35,17 +36,6 @@ pub(crate) const FILL_CREDIT_MAX: u64 = 4 << 20;
 pub(crate) const BEHIND_CREDIT_MAX: i64 = 1 << 20;
 /// The same cap for the prewrite of free volume space.
 pub(crate) const PREWRITE_CREDIT_MAX: i64 = 1 << 20;
-
-/// Runs a closure when dropped (resets a flag however the future holding it ends).
-struct OnDrop<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
 
 /// A journal file being zero-filled (see `Store::fill_journal_file`).
 pub(crate) struct Fill<S: Storage> {
@@ -137,7 +127,7 @@ impl<S: Storage> Store<S> {
             return Ok(false);
         }
         self.st.borrow_mut().space_busy = true;
-        let _busy = OnDrop(Some(|| self.st.borrow_mut().space_busy = false));
+        let _busy = OnDrop::new(|| self.st.borrow_mut().space_busy = false);
         let result = async {
             let mut did = false;
             if let Some(slot) = journal_slot {
@@ -701,7 +691,7 @@ impl<S: Storage> Store<S> {
         }
         // Also if this future is dropped half-way (a shutdown): a stuck flag would stop
         // every later checkpoint.
-        let guard = OnDrop(Some(|| self.st.borrow_mut().checkpointing = false));
+        let guard = OnDrop::new(|| self.st.borrow_mut().checkpointing = false);
         let result = self.checkpoint_inner().await;
         drop(guard);
         {

@@ -1,0 +1,736 @@
+//! Request handlers: one decoded request in, engine calls, one encoded response out; one
+//! function per command. Errors become wire codes in exactly one place ([`error_code`]).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use spate_protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
+use spate_protocol::hello::{CoreInfo, HelloResponse};
+use spate_protocol::read::{GetRecordsHead, IteratorPosition};
+use spate_protocol::stream::{
+    CreateStreamResponse, ListStreamsResponse, ShardDescription, ShardState, StreamDescription,
+};
+use spate_protocol::token::IteratorToken;
+use spate_protocol::write::{
+    PutBatchResponse, PutBatchesResponse, PutRecordResponse, Rejection, ShardBatch, ShardFailure,
+    ShardOutcome,
+};
+use spate_protocol::{
+    decode_request, encode_error, encode_response, CreateStreamRequest, ErrorCode, ErrorResponse,
+    Frame, GetIteratorRequest, GetRecordsRequest, PutBatchesRequest, PutRecordRequest, Request,
+    Response, RetentionRequest, PROTOCOL_VERSION,
+};
+
+use super::transport::ConnState;
+use crate::catalog::{self, StreamEntry};
+use crate::error::EngineError;
+use crate::io::Storage;
+use crate::limits::Limits;
+use crate::runtime::{
+    call, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StartPosition,
+};
+use crate::store::ReadOutput;
+
+/// Kinesis caps one read at 10,000 records and 10 MiB.
+const MAX_READ_RECORDS: u32 = 10_000;
+const MAX_READ_BYTES: u32 = 10 << 20;
+
+/// One request, start to finish: decode, execute, encode the response into `out`.
+pub(super) async fn handle<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
+    conn: &ConnState,
+    frame_bytes: &Bytes,
+    out: &mut Vec<u8>,
+) {
+    // The reader validated this exact frame; failing here would be a bug, answered as one.
+    let Ok(Some(frame)) = spate_protocol::decode_frame(frame_bytes, usize::MAX) else {
+        let message = "frame failed to decode twice";
+        let e = ErrorResponse {
+            code: ErrorCode::Internal,
+            retry_after_ms: 0,
+            message,
+        };
+        return encode_error(out, 0, 0, &e);
+    };
+    let (opcode, cid) = (frame.header.opcode, frame.header.correlation_id);
+    let result = match decode_request(&frame) {
+        Ok(req) => execute(core, conn, &frame, req, out).await,
+        Err(e) => Err((e.code(), 0, e.to_string())),
+    };
+    if let Err((code, retry_after_ms, message)) = result {
+        encode_error(
+            out,
+            opcode,
+            cid,
+            &ErrorResponse {
+                code,
+                retry_after_ms,
+                message: &message,
+            },
+        );
+    }
+}
+
+type Failure = (ErrorCode, u32, String);
+
+/// The one place engine errors become wire codes.
+pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
+    match e {
+        EngineError::UnknownStream(_) => (ErrorCode::UnknownStream, 0),
+        EngineError::StreamExists(_) => (ErrorCode::StreamExists, 0),
+        EngineError::UnknownShard { .. } => (ErrorCode::UnknownShard, 0),
+        EngineError::InvalidArgument(_) => (ErrorCode::InvalidArgument, 0),
+        EngineError::InvalidBatch(b) => (ErrorCode::from(b.clone()), 0),
+        EngineError::Throttled { retry_after_ms } => (ErrorCode::Throttled, *retry_after_ms),
+        EngineError::ReadThrottled { retry_after_ms } => {
+            (ErrorCode::ReadThrottled, *retry_after_ms)
+        }
+        EngineError::LimitExceeded(_) => (ErrorCode::LimitExceeded, 0),
+        EngineError::StorageFull => (ErrorCode::StorageFull, 1000),
+        EngineError::Io(_) => (ErrorCode::StorageIo, 0),
+        EngineError::Poisoned(_) => (ErrorCode::ShardPoisoned, 0),
+        EngineError::Corrupt(_) | EngineError::Startup(_) => (ErrorCode::Internal, 0),
+        EngineError::ShuttingDown => (ErrorCode::ShuttingDown, 100),
+    }
+}
+
+fn fail(e: EngineError) -> Failure {
+    let (code, retry) = error_code(&e);
+    (code, retry, e.to_string())
+}
+
+fn to_wire_limits(l: Limits) -> spate_protocol::stream::Limits {
+    match l {
+        Limits::Kinesis => spate_protocol::stream::Limits::Kinesis,
+        Limits::Off => spate_protocol::stream::Limits::Off,
+        Limits::Custom {
+            write_bytes_per_s,
+            write_records_per_s,
+            read_bytes_per_s,
+        } => spate_protocol::stream::Limits::Custom {
+            write_bytes_per_s,
+            write_records_per_s,
+            read_bytes_per_s,
+        },
+    }
+}
+
+fn from_wire_limits(l: spate_protocol::stream::Limits) -> Limits {
+    match l {
+        spate_protocol::stream::Limits::Kinesis => Limits::Kinesis,
+        spate_protocol::stream::Limits::Off => Limits::Off,
+        spate_protocol::stream::Limits::Custom {
+            write_bytes_per_s,
+            write_records_per_s,
+            read_bytes_per_s,
+        } => Limits::Custom {
+            write_bytes_per_s,
+            write_records_per_s,
+            read_bytes_per_s,
+        },
+    }
+}
+
+/// The one place a request is routed to its command's function.
+async fn execute<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
+    conn: &ConnState,
+    frame: &Frame<'_>,
+    req: Request<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let cid = frame.header.correlation_id;
+    let response = match req {
+        Request::Hello(_) => {
+            hello(core, cid, out);
+            return Ok(());
+        }
+        Request::CreateStream(r) => create_stream(core, r).await?,
+        Request::DeleteStream(r) => {
+            control_op(
+                core,
+                ControlOp::DeleteStream {
+                    name: r.name.to_owned(),
+                },
+            )
+            .await
+            .map_err(fail)?;
+            Response::DeleteStream
+        }
+        Request::IncreaseRetention(r) => set_retention(core, r, true).await?,
+        Request::DecreaseRetention(r) => set_retention(core, r, false).await?,
+        Request::ListStreams(r) => {
+            let names = list_streams(core, r.exclusive_start_name, r.limit);
+            let (names, has_more) = (names.0.iter().map(String::as_str).collect(), names.1);
+            let page = ListStreamsResponse { names, has_more };
+            encode_response(out, cid, &Response::ListStreams(page));
+            return Ok(());
+        }
+        Request::DescribeStream(r) => return describe_stream(core, cid, r.name, out).await,
+        Request::PutRecord(r) => put_record(core, r).await?,
+        Request::PutBatch(r) => {
+            let (ident, owner, _) = locate(core, r.stream, r.shard_id).map_err(fail)?;
+            let result = put(core, ident, owner, r.batch).await;
+            Response::PutBatch(put_batch_response(r.shard_id, result).map_err(fail)?)
+        }
+        Request::PutBatches(r) => return put_batches(core, cid, r, out).await,
+        Request::GetIterator(r) => return get_iterator(core, cid, r, out).await,
+        Request::GetRecords(r) => return get_records(core, conn, cid, r, out).await,
+    };
+    encode_response(out, cid, &response);
+    Ok(())
+}
+
+fn hello<S: Storage + 'static>(core: &Core<S>, cid: u64, out: &mut Vec<u8>) {
+    let topology = core.net.topology.borrow().clone();
+    let cores = topology
+        .iter()
+        .enumerate()
+        .map(|(i, a)| CoreInfo {
+            core_id: i as u16,
+            address: a.as_str(),
+        })
+        .collect();
+    let hello = HelloResponse {
+        protocol_version: PROTOCOL_VERSION,
+        max_frame_bytes: core.cfg.max_frame_bytes as u32,
+        cores,
+    };
+    encode_response(out, cid, &Response::Hello(hello));
+}
+
+async fn create_stream<S: Storage + 'static>(
+    core: &Core<S>,
+    r: CreateStreamRequest<'_>,
+) -> Result<Response<'static>, Failure> {
+    let opts = crate::catalog::StreamOptions {
+        shard_count: r.shard_count,
+        retention_hours: r.retention_hours,
+        limits: from_wire_limits(r.limits),
+        max_record_data_bytes: r
+            .max_record_data_bytes
+            .unwrap_or(spate_protocol::batch::DEFAULT_MAX_RECORD_DATA_BYTES as u32),
+    };
+    let max = spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING as u32;
+    if opts.max_record_data_bytes == 0 || opts.max_record_data_bytes > max {
+        return Err(fail(EngineError::InvalidArgument(format!(
+            "max record size must be 1..={max}"
+        ))));
+    }
+    let op = ControlOp::CreateStream {
+        name: r.name.to_owned(),
+        opts,
+    };
+    let entry = control_op(core, op)
+        .await
+        .map_err(fail)?
+        .pop()
+        .expect("created");
+    Ok(Response::CreateStream(CreateStreamResponse {
+        stream_id: entry.stream_id,
+    }))
+}
+
+async fn set_retention<S: Storage + 'static>(
+    core: &Core<S>,
+    r: RetentionRequest<'_>,
+    increase: bool,
+) -> Result<Response<'static>, Failure> {
+    let current = route(core, r.name).map_err(fail)?.retention_hours;
+    if (increase && r.retention_hours < current) || (!increase && r.retention_hours > current) {
+        let dir = if increase { "increase" } else { "decrease" };
+        return Err(fail(EngineError::InvalidArgument(format!(
+            "cannot {dir} retention from {current} h to {} h",
+            r.retention_hours
+        ))));
+    }
+    catalog::validate_retention(r.retention_hours).map_err(fail)?;
+    control_op(
+        core,
+        ControlOp::SetRetention {
+            name: r.name.to_owned(),
+            hours: r.retention_hours,
+        },
+    )
+    .await
+    .map_err(fail)?;
+    Ok(if increase {
+        Response::IncreaseRetention
+    } else {
+        Response::DecreaseRetention
+    })
+}
+
+/// One page of stream names after `start`, and whether more follow.
+fn list_streams<S: Storage + 'static>(
+    core: &Core<S>,
+    start: Option<&str>,
+    limit: u32,
+) -> (Vec<String>, bool) {
+    let mut names: Vec<String> = core
+        .routes
+        .borrow()
+        .keys()
+        .filter(|n| start.is_none_or(|s| n.as_str() > s))
+        .cloned()
+        .collect();
+    names.sort();
+    let limit = if limit == 0 { 1000 } else { limit.min(10_000) } as usize;
+    let has_more = names.len() > limit;
+    names.truncate(limit);
+    (names, has_more)
+}
+
+async fn describe_stream<S: Storage + 'static>(
+    core: &Core<S>,
+    cid: u64,
+    name: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let entry = route(core, name).map_err(fail)?;
+    let mut shards = Vec::with_capacity(entry.shards.len());
+    for sh in &entry.shards {
+        let ident = ShardIdent {
+            stream_id: entry.stream_id,
+            shard_id: sh.shard_id,
+        };
+        let owner = sh.core as usize % core.peers.len();
+        let stats = call(&core.peers[owner], |reply| CoreMsg::Stats { ident, reply })
+            .await
+            .map_err(fail)?;
+        let (start, end) = sh.hash_range();
+        let has_data = stats.next_seq > stats.first_seq;
+        shards.push(ShardDescription {
+            id: sh.shard_id,
+            state: if sh.state == catalog::ShardState::Open {
+                ShardState::Open
+            } else {
+                ShardState::Closed
+            },
+            hash_key_start: start,
+            hash_key_end: end,
+            parent: sh.parent,
+            adjacent_parent: None,
+            core: owner as u16,
+            first_seq: has_data.then_some(stats.first_seq),
+            last_seq: has_data.then(|| stats.next_seq - 1),
+        });
+    }
+    let d = StreamDescription {
+        name: &entry.name,
+        stream_id: entry.stream_id,
+        retention_hours: entry.retention_hours,
+        limits: to_wire_limits(entry.limits),
+        max_record_data_bytes: entry.max_record_data_bytes,
+        shards,
+    };
+    encode_response(out, cid, &Response::DescribeStream(d));
+    Ok(())
+}
+
+async fn put_record<S: Storage + 'static>(
+    core: &Core<S>,
+    r: PutRecordRequest<'_>,
+) -> Result<Response<'static>, Failure> {
+    let hash = r
+        .hash_key()
+        .map_err(|e| (ErrorCode::from(e.clone()), 0, e.to_string()))?;
+    let entry = route(core, r.stream).map_err(fail)?;
+    let shard = entry
+        .shards
+        .iter()
+        .find(|s| {
+            s.state == catalog::ShardState::Open
+                && (s.hash_range().0..=s.hash_range().1).contains(&hash)
+        })
+        .ok_or_else(|| {
+            (
+                ErrorCode::Internal,
+                0,
+                "no open shard covers the hash key".to_string(),
+            )
+        })?;
+    let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
+    let outcome = put(core, ident, owner, r.batch).await.map_err(fail)?;
+    if outcome.accepted == 0 {
+        let retry = outcome.retry_after_ms.unwrap_or(1);
+        return Err((
+            ErrorCode::Throttled,
+            retry,
+            "write limit of the shard reached".into(),
+        ));
+    }
+    Ok(Response::PutRecord(PutRecordResponse {
+        shard_id: outcome.shard_id,
+        seq: outcome.base_seq,
+    }))
+}
+
+async fn put_batches<S: Storage + 'static>(
+    core: &Core<S>,
+    cid: u64,
+    r: PutBatchesRequest<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let entry = route(core, r.stream).map_err(fail)?;
+    let results = put_many(core, &entry, &r.batches).await;
+    let messages: Vec<String> = results
+        .iter()
+        .map(|res| match res {
+            Err(e) if !matches!(e, EngineError::Throttled { .. }) => e.to_string(),
+            _ => String::new(),
+        })
+        .collect();
+    let outcomes = r
+        .batches
+        .iter()
+        .zip(results)
+        .zip(&messages)
+        .map(
+            |((b, res), message)| match put_batch_response(b.shard_id, res) {
+                Ok(stored) => ShardOutcome::Stored(stored),
+                Err(e) => {
+                    let (code, retry_after_ms) = error_code(&e);
+                    ShardOutcome::Failed(ShardFailure {
+                        shard_id: b.shard_id,
+                        code,
+                        retry_after_ms,
+                        message,
+                    })
+                }
+            },
+        )
+        .collect();
+    encode_response(
+        out,
+        cid,
+        &Response::PutBatches(PutBatchesResponse { outcomes }),
+    );
+    Ok(())
+}
+
+async fn get_iterator<S: Storage + 'static>(
+    core: &Core<S>,
+    cid: u64,
+    r: GetIteratorRequest<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let (ident, owner, entry) = locate(core, r.stream, r.shard_id).map_err(fail)?;
+    let pos = match r.position {
+        IteratorPosition::TrimHorizon => StartPosition::TrimHorizon,
+        IteratorPosition::Latest => StartPosition::Latest,
+        IteratorPosition::AtSequenceNumber { seq } => StartPosition::AtSequence(seq),
+        IteratorPosition::AfterSequenceNumber { seq } => StartPosition::AfterSequence(seq),
+        IteratorPosition::AtTimestamp { ts_ms } => StartPosition::AtTimestamp(ts_ms),
+    };
+    let seq = position_of(core, ident, owner, pos).await.map_err(fail)?;
+    let token = IteratorToken {
+        stream_id: entry.stream_id,
+        shard_id: r.shard_id,
+        next_seq: seq,
+        issued_at_ms: core.clock.now_ms(),
+    }
+    .encode();
+    encode_response(
+        out,
+        cid,
+        &Response::GetIterator(spate_protocol::read::GetIteratorResponse { iterator: &token }),
+    );
+    Ok(())
+}
+
+async fn get_records<S: Storage + 'static>(
+    core: &Core<S>,
+    conn: &ConnState,
+    cid: u64,
+    r: GetRecordsRequest<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let now = core.clock.now_ms();
+    let token = IteratorToken::decode_live(r.iterator, now).map_err(|code| {
+        let why = if code == ErrorCode::IteratorExpired {
+            "iterator expired (5 minutes)"
+        } else {
+            "invalid iterator"
+        };
+        (code, 0, why.to_string())
+    })?;
+    let entry = core
+        .routes
+        .borrow()
+        .values()
+        .find(|e| e.stream_id == token.stream_id)
+        .cloned()
+        .ok_or_else(|| {
+            (
+                ErrorCode::InvalidIterator,
+                0,
+                "the iterator's stream no longer exists".to_string(),
+            )
+        })?;
+    let (ident, owner, _) = locate(core, &entry.name, token.shard_id).map_err(fail)?;
+    let gone = || {
+        (
+            ErrorCode::ShuttingDown,
+            0,
+            "the connection is closed".to_string(),
+        )
+    };
+    // A long-poll waits for data first, holding no room for its answer; it stops waiting
+    // when its client goes.
+    if r.wait_ms > 0 {
+        let wait = async { Some(wait_data(core, ident, owner, token.next_seq, r.wait_ms).await) };
+        let closed = async {
+            conn.closed().await;
+            None
+        };
+        futures_lite::future::or(wait, closed)
+            .await
+            .ok_or_else(gone)?
+            .map_err(fail)?;
+    }
+    // A connection whose client has not read earlier answers gets less, or waits.
+    let room = conn
+        .reserve(r.max_bytes.clamp(1, MAX_READ_BYTES) as usize)
+        .await
+        .ok_or_else(gone)?;
+    let req = ReadRequest {
+        from_seq: token.next_seq,
+        max_records: r.max_records.clamp(1, MAX_READ_RECORDS),
+        max_bytes: room.bytes(),
+        wait_ms: 0,
+    };
+    let got = read_shard(core, ident, owner, req).await.map_err(fail)?;
+    let now = core.clock.now_ms();
+    let next = IteratorToken {
+        next_seq: got.end_seq,
+        issued_at_ms: now,
+        ..token
+    }
+    .encode();
+    let millis_behind_latest = if got.end_seq >= got.durable_seq {
+        0
+    } else {
+        (now - last_arrival_ms(&got.bytes).unwrap_or(got.latest_ts_ms)).max(0) as u64
+    };
+    let head = GetRecordsHead {
+        start_seq: got.start_seq,
+        end_seq: got.end_seq,
+        millis_behind_latest,
+        next_iterator: Some(&next),
+    };
+    spate_protocol::read::encode_get_records_head(
+        out,
+        cid,
+        &head,
+        got.batch_count,
+        got.bytes.len(),
+    );
+    out.extend_from_slice(&got.bytes);
+    Ok(())
+}
+
+fn route<S: Storage + 'static>(
+    core: &Core<S>,
+    stream: &str,
+) -> Result<Rc<StreamEntry>, EngineError> {
+    core.routes
+        .borrow()
+        .get(stream)
+        .cloned()
+        .ok_or_else(|| EngineError::UnknownStream(stream.to_owned()))
+}
+
+/// The shard's identity and owning core.
+fn locate<S: Storage + 'static>(
+    core: &Core<S>,
+    stream: &str,
+    shard_id: u32,
+) -> Result<(ShardIdent, usize, Rc<StreamEntry>), EngineError> {
+    let entry = route(core, stream)?;
+    let (ident, owner) = entry.locate(shard_id, core.peers.len())?;
+    Ok((ident, owner, entry))
+}
+
+async fn control_op<S: Storage + 'static>(
+    core: &Core<S>,
+    op: ControlOp,
+) -> Result<Vec<StreamEntry>, EngineError> {
+    call(&core.peers[0], |reply| CoreMsg::Control { op, reply }).await
+}
+
+async fn put<S: Storage + 'static>(
+    core: &Core<S>,
+    ident: ShardIdent,
+    owner: usize,
+    batch: &[u8],
+) -> Result<PutOutcome, EngineError> {
+    if owner == core.index {
+        core.append(ident, batch).await
+    } else {
+        // Forwarded: the batch is copied into the message for the owning core.
+        let batch = batch.to_vec();
+        call(&core.peers[owner], |reply| CoreMsg::Append {
+            ident,
+            batch,
+            reply,
+        })
+        .await
+    }
+}
+
+/// Puts one batch to each of several shards of a stream: this core's shards directly,
+/// every other core's in one message to it; all at once. One result per batch, in order.
+async fn put_many<S: Storage + 'static>(
+    core: &Core<S>,
+    entry: &StreamEntry,
+    batches: &[ShardBatch<'_>],
+) -> Vec<Result<PutOutcome, EngineError>> {
+    let cores = core.peers.len();
+    let mut results: Vec<Option<Result<PutOutcome, EngineError>>> = vec![None; batches.len()];
+    let mut local = Vec::new();
+    let mut remote: Vec<Vec<(usize, ShardIdent, Vec<u8>)>> = vec![Vec::new(); cores];
+    for (i, b) in batches.iter().enumerate() {
+        match entry.locate(b.shard_id, cores) {
+            Ok((ident, owner)) if owner == core.index => local.push((i, ident)),
+            // Forwarded: the batch is copied into the message for the owning core.
+            Ok((ident, owner)) => remote[owner].push((i, ident, b.batch.to_vec())),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    let here = async {
+        let items: Vec<(ShardIdent, &[u8])> = local
+            .iter()
+            .map(|(i, ident)| (*ident, batches[*i].batch))
+            .collect();
+        let got = core.append_many(&items).await;
+        local.iter().map(|(i, _)| *i).zip(got).collect::<Vec<_>>()
+    };
+    let there = crate::store::join_all(
+        remote
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(owner, items)| async move {
+                let index: Vec<usize> = items.iter().map(|(i, _, _)| *i).collect();
+                let items: Vec<(ShardIdent, Vec<u8>)> =
+                    items.into_iter().map(|(_, ident, b)| (ident, b)).collect();
+                let n = items.len();
+                let got = call(&core.peers[owner], |reply| CoreMsg::AppendMany {
+                    items,
+                    reply,
+                })
+                .await
+                .unwrap_or_else(|e| (0..n).map(|_| Err(e.clone())).collect());
+                index.into_iter().zip(got).collect::<Vec<_>>()
+            }),
+    );
+    let (here, there) = futures_lite::future::zip(here, there).await;
+    for (i, r) in here.into_iter().chain(there.into_iter().flatten()) {
+        results[i] = Some(r);
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every batch has a result"))
+        .collect()
+}
+
+async fn read_shard<S: Storage + 'static>(
+    core: &Core<S>,
+    ident: ShardIdent,
+    owner: usize,
+    req: ReadRequest,
+) -> Result<ReadOutput, EngineError> {
+    if owner == core.index {
+        core.read(ident, req).await
+    } else {
+        call(&core.peers[owner], |reply| CoreMsg::Read {
+            ident,
+            req,
+            reply,
+        })
+        .await
+    }
+}
+
+async fn wait_data<S: Storage + 'static>(
+    core: &Core<S>,
+    ident: ShardIdent,
+    owner: usize,
+    from_seq: u64,
+    wait_ms: u32,
+) -> Result<(), EngineError> {
+    if owner == core.index {
+        core.wait_for_data(ident, from_seq, wait_ms).await
+    } else {
+        call(&core.peers[owner], |reply| CoreMsg::WaitData {
+            ident,
+            from_seq,
+            wait_ms,
+            reply,
+        })
+        .await
+    }
+}
+
+async fn position_of<S: Storage + 'static>(
+    core: &Core<S>,
+    ident: ShardIdent,
+    owner: usize,
+    pos: StartPosition,
+) -> Result<u64, EngineError> {
+    if owner == core.index {
+        core.position(ident, pos).await
+    } else {
+        call(&core.peers[owner], |reply| CoreMsg::Position {
+            ident,
+            pos,
+            reply,
+        })
+        .await
+    }
+}
+
+/// A put's outcome as the wire reports it: a stored prefix (maybe with the rest throttled),
+/// a wholly throttled batch, or an error for the whole batch.
+fn put_batch_response(
+    shard_id: u32,
+    result: Result<PutOutcome, EngineError>,
+) -> Result<PutBatchResponse, EngineError> {
+    match result {
+        Ok(o) => Ok(PutBatchResponse {
+            shard_id: o.shard_id,
+            base_seq: o.base_seq,
+            accepted: o.accepted,
+            rejected: o
+                .retry_after_ms
+                .filter(|_| o.accepted < o.record_count)
+                .map(|retry_after_ms| Rejection {
+                    code: ErrorCode::Throttled,
+                    retry_after_ms,
+                }),
+        }),
+        Err(EngineError::Throttled { retry_after_ms }) => Ok(PutBatchResponse {
+            shard_id,
+            base_seq: 0,
+            accepted: 0,
+            rejected: Some(Rejection {
+                code: ErrorCode::Throttled,
+                retry_after_ms,
+            }),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Arrival time of the last batch in a read's concatenated stored batches.
+fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
+    let mut pos = 0;
+    let mut last = None;
+    while bytes.len() - pos >= BATCH_HEADER_LEN {
+        let h = BatchHeader::decode(&bytes[pos..]).ok()?;
+        last = Some(h.last_ts_ms);
+        pos += h.batch_len as usize;
+    }
+    last
+}

@@ -1,0 +1,138 @@
+//! The network server: every engine core accepts connections and serves the wire protocol.
+//!
+//! Two halves: [`transport`] owns sockets — listeners, connections, framing and every bound
+//! a client's behaviour could otherwise turn into unbounded memory or a stuck core — and
+//! [`handlers`] turns one decoded request into engine calls and one encoded response, one
+//! function per command.
+//!
+//! Listening: each core binds the public address with SO_REUSEPORT (the kernel spreads
+//! connections over the cores) and its own advertised address, which `Hello` reports so a
+//! shard-aware client can talk straight to the core that owns a shard.
+//!
+//! Data flow for a put (see ARCHITECTURE.md): the connection's reader task reads the socket
+//! into a buffer, splits off each complete frame without copying (`bytes::BytesMut`), and
+//! spawns one task per request, so a put waiting for its fdatasync never holds up the next
+//! request on the connection (pipelining). A request for a local shard calls the shard
+//! directly; one for another core's shard is forwarded over that core's bounded channel
+//! (the batch is copied once into the message). Responses are appended to the
+//! connection's outbox and written by its writer task; the correlation id matches them.
+//!
+//! Concurrency contract: everything here runs on the core that accepted the connection;
+//! the only cross-thread step is the forward to another core's channel.
+
+mod handlers;
+mod transport;
+
+pub use handlers::error_code;
+pub(crate) use transport::NetState;
+pub use transport::NetStats;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use crate::config::EngineConfig;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::runtime::{call, CoreMsg};
+
+/// A running server: the engine plus its listeners.
+pub struct Server {
+    engine: Engine,
+    public: SocketAddr,
+    cores: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("public", &self.public)
+            .field("cores", &self.cores)
+            .finish()
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, EngineError> {
+    addr.to_socket_addrs()
+        .map_err(|e| EngineError::Startup(format!("cannot resolve listen address {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| EngineError::Startup(format!("listen address {addr:?} resolves to nothing")))
+}
+
+impl Server {
+    /// Starts the engine and its listeners; returns once every core listens.
+    pub fn start(cfg: EngineConfig) -> Result<Server, EngineError> {
+        let listen = resolve(&cfg.listen)?;
+        let engine = Engine::start(cfg)?;
+        let n = engine.core_cpus().len();
+        // A core's own port: the public port + 1 + its index, or any free port when the
+        // public port is 0 (tests).
+        let own = |public: SocketAddr, i: usize| {
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                public.port() + 1 + i as u16
+            };
+            SocketAddr::new(public.ip(), port)
+        };
+        let bind =
+            |i: usize, public: Option<SocketAddr>, own: SocketAddr| {
+                futures_lite::future::block_on(call(engine.core_sender(i), |reply| {
+                    CoreMsg::Listen { public, own, reply }
+                }))
+            };
+        // With a fixed port every core joins the public address's SO_REUSEPORT group. With
+        // port 0 (tests) only core 0 takes it, without SO_REUSEPORT: the kernel may hand the
+        // same ephemeral port to another process's reuse-port socket otherwise.
+        let (public, own0) = bind(0, Some(listen), own(listen, 0))?;
+        let public = public.expect("core 0 binds the public address");
+        let mut cores = vec![own0];
+        for i in 1..n {
+            let join = (listen.port() != 0).then_some(public);
+            cores.push(bind(i, join, own(public, i))?.1);
+        }
+        let addrs: Vec<String> = cores.iter().map(|a| a.to_string()).collect();
+        for i in 0..n {
+            let addrs = addrs.clone();
+            futures_lite::future::block_on(call(engine.core_sender(i), |reply| {
+                CoreMsg::SetTopology { addrs, reply }
+            }))?;
+        }
+        tracing::info!(%public, ?cores, "listening");
+        Ok(Server {
+            engine,
+            public,
+            cores,
+        })
+    }
+
+    /// The public address (every core accepts there).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.public
+    }
+
+    /// Each core's own advertised address, by core index.
+    pub fn core_addrs(&self) -> Vec<SocketAddr> {
+        self.cores.clone()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Each core's network accounting (connections, held request and response bytes,
+    /// parked long-polls): what the bounds in ARCHITECTURE.md's table are measured by.
+    pub fn net_stats(&self) -> Vec<NetStats> {
+        (0..self.cores.len())
+            .map(|i| {
+                futures_lite::future::block_on(call(self.engine.core_sender(i), |reply| {
+                    CoreMsg::NetStats { reply }
+                }))
+                .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Stops accepting, drains in-flight requests, flushes every shard and stops the cores.
+    pub fn shutdown(self) {
+        self.engine.shutdown();
+    }
+}

@@ -1,0 +1,676 @@
+//! Sockets: listeners, connections, framing, and the bounds that keep a core's memory and
+//! attention independent of what any client does.
+//!
+//! Each bound is answered with an error code or a closed connection, never a stall of other
+//! clients or a crash (ARCHITECTURE.md has the table):
+//! - **Frames**: longer than `max_frame_bytes` → FrameTooLarge, then close. A frame's bytes
+//!   are charged to the core's request budget (`max_buffered_bytes_per_core`) when its header
+//!   arrives, while the rest is still on the wire; a frame that does not fit is read and
+//!   dropped and answered ServerBusy. The read buffer grows only as bytes arrive (at most
+//!   twice what came of a frame so far), so a header declaring 10 MB costs nothing until the
+//!   megabytes come. A started frame must arrive whole within `frame_timeout_ms`.
+//! - **Connections**: `max_connections_per_core` (TooManyConnections, then close); a
+//!   connection with nothing in flight that says nothing for `idle_timeout_ms` is closed;
+//!   TCP keepalive finds dead peers.
+//! - **Per connection**: `max_inflight_per_connection` requests (ServerBusy), and
+//!   `max_connection_bytes` of request bytes in flight plus responses not yet written: past
+//!   it the connection's socket is not read (TCP pushes back on the client) and its reads
+//!   return less or wait. A client that does not read its answers for
+//!   `write_stall_timeout_ms` is disconnected. Request bytes are released when the response
+//!   is produced, not when it is written, so a non-reading client cannot pin the core's
+//!   request budget.
+//! - **Long-polls** parked on a core: `max_parked_reads_per_core`; past it a long-poll
+//!   answers at once (see `runtime`). A long-poll whose connection goes stops waiting.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+use spate_protocol::{encode_error, peek_header, ErrorCode, ErrorResponse, FrameHeader};
+
+use crate::error::EngineError;
+use crate::io::Storage;
+use crate::notify::Notify;
+use crate::runtime::Core;
+
+/// How long a shutdown waits for in-flight requests before flushing anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The read buffer's size between frames, and its smallest growth step.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// A read answer waits for this much room on its connection (or its `max_bytes`, if less);
+/// only a stored batch larger than this can take an answer past the connection's bound.
+const MIN_RESPONSE_ROOM: usize = 1 << 20;
+
+/// A core's network state: listeners, topology and request accounting.
+#[derive(Default)]
+pub(crate) struct NetState {
+    pub(crate) topology: RefCell<Vec<String>>,
+    listeners: RefCell<Vec<Rc<TcpListener>>>,
+    connections: Cell<usize>,
+    /// Requests accepted and not yet answered on the socket (or dropped with it).
+    inflight: Cell<usize>,
+    /// Frame bytes charged to the request budget: in-flight requests and frames arriving.
+    request_bytes: Cell<usize>,
+    /// Responses produced and not yet written, over all connections.
+    unsent_bytes: Cell<usize>,
+    /// Long-polls waiting on this core's shards (maintained by `runtime`).
+    pub(crate) parked_reads: Cell<usize>,
+    idle: Notify,
+}
+
+/// A snapshot of one core's network accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub connections: usize,
+    pub inflight_requests: usize,
+    /// Request frame bytes held (in flight or arriving), the `max_buffered_bytes_per_core` budget.
+    pub request_bytes: usize,
+    /// Response bytes produced and not yet written.
+    pub unsent_bytes: usize,
+    pub parked_reads: usize,
+}
+
+impl NetState {
+    pub(crate) fn stats(&self) -> NetStats {
+        NetStats {
+            connections: self.connections.get(),
+            inflight_requests: self.inflight.get(),
+            request_bytes: self.request_bytes.get(),
+            unsent_bytes: self.unsent_bytes.get(),
+            parked_reads: self.parked_reads.get(),
+        }
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.request_bytes.set(self.request_bytes.get() + bytes);
+    }
+
+    fn release(&self, bytes: usize) {
+        self.request_bytes.set(self.request_bytes.get() - bytes);
+    }
+}
+
+impl<S: Storage + 'static> Core<S> {
+    /// Binds this core's listeners and starts accepting on them.
+    pub(crate) fn listen(
+        self: Rc<Self>,
+        public: Option<SocketAddr>,
+        own: SocketAddr,
+    ) -> Result<(Option<SocketAddr>, SocketAddr), EngineError> {
+        let reuse_port = public.is_some_and(|p| p.port() != 0);
+        let public_listener = public.map(|p| bind_listener(p, reuse_port)).transpose()?;
+        let own_listener = bind_listener(own, false)?;
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .map_err(|e| EngineError::Startup(format!("listener address: {e}")))
+        };
+        let addrs = (
+            public_listener.as_ref().map(local).transpose()?,
+            local(&own_listener)?,
+        );
+        for l in public_listener.into_iter().chain([own_listener]) {
+            let l = Rc::new(l);
+            self.net.listeners.borrow_mut().push(l.clone());
+            glommio::spawn_local(accept_loop(self.clone(), l)).detach();
+        }
+        Ok(addrs)
+    }
+
+    /// Waits (bounded) until every accepted request was answered: called at shutdown,
+    /// after `stopping` is set so that no new request is taken.
+    pub(crate) async fn drain_requests(&self) {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.net.inflight.get() > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    core = self.index,
+                    inflight = self.net.inflight.get(),
+                    "drain timed out"
+                );
+                return;
+            }
+            let idle = async {
+                self.net.idle.wait().await;
+                true
+            };
+            let timeout = async {
+                glommio::timer::sleep(deadline - now).await;
+                false
+            };
+            futures_lite::future::or(idle, timeout).await;
+        }
+        self.net.listeners.borrow_mut().clear();
+    }
+}
+
+/// A listening socket, with SO_REUSEPORT only when asked (glommio's own `bind` always sets
+/// it, which is wrong for ephemeral ports).
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, EngineError> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fail = |e: io::Error| EngineError::Startup(format!("cannot listen on {addr}: {e}"));
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(reuse_port).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}
+
+async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpListener>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                if core.stopping.get() {
+                    return;
+                }
+                tracing::warn!(core = core.index, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if core.stopping.get() {
+            reject(
+                stream,
+                ErrorCode::ShuttingDown,
+                "the server is shutting down",
+            )
+            .await;
+            continue;
+        }
+        if core.net.connections.get() >= core.cfg.max_connections_per_core {
+            reject(
+                stream,
+                ErrorCode::TooManyConnections,
+                "too many connections on this core",
+            )
+            .await;
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        if core.cfg.keepalive_ms > 0 {
+            let idle = Duration::from_millis(core.cfg.keepalive_ms);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval((idle / 6).max(Duration::from_secs(1)));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        }
+        core.net.connections.set(core.net.connections.get() + 1);
+        let c = core.clone();
+        glommio::spawn_local(async move {
+            Connection::serve(c.clone(), stream).await;
+            c.net.connections.set(c.net.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        0,
+        0,
+        &ErrorResponse {
+            code,
+            retry_after_ms: 100,
+            message,
+        },
+    );
+    let write = async {
+        let _ = stream.write_all(&out).await;
+    };
+    // A peer that does not take even this answer does not hold the accept loop.
+    let give_up = glommio::timer::sleep(Duration::from_millis(100));
+    futures_lite::future::or(write, give_up).await;
+    let _ = stream.close().await;
+}
+
+/// The two halves of a socket used by one task each. Both live on one thread and each poll
+/// borrows the stream only for its own duration, so the halves never overlap.
+struct Half(Rc<RefCell<TcpStream>>);
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
+}
+
+/// What the request handlers see of their connection: how much room it has for responses,
+/// and whether its peer is gone (a long-poll for a vanished client stops waiting).
+pub(crate) struct ConnState {
+    /// Request bytes of this connection's in-flight requests plus its unsent responses.
+    held: Cell<usize>,
+    max_held: usize,
+    /// Woken when `held` goes down or the connection is gone.
+    room: Notify,
+    /// The socket failed, stalled or was reset: nothing more will be written to it.
+    gone: Cell<bool>,
+    /// The client closed its side (or the reader stopped): long-polls stop waiting.
+    hung_up: Cell<bool>,
+}
+
+impl ConnState {
+    /// Waits until the connection has room for a response of up to `want` bytes (at least
+    /// `min(want, MIN_RESPONSE_ROOM)`) and holds that room until the returned guard drops;
+    /// `None` once the connection is gone.
+    pub(crate) async fn reserve(&self, want: usize) -> Option<Reservation<'_>> {
+        let need = want.min(MIN_RESPONSE_ROOM);
+        loop {
+            if self.gone.get() {
+                return None;
+            }
+            let room = self.max_held.saturating_sub(self.held.get());
+            if room >= need.max(1) {
+                let bytes = want.min(room);
+                self.add(bytes);
+                return Some(Reservation { conn: self, bytes });
+            }
+            self.room.wait().await;
+        }
+    }
+
+    /// Resolves when the client hung up or the connection is gone.
+    pub(crate) async fn closed(&self) {
+        while !self.gone.get() && !self.hung_up.get() {
+            self.room.wait().await;
+        }
+    }
+
+    fn add(&self, bytes: usize) {
+        self.held.set(self.held.get() + bytes);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.held.set(self.held.get() - bytes);
+        self.room.notify_all();
+    }
+}
+
+/// Room held on a connection for a response being produced.
+pub(crate) struct Reservation<'a> {
+    conn: &'a ConnState,
+    bytes: usize,
+}
+
+impl Reservation<'_> {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.conn.sub(self.bytes);
+    }
+}
+
+/// Responses waiting to be written, and how many requests they answer.
+#[derive(Default)]
+struct Outbox {
+    buf: RefCell<Vec<u8>>,
+    /// Requests whose responses sit in `buf`.
+    answers: Cell<usize>,
+    ready: Notify,
+    /// The reader stopped: the writer ends once every in-flight request is answered.
+    closed: Cell<bool>,
+    /// Requests of this connection not yet answered on the socket.
+    inflight: Cell<usize>,
+}
+
+struct Connection<S: Storage> {
+    core: Rc<Core<S>>,
+    socket: Rc<RefCell<TcpStream>>,
+    peer: Option<SocketAddr>,
+    outbox: Outbox,
+    state: ConnState,
+}
+
+/// How the reader stands with the frame at the front of its buffer.
+enum Frame {
+    /// Nothing started.
+    None,
+    /// A frame's header arrived; its bytes are charged to the budget.
+    Charged { header: FrameHeader, since: Instant },
+    /// A frame the budget could not take: its bytes are dropped as they come, then it is
+    /// answered ServerBusy.
+    Dropping {
+        header: FrameHeader,
+        left: usize,
+        since: Instant,
+    },
+}
+
+impl<S: Storage + 'static> Connection<S> {
+    async fn serve(core: Rc<Core<S>>, stream: TcpStream) {
+        let peer = stream.peer_addr().ok();
+        let max_held = core.cfg.max_connection_bytes;
+        let conn = Rc::new(Connection {
+            core,
+            socket: Rc::new(RefCell::new(stream)),
+            peer,
+            outbox: Outbox::default(),
+            state: ConnState {
+                held: Cell::new(0),
+                max_held,
+                room: Notify::new(),
+                gone: Cell::new(false),
+                hung_up: Cell::new(false),
+            },
+        });
+        let writer = glommio::spawn_local(conn.clone().write_loop());
+        let mut frame = Frame::None;
+        match conn.read_loop(&mut frame).await {
+            Ok(()) => {}
+            Err(e) => tracing::debug!(peer = ?conn.peer, error = %e, "connection closed"),
+        }
+        if let Frame::Charged { header, .. } = frame {
+            conn.core.net.release(header.frame_len as usize);
+            conn.state.sub(header.frame_len as usize);
+        }
+        conn.state.hung_up.set(true);
+        conn.state.room.notify_all();
+        // Let the writer send what the in-flight requests answer, then stop.
+        conn.outbox.closed.set(true);
+        conn.outbox.ready.notify_all();
+        writer.await;
+    }
+
+    /// Reads frames and dispatches each as its own task, until EOF, a framing error or a
+    /// timeout. `frame` is the frame being received (its charge is returned by the caller).
+    async fn read_loop(self: &Rc<Self>, frame: &mut Frame) -> io::Result<()> {
+        let core = self.core.clone();
+        let cfg = &core.cfg;
+        let max_frame = cfg.max_frame_bytes;
+        let mut reader = Half(self.socket.clone());
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        // When the bytes of a header not yet whole began to arrive.
+        let mut header_since: Option<Instant> = None;
+        loop {
+            // Frames in the buffer: dispatch the complete ones, charge the started one.
+            loop {
+                match frame {
+                    Frame::Dropping { header, left, .. } => {
+                        let n = (*left).min(buf.len());
+                        let _ = buf.split_to(n);
+                        *left -= n;
+                        if *left > 0 {
+                            break;
+                        }
+                        let h = *header;
+                        *frame = Frame::None;
+                        self.respond_now(
+                            h.opcode,
+                            h.correlation_id,
+                            ErrorCode::ServerBusy,
+                            "the core holds too many request bytes",
+                        );
+                    }
+                    Frame::None => match peek_header(&buf, max_frame) {
+                        Ok(None) => break,
+                        Ok(Some(header)) => {
+                            let len = header.frame_len as usize;
+                            let since = Instant::now();
+                            let net = &core.net;
+                            if net.request_bytes.get() + len > cfg.max_buffered_bytes_per_core {
+                                *frame = Frame::Dropping {
+                                    header,
+                                    left: len,
+                                    since,
+                                };
+                            } else {
+                                net.charge(len);
+                                self.state.add(len);
+                                *frame = Frame::Charged { header, since };
+                            }
+                        }
+                        Err(e) => return self.framing_error(e),
+                    },
+                    Frame::Charged { header, .. } => {
+                        let len = header.frame_len as usize;
+                        if buf.len() < len {
+                            break;
+                        }
+                        let h = *header;
+                        *frame = Frame::None;
+                        // Validate the whole frame before a task relies on it.
+                        if let Err(e) = spate_protocol::decode_frame(&buf[..len], max_frame) {
+                            core.net.release(len);
+                            self.state.sub(len);
+                            return self.framing_error(e);
+                        }
+                        // Owned and refcounted, no copy: the request task keeps it alive.
+                        let bytes = buf.split_to(len).freeze();
+                        self.dispatch(h, bytes);
+                    }
+                }
+            }
+            // Responses the client has not read: stop reading until it does.
+            while self.state.held.get() >= self.state.max_held {
+                if self.state.gone.get() {
+                    return Ok(());
+                }
+                self.state.room.wait().await;
+            }
+            // Read at least a chunk; of a large frame, at most as much again as arrived.
+            let start = buf.len();
+            let want = match frame {
+                Frame::Charged { header, .. } => {
+                    (header.frame_len as usize - start).min(start.max(READ_CHUNK_BYTES))
+                }
+                _ => READ_CHUNK_BYTES,
+            };
+            if start == 0 || !matches!(frame, Frame::None) {
+                header_since = None;
+            }
+            let since = match frame {
+                Frame::Charged { since, .. } | Frame::Dropping { since, .. } => Some(*since),
+                Frame::None if start > 0 => Some(*header_since.get_or_insert_with(Instant::now)),
+                Frame::None => None,
+            };
+            let deadline = since.map(|s| s + Duration::from_millis(cfg.frame_timeout_ms));
+            let timeout = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(cfg.idle_timeout_ms),
+            };
+            buf.resize(start + want, 0);
+            let read = async { Some(reader.read(&mut buf[start..]).await) };
+            let expired = async {
+                glommio::timer::sleep(timeout).await;
+                None
+            };
+            match futures_lite::future::or(read, expired).await {
+                Some(n) => {
+                    let n = n?;
+                    buf.truncate(start + n);
+                    if n == 0 {
+                        return Ok(());
+                    }
+                }
+                None => {
+                    buf.truncate(start);
+                    if deadline.is_some() {
+                        tracing::debug!(peer = ?self.peer, "a started frame did not arrive in time");
+                        return Ok(());
+                    }
+                    if self.outbox.inflight.get() == 0 && self.state.held.get() == 0 {
+                        tracing::debug!(peer = ?self.peer, "idle connection closed");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stream is out of step: answer once and close this connection.
+    fn framing_error(&self, e: spate_protocol::frame::FrameError) -> io::Result<()> {
+        let code = ErrorCode::from(e.clone());
+        self.respond_now(0, 0, code, &e.to_string());
+        Ok(())
+    }
+
+    /// Answers a request at once (bounds, shutdown, framing errors).
+    fn respond_now(&self, opcode: u16, correlation_id: u64, code: ErrorCode, message: &str) {
+        let mut out = Vec::new();
+        let retry_after_ms = if code.is_retryable() { 10 } else { 0 };
+        encode_error(
+            &mut out,
+            opcode,
+            correlation_id,
+            &ErrorResponse {
+                code,
+                retry_after_ms,
+                message,
+            },
+        );
+        self.queue(&out, 0);
+    }
+
+    /// Appends response bytes answering `answers` in-flight requests to the outbox.
+    fn queue(&self, bytes: &[u8], answers: usize) {
+        self.outbox.buf.borrow_mut().extend_from_slice(bytes);
+        self.outbox.answers.set(self.outbox.answers.get() + answers);
+        self.state.add(bytes.len());
+        let net = &self.core.net;
+        net.unsent_bytes.set(net.unsent_bytes.get() + bytes.len());
+        self.outbox.ready.notify_all();
+    }
+
+    /// Runs one complete, charged frame as its own task.
+    fn dispatch(self: &Rc<Self>, header: FrameHeader, frame: bytes::Bytes) {
+        let core = &self.core;
+        let (opcode, cid) = (header.opcode, header.correlation_id);
+        let refuse = if core.stopping.get() {
+            Some((ErrorCode::ShuttingDown, "the server is shutting down"))
+        } else if self.outbox.inflight.get() >= core.cfg.max_inflight_per_connection {
+            Some((
+                ErrorCode::ServerBusy,
+                "too many requests in flight on this connection",
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refuse {
+            core.net.release(frame.len());
+            self.state.sub(frame.len());
+            return self.respond_now(opcode, cid, code, message);
+        }
+        let net = &core.net;
+        net.inflight.set(net.inflight.get() + 1);
+        self.outbox.inflight.set(self.outbox.inflight.get() + 1);
+        let conn = self.clone();
+        glommio::spawn_local(async move {
+            let mut out = Vec::new();
+            super::handlers::handle(&conn.core, &conn.state, &frame, &mut out).await;
+            // The request's bytes go back to the budget now, written or not.
+            conn.core.net.release(frame.len());
+            conn.state.sub(frame.len());
+            drop(frame);
+            conn.queue(&out, 1);
+        })
+        .detach();
+    }
+
+    async fn write_loop(self: Rc<Self>) {
+        let stall = Duration::from_millis(self.core.cfg.write_stall_timeout_ms);
+        let mut sending = Vec::new();
+        loop {
+            std::mem::swap(&mut sending, &mut *self.outbox.buf.borrow_mut());
+            let answers = self.outbox.answers.replace(0);
+            if !sending.is_empty() && !self.state.gone.get() {
+                if let Err(e) =
+                    write_with_progress(Half(self.socket.clone()), &sending, stall).await
+                {
+                    tracing::debug!(peer = ?self.peer, error = %e, "connection dropped");
+                    self.drop_connection();
+                }
+            }
+            let net = &self.core.net;
+            net.unsent_bytes.set(net.unsent_bytes.get() - sending.len());
+            self.state.sub(sending.len());
+            sending.clear();
+            if answers > 0 {
+                self.outbox
+                    .inflight
+                    .set(self.outbox.inflight.get() - answers);
+                net.inflight.set(net.inflight.get() - answers);
+                if net.inflight.get() == 0 {
+                    net.idle.notify_all();
+                }
+            }
+            let idle = self.outbox.buf.borrow().is_empty() && self.outbox.answers.get() == 0;
+            if idle {
+                if self.outbox.closed.get() && self.outbox.inflight.get() == 0 {
+                    if !self.state.gone.get() {
+                        let _ = Half(self.socket.clone()).close().await;
+                    }
+                    return;
+                }
+                self.outbox.ready.wait().await;
+            }
+        }
+    }
+
+    /// The peer failed or stalled: shut the socket (the reader sees EOF at once), and let
+    /// in-flight requests finish into the void.
+    fn drop_connection(&self) {
+        self.state.gone.set(true);
+        self.state.room.notify_all();
+        let _ = socket2::SockRef::from(&*self.socket.borrow()).shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Writes all of `bytes`, failing if the peer takes none of them for `stall`.
+async fn write_with_progress(mut w: Half, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let write = async { Some(w.write(&bytes[pos..]).await) };
+        let stalled = async {
+            glommio::timer::sleep(stall).await;
+            None
+        };
+        match futures_lite::future::or(write, stalled).await {
+            Some(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Some(Ok(n)) => pos += n,
+            Some(Err(e)) => return Err(e),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {stall:?}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! Hostile clients (issue 13): each attack with the bound it must hold, measured from the
+//! engine's own accounting (`Server::net_stats`) or the server process's RSS, while another
+//! client's requests are still answered within a stated time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use spate_engine::config::EngineConfig;
+use spate_engine::server::{NetStats, Server};
+use spate_protocol::{
+    CreateStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest, GetRecordsRequest,
+    IteratorPosition, Limits, PutBatchRequest, Request, Response,
+};
+use spate_tests::{config_with, key_for_shard, tagged_batch, test_config, wait_until, WireClient};
+
+/// What other clients' requests must be answered within while an attack runs.
+const SERVED_WITHIN: Duration = Duration::from_secs(2);
+const WAIT: Duration = Duration::from_secs(60);
+
+fn server(dir: &std::path::Path, overrides: &str) -> Server {
+    let cfg = config_with(
+        EngineConfig {
+            listen: "127.0.0.1:0".into(),
+            ..test_config(dir)
+        },
+        overrides,
+    );
+    Server::start(cfg).expect("server starts")
+}
+
+fn total(s: &Server) -> NetStats {
+    s.net_stats()
+        .into_iter()
+        .fold(NetStats::default(), |a, b| NetStats {
+            connections: a.connections + b.connections,
+            inflight_requests: a.inflight_requests + b.inflight_requests,
+            request_bytes: a.request_bytes + b.request_bytes,
+            unsent_bytes: a.unsent_bytes + b.unsent_bytes,
+            parked_reads: a.parked_reads + b.parked_reads,
+        })
+}
+
+fn create(c: &mut WireClient, name: &str, shards: u32) {
+    let r = c.call(&Request::CreateStream(CreateStreamRequest {
+        name,
+        shard_count: shards,
+        retention_hours: 24,
+        limits: Limits::Off,
+        max_record_data_bytes: None,
+    }));
+    assert!(
+        matches!(r.reply(), Ok(Response::CreateStream(_))),
+        "{:?}",
+        r.reply()
+    );
+}
+
+fn put(c: &mut WireClient, stream: &str, shard: u32, batch: &[u8]) -> Result<(), ErrorCode> {
+    let r = c.call(&Request::PutBatch(PutBatchRequest {
+        stream,
+        shard_id: shard,
+        batch,
+    }));
+    match r.reply() {
+        Ok(Response::PutBatch(p)) if p.rejected.is_none() => Ok(()),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+fn iterator(c: &mut WireClient, stream: &str, shard: u32) -> Vec<u8> {
+    let r = c.call(&Request::GetIterator(GetIteratorRequest {
+        stream,
+        shard_id: shard,
+        position: IteratorPosition::TrimHorizon,
+    }));
+    match r.reply() {
+        Ok(Response::GetIterator(it)) => it.iterator.to_vec(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn get_records<'a>(iterator: &'a [u8], max_bytes: u32, wait_ms: u32) -> Request<'a> {
+    Request::GetRecords(GetRecordsRequest {
+        iterator,
+        max_records: 10_000,
+        max_bytes,
+        wait_ms,
+    })
+}
+
+/// A well-behaved client's put and read, each answered within `SERVED_WITHIN`.
+fn still_served(addr: std::net::SocketAddr, stream: &str, shards: u32) {
+    let start = Instant::now();
+    let mut c = WireClient::connect(addr);
+    let batch = tagged_batch(&key_for_shard(0, shards), 7, 10, 100);
+    put(&mut c, stream, 0, &batch).expect("put served");
+    let it = iterator(&mut c, stream, 0);
+    let r = c.call(&get_records(&it, 1 << 20, 0));
+    assert!(matches!(r.reply(), Ok(Response::GetRecords(_))));
+    assert!(
+        start.elapsed() < SERVED_WITHIN,
+        "a normal client waited {:?}",
+        start.elapsed()
+    );
+}
+
+/// A frame header (16 bytes) declaring a PutBatch of `len` bytes, and nothing else.
+fn lone_header(len: u32) -> Vec<u8> {
+    let mut full = Vec::new();
+    let batch = tagged_batch("k", 0, 1, 10);
+    spate_protocol::encode_request(
+        &mut full,
+        1,
+        &Request::PutBatch(PutBatchRequest {
+            stream: "s",
+            shard_id: 0,
+            batch: &batch,
+        }),
+    );
+    let mut header = full[..spate_protocol::frame::FRAME_HEADER_LEN].to_vec();
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header
+}
+
+#[test]
+fn partial_frames_are_charged_to_the_budget_and_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB of request budget per core; a started frame has 2 s to arrive.
+    let s = server(
+        dir.path(),
+        "max_buffered_bytes_per_core = 67108864\nframe_timeout_ms = 2000",
+    );
+    let addr = s.local_addr();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 1);
+    // (With port 0 every connection lands on core 0.)
+    let budget = 64usize << 20;
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let mut h = WireClient::connect(addr);
+        h.send_raw(&lone_header(10_000_000)).unwrap();
+        idle.push(h);
+    }
+    // Every header is seen: charged while the budget lasts, the rest set to be dropped.
+    wait_until("the headers are charged", WAIT, || {
+        s.net_stats()[0].request_bytes > budget - 10_000_000
+    });
+    let t = s.net_stats()[0];
+    assert!(t.request_bytes <= budget, "{t:?}");
+    still_served(addr, "s", 1);
+    // The started frames never complete: each connection is closed, every byte returned.
+    for mut h in idle {
+        assert!(
+            h.recv().is_none() || h.recv().is_none(),
+            "closed after the frame timeout"
+        );
+    }
+    wait_until("the budget is back", WAIT, || total(&s).request_bytes == 0);
+    s.shutdown();
+}
+
+#[test]
+fn declared_but_unsent_frames_cost_no_memory() {
+    // In a process of its own so that its RSS is its alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
+        .arg(dir.path())
+        .arg("cores = [0]")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("test_server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("LISTEN ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 1);
+    let before = spate_tests::rss_bytes(child.id());
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let mut h = WireClient::connect(addr);
+        h.send_raw(&lone_header(10_000_000)).unwrap();
+        idle.push(h);
+    }
+    // Round trips on the server's one core give its readers time to take every header
+    // (the in-process test above proves they are taken by the accounting).
+    still_served(addr, "s", 1);
+    still_served(addr, "s", 1);
+    let grown = spate_tests::rss_bytes(child.id()).saturating_sub(before);
+    // 100 declared frames of 10 MB once cost 648 MiB; only what arrived may cost now.
+    assert!(grown < 48 << 20, "RSS grew by {} MiB", grown >> 20);
+    drop(idle);
+    child.stdin.take().unwrap().write_all(b"").unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_client_that_does_not_read_is_bounded_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4 MiB per connection; a client that reads nothing for 2 s is disconnected.
+    let s = server(
+        dir.path(),
+        "max_connection_bytes = 10551360\nwrite_stall_timeout_ms = 2000",
+    );
+    let addr = s.local_addr();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 1);
+    // 4 MiB of data in 64 KiB batches, so every read answer is up to 10 MiB of it.
+    for i in 0..64 {
+        put(
+            &mut c,
+            "s",
+            0,
+            &tagged_batch(&key_for_shard(0, 1), i, 1, 64 << 10),
+        )
+        .unwrap();
+    }
+    let it = iterator(&mut c, "s", 0);
+    let mut hog = WireClient::connect(addr);
+    hog.stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut frames = Vec::new();
+    for i in 0..2000u64 {
+        frames.clear();
+        spate_protocol::encode_request(&mut frames, i + 1, &get_records(&it, 10 << 20, 0));
+        // The server stops reading this socket once its answers pile up; then our
+        // writes block (and time out) too.
+        if hog.send_raw(&frames).is_err() {
+            break;
+        }
+    }
+    let bound = 10_551_360 + (64 << 10) + 4096;
+    let mut peak = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        peak = peak.max(total(&s).unsent_bytes);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(peak <= bound, "unsent answers reached {peak} bytes");
+    assert!(peak > 0, "the attack held answers");
+    still_served(addr, "s", 1);
+    // The stall timeout drops the connection and every held byte goes.
+    wait_until("the non-reader is dropped", WAIT, || {
+        let t = total(&s);
+        t.unsent_bytes == 0 && t.connections == 1 && t.request_bytes == 0
+    });
+    s.shutdown();
+}
+
+#[test]
+fn non_readers_cannot_pin_the_request_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB of request budget per core; pinners send 64 MiB each.
+    let s = server(dir.path(), "max_buffered_bytes_per_core = 16777216");
+    let addr = s.local_addr();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 2);
+    let batch = tagged_batch(&key_for_shard(1, 2), 1, 16, 64 << 10);
+    let mut pinners = Vec::new();
+    for _ in 0..4 {
+        let mut p = WireClient::connect(addr);
+        let mut frames = Vec::new();
+        for i in 0..64u64 {
+            spate_protocol::encode_request(
+                &mut frames,
+                i + 1,
+                &Request::PutBatch(PutBatchRequest {
+                    stream: "s",
+                    shard_id: 1,
+                    batch: &batch,
+                }),
+            );
+        }
+        p.send_raw(&frames).unwrap();
+        pinners.push(p);
+    }
+    // Their puts finish and give their bytes back though their answers sit unread.
+    wait_until("the pinners' requests are done", WAIT, || {
+        let t = total(&s);
+        t.request_bytes == 0 && t.inflight_requests == 0
+    });
+    for _ in 0..5 {
+        still_served(addr, "s", 2);
+    }
+    drop(pinners);
+    s.shutdown();
+}
+
+#[test]
+fn long_polls_leave_nothing_behind_and_are_bounded_per_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "max_parked_reads_per_core = 50");
+    let addr = s.local_addr();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 1);
+    let it = iterator(&mut c, "s", 0);
+    // Short long-polls on an idle shard, pipelined: each times out and unregisters.
+    // (500 at a time: a connection may have 1,024 requests in flight.)
+    let mut frames = Vec::new();
+    for round in 0..6u64 {
+        frames.clear();
+        for i in 0..500u64 {
+            let cid = 1000 + round * 500 + i;
+            spate_protocol::encode_request(&mut frames, cid, &get_records(&it, 1 << 20, 1));
+        }
+        c.send_raw(&frames).unwrap();
+        for _ in 0..500 {
+            let r = c.recv().expect("answer");
+            assert!(
+                matches!(r.reply(), Ok(Response::GetRecords(_))),
+                "{:?}",
+                r.reply()
+            );
+        }
+    }
+    assert_eq!(total(&s).parked_reads, 0);
+    // A herd of 200 long-polls: 50 park, the rest answer at once (empty).
+    let mut herd = WireClient::connect(addr);
+    frames.clear();
+    for i in 0..200u64 {
+        spate_protocol::encode_request(&mut frames, 1 + i, &get_records(&it, 1 << 20, 30_000));
+    }
+    herd.send_raw(&frames).unwrap();
+    for _ in 0..150 {
+        let r = herd.recv().expect("answer");
+        match r.reply() {
+            Ok(Response::GetRecords(g)) => assert!(g.batches.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+    wait_until("50 long-polls park", WAIT, || total(&s).parked_reads == 50);
+    still_served(addr, "s", 1);
+    // The put above woke the parked ones.
+    for _ in 0..50 {
+        assert!(herd.recv().is_some());
+    }
+    wait_until("no long-poll is parked", WAIT, || {
+        total(&s).parked_reads == 0
+    });
+    // A long-poll whose client goes stops waiting.
+    let mut gone = WireClient::connect(addr);
+    let it = iterator(&mut gone, "s", 0);
+    let mut frame = Vec::new();
+    // Read from the tip so that it parks.
+    let tip = {
+        let r = gone.call(&get_records(&it, 10 << 20, 0));
+        match r.reply() {
+            Ok(Response::GetRecords(g)) => g.head.next_iterator.unwrap().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    spate_protocol::encode_request(&mut frame, 99, &get_records(&tip, 1 << 20, 30_000));
+    gone.send_raw(&frame).unwrap();
+    wait_until("the long-poll parks", WAIT, || total(&s).parked_reads == 1);
+    drop(gone);
+    wait_until(
+        "the long-poll of a closed connection ends",
+        Duration::from_secs(10),
+        || total(&s).parked_reads == 0,
+    );
+    s.shutdown();
+}
+
+#[test]
+fn silent_peers_and_half_headers_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(
+        dir.path(),
+        "idle_timeout_ms = 1000\nframe_timeout_ms = 1000",
+    );
+    let addr = s.local_addr();
+    let mut silent = WireClient::connect(addr);
+    let mut half = WireClient::connect(addr);
+    half.send_raw(&lone_header(100)[..5]).unwrap();
+    assert!(
+        silent.recv().is_none(),
+        "a peer that never speaks is closed"
+    );
+    assert!(
+        half.recv().is_none(),
+        "a header that never completes is closed"
+    );
+    // A connection that is merely between requests is closed only when idle that long;
+    // a working one is not.
+    let mut c = WireClient::connect(addr);
+    for _ in 0..3 {
+        let r = c.call(&Request::DescribeStream(DescribeStreamRequest {
+            name: "nope",
+        }));
+        assert!(r.reply().is_err());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    wait_until("only the working client is left", WAIT, || {
+        total(&s).connections <= 1
+    });
+    s.shutdown();
+}

@@ -933,3 +933,25 @@ async fn put_batches_outcomes_apply_per_shard_and_only_the_throttled_shard_is_re
         Some(ErrorCode::WrongShard)
     );
 }
+
+#[tokio::test]
+async fn an_unknown_outcome_is_reported_and_never_retried() {
+    let mut fake = fake::start(1, setup(1)).await;
+    let client = connect(&fake).await;
+    let entries: Vec<Entry> = (0..10).map(|i| Entry::new("k", format!("{i}"))).collect();
+    let put = tokio::spawn({
+        let client = client.clone();
+        async move { client.put_records("s", entries).await }
+    });
+    fake.next().await.error(ErrorCode::OutcomeUnknown, 0);
+    let results = put.await.unwrap();
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::OutcomeUnknown));
+        assert!(
+            !err.is_safe_to_retry(),
+            "a blind retry could store it twice"
+        );
+    }
+    assert!(fake.requests.try_recv().is_err(), "nothing was sent again");
+}

@@ -35,6 +35,12 @@ pub enum EngineError {
     Corrupt(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// The core holding the request stopped before answering: it may or may not have been
+    /// done (a put retried blindly could be stored twice).
+    #[error(
+        "the core running the request stopped before answering; it may or may not have been done"
+    )]
+    OutcomeUnknown,
     #[error("{0}")]
     Startup(String),
 }

@@ -307,6 +307,8 @@ pub struct Core<S: Storage> {
     pub(crate) routes: RefCell<HashMap<String, Rc<StreamEntry>>>,
     /// Listeners, connections and request accounting (see `server`).
     pub(crate) net: crate::server::NetState,
+    /// Messages from other cores being handled (a shutdown waits for them).
+    pub(crate) handling: Cell<usize>,
     /// Partition key -> MD5 cache for the routing check (`verify_hash_keys`).
     key_hashes: RefCell<spate_protocol::routing::CachedKeyHasher>,
 }
@@ -357,11 +359,29 @@ pub(crate) async fn run_core(setup: CoreSetup) {
     core.spawn_background();
     while let Ok(msg) = rx.recv().await {
         if let CoreMsg::Shutdown { reply } = msg {
+            // From here a message either fails to send or is refused unrun, both answered
+            // ShuttingDown ("nothing was done"); the ones already running are waited for.
+            rx.close();
+            while let Ok(queued) = rx.try_recv() {
+                queued.refuse();
+            }
             core.shutdown().await;
             let _ = reply.send(Ok(())).await;
             break;
         }
-        glommio::spawn_local(core.clone().handle(msg)).detach();
+        core.handling.set(core.handling.get() + 1);
+        let c = core.clone();
+        glommio::spawn_local(async move {
+            let done = crate::notify::OnDrop::new(|| {
+                c.handling.set(c.handling.get() - 1);
+                if c.handling.get() == 0 {
+                    c.net.idle.notify_all();
+                }
+            });
+            c.clone().handle(msg).await;
+            drop(done);
+        })
+        .detach();
     }
     tracing::debug!(core = index, "core stopped");
 }
@@ -393,6 +413,7 @@ impl<S: Storage + 'static> Core<S> {
             stopping: Cell::new(false),
             routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
             net: crate::server::NetState::default(),
+            handling: Cell::new(0),
             key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
                 KEY_HASH_CACHE_SLOTS,
             )),
@@ -1077,7 +1098,9 @@ async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {
     }
 }
 
-/// Sends a request to a core and waits for its reply.
+/// Sends a request to a core and waits for its reply. A message the core did not take is
+/// `ShuttingDown` (nothing was done); one it took and never answered (it stopped while
+/// running it, past the shutdown's drain) is `OutcomeUnknown`.
 pub(crate) async fn call<T>(
     peer: &Sender<CoreMsg>,
     make: impl FnOnce(Reply<T>) -> CoreMsg,
@@ -1086,5 +1109,45 @@ pub(crate) async fn call<T>(
     peer.send(make(tx))
         .await
         .map_err(|_| EngineError::ShuttingDown)?;
-    rx.recv().await.map_err(|_| EngineError::ShuttingDown)?
+    rx.recv().await.map_err(|_| EngineError::OutcomeUnknown)?
+}
+
+/// `call` for requests that change nothing (reads, positions, statistics, long-polls): an
+/// unknown outcome is as good as not done.
+pub(crate) async fn call_read<T>(
+    peer: &Sender<CoreMsg>,
+    make: impl FnOnce(Reply<T>) -> CoreMsg,
+) -> Result<T, EngineError> {
+    match call(peer, make).await {
+        Err(EngineError::OutcomeUnknown) => Err(EngineError::ShuttingDown),
+        other => other,
+    }
+}
+
+impl CoreMsg {
+    /// Answers a message the core will not run with `ShuttingDown`.
+    pub(crate) fn refuse(self) {
+        fn no<T>(reply: Sender<Result<T, EngineError>>) {
+            let _ = reply.try_send(Err(EngineError::ShuttingDown));
+        }
+        match self {
+            CoreMsg::OpenShard { reply, .. }
+            | CoreMsg::DropShard { reply, .. }
+            | CoreMsg::UpdateShard { reply, .. }
+            | CoreMsg::CheckpointNow { reply }
+            | CoreMsg::RouteUpdate { reply, .. }
+            | CoreMsg::SetTopology { reply, .. }
+            | CoreMsg::WaitData { reply, .. }
+            | CoreMsg::Shutdown { reply } => no(reply),
+            CoreMsg::Append { reply, .. } => no(reply),
+            CoreMsg::AppendMany { reply, .. } => no(reply),
+            CoreMsg::Read { reply, .. } => no(reply),
+            CoreMsg::Position { reply, .. } => no(reply),
+            CoreMsg::Stats { reply, .. } => no(reply),
+            CoreMsg::RetentionNow { reply } => no(reply),
+            CoreMsg::Control { reply, .. } => no(reply),
+            CoreMsg::Listen { reply, .. } => no(reply),
+            CoreMsg::NetStats { reply } => no(reply),
+        }
+    }
 }

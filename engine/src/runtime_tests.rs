@@ -320,3 +320,46 @@ async fn run_seed(seed: u64) {
     drop(core);
     drop(running.stop().await);
 }
+
+#[test]
+fn a_message_not_taken_is_shutting_down_and_one_taken_but_unanswered_is_unknown() {
+    let ident = ShardIdent {
+        stream_id: 1,
+        shard_id: 0,
+    };
+    let append = |reply| CoreMsg::Append {
+        ident,
+        batch: Vec::new(),
+        reply,
+    };
+    futures_lite::future::block_on(async {
+        // Taken and dropped unanswered (the core stopped while running it).
+        let (tx, rx) = async_channel::bounded(4);
+        let taker = async {
+            let msg = rx.recv().await.expect("sent");
+            drop(msg);
+        };
+        let (got, ()) = futures_lite::future::zip(call(&tx, append), taker).await;
+        assert!(matches!(got, Err(EngineError::OutcomeUnknown)), "{got:?}");
+        // Refused unrun at shutdown: queued, then answered ShuttingDown.
+        let sent = async { call(&tx, append).await };
+        let refuser = async {
+            rx.recv().await.expect("sent").refuse();
+        };
+        let (got, ()) = futures_lite::future::zip(sent, refuser).await;
+        assert!(matches!(got, Err(EngineError::ShuttingDown)), "{got:?}");
+        // Not taken at all: the channel is closed.
+        rx.close();
+        let got = call(&tx, append).await;
+        assert!(matches!(got, Err(EngineError::ShuttingDown)), "{got:?}");
+        // A read whose outcome is unknown changed nothing: as good as not done.
+        let (tx, rx) = async_channel::bounded(4);
+        let read = |reply| CoreMsg::Stats { ident, reply };
+        let taker = async {
+            drop(rx.recv().await.expect("sent"));
+        };
+        let (got, ()) =
+            futures_lite::future::zip(crate::runtime::call_read(&tx, read), taker).await;
+        assert!(matches!(got, Err(EngineError::ShuttingDown)), "{got:?}");
+    });
+}

@@ -115,8 +115,12 @@ error_codes! {
     StorageIo = 602,
     /// A flush failed and the shard refuses writes until restarted and recovered.
     ShardPoisoned = 603,
-    /// The server is shutting down; retry on a restarted server.
+    /// The server is shutting down and did not do the request; retry on a restarted server.
     ShuttingDown = 604,
+    /// The request reached the server, but the core running it stopped before answering: it
+    /// may or may not have been done. Not retryable as is: a put sent again may be stored
+    /// twice (read the shard to find out).
+    OutcomeUnknown = 605,
 }
 
 impl ErrorCode {
@@ -204,6 +208,7 @@ mod tests {
         (ErrorCode::StorageIo, 602),
         (ErrorCode::ShardPoisoned, 603),
         (ErrorCode::ShuttingDown, 604),
+        (ErrorCode::OutcomeUnknown, 605),
     ];
 
     #[test]
@@ -247,6 +252,7 @@ mod tests {
         assert!(ErrorCode::StorageFull.is_retryable());
         assert!(ErrorCode::ShuttingDown.is_retryable());
         assert!(!ErrorCode::ShardPoisoned.is_retryable());
+        assert!(!ErrorCode::OutcomeUnknown.is_retryable());
         assert!(!ErrorCode::IteratorExpired.is_retryable());
         assert!(!ErrorCode::Ok.is_retryable());
     }

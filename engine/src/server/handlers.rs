@@ -27,7 +27,7 @@ use crate::error::EngineError;
 use crate::io::Storage;
 use crate::limits::Limits;
 use crate::runtime::{
-    call, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StartPosition,
+    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StartPosition,
 };
 use crate::store::ReadOutput;
 
@@ -91,6 +91,7 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         EngineError::Poisoned(_) => (ErrorCode::ShardPoisoned, 0),
         EngineError::Corrupt(_) | EngineError::Startup(_) => (ErrorCode::Internal, 0),
         EngineError::ShuttingDown => (ErrorCode::ShuttingDown, 100),
+        EngineError::OutcomeUnknown => (ErrorCode::OutcomeUnknown, 0),
     }
 }
 
@@ -295,7 +296,7 @@ async fn describe_stream<S: Storage + 'static>(
             shard_id: sh.shard_id,
         };
         let owner = sh.core as usize % core.peers.len();
-        let stats = call(&core.peers[owner], |reply| CoreMsg::Stats { ident, reply })
+        let stats = call_read(&core.peers[owner], |reply| CoreMsg::Stats { ident, reply })
             .await
             .map_err(fail)?;
         let (start, end) = sh.hash_range();
@@ -644,7 +645,7 @@ async fn read_shard<S: Storage + 'static>(
     if owner == core.index {
         core.read(ident, req).await
     } else {
-        call(&core.peers[owner], |reply| CoreMsg::Read {
+        call_read(&core.peers[owner], |reply| CoreMsg::Read {
             ident,
             req,
             reply,
@@ -663,7 +664,7 @@ async fn wait_data<S: Storage + 'static>(
     if owner == core.index {
         core.wait_for_data(ident, from_seq, wait_ms).await
     } else {
-        call(&core.peers[owner], |reply| CoreMsg::WaitData {
+        call_read(&core.peers[owner], |reply| CoreMsg::WaitData {
             ident,
             from_seq,
             wait_ms,
@@ -682,7 +683,7 @@ async fn position_of<S: Storage + 'static>(
     if owner == core.index {
         core.position(ident, pos).await
     } else {
-        call(&core.peers[owner], |reply| CoreMsg::Position {
+        call_read(&core.peers[owner], |reply| CoreMsg::Position {
             ident,
             pos,
             reply,

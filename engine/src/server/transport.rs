@@ -63,7 +63,7 @@ pub(crate) struct NetState {
     unsent_bytes: Cell<usize>,
     /// Long-polls waiting on this core's shards (maintained by `runtime`).
     pub(crate) parked_reads: Cell<usize>,
-    idle: Notify,
+    pub(crate) idle: Notify,
 }
 
 /// A snapshot of one core's network accounting.
@@ -128,12 +128,13 @@ impl<S: Storage + 'static> Core<S> {
     /// after `stopping` is set so that no new request is taken.
     pub(crate) async fn drain_requests(&self) {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.net.inflight.get() > 0 {
+        while self.net.inflight.get() > 0 || self.handling.get() > 0 {
             let now = Instant::now();
             if now >= deadline {
                 tracing::warn!(
                     core = self.index,
                     inflight = self.net.inflight.get(),
+                    forwarded = self.handling.get(),
                     "drain timed out"
                 );
                 return;

@@ -66,11 +66,7 @@ impl StreamOptions {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum ShardState {
-    Open,
-    Closed,
-}
+pub use spate_protocol::stream::ShardState;
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardEntry {
@@ -239,6 +235,18 @@ impl Catalog {
             )));
         }
         validate_retention(retention_hours)?;
+        let max_record = spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING;
+        if max_record_data_bytes == 0 || max_record_data_bytes as usize > max_record {
+            return Err(EngineError::InvalidArgument(format!(
+                "max record size {max_record_data_bytes} must be 1..={max_record}"
+            )));
+        }
+        if !limits.is_valid() {
+            return Err(EngineError::InvalidArgument(format!(
+                "limits {limits:?}: each rate must be 1..={} per second",
+                crate::limits::MAX_LIMIT_RATE
+            )));
+        }
         let mut load = vec![0u64; cores as usize];
         for s in &self.data.streams {
             for sh in &s.shards {
@@ -371,6 +379,26 @@ mod tests {
     }
 
     #[test]
+    fn a_catalog_written_by_an_older_version_loads() {
+        // Written by ca1cb5c (before limits became the protocol's type): `clicks`, 3 shards,
+        // Kinesis limits, 24 h; `bench`, 1 shard, off, 48 h, 2 MiB records.
+        let bytes = include_bytes!("../tests/fixtures/catalog-ca1cb5c.bin");
+        let c = Catalog::from_bytes(Path::new("/x"), Some(bytes)).unwrap();
+        let clicks = c.stream("clicks").unwrap();
+        assert_eq!(clicks.shards.len(), 3);
+        assert_eq!(clicks.limits, Limits::Kinesis);
+        assert_eq!(clicks.retention_hours, 24);
+        let bench = c.stream("bench").unwrap();
+        assert_eq!(bench.shards.len(), 1);
+        assert_eq!(bench.limits, Limits::Off);
+        assert_eq!(bench.retention_hours, 48);
+        assert_eq!(bench.max_record_data_bytes, 2 << 20);
+        assert_eq!(c.data.next_stream_id, 3);
+        // And it is written back byte for byte.
+        assert_eq!(&encode(&c.data)[..], &bytes[..]);
+    }
+
+    #[test]
     fn damaged_catalog_is_a_clean_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::load(dir.path()).unwrap();
@@ -456,6 +484,25 @@ mod tests {
                 0
             )
             .is_err());
+        let extreme = Limits::Custom {
+            write_bytes_per_s: u64::MAX,
+            write_records_per_s: 1,
+            read_bytes_per_s: 1,
+        };
+        let err = c
+            .add_stream(
+                "ok",
+                &StreamOptions {
+                    shard_count: 1,
+                    retention_hours: 24,
+                    limits: extreme,
+                    max_record_data_bytes: 1,
+                },
+                1,
+                0,
+            )
+            .unwrap_err();
+        assert!(matches!(err, EngineError::InvalidArgument(_)), "{err}");
         c.add_stream(
             "ok",
             &StreamOptions {

@@ -173,6 +173,16 @@ impl EngineConfig {
         }
     }
 
+    /// Descriptors `cores` cores may hold open: every allowed connection and listener, and
+    /// per store its journal ring, a volume per `volume_bytes` of a few GiB of data, the
+    /// manifest and some headroom for transient files.
+    pub fn open_files_needed(&self, cores: usize) -> u64 {
+        let cores = cores as u64;
+        let connections = (self.max_connections_per_core as u64 + 2) * cores;
+        let per_store = u64::from(self.journal_files) + 64;
+        connections + per_store * cores + 64
+    }
+
     /// Checks values the engine cannot run with; one line per problem.
     pub fn validate(&self) -> Result<(), String> {
         let block = crate::io::BLOCK_BYTES as u64;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_channel::Sender;
-use spate_protocol::batch::{BatchBuilder, MAX_RECORD_DATA_BYTES_CEILING};
+use spate_protocol::batch::BatchBuilder;
 use spate_protocol::routing::hash_key;
 
 use crate::catalog::{Catalog, ShardState, StreamEntry};
@@ -19,8 +19,8 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::limits::Limits;
 use crate::runtime::{
-    call, run_core, ControlOp, CoreMsg, CoreSetup, PutOutcome, ReadRequest, ShardIdent,
-    ShardSpecMsg, ShardStats, StartPosition,
+    call, run_core, ControlOp, CoreMsg, CoreSetup, IteratorPosition, PutOutcome, ReadRequest,
+    ShardIdent, ShardSpecMsg, ShardStats, SharedRoutes,
 };
 use crate::store::ReadOutput;
 
@@ -54,7 +54,8 @@ pub struct StreamDescription {
 struct Inner {
     cores: Vec<Sender<CoreMsg>>,
     core_cpus: Vec<usize>,
-    routes: Mutex<HashMap<String, Arc<StreamEntry>>>,
+    /// Published by core 0 after every control operation (see `SharedRoutes`).
+    routes: SharedRoutes,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     cfg: EngineConfig,
 }
@@ -100,6 +101,53 @@ pub fn engine_cpus(cfg: &EngineConfig) -> Result<Vec<usize>, EngineError> {
     Ok(ids.into_iter().map(|c| c.id).collect())
 }
 
+/// The file in the data directory holding the secret of iterator tokens.
+pub const TOKEN_KEY_FILE: &str = "iterator.key";
+
+/// The iterator-token secret of `data_dir`, made (from the kernel's random source, readable
+/// by its owner only) at first start or when the file is damaged; a new secret only makes
+/// outstanding iterators invalid, which clients answer by asking for new ones.
+fn token_key(data_dir: &std::path::Path) -> Result<spate_protocol::TokenKey, EngineError> {
+    use spate_protocol::token::TOKEN_KEY_LEN;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(TOKEN_KEY_FILE);
+    let fail = |what: &str, e: std::io::Error| {
+        EngineError::Startup(format!("cannot {what} {}: {e}", path.display()))
+    };
+    match std::fs::read(&path) {
+        Ok(b) => match <[u8; TOKEN_KEY_LEN]>::try_from(b.as_slice()) {
+            Ok(key) => return Ok(spate_protocol::TokenKey::new(key)),
+            Err(_) => tracing::warn!(
+                path = %path.display(),
+                bytes = b.len(),
+                "iterator key damaged; making a new one (outstanding iterators become invalid)"
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("read", e)),
+    }
+    let mut key = [0u8; TOKEN_KEY_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| fail("make a secret for", e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(&key)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        .map_err(|e| fail("write", e))?;
+    Ok(spate_protocol::TokenKey::new(key))
+}
+
 impl Engine {
     /// Starts the engine with the system clock.
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
@@ -120,8 +168,9 @@ impl Engine {
         // Refuse to start, with one line naming the fix, when the host cannot run glommio
         // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),
         // instead of panicking deep inside the runtime.
-        let report = spate_tuning::preflight(&cfg.data_dir, cpus.len())
-            .map_err(|e| EngineError::Startup(e.to_string()))?;
+        let report =
+            spate_tuning::preflight(&cfg.data_dir, cpus.len(), cfg.open_files_needed(cpus.len()))
+                .map_err(|e| EngineError::Startup(e.to_string()))?;
         tracing::info!("{}", report.summary());
         if cfg.data_dir.join("streams").exists() {
             return Err(EngineError::Startup(format!(
@@ -130,6 +179,7 @@ impl Engine {
             )));
         }
         let catalog = Catalog::load(&cfg.data_dir)?;
+        let token_key = token_key(&cfg.data_dir)?;
         let n = cpus.len();
         let mut routes = HashMap::new();
         // A shard's data lives in the store the catalog placed it on; store `k` is served by
@@ -167,6 +217,7 @@ impl Engine {
             .iter()
             .map(|s| (s.name.clone(), s.clone()))
             .collect();
+        let published: SharedRoutes = Arc::new(std::sync::RwLock::new(routes));
         let mut catalog = Some(catalog);
         for (index, ((_, rx), stores)) in channels.into_iter().zip(per_core).enumerate() {
             let setup = CoreSetup {
@@ -177,6 +228,8 @@ impl Engine {
                 rx,
                 peers: senders.clone(),
                 routes: core_routes.clone(),
+                published: published.clone(),
+                token_key: token_key.clone(),
                 catalog: if index == 0 { catalog.take() } else { None },
                 stores,
                 ready: ready_tx.clone(),
@@ -202,7 +255,7 @@ impl Engine {
         let inner = Inner {
             cores: senders,
             core_cpus: cpus,
-            routes: Mutex::new(routes),
+            routes: published,
             threads: Mutex::new(threads),
             cfg,
         };
@@ -239,7 +292,7 @@ impl Engine {
     fn route(&self, stream: &str) -> Result<Arc<StreamEntry>, EngineError> {
         self.inner
             .routes
-            .lock()
+            .read()
             .expect("routes lock")
             .get(stream)
             .cloned()
@@ -281,32 +334,11 @@ impl Engine {
         name: &str,
         opts: StreamOptions,
     ) -> Result<StreamEntry, EngineError> {
-        if opts.max_record_data_bytes as usize > MAX_RECORD_DATA_BYTES_CEILING
-            || opts.max_record_data_bytes == 0
-        {
-            return Err(EngineError::InvalidArgument(format!(
-                "max record size {} must be 1..={MAX_RECORD_DATA_BYTES_CEILING}",
-                opts.max_record_data_bytes
-            )));
-        }
-        if let Some((wb, wr, rb)) = opts.limits.rates() {
-            if wb == 0 || wr == 0 || rb == 0 {
-                return Err(EngineError::InvalidArgument(
-                    "custom limits must be positive".into(),
-                ));
-            }
-        }
         let op = ControlOp::CreateStream {
             name: name.to_owned(),
             opts,
         };
-        let entry = self.control(op).await?.pop().expect("created stream");
-        self.inner
-            .routes
-            .lock()
-            .expect("routes lock")
-            .insert(entry.name.clone(), Arc::new(entry.clone()));
-        Ok(entry)
+        Ok(self.control(op).await?.pop().expect("created stream"))
     }
 
     pub async fn delete_stream(&self, name: &str) -> Result<(), EngineError> {
@@ -314,25 +346,15 @@ impl Engine {
             name: name.to_owned(),
         })
         .await?;
-        self.inner.routes.lock().expect("routes lock").remove(name);
         Ok(())
     }
 
     pub async fn set_retention(&self, name: &str, hours: u32) -> Result<(), EngineError> {
-        let entry = self
-            .control(ControlOp::SetRetention {
-                name: name.to_owned(),
-                hours,
-            })
-            .await?
-            .pop();
-        if let Some(entry) = entry {
-            self.inner
-                .routes
-                .lock()
-                .expect("routes lock")
-                .insert(entry.name.clone(), Arc::new(entry));
-        }
+        self.control(ControlOp::SetRetention {
+            name: name.to_owned(),
+            hours,
+        })
+        .await?;
         Ok(())
     }
 
@@ -431,7 +453,7 @@ impl Engine {
         &self,
         stream: &str,
         shard_id: u32,
-        pos: StartPosition,
+        pos: IteratorPosition,
     ) -> Result<u64, EngineError> {
         let (ident, core) = self.shard_owner(stream, shard_id)?;
         call(&self.inner.cores[core], |reply| CoreMsg::Position {

@@ -5,81 +5,50 @@
 //! rest is refused with a retry hint. Admitting a prefix (never a subset) keeps each
 //! partition key's records in order when the producer retries the remainder.
 
-use serde::{Deserialize, Serialize};
-
-/// A stream's limits mode.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    Deserialize,
-    rkyv::Archive,
-    rkyv::Serialize,
-    rkyv::Deserialize,
-)]
-pub enum Limits {
-    /// Kinesis defaults: in 1 MiB/s and 1,000 records/s, out 2 MiB/s, per shard.
-    Kinesis,
-    /// No limits (benchmarks, trusted producers).
-    Off,
-    Custom {
-        write_bytes_per_s: u64,
-        write_records_per_s: u64,
-        read_bytes_per_s: u64,
-    },
-}
-
-pub const KINESIS_WRITE_BYTES_PER_S: u64 = 1 << 20;
-pub const KINESIS_WRITE_RECORDS_PER_S: u64 = 1000;
-pub const KINESIS_READ_BYTES_PER_S: u64 = 2 << 20;
-
-impl Limits {
-    /// (write bytes/s, write records/s, read bytes/s), or `None` when off.
-    pub fn rates(&self) -> Option<(u64, u64, u64)> {
-        match *self {
-            Limits::Kinesis => Some((
-                KINESIS_WRITE_BYTES_PER_S,
-                KINESIS_WRITE_RECORDS_PER_S,
-                KINESIS_READ_BYTES_PER_S,
-            )),
-            Limits::Off => None,
-            Limits::Custom {
-                write_bytes_per_s,
-                write_records_per_s,
-                read_bytes_per_s,
-            } => Some((write_bytes_per_s, write_records_per_s, read_bytes_per_s)),
-        }
-    }
-}
+pub use spate_protocol::stream::{
+    Limits, KINESIS_READ_BYTES_PER_S, KINESIS_WRITE_BYTES_PER_S, KINESIS_WRITE_RECORDS_PER_S,
+    MAX_LIMIT_RATE,
+};
 
 /// A token bucket in integer milli-units: `rate` units per second, one second of burst.
+///
+/// The balance may go below zero: a request larger than the whole bucket (a 10 MiB record
+/// under 1 MiB/s, a 10 MiB read under 2 MiB/s) is let through when the bucket is full and
+/// leaves a debt that refills at the rate, so the average never exceeds it. Rates are
+/// clamped to `MAX_LIMIT_RATE` and all arithmetic saturates: a catalog written before
+/// ranges were checked cannot overflow it.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate_per_s: u64,
-    /// Milli-units available.
-    tokens_milli: u64,
+    /// Milli-units available; negative is a debt.
+    tokens_milli: i64,
     last_ms: i64,
 }
 
 impl TokenBucket {
     pub fn new(rate_per_s: u64, now_ms: i64) -> TokenBucket {
-        assert!(rate_per_s > 0, "a bucket with no rate admits nothing");
+        let rate_per_s = rate_per_s.clamp(1, MAX_LIMIT_RATE);
         TokenBucket {
             rate_per_s,
-            tokens_milli: rate_per_s * 1000,
+            tokens_milli: Self::cap_milli(rate_per_s),
             last_ms: now_ms,
         }
     }
 
+    fn cap_milli(rate_per_s: u64) -> i64 {
+        (rate_per_s * 1000) as i64
+    }
+
     fn refill(&mut self, now_ms: i64) {
-        let elapsed_ms = (now_ms - self.last_ms).max(0) as u64;
+        let elapsed_ms = now_ms.saturating_sub(self.last_ms).max(0) as u64;
         if elapsed_ms > 0 {
-            let cap = self.rate_per_s * 1000;
-            self.tokens_milli =
-                (self.tokens_milli + elapsed_ms.saturating_mul(self.rate_per_s)).min(cap);
+            let gained = elapsed_ms
+                .saturating_mul(self.rate_per_s)
+                .min(i64::MAX as u64) as i64;
+            self.tokens_milli = self
+                .tokens_milli
+                .saturating_add(gained)
+                .min(Self::cap_milli(self.rate_per_s));
             self.last_ms = now_ms;
         }
     }
@@ -89,23 +58,32 @@ impl TokenBucket {
         self.rate_per_s
     }
 
+    /// Whole units available now (0 while in debt).
     pub fn available(&mut self, now_ms: i64) -> u64 {
         self.refill(now_ms);
-        self.tokens_milli / 1000
+        (self.tokens_milli.max(0) / 1000) as u64
     }
 
+    /// Whether the bucket is full (it holds a whole second).
+    pub fn is_full(&mut self, now_ms: i64) -> bool {
+        self.refill(now_ms);
+        self.tokens_milli >= Self::cap_milli(self.rate_per_s)
+    }
+
+    /// Takes `units`, going into debt if there are not that many.
     pub fn take(&mut self, units: u64) {
-        self.tokens_milli = self.tokens_milli.saturating_sub(units * 1000);
+        let milli = units.saturating_mul(1000).min(i64::MAX as u64) as i64;
+        self.tokens_milli = self.tokens_milli.saturating_sub(milli);
     }
 
-    /// Milliseconds until `units` are available (at least 1). Requests larger than the
-    /// burst are told when the bucket will be full.
+    /// Milliseconds until `units` are available (at least 1). A request larger than the
+    /// bucket is told when the bucket will be full.
     pub fn wait_ms(&self, units: u64) -> u32 {
-        let want = (units * 1000).min(self.rate_per_s * 1000);
-        let deficit = want.saturating_sub(self.tokens_milli);
+        let want = units.min(self.rate_per_s) * 1000;
+        let deficit = (want as i128 - i128::from(self.tokens_milli)).max(0) as u128;
         deficit
-            .div_ceil(self.rate_per_s)
-            .clamp(1, u64::from(u32::MAX)) as u32
+            .div_ceil(u128::from(self.rate_per_s))
+            .clamp(1, u128::from(u32::MAX)) as u32
     }
 }
 
@@ -143,19 +121,20 @@ impl WriteLimiter {
             retry_after_ms: None,
         };
         let mut refused: Option<u64> = None;
+        let full = self.bytes.is_full(now_ms);
         for size in record_sizes {
             // A record larger than the whole bucket (1 MiB of data plus its key, under the
-            // 1 MiB/s default) is admitted when the bucket is full; counting it at the
-            // bucket's size keeps it from being throttled forever.
-            let size = size.min(self.bytes.capacity());
-            if records_left == 0 || size > bytes_left {
+            // 1 MiB/s default) goes first into a full bucket and leaves a debt.
+            let as_debt = out.records == 0 && full && size > self.bytes.capacity();
+            if records_left == 0 || (size > bytes_left && !as_debt) {
                 refused = Some(size);
                 break;
             }
-            bytes_left -= size;
+            let size_left = size.min(bytes_left);
+            bytes_left -= size_left;
             records_left -= 1;
             out.records += 1;
-            out.bytes += size;
+            out.bytes = out.bytes.saturating_add(size);
         }
         self.bytes.take(out.bytes);
         self.records.take(u64::from(out.records));
@@ -211,6 +190,50 @@ mod tests {
     }
 
     #[test]
+    fn records_larger_than_a_second_leave_a_debt_the_average_honours() {
+        // 10 MiB records under 1 MiB/s: one goes into a full bucket, the next waits ~10 s.
+        let mut w = WriteLimiter::new(1 << 20, 1000, 0);
+        let big = 10 << 20;
+        assert_eq!(w.admit(std::iter::once(big), 0).records, 1);
+        let again = w.admit(std::iter::once(big), 0);
+        assert_eq!(again.records, 0);
+        let retry = again.retry_after_ms.unwrap();
+        assert!((10_000..=10_300).contains(&retry), "retry {retry}");
+        // Offered every 10 ms for 100 simulated seconds: the average stays at 1 MiB/s.
+        let mut w = WriteLimiter::new(1 << 20, 1000, 0);
+        let mut bytes = 0u64;
+        for step in 0..10_000 {
+            bytes += w.admit(std::iter::once(big), step * 10).bytes;
+        }
+        let mib = bytes >> 20;
+        assert!((90..=112).contains(&mib), "{mib} MiB in 100 s");
+        // Reads: a 10 MiB answer under 2 MiB/s leaves ~5 s of debt.
+        let mut r = TokenBucket::new(2 << 20, 0);
+        assert!(r.available(0) > 0);
+        r.take(10 << 20);
+        assert_eq!(r.available(4000), 0);
+        assert!(r.available(5100) > 0);
+    }
+
+    #[test]
+    fn extreme_rates_neither_overflow_nor_panic() {
+        for rate in [1, MAX_LIMIT_RATE, MAX_LIMIT_RATE + 1, u64::MAX] {
+            let mut w = WriteLimiter::new(rate, rate, i64::MIN / 2);
+            let a = w.admit([u64::MAX, 1, u64::MAX].into_iter(), i64::MAX / 2);
+            assert!(a.records <= 3);
+            let mut b = TokenBucket::new(rate, 0);
+            b.take(u64::MAX);
+            b.take(u64::MAX);
+            assert_eq!(b.available(1), 0);
+            assert!(b.wait_ms(u64::MAX) >= 1);
+            let mut b = TokenBucket::new(rate, 0);
+            b.take(b.capacity());
+            b.take(10 << 20);
+            assert!(b.available(i64::MAX) > 0, "a debt is repaid");
+        }
+    }
+
+    #[test]
     fn a_record_as_large_as_the_limit_is_admitted_when_the_bucket_is_full() {
         let mut w = WriteLimiter::new(1 << 20, 1000, 0);
         let big = (1 << 20) + 10; // 1 MiB of data plus a 10-byte key
@@ -218,8 +241,9 @@ mod tests {
         let again = w.admit(std::iter::once(big), 0);
         assert_eq!(again.records, 0);
         let retry = again.retry_after_ms.unwrap();
-        assert!((990..=1000).contains(&retry), "retry {retry}");
-        assert_eq!(w.admit(std::iter::once(big), 1000).records, 1);
+        // A full second, and the 10 bytes of debt past it.
+        assert!((990..=1010).contains(&retry), "retry {retry}");
+        assert_eq!(w.admit(std::iter::once(big), retry.into()).records, 1);
     }
 
     #[test]

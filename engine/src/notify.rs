@@ -124,6 +124,38 @@ impl Drop for Wait<'_> {
     }
 }
 
+/// A lock for tasks on one core: one holder at a time, the others wait (in no set order).
+#[derive(Debug, Default)]
+pub struct TaskLock {
+    held: Cell<bool>,
+    released: Notify,
+}
+
+impl TaskLock {
+    pub fn new() -> TaskLock {
+        TaskLock::default()
+    }
+
+    /// Waits for the lock; it is released when the guard drops (also if the holding future
+    /// is dropped half-way).
+    pub async fn lock(&self) -> TaskLockGuard<'_> {
+        while self.held.get() {
+            self.released.wait().await;
+        }
+        self.held.set(true);
+        TaskLockGuard(self)
+    }
+}
+
+pub struct TaskLockGuard<'a>(&'a TaskLock);
+
+impl Drop for TaskLockGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.set(false);
+        self.0.released.notify_all();
+    }
+}
+
 /// Runs a closure when dropped (resets a flag or a count however the future holding it ends).
 pub(crate) struct OnDrop<F: FnOnce()>(Option<F>);
 

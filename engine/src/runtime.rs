@@ -24,6 +24,7 @@ use async_channel::{Receiver, Sender};
 use spate_protocol::batch::{
     self, check_producer_batch_with, BatchHeader, RecordIter, RecordRules,
 };
+pub use spate_protocol::read::IteratorPosition;
 
 use crate::catalog::{validate_retention, Catalog, StreamEntry};
 use crate::clock::ClockRef;
@@ -67,6 +68,12 @@ impl<S: Storage> Prepared<S> {
 const KEY_HASH_CACHE_SLOTS: usize = 4096;
 
 pub(crate) type Reply<T> = Sender<Result<T, EngineError>>;
+
+/// The routing table core 0 publishes for the thread-safe `Engine` handle after every
+/// control operation (whoever asked for it: the handle or a client over the wire). Only
+/// the handle reads it, never a core's request path.
+pub(crate) type SharedRoutes =
+    std::sync::Arc<std::sync::RwLock<HashMap<String, std::sync::Arc<StreamEntry>>>>;
 
 /// Everything a core needs to serve one shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,16 +131,6 @@ impl ShardSpecMsg {
             max_record_data_bytes: self.max_record_data_bytes,
         }
     }
-}
-
-/// Where an iterator starts (Kinesis' ShardIteratorType).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartPosition {
-    TrimHorizon,
-    Latest,
-    AtSequence(u64),
-    AfterSequence(u64),
-    AtTimestamp(i64),
 }
 
 /// A read request against one shard.
@@ -217,7 +214,7 @@ pub(crate) enum CoreMsg {
     },
     Position {
         ident: ShardIdent,
-        pos: StartPosition,
+        pos: IteratorPosition,
         reply: Reply<u64>,
     },
     Stats {
@@ -281,6 +278,10 @@ pub(crate) struct CoreSetup {
     /// Stores this core serves, with the shards placed in each.
     pub stores: Vec<(u32, Vec<ShardSpecMsg>)>,
     pub routes: HashMap<String, StreamEntry>,
+    /// Where core 0 publishes routes for the `Engine` handle.
+    pub published: SharedRoutes,
+    /// The secret iterator tokens are authenticated with.
+    pub token_key: spate_protocol::TokenKey,
     pub ready: std::sync::mpsc::Sender<Result<(), EngineError>>,
 }
 
@@ -309,6 +310,12 @@ pub struct Core<S: Storage> {
     pub(crate) net: crate::server::NetState,
     /// Messages from other cores being handled (a shutdown waits for them).
     pub(crate) handling: Cell<usize>,
+    /// Core 0: where routes are published for the `Engine` handle.
+    published: RefCell<Option<SharedRoutes>>,
+    /// Core 0: control operations run one at a time.
+    control_lock: crate::notify::TaskLock,
+    /// The secret iterator tokens are authenticated with (set once the core starts).
+    pub(crate) token_key: std::cell::OnceCell<spate_protocol::TokenKey>,
     /// Partition key -> MD5 cache for the routing check (`verify_hash_keys`).
     key_hashes: RefCell<spate_protocol::routing::CachedKeyHasher>,
 }
@@ -335,6 +342,8 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         catalog,
         stores,
         routes,
+        published,
+        token_key,
         ready,
     } = setup;
     let storage = match DmaStorage::open_core(&cfg.data_dir, index).await {
@@ -355,6 +364,8 @@ pub(crate) async fn run_core(setup: CoreSetup) {
             return;
         }
     };
+    *core.published.borrow_mut() = Some(published);
+    let _ = core.token_key.set(token_key);
     let _ = ready.send(Ok(()));
     core.spawn_background();
     while let Ok(msg) = rx.recv().await {
@@ -414,6 +425,9 @@ impl<S: Storage + 'static> Core<S> {
             routes: RefCell::new(routes.into_iter().map(|(k, v)| (k, Rc::new(v))).collect()),
             net: crate::server::NetState::default(),
             handling: Cell::new(0),
+            published: RefCell::new(None),
+            control_lock: crate::notify::TaskLock::new(),
+            token_key: std::cell::OnceCell::new(),
             key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
                 KEY_HASH_CACHE_SLOTS,
             )),
@@ -891,7 +905,7 @@ impl<S: Storage + 'static> Core<S> {
     pub(crate) async fn position(
         &self,
         ident: ShardIdent,
-        pos: StartPosition,
+        pos: IteratorPosition,
     ) -> Result<u64, EngineError> {
         let slot = self.slot(ident)?;
         let store = &slot.store;
@@ -899,16 +913,21 @@ impl<S: Storage + 'static> Core<S> {
         let durable = info.next_seq;
         let horizon = info.first_seq;
         let seq = match pos {
-            StartPosition::TrimHorizon => horizon,
-            StartPosition::Latest => durable,
-            StartPosition::AtSequence(s) | StartPosition::AfterSequence(s) if s >= durable => {
+            IteratorPosition::TrimHorizon => horizon,
+            IteratorPosition::Latest => durable,
+            IteratorPosition::AtSequenceNumber { seq: s }
+            | IteratorPosition::AfterSequenceNumber { seq: s }
+                if s >= durable =>
+            {
                 return Err(EngineError::InvalidArgument(format!(
                     "sequence number {s} is not in the shard (next is {durable})"
                 )))
             }
-            StartPosition::AtSequence(s) => s.max(horizon),
-            StartPosition::AfterSequence(s) => (s + 1).max(horizon),
-            StartPosition::AtTimestamp(ts) => store.seq_at_timestamp(ident, ts).await?,
+            IteratorPosition::AtSequenceNumber { seq: s } => s.max(horizon),
+            IteratorPosition::AfterSequenceNumber { seq: s } => (s + 1).max(horizon),
+            IteratorPosition::AtTimestamp { ts_ms: ts } => {
+                store.seq_at_timestamp(ident, ts).await?
+            }
         };
         Ok(seq)
     }
@@ -968,6 +987,13 @@ impl<S: Storage + 'static> Core<S> {
             })
             .await?;
         }
+        if let Some(published) = self.published.borrow().as_ref() {
+            let mut routes = published.write().expect("routes lock");
+            match entry {
+                Some(e) => routes.insert(name.to_owned(), std::sync::Arc::new(e)),
+                None => routes.remove(name),
+            };
+        }
         Ok(())
     }
 
@@ -977,8 +1003,14 @@ impl<S: Storage + 'static> Core<S> {
     async fn control(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
         let catalog = self.catalog.as_ref().expect("control ops go to core 0");
         let cores = self.peers.len() as u32;
+        if let ControlOp::Snapshot = op {
+            return Ok(catalog.borrow().data.streams.clone());
+        }
+        // One change at a time, start to finish: a delete never runs while a create is still
+        // opening shards, and catalog saves land in the order the changes were made.
+        let _serial = self.control_lock.lock().await;
         match op {
-            ControlOp::Snapshot => Ok(catalog.borrow().data.streams.clone()),
+            ControlOp::Snapshot => unreachable!("answered above"),
             ControlOp::CreateStream { name, opts } => {
                 let entry = catalog
                     .borrow_mut()

@@ -18,7 +18,7 @@ use crate::error::EngineError;
 use crate::io::Storage;
 use crate::limits::Limits;
 use crate::runtime::{
-    call, ControlOp, Core, CoreMsg, ReadRequest, ShardIdent, ShardSpecMsg, StartPosition,
+    call, ControlOp, Core, CoreMsg, IteratorPosition, ReadRequest, ShardIdent, ShardSpecMsg,
 };
 use crate::sim::{SimRng, SimStorage};
 
@@ -128,7 +128,10 @@ fn tagged(key: &str, tag: u64, n: u32, size: usize) -> Vec<u8> {
 
 async fn read_shard(core: &Core<SimStorage>, id: ShardIdent) -> BTreeMap<u64, Vec<u8>> {
     let mut out = BTreeMap::new();
-    let mut from = core.position(id, StartPosition::TrimHorizon).await.unwrap();
+    let mut from = core
+        .position(id, IteratorPosition::TrimHorizon)
+        .await
+        .unwrap();
     loop {
         let req = ReadRequest {
             from_seq: from,
@@ -249,7 +252,7 @@ async fn run_seed(seed: u64) {
                     stream_id,
                     shard_id: 0,
                 };
-                let tip = core.position(id, StartPosition::Latest).await.unwrap();
+                let tip = core.position(id, IteratorPosition::Latest).await.unwrap();
                 let r = core
                     .read(
                         id,

@@ -117,8 +117,9 @@ pub fn batch(data: &[u8]) -> bool {
             );
         }
     }
-    if let Ok(token) = IteratorToken::decode(data) {
-        assert_eq!(IteratorToken::decode(&token.encode()), Ok(token));
+    let key = crate::token::TokenKey::new([0x5a; crate::token::TOKEN_KEY_LEN]);
+    if let Ok(token) = IteratorToken::decode(data, &key) {
+        assert_eq!(IteratorToken::decode(&token.encode(&key), &key), Ok(token));
         let _ = token.is_expired(i64::MAX);
         decoded = true;
     }

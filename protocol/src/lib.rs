@@ -94,7 +94,7 @@ pub use stream::{
     ListStreamsRequest, ListStreamsResponse, RetentionRequest, ShardDescription, ShardState,
     StreamDescription,
 };
-pub use token::{IteratorToken, ITERATOR_LIFETIME_MS};
+pub use token::{IteratorToken, TokenKey, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;
 pub use write::{
     encode_put_batch_head, encode_put_batches_head, encode_put_record_head, put_shard_batch,

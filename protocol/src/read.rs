@@ -575,7 +575,7 @@ mod tests {
             next_seq: 3,
             issued_at_ms: 4,
         }
-        .encode()
+        .encode(&crate::token::TokenKey::new([1; 32]))
     }
 
     fn response_bytes(head: &GetRecordsHead<'_>, batches: &[&[u8]]) -> Vec<u8> {

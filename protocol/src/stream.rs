@@ -100,20 +100,31 @@ fn get_max_record_data_bytes(r: &mut Reader<'_>, field: &'static str) -> Result<
     Ok(bytes)
 }
 
-/// A stream's throughput limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A stream's per-shard throughput limits: one type for the wire, the engine's token
+/// buckets and its catalog (archived with rkyv: variants and fields keep their order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Limits {
     /// Kinesis' per-shard defaults (1 MiB/s and 1,000 records/s in, 2 MiB/s out).
     Kinesis,
     /// No limits: for benchmarks.
     Off,
-    /// Per-shard limits of the user's choosing; each is at least 1.
+    /// Per-shard limits of the user's choosing; each in `1..=MAX_LIMIT_RATE`.
     Custom {
         write_bytes_per_s: u64,
         write_records_per_s: u64,
         read_bytes_per_s: u64,
     },
 }
+
+/// Kinesis' write limit per shard: 1 MiB/s ...
+pub const KINESIS_WRITE_BYTES_PER_S: u64 = 1 << 20;
+/// ... and 1,000 records/s.
+pub const KINESIS_WRITE_RECORDS_PER_S: u64 = 1000;
+/// Kinesis' shared read limit per shard: 2 MiB/s.
+pub const KINESIS_READ_BYTES_PER_S: u64 = 2 << 20;
+/// The largest custom rate (bytes or records per second): 1 TiB/s, far past any disk, and
+/// small enough that a second of it in thousandths fits any arithmetic on it.
+pub const MAX_LIMIT_RATE: u64 = 1 << 40;
 
 const LIMITS_KINESIS: u8 = 0;
 const LIMITS_OFF: u8 = 1;
@@ -150,7 +161,7 @@ impl Limits {
                 if !limits.is_valid() {
                     return Err(DecodeError::Invalid {
                         field: "limits",
-                        reason: "a rate is 0",
+                        reason: "each rate must be 1..=2^40 per second",
                     });
                 }
                 Ok(limits)
@@ -162,15 +173,30 @@ impl Limits {
         }
     }
 
-    /// Custom rates must be positive: a zero rate would refuse every request.
+    /// Custom rates must be in `1..=MAX_LIMIT_RATE`: a zero rate would refuse every request.
     pub fn is_valid(&self) -> bool {
+        match self.rates() {
+            None => true,
+            Some((wb, wr, rb)) => [wb, wr, rb]
+                .iter()
+                .all(|r| (1..=MAX_LIMIT_RATE).contains(r)),
+        }
+    }
+
+    /// (write bytes/s, write records/s, read bytes/s), or `None` when off.
+    pub fn rates(&self) -> Option<(u64, u64, u64)> {
         match *self {
-            Limits::Kinesis | Limits::Off => true,
+            Limits::Kinesis => Some((
+                KINESIS_WRITE_BYTES_PER_S,
+                KINESIS_WRITE_RECORDS_PER_S,
+                KINESIS_READ_BYTES_PER_S,
+            )),
+            Limits::Off => None,
             Limits::Custom {
                 write_bytes_per_s,
                 write_records_per_s,
                 read_bytes_per_s,
-            } => write_bytes_per_s > 0 && write_records_per_s > 0 && read_bytes_per_s > 0,
+            } => Some((write_bytes_per_s, write_records_per_s, read_bytes_per_s)),
         }
     }
 }
@@ -223,8 +249,9 @@ pub struct ListStreamsResponse<'a> {
     pub has_more: bool,
 }
 
+/// A shard's state: one type for the wire and the engine's catalog (archived with rkyv).
 #[repr(u8)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ShardState {
     /// Takes writes.
     Open = 0,
@@ -686,6 +713,22 @@ mod tests {
                 },
                 ..ok
             },
+            CreateStreamRequest {
+                limits: Limits::Custom {
+                    write_bytes_per_s: u64::MAX,
+                    write_records_per_s: 1,
+                    read_bytes_per_s: 1,
+                },
+                ..ok
+            },
+            CreateStreamRequest {
+                limits: Limits::Custom {
+                    write_bytes_per_s: 1,
+                    write_records_per_s: 1,
+                    read_bytes_per_s: crate::stream::MAX_LIMIT_RATE + 1,
+                },
+                ..ok
+            },
         ];
         for req in bad {
             let mut payload = Vec::new();
@@ -713,10 +756,12 @@ mod tests {
         prop_oneof![
             Just(Limits::Kinesis),
             Just(Limits::Off),
-            (1u64.., 1u64.., 1u64..).prop_map(|(a, b, c)| Limits::Custom {
-                write_bytes_per_s: a,
-                write_records_per_s: b,
-                read_bytes_per_s: c
+            (1..=MAX_LIMIT_RATE, 1..=MAX_LIMIT_RATE, 1..=MAX_LIMIT_RATE).prop_map(|(a, b, c)| {
+                Limits::Custom {
+                    write_bytes_per_s: a,
+                    write_records_per_s: b,
+                    read_bytes_per_s: c,
+                }
             }),
         ]
     }

@@ -86,7 +86,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         next_seq: 3,
         issued_at_ms: 4,
     }
-    .encode();
+    .encode(&spate_protocol::TokenKey::new([0x5a; 32]));
     let custom = Limits::Custom {
         write_bytes_per_s: 1,
         write_records_per_s: 2,
@@ -277,7 +277,7 @@ fn batch_corpus() -> Vec<Vec<u8>> {
         next_seq: 7,
         issued_at_ms: 6,
     }
-    .encode();
+    .encode(&spate_protocol::TokenKey::new([0x5a; 32]));
     vec![
         producer_batch(),
         one_record_batch(),

@@ -85,6 +85,11 @@ pub fn records(bytes: &[u8], start_seq: u64, end_seq: u64) -> Vec<(u64, Vec<u8>,
 
 pub use spate_protocol::routing::key_for_shard;
 
+/// CRC32C, as the wire and the disk use it (for tests that forge checksummed bytes).
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
 /// A minimal blocking client speaking the wire protocol directly (std sockets), so server
 /// tests do not depend on the client library and can send malformed bytes on purpose.
 #[derive(Debug)]

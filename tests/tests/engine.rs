@@ -8,7 +8,7 @@ use futures_lite::future::block_on;
 use spate_engine::clock::ManualClock;
 use spate_engine::engine::StreamOptions;
 use spate_engine::limits::Limits;
-use spate_engine::runtime::{ReadRequest, StartPosition};
+use spate_engine::runtime::{IteratorPosition, ReadRequest};
 use spate_engine::{Engine, EngineError};
 use spate_protocol::batch::{BatchBuilder, BatchError};
 use spate_protocol::routing::hash_key;
@@ -203,20 +203,35 @@ fn every_iterator_position() {
         clock.advance(100);
     }
     let pos = |p| block_on(engine.position("s", 0, p));
-    assert_eq!(pos(StartPosition::TrimHorizon).unwrap(), 0);
-    assert_eq!(pos(StartPosition::Latest).unwrap(), 100);
-    assert_eq!(pos(StartPosition::AtSequence(42)).unwrap(), 42);
-    assert_eq!(pos(StartPosition::AfterSequence(42)).unwrap(), 43);
+    assert_eq!(pos(IteratorPosition::TrimHorizon).unwrap(), 0);
+    assert_eq!(pos(IteratorPosition::Latest).unwrap(), 100);
+    assert_eq!(
+        pos(IteratorPosition::AtSequenceNumber { seq: 42 }).unwrap(),
+        42
+    );
+    assert_eq!(
+        pos(IteratorPosition::AfterSequenceNumber { seq: 42 }).unwrap(),
+        43
+    );
     assert!(matches!(
-        pos(StartPosition::AtSequence(100)),
+        pos(IteratorPosition::AtSequenceNumber { seq: 100 }),
         Err(EngineError::InvalidArgument(_))
     ));
     for &(t, seq) in ts.iter().step_by(3) {
-        assert_eq!(pos(StartPosition::AtTimestamp(t)).unwrap(), seq);
-        assert_eq!(pos(StartPosition::AtTimestamp(t - 50)).unwrap(), seq);
+        assert_eq!(
+            pos(IteratorPosition::AtTimestamp { ts_ms: t }).unwrap(),
+            seq
+        );
+        assert_eq!(
+            pos(IteratorPosition::AtTimestamp { ts_ms: t - 50 }).unwrap(),
+            seq
+        );
     }
-    assert_eq!(pos(StartPosition::AtTimestamp(0)).unwrap(), 0);
-    assert_eq!(pos(StartPosition::AtTimestamp(i64::MAX)).unwrap(), 100);
+    assert_eq!(pos(IteratorPosition::AtTimestamp { ts_ms: 0 }).unwrap(), 0);
+    assert_eq!(
+        pos(IteratorPosition::AtTimestamp { ts_ms: i64::MAX }).unwrap(),
+        100
+    );
     // Reading from the middle of a batch yields exactly the records asked for.
     let r = block_on(engine.read(
         "s",

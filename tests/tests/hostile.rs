@@ -405,3 +405,138 @@ fn silent_peers_and_half_headers_are_closed() {
     });
     s.shutdown();
 }
+
+#[test]
+fn forged_altered_and_foreign_iterators_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "");
+    let other = server(other_dir.path(), "");
+    let mut c = WireClient::connect(s.local_addr());
+    let mut o = WireClient::connect(other.local_addr());
+    create(&mut c, "s", 1);
+    create(&mut o, "s", 1);
+    put(
+        &mut c,
+        "s",
+        0,
+        &tagged_batch(&key_for_shard(0, 1), 1, 5, 10),
+    )
+    .unwrap();
+    let it = iterator(&mut c, "s", 0);
+    let code = |c: &mut WireClient, it: &[u8]| match c.call(&get_records(it, 1 << 20, 0)).reply() {
+        Ok(Response::GetRecords(_)) => None,
+        Err(e) => Some(e.code),
+        Ok(other) => panic!("{other:?}"),
+    };
+    assert_eq!(code(&mut c, &it), None);
+    // Altered: a later position or issue time (bytes 13..29) without the secret.
+    for byte in [13, 21, 28, 40] {
+        let mut bad = it.clone();
+        bad[byte] ^= 1;
+        assert_eq!(code(&mut c, &bad), Some(ErrorCode::InvalidIterator));
+    }
+    // Forged in the old (CRC32C) layout, valid as that layout went.
+    let mut v1 = it[..29].to_vec();
+    v1[0] = 1;
+    let crc = spate_tests::crc32c(&v1);
+    v1.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(code(&mut c, &v1), Some(ErrorCode::InvalidIterator));
+    // From another server (its own secret), for a stream of the same name.
+    let foreign = iterator(&mut o, "s", 0);
+    assert_eq!(code(&mut c, &foreign), Some(ErrorCode::InvalidIterator));
+    // The secret lives in the data directory: an iterator outlives a restart.
+    s.shutdown();
+    let s = server(dir.path(), "");
+    let mut c = WireClient::connect(s.local_addr());
+    assert_eq!(code(&mut c, &it), None);
+    let key = std::fs::metadata(dir.path().join("iterator.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    s.shutdown();
+    other.shutdown();
+}
+
+#[test]
+fn create_and_delete_cannot_race_into_a_ghost_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "");
+    let mut c = WireClient::connect(s.local_addr());
+    // Create and delete pipelined: the delete is taken while the create still opens its
+    // 200 shards. They run one after the other, never interleaved.
+    let mut frames = Vec::new();
+    for i in 0..10u64 {
+        let name = format!("r{i}");
+        spate_protocol::encode_request(
+            &mut frames,
+            2 * i + 1,
+            &Request::CreateStream(CreateStreamRequest {
+                name: &name,
+                shard_count: 200,
+                retention_hours: 24,
+                limits: Limits::Off,
+                max_record_data_bytes: None,
+            }),
+        );
+        spate_protocol::encode_request(
+            &mut frames,
+            2 * i + 2,
+            &Request::DeleteStream(spate_protocol::DeleteStreamRequest { name: &name }),
+        );
+    }
+    c.send_raw(&frames).unwrap();
+    // Pipelined requests run concurrently, so a delete may also come first (and find no
+    // stream); either way what exists must match what was answered.
+    let mut deleted = [false; 10];
+    for _ in 0..20 {
+        let r = c.recv().expect("answer");
+        let cid = r.header.correlation_id;
+        let i = ((cid - 1) / 2) as usize;
+        match (cid % 2, r.reply()) {
+            (1, Ok(_)) => {}
+            (0, Ok(_)) => deleted[i] = true,
+            (0, Err(e)) if e.code == ErrorCode::UnknownStream => {}
+            (_, other) => panic!("request {cid}: {other:?}"),
+        }
+    }
+    let ghosts = |c: &mut WireClient| {
+        (0..10)
+            .filter(|&i| {
+                let name = format!("r{i}");
+                let batch = tagged_batch(&key_for_shard(0, 200), 1, 1, 10);
+                let exists = put(c, &name, 0, &batch) != Err(ErrorCode::UnknownStream);
+                exists == deleted[i]
+            })
+            .count()
+    };
+    assert_eq!(
+        ghosts(&mut c),
+        0,
+        "a deleted stream takes writes, or a created one does not"
+    );
+    s.shutdown();
+    let s = server(dir.path(), "");
+    let mut c = WireClient::connect(s.local_addr());
+    assert_eq!(ghosts(&mut c), 0);
+    s.shutdown();
+}
+
+#[test]
+fn extreme_limits_are_refused_at_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "");
+    let mut c = WireClient::connect(s.local_addr());
+    let r = c.call(&Request::CreateStream(CreateStreamRequest {
+        name: "x",
+        shard_count: 1,
+        retention_hours: 24,
+        limits: Limits::Custom {
+            write_bytes_per_s: u64::MAX,
+            write_records_per_s: u64::MAX,
+            read_bytes_per_s: u64::MAX,
+        },
+        max_record_data_bytes: None,
+    }));
+    assert_eq!(r.reply().unwrap_err().code, ErrorCode::InvalidArgument);
+    s.shutdown();
+}

@@ -2,6 +2,7 @@
 //! and forwarding between cores, pipelining, bad frames, bounds and graceful shutdown.
 
 use spate_engine::config::EngineConfig;
+use spate_engine::error::EngineError;
 use spate_engine::server::Server;
 use spate_protocol::{
     CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest,
@@ -268,6 +269,16 @@ fn requests_to_any_core_are_forwarded_to_the_owner() {
         let it = iterator(&mut admin, "s", sh.id, IteratorPosition::TrimHorizon);
         assert_eq!(read_to_tip(&mut admin, it).0.len(), cores.len() * 2);
     }
+    // The in-process handle sees streams created and deleted over the wire.
+    let engine = srv.engine().clone();
+    let put = |shard: u32| {
+        let batch = tagged_batch(&key_for_shard(shard, 4), 9, 1, 10);
+        futures_lite::future::block_on(engine.put_batch("s", shard, batch))
+    };
+    assert_eq!(put(3).unwrap().base_seq, cores.len() as u64 * 2);
+    let r = admin.call(&Request::DeleteStream(DeleteStreamRequest { name: "s" }));
+    assert!(r.reply().is_ok());
+    assert!(matches!(put(3), Err(EngineError::UnknownStream(_))));
     srv.shutdown();
 }
 

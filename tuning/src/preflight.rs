@@ -168,9 +168,17 @@ impl PreflightReport {
 /// up to the hard limit when that helps), and `O_DIRECT` works in `data_dir` (created if
 /// missing; a 4 KiB block is written, fdatasync'ed and removed).
 ///
+/// `open_files` is how many descriptors the configuration may use (connections and files):
+/// the soft `RLIMIT_NOFILE` is raised towards it, up to the hard limit, and a limit still
+/// below it is reported in the notes (connections past it are refused at accept).
+///
 /// # Panics
 /// If `executors` is 0: the caller always starts at least one executor.
-pub fn preflight(data_dir: &Path, executors: usize) -> Result<PreflightReport, PreflightError> {
+pub fn preflight(
+    data_dir: &Path,
+    executors: usize,
+    open_files: u64,
+) -> Result<PreflightReport, PreflightError> {
     assert!(
         executors > 0,
         "preflight needs the number of executors the engine will start"
@@ -212,6 +220,22 @@ pub fn preflight(data_dir: &Path, executors: usize) -> Result<PreflightReport, P
             format_bytes(memlock_recommended_bytes(executors))
         ));
     }
+
+    let (soft, hard) =
+        get_rlimit(libc::RLIMIT_NOFILE).map_err(|source| PreflightError::Rlimit {
+            action: "read",
+            source,
+        })?;
+    let (raise, note) = decide_nofile(soft, hard, open_files);
+    if let Some(target) = raise {
+        set_rlimit_soft(libc::RLIMIT_NOFILE, target, hard).map_err(|source| {
+            PreflightError::Rlimit {
+                action: "raise",
+                source,
+            }
+        })?;
+    }
+    notes.extend(note);
 
     let io_uring_disabled = Host::live()
         .read_value("/proc/sys/kernel/io_uring_disabled")
@@ -344,25 +368,66 @@ fn from_limit(limit: LimitValue) -> libc::rlim_t {
     }
 }
 
+/// What to do about `RLIMIT_NOFILE` when `need` descriptors may be used: the soft limit to
+/// raise to (never past the hard limit), and a note when even that is short.
+pub fn decide_nofile(
+    soft: LimitValue,
+    hard: LimitValue,
+    need: u64,
+) -> (Option<LimitValue>, Option<String>) {
+    if soft.at_least(need) {
+        return (None, None);
+    }
+    let target = if hard.at_least(need) {
+        LimitValue::Value(need)
+    } else {
+        hard
+    };
+    let raise = (target > soft).then_some(target);
+    let note = (!hard.at_least(need)).then(|| {
+        format!(
+            "open-file limit {} is below the {need} the configured connections and files may use \
+             (connections past it are refused); raise it with LimitNOFILE in the systemd unit or ulimit -n",
+            match hard {
+                LimitValue::Unlimited => "unlimited".to_string(),
+                LimitValue::Value(v) => v.to_string(),
+            }
+        )
+    });
+    (raise, note)
+}
+
 fn get_memlock() -> io::Result<(LimitValue, LimitValue)> {
+    get_rlimit(libc::RLIMIT_MEMLOCK)
+}
+
+fn set_memlock_soft(soft: LimitValue, hard: LimitValue) -> io::Result<()> {
+    set_rlimit_soft(libc::RLIMIT_MEMLOCK, soft, hard)
+}
+
+fn get_rlimit(resource: libc::__rlimit_resource_t) -> io::Result<(LimitValue, LimitValue)> {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
+    if unsafe { libc::getrlimit(resource, &mut rl) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok((to_limit(rl.rlim_cur), to_limit(rl.rlim_max)))
 }
 
-fn set_memlock_soft(soft: LimitValue, hard: LimitValue) -> io::Result<()> {
+fn set_rlimit_soft(
+    resource: libc::__rlimit_resource_t,
+    soft: LimitValue,
+    hard: LimitValue,
+) -> io::Result<()> {
     let rl = libc::rlimit {
         rlim_cur: from_limit(soft),
         rlim_max: from_limit(hard),
     };
     // SAFETY: `rl` is a valid rlimit that the kernel only reads.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+    if unsafe { libc::setrlimit(resource, &rl) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -388,6 +453,30 @@ mod tests {
 
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * KIB;
+
+    #[test]
+    fn open_file_limit_is_raised_to_what_the_configuration_needs() {
+        use LimitValue::{Unlimited, Value};
+        assert_eq!(
+            decide_nofile(Value(50_000), Value(50_000), 20_000),
+            (None, None)
+        );
+        assert_eq!(
+            decide_nofile(Value(1024), Value(1 << 20), 20_000),
+            (Some(Value(20_000)), None)
+        );
+        assert_eq!(
+            decide_nofile(Value(1024), Unlimited, 20_000),
+            (Some(Value(20_000)), None)
+        );
+        let (raise, note) = decide_nofile(Value(1024), Value(4096), 20_000);
+        assert_eq!(raise, Some(Value(4096)));
+        let note = note.expect("a short hard limit is reported");
+        assert!(note.contains("4096") && note.contains("20000"), "{note}");
+        let (raise, note) = decide_nofile(Value(4096), Value(4096), 20_000);
+        assert_eq!(raise, None);
+        assert!(note.is_some());
+    }
 
     #[test]
     fn memlock_too_low_names_both_fixes() {
@@ -502,7 +591,7 @@ mod tests {
     fn preflight_on_this_host() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
-        match preflight(&data_dir, 2) {
+        match preflight(&data_dir, 2, 64) {
             Ok(report) => {
                 assert!(!report.kernel.is_empty());
                 assert_eq!(report.memlock_need_bytes, MIB);

@@ -25,9 +25,8 @@ use super::transport::ConnState;
 use crate::catalog::{self, StreamEntry};
 use crate::error::EngineError;
 use crate::io::Storage;
-use crate::limits::Limits;
 use crate::runtime::{
-    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StartPosition,
+    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent,
 };
 use crate::store::ReadOutput;
 
@@ -98,38 +97,6 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
 fn fail(e: EngineError) -> Failure {
     let (code, retry) = error_code(&e);
     (code, retry, e.to_string())
-}
-
-fn to_wire_limits(l: Limits) -> spate_protocol::stream::Limits {
-    match l {
-        Limits::Kinesis => spate_protocol::stream::Limits::Kinesis,
-        Limits::Off => spate_protocol::stream::Limits::Off,
-        Limits::Custom {
-            write_bytes_per_s,
-            write_records_per_s,
-            read_bytes_per_s,
-        } => spate_protocol::stream::Limits::Custom {
-            write_bytes_per_s,
-            write_records_per_s,
-            read_bytes_per_s,
-        },
-    }
-}
-
-fn from_wire_limits(l: spate_protocol::stream::Limits) -> Limits {
-    match l {
-        spate_protocol::stream::Limits::Kinesis => Limits::Kinesis,
-        spate_protocol::stream::Limits::Off => Limits::Off,
-        spate_protocol::stream::Limits::Custom {
-            write_bytes_per_s,
-            write_records_per_s,
-            read_bytes_per_s,
-        } => Limits::Custom {
-            write_bytes_per_s,
-            write_records_per_s,
-            read_bytes_per_s,
-        },
-    }
 }
 
 /// The one place a request is routed to its command's function.
@@ -207,17 +174,11 @@ async fn create_stream<S: Storage + 'static>(
     let opts = crate::catalog::StreamOptions {
         shard_count: r.shard_count,
         retention_hours: r.retention_hours,
-        limits: from_wire_limits(r.limits),
+        limits: r.limits,
         max_record_data_bytes: r
             .max_record_data_bytes
             .unwrap_or(spate_protocol::batch::DEFAULT_MAX_RECORD_DATA_BYTES as u32),
     };
-    let max = spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING as u32;
-    if opts.max_record_data_bytes == 0 || opts.max_record_data_bytes > max {
-        return Err(fail(EngineError::InvalidArgument(format!(
-            "max record size must be 1..={max}"
-        ))));
-    }
     let op = ControlOp::CreateStream {
         name: r.name.to_owned(),
         opts,
@@ -303,11 +264,7 @@ async fn describe_stream<S: Storage + 'static>(
         let has_data = stats.next_seq > stats.first_seq;
         shards.push(ShardDescription {
             id: sh.shard_id,
-            state: if sh.state == catalog::ShardState::Open {
-                ShardState::Open
-            } else {
-                ShardState::Closed
-            },
+            state: sh.state,
             hash_key_start: start,
             hash_key_end: end,
             parent: sh.parent,
@@ -321,7 +278,7 @@ async fn describe_stream<S: Storage + 'static>(
         name: &entry.name,
         stream_id: entry.stream_id,
         retention_hours: entry.retention_hours,
-        limits: to_wire_limits(entry.limits),
+        limits: entry.limits,
         max_record_data_bytes: entry.max_record_data_bytes,
         shards,
     };
@@ -341,8 +298,7 @@ async fn put_record<S: Storage + 'static>(
         .shards
         .iter()
         .find(|s| {
-            s.state == catalog::ShardState::Open
-                && (s.hash_range().0..=s.hash_range().1).contains(&hash)
+            s.state == ShardState::Open && (s.hash_range().0..=s.hash_range().1).contains(&hash)
         })
         .ok_or_else(|| {
             (
@@ -417,21 +373,17 @@ async fn get_iterator<S: Storage + 'static>(
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let (ident, owner, entry) = locate(core, r.stream, r.shard_id).map_err(fail)?;
-    let pos = match r.position {
-        IteratorPosition::TrimHorizon => StartPosition::TrimHorizon,
-        IteratorPosition::Latest => StartPosition::Latest,
-        IteratorPosition::AtSequenceNumber { seq } => StartPosition::AtSequence(seq),
-        IteratorPosition::AfterSequenceNumber { seq } => StartPosition::AfterSequence(seq),
-        IteratorPosition::AtTimestamp { ts_ms } => StartPosition::AtTimestamp(ts_ms),
-    };
-    let seq = position_of(core, ident, owner, pos).await.map_err(fail)?;
+    let key = core.token_key.get().expect("set when the core starts");
+    let seq = position_of(core, ident, owner, r.position)
+        .await
+        .map_err(fail)?;
     let token = IteratorToken {
         stream_id: entry.stream_id,
         shard_id: r.shard_id,
         next_seq: seq,
         issued_at_ms: core.clock.now_ms(),
     }
-    .encode();
+    .encode(key);
     encode_response(
         out,
         cid,
@@ -448,11 +400,12 @@ async fn get_records<S: Storage + 'static>(
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let now = core.clock.now_ms();
-    let token = IteratorToken::decode_live(r.iterator, now).map_err(|code| {
+    let key = core.token_key.get().expect("set when the core starts");
+    let token = IteratorToken::decode_live(r.iterator, key, now).map_err(|code| {
         let why = if code == ErrorCode::IteratorExpired {
             "iterator expired (5 minutes)"
         } else {
-            "invalid iterator"
+            "invalid iterator (altered, forged, or from another server)"
         };
         (code, 0, why.to_string())
     })?;
@@ -508,7 +461,7 @@ async fn get_records<S: Storage + 'static>(
         issued_at_ms: now,
         ..token
     }
-    .encode();
+    .encode(key);
     let millis_behind_latest = if got.end_seq >= got.durable_seq {
         0
     } else {
@@ -678,7 +631,7 @@ async fn position_of<S: Storage + 'static>(
     core: &Core<S>,
     ident: ShardIdent,
     owner: usize,
-    pos: StartPosition,
+    pos: IteratorPosition,
 ) -> Result<u64, EngineError> {
     if owner == core.index {
         core.position(ident, pos).await

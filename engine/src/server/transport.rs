@@ -169,6 +169,9 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, Engi
 }
 
 async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpListener>) {
+    // Accept failures (out of descriptors, most likely) are logged once per 10 s.
+    let mut last_warning: Option<Instant> = None;
+    let mut failures = 0u64;
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -176,7 +179,12 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
                 if core.stopping.get() {
                     return;
                 }
-                tracing::warn!(core = core.index, error = %e, "accept failed");
+                failures += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(core = core.index, error = %e, failures, "accept failed");
+                    last_warning = Some(Instant::now());
+                    failures = 0;
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }

@@ -34,6 +34,9 @@ pub struct SimFaults {
     pub sync_error_ppm: u32,
     /// Creating new files fails with ENOSPC while set.
     pub disk_full: bool,
+    /// A disk of this many bytes: creating a file that would take more than is free fails
+    /// with ENOSPC, and `free_bytes` reports what the named files leave.
+    pub capacity_bytes: Option<u64>,
 }
 
 /// A small, fast, seedable PRNG (SplitMix64): no dependency, identical on every platform.
@@ -143,6 +146,31 @@ impl Disk {
         let c = DirChange { edits };
         apply(&mut self.names, &c);
         self.pending_dirs.entry(dir).or_default().push(c);
+    }
+
+    /// Bytes of the files that have names now.
+    fn used_bytes(&self) -> u64 {
+        let ids: std::collections::HashSet<u64> = self
+            .names
+            .values()
+            .filter_map(|e| match e {
+                Entry::File(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        ids.iter()
+            .map(|id| self.inodes.get(id).map_or(0, |i| i.current.len() as u64))
+            .sum()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        if self.faults.disk_full {
+            return 0;
+        }
+        match self.faults.capacity_bytes {
+            Some(cap) => cap.saturating_sub(self.used_bytes()),
+            None => u64::MAX / 2,
+        }
     }
 
     fn new_file(&mut self, path: &Path, inode: Inode) -> u64 {
@@ -459,7 +487,7 @@ impl Storage for SimStorage {
     async fn create_zeroed(&self, path: &Path, len: u64) -> io::Result<()> {
         yield_once().await;
         let mut disk = self.disk.borrow_mut();
-        if disk.faults.disk_full {
+        if disk.faults.disk_full || disk.free_bytes() < len {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         disk.require_parent(path)?;
@@ -586,11 +614,7 @@ impl Storage for SimStorage {
     }
 
     async fn free_bytes(&self, _dir: &Path) -> io::Result<u64> {
-        Ok(if self.disk.borrow().faults.disk_full {
-            0
-        } else {
-            u64::MAX / 2
-        })
+        Ok(self.disk.borrow().free_bytes())
     }
 }
 

@@ -26,6 +26,57 @@ pub fn config_with(base: EngineConfig, toml_fragment: &str) -> EngineConfig {
     table.try_into().expect("overridden config is valid")
 }
 
+/// A `test_server` child process; stopped cleanly (stdin closed) when dropped.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ChildServer {
+    /// Starts `bin` (the `test_server` binary) on `dir` with TOML overrides, on the test
+    /// configuration or, with `default_config`, the embedded default one.
+    pub fn start(bin: &str, dir: &Path, overrides: &str, default_config: bool) -> ChildServer {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg(dir).arg(overrides);
+        if default_config {
+            cmd.arg("default");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("test_server starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("test_server prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("LISTEN ")
+            .unwrap_or_else(|| panic!("test_server said {line:?}"))
+            .parse()
+            .expect("an address");
+        ChildServer { child, addr }
+    }
+
+    /// Shuts the server down cleanly and waits for it.
+    pub fn stop(mut self) {
+        drop(self.child.stdin.take());
+        assert!(
+            self.child.wait().expect("wait").success(),
+            "test_server failed"
+        );
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
 /// Resident memory of a process in bytes (`/proc/<pid>/statm`).
 pub fn rss_bytes(pid: u32) -> u64 {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).expect("statm");

@@ -2,8 +2,6 @@
 //! engine's own accounting (`Server::net_stats`) or the server process's RSS, while another
 //! client's requests are still answered within a stated time.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use spate_engine::config::EngineConfig;
@@ -12,7 +10,9 @@ use spate_protocol::{
     CreateStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest, GetRecordsRequest,
     IteratorPosition, Limits, PutBatchRequest, Request, Response,
 };
-use spate_tests::{config_with, key_for_shard, tagged_batch, test_config, wait_until, WireClient};
+use spate_tests::{
+    config_with, key_for_shard, tagged_batch, test_config, wait_until, ChildServer, WireClient,
+};
 
 /// What other clients' requests must be answered within while an attack runs.
 const SERVED_WITHIN: Duration = Duration::from_secs(2);
@@ -165,26 +165,16 @@ fn partial_frames_are_charged_to_the_budget_and_time_out() {
 fn declared_but_unsent_frames_cost_no_memory() {
     // In a process of its own so that its RSS is its alone.
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_test_server"))
-        .arg(dir.path())
-        .arg("cores = [0]")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("test_server starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr: std::net::SocketAddr = line
-        .trim()
-        .strip_prefix("LISTEN ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let server = ChildServer::start(
+        env!("CARGO_BIN_EXE_test_server"),
+        dir.path(),
+        "cores = [0]",
+        false,
+    );
+    let addr = server.addr;
     let mut c = WireClient::connect(addr);
     create(&mut c, "s", 1);
-    let before = spate_tests::rss_bytes(child.id());
+    let before = spate_tests::rss_bytes(server.child.id());
     let mut idle = Vec::new();
     for _ in 0..100 {
         let mut h = WireClient::connect(addr);
@@ -195,12 +185,11 @@ fn declared_but_unsent_frames_cost_no_memory() {
     // (the in-process test above proves they are taken by the accounting).
     still_served(addr, "s", 1);
     still_served(addr, "s", 1);
-    let grown = spate_tests::rss_bytes(child.id()).saturating_sub(before);
+    let grown = spate_tests::rss_bytes(server.child.id()).saturating_sub(before);
     // 100 declared frames of 10 MB once cost 648 MiB; only what arrived may cost now.
     assert!(grown < 48 << 20, "RSS grew by {} MiB", grown >> 20);
     drop(idle);
-    child.stdin.take().unwrap().write_all(b"").unwrap();
-    assert!(child.wait().unwrap().success());
+    server.stop();
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod client;
 mod crash;
+mod disk;
 mod engine;
 mod hostile;
 mod server;

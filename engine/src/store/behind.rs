@@ -173,7 +173,18 @@ impl<S: Storage> Store<S> {
     async fn start_journal_file(&self, slot: usize) -> Result<(), StoreError> {
         let len = self.cfg.journal_file_bytes;
         let tmp = self.tmp_path(&journal_file_name(slot as u32));
-        self.room_for(len).await?;
+        // The ring needs two files to turn. Past that a journal file only buys speed (fewer
+        // checkpoints), so it never takes more than half of what is free: data comes first.
+        let files = self
+            .st
+            .borrow()
+            .journal
+            .slots
+            .iter()
+            .filter(|s| s.file.is_some())
+            .count();
+        self.room_for(if files >= 2 { 2 * len } else { len })
+            .await?;
         self.storage.create_allocated(&tmp, len).await?;
         let file = match self.storage.open(&tmp).await {
             Ok(f) => Rc::new(f),
@@ -392,7 +403,31 @@ impl<S: Storage> Store<S> {
             st.next_volume += 1;
             n
         };
-        let size = self.cfg.volume_size(n);
+        // Near a full file system, a smaller volume: what is free but a sixteenth, in whole
+        // largest extents (at least one), so data gets the last of the space rather than
+        // StorageFull while hundreds of megabytes are free.
+        // The journal ring's second file (if it has neither it nor its fill yet) keeps its
+        // room: without it the ring cannot turn and nothing could be written at all.
+        let standard = self.cfg.volume_size(n);
+        let journal_reserve = {
+            let st = self.st.borrow();
+            let files = st.journal.slots.iter().filter(|s| s.file.is_some()).count()
+                + usize::from(st.fill.is_some());
+            2usize.saturating_sub(files) as u64 * (self.cfg.journal_file_bytes * 17 / 16)
+        };
+        let free = self
+            .storage
+            .free_bytes(&self.cfg.dir)
+            .await?
+            .saturating_sub(journal_reserve);
+        let size = if free >= standard + standard / 16 {
+            standard
+        } else {
+            align_down_to(free - free / 16, self.cfg.extent_bytes_max)
+        };
+        if size < self.cfg.extent_bytes_max {
+            return Err(StoreError::StorageFull);
+        }
         // Journal files are zero-filled: every round is an overwrite of written blocks. A
         // volume is only allocated: zero-filling it first would write every byte twice on
         // a growing store (on the development VM, writes into allocated-but-unwritten
@@ -882,4 +917,9 @@ impl<S: Storage> Store<S> {
 /// Capacity of a fresh staging buffer that restarts with `rest` bytes.
 fn fresh_len(rest: usize) -> usize {
     (align_up(rest as u64 + 1) as usize).max(BLOCK_BYTES)
+}
+
+/// `n` rounded down to a multiple of `unit`.
+fn align_down_to(n: u64, unit: u64) -> u64 {
+    n / unit * unit
 }

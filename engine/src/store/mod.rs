@@ -661,12 +661,15 @@ impl<S: Storage> Store<S> {
             let freeable = j.slots.iter().enumerate().any(|(i, s)| {
                 s.file.is_some() && Some(i) != j.active && s.content_seq < j.durable_pos.file_seq
             });
-            if journal_full && !freeable && j.free_slots() == 0 {
+            // A journal file being filled will make room (the appender starves it into
+            // filling at full speed), so only without one is a full journal final.
+            let filling = st.fill.is_some();
+            if journal_full && !freeable && j.free_slots() == 0 && !filling {
                 return Err(StoreError::StorageFull);
             }
             let journal_stuck =
                 journal_full && j.free_slots() == 0 && j.slots.iter().all(|s| s.file.is_some());
-            if !st.checkpointing && (no_extent || !journal_stuck) {
+            if !st.checkpointing && (no_extent || (!journal_stuck && !filling)) {
                 return Err(StoreError::StorageFull);
             }
         }

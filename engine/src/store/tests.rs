@@ -497,6 +497,70 @@ fn a_full_disk_fails_writes_that_need_space_and_they_resume_when_it_returns() {
 }
 
 #[test]
+fn a_nearly_full_disk_gives_data_the_last_of_its_space_and_resumes_when_space_returns() {
+    let keys: Vec<ShardKey> = (0..2).map(|s| key(1, s)).collect();
+    let cfg = small_cfg();
+    let capacity = 2u64 << 20;
+    let h = Harness::new(12, cfg.clone(), keys.clone());
+    h.storage.set_faults(SimFaults {
+        capacity_bytes: Some(capacity),
+        ..SimFaults::default()
+    });
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(8);
+    let mut acked: BTreeMap<(ShardKey, u64), Vec<u8>> = BTreeMap::new();
+    let mut append = |store: &Store<SimStorage>, t: usize, rng: &mut SimRng| {
+        let k = keys[t % keys.len()];
+        let (b, r) = make_batch(rng, &format!("{t}"), true);
+        run(store, store.append(k, &b, r.len() as u32)).map(|a| {
+            for (i, (_, d)) in r.into_iter().enumerate() {
+                acked.insert((k, a.base_seq + i as u64), d);
+            }
+        })
+    };
+    let free = |h: &Harness| block_on(h.storage.free_bytes(&h.cfg.dir)).unwrap();
+    let mut t = 0;
+    loop {
+        match append(&store, t, &mut rng) {
+            Ok(()) => {}
+            Err(StoreError::StorageFull) => break,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        t += 1;
+        h.clock.advance(10);
+        assert!(t < 10_000, "the disk never filled");
+    }
+    // Full means full: what is left is less than one largest extent and the sixteenth kept
+    // back (a standard 512 KiB volume would have stopped with up to 512 KiB free).
+    let left = free(&h);
+    assert!(
+        left < cfg.extent_bytes_max + capacity / 16,
+        "StorageFull with {left} bytes free"
+    );
+    // Nothing half-made is left behind.
+    let names = block_on(h.storage.list_dir(&cfg.dir)).unwrap();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    // Space returns (the disk grows): writes resume by themselves.
+    h.storage.set_faults(SimFaults {
+        capacity_bytes: Some(4 * capacity),
+        ..SimFaults::default()
+    });
+    h.clock.advance(5000);
+    for _ in 0..20 {
+        append(&store, t, &mut rng).expect("writes resume");
+        t += 1;
+    }
+    for k in &keys {
+        let got = read_all(&store, *k).unwrap();
+        for ((kk, seq), d) in &acked {
+            if kk == k {
+                assert_eq!(&got[seq].1, d);
+            }
+        }
+    }
+}
+
+#[test]
 fn journal_wraps_through_many_checkpoints() {
     let keys: Vec<ShardKey> = (0..4).map(|s| key(7, s)).collect();
     let h = Harness::new(11, small_cfg(), keys.clone());
@@ -737,7 +801,7 @@ fn run_model(seed: u64) {
                     write_error_ppm: 20_000,
                     short_write_ppm: 50_000,
                     sync_error_ppm: 20_000,
-                    disk_full: false,
+                    ..SimFaults::default()
                 });
             }
             let crash_after = (rng.below(3) == 0).then(|| rng.below(40) as usize);

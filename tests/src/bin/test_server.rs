@@ -1,6 +1,7 @@
 //! Child process for tests that need the server in a process of its own (its memory
-//! measured alone, or killed with SIGKILL): `test_server DATA_DIR [TOML]` starts a server on
-//! 127.0.0.1 port 0 with the test configuration, overridden by the keys of TOML, prints
+//! measured alone, its files closed by a real exit, or killed with SIGKILL):
+//! `test_server DATA_DIR [TOML] [default]` starts a server on 127.0.0.1 port 0 with the test
+//! configuration (or the embedded default one), overridden by the keys of TOML, prints
 //! `LISTEN <public address>` and serves until its stdin closes, then shuts down cleanly.
 
 use std::io::{Read, Write};
@@ -10,10 +11,18 @@ fn main() {
         .nth(1)
         .expect("usage: test_server DATA_DIR [TOML]");
     let overrides = std::env::args().nth(2).unwrap_or_default();
+    let base = if std::env::args().nth(3).as_deref() == Some("default") {
+        spate_engine::config::EngineConfig {
+            data_dir: dir.clone().into(),
+            ..Default::default()
+        }
+    } else {
+        spate_tests::test_config(std::path::Path::new(&dir))
+    };
     let cfg = spate_tests::config_with(
         spate_engine::config::EngineConfig {
             listen: "127.0.0.1:0".into(),
-            ..spate_tests::test_config(std::path::Path::new(&dir))
+            ..base
         },
         &overrides,
     );

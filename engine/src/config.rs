@@ -44,6 +44,9 @@ idle_timeout_ms = 600000            # close a connection with nothing in flight 
 frame_timeout_ms = 30000            # a started frame must arrive whole within this
 keepalive_ms = 60000                # TCP keepalive idle time (0: off)
 max_parked_reads_per_core = 10000   # long-polls waiting at once per core; past it they answer at once
+max_streams = 10000                 # quotas: streams on this node ...
+max_shards_per_stream = 10000       # ... shards in one stream (at most 10,000) ...
+max_shards = 100000                 # ... and open shards on this node (each costs ~1 KiB idle); past them LimitExceeded
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +86,9 @@ pub struct EngineConfig {
     pub frame_timeout_ms: u64,
     pub keepalive_ms: u64,
     pub max_parked_reads_per_core: usize,
+    pub max_streams: u32,
+    pub max_shards_per_stream: u32,
+    pub max_shards: u64,
 }
 
 impl Default for EngineConfig {
@@ -123,6 +129,9 @@ impl Default for EngineConfig {
             frame_timeout_ms: 30_000,
             keepalive_ms: 60_000,
             max_parked_reads_per_core: 10_000,
+            max_streams: 10_000,
+            max_shards_per_stream: 10_000,
+            max_shards: 100_000,
         }
     }
 }
@@ -221,6 +230,14 @@ impl EngineConfig {
                 "write_stall_timeout_ms, idle_timeout_ms and frame_timeout_ms must be positive"
                     .into(),
             );
+        }
+        if self.max_shards_per_stream == 0
+            || self.max_shards_per_stream > crate::catalog::MAX_SHARDS_PER_STREAM
+        {
+            return Err(format!(
+                "max_shards_per_stream must be 1..={}",
+                crate::catalog::MAX_SHARDS_PER_STREAM
+            ));
         }
         if self.memory_bytes_max < 2 * spate_protocol::batch::MAX_BATCH_BYTES {
             return Err("memory_bytes_max must hold two maximal batches".into());

@@ -997,6 +997,42 @@ impl<S: Storage + 'static> Core<S> {
         Ok(())
     }
 
+    /// The node's quotas (`max_streams`, `max_shards_per_stream`, `max_shards`), checked
+    /// before a stream is added: past one, `LimitExceeded` naming it.
+    fn check_quotas(
+        &self,
+        catalog: &Catalog,
+        name: &str,
+        opts: &crate::catalog::StreamOptions,
+    ) -> Result<(), EngineError> {
+        let cfg = &self.cfg;
+        let streams = catalog.data.streams.len();
+        if catalog.stream(name).is_none() && streams >= cfg.max_streams as usize {
+            return Err(EngineError::LimitExceeded(format!(
+                "this node has {streams} streams, its quota (max_streams); delete one or raise the quota"
+            )));
+        }
+        if opts.shard_count > cfg.max_shards_per_stream {
+            return Err(EngineError::LimitExceeded(format!(
+                "{} shards is over the quota of {} per stream (max_shards_per_stream)",
+                opts.shard_count, cfg.max_shards_per_stream
+            )));
+        }
+        let shards: u64 = catalog
+            .data
+            .streams
+            .iter()
+            .map(|s| s.shards.len() as u64)
+            .sum();
+        if shards + u64::from(opts.shard_count) > cfg.max_shards {
+            return Err(EngineError::LimitExceeded(format!(
+                "this node has {shards} shards; {} more would pass its quota of {} (max_shards)",
+                opts.shard_count, cfg.max_shards
+            )));
+        }
+        Ok(())
+    }
+
     /// Control plane (core 0 only): mutate the catalog, persist it (off the executor
     /// thread), then tell the owning cores. Returns the affected streams (or all of them for
     /// `Snapshot`).
@@ -1012,6 +1048,7 @@ impl<S: Storage + 'static> Core<S> {
         match op {
             ControlOp::Snapshot => unreachable!("answered above"),
             ControlOp::CreateStream { name, opts } => {
+                self.check_quotas(&catalog.borrow(), &name, &opts)?;
                 let entry = catalog
                     .borrow_mut()
                     .add_stream(&name, &opts, cores, self.clock.now_ms())?

@@ -529,3 +529,42 @@ fn extreme_limits_are_refused_at_create() {
     assert_eq!(r.reply().unwrap_err().code, ErrorCode::InvalidArgument);
     s.shutdown();
 }
+
+#[test]
+fn quotas_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(
+        dir.path(),
+        "max_streams = 2\nmax_shards_per_stream = 5\nmax_shards = 8",
+    );
+    let mut c = WireClient::connect(s.local_addr());
+    let create_n = |c: &mut WireClient, name: &str, shards: u32| {
+        let r = c.call(&Request::CreateStream(CreateStreamRequest {
+            name,
+            shard_count: shards,
+            retention_hours: 24,
+            limits: Limits::Off,
+            max_record_data_bytes: None,
+        }));
+        r.reply()
+            .map(|_| ())
+            .map_err(|e| (e.code, e.message.to_string()))
+    };
+    create_n(&mut c, "a", 5).unwrap();
+    let (code, why) = create_n(&mut c, "b", 6).unwrap_err();
+    assert_eq!(code, ErrorCode::LimitExceeded);
+    assert!(why.contains("max_shards_per_stream"), "{why}");
+    let (code, why) = create_n(&mut c, "b", 4).unwrap_err();
+    assert_eq!(code, ErrorCode::LimitExceeded);
+    assert!(why.contains("max_shards"), "{why}");
+    create_n(&mut c, "b", 3).unwrap();
+    let (code, why) = create_n(&mut c, "c", 1).unwrap_err();
+    assert_eq!(code, ErrorCode::LimitExceeded);
+    assert!(why.contains("max_streams"), "{why}");
+    let r = c.call(&Request::DeleteStream(
+        spate_protocol::DeleteStreamRequest { name: "a" },
+    ));
+    assert!(r.reply().is_ok());
+    create_n(&mut c, "c", 5).unwrap();
+    s.shutdown();
+}

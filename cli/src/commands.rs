@@ -152,6 +152,7 @@ impl From<&StreamInfo> for Description {
                     state: match s.state {
                         ShardState::Open => "open",
                         ShardState::Closed => "closed",
+                        ShardState::Damaged => "damaged",
                     },
                     hash_key_start: s.hash_key_start.to_string(),
                     hash_key_end: s.hash_key_end.to_string(),

@@ -157,7 +157,7 @@ pub struct PutOutcome {
 }
 
 /// A shard's vital statistics (for describe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardStats {
     pub first_seq: u64,
     /// One past the newest durable record.
@@ -165,6 +165,8 @@ pub struct ShardStats {
     pub latest_ts_ms: i64,
     pub segments: usize,
     pub poisoned: bool,
+    /// Why the shard's data cannot be served (its store failed to open), if it cannot.
+    pub damaged: Option<String>,
 }
 
 /// Control-plane operations, served by core 0.
@@ -314,6 +316,10 @@ pub struct Core<S: Storage> {
     published: RefCell<Option<SharedRoutes>>,
     /// Core 0: control operations run one at a time.
     control_lock: crate::notify::TaskLock,
+    /// Shards of stores that failed to open at start, with the reason: they answer Corrupt,
+    /// and everything else is served.
+    damaged: RefCell<rustc_hash::FxHashMap<ShardIdent, Rc<str>>>,
+    damaged_stores: RefCell<BTreeMap<u32, Rc<str>>>,
     /// The secret iterator tokens are authenticated with (set once the core starts).
     pub(crate) token_key: std::cell::OnceCell<spate_protocol::TokenKey>,
     /// Partition key -> MD5 cache for the routing check (`verify_hash_keys`).
@@ -427,6 +433,8 @@ impl<S: Storage + 'static> Core<S> {
             handling: Cell::new(0),
             published: RefCell::new(None),
             control_lock: crate::notify::TaskLock::new(),
+            damaged: RefCell::new(Default::default()),
+            damaged_stores: RefCell::new(BTreeMap::new()),
             token_key: std::cell::OnceCell::new(),
             key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
                 KEY_HASH_CACHE_SLOTS,
@@ -435,18 +443,40 @@ impl<S: Storage + 'static> Core<S> {
         for (store_index, specs) in stores {
             let live: Vec<ShardKey> = specs.iter().map(|s| s.ident).collect();
             let started = std::time::Instant::now();
-            let store = Store::open(
+            let opened = Store::open(
                 core.storage.clone(),
                 core.cfg.store_config(store_index),
                 core.clock.clone(),
                 &live,
             )
-            .await
-            .map_err(|e| {
-                EngineError::Startup(format!(
-                    "core {index}: cannot open store {store_index}: {e}"
-                ))
-            })?;
+            .await;
+            // A store that cannot be opened (a missing or damaged file) does not keep the
+            // engine from starting: its shards are reported damaged and answer Corrupt, and
+            // every other store serves.
+            let store = match opened {
+                Ok(s) => s,
+                Err(e) => {
+                    let why: Rc<str> = format!(
+                        "store {store_index} ({}) cannot be opened: {e}",
+                        core.cfg.store_config(store_index).dir.display()
+                    )
+                    .into();
+                    tracing::error!(
+                        core = index,
+                        store = store_index,
+                        shards = live.len(),
+                        "{why}; its shards answer Corrupt until it is repaired, everything else is served"
+                    );
+                    core.damaged_stores
+                        .borrow_mut()
+                        .insert(store_index, why.clone());
+                    let mut damaged = core.damaged.borrow_mut();
+                    for spec in &specs {
+                        damaged.insert(spec.ident, why.clone());
+                    }
+                    continue;
+                }
+            };
             tracing::info!(
                 core = index,
                 store = store_index,
@@ -632,17 +662,29 @@ impl<S: Storage + 'static> Core<S> {
     }
 
     fn slot(&self, ident: ShardIdent) -> Result<Rc<ShardSlot<S>>, EngineError> {
-        self.shards
-            .borrow()
-            .get(&ident)
-            .cloned()
-            .ok_or_else(|| EngineError::UnknownShard {
-                stream: format!("#{}", ident.stream_id),
-                shard: ident.shard_id,
-            })
+        if let Some(slot) = self.shards.borrow().get(&ident) {
+            return Ok(slot.clone());
+        }
+        if let Some(why) = self.damaged.borrow().get(&ident) {
+            return Err(EngineError::Corrupt(why.to_string()));
+        }
+        Err(EngineError::UnknownShard {
+            stream: format!("#{}", ident.stream_id),
+            shard: ident.shard_id,
+        })
     }
 
     pub(crate) fn shard_stats(&self, ident: ShardIdent) -> Result<ShardStats, EngineError> {
+        if let Some(why) = self.damaged.borrow().get(&ident) {
+            return Ok(ShardStats {
+                first_seq: 0,
+                next_seq: 0,
+                latest_ts_ms: 0,
+                segments: 0,
+                poisoned: false,
+                damaged: Some(why.to_string()),
+            });
+        }
         let slot = self.slot(ident)?;
         let info = slot.store.shard_info(ident)?;
         Ok(ShardStats {
@@ -651,6 +693,7 @@ impl<S: Storage + 'static> Core<S> {
             latest_ts_ms: info.latest_ts_ms,
             segments: info.extents,
             poisoned: slot.store.is_poisoned().is_some(),
+            damaged: None,
         })
     }
 
@@ -659,6 +702,13 @@ impl<S: Storage + 'static> Core<S> {
     async fn store(&self, store: u32) -> Result<Rc<Store<S>>, EngineError> {
         if let Some(s) = self.stores.borrow().get(&store) {
             return Ok(s.clone());
+        }
+        // Opening a store that failed at start for a new shard would treat the data of its
+        // damaged shards as free space.
+        if let Some(why) = self.damaged_stores.borrow().get(&store) {
+            return Err(EngineError::Corrupt(format!(
+                "a new shard cannot be placed there: {why}"
+            )));
         }
         let s = Rc::new(
             Store::open(
@@ -705,6 +755,7 @@ impl<S: Storage + 'static> Core<S> {
     }
 
     fn drop_shard(&self, ident: ShardIdent) {
+        self.damaged.borrow_mut().remove(&ident);
         let slot = self.shards.borrow_mut().remove(&ident);
         if let Some(slot) = slot {
             slot.store.drop_shard(ident);
@@ -1057,8 +1108,25 @@ impl<S: Storage + 'static> Core<S> {
                     let _ = catalog.borrow_mut().remove_stream(&name);
                     return Err(e);
                 }
-                self.tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
-                    .await?;
+                let opened = self
+                    .tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
+                    .await;
+                if let Err(e) = opened {
+                    // A shard could not be opened (its store is damaged, its core is
+                    // stopping): the stream is taken back out, as if never created.
+                    let _ = catalog.borrow_mut().remove_stream(&name);
+                    if self.save_catalog().await.is_ok() {
+                        for sh in &entry.shards {
+                            let ident = ShardIdent {
+                                stream_id: entry.stream_id,
+                                shard_id: sh.shard_id,
+                            };
+                            let peer = &self.peers[(sh.core % cores) as usize];
+                            let _ = call(peer, |reply| CoreMsg::DropShard { ident, reply }).await;
+                        }
+                    }
+                    return Err(e);
+                }
                 self.broadcast_route(&entry.name, Some(entry.clone()))
                     .await?;
                 Ok(vec![entry])

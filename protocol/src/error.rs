@@ -121,6 +121,10 @@ error_codes! {
     /// may or may not have been done. Not retryable as is: a put sent again may be stored
     /// twice (read the shard to find out).
     OutcomeUnknown = 605,
+    /// Stored data is damaged (a checksum fails, a file of the shard is missing or
+    /// unreadable); the message names the shard and the damaged sequence range, and where
+    /// reading can go on. The rest of the shard, and every other shard, is still served.
+    Corrupt = 606,
 }
 
 impl ErrorCode {
@@ -209,6 +213,7 @@ mod tests {
         (ErrorCode::ShardPoisoned, 603),
         (ErrorCode::ShuttingDown, 604),
         (ErrorCode::OutcomeUnknown, 605),
+        (ErrorCode::Corrupt, 606),
     ];
 
     #[test]

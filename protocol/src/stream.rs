@@ -257,6 +257,10 @@ pub enum ShardState {
     Open = 0,
     /// Split or merged: read-only until its records leave the retention window.
     Closed = 1,
+    /// Its stored data cannot be read (its store failed to open at start: the server's log
+    /// names the file); reads and writes answer Corrupt until it is repaired. Only in
+    /// DescribeStream answers, never in the catalog.
+    Damaged = 2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +451,7 @@ impl ShardDescription {
         let state = match r.u8("shard state")? {
             0 => ShardState::Open,
             1 => ShardState::Closed,
+            2 => ShardState::Damaged,
             _ => {
                 return Err(DecodeError::Malformed {
                     field: "shard state",
@@ -769,20 +774,20 @@ mod tests {
     fn arb_shard() -> impl Strategy<Value = ShardDescription> {
         (
             any::<u32>(),
-            any::<bool>(),
+            0u8..3,
             any::<(u128, u128)>(),
             any::<(Option<u32>, Option<u32>)>(),
             any::<u16>(),
             any::<(Option<u64>, Option<u64>)>(),
         )
             .prop_map(
-                |(id, closed, (a, b), (parent, adjacent_parent), core, (first_seq, last_seq))| {
+                |(id, state, (a, b), (parent, adjacent_parent), core, (first_seq, last_seq))| {
                     ShardDescription {
                         id,
-                        state: if closed {
-                            ShardState::Closed
-                        } else {
-                            ShardState::Open
+                        state: match state {
+                            0 => ShardState::Open,
+                            1 => ShardState::Closed,
+                            _ => ShardState::Damaged,
                         },
                         hash_key_start: a.min(b),
                         hash_key_end: a.max(b),

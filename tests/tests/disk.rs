@@ -197,3 +197,108 @@ fn a_full_file_system_answers_storage_full_and_writes_resume_when_space_returns(
     put(&mut c, 0, &batch).expect("writes after a restart");
     s.stop();
 }
+
+#[test]
+fn a_store_that_cannot_be_opened_is_reported_and_the_rest_is_served() {
+    use spate_protocol::{DescribeStreamRequest, ShardState};
+    let dir = tempfile::tempdir().unwrap();
+    // Two cores (both on CPU 0: this works on any machine), so two stores.
+    let overrides = "cores = [0, 0]";
+    let bin = env!("CARGO_BIN_EXE_test_server");
+    let s = ChildServer::start(bin, dir.path(), overrides, false);
+    let mut c = WireClient::connect(s.addr);
+    let r = c.call(&Request::CreateStream(CreateStreamRequest {
+        name: "s",
+        shard_count: 4,
+        retention_hours: 24,
+        limits: Limits::Off,
+        max_record_data_bytes: None,
+    }));
+    assert!(r.reply().is_ok(), "{:?}", r.reply());
+    for shard in 0..4u32 {
+        let batch = tagged_batch(&key_for_shard(shard, 4), u64::from(shard), 10, 100);
+        put(&mut c, shard, &batch).unwrap();
+    }
+    s.stop();
+    // Store 1 loses its volumes.
+    let store1 = dir.path().join("store-1");
+    for e in std::fs::read_dir(&store1).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_string_lossy().starts_with("vol-") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    // The engine starts anyway.
+    let s = ChildServer::start(bin, dir.path(), overrides, false);
+    let mut c = WireClient::connect(s.addr);
+    let r = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "s",
+    }));
+    let Ok(Response::DescribeStream(d)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    let damaged: Vec<u32> = d
+        .shards
+        .iter()
+        .filter(|sh| sh.state == ShardState::Damaged)
+        .map(|sh| sh.id)
+        .collect();
+    let served: Vec<u32> = d
+        .shards
+        .iter()
+        .filter(|sh| sh.state == ShardState::Open)
+        .map(|sh| sh.id)
+        .collect();
+    assert!(!damaged.is_empty() && !served.is_empty(), "{d:?}");
+    for &shard in &damaged {
+        let batch = tagged_batch(&key_for_shard(shard, 4), 9, 1, 10);
+        assert_eq!(put(&mut c, shard, &batch), Err(ErrorCode::Corrupt));
+        let r = c.call(&Request::GetIterator(GetIteratorRequest {
+            stream: "s",
+            shard_id: shard,
+            position: IteratorPosition::TrimHorizon,
+        }));
+        let e = r.reply().unwrap_err();
+        assert_eq!(e.code, ErrorCode::Corrupt);
+        assert!(
+            e.message.contains("store-1"),
+            "names the store: {}",
+            e.message
+        );
+    }
+    for &shard in &served {
+        let batch = tagged_batch(&key_for_shard(shard, 4), 9, 1, 10);
+        let (base, _) = put(&mut c, shard, &batch).expect("the other store serves");
+        assert_eq!(base, 10, "shard {shard} kept its records");
+    }
+    // New streams go where they can be opened, or are refused whole.
+    for i in 0..4 {
+        let name = format!("new{i}");
+        let r = c.call(&Request::CreateStream(CreateStreamRequest {
+            name: &name,
+            shard_count: 1,
+            retention_hours: 24,
+            limits: Limits::Off,
+            max_record_data_bytes: None,
+        }));
+        match r.reply() {
+            Ok(_) => {
+                let batch = tagged_batch(&key_for_shard(0, 1), 1, 1, 10);
+                let r = c.call(&Request::PutBatch(PutBatchRequest {
+                    stream: &name,
+                    shard_id: 0,
+                    batch: &batch,
+                }));
+                assert!(r.reply().is_ok(), "a created stream takes writes");
+            }
+            Err(e) => {
+                assert_eq!(e.code, ErrorCode::Corrupt);
+                let r = c.call(&Request::DescribeStream(DescribeStreamRequest {
+                    name: &name,
+                }));
+                assert_eq!(r.reply().unwrap_err().code, ErrorCode::UnknownStream);
+            }
+        }
+    }
+    s.stop();
+}

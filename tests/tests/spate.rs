@@ -6,3 +6,4 @@ mod disk;
 mod engine;
 mod hostile;
 mod server;
+mod soak;

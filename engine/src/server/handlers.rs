@@ -88,7 +88,8 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         EngineError::StorageFull => (ErrorCode::StorageFull, 1000),
         EngineError::Io(_) => (ErrorCode::StorageIo, 0),
         EngineError::Poisoned(_) => (ErrorCode::ShardPoisoned, 0),
-        EngineError::Corrupt(_) | EngineError::Startup(_) => (ErrorCode::Internal, 0),
+        EngineError::Corrupt(_) => (ErrorCode::Corrupt, 0),
+        EngineError::Startup(_) => (ErrorCode::Internal, 0),
         EngineError::ShuttingDown => (ErrorCode::ShuttingDown, 100),
         EngineError::OutcomeUnknown => (ErrorCode::OutcomeUnknown, 0),
     }
@@ -264,7 +265,11 @@ async fn describe_stream<S: Storage + 'static>(
         let has_data = stats.next_seq > stats.first_seq;
         shards.push(ShardDescription {
             id: sh.shard_id,
-            state: sh.state,
+            state: if stats.damaged.is_some() {
+                ShardState::Damaged
+            } else {
+                sh.state
+            },
             hash_key_start: start,
             hash_key_end: end,
             parent: sh.parent,

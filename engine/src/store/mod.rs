@@ -1533,19 +1533,59 @@ impl<S: Storage> Store<S> {
             let Some(chunk) = self.fetch(key, c.extent, c.offset, want).await? else {
                 return Ok(false);
             };
-            let mut batches = parse_batches(&chunk, c.nonce, c.expect_seq, true)
-                .map_err(|(at, why)| corrupt(key, c.extent, c.offset + at as u64, why))?;
+            // Damage ends the read after the batches before it; a read that starts at it
+            // is told which records are damaged and where reading can go on.
+            let (mut batches, damage) =
+                shard::parse_batches_until_damage(&chunk, c.nonce, c.expect_seq);
+            let damaged = match damage {
+                Some(d) if batches.is_empty() => {
+                    match d.header {
+                        // Damaged records this read does not want: step over them.
+                        Some(h) if h.next_seq() <= from_seq => {
+                            c.offset += u64::from(h.batch_len);
+                            c.expect_seq = h.next_seq();
+                            continue;
+                        }
+                        _ if out.batch_count > 0 => return Ok(true),
+                        _ => return Err(self.damaged(key, c, c.offset + d.at as u64, &d)),
+                    }
+                }
+                Some(_) => true,
+                None => false,
+            };
             let mut data = chunk;
             if batches.is_empty() {
                 // One batch larger than the chunk: read it whole.
-                let h = shard::check_stored_header(&data, c.nonce, c.expect_seq)
-                    .map_err(|why| corrupt(key, c.extent, c.offset, why))?;
+                let h = match shard::check_stored_header(&data, c.nonce, c.expect_seq) {
+                    Ok(h) => h,
+                    Err(_) if out.batch_count > 0 => return Ok(true),
+                    Err(why) => {
+                        let d = shard::Damage {
+                            at: 0,
+                            why,
+                            header: None,
+                        };
+                        return Err(self.damaged(key, c, c.offset, &d));
+                    }
+                };
                 let len = (h.batch_len as usize).min((end - c.offset) as usize);
                 let Some(whole) = self.fetch(key, c.extent, c.offset, len).await? else {
                     return Ok(false);
                 };
-                batches = parse_batches(&whole, c.nonce, c.expect_seq, true)
-                    .map_err(|(at, why)| corrupt(key, c.extent, c.offset + at as u64, why))?;
+                let (whole_batches, damage) =
+                    shard::parse_batches_until_damage(&whole, c.nonce, c.expect_seq);
+                if let Some(d) = damage.filter(|_| whole_batches.is_empty()) {
+                    match d.header {
+                        Some(h) if h.next_seq() <= from_seq => {
+                            c.offset += u64::from(h.batch_len);
+                            c.expect_seq = h.next_seq();
+                            continue;
+                        }
+                        _ if out.batch_count > 0 => return Ok(true),
+                        _ => return Err(self.damaged(key, c, c.offset + d.at as u64, &d)),
+                    }
+                }
+                batches = whole_batches;
                 if batches.is_empty() {
                     return Err(corrupt(
                         key,
@@ -1572,10 +1612,52 @@ impl<S: Storage> Store<S> {
                 out.batch_count += 1;
                 out.end_seq = h.next_seq();
             }
-            if out.bytes.len() >= max_bytes {
+            if out.bytes.len() >= max_bytes || (damaged && out.batch_count > 0) {
                 return Ok(true);
             }
         }
+    }
+
+    /// The error for damaged bytes at `offset` of the cursor's extent: which records are
+    /// lost (from the one expected there to the next that can be found: the next sparse
+    /// index entry, else the extent's end) and where reading can go on.
+    fn damaged(&self, key: ShardKey, c: Cursor, offset: u64, d: &shard::Damage) -> StoreError {
+        if let Some(h) = d.header {
+            return StoreError::Corrupt(format!(
+                "stream {} shard {}: records {}..{} are damaged (extent {}:{} offset {offset}: {}); reading can go on at sequence number {}",
+                key.stream_id,
+                key.shard_id,
+                h.base_seq,
+                h.next_seq(),
+                c.extent.volume(),
+                c.extent.unit(),
+                d.why,
+                h.next_seq()
+            ));
+        }
+        let resume = {
+            let st = self.st.borrow();
+            st.shards
+                .get(&key)
+                .and_then(|l| l.extent(c.extent))
+                .map(|e| {
+                    e.index
+                        .iter()
+                        .find(|i| i.offset > offset)
+                        .map_or(e.durable_end_seq, |i| i.seq)
+                })
+                .unwrap_or(c.expect_seq)
+        };
+        StoreError::Corrupt(format!(
+            "stream {} shard {}: records {}..{} are damaged (extent {}:{} offset {offset}: {}); reading can go on at sequence number {resume}",
+            key.stream_id,
+            key.shard_id,
+            c.expect_seq,
+            resume,
+            c.extent.volume(),
+            c.extent.unit(),
+            d.why
+        ))
     }
 
     /// The first sequence number whose batch arrived at or after `ts_ms` (the durable end

@@ -465,32 +465,70 @@ pub(crate) fn check_stored_header(
 pub(crate) fn parse_batches(
     chunk: &[u8],
     nonce: u64,
-    mut expect_seq: u64,
+    expect_seq: u64,
     strict: bool,
 ) -> Result<Vec<(usize, BatchHeader)>, (usize, String)> {
+    match parse_batches_until_damage(chunk, nonce, expect_seq) {
+        (_, Some(d)) if strict => Err((d.at, d.why)),
+        (out, _) => Ok(out),
+    }
+}
+
+/// A batch that does not verify.
+#[derive(Debug, Clone)]
+pub(crate) struct Damage {
+    /// Where it starts in the chunk.
+    pub at: usize,
+    pub why: String,
+    /// Its header, when the header itself verifies (only the records are damaged): then
+    /// exactly its records are lost, and reading can go on right after it.
+    pub header: Option<BatchHeader>,
+}
+
+/// The whole batches at the start of `chunk` that verify, and the first one that does not,
+/// if one does not. A batch cut by the end of the chunk is neither.
+pub(crate) fn parse_batches_until_damage(
+    chunk: &[u8],
+    nonce: u64,
+    mut expect_seq: u64,
+) -> (Vec<(usize, BatchHeader)>, Option<Damage>) {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while chunk.len() - pos >= BATCH_HEADER_LEN {
         let h = match check_stored_header(&chunk[pos..], nonce, expect_seq) {
             Ok(h) => h,
-            Err(reason) if strict => return Err((pos, reason)),
-            Err(_) => break,
+            Err(why) => {
+                let header = None;
+                return (
+                    out,
+                    Some(Damage {
+                        at: pos,
+                        why,
+                        header,
+                    }),
+                );
+            }
         };
         let len = h.batch_len as usize;
         if chunk.len() - pos < len {
             break;
         }
         if let Err(e) = batch::verify_stored(&chunk[pos..pos + len]) {
-            if strict {
-                return Err((pos, e.to_string()));
-            }
-            break;
+            let (why, header) = (e.to_string(), Some(h));
+            return (
+                out,
+                Some(Damage {
+                    at: pos,
+                    why,
+                    header,
+                }),
+            );
         }
         out.push((pos, h));
         pos += len;
         expect_seq = h.next_seq();
     }
-    Ok(out)
+    (out, None)
 }
 
 #[cfg(test)]

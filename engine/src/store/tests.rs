@@ -560,6 +560,139 @@ fn a_nearly_full_disk_gives_data_the_last_of_its_space_and_resumes_when_space_re
     }
 }
 
+/// Reads `k` from `from` until an error or the end: the records and the error, if any.
+fn read_until_error(
+    store: &Store<SimStorage>,
+    k: ShardKey,
+    mut from: u64,
+) -> (BTreeMap<u64, Vec<u8>>, Option<StoreError>) {
+    let mut out = BTreeMap::new();
+    loop {
+        let r = match run(store, store.read(k, from, 37, 6 << 10)) {
+            Ok(r) => r,
+            Err(e) => return (out, Some(e)),
+        };
+        if r.batch_count == 0 {
+            return (out, None);
+        }
+        let mut pos = 0;
+        while pos < r.bytes.len() {
+            let h = BatchHeader::decode(&r.bytes[pos..]).unwrap();
+            let one = &r.bytes[pos..pos + h.batch_len as usize];
+            batch::verify_stored(one).expect("a served batch verifies");
+            for (i, rec) in RecordIter::new(one, h.record_count).enumerate() {
+                let seq = h.base_seq + i as u64;
+                if (r.start_seq..r.end_seq).contains(&seq) {
+                    out.insert(seq, rec.unwrap().data.to_vec());
+                }
+            }
+            pos += h.batch_len as usize;
+        }
+        from = r.end_seq;
+    }
+}
+
+/// "records A..B are damaged ...; reading can go on at sequence number C" -> (A, B, C).
+fn damaged_range(e: &StoreError) -> (u64, u64, u64) {
+    let StoreError::Corrupt(m) = e else {
+        panic!("expected Corrupt, got {e}")
+    };
+    let nums: Vec<u64> = m
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let at = m.find("records ").expect("names the records");
+    let range: Vec<u64> = m[at + 8..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (range[0], range[1], *nums.last().unwrap())
+}
+
+#[test]
+fn damaged_stored_batches_are_reported_by_range_and_the_rest_is_served() {
+    let k = key(1, 0);
+    let h = Harness::new(13, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(9);
+    let mut acked: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut base_of = BTreeMap::new();
+    for t in 0..120 {
+        let (b, r) = make_batch(&mut rng, &format!("b{t:04}"), false);
+        let a = run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        base_of.insert(t, (a.base_seq, r.len() as u64));
+        for (i, (_, d)) in r.into_iter().enumerate() {
+            acked.insert(a.base_seq + i as u64, d);
+        }
+        h.clock.advance(5);
+    }
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    // Damage on disk: the records of batch 40 (its header intact), and the header of
+    // batch 90.
+    let find = |pattern: &[u8]| -> (PathBuf, usize) {
+        for f in h.storage.files() {
+            if !f.to_string_lossy().contains("vol-") {
+                continue;
+            }
+            let bytes = h.storage.file_contents(&f).unwrap();
+            if let Some(p) = bytes.windows(pattern.len()).position(|w| w == pattern) {
+                return (f, p);
+            }
+        }
+        panic!("{:?} is not in a volume", String::from_utf8_lossy(pattern))
+    };
+    let (vol, p) = find(b"b0040/0:");
+    h.storage.corrupt(&vol, p + 2, b"#");
+    let (vol, p) = find(b"b0090/0:");
+    let bytes = h.storage.file_contents(&vol).unwrap();
+    let header_at = (p.saturating_sub(400)..p)
+        .rev()
+        .find(|&q| BatchHeader::decode(&bytes[q..]).is_ok_and(|bh| bh.base_seq == base_of[&90].0))
+        .expect("batch 90's header");
+    h.storage
+        .corrupt(&vol, header_at + 1, &[bytes[header_at + 1] ^ 0xff]);
+    let store = h.open().unwrap();
+    // From the start: everything up to batch 40, then exactly its records are damaged.
+    let (got, err) = read_until_error(&store, k, 0);
+    let (from, to, resume) = damaged_range(&err.expect("the damage is reported"));
+    let (b40, n40) = base_of[&40];
+    assert_eq!((from, to, resume), (b40, b40 + n40, b40 + n40));
+    for seq in 0..b40 {
+        assert_eq!(got.get(&seq), acked.get(&seq), "seq {seq}");
+    }
+    // On from there: up to batch 90, whose header is damaged: what follows it in its
+    // extent cannot be found without one, so reading goes on where something can be.
+    let (got, err) = read_until_error(&store, k, resume);
+    let (from, to, resume) = damaged_range(&err.expect("the damage is reported"));
+    let b90 = base_of[&90].0;
+    assert_eq!(from, b90);
+    assert!(to > b90 && resume == to, "{to} {resume}");
+    for seq in b40 + n40..b90 {
+        assert_eq!(got.get(&seq), acked.get(&seq), "seq {seq}");
+    }
+    // And from there to the end, intact.
+    let (got, err) = read_until_error(&store, k, resume);
+    assert!(err.is_none(), "{err:?}");
+    let end = *acked.keys().next_back().unwrap() + 1;
+    for seq in resume..end {
+        assert_eq!(got.get(&seq), acked.get(&seq), "seq {seq}");
+    }
+    // A read that starts past damaged records it does not want is not bothered by them.
+    let (got, err) = read_until_error(&store, k, b40 + n40 + 1);
+    assert!(
+        matches!(err, Some(StoreError::Corrupt(_))),
+        "only batch 90 stops it"
+    );
+    assert_eq!(got.keys().next(), Some(&(b40 + n40 + 1)));
+    // Writes go on.
+    let (b, r) = make_batch(&mut rng, "after", false);
+    run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+}
+
 #[test]
 fn journal_wraps_through_many_checkpoints() {
     let keys: Vec<ShardKey> = (0..4).map(|s| key(7, s)).collect();

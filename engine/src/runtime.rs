@@ -569,7 +569,7 @@ impl<S: Storage + 'static> Core<S> {
         for s in &stores {
             s.wake_readers();
         }
-        self.drain_requests().await;
+        crate::server::drain_requests(self).await;
         for s in stores {
             if let Err(e) = s.shutdown().await {
                 tracing::error!(store = s.config().index, error = %e, "flush at shutdown failed");
@@ -649,7 +649,9 @@ impl<S: Storage + 'static> Core<S> {
                 let _ = reply.send(Ok(())).await;
             }
             CoreMsg::Listen { public, own, reply } => {
-                let _ = reply.send(self.clone().listen(public, own)).await;
+                let _ = reply
+                    .send(crate::server::listen(self.clone(), public, own))
+                    .await;
             }
             CoreMsg::SetTopology { addrs, reply } => {
                 *self.net.topology.borrow_mut() = addrs;

@@ -24,8 +24,8 @@ mod handlers;
 mod transport;
 
 pub use handlers::error_code;
-pub(crate) use transport::NetState;
 pub use transport::NetStats;
+pub(crate) use transport::{drain_requests, listen, NetState};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

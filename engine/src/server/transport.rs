@@ -98,59 +98,59 @@ impl NetState {
     }
 }
 
-impl<S: Storage + 'static> Core<S> {
-    /// Binds this core's listeners and starts accepting on them.
-    pub(crate) fn listen(
-        self: Rc<Self>,
-        public: Option<SocketAddr>,
-        own: SocketAddr,
-    ) -> Result<(Option<SocketAddr>, SocketAddr), EngineError> {
-        let reuse_port = public.is_some_and(|p| p.port() != 0);
-        let public_listener = public.map(|p| bind_listener(p, reuse_port)).transpose()?;
-        let own_listener = bind_listener(own, false)?;
-        let local = |l: &TcpListener| {
-            l.local_addr()
-                .map_err(|e| EngineError::Startup(format!("listener address: {e}")))
-        };
-        let addrs = (
-            public_listener.as_ref().map(local).transpose()?,
-            local(&own_listener)?,
-        );
-        for l in public_listener.into_iter().chain([own_listener]) {
-            let l = Rc::new(l);
-            self.net.listeners.borrow_mut().push(l.clone());
-            glommio::spawn_local(accept_loop(self.clone(), l)).detach();
-        }
-        Ok(addrs)
+/// Binds a core's listeners and starts accepting on them.
+pub(crate) fn listen<S: Storage + 'static>(
+    core: Rc<Core<S>>,
+    public: Option<SocketAddr>,
+    own: SocketAddr,
+) -> Result<(Option<SocketAddr>, SocketAddr), EngineError> {
+    let reuse_port = public.is_some_and(|p| p.port() != 0);
+    let public_listener = public.map(|p| bind_listener(p, reuse_port)).transpose()?;
+    let own_listener = bind_listener(own, false)?;
+    let local = |l: &TcpListener| {
+        l.local_addr()
+            .map_err(|e| EngineError::Startup(format!("listener address: {e}")))
+    };
+    let addrs = (
+        public_listener.as_ref().map(local).transpose()?,
+        local(&own_listener)?,
+    );
+    for l in public_listener.into_iter().chain([own_listener]) {
+        let l = Rc::new(l);
+        core.net.listeners.borrow_mut().push(l.clone());
+        glommio::spawn_local(accept_loop(core.clone(), l)).detach();
     }
+    Ok(addrs)
+}
 
-    /// Waits (bounded) until every accepted request was answered: called at shutdown,
-    /// after `stopping` is set so that no new request is taken.
-    pub(crate) async fn drain_requests(&self) {
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while self.net.inflight.get() > 0 || self.handling.get() > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!(
-                    core = self.index,
-                    inflight = self.net.inflight.get(),
-                    forwarded = self.handling.get(),
-                    "drain timed out"
-                );
-                return;
-            }
-            let idle = async {
-                self.net.idle.wait().await;
-                true
-            };
-            let timeout = async {
-                glommio::timer::sleep(deadline - now).await;
-                false
-            };
-            futures_lite::future::or(idle, timeout).await;
+/// Waits (bounded) until every request a core accepted, and every message it took from
+/// another core, was answered: called at shutdown, after `stopping` is set so that no new
+/// request is taken. Then the listeners close.
+pub(crate) async fn drain_requests<S: Storage + 'static>(core: &Core<S>) {
+    let net = &core.net;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while net.inflight.get() > 0 || core.handling.get() > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(
+                core = core.index,
+                inflight = net.inflight.get(),
+                forwarded = core.handling.get(),
+                "drain timed out"
+            );
+            break;
         }
-        self.net.listeners.borrow_mut().clear();
+        let idle = async {
+            net.idle.wait().await;
+            true
+        };
+        let timeout = async {
+            glommio::timer::sleep(deadline - now).await;
+            false
+        };
+        futures_lite::future::or(idle, timeout).await;
     }
+    net.listeners.borrow_mut().clear();
 }
 
 /// A listening socket, with SO_REUSEPORT only when asked (glommio's own `bind` always sets

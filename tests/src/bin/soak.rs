@@ -577,6 +577,38 @@ fn main() {
             it = next.expect("open shard");
         }
     }
+    // The catalog after kills in the middle of creates, deletes and retention changes:
+    // every stream it lists describes, with every shard open.
+    let names = c
+        .call(
+            &Request::ListStreams(spate_protocol::ListStreamsRequest {
+                exclusive_start_name: None,
+                limit: 1000,
+            }),
+            |r| match r {
+                Response::ListStreams(l) => {
+                    l.names.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+                }
+                other => panic!("{other:?}"),
+            },
+        )
+        .expect("list");
+    let mut inconsistent = 0u64;
+    for name in &names {
+        let ok = c.call(
+            &Request::DescribeStream(spate_protocol::DescribeStreamRequest { name }),
+            |r| match r {
+                Response::DescribeStream(d) => d
+                    .shards
+                    .iter()
+                    .all(|s| s.state == spate_protocol::ShardState::Open),
+                _ => false,
+            },
+        );
+        if ok.ok() != Some(true) {
+            inconsistent += 1;
+        }
+    }
     drop(child.stdin.take());
     let _ = child.wait();
     // Checks.
@@ -626,9 +658,11 @@ fn main() {
         "duplicated": duplicated,
         "reordered": reordered,
         "seen_by_consumers_but_gone": phantom,
+        "streams_after": names.len(),
+        "inconsistent_streams": inconsistent,
     });
     println!("{report}");
-    if lost + duplicated + reordered + phantom as u64 > 0 {
+    if lost + duplicated + reordered + phantom as u64 + inconsistent > 0 {
         std::process::exit(1);
     }
 }

@@ -109,6 +109,10 @@ struct Description {
     name: String,
     retention_hours: u32,
     limits: serde_json::Value,
+    /// CREATING, ACTIVE, UPDATING or DELETING.
+    status: &'static str,
+    /// Every stream is provisioned (on-demand mode is not built yet).
+    mode: &'static str,
     shards: Vec<ShardJson>,
 }
 
@@ -120,6 +124,7 @@ struct ShardJson {
     hash_key_start: String,
     hash_key_end: String,
     parent: Option<u32>,
+    adjacent_parent: Option<u32>,
     core: u16,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
@@ -144,6 +149,8 @@ impl From<&StreamInfo> for Description {
             name: info.name.clone(),
             retention_hours: info.retention_hours,
             limits,
+            status: info.status.name(),
+            mode: "provisioned",
             shards: info
                 .shards
                 .iter()
@@ -157,6 +164,7 @@ impl From<&StreamInfo> for Description {
                     hash_key_start: s.hash_key_start.to_string(),
                     hash_key_end: s.hash_key_end.to_string(),
                     parent: s.parent,
+                    adjacent_parent: s.adjacent_parent,
                     core: s.core,
                     first_seq: s.first_seq,
                     last_seq: s.last_seq,

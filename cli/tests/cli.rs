@@ -208,8 +208,20 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
     assert_eq!(json.lines().count(), 1, "one JSON object on one line");
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["limits", "name", "retention_hours", "shards"]);
+    assert_eq!(
+        keys,
+        [
+            "limits",
+            "mode",
+            "name",
+            "retention_hours",
+            "shards",
+            "status"
+        ]
+    );
     assert_eq!(v["name"], name);
+    assert_eq!(v["status"], "ACTIVE");
+    assert_eq!(v["mode"], "provisioned");
     assert_eq!(v["retention_hours"], 24);
     assert_eq!(v["limits"], limits);
     let list = v["shards"].as_array().unwrap();
@@ -220,6 +232,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
         assert_eq!(
             keys,
             [
+                "adjacent_parent",
                 "core",
                 "first_seq",
                 "hash_key_end",

@@ -103,6 +103,7 @@ impl StreamConfig {
 pub struct StreamInfo {
     pub name: String,
     pub stream_id: u64,
+    pub status: spate_protocol::StreamStatus,
     pub retention_hours: u32,
     pub limits: Limits,
     pub max_record_data_bytes: u32,
@@ -437,6 +438,7 @@ impl Client {
         let info = StreamInfo {
             name: d.name.to_string(),
             stream_id: d.stream_id,
+            status: d.status,
             retention_hours: d.retention_hours,
             limits: d.limits,
             max_record_data_bytes: d.max_record_data_bytes,

@@ -113,6 +113,7 @@ mod tests {
         StreamDescription {
             name: "s",
             stream_id: 1,
+            status: spate_protocol::StreamStatus::Active,
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: 1 << 20,

@@ -309,6 +309,7 @@ mod fake {
                 req.respond(&Response::DescribeStream(StreamDescription {
                     name: setup.stream,
                     stream_id: 7,
+                    status: spate_protocol::StreamStatus::Active,
                     retention_hours: 24,
                     limits: Limits::Off,
                     max_record_data_bytes: setup.max_record_data_bytes,

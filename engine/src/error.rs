@@ -9,6 +9,12 @@ use crate::store::StoreError;
 pub enum EngineError {
     #[error("stream {0:?} does not exist")]
     UnknownStream(String),
+    /// Kinesis answers ResourceNotFound for a stream that is not (or no longer) ACTIVE.
+    #[error("stream {stream:?} is {status}: not readable or writable until it is ACTIVE")]
+    NotActive {
+        stream: String,
+        status: &'static str,
+    },
     #[error("stream {0:?} already exists")]
     StreamExists(String),
     #[error("stream {stream:?} has no shard {shard}")]

@@ -25,6 +25,7 @@ use spate_protocol::batch::{
     self, check_producer_batch_with, BatchHeader, RecordIter, RecordRules,
 };
 pub use spate_protocol::read::IteratorPosition;
+pub use spate_protocol::stream::StreamStatus;
 
 use crate::catalog::{validate_retention, Catalog, StreamEntry};
 use crate::clock::ClockRef;
@@ -239,6 +240,7 @@ pub(crate) enum CoreMsg {
     RouteUpdate {
         name: String,
         entry: Option<StreamEntry>,
+        status: StreamStatus,
         reply: Reply<()>,
     },
     /// Bind the public (SO_REUSEPORT) and the core's own listener; reply with both addresses.
@@ -316,6 +318,8 @@ pub struct Core<S: Storage> {
     published: RefCell<Option<SharedRoutes>>,
     /// Core 0: control operations run one at a time.
     control_lock: crate::notify::TaskLock,
+    /// Streams in a status other than ACTIVE while a control operation runs on them.
+    pub(crate) statuses: RefCell<HashMap<String, StreamStatus>>,
     /// Shards of stores that failed to open at start, with the reason: they answer Corrupt,
     /// and everything else is served.
     damaged: RefCell<rustc_hash::FxHashMap<ShardIdent, Rc<str>>>,
@@ -433,6 +437,7 @@ impl<S: Storage + 'static> Core<S> {
             handling: Cell::new(0),
             published: RefCell::new(None),
             control_lock: crate::notify::TaskLock::new(),
+            statuses: RefCell::new(HashMap::new()),
             damaged: RefCell::new(Default::default()),
             damaged_stores: RefCell::new(BTreeMap::new()),
             token_key: std::cell::OnceCell::new(),
@@ -638,8 +643,19 @@ impl<S: Storage + 'static> Core<S> {
             CoreMsg::Control { op, reply } => {
                 let _ = reply.send(self.control(op).await).await;
             }
-            CoreMsg::RouteUpdate { name, entry, reply } => {
+            CoreMsg::RouteUpdate {
+                name,
+                entry,
+                status,
+                reply,
+            } => {
                 {
+                    let mut statuses = self.statuses.borrow_mut();
+                    if entry.is_some() && status != StreamStatus::Active {
+                        statuses.insert(name.clone(), status);
+                    } else {
+                        statuses.remove(&name);
+                    }
                     let mut routes = self.routes.borrow_mut();
                     match entry {
                         Some(e) => routes.insert(name, Rc::new(e)),
@@ -1030,12 +1046,14 @@ impl<S: Storage + 'static> Core<S> {
         &self,
         name: &str,
         entry: Option<StreamEntry>,
+        status: StreamStatus,
     ) -> Result<(), EngineError> {
         for peer in &self.peers {
             let entry = entry.clone();
             call(peer, |reply| CoreMsg::RouteUpdate {
                 name: name.to_owned(),
                 entry,
+                status,
                 reply,
             })
             .await?;
@@ -1110,6 +1128,9 @@ impl<S: Storage + 'static> Core<S> {
                     let _ = catalog.borrow_mut().remove_stream(&name);
                     return Err(e);
                 }
+                // Described as CREATING (and refused for data) while its shards open.
+                self.broadcast_route(&name, Some(entry.clone()), StreamStatus::Creating)
+                    .await?;
                 let opened = self
                     .tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
                     .await;
@@ -1127,19 +1148,34 @@ impl<S: Storage + 'static> Core<S> {
                             let _ = call(peer, |reply| CoreMsg::DropShard { ident, reply }).await;
                         }
                     }
+                    let _ = self
+                        .broadcast_route(&name, None, StreamStatus::Deleting)
+                        .await;
                     return Err(e);
                 }
-                self.broadcast_route(&entry.name, Some(entry.clone()))
+                self.broadcast_route(&entry.name, Some(entry.clone()), StreamStatus::Active)
                     .await?;
                 Ok(vec![entry])
             }
             ControlOp::DeleteStream { name } => {
+                let current = catalog
+                    .borrow()
+                    .stream(&name)
+                    .cloned()
+                    .ok_or_else(|| EngineError::UnknownStream(name.clone()))?;
+                // Described as DELETING (and refused for data) from here on.
+                self.broadcast_route(&name, Some(current.clone()), StreamStatus::Deleting)
+                    .await?;
                 let entry = catalog.borrow_mut().remove_stream(&name)?;
                 if let Err(e) = self.save_catalog().await {
                     catalog.borrow_mut().data.streams.push(entry);
+                    let _ = self
+                        .broadcast_route(&name, Some(current), StreamStatus::Active)
+                        .await;
                     return Err(e);
                 }
-                self.broadcast_route(&entry.name, None).await?;
+                self.broadcast_route(&entry.name, None, StreamStatus::Deleting)
+                    .await?;
                 for sh in &entry.shards {
                     let ident = ShardIdent {
                         stream_id: entry.stream_id,
@@ -1152,6 +1188,13 @@ impl<S: Storage + 'static> Core<S> {
             }
             ControlOp::SetRetention { name, hours } => {
                 validate_retention(hours)?;
+                let current = catalog
+                    .borrow()
+                    .stream(&name)
+                    .cloned()
+                    .ok_or_else(|| EngineError::UnknownStream(name.clone()))?;
+                self.broadcast_route(&name, Some(current.clone()), StreamStatus::Updating)
+                    .await?;
                 let (entry, old) = {
                     let mut cat = catalog.borrow_mut();
                     let s = cat
@@ -1174,11 +1217,14 @@ impl<S: Storage + 'static> Core<S> {
                     {
                         s.retention_hours = old;
                     }
+                    let _ = self
+                        .broadcast_route(&name, Some(current), StreamStatus::Active)
+                        .await;
                     return Err(e);
                 }
                 self.tell_owners(&entry, |spec, reply| CoreMsg::UpdateShard { spec, reply })
                     .await?;
-                self.broadcast_route(&entry.name, Some(entry.clone()))
+                self.broadcast_route(&entry.name, Some(entry.clone()), StreamStatus::Active)
                     .await?;
                 Ok(vec![entry])
             }

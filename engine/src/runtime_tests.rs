@@ -366,3 +366,81 @@ fn a_message_not_taken_is_shutting_down_and_one_taken_but_unanswered_is_unknown(
         assert!(matches!(got, Err(EngineError::ShuttingDown)), "{got:?}");
     });
 }
+
+#[test]
+fn control_operations_show_kinesis_statuses_while_they_run() {
+    use crate::runtime::StreamStatus;
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("executor")
+        .run(async move {
+            let storage = Rc::new(SimStorage::new(3));
+            storage.create_dir_all(Path::new(DATA)).await.unwrap();
+            storage.sync_dir(Path::new("/")).await.unwrap();
+            let clock = ManualClock::new(1_700_000_000_000);
+            let running = start(&storage, &clock).await;
+            let core = running.core.clone();
+            // Runs `op` to its end, noting every status "s" shows on the way.
+            let observe = |op: ControlOp| {
+                let core = core.clone();
+                async move {
+                    let peer = core.peers[0].clone();
+                    let task = glommio::spawn_local(async move {
+                        call(&peer, |reply| CoreMsg::Control { op, reply }).await
+                    });
+                    let mut seen = Vec::new();
+                    let done = Rc::new(std::cell::Cell::new(false));
+                    let d = done.clone();
+                    let waiter = glommio::spawn_local(async move {
+                        let r = task.await;
+                        d.set(true);
+                        r
+                    });
+                    while !done.get() {
+                        let now = core.statuses.borrow().get("s").copied();
+                        if seen.last() != Some(&now) {
+                            seen.push(now);
+                        }
+                        futures_lite::future::yield_now().await;
+                    }
+                    waiter.await.expect("operation succeeds");
+                    let now = core.statuses.borrow().get("s").copied();
+                    if seen.last() != Some(&now) {
+                        seen.push(now);
+                    }
+                    seen
+                }
+            };
+            let seen = observe(ControlOp::CreateStream {
+                name: "s".into(),
+                opts: StreamOptions {
+                    limits: Limits::Off,
+                    ..StreamOptions::new(64)
+                },
+            })
+            .await;
+            assert_eq!(
+                seen,
+                vec![None, Some(StreamStatus::Creating), None],
+                "create"
+            );
+            let seen = observe(ControlOp::SetRetention {
+                name: "s".into(),
+                hours: 48,
+            })
+            .await;
+            assert_eq!(
+                seen,
+                vec![None, Some(StreamStatus::Updating), None],
+                "retention"
+            );
+            let seen = observe(ControlOp::DeleteStream { name: "s".into() }).await;
+            assert_eq!(
+                seen,
+                vec![None, Some(StreamStatus::Deleting), None],
+                "delete"
+            );
+            assert!(core.routes.borrow().get("s").is_none());
+            running.stop().await;
+        });
+}

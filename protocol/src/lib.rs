@@ -92,7 +92,7 @@ pub use read::{
 pub use stream::{
     CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest, Limits,
     ListStreamsRequest, ListStreamsResponse, RetentionRequest, ShardDescription, ShardState,
-    StreamDescription,
+    StreamDescription, StreamStatus,
 };
 pub use token::{IteratorToken, TokenKey, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;

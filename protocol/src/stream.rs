@@ -13,9 +13,10 @@
 //! ListStreams        req:  exclusive_start_name opt<str>, limit u32
 //!                    resp: has_more bool, count varint, count × name str
 //! DescribeStream     req:  name str
-//!                    resp: name str, stream_id u64, retention_hours u32, limits,
+//!                    resp: name str, stream_id u64, status u8 (0 creating, 1 active,
+//!                          2 updating, 3 deleting), retention_hours u32, limits,
 //!                          max_record_data_bytes u32, count varint, count × shard
-//! shard:             id u32, state u8 (0 open, 1 closed), hash_key_start u128,
+//! shard:             id u32, state u8 (0 open, 1 closed, 2 damaged), hash_key_start u128,
 //!                    hash_key_end u128, parent opt<u32>, adjacent_parent opt<u32>, core u16,
 //!                    first_seq opt<u64>, last_seq opt<u64>
 //! Increase/DecreaseRetention  req: name str, retention_hours u32    resp: (empty)
@@ -249,6 +250,31 @@ pub struct ListStreamsResponse<'a> {
     pub has_more: bool,
 }
 
+/// A stream's status, as Kinesis names them. A control operation runs start to finish
+/// before the next on the same server, so the others are seen only while one runs.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStatus {
+    /// Its shards are being opened: not yet readable or writable.
+    Creating = 0,
+    Active = 1,
+    /// A change (retention) is being applied: readable and writable.
+    Updating = 2,
+    /// Being deleted: no longer readable or writable.
+    Deleting = 3,
+}
+
+impl StreamStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamStatus::Creating => "CREATING",
+            StreamStatus::Active => "ACTIVE",
+            StreamStatus::Updating => "UPDATING",
+            StreamStatus::Deleting => "DELETING",
+        }
+    }
+}
+
 /// A shard's state: one type for the wire and the engine's catalog (archived with rkyv).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -285,6 +311,7 @@ pub struct ShardDescription {
 pub struct StreamDescription<'a> {
     pub name: &'a str,
     pub stream_id: u64,
+    pub status: StreamStatus,
     pub retention_hours: u32,
     pub limits: Limits,
     pub max_record_data_bytes: u32,
@@ -499,6 +526,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_stream_name(out, self.name);
         put_u64(out, self.stream_id);
+        put_u8(out, self.status as u8);
         put_u32(out, self.retention_hours);
         self.limits.encode(out);
         put_u32(out, self.max_record_data_bytes);
@@ -511,6 +539,18 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let name = get_stream_name(r)?;
         let stream_id = r.u64("stream_id")?;
+        let status = match r.u8("stream status")? {
+            0 => StreamStatus::Creating,
+            1 => StreamStatus::Active,
+            2 => StreamStatus::Updating,
+            3 => StreamStatus::Deleting,
+            _ => {
+                return Err(DecodeError::Malformed {
+                    field: "stream status",
+                    reason: "unknown",
+                })
+            }
+        };
         let retention_hours = get_retention_hours(r)?;
         let limits = Limits::decode(r)?;
         let max_record_data_bytes = get_max_record_data_bytes(r, "max_record_data_bytes")?;
@@ -522,6 +562,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         Ok(StreamDescription {
             name,
             stream_id,
+            status,
             retention_hours,
             limits,
             max_record_data_bytes,
@@ -575,6 +616,7 @@ mod tests {
         StreamDescription {
             name: "orders.v2",
             stream_id: 77,
+            status: StreamStatus::Updating,
             retention_hours: 24,
             limits: custom(),
             max_record_data_bytes: 1 << 20,
@@ -819,13 +861,20 @@ mod tests {
         fn descriptions_round_trip(
             name in "[a-zA-Z0-9_.-]{1,20}".prop_filter("valid", |n| is_valid_stream_name(n)),
             stream_id: u64,
+            status in 0u8..4,
             retention_hours in MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS,
             limits in arb_limits(),
             max_record_data_bytes in 1..=MAX_RECORD_DATA_BYTES_CEILING as u32,
             shards in proptest::collection::vec(arb_shard(), 0..8),
         ) {
+            let status = [
+                StreamStatus::Creating,
+                StreamStatus::Active,
+                StreamStatus::Updating,
+                StreamStatus::Deleting,
+            ][status as usize];
             check_response(&Response::DescribeStream(StreamDescription {
-                name: &name, stream_id, retention_hours, limits, max_record_data_bytes, shards,
+                name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, shards,
             }));
         }
 

@@ -193,6 +193,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         Response::DescribeStream(StreamDescription {
             name: "orders",
             stream_id: 7,
+            status: spate_protocol::StreamStatus::Active,
             retention_hours: 24,
             limits: Limits::Kinesis,
             max_record_data_bytes: 1 << 20,

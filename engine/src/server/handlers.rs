@@ -26,7 +26,7 @@ use crate::catalog::{self, StreamEntry};
 use crate::error::EngineError;
 use crate::io::Storage;
 use crate::runtime::{
-    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent,
+    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StreamStatus,
 };
 use crate::store::ReadOutput;
 
@@ -75,7 +75,9 @@ type Failure = (ErrorCode, u32, String);
 /// The one place engine errors become wire codes.
 pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
     match e {
-        EngineError::UnknownStream(_) => (ErrorCode::UnknownStream, 0),
+        EngineError::UnknownStream(_) | EngineError::NotActive { .. } => {
+            (ErrorCode::UnknownStream, 0)
+        }
         EngineError::StreamExists(_) => (ErrorCode::StreamExists, 0),
         EngineError::UnknownShard { .. } => (ErrorCode::UnknownShard, 0),
         EngineError::InvalidArgument(_) => (ErrorCode::InvalidArgument, 0),
@@ -250,7 +252,18 @@ async fn describe_stream<S: Storage + 'static>(
     name: &str,
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
-    let entry = route(core, name).map_err(fail)?;
+    let status = core
+        .statuses
+        .borrow()
+        .get(name)
+        .copied()
+        .unwrap_or(StreamStatus::Active);
+    let entry = core
+        .routes
+        .borrow()
+        .get(name)
+        .cloned()
+        .ok_or_else(|| fail(EngineError::UnknownStream(name.to_owned())))?;
     let mut shards = Vec::with_capacity(entry.shards.len());
     for sh in &entry.shards {
         let ident = ShardIdent {
@@ -282,6 +295,7 @@ async fn describe_stream<S: Storage + 'static>(
     let d = StreamDescription {
         name: &entry.name,
         stream_id: entry.stream_id,
+        status,
         retention_hours: entry.retention_hours,
         limits: entry.limits,
         max_record_data_bytes: entry.max_record_data_bytes,
@@ -493,6 +507,14 @@ fn route<S: Storage + 'static>(
     core: &Core<S>,
     stream: &str,
 ) -> Result<Rc<StreamEntry>, EngineError> {
+    if let Some(status) = core.statuses.borrow().get(stream) {
+        if matches!(status, StreamStatus::Creating | StreamStatus::Deleting) {
+            return Err(EngineError::NotActive {
+                stream: stream.to_owned(),
+                status: status.name(),
+            });
+        }
+    }
     core.routes
         .borrow()
         .get(stream)

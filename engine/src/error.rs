@@ -33,6 +33,9 @@ pub enum EngineError {
     LimitExceeded(String),
     #[error("no space left on the data directory's device")]
     StorageFull,
+    /// A bound on held work is reached; nothing was done.
+    #[error("server busy: {0}")]
+    Busy(String),
     #[error("storage I/O error: {0}")]
     Io(String),
     #[error("shard refuses writes after a failed flush: {0}")]
@@ -59,6 +62,7 @@ impl EngineError {
             EngineError::Throttled { .. }
                 | EngineError::ReadThrottled { .. }
                 | EngineError::StorageFull
+                | EngineError::Busy(_)
                 | EngineError::ShuttingDown
         )
     }

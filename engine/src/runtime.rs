@@ -603,13 +603,29 @@ impl<S: Storage + 'static> Core<S> {
                 batch,
                 reply,
             } => {
-                let _ = reply.send(self.append(ident, &batch).await).await;
+                let result = match self
+                    .net
+                    .charge_forwarded(batch.len(), self.cfg.max_buffered_bytes_per_core)
+                {
+                    Ok(_held) => self.append(ident, &batch).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result).await;
             }
             CoreMsg::AppendMany { items, reply } => {
-                let borrowed: Vec<(ShardIdent, &[u8])> =
-                    items.iter().map(|(i, b)| (*i, b.as_slice())).collect();
-                let results = self.append_many(&borrowed).await;
-                let _ = reply.send(Ok(results)).await;
+                let bytes = items.iter().map(|(_, b)| b.len()).sum();
+                let result = match self
+                    .net
+                    .charge_forwarded(bytes, self.cfg.max_buffered_bytes_per_core)
+                {
+                    Ok(_held) => {
+                        let borrowed: Vec<(ShardIdent, &[u8])> =
+                            items.iter().map(|(i, b)| (*i, b.as_slice())).collect();
+                        Ok(self.append_many(&borrowed).await)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result).await;
             }
             CoreMsg::Read { ident, req, reply } => {
                 let _ = reply.send(self.read(ident, req).await).await;

@@ -568,3 +568,37 @@ fn quotas_are_refused_with_a_clear_error() {
     create_n(&mut c, "c", 5).unwrap();
     s.shutdown();
 }
+
+#[test]
+fn forwarded_batches_are_charged_where_they_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two cores, each with 16 MiB of request budget.
+    let s = server(dir.path(), "cores = [0, 0]\nmax_buffered_bytes_per_core = 16777216");
+    let cores = s.core_addrs();
+    let mut c = WireClient::connect(cores[0]);
+    create(&mut c, "s", 2);
+    let d = c.call(&Request::DescribeStream(DescribeStreamRequest { name: "s" }));
+    let Ok(Response::DescribeStream(d)) = d.reply() else {
+        panic!()
+    };
+    let on1 = d.shards.iter().find(|sh| sh.core == 1).expect("a shard on core 1").id;
+    // Core 1's budget is taken by frames that never finish arriving.
+    let mut pins = Vec::new();
+    for _ in 0..2 {
+        let mut p = WireClient::connect(cores[1]);
+        p.send_raw(&lone_header(10_000_000)).unwrap();
+        pins.push(p);
+    }
+    wait_until("core 1's budget is taken", WAIT, || {
+        s.net_stats()[1].request_bytes >= 10_000_000
+    });
+    // A put through core 0 to core 1's shard: core 1 refuses to hold it, nothing is done.
+    let big = tagged_batch(&key_for_shard(on1, 2), 1, 100, 80_000);
+    assert_eq!(put(&mut c, "s", on1, &big), Err(ErrorCode::ServerBusy));
+    // Small ones still fit, and once the pins go, big ones do too.
+    put(&mut c, "s", on1, &tagged_batch(&key_for_shard(on1, 2), 2, 1, 10)).unwrap();
+    drop(pins);
+    wait_until("core 1's budget is back", WAIT, || s.net_stats()[1].request_bytes == 0);
+    put(&mut c, "s", on1, &big).unwrap();
+    s.shutdown();
+}

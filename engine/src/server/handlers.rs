@@ -88,6 +88,7 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         }
         EngineError::LimitExceeded(_) => (ErrorCode::LimitExceeded, 0),
         EngineError::StorageFull => (ErrorCode::StorageFull, 1000),
+        EngineError::Busy(_) => (ErrorCode::ServerBusy, 10),
         EngineError::Io(_) => (ErrorCode::StorageIo, 0),
         EngineError::Poisoned(_) => (ErrorCode::ShardPoisoned, 0),
         EngineError::Corrupt(_) => (ErrorCode::Corrupt, 0),

@@ -96,6 +96,34 @@ impl NetState {
     fn release(&self, bytes: usize) {
         self.request_bytes.set(self.request_bytes.get() - bytes);
     }
+
+    /// Charges a batch forwarded from another core to this core's request budget while it
+    /// is held here (the guard returns it); `Busy` (nothing done) if the budget is full.
+    pub(crate) fn charge_forwarded(
+        &self,
+        bytes: usize,
+        budget: usize,
+    ) -> Result<Charged<'_>, EngineError> {
+        if self.request_bytes.get() + bytes > budget {
+            return Err(EngineError::Busy(
+                "the owning core holds too many request bytes".into(),
+            ));
+        }
+        self.charge(bytes);
+        Ok(Charged { net: self, bytes })
+    }
+}
+
+/// Request bytes charged to a core's budget until dropped.
+pub(crate) struct Charged<'a> {
+    net: &'a NetState,
+    bytes: usize,
+}
+
+impl Drop for Charged<'_> {
+    fn drop(&mut self) {
+        self.net.release(self.bytes);
+    }
 }
 
 /// Binds a core's listeners and starts accepting on them.

@@ -392,6 +392,26 @@ fn silent_peers_and_half_headers_are_closed() {
     wait_until("only the working client is left", WAIT, || {
         total(&s).connections <= 1
     });
+    // A client that always has some frame under way, each arriving well within the limit,
+    // is not mistaken for a slow one, for longer than the limit.
+    let mut busy = WireClient::connect(addr);
+    let mut stream_bytes = Vec::new();
+    for i in 0..60u64 {
+        spate_protocol::encode_request(
+            &mut stream_bytes,
+            i + 1,
+            &Request::DescribeStream(DescribeStreamRequest { name: "nope" }),
+        );
+    }
+    let start = Instant::now();
+    for piece in stream_bytes.chunks(stream_bytes.len() / 60 + 7) {
+        busy.send_raw(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert!(start.elapsed() > Duration::from_millis(2000));
+    for _ in 0..60 {
+        assert!(busy.recv().is_some(), "the busy client was cut off");
+    }
     s.shutdown();
 }
 
@@ -573,15 +593,25 @@ fn quotas_are_refused_with_a_clear_error() {
 fn forwarded_batches_are_charged_where_they_are_held() {
     let dir = tempfile::tempdir().unwrap();
     // Two cores, each with 16 MiB of request budget.
-    let s = server(dir.path(), "cores = [0, 0]\nmax_buffered_bytes_per_core = 16777216");
+    let s = server(
+        dir.path(),
+        "cores = [0, 0]\nmax_buffered_bytes_per_core = 16777216",
+    );
     let cores = s.core_addrs();
     let mut c = WireClient::connect(cores[0]);
     create(&mut c, "s", 2);
-    let d = c.call(&Request::DescribeStream(DescribeStreamRequest { name: "s" }));
+    let d = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "s",
+    }));
     let Ok(Response::DescribeStream(d)) = d.reply() else {
         panic!()
     };
-    let on1 = d.shards.iter().find(|sh| sh.core == 1).expect("a shard on core 1").id;
+    let on1 = d
+        .shards
+        .iter()
+        .find(|sh| sh.core == 1)
+        .expect("a shard on core 1")
+        .id;
     // Core 1's budget is taken by frames that never finish arriving.
     let mut pins = Vec::new();
     for _ in 0..2 {
@@ -596,9 +626,17 @@ fn forwarded_batches_are_charged_where_they_are_held() {
     let big = tagged_batch(&key_for_shard(on1, 2), 1, 100, 80_000);
     assert_eq!(put(&mut c, "s", on1, &big), Err(ErrorCode::ServerBusy));
     // Small ones still fit, and once the pins go, big ones do too.
-    put(&mut c, "s", on1, &tagged_batch(&key_for_shard(on1, 2), 2, 1, 10)).unwrap();
+    put(
+        &mut c,
+        "s",
+        on1,
+        &tagged_batch(&key_for_shard(on1, 2), 2, 1, 10),
+    )
+    .unwrap();
     drop(pins);
-    wait_until("core 1's budget is back", WAIT, || s.net_stats()[1].request_bytes == 0);
+    wait_until("core 1's budget is back", WAIT, || {
+        s.net_stats()[1].request_bytes == 0
+    });
     put(&mut c, "s", on1, &big).unwrap();
     s.shutdown();
 }

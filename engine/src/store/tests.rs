@@ -655,6 +655,22 @@ fn damaged_stored_batches_are_reported_by_range_and_the_rest_is_served() {
         .expect("batch 90's header");
     h.storage
         .corrupt(&vol, header_at + 1, &[bytes[header_at + 1] ^ 0xff]);
+    // And every extent header block is zeroed: nothing reads them back (the manifest says
+    // where extents are), so they cost nothing when damaged.
+    let mut zeroed = 0;
+    for f in h.storage.files() {
+        if !f.to_string_lossy().contains("vol-") {
+            continue;
+        }
+        let bytes = h.storage.file_contents(&f).unwrap();
+        for at in (0..bytes.len()).step_by(crate::io::BLOCK_BYTES) {
+            if layout::ExtentHeader::decode(&bytes[at..]).is_some() {
+                h.storage.corrupt(&f, at, &[0u8; 64]);
+                zeroed += 1;
+            }
+        }
+    }
+    assert!(zeroed > 0, "extent headers found");
     let store = h.open().unwrap();
     // From the start: everything up to batch 40, then exactly its records are damaged.
     let (got, err) = read_until_error(&store, k, 0);
@@ -1144,4 +1160,32 @@ fn check_shard(
             );
         }
     }
+}
+
+#[test]
+fn a_damaged_manifest_fails_the_store_open_cleanly() {
+    let k = key(1, 0);
+    let h = Harness::new(14, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(10);
+    for t in 0..20 {
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), false);
+        run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+    }
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    let manifest = h.cfg.dir.join(layout::MANIFEST_FILE);
+    let len = h
+        .storage
+        .file_contents(&manifest)
+        .expect("a manifest")
+        .len();
+    for at in [0, len / 2, len - 1] {
+        let before = h.storage.file_contents(&manifest).unwrap();
+        h.storage.corrupt(&manifest, at, &[before[at] ^ 0x5a]);
+        // The engine turns this into a damaged store whose shards answer Corrupt.
+        assert!(h.open().is_err(), "byte {at} of the manifest flipped");
+        h.storage.corrupt(&manifest, at, &[before[at]]);
+    }
+    h.open().expect("the repaired manifest opens");
 }

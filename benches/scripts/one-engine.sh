@@ -28,7 +28,8 @@ config=()
 RUST_LOG=spate_engine=debug,info taskset -c 0 "$target/spate" serve "${config[@]}" \
     --data-dir "$data" --cores 0 --listen "127.0.0.1:$port" >"$log" 2>&1 &
 engine=$!
-trap 'kill -TERM $engine 2>/dev/null; wait $engine 2>/dev/null; rm -rf "$data"' EXIT
+# (each step may fail: the engine is usually gone by then; set -e must not skip the rm)
+trap 'kill -TERM $engine 2>/dev/null || true; wait $engine 2>/dev/null || true; rm -rf "$data"' EXIT
 for _ in $(seq 100); do
     grep -q '^listening on' "$log" && break
     sleep 0.1

@@ -254,11 +254,13 @@ pub(crate) enum CoreMsg {
         addrs: Vec<String>,
         reply: Reply<()>,
     },
-    /// A long-poll (`Core::wait_for_data`), answered when the shard has data or time is up.
+    /// A long-poll (`Core::wait_for_data`), answered when the shard has data or time is up,
+    /// or soon after `cancel` is set (the asking client hung up).
     WaitData {
         ident: ShardIdent,
         from_seq: u64,
         wait_ms: u32,
+        cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
         reply: Reply<()>,
     },
     /// This core's network accounting.
@@ -637,11 +639,13 @@ impl<S: Storage + 'static> Core<S> {
                 ident,
                 from_seq,
                 wait_ms,
+                cancel,
                 reply,
             } => {
-                let _ = reply
-                    .send(self.wait_for_data(ident, from_seq, wait_ms).await)
+                let waited = self
+                    .wait_for_data(ident, from_seq, wait_ms, Some(&cancel))
                     .await;
+                let _ = reply.send(waited).await;
             }
             CoreMsg::NetStats { reply } => {
                 let _ = reply.send(Ok(self.net.stats())).await;
@@ -919,11 +923,15 @@ impl<S: Storage + 'static> Core<S> {
     /// A long-poll: waits until the shard has a durable record at `from_seq` or later,
     /// `wait_ms` passes, or the core stops. Past `max_parked_reads_per_core` waiting at once,
     /// it returns at once (the read answers empty and the client asks again).
+    ///
+    /// A long-poll asked for by another core polls `cancel` at least once a second, so one
+    /// whose client hung up leaves within a second (a local one is simply dropped).
     pub(crate) async fn wait_for_data(
         &self,
         ident: ShardIdent,
         from_seq: u64,
         wait_ms: u32,
+        cancel: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<(), EngineError> {
         let slot = self.slot(ident)?;
         let store = &slot.store;
@@ -936,20 +944,26 @@ impl<S: Storage + 'static> Core<S> {
         let _unpark = crate::notify::OnDrop::new(|| parked.set(parked.get() - 1));
         let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         let changed = store.changed(ident)?;
-        while from_seq >= store.durable_seq(ident)? && !self.stopping.get() {
+        let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+        while from_seq >= store.durable_seq(ident)? && !self.stopping.get() && !cancelled() {
             let now = std::time::Instant::now();
             if now >= deadline {
                 break;
             }
+            let nap = if cancel.is_some() {
+                (deadline - now).min(Duration::from_secs(1))
+            } else {
+                deadline - now
+            };
             let woken = async {
                 changed.wait().await;
                 true
             };
             let timeout = async {
-                glommio::timer::sleep(deadline - now).await;
+                glommio::timer::sleep(nap).await;
                 false
             };
-            if !futures_lite::future::or(woken, timeout).await {
+            if !futures_lite::future::or(woken, timeout).await && nap == deadline - now {
                 break;
             }
             if !store.has_shard(ident) {
@@ -968,7 +982,8 @@ impl<S: Storage + 'static> Core<S> {
         ident: ShardIdent,
         req: ReadRequest,
     ) -> Result<ReadOutput, EngineError> {
-        self.wait_for_data(ident, req.from_seq, req.wait_ms).await?;
+        self.wait_for_data(ident, req.from_seq, req.wait_ms, None)
+            .await?;
         let slot = self.slot(ident)?;
         let store = &slot.store;
         if let Some(bucket) = slot.read.borrow_mut().as_mut() {

@@ -640,3 +640,44 @@ fn forwarded_batches_are_charged_where_they_are_held() {
     put(&mut c, "s", on1, &big).unwrap();
     s.shutdown();
 }
+
+#[test]
+fn a_long_poll_on_another_core_ends_when_its_client_hangs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "cores = [0, 0]");
+    let cores = s.core_addrs();
+    let mut c = WireClient::connect(cores[0]);
+    create(&mut c, "s", 2);
+    let d = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: "s",
+    }));
+    let Ok(Response::DescribeStream(d)) = d.reply() else {
+        panic!()
+    };
+    let on1 = d
+        .shards
+        .iter()
+        .find(|sh| sh.core == 1)
+        .expect("a shard on core 1")
+        .id;
+    // Through core 0, parked on core 1.
+    let mut gone = WireClient::connect(cores[0]);
+    let it = iterator(&mut gone, "s", on1);
+    let mut frame = Vec::new();
+    spate_protocol::encode_request(&mut frame, 9, &get_records(&it, 1 << 20, 30_000));
+    gone.send_raw(&frame).unwrap();
+    wait_until("it parks on core 1", WAIT, || {
+        s.net_stats()[1].parked_reads == 1
+    });
+    let hung_up = Instant::now();
+    drop(gone);
+    wait_until("it leaves core 1", WAIT, || {
+        s.net_stats()[1].parked_reads == 0
+    });
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(10),
+        "left after {:?}, not at its 30 s deadline",
+        hung_up.elapsed()
+    );
+    s.shutdown();
+}

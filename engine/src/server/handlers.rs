@@ -635,6 +635,8 @@ async fn read_shard<S: Storage + 'static>(
     }
 }
 
+/// A long-poll on the shard's core. Dropped when the client hangs up: a local one stops
+/// at once; a remote one is told through `cancel` and leaves within a second.
 async fn wait_data<S: Storage + 'static>(
     core: &Core<S>,
     ident: ShardIdent,
@@ -643,16 +645,21 @@ async fn wait_data<S: Storage + 'static>(
     wait_ms: u32,
 ) -> Result<(), EngineError> {
     if owner == core.index {
-        core.wait_for_data(ident, from_seq, wait_ms).await
-    } else {
-        call_read(&core.peers[owner], |reply| CoreMsg::WaitData {
-            ident,
-            from_seq,
-            wait_ms,
-            reply,
-        })
-        .await
+        return core.wait_for_data(ident, from_seq, wait_ms, None).await;
     }
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_drop = cancel.clone();
+    let _cancel_if_dropped = crate::notify::OnDrop::new(move || {
+        on_drop.store(true, std::sync::atomic::Ordering::Relaxed)
+    });
+    call_read(&core.peers[owner], |reply| CoreMsg::WaitData {
+        ident,
+        from_seq,
+        wait_ms,
+        cancel,
+        reply,
+    })
+    .await
 }
 
 async fn position_of<S: Storage + 'static>(

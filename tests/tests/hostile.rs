@@ -681,3 +681,92 @@ fn a_long_poll_on_another_core_ends_when_its_client_hangs_up() {
     );
     s.shutdown();
 }
+
+#[test]
+fn a_herd_of_long_polls_on_a_busy_shard_costs_others_nothing() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path(), "");
+    let addr = s.local_addr();
+    let mut c = WireClient::connect(addr);
+    create(&mut c, "s", 2);
+    let tip = {
+        let it = iterator(&mut c, "s", 1);
+        match c.call(&get_records(&it, 1 << 20, 0)).reply() {
+            Ok(Response::GetRecords(g)) => g.head.next_iterator.unwrap().to_vec(),
+            other => panic!("{other:?}"),
+        }
+    };
+    // 4 connections x 50 long-polls on shard 1, each re-issued as soon as it is answered.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let herd: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered, tip) = (stop.clone(), answered.clone(), tip.clone());
+            std::thread::spawn(move || {
+                let mut h = WireClient::connect(addr);
+                let mut frames = Vec::new();
+                for i in 0..50u64 {
+                    spate_protocol::encode_request(
+                        &mut frames,
+                        i,
+                        &get_records(&tip, 1 << 20, 2000),
+                    );
+                }
+                h.send_raw(&frames).unwrap();
+                let mut cid = 1000u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = h.recv().expect("answer");
+                    let next = match r.reply() {
+                        Ok(Response::GetRecords(g)) => g.head.next_iterator.unwrap().to_vec(),
+                        other => panic!("{other:?}"),
+                    };
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    frames.clear();
+                    cid += 1;
+                    spate_protocol::encode_request(
+                        &mut frames,
+                        cid,
+                        &get_records(&next, 1 << 20, 2000),
+                    );
+                    h.send_raw(&frames).unwrap();
+                }
+            })
+        })
+        .collect();
+    wait_until("the herd parks", WAIT, || total(&s).parked_reads >= 150);
+    // The shard is written 150 times, each round waking the herd; another client's put and
+    // read (shard 0) are answered within the stated time throughout.
+    let mut p = WireClient::connect(addr);
+    for t in 0..150u64 {
+        put(
+            &mut p,
+            "s",
+            1,
+            &tagged_batch(&key_for_shard(1, 2), t, 1, 100),
+        )
+        .unwrap();
+        if t % 30 == 0 {
+            still_served(addr, "s", 2);
+        }
+    }
+    assert!(
+        answered.load(Ordering::Relaxed) >= 200,
+        "the herd was woken"
+    );
+    stop.store(true, Ordering::Relaxed);
+    // One more put answers whatever is parked, so every herd thread sees the stop.
+    put(
+        &mut p,
+        "s",
+        1,
+        &tagged_batch(&key_for_shard(1, 2), 999, 1, 100),
+    )
+    .unwrap();
+    for t in herd {
+        t.join().unwrap();
+    }
+    wait_until("nothing stays parked", WAIT, || total(&s).parked_reads == 0);
+    s.shutdown();
+}

@@ -788,8 +788,11 @@ impl<S: Storage + 'static> Core<S> {
         if self.shards.borrow().contains_key(&spec.ident) {
             return Ok(());
         }
-        self.store(spec.store).await?;
-        self.register_shard(spec)
+        let store = self.store(spec.store).await?;
+        self.register_shard(spec)?;
+        // The store's first files, if this is its first shard.
+        store.initial_space().await;
+        Ok(())
     }
 
     fn drop_shard(&self, ident: ShardIdent) {

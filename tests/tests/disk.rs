@@ -302,3 +302,42 @@ fn a_store_that_cannot_be_opened_is_reported_and_the_rest_is_served() {
     }
     s.stop();
 }
+
+/// Bytes the files under `dir` take on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        total += if m.is_dir() {
+            disk_usage(&e.path())
+        } else {
+            m.blocks() * 512
+        };
+    }
+    total
+}
+
+#[test]
+fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_test_server");
+    // The embedded default configuration, two cores.
+    let s = ChildServer::start(bin, dir.path(), "cores = [0, 0]", true);
+    let empty = disk_usage(dir.path());
+    assert!(empty <= 64 << 20, "an empty server takes {} MiB", empty >> 20);
+    let mut c = WireClient::connect(s.addr);
+    let r = c.call(&Request::CreateStream(CreateStreamRequest {
+        name: "s",
+        shard_count: 1,
+        retention_hours: 24,
+        limits: Limits::Off,
+        max_record_data_bytes: None,
+    }));
+    assert!(r.reply().is_ok(), "{:?}", r.reply());
+    let batch = tagged_batch(&key_for_shard(0, 1), 1, 10, 100);
+    put(&mut c, 0, &batch).expect("the first write");
+    assert!(disk_usage(dir.path()) > empty, "the stream's store got its files");
+    s.stop();
+}

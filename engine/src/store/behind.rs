@@ -98,7 +98,8 @@ impl<S: Storage> Store<S> {
     /// Starts a journal file when none is free (and zero-fills it, paced), and creates a
     /// volume when free extents run low.
     async fn prepare_space(&self) -> Result<bool, StoreError> {
-        if self.st.borrow().space_busy {
+        // Busy, or nothing to make space for: a store without shards takes no disk.
+        if self.st.borrow().space_busy || self.st.borrow().shards.is_empty() {
             return Ok(false);
         }
         let (journal_slot, need_volume) = {
@@ -316,9 +317,10 @@ impl<S: Storage> Store<S> {
         let _ = self.storage.remove_file(&tmp).await;
     }
 
-    /// A fresh store gets its first journal file and volume before it serves, so its first
-    /// write does not wait for them. Failure (a full disk) is not fatal: writes that need
-    /// the space fail with StorageFull until the background work creates it.
+    /// A store gets its first journal file and volume before its first shard is served (at
+    /// open, or when a shard is placed on it), so its first write does not wait for them.
+    /// Failure (a full disk) is not fatal: writes that need the space fail with StorageFull
+    /// until the background work creates it.
     pub(crate) async fn initial_space(&self) {
         let (need_journal, need_volume) = {
             let st = self.st.borrow();

@@ -248,7 +248,10 @@ impl<S: Storage> Store<S> {
             work: Notify::new(),
         };
         store.replay(&manifest, &headers).await?;
-        store.initial_space().await;
+        // A store without shards (a fresh server) takes no disk until one is placed on it.
+        if !live.is_empty() {
+            store.initial_space().await;
+        }
         Ok(store)
     }
 

@@ -72,7 +72,11 @@ pub enum StreamCommand {
         max_record_bytes: Option<u32>,
     },
     /// Print every stream name, one a line.
-    List,
+    List {
+        /// Print a JSON array of names instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stream's settings and shards as one JSON object.
     Describe { name: String },
     /// Delete a stream and all its records.

@@ -63,11 +63,17 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             client.create_stream(&name, &config).await.map_err(err)?;
             eprintln!("created stream {name} with {shards} shards");
         }
-        StreamCommand::List => {
+        StreamCommand::List { json } => {
             let names = client.list_streams().await.map_err(err)?;
             let mut out = std::io::stdout().lock();
-            for name in names {
-                writeln!(out, "{name}").map_err(io_err)?;
+            if json {
+                let array = serde_json::to_string(&names)
+                    .map_err(|e| format!("cannot encode the list: {e}"))?;
+                writeln!(out, "{array}").map_err(io_err)?;
+            } else {
+                for name in names {
+                    writeln!(out, "{name}").map_err(io_err)?;
+                }
             }
             out.flush().map_err(io_err)?;
         }

@@ -277,6 +277,10 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         ""
     );
     assert_eq!(ok(a, &["stream", "list"], b""), "clicks\nother\n");
+    assert_eq!(
+        ok(a, &["stream", "list", "--json"], b""),
+        "[\"clicks\",\"other\"]\n"
+    );
     let d = check_description(
         &ok(a, &["stream", "describe", "clicks"], b""),
         "clicks",

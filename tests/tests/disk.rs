@@ -326,7 +326,11 @@ fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
     // The embedded default configuration, two cores.
     let s = ChildServer::start(bin, dir.path(), "cores = [0, 0]", true);
     let empty = disk_usage(dir.path());
-    assert!(empty <= 64 << 20, "an empty server takes {} MiB", empty >> 20);
+    assert!(
+        empty <= 64 << 20,
+        "an empty server takes {} MiB",
+        empty >> 20
+    );
     let mut c = WireClient::connect(s.addr);
     let r = c.call(&Request::CreateStream(CreateStreamRequest {
         name: "s",
@@ -338,6 +342,9 @@ fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
     assert!(r.reply().is_ok(), "{:?}", r.reply());
     let batch = tagged_batch(&key_for_shard(0, 1), 1, 10, 100);
     put(&mut c, 0, &batch).expect("the first write");
-    assert!(disk_usage(dir.path()) > empty, "the stream's store got its files");
+    assert!(
+        disk_usage(dir.path()) > empty,
+        "the stream's store got its files"
+    );
     s.stop();
 }

@@ -789,10 +789,10 @@ impl<S: Storage + 'static> Core<S> {
             return Ok(());
         }
         let store = self.store(spec.store).await?;
-        self.register_shard(spec)?;
-        // The store's first files, if this is its first shard.
+        // The store's first files, if this is its first shard: made before the shard is
+        // registered, so the background (idle while a store has no shards) cannot race them.
         store.initial_space().await;
-        Ok(())
+        self.register_shard(spec)
     }
 
     fn drop_shard(&self, ident: ShardIdent) {

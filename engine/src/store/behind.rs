@@ -322,13 +322,23 @@ impl<S: Storage> Store<S> {
     /// Failure (a full disk) is not fatal: writes that need the space fail with StorageFull
     /// until the background work creates it.
     pub(crate) async fn initial_space(&self) {
+        // Never beside the background's space work (it would make the same first journal
+        // file): if that is running, it is making the space already.
         let (need_journal, need_volume) = {
             let st = self.st.borrow();
+            if st.space_busy {
+                return;
+            }
             (
-                st.journal.slots.iter().all(|s| s.file.is_none()),
+                st.journal.slots.iter().all(|s| s.file.is_none()) && st.fill.is_none(),
                 st.volumes.is_empty(),
             )
         };
+        if !need_journal && !need_volume {
+            return;
+        }
+        self.st.borrow_mut().space_busy = true;
+        let _busy = OnDrop::new(|| self.st.borrow_mut().space_busy = false);
         let result = async {
             if need_journal {
                 self.create_journal_file(0).await?;

@@ -35,7 +35,12 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `bin` (the `test_server` binary) on `dir` with TOML overrides, on the test
     /// configuration or, with `default_config`, the embedded default one.
-    pub fn start(bin: &str, dir: &Path, overrides: &str, default_config: bool) -> ChildServer {
+    pub fn start(
+        bin: impl AsRef<std::ffi::OsStr>,
+        dir: &Path,
+        overrides: &str,
+        default_config: bool,
+    ) -> ChildServer {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(bin);
         cmd.arg(dir).arg(overrides);

@@ -106,6 +106,20 @@ fn still_served(addr: std::net::SocketAddr, stream: &str, shards: u32) {
     );
 }
 
+/// A shard of `stream` that core `core` owns.
+fn shard_on_core(c: &mut WireClient, stream: &str, core: u16) -> u32 {
+    let r = c.call(&Request::DescribeStream(DescribeStreamRequest {
+        name: stream,
+    }));
+    let Ok(Response::DescribeStream(d)) = r.reply() else {
+        panic!("{:?}", r.reply())
+    };
+    let shard = d.shards.iter().find(|sh| sh.core == core);
+    shard
+        .unwrap_or_else(|| panic!("no shard on core {core}"))
+        .id
+}
+
 /// A frame header (16 bytes) declaring a PutBatch of `len` bytes, and nothing else.
 fn lone_header(len: u32) -> Vec<u8> {
     let mut full = Vec::new();
@@ -600,18 +614,7 @@ fn forwarded_batches_are_charged_where_they_are_held() {
     let cores = s.core_addrs();
     let mut c = WireClient::connect(cores[0]);
     create(&mut c, "s", 2);
-    let d = c.call(&Request::DescribeStream(DescribeStreamRequest {
-        name: "s",
-    }));
-    let Ok(Response::DescribeStream(d)) = d.reply() else {
-        panic!()
-    };
-    let on1 = d
-        .shards
-        .iter()
-        .find(|sh| sh.core == 1)
-        .expect("a shard on core 1")
-        .id;
+    let on1 = shard_on_core(&mut c, "s", 1);
     // Core 1's budget is taken by frames that never finish arriving.
     let mut pins = Vec::new();
     for _ in 0..2 {
@@ -648,18 +651,7 @@ fn a_long_poll_on_another_core_ends_when_its_client_hangs_up() {
     let cores = s.core_addrs();
     let mut c = WireClient::connect(cores[0]);
     create(&mut c, "s", 2);
-    let d = c.call(&Request::DescribeStream(DescribeStreamRequest {
-        name: "s",
-    }));
-    let Ok(Response::DescribeStream(d)) = d.reply() else {
-        panic!()
-    };
-    let on1 = d
-        .shards
-        .iter()
-        .find(|sh| sh.core == 1)
-        .expect("a shard on core 1")
-        .id;
+    let on1 = shard_on_core(&mut c, "s", 1);
     // Through core 0, parked on core 1.
     let mut gone = WireClient::connect(cores[0]);
     let it = iterator(&mut gone, "s", on1);

@@ -1539,16 +1539,10 @@ impl<S: Storage> Store<S> {
                 shard::parse_batches_until_damage(&chunk, c.nonce, c.expect_seq);
             let damaged = match damage {
                 Some(d) if batches.is_empty() => {
-                    match d.header {
-                        // Damaged records this read does not want: step over them.
-                        Some(h) if h.next_seq() <= from_seq => {
-                            c.offset += u64::from(h.batch_len);
-                            c.expect_seq = h.next_seq();
-                            continue;
-                        }
-                        _ if out.batch_count > 0 => return Ok(true),
-                        _ => return Err(self.damaged(key, c, c.offset + d.at as u64, &d)),
+                    if self.at_damage(key, &mut c, &d, from_seq, out.batch_count > 0)? {
+                        return Ok(true);
                     }
+                    continue;
                 }
                 Some(_) => true,
                 None => false,
@@ -1556,18 +1550,9 @@ impl<S: Storage> Store<S> {
             let mut data = chunk;
             if batches.is_empty() {
                 // One batch larger than the chunk: read it whole.
-                let h = match shard::check_stored_header(&data, c.nonce, c.expect_seq) {
-                    Ok(h) => h,
-                    Err(_) if out.batch_count > 0 => return Ok(true),
-                    Err(why) => {
-                        let d = shard::Damage {
-                            at: 0,
-                            why,
-                            header: None,
-                        };
-                        return Err(self.damaged(key, c, c.offset, &d));
-                    }
-                };
+                // (Its header verified: the parse above would have reported it otherwise.)
+                let h = shard::check_stored_header(&data, c.nonce, c.expect_seq)
+                    .map_err(|why| corrupt(key, c.extent, c.offset, why))?;
                 let len = (h.batch_len as usize).min((end - c.offset) as usize);
                 let Some(whole) = self.fetch(key, c.extent, c.offset, len).await? else {
                     return Ok(false);
@@ -1575,15 +1560,10 @@ impl<S: Storage> Store<S> {
                 let (whole_batches, damage) =
                     shard::parse_batches_until_damage(&whole, c.nonce, c.expect_seq);
                 if let Some(d) = damage.filter(|_| whole_batches.is_empty()) {
-                    match d.header {
-                        Some(h) if h.next_seq() <= from_seq => {
-                            c.offset += u64::from(h.batch_len);
-                            c.expect_seq = h.next_seq();
-                            continue;
-                        }
-                        _ if out.batch_count > 0 => return Ok(true),
-                        _ => return Err(self.damaged(key, c, c.offset + d.at as u64, &d)),
+                    if self.at_damage(key, &mut c, &d, from_seq, out.batch_count > 0)? {
+                        return Ok(true);
                     }
+                    continue;
                 }
                 batches = whole_batches;
                 if batches.is_empty() {
@@ -1615,6 +1595,28 @@ impl<S: Storage> Store<S> {
             if out.bytes.len() >= max_bytes || (damaged && out.batch_count > 0) {
                 return Ok(true);
             }
+        }
+    }
+
+    /// A read meets damage `d` at the cursor: steps over it when the read does not want
+    /// those records (`false`: go on), ends the read after the batches it already has
+    /// (`true`), or reports the damage.
+    fn at_damage(
+        &self,
+        key: ShardKey,
+        c: &mut Cursor,
+        d: &shard::Damage,
+        from_seq: u64,
+        served: bool,
+    ) -> Result<bool, StoreError> {
+        match d.header {
+            Some(h) if h.next_seq() <= from_seq => {
+                c.offset += u64::from(h.batch_len);
+                c.expect_seq = h.next_seq();
+                Ok(false)
+            }
+            _ if served => Ok(true),
+            _ => Err(self.damaged(key, *c, c.offset + d.at as u64, d)),
         }
     }
 

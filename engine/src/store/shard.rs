@@ -495,34 +495,23 @@ pub(crate) fn parse_batches_until_damage(
     let mut out = Vec::new();
     let mut pos = 0usize;
     while chunk.len() - pos >= BATCH_HEADER_LEN {
+        let damage = |why: String, header| {
+            Some(Damage {
+                at: pos,
+                why,
+                header,
+            })
+        };
         let h = match check_stored_header(&chunk[pos..], nonce, expect_seq) {
             Ok(h) => h,
-            Err(why) => {
-                let header = None;
-                return (
-                    out,
-                    Some(Damage {
-                        at: pos,
-                        why,
-                        header,
-                    }),
-                );
-            }
+            Err(why) => return (out, damage(why, None)),
         };
         let len = h.batch_len as usize;
         if chunk.len() - pos < len {
             break;
         }
         if let Err(e) = batch::verify_stored(&chunk[pos..pos + len]) {
-            let (why, header) = (e.to_string(), Some(h));
-            return (
-                out,
-                Some(Damage {
-                    at: pos,
-                    why,
-                    header,
-                }),
-            );
+            return (out, damage(e.to_string(), Some(h)));
         }
         out.push((pos, h));
         pos += len;

@@ -19,38 +19,24 @@
 //! consumer saw must still be there. Prints one JSON line; exits 1 if any check failed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use spate_engine::sim::SimRng;
 use spate_protocol::batch::BatchBuilder;
 use spate_protocol::{
     CreateStreamRequest, DeleteStreamRequest, ErrorCode, GetIteratorRequest, GetRecordsRequest,
     IteratorPosition, Limits, PutBatchRequest, Request, Response, RetentionRequest,
 };
-use spate_tests::key_for_shard;
+use spate_tests::{key_for_shard, ChildServer};
 
 const STREAM: &str = "soak";
 const SHARDS: u32 = 4;
 const PRODUCERS: u32 = 6;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The server's current address (it changes at every restart: port 0).
 type Addr = Arc<RwLock<SocketAddr>>;
@@ -161,7 +147,7 @@ struct Shared {
 }
 
 fn producer(sh: Arc<Shared>, p: u32, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = SimRng::new(seed);
     let shard = p % SHARDS;
     let key = key_for_shard(shard, SHARDS);
     let mut counter = 0u64;
@@ -320,7 +306,7 @@ fn consumer(sh: Arc<Shared>, shard: u32) {
 }
 
 fn control(sh: Arc<Shared>, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = SimRng::new(seed);
     let mut i = 0u64;
     while !sh.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
@@ -352,7 +338,7 @@ fn control(sh: Arc<Shared>, seed: u64) {
 }
 
 fn hostile(sh: Arc<Shared>, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = SimRng::new(seed);
     let mut held: Vec<TcpStream> = Vec::new();
     while !sh.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50 + rng.below(200)));
@@ -365,7 +351,7 @@ fn hostile(sh: Arc<Shared>, seed: u64) {
         match rng.below(4) {
             // Garbage.
             0 => {
-                let junk: Vec<u8> = (0..rng.below(4096)).map(|_| rng.next() as u8).collect();
+                let junk: Vec<u8> = (0..rng.below(4096)).map(|_| rng.next_u64() as u8).collect();
                 let _ = s.write_all(&junk);
             }
             // A header declaring 10 MB, then silence.
@@ -438,26 +424,6 @@ fn args() -> Args {
     a
 }
 
-fn start_server(bin: &std::path::Path, dir: &std::path::Path) -> (std::process::Child, SocketAddr) {
-    let mut child = std::process::Command::new(bin)
-        .arg(dir)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("test_server starts");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let addr = line
-        .trim()
-        .strip_prefix("LISTEN ")
-        .unwrap_or_else(|| panic!("test_server said {line:?}"))
-        .parse()
-        .expect("an address");
-    (child, addr)
-}
-
 fn main() {
     let a = args();
     let tmp;
@@ -471,7 +437,8 @@ fn main() {
     let bin = std::env::current_exe()
         .expect("own path")
         .with_file_name("test_server");
-    let (mut child, addr) = start_server(&bin, &dir);
+    let mut server = ChildServer::start(&bin, &dir, "", false);
+    let addr = server.addr;
     let mut c = Conn::connect(&Arc::new(RwLock::new(addr))).expect("connect");
     c.call(
         &Request::CreateStream(CreateStreamRequest {
@@ -512,7 +479,7 @@ fn main() {
         threads.push(std::thread::spawn(move || hostile(sh, a.seed * 13 + 5)));
     }
     // The killer.
-    let mut rng = Rng(a.seed * 31 + 3);
+    let mut rng = SimRng::new(a.seed * 31 + 3);
     let start = Instant::now();
     let mut kills = 0u64;
     loop {
@@ -524,22 +491,20 @@ fn main() {
             break;
         }
         std::thread::sleep(wait);
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("reaped");
         kills += 1;
-        let (c2, addr) = start_server(&bin, &dir);
-        child = c2;
-        *sh.addr.write().unwrap() = addr;
+        server = ChildServer::start(&bin, &dir, "", false);
+        *sh.addr.write().unwrap() = server.addr;
     }
     sh.stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("a load thread failed");
     }
     // A clean stop and restart, then everything is read back.
-    drop(child.stdin.take());
-    assert!(child.wait().expect("wait").success(), "clean shutdown");
-    let (mut child, addr) = start_server(&bin, &dir);
-    let addr = Arc::new(RwLock::new(addr));
+    server.stop();
+    let server = ChildServer::start(&bin, &dir, "", false);
+    let addr = Arc::new(RwLock::new(server.addr));
     let mut c = Conn::connect(&addr).expect("connect");
     let mut stored: BTreeMap<(u32, u64), Tag> = BTreeMap::new();
     for shard in 0..SHARDS {
@@ -609,8 +574,7 @@ fn main() {
             inconsistent += 1;
         }
     }
-    drop(child.stdin.take());
-    let _ = child.wait();
+    server.stop();
     // Checks.
     let acked = sh.acked.lock().unwrap();
     let mut lost = 0u64;

@@ -6,7 +6,8 @@
 # per-10-s round statistics logged (RUST_LOG=spate_engine=debug), then runs
 # `spate-loadgen ARGS --stream ab<i> --delete-after` pinned to CPU 1, RUNS times against the
 # same engine (so later runs write into space the earlier ones freed), waiting PAUSE seconds
-# between runs. Prints each run's summary and the engine's "store rounds" lines.
+# between runs. Prints each run's summary table (pass -q to drop the progress lines) and the
+# engine's "store rounds" lines.
 #
 # Usage: benches/scripts/one-engine.sh [loadgen args...]
 #   e.g. benches/scripts/one-engine.sh --create-shards 1 --limits off --rate 20000 \
@@ -36,7 +37,7 @@ for _ in $(seq 100); do
 done
 for i in $(seq "$runs"); do
     taskset -c 1 "$target/spate-loadgen" --server "127.0.0.1:$port" --stream "ab$i" \
-        --delete-after --engine-pid "$engine" "$@" 2>&1 | tail -n 1
+        --delete-after --engine-pid "$engine" "$@"
     if ((i < runs)); then sleep "$pause"; fi
 done
 kill -TERM $engine

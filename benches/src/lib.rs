@@ -373,6 +373,7 @@ async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendSt
             sync_us_max: after.sync_us_max,
             replayed_rounds: 0,
             replayed_bytes: 0,
+            cut_shards: 0,
         },
     }
 }

@@ -9,32 +9,69 @@ use spate_client::{Limits, Position};
 #[derive(Debug, Parser)]
 #[command(name = "spate", version)]
 pub struct Cli {
-    /// The server a client command talks to.
-    #[arg(
-        long,
-        global = true,
-        value_name = "HOST:PORT",
-        default_value = "127.0.0.1:7400"
-    )]
-    pub server: String,
+    /// The server a client command talks to [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where a client command connects when neither `--server` says.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
+
+/// `--server`, also accepted after the command (`spate stream list --server H:P`); not a
+/// global flag, so that `serve --help` does not list it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServerArg {
+    /// The server to talk to [default: 127.0.0.1:7400].
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+}
+
+impl Cli {
+    /// The server a client command talks to: the flag after the command, else the one
+    /// before it, else the default.
+    pub fn server(&self) -> String {
+        let after = match &self.command {
+            Command::Serve(_) => None,
+            Command::Stream { server, .. }
+            | Command::Put { server, .. }
+            | Command::Read { server, .. } => server.server.clone(),
+        };
+        after
+            .or_else(|| self.server.clone())
+            .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the engine until SIGTERM or SIGINT.
     Serve(ServeArgs),
-    /// Create, list, describe and delete streams.
+    /// Create, list, describe, wait for, change and delete streams.
     Stream {
         #[command(subcommand)]
         command: StreamCommand,
+        #[command(flatten)]
+        server: ServerArg,
     },
-    /// Put records: DATA as one record, or one record per line of standard input. Prints
-    /// `SHARD_ID SEQUENCE_NUMBER` per acknowledged record, in input order.
-    Put(PutArgs),
-    /// Read a shard: one JSON object per record per line.
-    Read(ReadArgs),
+    /// Put records: DATA as one record, else one per line of standard input (or per
+    /// `--delimiter`, or per `--file`). Prints `SHARD_ID SEQUENCE_NUMBER` per acknowledged
+    /// record, in input order.
+    Put {
+        #[command(flatten)]
+        args: PutArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Read a stream (every shard, parents before children) or one shard: one JSON object
+    /// per record per line, or the data alone (`--format text|raw`).
+    Read {
+        #[command(flatten)]
+        args: ReadArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +94,7 @@ pub struct ServeArgs {
 pub enum StreamCommand {
     /// Create a stream.
     Create {
+        /// Stream name.
         name: String,
         /// Number of shards (1..=65536).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
@@ -70,6 +108,18 @@ pub enum StreamCommand {
         /// Per-record data limit in bytes (default 1 MiB = 1048576, at most 10 MiB = 10485760).
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING as i64))]
         max_record_bytes: Option<u32>,
+        /// Wait until the stream is ACTIVE (the server answers a big create while its shards
+        /// are still being made, with status CREATING).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Wait until a stream is ACTIVE, showing progress; fails if it disappears.
+    Wait {
+        /// Stream name.
+        name: String,
+        /// Give up after this many seconds (0: never).
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        timeout: u64,
     },
     /// Print every stream name, one a line.
     List {
@@ -78,13 +128,20 @@ pub enum StreamCommand {
         json: bool,
     },
     /// Print a stream's settings and shards as one JSON object.
-    Describe { name: String },
+    Describe {
+        /// Stream name.
+        name: String,
+    },
     /// Delete a stream and all its records.
-    Delete { name: String },
+    Delete {
+        /// Stream name.
+        name: String,
+    },
     /// Change a stream's retention window.
     SetRetention {
+        /// Stream name.
         name: String,
-        /// New retention window in hours (1..=8760); records older than it are deleted.
+        /// The new retention window in hours (1..=8760); records older than it are deleted.
         #[arg(long, value_name = "HOURS", value_parser = hours_range())]
         hours: u32,
     },
@@ -108,33 +165,107 @@ impl From<LimitsArg> for Limits {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("keying").required(true).args(["key", "key_field"])))]
 pub struct PutArgs {
     /// Stream name.
     pub name: String,
     /// Partition key of every record.
     #[arg(long)]
-    pub key: String,
-    /// The record's data; without it, each line of standard input is a record.
+    pub key: Option<String>,
+    /// Standard input is JSON lines; each line is a record, its partition key the value of
+    /// this top-level field (a string or a number).
+    #[arg(long, value_name = "FIELD", conflicts_with_all = ["data", "file", "delimiter"])]
+    pub key_field: Option<String>,
+    /// Records in standard input end with this instead of a newline (escapes: \n, \t,
+    /// \0, \\, \xHH); the last one needs none.
+    #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, conflicts_with_all = ["data", "file"])]
+    pub delimiter: Option<Delimiter>,
+    /// A file whose whole content is one record; repeat for more records, sent in order.
+    #[arg(long, value_name = "FILE", conflicts_with = "data")]
+    pub file: Vec<PathBuf>,
+    /// The record's data; without it (and without --file), standard input is read.
     pub data: Option<String>,
+}
+
+/// How `read` prints a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line: shard, seq, key, ts_ms, data (base64).
+    Json,
+    /// The data decoded as UTF-8 (invalid bytes replaced), one record per line.
+    Text,
+    /// The data's bytes as stored, each record followed by --delimiter.
+    Raw,
 }
 
 #[derive(Debug, Args)]
 pub struct ReadArgs {
     /// Stream name.
     pub name: String,
-    /// Shard id.
+    /// Read only this shard (default: every shard, parents before children).
     #[arg(long, value_name = "ID")]
-    pub shard: u32,
-    /// Where to start: oldest, latest, at:SEQ, after:SEQ or time:RFC3339 (time:YYYY-MM-DD: that
-    /// day's midnight UTC).
-    #[arg(long, value_name = "POSITION", value_parser = parse_from)]
+    pub shard: Option<u32>,
+    /// Where to start: oldest, latest, at:SEQ, after:SEQ (these two need --shard) or
+    /// time:RFC3339 (time:YYYY-MM-DD: that day's midnight UTC).
+    #[arg(long, value_name = "POSITION", value_parser = parse_from, default_value = "oldest")]
     pub from: Position,
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Keep waiting for new records at the tip instead of stopping there.
+    /// Keep waiting for new records at the tip instead of stopping there; survives a server
+    /// restart (reconnects and goes on after the last record printed).
     #[arg(long)]
     pub follow: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// What follows each record with --format raw (escapes as for put).
+    #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, default_value = "\\n")]
+    pub delimiter: Delimiter,
+}
+
+/// The bytes that end a record (put) or follow one (read --format raw).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delimiter(pub Vec<u8>);
+
+/// Parses a delimiter with escapes: `\n`, `\r`, `\t`, `\0`, `\\` and `\xHH`.
+pub fn parse_delimiter(text: &str) -> Result<Delimiter, String> {
+    let mut out = Vec::new();
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let e = bytes
+            .next()
+            .ok_or_else(|| format!("{text:?} ends with a lone backslash"))?;
+        out.push(match e {
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'0' => 0,
+            b'\\' => b'\\',
+            b'x' => {
+                let hex: Vec<u8> = bytes.by_ref().take(2).collect();
+                std::str::from_utf8(&hex)
+                    .ok()
+                    .filter(|h| h.len() == 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("\\x in {text:?} needs two hex digits"))?
+            }
+            other => {
+                return Err(format!(
+                    "unknown escape \\{} in {text:?} (known: \\n \\r \\t \\0 \\\\ \\xHH)",
+                    other as char
+                ))
+            }
+        });
+    }
+    if out.is_empty() {
+        return Err("the delimiter is empty".to_string());
+    }
+    Ok(Delimiter(out))
 }
 
 /// A list of CPU ids.
@@ -282,7 +413,7 @@ mod tests {
             "spate", "--server", "h:1", "stream", "create", "s", "--shards", "3", "--limits", "off",
         ])
         .unwrap();
-        assert_eq!(cli.server, "h:1");
+        assert_eq!(cli.server(), "h:1");
         assert!(matches!(
             cli.command,
             Command::Stream {
@@ -290,18 +421,38 @@ mod tests {
                     shards: 3,
                     retention: 24,
                     limits: LimitsArg::Off,
+                    wait: false,
                     ..
-                }
+                },
+                ..
             }
         ));
         let cli =
             Cli::try_parse_from(["spate", "read", "s", "--shard", "1", "--from", "at:5"]).unwrap();
-        assert_eq!(cli.server, "127.0.0.1:7400");
-        let Command::Read(r) = cli.command else {
+        assert_eq!(cli.server(), DEFAULT_SERVER);
+        let Command::Read { args: r, .. } = cli.command else {
             panic!()
         };
         assert_eq!(r.from, Position::AtSequenceNumber { seq: 5 });
+        assert_eq!(r.shard, Some(1));
         assert!(!r.follow && r.limit.is_none());
+        assert_eq!(
+            (r.format, r.delimiter),
+            (Format::Json, Delimiter(b"\n".to_vec()))
+        );
+        // The whole stream, from the oldest record, as text; --server after the command.
+        let cli = Cli::try_parse_from([
+            "spate", "read", "s", "--follow", "--format", "text", "--server", "h:2",
+        ])
+        .unwrap();
+        assert_eq!(cli.server(), "h:2");
+        let Command::Read { args: r, .. } = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            (r.shard, r.from, r.format),
+            (None, Position::TrimHorizon, Format::Text)
+        );
         let cli =
             Cli::try_parse_from(["spate", "serve", "--cores", "0-1", "--listen", "x:1"]).unwrap();
         let Command::Serve(s) = cli.command else {
@@ -311,5 +462,40 @@ mod tests {
         assert!(
             Cli::try_parse_from(["spate", "read", "s", "--shard", "1", "--from", "nope"]).is_err()
         );
+        // serve takes no --server (it is not a client command).
+        assert!(Cli::try_parse_from(["spate", "serve", "--server", "h:1"]).is_err());
+    }
+
+    #[test]
+    fn put_takes_one_keying_and_one_source() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["spate", "put", "s"].iter().chain(args)).map(|c| match c.command {
+                Command::Put { args, .. } => args,
+                _ => panic!(),
+            })
+        };
+        let p = parse(&["--key", "k", "--file", "a", "--file", "b"]).unwrap();
+        assert_eq!(p.file, vec![PathBuf::from("a"), PathBuf::from("b")]);
+        let p = parse(&["--key-field", "user", "--delimiter", "\\0"]);
+        assert!(p.is_err(), "--key-field takes JSON lines, not --delimiter");
+        let p = parse(&["--key", "k", "--delimiter", "\\0"]).unwrap();
+        assert_eq!(p.delimiter, Some(Delimiter(vec![0])));
+        assert!(parse(&[]).is_err(), "a key or a key field is needed");
+        assert!(parse(&["--key", "k", "--key-field", "f"]).is_err());
+        assert!(parse(&["--key", "k", "--file", "a", "DATA"]).is_err());
+        assert!(parse(&["--key-field", "f"]).is_ok());
+    }
+
+    #[test]
+    fn delimiters() {
+        let d = |t: &str| parse_delimiter(t).map(|d| d.0);
+        assert_eq!(d("\\n").unwrap(), b"\n");
+        assert_eq!(d(",").unwrap(), b",");
+        assert_eq!(d("\\r\\n").unwrap(), b"\r\n");
+        assert_eq!(d("\\x1e").unwrap(), [0x1e]);
+        assert_eq!(d("\\\\").unwrap(), b"\\");
+        for bad in ["", "\\", "\\q", "\\x1", "\\xzz"] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
     }
 }

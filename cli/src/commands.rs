@@ -1,37 +1,57 @@
 //! The client commands: `stream …`, `put`, `read`. Each runs on a single-threaded tokio
 //! runtime with one [`Client`].
+//!
+//! Confirmations of changes go to standard error, results to standard output.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde::Serialize;
 use spate_client::{
-    Client, ClientError, Entry, Limits, ReadOptions, ShardState, StreamConfig, StreamInfo,
+    Client, ClientConfig, ClientError, Entry, ErrorCode, Limits, Position, ReadOptions, Records,
+    RetryPolicy, ShardReader, ShardState, StreamConfig, StreamInfo, StreamStatus,
 };
 use tokio::sync::mpsc;
 
-use crate::args::{Command, PutArgs, ReadArgs, StreamCommand};
+use crate::args::{Command, Delimiter, Format, PutArgs, ReadArgs, StreamCommand};
 
-/// Records `put` sends in one call: one full batch (all records share a key, so a shard).
+/// Records `put` sends in one call: one full batch.
 const PUT_CHUNK_RECORDS: usize = 500;
 /// Bytes `put` gathers for one call before sending.
 const PUT_CHUNK_BYTES: usize = 4 << 20;
-/// Lines read ahead of the sender; bounds memory when standard input is fast.
-const PUT_QUEUE_LINES: usize = 4 * PUT_CHUNK_RECORDS;
+/// Records read ahead of the sender; bounds memory when standard input is fast.
+const PUT_QUEUE_RECORDS: usize = 4 * PUT_CHUNK_RECORDS;
 /// Long-poll wait of each read with `--follow`.
 const FOLLOW_WAIT_MS: u32 = 5_000;
+/// How often `stream wait` (and `create --wait`) says it is still waiting.
+const WAIT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 pub fn run(server: &str, command: Command) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    // A follower says when the server goes away and waits for it itself (`next_answer`);
+    // the client's own retries would hide it.
+    let follow = matches!(&command, Command::Read { args, .. } if args.follow);
+    let config = ClientConfig {
+        retry: if follow {
+            RetryPolicy::none()
+        } else {
+            RetryPolicy::default()
+        },
+        ..ClientConfig::default()
+    };
     runtime.block_on(async {
-        let client = Client::connect(server).await.map_err(|e| e.to_string())?;
+        let client = Client::connect_with(server, config)
+            .await
+            .map_err(|e| e.to_string())?;
         match command {
-            Command::Stream { command } => stream(&client, command).await,
-            Command::Put(args) => put(&client, args).await,
-            Command::Read(args) => read(&client, args).await,
+            Command::Stream { command, .. } => stream(&client, command).await,
+            Command::Put { args, .. } => put(&client, args).await,
+            Command::Read { args, .. } => read(&client, server, args).await,
             Command::Serve(_) => unreachable!("serve is not a client command"),
         }
     })
@@ -39,6 +59,18 @@ pub fn run(server: &str, command: Command) -> Result<(), String> {
 
 fn err(e: ClientError) -> String {
     e.to_string()
+}
+
+/// A change's error; when the answer did not come, says how to learn whether it happened.
+fn change_err(name: &str) -> impl Fn(ClientError) -> String + '_ {
+    move |e| {
+        match e {
+        ClientError::Timeout { .. } | ClientError::ConnectionLost { .. } => format!(
+            "{e}; the change may still be made: `spate stream describe {name}` shows the stream's state"
+        ),
+        e => e.to_string(),
+    }
+    }
 }
 
 fn io_err(e: std::io::Error) -> String {
@@ -53,6 +85,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             retention,
             limits,
             max_record_bytes,
+            wait,
         } => {
             let config = StreamConfig {
                 shards,
@@ -60,8 +93,26 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                 limits: limits.into(),
                 max_record_data_bytes: max_record_bytes,
             };
-            client.create_stream(&name, &config).await.map_err(err)?;
-            eprintln!("created stream {name} with {shards} shards");
+            let (_, status) = client
+                .start_create_stream(&name, &config)
+                .await
+                .map_err(change_err(&name))?;
+            if status == StreamStatus::Active {
+                eprintln!("created stream {name} with {shards} shards");
+            } else if wait {
+                eprintln!("creating stream {name} with {shards} shards ...");
+                wait_active(client, &name, None).await?;
+                eprintln!("created stream {name} with {shards} shards");
+            } else {
+                eprintln!(
+                    "creating stream {name} with {shards} shards (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
+                );
+            }
+        }
+        StreamCommand::Wait { name, timeout } => {
+            let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
+            wait_active(client, &name, timeout).await?;
+            eprintln!("stream {name} is ACTIVE");
         }
         StreamCommand::List { json } => {
             let names = client.list_streams().await.map_err(err)?;
@@ -87,18 +138,26 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                 .map_err(io_err)?;
         }
         StreamCommand::Delete { name } => {
-            client.delete_stream(&name).await.map_err(err)?;
+            client
+                .delete_stream(&name)
+                .await
+                .map_err(change_err(&name))?;
             eprintln!("deleted stream {name}");
         }
         StreamCommand::SetRetention { name, hours } => {
             let info = client.describe_stream(&name).await.map_err(err)?;
             let was = info.retention_hours;
             if hours > was {
-                client.increase_retention(&name, hours).await.map_err(err)?;
+                client
+                    .increase_retention(&name, hours)
+                    .await
+                    .map_err(change_err(&name))?;
             } else if hours < was {
-                client.decrease_retention(&name, hours).await.map_err(err)?;
+                client
+                    .decrease_retention(&name, hours)
+                    .await
+                    .map_err(change_err(&name))?;
             }
-            // Confirmed like create and delete (stderr: stdout stays for data).
             if hours == was {
                 eprintln!("retention of stream {name} is already {hours} h");
             } else {
@@ -107,6 +166,46 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Describes `name` until it is ACTIVE, saying every few seconds that it is still waiting.
+async fn wait_active(client: &Client, name: &str, timeout: Option<Duration>) -> Result<(), String> {
+    let start = Instant::now();
+    let mut said = start;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let info = match client.describe_stream(name).await {
+            Ok(info) => info,
+            Err(e) if e.code() == Some(ErrorCode::UnknownStream) => {
+                return Err(format!(
+                    "stream {name} does not exist (a create that failed is undone: the server's log says why)"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if info.status == StreamStatus::Active {
+            return Ok(());
+        }
+        let waited = start.elapsed();
+        if timeout.is_some_and(|t| waited >= t) {
+            return Err(format!(
+                "stream {name} is still {} after {} s",
+                info.status.name(),
+                waited.as_secs()
+            ));
+        }
+        if said.elapsed() >= WAIT_PROGRESS_EVERY {
+            eprintln!(
+                "stream {name}: {} for {} s ({} shards)",
+                info.status.name(),
+                waited.as_secs(),
+                info.shards.len()
+            );
+            said = Instant::now();
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// `stream describe`'s JSON object (SPEC §5); fields in this order.
@@ -119,6 +218,14 @@ struct Description {
     status: &'static str,
     /// Every stream is provisioned (on-demand mode is not built yet).
     mode: &'static str,
+    /// RFC 3339, UTC, and the same in ms since the epoch.
+    created: String,
+    created_ms: i64,
+    max_record_bytes: u32,
+    /// Sums over the shards below.
+    records: u64,
+    bytes: u64,
+    disk_bytes: u64,
     shards: Vec<ShardJson>,
 }
 
@@ -134,6 +241,22 @@ struct ShardJson {
     core: u16,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
+    /// Records retained, the bytes they take, and the disk the shard holds.
+    records: u64,
+    bytes: u64,
+    disk_bytes: u64,
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds.
+fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 impl From<&StreamInfo> for Description {
@@ -151,87 +274,191 @@ impl From<&StreamInfo> for Description {
                 "read_bytes_per_s": read_bytes_per_s,
             }),
         };
+        let shards: Vec<ShardJson> = info
+            .shards
+            .iter()
+            .map(|s| ShardJson {
+                id: s.id,
+                state: match s.state {
+                    ShardState::Open => "open",
+                    ShardState::Closed => "closed",
+                    ShardState::Damaged => "damaged",
+                },
+                hash_key_start: s.hash_key_start.to_string(),
+                hash_key_end: s.hash_key_end.to_string(),
+                parent: s.parent,
+                adjacent_parent: s.adjacent_parent,
+                core: s.core,
+                first_seq: s.first_seq,
+                last_seq: s.last_seq,
+                records: s.records,
+                bytes: s.bytes,
+                disk_bytes: s.disk_bytes,
+            })
+            .collect();
         Description {
             name: info.name.clone(),
             retention_hours: info.retention_hours,
             limits,
             status: info.status.name(),
             mode: "provisioned",
-            shards: info
-                .shards
-                .iter()
-                .map(|s| ShardJson {
-                    id: s.id,
-                    state: match s.state {
-                        ShardState::Open => "open",
-                        ShardState::Closed => "closed",
-                        ShardState::Damaged => "damaged",
-                    },
-                    hash_key_start: s.hash_key_start.to_string(),
-                    hash_key_end: s.hash_key_end.to_string(),
-                    parent: s.parent,
-                    adjacent_parent: s.adjacent_parent,
-                    core: s.core,
-                    first_seq: s.first_seq,
-                    last_seq: s.last_seq,
-                })
-                .collect(),
+            created: rfc3339(info.created_ms),
+            created_ms: info.created_ms,
+            max_record_bytes: info.max_record_data_bytes,
+            records: shards.iter().map(|s| s.records).sum(),
+            bytes: shards.iter().map(|s| s.bytes).sum(),
+            disk_bytes: shards.iter().map(|s| s.disk_bytes).sum(),
+            shards,
         }
     }
 }
 
-/// `put`: one record from DATA, or one per standard-input line, sent in chunks of what has
-/// arrived (at most one batch), each acknowledged before the next is sent, so the output
-/// and the shard keep input order. Throttled records are retried by the client.
+/// One record for `put`: its key and data, or why it could not be made.
+type PutItem = Result<(String, Vec<u8>), String>;
+
+/// `put`: one record from DATA, one per `--file`, or standard input split by newlines (or
+/// `--delimiter`), keyed by `--key` or by each JSON line's `--key-field`. Sent in chunks of
+/// what has arrived (at most one batch's worth), each acknowledged before the next is sent,
+/// so the output and every shard keep input order. Throttled records are retried by the
+/// client.
 async fn put(client: &Client, args: PutArgs) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
-    if let Some(data) = args.data {
-        let entries = vec![Entry::new(args.key, data.into_bytes())];
-        return put_chunk(client, &args.name, entries, &mut out).await;
+    let PutArgs {
+        name,
+        key,
+        key_field,
+        delimiter,
+        file,
+        data,
+    } = args;
+    if let Some(data) = data {
+        let key = key.expect("clap requires --key without --key-field");
+        let entries = vec![Entry::new(key, data.into_bytes())];
+        return put_chunk(client, &name, entries, &mut out).await;
     }
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<u8>, String>>(PUT_QUEUE_LINES);
-    // Standard input is read on its own thread: blocking reads must not stall the runtime.
-    std::thread::spawn(move || read_lines(tx));
+    let (tx, mut rx) = mpsc::channel::<PutItem>(PUT_QUEUE_RECORDS);
+    // Input is read on its own thread: blocking reads must not stall the runtime.
+    std::thread::spawn(move || {
+        if file.is_empty() {
+            read_stdin(tx, delimiter, key, key_field)
+        } else {
+            read_files(tx, &file, key.expect("clap requires --key with --file"))
+        }
+    });
     while let Some(first) = rx.recv().await {
         let mut bytes = 0;
         let mut entries = Vec::new();
         let mut next = Some(first);
-        while let Some(line) = next.take() {
-            let line = line?;
-            bytes += line.len();
-            entries.push(Entry::new(args.key.clone(), line));
+        while let Some(item) = next.take() {
+            let (key, data) = match item {
+                Ok(record) => record,
+                Err(e) => {
+                    // What came before the bad input is still sent, then the error told.
+                    put_chunk(client, &name, entries, &mut out).await?;
+                    return Err(e);
+                }
+            };
+            bytes += data.len();
+            entries.push(Entry::new(key, data));
             if entries.len() < PUT_CHUNK_RECORDS && bytes < PUT_CHUNK_BYTES {
                 next = rx.try_recv().ok();
             }
         }
-        put_chunk(client, &args.name, entries, &mut out).await?;
+        put_chunk(client, &name, entries, &mut out).await?;
     }
     Ok(())
 }
 
-/// Sends standard input's lines (without their `\n` or `\r\n`) until its end.
-fn read_lines(tx: mpsc::Sender<Result<Vec<u8>, String>>) {
-    let mut stdin = std::io::stdin().lock();
+/// Sends each file's whole content as one record, in order.
+fn read_files(tx: mpsc::Sender<PutItem>, files: &[PathBuf], key: String) {
+    for path in files {
+        let item = std::fs::read(path)
+            .map(|data| (key.clone(), data))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()));
+        let failed = item.is_err();
+        if tx.blocking_send(item).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Sends standard input's records until its end: split at `delimiter` (default: lines,
+/// without their `\n` or `\r\n`), keyed by `key` or by each JSON line's `key_field`.
+fn read_stdin(
+    tx: mpsc::Sender<PutItem>,
+    delimiter: Option<Delimiter>,
+    key: Option<String>,
+    key_field: Option<String>,
+) {
+    let lines = delimiter.is_none();
+    let delimiter = delimiter.map_or_else(|| b"\n".to_vec(), |d| d.0);
+    let mut input = std::io::stdin().lock();
+    let mut number = 0u64;
     loop {
-        let mut line = Vec::new();
-        match stdin.read_until(b'\n', &mut line) {
-            Ok(0) => return,
-            Ok(_) => {
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
+        let record = match read_until_delimiter(&mut input, &delimiter) {
+            Ok(None) => return,
+            Ok(Some(mut record)) => {
+                if lines && record.last() == Some(&b'\r') {
+                    record.pop();
                 }
-                if tx.blocking_send(Ok(line)).is_err() {
-                    return;
-                }
+                record
             }
             Err(e) => {
                 let _ = tx.blocking_send(Err(format!("cannot read standard input: {e}")));
                 return;
             }
+        };
+        number += 1;
+        let item = match (&key, &key_field) {
+            (Some(key), _) => Ok((key.clone(), record)),
+            (None, Some(field)) => key_of(&record, field)
+                .map(|key| (key, record))
+                .map_err(|why| format!("record {number} of standard input: {why}")),
+            (None, None) => unreachable!("clap requires --key or --key-field"),
+        };
+        let failed = item.is_err();
+        if tx.blocking_send(item).is_err() || failed {
+            return;
         }
+    }
+}
+
+/// The next record of `input` up to (not including) `delimiter`; `None` at the end. The last
+/// record needs no delimiter; an empty input has no record.
+fn read_until_delimiter(
+    input: &mut impl BufRead,
+    delimiter: &[u8],
+) -> std::io::Result<Option<Vec<u8>>> {
+    let last = *delimiter.last().expect("a delimiter is never empty");
+    let mut record = Vec::new();
+    loop {
+        let n = input.read_until(last, &mut record)?;
+        if n == 0 {
+            return Ok((!record.is_empty()).then_some(record));
+        }
+        if record.ends_with(delimiter) {
+            record.truncate(record.len() - delimiter.len());
+            return Ok(Some(record));
+        }
+        if record.last() != Some(&last) {
+            return Ok(Some(record)); // the end of input
+        }
+    }
+}
+
+/// The partition key a JSON line carries in its top-level `field`: a string as is, a
+/// number as written.
+fn key_of(line: &[u8], field: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("not a JSON object: {e}"))?;
+    match value.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        Some(other) => Err(format!(
+            "field {field:?} is {other}, not a string or a number"
+        )),
+        None if value.is_object() => Err(format!("no field {field:?}")),
+        None => Err("not a JSON object".to_string()),
     }
 }
 
@@ -242,6 +469,9 @@ async fn put_chunk(
     entries: Vec<Entry>,
     out: &mut impl Write,
 ) -> Result<(), String> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let results = client.put_records(stream, entries).await;
     let mut failure = None;
     for result in results {
@@ -267,46 +497,289 @@ struct RecordJson<'a> {
     data: String,
 }
 
-/// `read`: follows the shard from `--from`; stops at the tip (an empty answer with nothing
-/// behind it) unless `--follow`, and after `--limit` records.
-async fn read(client: &Client, args: ReadArgs) -> Result<(), String> {
-    let limit = args.limit.unwrap_or(u64::MAX);
-    let options = |printed: u64| ReadOptions {
-        max_records: (limit - printed).min(10_000) as u32,
-        wait_ms: if args.follow { FOLLOW_WAIT_MS } else { 0 },
-        ..ReadOptions::default()
+/// Writes records in the chosen format and counts them against `--limit`.
+struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    delimiter: Vec<u8>,
+    printed: u64,
+    limit: u64,
+}
+
+impl<W: Write> Printer<W> {
+    fn done(&self) -> bool {
+        self.printed >= self.limit
+    }
+
+    fn left(&self) -> u64 {
+        self.limit - self.printed
+    }
+
+    /// Prints what `limit` leaves of `answer`.
+    fn print(&mut self, shard: u32, answer: &Records) -> Result<(), String> {
+        for r in answer.records.iter().take(self.left() as usize) {
+            match self.format {
+                Format::Json => {
+                    let line = RecordJson {
+                        shard,
+                        seq: r.seq,
+                        key: &r.key,
+                        ts_ms: r.ts_ms,
+                        data: base64::engine::general_purpose::STANDARD.encode(&r.data),
+                    };
+                    let json = serde_json::to_string(&line).map_err(|e| e.to_string())?;
+                    writeln!(self.out, "{json}").map_err(io_err)?;
+                }
+                Format::Text => {
+                    writeln!(self.out, "{}", String::from_utf8_lossy(&r.data)).map_err(io_err)?
+                }
+                Format::Raw => self
+                    .out
+                    .write_all(&r.data)
+                    .and_then(|()| self.out.write_all(&self.delimiter))
+                    .map_err(io_err)?,
+            }
+            self.printed += 1;
+        }
+        self.out.flush().map_err(io_err)
+    }
+}
+
+/// `read`: one shard (`--shard`) or every shard of the stream, parents before children,
+/// from `--from`; stops at the tip (an empty answer with nothing behind it) unless
+/// `--follow`, and after `--limit` records.
+async fn read(client: &Client, server: &str, args: ReadArgs) -> Result<(), String> {
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        format: args.format,
+        delimiter: args.delimiter.0.clone(),
+        printed: 0,
+        limit: args.limit.unwrap_or(u64::MAX),
     };
-    if limit == 0 {
+    if printer.done() {
         return Ok(());
     }
-    let mut reader = client
-        .shard_reader(&args.name, args.shard, args.from, options(0))
-        .await
-        .map_err(err)?;
-    let mut out = std::io::stdout().lock();
-    let mut printed = 0u64;
-    while printed < limit {
-        reader.set_options(options(printed));
-        let Some(answer) = reader.next().await.map_err(err)? else {
-            break; // a closed shard, fully read
-        };
-        for r in answer.records.iter().take((limit - printed) as usize) {
-            let line = RecordJson {
-                shard: args.shard,
-                seq: r.seq,
-                key: &r.key,
-                ts_ms: r.ts_ms,
-                data: base64::engine::general_purpose::STANDARD.encode(&r.data),
-            };
-            let json = serde_json::to_string(&line).map_err(|e| e.to_string())?;
-            writeln!(out, "{json}").map_err(io_err)?;
-            printed += 1;
+    let shards = match args.shard {
+        Some(id) => vec![id],
+        None => {
+            if matches!(
+                args.from,
+                Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
+            ) {
+                return Err(
+                    "at:SEQ and after:SEQ need --shard: sequence numbers are per shard".into(),
+                );
+            }
+            let info = client.describe_stream(&args.name).await.map_err(err)?;
+            lineage_order(&info)
         }
-        out.flush().map_err(io_err)?;
-        // An empty answer without a long-poll wait: the reader is at the tip.
-        if answer.records.is_empty() && !args.follow {
-            break;
+    };
+    if args.follow && shards.len() > 1 {
+        return follow_all(client, server, &args, shards, &mut printer).await;
+    }
+    for shard in shards {
+        let mut reader = open_reader(client, &args, shard, printer.left()).await?;
+        loop {
+            reader.set_options(read_options(&args, printer.left()));
+            let Some(answer) = next_answer(&mut reader, server, args.follow).await? else {
+                break; // a closed shard, fully read
+            };
+            printer.print(shard, &answer)?;
+            if printer.done() {
+                return Ok(());
+            }
+            // An empty answer without a long-poll wait: the reader is at the tip.
+            if answer.records.is_empty() && !args.follow {
+                break;
+            }
         }
     }
     Ok(())
+}
+
+/// The stream's shards, each after its parents (ids ascending otherwise).
+fn lineage_order(info: &StreamInfo) -> Vec<u32> {
+    let mut left: Vec<&spate_client::ShardDescription> = info.shards.iter().collect();
+    left.sort_by_key(|s| s.id);
+    let mut order: Vec<u32> = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        let ready = |s: &&spate_client::ShardDescription| {
+            [s.parent, s.adjacent_parent]
+                .into_iter()
+                .flatten()
+                .all(|p| order.contains(&p) || !info.shards.iter().any(|x| x.id == p))
+        };
+        let (now, later): (Vec<&spate_client::ShardDescription>, Vec<_>) =
+            left.into_iter().partition(ready);
+        if now.is_empty() {
+            // A cycle cannot happen; if the description were inconsistent, read the rest by id.
+            order.extend(later.iter().map(|s| s.id));
+            break;
+        }
+        order.extend(now.iter().map(|s| s.id));
+        left = later;
+    }
+    order
+}
+
+fn read_options(args: &ReadArgs, left: u64) -> ReadOptions {
+    ReadOptions {
+        max_records: left.min(10_000) as u32,
+        wait_ms: if args.follow { FOLLOW_WAIT_MS } else { 0 },
+        ..ReadOptions::default()
+    }
+}
+
+async fn open_reader(
+    client: &Client,
+    args: &ReadArgs,
+    shard: u32,
+    left: u64,
+) -> Result<ShardReader, String> {
+    client
+        .shard_reader(&args.name, shard, args.from, read_options(args, left))
+        .await
+        .map_err(err)
+}
+
+/// The reader's next answer. Following, a server that goes away (shutting down, restarting,
+/// unreachable) is waited for, said once on standard error, and the reader goes on after
+/// the last record it returned once the server is back.
+async fn next_answer(
+    reader: &mut ShardReader,
+    server: &str,
+    follow: bool,
+) -> Result<Option<Records>, String> {
+    let mut lost_since: Option<Instant> = None;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let asked = Instant::now();
+        match reader.next().await {
+            Ok(answer) => {
+                if let Some(since) = lost_since {
+                    eprintln!(
+                        "spate: {server} is back after {:.1} s; shard {} goes on where it stopped",
+                        since.elapsed().as_secs_f64(),
+                        reader.shard_id()
+                    );
+                }
+                // A long-poll that came back empty at once (the server's bound of parked
+                // reads, or its shutdown) is not asked again at once.
+                if follow
+                    && answer.as_ref().is_some_and(|a| a.records.is_empty())
+                    && asked.elapsed() < Duration::from_millis(100)
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                return Ok(answer);
+            }
+            // Throttled or busy: the server is there; wait as it says.
+            Err(e) if follow && e.is_retryable() && gone(&e).is_none() => {
+                tokio::time::sleep(Duration::from_millis(u64::from(
+                    e.retry_after_ms().max(100),
+                )))
+                .await;
+            }
+            Err(e) if follow && e.is_retryable() => {
+                if lost_since.is_none() {
+                    eprintln!(
+                        "spate: {}; waiting for {server} to come back",
+                        gone(&e).unwrap_or_default()
+                    );
+                    lost_since = Some(Instant::now());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Why the server is not there, when that is what `e` says (it is shutting down, or cannot
+/// be reached); `None` for answers of a server that is there (throttling, busy).
+fn gone(e: &ClientError) -> Option<String> {
+    match e {
+        ClientError::Server {
+            code: ErrorCode::ShuttingDown,
+            ..
+        } => Some("the server is shutting down".to_string()),
+        ClientError::Server { .. } => None,
+        e => Some(e.to_string()),
+    }
+}
+
+/// What a shard's follower tells the printer.
+enum Followed {
+    Records(u32, Records),
+    /// The shard is closed and read to its end.
+    Ended(u32),
+    Failed(String),
+}
+
+/// `read --follow` of several shards: one follower per shard at a time, a child started
+/// once its parents have ended, records printed as they come.
+async fn follow_all(
+    client: &Client,
+    server: &str,
+    args: &ReadArgs,
+    shards: Vec<u32>,
+    printer: &mut Printer<impl Write>,
+) -> Result<(), String> {
+    let info = client.describe_stream(&args.name).await.map_err(err)?;
+    let parents = |id: u32| -> Vec<u32> {
+        info.shards
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| {
+                [s.parent, s.adjacent_parent]
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| shards.contains(p))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (tx, mut rx) = mpsc::channel::<Followed>(64);
+    let mut started: Vec<u32> = Vec::new();
+    let mut ended: Vec<u32> = Vec::new();
+    loop {
+        for &id in &shards {
+            if !started.contains(&id) && parents(id).iter().all(|p| ended.contains(p)) {
+                started.push(id);
+                let reader = open_reader(client, args, id, printer.left()).await?;
+                tokio::spawn(follow_one(reader, server.to_string(), tx.clone()));
+            }
+        }
+        match rx.recv().await {
+            Some(Followed::Records(id, answer)) => {
+                printer.print(id, &answer)?;
+                if printer.done() {
+                    return Ok(());
+                }
+            }
+            Some(Followed::Ended(id)) => ended.push(id),
+            Some(Followed::Failed(e)) => return Err(e),
+            None => return Ok(()),
+        }
+        if ended.len() == shards.len() {
+            return Ok(());
+        }
+    }
+}
+
+async fn follow_one(mut reader: ShardReader, server: String, tx: mpsc::Sender<Followed>) {
+    let id = reader.shard_id();
+    loop {
+        let msg = match next_answer(&mut reader, &server, true).await {
+            Ok(Some(answer)) if answer.records.is_empty() => continue,
+            Ok(Some(answer)) => Followed::Records(id, answer),
+            Ok(None) => Followed::Ended(id),
+            Err(e) => Followed::Failed(format!("shard {id}: {e}")),
+        };
+        let last = !matches!(msg, Followed::Records(..));
+        if tx.send(msg).await.is_err() || last {
+            return;
+        }
+    }
 }

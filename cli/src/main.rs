@@ -31,10 +31,11 @@ fn main() -> ExitCode {
         }
     };
     let serving = matches!(cli.command, Command::Serve(_));
+    let server = cli.server();
     init_logging(if serving { "info" } else { "warn" });
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        command => commands::run(&cli.server, command),
+        command => commands::run(&server, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

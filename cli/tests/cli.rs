@@ -26,11 +26,17 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path, log_dir: &Path) -> Serve {
+        Serve::start_with(data_dir, log_dir, "127.0.0.1:0", &[])
+    }
+
+    /// `serve` on `listen` with `extra` arguments.
+    fn start_with(data_dir: &Path, log_dir: &Path, listen: &str, extra: &[&str]) -> Serve {
         let stderr_path = log_dir.join(format!("serve-{}.log", unique()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(SPATE)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -57,6 +63,11 @@ impl Serve {
             addr,
             stderr_path,
         }
+    }
+
+    /// What the server logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// Sends `signal` and waits for the process to exit.
@@ -211,14 +222,28 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
     assert_eq!(
         keys,
         [
+            "bytes",
+            "created",
+            "created_ms",
+            "disk_bytes",
             "limits",
+            "max_record_bytes",
             "mode",
             "name",
+            "records",
             "retention_hours",
             "shards",
             "status"
         ]
     );
+    let created_ms = v["created_ms"].as_i64().unwrap();
+    let now_ms = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    assert!(
+        (now_ms - 600_000..=now_ms + 1000).contains(&created_ms),
+        "{created_ms}"
+    );
+    assert_eq!(v["created"], rfc3339(created_ms));
+    assert_eq!(v["max_record_bytes"], 1 << 20);
     assert_eq!(v["name"], name);
     assert_eq!(v["status"], "ACTIVE");
     assert_eq!(v["mode"], "provisioned");
@@ -233,13 +258,16 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
             keys,
             [
                 "adjacent_parent",
+                "bytes",
                 "core",
+                "disk_bytes",
                 "first_seq",
                 "hash_key_end",
                 "hash_key_start",
                 "id",
                 "last_seq",
                 "parent",
+                "records",
                 "state"
             ]
         );
@@ -267,13 +295,17 @@ fn serve_streams_put_read_follow_delete_and_restart() {
     assert_eq!(
         ok(
             a,
-            &["stream", "create", "clicks", "--shards", "2", "--limits", "off"],
+            &["stream", "create", "clicks", "--shards", "2", "--limits", "off", "--wait"],
             b""
         ),
         ""
     );
     assert_eq!(
-        ok(a, &["stream", "create", "other", "--shards", "1"], b""),
+        ok(
+            a,
+            &["stream", "create", "other", "--shards", "1", "--wait"],
+            b""
+        ),
         ""
     );
     assert_eq!(ok(a, &["stream", "list"], b""), "clicks\nother\n");
@@ -323,6 +355,12 @@ fn serve_streams_put_read_follow_delete_and_restart() {
     );
     assert_eq!(d["shards"][shard as usize]["first_seq"], 0);
     assert_eq!(d["shards"][shard as usize]["last_seq"], 4);
+    // Counts: five records, their bytes (data, keys and framing) and the disk they hold.
+    assert_eq!(d["shards"][shard as usize]["records"], 5);
+    assert_eq!(d["records"], 5);
+    let bytes = d["shards"][shard as usize]["bytes"].as_u64().unwrap();
+    assert!((5 * 6..64 << 10).contains(&bytes), "{bytes}");
+    assert!(d["disk_bytes"].as_u64().unwrap() >= bytes);
 
     // Read from every position.
     let s = shard.to_string();
@@ -509,7 +547,9 @@ fn put_prints_what_was_acknowledged_then_the_error() {
     let a = server.addr.as_str();
     ok(
         a,
-        &["stream", "create", "s", "--shards", "1", "--limits", "off"],
+        &[
+            "stream", "create", "s", "--shards", "1", "--limits", "off", "--wait",
+        ],
         b"",
     );
     let mut input = b"first\n".to_vec();
@@ -529,7 +569,11 @@ fn put_prints_what_was_acknowledged_then_the_error() {
     );
     assert_eq!(stored[0].4, b"first");
     // A Kinesis-limited stream throttles a burst; put retries until every line is in.
-    ok(a, &["stream", "create", "limited", "--shards", "1"], b"");
+    ok(
+        a,
+        &["stream", "create", "limited", "--shards", "1", "--wait"],
+        b"",
+    );
     let lines: String = (0..1500).map(|i| format!("{i}\n")).collect();
     let out = ok(a, &["put", "limited", "--key", "k"], lines.as_bytes());
     let expected: String = (0..1500).map(|i| format!("0 {i}\n")).collect();
@@ -718,4 +762,404 @@ fn sigkill_of_the_server_loses_no_acknowledged_record() {
         }
     });
     serve.stop(libc::SIGTERM);
+}
+
+/// The command line as users of aws kinesis, kcat or rpk expect it (issue 12): creates
+/// that answer CREATING and the commands that wait for ACTIVE, put from files, with a
+/// delimiter and keyed by a JSON field, read of a whole stream in every format, describe's
+/// counts, and per-command help.
+#[test]
+fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spate.toml");
+    // Every create answers before its shards are open.
+    std::fs::write(&config, "create_answer_ms = 0\n").unwrap();
+    let config = config.to_str().unwrap();
+    let server = Serve::start_with(
+        &dir.path().join("data"),
+        dir.path(),
+        "127.0.0.1:0",
+        &["--config", config],
+    );
+    let a = server.addr.as_str();
+
+    // CREATING at once, then `stream wait`; `create --wait` waits by itself.
+    let out = spate(
+        a,
+        &["stream", "create", "s", "--shards", "3", "--limits", "off"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "creating stream s with 3 shards (status CREATING); `spate stream wait s` waits until it is ACTIVE\n"
+    );
+    let out = spate(a, &["stream", "wait", "s"], b"");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "stream s is ACTIVE\n");
+    let out = spate(
+        a,
+        &["stream", "create", "t", "--shards", "2", "--wait"],
+        b"",
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "creating stream t with 2 shards ...\ncreated stream t with 2 shards\n"
+    );
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "t"], b"")).unwrap();
+    assert_eq!(d["status"], "ACTIVE");
+    fails(
+        a,
+        &["stream", "wait", "nope"],
+        b"",
+        "stream nope does not exist",
+    );
+
+    // put --file: one record per file, binary and multi-line as they are.
+    let f1 = dir.path().join("one.bin");
+    let f2 = dir.path().join("two.txt");
+    std::fs::write(&f1, b"line1\nline2\x00bin\xff").unwrap();
+    std::fs::write(&f2, b"second").unwrap();
+    let k = shard_of("k", 3);
+    assert_eq!(
+        ok(
+            a,
+            &[
+                "put",
+                "s",
+                "--key",
+                "k",
+                "--file",
+                f1.to_str().unwrap(),
+                "--file",
+                f2.to_str().unwrap()
+            ],
+            b""
+        ),
+        format!("{k} 0\n{k} 1\n")
+    );
+    fails(
+        a,
+        &["put", "s", "--key", "k", "--file", "/nonexistent/x"],
+        b"",
+        "cannot read /nonexistent/x",
+    );
+    // --delimiter: records end with NUL instead of a newline.
+    assert_eq!(
+        ok(
+            a,
+            &["put", "s", "--key", "k", "--delimiter", "\\0"],
+            b"a\nb\0c\0"
+        ),
+        format!("{k} 2\n{k} 3\n")
+    );
+    // --key-field: JSON lines, each keyed by its field (a string, or a number as written).
+    let (u1, seven) = (shard_of("u1", 3), shard_of("7", 3));
+    let out = ok(
+        a,
+        &["put", "s", "--key-field", "user"],
+        b"{\"user\":\"u1\",\"x\":1}\n{\"user\":7}\n",
+    );
+    let acks: Vec<(u32, u64)> = out
+        .lines()
+        .map(|l| {
+            let (s, q) = l.split_once(' ').unwrap();
+            (s.parse().unwrap(), q.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(acks.len(), 2);
+    assert_eq!((acks[0].0, acks[1].0), (u1, seven));
+    let out = fails(
+        a,
+        &["put", "s", "--key-field", "user"],
+        b"{\"user\":\"u1\"}\n{\"x\":1}\n",
+        "record 2 of standard input: no field \"user\"",
+    );
+    assert_eq!(
+        out.stdout.len(),
+        4,
+        "the record before the bad one was put: {out:?}"
+    );
+
+    // read without --shard: every shard, each in order, shards in id order.
+    let all = parse_read(&ok(a, &["read", "s"], b""));
+    assert_eq!(all.len(), 7);
+    let shards: Vec<u64> = all.iter().map(|r| r.0).collect();
+    assert!(shards.windows(2).all(|w| w[0] <= w[1]), "{shards:?}");
+    let of_k: Vec<&[u8]> = all
+        .iter()
+        .filter(|r| r.0 == u64::from(k) && r.2 == "k")
+        .map(|r| r.4.as_slice())
+        .collect();
+    assert_eq!(
+        of_k,
+        [&b"line1\nline2\x00bin\xff"[..], b"second", b"a\nb", b"c"]
+    );
+    fails(
+        a,
+        &["read", "s", "--from", "at:1"],
+        b"",
+        "at:SEQ and after:SEQ need --shard",
+    );
+    // --format text and raw print the data alone.
+    let ks = k.to_string();
+    let shard_k: Vec<_> = all.iter().filter(|r| r.0 == u64::from(k)).collect();
+    let text: String = shard_k
+        .iter()
+        .map(|r| format!("{}\n", String::from_utf8_lossy(&r.4)))
+        .collect();
+    assert_eq!(
+        ok(a, &["read", "s", "--shard", &ks, "--format", "text"], b""),
+        text
+    );
+    let raw = spate(
+        a,
+        &[
+            "read",
+            "s",
+            "--shard",
+            &ks,
+            "--format",
+            "raw",
+            "--delimiter",
+            "\\x1e",
+        ],
+        b"",
+    );
+    assert!(raw.status.success());
+    let expected: Vec<u8> = shard_k
+        .iter()
+        .flat_map(|r| [r.4.clone(), vec![0x1e]].concat())
+        .collect();
+    assert_eq!(raw.stdout, expected);
+    // --follow of the whole stream (with --limit, so that it ends): every record, once.
+    let mut followed = parse_read(&ok(a, &["read", "s", "--follow", "--limit", "7"], b""));
+    followed.sort_by_key(|r| (r.0, r.1));
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|r| (r.0, r.1));
+    assert_eq!(followed, sorted);
+
+    // describe counts what was put.
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "s"], b"")).unwrap();
+    assert_eq!(d["records"], 7);
+    assert_eq!(d["shards"][k as usize]["records"], shard_k.len());
+    assert_eq!(d["max_record_bytes"], 1 << 20);
+
+    // Each command's help shows its own flags, each described; serve's has no --server.
+    let help = |args: &[&str]| {
+        let out = Command::new(SPATE)
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let serve = help(&["serve"]);
+    assert!(!serve.contains("--server"), "{serve}");
+    assert!(serve.contains("--data-dir <DIR>"));
+    let put = help(&["put"]);
+    for flag in [
+        "--key <KEY>",
+        "--key-field <FIELD>",
+        "--delimiter <DELIMITER>",
+        "--file <FILE>",
+        "--server <HOST:PORT>",
+    ] {
+        let line = put
+            .lines()
+            .find(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("{flag}: {put}"));
+        assert!(
+            line.trim().len() > flag.len() + 4,
+            "{flag} has a description: {line:?}"
+        );
+    }
+    let retention = help(&["stream", "set-retention"]);
+    assert!(
+        retention.contains("The new retention window in hours"),
+        "{retention}"
+    );
+    assert!(help(&["stream", "create"]).contains("--wait"));
+    server.stop(libc::SIGTERM);
+}
+
+/// A port P such that P and the next `cores` ports are free now (a restarted server must
+/// come back on the same address, with its cores on P+1.. as before).
+fn free_listen_addr() -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p > 60_000 {
+            continue;
+        }
+        if (1..=cores).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return format!("127.0.0.1:{p}");
+        }
+    }
+    panic!("no free port range");
+}
+
+/// SIGTERM with a producer, a follower and its long-poll in flight (issue 12): nothing in
+/// flight is reset (each request is answered, or told ShuttingDown, and nothing is applied
+/// after the shutdown began), the producer and the follower reconnect to the restarted
+/// server by themselves and go on, every acknowledged record is stored, and the follower
+/// prints every record exactly once.
+#[test]
+fn sigterm_drains_and_producers_and_followers_go_on_after_a_restart() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = free_listen_addr();
+    let server = Serve::start_with(&data, dir.path(), &listen, &[]);
+    let a = server.addr.clone();
+    ok(
+        &a,
+        &[
+            "stream", "create", "s", "--shards", "2", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+
+    // The follower: the whole stream, long-polling at the tip.
+    let follower_log = dir.path().join("follower.log");
+    let mut follower = Command::new(SPATE)
+        .args(["--server", &a, "read", "s", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&follower_log).unwrap())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (seen_tx, seen) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let lines = lines.clone();
+        let mut out = BufReader::new(follower.stdout.take().unwrap());
+        std::thread::spawn(move || loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            lines.lock().unwrap().push(line);
+            let _ = seen_tx.send(());
+        })
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + WATCHDOG;
+        while lines.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the follower printed {} of {n}; it said: {}",
+                lines.lock().unwrap().len(),
+                std::fs::read_to_string(&follower_log).unwrap_or_default()
+            );
+            let _ = seen.recv_timeout(Duration::from_millis(100));
+        }
+    };
+
+    // The producer: JSON lines keyed by a field, fed without pause until told to stop.
+    let mut producer = Command::new(SPATE)
+        .args(["--server", &a, "put", "s", "--key-field", "k"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(Mutex::new(Vec::<String>::new()));
+    let feeder = {
+        let mut input = producer.stdin.take().unwrap();
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for i in 0u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return; // closing stdin ends the producer
+                }
+                let line = format!("{{\"k\":\"key-{}\",\"i\":{i}}}", i % 10);
+                if writeln!(input, "{line}")
+                    .and_then(|()| input.flush())
+                    .is_err()
+                {
+                    return;
+                }
+                sent.lock().unwrap().push(line);
+                if i % 20 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    let mut producer_out = producer.stdout.take().unwrap();
+    let mut producer_err = producer.stderr.take().unwrap();
+    let acks_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        producer_out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        producer_err.read_to_string(&mut s).unwrap();
+        s
+    });
+
+    // SIGTERM while both run; the server drains and exits 0; it comes back on the same
+    // address and both go on by themselves.
+    wait_for(200);
+    server.stop(libc::SIGTERM);
+    let server = Serve::start_with(&data, dir.path(), &listen, &[]);
+    assert_eq!(server.addr, a);
+    let before = lines.lock().unwrap().len();
+    wait_for(before + 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feeder.join().unwrap();
+    let status = wait_with_watchdog(&mut producer);
+    let acks = acks_reader.join().unwrap();
+    let producer_stderr = err_reader.join().unwrap();
+    assert!(status.success(), "the producer failed: {producer_stderr}");
+
+    // Every acknowledged record is stored, with its data, and the follower printed every
+    // record of the stream exactly once.
+    let all = parse_read(&ok(&a, &["read", "s"], b""));
+    let stored: std::collections::HashMap<(u64, u64), Vec<u8>> =
+        all.iter().map(|r| ((r.0, r.1), r.4.clone())).collect();
+    let sent = sent.lock().unwrap().clone();
+    let acks: Vec<(u64, u64)> = acks
+        .lines()
+        .map(|l| {
+            let (s, q) = l.split_once(' ').unwrap();
+            (s.parse().unwrap(), q.parse().unwrap())
+        })
+        .collect();
+    assert!(acks.len() >= 400, "{} acks", acks.len());
+    for (j, ack) in acks.iter().enumerate() {
+        assert_eq!(
+            stored.get(ack),
+            Some(&sent[j].as_bytes().to_vec()),
+            "ack {j}"
+        );
+    }
+    assert_eq!(
+        stored.len(),
+        acks.len(),
+        "nothing but what was acknowledged"
+    );
+    wait_for(all.len());
+    let mut followed = parse_read(&lines.lock().unwrap().concat());
+    followed.sort_by_key(|r| (r.0, r.1));
+    let mut expected = all.clone();
+    expected.sort_by_key(|r| (r.0, r.1));
+    assert_eq!(followed, expected, "each record once, none missing");
+    let said = std::fs::read_to_string(&follower_log).unwrap();
+    assert!(
+        said.contains("waiting for") && said.contains("is back"),
+        "{said}"
+    );
+    assert!(!said.to_lowercase().contains("reset"), "{said}");
+    assert!(server.log().contains("recovery done"), "{}", server.log());
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    reader.join().unwrap();
+    server.stop(libc::SIGTERM);
 }

@@ -2,6 +2,7 @@
 //! and the low-level read calls. Batch puts live in `put`, the [`crate::Producer`] in
 //! `producer`, the [`crate::ShardReader`] in `reader`.
 
+use spate_protocol::StreamStatus;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,10 +104,12 @@ impl StreamConfig {
 pub struct StreamInfo {
     pub name: String,
     pub stream_id: u64,
-    pub status: spate_protocol::StreamStatus,
+    pub status: StreamStatus,
     pub retention_hours: u32,
     pub limits: Limits,
     pub max_record_data_bytes: u32,
+    /// When the stream was created (ms since the epoch).
+    pub created_ms: i64,
     /// Open shards and closed parents still in retention.
     pub shards: Vec<ShardDescription>,
 }
@@ -355,8 +358,50 @@ impl Client {
 
     // ---- stream administration -------------------------------------------------------
 
-    /// Creates a stream; returns its incarnation id.
+    /// Creates a stream and waits until it is ACTIVE (a big one answers CREATING first);
+    /// returns its incarnation id.
     pub async fn create_stream(&self, name: &str, config: &StreamConfig) -> Result<u64> {
+        let (stream_id, status) = self.start_create_stream(name, config).await?;
+        if status != StreamStatus::Active {
+            self.wait_for_active(name, None).await?;
+        }
+        Ok(stream_id)
+    }
+
+    /// Waits until `name` is ACTIVE, describing it every 50 ms to 1 s; fails with the
+    /// describe's error (UnknownStream when a create failed and was undone) or, past
+    /// `timeout`, with `Timeout`.
+    pub async fn wait_for_active(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<StreamInfo> {
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let info = self.describe_stream(name).await?;
+            if info.status == StreamStatus::Active {
+                return Ok(info);
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Err(ClientError::Timeout {
+                    addr: self.inner.bootstrap.clone(),
+                    timeout_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Creates a stream and returns at once with its incarnation id and status: `Active`,
+    /// or `Creating` when the server answered before every shard was made (see
+    /// [`Client::wait_for_active`]).
+    pub async fn start_create_stream(
+        &self,
+        name: &str,
+        config: &StreamConfig,
+    ) -> Result<(u64, StreamStatus)> {
         check_stream_name(name)?;
         if config.shards == 0 || config.shards > MAX_SHARDS_PER_STREAM {
             return Err(ClientError::invalid(
@@ -378,7 +423,7 @@ impl Client {
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         self.forget_stream(name);
         match decode_reply(&frame, Some(Opcode::CreateStream))? {
-            Response::CreateStream(r) => Ok(r.stream_id),
+            Response::CreateStream(r) => Ok((r.stream_id, r.status)),
             _ => unreachable!("decode_reply checked the opcode"),
         }
     }
@@ -442,6 +487,7 @@ impl Client {
             retention_hours: d.retention_hours,
             limits: d.limits,
             max_record_data_bytes: d.max_record_data_bytes,
+            created_ms: d.created_ms,
             shards: d.shards.clone(),
         };
         Ok((info, map))

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spate_protocol::{
-    decode_frame, decode_response, peek_header, ErrorResponse, Opcode, Response,
+    decode_frame, decode_response, peek_header, ErrorCode, ErrorResponse, Opcode, Response,
     DEFAULT_MAX_FRAME_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -56,6 +56,9 @@ struct Waiters {
 struct Shared {
     addr: String,
     waiters: Mutex<Waiters>,
+    /// The server answered ShuttingDown here: answers still come, but the next request goes
+    /// on a new connection (to the server once it is back).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -152,6 +155,7 @@ impl Connection {
                 by_id: HashMap::new(),
                 closed: None,
             }),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(max_in_flight);
@@ -167,14 +171,19 @@ impl Connection {
         }
     }
 
-    /// Whether the connection has failed (or was closed); a new request on it fails at once.
+    /// Whether the connection has failed (or was closed; a new request on it fails at once)
+    /// or its server is shutting down: either way the next request needs a new one.
     pub(crate) fn is_closed(&self) -> bool {
         self.shared
-            .waiters
-            .lock()
-            .expect("waiters lock")
-            .closed
-            .is_some()
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .shared
+                .waiters
+                .lock()
+                .expect("waiters lock")
+                .closed
+                .is_some()
     }
 
     pub(crate) fn set_max_request_bytes(&self, bytes: u64) {
@@ -217,7 +226,7 @@ impl Connection {
         let max = self.max_request_bytes.load(Ordering::Relaxed);
         if frame_bytes > max {
             return Err(ClientError::invalid(
-                spate_protocol::ErrorCode::FrameTooLarge,
+                ErrorCode::FrameTooLarge,
                 format!(
                     "request of {frame_bytes} bytes exceeds the server's maximum frame of {max}"
                 ),
@@ -344,6 +353,15 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
 /// was cancelled or timed out, except an error with correlation id 0: the server's answer
 /// to a frame it could not read, sent just before it closes the connection.
 fn dispatch(shared: &Shared, id: u64, is_error: bool, frame: Bytes) {
+    if is_error {
+        if let Err(e) = decode_reply(&frame, None) {
+            if e.code() == Some(ErrorCode::ShuttingDown) {
+                shared
+                    .draining
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
     let waiter = shared
         .waiters
         .lock()
@@ -356,6 +374,17 @@ fn dispatch(shared: &Shared, id: u64, is_error: bool, frame: Bytes) {
         }
         None if id == 0 && is_error => {
             let reason = match decode_reply(&frame, None) {
+                // Refused as it was accepted, or the server's last word at shutdown: what
+                // is still waiting was not applied (nothing is, once a shutdown began), so
+                // it fails with an answer safe to retry.
+                Err(
+                    e @ ClientError::Server {
+                        code: ErrorCode::ShuttingDown | ErrorCode::TooManyConnections,
+                        ..
+                    },
+                ) => {
+                    return shared.fail(e);
+                }
                 Err(e) => format!("the server closed the connection: {e}"),
                 Ok(_) => "the server closed the connection".to_string(),
             };

@@ -79,4 +79,4 @@ pub use put::{Entry, PutResult};
 pub use reader::{ReadOptions, ShardReader};
 pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
-pub use spate_protocol::{ErrorCode, Limits, ShardDescription, ShardState};
+pub use spate_protocol::{ErrorCode, Limits, ShardDescription, ShardState, StreamStatus};

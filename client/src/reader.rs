@@ -1,7 +1,7 @@
 //! The [`ShardReader`]: follows one shard from a position, call after call.
 //!
-//! It keeps the iterator each answer hands back, retries read throttling and busy answers
-//! with backoff ([`crate::RetryPolicy`]), and when an iterator expires (a reader idle for
+//! It keeps the iterator each answer hands back, retries read throttling, busy answers and
+//! lost connections with backoff ([`crate::RetryPolicy`]), and when an iterator expires (a reader idle for
 //! five minutes) opens a new one just after the last sequence number it has returned, so a
 //! reader neither skips nor repeats a record. With `wait_ms > 0` each call long-polls at the
 //! tip, so a follower sees a new record about as soon as it is durable.
@@ -107,7 +107,10 @@ impl ShardReader {
                 Err(e) => e,
             };
             let expired = err.code() == Some(ErrorCode::IteratorExpired);
-            if (expired || err.is_safe_to_retry()) && attempt < policy.max_attempts {
+            // A read changes nothing, so a lost connection or a timeout is retried too.
+            // An expired iterator is reopened whatever the policy (a fresh one cannot expire
+            // at once, so this does not loop).
+            if expired || (err.is_retryable() && attempt < policy.max_attempts) {
                 if expired {
                     self.iterator = None;
                 } else {

@@ -117,6 +117,7 @@ mod tests {
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: 1 << 20,
+            created_ms: 0,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()
@@ -132,6 +133,9 @@ mod tests {
                         core: (i % 2) as u16,
                         first_seq: None,
                         last_seq: None,
+                        records: 0,
+                        bytes: 0,
+                        disk_bytes: 0,
                     }
                 })
                 .collect(),

@@ -303,6 +303,9 @@ mod fake {
                             core: (i % addrs.len() as u32) as u16,
                             first_seq: None,
                             last_seq: None,
+                            records: 0,
+                            bytes: 0,
+                            disk_bytes: 0,
                         }
                     })
                     .collect();
@@ -313,6 +316,7 @@ mod fake {
                     retention_hours: 24,
                     limits: Limits::Off,
                     max_record_data_bytes: setup.max_record_data_bytes,
+                    created_ms: 0,
                     shards,
                 }));
                 true

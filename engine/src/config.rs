@@ -47,6 +47,7 @@ max_parked_reads_per_core = 10000   # long-polls waiting at once per core; past 
 max_streams = 10000                 # quotas: streams on this node ...
 max_shards_per_stream = 10000       # ... shards in one stream (at most 10,000) ...
 max_shards = 100000                 # ... and open shards on this node (each costs ~1 KiB idle); past them LimitExceeded
+create_answer_ms = 1000             # a create answers when its stream is ACTIVE or after this long with CREATING (0: at once)
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,7 @@ pub struct EngineConfig {
     pub max_streams: u32,
     pub max_shards_per_stream: u32,
     pub max_shards: u64,
+    pub create_answer_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +134,7 @@ impl Default for EngineConfig {
             max_streams: 10_000,
             max_shards_per_stream: 10_000,
             max_shards: 100_000,
+            create_answer_ms: 1_000,
         }
     }
 }

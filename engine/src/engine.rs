@@ -337,6 +337,7 @@ impl Engine {
         let op = ControlOp::CreateStream {
             name: name.to_owned(),
             opts,
+            answer_within: None,
         };
         Ok(self.control(op).await?.pop().expect("created stream"))
     }

@@ -149,6 +149,24 @@ impl TaskLock {
 
 pub struct TaskLockGuard<'a>(&'a TaskLock);
 
+/// A [`TaskLockGuard`] that owns its lock, so it can move into a spawned task.
+pub struct OwnedTaskLockGuard(std::rc::Rc<TaskLock>);
+
+impl TaskLock {
+    /// As [`TaskLock::lock`], for a lock shared by `Rc`.
+    pub async fn lock_owned(lock: &std::rc::Rc<TaskLock>) -> OwnedTaskLockGuard {
+        std::mem::forget(lock.lock().await);
+        OwnedTaskLockGuard(lock.clone())
+    }
+}
+
+impl Drop for OwnedTaskLockGuard {
+    fn drop(&mut self) {
+        self.0.held.set(false);
+        self.0.released.notify_all();
+    }
+}
+
 impl Drop for TaskLockGuard<'_> {
     fn drop(&mut self) {
         self.0.held.set(false);

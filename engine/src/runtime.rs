@@ -158,13 +158,16 @@ pub struct PutOutcome {
 }
 
 /// A shard's vital statistics (for describe).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub first_seq: u64,
     /// One past the newest durable record.
     pub next_seq: u64,
     pub latest_ts_ms: i64,
     pub segments: usize,
+    /// Bytes of durable data in the shard's extents, and the disk they hold.
+    pub bytes: u64,
+    pub disk_bytes: u64,
     pub poisoned: bool,
     /// Why the shard's data cannot be served (its store failed to open), if it cannot.
     pub damaged: Option<String>,
@@ -176,6 +179,9 @@ pub enum ControlOp {
     CreateStream {
         name: String,
         opts: crate::catalog::StreamOptions,
+        /// Answer once the stream is ACTIVE (`None`), or after at most this long with the
+        /// stream CREATING while its shards go on opening (the server's create).
+        answer_within: Option<std::time::Duration>,
     },
     DeleteStream {
         name: String,
@@ -319,7 +325,7 @@ pub struct Core<S: Storage> {
     /// Core 0: where routes are published for the `Engine` handle.
     published: RefCell<Option<SharedRoutes>>,
     /// Core 0: control operations run one at a time.
-    control_lock: crate::notify::TaskLock,
+    control_lock: Rc<crate::notify::TaskLock>,
     /// Streams in a status other than ACTIVE while a control operation runs on them.
     pub(crate) statuses: RefCell<HashMap<String, StreamStatus>>,
     /// Shards of stores that failed to open at start, with the reason: they answer Corrupt,
@@ -438,7 +444,7 @@ impl<S: Storage + 'static> Core<S> {
             net: crate::server::NetState::default(),
             handling: Cell::new(0),
             published: RefCell::new(None),
-            control_lock: crate::notify::TaskLock::new(),
+            control_lock: Rc::new(crate::notify::TaskLock::new()),
             statuses: RefCell::new(HashMap::new()),
             damaged: RefCell::new(Default::default()),
             damaged_stores: RefCell::new(BTreeMap::new()),
@@ -447,6 +453,9 @@ impl<S: Storage + 'static> Core<S> {
                 KEY_HASH_CACHE_SLOTS,
             )),
         };
+        let recovery_started = std::time::Instant::now();
+        let (mut opened_stores, mut opened_shards, mut rounds, mut cut) = (0u64, 0u64, 0u64, 0u64);
+        let store_count = stores.len();
         for (store_index, specs) in stores {
             let live: Vec<ShardKey> = specs.iter().map(|s| s.ident).collect();
             let started = std::time::Instant::now();
@@ -491,10 +500,27 @@ impl<S: Storage + 'static> Core<S> {
                 ms = started.elapsed().as_millis() as u64,
                 "store open"
             );
+            let stats = store.stats();
+            opened_stores += 1;
+            opened_shards += live.len() as u64;
+            rounds += stats.replayed_rounds;
+            cut += stats.cut_shards;
             core.stores.borrow_mut().insert(store_index, Rc::new(store));
             for spec in specs {
                 core.register_shard(spec.local())?;
             }
+        }
+        if store_count > 0 {
+            tracing::info!(
+                core = index,
+                stores = opened_stores,
+                damaged_stores = store_count as u64 - opened_stores,
+                shards = opened_shards,
+                rounds_replayed = rounds,
+                shards_cut = cut,
+                ms = recovery_started.elapsed().as_millis() as u64,
+                "recovery done"
+            );
         }
         Ok(core)
     }
@@ -571,6 +597,7 @@ impl<S: Storage + 'static> Core<S> {
     /// with a final checkpoint (a clean restart replays nothing).
     pub(crate) async fn shutdown(&self) {
         self.stopping.set(true);
+        crate::server::stop_accepting(self);
         let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
         // Long-polling readers wake up, see `stopping` and answer at once.
         for s in &stores {
@@ -582,6 +609,7 @@ impl<S: Storage + 'static> Core<S> {
                 tracing::error!(store = s.config().index, error = %e, "flush at shutdown failed");
             }
         }
+        crate::server::close_connections(self).await;
     }
 
     pub(crate) async fn handle(self: Rc<Self>, msg: CoreMsg) {
@@ -719,6 +747,8 @@ impl<S: Storage + 'static> Core<S> {
                 next_seq: 0,
                 latest_ts_ms: 0,
                 segments: 0,
+                bytes: 0,
+                disk_bytes: 0,
                 poisoned: false,
                 damaged: Some(why.to_string()),
             });
@@ -730,6 +760,8 @@ impl<S: Storage + 'static> Core<S> {
             next_seq: info.next_seq,
             latest_ts_ms: info.latest_ts_ms,
             segments: info.extents,
+            bytes: info.bytes,
+            disk_bytes: info.disk_bytes,
             poisoned: slot.store.is_poisoned().is_some(),
             damaged: None,
         })
@@ -1102,6 +1134,42 @@ impl<S: Storage + 'static> Core<S> {
         Ok(())
     }
 
+    /// Opens a just-created stream's shards on their cores and marks it ACTIVE; if one
+    /// cannot be opened (its store is damaged), the stream is taken back out, as if never
+    /// created. A shutdown half-way leaves it in the catalog: the restart opens the rest.
+    async fn open_created(&self, entry: StreamEntry) -> Result<(), EngineError> {
+        let catalog = self.catalog.as_ref().expect("control ops go to core 0");
+        let cores = self.peers.len() as u32;
+        let name = entry.name.clone();
+        let opened = self
+            .tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
+            .await;
+        match opened {
+            Ok(()) => {}
+            Err(EngineError::ShuttingDown) => return Err(EngineError::ShuttingDown),
+            Err(e) => {
+                tracing::error!(stream = %name, error = %e, "a new stream's shard could not be opened; the stream is removed");
+                let _ = catalog.borrow_mut().remove_stream(&name);
+                if self.save_catalog().await.is_ok() {
+                    for sh in &entry.shards {
+                        let ident = ShardIdent {
+                            stream_id: entry.stream_id,
+                            shard_id: sh.shard_id,
+                        };
+                        let peer = &self.peers[(sh.core % cores) as usize];
+                        let _ = call(peer, |reply| CoreMsg::DropShard { ident, reply }).await;
+                    }
+                }
+                let _ = self
+                    .broadcast_route(&name, None, StreamStatus::Deleting)
+                    .await;
+                return Err(e);
+            }
+        }
+        self.broadcast_route(&name, Some(entry), StreamStatus::Active)
+            .await
+    }
+
     /// The node's quotas (`max_streams`, `max_shards_per_stream`, `max_shards`), checked
     /// before a stream is added: past one, `LimitExceeded` naming it.
     fn check_quotas(
@@ -1141,7 +1209,7 @@ impl<S: Storage + 'static> Core<S> {
     /// Control plane (core 0 only): mutate the catalog, persist it (off the executor
     /// thread), then tell the owning cores. Returns the affected streams (or all of them for
     /// `Snapshot`).
-    async fn control(&self, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
+    async fn control(self: &Rc<Self>, op: ControlOp) -> Result<Vec<StreamEntry>, EngineError> {
         let catalog = self.catalog.as_ref().expect("control ops go to core 0");
         let cores = self.peers.len() as u32;
         if let ControlOp::Snapshot = op {
@@ -1149,10 +1217,14 @@ impl<S: Storage + 'static> Core<S> {
         }
         // One change at a time, start to finish: a delete never runs while a create is still
         // opening shards, and catalog saves land in the order the changes were made.
-        let _serial = self.control_lock.lock().await;
+        let serial = crate::notify::TaskLock::lock_owned(&self.control_lock).await;
         match op {
             ControlOp::Snapshot => unreachable!("answered above"),
-            ControlOp::CreateStream { name, opts } => {
+            ControlOp::CreateStream {
+                name,
+                opts,
+                answer_within,
+            } => {
                 self.check_quotas(&catalog.borrow(), &name, &opts)?;
                 let entry = catalog
                     .borrow_mut()
@@ -1165,30 +1237,29 @@ impl<S: Storage + 'static> Core<S> {
                 // Described as CREATING (and refused for data) while its shards open.
                 self.broadcast_route(&name, Some(entry.clone()), StreamStatus::Creating)
                     .await?;
-                let opened = self
-                    .tell_owners(&entry, |spec, reply| CoreMsg::OpenShard { spec, reply })
-                    .await;
-                if let Err(e) = opened {
-                    // A shard could not be opened (its store is damaged, its core is
-                    // stopping): the stream is taken back out, as if never created.
-                    let _ = catalog.borrow_mut().remove_stream(&name);
-                    if self.save_catalog().await.is_ok() {
-                        for sh in &entry.shards {
-                            let ident = ShardIdent {
-                                stream_id: entry.stream_id,
-                                shard_id: sh.shard_id,
-                            };
-                            let peer = &self.peers[(sh.core % cores) as usize];
-                            let _ = call(peer, |reply| CoreMsg::DropShard { ident, reply }).await;
+                // The shards open in a task of their own that holds the control lock to the
+                // end, so that the answer can go before a big stream is done.
+                let core = self.clone();
+                let created = entry.clone();
+                let opening = glommio::spawn_local(async move {
+                    let _serial = serial;
+                    core.open_created(created).await
+                })
+                .detach();
+                match answer_within {
+                    None => opening.await.unwrap_or(Err(EngineError::ShuttingDown))?,
+                    Some(bound) if bound.is_zero() => {}
+                    Some(bound) => {
+                        let done = async { Some(opening.await) };
+                        let late = async {
+                            glommio::timer::sleep(bound).await;
+                            None
+                        };
+                        if let Some(r) = futures_lite::future::or(done, late).await {
+                            r.unwrap_or(Err(EngineError::ShuttingDown))?;
                         }
                     }
-                    let _ = self
-                        .broadcast_route(&name, None, StreamStatus::Deleting)
-                        .await;
-                    return Err(e);
                 }
-                self.broadcast_route(&entry.name, Some(entry.clone()), StreamStatus::Active)
-                    .await?;
                 Ok(vec![entry])
             }
             ControlOp::DeleteStream { name } => {

@@ -197,6 +197,7 @@ async fn run_seed(seed: u64) {
             limits,
             ..StreamOptions::new(shards)
         },
+        answer_within: None,
     };
     let peer = core.peers[0].clone();
     let entry = call(&peer, |reply| CoreMsg::Control {
@@ -417,6 +418,7 @@ fn control_operations_show_kinesis_statuses_while_they_run() {
                     limits: Limits::Off,
                     ..StreamOptions::new(64)
                 },
+                answer_within: None,
             })
             .await;
             assert_eq!(
@@ -424,6 +426,39 @@ fn control_operations_show_kinesis_statuses_while_they_run() {
                 vec![None, Some(StreamStatus::Creating), None],
                 "create"
             );
+            // The server's create answers before the shards are open: CREATING, then
+            // ACTIVE by itself; a delete queued meanwhile waits for the create to end.
+            let peer = core.peers[0].clone();
+            let op = ControlOp::CreateStream {
+                name: "early".into(),
+                opts: StreamOptions::new(16),
+                answer_within: Some(std::time::Duration::ZERO),
+            };
+            call(&peer, |reply| CoreMsg::Control { op, reply })
+                .await
+                .expect("created");
+            assert_eq!(
+                core.statuses.borrow().get("early").copied(),
+                Some(StreamStatus::Creating)
+            );
+            let op = ControlOp::DeleteStream {
+                name: "early".into(),
+            };
+            let deleting = glommio::spawn_local(async move {
+                call(&peer, |reply| CoreMsg::Control { op, reply }).await
+            });
+            while core.statuses.borrow().get("early") == Some(&StreamStatus::Creating) {
+                futures_lite::future::yield_now().await;
+            }
+            assert!(
+                matches!(
+                    core.statuses.borrow().get("early"),
+                    None | Some(StreamStatus::Deleting)
+                ),
+                "ACTIVE (or already DELETING) after CREATING"
+            );
+            deleting.await.expect("deleted after the create ended");
+            assert!(core.routes.borrow().get("early").is_none());
             let seen = observe(ControlOp::SetRetention {
                 name: "s".into(),
                 hours: 48,

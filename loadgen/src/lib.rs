@@ -11,10 +11,11 @@
 //! shows in the tail instead of hiding (see [`schedule`]); closed loop (`--rate 0`) sends
 //! as fast as acknowledgements allow.
 //!
-//! Modules: [`config`] (a run's parameters), [`runner`] (the run itself), [`schedule`],
-//! [`payload`] (what a record carries), [`keys`], [`stats`] (histograms, CPU), [`verify`],
-//! [`report`] (the JSON), [`bench`] (named scenarios), [`summary`] (markdown from the
-//! scenarios' JSON), [`plot`] (SVG percentile plot), [`cpus`] (CPU lists and pinning).
+//! Modules: [`config`] (a run's parameters), [`runner`] (the run itself and its progress
+//! lines), [`schedule`], [`payload`] (what a record carries), [`keys`], [`stats`]
+//! (histograms, CPU), [`verify`], [`report`] (the JSON and the summary table),
+//! [`bench`](mod@bench) (named scenarios), [`summary`] (markdown from the scenarios' JSON),
+//! [`plot`] (SVG percentile plot), [`cpus`] (CPU lists and pinning).
 //!
 //! The binary is a thin wrapper; tests call [`run_blocking`] or [`runner::run`] directly.
 

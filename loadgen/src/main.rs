@@ -3,11 +3,18 @@
 //! ```text
 //! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
 //!               --size BYTES --keys K --duration SECS [--consumers C] [--cores LIST]
-//!               [--json FILE] [--verify] [more options: --help]
+//!               [--json FILE] [--plot FILE] [--verify] [more options: --help]
 //! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] ...
 //! spate-loadgen plot REPORT.json OUT.svg
 //! spate-loadgen summarize DIR [--output FILE]
 //! ```
+//!
+//! A run prints one progress line a second on stderr (rates and latencies of the last
+//! second, totals so far; `--quiet` drops them), then the summary table on stdout
+//! ([`spate_loadgen::Report::summary_table`]: counts, rates, ack and end-to-end latency
+//! percentiles in ms, verify, CPU) — on stderr instead with `--json -`, which keeps stdout
+//! for the JSON. Warnings and the reason of a failure go to stderr. `--json FILE` writes the
+//! report (SPEC §5), `--plot FILE` its latency plot (what `plot` draws from the JSON).
 //!
 //! Exit status 0 on success; 1 with a one-line reason on stderr when the run could not be
 //! done, a record failed (other than by throttling) or `--verify` found a problem; 2 for a
@@ -41,7 +48,8 @@ struct Cli {
 enum Command {
     /// Run a named benchmark scenario (see `bench --list`) and write its JSON.
     Bench(BenchArgs),
-    /// Draw the latency percentiles of a report (or bench result) as an SVG.
+    /// Draw the latency percentiles of a report (or bench result) as an SVG (a run's
+    /// `--plot FILE` draws the same without a JSON file).
     Plot { report: PathBuf, out: PathBuf },
     /// Write a markdown section from a directory of bench results and machine limits.
     Summarize {
@@ -104,9 +112,13 @@ struct RunArgs {
     /// Pin the load generator's threads to these CPUs (e.g. 1 or 2-3); default: unpinned.
     #[arg(long, value_parser = parse_cpus, value_name = "LIST")]
     cores: Option<CpuList>,
-    /// Write the JSON report to FILE ("-" for stdout).
+    /// Write the JSON report to FILE ("-" for stdout; the summary table then goes to stderr).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the latency-by-percentile plot to FILE (SVG) at the end of the run: the same
+    /// picture `spate-loadgen plot REPORT.json FILE` draws, no --json needed.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
     /// Read every shard back after the run: report lost, duplicated, reordered records.
     #[arg(long)]
     verify: bool,
@@ -134,7 +146,8 @@ struct RunArgs {
     /// Also report this process's CPU use (the engine's pid).
     #[arg(long, value_name = "PID")]
     engine_pid: Option<u32>,
-    /// No progress lines on stderr.
+    /// No progress lines on stderr. (A line a second: /s rates and `(1s)` latencies in ms
+    /// over the last second, `total` counts since the start, the load generator's CPU.)
     #[arg(long, short)]
     quiet: bool,
 }
@@ -241,19 +254,32 @@ fn run(a: RunArgs) -> Result<(), String> {
     };
     cfg.validate()?;
     let report = spate_loadgen::run_blocking(&cfg).map_err(|e| e.to_string())?;
-    eprintln!("{}", report.summary_line());
+    let json_on_stdout = a.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if json_on_stdout {
+        eprint!("{}", report.summary_table());
+    } else {
+        print!("{}", report.summary_table());
+    }
     if let Some(path) = &a.json {
         let json = serde_json::to_string_pretty(&report).expect("a report serialises");
-        if path.as_os_str() == "-" {
+        if json_on_stdout {
             println!("{json}");
         } else {
             std::fs::write(path, json + "\n")
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
     }
-    match report.failure() {
-        Some(why) => Err(why),
+    let plotted = match &a.plot {
+        Some(path) => spate_loadgen::plot::plot_report(&report, path),
         None => Ok(()),
+    };
+    match (report.failure(), plotted) {
+        (Some(why), Err(e)) => {
+            eprintln!("spate-loadgen: {e}");
+            Err(why)
+        }
+        (Some(why), Ok(())) => Err(why),
+        (None, plotted) => plotted.map_err(|e| e.to_string()),
     }
 }
 
@@ -317,5 +343,54 @@ mod tests {
             "--server is required"
         );
         assert!(Cli::try_parse_from(["spate-loadgen", "plot", "a.json", "b.svg"]).is_ok());
+    }
+
+    #[test]
+    fn plot_option_and_subcommand_parse() {
+        let cli = Cli::try_parse_from([
+            "spate-loadgen",
+            "--server",
+            "127.0.0.1:7400",
+            "--stream",
+            "s",
+            "--plot",
+            "out.svg",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.plot, Some(PathBuf::from("out.svg")));
+        assert_eq!(cli.run.json, None, "--plot needs no --json");
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --json r.json --plot r.svg".split_whitespace(),
+        )
+        .unwrap();
+        assert_eq!(
+            (cli.run.json, cli.run.plot),
+            (Some("r.json".into()), Some("r.svg".into()))
+        );
+        let cli =
+            Cli::try_parse_from(["spate-loadgen", "--server", "h:1", "--stream", "s"]).unwrap();
+        assert_eq!(cli.run.plot, None);
+        assert!(
+            Cli::try_parse_from([
+                "spate-loadgen",
+                "--server",
+                "h:1",
+                "--stream",
+                "s",
+                "--plot"
+            ])
+            .is_err(),
+            "--plot takes a file"
+        );
+        // The subcommand is still there.
+        let cli = Cli::try_parse_from(["spate-loadgen", "plot", "r.json", "r.svg"]).unwrap();
+        match cli.command {
+            Some(Command::Plot { report, out }) => {
+                assert_eq!((report, out), ("r.json".into(), "r.svg".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["spate-loadgen", "plot", "r.json"]).is_err());
     }
 }

@@ -4,6 +4,26 @@
 //! Counts and rates cover the measured window only (records due, or sent in closed loop,
 //! after the warm-up). `bytes_acked` counts partition key plus data bytes, as Kinesis
 //! accounts a record against a shard's limits.
+//!
+//! For people, [`Report::summary_table`] renders the headline figures as a small aligned
+//! table (latencies in ms), which `spate-loadgen` prints on stdout at the end of a run:
+//!
+//! ```text
+//! stream clicks: 4 shards, 3.0 s measured after 1.0 s warm-up, open loop at 5000 records/s offered
+//! records          sent       acked  throttled   errors  unsent
+//!   count         15000       15000          0        0       0
+//!   per second   5000.0      5000.0        0.0
+//!   MiB/s                      4.94
+//! latency (ms)      p50         p90        p99    p99.9  p99.99        max
+//!   ack           7.591      19.519     38.719   53.215  56.127     56.927
+//!   end-to-end    7.743      19.695     38.943   53.759  56.831     57.631
+//! verify           lost  duplicated  reordered  corrupt   acked  read back
+//!   passed            0           0          0        0   20000      20000
+//! cpu (cores)   loadgen      engine
+//!   used           1.35        0.39
+//! CPUs busy (whole machine): cpu0 88 %, cpu1 90 %
+//! (errors and verify cover the whole run, warm-up included)
+//! ```
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -144,7 +164,7 @@ impl Report {
         None
     }
 
-    /// A short human summary (printed on stderr at the end of a run).
+    /// A one-line human summary (printed on stderr after each run of a `bench` scenario).
     pub fn summary_line(&self) -> String {
         let a = &self.ack_latency_us;
         let mut s = format!(
@@ -195,7 +215,190 @@ impl Report {
     }
 }
 
-/// A latency for people, in the units the progress lines use: µs below 1 ms, then ms.
+impl Report {
+    /// The headline figures as a small aligned table, latencies in ms (see the module
+    /// docs for an example); ends with a newline. Counts and rates cover the measured
+    /// window, `errors` the whole run.
+    pub fn summary_table(&self) -> String {
+        let p = &self.params;
+        let mut head = format!(
+            "stream {}: {} shard{}, {:.1} s measured",
+            p.stream,
+            self.shards,
+            if self.shards == 1 { "" } else { "s" },
+            self.duration_s
+        );
+        if p.warmup_s > 0.0 {
+            head += &format!(" after {:.1} s warm-up", p.warmup_s);
+        }
+        head += &match self.offered_records_per_s {
+            Some(r) => format!(", open loop at {r:.0} records/s offered"),
+            None => ", closed loop".into(),
+        };
+
+        let mut t = Table::default();
+        let per_s = |n: u64| {
+            if self.duration_s > 0.0 {
+                format!("{:.1}", n as f64 / self.duration_s)
+            } else {
+                "-".into()
+            }
+        };
+        let open_loop = self.records_due.is_some();
+        let mut header = vec!["records", "sent", "acked", "throttled", "errors"];
+        let mut count = vec![
+            self.records_sent.to_string(),
+            self.records_acked.to_string(),
+            self.records_throttled.to_string(),
+            self.errors.to_string(),
+        ];
+        if open_loop {
+            header.push("unsent");
+            count.push(self.records_unsent.to_string());
+        }
+        t.header(&header);
+        t.row("count", count);
+        t.row(
+            "per second",
+            vec![
+                per_s(self.records_sent),
+                format!("{:.1}", self.acked_records_per_s),
+                per_s(self.records_throttled),
+            ],
+        );
+        t.row(
+            "MiB/s",
+            vec![String::new(), format!("{:.2}", self.acked_mib_per_s)],
+        );
+
+        t.header(&[
+            "latency (ms)",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "p99.99",
+            "max",
+        ]);
+        t.row("ack", latency_cells(&self.ack_latency_us));
+        if let Some(e2e) = &self.e2e_latency_us {
+            t.row("end-to-end", latency_cells(e2e));
+        }
+
+        if let Some(v) = &self.verify {
+            t.header(&[
+                "verify",
+                "lost",
+                "duplicated",
+                "reordered",
+                "corrupt",
+                "acked",
+                "read back",
+            ]);
+            t.row(
+                if v.passed() { "passed" } else { "FAILED" },
+                [
+                    v.lost,
+                    v.duplicated,
+                    v.reordered,
+                    v.corrupt,
+                    v.acked,
+                    v.records_read,
+                ]
+                .iter()
+                .map(u64::to_string)
+                .collect(),
+            );
+        }
+
+        let mut cpu_header = vec!["cpu (cores)", "loadgen"];
+        let mut cpu = vec![format!("{:.2}", self.loadgen_cpu.cores_used)];
+        if let Some(e) = &self.engine_cpu {
+            cpu_header.push("engine");
+            cpu.push(format!("{:.2}", e.cores_used));
+        }
+        t.header(&cpu_header);
+        t.row("used", cpu);
+
+        let mut out = head + "\n" + &t.render();
+        if !self.cpus.is_empty() {
+            let busy: Vec<String> = self
+                .cpus
+                .iter()
+                .map(|c| format!("cpu{} {:.0} %", c.cpu, c.busy * 100.0))
+                .collect();
+            out += &format!("CPUs busy (whole machine): {}\n", busy.join(", "));
+        }
+        if p.warmup_s > 0.0 {
+            out += "(errors and verify cover the whole run, warm-up included)\n";
+        }
+        out
+    }
+}
+
+/// p50 p90 p99 p99.9 p99.99 max in ms; `-` when nothing was recorded.
+fn latency_cells(p: &Percentiles) -> Vec<String> {
+    [p.p50, p.p90, p.p99, p.p999, p.p9999, p.max]
+        .iter()
+        .map(|&us| if p.count == 0 { "-".into() } else { fmt_ms(us) })
+        .collect()
+}
+
+/// Rows of a text table: a left-aligned label, then right-aligned cells. Every column is
+/// as wide as its widest cell over the whole table, so the blocks line up; a header row's
+/// label starts at the margin, a data row's is indented under it.
+#[derive(Default)]
+struct Table {
+    rows: Vec<(String, Vec<String>)>,
+}
+
+impl Table {
+    fn header(&mut self, cells: &[&str]) {
+        let (label, rest) = cells.split_first().expect("a header has a label");
+        self.rows.push((
+            label.to_string(),
+            rest.iter().map(|c| c.to_string()).collect(),
+        ));
+    }
+
+    fn row(&mut self, label: &str, cells: Vec<String>) {
+        self.rows.push((format!("  {label}"), cells));
+    }
+
+    fn render(&self) -> String {
+        let width = |s: &str| s.chars().count();
+        let label_w = self.rows.iter().map(|(l, _)| width(l)).max().unwrap_or(0);
+        let columns = self.rows.iter().map(|(_, c)| c.len()).max().unwrap_or(0);
+        let col_w: Vec<usize> = (0..columns)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|(_, c)| c.get(i))
+                    .map(|c| width(c))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for (label, cells) in &self.rows {
+            let mut line = format!("{label:<label_w$}");
+            for (cell, w) in cells.iter().zip(&col_w) {
+                line += &format!("  {cell:>w$}");
+            }
+            out += line.trim_end();
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A latency in ms with three decimals (to the µs), the unit of the progress lines and the
+/// summary table.
+pub fn fmt_ms(us: u64) -> String {
+    format!("{:.3}", us as f64 / 1000.0)
+}
+
+/// A latency for people: µs below 1 ms, then ms (the `bench` runs' summary lines).
 pub fn fmt_latency_us(us: u64) -> String {
     match us {
         us if us >= 10_000 => format!("{:.0} ms", us as f64 / 1000.0),
@@ -358,6 +561,117 @@ pub(crate) mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("e2e_latency_us").is_none() && v.get("verify").is_none());
         assert!(r.failure().is_none());
+    }
+
+    #[test]
+    fn the_summary_table_is_aligned_and_in_ms() {
+        let mut r = sample();
+        r.engine_cpu = Some(CpuUse {
+            cores_used: 0.8,
+            ..CpuUse::default()
+        });
+        let table = r.summary_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(table.ends_with('\n'), "{table}");
+        assert_eq!(
+            lines[0],
+            "stream s: 2 shards, 1.0 s measured, open loop at 4 records/s offered"
+        );
+        // Every block's header labels its columns.
+        for header in [
+            "records",
+            "sent",
+            "acked",
+            "throttled",
+            "errors",
+            "unsent",
+            "latency (ms)",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "p99.99",
+            "max",
+            "verify",
+            "lost",
+            "duplicated",
+            "reordered",
+            "corrupt",
+            "read back",
+            "cpu (cores)",
+            "loadgen",
+            "engine",
+        ] {
+            assert!(table.contains(header), "{header:?} missing in\n{table}");
+        }
+        let row = |label: &str| -> Vec<&str> {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(&format!("  {label} ")))
+                .unwrap_or_else(|| panic!("no {label} row in\n{table}"));
+            line[label.len() + 2..].split_whitespace().collect()
+        };
+        assert_eq!(row("count"), ["4", "4", "0", "0", "0"]);
+        assert_eq!(row("per second"), ["4.0", "4.0", "0.0"]);
+        assert_eq!(row("MiB/s"), ["0.00"]);
+        // 100, 200, 300 and 5000 µs, in ms (HdrHistogram keeps 3 significant digits: 5003).
+        assert_eq!(
+            row("ack"),
+            ["0.200", "5.003", "5.003", "5.003", "5.003", "5.003"]
+        );
+        assert_eq!(row("end-to-end"), row("ack"));
+        assert_eq!(row("passed"), ["0", "0", "0", "0", "0", "0"]);
+        assert_eq!(row("used"), ["0.00", "0.80"]);
+        assert!(!table.contains('µ'), "latencies are in ms:\n{table}");
+        // Columns line up: each value ends where its header does.
+        let end_of = |line: &str, word: &str| line.find(word).unwrap() + word.len();
+        let header = lines.iter().find(|l| l.starts_with("latency")).unwrap();
+        let ack = lines.iter().find(|l| l.starts_with("  ack")).unwrap();
+        assert_eq!(end_of(header, "p50"), end_of(ack, "0.200"), "\n{table}");
+        assert_eq!(end_of(header, " max"), ack.len(), "\n{table}");
+        let records = lines[1];
+        let count = lines.iter().find(|l| l.starts_with("  count")).unwrap();
+        assert_eq!(records.len(), count.len(), "\n{table}");
+
+        // Closed loop, no consumers, no verify, a failed verify, nothing acknowledged.
+        let r = Report {
+            records_due: None,
+            offered_records_per_s: None,
+            e2e_latency_us: None,
+            verify: Some(VerifyReport {
+                lost: 3,
+                ..VerifyReport::default()
+            }),
+            ack_latency_us: Percentiles::default(),
+            params: RunConfig {
+                warmup_s: 2.0,
+                ..RunConfig::new("x", "s")
+            },
+            cpus: vec![crate::stats::CoreUse {
+                cpu: 3,
+                busy: 0.5,
+                ..Default::default()
+            }],
+            ..sample()
+        };
+        let table = r.summary_table();
+        assert_eq!(
+            table.lines().next().unwrap(),
+            "stream s: 2 shards, 1.0 s measured after 2.0 s warm-up, closed loop"
+        );
+        assert!(
+            table.contains("\nCPUs busy (whole machine): cpu3 50 %\n"),
+            "{table}"
+        );
+        assert!(table.ends_with("(errors and verify cover the whole run, warm-up included)\n"));
+        assert!(
+            !table.contains("unsent") && !table.contains("end-to-end"),
+            "{table}"
+        );
+        assert!(!table.contains("engine"), "{table}");
+        assert!(table.contains("  FAILED "), "{table}");
+        let ack = table.lines().find(|l| l.starts_with("  ack")).unwrap();
+        assert_eq!(ack.split_whitespace().skip(1).collect::<Vec<_>>(), ["-"; 6]);
     }
 
     #[test]

@@ -14,6 +14,18 @@
 //!  progress: one line on stderr per second
 //! ```
 //!
+//! A progress line labels every figure with what it is: `/s` rates and the ack (and
+//! end-to-end) latency `p99 (1s)` / `max (1s)` in ms cover the last second only (warm-up
+//! included); `total ...` counts are since the start of the run; `loadgen cpu` is this
+//! process's CPU over the last second, in cores:
+//!
+//! ```text
+//! [   2.0s] sent/s    5024  acked/s    5072  acked MiB/s    5.0  ack p99 (1s)  60.831 ms  ack max (1s)  70.655 ms  consumed/s    5071  e2e p99 (1s)  61.695 ms  e2e max (1s)  72.127 ms  throttled/s     0  errors/s   0  total acked     9985  total throttled      0  total errors   0  loadgen cpu 1.35 cores
+//! ```
+//!
+//! The final figures (the measured window only) are the report's; the binary prints them
+//! as a table ([`Report::summary_table`]).
+//!
 //! A generator never waits for an acknowledgement itself (open loop); its only brake is
 //! the window of `--inflight` outstanding records (and the client's own buffer bounds),
 //! which in closed loop is what paces it. Each producer owns its keys, so a key's records
@@ -87,6 +99,8 @@ struct Shared {
     run_id: u32,
     keys: Arc<Vec<String>>,
     live: Live,
+    /// Progress lines are printed: keep the per-second histograms.
+    progress: bool,
 }
 
 impl Shared {
@@ -108,15 +122,14 @@ struct Live {
     throttled: AtomicU64,
     errors: AtomicU64,
     consumed: AtomicU64,
-    /// The slowest acknowledgement since the last progress line (µs), so a stall shows in
-    /// the second it happened.
-    ack_us_max: AtomicU64,
 }
 
 /// A producer's figures for the measured window (errors: the whole run).
 #[derive(Default)]
 struct ProducerStats {
     ack: Latency,
+    /// Ack latency since the last progress line (warm-up included), with progress on.
+    ack_1s: Latency,
     acked: u64,
     bytes: u64,
     throttled: u64,
@@ -137,6 +150,8 @@ impl ProducerStats {
 #[derive(Default)]
 struct ConsumerStats {
     e2e: Latency,
+    /// End-to-end latency since the last progress line, with progress on.
+    e2e_1s: Latency,
     records: u64,
     bytes: u64,
     errors: u64,
@@ -354,6 +369,7 @@ async fn run_on_stream(
         run_id,
         keys: keys.clone(),
         live: Live::default(),
+        progress: cfg.progress,
     });
     let consumer_stats: Vec<Arc<Mutex<ConsumerStats>>> = (0..cfg.consumers)
         .map(|_| Arc::new(Mutex::new(ConsumerStats::default())))
@@ -881,14 +897,16 @@ fn settle(
                 .acked_bytes
                 .fetch_add(u64::from(meta.bytes), Ordering::Relaxed);
             let latency_ns = now_ns.saturating_sub(meta.origin_ns);
-            sh.live
-                .ack_us_max
-                .fetch_max(latency_ns / 1000, Ordering::Relaxed);
-            if in_window {
+            if in_window || sh.progress {
                 let mut s = stats.lock().expect("stats lock");
-                s.ack.record_ns(latency_ns);
-                s.acked += 1;
-                s.bytes += u64::from(meta.bytes);
+                if sh.progress {
+                    s.ack_1s.record_ns(latency_ns);
+                }
+                if in_window {
+                    s.ack.record_ns(latency_ns);
+                    s.acked += 1;
+                    s.bytes += u64::from(meta.bytes);
+                }
             }
         }
         Err(e) if e.code() == Some(ErrorCode::Throttled) => {
@@ -947,8 +965,12 @@ async fn follow(
                         continue;
                     }
                     n += 1;
+                    let latency_ns = now_ns.saturating_sub(h.origin_ns);
+                    if sh.progress {
+                        s.e2e_1s.record_ns(latency_ns);
+                    }
                     if sh.in_window(h.origin_ns) {
-                        s.e2e.record_ns(now_ns.saturating_sub(h.origin_ns));
+                        s.e2e.record_ns(latency_ns);
                         s.records += 1;
                         s.bytes += (r.key.len() + r.data.len()) as u64;
                     }
@@ -997,7 +1019,19 @@ async fn read_back(
             .map_err(|e| fail(shard, &e))?;
         let mut empty_in_a_row = 0;
         while reader.next_seq().is_none_or(|n| n <= last) {
-            let Some(records) = reader.next().await.map_err(|e| fail(shard, &e))? else {
+            // The read limit (with Kinesis limits) is waited out, however few retries the
+            // run's client is allowed.
+            let records = match reader.next().await {
+                Err(e) if e.code() == Some(spate_client::ErrorCode::ReadThrottled) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(
+                        e.retry_after_ms().max(50),
+                    )))
+                    .await;
+                    continue;
+                }
+                r => r.map_err(|e| fail(shard, &e))?,
+            };
+            let Some(records) = records else {
                 break;
             };
             if records.records.is_empty() {
@@ -1028,7 +1062,7 @@ async fn read_back(
     Ok(verifier.finish())
 }
 
-/// Prints one line a second on stderr until `done`.
+/// Prints one line a second on stderr until `done` (see the module docs for its columns).
 async fn progress(
     sh: Arc<Shared>,
     producers: Vec<Arc<Mutex<ProducerStats>>>,
@@ -1039,74 +1073,123 @@ async fn progress(
         (sh.t0 + Duration::from_secs(1)).into(),
         Duration::from_secs(1),
     );
-    let (mut sent0, mut acked0, mut bytes0, mut consumed0) = (0, 0, 0, 0);
-    let (mut throttled0, mut errors0) = (0u64, 0u64);
+    let mut last = Totals::default();
     let mut cpu0 = CpuTimes::of_self();
     let mut at0 = Instant::now();
     while !done.load(Ordering::Relaxed) {
         tick.tick().await;
         let l = &sh.live;
-        let (sent, acked, bytes, consumed) = (
-            l.sent.load(Ordering::Relaxed),
-            l.acked.load(Ordering::Relaxed),
-            l.acked_bytes.load(Ordering::Relaxed),
-            l.consumed.load(Ordering::Relaxed),
-        );
+        let now = Totals {
+            sent: l.sent.load(Ordering::Relaxed),
+            acked: l.acked.load(Ordering::Relaxed),
+            acked_bytes: l.acked_bytes.load(Ordering::Relaxed),
+            throttled: l.throttled.load(Ordering::Relaxed),
+            errors: l.errors.load(Ordering::Relaxed),
+            consumed: l.consumed.load(Ordering::Relaxed),
+        };
         let (cpu, at) = (CpuTimes::of_self(), Instant::now());
         let dt = at.duration_since(at0).as_secs_f64().max(1e-9);
+        // This second's latencies: merge every task's and start the next second afresh.
         let mut ack = Latency::default();
         for p in &producers {
-            ack.add(&p.lock().expect("stats lock").ack);
+            let mut s = p.lock().expect("stats lock");
+            ack.add(&s.ack_1s);
+            s.ack_1s.reset();
         }
-        let ack_max = l.ack_us_max.swap(0, Ordering::Relaxed);
-        let mut line = format!(
-            // Everything on the line is about the last second, except the p99 so far (the
-            // figure the summary reports), which says so.
-            "[{:>5.1}s{}] sent {:>9.0}/s  acked {:>9.0}/s {:>8.1} MiB/s  ack max {}, p99 so far {}",
-            sh.t0.elapsed().as_secs_f64(),
-            if sh.now_ns() < sh.warmup_ns {
-                " warm-up"
-            } else {
-                ""
-            },
-            (sent - sent0) as f64 / dt,
-            (acked - acked0) as f64 / dt,
-            (bytes - bytes0) as f64 / MIB / dt,
-            fmt_us(1, ack_max),
-            fmt_us(ack.count(), ack.at(99.0)),
-        );
-        if !consumers.is_empty() {
+        let e2e = (!consumers.is_empty()).then(|| {
             let mut e2e = Latency::default();
             for c in &consumers {
-                e2e.add(&c.lock().expect("stats lock").e2e);
+                let mut s = c.lock().expect("stats lock");
+                e2e.add(&s.e2e_1s);
+                s.e2e_1s.reset();
             }
-            line += &format!(
-                "  consumed {:>9.0}/s  e2e p99 so far {}",
-                (consumed - consumed0) as f64 / dt,
-                fmt_us(e2e.count(), e2e.at(99.0))
-            );
-        }
-        let (throttled, errors) = (
-            l.throttled.load(Ordering::Relaxed),
-            l.errors.load(Ordering::Relaxed),
-        );
-        line += &format!(
-            "  throttled {:.0}/s  errors {:.0}/s  loadgen CPU {:.2} cores",
-            (throttled - throttled0) as f64 / dt,
-            (errors - errors0) as f64 / dt,
-            cpu.since(&cpu0).total_s() / dt
-        );
+            e2e
+        });
+        let line = progress_line(&ProgressSecond {
+            elapsed_s: sh.t0.elapsed().as_secs_f64(),
+            warmup: sh.now_ns() < sh.warmup_ns,
+            dt_s: dt,
+            before: last,
+            now,
+            ack: &ack,
+            e2e: e2e.as_ref(),
+            loadgen_cores: cpu.since(&cpu0).total_s() / dt,
+        });
         eprintln!("{line}");
-        (sent0, acked0, bytes0, consumed0, cpu0, at0) = (sent, acked, bytes, consumed, cpu, at);
-        (throttled0, errors0) = (throttled, errors);
+        (last, cpu0, at0) = (now, cpu, at);
     }
 }
 
-fn fmt_us(count: u64, us: u64) -> String {
-    match count {
-        0 => "-".into(),
-        _ => crate::report::fmt_latency_us(us),
+/// The live counters at one progress line (the whole run so far).
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    sent: u64,
+    acked: u64,
+    acked_bytes: u64,
+    throttled: u64,
+    errors: u64,
+    consumed: u64,
+}
+
+/// What one progress line shows.
+struct ProgressSecond<'a> {
+    elapsed_s: f64,
+    warmup: bool,
+    /// Seconds since the previous line.
+    dt_s: f64,
+    before: Totals,
+    now: Totals,
+    /// Latencies since the previous line.
+    ack: &'a Latency,
+    e2e: Option<&'a Latency>,
+    loadgen_cores: f64,
+}
+
+/// One progress line: last-second rates and latencies (ms), then totals, then CPU.
+fn progress_line(p: &ProgressSecond<'_>) -> String {
+    let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / p.dt_s;
+    let (b, n) = (&p.before, &p.now);
+    let mut line = format!(
+        "[{:>6.1}s{}] sent/s {:>7.0}  acked/s {:>7.0}  acked MiB/s {:>6.1}  ack p99 (1s) {:>10}  ack max (1s) {:>10}",
+        p.elapsed_s,
+        if p.warmup { " warm-up" } else { "" },
+        rate(n.sent, b.sent),
+        rate(n.acked, b.acked),
+        rate(n.acked_bytes, b.acked_bytes) / MIB,
+        ms_or_dash(p.ack, 99.0),
+        ms_or_dash(p.ack, 100.0),
+    );
+    if let Some(e2e) = p.e2e {
+        line += &format!(
+            "  consumed/s {:>7.0}  e2e p99 (1s) {:>10}  e2e max (1s) {:>10}",
+            rate(n.consumed, b.consumed),
+            ms_or_dash(e2e, 99.0),
+            ms_or_dash(e2e, 100.0),
+        );
     }
+    line += &format!(
+        "  throttled/s {:>5.0}  errors/s {:>3.0}  total acked {:>8}  total throttled {:>6}  total errors {:>3}  loadgen cpu {:.2} cores",
+        rate(n.throttled, b.throttled),
+        rate(n.errors, b.errors),
+        n.acked,
+        n.throttled,
+        n.errors,
+        p.loadgen_cores,
+    );
+    line
+}
+
+/// A latency percentile (100: the maximum) as `1.234 ms`, or `-` when nothing was recorded.
+fn ms_or_dash(h: &Latency, percentile: f64) -> String {
+    if h.count() == 0 {
+        return "-".into();
+    }
+    let us = if percentile >= 100.0 {
+        h.max()
+    } else {
+        h.at(percentile)
+    };
+    format!("{} ms", crate::report::fmt_ms(us))
 }
 
 #[cfg(test)]
@@ -1131,5 +1214,73 @@ mod over_limits_tests {
             None,
             "closed loop"
         );
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_line_labels_every_figure() {
+        let mut ack = Latency::default();
+        for us in 1..=1000u64 {
+            ack.record_ns(us * 1000);
+        }
+        let totals = |n: u64| Totals {
+            sent: 1000 * n,
+            acked: 1000 * n,
+            acked_bytes: (1 << 20) * n,
+            throttled: 10 * n,
+            errors: 0,
+            consumed: 2000 * n,
+        };
+        let second = ProgressSecond {
+            elapsed_s: 3.0,
+            warmup: false,
+            dt_s: 1.0,
+            before: totals(2),
+            now: totals(3),
+            ack: &ack,
+            e2e: None,
+            loadgen_cores: 0.5,
+        };
+        let line = progress_line(&second);
+        for want in [
+            "[   3.0s] ",
+            "sent/s    1000",
+            "acked/s    1000",
+            "acked MiB/s    1.0",
+            // HdrHistogram rounds to 3 significant digits: 990 µs and 1000 µs.
+            "ack p99 (1s)   0.990 ms",
+            "ack max (1s)   1.000 ms",
+            "throttled/s    10",
+            "errors/s   0",
+            "total acked     3000",
+            "total throttled     30",
+            "total errors   0",
+            "loadgen cpu 0.50 cores",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
+        assert!(!line.contains("consumed") && !line.contains('µ'), "{line}");
+
+        // With consumers, and a second without acknowledgements.
+        let empty = Latency::default();
+        let line = progress_line(&ProgressSecond {
+            warmup: true,
+            ack: &empty,
+            e2e: Some(&ack),
+            ..second
+        });
+        for want in [
+            "s warm-up] ",
+            "ack p99 (1s)          -",
+            "consumed/s    2000",
+            "e2e p99 (1s)   0.990 ms",
+            "e2e max (1s)   1.000 ms",
+        ] {
+            assert!(line.contains(want), "{want:?} not in {line:?}");
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! Latencies are recorded in microseconds into HdrHistograms (3 significant digits, 1 µs
 //! to 1 hour), so percentiles up to p99.99 and the maximum are exact to 0.1 %. Each
 //! producer's collector and each consumer owns its histograms behind a mutex that only it
-//! and the once-a-second progress printer take; they are merged at the end.
+//! and the once-a-second progress printer take; they are merged at the end. With progress
+//! lines on, each also keeps a second histogram of the last second only, which the progress
+//! printer merges and resets every second.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -39,6 +41,20 @@ impl Latency {
         self.0.len()
     }
 
+    /// The highest value recorded in µs; 0 when empty.
+    pub fn max(&self) -> u64 {
+        if self.0.is_empty() {
+            0
+        } else {
+            self.0.max()
+        }
+    }
+
+    /// Forgets every value (keeps the allocation): for the per-second progress histograms.
+    pub fn reset(&mut self) {
+        self.0.reset();
+    }
+
     /// The value at `percentile` (0..=100) in µs; 0 when empty.
     pub fn at(&self, percentile: f64) -> u64 {
         if self.0.is_empty() {
@@ -55,7 +71,7 @@ impl Latency {
             p99: self.at(99.0),
             p999: self.at(99.9),
             p9999: self.at(99.99),
-            max: if self.0.is_empty() { 0 } else { self.0.max() },
+            max: self.max(),
             mean: if self.0.is_empty() {
                 0.0
             } else {
@@ -308,6 +324,8 @@ mod tests {
         let mut g = Latency::default();
         g.add(&h);
         assert_eq!(g.count(), 3);
+        g.reset();
+        assert_eq!(g.summary(), Percentiles::default());
     }
 
     #[test]

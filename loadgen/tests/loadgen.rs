@@ -1,5 +1,7 @@
 //! The load generator against a real server in-process (port 0, temp dir, small files):
-//! a short open-loop run with consumers and --verify, and a throttled run.
+//! a short open-loop run with consumers and --verify, and a throttled run; and the
+//! `spate-loadgen` binary itself against the same kind of server (its stdout table,
+//! `--json` and `--plot` files).
 
 use spate_engine::config::EngineConfig;
 use spate_engine::server::Server;
@@ -195,4 +197,136 @@ fn every_bench_scenario_runs_tiny() {
         &out.path().join("fan-out.svg"),
     )
     .unwrap();
+}
+
+#[test]
+fn the_binary_prints_a_table_and_writes_json_and_plot() {
+    let env = Env::new();
+    let out = tempfile::tempdir().unwrap();
+    let (json, svg, svg_from_json) = (
+        out.path().join("run.json"),
+        out.path().join("run.svg"),
+        out.path().join("from-json.svg"),
+    );
+    let addr = env.server.as_ref().unwrap().local_addr().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args([
+            "--server",
+            &addr,
+            "--stream",
+            "lg-cli",
+            "--create-shards",
+            "2",
+            "--limits",
+            "off",
+            "--delete-after",
+            "--rate",
+            "1000",
+            "--size",
+            "100",
+            "--keys",
+            "20",
+            "--duration",
+            "0.5",
+            "--consumers",
+            "1",
+            "--read-wait-ms",
+            "200",
+            "--spin-us",
+            "0",
+            "--verify",
+            "--quiet",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&svg)
+        .output()
+        .expect("spate-loadgen runs");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    // The summary table is on stdout, nothing of it on stderr (-q: no progress either).
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("stream lg-cli: 2 shards, 0.5 s measured, open loop at 1000"),
+        "{stdout}"
+    );
+    for start in [
+        "records ",
+        "  count ",
+        "  per second ",
+        "  MiB/s ",
+        "latency (ms) ",
+        "  ack ",
+        "  end-to-end ",
+        "verify ",
+        "  passed ",
+        "cpu (cores) ",
+        "  used ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(start)),
+            "no line starts with {start:?} in\n{stdout}"
+        );
+    }
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("latency (ms)"))
+        .unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["latency", "(ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max"]
+    );
+    let ack = lines.iter().find(|l| l.starts_with("  ack ")).unwrap();
+    let ms: Vec<f64> = ack
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{v:?} in {ack:?}")))
+        .collect();
+    assert_eq!(ms.len(), 6, "{ack}");
+    assert!(ms.windows(2).all(|w| w[0] <= w[1]), "{ack}");
+    assert!(
+        !stdout.contains('µ') && !stderr.contains("latency (ms)"),
+        "{stderr}"
+    );
+
+    // The JSON report is written as before, and agrees with the table.
+    let report: spate_loadgen::Report =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report.failure(), None);
+    let count = lines.iter().find(|l| l.starts_with("  count ")).unwrap();
+    assert_eq!(
+        count.split_whitespace().nth(2),
+        Some(report.records_acked.to_string().as_str()),
+        "{stdout}"
+    );
+    assert_eq!(
+        ms[2],
+        report.ack_latency_us.p99 as f64 / 1000.0,
+        "p99 in ms: {ack}"
+    );
+
+    // --plot drew the SVG the plot subcommand draws from the JSON.
+    let drawn = std::fs::read_to_string(&svg).expect("--plot wrote the SVG");
+    assert!(drawn.starts_with("<svg") && drawn.ends_with("</svg>\n"));
+    assert_eq!(drawn.matches("<polyline").count(), 2, "ack and end-to-end");
+    assert!(
+        drawn.contains(
+            ">lg-cli: 2 shards, 1 producer, 1000 records/s, 100 B, 0.5 s, 1 consumer group</text>"
+        ),
+        "{drawn}"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .arg("plot")
+        .arg(&json)
+        .arg(&svg_from_json)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&svg_from_json).unwrap(), drawn);
 }

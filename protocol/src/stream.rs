@@ -8,17 +8,19 @@
 //!
 //! CreateStream       req:  name str, shard_count u32, retention_hours u32, limits,
 //!                          max_record_data_bytes opt<u32>
-//!                    resp: stream_id u64
+//!                    resp: stream_id u64, status u8 (as below)
 //! DeleteStream       req:  name str                       resp: (empty)
 //! ListStreams        req:  exclusive_start_name opt<str>, limit u32
 //!                    resp: has_more bool, count varint, count × name str
 //! DescribeStream     req:  name str
 //!                    resp: name str, stream_id u64, status u8 (0 creating, 1 active,
 //!                          2 updating, 3 deleting), retention_hours u32, limits,
-//!                          max_record_data_bytes u32, count varint, count × shard
+//!                          max_record_data_bytes u32, created_ms i64, count varint,
+//!                          count × shard
 //! shard:             id u32, state u8 (0 open, 1 closed, 2 damaged), hash_key_start u128,
 //!                    hash_key_end u128, parent opt<u32>, adjacent_parent opt<u32>, core u16,
-//!                    first_seq opt<u64>, last_seq opt<u64>
+//!                    first_seq opt<u64>, last_seq opt<u64>, records u64, bytes u64,
+//!                    disk_bytes u64
 //! Increase/DecreaseRetention  req: name str, retention_hours u32    resp: (empty)
 //! ```
 //! `str` is a varint length and UTF-8; `opt<T>` is a presence byte (0 or 1) and `T`.
@@ -26,7 +28,7 @@
 use crate::batch::MAX_RECORD_DATA_BYTES_CEILING;
 use crate::message::Payload;
 use crate::wire::{
-    put_bool, put_count, put_option, put_str, put_u128, put_u16, put_u32, put_u64, put_u8,
+    put_bool, put_count, put_i64, put_option, put_str, put_u128, put_u16, put_u32, put_u64, put_u8,
     DecodeError, Reader,
 };
 
@@ -216,6 +218,9 @@ pub struct CreateStreamRequest<'a> {
 pub struct CreateStreamResponse {
     /// The new stream's incarnation id (a re-created stream gets a new one).
     pub stream_id: u64,
+    /// `Active`, or `Creating` when the server answered before every shard was made (a big
+    /// stream); describe shows when it is active.
+    pub status: StreamStatus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +310,12 @@ pub struct ShardDescription {
     /// First and last retained sequence numbers; `None` while the shard holds no record.
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Records retained (durable, not yet past retention).
+    pub records: u64,
+    /// Bytes those records take in the shard's extents (batch framing included).
+    pub bytes: u64,
+    /// Disk the shard's extents hold (allocated, used or not).
+    pub disk_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -315,6 +326,8 @@ pub struct StreamDescription<'a> {
     pub retention_hours: u32,
     pub limits: Limits,
     pub max_record_data_bytes: u32,
+    /// When the stream was created (ms since the epoch).
+    pub created_ms: i64,
     pub shards: Vec<ShardDescription>,
 }
 
@@ -356,11 +369,13 @@ impl<'a> Payload<'a> for CreateStreamRequest<'a> {
 impl<'a> Payload<'a> for CreateStreamResponse {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_u64(out, self.stream_id);
+        put_u8(out, self.status as u8);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         Ok(CreateStreamResponse {
             stream_id: r.u64("stream_id")?,
+            status: get_stream_status(r)?,
         })
     }
 }
@@ -458,7 +473,22 @@ impl<'a> Payload<'a> for ListStreamsResponse<'a> {
 
 /// Smallest encoded shard: id, state, two hash keys, two absent parents, core, two absent
 /// sequence numbers.
-const MIN_SHARD_BYTES: usize = 4 + 1 + 16 + 16 + 1 + 1 + 2 + 1 + 1;
+const MIN_SHARD_BYTES: usize = 4 + 1 + 16 + 16 + 1 + 1 + 2 + 1 + 1 + 3 * 8;
+
+fn get_stream_status(r: &mut Reader<'_>) -> Result<StreamStatus, DecodeError> {
+    Ok(match r.u8("stream status")? {
+        0 => StreamStatus::Creating,
+        1 => StreamStatus::Active,
+        2 => StreamStatus::Updating,
+        3 => StreamStatus::Deleting,
+        _ => {
+            return Err(DecodeError::Malformed {
+                field: "stream status",
+                reason: "unknown",
+            })
+        }
+    })
+}
 
 impl ShardDescription {
     fn encode(&self, out: &mut Vec<u8>) {
@@ -471,6 +501,9 @@ impl ShardDescription {
         put_u16(out, self.core);
         put_option(out, self.first_seq, put_u64);
         put_option(out, self.last_seq, put_u64);
+        put_u64(out, self.records);
+        put_u64(out, self.bytes);
+        put_u64(out, self.disk_bytes);
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<ShardDescription, DecodeError> {
@@ -504,6 +537,9 @@ impl ShardDescription {
             core: r.u16("core")?,
             first_seq: r.option("first_seq", Reader::u64)?,
             last_seq: r.option("last_seq", Reader::u64)?,
+            records: r.u64("records")?,
+            bytes: r.u64("bytes")?,
+            disk_bytes: r.u64("disk_bytes")?,
         })
     }
 
@@ -530,6 +566,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         put_u32(out, self.retention_hours);
         self.limits.encode(out);
         put_u32(out, self.max_record_data_bytes);
+        put_i64(out, self.created_ms);
         put_count(out, self.shards.len());
         for shard in &self.shards {
             shard.encode(out);
@@ -539,21 +576,11 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let name = get_stream_name(r)?;
         let stream_id = r.u64("stream_id")?;
-        let status = match r.u8("stream status")? {
-            0 => StreamStatus::Creating,
-            1 => StreamStatus::Active,
-            2 => StreamStatus::Updating,
-            3 => StreamStatus::Deleting,
-            _ => {
-                return Err(DecodeError::Malformed {
-                    field: "stream status",
-                    reason: "unknown",
-                })
-            }
-        };
+        let status = get_stream_status(r)?;
         let retention_hours = get_retention_hours(r)?;
         let limits = Limits::decode(r)?;
         let max_record_data_bytes = get_max_record_data_bytes(r, "max_record_data_bytes")?;
+        let created_ms = r.i64("created_ms")?;
         let count = r.count(MAX_SHARDS_DESCRIBED, MIN_SHARD_BYTES, "shards")?;
         let mut shards = Vec::new();
         for _ in 0..count {
@@ -566,6 +593,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             retention_hours,
             limits,
             max_record_data_bytes,
+            created_ms,
             shards,
         })
     }
@@ -599,6 +627,9 @@ mod tests {
             core: (id % 2) as u16,
             first_seq: None,
             last_seq: None,
+            records: 0,
+            bytes: 0,
+            disk_bytes: 0,
         }
     }
 
@@ -613,6 +644,9 @@ mod tests {
         child.adjacent_parent = Some(8);
         child.first_seq = Some(42);
         child.last_seq = Some(u64::MAX);
+        child.records = u64::MAX;
+        child.bytes = 1 << 40;
+        child.disk_bytes = u64::MAX;
         StreamDescription {
             name: "orders.v2",
             stream_id: 77,
@@ -620,6 +654,7 @@ mod tests {
             retention_hours: 24,
             limits: custom(),
             max_record_data_bytes: 1 << 20,
+            created_ms: -1,
             shards: vec![closed, shard(0, 2), child],
         }
     }
@@ -661,9 +696,12 @@ mod tests {
 
     #[test]
     fn responses_round_trip_and_truncate_cleanly() {
-        check_response(&Response::CreateStream(CreateStreamResponse {
-            stream_id: u64::MAX,
-        }));
+        for status in [StreamStatus::Active, StreamStatus::Creating] {
+            check_response(&Response::CreateStream(CreateStreamResponse {
+                stream_id: u64::MAX,
+                status,
+            }));
+        }
         check_response(&Response::IncreaseRetention);
         check_response(&Response::DecreaseRetention);
         check_response(&Response::ListStreams(ListStreamsResponse {
@@ -694,6 +732,21 @@ mod tests {
             24, 0, 0, 0,    // retention_hours
             1,              // limits: Off
             0,              // max_record_data_bytes: absent
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn golden_create_stream_response() {
+        let out = check_response(&Response::CreateStream(CreateStreamResponse {
+            stream_id: 9,
+            status: StreamStatus::Creating,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            25, 0, 0, 0,  1,  1,  10, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            9, 0, 0, 0, 0, 0, 0, 0, // stream_id
+            0,                      // status: CREATING
         ];
         assert_eq!(out, expected);
     }
@@ -821,9 +874,18 @@ mod tests {
             any::<(Option<u32>, Option<u32>)>(),
             any::<u16>(),
             any::<(Option<u64>, Option<u64>)>(),
+            any::<(u64, u64, u64)>(),
         )
             .prop_map(
-                |(id, state, (a, b), (parent, adjacent_parent), core, (first_seq, last_seq))| {
+                |(
+                    id,
+                    state,
+                    (a, b),
+                    (parent, adjacent_parent),
+                    core,
+                    (first_seq, last_seq),
+                    (records, bytes, disk_bytes),
+                )| {
                     ShardDescription {
                         id,
                         state: match state {
@@ -838,6 +900,9 @@ mod tests {
                         core,
                         first_seq,
                         last_seq,
+                        records,
+                        bytes,
+                        disk_bytes,
                     }
                 },
             )
@@ -865,6 +930,7 @@ mod tests {
             retention_hours in MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS,
             limits in arb_limits(),
             max_record_data_bytes in 1..=MAX_RECORD_DATA_BYTES_CEILING as u32,
+            created_ms: i64,
             shards in proptest::collection::vec(arb_shard(), 0..8),
         ) {
             let status = [
@@ -874,7 +940,7 @@ mod tests {
                 StreamStatus::Deleting,
             ][status as usize];
             check_response(&Response::DescribeStream(StreamDescription {
-                name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, shards,
+                name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
             }));
         }
 

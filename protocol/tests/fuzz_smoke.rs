@@ -168,6 +168,9 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         core: 1,
         first_seq: Some(0),
         last_seq: Some(10),
+        records: 11,
+        bytes: 4096,
+        disk_bytes: 1 << 24,
     };
     let responses = [
         Response::Hello(HelloResponse {
@@ -184,7 +187,10 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                 },
             ],
         }),
-        Response::CreateStream(CreateStreamResponse { stream_id: 7 }),
+        Response::CreateStream(CreateStreamResponse {
+            stream_id: 7,
+            status: spate_protocol::StreamStatus::Active,
+        }),
         Response::DeleteStream,
         Response::ListStreams(ListStreamsResponse {
             names: vec!["a", "b"],
@@ -197,6 +203,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             retention_hours: 24,
             limits: Limits::Kinesis,
             max_record_data_bytes: 1 << 20,
+            created_ms: 1_764_000_000_000,
             shards: vec![
                 shard,
                 ShardDescription {

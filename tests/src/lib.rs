@@ -12,6 +12,8 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
     EngineConfig {
         segment_age_max_ms: 1000,
         retention_check_interval_ms: 3_600_000,
+        // Wire-level tests put right after a create: it answers once the stream is ACTIVE.
+        create_answer_ms: 3_600_000,
         ..EngineConfig::small(data_dir)
     }
 }

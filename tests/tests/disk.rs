@@ -83,7 +83,7 @@ fn a_full_file_system_answers_storage_full_and_writes_resume_when_space_returns(
     std::fs::write(&filler, vec![7u8; 120 << 20]).unwrap();
     // A process of its own, so that a restart closes its files as in production.
     let bin = env!("CARGO_BIN_EXE_test_server");
-    let s = ChildServer::start(bin, &data, "cores = [0]", true);
+    let s = ChildServer::start(bin, &data, "cores = [0]\ncreate_answer_ms = 3600000", true);
     let mut c = WireClient::connect(s.addr);
     let r = c.call(&Request::CreateStream(CreateStreamRequest {
         name: "s",
@@ -324,7 +324,12 @@ fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_test_server");
     // The embedded default configuration, two cores.
-    let s = ChildServer::start(bin, dir.path(), "cores = [0, 0]", true);
+    let s = ChildServer::start(
+        bin,
+        dir.path(),
+        "cores = [0, 0]\ncreate_answer_ms = 3600000",
+        true,
+    );
     let empty = disk_usage(dir.path());
     assert!(
         empty <= 64 << 20,

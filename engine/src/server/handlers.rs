@@ -186,14 +186,23 @@ async fn create_stream<S: Storage + 'static>(
     let op = ControlOp::CreateStream {
         name: r.name.to_owned(),
         opts,
+        answer_within: Some(std::time::Duration::from_millis(core.cfg.create_answer_ms)),
     };
     let entry = control_op(core, op)
         .await
         .map_err(fail)?
         .pop()
         .expect("created");
+    // Core 0 told every core (this one too) when the stream became ACTIVE.
+    let status = core
+        .statuses
+        .borrow()
+        .get(r.name)
+        .copied()
+        .unwrap_or(StreamStatus::Active);
     Ok(Response::CreateStream(CreateStreamResponse {
         stream_id: entry.stream_id,
+        status,
     }))
 }
 
@@ -272,9 +281,15 @@ async fn describe_stream<S: Storage + 'static>(
             shard_id: sh.shard_id,
         };
         let owner = sh.core as usize % core.peers.len();
-        let stats = call_read(&core.peers[owner], |reply| CoreMsg::Stats { ident, reply })
-            .await
-            .map_err(fail)?;
+        let stats =
+            match call_read(&core.peers[owner], |reply| CoreMsg::Stats { ident, reply }).await {
+                Ok(stats) => stats,
+                // A shard of a stream still being created may not be open yet: it is empty.
+                Err(EngineError::UnknownShard { .. }) if status == StreamStatus::Creating => {
+                    crate::runtime::ShardStats::default()
+                }
+                Err(e) => return Err(fail(e)),
+            };
         let (start, end) = sh.hash_range();
         let has_data = stats.next_seq > stats.first_seq;
         shards.push(ShardDescription {
@@ -291,6 +306,9 @@ async fn describe_stream<S: Storage + 'static>(
             core: owner as u16,
             first_seq: has_data.then_some(stats.first_seq),
             last_seq: has_data.then(|| stats.next_seq - 1),
+            records: stats.next_seq - stats.first_seq,
+            bytes: stats.bytes,
+            disk_bytes: stats.disk_bytes,
         });
     }
     let d = StreamDescription {
@@ -300,6 +318,7 @@ async fn describe_stream<S: Storage + 'static>(
         retention_hours: entry.retention_hours,
         limits: entry.limits,
         max_record_data_bytes: entry.max_record_data_bytes,
+        created_ms: entry.created_ms,
         shards,
     };
     encode_response(out, cid, &Response::DescribeStream(d));

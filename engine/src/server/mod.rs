@@ -25,7 +25,7 @@ mod transport;
 
 pub use handlers::error_code;
 pub use transport::NetStats;
-pub(crate) use transport::{drain_requests, listen, NetState};
+pub(crate) use transport::{close_connections, drain_requests, listen, stop_accepting, NetState};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

@@ -43,6 +43,10 @@ use crate::runtime::Core;
 
 /// How long a shutdown waits for in-flight requests before flushing anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a shutdown waits, after closing its side of every connection, for the clients
+/// to close theirs (closing first with their bytes unread would reset the connection and
+/// could destroy answers they have not read yet).
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// The read buffer's size between frames, and its smallest growth step.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// A frame's buffer grows to this at once (or to the frame, if smaller), then doubles with
@@ -56,7 +60,8 @@ const MIN_RESPONSE_ROOM: usize = 1 << 20;
 #[derive(Default)]
 pub(crate) struct NetState {
     pub(crate) topology: RefCell<Vec<String>>,
-    listeners: RefCell<Vec<Rc<TcpListener>>>,
+    /// With their descriptors (glommio's listener does not lend its own).
+    listeners: RefCell<Vec<(Rc<TcpListener>, std::os::fd::RawFd)>>,
     connections: Cell<usize>,
     /// Requests accepted and not yet answered on the socket (or dropped with it).
     inflight: Cell<usize>,
@@ -70,6 +75,11 @@ pub(crate) struct NetState {
     /// Every open connection, for the timeout sweep (dead entries are dropped by it).
     watched: RefCell<Vec<std::rc::Weak<ConnState>>>,
     sweeping: Cell<bool>,
+    /// Set at the end of a shutdown: every writer closes its side once it has written
+    /// everything answered so far.
+    closing: Cell<bool>,
+    /// Woken when `closing` is set.
+    close: Notify,
 }
 
 /// A snapshot of one core's network accounting.
@@ -146,15 +156,27 @@ pub(crate) fn listen<S: Storage + 'static>(
             .map_err(|e| EngineError::Startup(format!("listener address: {e}")))
     };
     let addrs = (
-        public_listener.as_ref().map(local).transpose()?,
-        local(&own_listener)?,
+        public_listener.as_ref().map(|l| local(&l.0)).transpose()?,
+        local(&own_listener.0)?,
     );
-    for l in public_listener.into_iter().chain([own_listener]) {
+    for (l, fd) in public_listener.into_iter().chain([own_listener]) {
         let l = Rc::new(l);
-        core.net.listeners.borrow_mut().push(l.clone());
+        core.net.listeners.borrow_mut().push((l.clone(), fd));
         glommio::spawn_local(accept_loop(core.clone(), l)).detach();
     }
     Ok(addrs)
+}
+
+/// The start of a shutdown: the listeners stop taking connections, so that a client
+/// connecting from now on is refused (and knows nothing was sent) instead of being
+/// accepted by a server about to exit.
+pub(crate) fn stop_accepting<S: Storage + 'static>(core: &Core<S>) {
+    for (_, fd) in core.net.listeners.borrow().iter() {
+        // SAFETY: the descriptor belongs to a listener in the list, which keeps it open.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        // Wakes the accept loop with an error; it sees `stopping` and ends, closing it.
+        let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Waits (bounded) until every request a core accepted, and every message it took from
@@ -187,9 +209,40 @@ pub(crate) async fn drain_requests<S: Storage + 'static>(core: &Core<S>) {
     net.listeners.borrow_mut().clear();
 }
 
+/// The end of a shutdown, once every request was answered and the stores are flushed: each
+/// connection writes what it has left (ShuttingDown answers to requests that came late),
+/// then closes its side, so a client reads every answer and then the end of the stream,
+/// never a reset. Waits (bounded) for the clients to close theirs.
+pub(crate) async fn close_connections<S: Storage + 'static>(core: &Core<S>) {
+    let net = &core.net;
+    net.closing.set(true);
+    net.close.notify_all();
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while net.connections.get() > 0 {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::debug!(
+                core = core.index,
+                connections = net.connections.get(),
+                "clients did not close their connections"
+            );
+            return;
+        }
+        let idle = net.idle.wait();
+        let timeout = glommio::timer::sleep(deadline - now);
+        futures_lite::future::or(idle, async {
+            timeout.await;
+        })
+        .await;
+    }
+}
+
 /// A listening socket, with SO_REUSEPORT only when asked (glommio's own `bind` always sets
 /// it, which is wrong for ephemeral ports).
-fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, EngineError> {
+fn bind_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> Result<(TcpListener, std::os::fd::RawFd), EngineError> {
     use socket2::{Domain, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
     let fail = |e: io::Error| EngineError::Startup(format!("cannot listen on {addr}: {e}"));
@@ -199,7 +252,8 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> Result<TcpListener, Engi
     socket.bind(&addr.into()).map_err(fail)?;
     socket.listen(1024).map_err(fail)?;
     // SAFETY: the descriptor is a bound, listening TCP socket we own and hand over.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    let fd = socket.into_raw_fd();
+    Ok((unsafe { TcpListener::from_raw_fd(fd) }, fd))
 }
 
 async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpListener>) {
@@ -254,6 +308,7 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
         glommio::spawn_local(async move {
             Connection::serve(c.clone(), stream).await;
             c.net.connections.set(c.net.connections.get() - 1);
+            c.net.idle.notify_all();
         })
         .detach();
     }
@@ -277,6 +332,15 @@ async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {
     // A peer that does not take even this answer does not hold the accept loop.
     let give_up = glommio::timer::sleep(Duration::from_millis(100));
     futures_lite::future::or(write, give_up).await;
+    // Close this side, then wait (briefly) for the peer's end: closing with its request
+    // unread would reset the connection, and the peer might never read the answer.
+    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let give_up = glommio::timer::sleep(Duration::from_millis(100));
+    futures_lite::future::or(drain, give_up).await;
     let _ = stream.close().await;
 }
 
@@ -639,10 +703,12 @@ impl<S: Storage + 'static> Connection<S> {
 
     async fn write_loop(self: Rc<Self>) {
         let mut sending = Vec::new();
+        // This side is closed (shutdown): what is answered after is not written.
+        let mut finished = false;
         loop {
             std::mem::swap(&mut sending, &mut *self.outbox.buf.borrow_mut());
             let answers = self.outbox.answers.replace(0);
-            if !sending.is_empty() && !self.state.gone.get() {
+            if !sending.is_empty() && !self.state.gone.get() && !finished {
                 if let Err(e) = self.write_all(&sending).await {
                     tracing::debug!(peer = ?self.state.peer, error = %e, "connection dropped");
                     self.state.drop_connection();
@@ -662,12 +728,37 @@ impl<S: Storage + 'static> Connection<S> {
             let idle = self.outbox.buf.borrow().is_empty() && self.outbox.answers.get() == 0;
             if idle {
                 if self.outbox.closed.get() && self.state.inflight.get() == 0 {
-                    if !self.state.gone.get() {
+                    if !self.state.gone.get() && !finished {
                         let _ = Half(self.state.socket.clone()).close().await;
                     }
                     return;
                 }
-                self.outbox.ready.wait().await;
+                let net = &self.core.net;
+                if net.closing.get() && !finished && self.state.inflight.get() == 0 {
+                    // Everything answered is written. A last frame says why the connection
+                    // ends (correlation id 0, ShuttingDown): whatever the client still
+                    // waits for was not applied (nothing is, once the shutdown began), so
+                    // it may send it again to the server once it is back. Then the end.
+                    finished = true;
+                    if !self.state.gone.get() {
+                        let mut goodbye = Vec::new();
+                        encode_error(
+                            &mut goodbye,
+                            0,
+                            0,
+                            &ErrorResponse {
+                                code: ErrorCode::ShuttingDown,
+                                retry_after_ms: 100,
+                                message: "the server is shutting down",
+                            },
+                        );
+                        let _ = self.write_all(&goodbye).await;
+                    }
+                    let socket = self.state.socket.borrow();
+                    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+                    continue;
+                }
+                futures_lite::future::or(self.outbox.ready.wait(), net.close.wait()).await;
             }
         }
     }

@@ -253,6 +253,8 @@ pub struct StoreStats {
     pub sync_us_max: u64,
     pub replayed_rounds: u64,
     pub replayed_bytes: u64,
+    /// Shards recovery cut at a round that never completed.
+    pub cut_shards: u64,
 }
 
 /// A shard's vital statistics.
@@ -263,6 +265,10 @@ pub struct ShardInfo {
     pub next_seq: u64,
     pub latest_ts_ms: i64,
     pub extents: usize,
+    /// Bytes of durable data in the shard's extents.
+    pub bytes: u64,
+    /// Disk the shard's extents hold.
+    pub disk_bytes: u64,
 }
 
 /// The round being filled: its journal payload (built as batches are staged) and the
@@ -548,6 +554,12 @@ impl<S: Storage> Store<S> {
             next_seq: log.durable_seq,
             latest_ts_ms: log.durable_last_ts_ms,
             extents: log.extents.len(),
+            bytes: log
+                .extents
+                .iter()
+                .map(|e| e.durable_end.saturating_sub(EXTENT_DATA_START))
+                .sum(),
+            disk_bytes: log.extents.iter().map(|e| e.size).sum(),
         })
     }
 

@@ -24,6 +24,13 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// A shard recovery had to cut: why, and what of it the replay left out after the cut.
+struct Cut {
+    why: String,
+    entries: u64,
+    bytes: u64,
+}
 use std::rc::Rc;
 
 use spate_protocol::batch::{self, BatchHeader};
@@ -289,7 +296,7 @@ impl<S: Storage> Store<S> {
         let mut expected = start.round;
         let mut end = start;
         let mut chain: BTreeSet<usize> = BTreeSet::new();
-        let mut broken: BTreeSet<ShardKey> = BTreeSet::new();
+        let mut broken: BTreeMap<ShardKey, Cut> = BTreeMap::new();
         let mut replayed_rounds = 0u64;
         let mut replayed_bytes = 0u64;
         while let Some((slot, header)) = cur {
@@ -339,8 +346,21 @@ impl<S: Storage> Store<S> {
             cur = find(&|h| h.first_round == expected && h.file_seq > prev_seq);
             pos = JOURNAL_DATA_START;
         }
-        if !broken.is_empty() {
-            tracing::warn!(store = self.cfg.index, shards = ?broken, "replay cut these shards at a round that never completed; the records after it were never acknowledged");
+        for (key, cut) in &broken {
+            let st = self.st.borrow();
+            let kept = st.shards.get(key).map(|l| (l.next_seq, l.last_ts_ms));
+            let (next_seq, last_ts_ms) = kept.unwrap_or((0, 0));
+            tracing::warn!(
+                store = self.cfg.index,
+                stream = key.stream_id,
+                shard = key.shard_id,
+                kept_through_seq = next_seq.checked_sub(1),
+                last_kept_ts_ms = last_ts_ms,
+                dropped_entries = cut.entries,
+                dropped_bytes = cut.bytes,
+                "recovery cut this shard at a round that never completed: {}; what came after was never acknowledged",
+                cut.why
+            );
         }
         // Invalidate files past the end of the chain, so no later recovery chains into them.
         let stale: Vec<usize> = headers
@@ -379,6 +399,7 @@ impl<S: Storage> Store<S> {
         st.journal.durable_pos = end;
         st.stats.replayed_rounds = replayed_rounds;
         st.stats.replayed_bytes = replayed_bytes;
+        st.stats.cut_shards = broken.len() as u64;
         let mut pending = 0usize;
         for (key, log) in st.shards.iter_mut() {
             for e in log.extents.iter_mut() {
@@ -398,14 +419,16 @@ impl<S: Storage> Store<S> {
         st.pending_bytes = pending;
         // Replayed data pins the journal files it came from: checkpoint soon.
         st.checkpoint_urgent = replayed_rounds > 0;
-        if replayed_rounds > 0 {
-            tracing::info!(
-                store = self.cfg.index,
-                rounds = replayed_rounds,
-                bytes = replayed_bytes,
-                "journal replayed"
-            );
-        }
+        tracing::info!(
+            store = self.cfg.index,
+            rounds = replayed_rounds,
+            bytes = replayed_bytes,
+            shards_cut = broken.len(),
+            end_round = end.round,
+            end_file = end.file_seq,
+            end_offset = end.offset,
+            "journal replayed: every round that completed, up to where the journal ends"
+        );
         Ok(())
     }
 
@@ -418,7 +441,7 @@ impl<S: Storage> Store<S> {
     async fn torn_direct(
         &self,
         entries: &[Entry<'_>],
-        broken: &BTreeSet<ShardKey>,
+        broken: &BTreeMap<ShardKey, Cut>,
     ) -> Result<Result<Vec<Option<<S::File as SegFile>::ReadBuf>>, String>, StoreError> {
         let mut read: Vec<Option<<S::File as SegFile>::ReadBuf>> =
             (0..entries.len()).map(|_| None).collect();
@@ -434,7 +457,7 @@ impl<S: Storage> Store<S> {
             });
             let (file, vpos, nonce) = {
                 let st = self.st.borrow();
-                if broken.contains(key) {
+                if broken.contains_key(key) {
                     continue;
                 }
                 let Some(log) = st.shards.get(key) else {
@@ -479,12 +502,19 @@ impl<S: Storage> Store<S> {
         &self,
         entry: Entry<'_>,
         prefetched: Option<<S::File as SegFile>::ReadBuf>,
-        broken: &mut BTreeSet<ShardKey>,
+        broken: &mut BTreeMap<ShardKey, Cut>,
     ) -> Result<(), StoreError> {
-        let key = match entry {
-            Entry::Batch(k, _) | Entry::Roll(k, _) | Entry::Direct(k, _) => k,
+        let (key, len) = match &entry {
+            Entry::Batch(k, b) => (*k, b.len() as u64),
+            Entry::Roll(k, _) => (*k, 0),
+            Entry::Direct(k, d) => (*k, d.to_offset - d.from_offset),
         };
-        if broken.contains(&key) || !self.st.borrow().shards.contains_key(&key) {
+        if let Some(cut) = broken.get_mut(&key) {
+            cut.entries += 1;
+            cut.bytes += len;
+            return Ok(());
+        }
+        if !self.st.borrow().shards.contains_key(&key) {
             return Ok(());
         }
         let outcome = match entry {
@@ -499,13 +529,14 @@ impl<S: Storage> Store<S> {
             }
         };
         if let Err(why) = outcome {
-            tracing::warn!(
-                store = self.cfg.index,
-                stream = key.stream_id,
-                shard = key.shard_id,
-                "replay stops for this shard: {why}"
+            broken.insert(
+                key,
+                Cut {
+                    why: why.to_string(),
+                    entries: 1,
+                    bytes: len,
+                },
             );
-            broken.insert(key);
         }
         Ok(())
     }

@@ -45,6 +45,7 @@ fn main() {
         data_dir: dir.path().to_path_buf(),
         listen: "127.0.0.1:0".into(),
         cores: vec![engine_cpu],
+        metrics_listen: String::new(),
         ..EngineConfig::default()
     };
     let server = Server::start(cfg).expect("server");

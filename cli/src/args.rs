@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// TOML configuration file; keys it leaves out keep their defaults.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where to answer `GET /metrics` (Prometheus text format); "off" for nowhere
+    /// (overrides the config file; default 127.0.0.1:7480).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,13 @@ pub fn config(args: &ServeArgs) -> Result<EngineConfig, String> {
     if let Some(cores) = &args.cores {
         cfg.cores = cores.0.clone();
     }
+    if let Some(metrics) = &args.metrics_listen {
+        cfg.metrics_listen = if metrics == "off" {
+            String::new()
+        } else {
+            metrics.clone()
+        };
+    }
     cfg.validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
     Ok(cfg)
@@ -43,6 +50,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     let server = Server::start(cfg).map_err(|e| format!("cannot start: {e}"))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {}", server.local_addr())
+        .and_then(|()| match server.metrics_addr() {
+            Some(m) => writeln!(out, "metrics on http://{m}/metrics"),
+            None => Ok(()),
+        })
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(out);

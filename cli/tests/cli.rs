@@ -34,7 +34,14 @@ impl Serve {
         let stderr_path = log_dir.join(format!("serve-{}.log", unique()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(SPATE)
-            .args(["serve", "--listen", listen, "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
             .stdin(Stdio::null())

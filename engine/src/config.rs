@@ -47,6 +47,7 @@ max_parked_reads_per_core = 10000   # long-polls waiting at once per core; past 
 max_streams = 10000                 # quotas: streams on this node ...
 max_shards_per_stream = 10000       # ... shards in one stream (at most 10,000) ...
 max_shards = 100000                 # ... and open shards on this node (each costs ~1 KiB idle); past them LimitExceeded
+metrics_listen = "127.0.0.1:7480"  # HTTP GET /metrics, Prometheus text format ("": off)
 create_answer_ms = 1000             # a create answers when its stream is ACTIVE or after this long with CREATING (0: at once)
 "#;
 
@@ -91,6 +92,7 @@ pub struct EngineConfig {
     pub max_shards_per_stream: u32,
     pub max_shards: u64,
     pub create_answer_ms: u64,
+    pub metrics_listen: String,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +137,7 @@ impl Default for EngineConfig {
             max_shards_per_stream: 10_000,
             max_shards: 100_000,
             create_answer_ms: 1_000,
+            metrics_listen: "127.0.0.1:7480".into(),
         }
     }
 }
@@ -157,6 +160,8 @@ impl EngineConfig {
             journal_files: 3,
             checkpoint_bytes: 8 << 20,
             checkpoint_interval_ms: 1000,
+            // Tests run many servers at once: no fixed metrics port.
+            metrics_listen: String::new(),
             ..EngineConfig::default()
         }
     }

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod io;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod runtime;
 #[cfg(test)]

@@ -270,6 +270,9 @@ pub(crate) enum CoreMsg {
         reply: Reply<()>,
     },
     /// This core's network accounting.
+    Metrics {
+        reply: Reply<crate::metrics::MetricsSnapshot>,
+    },
     NetStats {
         reply: Reply<crate::server::NetStats>,
     },
@@ -313,6 +316,8 @@ pub struct Core<S: Storage> {
     stores: RefCell<BTreeMap<u32, Rc<Store<S>>>>,
     /// (Fx hashing: the keys are ids the engine assigns, and this is looked up per batch.)
     shards: RefCell<rustc_hash::FxHashMap<ShardIdent, Rc<ShardSlot<S>>>>,
+    /// Counters of this core's requests (read by a scrape, `CoreMsg::Metrics`).
+    pub(crate) metrics: crate::metrics::CoreMetrics,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -437,6 +442,7 @@ impl<S: Storage + 'static> Core<S> {
             storage,
             stores: RefCell::new(BTreeMap::new()),
             shards: RefCell::new(Default::default()),
+            metrics: Default::default(),
             peers,
             catalog: catalog.map(RefCell::new),
             stopping: Cell::new(false),
@@ -678,6 +684,9 @@ impl<S: Storage + 'static> Core<S> {
             CoreMsg::NetStats { reply } => {
                 let _ = reply.send(Ok(self.net.stats())).await;
             }
+            CoreMsg::Metrics { reply } => {
+                let _ = reply.send(Ok(self.metrics_snapshot())).await;
+            }
             CoreMsg::Stats { ident, reply } => {
                 let _ = reply.send(self.shard_stats(ident)).await;
             }
@@ -707,7 +716,10 @@ impl<S: Storage + 'static> Core<S> {
                     let mut routes = self.routes.borrow_mut();
                     match entry {
                         Some(e) => routes.insert(name, Rc::new(e)),
-                        None => routes.remove(&name),
+                        None => {
+                            self.metrics.forget(&name);
+                            routes.remove(&name)
+                        }
                     };
                 }
                 let _ = reply.send(Ok(())).await;
@@ -738,6 +750,41 @@ impl<S: Storage + 'static> Core<S> {
             stream: format!("#{}", ident.stream_id),
             shard: ident.shard_id,
         })
+    }
+
+    /// This core's counters, network accounting, store statistics and disk per stream.
+    fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
+        let mut m = self.metrics.snapshot();
+        let net = self.net.stats();
+        m.connections = net.connections as u64;
+        m.request_bytes = net.request_bytes as u64;
+        m.unsent_bytes = net.unsent_bytes as u64;
+        m.parked_reads = net.parked_reads as u64;
+        m.cores = 1;
+        for store in self.stores.borrow().values() {
+            let s = store.stats();
+            m.rounds += s.rounds;
+            m.round_syncs += s.round_syncs;
+            m.journal_bytes += s.journal_bytes;
+            m.direct_bytes += s.direct_bytes;
+            m.sync_us += s.sync_us;
+            m.checkpoints += s.checkpoints;
+        }
+        let names: HashMap<u64, String> = self
+            .routes
+            .borrow()
+            .values()
+            .map(|e| (e.stream_id, e.name.clone()))
+            .collect();
+        for (ident, slot) in self.shards.borrow().iter() {
+            let (Some(name), Ok(info)) =
+                (names.get(&ident.stream_id), slot.store.shard_info(*ident))
+            else {
+                continue;
+            };
+            *m.disk_bytes.entry(name.clone()).or_default() += info.disk_bytes;
+        }
+        m
     }
 
     pub(crate) fn shard_stats(&self, ident: ShardIdent) -> Result<ShardStats, EngineError> {
@@ -1438,6 +1485,7 @@ impl CoreMsg {
             CoreMsg::Control { reply, .. } => no(reply),
             CoreMsg::Listen { reply, .. } => no(reply),
             CoreMsg::NetStats { reply } => no(reply),
+            CoreMsg::Metrics { reply } => no(reply),
         }
     }
 }

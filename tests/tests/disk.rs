@@ -83,7 +83,12 @@ fn a_full_file_system_answers_storage_full_and_writes_resume_when_space_returns(
     std::fs::write(&filler, vec![7u8; 120 << 20]).unwrap();
     // A process of its own, so that a restart closes its files as in production.
     let bin = env!("CARGO_BIN_EXE_test_server");
-    let s = ChildServer::start(bin, &data, "cores = [0]\ncreate_answer_ms = 3600000", true);
+    let s = ChildServer::start(
+        bin,
+        &data,
+        "cores = [0]\ncreate_answer_ms = 3600000\nmetrics_listen = \"127.0.0.1:0\"",
+        true,
+    );
     let mut c = WireClient::connect(s.addr);
     let r = c.call(&Request::CreateStream(CreateStreamRequest {
         name: "s",
@@ -182,7 +187,12 @@ fn a_full_file_system_answers_storage_full_and_writes_resume_when_space_returns(
     // Nothing half-made piles up: at most the one journal file being filled (paced by the
     // writes) is unfinished, across a restart too; and the server takes writes after it.
     s.stop();
-    let s = ChildServer::start(bin, &data, "cores = [0]", true);
+    let s = ChildServer::start(
+        bin,
+        &data,
+        "cores = [0]\nmetrics_listen = \"127.0.0.1:0\"",
+        true,
+    );
     let names: Vec<String> = std::fs::read_dir(data.join("store-0"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -327,7 +337,7 @@ fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
     let s = ChildServer::start(
         bin,
         dir.path(),
-        "cores = [0, 0]\ncreate_answer_ms = 3600000",
+        "cores = [0, 0]\ncreate_answer_ms = 3600000\nmetrics_listen = \"127.0.0.1:0\"",
         true,
     );
     let empty = disk_usage(dir.path());

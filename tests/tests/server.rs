@@ -523,3 +523,109 @@ fn put_batches_stores_each_shard_on_its_own_and_answers_per_shard() {
     assert_eq!(error_code(&r.reply()), ErrorCode::UnknownStream);
     srv.shutdown();
 }
+
+/// `GET /metrics` on the metrics address: a known workload is counted exactly (Kinesis'
+/// names, per stream), and the text parses with a Prometheus text-format parser.
+#[test]
+fn the_metrics_endpoint_counts_what_was_done() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        ..test_config(dir.path())
+    })
+    .expect("server starts");
+    let mut c = WireClient::connect(srv.local_addr());
+    create(&mut c, "m", 1, Limits::Kinesis);
+    // 1,500 records at once: Kinesis' limit takes about 1,000 and throttles the rest.
+    let (mut accepted, mut refused, mut bytes) = (0u64, 0u64, 0u64);
+    for tag in 0..3 {
+        let batch = tagged_batch("k", tag, 500, 10);
+        let r = c.call(&Request::PutBatch(PutBatchRequest {
+            stream: "m",
+            shard_id: 0,
+            batch: &batch,
+        }));
+        let Ok(Response::PutBatch(p)) = r.reply() else {
+            panic!("{:?}", r.reply())
+        };
+        accepted += u64::from(p.accepted);
+        refused += 500 - u64::from(p.accepted);
+        bytes += batch.len() as u64 * u64::from(p.accepted) / 500;
+    }
+    assert!(refused > 0);
+    let it = iterator(&mut c, "m", 0, IteratorPosition::TrimHorizon);
+    let (read, _) = read_to_tip(&mut c, it);
+
+    let scrape = |path: &str| {
+        let mut s = std::net::TcpStream::connect(srv.metrics_addr().expect("metrics on")).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(scrape("/nope").starts_with("HTTP/1.1 404"));
+    let text = scrape("/metrics");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(body.ends_with("# EOF\n"));
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, label: (&str, &str)| -> f64 {
+        let sample = parsed
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no {name}{label:?} in\n{body}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    let stream = ("stream", "m");
+    assert_eq!(value("IncomingRecords_total", stream), accepted as f64);
+    assert_eq!(value("IncomingBytes_total", stream), bytes as f64);
+    assert_eq!(
+        value("WriteProvisionedThroughputExceeded_total", stream),
+        refused as f64
+    );
+    assert_eq!(value("PutRecords_Success_total", stream), 3.0);
+    assert_eq!(value("GetRecords_Records_total", stream), read.len() as f64);
+    assert_eq!(read.len() as u64, accepted);
+    assert!(value("GetRecords_Success_total", stream) >= 1.0);
+    assert!(value("GetRecords_Bytes_total", stream) > bytes as f64 * 0.5);
+    assert_eq!(value("spate_requests_total", ("op", "PutBatch")), 3.0);
+    assert_eq!(value("spate_requests_total", ("op", "CreateStream")), 1.0);
+    let plain = |name: &str| {
+        parsed
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert!(plain("spate_rounds_total") >= 1.0);
+    assert!(plain("spate_journal_bytes_total") >= bytes as f64);
+    assert_eq!(plain("spate_connections"), 1.0);
+    // The latency histogram counts one observation per put that stored something.
+    let count = parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == "PutRecords_Latency" && s.labels.get("stream") == Some("m"))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            other => panic!("{other:?}"),
+        });
+    assert_eq!(count, Some(3.0), "{body}");
+    // Merged over the cores, it is what Server::metrics returns.
+    assert_eq!(srv.metrics().streams["m"].incoming_records, accepted);
+    srv.shutdown();
+}

@@ -56,6 +56,9 @@ pub(super) async fn handle<S: Storage + 'static>(
         Ok(req) => execute(core, conn, &frame, req, out).await,
         Err(e) => Err((e.code(), 0, e.to_string())),
     };
+    let op = spate_protocol::Opcode::from_u16(opcode).map_or("unknown", |o| o.name());
+    let code = result.as_ref().err().map(|(code, _, _)| code.name());
+    core.metrics.request(op, code);
     if let Err((code, retry_after_ms, message)) = result {
         encode_error(
             out,
@@ -142,7 +145,9 @@ async fn execute<S: Storage + 'static>(
         Request::PutRecord(r) => put_record(core, r).await?,
         Request::PutBatch(r) => {
             let (ident, owner, _) = locate(core, r.stream, r.shard_id).map_err(fail)?;
+            let started = std::time::Instant::now();
             let result = put(core, ident, owner, r.batch).await;
+            count_put(core, r.stream, r.batch, &result, started, false);
             Response::PutBatch(put_batch_response(r.shard_id, result).map_err(fail)?)
         }
         Request::PutBatches(r) => return put_batches(core, cid, r, out).await,
@@ -347,7 +352,9 @@ async fn put_record<S: Storage + 'static>(
             )
         })?;
     let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
+    let started = std::time::Instant::now();
     let outcome = put(core, ident, owner, r.batch).await.map_err(fail)?;
+    count_put(core, r.stream, r.batch, &Ok(outcome), started, true);
     if outcome.accepted == 0 {
         let retry = outcome.retry_after_ms.unwrap_or(1);
         return Err((
@@ -369,7 +376,11 @@ async fn put_batches<S: Storage + 'static>(
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let entry = route(core, r.stream).map_err(fail)?;
+    let started = std::time::Instant::now();
     let results = put_many(core, &entry, &r.batches).await;
+    for (b, res) in r.batches.iter().zip(&results) {
+        count_put(core, r.stream, b.batch, res, started, false);
+    }
     let messages: Vec<String> = results
         .iter()
         .map(|res| match res {
@@ -438,6 +449,7 @@ async fn get_records<S: Storage + 'static>(
     r: GetRecordsRequest<'_>,
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
     let now = core.clock.now_ms();
     let key = core.token_key.get().expect("set when the core starts");
     let token = IteratorToken::decode_live(r.iterator, key, now).map_err(|code| {
@@ -493,7 +505,15 @@ async fn get_records<S: Storage + 'static>(
         max_bytes: room.bytes(),
         wait_ms: 0,
     };
-    let got = read_shard(core, ident, owner, req).await.map_err(fail)?;
+    let got = match read_shard(core, ident, owner, req).await {
+        Ok(got) => got,
+        Err(e) => {
+            if matches!(e, EngineError::ReadThrottled { .. }) {
+                core.metrics.stream(&entry.name, |c| c.read_throttled += 1);
+            }
+            return Err(fail(e));
+        }
+    };
     let now = core.clock.now_ms();
     let next = IteratorToken {
         next_seq: got.end_seq,
@@ -520,7 +540,48 @@ async fn get_records<S: Storage + 'static>(
         got.bytes.len(),
     );
     out.extend_from_slice(&got.bytes);
+    core.metrics.stream(&entry.name, |c| {
+        c.get_records_success += 1;
+        c.get_records_records += got.end_seq - got.start_seq;
+        c.get_records_bytes += got.bytes.len() as u64;
+        c.outgoing_bytes += got.bytes.len() as u64;
+        c.get_records_latency.observe(started.elapsed());
+        c.iterator_age_ms = millis_behind_latest;
+    });
     Ok(())
+}
+
+/// Counts a put of one batch in its stream's metrics: what was stored (bytes in proportion
+/// to the records stored), throttled records, the latency.
+fn count_put<S: Storage + 'static>(
+    core: &Core<S>,
+    stream: &str,
+    batch: &[u8],
+    result: &Result<PutOutcome, EngineError>,
+    started: std::time::Instant,
+    single: bool,
+) {
+    core.metrics.stream(stream, |c| match result {
+        Ok(o) => {
+            let stored = u64::from(o.accepted);
+            c.incoming_records += stored;
+            c.incoming_bytes += batch.len() as u64 * stored / u64::from(o.record_count.max(1));
+            c.write_throttled += u64::from(o.record_count - o.accepted);
+            if stored > 0 {
+                if single {
+                    c.put_record_success += 1;
+                } else {
+                    c.put_records_success += 1;
+                }
+                c.put_latency.observe(started.elapsed());
+            }
+        }
+        Err(EngineError::Throttled { .. }) => {
+            c.write_throttled +=
+                BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
+        }
+        Err(_) => {}
+    });
 }
 
 fn route<S: Storage + 'static>(

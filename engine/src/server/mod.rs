@@ -25,6 +25,8 @@ mod transport;
 
 pub use handlers::error_code;
 pub use transport::NetStats;
+mod metrics_http;
+
 pub(crate) use transport::{close_connections, drain_requests, listen, stop_accepting, NetState};
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -39,6 +41,7 @@ pub struct Server {
     engine: Engine,
     public: SocketAddr,
     cores: Vec<SocketAddr>,
+    metrics: Option<metrics_http::MetricsEndpoint>,
 }
 
 impl std::fmt::Debug for Server {
@@ -61,6 +64,10 @@ impl Server {
     /// Starts the engine and its listeners; returns once every core listens.
     pub fn start(cfg: EngineConfig) -> Result<Server, EngineError> {
         let listen = resolve(&cfg.listen)?;
+        let metrics_listen = match cfg.metrics_listen.as_str() {
+            "" => None,
+            addr => Some(resolve(addr)?),
+        };
         let engine = Engine::start(cfg)?;
         let n = engine.core_cpus().len();
         // A core's own port: the public port + 1 + its index, or any free port when the
@@ -97,16 +104,35 @@ impl Server {
             }))?;
         }
         tracing::info!(%public, ?cores, "listening");
+        let metrics = match metrics_listen {
+            Some(addr) => {
+                let m = metrics_http::MetricsEndpoint::start(addr, engine.clone())?;
+                tracing::info!("metrics at http://{}/metrics", m.addr());
+                Some(m)
+            }
+            None => None,
+        };
         Ok(Server {
             engine,
             public,
             cores,
+            metrics,
         })
     }
 
     /// The public address (every core accepts there).
     pub fn local_addr(&self) -> SocketAddr {
         self.public
+    }
+
+    /// Where `GET /metrics` is answered, unless metrics are off (`metrics_listen = ""`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
+    }
+
+    /// Every core's counters, added up (what the metrics endpoint encodes).
+    pub fn metrics(&self) -> crate::metrics::MetricsSnapshot {
+        metrics_http::gather(&self.engine)
     }
 
     /// Each core's own advertised address, by core index.
@@ -132,7 +158,10 @@ impl Server {
     }
 
     /// Stops accepting, drains in-flight requests, flushes every shard and stops the cores.
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
+        }
         self.engine.shutdown();
     }
 }

@@ -1,0 +1,470 @@
+//! Metrics: per-core counters and latency histograms, merged and encoded in the Prometheus
+//! (OpenMetrics) text format when scraped.
+//!
+//! Each core counts in plain cells of its own (`CoreMetrics`): no lock and no atomic on the
+//! request path. A scrape asks every core for a snapshot (`CoreMsg::Metrics`), adds them up
+//! (`MetricsSnapshot::merge`) and encodes them with `prometheus-client` (`encode`).
+//!
+//! Per stream, Kinesis' CloudWatch metrics under their names (a `.` becomes `_`, and
+//! counters end in `_total` as OpenMetrics wants): `IncomingBytes`, `IncomingRecords`,
+//! `PutRecord_Success`, `PutRecords_Success`, `PutRecords_Latency`,
+//! `WriteProvisionedThroughputExceeded`, `ReadProvisionedThroughputExceeded`,
+//! `GetRecords_Success`, `GetRecords_Bytes`, `GetRecords_Records`, `GetRecords_Latency`,
+//! `GetRecords_IteratorAgeMilliseconds` and `OutgoingBytes`, each with a `stream` label.
+//! Engine internals are prefixed `spate_`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (ms) of the latency buckets; the last bucket is +Inf.
+pub const LATENCY_BOUNDS_MS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10000.0,
+];
+
+/// A latency histogram with fixed buckets (`LATENCY_BOUNDS_MS`), counts per bucket (not
+/// cumulative).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latency {
+    pub buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+impl Latency {
+    pub fn observe(&mut self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        let i = LATENCY_BOUNDS_MS.partition_point(|b| *b < ms);
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+
+    fn merge(&mut self, o: &Latency) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+        self.count += o.count;
+        self.sum_ms += o.sum_ms;
+    }
+}
+
+/// One stream's counters on one core (or merged over all).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamCounters {
+    pub incoming_bytes: u64,
+    pub incoming_records: u64,
+    /// Successful PutRecord calls, and put calls of batches (PutBatch, PutBatches) that
+    /// stored something.
+    pub put_record_success: u64,
+    pub put_records_success: u64,
+    pub put_latency: Latency,
+    /// Records refused by the write limit (reported to the producer, never dropped).
+    pub write_throttled: u64,
+    /// Reads refused by the read limit.
+    pub read_throttled: u64,
+    pub get_records_success: u64,
+    pub get_records_bytes: u64,
+    pub get_records_records: u64,
+    pub get_records_latency: Latency,
+    /// The iterator age (ms behind the shard's newest record) of the stream's latest
+    /// GetRecords answer on this core; the largest of the cores' when merged.
+    pub iterator_age_ms: u64,
+    pub outgoing_bytes: u64,
+}
+
+impl StreamCounters {
+    fn merge(&mut self, o: &StreamCounters) {
+        self.incoming_bytes += o.incoming_bytes;
+        self.incoming_records += o.incoming_records;
+        self.put_record_success += o.put_record_success;
+        self.put_records_success += o.put_records_success;
+        self.put_latency.merge(&o.put_latency);
+        self.write_throttled += o.write_throttled;
+        self.read_throttled += o.read_throttled;
+        self.get_records_success += o.get_records_success;
+        self.get_records_bytes += o.get_records_bytes;
+        self.get_records_records += o.get_records_records;
+        self.get_records_latency.merge(&o.get_records_latency);
+        self.iterator_age_ms = self.iterator_age_ms.max(o.iterator_age_ms);
+        self.outgoing_bytes += o.outgoing_bytes;
+    }
+}
+
+/// A core's counters; touched only by its thread.
+#[derive(Debug, Default)]
+pub(crate) struct CoreMetrics {
+    streams: RefCell<BTreeMap<String, StreamCounters>>,
+    requests: RefCell<BTreeMap<&'static str, u64>>,
+    errors: RefCell<BTreeMap<&'static str, u64>>,
+}
+
+impl CoreMetrics {
+    /// Runs `f` on `stream`'s counters (made on first use).
+    pub(crate) fn stream(&self, stream: &str, f: impl FnOnce(&mut StreamCounters)) {
+        let mut streams = self.streams.borrow_mut();
+        if let Some(c) = streams.get_mut(stream) {
+            return f(c);
+        }
+        f(streams.entry(stream.to_owned()).or_default());
+    }
+
+    /// Forgets a deleted stream's counters.
+    pub(crate) fn forget(&self, stream: &str) {
+        self.streams.borrow_mut().remove(stream);
+    }
+
+    pub(crate) fn request(&self, op: &'static str, error: Option<&'static str>) {
+        *self.requests.borrow_mut().entry(op).or_default() += 1;
+        if let Some(code) = error {
+            *self.errors.borrow_mut().entry(code).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            streams: self.streams.borrow().clone(),
+            requests: self.requests.borrow().clone(),
+            errors: self.errors.borrow().clone(),
+            ..MetricsSnapshot::default()
+        }
+    }
+}
+
+/// What a scrape reports: every core's counters added up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub streams: BTreeMap<String, StreamCounters>,
+    /// Requests by operation, and error answers by code.
+    pub requests: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Network: open connections, request bytes held, answer bytes not yet written, parked
+    /// long-polls.
+    pub connections: u64,
+    pub request_bytes: u64,
+    pub unsent_bytes: u64,
+    pub parked_reads: u64,
+    /// Stores: group-commit rounds, their flushes, journal and in-place bytes, and the
+    /// time spent flushing.
+    pub rounds: u64,
+    pub round_syncs: u64,
+    pub journal_bytes: u64,
+    pub direct_bytes: u64,
+    pub sync_us: u64,
+    pub checkpoints: u64,
+    /// Bytes the shards' extents hold on disk, per stream.
+    pub disk_bytes: BTreeMap<String, u64>,
+    pub cores: u64,
+}
+
+impl MetricsSnapshot {
+    pub fn merge(&mut self, o: &MetricsSnapshot) {
+        for (name, c) in &o.streams {
+            self.streams.entry(name.clone()).or_default().merge(c);
+        }
+        for (op, n) in &o.requests {
+            *self.requests.entry(op).or_default() += n;
+        }
+        for (code, n) in &o.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        for (name, n) in &o.disk_bytes {
+            *self.disk_bytes.entry(name.clone()).or_default() += n;
+        }
+        self.connections += o.connections;
+        self.request_bytes += o.request_bytes;
+        self.unsent_bytes += o.unsent_bytes;
+        self.parked_reads += o.parked_reads;
+        self.rounds += o.rounds;
+        self.round_syncs += o.round_syncs;
+        self.journal_bytes += o.journal_bytes;
+        self.direct_bytes += o.direct_bytes;
+        self.sync_us += o.sync_us;
+        self.checkpoints += o.checkpoints;
+        self.cores += o.cores;
+    }
+
+    /// The Prometheus (OpenMetrics) text exposition of the snapshot.
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        type Labels = Vec<(&'static str, String)>;
+        let stream = |name: &str| -> Labels { vec![("stream", name.to_string())] };
+        let counter = |registry: &mut Registry,
+                       name: &str,
+                       help: &str,
+                       value: &dyn Fn(&StreamCounters) -> u64| {
+            let family = Family::<Labels, Counter>::default();
+            for (s, c) in &self.streams {
+                family.get_or_create(&stream(s)).inc_by(value(c));
+            }
+            registry.register(name, help, family);
+        };
+        counter(
+            &mut registry,
+            "IncomingBytes",
+            "Bytes of records stored (Kinesis IncomingBytes)",
+            &|c| c.incoming_bytes,
+        );
+        counter(
+            &mut registry,
+            "IncomingRecords",
+            "Records stored (Kinesis IncomingRecords)",
+            &|c| c.incoming_records,
+        );
+        counter(
+            &mut registry,
+            "PutRecord_Success",
+            "Successful PutRecord calls",
+            &|c| c.put_record_success,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_Success",
+            "Put calls of batches that stored records",
+            &|c| c.put_records_success,
+        );
+        counter(
+            &mut registry,
+            "WriteProvisionedThroughputExceeded",
+            "Records refused by the shard's write limit",
+            &|c| c.write_throttled,
+        );
+        counter(
+            &mut registry,
+            "ReadProvisionedThroughputExceeded",
+            "Reads refused by the shard's read limit",
+            &|c| c.read_throttled,
+        );
+        counter(
+            &mut registry,
+            "GetRecords_Success",
+            "Successful GetRecords calls",
+            &|c| c.get_records_success,
+        );
+        counter(
+            &mut registry,
+            "GetRecords_Bytes",
+            "Bytes returned by GetRecords",
+            &|c| c.get_records_bytes,
+        );
+        counter(
+            &mut registry,
+            "GetRecords_Records",
+            "Records returned by GetRecords",
+            &|c| c.get_records_records,
+        );
+        counter(
+            &mut registry,
+            "OutgoingBytes",
+            "Bytes sent to consumers",
+            &|c| c.outgoing_bytes,
+        );
+        let ages = Family::<Labels, Gauge>::default();
+        for (s, c) in &self.streams {
+            ages.get_or_create(&stream(s)).set(c.iterator_age_ms as i64);
+        }
+        registry.register(
+            "GetRecords_IteratorAgeMilliseconds",
+            "How far behind the newest record the last GetRecords answer was",
+            ages,
+        );
+        let latency = |registry: &mut Registry,
+                       name: &str,
+                       help: &str,
+                       value: &dyn Fn(&StreamCounters) -> &Latency| {
+            let family = Family::<Labels, Histo>::default();
+            for (s, c) in &self.streams {
+                family.get_or_create(&stream(s)).set(value(c));
+            }
+            registry.register(name, help, family);
+        };
+        latency(
+            &mut registry,
+            "PutRecords_Latency",
+            "Put latency in ms, arrival to acknowledgement",
+            &|c| &c.put_latency,
+        );
+        latency(
+            &mut registry,
+            "GetRecords_Latency",
+            "GetRecords latency in ms (long-poll waits included)",
+            &|c| &c.get_records_latency,
+        );
+
+        let spate = registry.sub_registry_with_prefix("spate");
+        let by = |key: &'static str, map: &BTreeMap<&'static str, u64>| {
+            let family = Family::<Labels, Counter>::default();
+            for (k, n) in map {
+                family.get_or_create(&vec![(key, k.to_string())]).inc_by(*n);
+            }
+            family
+        };
+        spate.register(
+            "requests",
+            "Requests by operation",
+            by("op", &self.requests),
+        );
+        spate.register("errors", "Error answers by code", by("code", &self.errors));
+        let plain = |n: u64| {
+            let c = Counter::<u64>::default();
+            c.inc_by(n);
+            c
+        };
+        let gauge = |n: u64| {
+            let g = Gauge::<i64>::default();
+            g.set(n as i64);
+            g
+        };
+        spate.register(
+            "rounds",
+            "Group-commit rounds made durable",
+            plain(self.rounds),
+        );
+        spate.register(
+            "round_syncs",
+            "Flushes (fdatasync or O_DSYNC writes) of rounds",
+            plain(self.round_syncs),
+        );
+        spate.register(
+            "journal_bytes",
+            "Bytes written to the journals",
+            plain(self.journal_bytes),
+        );
+        spate.register(
+            "direct_bytes",
+            "Bytes of hot shards written in place",
+            plain(self.direct_bytes),
+        );
+        spate.register(
+            "flush_seconds",
+            "Time spent flushing rounds",
+            plain(self.sync_us / 1_000_000),
+        );
+        spate.register("checkpoints", "Store checkpoints", plain(self.checkpoints));
+        spate.register(
+            "connections",
+            "Open client connections",
+            gauge(self.connections),
+        );
+        spate.register(
+            "request_bytes",
+            "Request bytes held (arriving or in flight)",
+            gauge(self.request_bytes),
+        );
+        spate.register(
+            "unsent_bytes",
+            "Answer bytes not yet written",
+            gauge(self.unsent_bytes),
+        );
+        spate.register(
+            "parked_reads",
+            "Long-polls waiting for records",
+            gauge(self.parked_reads),
+        );
+        spate.register("cores", "Engine cores", gauge(self.cores));
+        let disk = Family::<Labels, Gauge>::default();
+        for (s, n) in &self.disk_bytes {
+            disk.get_or_create(&stream(s)).set(*n as i64);
+        }
+        spate.register("disk_bytes", "Disk held by each stream's shards", disk);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// A latency histogram as `prometheus-client` encodes one, set from merged counts.
+#[derive(Debug, Default)]
+struct Histo(Mutex<Latency>);
+
+impl Histo {
+    fn set(&self, l: &Latency) {
+        *self.0.lock().expect("histogram lock") = l.clone();
+    }
+}
+
+impl TypedMetric for Histo {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histo {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let l = self.0.lock().expect("histogram lock");
+        // Counts per bucket: the encoder writes them cumulative; the last bound is +Inf.
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_MS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(l.buckets)
+            .collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            l.sum_ms, l.count, &buckets, None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_merge_and_encode() {
+        let core = CoreMetrics::default();
+        core.stream("s", |c| {
+            c.incoming_bytes += 100;
+            c.incoming_records += 2;
+            c.put_latency.observe(Duration::from_micros(700));
+        });
+        core.request("PutBatch", None);
+        core.request("PutBatch", Some("Throttled"));
+        let mut all = core.snapshot();
+        all.merge(&core.snapshot());
+        let c = &all.streams["s"];
+        assert_eq!((c.incoming_bytes, c.incoming_records), (200, 4));
+        assert_eq!(c.put_latency.count, 2);
+        assert_eq!(
+            c.put_latency.buckets[3], 2,
+            "0.7 ms falls in the 1 ms bucket"
+        );
+        let text = all.encode();
+        assert!(
+            text.contains("IncomingBytes_total{stream=\"s\"} 200"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spate_requests_total{op=\"PutBatch\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spate_errors_total{code=\"Throttled\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PutRecords_Latency_bucket{le=\"0.5\",stream=\"s\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PutRecords_Latency_bucket{le=\"1.0\",stream=\"s\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("PutRecords_Latency_bucket{le=\"+Inf\",stream=\"s\"} 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

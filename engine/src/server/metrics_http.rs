@@ -1,0 +1,134 @@
+//! The metrics endpoint: `GET /metrics` over HTTP/1.1 on `metrics_listen`, answered by a
+//! thread of its own (never an engine core) with every core's counters merged and encoded
+//! in the Prometheus text format (`crate::metrics`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::metrics::MetricsSnapshot;
+use crate::runtime::{call, CoreMsg};
+
+/// Longest request head read, and how long a client may take to send it.
+const MAX_HEAD_BYTES: usize = 8 << 10;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The endpoint's thread; stopped (and its port closed) by `stop`.
+pub(crate) struct MetricsEndpoint {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsEndpoint {
+    pub(crate) fn start(
+        listen: SocketAddr,
+        engine: Engine,
+    ) -> Result<MetricsEndpoint, EngineError> {
+        let listener = TcpListener::bind(listen).map_err(|e| {
+            EngineError::Startup(format!("cannot listen for metrics on {listen}: {e}"))
+        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| EngineError::Startup(format!("metrics listener address: {e}")))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("spate-metrics".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Ok(conn) = conn {
+                        if let Err(e) = answer(conn, &engine) {
+                            tracing::debug!(error = %e, "metrics request failed");
+                        }
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Startup(format!("cannot start the metrics thread: {e}")))?;
+        Ok(MetricsEndpoint {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the blocked accept, which then sees `stop`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsEndpoint {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every core's counters, added up.
+pub(crate) fn gather(engine: &Engine) -> MetricsSnapshot {
+    let mut all = MetricsSnapshot::default();
+    for i in 0..engine.core_cpus().len() {
+        let one = futures_lite::future::block_on(call(engine.core_sender(i), |reply| {
+            CoreMsg::Metrics { reply }
+        }));
+        if let Ok(one) = one {
+            all.merge(&one);
+        }
+    }
+    all
+}
+
+/// Reads one request head and answers it; one request per connection.
+fn answer(mut conn: TcpStream, engine: &Engine) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(HEAD_TIMEOUT))?;
+    conn.set_write_timeout(Some(HEAD_TIMEOUT))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD_BYTES {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
+    let mut parts = line.split(|b| *b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, kind, body) = match (method, path) {
+        (b"GET", b"/metrics") => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            gather(engine).encode(),
+        ),
+        (b"GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}

@@ -109,15 +109,27 @@ impl<S: Storage> Store<S> {
             if recently_failed {
                 return Ok(false);
             }
-            let slot = if st.journal.free_slots() == 0 && st.fill.is_none() {
+            // The ring's second file is made once the first, active, has taken an eighth of
+            // its size (a store whose shards write little never needs it); otherwise (no
+            // active file: rounds wait for one) and past two, when none is free.
+            let files = st.journal.slots.iter().filter(|s| s.file.is_some()).count();
+            let second_due = files != 1
+                || st.journal.active.is_none()
+                || st.journal.write_pos >= st.journal.file_bytes / 8;
+            let slot = if st.journal.free_slots() == 0 && st.fill.is_none() && second_due {
                 st.journal.slots.iter().position(|s| s.file.is_none())
             } else {
                 None
             };
             // Keep a quarter of the next volume's size free, and at least two of the
-            // largest extents.
+            // largest extents; but no more than twice what every shard's next extent
+            // takes (shards that write little roll small extents), so that space is made
+            // in proportion to the shards that are busy.
             let units = self.cfg.volume_size(st.next_volume) / self.cfg.extent_bytes_min;
-            let low_water = (units / 4).max(2 << self.cfg.max_order());
+            let next_extents: u64 = st.shards.values().map(|l| 1u64 << l.next_order).sum();
+            let low_water = (units / 4)
+                .max(2 << self.cfg.max_order())
+                .min(2 * next_extents);
             // Or an appender needs an extent size that free space (fragmented) cannot give,
             // and no checkpoint is about to release more.
             let wanted = st.extent_wanted && st.alloc.quarantined_units() == 0 && !st.checkpointing;
@@ -575,8 +587,8 @@ impl<S: Storage> Store<S> {
                 result = Err(e);
                 break;
             }
+            // (Marks the volume for the next checkpoint's fdatasync.)
             self.piece_written(key, eid, from, to);
-            self.st.borrow_mut().dirty_volumes.insert(eid.volume());
         }
         {
             let mut st = self.st.borrow_mut();
@@ -795,6 +807,11 @@ impl<S: Storage> Store<S> {
         };
         for r in join_all(files.iter().map(|f| f.fdatasync())).await {
             r?;
+        }
+        // A write or fdatasync that failed meanwhile (a round's) leaves nothing certain
+        // about what reached the disk: no manifest then (recovery replays the journal).
+        if let Some(p) = &self.st.borrow().poisoned {
+            return Err(StoreError::Poisoned(p.clone()));
         }
         let bytes = manifest::encode(&manifest);
         self.storage

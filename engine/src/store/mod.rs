@@ -394,7 +394,8 @@ pub(crate) struct State<S: Storage> {
     poisoned: Option<String>,
     /// Staged bytes not yet written to their extents.
     pending_bytes: usize,
-    /// Volumes written by write-behind since their last fdatasync.
+    /// Volumes written since the last checkpoint took them for its fdatasync (by
+    /// write-behind, prewrite, or rounds in place: see `piece_written`).
     dirty_volumes: BTreeSet<u32>,
     since_checkpoint_bytes: u64,
     last_checkpoint_ms: i64,
@@ -1254,9 +1255,19 @@ impl<S: Storage> Store<S> {
     }
 
     /// A piece `[from, to)` of an extent reached its volume: drop it from memory.
+    ///
+    /// Its volume is marked for the next checkpoint's fdatasync, whoever wrote it (a
+    /// write-behind, or a round in place): a checkpoint claims every byte below an
+    /// extent's `written_end` (it writes behind only what is not), so that mark must not
+    /// depend on a round's own fdatasync, which may still be in flight when the checkpoint
+    /// writes its manifest, and may fail or be cut off by a crash. (A round that wrote a
+    /// closed extent's journaled tail in place, then failed its fdatasync, after a
+    /// checkpoint had claimed that tail and moved replay past its journal rounds, lost
+    /// acknowledged records: found by the model check, seed 700819.)
     fn piece_written(&self, key: ShardKey, eid: ExtentId, from: u64, to: u64) {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
+        st.dirty_volumes.insert(eid.volume());
         let Some(log) = st.shards.get_mut(&key) else {
             return;
         };

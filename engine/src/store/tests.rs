@@ -910,6 +910,77 @@ fn random_schedules_match_the_model() {
     }
 }
 
+/// A seed that lost acknowledged records: a round wrote a closed extent's journaled tail
+/// in place (its shard had rolled and was hot), a checkpoint that claimed that tail took
+/// the round's write for a settled one and wrote its manifest (replay past the tail's
+/// journal rounds) without an fdatasync of that volume, and then the round's fdatasync
+/// failed (an injected fault) and a crash lost the write.
+#[test]
+fn model_seed_700819_a_checkpoint_syncs_what_rounds_wrote_in_place() {
+    run_model(700819);
+}
+
+/// The same loss, made deterministic: a checkpoint runs between a round's in-place write
+/// of a closed extent's journaled tail and that round's fdatasync, then the power goes.
+/// The manifest may claim the tail only if the checkpoint made it durable itself.
+#[test]
+fn a_checkpoint_between_an_in_place_write_and_its_flush_claims_only_synced_bytes() {
+    let k = key(1, 0);
+    let mut lost = Vec::new();
+    for seed in 0..24 {
+        let mut cfg = small_cfg();
+        cfg.segment_age_max_ms = 2000;
+        cfg.direct_write_bytes_min = 4 << 10;
+        // No zeros written ahead: they would mark the volume for the checkpoint's flush.
+        cfg.prewrite_bytes = 0;
+        let h = Harness::new(seed, cfg, vec![k]);
+        let store = h.open().unwrap();
+        // A cold batch: journaled, acknowledged, and still only in memory and the journal.
+        let mut b = BatchBuilder::new();
+        b.push(b"k", b"cold:0123456789", None).unwrap();
+        let cold = b.finish();
+        run(&store, store.append(k, &cold, 1)).unwrap();
+        {
+            let st = store.st.borrow();
+            let a = st.shards[&k].active().unwrap();
+            assert!(a.written_end < a.durable_end, "the tail is not written yet");
+        }
+        // The extent closes by age, and the next batch is hot: its round writes the closed
+        // extent's tail in place along with the new extent.
+        h.clock.advance(3000);
+        let mut b = BatchBuilder::new();
+        b.push(b"k", &[b'h'; 6000], None).unwrap();
+        let hot = b.finish();
+        let mut append = Box::pin(store.append(k, &hot, 1));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut polls = 0;
+        loop {
+            assert!(append.as_mut().poll(&mut cx).is_pending(), "seed {seed}");
+            let st = store.st.borrow();
+            let closed = &st.shards[&k].extents[0];
+            if st.shards[&k].extents.len() > 1 && closed.written_end >= closed.end {
+                assert_eq!(st.durable_id, 1, "the round is not durable yet");
+                break;
+            }
+            polls += 1;
+            assert!(polls < 1000, "seed {seed}: the round never wrote in place");
+        }
+        // The round's fdatasync has not run; a checkpoint runs now, to its end.
+        assert!(block_on(store.checkpoint()).unwrap());
+        drop(append);
+        drop(store);
+        h.storage.crash();
+        let store = h.open().unwrap();
+        match read_all(&store, k) {
+            Ok(got) if got.get(&0).map(|r| r.1.as_slice()) == Some(b"cold:0123456789") => {}
+            Ok(_) => lost.push(format!("seed {seed}: record 0 missing")),
+            Err(e) => lost.push(format!("seed {seed}: {e}")),
+        }
+    }
+    assert!(lost.is_empty(), "acknowledged record lost: {lost:#?}");
+}
+
 /// Per shard: seq -> record, for what the store holds or may hold.
 type Model = HashMap<ShardKey, BTreeMap<u64, Sent>>;
 

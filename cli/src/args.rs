@@ -36,7 +36,8 @@ impl Cli {
             Command::Serve(_) => None,
             Command::Stream { server, .. }
             | Command::Put { server, .. }
-            | Command::Read { server, .. } => server.server.clone(),
+            | Command::Read { server, .. }
+            | Command::Top { server, .. } => server.server.clone(),
         };
         after
             .or_else(|| self.server.clone())
@@ -72,6 +73,27 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// A live view of the server's streams (rates, throttling, iterator age, latency) and
+    /// engine, from its metrics endpoint.
+    Top {
+        #[command(flatten)]
+        args: TopArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Print one frame (rates over one interval) and exit, without terminal control codes.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// The metrics endpoint to read (default: the one the server advertises).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]

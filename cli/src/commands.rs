@@ -52,6 +52,7 @@ pub fn run(server: &str, command: Command) -> Result<(), String> {
             Command::Stream { command, .. } => stream(&client, command).await,
             Command::Put { args, .. } => put(&client, args).await,
             Command::Read { args, .. } => read(&client, server, args).await,
+            Command::Top { args, .. } => crate::top::run(&client, server, args).await,
             Command::Serve(_) => unreachable!("serve is not a client command"),
         }
     })

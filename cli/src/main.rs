@@ -9,6 +9,7 @@
 mod args;
 mod commands;
 mod serve;
+mod top;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -984,6 +984,25 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
             "{flag} has a description: {line:?}"
         );
     }
+    // `top --once`: one frame from the metrics endpoint the server advertises.
+    let frame = ok(a, &["top", "--once", "--interval", "0.2"], b"");
+    let header = frame
+        .lines()
+        .find(|l| l.starts_with("STREAM"))
+        .expect(&frame);
+    assert!(
+        header.contains("IN rec/s") && header.contains("PUT p99 ms"),
+        "{frame}"
+    );
+    let row: Vec<&str> = frame
+        .lines()
+        .find(|l| l.starts_with("s "))
+        .unwrap_or_else(|| panic!("no row for stream s: {frame}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.last(), Some(&"7"), "7 records put into s: {frame}");
+    assert!(frame.contains("ENGINE  cores"), "{frame}");
+    assert!(!frame.contains('\x1b'), "no terminal codes with --once");
     let retention = help(&["stream", "set-retention"]);
     assert!(
         retention.contains("The new retention window in hours"),

@@ -64,6 +64,8 @@ pub struct ServerInfo {
     pub max_frame_bytes: u32,
     /// Every engine core and its advertised "host:port".
     pub cores: Vec<(u16, String)>,
+    /// "host:port" of the server's metrics endpoint (`GET /metrics`), if it has one.
+    pub metrics_address: Option<String>,
 }
 
 /// Settings of a new stream.
@@ -245,6 +247,7 @@ impl Client {
                 .iter()
                 .map(|c| (c.core_id, c.address.to_string()))
                 .collect(),
+            metrics_address: hello.metrics_address.map(str::to_string),
         };
         conn.set_max_request_bytes(u64::from(server.max_frame_bytes));
         tracing::debug!(addr = %bootstrap, ?server, "connected");

@@ -285,6 +285,7 @@ mod fake {
                     protocol_version: PROTOCOL_VERSION,
                     max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
                     cores,
+                    metrics_address: None,
                 }));
                 true
             }

@@ -467,4 +467,67 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// The Grafana dashboard in the repository uses only names the endpoint exposes.
+    #[test]
+    fn the_dashboard_uses_only_exposed_names() {
+        let core = CoreMetrics::default();
+        core.stream("s", |c| c.put_latency.observe(Duration::from_millis(1)));
+        core.request("PutBatch", Some("Throttled"));
+        let mut snapshot = core.snapshot();
+        snapshot.disk_bytes.insert("s".into(), 1);
+        let text = snapshot.encode();
+        let exposed: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/grafana/spate.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).unwrap();
+        let promql = [
+            "sum",
+            "by",
+            "rate",
+            "max",
+            "histogram_quantile",
+            "le",
+            "stream",
+            "op",
+            "code",
+            "__rate_interval",
+            "label_values",
+        ];
+        let mut used = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                // Label values and variables are quoted or start with `$`.
+                let mut unquoted = String::new();
+                let mut quoted = false;
+                for ch in expr.chars() {
+                    if ch == '"' {
+                        quoted = !quoted;
+                    } else if !quoted {
+                        unquoted.push(ch);
+                    }
+                }
+                for word in unquoted
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+                    .filter(|w| !w.is_empty() && !w.starts_with('$'))
+                    .filter(|w| !w.chars().next().unwrap().is_ascii_digit())
+                {
+                    if promql.contains(&word) {
+                        continue;
+                    }
+                    assert!(
+                        exposed.contains(word),
+                        "{word} (in {expr}) is not exposed:\n{text}"
+                    );
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 20, "the dashboard reads {used} metrics");
+    }
 }

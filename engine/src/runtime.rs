@@ -258,6 +258,7 @@ pub(crate) enum CoreMsg {
     /// Every core's advertised address, for `Hello`.
     SetTopology {
         addrs: Vec<String>,
+        metrics: Option<String>,
         reply: Reply<()>,
     },
     /// A long-poll (`Core::wait_for_data`), answered when the shard has data or time is up,
@@ -729,8 +730,13 @@ impl<S: Storage + 'static> Core<S> {
                     .send(crate::server::listen(self.clone(), public, own))
                     .await;
             }
-            CoreMsg::SetTopology { addrs, reply } => {
+            CoreMsg::SetTopology {
+                addrs,
+                metrics,
+                reply,
+            } => {
                 *self.net.topology.borrow_mut() = addrs;
+                *self.net.metrics_address.borrow_mut() = metrics;
                 let _ = reply.send(Ok(())).await;
             }
             CoreMsg::Shutdown { reply } => {

@@ -9,10 +9,11 @@
 //!            max_frame_bytes   u32
 //!            core_count        varint (at most MAX_CORES)
 //!            core_count × { core_id u16, address str ("host:port", at most MAX_ADDRESS_BYTES) }
+//!            metrics_address   opt<str> (where `GET /metrics` is answered, if anywhere)
 //! ```
 
 use crate::message::Payload;
-use crate::wire::{put_count, put_str, put_u16, put_u32, put_u8, DecodeError, Reader};
+use crate::wire::{put_count, put_option, put_str, put_u16, put_u32, put_u8, DecodeError, Reader};
 
 /// Longest client name a hello may carry.
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
@@ -32,6 +33,8 @@ pub struct HelloResponse<'a> {
     /// The largest frame the server accepts; the client keeps its requests within it.
     pub max_frame_bytes: u32,
     pub cores: Vec<CoreInfo<'a>>,
+    /// "host:port" of the server's metrics endpoint (Prometheus text over HTTP), if on.
+    pub metrics_address: Option<&'a str>,
 }
 
 /// One engine core and where to connect to reach it directly.
@@ -76,6 +79,7 @@ impl<'a> Payload<'a> for HelloResponse<'a> {
             put_u16(out, core.core_id);
             put_str(out, core.address);
         }
+        put_option(out, self.metrics_address, put_str);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -94,10 +98,16 @@ impl<'a> Payload<'a> for HelloResponse<'a> {
             }
             cores.push(CoreInfo { core_id, address });
         }
+        let metrics_address = if r.present("metrics_address")? {
+            Some(r.str(MAX_ADDRESS_BYTES, "metrics_address")?)
+        } else {
+            None
+        };
         Ok(HelloResponse {
             protocol_version,
             max_frame_bytes,
             cores,
+            metrics_address,
         })
     }
 }
@@ -120,6 +130,7 @@ mod tests {
             protocol_version: PROTOCOL_VERSION,
             max_frame_bytes: 1 << 20,
             cores: vec![],
+            metrics_address: None,
         }));
         let hello = HelloResponse {
             protocol_version: PROTOCOL_VERSION,
@@ -134,10 +145,33 @@ mod tests {
                     address: "[::1]:7005",
                 },
             ],
+            metrics_address: Some("10.0.0.1:7480"),
         };
         assert_eq!(hello.address_of(5), Some("[::1]:7005"));
         assert_eq!(hello.address_of(1), None);
         check_response(&Response::Hello(hello));
+    }
+
+    #[test]
+    fn golden_hello_response() {
+        let out = check_response(&Response::Hello(HelloResponse {
+            protocol_version: 1,
+            max_frame_bytes: 256,
+            cores: vec![CoreInfo {
+                core_id: 2,
+                address: "h:1",
+            }],
+            metrics_address: Some("h:9"),
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            33, 0, 0, 0,  1,  1,  1, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            1,                          // protocol_version
+            0, 1, 0, 0,                 // max_frame_bytes
+            1,  2, 0,  3, b'h', b':', b'1', // one core: id 2, "h:1"
+            1,  3, b'h', b':', b'9',    // metrics_address: present, "h:9"
+        ];
+        assert_eq!(out, expected);
     }
 
     #[test]
@@ -170,6 +204,7 @@ mod tests {
                 core_id: 0,
                 address: "",
             }],
+            metrics_address: None,
         };
         let mut payload = Vec::new();
         empty_address.encode_payload(&mut payload);
@@ -182,11 +217,13 @@ mod tests {
             version: u8,
             max_frame_bytes: u32,
             cores in proptest::collection::vec((any::<u16>(), "[a-z0-9.:]{1,40}"), 0..20),
+            metrics in proptest::option::of("[a-z0-9.:]{1,40}"),
         ) {
             let hello = HelloResponse {
                 protocol_version: version,
                 max_frame_bytes,
                 cores: cores.iter().map(|(id, a)| CoreInfo { core_id: *id, address: a }).collect(),
+                metrics_address: metrics.as_deref(),
             };
             check_response(&Response::Hello(hello));
         }

@@ -186,6 +186,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                     address: "127.0.0.1:7001",
                 },
             ],
+            metrics_address: Some("127.0.0.1:7480"),
         }),
         Response::CreateStream(CreateStreamResponse {
             stream_id: 7,

@@ -168,10 +168,12 @@ fn hello<S: Storage + 'static>(core: &Core<S>, cid: u64, out: &mut Vec<u8>) {
             address: a.as_str(),
         })
         .collect();
+    let metrics = core.net.metrics_address.borrow();
     let hello = HelloResponse {
         protocol_version: PROTOCOL_VERSION,
         max_frame_bytes: core.cfg.max_frame_bytes as u32,
         cores,
+        metrics_address: metrics.as_deref(),
     };
     encode_response(out, cid, &Response::Hello(hello));
 }

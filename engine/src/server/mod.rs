@@ -96,14 +96,6 @@ impl Server {
             let join = (listen.port() != 0).then_some(public);
             cores.push(bind(i, join, own(public, i))?.1);
         }
-        let addrs: Vec<String> = cores.iter().map(|a| a.to_string()).collect();
-        for i in 0..n {
-            let addrs = addrs.clone();
-            futures_lite::future::block_on(call(engine.core_sender(i), |reply| {
-                CoreMsg::SetTopology { addrs, reply }
-            }))?;
-        }
-        tracing::info!(%public, ?cores, "listening");
         let metrics = match metrics_listen {
             Some(addr) => {
                 let m = metrics_http::MetricsEndpoint::start(addr, engine.clone())?;
@@ -112,6 +104,20 @@ impl Server {
             }
             None => None,
         };
+        let addrs: Vec<String> = cores.iter().map(|a| a.to_string()).collect();
+        let metrics_address = metrics.as_ref().map(|m| m.addr().to_string());
+        for i in 0..n {
+            let addrs = addrs.clone();
+            let metrics = metrics_address.clone();
+            futures_lite::future::block_on(call(engine.core_sender(i), |reply| {
+                CoreMsg::SetTopology {
+                    addrs,
+                    metrics,
+                    reply,
+                }
+            }))?;
+        }
+        tracing::info!(%public, ?cores, "listening");
         Ok(Server {
             engine,
             public,

@@ -60,6 +60,8 @@ const MIN_RESPONSE_ROOM: usize = 1 << 20;
 #[derive(Default)]
 pub(crate) struct NetState {
     pub(crate) topology: RefCell<Vec<String>>,
+    /// Where the metrics endpoint answers, for `Hello`.
+    pub(crate) metrics_address: RefCell<Option<String>>,
     /// With their descriptors (glommio's listener does not lend its own).
     listeners: RefCell<Vec<(Rc<TcpListener>, std::os::fd::RawFd)>>,
     connections: Cell<usize>,

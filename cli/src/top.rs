@@ -1,0 +1,257 @@
+//! `spate top`: a live view of a server's streams, read from its metrics endpoint (the
+//! address its hello advertises, or `--metrics`): per stream the write and read rates,
+//! throttling, iterator age and put latency; the engine's rounds, flushes and connections.
+//! Refreshes every `--interval` seconds until interrupted; `--once` prints one frame (two
+//! scrapes an interval apart) without terminal control codes.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use spate_client::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::args::TopArgs;
+
+/// Longest a scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn run(client: &Client, server: &str, args: TopArgs) -> Result<(), String> {
+    let metrics = match (&args.metrics, &client.server_info().metrics_address) {
+        (Some(m), _) => m.clone(),
+        (None, Some(m)) => reachable(m, server),
+        (None, None) => {
+            return Err(format!(
+                "{server} has no metrics endpoint (it runs with metrics_listen = \"\"); give one with --metrics HOST:PORT"
+            ))
+        }
+    };
+    let interval = Duration::from_secs_f64(args.interval.max(0.1));
+    let terminal = std::io::stdout().is_terminal() && !args.once;
+    let mut prev = scrape(&metrics).await?;
+    loop {
+        tokio::time::sleep(interval).await;
+        let cur = scrape(&metrics).await?;
+        let frame = render(server, &metrics, &prev, &cur);
+        let mut out = std::io::stdout().lock();
+        let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
+        write!(out, "{clear}{frame}")
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        if args.once {
+            return Ok(());
+        }
+        prev = cur;
+    }
+}
+
+/// The advertised metrics address, with an unspecified host (0.0.0.0, ::) replaced by the
+/// host the user reached the server at.
+fn reachable(advertised: &str, server: &str) -> String {
+    let Ok(addr) = advertised.parse::<std::net::SocketAddr>() else {
+        return advertised.to_string();
+    };
+    if !addr.ip().is_unspecified() {
+        return advertised.to_string();
+    }
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    format!("{host}:{}", addr.port())
+}
+
+/// One scrape: the counters, gauges and histograms by name and `stream` label.
+#[derive(Debug, Default)]
+struct Sample {
+    at: Option<Instant>,
+    /// (metric, stream) -> value; stream "" for engine-wide ones.
+    values: BTreeMap<(String, String), f64>,
+    /// (metric, stream) -> cumulative bucket counts by upper bound.
+    histograms: BTreeMap<(String, String), Vec<(f64, f64)>>,
+}
+
+impl Sample {
+    fn get(&self, metric: &str, stream: &str) -> f64 {
+        self.values
+            .get(&(metric.to_string(), stream.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Sum of a labeled family over every label value (requests by op, errors by code).
+    fn sum(&self, metric: &str) -> f64 {
+        self.values
+            .iter()
+            .filter(|((m, _), _)| m == metric)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn streams(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .values
+            .keys()
+            .filter(|(m, s)| m == "IncomingRecords_total" && !s.is_empty())
+            .map(|(_, s)| s.clone())
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+async fn scrape(addr: &str) -> Result<Sample, String> {
+    let fetch = async {
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).await?;
+        Ok::<String, std::io::Error>(text)
+    };
+    let text = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
+        .await
+        .map_err(|_| format!("no answer from the metrics endpoint {addr}"))?
+        .map_err(|e| format!("cannot read the metrics endpoint {addr}: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("the metrics endpoint {addr} answered no HTTP"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        let status = head.lines().next().unwrap_or_default();
+        return Err(format!("the metrics endpoint {addr} answered {status}"));
+    }
+    let parsed = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .map_err(|e| format!("the metrics of {addr} do not parse: {e}"))?;
+    let mut sample = Sample {
+        at: Some(Instant::now()),
+        ..Sample::default()
+    };
+    for s in parsed.samples {
+        let label = ["stream", "op", "code"]
+            .iter()
+            .find_map(|l| s.labels.get(l))
+            .unwrap_or_default()
+            .to_string();
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => {
+                sample.values.insert((s.metric, label), v);
+            }
+            prometheus_parse::Value::Histogram(h) => {
+                let buckets = h.iter().map(|b| (b.less_than, b.count)).collect();
+                sample.histograms.insert((s.metric, label), buckets);
+            }
+            prometheus_parse::Value::Summary(_) => {}
+        }
+    }
+    Ok(sample)
+}
+
+/// The upper bound (ms) of the bucket holding the 99th percentile of what was observed
+/// between two scrapes; `None` when nothing was.
+fn p99(prev: Option<&Vec<(f64, f64)>>, cur: Option<&Vec<(f64, f64)>>) -> Option<f64> {
+    let cur = cur?;
+    let delta: Vec<(f64, f64)> = cur
+        .iter()
+        .map(|(le, n)| {
+            let before = prev
+                .and_then(|p| p.iter().find(|(l, _)| l == le))
+                .map_or(0.0, |(_, n)| *n);
+            (*le, n - before)
+        })
+        .collect();
+    let total = delta.iter().map(|(_, n)| *n).fold(0.0, f64::max);
+    if total <= 0.0 {
+        return None;
+    }
+    delta
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map(|(le, _)| *le)
+}
+
+fn render(server: &str, metrics: &str, prev: &Sample, cur: &Sample) -> String {
+    let dt = match (prev.at, cur.at) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
+        _ => 1.0,
+    };
+    let rate = |metric: &str, stream: &str| {
+        (cur.get(metric, stream) - prev.get(metric, stream)).max(0.0) / dt
+    };
+    let mib = |bytes_per_s: f64| bytes_per_s / (1 << 20) as f64;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "spate top  {server}  (metrics http://{metrics}/metrics, rates over {dt:.1} s)\n\n"
+    ));
+    out.push_str(&format!(
+        "{:<24} {:>10} {:>9} {:>11} {:>10} {:>9} {:>11} {:>10} {:>12}\n",
+        "STREAM",
+        "IN rec/s",
+        "IN MiB/s",
+        "THROTTLED/s",
+        "OUT rec/s",
+        "OUT MiB/s",
+        "ITER AGE ms",
+        "PUT p99 ms",
+        "IN rec total"
+    ));
+    for s in cur.streams() {
+        let p = p99(
+            prev.histograms
+                .get(&("PutRecords_Latency".to_string(), s.clone())),
+            cur.histograms
+                .get(&("PutRecords_Latency".to_string(), s.clone())),
+        )
+        .map_or("-".to_string(), |v| {
+            if v == f64::INFINITY || v > 1e9 {
+                "> 10000".to_string()
+            } else {
+                format!("{v}")
+            }
+        });
+        out.push_str(&format!(
+            "{:<24} {:>10.0} {:>9.2} {:>11.0} {:>10.0} {:>9.2} {:>11.0} {:>10} {:>12.0}\n",
+            s,
+            rate("IncomingRecords_total", &s),
+            mib(rate("IncomingBytes_total", &s)),
+            rate("WriteProvisionedThroughputExceeded_total", &s),
+            rate("GetRecords_Records_total", &s),
+            mib(rate("OutgoingBytes_total", &s)),
+            cur.get("GetRecords_IteratorAgeMilliseconds", &s),
+            p,
+            cur.get("IncomingRecords_total", &s),
+        ));
+    }
+    let per_s = |metric: &str| (cur.sum(metric) - prev.sum(metric)).max(0.0) / dt;
+    out.push_str(&format!(
+        "\nENGINE  cores {:.0}  rounds/s {:.0}  flushes/s {:.0}  journal MiB/s {:.2}  requests/s {:.0}  errors/s {:.0}  connections {:.0}  parked reads {:.0}\n",
+        cur.get("spate_cores", ""),
+        per_s("spate_rounds_total"),
+        per_s("spate_round_syncs_total"),
+        mib(per_s("spate_journal_bytes_total")),
+        per_s("spate_requests_total"),
+        per_s("spate_errors_total"),
+        cur.get("spate_connections", ""),
+        cur.get("spate_parked_reads", ""),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_of_what_came_between_two_scrapes() {
+        let prev = vec![(1.0, 10.0), (5.0, 10.0), (f64::INFINITY, 10.0)];
+        let cur = vec![(1.0, 10.0), (5.0, 109.0), (f64::INFINITY, 110.0)];
+        // 100 new observations: 99 at most 5 ms, one above.
+        assert_eq!(p99(Some(&prev), Some(&cur)), Some(5.0));
+        assert_eq!(p99(Some(&cur), Some(&cur)), None);
+        assert_eq!(p99(None, None), None);
+    }
+
+    #[test]
+    fn unspecified_hosts_become_the_servers() {
+        assert_eq!(reachable("0.0.0.0:7480", "db1:7400"), "db1:7480");
+        assert_eq!(reachable("10.0.0.1:7480", "db1:7400"), "10.0.0.1:7480");
+    }
+}

@@ -114,6 +114,15 @@ pub struct ServeArgs {
     /// (overrides the config file; default 127.0.0.1:7480).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// Log lines on standard error as text or as one JSON object each (RUST_LOG filters).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     };
     let serving = matches!(cli.command, Command::Serve(_));
     let server = cli.server();
-    init_logging(if serving { "info" } else { "warn" });
+    let json = matches!(&cli.command, Command::Serve(s) if s.log_format == LogFormat::Json);
+    init_logging(if serving { "info" } else { "warn" }, json);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         command => commands::run(&server, command),
@@ -47,14 +48,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default_filter: &str) {
+fn init_logging(default_filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// A message as one line: clap's multi-line errors lose their usage block, and the lines

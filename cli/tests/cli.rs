@@ -786,7 +786,7 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
         &dir.path().join("data"),
         dir.path(),
         "127.0.0.1:0",
-        &["--config", config],
+        &["--config", config, "--log-format", "json"],
     );
     let a = server.addr.as_str();
 
@@ -1009,6 +1009,37 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
         "{retention}"
     );
     assert!(help(&["stream", "create"]).contains("--wait"));
+
+    // JSON logs: every line one object; control operations at info; an error answered to
+    // a client once, with the request id, peer, operation and stream.
+    let log = server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let message = |v: &Value| {
+        v["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|v| message(v) == "create stream t with 2 shards: done" && v["level"] == "INFO"),
+        "{log}"
+    );
+    let unknown: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["fields"]["stream"] == "nope" && v["fields"]["op"] == "DescribeStream")
+        .collect();
+    assert!(!unknown.is_empty(), "{log}");
+    let f = &unknown[0]["fields"];
+    assert!(
+        f["request_id"].is_u64() && f["peer"].as_str().is_some_and(|p| p.contains("127.0.0.1")),
+        "{f}"
+    );
+    assert!(f["code"].as_str().unwrap().contains("UnknownStream"), "{f}");
     server.stop(libc::SIGTERM);
 }
 

@@ -48,6 +48,7 @@ max_streams = 10000                 # quotas: streams on this node ...
 max_shards_per_stream = 10000       # ... shards in one stream (at most 10,000) ...
 max_shards = 100000                 # ... and open shards on this node (each costs ~1 KiB idle); past them LimitExceeded
 metrics_listen = "127.0.0.1:7480"  # HTTP GET /metrics, Prometheus text format ("": off)
+metrics = true                      # count per-stream and engine metrics (false: nothing is counted)
 create_answer_ms = 1000             # a create answers when its stream is ACTIVE or after this long with CREATING (0: at once)
 "#;
 
@@ -93,6 +94,7 @@ pub struct EngineConfig {
     pub max_shards: u64,
     pub create_answer_ms: u64,
     pub metrics_listen: String,
+    pub metrics: bool,
 }
 
 impl Default for EngineConfig {
@@ -138,6 +140,7 @@ impl Default for EngineConfig {
             max_shards: 100_000,
             create_answer_ms: 1_000,
             metrics_listen: "127.0.0.1:7480".into(),
+            metrics: true,
         }
     }
 }

@@ -319,6 +319,8 @@ pub struct Core<S: Storage> {
     shards: RefCell<rustc_hash::FxHashMap<ShardIdent, Rc<ShardSlot<S>>>>,
     /// Counters of this core's requests (read by a scrape, `CoreMsg::Metrics`).
     pub(crate) metrics: crate::metrics::CoreMetrics,
+    /// Error answers logged: (second, logged in it, suppressed since the last logged).
+    pub(crate) error_logs: Cell<(i64, u32, u64)>,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -436,6 +438,7 @@ impl<S: Storage + 'static> Core<S> {
         routes: HashMap<String, StreamEntry>,
     ) -> Result<Core<S>, EngineError> {
         let _ = cores;
+        let metrics = crate::metrics::CoreMetrics::new(cfg.metrics);
         let core = Core {
             index,
             cfg,
@@ -443,7 +446,8 @@ impl<S: Storage + 'static> Core<S> {
             storage,
             stores: RefCell::new(BTreeMap::new()),
             shards: RefCell::new(Default::default()),
-            metrics: Default::default(),
+            metrics,
+            error_logs: Cell::new((0, 0, 0)),
             peers,
             catalog: catalog.map(RefCell::new),
             stopping: Cell::new(false),
@@ -699,7 +703,25 @@ impl<S: Storage + 'static> Core<S> {
                 let _ = reply.send(self.checkpoint_now().await).await;
             }
             CoreMsg::Control { op, reply } => {
-                let _ = reply.send(self.control(op).await).await;
+                let what = match &op {
+                    ControlOp::CreateStream { name, opts, .. } => Some(format!(
+                        "create stream {name} with {} shards",
+                        opts.shard_count
+                    )),
+                    ControlOp::DeleteStream { name } => Some(format!("delete stream {name}")),
+                    ControlOp::SetRetention { name, hours } => {
+                        Some(format!("set the retention of stream {name} to {hours} h"))
+                    }
+                    ControlOp::Snapshot => None,
+                };
+                let result = self.control(op).await;
+                if let Some(what) = what {
+                    match &result {
+                        Ok(_) => tracing::info!("{what}: done"),
+                        Err(e) => tracing::info!(error = %e, "{what}: refused"),
+                    }
+                }
+                let _ = reply.send(result).await;
             }
             CoreMsg::RouteUpdate {
                 name,

@@ -56,9 +56,22 @@ pub(super) async fn handle<S: Storage + 'static>(
         Ok(req) => execute(core, conn, &frame, req, out).await,
         Err(e) => Err((e.code(), 0, e.to_string())),
     };
-    let op = spate_protocol::Opcode::from_u16(opcode).map_or("unknown", |o| o.name());
     let code = result.as_ref().err().map(|(code, _, _)| code.name());
-    core.metrics.request(op, code);
+    core.metrics.request(opcode, code);
+    if let Err((code, _, message)) = &result {
+        let op = spate_protocol::Opcode::from_u16(opcode).map_or("unknown", |o| o.name());
+        // Decoded again (no copy) for its stream: errors are the rare path.
+        let req = decode_request(&frame).ok();
+        log_error(
+            core,
+            conn,
+            op,
+            cid,
+            req.as_ref().and_then(stream_of),
+            *code,
+            message,
+        );
+    }
     if let Err((code, retry_after_ms, message)) = result {
         encode_error(
             out,
@@ -74,6 +87,77 @@ pub(super) async fn handle<S: Storage + 'static>(
 }
 
 type Failure = (ErrorCode, u32, String);
+
+/// The stream a request is about, for logs (a read names it only inside its iterator).
+fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
+    match req {
+        Request::CreateStream(r) => Some(r.name),
+        Request::DeleteStream(r) => Some(r.name),
+        Request::DescribeStream(r) => Some(r.name),
+        Request::IncreaseRetention(r) | Request::DecreaseRetention(r) => Some(r.name),
+        Request::PutRecord(r) => Some(r.stream),
+        Request::PutBatch(r) => Some(r.stream),
+        Request::PutBatches(r) => Some(r.stream),
+        Request::GetIterator(r) => Some(r.stream),
+        Request::Hello(_) | Request::ListStreams(_) | Request::GetRecords(_) => None,
+    }
+}
+
+/// Most error answers a core logs per second; past it they are counted, and the count is
+/// logged with the next one after the second is over.
+const ERROR_LOGS_PER_SECOND: u32 = 20;
+
+/// Logs an error answered to a client, once, with the request id (its correlation id), the
+/// peer and the stream: at warn when the server failed (storage, damage, a bug), at debug
+/// for the expected pushback (throttling, busy, shutting down), at info when the request
+/// was refused otherwise (an unknown stream, a bad argument). Rate-limited per core.
+fn log_error<S: Storage + 'static>(
+    core: &Core<S>,
+    conn: &ConnState,
+    op: &'static str,
+    request_id: u64,
+    stream: Option<&str>,
+    code: ErrorCode,
+    message: &str,
+) {
+    let now = core.clock.now_ms() / 1000;
+    let limiter = &core.error_logs;
+    let (second, logged, suppressed) = limiter.get();
+    let (logged, suppressed) = if second == now {
+        (logged, suppressed)
+    } else {
+        (0, suppressed)
+    };
+    if logged >= ERROR_LOGS_PER_SECOND {
+        limiter.set((now, logged, suppressed + 1));
+        return;
+    }
+    limiter.set((now, logged + 1, 0));
+    let peer = conn.peer();
+    let server_side = matches!(
+        code,
+        ErrorCode::StorageIo
+            | ErrorCode::StorageFull
+            | ErrorCode::Corrupt
+            | ErrorCode::ShardPoisoned
+            | ErrorCode::Internal
+            | ErrorCode::OutcomeUnknown
+    );
+    let pushback = matches!(
+        code,
+        ErrorCode::Throttled
+            | ErrorCode::ReadThrottled
+            | ErrorCode::ServerBusy
+            | ErrorCode::ShuttingDown
+    );
+    if server_side {
+        tracing::warn!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+    } else if pushback {
+        tracing::debug!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+    } else {
+        tracing::info!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+    }
+}
 
 /// The one place engine errors become wire codes.
 pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
@@ -147,7 +231,15 @@ async fn execute<S: Storage + 'static>(
             let (ident, owner, _) = locate(core, r.stream, r.shard_id).map_err(fail)?;
             let started = std::time::Instant::now();
             let result = put(core, ident, owner, r.batch).await;
-            count_put(core, r.stream, r.batch, &result, started, false);
+            count_put(
+                core,
+                ident.stream_id,
+                r.stream,
+                r.batch,
+                &result,
+                started,
+                false,
+            );
             Response::PutBatch(put_batch_response(r.shard_id, result).map_err(fail)?)
         }
         Request::PutBatches(r) => return put_batches(core, cid, r, out).await,
@@ -356,7 +448,15 @@ async fn put_record<S: Storage + 'static>(
     let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
     let started = std::time::Instant::now();
     let outcome = put(core, ident, owner, r.batch).await.map_err(fail)?;
-    count_put(core, r.stream, r.batch, &Ok(outcome), started, true);
+    count_put(
+        core,
+        ident.stream_id,
+        r.stream,
+        r.batch,
+        &Ok(outcome),
+        started,
+        true,
+    );
     if outcome.accepted == 0 {
         let retry = outcome.retry_after_ms.unwrap_or(1);
         return Err((
@@ -381,7 +481,15 @@ async fn put_batches<S: Storage + 'static>(
     let started = std::time::Instant::now();
     let results = put_many(core, &entry, &r.batches).await;
     for (b, res) in r.batches.iter().zip(&results) {
-        count_put(core, r.stream, b.batch, res, started, false);
+        count_put(
+            core,
+            entry.stream_id,
+            r.stream,
+            b.batch,
+            res,
+            started,
+            false,
+        );
     }
     let messages: Vec<String> = results
         .iter()
@@ -511,7 +619,8 @@ async fn get_records<S: Storage + 'static>(
         Ok(got) => got,
         Err(e) => {
             if matches!(e, EngineError::ReadThrottled { .. }) {
-                core.metrics.stream(&entry.name, |c| c.read_throttled += 1);
+                core.metrics
+                    .stream(entry.stream_id, &entry.name, |c| c.read_throttled += 1);
             }
             return Err(fail(e));
         }
@@ -542,7 +651,7 @@ async fn get_records<S: Storage + 'static>(
         got.bytes.len(),
     );
     out.extend_from_slice(&got.bytes);
-    core.metrics.stream(&entry.name, |c| {
+    core.metrics.stream(entry.stream_id, &entry.name, |c| {
         c.get_records_success += 1;
         c.get_records_records += got.end_seq - got.start_seq;
         c.get_records_bytes += got.bytes.len() as u64;
@@ -557,13 +666,14 @@ async fn get_records<S: Storage + 'static>(
 /// to the records stored), throttled records, the latency.
 fn count_put<S: Storage + 'static>(
     core: &Core<S>,
+    stream_id: u64,
     stream: &str,
     batch: &[u8],
     result: &Result<PutOutcome, EngineError>,
     started: std::time::Instant,
     single: bool,
 ) {
-    core.metrics.stream(stream, |c| match result {
+    core.metrics.stream(stream_id, stream, |c| match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);
             c.incoming_records += stored;

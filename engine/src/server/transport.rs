@@ -401,6 +401,11 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
+    /// The client's address, for logs.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
     /// Waits until the connection has room for a response of up to `want` bytes (at least
     /// `min(want, MIN_RESPONSE_ROOM)`) and holds that room until the returned guard drops;
     /// `None` once the connection is gone.

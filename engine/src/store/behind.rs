@@ -109,18 +109,6 @@ impl<S: Storage> Store<S> {
             if recently_failed {
                 return Ok(false);
             }
-            // The ring's second file is made once the first, active, has taken an eighth of
-            // its size (a store whose shards write little never needs it); otherwise (no
-            // active file: rounds wait for one) and past two, when none is free.
-            let files = st.journal.slots.iter().filter(|s| s.file.is_some()).count();
-            let second_due = files != 1
-                || st.journal.active.is_none()
-                || st.journal.write_pos >= st.journal.file_bytes / 8;
-            let slot = if st.journal.free_slots() == 0 && st.fill.is_none() && second_due {
-                st.journal.slots.iter().position(|s| s.file.is_none())
-            } else {
-                None
-            };
             // Keep a quarter of the next volume's size free, and at least two of the
             // largest extents; but no more than twice what every shard's next extent
             // takes (shards that write little roll small extents), so that space is made
@@ -133,7 +121,23 @@ impl<S: Storage> Store<S> {
             // Or an appender needs an extent size that free space (fragmented) cannot give,
             // and no checkpoint is about to release more.
             let wanted = st.extent_wanted && st.alloc.quarantined_units() == 0 && !st.checkpointing;
-            (slot, st.alloc.free_units() < low_water || wanted)
+            let need_volume = st.alloc.free_units() < low_water || wanted;
+            // The ring's second file is made once the first, active, has taken an eighth of
+            // its size, or the store needs another volume (a store whose shards write
+            // little never needs it; a busy one gets it before its volumes take the room
+            // kept back for it); otherwise (no active file: rounds wait for one) and past
+            // two, when none is free.
+            let files = st.journal.slots.iter().filter(|s| s.file.is_some()).count();
+            let second_due = files != 1
+                || need_volume
+                || st.journal.active.is_none()
+                || st.journal.write_pos >= st.journal.file_bytes / 8;
+            let slot = if st.journal.free_slots() == 0 && st.fill.is_none() && second_due {
+                st.journal.slots.iter().position(|s| s.file.is_none())
+            } else {
+                None
+            };
+            (slot, need_volume)
         };
         let filling = self.st.borrow().fill.is_some();
         if journal_slot.is_none() && !need_volume && !filling {

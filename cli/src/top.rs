@@ -124,7 +124,7 @@ async fn scrape(addr: &str) -> Result<Sample, String> {
         ..Sample::default()
     };
     for s in parsed.samples {
-        let label = ["stream", "op", "code"]
+        let label = ["stream", "op", "code", "core"]
             .iter()
             .find_map(|l| s.labels.get(l))
             .unwrap_or_default()
@@ -231,6 +231,29 @@ fn render(server: &str, metrics: &str, prev: &Sample, cur: &Sample) -> String {
         per_s("spate_errors_total"),
         cur.get("spate_connections", ""),
         cur.get("spate_parked_reads", ""),
+    ));
+    let flush = p99(
+        prev.histograms
+            .get(&("spate_flush_latency".to_string(), String::new())),
+        cur.histograms
+            .get(&("spate_flush_latency".to_string(), String::new())),
+    )
+    .map_or("-".to_string(), |v| format!("{v}"));
+    let mut cores: Vec<(u64, f64)> = cur
+        .values
+        .keys()
+        .filter(|(m, _)| m == "spate_core_requests_total")
+        .filter_map(|(_, c)| c.parse::<u64>().ok())
+        .map(|c| (c, rate("spate_core_requests_total", &c.to_string())))
+        .collect();
+    cores.sort_by_key(|(c, _)| *c);
+    let per_core: Vec<String> = cores
+        .iter()
+        .map(|(c, r)| format!("core {c} {r:.0} req/s"))
+        .collect();
+    out.push_str(&format!(
+        "CORES   {}  flush p99 ms {flush}\n",
+        per_core.join("  ")
     ));
     out
 }

@@ -31,11 +31,20 @@ pub const LATENCY_BOUNDS_MS: [f64; 16] = [
     10000.0,
 ];
 
+/// Buckets of a latency histogram: one per bound, and +Inf.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// The bucket of a latency of `us` microseconds.
+pub fn latency_bucket_us(us: u64) -> usize {
+    let ms = us as f64 / 1000.0;
+    LATENCY_BOUNDS_MS.partition_point(|b| *b < ms)
+}
+
 /// A latency histogram with fixed buckets (`LATENCY_BOUNDS_MS`), counts per bucket (not
 /// cumulative).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Latency {
-    pub buckets: [u64; LATENCY_BOUNDS_MS.len() + 1],
+    pub buckets: [u64; LATENCY_BUCKETS],
     pub count: u64,
     pub sum_ms: f64,
 }
@@ -49,7 +58,7 @@ impl Latency {
         self.sum_ms += ms;
     }
 
-    fn merge(&mut self, o: &Latency) {
+    pub fn merge(&mut self, o: &Latency) {
         for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
             *a += b;
         }
@@ -187,6 +196,14 @@ impl CoreMetrics {
     }
 }
 
+/// One core's share of the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreLoad {
+    pub requests: u64,
+    pub rounds: u64,
+    pub connections: u64,
+}
+
 /// What a scrape reports: every core's counters added up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
@@ -208,6 +225,15 @@ pub struct MetricsSnapshot {
     pub direct_bytes: u64,
     pub sync_us: u64,
     pub checkpoints: u64,
+    /// How long rounds took to flush (fdatasync or O_DSYNC writes).
+    pub flush_latency: Latency,
+    /// Extents and records retention deleted.
+    pub retention_extents: u64,
+    pub retention_records: u64,
+    /// The longest a core took to open (recover) its stores at start.
+    pub recovery_ms: u64,
+    /// Per core: requests, rounds and open connections.
+    pub per_core: BTreeMap<u64, CoreLoad>,
     /// Bytes the shards' extents hold on disk, per stream.
     pub disk_bytes: BTreeMap<String, u64>,
     pub cores: u64,
@@ -237,6 +263,16 @@ impl MetricsSnapshot {
         self.direct_bytes += o.direct_bytes;
         self.sync_us += o.sync_us;
         self.checkpoints += o.checkpoints;
+        self.flush_latency.merge(&o.flush_latency);
+        self.retention_extents += o.retention_extents;
+        self.retention_records += o.retention_records;
+        self.recovery_ms = self.recovery_ms.max(o.recovery_ms);
+        for (core, load) in &o.per_core {
+            let l = self.per_core.entry(*core).or_default();
+            l.requests += load.requests;
+            l.rounds += load.rounds;
+            l.connections += load.connections;
+        }
         self.cores += o.cores;
     }
 
@@ -423,6 +459,58 @@ impl MetricsSnapshot {
             disk.get_or_create(&stream(s)).set(*n as i64);
         }
         spate.register("disk_bytes", "Disk held by each stream's shards", disk);
+        let flush = Histo::default();
+        flush.set(&self.flush_latency);
+        spate.register(
+            "flush_latency",
+            "How long a round's flush took, in ms",
+            flush,
+        );
+        spate.register(
+            "retention_deleted_extents",
+            "Extents deleted by retention",
+            plain(self.retention_extents),
+        );
+        spate.register(
+            "retention_deleted_records",
+            "Records deleted by retention",
+            plain(self.retention_records),
+        );
+        spate.register(
+            "recovery_seconds",
+            "How long the slowest core took to recover its stores at start",
+            {
+                let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+                g.set(self.recovery_ms as f64 / 1000.0);
+                g
+            },
+        );
+        let per_core = |value: &dyn Fn(&CoreLoad) -> u64| {
+            let family = Family::<Labels, Counter>::default();
+            for (core, load) in &self.per_core {
+                family
+                    .get_or_create(&vec![("core", core.to_string())])
+                    .inc_by(value(load));
+            }
+            family
+        };
+        spate.register(
+            "core_requests",
+            "Requests per core",
+            per_core(&|l| l.requests),
+        );
+        spate.register(
+            "core_rounds",
+            "Group-commit rounds per core",
+            per_core(&|l| l.rounds),
+        );
+        let conns = Family::<Labels, Gauge>::default();
+        for (core, load) in &self.per_core {
+            conns
+                .get_or_create(&vec![("core", core.to_string())])
+                .set(load.connections as i64);
+        }
+        spate.register("core_connections", "Open connections per core", conns);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
@@ -524,6 +612,7 @@ mod tests {
         core.request(spate_protocol::Opcode::PutBatch.as_u16(), Some("Throttled"));
         let mut snapshot = core.snapshot();
         snapshot.disk_bytes.insert("s".into(), 1);
+        snapshot.per_core.insert(0, CoreLoad::default());
         let text = snapshot.encode();
         let exposed: std::collections::BTreeSet<&str> = text
             .lines()
@@ -543,6 +632,7 @@ mod tests {
             "stream",
             "op",
             "code",
+            "core",
             "__rate_interval",
             "label_values",
         ];

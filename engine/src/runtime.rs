@@ -321,6 +321,10 @@ pub struct Core<S: Storage> {
     pub(crate) metrics: crate::metrics::CoreMetrics,
     /// Error answers logged: (second, logged in it, suppressed since the last logged).
     pub(crate) error_logs: Cell<(i64, u32, u64)>,
+    /// Extents and records retention deleted on this core.
+    retention_deleted: Cell<(u64, u64)>,
+    /// How long opening (recovering) this core's stores took at start.
+    recovery_ms: Cell<u64>,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -448,6 +452,8 @@ impl<S: Storage + 'static> Core<S> {
             shards: RefCell::new(Default::default()),
             metrics,
             error_logs: Cell::new((0, 0, 0)),
+            retention_deleted: Cell::new((0, 0)),
+            recovery_ms: Cell::new(0),
             peers,
             catalog: catalog.map(RefCell::new),
             stopping: Cell::new(false),
@@ -521,6 +527,8 @@ impl<S: Storage + 'static> Core<S> {
                 core.register_shard(spec.local())?;
             }
         }
+        core.recovery_ms
+            .set(recovery_started.elapsed().as_millis() as u64);
         if store_count > 0 {
             tracing::info!(
                 core = index,
@@ -797,6 +805,11 @@ impl<S: Storage + 'static> Core<S> {
             m.direct_bytes += s.direct_bytes;
             m.sync_us += s.sync_us;
             m.checkpoints += s.checkpoints;
+            for (b, n) in m.flush_latency.buckets.iter_mut().zip(s.sync_buckets) {
+                *b += n;
+            }
+            m.flush_latency.count += s.sync_buckets.iter().sum::<u64>();
+            m.flush_latency.sum_ms += s.sync_us as f64 / 1000.0;
         }
         let names: HashMap<u64, String> = self
             .routes
@@ -812,6 +825,17 @@ impl<S: Storage + 'static> Core<S> {
             };
             *m.disk_bytes.entry(name.clone()).or_default() += info.disk_bytes;
         }
+        m.retention_extents = self.retention_deleted.get().0;
+        m.retention_records = self.retention_deleted.get().1;
+        m.recovery_ms = self.recovery_ms.get();
+        m.per_core.insert(
+            self.index as u64,
+            crate::metrics::CoreLoad {
+                requests: m.requests.values().sum(),
+                rounds: m.rounds,
+                connections: m.connections,
+            },
+        );
         m
     }
 
@@ -1152,7 +1176,15 @@ impl<S: Storage + 'static> Core<S> {
                 (spec.ident, spec.retention_hours)
             };
             let cutoff = now - i64::from(hours) * 3_600_000;
-            removed += slot.store.apply_retention(ident, cutoff);
+            let before = slot.store.trim_horizon(ident).unwrap_or(0);
+            let extents = slot.store.apply_retention(ident, cutoff);
+            if extents > 0 {
+                let after = slot.store.trim_horizon(ident).unwrap_or(before);
+                let (e, r) = self.retention_deleted.get();
+                self.retention_deleted
+                    .set((e + extents as u64, r + after.saturating_sub(before)));
+            }
+            removed += extents;
         }
         removed
     }

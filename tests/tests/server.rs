@@ -615,6 +615,39 @@ fn the_metrics_endpoint_counts_what_was_done() {
     assert!(plain("spate_rounds_total") >= 1.0);
     assert!(plain("spate_journal_bytes_total") >= bytes as f64);
     assert_eq!(plain("spate_connections"), 1.0);
+    assert_eq!(plain("spate_retention_deleted_records_total"), 0.0);
+    assert!(plain("spate_recovery_seconds") >= 0.0);
+    // Per core: the requests add up to the total.
+    let per_core: f64 = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "spate_core_requests_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    let total: f64 = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "spate_requests_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    assert_eq!(per_core, total);
+    // Every round's flush is in the flush-latency histogram.
+    let flushes = parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == "spate_flush_latency")
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            other => panic!("{other:?}"),
+        })
+        .expect("spate_flush_latency");
+    assert_eq!(flushes, plain("spate_rounds_total"));
     // The latency histogram counts one observation per put that stored something.
     let count = parsed
         .samples

@@ -255,6 +255,8 @@ pub struct StoreStats {
     pub replayed_bytes: u64,
     /// Shards recovery cut at a round that never completed.
     pub cut_shards: u64,
+    /// Rounds by how long their sync phase took (`crate::metrics::LATENCY_BOUNDS_MS`).
+    pub sync_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
 }
 
 /// A shard's vital statistics.
@@ -1298,6 +1300,7 @@ impl<S: Storage> Store<S> {
         st.stats.sync_us += sync_us;
         st.stats.write_us_max = st.stats.write_us_max.max(write_us);
         st.stats.sync_us_max = st.stats.sync_us_max.max(sync_us);
+        st.stats.sync_buckets[crate::metrics::latency_bucket_us(sync_us)] += 1;
         st.stats.round_syncs += syncs;
         {
             // Write-behind is paced the same way (each round's journal bytes must be

@@ -27,7 +27,7 @@ log="$data.engine.log"
 config=()
 [[ -n ${ENGINE_CONFIG:-} ]] && config=(--config "$ENGINE_CONFIG")
 RUST_LOG=spate_engine=debug,info taskset -c 0 "$target/spate" serve "${config[@]}" \
-    --data-dir "$data" --cores 0 --listen "127.0.0.1:$port" >"$log" 2>&1 &
+    --data-dir "$data" --cores 0 --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
 engine=$!
 # (each step may fail: the engine is usually gone by then; set -e must not skip the rm)
 trap 'kill -TERM $engine 2>/dev/null || true; wait $engine 2>/dev/null || true; rm -rf "$data"' EXIT

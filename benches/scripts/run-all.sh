@@ -86,7 +86,7 @@ start_engine() {
     local config=()
     [[ -n ${ENGINE_CONFIG:-} ]] && config=(--config "$ENGINE_CONFIG")
     taskset -c "$engine_cores" "$spate" serve "${config[@]}" --data-dir "$data" \
-        --listen "127.0.0.1:$port" --cores "$engine_cores" >"$log" 2>&1 &
+        --listen "127.0.0.1:$port" --cores "$engine_cores" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
     engine_pid=$!
     for _ in $(seq 600); do
         if grep -q '^listening on' "$log"; then

@@ -24,7 +24,8 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArg {
     /// The server to talk to [default: 127.0.0.1:7400].
-    #[arg(long = "server", value_name = "HOST:PORT")]
+    // Global below its command: `spate stream list --server H:P` as well.
+    #[arg(long = "server", value_name = "HOST:PORT", global = true)]
     pub server: Option<String>,
 }
 
@@ -497,6 +498,11 @@ mod tests {
         assert!(
             Cli::try_parse_from(["spate", "read", "s", "--shard", "1", "--from", "nope"]).is_err()
         );
+        // After a stream subcommand too.
+        let cli = Cli::try_parse_from(["spate", "stream", "list", "--server", "h:3"]).unwrap();
+        assert_eq!(cli.server(), "h:3");
+        let cli = Cli::try_parse_from(["spate", "stream", "--server", "h:4", "list"]).unwrap();
+        assert_eq!(cli.server(), "h:4");
         // serve takes no --server (it is not a client command).
         assert!(Cli::try_parse_from(["spate", "serve", "--server", "h:1"]).is_err());
     }

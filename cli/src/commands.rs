@@ -410,6 +410,10 @@ fn read_stdin(
             }
         };
         number += 1;
+        // A blank line in JSON lines is no record (a trailing newline, a spacer).
+        if key_field.is_some() && record.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
         let item = match (&key, &key_field) {
             (Some(key), _) => Ok((key.clone(), record)),
             (None, Some(field)) => key_of(&record, field)

@@ -1044,21 +1044,26 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
     server.stop(libc::SIGTERM);
 }
 
-/// A port P such that P and the next `cores` ports are free now (a restarted server must
-/// come back on the same address, with its cores on P+1.. as before).
+/// A port P such that P and the 16 after it are free now (a restarted server must come
+/// back on the same address, with its cores on P+1.. as before). Taken below the kernel's
+/// ephemeral range, which port-0 binds and outgoing connections of other tests draw from.
 fn free_listen_addr() -> String {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u16;
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p > 60_000 {
-            continue;
-        }
-        if (1..=cores).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.saturating_sub(32).max(10_100));
+    let mut x = u64::from(std::process::id()) ^ (unique() << 32);
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let p = lo + ((x >> 33) % u64::from(hi - lo)) as u16;
+        if (0..=16).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return format!("127.0.0.1:{p}");
         }
     }
-    panic!("no free port range");
+    panic!("no free port range below {ephemeral_low}");
 }
 
 /// SIGTERM with a producer, a follower and its long-poll in flight (issue 12): nothing in
@@ -1166,6 +1171,18 @@ fn sigterm_drains_and_producers_and_followers_go_on_after_a_restart() {
     // address and both go on by themselves.
     wait_for(200);
     server.stop(libc::SIGTERM);
+    // Down until the follower has noticed (its next read finds nobody) and said so.
+    let deadline = Instant::now() + WATCHDOG;
+    while !std::fs::read_to_string(&follower_log)
+        .unwrap()
+        .contains("waiting for")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never said the server went away"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let server = Serve::start_with(&data, dir.path(), &listen, &[]);
     assert_eq!(server.addr, a);
     let before = lines.lock().unwrap().len();

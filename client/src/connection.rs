@@ -59,6 +59,8 @@ struct Shared {
     /// The server answered ShuttingDown here: answers still come, but the next request goes
     /// on a new connection (to the server once it is back).
     draining: std::sync::atomic::AtomicBool,
+    /// Notified (once, with a stored permit) when the connection closed.
+    closed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             if w.closed.is_none() {
                 tracing::debug!(addr = %self.addr, error = %err, "connection closed");
                 w.closed = Some(err.clone());
+                self.closed.notify_one();
             }
             w.by_id.drain().map(|(_, tx)| tx).collect()
         };
@@ -156,6 +159,7 @@ impl Connection {
                 closed: None,
             }),
             draining: std::sync::atomic::AtomicBool::new(false),
+            closed: tokio::sync::Notify::new(),
         });
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(max_in_flight);
@@ -286,7 +290,15 @@ async fn write_loop(
     shared: Arc<Shared>,
 ) {
     let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
-    while let Some(first) = rx.recv().await {
+    loop {
+        // The connection closed (the server's end, its goodbye, a failure): close this side
+        // too at once, so a server waiting for its clients to hang up is not kept waiting
+        // by an idle connection in the pool.
+        let first = tokio::select! {
+            msg = rx.recv() => msg,
+            () = shared.closed.notified() => None,
+        };
+        let Some(first) = first else { break };
         let mut next = Some(first);
         let result = async {
             // Write everything queued, then flush once: a burst of requests shares syscalls.
@@ -306,7 +318,7 @@ async fn write_loop(
             return;
         }
     }
-    // Every sender is gone: the connection is being dropped.
+    // Every sender is gone (the connection is being dropped), or it closed.
     let _ = w.shutdown().await;
 }
 

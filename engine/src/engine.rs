@@ -513,11 +513,21 @@ fn shutdown_cores(
     if threads.is_empty() {
         return;
     }
+    // Every core at once: a long-poll forwarded from one core to another ends when the
+    // owning core stops, and the cores' drains and closing graces overlap.
+    let replies: Vec<_> = cores
+        .iter()
+        .map(|core| {
+            let (tx, rx) = async_channel::bounded(1);
+            core.send_blocking(CoreMsg::Shutdown { reply: tx })
+                .is_ok()
+                .then_some(rx)
+        })
+        .collect();
+    for rx in replies.into_iter().flatten() {
+        let _ = rx.recv_blocking();
+    }
     for core in cores {
-        let (tx, rx) = async_channel::bounded(1);
-        if core.send_blocking(CoreMsg::Shutdown { reply: tx }).is_ok() {
-            let _ = rx.recv_blocking();
-        }
         core.close();
     }
     for t in threads.drain(..) {

@@ -86,8 +86,12 @@ pub struct StreamCounters {
     pub get_records_records: u64,
     pub get_records_latency: Latency,
     /// The iterator age (ms behind the shard's newest record) of the stream's latest
-    /// GetRecords answer on this core; the largest of the cores' when merged.
+    /// GetRecords answer on this core, if that was within the last minute (a reader that
+    /// stopped, or moved to another core, leaves no stale age); the largest of the cores'
+    /// when merged.
     pub iterator_age_ms: u64,
+    /// When `iterator_age_ms` was answered (ms since the epoch).
+    pub iterator_age_at_ms: i64,
     pub outgoing_bytes: u64,
 }
 
@@ -108,6 +112,9 @@ impl StreamCounters {
         self.outgoing_bytes += o.outgoing_bytes;
     }
 }
+
+/// How long an iterator age answered counts as the stream's current one.
+const ITERATOR_AGE_FOR_MS: i64 = 60_000;
 
 /// Request counters indexed by opcode (opcodes are small numbers).
 const OPCODE_SLOTS: usize = 64;
@@ -170,10 +177,15 @@ impl CoreMetrics {
         }
     }
 
-    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+    /// The counters as of `now_ms`.
+    pub(crate) fn snapshot(&self, now_ms: i64) -> MetricsSnapshot {
         let mut streams: BTreeMap<String, StreamCounters> = BTreeMap::new();
         for (name, c) in self.streams.borrow().values() {
-            streams.entry(name.clone()).or_default().merge(c);
+            let mut c = c.clone();
+            if now_ms - c.iterator_age_at_ms > ITERATOR_AGE_FOR_MS {
+                c.iterator_age_ms = 0;
+            }
+            streams.entry(name.clone()).or_default().merge(&c);
         }
         let requests = self
             .requests
@@ -202,6 +214,8 @@ pub struct CoreLoad {
     pub requests: u64,
     pub rounds: u64,
     pub connections: u64,
+    /// Messages waiting in the core's request channel (from other cores and handles).
+    pub queue_depth: u64,
 }
 
 /// What a scrape reports: every core's counters added up.
@@ -217,6 +231,9 @@ pub struct MetricsSnapshot {
     pub request_bytes: u64,
     pub unsent_bytes: u64,
     pub parked_reads: u64,
+    /// Store memory: staged bytes not yet written to their extents, and all buffers held.
+    pub staged_bytes: u64,
+    pub store_memory_bytes: u64,
     /// Stores: group-commit rounds, their flushes, journal and in-place bytes, and the
     /// time spent flushing.
     pub rounds: u64,
@@ -257,6 +274,8 @@ impl MetricsSnapshot {
         self.request_bytes += o.request_bytes;
         self.unsent_bytes += o.unsent_bytes;
         self.parked_reads += o.parked_reads;
+        self.staged_bytes += o.staged_bytes;
+        self.store_memory_bytes += o.store_memory_bytes;
         self.rounds += o.rounds;
         self.round_syncs += o.round_syncs;
         self.journal_bytes += o.journal_bytes;
@@ -272,6 +291,7 @@ impl MetricsSnapshot {
             l.requests += load.requests;
             l.rounds += load.rounds;
             l.connections += load.connections;
+            l.queue_depth += load.queue_depth;
         }
         self.cores += o.cores;
     }
@@ -427,11 +447,11 @@ impl MetricsSnapshot {
             "Bytes of hot shards written in place",
             plain(self.direct_bytes),
         );
-        spate.register(
-            "flush_seconds",
-            "Time spent flushing rounds",
-            plain(self.sync_us / 1_000_000),
-        );
+        spate.register("flush_seconds", "Time spent flushing rounds", {
+            let c = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+            c.inc_by(self.sync_us as f64 / 1e6);
+            c
+        });
         spate.register("checkpoints", "Store checkpoints", plain(self.checkpoints));
         spate.register(
             "connections",
@@ -452,6 +472,16 @@ impl MetricsSnapshot {
             "parked_reads",
             "Long-polls waiting for records",
             gauge(self.parked_reads),
+        );
+        spate.register(
+            "staged_bytes",
+            "Bytes staged in memory, not yet written to their extents",
+            gauge(self.staged_bytes),
+        );
+        spate.register(
+            "store_memory_bytes",
+            "Memory the stores' shard buffers hold",
+            gauge(self.store_memory_bytes),
         );
         spate.register("cores", "Engine cores", gauge(self.cores));
         let disk = Family::<Labels, Gauge>::default();
@@ -511,6 +541,17 @@ impl MetricsSnapshot {
                 .set(load.connections as i64);
         }
         spate.register("core_connections", "Open connections per core", conns);
+        let depth = Family::<Labels, Gauge>::default();
+        for (core, load) in &self.per_core {
+            depth
+                .get_or_create(&vec![("core", core.to_string())])
+                .set(load.queue_depth as i64);
+        }
+        spate.register(
+            "core_queue_depth",
+            "Messages waiting in each core's request channel",
+            depth,
+        );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
@@ -567,8 +608,8 @@ mod tests {
         let put_batch = spate_protocol::Opcode::PutBatch.as_u16();
         core.request(put_batch, None);
         core.request(put_batch, Some("Throttled"));
-        let mut all = core.snapshot();
-        all.merge(&core.snapshot());
+        let mut all = core.snapshot(0);
+        all.merge(&core.snapshot(0));
         let c = &all.streams["s"];
         assert_eq!((c.incoming_bytes, c.incoming_records), (200, 4));
         assert_eq!(c.put_latency.count, 2);
@@ -610,7 +651,7 @@ mod tests {
         let core = CoreMetrics::default();
         core.stream(1, "s", |c| c.put_latency.observe(Duration::from_millis(1)));
         core.request(spate_protocol::Opcode::PutBatch.as_u16(), Some("Throttled"));
-        let mut snapshot = core.snapshot();
+        let mut snapshot = core.snapshot(0);
         snapshot.disk_bytes.insert("s".into(), 1);
         snapshot.per_core.insert(0, CoreLoad::default());
         let text = snapshot.encode();

@@ -790,7 +790,7 @@ impl<S: Storage + 'static> Core<S> {
 
     /// This core's counters, network accounting, store statistics and disk per stream.
     fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
-        let mut m = self.metrics.snapshot();
+        let mut m = self.metrics.snapshot(self.clock.now_ms());
         let net = self.net.stats();
         m.connections = net.connections as u64;
         m.request_bytes = net.request_bytes as u64;
@@ -805,6 +805,8 @@ impl<S: Storage + 'static> Core<S> {
             m.direct_bytes += s.direct_bytes;
             m.sync_us += s.sync_us;
             m.checkpoints += s.checkpoints;
+            m.staged_bytes += store.pending_bytes() as u64;
+            m.store_memory_bytes += store.memory_bytes() as u64;
             for (b, n) in m.flush_latency.buckets.iter_mut().zip(s.sync_buckets) {
                 *b += n;
             }
@@ -834,6 +836,7 @@ impl<S: Storage + 'static> Core<S> {
                 requests: m.requests.values().sum(),
                 rounds: m.rounds,
                 connections: m.connections,
+                queue_depth: self.peers[self.index].len() as u64,
             },
         );
         m

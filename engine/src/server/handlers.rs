@@ -120,20 +120,6 @@ fn log_error<S: Storage + 'static>(
     code: ErrorCode,
     message: &str,
 ) {
-    let now = core.clock.now_ms() / 1000;
-    let limiter = &core.error_logs;
-    let (second, logged, suppressed) = limiter.get();
-    let (logged, suppressed) = if second == now {
-        (logged, suppressed)
-    } else {
-        (0, suppressed)
-    };
-    if logged >= ERROR_LOGS_PER_SECOND {
-        limiter.set((now, logged, suppressed + 1));
-        return;
-    }
-    limiter.set((now, logged + 1, 0));
-    let peer = conn.peer();
     let server_side = matches!(
         code,
         ErrorCode::StorageIo
@@ -150,6 +136,31 @@ fn log_error<S: Storage + 'static>(
             | ErrorCode::ServerBusy
             | ErrorCode::ShuttingDown
     );
+    // Only lines the filter lets through spend the budget.
+    let visible = if server_side {
+        tracing::enabled!(tracing::Level::WARN)
+    } else if pushback {
+        tracing::enabled!(tracing::Level::DEBUG)
+    } else {
+        tracing::enabled!(tracing::Level::INFO)
+    };
+    if !visible {
+        return;
+    }
+    let now = core.clock.now_ms() / 1000;
+    let limiter = &core.error_logs;
+    let (second, logged, suppressed) = limiter.get();
+    let (logged, suppressed) = if second == now {
+        (logged, suppressed)
+    } else {
+        (0, suppressed)
+    };
+    if logged >= ERROR_LOGS_PER_SECOND {
+        limiter.set((now, logged, suppressed + 1));
+        return;
+    }
+    limiter.set((now, logged + 1, 0));
+    let peer = conn.peer();
     if server_side {
         tracing::warn!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
     } else if pushback {
@@ -447,16 +458,17 @@ async fn put_record<S: Storage + 'static>(
         })?;
     let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
     let started = std::time::Instant::now();
-    let outcome = put(core, ident, owner, r.batch).await.map_err(fail)?;
+    let result = put(core, ident, owner, r.batch).await;
     count_put(
         core,
         ident.stream_id,
         r.stream,
         r.batch,
-        &Ok(outcome),
+        &result,
         started,
         true,
     );
+    let outcome = result.map_err(fail)?;
     if outcome.accepted == 0 {
         let retry = outcome.retry_after_ms.unwrap_or(1);
         return Err((
@@ -658,6 +670,7 @@ async fn get_records<S: Storage + 'static>(
         c.outgoing_bytes += got.bytes.len() as u64;
         c.get_records_latency.observe(started.elapsed());
         c.iterator_age_ms = millis_behind_latest;
+        c.iterator_age_at_ms = now;
     });
     Ok(())
 }

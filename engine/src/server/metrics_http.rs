@@ -44,10 +44,14 @@ impl MetricsEndpoint {
                     if stopping.load(Ordering::Relaxed) {
                         return;
                     }
-                    if let Ok(conn) = conn {
-                        if let Err(e) = answer(conn, &engine) {
-                            tracing::debug!(error = %e, "metrics request failed");
+                    match conn {
+                        Ok(conn) => {
+                            if let Err(e) = answer(conn, &engine) {
+                                tracing::debug!(error = %e, "metrics request failed");
+                            }
                         }
+                        // Out of descriptors, most likely: not a busy loop.
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
                     }
                 }
             })

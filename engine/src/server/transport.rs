@@ -82,6 +82,8 @@ pub(crate) struct NetState {
     closing: Cell<bool>,
     /// Woken when `closing` is set.
     close: Notify,
+    /// Connections being refused (`spawn_reject`).
+    rejecting: Cell<usize>,
 }
 
 /// A snapshot of one core's network accounting.
@@ -280,21 +282,21 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
             }
         };
         if core.stopping.get() {
-            reject(
+            spawn_reject(
+                &core,
                 stream,
                 ErrorCode::ShuttingDown,
                 "the server is shutting down",
-            )
-            .await;
+            );
             continue;
         }
         if core.net.connections.get() >= core.cfg.max_connections_per_core {
-            reject(
+            spawn_reject(
+                &core,
                 stream,
                 ErrorCode::TooManyConnections,
                 "too many connections on this core",
-            )
-            .await;
+            );
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -314,6 +316,31 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
         })
         .detach();
     }
+}
+
+/// Most connections being refused at once per core; past it one is closed without a word.
+const MAX_REJECTING: usize = 64;
+
+/// Refuses a connection in a task of its own, so that a peer slow to close never holds up
+/// the accept loop.
+fn spawn_reject<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
+    stream: TcpStream,
+    code: ErrorCode,
+    message: &'static str,
+) {
+    let net = &core.net;
+    if net.rejecting.get() >= MAX_REJECTING {
+        drop(stream);
+        return;
+    }
+    net.rejecting.set(net.rejecting.get() + 1);
+    let c = core.clone();
+    glommio::spawn_local(async move {
+        reject(stream, code, message).await;
+        c.net.rejecting.set(c.net.rejecting.get() - 1);
+    })
+    .detach();
 }
 
 async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {

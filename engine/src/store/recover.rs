@@ -507,7 +507,7 @@ impl<S: Storage> Store<S> {
         let (key, len) = match &entry {
             Entry::Batch(k, b) => (*k, b.len() as u64),
             Entry::Roll(k, _) => (*k, 0),
-            Entry::Direct(k, d) => (*k, d.to_offset - d.from_offset),
+            Entry::Direct(k, d) => (*k, d.to_offset.saturating_sub(d.from_offset)),
         };
         if let Some(cut) = broken.get_mut(&key) {
             cut.entries += 1;

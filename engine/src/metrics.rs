@@ -299,16 +299,13 @@ impl MetricsSnapshot {
     /// The Prometheus (OpenMetrics) text exposition of the snapshot.
     pub fn encode(&self) -> String {
         let mut registry = Registry::default();
-        type Labels = Vec<(&'static str, String)>;
         let stream = |name: &str| -> Labels { vec![("stream", name.to_string())] };
+        let core = |index: &u64| -> Labels { vec![("core", index.to_string())] };
         let counter = |registry: &mut Registry,
                        name: &str,
                        help: &str,
                        value: &dyn Fn(&StreamCounters) -> u64| {
-            let family = Family::<Labels, Counter>::default();
-            for (s, c) in &self.streams {
-                family.get_or_create(&stream(s)).inc_by(value(c));
-            }
+            let family = counters(self.streams.iter().map(|(s, c)| (stream(s), value(c))));
             registry.register(name, help, family);
         };
         counter(
@@ -371,10 +368,11 @@ impl MetricsSnapshot {
             "Bytes sent to consumers",
             &|c| c.outgoing_bytes,
         );
-        let ages = Family::<Labels, Gauge>::default();
-        for (s, c) in &self.streams {
-            ages.get_or_create(&stream(s)).set(c.iterator_age_ms as i64);
-        }
+        let ages = gauges(
+            self.streams
+                .iter()
+                .map(|(s, c)| (stream(s), c.iterator_age_ms)),
+        );
         registry.register(
             "GetRecords_IteratorAgeMilliseconds",
             "How far behind the newest record the last GetRecords answer was",
@@ -405,11 +403,7 @@ impl MetricsSnapshot {
 
         let spate = registry.sub_registry_with_prefix("spate");
         let by = |key: &'static str, map: &BTreeMap<&'static str, u64>| {
-            let family = Family::<Labels, Counter>::default();
-            for (k, n) in map {
-                family.get_or_create(&vec![(key, k.to_string())]).inc_by(*n);
-            }
-            family
+            counters(map.iter().map(|(k, n)| (vec![(key, k.to_string())], *n)))
         };
         spate.register(
             "requests",
@@ -484,10 +478,7 @@ impl MetricsSnapshot {
             gauge(self.store_memory_bytes),
         );
         spate.register("cores", "Engine cores", gauge(self.cores));
-        let disk = Family::<Labels, Gauge>::default();
-        for (s, n) in &self.disk_bytes {
-            disk.get_or_create(&stream(s)).set(*n as i64);
-        }
+        let disk = gauges(self.disk_bytes.iter().map(|(s, n)| (stream(s), *n)));
         spate.register("disk_bytes", "Disk held by each stream's shards", disk);
         let flush = Histo::default();
         flush.set(&self.flush_latency);
@@ -515,48 +506,55 @@ impl MetricsSnapshot {
                 g
             },
         );
-        let per_core = |value: &dyn Fn(&CoreLoad) -> u64| {
-            let family = Family::<Labels, Counter>::default();
-            for (core, load) in &self.per_core {
-                family
-                    .get_or_create(&vec![("core", core.to_string())])
-                    .inc_by(value(load));
-            }
-            family
+        let per_core = |value: fn(&CoreLoad) -> u64| {
+            self.per_core.iter().map(move |(i, l)| (core(i), value(l)))
         };
         spate.register(
             "core_requests",
             "Requests per core",
-            per_core(&|l| l.requests),
+            counters(per_core(|l| l.requests)),
         );
         spate.register(
             "core_rounds",
             "Group-commit rounds per core",
-            per_core(&|l| l.rounds),
+            counters(per_core(|l| l.rounds)),
         );
-        let conns = Family::<Labels, Gauge>::default();
-        for (core, load) in &self.per_core {
-            conns
-                .get_or_create(&vec![("core", core.to_string())])
-                .set(load.connections as i64);
-        }
-        spate.register("core_connections", "Open connections per core", conns);
-        let depth = Family::<Labels, Gauge>::default();
-        for (core, load) in &self.per_core {
-            depth
-                .get_or_create(&vec![("core", core.to_string())])
-                .set(load.queue_depth as i64);
-        }
+        spate.register(
+            "core_connections",
+            "Open connections per core",
+            gauges(per_core(|l| l.connections)),
+        );
         spate.register(
             "core_queue_depth",
             "Messages waiting in each core's request channel",
-            depth,
+            gauges(per_core(|l| l.queue_depth)),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// A metric's label set: (name, value) pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// A counter family holding `values`.
+fn counters(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, n) in values {
+        family.get_or_create(&labels).inc_by(n);
+    }
+    family
+}
+
+/// A gauge family holding `values`.
+fn gauges(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    for (labels, n) in values {
+        family.get_or_create(&labels).set(n as i64);
+    }
+    family
 }
 
 /// A latency histogram as `prometheus-client` encodes one, set from merged counts.

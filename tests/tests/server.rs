@@ -619,7 +619,8 @@ fn the_metrics_endpoint_counts_what_was_done() {
     assert!(plain("spate_journal_bytes_total") >= bytes as f64);
     assert_eq!(plain("spate_connections"), 1.0);
     assert_eq!(plain("spate_retention_deleted_records_total"), 0.0);
-    assert!(plain("spate_recovery_seconds") >= 0.0);
+    // Exposed (`plain` fails the test if it is not); its value is this start's recovery time.
+    let _recovery = plain("spate_recovery_seconds");
     // Per core: the requests add up to the total.
     let per_core: f64 = parsed
         .samples

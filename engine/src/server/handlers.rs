@@ -240,17 +240,7 @@ async fn execute<S: Storage + 'static>(
         Request::PutRecord(r) => put_record(core, r).await?,
         Request::PutBatch(r) => {
             let (ident, owner, _) = locate(core, r.stream, r.shard_id).map_err(fail)?;
-            let started = std::time::Instant::now();
-            let result = put(core, ident, owner, r.batch).await;
-            count_put(
-                core,
-                ident.stream_id,
-                r.stream,
-                r.batch,
-                &result,
-                started,
-                false,
-            );
+            let result = put_counted(core, ident, owner, r.stream, r.batch, false).await;
             Response::PutBatch(put_batch_response(r.shard_id, result).map_err(fail)?)
         }
         Request::PutBatches(r) => return put_batches(core, cid, r, out).await,
@@ -457,18 +447,9 @@ async fn put_record<S: Storage + 'static>(
             )
         })?;
     let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
-    let started = std::time::Instant::now();
-    let result = put(core, ident, owner, r.batch).await;
-    count_put(
-        core,
-        ident.stream_id,
-        r.stream,
-        r.batch,
-        &result,
-        started,
-        true,
-    );
-    let outcome = result.map_err(fail)?;
+    let outcome = put_counted(core, ident, owner, r.stream, r.batch, true)
+        .await
+        .map_err(fail)?;
     if outcome.accepted == 0 {
         let retry = outcome.retry_after_ms.unwrap_or(1);
         return Err((
@@ -673,6 +654,29 @@ async fn get_records<S: Storage + 'static>(
         c.iterator_age_at_ms = now;
     });
     Ok(())
+}
+
+/// `put`, counted in its stream's metrics (`single`: a PutRecord call).
+async fn put_counted<S: Storage + 'static>(
+    core: &Core<S>,
+    ident: ShardIdent,
+    owner: usize,
+    stream: &str,
+    batch: &[u8],
+    single: bool,
+) -> Result<PutOutcome, EngineError> {
+    let started = std::time::Instant::now();
+    let result = put(core, ident, owner, batch).await;
+    count_put(
+        core,
+        ident.stream_id,
+        stream,
+        batch,
+        &result,
+        started,
+        single,
+    );
+    result
 }
 
 /// Counts a put of one batch in its stream's metrics: what was stored (bytes in proportion

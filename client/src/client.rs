@@ -688,11 +688,12 @@ impl Client {
             }
             out.push(match o {
                 ShardOutcome::Stored(r) => Ok(r),
-                ShardOutcome::Failed(f) => Err(ClientError::Server {
-                    code: f.code,
-                    retry_after_ms: f.retry_after_ms,
-                    message: f.message.to_string(),
-                }),
+                ShardOutcome::Failed(f) => Err(ClientError::from_wire(
+                    f.code,
+                    f.retry_after_ms,
+                    f.message,
+                    f.shard_map_version,
+                )),
             });
         }
         Ok(out)

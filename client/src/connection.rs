@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use spate_protocol::{
-    decode_frame, decode_response, peek_header, ErrorCode, ErrorResponse, Opcode, Response,
+    decode_frame, decode_response, peek_header, ErrorCode, Opcode, Response,
     DEFAULT_MAX_FRAME_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -421,15 +421,12 @@ pub(crate) fn decode_reply(frame: &Bytes, expect: Option<Opcode>) -> Result<Resp
             ))),
             _ => Ok(response),
         },
-        Ok(Err(ErrorResponse {
-            code,
-            retry_after_ms,
-            message,
-        })) => Err(ClientError::Server {
-            code,
-            retry_after_ms,
-            message: message.to_string(),
-        }),
+        Ok(Err(e)) => Err(ClientError::from_wire(
+            e.code,
+            e.retry_after_ms,
+            e.message,
+            e.shard_map_version,
+        )),
         Err(e) => Err(ClientError::Protocol {
             code: e.code(),
             message: format!("undecodable response: {e}"),

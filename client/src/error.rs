@@ -19,6 +19,15 @@ pub enum ClientError {
         retry_after_ms: u32,
         message: String,
     },
+    /// The shard was split or merged and takes no more writes: describe the stream again
+    /// (until its shard-map version is at least `shard_map_version`) and send the records
+    /// to the shards that own their keys now. `put_records` and the `Producer` do this
+    /// themselves.
+    #[error("{}: {message}", ErrorCode::ShardClosed)]
+    ShardClosed {
+        shard_map_version: u64,
+        message: String,
+    },
     /// The client refused the request before sending it (bad name, key or record size).
     /// `code` is what the server would have answered.
     #[error("{code}: {message}")]
@@ -52,6 +61,7 @@ impl ClientError {
             ClientError::Server { code, .. }
             | ClientError::Invalid { code, .. }
             | ClientError::Protocol { code, .. } => Some(*code),
+            ClientError::ShardClosed { .. } => Some(ErrorCode::ShardClosed),
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. }
@@ -68,9 +78,10 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. } => true,
-            ClientError::Invalid { .. } | ClientError::Protocol { .. } | ClientError::Closed => {
-                false
-            }
+            ClientError::Invalid { .. }
+            | ClientError::Protocol { .. }
+            | ClientError::ShardClosed { .. }
+            | ClientError::Closed => false,
         }
     }
 
@@ -116,6 +127,26 @@ impl ClientError {
                 message: why(message),
             },
             other => other.clone(),
+        }
+    }
+
+    /// The error a server answered (a whole request's, or one shard's of a put-batches).
+    pub(crate) fn from_wire(
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: &str,
+        shard_map_version: u64,
+    ) -> ClientError {
+        if code == ErrorCode::ShardClosed {
+            return ClientError::ShardClosed {
+                shard_map_version,
+                message: message.to_string(),
+            };
+        }
+        ClientError::Server {
+            code,
+            retry_after_ms,
+            message: message.to_string(),
         }
     }
 

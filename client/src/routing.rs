@@ -27,6 +27,8 @@ pub struct ShardMap {
     pub stream_id: u64,
     /// The stream's per-record data limit.
     pub max_record_data_bytes: u32,
+    /// The shard-map version described (raised by every split, merge and scale).
+    pub map_version: u64,
     routes: Vec<ShardRoute>,
     /// Every described shard (open or closed) and its core, by shard id.
     cores: Vec<(u32, u16)>,
@@ -53,6 +55,7 @@ impl ShardMap {
             stream: d.name.to_string(),
             stream_id: d.stream_id,
             max_record_data_bytes: d.max_record_data_bytes,
+            map_version: d.map_version,
             routes,
             cores,
         }
@@ -118,6 +121,8 @@ mod tests {
             limits: Limits::Off,
             max_record_data_bytes: 1 << 20,
             created_ms: 0,
+            mode: spate_protocol::CapacityMode::Provisioned,
+            map_version: 1,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()

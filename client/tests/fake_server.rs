@@ -128,6 +128,7 @@ mod fake {
                 code,
                 retry_after_ms,
                 message: "fake says no",
+                shard_map_version: 0,
             };
             encode_error(&mut out, self.opcode, self.id, &body);
             let _ = self.out.send(Out::Frame(out));
@@ -319,6 +320,8 @@ mod fake {
                     max_record_data_bytes: setup.max_record_data_bytes,
                     created_ms: 0,
                     shards,
+                    mode: spate_protocol::CapacityMode::Provisioned,
+                    map_version: 1,
                 }));
                 true
             }
@@ -746,6 +749,7 @@ fn records_frame(id: u64, start: u64, end: u64, batches: &[&[u8]], token: &[u8])
         end_seq: end,
         millis_behind_latest: 0,
         next_iterator: Some(token),
+        child_shards: Default::default(),
     };
     let mut out = Vec::new();
     encode_get_records_response(&mut out, id, &head, batches.iter().copied());
@@ -902,6 +906,7 @@ async fn put_batches_outcomes_apply_per_shard_and_only_the_throttled_shard_is_re
                 code: ErrorCode::WrongShard,
                 retry_after_ms: 0,
                 message: "no",
+                shard_map_version: 0,
             }),
         })
         .collect();

@@ -3,7 +3,7 @@
 //!
 //! File `<data>/catalog.bin`:
 //! ```text
-//!   0   8  magic      b"SPCATLG1"
+//!   0   8  magic      b"SPCATLG2" (b"SPCATLG1": the layout before resharding, still read)
 //!   8   4  crc        CRC32C of the payload
 //!  12   4  length     payload bytes
 //!  16   .. payload    rkyv archive of `CatalogData` (validated with bytecheck on load)
@@ -13,6 +13,7 @@
 //! damaged file is a clean error rather than a misread. Write: new file, fsync, rename,
 //! fsync the directory — after a crash the catalog is the old or the new one, never a mix.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use spate_protocol::routing::even_range;
@@ -21,7 +22,8 @@ use crate::error::EngineError;
 use crate::limits::Limits;
 use crate::runtime::ShardIdent;
 
-const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG1";
+const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG2";
+const CATALOG_MAGIC_V1: [u8; 8] = *b"SPCATLG1";
 const CATALOG_FILE: &str = "catalog.bin";
 
 /// Stream names: 1–128 characters of `[A-Za-z0-9_.-]` (Kinesis' rule).
@@ -66,7 +68,7 @@ impl StreamOptions {
     }
 }
 
-pub use spate_protocol::stream::ShardState;
+pub use spate_protocol::stream::{CapacityMode, ShardState};
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ShardEntry {
@@ -74,10 +76,19 @@ pub struct ShardEntry {
     /// Inclusive hash-key range, big-endian bytes of a u128.
     pub hash_start: [u8; 16],
     pub hash_end: [u8; 16],
+    /// The shard this one was split from, or the first of the two it was merged from.
     pub parent: Option<u32>,
+    /// The second parent of a merge.
+    pub adjacent_parent: Option<u32>,
     pub state: ShardState,
     /// Executor index that owns the shard.
     pub core: u32,
+    /// Closed shards: one past the last sequence number the shard holds (its records end
+    /// there; readers move on to the children).
+    pub ending_seq: Option<u64>,
+    /// Closed shards: when (ms since the epoch). The shard leaves the catalog once its last
+    /// record has left the retention window and it has been closed for a whole window.
+    pub closed_ms: i64,
 }
 
 impl StreamEntry {
@@ -128,7 +139,285 @@ pub struct StreamEntry {
     pub limits: Limits,
     pub max_record_data_bytes: u32,
     pub created_ms: i64,
+    /// Open and closed shards, in ascending id order.
     pub shards: Vec<ShardEntry>,
+    pub mode: CapacityMode,
+    /// Raised by every split, merge and scale.
+    pub map_version: u64,
+    /// The id the next new shard gets.
+    pub next_shard_id: u32,
+    /// Per-shard metrics exported for this stream (Kinesis' enhanced shard-level metrics).
+    pub shard_level_metrics: bool,
+}
+
+impl StreamEntry {
+    /// The open shards, in hash-key order.
+    pub fn open_shards(&self) -> Vec<&ShardEntry> {
+        let mut open: Vec<&ShardEntry> = self
+            .shards
+            .iter()
+            .filter(|s| s.state == ShardState::Open)
+            .collect();
+        open.sort_by_key(|s| s.hash_range().0);
+        open
+    }
+
+    /// The shards that took over `shard_id`'s keys (split or merge children).
+    pub fn children_of(&self, shard_id: u32) -> Vec<u32> {
+        self.shards
+            .iter()
+            .filter(|s| s.parent == Some(shard_id) || s.adjacent_parent == Some(shard_id))
+            .map(|s| s.shard_id)
+            .collect()
+    }
+
+    /// Whether the open shards' ranges cover the whole 128-bit key space exactly once.
+    pub fn covers_key_space(&self) -> bool {
+        let mut next: Option<u128> = Some(0);
+        for s in self.open_shards() {
+            let (start, end) = s.hash_range();
+            if next != Some(start) || end < start {
+                return false;
+            }
+            next = end.checked_add(1);
+        }
+        next.is_none()
+    }
+}
+
+/// A split, merge or scale worked out against a stream's current shards, before anything
+/// is done: which open shards close, and the shards that appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReshardPlan {
+    /// Open shards that close (each is sealed on its core first).
+    pub close: Vec<u32>,
+    /// New shards, in id order: open ones (their core still to be chosen: `core` is
+    /// `u32::MAX`), and closed empty ones that only pass lineage on (a scale that splits a
+    /// shard and merges a piece of it with a neighbour), placed on their first parent's core.
+    pub new_shards: Vec<ShardEntry>,
+}
+
+impl ReshardPlan {
+    pub fn is_empty(&self) -> bool {
+        self.close.is_empty() && self.new_shards.is_empty()
+    }
+}
+
+/// Builds plans: hands out shard ids and records lineage.
+struct Planner<'a> {
+    stream: &'a StreamEntry,
+    next_id: u32,
+    now_ms: i64,
+    plan: ReshardPlan,
+}
+
+/// A range of keys during planning: an existing open shard, or a new one (index into
+/// `plan.new_shards`).
+#[derive(Clone, Copy)]
+enum Piece {
+    Old(u32),
+    New(usize),
+}
+
+impl<'a> Planner<'a> {
+    fn new(stream: &'a StreamEntry, now_ms: i64) -> Planner<'a> {
+        Planner {
+            stream,
+            next_id: stream.next_shard_id,
+            now_ms,
+            plan: ReshardPlan {
+                close: Vec::new(),
+                new_shards: Vec::new(),
+            },
+        }
+    }
+
+    fn id(&self, p: Piece) -> u32 {
+        match p {
+            Piece::Old(id) => id,
+            Piece::New(i) => self.plan.new_shards[i].shard_id,
+        }
+    }
+
+    fn range(&self, p: Piece) -> (u128, u128) {
+        match p {
+            Piece::Old(id) => self.stream.shard(id).expect("planned from it").hash_range(),
+            Piece::New(i) => self.plan.new_shards[i].hash_range(),
+        }
+    }
+
+    /// `p` takes no more writes: an old shard is sealed and closed; a new one is born
+    /// closed and empty.
+    fn close(&mut self, p: Piece) {
+        match p {
+            Piece::Old(id) => self.plan.close.push(id),
+            Piece::New(i) => {
+                let s = &mut self.plan.new_shards[i];
+                s.state = ShardState::Closed;
+                s.ending_seq = Some(0);
+                s.closed_ms = self.now_ms;
+            }
+        }
+    }
+
+    fn child(&mut self, range: (u128, u128), parent: Piece, adjacent: Option<Piece>) -> Piece {
+        let shard_id = self.next_id;
+        self.next_id += 1;
+        self.plan.new_shards.push(ShardEntry {
+            shard_id,
+            hash_start: range.0.to_be_bytes(),
+            hash_end: range.1.to_be_bytes(),
+            parent: Some(self.id(parent)),
+            adjacent_parent: adjacent.map(|a| self.id(a)),
+            state: ShardState::Open,
+            core: u32::MAX,
+            ending_seq: None,
+            closed_ms: 0,
+        });
+        Piece::New(self.plan.new_shards.len() - 1)
+    }
+
+    /// Splits `p` at each of `cuts` (ascending, inside its range, above its start).
+    fn split(&mut self, p: Piece, cuts: &[u128]) -> Vec<Piece> {
+        if cuts.is_empty() {
+            return vec![p];
+        }
+        let (start, end) = self.range(p);
+        let mut bounds = vec![start];
+        bounds.extend_from_slice(cuts);
+        let mut pieces = Vec::new();
+        for (i, &from) in bounds.iter().enumerate() {
+            let to = bounds.get(i + 1).map_or(end, |next| next - 1);
+            pieces.push(self.child((from, to), p, None));
+        }
+        self.close(p);
+        pieces
+    }
+
+    /// Merges `a` with the piece right after it.
+    fn merge(&mut self, a: Piece, b: Piece) -> Piece {
+        let range = (self.range(a).0, self.range(b).1);
+        let m = self.child(range, a, Some(b));
+        self.close(a);
+        self.close(b);
+        m
+    }
+}
+
+impl StreamEntry {
+    fn open_shard(&self, shard_id: u32) -> Result<&ShardEntry, EngineError> {
+        let sh = self
+            .shard(shard_id)
+            .ok_or_else(|| EngineError::UnknownShard {
+                stream: self.name.clone(),
+                shard: shard_id,
+            })?;
+        if sh.state != ShardState::Open {
+            return Err(EngineError::InvalidArgument(format!(
+                "shard {shard_id} of stream {:?} is closed; only open shards can be split or merged",
+                self.name
+            )));
+        }
+        Ok(sh)
+    }
+
+    /// Kinesis' SplitShard: `shard_id`'s keys below `at` go to one child, the rest to the
+    /// other.
+    pub fn plan_split(
+        &self,
+        shard_id: u32,
+        at: u128,
+        now_ms: i64,
+    ) -> Result<ReshardPlan, EngineError> {
+        let (start, end) = self.open_shard(shard_id)?.hash_range();
+        if at <= start || at > end {
+            return Err(EngineError::InvalidArgument(format!(
+                "new starting hash key {at} must be above shard {shard_id}'s first key {start} and at most its last {end}"
+            )));
+        }
+        let mut p = Planner::new(self, now_ms);
+        p.split(Piece::Old(shard_id), &[at]);
+        Ok(p.plan)
+    }
+
+    /// Kinesis' MergeShards: two open shards whose ranges touch become one, which names
+    /// `shard_id` as its parent and `adjacent` as its adjacent parent.
+    pub fn plan_merge(
+        &self,
+        shard_id: u32,
+        adjacent: u32,
+        now_ms: i64,
+    ) -> Result<ReshardPlan, EngineError> {
+        let a = self.open_shard(shard_id)?.hash_range();
+        let b = self.open_shard(adjacent)?.hash_range();
+        let touching = a.1.checked_add(1) == Some(b.0) || b.1.checked_add(1) == Some(a.0);
+        if !touching {
+            return Err(EngineError::InvalidArgument(format!(
+                "shards {shard_id} and {adjacent} of stream {:?} are not adjacent (their hash-key ranges do not touch)",
+                self.name
+            )));
+        }
+        let mut p = Planner::new(self, now_ms);
+        let range = (a.0.min(b.0), a.1.max(b.1));
+        p.child(range, Piece::Old(shard_id), Some(Piece::Old(adjacent)));
+        p.close(Piece::Old(shard_id));
+        p.close(Piece::Old(adjacent));
+        Ok(p.plan)
+    }
+
+    /// Kinesis' UpdateShardCount with uniform scaling: afterwards `target` open shards
+    /// with even ranges. Every open shard with a target boundary inside it is split there;
+    /// the pieces inside each target range are then merged one after the other. A doubling
+    /// is one split per shard, a halving one merge per pair; other ratios leave closed,
+    /// empty shards between (as Kinesis does). An open shard that already is a target
+    /// range stays as it is.
+    pub fn plan_scale(&self, target: u32, now_ms: i64) -> Result<ReshardPlan, EngineError> {
+        if target == 0 || target > MAX_SHARDS_PER_STREAM {
+            return Err(EngineError::InvalidArgument(format!(
+                "target shard count {target} must be 1..={MAX_SHARDS_PER_STREAM}"
+            )));
+        }
+        let targets: Vec<(u128, u128)> = (0..target).map(|i| even_range(i, target)).collect();
+        let mut p = Planner::new(self, now_ms);
+        let mut pieces = Vec::new();
+        for sh in self.open_shards() {
+            let (start, end) = sh.hash_range();
+            let cuts: Vec<u128> = targets
+                .iter()
+                .map(|t| t.0)
+                .filter(|&t| t > start && t <= end)
+                .collect();
+            pieces.extend(p.split(Piece::Old(sh.shard_id), &cuts));
+        }
+        let mut pieces = pieces.into_iter().peekable();
+        for (_, t_end) in targets {
+            let mut acc = pieces.next().expect("the open shards cover the key space");
+            while p.range(acc).1 < t_end {
+                let next = pieces.next().expect("pieces reach every target's end");
+                acc = p.merge(acc, next);
+            }
+        }
+        Ok(p.plan)
+    }
+
+    /// Applies a plan whose closing shards were sealed at `ending` (one past each one's last
+    /// sequence number), with the new open shards on `cores` (in the order they appear in
+    /// `plan.new_shards`). Raises the shard-map version.
+    pub fn apply_reshard(&mut self, plan: &ReshardPlan, ending: &HashMap<u32, u64>, now_ms: i64) {
+        for sh in &mut self.shards {
+            if plan.close.contains(&sh.shard_id) {
+                sh.state = ShardState::Closed;
+                sh.ending_seq = Some(ending.get(&sh.shard_id).copied().unwrap_or(0));
+                sh.closed_ms = now_ms;
+            }
+        }
+        for new in &plan.new_shards {
+            self.shards.push(new.clone());
+            self.next_shard_id = self.next_shard_id.max(new.shard_id + 1);
+        }
+        self.shards.sort_by_key(|s| s.shard_id);
+        self.map_version += 1;
+    }
 }
 
 #[derive(
@@ -265,8 +554,11 @@ impl Catalog {
                 hash_start: start.to_be_bytes(),
                 hash_end: end.to_be_bytes(),
                 parent: None,
+                adjacent_parent: None,
                 state: ShardState::Open,
                 core,
+                ending_seq: None,
+                closed_ms: 0,
             });
         }
         let stream_id = self.data.next_stream_id;
@@ -279,6 +571,10 @@ impl Catalog {
             max_record_data_bytes,
             created_ms: now_ms,
             shards,
+            mode: CapacityMode::Provisioned,
+            map_version: 1,
+            next_shard_id: shard_count,
+            shard_level_metrics: false,
         });
         Ok(self.data.streams.last().expect("just pushed"))
     }
@@ -315,19 +611,103 @@ fn encode(data: &CatalogData) -> Vec<u8> {
 }
 
 fn decode(bytes: &[u8]) -> Result<CatalogData, String> {
+    if bytes.len() >= 16 && bytes[..8] == CATALOG_MAGIC_V1 {
+        return v1::decode(bytes);
+    }
     if bytes.len() < 16 || bytes[..8] != CATALOG_MAGIC {
         return Err("bad magic".into());
     }
+    let payload = checked_payload(bytes)?;
+    // rkyv needs the archive aligned; the file's bytes sit at an arbitrary address.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<CatalogData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
+}
+
+/// The catalog layout before resharding (`SPCATLG1`): read, converted, written back as v2.
+mod v1 {
+    use super::{CatalogData, ShardState};
+    use crate::limits::Limits;
+
+    #[derive(rkyv::Archive, rkyv::Deserialize)]
+    struct ShardEntry {
+        shard_id: u32,
+        hash_start: [u8; 16],
+        hash_end: [u8; 16],
+        parent: Option<u32>,
+        state: ShardState,
+        core: u32,
+    }
+
+    #[derive(rkyv::Archive, rkyv::Deserialize)]
+    struct StreamEntry {
+        name: String,
+        stream_id: u64,
+        retention_hours: u32,
+        limits: Limits,
+        max_record_data_bytes: u32,
+        created_ms: i64,
+        shards: Vec<ShardEntry>,
+    }
+
+    #[derive(rkyv::Archive, rkyv::Deserialize)]
+    struct Data {
+        next_stream_id: u64,
+        streams: Vec<StreamEntry>,
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<CatalogData, String> {
+        let payload = super::checked_payload(bytes)?;
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        let old =
+            rkyv::from_bytes::<Data, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())?;
+        Ok(CatalogData {
+            next_stream_id: old.next_stream_id,
+            streams: old
+                .streams
+                .into_iter()
+                .map(|s| super::StreamEntry {
+                    next_shard_id: s.shards.iter().map(|sh| sh.shard_id + 1).max().unwrap_or(0),
+                    name: s.name,
+                    stream_id: s.stream_id,
+                    retention_hours: s.retention_hours,
+                    limits: s.limits,
+                    max_record_data_bytes: s.max_record_data_bytes,
+                    created_ms: s.created_ms,
+                    shards: s
+                        .shards
+                        .into_iter()
+                        .map(|sh| super::ShardEntry {
+                            shard_id: sh.shard_id,
+                            hash_start: sh.hash_start,
+                            hash_end: sh.hash_end,
+                            parent: sh.parent,
+                            adjacent_parent: None,
+                            state: sh.state,
+                            core: sh.core,
+                            ending_seq: None,
+                            closed_ms: 0,
+                        })
+                        .collect(),
+                    mode: super::CapacityMode::Provisioned,
+                    map_version: 1,
+                    shard_level_metrics: false,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The payload of a catalog file after its checksum has been checked.
+fn checked_payload(bytes: &[u8]) -> Result<&[u8], String> {
     let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
     let len = u32::from_le_bytes(bytes[12..16].try_into().expect("4")) as usize;
     let payload = bytes.get(16..16 + len).ok_or("truncated")?;
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".into());
     }
-    // rkyv needs the archive aligned; the file's bytes sit at an arbitrary address.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<CatalogData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
+    Ok(payload)
 }
 
 #[cfg(test)]
@@ -394,8 +774,102 @@ mod tests {
         assert_eq!(bench.retention_hours, 48);
         assert_eq!(bench.max_record_data_bytes, 2 << 20);
         assert_eq!(c.data.next_stream_id, 3);
-        // And it is written back byte for byte.
-        assert_eq!(&encode(&c.data)[..], &bytes[..]);
+        assert_eq!(clicks.next_shard_id, 3);
+        assert_eq!(clicks.map_version, 1);
+        assert!(clicks.covers_key_space());
+        // It is written back in the current layout, which reads back the same.
+        let again = decode(&encode(&c.data)).unwrap();
+        assert_eq!(again, c.data);
+    }
+
+    fn stream_with(shards: u32) -> StreamEntry {
+        let mut c = Catalog {
+            path: PathBuf::from("/nonexistent"),
+            data: CatalogData::default(),
+        };
+        c.add_stream("s", &StreamOptions::new(shards), 2, 0)
+            .unwrap()
+            .clone()
+    }
+
+    fn apply(s: &mut StreamEntry, plan: &ReshardPlan) {
+        let mut plan = plan.clone();
+        for sh in &mut plan.new_shards {
+            sh.core = 0;
+        }
+        s.apply_reshard(&plan, &HashMap::new(), 1);
+    }
+
+    #[test]
+    fn doubling_splits_halving_merges_and_other_ratios_pass_lineage_through() {
+        let mut s = stream_with(4);
+        let plan = s.plan_scale(8, 1).unwrap();
+        assert_eq!(plan.close, vec![0, 1, 2, 3]);
+        assert_eq!(
+            plan.new_shards.len(),
+            8,
+            "one split per shard, nothing in between"
+        );
+        assert!(plan
+            .new_shards
+            .iter()
+            .all(|n| n.state == ShardState::Open && n.adjacent_parent.is_none()));
+        apply(&mut s, &plan);
+        assert!(s.covers_key_space());
+        assert_eq!(s.open_shards().len(), 8);
+        assert_eq!(s.map_version, 2);
+        for (i, sh) in s.open_shards().iter().enumerate() {
+            assert_eq!(sh.hash_range(), even_range(i as u32, 8));
+        }
+        let plan = s.plan_scale(4, 2).unwrap();
+        assert_eq!(plan.new_shards.len(), 4, "one merge per pair");
+        assert!(plan.new_shards.iter().all(|n| n.adjacent_parent.is_some()));
+        apply(&mut s, &plan);
+        assert_eq!(s.open_shards().len(), 4);
+        assert!(s.plan_scale(4, 3).unwrap().is_empty(), "already uniform");
+        for target in [1, 3, 5, 7, 64, 2] {
+            let plan = s.plan_scale(target, 3).unwrap();
+            apply(&mut s, &plan);
+            assert!(s.covers_key_space(), "{target}");
+            let open = s.open_shards();
+            assert_eq!(open.len(), target as usize);
+            for (i, sh) in open.iter().enumerate() {
+                assert_eq!(sh.hash_range(), even_range(i as u32, target), "{target}");
+            }
+            // Every shard's parents are older (lower ids): id order is lineage order.
+            for sh in &s.shards {
+                for p in [sh.parent, sh.adjacent_parent].into_iter().flatten() {
+                    assert!(p < sh.shard_id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn splits_and_merges_are_checked() {
+        let mut s = stream_with(2);
+        let (_, end0) = s.shards[0].hash_range();
+        assert!(s.plan_split(0, 0, 1).is_err(), "at the first key");
+        assert!(s.plan_split(0, end0 + 1, 1).is_err(), "outside");
+        assert!(s.plan_split(9, 5, 1).is_err(), "unknown shard");
+        let plan = s.plan_split(0, 1000, 1).unwrap();
+        apply(&mut s, &plan);
+        assert!(s.covers_key_space());
+        assert!(s.plan_split(0, 500, 1).is_err(), "closed");
+        assert!(
+            s.plan_merge(2, 1, 1).is_err(),
+            "2 ends at 999, 1 starts at end0 + 1"
+        );
+        let plan = s.plan_merge(3, 1, 1).unwrap();
+        apply(&mut s, &plan);
+        let merged = s
+            .open_shards()
+            .into_iter()
+            .find(|x| x.shard_id == 4)
+            .unwrap();
+        assert_eq!((merged.parent, merged.adjacent_parent), (Some(3), Some(1)));
+        assert_eq!(s.children_of(1), vec![4]);
+        assert!(s.covers_key_space());
     }
 
     #[test]

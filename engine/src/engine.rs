@@ -34,7 +34,10 @@ pub struct ShardDescription {
     pub hash_key_start: u128,
     pub hash_key_end: u128,
     pub parent: Option<u32>,
+    pub adjacent_parent: Option<u32>,
     pub core: u32,
+    /// Closed shards: one past the last sequence number they hold.
+    pub ending_seq: Option<u64>,
     /// Oldest retained record, if any.
     pub first_seq: Option<u64>,
     /// Newest durable record, if any.
@@ -49,6 +52,7 @@ pub struct StreamDescription {
     pub limits: Limits,
     pub max_record_data_bytes: u32,
     pub shards: Vec<ShardDescription>,
+    pub map_version: u64,
 }
 
 struct Inner {
@@ -389,7 +393,9 @@ impl Engine {
                 hash_key_start: start,
                 hash_key_end: end,
                 parent: sh.parent,
+                adjacent_parent: sh.adjacent_parent,
                 core: sh.core % self.inner.cores.len() as u32,
+                ending_seq: sh.ending_seq,
                 first_seq: has_data.then_some(stats.first_seq),
                 last_seq: has_data.then(|| stats.next_seq - 1),
             });
@@ -401,7 +407,51 @@ impl Engine {
             limits: entry.limits,
             max_record_data_bytes: entry.max_record_data_bytes,
             shards,
+            map_version: entry.map_version,
         })
+    }
+
+    /// Kinesis' SplitShard; answers the stream's catalog entry after the change.
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        at: u128,
+    ) -> Result<StreamEntry, EngineError> {
+        let op = ControlOp::SplitShard {
+            name: stream.to_owned(),
+            shard_id,
+            at,
+        };
+        Ok(self.control(op).await?.pop().expect("after"))
+    }
+
+    /// Kinesis' MergeShards; answers the stream's catalog entry after the change.
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        adjacent: u32,
+    ) -> Result<StreamEntry, EngineError> {
+        let op = ControlOp::MergeShards {
+            name: stream.to_owned(),
+            shard_id,
+            adjacent,
+        };
+        Ok(self.control(op).await?.pop().expect("after"))
+    }
+
+    /// Kinesis' UpdateShardCount (uniform scaling); answers the entry after the change.
+    pub async fn update_shard_count(
+        &self,
+        stream: &str,
+        target: u32,
+    ) -> Result<StreamEntry, EngineError> {
+        let op = ControlOp::UpdateShardCount {
+            name: stream.to_owned(),
+            target,
+        };
+        Ok(self.control(op).await?.pop().expect("after"))
     }
 
     pub async fn shard_stats(

@@ -19,6 +19,10 @@ pub enum EngineError {
     StreamExists(String),
     #[error("stream {stream:?} has no shard {shard}")]
     UnknownShard { stream: String, shard: u32 },
+    /// Split or merged: the shard takes no more writes; its keys belong to its children
+    /// in shard-map version `map_version`.
+    #[error("shard {shard} is closed (split or merged; shard-map version {map_version}): send its records to the shards that now own their keys")]
+    ShardClosed { shard: u32, map_version: u64 },
     /// The message says what is wrong; the error code (InvalidArgument) says the kind, so
     /// the message does not repeat it (the client prints "CODE: message").
     #[error("{0}")]

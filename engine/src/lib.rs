@@ -23,6 +23,7 @@ pub mod io;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod rate;
 pub mod runtime;
 #[cfg(test)]
 mod runtime_tests;

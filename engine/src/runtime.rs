@@ -27,7 +27,7 @@ use spate_protocol::batch::{
 pub use spate_protocol::read::IteratorPosition;
 pub use spate_protocol::stream::StreamStatus;
 
-use crate::catalog::{validate_retention, Catalog, StreamEntry};
+use crate::catalog::{validate_retention, Catalog, ShardState, StreamEntry};
 use crate::clock::ClockRef;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
@@ -41,6 +41,8 @@ pub type ShardIdent = ShardKey;
 /// A batch that passed its checks and limits, ready for its store.
 struct Prepared<S: Storage> {
     slot: Rc<ShardSlot<S>>,
+    /// Held until the append is answered, so that a seal waits for it.
+    _appending: Appending<S>,
     /// The batch cut down to what the limits admit (None: all of it).
     cut: Option<Vec<u8>>,
     accepted: u32,
@@ -87,6 +89,8 @@ pub struct ShardSpec {
     pub limits: Limits,
     pub retention_hours: u32,
     pub max_record_data_bytes: u32,
+    /// Closed (split or merged): the shard-map version that closed it.
+    pub closed: Option<u64>,
 }
 
 /// A `ShardSpec` that can cross threads.
@@ -99,6 +103,7 @@ pub struct ShardSpecMsg {
     pub limits: Limits,
     pub retention_hours: u32,
     pub max_record_data_bytes: u32,
+    pub closed: Option<u64>,
 }
 
 impl ShardSpecMsg {
@@ -117,6 +122,8 @@ impl ShardSpecMsg {
                 limits: stream.limits,
                 retention_hours: stream.retention_hours,
                 max_record_data_bytes: stream.max_record_data_bytes,
+                closed: (sh.state == crate::catalog::ShardState::Closed)
+                    .then_some(stream.map_version),
             })
             .collect()
     }
@@ -130,6 +137,7 @@ impl ShardSpecMsg {
             limits: self.limits,
             retention_hours: self.retention_hours,
             max_record_data_bytes: self.max_record_data_bytes,
+            closed: self.closed,
         }
     }
 }
@@ -190,6 +198,26 @@ pub enum ControlOp {
         name: String,
         hours: u32,
     },
+    /// Kinesis' SplitShard. Answers the stream's entry before and after.
+    SplitShard {
+        name: String,
+        shard_id: u32,
+        at: u128,
+    },
+    /// Kinesis' MergeShards. Answers the entry before and after.
+    MergeShards {
+        name: String,
+        shard_id: u32,
+        adjacent: u32,
+    },
+    /// Kinesis' UpdateShardCount (uniform scaling). Answers the entry before and after.
+    UpdateShardCount {
+        name: String,
+        target: u32,
+    },
+    /// Removes closed shards that hold no record any more and were closed more than a
+    /// retention window ago (core 0's sweeper runs it).
+    ExpireClosedShards,
     Snapshot,
 }
 
@@ -205,6 +233,23 @@ pub(crate) enum CoreMsg {
     UpdateShard {
         spec: ShardSpecMsg,
         reply: Reply<()>,
+    },
+    /// Closes shards of this core to writes (a split or merge): refuses new appends with
+    /// `ShardClosed`, waits for the appends under way, and answers each shard's end (one past
+    /// its last sequence number).
+    Seal {
+        idents: Vec<ShardIdent>,
+        map_version: u64,
+        reply: Reply<Vec<u64>>,
+    },
+    /// Takes back a seal whose change could not be recorded.
+    Unseal {
+        idents: Vec<ShardIdent>,
+        reply: Reply<()>,
+    },
+    /// This core's recent write rate per shard (bytes per second), for placement.
+    Load {
+        reply: Reply<Vec<(ShardIdent, f64)>>,
     },
     Append {
         ident: ShardIdent,
@@ -306,6 +351,33 @@ pub(crate) struct ShardSlot<S: Storage> {
     store: Rc<Store<S>>,
     write: RefCell<Option<WriteLimiter>>,
     read: RefCell<Option<TokenBucket>>,
+    /// Closed to writes: the shard-map version that closed it.
+    sealed: Cell<Option<u64>>,
+    /// Appends past their checks and not yet answered (a seal waits for them).
+    appending: Cell<u32>,
+    appends_done: crate::notify::Notify,
+    /// Recent write rate (bytes of key and data per second).
+    rate: Cell<crate::rate::RateMeter>,
+}
+
+/// Counts an append under way on its shard until dropped.
+struct Appending<S: Storage>(Rc<ShardSlot<S>>);
+
+impl<S: Storage> Appending<S> {
+    fn new(slot: &Rc<ShardSlot<S>>) -> Appending<S> {
+        slot.appending.set(slot.appending.get() + 1);
+        Appending(slot.clone())
+    }
+}
+
+impl<S: Storage> Drop for Appending<S> {
+    fn drop(&mut self) {
+        let slot = &self.0;
+        slot.appending.set(slot.appending.get() - 1);
+        if slot.appending.get() == 0 {
+            slot.appends_done.notify_all();
+        }
+    }
 }
 
 pub struct Core<S: Storage> {
@@ -647,6 +719,31 @@ impl<S: Storage + 'static> Core<S> {
                 });
                 let _ = reply.send(r).await;
             }
+            CoreMsg::Seal {
+                idents,
+                map_version,
+                reply,
+            } => {
+                let _ = reply.send(self.seal(&idents, map_version).await).await;
+            }
+            CoreMsg::Unseal { idents, reply } => {
+                for ident in idents {
+                    if let Ok(slot) = self.slot(ident) {
+                        slot.sealed.set(slot.spec.borrow().closed);
+                    }
+                }
+                let _ = reply.send(Ok(())).await;
+            }
+            CoreMsg::Load { reply } => {
+                let now = self.clock.now_ms();
+                let rates = self
+                    .shards
+                    .borrow()
+                    .iter()
+                    .map(|(ident, slot)| (*ident, slot.rate.get().per_second(now)))
+                    .collect();
+                let _ = reply.send(Ok(rates)).await;
+            }
             CoreMsg::Append {
                 ident,
                 batch,
@@ -720,7 +817,20 @@ impl<S: Storage + 'static> Core<S> {
                     ControlOp::SetRetention { name, hours } => {
                         Some(format!("set the retention of stream {name} to {hours} h"))
                     }
-                    ControlOp::Snapshot => None,
+                    ControlOp::SplitShard { name, shard_id, at } => Some(format!(
+                        "split shard {shard_id} of stream {name} at hash key {at}"
+                    )),
+                    ControlOp::MergeShards {
+                        name,
+                        shard_id,
+                        adjacent,
+                    } => Some(format!(
+                        "merge shards {shard_id} and {adjacent} of stream {name}"
+                    )),
+                    ControlOp::UpdateShardCount { name, target } => {
+                        Some(format!("scale stream {name} to {target} open shards"))
+                    }
+                    ControlOp::ExpireClosedShards | ControlOp::Snapshot => None,
                 };
                 let result = self.control(op).await;
                 if let Some(what) = what {
@@ -913,6 +1023,10 @@ impl<S: Storage + 'static> Core<S> {
             store,
             write: RefCell::new(write),
             read: RefCell::new(read),
+            sealed: Cell::new(spec.closed),
+            appending: Cell::new(0),
+            appends_done: crate::notify::Notify::new(),
+            rate: Cell::new(Default::default()),
         };
         self.shards.borrow_mut().insert(spec.ident, Rc::new(slot));
         Ok(())
@@ -1014,6 +1128,12 @@ impl<S: Storage + 'static> Core<S> {
             return Err(EngineError::ShuttingDown);
         }
         let slot = self.slot(ident)?;
+        if let Some(map_version) = slot.sealed.get() {
+            return Err(EngineError::ShardClosed {
+                shard: ident.shard_id,
+                map_version,
+            });
+        }
         let (rules, has_limits) = {
             let spec = slot.spec.borrow();
             let rules = RecordRules {
@@ -1048,7 +1168,14 @@ impl<S: Storage + 'static> Core<S> {
         } else {
             None
         };
+        let mut rate = slot.rate.get();
+        rate.add(
+            cut.as_ref().map_or(batch.len(), Vec::len) as u64,
+            self.clock.now_ms(),
+        );
+        slot.rate.set(rate);
         Ok(Prepared {
+            _appending: Appending::new(&slot),
             slot,
             cut,
             accepted,
@@ -1330,6 +1457,23 @@ impl<S: Storage + 'static> Core<S> {
         let serial = crate::notify::TaskLock::lock_owned(&self.control_lock).await;
         match op {
             ControlOp::Snapshot => unreachable!("answered above"),
+            ControlOp::SplitShard { name, shard_id, at } => {
+                self.reshard(&name, |s, now| s.plan_split(shard_id, at, now))
+                    .await
+            }
+            ControlOp::MergeShards {
+                name,
+                shard_id,
+                adjacent,
+            } => {
+                self.reshard(&name, |s, now| s.plan_merge(shard_id, adjacent, now))
+                    .await
+            }
+            ControlOp::UpdateShardCount { name, target } => {
+                self.reshard(&name, |s, now| s.plan_scale(target, now))
+                    .await
+            }
+            ControlOp::ExpireClosedShards => self.expire_closed_shards().await,
             ControlOp::CreateStream {
                 name,
                 opts,
@@ -1446,6 +1590,347 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
+    /// Closes shards of this core to writes and waits for the appends under way; answers
+    /// each one's end (one past its last sequence number).
+    async fn seal(&self, idents: &[ShardIdent], map_version: u64) -> Result<Vec<u64>, EngineError> {
+        let slots = idents
+            .iter()
+            .map(|i| self.slot(*i))
+            .collect::<Result<Vec<_>, _>>()?;
+        for slot in &slots {
+            slot.sealed.set(Some(map_version));
+        }
+        let mut ends = Vec::with_capacity(slots.len());
+        for (ident, slot) in idents.iter().zip(&slots) {
+            while slot.appending.get() > 0 {
+                slot.appends_done.wait().await;
+            }
+            ends.push(slot.store.shard_info(*ident)?.next_seq);
+        }
+        Ok(ends)
+    }
+
+    /// Chooses a core for each new open shard of `plan`: the one with the least recent
+    /// write rate and open shards (each as a share of the node's), counting what the new
+    /// shard is expected to write (its share of the closing shards' rates). Closed
+    /// pass-through shards go to their first parent's core.
+    async fn place(
+        &self,
+        stream: &StreamEntry,
+        plan: &mut crate::catalog::ReshardPlan,
+    ) -> Result<(), EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let cores = self.peers.len();
+        let mut rates: HashMap<ShardIdent, f64> = HashMap::new();
+        for peer in &self.peers {
+            rates.extend(call_read(peer, |reply| CoreMsg::Load { reply }).await?);
+        }
+        let rate_of = |stream_id: u64, shard_id: u32| {
+            rates
+                .get(&ShardIdent {
+                    stream_id,
+                    shard_id,
+                })
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let mut load = vec![0.0f64; cores];
+        let mut count = vec![0u64; cores];
+        for s in &catalog.borrow().data.streams {
+            for sh in s.shards.iter().filter(|sh| sh.state == ShardState::Open) {
+                if s.stream_id == stream.stream_id && plan.close.contains(&sh.shard_id) {
+                    continue;
+                }
+                let c = sh.core as usize % cores;
+                load[c] += rate_of(s.stream_id, sh.shard_id);
+                count[c] += 1;
+            }
+        }
+        let size = |(a, b): (u128, u128)| (b - a) as f64 + 1.0;
+        for i in 0..plan.new_shards.len() {
+            let new = plan.new_shards[i].clone();
+            if new.state == ShardState::Closed {
+                let parent = new.parent.expect("a new shard has a parent");
+                let core = stream
+                    .shard(parent)
+                    .map(|p| p.core)
+                    .or_else(|| {
+                        plan.new_shards[..i]
+                            .iter()
+                            .find(|s| s.shard_id == parent)
+                            .map(|s| s.core)
+                    })
+                    .unwrap_or(0);
+                plan.new_shards[i].core = core;
+                continue;
+            }
+            let range = new.hash_range();
+            let expected: f64 = plan
+                .close
+                .iter()
+                .filter_map(|id| stream.shard(*id))
+                .map(|p| {
+                    let (a, b) = p.hash_range();
+                    let overlap = (range.0.max(a), range.1.min(b));
+                    if overlap.0 > overlap.1 {
+                        0.0
+                    } else {
+                        rate_of(stream.stream_id, p.shard_id) * size(overlap) / size((a, b))
+                    }
+                })
+                .sum();
+            let total_load: f64 = load.iter().sum::<f64>() + expected;
+            let total_count = count.iter().sum::<u64>() + 1;
+            let score = |c: usize| {
+                (load[c] + expected) / total_load.max(1.0)
+                    + (count[c] + 1) as f64 / total_count as f64
+            };
+            let best = (0..cores)
+                .min_by(|&a, &b| score(a).total_cmp(&score(b)).then(a.cmp(&b)))
+                .expect("at least one core");
+            load[best] += expected;
+            count[best] += 1;
+            plan.new_shards[i].core = best as u32;
+        }
+        Ok(())
+    }
+
+    /// A split, merge or scale of `name` (core 0, under the control lock): plan it, place
+    /// the new shards, seal the closing ones on their cores (their ends are then known and
+    /// nothing more is appended to them), record it all in one catalog save, open the new
+    /// shards, publish the new routes. A crash before the save leaves the stream as it was
+    /// (a seal lives in memory only); after it, the restart opens everything from the
+    /// catalog. Nothing can be written to a new shard before the save, so nothing of a key
+    /// is acknowledged in a child before its parent is closed.
+    async fn reshard(
+        &self,
+        name: &str,
+        plan_it: impl FnOnce(&StreamEntry, i64) -> Result<crate::catalog::ReshardPlan, EngineError>,
+    ) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let cores = self.peers.len() as u32;
+        let before = catalog
+            .borrow()
+            .stream(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
+        let now = self.clock.now_ms();
+        let mut plan = plan_it(&before, now)?;
+        if plan.is_empty() {
+            return Ok(vec![before.clone(), before]);
+        }
+        let open_after = before.open_shards().len() - plan.close.len()
+            + plan
+                .new_shards
+                .iter()
+                .filter(|s| s.state == ShardState::Open)
+                .count();
+        if open_after as u64 > u64::from(self.cfg.max_shards_per_stream) {
+            return Err(EngineError::LimitExceeded(format!(
+                "{open_after} open shards is over the quota of {} per stream (max_shards_per_stream)",
+                self.cfg.max_shards_per_stream
+            )));
+        }
+        let shards: u64 = catalog
+            .borrow()
+            .data
+            .streams
+            .iter()
+            .map(|s| s.shards.len() as u64)
+            .sum();
+        if shards + plan.new_shards.len() as u64 > self.cfg.max_shards {
+            return Err(EngineError::LimitExceeded(format!(
+                "this node has {shards} shards; {} more would pass its quota of {} (max_shards)",
+                plan.new_shards.len(),
+                self.cfg.max_shards
+            )));
+        }
+        self.place(&before, &mut plan).await?;
+        self.broadcast_route(name, Some(before.clone()), StreamStatus::Updating)
+            .await?;
+        let version = before.map_version + 1;
+        let mut by_core: BTreeMap<usize, Vec<ShardIdent>> = BTreeMap::new();
+        for id in &plan.close {
+            let sh = before.shard(*id).expect("planned from the entry");
+            by_core
+                .entry((sh.core % cores) as usize)
+                .or_default()
+                .push(ShardIdent {
+                    stream_id: before.stream_id,
+                    shard_id: *id,
+                });
+        }
+        let mut ending = HashMap::new();
+        let mut sealed: Vec<(usize, Vec<ShardIdent>)> = Vec::new();
+        let mut failure = None;
+        for (core, idents) in &by_core {
+            let asked = idents.clone();
+            match call(&self.peers[*core], |reply| CoreMsg::Seal {
+                idents: asked,
+                map_version: version,
+                reply,
+            })
+            .await
+            {
+                Ok(ends) => {
+                    for (ident, end) in idents.iter().zip(ends) {
+                        ending.insert(ident.shard_id, end);
+                    }
+                    sealed.push((*core, idents.clone()));
+                }
+                Err(e) => {
+                    // It may have sealed some of them before failing: take them all back.
+                    sealed.push((*core, idents.clone()));
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let after = match failure {
+            Some(e) => Err(e),
+            None => {
+                let after = {
+                    let mut cat = catalog.borrow_mut();
+                    let s = cat
+                        .data
+                        .streams
+                        .iter_mut()
+                        .find(|s| s.name == name)
+                        .expect("looked up above, under the control lock");
+                    s.apply_reshard(&plan, &ending, now);
+                    s.clone()
+                };
+                match self.save_catalog().await {
+                    Ok(()) => Ok(after),
+                    Err(e) => {
+                        let mut cat = catalog.borrow_mut();
+                        if let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) {
+                            *s = before.clone();
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        };
+        let after = match after {
+            Ok(a) => a,
+            Err(e) => {
+                for (core, idents) in sealed {
+                    let _ =
+                        call(&self.peers[core], |reply| CoreMsg::Unseal { idents, reply }).await;
+                }
+                let _ = self
+                    .broadcast_route(name, Some(before), StreamStatus::Active)
+                    .await;
+                return Err(e);
+            }
+        };
+        let new_ids: Vec<u32> = plan.new_shards.iter().map(|s| s.shard_id).collect();
+        let mut opened = Ok(());
+        for spec in ShardSpecMsg::from_catalog(&after) {
+            let owner = spec.store as usize % self.peers.len();
+            let shard = spec.ident.shard_id;
+            let r = if new_ids.contains(&shard) {
+                call(&self.peers[owner], |reply| CoreMsg::OpenShard {
+                    spec,
+                    reply,
+                })
+                .await
+            } else if plan.close.contains(&shard) {
+                call(&self.peers[owner], |reply| CoreMsg::UpdateShard {
+                    spec,
+                    reply,
+                })
+                .await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                tracing::error!(stream = %name, shard, error = %e, "a shard of a reshard could not be opened; the catalog has it, a restart opens it");
+                opened = opened.and(Err(e));
+            }
+        }
+        self.broadcast_route(name, Some(after.clone()), StreamStatus::Active)
+            .await?;
+        opened?;
+        Ok(vec![before, after])
+    }
+
+    /// Removes closed shards that are empty and were closed over a retention window ago.
+    async fn expire_closed_shards(&self) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let cores = self.peers.len() as u32;
+        let now = self.clock.now_ms();
+        let candidates: Vec<(String, u64, Vec<(u32, u32)>)> = catalog
+            .borrow()
+            .data
+            .streams
+            .iter()
+            .map(|s| {
+                let window = i64::from(s.retention_hours) * 3_600_000;
+                let old: Vec<(u32, u32)> = s
+                    .shards
+                    .iter()
+                    .filter(|sh| sh.state == ShardState::Closed && sh.closed_ms + window <= now)
+                    .map(|sh| (sh.shard_id, sh.core))
+                    .collect();
+                (s.name.clone(), s.stream_id, old)
+            })
+            .filter(|(_, _, old)| !old.is_empty())
+            .collect();
+        let mut changed = Vec::new();
+        for (name, stream_id, old) in candidates {
+            let mut gone = Vec::new();
+            for (shard_id, core) in old {
+                let ident = ShardIdent {
+                    stream_id,
+                    shard_id,
+                };
+                let peer = &self.peers[(core % cores) as usize];
+                match call_read(peer, |reply| CoreMsg::Stats { ident, reply }).await {
+                    Ok(st) if st.next_seq <= st.first_seq && st.damaged.is_none() => {
+                        gone.push(ident)
+                    }
+                    _ => {}
+                }
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            let (before, after) = {
+                let mut cat = catalog.borrow_mut();
+                let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) else {
+                    continue;
+                };
+                let before = s.clone();
+                s.shards.retain(|sh| {
+                    !gone.contains(&ShardIdent {
+                        stream_id,
+                        shard_id: sh.shard_id,
+                    })
+                });
+                (before, s.clone())
+            };
+            if let Err(e) = self.save_catalog().await {
+                let mut cat = catalog.borrow_mut();
+                if let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) {
+                    *s = before;
+                }
+                return Err(e);
+            }
+            self.broadcast_route(&name, Some(after.clone()), StreamStatus::Active)
+                .await?;
+            for ident in gone {
+                let core = before.shard(ident.shard_id).map_or(0, |s| s.core);
+                let peer = &self.peers[(core % cores) as usize];
+                call(peer, |reply| CoreMsg::DropShard { ident, reply }).await?;
+                tracing::info!(stream = %name, shard = ident.shard_id, "closed shard removed: its records are past retention");
+            }
+            changed.push(after);
+        }
+        Ok(changed)
+    }
+
     async fn save_catalog(&self) -> Result<(), EngineError> {
         let catalog = self.catalog.as_ref().expect("core 0");
         // Encode under the borrow, write without it: the write runs off the executor thread.
@@ -1495,6 +1980,11 @@ async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {
             return;
         }
         core.apply_retention();
+        if core.catalog.is_some() {
+            if let Err(e) = core.control(ControlOp::ExpireClosedShards).await {
+                tracing::warn!(error = %e, "closed shards past retention could not be removed; will try again");
+            }
+        }
     }
 }
 
@@ -1534,6 +2024,7 @@ impl CoreMsg {
             CoreMsg::OpenShard { reply, .. }
             | CoreMsg::DropShard { reply, .. }
             | CoreMsg::UpdateShard { reply, .. }
+            | CoreMsg::Unseal { reply, .. }
             | CoreMsg::CheckpointNow { reply }
             | CoreMsg::RouteUpdate { reply, .. }
             | CoreMsg::SetTopology { reply, .. }
@@ -1549,6 +2040,8 @@ impl CoreMsg {
             CoreMsg::Listen { reply, .. } => no(reply),
             CoreMsg::NetStats { reply } => no(reply),
             CoreMsg::Metrics { reply } => no(reply),
+            CoreMsg::Seal { reply, .. } => no(reply),
+            CoreMsg::Load { reply } => no(reply),
         }
     }
 }

@@ -75,6 +75,10 @@ error_codes! {
     StreamExists = 201,
     /// The stream has no shard with this id.
     UnknownShard = 202,
+    /// The shard was split or merged and takes no more writes; the error carries the stream's
+    /// new shard-map version: describe the stream (until it shows at least that version) and
+    /// send the records to the children that now own their hash keys.
+    ShardClosed = 203,
 
     // 3xx: records and batches.
     /// A record's data exceeds the stream's per-record limit.
@@ -195,6 +199,7 @@ mod tests {
         (ErrorCode::UnknownStream, 200),
         (ErrorCode::StreamExists, 201),
         (ErrorCode::UnknownShard, 202),
+        (ErrorCode::ShardClosed, 203),
         (ErrorCode::RecordTooLarge, 300),
         (ErrorCode::BatchTooLarge, 301),
         (ErrorCode::InvalidRecord, 302),

@@ -86,6 +86,12 @@ opcodes! {
     IncreaseRetention = 14,
     /// Lower a stream's retention window.
     DecreaseRetention = 15,
+    /// Split an open shard in two at a hash key.
+    SplitShard = 16,
+    /// Merge two adjacent open shards into one.
+    MergeShards = 17,
+    /// Change a stream's open-shard count (uniform scaling).
+    UpdateShardCount = 18,
     /// Put one record, routed by the server.
     PutRecord = 20,
     /// Put a batch to one shard.

@@ -16,12 +16,14 @@
 //!  5     1    flags           bit 0 RESPONSE, bit 1 ERROR; bits 2..8 reserved, 0
 //!  6     2    opcode          Hello 1 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
 //!                             DescribeStream 13 | IncreaseRetention 14 |
-//!                             DecreaseRetention 15 | PutRecord 20 | PutBatch 21 |
+//!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
+//!                             UpdateShardCount 18 | PutRecord 20 | PutBatch 21 |
 //!                             PutBatches 22 | GetIterator 30 | GetRecords 31
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
 //!
-//! error body (flags RESPONSE|ERROR): code u16, retry_after_ms u32, message str
+//! error body (flags RESPONSE|ERROR): code u16, retry_after_ms u32, message str,
+//!                                     shard_map_version u64
 //! ```
 //!
 //! Payload fields: fixed-width little-endian integers; `str`/`bytes` are a LEB128 varint
@@ -87,12 +89,13 @@ pub use message::{
 pub use read::{
     encode_get_records_head, encode_get_records_response, BatchSlices, GetIteratorRequest,
     GetIteratorResponse, GetRecordsHead, GetRecordsRequest, GetRecordsResponse, IteratorPosition,
-    ReadError, Record,
+    ReadError, Record, ShardIds,
 };
 pub use stream::{
-    CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest, Limits,
-    ListStreamsRequest, ListStreamsResponse, RetentionRequest, ShardDescription, ShardState,
-    StreamDescription, StreamStatus,
+    CapacityMode, CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest,
+    DescribeStreamRequest, Limits, ListStreamsRequest, ListStreamsResponse, MergeShardsRequest,
+    ReshardResponse, RetentionRequest, ShardDescription, ShardState, SplitShardRequest,
+    StreamDescription, StreamStatus, UpdateShardCountRequest,
 };
 pub use token::{IteratorToken, TokenKey, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;

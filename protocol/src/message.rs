@@ -14,9 +14,10 @@ use crate::hello::{HelloRequest, HelloResponse};
 use crate::read::{GetIteratorRequest, GetIteratorResponse, GetRecordsRequest, GetRecordsResponse};
 use crate::stream::{
     CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest,
-    ListStreamsRequest, ListStreamsResponse, RetentionRequest, StreamDescription,
+    ListStreamsRequest, ListStreamsResponse, MergeShardsRequest, ReshardResponse, RetentionRequest,
+    SplitShardRequest, StreamDescription, UpdateShardCountRequest,
 };
-use crate::wire::{put_str, put_u16, put_u32, DecodeError, Reader};
+use crate::wire::{put_str, put_u16, put_u32, put_u64, DecodeError, Reader};
 use crate::write::{
     PutBatchRequest, PutBatchResponse, PutBatchesRequest, PutBatchesResponse, PutRecordRequest,
     PutRecordResponse,
@@ -43,6 +44,9 @@ pub enum Request<'a> {
     DescribeStream(DescribeStreamRequest<'a>),
     IncreaseRetention(RetentionRequest<'a>),
     DecreaseRetention(RetentionRequest<'a>),
+    SplitShard(SplitShardRequest<'a>),
+    MergeShards(MergeShardsRequest<'a>),
+    UpdateShardCount(UpdateShardCountRequest<'a>),
     PutRecord(PutRecordRequest<'a>),
     PutBatch(PutBatchRequest<'a>),
     PutBatches(PutBatchesRequest<'a>),
@@ -60,6 +64,9 @@ pub enum Response<'a> {
     DescribeStream(StreamDescription<'a>),
     IncreaseRetention,
     DecreaseRetention,
+    SplitShard(ReshardResponse),
+    MergeShards(ReshardResponse),
+    UpdateShardCount(ReshardResponse),
     PutRecord(PutRecordResponse),
     PutBatch(PutBatchResponse),
     PutBatches(PutBatchesResponse<'a>),
@@ -70,15 +77,18 @@ pub enum Response<'a> {
 /// The body of every error response.
 ///
 /// ```text
-/// code            u16   an ErrorCode other than Ok
-/// retry_after_ms  u32   when to retry (throttling, busy); 0 when there is no hint
-/// message         str   for humans, at most MAX_ERROR_MESSAGE_BYTES
+/// code               u16   an ErrorCode other than Ok
+/// retry_after_ms     u32   when to retry (throttling, busy); 0 when there is no hint
+/// message            str   for humans, at most MAX_ERROR_MESSAGE_BYTES
+/// shard_map_version  u64   ShardClosed: the stream's shard-map version that closed the
+///                          shard (describe until at least this one); 0 otherwise
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorResponse<'a> {
     pub code: ErrorCode,
     pub retry_after_ms: u32,
     pub message: &'a str,
+    pub shard_map_version: u64,
 }
 
 /// What a response frame carries: the answer, or why there is none.
@@ -105,6 +115,9 @@ impl<'a> Request<'a> {
             Request::DescribeStream(_) => Opcode::DescribeStream,
             Request::IncreaseRetention(_) => Opcode::IncreaseRetention,
             Request::DecreaseRetention(_) => Opcode::DecreaseRetention,
+            Request::SplitShard(_) => Opcode::SplitShard,
+            Request::MergeShards(_) => Opcode::MergeShards,
+            Request::UpdateShardCount(_) => Opcode::UpdateShardCount,
             Request::PutRecord(_) => Opcode::PutRecord,
             Request::PutBatch(_) => Opcode::PutBatch,
             Request::PutBatches(_) => Opcode::PutBatches,
@@ -122,6 +135,9 @@ impl<'a> Request<'a> {
             Request::ListStreams(m) => m.encode_payload(out),
             Request::DescribeStream(m) => m.encode_payload(out),
             Request::IncreaseRetention(m) | Request::DecreaseRetention(m) => m.encode_payload(out),
+            Request::SplitShard(m) => m.encode_payload(out),
+            Request::MergeShards(m) => m.encode_payload(out),
+            Request::UpdateShardCount(m) => m.encode_payload(out),
             Request::PutRecord(m) => m.encode_payload(out),
             Request::PutBatch(m) => m.encode_payload(out),
             Request::PutBatches(m) => m.encode_payload(out),
@@ -143,6 +159,9 @@ impl<'a> Request<'a> {
             Opcode::DescribeStream => Request::DescribeStream(decode_exact(payload)?),
             Opcode::IncreaseRetention => Request::IncreaseRetention(decode_exact(payload)?),
             Opcode::DecreaseRetention => Request::DecreaseRetention(decode_exact(payload)?),
+            Opcode::SplitShard => Request::SplitShard(decode_exact(payload)?),
+            Opcode::MergeShards => Request::MergeShards(decode_exact(payload)?),
+            Opcode::UpdateShardCount => Request::UpdateShardCount(decode_exact(payload)?),
             Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
@@ -162,6 +181,9 @@ impl<'a> Response<'a> {
             Response::DescribeStream(_) => Opcode::DescribeStream,
             Response::IncreaseRetention => Opcode::IncreaseRetention,
             Response::DecreaseRetention => Opcode::DecreaseRetention,
+            Response::SplitShard(_) => Opcode::SplitShard,
+            Response::MergeShards(_) => Opcode::MergeShards,
+            Response::UpdateShardCount(_) => Opcode::UpdateShardCount,
             Response::PutRecord(_) => Opcode::PutRecord,
             Response::PutBatch(_) => Opcode::PutBatch,
             Response::PutBatches(_) => Opcode::PutBatches,
@@ -177,6 +199,9 @@ impl<'a> Response<'a> {
             Response::CreateStream(m) => m.encode_payload(out),
             Response::ListStreams(m) => m.encode_payload(out),
             Response::DescribeStream(m) => m.encode_payload(out),
+            Response::SplitShard(m) | Response::MergeShards(m) | Response::UpdateShardCount(m) => {
+                m.encode_payload(out)
+            }
             Response::PutRecord(m) => m.encode_payload(out),
             Response::PutBatch(m) => m.encode_payload(out),
             Response::PutBatches(m) => m.encode_payload(out),
@@ -201,6 +226,9 @@ impl<'a> Response<'a> {
             Opcode::DecreaseRetention => {
                 decode_empty(payload).map(|()| Response::DecreaseRetention)?
             }
+            Opcode::SplitShard => Response::SplitShard(decode_exact(payload)?),
+            Opcode::MergeShards => Response::MergeShards(decode_exact(payload)?),
+            Opcode::UpdateShardCount => Response::UpdateShardCount(decode_exact(payload)?),
             Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Response::PutBatches(decode_exact(payload)?),
@@ -215,6 +243,7 @@ impl<'a> Payload<'a> for ErrorResponse<'a> {
         put_u16(out, self.code.as_u16());
         put_u32(out, self.retry_after_ms);
         put_str(out, truncate_at_char(self.message, MAX_ERROR_MESSAGE_BYTES));
+        put_u64(out, self.shard_map_version);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -230,6 +259,7 @@ impl<'a> Payload<'a> for ErrorResponse<'a> {
             code,
             retry_after_ms: r.u32("retry_after_ms")?,
             message: r.str(MAX_ERROR_MESSAGE_BYTES, "error message")?,
+            shard_map_version: r.u64("shard_map_version")?,
         })
     }
 }
@@ -397,6 +427,7 @@ mod tests {
                 code,
                 retry_after_ms,
                 message,
+                shard_map_version: 0,
             },
         );
         out
@@ -423,10 +454,29 @@ mod tests {
         let out = error_frame(ErrorCode::UnknownStream, 0, "no");
         #[rustfmt::skip]
         let expected = [
-            25, 0, 0, 0,  1,  3,  21, 0,  9, 0, 0, 0, 0, 0, 0, 0, // header: RESPONSE|ERROR
+            33, 0, 0, 0,  1,  3,  21, 0,  9, 0, 0, 0, 0, 0, 0, 0, // header: RESPONSE|ERROR
             200, 0,  0, 0, 0, 0,  2, b'n', b'o',                  // code, retry_after_ms, message
+            0, 0, 0, 0, 0, 0, 0, 0,                               // shard_map_version
         ];
         assert_eq!(out, expected);
+        let mut out = Vec::new();
+        let closed = ErrorResponse {
+            code: ErrorCode::ShardClosed,
+            retry_after_ms: 0,
+            message: "",
+            shard_map_version: 7,
+        };
+        encode_error(&mut out, 21, 9, &closed);
+        #[rustfmt::skip]
+        let expected = [
+            31, 0, 0, 0,  1,  3,  21, 0,  9, 0, 0, 0, 0, 0, 0, 0,
+            203, 0,  0, 0, 0, 0,  0,  7, 0, 0, 0, 0, 0, 0, 0,     // ShardClosed, version 7
+        ];
+        assert_eq!(out, expected);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode_response(&frame).unwrap().unwrap_err(), closed);
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!                     once, else long-poll until a record arrives or the wait ends)
 //!               resp: start_seq u64, end_seq u64 (exclusive), millis_behind_latest u64,
 //!                     next_iterator opt<bytes> (absent: the shard is closed and drained),
+//!                     child_shards: count varint, count × u32 (once drained: the shards
+//!                     that took over its keys),
 //!                     batch_count u32, batches (the rest: batch_count stored batches)
 //! ```
 //! The server keeps the batches of one response within `max_bytes`, except that the first
@@ -31,7 +33,9 @@ use crate::frame::{begin_frame, finish_frame, Opcode, FLAG_RESPONSE};
 use crate::message::Payload;
 use crate::stream::{get_stream_name, put_stream_name};
 use crate::token::MAX_ITERATOR_TOKEN_BYTES;
-use crate::wire::{put_bytes, put_i64, put_option, put_u32, put_u64, put_u8, DecodeError, Reader};
+use crate::wire::{
+    put_bytes, put_count, put_i64, put_option, put_u32, put_u64, put_u8, DecodeError, Reader,
+};
 
 /// Kinesis: at most 10,000 records per get-records call.
 pub const MAX_RECORDS_PER_READ: u32 = 10_000;
@@ -92,6 +96,46 @@ pub struct GetRecordsHead<'a> {
     pub millis_behind_latest: u64,
     /// Where to read next; `None` once the shard is closed and fully read.
     pub next_iterator: Option<&'a [u8]>,
+    /// Once `next_iterator` is `None`: the shards that took over the closed shard's keys
+    /// (read them next; a merged child after both its parents).
+    pub child_shards: ShardIds<'a>,
+}
+
+/// A list of shard ids borrowed from a frame (or built by [`ShardIds::encode`]): u32s,
+/// little-endian, back to back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardIds<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ShardIds<'a> {
+    /// The wire form of `ids`, to borrow a `ShardIds` from (`ShardIds::from_bytes`).
+    pub fn encode(ids: &[u32]) -> Vec<u8> {
+        ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+    }
+
+    /// Ids from their wire form; `None` if the length is not a multiple of 4.
+    pub fn from_bytes(bytes: &'a [u8]) -> Option<ShardIds<'a>> {
+        (bytes.len() % 4 == 0).then_some(ShardIds { bytes })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + 'a {
+        self.bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,6 +499,8 @@ fn put_head(out: &mut Vec<u8>, head: &GetRecordsHead<'_>) {
     put_u64(out, head.end_seq);
     put_u64(out, head.millis_behind_latest);
     put_option(out, head.next_iterator, put_bytes);
+    put_count(out, head.child_shards.len());
+    out.extend_from_slice(head.child_shards.bytes);
 }
 
 impl<'a> Payload<'a> for GetRecordsResponse<'a> {
@@ -479,6 +525,14 @@ impl<'a> Payload<'a> for GetRecordsResponse<'a> {
         } else {
             None
         };
+        let children = r.count(
+            crate::stream::MAX_SHARDS_PER_STREAM as usize,
+            4,
+            "child_shards",
+        )?;
+        let child_shards = ShardIds {
+            bytes: r.take(children * 4, "child_shards")?,
+        };
         let count = r.u32("batch_count")?;
         let batches = BatchSlices::parse(r.rest(), count)?;
         let head = GetRecordsHead {
@@ -486,6 +540,7 @@ impl<'a> Payload<'a> for GetRecordsResponse<'a> {
             end_seq,
             millis_behind_latest,
             next_iterator,
+            child_shards,
         };
         Ok(GetRecordsResponse { head, batches })
     }
@@ -640,6 +695,7 @@ mod tests {
             end_seq: 15,
             millis_behind_latest: 7,
             next_iterator: Some(&token),
+            child_shards: Default::default(),
         };
         let out = check_response(&Response::GetRecords(GetRecordsResponse { head, batches }));
         assert_eq!(out, response_bytes(&head, &[&a, &b]));
@@ -682,6 +738,7 @@ mod tests {
             end_seq: 14,
             millis_behind_latest: 0,
             next_iterator: None,
+            child_shards: Default::default(),
         };
         let frame = response_bytes(&head, &[&a, &b]);
         let response = decoded(&frame);
@@ -709,6 +766,7 @@ mod tests {
             end_seq: 15,
             millis_behind_latest: 0,
             next_iterator: None,
+            child_shards: Default::default(),
         };
         let mut frame = response_bytes(&head, &[&a, &b]);
         let last = frame.len() - 1;
@@ -761,6 +819,7 @@ mod tests {
             end_seq: 3,
             millis_behind_latest: 1,
             next_iterator: None,
+            child_shards: Default::default(),
         };
         let full = response_bytes(&head, &[&a, &b]);
         let mut out = Vec::new();
@@ -824,6 +883,7 @@ mod tests {
             end_seq: 8,
             millis_behind_latest: 0,
             next_iterator: None,
+            child_shards: Default::default(),
         };
         let frame = response_bytes(&head, &[&a]);
         let response = decoded(&frame);
@@ -851,6 +911,7 @@ mod tests {
                 end_seq: seq,
                 millis_behind_latest: behind,
                 next_iterator: with_iterator.then_some(&token[..]),
+                child_shards: Default::default(),
             };
             let slices: Vec<&[u8]> = batches.iter().map(Vec::as_slice).collect();
             let frame = response_bytes(&head, &slices);

@@ -22,7 +22,15 @@
 //!                    first_seq opt<u64>, last_seq opt<u64>, records u64, bytes u64,
 //!                    disk_bytes u64
 //! Increase/DecreaseRetention  req: name str, retention_hours u32    resp: (empty)
+//! SplitShard         req:  name str, shard_id u32, new_starting_hash_key u128
+//! MergeShards        req:  name str, shard_id u32, adjacent_shard_id u32
+//! UpdateShardCount   req:  name str, target_shard_count u32, scaling u8 (0 uniform)
+//!                    resp (all three): map_version u64, count varint, count × shard id u32
+//!                          (the shards the change opened)
 //! ```
+//! A description ends with `mode u8` (0 provisioned, 1 on-demand) and `map_version u64`
+//! (raised by every split, merge and scale: a client whose routing table is older than
+//! the version a `ShardClosed` error names describes the stream again).
 //! `str` is a varint length and UTF-8; `opt<T>` is a presence byte (0 or 1) and `T`.
 
 use crate::batch::MAX_RECORD_DATA_BYTES_CEILING;
@@ -294,6 +302,60 @@ pub enum ShardState {
     Damaged = 2,
 }
 
+/// How a stream's shard count is chosen: by its owner (provisioned), or by the engine from
+/// the write rate it observes (on-demand). One type for the wire and the catalog.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum CapacityMode {
+    Provisioned = 0,
+    OnDemand = 1,
+}
+
+impl CapacityMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CapacityMode::Provisioned => "provisioned",
+            CapacityMode::OnDemand => "on-demand",
+        }
+    }
+}
+
+/// Split an open shard at a hash key: the parent's keys below it go to one child, the rest
+/// to the other (Kinesis' SplitShard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitShardRequest<'a> {
+    pub name: &'a str,
+    pub shard_id: u32,
+    /// The first hash key of the second child: above the parent's first key, at most its
+    /// last.
+    pub new_starting_hash_key: u128,
+}
+
+/// Merge two open shards whose hash-key ranges touch (Kinesis' MergeShards).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergeShardsRequest<'a> {
+    pub name: &'a str,
+    pub shard_id: u32,
+    pub adjacent_shard_id: u32,
+}
+
+/// Change the number of open shards to `target_shard_count` with even hash-key ranges
+/// (Kinesis' UpdateShardCount with UNIFORM_SCALING), by splits and merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateShardCountRequest<'a> {
+    pub name: &'a str,
+    pub target_shard_count: u32,
+}
+
+/// The answer to a split, merge or scale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReshardResponse {
+    /// The stream's shard-map version after the change.
+    pub map_version: u64,
+    /// The shards the change opened, in hash-key order.
+    pub new_shards: Vec<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardDescription {
     pub id: u32,
@@ -329,6 +391,9 @@ pub struct StreamDescription<'a> {
     /// When the stream was created (ms since the epoch).
     pub created_ms: i64,
     pub shards: Vec<ShardDescription>,
+    pub mode: CapacityMode,
+    /// Raised by every split, merge and scale.
+    pub map_version: u64,
 }
 
 impl<'a> Payload<'a> for CreateStreamRequest<'a> {
@@ -571,6 +636,8 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         for shard in &self.shards {
             shard.encode(out);
         }
+        put_u8(out, self.mode as u8);
+        put_u64(out, self.map_version);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -586,6 +653,8 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         for _ in 0..count {
             shards.push(ShardDescription::decode(r)?);
         }
+        let mode = get_capacity_mode(r)?;
+        let map_version = r.u64("map_version")?;
         Ok(StreamDescription {
             name,
             stream_id,
@@ -595,6 +664,121 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             max_record_data_bytes,
             created_ms,
             shards,
+            mode,
+            map_version,
+        })
+    }
+}
+
+fn get_capacity_mode(r: &mut Reader<'_>) -> Result<CapacityMode, DecodeError> {
+    match r.u8("mode")? {
+        0 => Ok(CapacityMode::Provisioned),
+        1 => Ok(CapacityMode::OnDemand),
+        _ => Err(DecodeError::Malformed {
+            field: "mode",
+            reason: "unknown",
+        }),
+    }
+}
+
+impl<'a> Payload<'a> for SplitShardRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u32(out, self.shard_id);
+        put_u128(out, self.new_starting_hash_key);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let shard_id = r.u32("shard_id")?;
+        let new_starting_hash_key = r.u128("new_starting_hash_key")?;
+        if new_starting_hash_key == 0 {
+            return Err(DecodeError::Invalid {
+                field: "new_starting_hash_key",
+                reason: "0 leaves the first child empty",
+            });
+        }
+        Ok(SplitShardRequest {
+            name,
+            shard_id,
+            new_starting_hash_key,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for MergeShardsRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u32(out, self.shard_id);
+        put_u32(out, self.adjacent_shard_id);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let shard_id = r.u32("shard_id")?;
+        let adjacent_shard_id = r.u32("adjacent_shard_id")?;
+        if shard_id == adjacent_shard_id {
+            return Err(DecodeError::Invalid {
+                field: "adjacent_shard_id",
+                reason: "a shard cannot merge with itself",
+            });
+        }
+        Ok(MergeShardsRequest {
+            name,
+            shard_id,
+            adjacent_shard_id,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for UpdateShardCountRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u32(out, self.target_shard_count);
+        put_u8(out, 0);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let target_shard_count = r.u32("target_shard_count")?;
+        if target_shard_count == 0 || target_shard_count > MAX_SHARDS_PER_STREAM {
+            return Err(DecodeError::Invalid {
+                field: "target_shard_count",
+                reason: "not in 1..=65536",
+            });
+        }
+        if r.u8("scaling")? != 0 {
+            return Err(DecodeError::Invalid {
+                field: "scaling",
+                reason: "only 0 (uniform scaling) is known",
+            });
+        }
+        Ok(UpdateShardCountRequest {
+            name,
+            target_shard_count,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for ReshardResponse {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.map_version);
+        put_count(out, self.new_shards.len());
+        for id in &self.new_shards {
+            put_u32(out, *id);
+        }
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let map_version = r.u64("map_version")?;
+        let count = r.count(MAX_SHARDS_PER_STREAM as usize, 4, "new_shards")?;
+        let mut new_shards = Vec::with_capacity(count);
+        for _ in 0..count {
+            new_shards.push(r.u32("shard id")?);
+        }
+        Ok(ReshardResponse {
+            map_version,
+            new_shards,
         })
     }
 }
@@ -656,6 +840,8 @@ mod tests {
             max_record_data_bytes: 1 << 20,
             created_ms: -1,
             shards: vec![closed, shard(0, 2), child],
+            mode: CapacityMode::OnDemand,
+            map_version: 3,
         }
     }
 
@@ -688,6 +874,20 @@ mod tests {
             exclusive_start_name: None,
             limit: 1,
         }));
+        check_request(&Request::SplitShard(SplitShardRequest {
+            name: "s",
+            shard_id: u32::MAX,
+            new_starting_hash_key: u128::MAX,
+        }));
+        check_request(&Request::MergeShards(MergeShardsRequest {
+            name: "s",
+            shard_id: 0,
+            adjacent_shard_id: 1,
+        }));
+        check_request(&Request::UpdateShardCount(UpdateShardCountRequest {
+            name: "s",
+            target_shard_count: MAX_SHARDS_PER_STREAM,
+        }));
         check_request(&Request::ListStreams(ListStreamsRequest {
             exclusive_start_name: Some("m"),
             limit: MAX_LIST_STREAMS_LIMIT,
@@ -713,6 +913,107 @@ mod tests {
             has_more: true,
         }));
         check_response(&Response::DescribeStream(description()));
+        for new_shards in [vec![], vec![7], (0..100).collect()] {
+            let r = ReshardResponse {
+                map_version: u64::MAX,
+                new_shards,
+            };
+            check_response(&Response::SplitShard(r.clone()));
+            check_response(&Response::MergeShards(r.clone()));
+            check_response(&Response::UpdateShardCount(r));
+        }
+    }
+
+    #[test]
+    fn golden_reshard_messages() {
+        let out = check_request(&Request::SplitShard(SplitShardRequest {
+            name: "s",
+            shard_id: 2,
+            new_starting_hash_key: 1 << 127,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            38, 0, 0, 0,  1,  0,  16, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',                                  // name
+            2, 0, 0, 0,                               // shard_id
+            0, 0, 0, 0, 0, 0, 0, 0,                   // new_starting_hash_key (u128 LE)
+            0, 0, 0, 0, 0, 0, 0, 0x80,
+        ];
+        assert_eq!(out, expected);
+        let out = check_request(&Request::MergeShards(MergeShardsRequest {
+            name: "s",
+            shard_id: 2,
+            adjacent_shard_id: 3,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            26, 0, 0, 0,  1,  0,  17, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',        // name
+            2, 0, 0, 0,     // shard_id
+            3, 0, 0, 0,     // adjacent_shard_id
+        ];
+        assert_eq!(out, expected);
+        let out = check_request(&Request::UpdateShardCount(UpdateShardCountRequest {
+            name: "s",
+            target_shard_count: 8,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            23, 0, 0, 0,  1,  0,  18, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',        // name
+            8, 0, 0, 0,     // target_shard_count
+            0,              // scaling: uniform
+        ];
+        assert_eq!(out, expected);
+        let out = check_response(&Response::MergeShards(ReshardResponse {
+            map_version: 3,
+            new_shards: vec![6],
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            29, 0, 0, 0,  1,  1,  17, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            3, 0, 0, 0, 0, 0, 0, 0, // map_version
+            1,                      // one new shard:
+            6, 0, 0, 0,             //   6
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn reshard_requests_are_range_checked() {
+        let mut payload = Vec::new();
+        SplitShardRequest {
+            name: "s",
+            shard_id: 0,
+            new_starting_hash_key: 0,
+        }
+        .encode_payload(&mut payload);
+        assert!(Request::decode(16, &payload).is_err(), "split at 0");
+        let mut payload = Vec::new();
+        MergeShardsRequest {
+            name: "s",
+            shard_id: 1,
+            adjacent_shard_id: 1,
+        }
+        .encode_payload(&mut payload);
+        assert!(Request::decode(17, &payload).is_err(), "merge with itself");
+        for target in [0, MAX_SHARDS_PER_STREAM + 1] {
+            let mut payload = Vec::new();
+            UpdateShardCountRequest {
+                name: "s",
+                target_shard_count: target,
+            }
+            .encode_payload(&mut payload);
+            assert!(Request::decode(18, &payload).is_err(), "{target}");
+        }
+        let mut payload = Vec::new();
+        UpdateShardCountRequest {
+            name: "s",
+            target_shard_count: 2,
+        }
+        .encode_payload(&mut payload);
+        *payload.last_mut().unwrap() = 1;
+        assert!(Request::decode(18, &payload).is_err(), "unknown scaling");
     }
 
     #[test]
@@ -932,6 +1233,8 @@ mod tests {
             max_record_data_bytes in 1..=MAX_RECORD_DATA_BYTES_CEILING as u32,
             created_ms: i64,
             shards in proptest::collection::vec(arb_shard(), 0..8),
+            on_demand: bool,
+            map_version: u64,
         ) {
             let status = [
                 StreamStatus::Creating,
@@ -941,6 +1244,7 @@ mod tests {
             ][status as usize];
             check_response(&Response::DescribeStream(StreamDescription {
                 name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
+                mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version,
             }));
         }
 

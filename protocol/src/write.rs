@@ -130,6 +130,8 @@ pub struct ShardFailure<'a> {
     pub code: ErrorCode,
     pub retry_after_ms: u32,
     pub message: &'a str,
+    /// ShardClosed: the shard-map version that closed the shard; 0 otherwise.
+    pub shard_map_version: u64,
 }
 
 /// The outcome of one shard's batch.
@@ -371,14 +373,16 @@ impl<'a> Payload<'a> for PutBatchesResponse<'a> {
                     put_u16(out, f.code.as_u16());
                     put_u32(out, f.retry_after_ms);
                     put_str(out, crate::message::truncated_message(f.message));
+                    put_u64(out, f.shard_map_version);
                 }
             }
         }
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
-        // The smallest outcome is a failure with an empty message: 1 + 4 + 2 + 4 + 1 bytes.
-        let n = r.count(MAX_BATCHES_PER_PUT, 12, "outcomes")?;
+        // The smallest outcome is a stored one: 1 + 4 + 8 + 4 + 1 bytes (a failure takes
+        // at least 1 + 4 + 2 + 4 + 1 + 8).
+        let n = r.count(MAX_BATCHES_PER_PUT, 18, "outcomes")?;
         let mut outcomes = Vec::with_capacity(n);
         for _ in 0..n {
             let outcome = match r.u8("outcome")? {
@@ -399,6 +403,7 @@ impl<'a> Payload<'a> for PutBatchesResponse<'a> {
                         code,
                         retry_after_ms: r.u32("retry_after_ms")?,
                         message: r.str(crate::message::MAX_ERROR_MESSAGE_BYTES, "message")?,
+                        shard_map_version: r.u64("shard_map_version")?,
                     })
                 }
                 _ => {
@@ -609,6 +614,7 @@ mod tests {
                     code: ErrorCode::WrongShard,
                     retry_after_ms: 0,
                     message: "hash key outside the shard",
+                    shard_map_version: 0,
                 }),
             ],
         }));
@@ -629,12 +635,13 @@ mod tests {
                     code: ErrorCode::Throttled,
                     retry_after_ms: 9,
                     message: "x",
+                    shard_map_version: 5,
                 }),
             ],
         }));
         #[rustfmt::skip]
         let expected = [
-            48, 0, 0, 0,  1,  1,  22, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            56, 0, 0, 0,  1,  1,  22, 0,  42, 0, 0, 0, 0, 0, 0, 0,
             2,                          // two outcomes
             0,                          // stored:
             2, 0, 0, 0,                 //   shard_id
@@ -646,6 +653,7 @@ mod tests {
             0x90, 0x01,                 //   Throttled (400)
             9, 0, 0, 0,                 //   retry_after_ms
             1, b'x',                    //   message
+            5, 0, 0, 0, 0, 0, 0, 0,     //   shard_map_version
         ];
         assert_eq!(out, expected);
     }

@@ -113,6 +113,20 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             name: "orders",
             retention_hours: 48,
         }),
+        Request::SplitShard(SplitShardRequest {
+            name: "orders",
+            shard_id: 3,
+            new_starting_hash_key: 1 << 127,
+        }),
+        Request::MergeShards(MergeShardsRequest {
+            name: "orders",
+            shard_id: 4,
+            adjacent_shard_id: 5,
+        }),
+        Request::UpdateShardCount(UpdateShardCountRequest {
+            name: "orders",
+            target_shard_count: 64,
+        }),
         Request::DecreaseRetention(RetentionRequest {
             name: "orders",
             retention_hours: 2,
@@ -213,8 +227,18 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                     ..shard
                 },
             ],
+            mode: CapacityMode::Provisioned,
+            map_version: 1,
         }),
         Response::IncreaseRetention,
+        Response::SplitShard(ReshardResponse {
+            map_version: 2,
+            new_shards: vec![4, 5],
+        }),
+        Response::UpdateShardCount(ReshardResponse {
+            map_version: 9,
+            new_shards: (10..74).collect(),
+        }),
         Response::PutRecord(PutRecordResponse {
             shard_id: 1,
             seq: 5,
@@ -242,6 +266,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                     code: ErrorCode::WrongShard,
                     retry_after_ms: 0,
                     message: "no",
+                    shard_map_version: 0,
                 }),
             ],
         }),
@@ -264,6 +289,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         end_seq: 15,
         millis_behind_latest: 3,
         next_iterator: Some(&token),
+        child_shards: Default::default(),
     };
     let mut out = Vec::new();
     encode_get_records_response(&mut out, 99, &head, [&a[..], &b[..]]);
@@ -273,6 +299,16 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         code: ErrorCode::Throttled,
         retry_after_ms: 20,
         message: "slow down",
+        shard_map_version: 0,
+    };
+    encode_error(&mut out, Opcode::PutBatch.as_u16(), 5, &error);
+    corpus.push(out);
+    let mut out = Vec::new();
+    let error = ErrorResponse {
+        code: ErrorCode::ShardClosed,
+        retry_after_ms: 0,
+        message: "shard 3 is closed",
+        shard_map_version: 4,
     };
     encode_error(&mut out, Opcode::PutBatch.as_u16(), 5, &error);
     corpus.push(out);

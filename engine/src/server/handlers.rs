@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use spate_protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
 use spate_protocol::hello::{CoreInfo, HelloResponse};
-use spate_protocol::read::{GetRecordsHead, IteratorPosition};
+use spate_protocol::read::{GetRecordsHead, IteratorPosition, ShardIds};
 use spate_protocol::stream::{
     CreateStreamResponse, ListStreamsResponse, ShardDescription, ShardState, StreamDescription,
 };
@@ -48,17 +48,18 @@ pub(super) async fn handle<S: Storage + 'static>(
             code: ErrorCode::Internal,
             retry_after_ms: 0,
             message,
+            shard_map_version: 0,
         };
         return encode_error(out, 0, 0, &e);
     };
     let (opcode, cid) = (frame.header.opcode, frame.header.correlation_id);
     let result = match decode_request(&frame) {
         Ok(req) => execute(core, conn, &frame, req, out).await,
-        Err(e) => Err((e.code(), 0, e.to_string())),
+        Err(e) => Err((e.code(), 0, e.to_string()).into()),
     };
-    let code = result.as_ref().err().map(|(code, _, _)| code.name());
+    let code = result.as_ref().err().map(|f| f.code.name());
     core.metrics.request(opcode, code);
-    if let Err((code, _, message)) = &result {
+    if let Err(Failure { code, message, .. }) = &result {
         let op = spate_protocol::Opcode::from_u16(opcode).map_or("unknown", |o| o.name());
         // Decoded again (no copy) for its stream: errors are the rare path.
         let req = decode_request(&frame).ok();
@@ -72,21 +73,40 @@ pub(super) async fn handle<S: Storage + 'static>(
             message,
         );
     }
-    if let Err((code, retry_after_ms, message)) = result {
+    if let Err(f) = result {
         encode_error(
             out,
             opcode,
             cid,
             &ErrorResponse {
-                code,
-                retry_after_ms,
-                message: &message,
+                code: f.code,
+                retry_after_ms: f.retry_after_ms,
+                message: &f.message,
+                shard_map_version: f.shard_map_version,
             },
         );
     }
 }
 
-type Failure = (ErrorCode, u32, String);
+/// Why a request failed, as its error response says it.
+struct Failure {
+    code: ErrorCode,
+    retry_after_ms: u32,
+    message: String,
+    /// ShardClosed: the shard-map version that closed the shard.
+    shard_map_version: u64,
+}
+
+impl From<(ErrorCode, u32, String)> for Failure {
+    fn from((code, retry_after_ms, message): (ErrorCode, u32, String)) -> Failure {
+        Failure {
+            code,
+            retry_after_ms,
+            message,
+            shard_map_version: 0,
+        }
+    }
+}
 
 /// The stream a request is about, for logs (a read names it only inside its iterator).
 fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
@@ -95,6 +115,9 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::DeleteStream(r) => Some(r.name),
         Request::DescribeStream(r) => Some(r.name),
         Request::IncreaseRetention(r) | Request::DecreaseRetention(r) => Some(r.name),
+        Request::SplitShard(r) => Some(r.name),
+        Request::MergeShards(r) => Some(r.name),
+        Request::UpdateShardCount(r) => Some(r.name),
         Request::PutRecord(r) => Some(r.stream),
         Request::PutBatch(r) => Some(r.stream),
         Request::PutBatches(r) => Some(r.stream),
@@ -178,6 +201,7 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         }
         EngineError::StreamExists(_) => (ErrorCode::StreamExists, 0),
         EngineError::UnknownShard { .. } => (ErrorCode::UnknownShard, 0),
+        EngineError::ShardClosed { .. } => (ErrorCode::ShardClosed, 0),
         EngineError::InvalidArgument(_) => (ErrorCode::InvalidArgument, 0),
         EngineError::InvalidBatch(b) => (ErrorCode::from(b.clone()), 0),
         EngineError::Throttled { retry_after_ms } => (ErrorCode::Throttled, *retry_after_ms),
@@ -197,8 +221,21 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
 }
 
 fn fail(e: EngineError) -> Failure {
-    let (code, retry) = error_code(&e);
-    (code, retry, e.to_string())
+    let (code, retry_after_ms) = error_code(&e);
+    Failure {
+        code,
+        retry_after_ms,
+        message: e.to_string(),
+        shard_map_version: closed_version(&e),
+    }
+}
+
+/// The shard-map version a `ShardClosed` error names (0 for any other error).
+fn closed_version(e: &EngineError) -> u64 {
+    match e {
+        EngineError::ShardClosed { map_version, .. } => *map_version,
+        _ => 0,
+    }
 }
 
 /// The one place a request is routed to its command's function.
@@ -229,6 +266,38 @@ async fn execute<S: Storage + 'static>(
         }
         Request::IncreaseRetention(r) => set_retention(core, r, true).await?,
         Request::DecreaseRetention(r) => set_retention(core, r, false).await?,
+        Request::SplitShard(r) => Response::SplitShard(
+            reshard(
+                core,
+                ControlOp::SplitShard {
+                    name: r.name.to_owned(),
+                    shard_id: r.shard_id,
+                    at: r.new_starting_hash_key,
+                },
+            )
+            .await?,
+        ),
+        Request::MergeShards(r) => Response::MergeShards(
+            reshard(
+                core,
+                ControlOp::MergeShards {
+                    name: r.name.to_owned(),
+                    shard_id: r.shard_id,
+                    adjacent: r.adjacent_shard_id,
+                },
+            )
+            .await?,
+        ),
+        Request::UpdateShardCount(r) => Response::UpdateShardCount(
+            reshard(
+                core,
+                ControlOp::UpdateShardCount {
+                    name: r.name.to_owned(),
+                    target: r.target_shard_count,
+                },
+            )
+            .await?,
+        ),
         Request::ListStreams(r) => {
             let names = list_streams(core, r.exclusive_start_name, r.limit);
             let (names, has_more) = (names.0.iter().map(String::as_str).collect(), names.1);
@@ -269,6 +338,27 @@ fn hello<S: Storage + 'static>(core: &Core<S>, cid: u64, out: &mut Vec<u8>) {
         metrics_address: metrics.as_deref(),
     };
     encode_response(out, cid, &Response::Hello(hello));
+}
+
+/// A split, merge or scale: the new shard-map version and the shards it opened.
+async fn reshard<S: Storage + 'static>(
+    core: &Core<S>,
+    op: ControlOp,
+) -> Result<spate_protocol::ReshardResponse, Failure> {
+    let entries = control_op(core, op).await.map_err(fail)?;
+    let [before, after] = &entries[..] else {
+        return Err((ErrorCode::Internal, 0, "a reshard answered no entry".into()).into());
+    };
+    let mut new_shards: Vec<&catalog::ShardEntry> = after
+        .open_shards()
+        .into_iter()
+        .filter(|s| before.shard(s.shard_id).is_none())
+        .collect();
+    new_shards.sort_by_key(|s| s.hash_range().0);
+    Ok(spate_protocol::ReshardResponse {
+        map_version: after.map_version,
+        new_shards: new_shards.iter().map(|s| s.shard_id).collect(),
+    })
 }
 
 async fn create_stream<S: Storage + 'static>(
@@ -402,7 +492,7 @@ async fn describe_stream<S: Storage + 'static>(
             hash_key_start: start,
             hash_key_end: end,
             parent: sh.parent,
-            adjacent_parent: None,
+            adjacent_parent: sh.adjacent_parent,
             core: owner as u16,
             first_seq: has_data.then_some(stats.first_seq),
             last_seq: has_data.then(|| stats.next_seq - 1),
@@ -420,6 +510,8 @@ async fn describe_stream<S: Storage + 'static>(
         max_record_data_bytes: entry.max_record_data_bytes,
         created_ms: entry.created_ms,
         shards,
+        mode: entry.mode,
+        map_version: entry.map_version,
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())
@@ -432,31 +524,46 @@ async fn put_record<S: Storage + 'static>(
     let hash = r
         .hash_key()
         .map_err(|e| (ErrorCode::from(e.clone()), 0, e.to_string()))?;
-    let entry = route(core, r.stream).map_err(fail)?;
-    let shard = entry
-        .shards
-        .iter()
-        .find(|s| {
-            s.state == ShardState::Open && (s.hash_range().0..=s.hash_range().1).contains(&hash)
-        })
-        .ok_or_else(|| {
-            (
-                ErrorCode::Internal,
-                0,
-                "no open shard covers the hash key".to_string(),
-            )
-        })?;
-    let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
-    let outcome = put_counted(core, ident, owner, r.stream, r.batch, true)
-        .await
-        .map_err(fail)?;
+    // The server routes this one, so a split or merge under way is its business: a shard
+    // closed under it is retried on the new routes once they arrive (within a second).
+    let mut attempt = 0;
+    let outcome = loop {
+        let entry = route(core, r.stream).map_err(fail)?;
+        let shard = entry
+            .shards
+            .iter()
+            .find(|s| {
+                s.state == ShardState::Open && (s.hash_range().0..=s.hash_range().1).contains(&hash)
+            })
+            .ok_or_else(|| {
+                (
+                    ErrorCode::Internal,
+                    0,
+                    "no open shard covers the hash key".to_string(),
+                )
+            })?;
+        let (ident, owner, _) = locate(core, r.stream, shard.shard_id).map_err(fail)?;
+        match put_counted(core, ident, owner, r.stream, r.batch, true).await {
+            Err(EngineError::ShardClosed { map_version, .. }) if attempt < 200 => {
+                attempt += 1;
+                while attempt < 200
+                    && route(core, r.stream).is_ok_and(|e| e.map_version < map_version)
+                {
+                    attempt += 1;
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+            other => break other.map_err(fail)?,
+        }
+    };
     if outcome.accepted == 0 {
         let retry = outcome.retry_after_ms.unwrap_or(1);
         return Err((
             ErrorCode::Throttled,
             retry,
             "write limit of the shard reached".into(),
-        ));
+        )
+            .into());
     }
     Ok(Response::PutRecord(PutRecordResponse {
         shard_id: outcome.shard_id,
@@ -506,6 +613,7 @@ async fn put_batches<S: Storage + 'static>(
                         code,
                         retry_after_ms,
                         message,
+                        shard_map_version: closed_version(&e),
                     })
                 }
             },
@@ -577,6 +685,29 @@ async fn get_records<S: Storage + 'static>(
             )
         })?;
     let (ident, owner, _) = locate(core, &entry.name, token.shard_id).map_err(fail)?;
+    // A closed shard read to its end: say so, and name the shards that took its keys.
+    let ending = entry
+        .shard(token.shard_id)
+        .and_then(|s| s.ending_seq)
+        .filter(|_| {
+            entry
+                .shard(token.shard_id)
+                .is_some_and(|s| s.state == ShardState::Closed)
+        });
+    let children = ShardIds::encode(&entry.children_of(token.shard_id));
+    if ending.is_some_and(|end| token.next_seq >= end) {
+        let head = GetRecordsHead {
+            start_seq: token.next_seq,
+            end_seq: token.next_seq,
+            millis_behind_latest: 0,
+            next_iterator: None,
+            child_shards: ShardIds::from_bytes(&children).expect("whole ids"),
+        };
+        spate_protocol::read::encode_get_records_head(out, cid, &head, 0, 0);
+        core.metrics
+            .stream(entry.stream_id, &entry.name, |c| c.get_records_success += 1);
+        return Ok(());
+    }
     let gone = || {
         (
             ErrorCode::ShuttingDown,
@@ -630,11 +761,17 @@ async fn get_records<S: Storage + 'static>(
     } else {
         (now - last_arrival_ms(&got.bytes).unwrap_or(got.latest_ts_ms)).max(0) as u64
     };
+    let drained = ending.is_some_and(|end| got.end_seq >= end);
     let head = GetRecordsHead {
         start_seq: got.start_seq,
         end_seq: got.end_seq,
         millis_behind_latest,
-        next_iterator: Some(&next),
+        next_iterator: (!drained).then_some(&next[..]),
+        child_shards: if drained {
+            ShardIds::from_bytes(&children).expect("whole ids")
+        } else {
+            ShardIds::default()
+        },
     };
     spate_protocol::read::encode_get_records_head(
         out,

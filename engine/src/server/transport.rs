@@ -353,6 +353,7 @@ async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {
             code,
             retry_after_ms: 100,
             message,
+            shard_map_version: 0,
         },
     );
     let write = async {
@@ -685,6 +686,7 @@ impl<S: Storage + 'static> Connection<S> {
                 code,
                 retry_after_ms,
                 message,
+                shard_map_version: 0,
             },
         );
         self.queue(&out, 0);
@@ -784,6 +786,7 @@ impl<S: Storage + 'static> Connection<S> {
                                 code: ErrorCode::ShuttingDown,
                                 retry_after_ms: 100,
                                 message: "the server is shutting down",
+                                shard_map_version: 0,
                             },
                         );
                         let _ = self.write_all(&goodbye).await;

@@ -114,6 +114,18 @@ pub struct StreamInfo {
     pub created_ms: i64,
     /// Open shards and closed parents still in retention.
     pub shards: Vec<ShardDescription>,
+    pub mode: spate_protocol::CapacityMode,
+    /// Raised by every split, merge and scale.
+    pub map_version: u64,
+}
+
+/// What a split, merge or scale did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reshard {
+    /// The stream's shard-map version after the change.
+    pub map_version: u64,
+    /// The shards it opened, in hash-key order.
+    pub new_shards: Vec<u32>,
 }
 
 /// Where a shard iterator starts; the protocol's positions.
@@ -163,6 +175,9 @@ pub struct Records {
     /// The sequence numbers this answer covers: `start_seq..end_seq`.
     pub start_seq: u64,
     pub end_seq: u64,
+    /// Once the shard is closed and fully read (`next_iterator` is `None`): the shards that
+    /// took over its keys, to read next (a merged child once both its parents are read).
+    pub child_shards: Vec<u32>,
 }
 
 /// Which connection a request travels on.
@@ -492,6 +507,8 @@ impl Client {
             max_record_data_bytes: d.max_record_data_bytes,
             created_ms: d.created_ms,
             shards: d.shards.clone(),
+            mode: d.mode,
+            map_version: d.map_version,
         };
         Ok((info, map))
     }
@@ -522,6 +539,93 @@ impl Client {
         decode_reply(&frame, Some(op)).map(|_| ())
     }
 
+    /// Kinesis' SplitShard: `shard_id`'s keys below `new_starting_hash_key` go to one new
+    /// shard, the rest to another; the parent is closed (readable until retention removes
+    /// its records).
+    pub async fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        new_starting_hash_key: u128,
+    ) -> Result<Reshard> {
+        check_stream_name(stream)?;
+        let req = Request::SplitShard(spate_protocol::SplitShardRequest {
+            name: stream,
+            shard_id,
+            new_starting_hash_key,
+        });
+        self.reshard(stream, &req, Opcode::SplitShard).await
+    }
+
+    /// Kinesis' MergeShards: two open shards whose hash-key ranges touch become one.
+    pub async fn merge_shards(
+        &self,
+        stream: &str,
+        shard_id: u32,
+        adjacent_shard_id: u32,
+    ) -> Result<Reshard> {
+        check_stream_name(stream)?;
+        let req = Request::MergeShards(spate_protocol::MergeShardsRequest {
+            name: stream,
+            shard_id,
+            adjacent_shard_id,
+        });
+        self.reshard(stream, &req, Opcode::MergeShards).await
+    }
+
+    /// Kinesis' UpdateShardCount with uniform scaling: `target` open shards with even
+    /// hash-key ranges afterwards, by splits and merges.
+    pub async fn update_shard_count(&self, stream: &str, target: u32) -> Result<Reshard> {
+        check_stream_name(stream)?;
+        let req = Request::UpdateShardCount(spate_protocol::UpdateShardCountRequest {
+            name: stream,
+            target_shard_count: target,
+        });
+        self.reshard(stream, &req, Opcode::UpdateShardCount).await
+    }
+
+    async fn reshard(&self, stream: &str, req: &Request<'_>, op: Opcode) -> Result<Reshard> {
+        let frame = self.request(Target::Bootstrap, req, 0).await?;
+        // Whatever the answer, this client's routes for the stream are stale now.
+        self.forget_stream(stream);
+        match decode_reply(&frame, Some(op))? {
+            Response::SplitShard(r) | Response::MergeShards(r) | Response::UpdateShardCount(r) => {
+                Ok(Reshard {
+                    map_version: r.map_version,
+                    new_shards: r.new_shards,
+                })
+            }
+            _ => unreachable!("decode_reply checked the opcode"),
+        }
+    }
+
+    /// The stream's routing table, described again unless the cached one is at least
+    /// `version` (what a `ShardClosed` error named). Waits out a server that has closed a
+    /// shard but not yet published the new routes (a few ms), up to about two seconds.
+    pub(crate) async fn shard_map_at_least(
+        &self,
+        stream: &str,
+        version: u64,
+    ) -> Result<Arc<ShardMap>> {
+        let map = self.shard_map(stream).await?;
+        if map.map_version >= version {
+            return Ok(map);
+        }
+        let mut pause = Duration::from_millis(2);
+        for _ in 0..12 {
+            let (_, map) = self.describe(stream).await?;
+            if map.map_version >= version {
+                return Ok(map);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+        Err(ClientError::ShardClosed {
+            shard_map_version: version,
+            message: format!("stream {stream:?} still does not show shard-map version {version}"),
+        })
+    }
+
     /// The stream's routing table: cached, or described now.
     pub async fn shard_map(&self, stream: &str) -> Result<Arc<ShardMap>> {
         let cached = self
@@ -550,7 +654,12 @@ impl Client {
     pub(crate) fn forget_on(&self, stream: &str, err: &ClientError) {
         if matches!(
             err.code(),
-            Some(ErrorCode::UnknownStream | ErrorCode::UnknownShard | ErrorCode::WrongShard)
+            Some(
+                ErrorCode::UnknownStream
+                    | ErrorCode::UnknownShard
+                    | ErrorCode::WrongShard
+                    | ErrorCode::ShardClosed
+            )
         ) {
             self.forget_stream(stream);
         }
@@ -793,6 +902,7 @@ fn decode_records(frame: &Bytes, core: Option<u16>) -> Result<Records> {
         millis_behind_latest: resp.head.millis_behind_latest,
         start_seq: resp.head.start_seq,
         end_seq: resp.head.end_seq,
+        child_shards: resp.head.child_shards.to_vec(),
     })
 }
 

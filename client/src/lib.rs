@@ -69,8 +69,8 @@ mod retry;
 mod routing;
 
 pub use client::{
-    Client, ClientConfig, Position, Record, Records, ServerInfo, ShardIterator, StreamConfig,
-    StreamInfo,
+    Client, ClientConfig, Position, Record, Records, Reshard, ServerInfo, ShardIterator,
+    StreamConfig, StreamInfo,
 };
 pub use connection::DEFAULT_MAX_IN_FLIGHT;
 pub use error::{ClientError, Result};

@@ -16,11 +16,20 @@
 //! order they were sent. Different shards' batches are in flight at once, in one or more
 //! requests, pipelined on one connection per core.
 //!
+//! Resharding: a batch refused with `ShardClosed` (its shard was split or merged; nothing of
+//! it was stored) is held at the front of its queue, and the producer asks for routes of at
+//! least the shard-map version the error named. It then swaps its routing table under a
+//! write lock (no record is routed meanwhile): every worker gives back the records of the
+//! shards the new table closed, once their batches in flight have settled, and they are
+//! queued at the shards that own their keys now (starting workers for new cores), in the
+//! order they were sent, ahead of anything sent later. So a key's records are acknowledged
+//! in send order across the lineage, and `send` never sees the reshard.
+//!
 //! Failure: a record whose batch fails for good (after the retries of
 //! [`crate::RetryPolicy`]) resolves to the error; its shard goes on with the next batch.
 //! Dropping the producer without [`Producer::close`] still sends what was queued.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,32 +87,53 @@ struct Item {
 }
 
 enum Msg {
-    /// A record for the shard with this index in the producer's map.
-    Record(usize, Item),
+    /// A record for this shard.
+    Record(ShardRoute, Item),
     /// Answered once every record queued before it has settled.
     Flush(oneshot::Sender<()>),
+    /// The shards were closed by a split or merge: answer every record queued for them (in
+    /// send order), once none of their batches is in flight.
+    Release {
+        closed: Vec<u32>,
+        reply: oneshot::Sender<Vec<Item>>,
+    },
+    /// The new routes could not be had: fail the records held for closed shards.
+    FailHeld(ClientError),
+    /// Send what is queued and stop once everything has settled.
+    Close,
+}
+
+/// The routing table and the workers it routes to; replaced as a whole when a split or
+/// merge closes a shard (under the write lock, so no record is routed meanwhile).
+struct Routing {
+    map: Arc<ShardMap>,
+    workers: BTreeMap<u16, mpsc::Sender<Msg>>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    client: Client,
+    stream: String,
+    config: ProducerConfig,
+    routing: tokio::sync::RwLock<Routing>,
+    budget: Arc<Semaphore>,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Raised by every re-routing (a flush that saw one waits again).
+    reroutes: std::sync::atomic::AtomicU64,
+    /// Workers ask here for routes of at least a shard-map version.
+    refresh: mpsc::UnboundedSender<u64>,
 }
 
 /// Aggregates records into per-shard batches; see the module docs.
 pub struct Producer {
-    stream: String,
-    map: Arc<ShardMap>,
-    config: ProducerConfig,
-    /// One queue per core worker, and each shard's worker.
-    queues: Vec<mpsc::Sender<Msg>>,
-    worker_of_shard: Vec<usize>,
-    budget: Arc<Semaphore>,
-    workers: Vec<JoinHandle<()>>,
-    next_id: std::sync::atomic::AtomicU64,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Producer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
-            .field("stream", &self.stream)
-            .field("shards", &self.worker_of_shard.len())
-            .field("workers", &self.queues.len())
-            .field("config", &self.config)
+            .field("stream", &self.shared.stream)
+            .field("config", &self.shared.config)
             .finish()
     }
 }
@@ -125,7 +155,8 @@ impl Future for SendHandle {
 }
 
 impl Client {
-    /// A producer for `stream`, routing by the stream's current shards.
+    /// A producer for `stream`, routing by the stream's current shards (and the new ones,
+    /// once a split or merge closes one).
     pub async fn producer(&self, stream: &str, config: ProducerConfig) -> Result<Producer> {
         let map = self.shard_map(stream).await?;
         Ok(Producer::start(self.clone(), stream, map, config))
@@ -144,48 +175,32 @@ impl Producer {
                 .min(u32::MAX as usize),
             ..config
         };
-        let mut cores: Vec<u16> = map.routes().iter().map(|r| r.core).collect();
-        cores.sort_unstable();
-        cores.dedup();
-        let worker_of_shard = map
-            .routes()
-            .iter()
-            .map(|r| cores.binary_search(&r.core).expect("listed"))
-            .collect();
-        let mut queues = Vec::new();
-        let mut workers = Vec::new();
-        for &core in &cores {
-            let (tx, rx) = mpsc::channel(config.queued_records_max_per_shard);
-            queues.push(tx);
-            let (done_tx, done_rx) = mpsc::unbounded_channel();
-            let worker = CoreWorker {
-                client: client.clone(),
-                stream: stream.to_string(),
-                map: map.clone(),
-                core,
-                config,
-                rx,
-                done_tx,
-                done_rx,
-                shards: HashMap::new(),
-                inflight: 0,
-                unsettled: BTreeSet::new(),
-                flushes: Vec::new(),
-                force_upto: 0,
-                closed: false,
-            };
-            workers.push(tokio::spawn(worker.run()));
-        }
-        Producer {
+        let (refresh, refresh_rx) = mpsc::unbounded_channel();
+        let mut routing = Routing {
+            map: map.clone(),
+            workers: BTreeMap::new(),
+            handles: Vec::new(),
+        };
+        let shared = Arc::new_cyclic(|_| Shared {
+            client: client.clone(),
             stream: stream.to_string(),
-            map,
             config,
-            queues,
-            worker_of_shard,
+            routing: tokio::sync::RwLock::new(Routing {
+                map: map.clone(),
+                workers: BTreeMap::new(),
+                handles: Vec::new(),
+            }),
             budget: Arc::new(Semaphore::new(config.buffered_bytes_max)),
-            workers,
             next_id: std::sync::atomic::AtomicU64::new(1),
+            reroutes: std::sync::atomic::AtomicU64::new(0),
+            refresh: refresh.clone(),
+        });
+        for r in map.routes() {
+            shared.add_worker(&mut routing, r.core);
         }
+        *shared.routing.try_write().expect("nobody else has it yet") = routing;
+        tokio::spawn(refresher(Arc::downgrade(&shared), refresh_rx));
+        Producer { shared }
     }
 
     /// Queues a record, waiting while the producer's buffers are full. The returned handle
@@ -197,32 +212,40 @@ impl Producer {
 
     /// As [`Producer::send`], for an [`Entry`] (which may carry an explicit hash key).
     pub async fn send_entry(&self, entry: Entry) -> Result<SendHandle> {
-        check_entry(&self.map, &entry)?;
-        let hash = entry
-            .explicit_hash_key
-            .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
-        let shard = self
-            .map
-            .index_for_hash(hash)
-            .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"))?;
-        let cost = (entry.key.len() + entry.data.len()).clamp(1, self.config.buffered_bytes_max);
-        let budget = self
+        let shared = &self.shared;
+        let cost = (entry.key.len() + entry.data.len()).clamp(1, shared.config.buffered_bytes_max);
+        let budget = shared
             .budget
             .clone()
             .acquire_many_owned(cost as u32)
             .await
             .map_err(|_| ClientError::Closed)?;
+        let hash = entry
+            .explicit_hash_key
+            .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
+        // Routed and queued under the read lock: a re-routing (write lock) sees every record
+        // routed by the old table already at its worker.
+        let routing = shared.routing.read().await;
+        check_entry(&routing.map, &entry)?;
+        let route = routing
+            .map
+            .index_for_hash(hash)
+            .map(|i| routing.map.routes()[i])
+            .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"))?;
         let (done, rx) = oneshot::channel();
         let item = Item {
-            id: self
+            id: shared
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             entry,
             done,
             _budget: budget,
         };
-        self.queues[self.worker_of_shard[shard]]
-            .send(Msg::Record(shard, item))
+        routing
+            .workers
+            .get(&route.core)
+            .ok_or(ClientError::Closed)?
+            .send(Msg::Record(route, item))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(SendHandle { rx })
@@ -231,28 +254,165 @@ impl Producer {
     /// Sends everything queued now (without waiting out the linger) and waits until every
     /// record sent before this call has settled.
     pub async fn flush(&self) {
-        let mut acks = Vec::with_capacity(self.queues.len());
-        for queue in &self.queues {
-            let (tx, rx) = oneshot::channel();
-            if queue.send(Msg::Flush(tx)).await.is_ok() {
-                acks.push(rx);
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let reroutes = self.shared.reroutes.load(SeqCst);
+            let mut acks = Vec::new();
+            {
+                let routing = self.shared.routing.read().await;
+                for queue in routing.workers.values() {
+                    let (tx, rx) = oneshot::channel();
+                    if queue.send(Msg::Flush(tx)).await.is_ok() {
+                        acks.push(rx);
+                    }
+                }
             }
-        }
-        for ack in acks {
-            let _ = ack.await;
+            for ack in acks {
+                let _ = ack.await;
+            }
+            // A re-routing that started meanwhile (it counts itself first, under the write
+            // lock) is waited out, and the records it moved are waited for once more.
+            drop(self.shared.routing.read().await);
+            if self.shared.reroutes.load(SeqCst) == reroutes {
+                return;
+            }
         }
     }
 
     /// Sends what is queued, waits for every record to settle, and stops the workers.
     pub async fn close(self) {
-        let Producer {
-            queues, workers, ..
-        } = self;
-        drop(queues);
-        for worker in workers {
+        self.flush().await;
+        let handles = {
+            let mut routing = self.shared.routing.write().await;
+            for queue in routing.workers.values() {
+                let _ = queue.send(Msg::Close).await;
+            }
+            std::mem::take(&mut routing.handles)
+        };
+        for worker in handles {
             if let Err(e) = worker.await {
                 if e.is_panic() {
                     std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the worker of `core` if there is none.
+    fn add_worker(&self, routing: &mut Routing, core: u16) {
+        if routing.workers.contains_key(&core) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.config.queued_records_max_per_shard);
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let worker = CoreWorker {
+            client: self.client.clone(),
+            stream: self.stream.clone(),
+            core,
+            config: self.config,
+            rx,
+            done_tx,
+            done_rx,
+            refresh: self.refresh.clone(),
+            shards: HashMap::new(),
+            inflight: 0,
+            unsettled: BTreeSet::new(),
+            flushes: Vec::new(),
+            releases: Vec::new(),
+            force_upto: 0,
+            closed: false,
+            rx_done: false,
+        };
+        routing.workers.insert(core, tx);
+        routing.handles.push(tokio::spawn(worker.run()));
+    }
+
+    /// Moves to routes of at least shard-map `version`: with new records held back (write
+    /// lock), every worker gives back the records of shards the new table closed, once
+    /// their batches in flight have settled; they go to the shards that own their keys now,
+    /// in the order they were sent, ahead of anything sent later.
+    async fn reroute(&self, map: Arc<ShardMap>) {
+        let mut routing = self.routing.write().await;
+        if map.map_version <= routing.map.map_version {
+            return;
+        }
+        self.reroutes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let closed: Vec<u32> = routing
+            .map
+            .routes()
+            .iter()
+            .map(|r| r.shard_id)
+            .filter(|id| !map.routes().iter().any(|r| r.shard_id == *id))
+            .collect();
+        for r in map.routes() {
+            self.add_worker(&mut routing, r.core);
+        }
+        let mut released = Vec::new();
+        for queue in routing.workers.values() {
+            let (tx, rx) = oneshot::channel();
+            let asked = Msg::Release {
+                closed: closed.clone(),
+                reply: tx,
+            };
+            if queue.send(asked).await.is_ok() {
+                released.extend(rx.await.unwrap_or_default());
+            }
+        }
+        released.sort_by_key(|i: &Item| i.id);
+        tracing::debug!(stream = %self.stream, version = map.map_version, closed = ?closed, moved = released.len(), "producer re-routes after a reshard");
+        routing.map = map;
+        for item in released {
+            let hash = item
+                .entry
+                .explicit_hash_key
+                .unwrap_or_else(|| cached_hash_key(item.entry.key.as_bytes()));
+            let Some(route) = routing
+                .map
+                .index_for_hash(hash)
+                .map(|i| routing.map.routes()[i])
+            else {
+                let _ = item.done.send(Err(ClientError::protocol(
+                    "no open shard covers the record's hash key",
+                )));
+                continue;
+            };
+            if let Some(queue) = routing.workers.get(&route.core) {
+                if let Err(mpsc::error::SendError(Msg::Record(_, item))) =
+                    queue.send(Msg::Record(route, item)).await
+                {
+                    let _ = item.done.send(Err(ClientError::Closed));
+                }
+            }
+        }
+    }
+}
+
+/// Serves the workers' requests for newer routes while the producer lives.
+async fn refresher(shared: std::sync::Weak<Shared>, mut rx: mpsc::UnboundedReceiver<u64>) {
+    while let Some(mut version) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            version = version.max(more);
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.routing.read().await.map.map_version >= version {
+            continue;
+        }
+        match shared
+            .client
+            .shard_map_at_least(&shared.stream, version)
+            .await
+        {
+            Ok(map) => shared.reroute(map).await,
+            Err(e) => {
+                tracing::warn!(stream = %shared.stream, error = %e, "producer cannot get the routes after a reshard");
+                let routing = shared.routing.read().await;
+                for queue in routing.workers.values() {
+                    let _ = queue.send(Msg::FailHeld(e.clone())).await;
                 }
             }
         }
@@ -272,12 +432,14 @@ struct ShardQueue {
     /// A refused tail waits until then.
     retry_at: Option<Instant>,
     attempt: u32,
+    /// Closed by a split or merge: held until the producer re-routes it.
+    held: bool,
 }
 
 /// What came back for one request: each shard's batch (its items, how many records) and
 /// the answer for it.
 struct Done {
-    sent: Vec<(usize, Vec<Item>)>,
+    sent: Vec<(u32, Vec<Item>)>,
     answers: Vec<Result<PutBatchResponse>>,
 }
 
@@ -285,63 +447,96 @@ struct Done {
 struct CoreWorker {
     client: Client,
     stream: String,
-    map: Arc<ShardMap>,
     core: u16,
     config: ProducerConfig,
     rx: mpsc::Receiver<Msg>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
-    shards: HashMap<usize, ShardQueue>,
+    /// Where to ask for newer routes.
+    refresh: mpsc::UnboundedSender<u64>,
+    /// Queues by shard id.
+    shards: HashMap<u32, ShardQueue>,
     /// Requests in flight.
     inflight: usize,
     /// Ids of records queued or in flight here.
     unsettled: BTreeSet<u64>,
     /// Flushes waiting for every record up to an id to settle.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// Releases waiting for batches of closed shards in flight.
+    releases: Vec<(Vec<u32>, oneshot::Sender<Vec<Item>>)>,
     /// Records up to this id go out without waiting out the linger (a flush asked).
     force_upto: u64,
     closed: bool,
+    /// Every sender is gone.
+    rx_done: bool,
 }
 
 impl CoreWorker {
     async fn run(mut self) {
         loop {
             self.send_due();
+            self.answer_releases();
             self.answer_flushes();
-            if self.closed && self.unsettled.is_empty() && self.inflight == 0 {
+            if self.closed
+                && self.unsettled.is_empty()
+                && self.inflight == 0
+                && self.releases.is_empty()
+            {
                 return;
             }
             let deadline = self.next_deadline();
+            let holding = self.shards.values().any(|q| q.held && !q.queue.is_empty());
+            let refresh = self.refresh.clone();
             tokio::select! {
-                msg = self.rx.recv(), if !self.closed => match msg {
-                    Some(Msg::Record(shard, item)) => self.enqueue(shard, item),
+                // Read after a close too: a re-routing may still ask for held records.
+                msg = self.rx.recv(), if !self.rx_done => match msg {
+                    Some(Msg::Record(route, item)) => self.enqueue(route, item),
                     Some(Msg::Flush(ack)) => {
                         let upto = self.unsettled.last().copied().unwrap_or(0);
                         self.force_upto = self.force_upto.max(upto);
                         self.flushes.push((upto, ack));
                     }
+                    Some(Msg::Release { closed, reply }) => {
+                        for id in &closed {
+                            if let Some(q) = self.shards.get_mut(id) {
+                                q.held = true;
+                            }
+                        }
+                        self.releases.push((closed, reply));
+                    }
+                    Some(Msg::FailHeld(e)) => self.fail_held(e),
+                    Some(Msg::Close) => {
+                        self.closed = true;
+                        self.force_upto = u64::MAX;
+                    }
                     None => {
+                        self.rx_done = true;
                         self.closed = true;
                         self.force_upto = u64::MAX;
                     }
                 },
                 Some(done) = self.done_rx.recv() => self.settle(done),
                 _ = sleep_until(deadline), if deadline.is_some() => {}
+                // The producer is gone: nobody will re-route what is held.
+                _ = refresh.closed(), if holding => self.fail_held(ClientError::Closed),
             }
         }
     }
 
-    fn enqueue(&mut self, shard: usize, item: Item) {
-        let route = self.map.routes()[shard];
-        let q = self.shards.entry(shard).or_insert_with(|| ShardQueue {
-            route,
-            queue: VecDeque::new(),
-            bytes: 0,
-            first_at: None,
-            busy: false,
-            retry_at: None,
-            attempt: 0,
-        });
+    fn enqueue(&mut self, route: ShardRoute, item: Item) {
+        let q = self
+            .shards
+            .entry(route.shard_id)
+            .or_insert_with(|| ShardQueue {
+                route,
+                queue: VecDeque::new(),
+                bytes: 0,
+                first_at: None,
+                busy: false,
+                retry_at: None,
+                attempt: 0,
+                held: false,
+            });
         self.unsettled.insert(item.id);
         q.bytes += item.entry.key.len() + item.entry.data.len();
         q.first_at.get_or_insert_with(Instant::now);
@@ -352,7 +547,7 @@ impl CoreWorker {
     fn next_deadline(&self) -> Option<Instant> {
         self.shards
             .values()
-            .filter(|q| !q.busy && !q.queue.is_empty())
+            .filter(|q| !q.busy && !q.held && !q.queue.is_empty())
             .map(|q| match q.retry_at {
                 Some(t) => t,
                 None => q.first_at.expect("queued") + self.config.linger,
@@ -361,7 +556,7 @@ impl CoreWorker {
     }
 
     fn due(&self, q: &ShardQueue, now: Instant) -> bool {
-        if q.busy || q.queue.is_empty() || q.retry_at.is_some_and(|t| t > now) {
+        if q.busy || q.held || q.queue.is_empty() || q.retry_at.is_some_and(|t| t > now) {
             return false;
         }
         q.retry_at.is_some()
@@ -375,7 +570,7 @@ impl CoreWorker {
     /// worth (most often one).
     fn send_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<usize> = self
+        let due: Vec<u32> = self
             .shards
             .iter()
             .filter(|(_, q)| self.due(q, now))
@@ -385,7 +580,7 @@ impl CoreWorker {
             return;
         }
         let frame_max = self.client.max_request_bytes().saturating_sub(1024);
-        let mut requests: Vec<Vec<(usize, Vec<Item>, Bytes)>> = vec![Vec::new()];
+        let mut requests: Vec<Vec<(u32, Vec<Item>, Bytes)>> = vec![Vec::new()];
         let mut request_bytes = 0usize;
         for shard in due {
             let (items, batch) = self.take_batch(shard);
@@ -440,7 +635,7 @@ impl CoreWorker {
 
     /// Takes the longest prefix of a shard's queue that makes one batch (within the batch
     /// bounds; the first record always goes) and builds it.
-    fn take_batch(&mut self, shard: usize) -> (Vec<Item>, Bytes) {
+    fn take_batch(&mut self, shard: u32) -> (Vec<Item>, Bytes) {
         let config = self.config;
         let q = self.shards.get_mut(&shard).expect("due shard");
         let mut b = BatchBuilder::with_capacity(
@@ -523,6 +718,28 @@ impl CoreWorker {
                 continue;
             };
             let rest: Vec<Item> = items.collect();
+            if let ClientError::ShardClosed {
+                shard_map_version, ..
+            } = err
+            {
+                // Split or merged: held at the front of the queue (nothing of it was stored)
+                // until the producer moves it to the shards that own its keys now.
+                tracing::debug!(
+                    shard = q.route.shard_id,
+                    version = shard_map_version,
+                    "shard closed under the producer"
+                );
+                q.held = true;
+                q.retry_at = None;
+                for item in rest.into_iter().rev() {
+                    q.bytes += item.entry.key.len() + item.entry.data.len();
+                    q.queue.push_front(item);
+                }
+                if self.refresh.send(shard_map_version).is_err() {
+                    self.fail_held(ClientError::Closed);
+                }
+                continue;
+            }
             if err.is_safe_to_retry() && q.attempt < policy.max_attempts {
                 tracing::debug!(shard = q.route.shard_id, attempt = q.attempt, error = %err, "retrying batch");
                 q.retry_at = Some(Instant::now() + policy.delay(q.attempt, err.retry_after_ms()));
@@ -537,6 +754,54 @@ impl CoreWorker {
                 q.retry_at = None;
                 q.attempt = 0;
                 for item in rest {
+                    self.unsettled.remove(&item.id);
+                    let _ = item.done.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// Answers the releases whose shards have no batch in flight: their queued records, in
+    /// send order.
+    fn answer_releases(&mut self) {
+        let mut waiting = Vec::new();
+        for (closed, reply) in std::mem::take(&mut self.releases) {
+            let busy = closed
+                .iter()
+                .any(|id| self.shards.get(id).is_some_and(|q| q.busy));
+            if busy {
+                waiting.push((closed, reply));
+                continue;
+            }
+            let mut items = Vec::new();
+            for id in &closed {
+                if let Some(q) = self.shards.remove(id) {
+                    for item in q.queue {
+                        self.unsettled.remove(&item.id);
+                        items.push(item);
+                    }
+                }
+            }
+            if let Err(items) = reply.send(items) {
+                for item in items {
+                    let _ = item.done.send(Err(ClientError::Closed));
+                }
+            }
+        }
+        self.releases = waiting;
+    }
+
+    /// Fails the records held for closed shards (the new routes cannot be had).
+    fn fail_held(&mut self, err: ClientError) {
+        let held: Vec<u32> = self
+            .shards
+            .iter()
+            .filter(|(_, q)| q.held && !q.busy)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in held {
+            if let Some(q) = self.shards.remove(&id) {
+                for item in q.queue {
                     self.unsettled.remove(&item.id);
                     let _ = item.done.send(Err(err.clone()));
                 }

@@ -12,7 +12,10 @@
 //! a refusal the server says may be retried, or retries exhausted), that record and every
 //! later record of the same shard fail with the same error code and are not sent: no record
 //! is acknowledged after an earlier record of its shard failed, so a caller that stops at
-//! the first failure in input order has seen every acknowledgement.
+//! the first failure in input order has seen every acknowledgement. A record refused because
+//! a split or merge closed its shard (`ShardClosed`: nothing of the batch was stored) is not
+//! a failure: once every chain has run, such records go again, in input order, to the
+//! shards that own their keys in the new routing table, up to eight times.
 
 use crate::routing::cached_hash_key;
 use bytes::Bytes;
@@ -127,6 +130,10 @@ fn fail_rest(
 }
 
 /// One shard's records being put in order: a chain of batches, see the module docs.
+/// How many times `put_records` re-routes records refused by shards a reshard closed (a
+/// chain of splits and merges while one call is under way).
+const MAX_RESHARD_ROUNDS: usize = 8;
+
 pub(crate) struct Chain {
     pub route: ShardRoute,
     /// Indices of the records in the caller's order (for `put_records`).
@@ -363,42 +370,71 @@ impl Client {
         if n == 0 {
             return Vec::new();
         }
-        let map = match self.shard_map(stream).await {
+        let mut map = match self.shard_map(stream).await {
             Ok(map) => map,
             Err(e) => return vec![Err(e); n],
         };
         let mut results: Vec<Option<Result<PutResult>>> = vec![None; n];
-        let mut groups: Vec<(Vec<usize>, Vec<Entry>)> =
-            vec![(Vec::new(), Vec::new()); map.routes().len()];
-        for (i, entry) in entries.into_iter().enumerate() {
-            // An invalid record is routed too: it fails in its place in its shard's chain.
-            let hash = entry
-                .explicit_hash_key
-                .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
-            let routed = map
-                .index_for_hash(hash)
-                .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"));
-            match routed {
-                Ok(shard) => {
-                    groups[shard].0.push(i);
-                    groups[shard].1.push(entry);
+        let mut pending: Vec<(usize, Entry)> = entries.into_iter().enumerate().collect();
+        // A shard closed by a split or merge under way refuses the rest of its chain; those
+        // records go again, in their order, to the shards that own their keys now (every
+        // record of a key before it in the closed shard is acknowledged by then).
+        for round in 0..MAX_RESHARD_ROUNDS {
+            let mut groups: Vec<(Vec<usize>, Vec<Entry>)> =
+                vec![(Vec::new(), Vec::new()); map.routes().len()];
+            for (i, entry) in pending.drain(..) {
+                // An invalid record is routed too: it fails in its place in its shard's chain.
+                let hash = entry
+                    .explicit_hash_key
+                    .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
+                let routed = map.index_for_hash(hash).ok_or_else(|| {
+                    ClientError::protocol("no open shard covers the record's hash key")
+                });
+                match routed {
+                    Ok(shard) => {
+                        groups[shard].0.push(i);
+                        groups[shard].1.push(entry);
+                    }
+                    Err(e) => results[i] = Some(Err(e)),
                 }
-                Err(e) => results[i] = Some(Err(e)),
             }
-        }
-        let mut chains: Vec<Chain> = groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (indices, _))| !indices.is_empty())
-            .map(|(shard, (indices, entries))| {
-                Chain::new(&map, map.routes()[shard], indices, entries)
-            })
-            .collect();
-        put_chains(self, stream, &map, &mut chains, MAX_BATCH_BYTES).await;
-        for c in chains {
-            for (i, r) in c.indices.into_iter().zip(c.results) {
-                results[i] = Some(r);
+            let mut chains: Vec<Chain> = groups
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (indices, _))| !indices.is_empty())
+                .map(|(shard, (indices, entries))| {
+                    Chain::new(&map, map.routes()[shard], indices, entries)
+                })
+                .collect();
+            put_chains(self, stream, &map, &mut chains, MAX_BATCH_BYTES).await;
+            let mut version = 0;
+            let last = round + 1 == MAX_RESHARD_ROUNDS;
+            for c in chains {
+                for ((i, r), entry) in c.indices.into_iter().zip(c.results).zip(c.entries) {
+                    match r {
+                        Err(ClientError::ShardClosed {
+                            shard_map_version, ..
+                        }) if !last => {
+                            version = version.max(shard_map_version);
+                            pending.push((i, entry));
+                        }
+                        r => results[i] = Some(r),
+                    }
+                }
             }
+            if pending.is_empty() {
+                break;
+            }
+            pending.sort_by_key(|(i, _)| *i);
+            map = match self.shard_map_at_least(stream, version).await {
+                Ok(m) => m,
+                Err(e) => {
+                    for (i, _) in pending.drain(..) {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                    break;
+                }
+            };
         }
         results
             .into_iter()

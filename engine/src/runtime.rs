@@ -1861,7 +1861,9 @@ impl<S: Storage + 'static> Core<S> {
         let catalog = self.catalog.as_ref().expect("core 0");
         let cores = self.peers.len() as u32;
         let now = self.clock.now_ms();
-        let candidates: Vec<(String, u64, Vec<(u32, u32)>)> = catalog
+        // Per stream: name, incarnation, and its closed shards past the window (id, core).
+        type Candidates = Vec<(String, u64, Vec<(u32, u32)>)>;
+        let candidates: Candidates = catalog
             .borrow()
             .data
             .streams

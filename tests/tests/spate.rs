@@ -5,5 +5,6 @@ mod crash;
 mod disk;
 mod engine;
 mod hostile;
+mod reshard;
 mod server;
 mod soak;

@@ -1,0 +1,322 @@
+//! Resharding end to end against a real server (port 0, temp dir): splits, merges and
+//! scales while a `Producer` and `put_records` write, each key's records in order across
+//! the lineage and every acknowledged record exactly once; the typed error a closed shard
+//! answers; a closed shard's end naming its children; the shape surviving a restart.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use spate_client::{
+    Client, Entry, ErrorCode, Limits, Position, ProducerConfig, ReadOptions, ShardState,
+    StreamConfig,
+};
+use spate_engine::config::EngineConfig;
+use spate_engine::server::Server;
+use spate_tests::test_config;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn start(dir: &std::path::Path) -> Server {
+    Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        ..test_config(dir)
+    })
+    .expect("server starts")
+}
+
+/// Every record of the stream, shard by shard in id order (a child's id is always above
+/// its parents', so this is lineage order): (shard, seq, data).
+async fn read_stream(client: &Client, stream: &str) -> Vec<(u32, u64, String)> {
+    let info = client.describe_stream(stream).await.unwrap();
+    let mut ids: Vec<u32> = info.shards.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    let mut out = Vec::new();
+    for id in ids {
+        let mut reader = client
+            .shard_reader(stream, id, Position::TrimHorizon, ReadOptions::default())
+            .await
+            .unwrap();
+        while let Some(answer) = reader.next().await.unwrap() {
+            if answer.records.is_empty() {
+                break;
+            }
+            for r in answer.records {
+                out.push((id, r.seq, String::from_utf8(r.data.to_vec()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Per key ("k:n" data), the numbers in the order read.
+fn by_key(records: &[(u32, u64, String)]) -> BTreeMap<String, Vec<u64>> {
+    let mut keys: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (_, _, data) in records {
+        let (k, n) = data.split_once(':').unwrap();
+        keys.entry(k.to_string())
+            .or_default()
+            .push(n.parse().unwrap());
+    }
+    keys
+}
+
+#[test]
+fn producers_keep_each_keys_order_across_splits_merges_and_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let rt = runtime();
+    let addr = server.local_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect(addr.clone()).await.unwrap();
+        client
+            .create_stream("moving", &StreamConfig::new(2).limits(Limits::Off))
+            .await
+            .unwrap();
+        let sent = Arc::new(AtomicU64::new(0));
+        const KEYS: u64 = 40;
+        const RECORDS: u64 = 12_000;
+        // The producer: keys p0..p39, each with numbers 0, 1, 2 … in send order.
+        let producing = {
+            let client = Client::connect(addr.clone()).await.unwrap();
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let producer = client
+                    .producer(
+                        "moving",
+                        ProducerConfig {
+                            linger: Duration::from_millis(1),
+                            ..ProducerConfig::default()
+                        },
+                    )
+                    .await
+                    .unwrap();
+                let mut handles = Vec::new();
+                for i in 0..RECORDS {
+                    let key = format!("p{}", i % KEYS);
+                    let h = producer
+                        .send(key.clone(), format!("{key}:{}", i / KEYS))
+                        .await
+                        .unwrap();
+                    handles.push(h);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if i % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                producer.close().await;
+                for h in handles {
+                    h.await.expect("every record is acknowledged");
+                }
+            })
+        };
+        // put_records: keys b0..b9, batches of 50, each key's numbers in order.
+        let batching = {
+            let client = Client::connect(addr.clone()).await.unwrap();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                for _ in 0..60 {
+                    let entries: Vec<Entry> = (0..50)
+                        .map(|j| {
+                            let key = format!("b{}", j % 10);
+                            Entry::new(key.clone(), format!("{key}:{}", n + j / 10))
+                        })
+                        .collect();
+                    n += 5;
+                    for r in client.put_records("moving", entries).await {
+                        r.expect("put_records re-routes what a closed shard refused");
+                    }
+                }
+            })
+        };
+        // Reshards while both write, each once the producer is a bit further on.
+        let admin = Client::connect(addr.clone()).await.unwrap();
+        let wait_for = |n: u64| {
+            let sent = sent.clone();
+            async move {
+                while sent.load(Ordering::SeqCst) < n {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        wait_for(1_000).await;
+        let info = admin.describe_stream("moving").await.unwrap();
+        let first = &info.shards[0];
+        let mid = first.hash_key_start + (first.hash_key_end - first.hash_key_start) / 2;
+        let split = admin.split_shard("moving", first.id, mid).await.unwrap();
+        assert_eq!(split.new_shards.len(), 2);
+        assert_eq!(split.map_version, 2);
+        wait_for(3_000).await;
+        let scaled = admin.update_shard_count("moving", 8).await.unwrap();
+        assert_eq!(scaled.new_shards.len(), 8);
+        wait_for(6_000).await;
+        admin.update_shard_count("moving", 3).await.unwrap();
+        wait_for(8_000).await;
+        let info = admin.describe_stream("moving").await.unwrap();
+        let mut open: Vec<_> = info
+            .shards
+            .iter()
+            .filter(|s| s.state == ShardState::Open)
+            .collect();
+        open.sort_by_key(|s| s.hash_key_start);
+        let merged = admin
+            .merge_shards("moving", open[0].id, open[1].id)
+            .await
+            .unwrap();
+        assert_eq!(merged.new_shards.len(), 1);
+        producing.await.unwrap();
+        batching.await.unwrap();
+
+        let info = admin.describe_stream("moving").await.unwrap();
+        assert_eq!(info.map_version, merged.map_version);
+        let mut open: Vec<_> = info
+            .shards
+            .iter()
+            .filter(|s| s.state == ShardState::Open)
+            .collect();
+        open.sort_by_key(|s| s.hash_key_start);
+        assert_eq!(open.len(), 2);
+        assert_eq!(open[0].hash_key_start, 0);
+        assert_eq!(open.last().unwrap().hash_key_end, u128::MAX);
+        for w in open.windows(2) {
+            assert_eq!(w[0].hash_key_end + 1, w[1].hash_key_start);
+        }
+        let child = info
+            .shards
+            .iter()
+            .find(|s| s.id == merged.new_shards[0])
+            .unwrap();
+        assert_eq!(child.parent, Some(open[0].id.min(child.parent.unwrap())));
+        assert!(child.adjacent_parent.is_some());
+
+        let records = read_stream(&admin, "moving").await;
+        let keys = by_key(&records);
+        for k in 0..KEYS {
+            let ns = &keys[&format!("p{k}")];
+            let expected: Vec<u64> = (0..RECORDS / KEYS).collect();
+            assert_eq!(ns, &expected, "key p{k}: in order, each once");
+        }
+        for k in 0..10 {
+            let ns = &keys[&format!("b{k}")];
+            let expected: Vec<u64> = (0..300).collect();
+            assert_eq!(ns, &expected, "key b{k}: in order, each once");
+        }
+    });
+    server.shutdown();
+}
+
+#[test]
+fn a_closed_shard_refuses_writes_with_the_new_map_version_and_names_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let rt = runtime();
+    let addr = server.local_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect(addr.clone()).await.unwrap();
+        client
+            .create_stream("split", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        let before: Vec<Entry> = (0..20)
+            .map(|i| Entry::new(format!("k{i}"), "old"))
+            .collect();
+        for r in client.put_records("split", before).await {
+            assert_eq!(r.unwrap().shard_id, 0);
+        }
+        let split = client.split_shard("split", 0, 1 << 127).await.unwrap();
+        assert_eq!(split.new_shards, vec![1, 2]);
+        let info = client.describe_stream("split").await.unwrap();
+        let parent = info.shards.iter().find(|s| s.id == 0).unwrap();
+        assert_eq!(parent.state, ShardState::Closed);
+        assert_eq!(parent.last_seq, Some(19));
+        for id in [1, 2] {
+            let c = info.shards.iter().find(|s| s.id == id).unwrap();
+            assert_eq!((c.state, c.parent), (ShardState::Open, Some(0)));
+        }
+        // Writes to the parent: a typed error naming the new version.
+        let mut wire = spate_tests::WireClient::connect(&addr);
+        let batch = spate_tests::tagged_batch("k1", 1, 1, 10);
+        let r = wire.call(&spate_protocol::Request::PutBatch(
+            spate_protocol::PutBatchRequest {
+                stream: "split",
+                shard_id: 0,
+                batch: &batch,
+            },
+        ));
+        let err = r.reply().unwrap_err();
+        assert_eq!(err.code, ErrorCode::ShardClosed);
+        assert_eq!(err.shard_map_version, info.map_version);
+        // Reading the parent: its 20 records, then the end and the children.
+        let mut reader = client
+            .shard_reader("split", 0, Position::TrimHorizon, ReadOptions::default())
+            .await
+            .unwrap();
+        let mut got = 0;
+        let children = loop {
+            let a = reader
+                .next()
+                .await
+                .unwrap()
+                .expect("an answer before the end");
+            got += a.records.len();
+            if a.next_iterator.is_none() {
+                break a.child_shards.clone();
+            }
+        };
+        assert_eq!(got, 20);
+        assert_eq!(children, vec![1, 2]);
+        assert!(reader.next().await.unwrap().is_none(), "then nothing more");
+        // A reader at LATEST of the closed parent ends at once.
+        let mut latest = client
+            .shard_reader("split", 0, Position::Latest, ReadOptions::default())
+            .await
+            .unwrap();
+        let a = latest.next().await.unwrap().unwrap();
+        assert!(a.records.is_empty() && a.next_iterator.is_none());
+        // Errors are typed: unknown shard, closed shard, not adjacent.
+        let e = client.split_shard("split", 0, 5).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+        let e = client.split_shard("split", 9, 5).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::UnknownShard), "{e}");
+        let e = client.merge_shards("split", 1, 0).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+        let e = client.update_shard_count("nope", 2).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::UnknownStream), "{e}");
+    });
+    // The shape and the data survive a restart; the parent still refuses writes.
+    server.shutdown();
+    server = start(dir.path());
+    let addr = server.local_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect(addr.clone()).await.unwrap();
+        let info = client.describe_stream("split").await.unwrap();
+        assert_eq!(info.map_version, 2);
+        assert_eq!(info.shards.len(), 3);
+        let records = read_stream(&client, "split").await;
+        assert_eq!(records.len(), 20);
+        let after: Vec<Entry> = (0..20)
+            .map(|i| Entry::new(format!("k{i}"), "new"))
+            .collect();
+        for r in client.put_records("split", after).await {
+            assert_ne!(r.unwrap().shard_id, 0);
+        }
+        let mut wire = spate_tests::WireClient::connect(&addr);
+        let batch = spate_tests::tagged_batch("k1", 1, 1, 10);
+        let r = wire.call(&spate_protocol::Request::PutBatch(
+            spate_protocol::PutBatchRequest {
+                stream: "split",
+                shard_id: 0,
+                batch: &batch,
+            },
+        ));
+        assert_eq!(r.reply().unwrap_err().code, ErrorCode::ShardClosed);
+    });
+    server.shutdown();
+}

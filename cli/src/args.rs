@@ -181,6 +181,39 @@ pub enum StreamCommand {
         #[arg(long, value_name = "HOURS", value_parser = hours_range())]
         hours: u32,
     },
+    /// Split an open shard in two at a hash key (Kinesis' SplitShard); the shard closes and
+    /// stays readable until retention removes its records.
+    Split {
+        /// Stream name.
+        name: String,
+        /// The open shard to split.
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+        /// First hash key of the second new shard (decimal, above the shard's first key,
+        /// at most its last); default: the middle of its range.
+        #[arg(long, value_name = "HASH_KEY")]
+        at: Option<u128>,
+    },
+    /// Merge two open shards whose hash-key ranges touch (Kinesis' MergeShards).
+    Merge {
+        /// Stream name.
+        name: String,
+        /// The shard to merge (the new shard's parent).
+        #[arg(long, value_name = "ID")]
+        shard: u32,
+        /// The adjacent shard (the new shard's adjacent parent).
+        #[arg(long = "with", value_name = "ID")]
+        with: u32,
+    },
+    /// Change the number of open shards, with even hash-key ranges (Kinesis'
+    /// UpdateShardCount, uniform scaling), by splits and merges.
+    Scale {
+        /// Stream name.
+        name: String,
+        /// The open-shard count afterwards (1..=65536).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
+        shards: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -165,8 +165,79 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                 eprintln!("retention of stream {name}: {was} h -> {hours} h");
             }
         }
+        StreamCommand::Split { name, shard, at } => {
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    let info = client.describe_stream(&name).await.map_err(err)?;
+                    let s = info
+                        .shards
+                        .iter()
+                        .find(|s| s.id == shard)
+                        .ok_or_else(|| format!("stream {name} has no shard {shard}"))?;
+                    s.hash_key_start + (s.hash_key_end - s.hash_key_start) / 2 + 1
+                }
+            };
+            let started = Instant::now();
+            let r = client
+                .split_shard(&name, shard, at)
+                .await
+                .map_err(change_err(&name))?;
+            print_reshard(
+                &format!("split shard {shard} of {name} at {at}"),
+                &r,
+                started,
+            )?;
+        }
+        StreamCommand::Merge { name, shard, with } => {
+            let started = Instant::now();
+            let r = client
+                .merge_shards(&name, shard, with)
+                .await
+                .map_err(change_err(&name))?;
+            print_reshard(
+                &format!("merged shards {shard} and {with} of {name}"),
+                &r,
+                started,
+            )?;
+        }
+        StreamCommand::Scale { name, shards } => {
+            let started = Instant::now();
+            let r = client
+                .update_shard_count(&name, shards)
+                .await
+                .map_err(change_err(&name))?;
+            print_reshard(
+                &format!("scaled {name} to {shards} open shards"),
+                &r,
+                started,
+            )?;
+        }
     }
     Ok(())
+}
+
+/// A reshard's outcome: what it did on stderr, and on stdout one JSON object with the new
+/// shard-map version and the shards it opened.
+fn print_reshard(what: &str, r: &spate_client::Reshard, started: Instant) -> Result<(), String> {
+    if r.new_shards.is_empty() {
+        eprintln!("{what}: nothing to change");
+    } else {
+        eprintln!(
+            "{what}: new shards {:?}, shard-map version {} ({} ms)",
+            r.new_shards,
+            r.map_version,
+            started.elapsed().as_millis()
+        );
+    }
+    let json = serde_json::json!({
+        "map_version": r.map_version,
+        "new_shards": r.new_shards,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}")
+        .and_then(|()| out.flush())
+        .map_err(io_err)
 }
 
 /// Describes `name` until it is ACTIVE, saying every few seconds that it is still waiting.
@@ -217,8 +288,10 @@ struct Description {
     limits: serde_json::Value,
     /// CREATING, ACTIVE, UPDATING or DELETING.
     status: &'static str,
-    /// Every stream is provisioned (on-demand mode is not built yet).
+    /// `provisioned` or `on-demand`.
     mode: &'static str,
+    /// Raised by every split, merge and scale.
+    map_version: u64,
     /// RFC 3339, UTC, and the same in ms since the epoch.
     created: String,
     created_ms: i64,
@@ -302,7 +375,8 @@ impl From<&StreamInfo> for Description {
             retention_hours: info.retention_hours,
             limits,
             status: info.status.name(),
-            mode: "provisioned",
+            mode: info.mode.name(),
+            map_version: info.map_version,
             created: rfc3339(info.created_ms),
             created_ms: info.created_ms,
             max_record_bytes: info.max_record_data_bytes,
@@ -579,7 +653,7 @@ async fn read(client: &Client, server: &str, args: ReadArgs) -> Result<(), Strin
             lineage_order(&info)
         }
     };
-    if args.follow && shards.len() > 1 {
+    if args.follow && args.shard.is_none() {
         return follow_all(client, server, &args, shards, &mut printer).await;
     }
     for shard in shards {
@@ -717,44 +791,65 @@ fn gone(e: &ClientError) -> Option<String> {
 /// What a shard's follower tells the printer.
 enum Followed {
     Records(u32, Records),
-    /// The shard is closed and read to its end.
-    Ended(u32),
+    /// The shard is closed and read to its end; the shards that took over its keys.
+    Ended(u32, Vec<u32>),
     Failed(String),
 }
 
-/// `read --follow` of several shards: one follower per shard at a time, a child started
-/// once its parents have ended, records printed as they come.
+/// `read --follow` of a whole stream: one follower per shard at a time, a child started
+/// once its parents have ended (children a split or merge makes while following are found
+/// as their parents end), records printed as they come.
 async fn follow_all(
     client: &Client,
     server: &str,
     args: &ReadArgs,
-    shards: Vec<u32>,
+    mut shards: Vec<u32>,
     printer: &mut Printer<impl Write>,
 ) -> Result<(), String> {
-    let info = client.describe_stream(&args.name).await.map_err(err)?;
-    let parents = |id: u32| -> Vec<u32> {
-        info.shards
-            .iter()
-            .find(|s| s.id == id)
-            .map(|s| {
-                [s.parent, s.adjacent_parent]
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| shards.contains(p))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let mut info = client.describe_stream(&args.name).await.map_err(err)?;
+    if args.from == Position::Latest {
+        // From now on: the open shards (a closed one has nothing new to give).
+        shards.retain(|id| {
+            info.shards
+                .iter()
+                .any(|s| s.id == *id && s.state == spate_client::ShardState::Open)
+        });
+    }
     let (tx, mut rx) = mpsc::channel::<Followed>(64);
     let mut started: Vec<u32> = Vec::new();
     let mut ended: Vec<u32> = Vec::new();
     loop {
+        let mut ready = Vec::new();
         for &id in &shards {
-            if !started.contains(&id) && parents(id).iter().all(|p| ended.contains(p)) {
-                started.push(id);
-                let reader = open_reader(client, args, id, printer.left()).await?;
-                tokio::spawn(follow_one(reader, server.to_string(), tx.clone()));
+            let parents: Vec<u32> = info
+                .shards
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| {
+                    [s.parent, s.adjacent_parent]
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| shards.contains(p))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !started.contains(&id) && parents.iter().all(|p| ended.contains(p)) {
+                ready.push(id);
             }
+        }
+        for id in ready {
+            started.push(id);
+            // A child starts where its keys begin: its first record.
+            let from = if shards_at_start_contains(&info, id, &started) {
+                args.from
+            } else {
+                Position::TrimHorizon
+            };
+            let reader = client
+                .shard_reader(&args.name, id, from, read_options(args, printer.left()))
+                .await
+                .map_err(err)?;
+            tokio::spawn(follow_one(reader, server.to_string(), tx.clone()));
         }
         match rx.recv().await {
             Some(Followed::Records(id, answer)) => {
@@ -763,7 +858,17 @@ async fn follow_all(
                     return Ok(());
                 }
             }
-            Some(Followed::Ended(id)) => ended.push(id),
+            Some(Followed::Ended(id, children)) => {
+                ended.push(id);
+                let new: Vec<u32> = children
+                    .into_iter()
+                    .filter(|c| !shards.contains(c))
+                    .collect();
+                if !new.is_empty() {
+                    info = client.describe_stream(&args.name).await.map_err(err)?;
+                    shards.extend(new);
+                }
+            }
             Some(Followed::Failed(e)) => return Err(e),
             None => return Ok(()),
         }
@@ -773,13 +878,33 @@ async fn follow_all(
     }
 }
 
+/// Whether `id` is read from `--from` (a shard whose parents are not being read: the
+/// stream's roots, or every open shard for LATEST) rather than from its beginning (a
+/// child reached through its parents).
+fn shards_at_start_contains(info: &StreamInfo, id: u32, started: &[u32]) -> bool {
+    info.shards.iter().find(|s| s.id == id).is_none_or(|s| {
+        [s.parent, s.adjacent_parent]
+            .into_iter()
+            .flatten()
+            .all(|p| !started.contains(&p))
+    })
+}
+
 async fn follow_one(mut reader: ShardReader, server: String, tx: mpsc::Sender<Followed>) {
     let id = reader.shard_id();
+    let mut children = Vec::new();
     loop {
         let msg = match next_answer(&mut reader, &server, true).await {
-            Ok(Some(answer)) if answer.records.is_empty() => continue,
-            Ok(Some(answer)) => Followed::Records(id, answer),
-            Ok(None) => Followed::Ended(id),
+            Ok(Some(answer)) => {
+                if answer.next_iterator.is_none() {
+                    children = answer.child_shards.clone();
+                }
+                if answer.records.is_empty() {
+                    continue;
+                }
+                Followed::Records(id, answer)
+            }
+            Ok(None) => Followed::Ended(id, std::mem::take(&mut children)),
             Err(e) => Followed::Failed(format!("shard {id}: {e}")),
         };
         let last = !matches!(msg, Followed::Records(..));

@@ -234,6 +234,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
             "created_ms",
             "disk_bytes",
             "limits",
+            "map_version",
             "max_record_bytes",
             "mode",
             "name",
@@ -1236,5 +1237,122 @@ fn sigterm_drains_and_producers_and_followers_go_on_after_a_restart() {
     follower.kill().unwrap();
     follower.wait().unwrap();
     reader.join().unwrap();
+    server.stop(libc::SIGTERM);
+}
+
+/// Resharding from the command line (issue 8): split at the middle, scale, merge; describe
+/// shows states, lineage and the shard-map version; `read NAME` gives every record, parents
+/// before children; `read NAME --follow` goes on into the children of a split made while it
+/// follows.
+#[test]
+fn split_merge_scale_and_a_follower_that_crosses_a_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("data"), dir.path());
+    let a = server.addr.as_str();
+    ok(
+        a,
+        &["stream", "create", "r", "--shards", "1", "--limits", "off"],
+        b"",
+    );
+    let lines: String = (0..10).map(|i| format!("old-{i}\n")).collect();
+    ok(a, &["put", "r", "--key", "k1"], lines.as_bytes());
+
+    // A follower of the whole stream, started before the split.
+    let mut follower = Command::new(SPATE)
+        .args(["--server", a, "read", "r", "--from", "oldest", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = follower.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(WATCHDOG).is_err() {
+            // SAFETY: kill(2) on our child, which is not reaped before `done` is sent.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    });
+    let mut followed = BufReader::new(follower.stdout.take().unwrap());
+    let mut next_line = || {
+        let mut line = String::new();
+        followed.read_line(&mut line).unwrap();
+        parse_read(&line).remove(0)
+    };
+    for i in 0..10 {
+        assert_eq!(next_line().1, i);
+    }
+
+    let out: Value =
+        serde_json::from_str(&ok(a, &["stream", "split", "r", "--shard", "0"], b"")).unwrap();
+    assert_eq!(out["map_version"], 2);
+    assert_eq!(out["new_shards"], serde_json::json!([1, 2]));
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "r"], b"")).unwrap();
+    assert_eq!(d["map_version"], 2);
+    assert_eq!(d["mode"], "provisioned");
+    let shards = d["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 3);
+    assert_eq!(shards[0]["state"], "closed");
+    assert_eq!(shards[0]["last_seq"], 9);
+    assert_eq!(shards[1]["parent"], 0);
+    assert_eq!(shards[1]["hash_key_end"], ((1u128 << 127) - 1).to_string());
+    assert_eq!(shards[2]["hash_key_start"], (1u128 << 127).to_string());
+
+    // New records go to the children; the follower finds them there.
+    let child = if hash_key(b"k1") < (1 << 127) { 1 } else { 2 };
+    assert_eq!(
+        ok(a, &["put", "r", "--key", "k1", "new"], b""),
+        format!("{child} 0\n")
+    );
+    let new = next_line();
+    assert_eq!((new.0, new.1, new.4.as_slice()), (child, 0, &b"new"[..]));
+    follower.kill().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    follower.wait().unwrap();
+
+    // Scale to 4, then merge the first two; read gives everything, parents first.
+    let out: Value =
+        serde_json::from_str(&ok(a, &["stream", "scale", "r", "--shards", "4"], b"")).unwrap();
+    assert_eq!(out["new_shards"].as_array().unwrap().len(), 4);
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "r"], b"")).unwrap();
+    let open: Vec<u64> = d["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "open")
+        .map(|s| s["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(open.len(), 4);
+    let out: Value = serde_json::from_str(&ok(
+        a,
+        &[
+            "stream",
+            "merge",
+            "r",
+            "--shard",
+            &open[0].to_string(),
+            "--with",
+            &open[1].to_string(),
+        ],
+        b"",
+    ))
+    .unwrap();
+    assert_eq!(out["map_version"], 4);
+    fails(
+        a,
+        &["stream", "merge", "r", "--shard", "0", "--with", "1"],
+        b"",
+        "closed",
+    );
+    fails(
+        a,
+        &["stream", "split", "r", "--shard", "99"],
+        b"",
+        "no shard 99",
+    );
+    let all = parse_read(&ok(a, &["read", "r"], b""));
+    let data: Vec<&[u8]> = all.iter().map(|r| r.4.as_slice()).collect();
+    assert_eq!(data.len(), 11);
+    assert_eq!(data[10], b"new", "the parent's records come first");
     server.stop(libc::SIGTERM);
 }

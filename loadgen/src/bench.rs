@@ -13,6 +13,8 @@
 //! | `peer-shape` | 1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop (the shape peers publish): MB/s against fio durable |
 //! | `producer-path` | `Producer::send` on an 8-shard stream, 1 KiB records: its maximum against `put_records`', and ack latency at half its maximum |
 //! | `fan-out` | several consumer groups on every shard: end-to-end latency and each consumer's throughput |
+//! | `control-churn` | ack latency of a steady stream alone, then while another client creates and deletes streams |
+//! | `reshard` | steady open-loop load on 4 shards while a split, a merge, UpdateShardCount 4 → 8 → 4 and (fresh stream) 4 → 64 → 4 happen: each change's time, ack p99 around it against the steady state, and every key checked across the lineage |
 //!
 //! Every scenario creates its own streams (named `bench-NAME-...`) and deletes them after.
 //! `--quick` shrinks every run to about half a second: it checks a scenario still works
@@ -24,8 +26,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
-use crate::report::{git_sha, unix_now_s, Report};
+use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig, SizeSpec};
+use crate::report::{git_sha, unix_now_s, Report, ReshardReport};
 use crate::runner::{run, runtime};
 use crate::Error;
 
@@ -80,6 +82,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "fan-out",
         description: "4 consumer groups on every shard: end-to-end latency, each consumer's throughput",
+    },
+    Scenario {
+        name: "reshard",
+        description: "steady open-loop load on 4 shards while a split, a merge, UpdateShardCount 4 -> 8 -> 4 and (fresh stream) 4 -> 64 -> 4 happen: time of each change, ack p99 around it vs steady, nothing lost, duplicated or reordered across the lineage",
     },
 ];
 
@@ -243,6 +249,7 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
         "producer-path" => b.producer_path().await?,
         "fan-out" => b.fan_out().await?,
         "control-churn" => b.control_churn().await?,
+        "reshard" => b.reshard().await?,
         other => unreachable!("scenario {other} is listed but not implemented"),
     }
     Ok(b.result)
@@ -837,6 +844,169 @@ impl Bench<'_> {
             pairs > 0 && p_churn <= 2 * p_alone + 1000,
             format!("{p_churn} µs vs {p_alone} µs alone; {pairs} create/delete pairs"),
         );
+        Ok(())
+    }
+
+    /// Splits, merges and scales under steady open-loop load (issue 8's `reshard`). Run 1:
+    /// a 4-shard stream; a split of shard 0 at 20 % of the measured window, the merge of
+    /// its two children at 35 %, UpdateShardCount to 8 at 50 % and back to 4 at 75 %.
+    /// Run 2: a fresh 4-shard stream scaled to 64 at 25 % and back to 4 at 62.5 %. Each
+    /// change is timed (its call, until the new shards take writes); the ack latency of the
+    /// records due in its change window (0.1 s before it to 0.9 s after its answer) is
+    /// compared with the rest of the same run; `--verify` reads every shard, closed
+    /// parents included, in id order (lineage order).
+    async fn reshard(&mut self) -> Result<(), Error> {
+        const SPLIT_MERGE_MS_MAX: f64 = 100.0;
+        const SCALE_MS_MAX: f64 = 1000.0;
+        let quick = self.opts.quick;
+        // Quick runs only check that the scenario works; 16 shards are enough for that.
+        let big = if quick { 16 } else { 64 };
+        let rate = if quick { 1000.0 } else { 5000.0 };
+        let base = |b: &Self, seconds: f64| RunConfig {
+            producers: 2,
+            rate,
+            api: Api::PutRecords,
+            call_records: 2000,
+            size: SizeSpec::fixed(1024),
+            keys: 1000,
+            duration_s: b.duration(seconds),
+            warmup_s: b.warmup(2.0),
+            verify: true,
+            ..b.config(4, LimitsArg::Off)
+        };
+        let steps = |cfg: &RunConfig, plan: &[(f64, ReshardOp)]| -> Vec<ReshardStep> {
+            plan.iter()
+                .map(|&(fraction, op)| ReshardStep {
+                    at_s: cfg.warmup_s + fraction * cfg.duration_s,
+                    op,
+                })
+                .collect()
+        };
+        let mut first = base(self, 16.0);
+        first.reshards = steps(
+            &first,
+            &[
+                (0.2, ReshardOp::Split { shard: 0 }),
+                (0.35, ReshardOp::Merge { shards: None }),
+                (0.5, ReshardOp::Count { target: 8 }),
+                (0.75, ReshardOp::Count { target: 4 }),
+            ],
+        );
+        let mut second = base(self, 8.0);
+        second.reshards = steps(
+            &second,
+            &[
+                (0.25, ReshardOp::Count { target: big }),
+                (0.625, ReshardOp::Count { target: 4 }),
+            ],
+        );
+        let one = self.run(first).await?;
+        let two = self.run(second).await?;
+
+        self.figure("offered_records_per_s", rate);
+        let steady = one.ack_latency_steady_us.unwrap_or_default();
+        self.figure("steady_ack_p50_us", steady.p50 as f64);
+        self.figure("steady_ack_p99_us", steady.p99 as f64);
+        self.figure("steady_ack_max_us", steady.max as f64);
+        let names = [
+            "split".to_string(),
+            "merge".into(),
+            "double_4_to_8".into(),
+            "halve_8_to_4".into(),
+            format!("scale_4_to_{big}"),
+            format!("scale_{big}_to_4"),
+        ];
+        let all: Vec<&ReshardReport> = one.reshards.iter().chain(&two.reshards).collect();
+        for (name, r) in names.iter().zip(&all) {
+            self.figure(&format!("{name}_ms"), r.took_ms);
+            let a = r.ack_latency_us;
+            self.figure(&format!("{name}_window_ack_p50_us"), a.p50 as f64);
+            self.figure(&format!("{name}_window_ack_p99_us"), a.p99 as f64);
+            self.figure(&format!("{name}_window_ack_max_us"), a.max as f64);
+            self.figure(&format!("{name}_window_records"), a.count as f64);
+        }
+        let steady_two = two.ack_latency_steady_us.unwrap_or_default();
+        self.figure("scale_run_steady_ack_p99_us", steady_two.p99 as f64);
+
+        // Nothing lost, duplicated or reordered across the lineage, in both runs.
+        let mut total = crate::verify::VerifyReport::default();
+        let mut verified = true;
+        for r in [&one, &two] {
+            match &r.verify {
+                Some(v) => {
+                    total.lost += v.lost;
+                    total.duplicated += v.duplicated;
+                    total.reordered += v.reordered;
+                    total.corrupt += v.corrupt;
+                    total.acked += v.acked;
+                    total.records_read += v.records_read;
+                }
+                None => verified = false,
+            }
+        }
+        self.figure("lost", total.lost as f64);
+        self.figure("duplicated", total.duplicated as f64);
+        self.figure("reordered", total.reordered as f64);
+        self.figure("records_read_back", total.records_read as f64);
+        self.check(
+            "nothing lost, duplicated or reordered across the lineage (both runs)",
+            verified && total.passed(),
+            format!(
+                "lost {}, duplicated {}, reordered {}, corrupt {}; {} records read back, {} acknowledged",
+                total.lost,
+                total.duplicated,
+                total.reordered,
+                total.corrupt,
+                total.records_read,
+                total.acked
+            ),
+        );
+        let step_ok = |i: usize| all.get(i).copied().filter(|r| r.error.is_none());
+        for (i, what) in [(2, "doubling 4 -> 8"), (3, "halving 8 -> 4")] {
+            let r = step_ok(i);
+            let p99 = r.map_or(0, |r| r.ack_latency_us.p99);
+            self.check(
+                &format!("ack p99 while {what} <= 2x steady p99"),
+                r.is_some() && steady.count > 0 && p99 <= 2 * steady.p99,
+                match r {
+                    Some(r) => format!(
+                        "{p99} µs ({} records due from {:.2} s to {:.2} s) vs {} µs steady ({} records)",
+                        r.ack_latency_us.count, r.window_s[0], r.window_s[1], steady.p99, steady.count
+                    ),
+                    None => "the change did not happen".into(),
+                },
+            );
+        }
+        for (i, what, max_ms) in [
+            (0, "a split".to_string(), SPLIT_MERGE_MS_MAX),
+            (1, "a merge".to_string(), SPLIT_MERGE_MS_MAX),
+            (4, format!("4 -> {big} shards"), SCALE_MS_MAX),
+        ] {
+            let r = step_ok(i);
+            self.check(
+                &format!("{what} takes effect in <= {max_ms:.0} ms"),
+                r.is_some_and(|r| r.took_ms <= max_ms),
+                match r {
+                    Some(r) => format!(
+                        "{:.1} ms; {} open shards after",
+                        r.took_ms,
+                        r.open_shards_after.map_or("?".into(), |n| n.to_string())
+                    ),
+                    None => "the change did not happen".into(),
+                },
+            );
+        }
+        if let Some((r, e)) = all.iter().find_map(|r| r.error.as_ref().map(|e| (r, e))) {
+            self.note(format!("reshard step {} failed: {e}", r.step));
+        }
+        self.note(
+            "a change's time is its call (SplitShard, MergeShards, UpdateShardCount) from asking \
+             to the answer, by when the closed shards refuse writes and the new ones take them; \
+             its ack latency covers the records due from 0.1 s before the call until 0.9 s after \
+             the answer, the steady state every other record of the same run's measured window"
+                .into(),
+        );
+        self.bottleneck_note(&one);
         Ok(())
     }
 

@@ -95,6 +95,75 @@ pub enum LimitsArg {
     Off,
 }
 
+/// A change of the stream's shards during a run (`--reshard AT:OP`), made by the run's
+/// admin connection while the producers go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum ReshardOp {
+    /// UpdateShardCount (uniform scaling) to `target` open shards: `count=N`.
+    Count { target: u32 },
+    /// SplitShard of `shard` at the middle of its hash-key range: `split=ID`.
+    Split { shard: u32 },
+    /// MergeShards of two adjacent open shards: `merge=A+B`; `merge` alone merges the two
+    /// shards the previous step opened (a split's children).
+    Merge { shards: Option<(u32, u32)> },
+}
+
+impl std::fmt::Display for ReshardOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReshardOp::Count { target } => write!(f, "count={target}"),
+            ReshardOp::Split { shard } => write!(f, "split={shard}"),
+            ReshardOp::Merge { shards: None } => write!(f, "merge"),
+            ReshardOp::Merge {
+                shards: Some((a, b)),
+            } => write!(f, "merge={a}+{b}"),
+        }
+    }
+}
+
+/// A [`ReshardOp`] due `at_s` seconds after the run's clock starts (warm-up included).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ReshardStep {
+    pub at_s: f64,
+    #[serde(flatten)]
+    pub op: ReshardOp,
+}
+
+impl ReshardStep {
+    /// `AT:count=N`, `AT:split=ID`, `AT:merge` or `AT:merge=A+B` (AT in seconds).
+    pub fn parse(text: &str) -> Result<ReshardStep, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a reshard step: AT:count=N, AT:split=ID, AT:merge or AT:merge=A+B \
+                 (AT in seconds from the start of the run)"
+            )
+        };
+        let (at, op) = text.split_once(':').ok_or_else(bad)?;
+        let at_s: f64 = at.trim().parse().map_err(|_| bad())?;
+        let num = |s: &str| s.trim().parse::<u32>().map_err(|_| bad());
+        let op = match op.trim().split_once('=') {
+            Some(("count", n)) => ReshardOp::Count { target: num(n)? },
+            Some(("split", id)) => ReshardOp::Split { shard: num(id)? },
+            Some(("merge", pair)) => {
+                let (a, b) = pair.split_once('+').ok_or_else(bad)?;
+                ReshardOp::Merge {
+                    shards: Some((num(a)?, num(b)?)),
+                }
+            }
+            None if op.trim() == "merge" => ReshardOp::Merge { shards: None },
+            _ => return Err(bad()),
+        };
+        Ok(ReshardStep { at_s, op })
+    }
+}
+
+impl std::fmt::Display for ReshardStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.at_s, self.op)
+    }
+}
+
 /// Everything a run needs; see `spate-loadgen --help` for each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -140,6 +209,9 @@ pub struct RunConfig {
     pub progress: bool,
     /// A process whose CPU use to report beside the load generator's (the engine).
     pub engine_pid: Option<u32>,
+    /// Splits, merges and scales made during the run, in time order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reshards: Vec<ReshardStep>,
 }
 
 impl RunConfig {
@@ -172,6 +244,7 @@ impl RunConfig {
             seed: 1,
             progress: false,
             engine_pid: None,
+            reshards: Vec::new(),
         }
     }
 
@@ -216,6 +289,28 @@ impl RunConfig {
             if cores.is_empty() {
                 return Err("--cores names no CPU".into());
             }
+        }
+        let end_s = self.warmup_s + self.duration_s;
+        let mut last_s = 0.0;
+        for step in &self.reshards {
+            if !(step.at_s >= last_s && step.at_s < end_s) {
+                return Err(format!(
+                    "--reshard {step}: steps must be in time order, within the run's \
+                     {end_s} s (warm-up plus duration)"
+                ));
+            }
+            last_s = step.at_s;
+            if step.op == (ReshardOp::Count { target: 0 }) {
+                return Err(format!(
+                    "--reshard {step}: a stream needs at least one shard"
+                ));
+            }
+        }
+        if !self.reshards.is_empty() && self.consumers > 0 {
+            return Err(
+                "--reshard with --consumers: consumers follow only the shards open at the start"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -278,6 +373,9 @@ impl RunConfig {
         if self.retries != d.retries {
             a.push(format!("--retries {}", self.retries));
         }
+        for step in &self.reshards {
+            a.push(format!("--reshard {step}"));
+        }
         if self.verify {
             a.push("--verify".into());
         }
@@ -324,6 +422,64 @@ mod tests {
         c.keys = 4;
         c.delete_after = true;
         assert!(c.validate().unwrap_err().contains("--delete-after"));
+    }
+
+    #[test]
+    fn reshard_steps_parse_and_print() {
+        for (text, op) in [
+            ("6:count=8", ReshardOp::Count { target: 8 }),
+            ("2.5:split=0", ReshardOp::Split { shard: 0 }),
+            ("3:merge", ReshardOp::Merge { shards: None }),
+            (
+                "4:merge=4+5",
+                ReshardOp::Merge {
+                    shards: Some((4, 5)),
+                },
+            ),
+        ] {
+            let step = ReshardStep::parse(text).unwrap();
+            assert_eq!(step.op, op, "{text}");
+            assert_eq!(step.to_string(), text);
+        }
+        for bad in [
+            "",
+            "6",
+            "x:count=8",
+            "6:count",
+            "6:count=x",
+            "6:merge=4",
+            "6:grow=2",
+        ] {
+            assert!(ReshardStep::parse(bad).is_err(), "{bad:?}");
+        }
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.reshards = vec![
+            ReshardStep::parse("5:count=8").unwrap(),
+            ReshardStep::parse("4:count=4").unwrap(),
+        ];
+        assert!(c.validate().unwrap_err().contains("time order"));
+        c.reshards.swap(0, 1);
+        c.validate().unwrap();
+        c.reshards.push(ReshardStep::parse("10:count=4").unwrap());
+        assert!(c.validate().unwrap_err().contains("within the run"));
+        c.reshards.pop();
+        c.consumers = 1;
+        assert!(c.validate().unwrap_err().contains("--consumers"));
+        c.consumers = 0;
+        assert!(c
+            .command_line()
+            .ends_with("--reshard 4:count=4 --reshard 5:count=8"));
+        // The JSON names each step's operation; a report without steps reads back.
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            v["reshards"][1],
+            serde_json::json!({"at_s": 5.0, "op": "count", "target": 8})
+        );
+        let mut v = serde_json::to_value(RunConfig::new("x", "s")).unwrap();
+        assert!(v.get("reshards").is_none());
+        v.as_object_mut().unwrap().remove("reshards");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert!(back.reshards.is_empty());
     }
 
     #[test]

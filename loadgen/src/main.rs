@@ -3,7 +3,8 @@
 //! ```text
 //! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
 //!               --size BYTES --keys K --duration SECS [--consumers C] [--cores LIST]
-//!               [--json FILE] [--plot FILE] [--verify] [more options: --help]
+//!               [--json FILE] [--plot FILE] [--verify] [--reshard AT:OP ...]
+//!               [more options: --help]
 //! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] ...
 //! spate-loadgen plot REPORT.json OUT.svg
 //! spate-loadgen summarize DIR [--output FILE]
@@ -26,7 +27,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use spate_loadgen::bench::{self, BenchOptions};
 use spate_loadgen::cpus::parse_cpu_list;
-use spate_loadgen::{Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
+use spate_loadgen::{Api, KeyMode, LimitsArg, ReshardStep, RunConfig, SizeSpec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -146,6 +147,12 @@ struct RunArgs {
     /// Also report this process's CPU use (the engine's pid).
     #[arg(long, value_name = "PID")]
     engine_pid: Option<u32>,
+    /// Change the shards during the run, AT seconds after it starts (warm-up included):
+    /// `AT:count=N` (UpdateShardCount), `AT:split=ID` (at the middle of its range),
+    /// `AT:merge=A+B`, or `AT:merge` (the two shards the previous step opened). Repeatable,
+    /// in time order; each is timed, with the ack latency around it reported apart.
+    #[arg(long, value_parser = ReshardStep::parse, value_name = "AT:OP")]
+    reshard: Vec<ReshardStep>,
     /// No progress lines on stderr. (A line a second: /s rates and `(1s)` latencies in ms
     /// over the last second, `total` counts since the start, the load generator's CPU.)
     #[arg(long, short)]
@@ -247,6 +254,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         seed: a.seed,
         progress: !a.quiet,
         engine_pid: a.engine_pid,
+        reshards: a.reshard,
         ..RunConfig::new(
             a.server.expect("clap requires --server"),
             a.stream.expect("clap requires --stream"),
@@ -335,6 +343,18 @@ mod tests {
         assert_eq!(cli.run.cores.unwrap().0, vec![1, 2]);
         assert_eq!(cli.run.create_shards, Some(2));
         assert!(cli.run.verify);
+        assert!(cli.run.reshard.is_empty());
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --reshard 3:count=8 --reshard 6:merge=8+9"
+                .split_whitespace(),
+        )
+        .unwrap();
+        let steps: Vec<String> = cli.run.reshard.iter().map(|s| s.to_string()).collect();
+        assert_eq!(steps, ["3:count=8", "6:merge=8+9"]);
+        assert!(Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --reshard 3:grow".split_whitespace()
+        )
+        .is_err());
         let cli =
             Cli::try_parse_from(["spate-loadgen", "bench", "max-1k", "--cores", "1"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Bench(_))));

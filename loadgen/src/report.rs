@@ -30,7 +30,7 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{ReshardStep, RunConfig};
 use crate::stats::{CoreUse, CpuUse, Percentiles};
 use crate::verify::VerifyReport;
 
@@ -46,6 +46,35 @@ pub struct ConsumerReport {
     pub e2e_latency_us: Percentiles,
     /// Failed reads (after the client's retries).
     pub errors: u64,
+}
+
+/// What one `--reshard` step did, and the ack latency of the records it may have touched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReshardReport {
+    pub step: ReshardStep,
+    /// When the call was made, in seconds since the run's clock started (the step's `at_s`,
+    /// or later when the previous step ran over).
+    pub started_s: f64,
+    /// How long the call took: from asking until the answer, when the new shards take
+    /// writes and the closed ones refuse them.
+    pub took_ms: f64,
+    /// The shard-map version after the change.
+    #[serde(default)]
+    pub map_version: Option<u64>,
+    /// The shards the change opened.
+    #[serde(default)]
+    pub new_shards: Vec<u32>,
+    /// Open shards afterwards (a fresh description).
+    #[serde(default)]
+    pub open_shards_after: Option<u32>,
+    /// Why the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The change window, in seconds since the run's clock started: records due in it
+    /// (within the measured window) count in `ack_latency_us` (from 0.1 s before the call
+    /// until 0.9 s after its answer).
+    pub window_s: [f64; 2],
+    pub ack_latency_us: Percentiles,
 }
 
 /// The machine the load generator ran on.
@@ -98,7 +127,7 @@ pub struct Report {
     pub command: String,
     pub params: RunConfig,
     pub machine: Machine,
-    /// Shards of the stream during the run.
+    /// Open shards of the stream when the run started.
     pub shards: usize,
     /// Open loop: records the schedule made due in the measured window (the offered load).
     pub records_due: Option<u64>,
@@ -136,6 +165,13 @@ pub struct Report {
     /// where the disk's interrupt is delivered).
     #[serde(default)]
     pub cpus: Vec<CoreUse>,
+    /// `--reshard`: each step, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub reshards: Vec<ReshardReport>,
+    /// `--reshard`: ack latency of the measured window's records outside every step's
+    /// change window (the steady state around the changes).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ack_latency_steady_us: Option<Percentiles>,
 }
 
 impl Report {
@@ -160,6 +196,13 @@ impl Report {
         let read_errors: u64 = self.consumers.iter().map(|c| c.errors).sum();
         if read_errors > 0 {
             return Some(format!("{read_errors} consumer reads failed"));
+        }
+        if let Some((r, e)) = self
+            .reshards
+            .iter()
+            .find_map(|r| r.error.as_ref().map(|e| (r, e)))
+        {
+            return Some(format!("reshard step {} failed: {e}", r.step));
         }
         None
     }
@@ -284,6 +327,15 @@ impl Report {
         if let Some(e2e) = &self.e2e_latency_us {
             t.row("end-to-end", latency_cells(e2e));
         }
+        if let Some(steady) = &self.ack_latency_steady_us {
+            t.row("ack, steady", latency_cells(steady));
+        }
+        for r in &self.reshards {
+            t.row(
+                &format!("ack, {} at {:.1} s", r.step.op, r.started_s),
+                latency_cells(&r.ack_latency_us),
+            );
+        }
 
         if let Some(v) = &self.verify {
             t.header(&[
@@ -321,6 +373,22 @@ impl Report {
         t.row("used", cpu);
 
         let mut out = head + "\n" + &t.render();
+        for r in &self.reshards {
+            out += &match &r.error {
+                None => format!(
+                    "reshard {} at {:.2} s: took {:.1} ms, {} open shards after (map version {})\n",
+                    r.step.op,
+                    r.started_s,
+                    r.took_ms,
+                    r.open_shards_after.map_or("?".into(), |n| n.to_string()),
+                    r.map_version.map_or("?".into(), |v| v.to_string()),
+                ),
+                Some(e) => format!(
+                    "reshard {} at {:.2} s: FAILED after {:.1} ms: {e}\n",
+                    r.step.op, r.started_s, r.took_ms
+                ),
+            };
+        }
         if !self.cpus.is_empty() {
             let busy: Vec<String> = self
                 .cpus
@@ -496,6 +564,8 @@ pub(crate) mod tests {
             loadgen_cpu: CpuUse::default(),
             engine_cpu: None,
             cpus: Vec::new(),
+            reshards: Vec::new(),
+            ack_latency_steady_us: None,
         }
     }
 
@@ -672,6 +742,55 @@ pub(crate) mod tests {
         assert!(table.contains("  FAILED "), "{table}");
         let ack = table.lines().find(|l| l.starts_with("  ack")).unwrap();
         assert_eq!(ack.split_whitespace().skip(1).collect::<Vec<_>>(), ["-"; 6]);
+    }
+
+    #[test]
+    fn reshard_steps_show_in_the_table_and_fail_the_run() {
+        let h = sample().ack_latency_us;
+        let step = |text: &str, error: Option<&str>| ReshardReport {
+            step: ReshardStep::parse(text).unwrap(),
+            started_s: 3.0,
+            took_ms: 12.5,
+            map_version: error.is_none().then_some(2),
+            new_shards: vec![2, 3],
+            open_shards_after: error.is_none().then_some(3),
+            error: error.map(str::to_string),
+            window_s: [2.9, 3.9],
+            ack_latency_us: h,
+        };
+        let mut r = Report {
+            reshards: vec![step("3:split=0", None)],
+            ack_latency_steady_us: Some(h),
+            ..sample()
+        };
+        assert_eq!(r.failure(), None);
+        let table = r.summary_table();
+        assert!(table.contains("\n  ack, steady "), "{table}");
+        assert!(table.contains("\n  ack, split=0 at 3.0 s "), "{table}");
+        assert!(
+            table.contains(
+                "\nreshard split=0 at 3.00 s: took 12.5 ms, 3 open shards after (map version 2)\n"
+            ),
+            "{table}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["reshards"][0]["step"]["op"], "split");
+        assert!(v["ack_latency_steady_us"]["p99"].is_number());
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+        r.reshards
+            .push(step("4:merge", Some("InvalidArgument: not adjacent")));
+        let why = r.failure().unwrap();
+        assert_eq!(
+            why,
+            "reshard step 4:merge failed: InvalidArgument: not adjacent"
+        );
+        assert!(r
+            .summary_table()
+            .contains("reshard merge at 3.00 s: FAILED after 12.5 ms"));
+        // A report without steps leaves both out.
+        let v = serde_json::to_value(sample()).unwrap();
+        assert!(v.get("reshards").is_none() && v.get("ack_latency_steady_us").is_none());
     }
 
     #[test]

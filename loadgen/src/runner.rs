@@ -26,6 +26,13 @@
 //! The final figures (the measured window only) are the report's; the binary prints them
 //! as a table ([`Report::summary_table`]).
 //!
+//! `--reshard AT:OP` steps (UpdateShardCount, SplitShard, MergeShards) are made on the
+//! admin connection at their times while the producers go on (the client re-routes what a
+//! closing shard refuses); each is timed, and the ack latency of the records due in its
+//! change window (from 0.1 s before it until 0.9 s after its answer) is kept apart from
+//! the rest (the steady state). `--verify` reads every shard the stream has at the end,
+//! closed parents included, in id order, so each key is checked across the lineage.
+//!
 //! A generator never waits for an acknowledgement itself (open loop); its only brake is
 //! the window of `--inflight` outstanding records (and the client's own buffer bounds),
 //! which in closed loop is what paces it. Each producer owns its keys, so a key's records
@@ -44,10 +51,10 @@ use spate_client::{
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Api, KeyMode, LimitsArg, RunConfig};
+use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
 use crate::keys::{make_keys, owned_by};
 use crate::payload::{self, Header, PaddingPool, RecordWriter, Rng};
-use crate::report::{git_sha, unix_now_s, ConsumerReport, Machine, Report};
+use crate::report::{git_sha, unix_now_s, ConsumerReport, Machine, Report, ReshardReport};
 use crate::schedule::{wait_until, Schedule};
 use crate::stats::{core_use, cpu_ticks, CpuTimes, CpuUse, Latency};
 use crate::verify::{BitSet, Verifier};
@@ -62,6 +69,12 @@ const READ_BYTES_MAX: u32 = 4 << 20;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long consumers may take to reach the tip after the producers are done.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A `--reshard` step's change window starts this long before the step is due (records
+/// already in flight when the shards close)...
+const CHANGE_BEFORE: Duration = Duration::from_millis(100);
+/// ... and ends this long after the call answered (records refused by a closed shard and
+/// sent again on the new routes, the producers' first calls to new shards).
+const CHANGE_AFTER: Duration = Duration::from_millis(900);
 
 /// Runs `cfg` on a fresh runtime pinned to `cfg.cores` and returns its report. Blocks.
 pub fn run_blocking(cfg: &RunConfig) -> Result<Report, Error> {
@@ -101,6 +114,22 @@ struct Shared {
     live: Live,
     /// Progress lines are printed: keep the per-second histograms.
     progress: bool,
+    /// One per `--reshard` step.
+    changes: Vec<ChangeWindow>,
+}
+
+/// A `--reshard` step's change window on the run's clock: the records due from `from_ns`
+/// until `until_ns`, which stays unbounded until the step's call has answered (a record
+/// acknowledged before then was due during the change or just before it).
+struct ChangeWindow {
+    from_ns: u64,
+    until_ns: AtomicU64,
+}
+
+impl ChangeWindow {
+    fn contains(&self, origin_ns: u64) -> bool {
+        origin_ns >= self.from_ns && origin_ns < self.until_ns.load(Ordering::Relaxed)
+    }
 }
 
 impl Shared {
@@ -130,6 +159,9 @@ struct ProducerStats {
     ack: Latency,
     /// Ack latency since the last progress line (warm-up included), with progress on.
     ack_1s: Latency,
+    /// `--reshard`: ack latency in each step's change window, and outside all of them.
+    ack_changes: Vec<Latency>,
+    ack_steady: Latency,
     acked: u64,
     bytes: u64,
     throttled: u64,
@@ -370,6 +402,25 @@ async fn run_on_stream(
         keys: keys.clone(),
         live: Live::default(),
         progress: cfg.progress,
+        changes: cfg
+            .reshards
+            .iter()
+            .map(|step| ChangeWindow {
+                from_ns: Duration::from_secs_f64(step.at_s)
+                    .saturating_sub(CHANGE_BEFORE)
+                    .as_nanos() as u64,
+                until_ns: AtomicU64::new(u64::MAX),
+            })
+            .collect(),
+    });
+    // The shards change (if asked) on the admin connection while the producers go on.
+    let reshards = (!cfg.reshards.is_empty()).then(|| {
+        tokio::spawn(reshard_steps(
+            admin.clone(),
+            cfg.stream.clone(),
+            cfg.reshards.clone(),
+            shared.clone(),
+        ))
     });
     let consumer_stats: Vec<Arc<Mutex<ConsumerStats>>> = (0..cfg.consumers)
         .map(|_| Arc::new(Mutex::new(ConsumerStats::default())))
@@ -391,7 +442,10 @@ async fn run_on_stream(
     let mut collectors = Vec::new();
     for (p, producer) in producers.into_iter().enumerate() {
         let owned = owned_by(p, cfg.producers, cfg.keys);
-        let stats = Arc::new(Mutex::new(ProducerStats::default()));
+        let stats = Arc::new(Mutex::new(ProducerStats {
+            ack_changes: vec![Latency::default(); cfg.reshards.len()],
+            ..ProducerStats::default()
+        }));
         let acked = cfg.verify.then(|| vec![BitSet::default(); owned.len()]);
         let sender = match producer {
             ProducerKind::Producer(producer) => {
@@ -464,6 +518,13 @@ async fn run_on_stream(
         )));
     };
 
+    let steps = match reshards {
+        Some(task) => task
+            .await
+            .map_err(|e| Error::new(format!("the reshard task failed: {e}")))?,
+        None => Vec::new(),
+    };
+
     // Consumers read up to each shard's last record, then stop.
     let tips = shard_tips(admin, &cfg.stream).await?;
     stop_tx.send_replace(Some(Arc::new(tips.iter().copied().collect())));
@@ -507,10 +568,17 @@ async fn run_on_stream(
 
     // Assemble the report.
     let mut ack = Latency::default();
-    let mut totals = ProducerStats::default();
+    let mut totals = ProducerStats {
+        ack_changes: vec![Latency::default(); cfg.reshards.len()],
+        ..ProducerStats::default()
+    };
     for s in &producer_stats {
         let s = s.lock().expect("stats lock");
         ack.add(&s.ack);
+        totals.ack_steady.add(&s.ack_steady);
+        for (all, one) in totals.ack_changes.iter_mut().zip(&s.ack_changes) {
+            all.add(one);
+        }
         totals.acked += s.acked;
         totals.bytes += s.bytes;
         totals.throttled += s.throttled;
@@ -551,6 +619,30 @@ async fn run_on_stream(
         s.due_count(u64::MAX) - before
     });
     let loadgen_cores = cfg.cores.as_ref().map(Vec::len);
+    let s_of = |ns: u64| ns as f64 / 1e9;
+    let reshards: Vec<ReshardReport> = steps
+        .into_iter()
+        .zip(&shared.changes)
+        .zip(&totals.ack_changes)
+        .map(|((done, window), ack)| ReshardReport {
+            step: done.step,
+            started_s: s_of(done.started_ns),
+            took_ms: done.took.as_secs_f64() * 1e3,
+            map_version: done.result.as_ref().ok().map(|r| r.map_version),
+            new_shards: done
+                .result
+                .as_ref()
+                .map(|r| r.new_shards.clone())
+                .unwrap_or_default(),
+            open_shards_after: done.open_after,
+            error: done.result.err(),
+            window_s: [
+                s_of(window.from_ns),
+                s_of(window.until_ns.load(Ordering::Relaxed)),
+            ],
+            ack_latency_us: ack.summary(),
+        })
+        .collect();
     Ok(Report {
         tool: format!("spate-loadgen {}", env!("CARGO_PKG_VERSION")),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -585,7 +677,101 @@ async fn run_on_stream(
             _ => None,
         },
         cpus,
+        ack_latency_steady_us: (!reshards.is_empty()).then(|| totals.ack_steady.summary()),
+        reshards,
     })
+}
+
+/// What a `--reshard` step did.
+struct StepDone {
+    step: ReshardStep,
+    /// On the run's clock.
+    started_ns: u64,
+    took: Duration,
+    result: Result<spate_client::Reshard, String>,
+    open_after: Option<u32>,
+}
+
+/// Makes each step when it is due (or when the previous one is done, if later), timing
+/// its call, and closes its change window once the call has answered.
+async fn reshard_steps(
+    admin: Client,
+    stream: String,
+    steps: Vec<ReshardStep>,
+    sh: Arc<Shared>,
+) -> Vec<StepDone> {
+    let mut done: Vec<StepDone> = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        // What the call needs is looked up before it is due, outside its time.
+        let split_at = match step.op {
+            ReshardOp::Split { shard } => Some(middle_key(&admin, &stream, shard).await),
+            _ => None,
+        };
+        let merge = match step.op {
+            ReshardOp::Merge { shards: Some(pair) } => Ok(pair),
+            ReshardOp::Merge { shards: None } => {
+                match done.last().and_then(|d| d.result.as_ref().ok()) {
+                    Some(r) if r.new_shards.len() == 2 => Ok((r.new_shards[0], r.new_shards[1])),
+                    _ => Err("merge: the previous step did not open two shards to merge".into()),
+                }
+            }
+            _ => Err(String::new()),
+        };
+        tokio::time::sleep_until((sh.t0 + Duration::from_secs_f64(step.at_s)).into()).await;
+        let started_ns = sh.now_ns();
+        let t = Instant::now();
+        let result = match step.op {
+            ReshardOp::Count { target } => admin
+                .update_shard_count(&stream, target)
+                .await
+                .map_err(|e| e.to_string()),
+            ReshardOp::Split { shard } => match split_at.expect("looked up above") {
+                Ok(at) => admin
+                    .split_shard(&stream, shard, at)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
+            ReshardOp::Merge { .. } => match merge {
+                Ok((a, b)) => admin
+                    .merge_shards(&stream, a, b)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
+        };
+        let took = t.elapsed();
+        let until = sh.now_ns().saturating_add(CHANGE_AFTER.as_nanos() as u64);
+        sh.changes[i].until_ns.store(until, Ordering::Relaxed);
+        let open_after = admin.describe_stream(&stream).await.ok().map(|info| {
+            info.shards
+                .iter()
+                .filter(|s| s.state == ShardState::Open)
+                .count() as u32
+        });
+        done.push(StepDone {
+            step,
+            started_ns,
+            took,
+            result,
+            open_after,
+        });
+    }
+    done
+}
+
+/// The hash key in the middle of `shard`'s range (where a split without a key cuts).
+async fn middle_key(admin: &Client, stream: &str, shard: u32) -> Result<u128, String> {
+    let info = admin
+        .describe_stream(stream)
+        .await
+        .map_err(|e| format!("split: cannot describe {stream}: {e}"))?;
+    let s = info
+        .shards
+        .iter()
+        .find(|s| s.id == shard)
+        .ok_or_else(|| format!("split: stream {stream} has no shard {shard}"))?;
+    Ok(s.hash_key_start + (s.hash_key_end - s.hash_key_start) / 2 + 1)
 }
 
 fn now_nanos() -> u64 {
@@ -606,19 +792,20 @@ fn error_name(e: &ClientError) -> String {
     }
 }
 
-/// Every open shard's last sequence number (`None`: empty), from a fresh description.
+/// Every shard's last sequence number (`None`: empty), from a fresh description: the open
+/// ones and the closed parents still retained, in ascending id order, which is lineage
+/// order (a child's id is above its parents'), so a key's records are read back in the
+/// order they were written even when a split or merge moved the key during the run.
 async fn shard_tips(admin: &Client, stream: &str) -> Result<Vec<(u32, Option<u64>)>, Error> {
     let info = admin.describe_stream(stream).await.map_err(|e| {
         Error::new(format!(
             "cannot describe stream {stream} after the run: {e}"
         ))
     })?;
-    Ok(info
-        .shards
-        .iter()
-        .filter(|s| s.state == ShardState::Open)
-        .map(|s| (s.id, s.last_seq))
-        .collect())
+    let mut tips: Vec<(u32, Option<u64>)> =
+        info.shards.iter().map(|s| (s.id, s.last_seq)).collect();
+    tips.sort_by_key(|&(id, _)| id);
+    Ok(tips)
 }
 
 /// How a generator hands its records to the client.
@@ -906,6 +1093,18 @@ fn settle(
                     s.ack.record_ns(latency_ns);
                     s.acked += 1;
                     s.bytes += u64::from(meta.bytes);
+                    if !sh.changes.is_empty() {
+                        let mut steady = true;
+                        for (c, h) in sh.changes.iter().zip(s.ack_changes.iter_mut()) {
+                            if c.contains(meta.origin_ns) {
+                                h.record_ns(latency_ns);
+                                steady = false;
+                            }
+                        }
+                        if steady {
+                            s.ack_steady.record_ns(latency_ns);
+                        }
+                    }
                 }
             }
         }
@@ -992,7 +1191,8 @@ async fn follow(
     }
 }
 
-/// Reads every shard from the oldest record to `tips` and checks this run's records.
+/// Reads every shard of `tips` (open and closed, in id order: see [`shard_tips`]) from the
+/// oldest record to its tip and checks this run's records.
 async fn read_back(
     admin: &Client,
     stream: &str,

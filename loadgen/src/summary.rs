@@ -282,6 +282,48 @@ fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Targe
         },
         met: churn.map(|r| r.checks.iter().all(|c| c.passed)),
     });
+    let reshard = find(results, "reshard");
+    let scale_ms = reshard.and_then(|r| {
+        r.figures
+            .iter()
+            .find(|(k, _)| k.starts_with("scale_4_to_") && k.ends_with("_ms"))
+            .map(|(_, v)| *v)
+    });
+    t.push(Target {
+        what: "resharding under steady load: a split, a merge, 4 → 8 → 4 shards, 4 → 64",
+        goal: "0 lost, duplicated, reordered across the lineage; ack p99 during 4 → 8 and 8 → 4 \
+               ≤ 2 × steady; a split or merge ≤ 100 ms; 4 → 64 ≤ 1 s"
+            .into(),
+        measured: match (
+            fig(reshard, "split_ms"),
+            fig(reshard, "merge_ms"),
+            scale_ms,
+            fig(reshard, "double_4_to_8_window_ack_p99_us"),
+            fig(reshard, "halve_8_to_4_window_ack_p99_us"),
+            fig(reshard, "steady_ack_p99_us"),
+        ) {
+            (Some(sp), Some(me), Some(sc), Some(d), Some(h), Some(st)) => format!(
+                "split {sp:.0} ms, merge {me:.0} ms, 4 → 64 {sc:.0} ms; ack p99 {d:.0} µs \
+                 (4 → 8), {h:.0} µs (8 → 4) vs {st:.0} µs steady; lost {}, duplicated {}, \
+                 reordered {}",
+                fig(reshard, "lost").unwrap_or(f64::NAN),
+                fig(reshard, "duplicated").unwrap_or(f64::NAN),
+                fig(reshard, "reordered").unwrap_or(f64::NAN),
+            ),
+            _ => "—".into(),
+        },
+        ratio: match (
+            fig(reshard, "double_4_to_8_window_ack_p99_us"),
+            fig(reshard, "halve_8_to_4_window_ack_p99_us"),
+            fig(reshard, "steady_ack_p99_us"),
+        ) {
+            (Some(d), Some(h), Some(st)) if st > 0.0 => {
+                format!("{:.2} ×, {:.2} × steady", d / st, h / st)
+            }
+            _ => "—".into(),
+        },
+        met: reshard.map(|r| r.checks.iter().all(|c| c.passed)),
+    });
     let limit = find(results, "shard-limit");
     t.push(Target {
         what: "one shard offered 2× its write limit",

@@ -173,6 +173,66 @@ fn over_the_shard_limit_records_are_throttled_not_lost() {
 }
 
 #[test]
+fn reshards_during_a_run_verify_across_the_lineage() {
+    use spate_loadgen::{ReshardOp, ReshardStep};
+    let env = Env::new();
+    let step = |at_s: f64, op| ReshardStep { at_s, op };
+    let cfg = RunConfig {
+        create_shards: Some(2),
+        limits: LimitsArg::Off,
+        delete_after: true,
+        producers: 2,
+        rate: 2000.0,
+        size: SizeSpec::fixed(200),
+        keys: 100,
+        duration_s: 1.5,
+        verify: true,
+        spin_us: 0,
+        reshards: vec![
+            step(0.2, ReshardOp::Split { shard: 1 }),
+            step(0.5, ReshardOp::Merge { shards: None }),
+            step(0.8, ReshardOp::Count { target: 4 }),
+            step(1.1, ReshardOp::Count { target: 2 }),
+        ],
+        ..env.config("lg-reshard")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert_eq!(r.shards, 2, "open at the start");
+    let opened: Vec<(Vec<u32>, Option<u32>)> = r
+        .reshards
+        .iter()
+        .map(|s| (s.new_shards.clone(), s.open_shards_after))
+        .collect();
+    assert_eq!(
+        opened,
+        [
+            (vec![2, 3], Some(3)),
+            (vec![4], Some(2)),
+            (vec![5, 6, 7, 8], Some(4)),
+            (vec![9, 10], Some(2)),
+        ]
+    );
+    for s in &r.reshards {
+        assert!(s.error.is_none() && s.took_ms > 0.0, "{s:?}");
+        assert!(s.started_s >= s.step.at_s && s.window_s[0] < s.started_s);
+        assert!(s.window_s[1] > s.started_s + 0.9, "{s:?}");
+        assert!(s.ack_latency_us.count > 0, "{s:?}");
+    }
+    // Every acknowledged record is in a change window or in the steady state.
+    let steady = r
+        .ack_latency_steady_us
+        .expect("steady state with --reshard");
+    assert!(steady.count > 0);
+    assert!(steady.count <= r.records_acked);
+    // Read back from every shard, parents before children: all of them, once, in order.
+    let v = r.verify.expect("verify ran");
+    assert!(v.passed(), "{v:?}");
+    assert_eq!(v.records_read, v.acked);
+}
+
+#[test]
 fn every_bench_scenario_runs_tiny() {
     use spate_loadgen::bench::{run_and_write, BenchOptions, SCENARIOS};
     let env = Env::new();

@@ -132,9 +132,13 @@ pub enum StreamCommand {
     Create {
         /// Stream name.
         name: String,
-        /// Number of shards (1..=65536).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
-        shards: u32,
+        /// Number of shards (1..=65536); with `--mode on-demand`, 4 unless given.
+        #[arg(long, value_name = "N", required_unless_present = "mode", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
+        shards: Option<u32>,
+        /// Capacity mode: provisioned (the shards you choose) or on-demand (the engine
+        /// splits and merges from the write rate it sees; starts at 4 shards).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
         /// Retention window in hours (1..=8760).
         #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = hours_range())]
         retention: u32,
@@ -205,6 +209,14 @@ pub enum StreamCommand {
         #[arg(long = "with", value_name = "ID")]
         with: u32,
     },
+    /// Switch a stream between provisioned and on-demand capacity (Kinesis'
+    /// UpdateStreamMode); on-demand brings it to at least 4 shards.
+    UpdateMode {
+        /// Stream name.
+        name: String,
+        #[arg(value_enum)]
+        mode: ModeArg,
+    },
     /// Change the number of open shards, with even hash-key ranges (Kinesis'
     /// UpdateShardCount, uniform scaling), by splits and merges.
     Scale {
@@ -214,6 +226,21 @@ pub enum StreamCommand {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
         shards: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Provisioned,
+    OnDemand,
+}
+
+impl From<ModeArg> for spate_client::CapacityMode {
+    fn from(m: ModeArg) -> spate_client::CapacityMode {
+        match m {
+            ModeArg::Provisioned => spate_client::CapacityMode::Provisioned,
+            ModeArg::OnDemand => spate_client::CapacityMode::OnDemand,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -487,7 +514,8 @@ mod tests {
             cli.command,
             Command::Stream {
                 command: StreamCommand::Create {
-                    shards: 3,
+                    shards: Some(3),
+                    mode: None,
                     retention: 24,
                     limits: LimitsArg::Off,
                     wait: false,
@@ -496,6 +524,23 @@ mod tests {
                 ..
             }
         ));
+        let cli =
+            Cli::try_parse_from(["spate", "stream", "create", "s", "--mode", "on-demand"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stream {
+                command: StreamCommand::Create {
+                    shards: None,
+                    mode: Some(ModeArg::OnDemand),
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["spate", "stream", "create", "s"]).is_err(),
+            "a provisioned stream needs --shards"
+        );
         let cli =
             Cli::try_parse_from(["spate", "read", "s", "--shard", "1", "--from", "at:5"]).unwrap();
         assert_eq!(cli.server(), DEFAULT_SERVER);

@@ -83,11 +83,14 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
         StreamCommand::Create {
             name,
             shards,
+            mode,
             retention,
             limits,
             max_record_bytes,
             wait,
         } => {
+            let on_demand = mode == Some(crate::args::ModeArg::OnDemand);
+            let shards = shards.unwrap_or(4);
             let config = StreamConfig {
                 shards,
                 retention_hours: retention,
@@ -109,6 +112,27 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                     "creating stream {name} with {shards} shards (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
                 );
             }
+            if on_demand {
+                // A second request: if it fails, the stream stays provisioned (it says so).
+                if status != StreamStatus::Active && !wait {
+                    wait_active(client, &name, None).await?;
+                }
+                client
+                    .update_stream_mode(&name, spate_client::CapacityMode::OnDemand)
+                    .await
+                    .map_err(|e| {
+                        format!("stream {name} was created, but stays provisioned: {e}")
+                    })?;
+                eprintln!("stream {name} is on-demand");
+            }
+        }
+        StreamCommand::UpdateMode { name, mode } => {
+            client
+                .update_stream_mode(&name, mode.into())
+                .await
+                .map_err(change_err(&name))?;
+            let mode: spate_client::CapacityMode = mode.into();
+            eprintln!("stream {name} is {}", mode.name());
         }
         StreamCommand::Wait { name, timeout } => {
             let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
@@ -292,6 +316,8 @@ struct Description {
     mode: &'static str,
     /// Raised by every split, merge and scale.
     map_version: u64,
+    /// On-demand: the last scaling decision (when, what and why), or null.
+    last_scaling: Option<String>,
     /// RFC 3339, UTC, and the same in ms since the epoch.
     created: String,
     created_ms: i64,
@@ -377,6 +403,7 @@ impl From<&StreamInfo> for Description {
             status: info.status.name(),
             mode: info.mode.name(),
             map_version: info.map_version,
+            last_scaling: info.last_scaling.clone(),
             created: rfc3339(info.created_ms),
             created_ms: info.created_ms,
             max_record_bytes: info.max_record_data_bytes,

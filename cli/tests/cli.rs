@@ -233,6 +233,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
             "created",
             "created_ms",
             "disk_bytes",
+            "last_scaling",
             "limits",
             "map_version",
             "max_record_bytes",

@@ -117,6 +117,8 @@ pub struct StreamInfo {
     pub mode: spate_protocol::CapacityMode,
     /// Raised by every split, merge and scale.
     pub map_version: u64,
+    /// On-demand: the last scaling decision (when, what and why).
+    pub last_scaling: Option<String>,
 }
 
 /// What a split, merge or scale did.
@@ -509,6 +511,7 @@ impl Client {
             shards: d.shards.clone(),
             mode: d.mode,
             map_version: d.map_version,
+            last_scaling: d.last_scaling.map(str::to_string),
         };
         Ok((info, map))
     }
@@ -582,6 +585,23 @@ impl Client {
             target_shard_count: target,
         });
         self.reshard(stream, &req, Opcode::UpdateShardCount).await
+    }
+
+    /// Kinesis' UpdateStreamMode: provisioned (the owner chooses the shards) or on-demand
+    /// (the engine splits and merges from the write rate it sees; at least 4 shards).
+    pub async fn update_stream_mode(
+        &self,
+        stream: &str,
+        mode: spate_protocol::CapacityMode,
+    ) -> Result<()> {
+        check_stream_name(stream)?;
+        let req = Request::UpdateStreamMode(spate_protocol::UpdateStreamModeRequest {
+            name: stream,
+            mode,
+        });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        self.forget_stream(stream);
+        decode_reply(&frame, Some(Opcode::UpdateStreamMode)).map(|_| ())
     }
 
     async fn reshard(&self, stream: &str, req: &Request<'_>, op: Opcode) -> Result<Reshard> {

@@ -79,4 +79,6 @@ pub use put::{Entry, PutResult};
 pub use reader::{ReadOptions, ShardReader};
 pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
-pub use spate_protocol::{ErrorCode, Limits, ShardDescription, ShardState, StreamStatus};
+pub use spate_protocol::{
+    CapacityMode, ErrorCode, Limits, ShardDescription, ShardState, StreamStatus,
+};

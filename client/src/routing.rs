@@ -123,6 +123,7 @@ mod tests {
             created_ms: 0,
             mode: spate_protocol::CapacityMode::Provisioned,
             map_version: 1,
+            last_scaling: None,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()

@@ -322,6 +322,7 @@ mod fake {
                     shards,
                     mode: spate_protocol::CapacityMode::Provisioned,
                     map_version: 1,
+                    last_scaling: None,
                 }));
                 true
             }

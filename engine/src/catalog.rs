@@ -148,6 +148,12 @@ pub struct StreamEntry {
     pub next_shard_id: u32,
     /// Per-shard metrics exported for this stream (Kinesis' enhanced shard-level metrics).
     pub shard_level_metrics: bool,
+    /// On-demand: the highest write rate seen (bytes per second) and when; capacity goes
+    /// up to twice it.
+    pub peak_write_bytes_per_s: u64,
+    pub peak_at_ms: i64,
+    /// The last on-demand scaling decision: when, and what and why, for describe.
+    pub last_scaling: Option<(i64, String)>,
 }
 
 impl StreamEntry {
@@ -400,6 +406,32 @@ impl StreamEntry {
         Ok(p.plan)
     }
 
+    /// On-demand scaling: split each of `split` at the middle of its range, and merge each
+    /// of `merge`'s pairs (adjacent open shards, no shard in two changes), in one change.
+    pub fn plan_many(
+        &self,
+        split: &[u32],
+        merge: &[(u32, u32)],
+        now_ms: i64,
+    ) -> Result<ReshardPlan, EngineError> {
+        let mut p = Planner::new(self, now_ms);
+        for &id in split {
+            let (a, b) = self.open_shard(id)?.hash_range();
+            if a == b {
+                continue;
+            }
+            p.split(Piece::Old(id), &[a + (b - a) / 2 + 1]);
+        }
+        for &(x, y) in merge {
+            let one = self.plan_merge(x, y, now_ms)?;
+            let range = one.new_shards[0].hash_range();
+            p.child(range, Piece::Old(x), Some(Piece::Old(y)));
+            p.close(Piece::Old(x));
+            p.close(Piece::Old(y));
+        }
+        Ok(p.plan)
+    }
+
     /// Applies a plan whose closing shards were sealed at `ending` (one past each one's last
     /// sequence number), with the new open shards on `cores` (in the order they appear in
     /// `plan.new_shards`). Raises the shard-map version.
@@ -575,6 +607,9 @@ impl Catalog {
             map_version: 1,
             next_shard_id: shard_count,
             shard_level_metrics: false,
+            peak_write_bytes_per_s: 0,
+            peak_at_ms: now_ms,
+            last_scaling: None,
         });
         Ok(self.data.streams.last().expect("just pushed"))
     }
@@ -693,6 +728,9 @@ mod v1 {
                     mode: super::CapacityMode::Provisioned,
                     map_version: 1,
                     shard_level_metrics: false,
+                    peak_write_bytes_per_s: 0,
+                    peak_at_ms: s.created_ms,
+                    last_scaling: None,
                 })
                 .collect(),
         })

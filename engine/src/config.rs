@@ -50,6 +50,13 @@ max_shards = 100000                 # ... and open shards on this node (each cos
 metrics_listen = "127.0.0.1:7480"  # HTTP GET /metrics, Prometheus text format ("": off)
 metrics = true                      # count per-stream and engine metrics (false: nothing is counted)
 create_answer_ms = 1000             # a create answers when its stream is ACTIVE or after this long with CREATING (0: at once)
+on_demand_check_ms = 1000           # how often core 0 looks at on-demand streams' write rates
+on_demand_scale_out_percent = 80    # an on-demand stream splits its hottest shards when its write rate stays above this share of capacity ...
+on_demand_scale_out_after_ms = 3000 # ... for this long, or at once when it throttles
+on_demand_scale_in_percent = 25     # it merges its coldest neighbours when the rate stays below this share ...
+on_demand_quiet_ms = 900000         # ... for this long (and it has more than 4 shards)
+on_demand_peak_window_days = 30     # capacity goes up to twice the peak write rate seen in this window
+on_demand_max_write_mib_per_s = 200 # and at most this much per stream
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +100,13 @@ pub struct EngineConfig {
     pub max_shards_per_stream: u32,
     pub max_shards: u64,
     pub create_answer_ms: u64,
+    pub on_demand_check_ms: u64,
+    pub on_demand_scale_out_percent: u32,
+    pub on_demand_scale_out_after_ms: u64,
+    pub on_demand_scale_in_percent: u32,
+    pub on_demand_quiet_ms: u64,
+    pub on_demand_peak_window_days: u32,
+    pub on_demand_max_write_mib_per_s: u32,
     pub metrics_listen: String,
     pub metrics: bool,
 }
@@ -139,6 +153,13 @@ impl Default for EngineConfig {
             max_shards_per_stream: 10_000,
             max_shards: 100_000,
             create_answer_ms: 1_000,
+            on_demand_check_ms: 1_000,
+            on_demand_scale_out_percent: 80,
+            on_demand_scale_out_after_ms: 3_000,
+            on_demand_scale_in_percent: 25,
+            on_demand_quiet_ms: 900_000,
+            on_demand_peak_window_days: 30,
+            on_demand_max_write_mib_per_s: 200,
             metrics_listen: "127.0.0.1:7480".into(),
             metrics: true,
         }
@@ -252,6 +273,14 @@ impl EngineConfig {
         }
         if self.memory_bytes_max < 2 * spate_protocol::batch::MAX_BATCH_BYTES {
             return Err("memory_bytes_max must hold two maximal batches".into());
+        }
+        if self.on_demand_check_ms == 0
+            || self.on_demand_peak_window_days == 0
+            || self.on_demand_max_write_mib_per_s < 4
+            || !(1..=100).contains(&self.on_demand_scale_out_percent)
+            || self.on_demand_scale_in_percent >= self.on_demand_scale_out_percent
+        {
+            return Err("on_demand_*: check_ms and peak_window_days positive, max_write_mib_per_s at least 4, 0 < scale_in_percent < scale_out_percent <= 100".into());
         }
         self.store_config(0).validate()
     }

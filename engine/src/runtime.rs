@@ -218,6 +218,13 @@ pub enum ControlOp {
     /// Removes closed shards that hold no record any more and were closed more than a
     /// retention window ago (core 0's sweeper runs it).
     ExpireClosedShards,
+    /// Kinesis' UpdateStreamMode. Answers the entry before and after.
+    SetMode {
+        name: String,
+        mode: crate::catalog::CapacityMode,
+    },
+    /// One look of the on-demand scaler at every on-demand stream (core 0's scaler runs it).
+    OnDemandTick,
     Snapshot,
 }
 
@@ -249,7 +256,7 @@ pub(crate) enum CoreMsg {
     },
     /// This core's recent write rate per shard (bytes per second), for placement.
     Load {
-        reply: Reply<Vec<(ShardIdent, f64)>>,
+        reply: Reply<Vec<(ShardIdent, ShardLoad)>>,
     },
     Append {
         ident: ShardIdent,
@@ -358,6 +365,27 @@ pub(crate) struct ShardSlot<S: Storage> {
     appends_done: crate::notify::Notify,
     /// Recent write rate (bytes of key and data per second).
     rate: Cell<crate::rate::RateMeter>,
+    /// Records refused by the write limit, ever.
+    throttled: Cell<u64>,
+}
+
+/// A shard's recent write rate and throttling, for placement and on-demand scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShardLoad {
+    pub bytes_per_s: f64,
+    /// Records refused by the write limit since the shard was opened.
+    pub throttled: u64,
+}
+
+/// What core 0 remembers of an on-demand stream between looks.
+#[derive(Debug, Clone, Copy, Default)]
+struct ScalerState {
+    /// Since when the write rate has been above the scale-out share (below the scale-in
+    /// share).
+    above_since: Option<i64>,
+    below_since: Option<i64>,
+    /// Throttled records summed over the open shards at the last look.
+    throttled: u64,
 }
 
 /// Counts an append under way on its shard until dropped.
@@ -420,6 +448,8 @@ pub struct Core<S: Storage> {
     pub(crate) token_key: std::cell::OnceCell<spate_protocol::TokenKey>,
     /// Partition key -> MD5 cache for the routing check (`verify_hash_keys`).
     key_hashes: RefCell<spate_protocol::routing::CachedKeyHasher>,
+    /// Core 0: on-demand streams' scaling state, by stream incarnation.
+    scalers: RefCell<HashMap<u64, ScalerState>>,
 }
 
 fn limiters(spec: &ShardSpec, now_ms: i64) -> (Option<WriteLimiter>, Option<TokenBucket>) {
@@ -541,6 +571,7 @@ impl<S: Storage + 'static> Core<S> {
             key_hashes: RefCell::new(spate_protocol::routing::CachedKeyHasher::new(
                 KEY_HASH_CACHE_SLOTS,
             )),
+            scalers: RefCell::new(HashMap::new()),
         };
         let recovery_started = std::time::Instant::now();
         let (mut opened_stores, mut opened_shards, mut rounds, mut cut) = (0u64, 0u64, 0u64, 0u64);
@@ -643,6 +674,22 @@ impl<S: Storage + 'static> Core<S> {
         if let Ok(t) = spawned {
             t.detach();
         }
+        if self.catalog.is_some() {
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(core.cfg.on_demand_check_ms))
+                        .await;
+                    if core.stopping.get() {
+                        return;
+                    }
+                    if let Err(e) = core.control(ControlOp::OnDemandTick).await {
+                        tracing::warn!(error = %e, "the on-demand scaler's look failed; it looks again");
+                    }
+                }
+            })
+            .detach();
+        }
     }
 
     async fn background_loop(self: Rc<Self>, store: Rc<Store<S>>) {
@@ -740,7 +787,13 @@ impl<S: Storage + 'static> Core<S> {
                     .shards
                     .borrow()
                     .iter()
-                    .map(|(ident, slot)| (*ident, slot.rate.get().per_second(now)))
+                    .map(|(ident, slot)| {
+                        let load = ShardLoad {
+                            bytes_per_s: slot.rate.get().per_second(now),
+                            throttled: slot.throttled.get(),
+                        };
+                        (*ident, load)
+                    })
                     .collect();
                 let _ = reply.send(Ok(rates)).await;
             }
@@ -830,7 +883,12 @@ impl<S: Storage + 'static> Core<S> {
                     ControlOp::UpdateShardCount { name, target } => {
                         Some(format!("scale stream {name} to {target} open shards"))
                     }
-                    ControlOp::ExpireClosedShards | ControlOp::Snapshot => None,
+                    ControlOp::SetMode { name, mode } => {
+                        Some(format!("set the mode of stream {name} to {}", mode.name()))
+                    }
+                    ControlOp::ExpireClosedShards
+                    | ControlOp::OnDemandTick
+                    | ControlOp::Snapshot => None,
                 };
                 let result = self.control(op).await;
                 if let Some(what) = what {
@@ -1027,6 +1085,7 @@ impl<S: Storage + 'static> Core<S> {
             appending: Cell::new(0),
             appends_done: crate::notify::Notify::new(),
             rate: Cell::new(Default::default()),
+            throttled: Cell::new(0),
         };
         self.shards.borrow_mut().insert(spec.ident, Rc::new(slot));
         Ok(())
@@ -1153,6 +1212,8 @@ impl<S: Storage + 'static> Core<S> {
                 let admission = limiter.admit(sizes, self.clock.now_ms());
                 accepted = admission.records;
                 retry_after_ms = admission.retry_after_ms;
+                let refused = u64::from(summary.record_count - accepted);
+                slot.throttled.set(slot.throttled.get() + refused);
             }
             if accepted == 0 {
                 return Err(EngineError::Throttled {
@@ -1474,6 +1535,8 @@ impl<S: Storage + 'static> Core<S> {
                     .await
             }
             ControlOp::ExpireClosedShards => self.expire_closed_shards().await,
+            ControlOp::SetMode { name, mode } => self.set_mode(&name, mode).await,
+            ControlOp::OnDemandTick => self.on_demand_tick().await,
             ControlOp::CreateStream {
                 name,
                 opts,
@@ -1610,6 +1673,289 @@ impl<S: Storage + 'static> Core<S> {
         Ok(ends)
     }
 
+    /// Every core's shards' recent write rates and throttling.
+    async fn loads(&self) -> Result<HashMap<ShardIdent, ShardLoad>, EngineError> {
+        let mut loads = HashMap::new();
+        for peer in &self.peers {
+            loads.extend(call_read(peer, |reply| CoreMsg::Load { reply }).await?);
+        }
+        Ok(loads)
+    }
+
+    /// Switches a stream between provisioned and on-demand capacity; an on-demand stream
+    /// has at least 4 open shards (Kinesis' 4 MiB/s and 4,000 records/s to start with).
+    async fn set_mode(
+        &self,
+        name: &str,
+        mode: crate::catalog::CapacityMode,
+    ) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let old = {
+            let mut cat = catalog.borrow_mut();
+            let s = cat
+                .data
+                .streams
+                .iter_mut()
+                .find(|s| s.name == name)
+                .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
+            std::mem::replace(&mut s.mode, mode)
+        };
+        if let Err(e) = self.save_catalog().await {
+            if let Some(s) = catalog
+                .borrow_mut()
+                .data
+                .streams
+                .iter_mut()
+                .find(|s| s.name == name)
+            {
+                s.mode = old;
+            }
+            return Err(e);
+        }
+        self.scalers.borrow_mut().clear();
+        let entry = catalog
+            .borrow()
+            .stream(name)
+            .cloned()
+            .expect("just changed");
+        self.broadcast_route(name, Some(entry.clone()), StreamStatus::Active)
+            .await?;
+        if mode == crate::catalog::CapacityMode::OnDemand && entry.open_shards().len() < 4 {
+            let target = 4;
+            let changed = self
+                .reshard(name, |s, now| s.plan_scale(target, now))
+                .await?;
+            self.note_scaling(
+                name,
+                format!(
+                    "{} -> 4 open shards: on-demand starts at 4 MiB/s and 4,000 records/s",
+                    entry.open_shards().len()
+                ),
+            )
+            .await?;
+            return Ok(changed);
+        }
+        Ok(vec![entry.clone(), entry])
+    }
+
+    /// Records an on-demand scaling decision in the catalog (describe shows the last one)
+    /// and the log.
+    async fn note_scaling(&self, name: &str, what: String) -> Result<(), EngineError> {
+        tracing::info!(stream = %name, "on-demand scaling: {what}");
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let now = self.clock.now_ms();
+        let entry = {
+            let mut cat = catalog.borrow_mut();
+            let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) else {
+                return Ok(());
+            };
+            s.last_scaling = Some((now, what));
+            s.clone()
+        };
+        self.save_catalog().await?;
+        self.broadcast_route(name, Some(entry), StreamStatus::Active)
+            .await
+    }
+
+    /// One look at every on-demand stream (core 0, under the control lock): scale out when
+    /// its write rate has stayed above `on_demand_scale_out_percent` of its capacity for
+    /// `on_demand_scale_out_after_ms`, or at once when it throttled, by splitting its
+    /// hottest shards (at most doubling, and up to twice the peak write rate of the window,
+    /// at most `on_demand_max_write_mib_per_s`); scale in when the rate has stayed below
+    /// `on_demand_scale_in_percent` for `on_demand_quiet_ms`, by merging its coldest
+    /// neighbours (never below 4 shards).
+    async fn on_demand_tick(&self) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let streams: Vec<StreamEntry> = catalog
+            .borrow()
+            .data
+            .streams
+            .iter()
+            .filter(|s| s.mode == crate::catalog::CapacityMode::OnDemand)
+            .cloned()
+            .collect();
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let loads = self.loads().await?;
+        let cfg = &self.cfg;
+        let now = self.clock.now_ms();
+        let mut changed = Vec::new();
+        for s in streams {
+            let per_shard = s
+                .limits
+                .rates()
+                .map_or(1 << 20, |(write_bytes, _, _)| write_bytes)
+                .max(1) as f64;
+            let open = s.open_shards();
+            let load_of = |id: u32| {
+                loads
+                    .get(&ShardIdent {
+                        stream_id: s.stream_id,
+                        shard_id: id,
+                    })
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let rate: f64 = open.iter().map(|sh| load_of(sh.shard_id).bytes_per_s).sum();
+            let throttled_total: u64 = open.iter().map(|sh| load_of(sh.shard_id).throttled).sum();
+            let capacity = open.len() as f64 * per_shard;
+            let mut state =
+                self.scalers
+                    .borrow()
+                    .get(&s.stream_id)
+                    .copied()
+                    .unwrap_or(ScalerState {
+                        throttled: throttled_total,
+                        ..Default::default()
+                    });
+            // New shards start their counters at 0: a drop is not throttling.
+            let throttled = throttled_total > state.throttled;
+            state.throttled = throttled_total;
+            let out_share = f64::from(cfg.on_demand_scale_out_percent) / 100.0;
+            let in_share = f64::from(cfg.on_demand_scale_in_percent) / 100.0;
+            state.above_since =
+                (rate > out_share * capacity).then(|| state.above_since.unwrap_or(now));
+            state.below_since =
+                (rate < in_share * capacity).then(|| state.below_since.unwrap_or(now));
+            // The peak of the window (a peak older than the window is forgotten).
+            let window_ms = i64::from(cfg.on_demand_peak_window_days) * 86_400_000;
+            let mut peak = s.peak_write_bytes_per_s as f64;
+            let mut peak_at = s.peak_at_ms;
+            if now - peak_at > window_ms {
+                peak = 0.0;
+                peak_at = now;
+            }
+            if rate > peak {
+                peak = rate;
+                peak_at = now;
+            }
+            let cap_shards = ((f64::from(cfg.on_demand_max_write_mib_per_s) * (1 << 20) as f64
+                / per_shard)
+                .floor() as usize)
+                .clamp(4, cfg.max_shards_per_stream as usize);
+            let allowed = ((2.0 * peak / per_shard).ceil() as usize).clamp(4, cap_shards);
+            let n = open.len();
+            let sustained = state
+                .above_since
+                .is_some_and(|t| now - t >= cfg.on_demand_scale_out_after_ms as i64);
+            // Shards to split, pairs to merge, and why.
+            type Decision = (Vec<u32>, Vec<(u32, u32)>, String);
+            let mut decision: Option<Decision> = None;
+            if (throttled || sustained) && n < cap_shards {
+                let target = (n + 1).max((2 * n).min(allowed)).min(cap_shards);
+                let mut hottest: Vec<&&crate::catalog::ShardEntry> = open.iter().collect();
+                hottest.sort_by(|a, b| {
+                    load_of(b.shard_id)
+                        .bytes_per_s
+                        .total_cmp(&load_of(a.shard_id).bytes_per_s)
+                        .then(a.shard_id.cmp(&b.shard_id))
+                });
+                let split: Vec<u32> = hottest
+                    .iter()
+                    .take(target - n)
+                    .map(|sh| sh.shard_id)
+                    .collect();
+                let why = if throttled {
+                    "writes were throttled".to_string()
+                } else {
+                    format!(
+                        "the write rate stayed above {}% of capacity for {} s",
+                        cfg.on_demand_scale_out_percent,
+                        cfg.on_demand_scale_out_after_ms / 1000
+                    )
+                };
+                decision = Some((
+                    split,
+                    Vec::new(),
+                    format!(
+                        "{n} -> {target} open shards: {why} (write rate {:.2} MiB/s, capacity {:.2} MiB/s, peak {:.2} MiB/s)",
+                        rate / (1 << 20) as f64,
+                        capacity / (1 << 20) as f64,
+                        peak / (1 << 20) as f64
+                    ),
+                ));
+            } else if !throttled
+                && n > 4
+                && state
+                    .below_since
+                    .is_some_and(|t| now - t >= cfg.on_demand_quiet_ms as i64)
+            {
+                let target = ((rate / (out_share * per_shard)).ceil() as usize).max(4);
+                let mut pairs: Vec<(f64, u32, u32)> = open
+                    .windows(2)
+                    .map(|w| {
+                        let r =
+                            load_of(w[0].shard_id).bytes_per_s + load_of(w[1].shard_id).bytes_per_s;
+                        (r, w[0].shard_id, w[1].shard_id)
+                    })
+                    .collect();
+                pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let mut used: Vec<u32> = Vec::new();
+                let mut merge = Vec::new();
+                for (_, a, b) in pairs {
+                    if n - merge.len() <= target {
+                        break;
+                    }
+                    if !used.contains(&a) && !used.contains(&b) {
+                        used.extend([a, b]);
+                        merge.push((a, b));
+                    }
+                }
+                if !merge.is_empty() {
+                    let to = n - merge.len();
+                    decision = Some((
+                        Vec::new(),
+                        merge,
+                        format!(
+                            "{n} -> {to} open shards: the write rate stayed below {}% of capacity for {} s (write rate {:.2} MiB/s, capacity {:.2} MiB/s)",
+                            cfg.on_demand_scale_in_percent,
+                            cfg.on_demand_quiet_ms / 1000,
+                            rate / (1 << 20) as f64,
+                            capacity / (1 << 20) as f64
+                        ),
+                    ));
+                }
+            }
+            let peak_moved = (peak - s.peak_write_bytes_per_s as f64).abs()
+                > 0.1 * (s.peak_write_bytes_per_s as f64).max(per_shard);
+            if peak_moved || decision.is_some() {
+                let mut cat = catalog.borrow_mut();
+                if let Some(e) = cat
+                    .data
+                    .streams
+                    .iter_mut()
+                    .find(|e| e.stream_id == s.stream_id)
+                {
+                    e.peak_write_bytes_per_s = peak as u64;
+                    e.peak_at_ms = peak_at;
+                }
+            }
+            if let Some((split, merge, what)) = decision {
+                let r = self
+                    .reshard(&s.name, |e, now| e.plan_many(&split, &merge, now))
+                    .await;
+                match r {
+                    Ok(mut entries) => {
+                        self.note_scaling(&s.name, what).await?;
+                        changed.extend(entries.pop());
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = %s.name, error = %e, "on-demand scaling failed: {what}");
+                    }
+                }
+                // Counters and timers start again on the new shards.
+                self.scalers.borrow_mut().remove(&s.stream_id);
+            } else {
+                if peak_moved {
+                    self.save_catalog().await?;
+                }
+                self.scalers.borrow_mut().insert(s.stream_id, state);
+            }
+        }
+        Ok(changed)
+    }
+
     /// Chooses a core for each new open shard of `plan`: the one with the least recent
     /// write rate and open shards (each as a share of the node's), counting what the new
     /// shard is expected to write (its share of the closing shards' rates). Closed
@@ -1621,18 +1967,14 @@ impl<S: Storage + 'static> Core<S> {
     ) -> Result<(), EngineError> {
         let catalog = self.catalog.as_ref().expect("core 0");
         let cores = self.peers.len();
-        let mut rates: HashMap<ShardIdent, f64> = HashMap::new();
-        for peer in &self.peers {
-            rates.extend(call_read(peer, |reply| CoreMsg::Load { reply }).await?);
-        }
+        let rates = self.loads().await?;
         let rate_of = |stream_id: u64, shard_id: u32| {
             rates
                 .get(&ShardIdent {
                     stream_id,
                     shard_id,
                 })
-                .copied()
-                .unwrap_or(0.0)
+                .map_or(0.0, |l| l.bytes_per_s)
         };
         let mut load = vec![0.0f64; cores];
         let mut count = vec![0u64; cores];

@@ -92,6 +92,8 @@ opcodes! {
     MergeShards = 17,
     /// Change a stream's open-shard count (uniform scaling).
     UpdateShardCount = 18,
+    /// Switch a stream between provisioned and on-demand capacity.
+    UpdateStreamMode = 19,
     /// Put one record, routed by the server.
     PutRecord = 20,
     /// Put a batch to one shard.

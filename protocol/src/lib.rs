@@ -17,7 +17,8 @@
 //!  6     2    opcode          Hello 1 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
 //!                             DescribeStream 13 | IncreaseRetention 14 |
 //!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
-//!                             UpdateShardCount 18 | PutRecord 20 | PutBatch 21 |
+//!                             UpdateShardCount 18 | UpdateStreamMode 19 |
+//!                             PutRecord 20 | PutBatch 21 |
 //!                             PutBatches 22 | GetIterator 30 | GetRecords 31
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
@@ -95,7 +96,7 @@ pub use stream::{
     CapacityMode, CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest,
     DescribeStreamRequest, Limits, ListStreamsRequest, ListStreamsResponse, MergeShardsRequest,
     ReshardResponse, RetentionRequest, ShardDescription, ShardState, SplitShardRequest,
-    StreamDescription, StreamStatus, UpdateShardCountRequest,
+    StreamDescription, StreamStatus, UpdateShardCountRequest, UpdateStreamModeRequest,
 };
 pub use token::{IteratorToken, TokenKey, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;

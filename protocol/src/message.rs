@@ -15,7 +15,7 @@ use crate::read::{GetIteratorRequest, GetIteratorResponse, GetRecordsRequest, Ge
 use crate::stream::{
     CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest,
     ListStreamsRequest, ListStreamsResponse, MergeShardsRequest, ReshardResponse, RetentionRequest,
-    SplitShardRequest, StreamDescription, UpdateShardCountRequest,
+    SplitShardRequest, StreamDescription, UpdateShardCountRequest, UpdateStreamModeRequest,
 };
 use crate::wire::{put_str, put_u16, put_u32, put_u64, DecodeError, Reader};
 use crate::write::{
@@ -47,6 +47,7 @@ pub enum Request<'a> {
     SplitShard(SplitShardRequest<'a>),
     MergeShards(MergeShardsRequest<'a>),
     UpdateShardCount(UpdateShardCountRequest<'a>),
+    UpdateStreamMode(UpdateStreamModeRequest<'a>),
     PutRecord(PutRecordRequest<'a>),
     PutBatch(PutBatchRequest<'a>),
     PutBatches(PutBatchesRequest<'a>),
@@ -67,6 +68,7 @@ pub enum Response<'a> {
     SplitShard(ReshardResponse),
     MergeShards(ReshardResponse),
     UpdateShardCount(ReshardResponse),
+    UpdateStreamMode,
     PutRecord(PutRecordResponse),
     PutBatch(PutBatchResponse),
     PutBatches(PutBatchesResponse<'a>),
@@ -118,6 +120,7 @@ impl<'a> Request<'a> {
             Request::SplitShard(_) => Opcode::SplitShard,
             Request::MergeShards(_) => Opcode::MergeShards,
             Request::UpdateShardCount(_) => Opcode::UpdateShardCount,
+            Request::UpdateStreamMode(_) => Opcode::UpdateStreamMode,
             Request::PutRecord(_) => Opcode::PutRecord,
             Request::PutBatch(_) => Opcode::PutBatch,
             Request::PutBatches(_) => Opcode::PutBatches,
@@ -138,6 +141,7 @@ impl<'a> Request<'a> {
             Request::SplitShard(m) => m.encode_payload(out),
             Request::MergeShards(m) => m.encode_payload(out),
             Request::UpdateShardCount(m) => m.encode_payload(out),
+            Request::UpdateStreamMode(m) => m.encode_payload(out),
             Request::PutRecord(m) => m.encode_payload(out),
             Request::PutBatch(m) => m.encode_payload(out),
             Request::PutBatches(m) => m.encode_payload(out),
@@ -162,6 +166,7 @@ impl<'a> Request<'a> {
             Opcode::SplitShard => Request::SplitShard(decode_exact(payload)?),
             Opcode::MergeShards => Request::MergeShards(decode_exact(payload)?),
             Opcode::UpdateShardCount => Request::UpdateShardCount(decode_exact(payload)?),
+            Opcode::UpdateStreamMode => Request::UpdateStreamMode(decode_exact(payload)?),
             Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
@@ -184,6 +189,7 @@ impl<'a> Response<'a> {
             Response::SplitShard(_) => Opcode::SplitShard,
             Response::MergeShards(_) => Opcode::MergeShards,
             Response::UpdateShardCount(_) => Opcode::UpdateShardCount,
+            Response::UpdateStreamMode => Opcode::UpdateStreamMode,
             Response::PutRecord(_) => Opcode::PutRecord,
             Response::PutBatch(_) => Opcode::PutBatch,
             Response::PutBatches(_) => Opcode::PutBatches,
@@ -207,7 +213,10 @@ impl<'a> Response<'a> {
             Response::PutBatches(m) => m.encode_payload(out),
             Response::GetIterator(m) => m.encode_payload(out),
             Response::GetRecords(m) => m.encode_payload(out),
-            Response::DeleteStream | Response::IncreaseRetention | Response::DecreaseRetention => {}
+            Response::DeleteStream
+            | Response::IncreaseRetention
+            | Response::DecreaseRetention
+            | Response::UpdateStreamMode => {}
         }
     }
 
@@ -229,6 +238,9 @@ impl<'a> Response<'a> {
             Opcode::SplitShard => Response::SplitShard(decode_exact(payload)?),
             Opcode::MergeShards => Response::MergeShards(decode_exact(payload)?),
             Opcode::UpdateShardCount => Response::UpdateShardCount(decode_exact(payload)?),
+            Opcode::UpdateStreamMode => {
+                decode_empty(payload).map(|()| Response::UpdateStreamMode)?
+            }
             Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Response::PutBatches(decode_exact(payload)?),

@@ -27,8 +27,10 @@
 //! UpdateShardCount   req:  name str, target_shard_count u32, scaling u8 (0 uniform)
 //!                    resp (all three): map_version u64, count varint, count × shard id u32
 //!                          (the shards the change opened)
+//! UpdateStreamMode   req:  name str, mode u8 (0 provisioned, 1 on-demand)   resp: (empty)
 //! ```
-//! A description ends with `mode u8` (0 provisioned, 1 on-demand) and `map_version u64`
+//! A description ends with `mode u8` (0 provisioned, 1 on-demand), `map_version u64`
+//! and `last_scaling opt<str>` (on-demand: the last scaling decision, for people)
 //! (raised by every split, merge and scale: a client whose routing table is older than
 //! the version a `ShardClosed` error names describes the stream again).
 //! `str` is a varint length and UTF-8; `opt<T>` is a presence byte (0 or 1) and `T`.
@@ -347,6 +349,14 @@ pub struct UpdateShardCountRequest<'a> {
     pub target_shard_count: u32,
 }
 
+/// Switch a stream between provisioned and on-demand capacity (Kinesis'
+/// UpdateStreamMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateStreamModeRequest<'a> {
+    pub name: &'a str,
+    pub mode: CapacityMode,
+}
+
 /// The answer to a split, merge or scale.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReshardResponse {
@@ -394,6 +404,8 @@ pub struct StreamDescription<'a> {
     pub mode: CapacityMode,
     /// Raised by every split, merge and scale.
     pub map_version: u64,
+    /// On-demand: the last scaling decision (when, what and why), for people.
+    pub last_scaling: Option<&'a str>,
 }
 
 impl<'a> Payload<'a> for CreateStreamRequest<'a> {
@@ -638,6 +650,13 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         }
         put_u8(out, self.mode as u8);
         put_u64(out, self.map_version);
+        match self.last_scaling {
+            Some(text) => {
+                put_u8(out, 1);
+                put_str(out, text);
+            }
+            None => put_u8(out, 0),
+        }
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -655,6 +674,11 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         }
         let mode = get_capacity_mode(r)?;
         let map_version = r.u64("map_version")?;
+        let last_scaling = if r.present("last_scaling")? {
+            Some(r.str(4096, "last_scaling")?)
+        } else {
+            None
+        };
         Ok(StreamDescription {
             name,
             stream_id,
@@ -666,6 +690,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             shards,
             mode,
             map_version,
+            last_scaling,
         })
     }
 }
@@ -760,6 +785,20 @@ impl<'a> Payload<'a> for UpdateShardCountRequest<'a> {
     }
 }
 
+impl<'a> Payload<'a> for UpdateStreamModeRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u8(out, self.mode as u8);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(UpdateStreamModeRequest {
+            name: get_stream_name(r)?,
+            mode: get_capacity_mode(r)?,
+        })
+    }
+}
+
 impl<'a> Payload<'a> for ReshardResponse {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_u64(out, self.map_version);
@@ -842,6 +881,7 @@ mod tests {
             shards: vec![closed, shard(0, 2), child],
             mode: CapacityMode::OnDemand,
             map_version: 3,
+            last_scaling: Some("4 -> 8 open shards: writes were throttled"),
         }
     }
 
@@ -888,6 +928,12 @@ mod tests {
             name: "s",
             target_shard_count: MAX_SHARDS_PER_STREAM,
         }));
+        for mode in [CapacityMode::Provisioned, CapacityMode::OnDemand] {
+            check_request(&Request::UpdateStreamMode(UpdateStreamModeRequest {
+                name: "s",
+                mode,
+            }));
+        }
         check_request(&Request::ListStreams(ListStreamsRequest {
             exclusive_start_name: Some("m"),
             limit: MAX_LIST_STREAMS_LIMIT,
@@ -965,6 +1011,18 @@ mod tests {
             0,              // scaling: uniform
         ];
         assert_eq!(out, expected);
+        let out = check_request(&Request::UpdateStreamMode(UpdateStreamModeRequest {
+            name: "s",
+            mode: CapacityMode::OnDemand,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            19, 0, 0, 0,  1,  0,  19, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',        // name
+            1,              // mode: on-demand
+        ];
+        assert_eq!(out, expected);
+        check_response(&Response::UpdateStreamMode);
         let out = check_response(&Response::MergeShards(ReshardResponse {
             map_version: 3,
             new_shards: vec![6],
@@ -1244,7 +1302,7 @@ mod tests {
             ][status as usize];
             check_response(&Response::DescribeStream(StreamDescription {
                 name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
-                mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version,
+                mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version, last_scaling: None,
             }));
         }
 

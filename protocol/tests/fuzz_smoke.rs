@@ -127,6 +127,10 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             name: "orders",
             target_shard_count: 64,
         }),
+        Request::UpdateStreamMode(UpdateStreamModeRequest {
+            name: "orders",
+            mode: CapacityMode::OnDemand,
+        }),
         Request::DecreaseRetention(RetentionRequest {
             name: "orders",
             retention_hours: 2,
@@ -229,6 +233,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             ],
             mode: CapacityMode::Provisioned,
             map_version: 1,
+            last_scaling: None,
         }),
         Response::IncreaseRetention,
         Response::SplitShard(ReshardResponse {

@@ -320,3 +320,99 @@ fn a_closed_shard_refuses_writes_with_the_new_map_version_and_names_its_children
     });
     server.shutdown();
 }
+
+#[test]
+fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        on_demand_check_ms: 50,
+        on_demand_scale_out_after_ms: 200,
+        on_demand_quiet_ms: 500,
+        ..test_config(dir.path())
+    })
+    .expect("server starts");
+    let rt = runtime();
+    let addr = server.local_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect(addr.clone()).await.unwrap();
+        // Small per-shard limits, so that a test's load is more than 4 shards take.
+        let limits = Limits::Custom {
+            write_bytes_per_s: 16 << 10,
+            write_records_per_s: 1000,
+            read_bytes_per_s: 1 << 20,
+        };
+        client
+            .create_stream("auto", &StreamConfig::new(1).limits(limits))
+            .await
+            .unwrap();
+        client
+            .update_stream_mode("auto", spate_client::CapacityMode::OnDemand)
+            .await
+            .unwrap();
+        let open = |info: &spate_client::StreamInfo| {
+            info.shards
+                .iter()
+                .filter(|s| s.state == ShardState::Open)
+                .count()
+        };
+        let info = client.describe_stream("auto").await.unwrap();
+        assert_eq!(info.mode, spate_client::CapacityMode::OnDemand);
+        assert_eq!(open(&info), 4, "on-demand starts at 4 shards");
+        // About 150 KiB/s offered against 64 KiB/s of capacity: throttled, then split.
+        let mut most = 4;
+        let mut written = 0u64;
+        let started = std::time::Instant::now();
+        while most < 8 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no scale-out within 60 s"
+            );
+            let entries: Vec<Entry> = (0..30)
+                .map(|i| Entry::new(format!("k{}", written + i), vec![7u8; 1000]))
+                .collect();
+            written += 30;
+            for r in client.put_records("auto", entries).await {
+                // Throttled records are retried by the client; past its retries they fail
+                // with Throttled, never anything else.
+                if let Err(e) = r {
+                    assert_eq!(e.code(), Some(ErrorCode::Throttled), "{e}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            most = most.max(open(&client.describe_stream("auto").await.unwrap()));
+        }
+        let info = client.describe_stream("auto").await.unwrap();
+        let why = info
+            .last_scaling
+            .clone()
+            .expect("a scaling decision is described");
+        assert!(why.contains("-> "), "{why}");
+        // Quiet: it merges back toward 4 shards.
+        let started = std::time::Instant::now();
+        loop {
+            let info = client.describe_stream("auto").await.unwrap();
+            if open(&info) < most {
+                assert!(open(&info) >= 4);
+                assert!(
+                    info.last_scaling.unwrap().contains("below"),
+                    "scale-in says why"
+                );
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no scale-in within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Back to provisioned: the scaler leaves it alone.
+        client
+            .update_stream_mode("auto", spate_client::CapacityMode::Provisioned)
+            .await
+            .unwrap();
+        let info = client.describe_stream("auto").await.unwrap();
+        assert_eq!(info.mode, spate_client::CapacityMode::Provisioned);
+    });
+    server.shutdown();
+}

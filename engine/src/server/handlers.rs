@@ -118,6 +118,7 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::SplitShard(r) => Some(r.name),
         Request::MergeShards(r) => Some(r.name),
         Request::UpdateShardCount(r) => Some(r.name),
+        Request::UpdateStreamMode(r) => Some(r.name),
         Request::PutRecord(r) => Some(r.stream),
         Request::PutBatch(r) => Some(r.stream),
         Request::PutBatches(r) => Some(r.stream),
@@ -298,6 +299,14 @@ async fn execute<S: Storage + 'static>(
             )
             .await?,
         ),
+        Request::UpdateStreamMode(r) => {
+            let op = ControlOp::SetMode {
+                name: r.name.to_owned(),
+                mode: r.mode,
+            };
+            control_op(core, op).await.map_err(fail)?;
+            Response::UpdateStreamMode
+        }
         Request::ListStreams(r) => {
             let names = list_streams(core, r.exclusive_start_name, r.limit);
             let (names, has_more) = (names.0.iter().map(String::as_str).collect(), names.1);
@@ -501,6 +510,10 @@ async fn describe_stream<S: Storage + 'static>(
             disk_bytes: stats.disk_bytes,
         });
     }
+    let last_scaling = entry
+        .last_scaling
+        .as_ref()
+        .map(|(at_ms, what)| format!("{}: {what}", rfc3339_ms(*at_ms)));
     let d = StreamDescription {
         name: &entry.name,
         stream_id: entry.stream_id,
@@ -512,9 +525,33 @@ async fn describe_stream<S: Storage + 'static>(
         shards,
         mode: entry.mode,
         map_version: entry.map_version,
+        last_scaling: last_scaling.as_deref(),
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())
+}
+
+/// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
 }
 
 async fn put_record<S: Storage + 'static>(
@@ -1068,4 +1105,20 @@ fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
         pos += h.batch_len as usize;
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            super::rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
 }

@@ -1262,7 +1262,9 @@ impl<S: Storage + 'static> Core<S> {
         let store = &slot.store;
         let parked = &self.net.parked_reads;
         let may_park = parked.get() < self.cfg.max_parked_reads_per_core;
-        if !may_park || wait_ms == 0 || from_seq < store.durable_seq(ident)? {
+        // A closed shard gets no more records: its readers are not kept waiting.
+        let closed = slot.sealed.get().is_some();
+        if !may_park || wait_ms == 0 || closed || from_seq < store.durable_seq(ident)? {
             return Ok(());
         }
         parked.set(parked.get() + 1);
@@ -1270,7 +1272,11 @@ impl<S: Storage + 'static> Core<S> {
         let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(wait_ms));
         let changed = store.changed(ident)?;
         let cancelled = || cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
-        while from_seq >= store.durable_seq(ident)? && !self.stopping.get() && !cancelled() {
+        while from_seq >= store.durable_seq(ident)?
+            && !self.stopping.get()
+            && !cancelled()
+            && slot.sealed.get().is_none()
+        {
             let now = std::time::Instant::now();
             if now >= deadline {
                 break;
@@ -1660,8 +1666,12 @@ impl<S: Storage + 'static> Core<S> {
             .iter()
             .map(|i| self.slot(*i))
             .collect::<Result<Vec<_>, _>>()?;
-        for slot in &slots {
+        for (ident, slot) in idents.iter().zip(&slots) {
             slot.sealed.set(Some(map_version));
+            // Long-polls at its tip stop waiting for records that will not come.
+            if let Ok(changed) = slot.store.changed(*ident) {
+                changed.notify_all();
+            }
         }
         let mut ends = Vec::with_capacity(slots.len());
         for (ident, slot) in idents.iter().zip(&slots) {

@@ -416,3 +416,59 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
     });
     server.shutdown();
 }
+
+#[test]
+fn a_long_poll_at_a_parents_tip_ends_when_it_is_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let rt = runtime();
+    let addr = server.local_addr().to_string();
+    rt.block_on(async {
+        let client = Client::connect(addr.clone()).await.unwrap();
+        client
+            .create_stream("tip", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        let options = ReadOptions {
+            wait_ms: 20_000,
+            ..ReadOptions::default()
+        };
+        let mut reader = client
+            .shard_reader("tip", 0, Position::Latest, options)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let following = tokio::spawn(async move {
+            // Answers until the shard's end: the children then.
+            loop {
+                let a = reader
+                    .next()
+                    .await
+                    .unwrap()
+                    .expect("an answer before the end");
+                if a.next_iterator.is_none() {
+                    return a.child_shards;
+                }
+            }
+        });
+        // Split once the reader is parked at the tip.
+        while server
+            .net_stats()
+            .iter()
+            .map(|n| n.parked_reads)
+            .sum::<usize>()
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        client.split_shard("tip", 0, 1 << 127).await.unwrap();
+        let children = following.await.unwrap();
+        assert_eq!(children, vec![1, 2]);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the parked read ended with the split, not its 20 s wait: {:?}",
+            started.elapsed()
+        );
+    });
+    server.shutdown();
+}

@@ -76,7 +76,7 @@ pub use connection::DEFAULT_MAX_IN_FLIGHT;
 pub use error::{ClientError, Result};
 pub use producer::{Producer, ProducerConfig, SendHandle};
 pub use put::{Entry, PutResult};
-pub use reader::{ReadOptions, ShardReader};
+pub use reader::{ReadOptions, ShardReader, StreamReader};
 pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
 pub use spate_protocol::{

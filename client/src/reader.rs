@@ -159,3 +159,204 @@ impl ShardReader {
         Ok(it)
     }
 }
+
+/// Reads a whole stream across splits and merges: every shard, a parent to its end before
+/// its children, each shard's records in order; see [`Client::stream_reader`].
+#[derive(Debug)]
+pub struct StreamReader {
+    client: Client,
+    stream: String,
+    options: ReadOptions,
+    /// Shards known (from the description at start, and children as parents end), with
+    /// their parents among them.
+    shards: Vec<(u32, Vec<u32>)>,
+    started: Vec<u32>,
+    ended: Vec<u32>,
+    tx: tokio::sync::mpsc::Sender<Result<Followed>>,
+    rx: tokio::sync::mpsc::Receiver<Result<Followed>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a shard's reader task reports.
+#[derive(Debug)]
+enum Followed {
+    Records(u32, Records),
+    Ended(u32, Vec<u32>),
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Client {
+    /// A reader of every shard of `stream`: from `position` on the shards whose parents are
+    /// gone (TRIM_HORIZON, AT_TIMESTAMP) or on the open shards (LATEST), then each child
+    /// from its first record once all its parents have been read to their ends (children
+    /// made while reading are found as their parents end). Sequence-number positions are
+    /// per shard and refused here. One task per shard being read, long-polling with
+    /// `options.wait_ms` (at least a second: it follows the stream, and ends only once
+    /// every shard is closed and read).
+    pub async fn stream_reader(
+        &self,
+        stream: &str,
+        position: Position,
+        options: ReadOptions,
+    ) -> Result<StreamReader> {
+        if matches!(
+            position,
+            Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
+        ) {
+            return Err(crate::error::ClientError::invalid(
+                ErrorCode::InvalidArgument,
+                "sequence numbers are per shard: read one shard with shard_reader",
+            ));
+        }
+        let info = self.describe_stream(stream).await?;
+        let shards: Vec<(u32, Vec<u32>)> = info
+            .shards
+            .iter()
+            .filter(|s| position != Position::Latest || s.state == spate_protocol::ShardState::Open)
+            .map(|s| {
+                (
+                    s.id,
+                    [s.parent, s.adjacent_parent]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                )
+            })
+            .collect();
+        let ids: Vec<u32> = shards.iter().map(|s| s.0).collect();
+        let shards = shards
+            .into_iter()
+            .map(|(id, parents)| {
+                (
+                    id,
+                    parents.into_iter().filter(|p| ids.contains(p)).collect(),
+                )
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut reader = StreamReader {
+            client: self.clone(),
+            stream: stream.to_string(),
+            options: ReadOptions {
+                wait_ms: options.wait_ms.max(1000),
+                ..options
+            }
+            .clamped(),
+            shards,
+            started: Vec::new(),
+            ended: Vec::new(),
+            tx,
+            rx,
+            tasks: Vec::new(),
+        };
+        reader.start_ready(position).await?;
+        Ok(reader)
+    }
+}
+
+impl StreamReader {
+    /// The next answer with records, and the shard it is from; `None` once every shard is
+    /// closed and read to its end.
+    pub async fn next(&mut self) -> Result<Option<(u32, Records)>> {
+        loop {
+            if self.ended.len() == self.shards.len() {
+                return Ok(None);
+            }
+            match self.rx.recv().await {
+                Some(Ok(Followed::Records(id, r))) => return Ok(Some((id, r))),
+                Some(Ok(Followed::Ended(id, children))) => {
+                    self.ended.push(id);
+                    let new: Vec<u32> = children
+                        .into_iter()
+                        .filter(|c| !self.shards.iter().any(|s| s.0 == *c))
+                        .collect();
+                    if !new.is_empty() {
+                        let info = self.client.describe_stream(&self.stream).await?;
+                        for c in new {
+                            let parents = info
+                                .shards
+                                .iter()
+                                .find(|s| s.id == c)
+                                .map(|s| {
+                                    [s.parent, s.adjacent_parent]
+                                        .into_iter()
+                                        .flatten()
+                                        .collect()
+                                })
+                                .unwrap_or_else(|| vec![id]);
+                            self.shards.push((c, parents));
+                        }
+                    }
+                    self.start_ready(Position::TrimHorizon).await?;
+                }
+                Some(Err(e)) => return Err(e),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The shards being read or read to their end.
+    pub fn shards(&self) -> Vec<u32> {
+        self.started.clone()
+    }
+
+    /// Starts a reader task for every shard whose parents (among those read) have ended:
+    /// from `position` when none of its parents is read, else from its first record.
+    async fn start_ready(&mut self, position: Position) -> Result<()> {
+        let known: Vec<u32> = self.shards.iter().map(|s| s.0).collect();
+        let ready: Vec<(u32, bool)> = self
+            .shards
+            .iter()
+            .filter(|(id, parents)| {
+                !self.started.contains(id)
+                    && parents
+                        .iter()
+                        .all(|p| self.ended.contains(p) || !known.contains(p))
+            })
+            .map(|(id, parents)| (*id, parents.iter().any(|p| known.contains(p))))
+            .collect();
+        for (id, child) in ready {
+            let from = if child {
+                Position::TrimHorizon
+            } else {
+                position
+            };
+            let mut reader = self
+                .client
+                .shard_reader(&self.stream, id, from, self.options)
+                .await?;
+            self.started.push(id);
+            let tx = self.tx.clone();
+            self.tasks.push(tokio::spawn(async move {
+                let mut children = Vec::new();
+                loop {
+                    let msg = match reader.next().await {
+                        Ok(Some(r)) => {
+                            if r.next_iterator.is_none() {
+                                children = r.child_shards.clone();
+                            }
+                            if r.records.is_empty() {
+                                continue;
+                            }
+                            Ok(Followed::Records(id, r))
+                        }
+                        Ok(None) => Ok(Followed::Ended(id, std::mem::take(&mut children))),
+                        Err(e) => Err(e),
+                    };
+                    let last = !matches!(msg, Ok(Followed::Records(..)));
+                    if tx.send(msg).await.is_err() || last {
+                        return;
+                    }
+                }
+            }));
+        }
+        Ok(())
+    }
+}

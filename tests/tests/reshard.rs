@@ -136,6 +136,25 @@ fn producers_keep_each_keys_order_across_splits_merges_and_scales() {
                 }
             })
         };
+        // A reader of the whole stream, across every change below.
+        let following = {
+            let client = Client::connect(addr.clone()).await.unwrap();
+            let mut reader = client
+                .stream_reader("moving", Position::TrimHorizon, ReadOptions::default())
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let mut seen: Vec<(u32, u64, String)> = Vec::new();
+                while seen.len() < (RECORDS + 3_000) as usize {
+                    let (shard, r) = reader.next().await.unwrap().expect("open shards remain");
+                    for rec in r.records {
+                        let data = String::from_utf8(rec.data.to_vec()).unwrap();
+                        seen.push((shard, rec.seq, data));
+                    }
+                }
+                seen
+            })
+        };
         // Reshards while both write, each once the producer is a bit further on.
         let admin = Client::connect(addr.clone()).await.unwrap();
         let wait_for = |n: u64| {
@@ -197,6 +216,15 @@ fn producers_keep_each_keys_order_across_splits_merges_and_scales() {
         assert!(child.adjacent_parent.is_some());
 
         let records = read_stream(&admin, "moving").await;
+        let followed = tokio::time::timeout(Duration::from_secs(120), following)
+            .await
+            .expect("the stream reader sees every record")
+            .unwrap();
+        assert_eq!(
+            by_key(&followed),
+            by_key(&records),
+            "the stream reader: same order"
+        );
         let keys = by_key(&records);
         for k in 0..KEYS {
             let ns = &keys[&format!("p{k}")];

@@ -139,6 +139,10 @@ pub enum StreamCommand {
         /// splits and merges from the write rate it sees; starts at 4 shards).
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
+        /// On-demand: the most write capacity the stream may scale to, in MiB/s (default:
+        /// the server's `on_demand_max_write_mib_per_s`, 200).
+        #[arg(long, value_name = "MIB", requires = "mode", value_parser = clap::value_parser!(u32).range(4..=1_000_000))]
+        max_write_mib: Option<u32>,
         /// Retention window in hours (1..=8760).
         #[arg(long, value_name = "HOURS", default_value_t = 24, value_parser = hours_range())]
         retention: u32,
@@ -216,6 +220,9 @@ pub enum StreamCommand {
         name: String,
         #[arg(value_enum)]
         mode: ModeArg,
+        /// On-demand: the most write capacity the stream may scale to, in MiB/s.
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(4..=1_000_000))]
+        max_write_mib: Option<u32>,
     },
     /// Change the number of open shards, with even hash-key ranges (Kinesis'
     /// UpdateShardCount, uniform scaling), by splits and merges.

@@ -84,6 +84,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             name,
             shards,
             mode,
+            max_write_mib,
             retention,
             limits,
             max_record_bytes,
@@ -118,7 +119,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                     wait_active(client, &name, None).await?;
                 }
                 client
-                    .update_stream_mode(&name, spate_client::CapacityMode::OnDemand)
+                    .update_stream_mode(&name, spate_client::CapacityMode::OnDemand, max_write_mib)
                     .await
                     .map_err(|e| {
                         format!("stream {name} was created, but stays provisioned: {e}")
@@ -126,9 +127,13 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                 eprintln!("stream {name} is on-demand");
             }
         }
-        StreamCommand::UpdateMode { name, mode } => {
+        StreamCommand::UpdateMode {
+            name,
+            mode,
+            max_write_mib,
+        } => {
             client
-                .update_stream_mode(&name, mode.into())
+                .update_stream_mode(&name, mode.into(), max_write_mib)
                 .await
                 .map_err(change_err(&name))?;
             let mode: spate_client::CapacityMode = mode.into();

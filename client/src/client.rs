@@ -588,16 +588,19 @@ impl Client {
     }
 
     /// Kinesis' UpdateStreamMode: provisioned (the owner chooses the shards) or on-demand
-    /// (the engine splits and merges from the write rate it sees; at least 4 shards).
+    /// (the engine splits and merges from the write rate it sees; at least 4 shards), with
+    /// an on-demand stream's ceiling in MiB/s (`None`: as it was, by default the server's).
     pub async fn update_stream_mode(
         &self,
         stream: &str,
         mode: spate_protocol::CapacityMode,
+        max_write_mib_per_s: Option<u32>,
     ) -> Result<()> {
         check_stream_name(stream)?;
         let req = Request::UpdateStreamMode(spate_protocol::UpdateStreamModeRequest {
             name: stream,
             mode,
+            max_write_mib_per_s,
         });
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         self.forget_stream(stream);

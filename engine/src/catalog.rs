@@ -154,6 +154,9 @@ pub struct StreamEntry {
     pub peak_at_ms: i64,
     /// The last on-demand scaling decision: when, and what and why, for describe.
     pub last_scaling: Option<(i64, String)>,
+    /// On-demand: the stream's write-capacity ceiling in MiB/s (0: the node's
+    /// `on_demand_max_write_mib_per_s`).
+    pub max_write_mib_per_s: u32,
 }
 
 impl StreamEntry {
@@ -610,6 +613,7 @@ impl Catalog {
             peak_write_bytes_per_s: 0,
             peak_at_ms: now_ms,
             last_scaling: None,
+            max_write_mib_per_s: 0,
         });
         Ok(self.data.streams.last().expect("just pushed"))
     }
@@ -731,6 +735,7 @@ mod v1 {
                     peak_write_bytes_per_s: 0,
                     peak_at_ms: s.created_ms,
                     last_scaling: None,
+                    max_write_mib_per_s: 0,
                 })
                 .collect(),
         })

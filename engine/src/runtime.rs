@@ -222,6 +222,8 @@ pub enum ControlOp {
     SetMode {
         name: String,
         mode: crate::catalog::CapacityMode,
+        /// On-demand: the stream's ceiling in MiB/s (`None`: leave it as it is).
+        max_write_mib_per_s: Option<u32>,
     },
     /// One look of the on-demand scaler at every on-demand stream (core 0's scaler runs it).
     OnDemandTick,
@@ -883,7 +885,7 @@ impl<S: Storage + 'static> Core<S> {
                     ControlOp::UpdateShardCount { name, target } => {
                         Some(format!("scale stream {name} to {target} open shards"))
                     }
-                    ControlOp::SetMode { name, mode } => {
+                    ControlOp::SetMode { name, mode, .. } => {
                         Some(format!("set the mode of stream {name} to {}", mode.name()))
                     }
                     ControlOp::ExpireClosedShards
@@ -1541,7 +1543,11 @@ impl<S: Storage + 'static> Core<S> {
                     .await
             }
             ControlOp::ExpireClosedShards => self.expire_closed_shards().await,
-            ControlOp::SetMode { name, mode } => self.set_mode(&name, mode).await,
+            ControlOp::SetMode {
+                name,
+                mode,
+                max_write_mib_per_s,
+            } => self.set_mode(&name, mode, max_write_mib_per_s).await,
             ControlOp::OnDemandTick => self.on_demand_tick().await,
             ControlOp::CreateStream {
                 name,
@@ -1698,8 +1704,14 @@ impl<S: Storage + 'static> Core<S> {
         &self,
         name: &str,
         mode: crate::catalog::CapacityMode,
+        max_write_mib_per_s: Option<u32>,
     ) -> Result<Vec<StreamEntry>, EngineError> {
         let catalog = self.catalog.as_ref().expect("core 0");
+        if max_write_mib_per_s.is_some_and(|m| m < 4) {
+            return Err(EngineError::InvalidArgument(
+                "an on-demand stream's ceiling must be at least 4 MiB/s".into(),
+            ));
+        }
         let old = {
             let mut cat = catalog.borrow_mut();
             let s = cat
@@ -1708,7 +1720,12 @@ impl<S: Storage + 'static> Core<S> {
                 .iter_mut()
                 .find(|s| s.name == name)
                 .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
-            std::mem::replace(&mut s.mode, mode)
+            let old = (s.mode, s.max_write_mib_per_s);
+            s.mode = mode;
+            if let Some(m) = max_write_mib_per_s {
+                s.max_write_mib_per_s = m;
+            }
+            old
         };
         if let Err(e) = self.save_catalog().await {
             if let Some(s) = catalog
@@ -1718,7 +1735,7 @@ impl<S: Storage + 'static> Core<S> {
                 .iter_mut()
                 .find(|s| s.name == name)
             {
-                s.mode = old;
+                (s.mode, s.max_write_mib_per_s) = old;
             }
             return Err(e);
         }
@@ -1771,7 +1788,7 @@ impl<S: Storage + 'static> Core<S> {
     /// its write rate has stayed above `on_demand_scale_out_percent` of its capacity for
     /// `on_demand_scale_out_after_ms`, or at once when it throttled, by splitting its
     /// hottest shards (at most doubling, and up to twice the peak write rate of the window,
-    /// at most `on_demand_max_write_mib_per_s`); scale in when the rate has stayed below
+    /// at most the stream's ceiling, by default `on_demand_max_write_mib_per_s`); scale in when the rate has stayed below
     /// `on_demand_scale_in_percent` for `on_demand_quiet_ms`, by merging its coldest
     /// neighbours (never below 4 shards).
     async fn on_demand_tick(&self) -> Result<Vec<StreamEntry>, EngineError> {
@@ -1840,9 +1857,11 @@ impl<S: Storage + 'static> Core<S> {
                 peak = rate;
                 peak_at = now;
             }
-            let cap_shards = ((f64::from(cfg.on_demand_max_write_mib_per_s) * (1 << 20) as f64
-                / per_shard)
-                .floor() as usize)
+            let ceiling = match s.max_write_mib_per_s {
+                0 => cfg.on_demand_max_write_mib_per_s,
+                m => m,
+            };
+            let cap_shards = ((f64::from(ceiling) * (1 << 20) as f64 / per_shard).floor() as usize)
                 .clamp(4, cfg.max_shards_per_stream as usize);
             let allowed = ((2.0 * peak / per_shard).ceil() as usize).clamp(4, cap_shards);
             let n = open.len();

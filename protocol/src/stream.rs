@@ -27,7 +27,9 @@
 //! UpdateShardCount   req:  name str, target_shard_count u32, scaling u8 (0 uniform)
 //!                    resp (all three): map_version u64, count varint, count × shard id u32
 //!                          (the shards the change opened)
-//! UpdateStreamMode   req:  name str, mode u8 (0 provisioned, 1 on-demand)   resp: (empty)
+//! UpdateStreamMode   req:  name str, mode u8 (0 provisioned, 1 on-demand),
+//!                          max_write_mib_per_s opt<u32> (on-demand: the stream's ceiling;
+//!                          absent: the server's default)              resp: (empty)
 //! ```
 //! A description ends with `mode u8` (0 provisioned, 1 on-demand), `map_version u64`
 //! and `last_scaling opt<str>` (on-demand: the last scaling decision, for people)
@@ -355,6 +357,9 @@ pub struct UpdateShardCountRequest<'a> {
 pub struct UpdateStreamModeRequest<'a> {
     pub name: &'a str,
     pub mode: CapacityMode,
+    /// On-demand: the most write capacity the stream may scale to, in MiB/s (4..=1,000,000);
+    /// `None`: the server's `on_demand_max_write_mib_per_s`.
+    pub max_write_mib_per_s: Option<u32>,
 }
 
 /// The answer to a split, merge or scale.
@@ -789,12 +794,23 @@ impl<'a> Payload<'a> for UpdateStreamModeRequest<'a> {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_stream_name(out, self.name);
         put_u8(out, self.mode as u8);
+        put_option(out, self.max_write_mib_per_s, put_u32);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let name = get_stream_name(r)?;
+        let mode = get_capacity_mode(r)?;
+        let max_write_mib_per_s = r.option("max_write_mib_per_s", Reader::u32)?;
+        if max_write_mib_per_s.is_some_and(|m| !(4..=1_000_000).contains(&m)) {
+            return Err(DecodeError::Invalid {
+                field: "max_write_mib_per_s",
+                reason: "not in 4..=1000000",
+            });
+        }
         Ok(UpdateStreamModeRequest {
-            name: get_stream_name(r)?,
-            mode: get_capacity_mode(r)?,
+            name,
+            mode,
+            max_write_mib_per_s,
         })
     }
 }
@@ -929,10 +945,13 @@ mod tests {
             target_shard_count: MAX_SHARDS_PER_STREAM,
         }));
         for mode in [CapacityMode::Provisioned, CapacityMode::OnDemand] {
-            check_request(&Request::UpdateStreamMode(UpdateStreamModeRequest {
-                name: "s",
-                mode,
-            }));
+            for max_write_mib_per_s in [None, Some(4), Some(1_000_000)] {
+                check_request(&Request::UpdateStreamMode(UpdateStreamModeRequest {
+                    name: "s",
+                    mode,
+                    max_write_mib_per_s,
+                }));
+            }
         }
         check_request(&Request::ListStreams(ListStreamsRequest {
             exclusive_start_name: Some("m"),
@@ -1014,12 +1033,14 @@ mod tests {
         let out = check_request(&Request::UpdateStreamMode(UpdateStreamModeRequest {
             name: "s",
             mode: CapacityMode::OnDemand,
+            max_write_mib_per_s: Some(200),
         }));
         #[rustfmt::skip]
         let expected = [
-            19, 0, 0, 0,  1,  0,  19, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            24, 0, 0, 0,  1,  0,  19, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
             1, b's',        // name
             1,              // mode: on-demand
+            1, 200, 0, 0, 0 // max_write_mib_per_s: 200
         ];
         assert_eq!(out, expected);
         check_response(&Response::UpdateStreamMode);
@@ -1072,6 +1093,14 @@ mod tests {
         .encode_payload(&mut payload);
         *payload.last_mut().unwrap() = 1;
         assert!(Request::decode(18, &payload).is_err(), "unknown scaling");
+        let mut payload = Vec::new();
+        UpdateStreamModeRequest {
+            name: "s",
+            mode: CapacityMode::OnDemand,
+            max_write_mib_per_s: Some(3),
+        }
+        .encode_payload(&mut payload);
+        assert!(Request::decode(19, &payload).is_err(), "below 4 MiB/s");
     }
 
     #[test]

@@ -130,6 +130,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         Request::UpdateStreamMode(UpdateStreamModeRequest {
             name: "orders",
             mode: CapacityMode::OnDemand,
+            max_write_mib_per_s: Some(64),
         }),
         Request::DecreaseRetention(RetentionRequest {
             name: "orders",

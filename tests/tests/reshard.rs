@@ -375,7 +375,7 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
             .await
             .unwrap();
         client
-            .update_stream_mode("auto", spate_client::CapacityMode::OnDemand)
+            .update_stream_mode("auto", spate_client::CapacityMode::OnDemand, None)
             .await
             .unwrap();
         let open = |info: &spate_client::StreamInfo| {
@@ -387,6 +387,42 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
         let info = client.describe_stream("auto").await.unwrap();
         assert_eq!(info.mode, spate_client::CapacityMode::OnDemand);
         assert_eq!(open(&info), 4, "on-demand starts at 4 shards");
+        // A stream whose ceiling is its starting capacity (4 shards of 1 MiB/s) throttles
+        // (10 records/s a shard) but never splits: throttled before "auto" below, so the
+        // look that splits "auto" has seen it throttle.
+        let tight = Limits::Custom {
+            write_bytes_per_s: 1 << 20,
+            write_records_per_s: 10,
+            read_bytes_per_s: 1 << 20,
+        };
+        client
+            .create_stream("capped", &StreamConfig::new(4).limits(tight))
+            .await
+            .unwrap();
+        client
+            .update_stream_mode("capped", spate_client::CapacityMode::OnDemand, Some(4))
+            .await
+            .unwrap();
+        let entries: Vec<Entry> = (0..400).map(|i| Entry::new(format!("c{i}"), "x")).collect();
+        // Without retries, so that the throttling shows.
+        let no_retries = Client::connect_with(
+            addr.clone(),
+            spate_client::ClientConfig {
+                retry: spate_client::RetryPolicy::none(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let capped_throttled = no_retries
+            .put_records("capped", entries)
+            .await
+            .iter()
+            .any(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.code() == Some(ErrorCode::Throttled))
+            });
+        assert!(capped_throttled, "400 records at 40 records/s throttle");
         // About 150 KiB/s offered against 64 KiB/s of capacity: throttled, then split.
         let mut most = 4;
         let mut written = 0u64;
@@ -436,7 +472,7 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
         }
         // Back to provisioned: the scaler leaves it alone.
         client
-            .update_stream_mode("auto", spate_client::CapacityMode::Provisioned)
+            .update_stream_mode("auto", spate_client::CapacityMode::Provisioned, None)
             .await
             .unwrap();
         let info = client.describe_stream("auto").await.unwrap();

@@ -303,6 +303,7 @@ async fn execute<S: Storage + 'static>(
             let op = ControlOp::SetMode {
                 name: r.name.to_owned(),
                 mode: r.mode,
+                max_write_mib_per_s: r.max_write_mib_per_s,
             };
             control_op(core, op).await.map_err(fail)?;
             Response::UpdateStreamMode

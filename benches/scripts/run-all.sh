@@ -12,12 +12,16 @@
 #   SPATE_BENCH_DIR  a directory on the disk to measure; also holds the engine's data (/tmp)
 #   ENGINE_CORES     CPUs for the engine (default 0)
 #   LOADGEN_CORES    CPUs for the load generator (default: 1)
-#   SCENARIOS        which scenarios, in order (default: all twelve)
+#   SCENARIOS        which scenarios, in order (default: all thirteen)
 #   DURATION         override every run's measured seconds
 #   QUICK=1          tiny runs: checks the suite works, measures nothing
 #   SKIP_LIMITS=1    reuse OUT_DIR/machine-limits.json instead of measuring again
 #   PORT             the engine's port (default 7400; the cores also use PORT+1...)
 #   ENGINE_CONFIG    a TOML file for `spate serve --config` (default: the embedded defaults)
+#   ON_DEMAND_QUIET_MS  on_demand_quiet_ms of the engine serving the on-demand scenario
+#                    (default 10000, so its scale-in shows within the scenario's 60 s; empty:
+#                    the engine's 15 minutes, and the scenario reports no scale-in). Written,
+#                    after ENGINE_CONFIG's lines, to OUT/engine-on-demand.toml.
 #   DISK_IRQ_CPUS    e.g. 0: deliver the data disk's interrupts to these CPUs (the engine's)
 #                    during the run and restore them after (root). By default the kernel may
 #                    put them on the load generator's core, which then does the engine's
@@ -33,7 +37,8 @@ bench_dir=${SPATE_BENCH_DIR:-/tmp}
 engine_cores=${ENGINE_CORES:-0}
 loadgen_cores=${LOADGEN_CORES:-1}
 port=${PORT:-7400}
-scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density shard-density-small many-shards peer-shape producer-path fan-out control-churn reshard}
+scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density shard-density-small many-shards peer-shape producer-path fan-out control-churn reshard on-demand}
+on_demand_quiet_ms=${ON_DEMAND_QUIET_MS-10000}
 
 cd "$root"
 cargo build --release -p spate -p spate-loadgen
@@ -81,10 +86,21 @@ stop_engine() {
 trap 'stop_engine; restore_irqs' EXIT
 
 start_engine() {
-    local log=$1
+    local log=$1 scenario=$2
     data=$(mktemp -d "$bench_dir/spate-bench.XXXXXX")
     local config=()
     [[ -n ${ENGINE_CONFIG:-} ]] && config=(--config "$ENGINE_CONFIG")
+    if [[ $scenario == on-demand && -n $on_demand_quiet_ms ]]; then
+        # The scale-in waits on_demand_quiet_ms (15 minutes by default) below 25 % of capacity.
+        local file=$out/engine-on-demand.toml
+        if [[ -n ${ENGINE_CONFIG:-} ]]; then
+            grep -v '^[[:space:]]*on_demand_quiet_ms[[:space:]]*=' "$ENGINE_CONFIG" >"$file"
+        else
+            : >"$file"
+        fi
+        echo "on_demand_quiet_ms = $on_demand_quiet_ms" >>"$file"
+        config=(--config "$file")
+    fi
     taskset -c "$engine_cores" "$spate" serve "${config[@]}" --data-dir "$data" \
         --listen "127.0.0.1:$port" --cores "$engine_cores" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
     engine_pid=$!
@@ -105,7 +121,7 @@ start_engine() {
 failed=()
 for s in $scenarios; do
     echo "== $s"
-    start_engine "$out/engine-$s.log"
+    start_engine "$out/engine-$s.log" "$s"
     extra=()
     [[ -n ${DURATION:-} ]] && extra+=(--duration "$DURATION")
     [[ -n ${QUICK:-} ]] && extra+=(--quick)

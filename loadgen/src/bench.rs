@@ -15,6 +15,7 @@
 //! | `fan-out` | several consumer groups on every shard: end-to-end latency and each consumer's throughput |
 //! | `control-churn` | ack latency of a steady stream alone, then while another client creates and deletes streams |
 //! | `reshard` | steady open-loop load on 4 shards while a split, a merge, UpdateShardCount 4 → 8 → 4 and (fresh stream) 4 → 64 → 4 happen: each change's time, ack p99 around it against the steady state, and every key checked across the lineage |
+//! | `on-demand` | an on-demand stream (Kinesis limits, 4 shards) offered 1 MiB/s of 1 KiB records, then 16 MiB/s, then 1 MiB/s: time from the step up until throttling stops, the share throttled meanwhile, open shards over time, nothing lost; then the scale-in (which needs the server's `on_demand_quiet_ms` shortened) |
 //!
 //! Every scenario creates its own streams (named `bench-NAME-...`) and deletes them after.
 //! `--quick` shrinks every run to about half a second: it checks a scenario still works
@@ -26,8 +27,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig, SizeSpec};
-use crate::report::{git_sha, unix_now_s, Report, ReshardReport};
+use crate::config::{
+    Api, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
+};
+use crate::report::{git_sha, unix_now_s, Report, ReshardReport, TimelineSecond};
 use crate::runner::{run, runtime};
 use crate::Error;
 
@@ -86,6 +89,10 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "reshard",
         description: "steady open-loop load on 4 shards while a split, a merge, UpdateShardCount 4 -> 8 -> 4 and (fresh stream) 4 -> 64 -> 4 happen: time of each change, ack p99 around it vs steady, nothing lost, duplicated or reordered across the lineage",
+    },
+    Scenario {
+        name: "on-demand",
+        description: "an on-demand stream (Kinesis limits, 4 shards) offered 1 MiB/s of 1 KiB records, then 16 MiB/s, then 1 MiB/s again: time from the step up until throttling stops (goal <= 60 s), share of records throttled meanwhile, open shards over time, nothing lost, duplicated or reordered; then the scale-in (seen only if the server runs with a short on_demand_quiet_ms, e.g. 10000)",
     },
 ];
 
@@ -250,6 +257,7 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
         "fan-out" => b.fan_out().await?,
         "control-churn" => b.control_churn().await?,
         "reshard" => b.reshard().await?,
+        "on-demand" => b.on_demand().await?,
         other => unreachable!("scenario {other} is listed but not implemented"),
     }
     Ok(b.result)
@@ -1010,6 +1018,355 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// Issue 8's on-demand benchmark: one open-loop run on a stream created with Kinesis
+    /// limits and 4 shards and switched to on-demand, with `--timeline` (a sample a second:
+    /// records due, sent, acknowledged, throttled, and a description's open shards) and
+    /// `--verify`. 1 KiB records (plus ~8 B keys) at 1,024/s (1 MiB/s) for 10 s, then
+    /// 16,384/s (16 MiB/s) for 90 s (`--duration` overrides), then 1,024/s for 60 s.
+    /// `--retries 0`: a throttled record is counted and not sent again. The time until
+    /// throttling stops runs from the step up to the last throttled answer after it;
+    /// throttling counts as stopped only when the high phase then ran at least 5 s without
+    /// any. Scale-in: the engine merges only after `on_demand_quiet_ms` below 25 % of
+    /// capacity (15 minutes by default), so it shows within the last phase only when the
+    /// server runs with a shorter quiet period (`on_demand_quiet_ms = 10000` in a file
+    /// given to `spate serve --config`; `run-all.sh` does that for this scenario).
+    async fn on_demand(&mut self) -> Result<(), Error> {
+        const GOAL_S: f64 = 60.0;
+        const CLEAN_S: f64 = 5.0;
+        const MIB: f64 = 1024.0 * 1024.0;
+        const SIZE: usize = 1024;
+        let quick = self.opts.quick;
+        // Records/s: 1 MiB/s and 16 MiB/s of 1 KiB data.
+        let (low, high) = if quick {
+            (1000.0, 8000.0)
+        } else {
+            (1024.0, 16_384.0)
+        };
+        let (before_s, high_s, after_s) = if quick {
+            (0.5, 1.0, 0.5)
+        } else {
+            (10.0, self.opts.duration_s.unwrap_or(90.0), 60.0)
+        };
+        let (step_up, step_down) = (before_s, before_s + high_s);
+        let end_s = step_down + after_s;
+        let cfg = RunConfig {
+            producers: 2,
+            rate: low,
+            rate_steps: vec![
+                RateStep {
+                    at_s: step_up,
+                    rate: high,
+                },
+                RateStep {
+                    at_s: step_down,
+                    rate: low,
+                },
+            ],
+            api: Api::PutRecords,
+            call_records: 2000,
+            size: SizeSpec::fixed(SIZE),
+            keys: 10_000,
+            duration_s: end_s,
+            warmup_s: 0.0,
+            retries: 0,
+            verify: true,
+            on_demand: true,
+            timeline: true,
+            ..self.config(4, LimitsArg::Kinesis)
+        };
+        let r = self.run(cfg).await?;
+        let tl = &r.timeline;
+        let record_bytes = if r.records_acked > 0 {
+            r.bytes_acked as f64 / r.records_acked as f64
+        } else {
+            SIZE as f64
+        };
+        self.figure("offered_low_records_per_s", low);
+        self.figure("offered_high_records_per_s", high);
+        self.figure("offered_low_mib_per_s", low * record_bytes / MIB);
+        self.figure("offered_high_mib_per_s", high * record_bytes / MIB);
+        self.figure("record_bytes_key_and_data", record_bytes);
+        self.figure("step_up_at_s", step_up);
+        self.figure("step_down_at_s", step_down);
+
+        // Did the load generator offer the load? (Records due but never sent.)
+        let due = r.records_due.unwrap_or(0).max(1) as f64;
+        let unsent = r.records_unsent as f64 / due;
+        let high_samples: Vec<&TimelineSecond> = tl
+            .iter()
+            .filter(|s| s.t_s > step_up && s.t_s - s.dt_s < step_down)
+            .collect();
+        let max_sent = high_samples
+            .iter()
+            .map(|s| s.sent as f64 / s.dt_s.max(1e-9))
+            .fold(0.0, f64::max);
+        self.figure("high_phase_max_sent_records_per_s", max_sent);
+        self.figure("records_unsent", r.records_unsent as f64);
+        self.check(
+            "the load generator offered the load (<= 0.1 % of the records due left unsent)",
+            unsent <= 0.001,
+            format!(
+                "{} of {} records due never sent; at most {max_sent:.0} records/s sent in a second of the high phase",
+                r.records_unsent,
+                r.records_due.unwrap_or(0)
+            ),
+        );
+
+        // Scale-out: the last throttled answer after the step up, within the high phase.
+        let before_step: u64 = tl
+            .iter()
+            .filter(|s| s.t_s <= step_up)
+            .map(|s| s.throttled)
+            .sum();
+        self.figure("throttled_before_step_up", before_step as f64);
+        let last_throttle = tl
+            .iter()
+            .filter(|s| s.t_s > step_up && s.t_s - s.dt_s < step_down + 1.0)
+            .filter_map(|s| s.last_throttled_s)
+            .filter(|&t| t >= step_up && t < step_down + 1.0)
+            .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))));
+        let stopped_at = last_throttle.unwrap_or(step_up);
+        let stopped = stopped_at <= step_down - CLEAN_S;
+        let took_s = stopped_at - step_up;
+        // The seconds from the step up through the one holding the last throttled answer.
+        let until_stop: Vec<&TimelineSecond> = high_samples
+            .iter()
+            .copied()
+            .filter(|s| s.t_s - s.dt_s < stopped_at)
+            .collect();
+        let sum = |v: &[&TimelineSecond], f: &dyn Fn(&TimelineSecond) -> u64| -> u64 {
+            v.iter().map(|s| f(s)).sum()
+        };
+        let throttled_until = sum(&until_stop, &|s| s.throttled);
+        let due_until = sum(&until_stop, &|s| s.due.unwrap_or(0));
+        let sent_until = sum(&until_stop, &|s| s.sent);
+        let throttled_high = sum(&high_samples, &|s| s.throttled);
+        let open_at = |t: f64| {
+            tl.iter()
+                .filter(|s| s.t_s <= t + 0.5)
+                .filter_map(|s| s.open_shards)
+                .next_back()
+        };
+        let start_open = r.shards as u32;
+        let open_step_up = open_at(step_up).unwrap_or(start_open);
+        let open_max = tl
+            .iter()
+            .filter_map(|s| s.open_shards)
+            .max()
+            .unwrap_or(start_open);
+        let open_at_stop = tl
+            .iter()
+            .find(|s| s.t_s >= stopped_at)
+            .and_then(|s| s.open_shards);
+        // Decisions by what they did ("A -> B open shards"), else by when they were seen.
+        let grew = |sc: &&crate::report::ScalingSeen| match scaling_shards(&sc.decision) {
+            Some((a, b)) => b > a,
+            None => sc.seen_s <= step_down,
+        };
+        let scale_outs: Vec<_> = r.scalings.iter().filter(grew).collect();
+        if stopped {
+            self.figure("throttling_stopped_after_s", took_s);
+        }
+        self.figure("last_throttled_answer_after_step_up_s", took_s);
+        self.figure("throttled_records_until_stopped", throttled_until as f64);
+        self.figure("offered_records_until_stopped", due_until as f64);
+        self.figure("sent_records_until_stopped", sent_until as f64);
+        self.figure(
+            "throttled_share_until_stopped",
+            throttled_until as f64 / (due_until.max(1)) as f64,
+        );
+        self.figure("throttled_records_high_phase", throttled_high as f64);
+        // Throttling may pause and come back (a shard over its rate lives on its bucket's
+        // burst for a while): how many seconds had any, and when the first one had none.
+        let throttled_seconds = high_samples.iter().filter(|s| s.throttled > 0).count();
+        self.figure(
+            "seconds_with_throttling_after_step_up",
+            throttled_seconds as f64,
+        );
+        if let Some(first) = high_samples.iter().position(|s| s.throttled > 0) {
+            if let Some(free) = high_samples[first..].iter().find(|s| s.throttled == 0) {
+                self.figure(
+                    "first_throttle_free_second_after_step_up_s",
+                    free.t_s - free.dt_s - step_up,
+                );
+            }
+        }
+        self.figure("open_shards_at_start", f64::from(start_open));
+        self.figure("open_shards_at_step_up", f64::from(open_step_up));
+        self.figure("open_shards_max", f64::from(open_max));
+        if let Some(n) = open_at_stop.filter(|_| stopped) {
+            self.figure("open_shards_when_throttling_stopped", f64::from(n));
+            // Kinesis limits: 1,000 records/s and 1 MiB/s per shard, with one second of
+            // burst in each bucket (a new shard starts full).
+            let per_shard = high / f64::from(n.max(1));
+            self.figure(
+                "offered_records_per_s_per_open_shard_when_stopped",
+                per_shard,
+            );
+            if per_shard > 1000.0 || per_shard * record_bytes > MIB {
+                self.note(format!(
+                    "when throttling stopped the {n} open shards were offered {per_shard:.0} \
+                     records/s ({:.3} MiB/s) each on average, above a shard's 1,000 records/s \
+                     or 1 MiB/s: the buckets' one second of burst (new shards start full) \
+                     carried the excess until the next decisions; throttling did not come \
+                     back before the load went down",
+                    per_shard * record_bytes / MIB
+                ));
+            }
+        }
+        self.figure("scale_out_decisions", scale_outs.len() as f64);
+        // What the stream took once throttling had stopped (the rest of the high phase).
+        let settled: Vec<&TimelineSecond> = high_samples
+            .iter()
+            .copied()
+            .filter(|s| s.t_s - s.dt_s >= stopped_at && s.t_s <= step_down)
+            .collect();
+        let settled_s: f64 = settled.iter().map(|s| s.dt_s).sum();
+        if stopped && settled_s > 0.0 {
+            let bytes = sum(&settled, &|s| s.acked_bytes) as f64;
+            self.figure(
+                "high_phase_acked_mib_per_s_after_stop",
+                bytes / MIB / settled_s,
+            );
+        }
+        self.check(
+            &format!("throttling stops within {GOAL_S:.0} s of the step up"),
+            stopped && took_s <= GOAL_S,
+            if stopped {
+                format!(
+                    "last throttled answer {took_s:.1} s after the step up; {throttled_until} of \
+                     {due_until} records offered until then throttled ({:.1} %); {} -> {} open \
+                     shards by then in {} scaling decisions",
+                    100.0 * throttled_until as f64 / due_until.max(1) as f64,
+                    open_step_up,
+                    open_at_stop.map_or("?".into(), |n| n.to_string()),
+                    scale_outs.len()
+                )
+            } else {
+                format!(
+                    "still throttled {:.1} s after the step up, less than {CLEAN_S:.0} s before \
+                     the load went down ({high_s:.0} s of high load): it did not stop; {} open \
+                     shards at most",
+                    took_s, open_max
+                )
+            },
+        );
+
+        // Scale-in after the step down.
+        let open_down = open_at(step_down).unwrap_or(open_max);
+        let after: Vec<&TimelineSecond> = tl.iter().filter(|s| s.t_s > step_down).collect();
+        let first_lower = after
+            .iter()
+            .find(|s| s.open_shards.is_some_and(|n| n < open_down));
+        let at_min = after.iter().find(|s| s.open_shards.is_some_and(|n| n <= 4));
+        let open_end = tl
+            .iter()
+            .filter_map(|s| s.open_shards)
+            .next_back()
+            .unwrap_or(open_down);
+        let scale_ins: Vec<_> = r.scalings.iter().filter(|sc| !grew(sc)).collect();
+        self.figure("open_shards_at_step_down", f64::from(open_down));
+        self.figure("open_shards_at_end", f64::from(open_end));
+        self.figure("scale_in_decisions", scale_ins.len() as f64);
+        self.figure("scale_in_wait_s", after_s);
+        if let Some(s) = first_lower {
+            self.figure("scale_in_first_after_s", s.t_s - step_down);
+        }
+        if let (Some(s), true) = (at_min, open_down > 4) {
+            self.figure("scale_in_to_4_after_s", s.t_s - step_down);
+        }
+        if open_down <= 4 {
+            self.note(format!(
+                "scale-in: nothing to merge ({open_down} open shards when the load went down)"
+            ));
+        } else if first_lower.is_none() {
+            self.note(format!(
+                "scale-in: none within {after_s:.0} s of the load going down to {:.2} MiB/s \
+                 ({open_down} open shards at the end as at the step down). The engine merges \
+                 only after on_demand_quiet_ms below 25 % of capacity, 900000 ms (15 minutes) by \
+                 default: run the server with a shorter quiet period (on_demand_quiet_ms = 10000 \
+                 in a file given to `spate serve --config`) to see it within this wait",
+                low * record_bytes / MIB
+            ));
+        } else {
+            self.note(format!(
+                "scale-in: {open_down} -> {open_end} open shards within {after_s:.0} s of the load \
+                 going down ({} decisions; first seen {:.0} s after, {}); the server's \
+                 on_demand_quiet_ms is below the 15-minute default, or it would not show",
+                scale_ins.len(),
+                first_lower.map_or(0.0, |s| s.t_s - step_down),
+                match at_min {
+                    Some(s) => format!("back at 4 shards {:.0} s after", s.t_s - step_down),
+                    None => "not back at 4 shards by the end".into(),
+                }
+            ));
+        }
+
+        // Nothing lost, duplicated or reordered across the lineage.
+        let v = r.verify.unwrap_or_default();
+        self.figure("lost", v.lost as f64);
+        self.figure("duplicated", v.duplicated as f64);
+        self.figure("reordered", v.reordered as f64);
+        self.figure("records_read_back", v.records_read as f64);
+        self.check(
+            "nothing lost, duplicated or reordered across the lineage",
+            r.verify.as_ref().is_some_and(|v| v.passed()),
+            format!(
+                "lost {}, duplicated {}, reordered {}, corrupt {}; {} records read back, {} acknowledged",
+                v.lost, v.duplicated, v.reordered, v.corrupt, v.records_read, v.acked
+            ),
+        );
+        self.check(
+            "every record sent was acknowledged or throttled",
+            r.records_acked + r.records_throttled == r.records_sent && r.errors == 0,
+            format!(
+                "sent {}, acked {}, throttled {}, errors {}",
+                r.records_sent, r.records_acked, r.records_throttled, r.errors
+            ),
+        );
+
+        let shards: Vec<String> = r
+            .open_shards_changes()
+            .iter()
+            .map(|(t, n)| format!("{n} at {t:.0} s"))
+            .collect();
+        self.note(format!(
+            "open shards over time (a description each second; load steps at {step_up} s and \
+             {step_down} s): {}",
+            shards.join(", ")
+        ));
+        let throttled_per_s: Vec<String> = high_samples
+            .iter()
+            .filter(|s| s.t_s - s.dt_s < stopped_at + 1.0)
+            .map(|s| format!("{}", s.throttled))
+            .collect();
+        self.note(format!(
+            "throttled records per second from the step up until throttling stopped: {}",
+            throttled_per_s.join(" ")
+        ));
+        for sc in &r.scalings {
+            self.note(format!(
+                "scaling seen at {:.1} s: {}",
+                sc.seen_s, sc.decision
+            ));
+        }
+        self.note(
+            "--retries 0: a throttled record is counted and not sent again (a Kinesis producer \
+             would retry it); the share throttled is of the records offered (due) from the step \
+             up through the second of the last throttled answer; `lost` counts acknowledged \
+             records missing from the read-back, which reads every shard, closed parents \
+             included, in lineage order"
+                .into(),
+        );
+        if quick {
+            self.note(
+                "quick mode: 2 s in all, far too short for the scaler; nothing measured".into(),
+            );
+        }
+        self.bottleneck_note(&r);
+        Ok(())
+    }
+
     async fn fan_out(&mut self) -> Result<(), Error> {
         let shards = 2 * self.engine_cores as u32;
         let cfg = RunConfig {
@@ -1054,6 +1411,14 @@ impl Bench<'_> {
     }
 }
 
+/// The shard counts of an on-demand scaling decision's words ("... 4 -> 8 open shards: ...").
+fn scaling_shards(decision: &str) -> Option<(u32, u32)> {
+    let (before, after) = decision.split_once(" -> ")?;
+    let a = before.rsplit(' ').next()?.parse().ok()?;
+    let b = after.split(' ').next()?.parse().ok()?;
+    Some((a, b))
+}
+
 /// `acked_records_per_s` of a max-1k result (or a plain report), if the file exists.
 fn read_max_rate(path: &Path) -> Result<Option<f64>, Error> {
     let text = match std::fs::read_to_string(path) {
@@ -1068,4 +1433,25 @@ fn read_max_rate(path: &Path) -> Result<Option<f64>, Error> {
         .or_else(|| v["acked_records_per_s"].as_f64())
         .ok_or_else(|| Error::new(format!("{} has no acked_records_per_s", path.display())))?;
     Ok(Some(rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_decisions_name_their_shard_counts() {
+        assert_eq!(
+            scaling_shards(
+                "2026-12-02T15:44:50.153Z: 4 -> 5 open shards: writes were throttled (write rate \
+                 1.97 MiB/s, capacity 4.00 MiB/s, peak 1.97 MiB/s)"
+            ),
+            Some((4, 5))
+        );
+        assert_eq!(
+            scaling_shards("2026-12-02T15:46:34.299Z: 31 -> 18 open shards: quiet"),
+            Some((31, 18))
+        );
+        assert_eq!(scaling_shards("switched to on-demand"), None);
+    }
 }

@@ -164,6 +164,40 @@ impl std::fmt::Display for ReshardStep {
     }
 }
 
+/// A change of the offered rate during an open-loop run (`--rate-step AT:RATE`): from
+/// `at_s` seconds after the run's clock starts (warm-up included), records are due at
+/// `rate` per second over all producers, until the next step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RateStep {
+    pub at_s: f64,
+    pub rate: f64,
+}
+
+impl RateStep {
+    /// `AT:RATE` (AT in seconds, RATE in records per second, both positive).
+    pub fn parse(text: &str) -> Result<RateStep, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not a rate step: AT:RATE (AT in seconds from the start of the run, \
+                 RATE in records per second over all producers)"
+            )
+        };
+        let (at, rate) = text.split_once(':').ok_or_else(bad)?;
+        let at_s: f64 = at.trim().parse().map_err(|_| bad())?;
+        let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
+        if !(at_s.is_finite() && rate.is_finite() && rate > 0.0) {
+            return Err(bad());
+        }
+        Ok(RateStep { at_s, rate })
+    }
+}
+
+impl std::fmt::Display for RateStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.at_s, self.rate)
+    }
+}
+
 /// Everything a run needs; see `spate-loadgen --help` for each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -212,6 +246,17 @@ pub struct RunConfig {
     /// Splits, merges and scales made during the run, in time order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reshards: Vec<ReshardStep>,
+    /// Open loop: changes of the offered rate during the run, in time order (`rate` is the
+    /// rate until the first one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_steps: Vec<RateStep>,
+    /// Switch the created stream to on-demand capacity (UpdateStreamMode) before the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
+    /// Keep one sample a second (sent, acknowledged, throttled, open shards, scaling
+    /// decisions) in the report's `timeline`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timeline: bool,
 }
 
 impl RunConfig {
@@ -245,6 +290,9 @@ impl RunConfig {
             progress: false,
             engine_pid: None,
             reshards: Vec::new(),
+            rate_steps: Vec::new(),
+            on_demand: false,
+            timeline: false,
         }
     }
 
@@ -306,6 +354,30 @@ impl RunConfig {
                 ));
             }
         }
+        let mut last_s = 0.0;
+        for step in &self.rate_steps {
+            if self.rate <= 0.0 {
+                return Err(format!(
+                    "--rate-step {step}: rate steps need an open-loop run (--rate above 0)"
+                ));
+            }
+            if !(step.rate > 0.0 && step.rate.is_finite()) {
+                return Err(format!("--rate-step {step}: the rate must be positive"));
+            }
+            if !(step.at_s > last_s && step.at_s < end_s) {
+                return Err(format!(
+                    "--rate-step {step}: steps must be in time order, after 0 and within the \
+                     run's {end_s} s (warm-up plus duration)"
+                ));
+            }
+            last_s = step.at_s;
+        }
+        if self.on_demand && self.create_shards.is_none() {
+            return Err(
+                "--on-demand switches a stream the run creates (--create-shards) to on-demand"
+                    .into(),
+            );
+        }
         if !self.reshards.is_empty() && self.consumers > 0 {
             return Err(
                 "--reshard with --consumers: consumers follow only the shards open at the start"
@@ -337,8 +409,14 @@ impl RunConfig {
         if self.delete_after {
             a.push("--delete-after".into());
         }
+        if self.on_demand {
+            a.push("--on-demand".into());
+        }
         a.push(format!("--producers {}", self.producers));
         a.push(format!("--rate {}", self.rate));
+        for step in &self.rate_steps {
+            a.push(format!("--rate-step {step}"));
+        }
         a.push(format!("--size {}", self.size));
         if self.api == Api::PutRecords {
             a.push(format!(
@@ -375,6 +453,9 @@ impl RunConfig {
         }
         for step in &self.reshards {
             a.push(format!("--reshard {step}"));
+        }
+        if self.timeline {
+            a.push("--timeline".into());
         }
         if self.verify {
             a.push("--verify".into());
@@ -480,6 +561,53 @@ mod tests {
         v.as_object_mut().unwrap().remove("reshards");
         let back: RunConfig = serde_json::from_value(v).unwrap();
         assert!(back.reshards.is_empty());
+    }
+
+    #[test]
+    fn rate_steps_parse_validate_and_print() {
+        let step = RateStep::parse("10:16384").unwrap();
+        assert_eq!(
+            step,
+            RateStep {
+                at_s: 10.0,
+                rate: 16384.0
+            }
+        );
+        assert_eq!(step.to_string(), "10:16384");
+        for bad in ["", "10", "x:5", "10:x", "10:0", "10:-5", "10:inf"] {
+            assert!(RateStep::parse(bad).is_err(), "{bad:?}");
+        }
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.duration_s = 30.0;
+        c.rate_steps = vec![RateStep::parse("10:5000").unwrap()];
+        assert!(c.validate().unwrap_err().contains("open-loop"));
+        c.rate = 1000.0;
+        c.validate().unwrap();
+        c.rate_steps.push(RateStep::parse("5:1000").unwrap());
+        assert!(c.validate().unwrap_err().contains("time order"));
+        c.rate_steps[1].at_s = 30.0;
+        assert!(c.validate().unwrap_err().contains("within the run"));
+        c.rate_steps[1].at_s = 20.0;
+        c.validate().unwrap();
+        c.on_demand = true;
+        assert!(c.validate().unwrap_err().contains("--on-demand"));
+        c.create_shards = Some(4);
+        c.timeline = true;
+        c.validate().unwrap();
+        assert_eq!(
+            c.command_line(),
+            "spate-loadgen --server 127.0.0.1:7400 --stream s --create-shards 4 --limits kinesis \
+             --on-demand --producers 1 --rate 1000 --rate-step 10:5000 --rate-step 20:1000 \
+             --size 1024 --keys 1000 --duration 30 --timeline"
+        );
+        // Reports without the new fields read back.
+        let mut v = serde_json::to_value(RunConfig::new("x", "s")).unwrap();
+        for f in ["rate_steps", "on_demand", "timeline"] {
+            assert!(v.get(f).is_none(), "{f}");
+        }
+        v.as_object_mut().unwrap().remove("reshards");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert!(back.rate_steps.is_empty() && !back.on_demand && !back.timeline);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod stats;
 pub mod summary;
 pub mod verify;
 
-pub use config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig, SizeSpec};
+pub use config::{Api, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec};
 pub use report::Report;
 pub use runner::{run, run_blocking};
 

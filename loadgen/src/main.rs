@@ -4,6 +4,7 @@
 //! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
 //!               --size BYTES --keys K --duration SECS [--consumers C] [--cores LIST]
 //!               [--json FILE] [--plot FILE] [--verify] [--reshard AT:OP ...]
+//!               [--rate-step AT:RATE ...] [--on-demand] [--timeline]
 //!               [more options: --help]
 //! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] ...
 //! spate-loadgen plot REPORT.json OUT.svg
@@ -27,7 +28,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use spate_loadgen::bench::{self, BenchOptions};
 use spate_loadgen::cpus::parse_cpu_list;
-use spate_loadgen::{Api, KeyMode, LimitsArg, ReshardStep, RunConfig, SizeSpec};
+use spate_loadgen::{Api, KeyMode, LimitsArg, RateStep, ReshardStep, RunConfig, SizeSpec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,6 +154,19 @@ struct RunArgs {
     /// in time order; each is timed, with the ack latency around it reported apart.
     #[arg(long, value_parser = ReshardStep::parse, value_name = "AT:OP")]
     reshard: Vec<ReshardStep>,
+    /// Open loop: offer RATE records/s from AT seconds after the start (warm-up included)
+    /// until the next step. Repeatable, in time order; --rate holds until the first.
+    #[arg(long, value_parser = RateStep::parse, value_name = "AT:RATE")]
+    rate_step: Vec<RateStep>,
+    /// Switch the created stream (--create-shards) to on-demand capacity before the run:
+    /// the engine splits and merges its shards from the write rate it sees.
+    #[arg(long)]
+    on_demand: bool,
+    /// Keep one sample a second in the report (`timeline`: due, sent, acked, throttled,
+    /// errors, open shards, map version) and every on-demand scaling decision seen
+    /// (`scalings`).
+    #[arg(long)]
+    timeline: bool,
     /// No progress lines on stderr. (A line a second: /s rates and `(1s)` latencies in ms
     /// over the last second, `total` counts since the start, the load generator's CPU.)
     #[arg(long, short)]
@@ -255,6 +269,9 @@ fn run(a: RunArgs) -> Result<(), String> {
         progress: !a.quiet,
         engine_pid: a.engine_pid,
         reshards: a.reshard,
+        rate_steps: a.rate_step,
+        on_demand: a.on_demand,
+        timeline: a.timeline,
         ..RunConfig::new(
             a.server.expect("clap requires --server"),
             a.stream.expect("clap requires --stream"),
@@ -351,6 +368,19 @@ mod tests {
         .unwrap();
         let steps: Vec<String> = cli.run.reshard.iter().map(|s| s.to_string()).collect();
         assert_eq!(steps, ["3:count=8", "6:merge=8+9"]);
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --create-shards 4 --on-demand --rate 1024 \
+             --rate-step 10:16384 --rate-step 100:1024 --timeline"
+                .split_whitespace(),
+        )
+        .unwrap();
+        let steps: Vec<String> = cli.run.rate_step.iter().map(|s| s.to_string()).collect();
+        assert_eq!(steps, ["10:16384", "100:1024"]);
+        assert!(cli.run.on_demand && cli.run.timeline);
+        assert!(Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --rate-step 10".split_whitespace()
+        )
+        .is_err());
         assert!(Cli::try_parse_from(
             "spate-loadgen --server h:1 --stream s --reshard 3:grow".split_whitespace()
         )

@@ -77,6 +77,46 @@ pub struct ReshardReport {
     pub ack_latency_us: Percentiles,
 }
 
+/// One second of a run (`--timeline`), by when things happened (records sent, answers
+/// received), warm-up included; the last sample covers the rest of the run until every
+/// outstanding record was answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSecond {
+    /// The end of the interval, in seconds since the run's clock started.
+    pub t_s: f64,
+    /// Its length (about 1 s).
+    pub dt_s: f64,
+    /// Open loop: records due in the interval (the offered load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<u64>,
+    pub sent: u64,
+    pub acked: u64,
+    /// Key and data bytes of the acknowledged records.
+    pub acked_bytes: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    /// When the interval's last throttled answer came, in seconds since the run's clock
+    /// started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_throttled_s: Option<f64>,
+    /// Open shards and shard-map version of a description made at the end of the interval.
+    #[serde(default)]
+    pub open_shards: Option<u32>,
+    #[serde(default)]
+    pub map_version: Option<u64>,
+}
+
+/// A scaling decision of an on-demand stream seen during the run (`--timeline`): the
+/// stream's `last_scaling` changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingSeen {
+    /// When the description that first showed it was made, in seconds since the run's
+    /// clock started.
+    pub seen_s: f64,
+    /// The engine's words: when, what and why.
+    pub decision: String,
+}
+
 /// The machine the load generator ran on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
@@ -172,6 +212,12 @@ pub struct Report {
     /// change window (the steady state around the changes).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ack_latency_steady_us: Option<Percentiles>,
+    /// `--timeline`: one sample a second.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub timeline: Vec<TimelineSecond>,
+    /// `--timeline`: the on-demand scaling decisions seen during the run, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub scalings: Vec<ScalingSeen>,
 }
 
 impl Report {
@@ -389,6 +435,17 @@ impl Report {
                 ),
             };
         }
+        for sc in &self.scalings {
+            out += &format!("scaling seen at {:.1} s: {}\n", sc.seen_s, sc.decision);
+        }
+        let changes = self.open_shards_changes();
+        if !changes.is_empty() {
+            let steps: Vec<String> = changes
+                .iter()
+                .map(|(t, n)| format!("{n} at {t:.0} s"))
+                .collect();
+            out += &format!("open shards (timeline): {}\n", steps.join(", "));
+        }
         if !self.cpus.is_empty() {
             let busy: Vec<String> = self
                 .cpus
@@ -399,6 +456,22 @@ impl Report {
         }
         if p.warmup_s > 0.0 {
             out += "(errors and verify cover the whole run, warm-up included)\n";
+        }
+        out
+    }
+}
+
+impl Report {
+    /// `--timeline`: the open shard count of the first sample and of every sample where it
+    /// changed, as (end of the sample in seconds, open shards).
+    pub fn open_shards_changes(&self) -> Vec<(f64, u32)> {
+        let mut out: Vec<(f64, u32)> = Vec::new();
+        for s in &self.timeline {
+            if let Some(n) = s.open_shards {
+                if out.last().is_none_or(|&(_, m)| m != n) {
+                    out.push((s.t_s, n));
+                }
+            }
         }
         out
     }
@@ -566,6 +639,8 @@ pub(crate) mod tests {
             cpus: Vec::new(),
             reshards: Vec::new(),
             ack_latency_steady_us: None,
+            timeline: Vec::new(),
+            scalings: Vec::new(),
         }
     }
 

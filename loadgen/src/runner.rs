@@ -31,7 +31,13 @@
 //! closing shard refuses); each is timed, and the ack latency of the records due in its
 //! change window (from 0.1 s before it until 0.9 s after its answer) is kept apart from
 //! the rest (the steady state). `--verify` reads every shard the stream has at the end,
-//! closed parents included, in id order, so each key is checked across the lineage.
+//! closed parents included (several at once), and checks them in id order, so each key is
+//! checked across the lineage.
+//!
+//! `--rate-step AT:RATE` changes the offered rate during the run ([`Schedule`]);
+//! `--on-demand` switches the created stream to on-demand capacity first; `--timeline`
+//! samples the live counters and a description of the stream every second (open shards,
+//! on-demand scaling decisions) into the report.
 //!
 //! A generator never waits for an acknowledgement itself (open loop); its only brake is
 //! the window of `--inflight` outstanding records (and the client's own buffer bounds),
@@ -46,7 +52,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use spate_client::{
-    Client, ClientConfig, ClientError, Entry, ErrorCode, Limits, Position, Producer,
+    CapacityMode, Client, ClientConfig, ClientError, Entry, ErrorCode, Limits, Position, Producer,
     ProducerConfig, PutResult, ReadOptions, RetryPolicy, SendHandle, ShardState, StreamConfig,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -54,7 +60,10 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
 use crate::keys::{make_keys, owned_by};
 use crate::payload::{self, Header, PaddingPool, RecordWriter, Rng};
-use crate::report::{git_sha, unix_now_s, ConsumerReport, Machine, Report, ReshardReport};
+use crate::report::{
+    git_sha, unix_now_s, ConsumerReport, Machine, Report, ReshardReport, ScalingSeen,
+    TimelineSecond,
+};
 use crate::schedule::{wait_until, Schedule};
 use crate::stats::{core_use, cpu_ticks, CpuTimes, CpuUse, Latency};
 use crate::verify::{BitSet, Verifier};
@@ -151,6 +160,8 @@ struct Live {
     throttled: AtomicU64,
     errors: AtomicU64,
     consumed: AtomicU64,
+    /// When the last throttled answer came (run clock, ns; 0: none yet).
+    last_throttled_ns: AtomicU64,
 }
 
 /// A producer's figures for the measured window (errors: the whole run).
@@ -243,7 +254,12 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
     let engine_cores = admin.server_info().cores.len();
     if let Some(shards) = cfg.create_shards {
         create_stream(&admin, cfg, shards).await?;
-        if let Some(warning) = over_limits(cfg, shards) {
+        if cfg.on_demand {
+            if let Err(e) = switch_to_on_demand(&admin, &cfg.stream).await {
+                let _ = admin.delete_stream(&cfg.stream).await;
+                return Err(e);
+            }
+        } else if let Some(warning) = over_limits(cfg, shards) {
             eprintln!("spate-loadgen: {warning}");
         }
     }
@@ -296,6 +312,40 @@ async fn create_stream(admin: &Client, cfg: &RunConfig, shards: u32) -> Result<(
             cfg.stream
         ))),
     }
+}
+
+/// UpdateStreamMode to on-demand, then waits (up to 10 s) until a description says so and
+/// shows at least 4 open shards (an on-demand stream's minimum).
+async fn switch_to_on_demand(admin: &Client, stream: &str) -> Result<(), Error> {
+    admin
+        .update_stream_mode(stream, CapacityMode::OnDemand, None)
+        .await
+        .map_err(|e| Error::new(format!("cannot switch stream {stream} to on-demand: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = admin
+            .describe_stream(stream)
+            .await
+            .map_err(|e| Error::new(format!("cannot describe stream {stream}: {e}")))?;
+        if info.mode == CapacityMode::OnDemand && open_shards(&info) >= 4 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::new(format!(
+                "stream {stream} is still {} with {} open shards 10 s after switching it to on-demand",
+                info.mode.name(),
+                open_shards(&info)
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn open_shards(info: &spate_client::StreamInfo) -> u32 {
+    info.shards
+        .iter()
+        .filter(|s| s.state == ShardState::Open)
+        .count() as u32
 }
 
 async fn run_on_stream(
@@ -482,6 +532,18 @@ async fn run_on_stream(
         ))
     });
 
+    let (timeline_stop, timeline_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let timeline = cfg.timeline.then(|| {
+        tokio::spawn(sample_timeline(
+            admin.clone(),
+            cfg.stream.clone(),
+            schedule_of(cfg, 0, 1),
+            info.last_scaling.clone(),
+            shared.clone(),
+            timeline_stop_rx,
+        ))
+    });
+
     // CPU is measured over the measured window.
     tokio::time::sleep_until((shared.t0 + cfg.warmup()).into()).await;
     let cpu_start = (
@@ -516,6 +578,14 @@ async fn run_on_stream(
             "producers still had unsettled records {} s after the run",
             DRAIN_TIMEOUT.as_secs()
         )));
+    };
+    // The timeline's last sample: every record is answered now.
+    let _ = timeline_stop.send(());
+    let (timeline, scalings) = match timeline {
+        Some(task) => task
+            .await
+            .map_err(|e| Error::new(format!("the timeline task failed: {e}")))?,
+        None => (Vec::new(), Vec::new()),
     };
 
     let steps = match reshards {
@@ -610,7 +680,7 @@ async fn run_on_stream(
         })
         .collect();
     let records_due = cfg.rate.gt(&0.0).then(|| {
-        let s = Schedule::new(cfg.rate, 0, 1, cfg.run_duration());
+        let s = schedule_of(cfg, 0, 1);
         let before = if warmup_ns > 0 {
             s.due_count(warmup_ns - 1)
         } else {
@@ -664,7 +734,11 @@ async fn run_on_stream(
         duration_s,
         acked_records_per_s: totals.acked as f64 / duration_s,
         acked_mib_per_s: totals.bytes as f64 / MIB / duration_s,
-        offered_records_per_s: (cfg.rate > 0.0).then_some(cfg.rate),
+        // With rate steps: the mean over the measured window.
+        offered_records_per_s: match records_due {
+            Some(due) if !cfg.rate_steps.is_empty() => Some(due as f64 / duration_s),
+            _ => (cfg.rate > 0.0).then_some(cfg.rate),
+        },
         ack_latency_us: ack.summary(),
         ack_latency_spectrum_us: ack.spectrum(),
         e2e_latency_us: (cfg.consumers > 0).then(|| e2e.summary()),
@@ -679,7 +753,88 @@ async fn run_on_stream(
         cpus,
         ack_latency_steady_us: (!reshards.is_empty()).then(|| totals.ack_steady.summary()),
         reshards,
+        timeline,
+        scalings,
     })
+}
+
+/// `--timeline`: a sample every second of the run's clock (and a last one when `stop`
+/// comes, once every record is answered): the live counters' change over the interval,
+/// the records due in it, and a fresh description's open shards, map version and last
+/// scaling decision (a new one is kept in the returned list).
+async fn sample_timeline(
+    admin: Client,
+    stream: String,
+    schedule: Schedule,
+    mut last_scaling: Option<String>,
+    sh: Arc<Shared>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> (Vec<TimelineSecond>, Vec<ScalingSeen>) {
+    let mut tick = tokio::time::interval_at(
+        (sh.t0 + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut samples, mut scalings) = (Vec::new(), Vec::new());
+    let counters = |l: &Live| {
+        [
+            l.sent.load(Ordering::Relaxed),
+            l.acked.load(Ordering::Relaxed),
+            l.acked_bytes.load(Ordering::Relaxed),
+            l.throttled.load(Ordering::Relaxed),
+            l.errors.load(Ordering::Relaxed),
+        ]
+    };
+    let (mut before, mut before_ns) = ([0u64; 5], 0u64);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let now_ns = sh.now_ns();
+        let now = counters(&sh.live);
+        let last_throttled_ns = sh.live.last_throttled_ns.load(Ordering::Relaxed);
+        let described =
+            tokio::time::timeout(Duration::from_secs(2), admin.describe_stream(&stream))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        let d = |i: usize| now[i].saturating_sub(before[i]);
+        let throttled = d(3);
+        samples.push(TimelineSecond {
+            t_s: now_ns as f64 / 1e9,
+            dt_s: now_ns.saturating_sub(before_ns) as f64 / 1e9,
+            due: schedule.is_open_loop().then(|| {
+                let before_due = if before_ns == 0 {
+                    0
+                } else {
+                    schedule.due_count(before_ns)
+                };
+                schedule.due_count(now_ns).saturating_sub(before_due)
+            }),
+            sent: d(0),
+            acked: d(1),
+            acked_bytes: d(2),
+            throttled,
+            errors: d(4),
+            last_throttled_s: (throttled > 0).then(|| last_throttled_ns as f64 / 1e9),
+            open_shards: described.as_ref().map(open_shards),
+            map_version: described.as_ref().map(|i| i.map_version),
+        });
+        if let Some(info) = described {
+            if info.last_scaling.is_some() && info.last_scaling != last_scaling {
+                scalings.push(ScalingSeen {
+                    seen_s: now_ns as f64 / 1e9,
+                    decision: info.last_scaling.clone().unwrap_or_default(),
+                });
+                last_scaling = info.last_scaling;
+            }
+        }
+        (before, before_ns) = (now, now_ns);
+        if last {
+            return (samples, scalings);
+        }
+    }
 }
 
 /// What a `--reshard` step did.
@@ -774,6 +929,16 @@ async fn middle_key(admin: &Client, stream: &str, shard: u32) -> Result<u128, St
     Ok(s.hash_key_start + (s.hash_key_end - s.hash_key_start) / 2 + 1)
 }
 
+/// Producer `p` of `producers`' due times: `cfg.rate`, changed by `cfg.rate_steps`.
+fn schedule_of(cfg: &RunConfig, p: usize, producers: usize) -> Schedule {
+    let steps: Vec<(Duration, f64)> = cfg
+        .rate_steps
+        .iter()
+        .map(|s| (Duration::from_secs_f64(s.at_s), s.rate))
+        .collect();
+    Schedule::with_steps(cfg.rate, &steps, p, producers, cfg.run_duration())
+}
+
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -851,7 +1016,7 @@ impl Generator {
         Generator {
             cfg: cfg.clone(),
             sender: Some(sender),
-            schedule: Schedule::new(cfg.rate, p, cfg.producers, cfg.run_duration()),
+            schedule: schedule_of(cfg, p, cfg.producers),
             counters: vec![0; owned.len()],
             owned,
             shared,
@@ -1110,6 +1275,9 @@ fn settle(
         }
         Err(e) if e.code() == Some(ErrorCode::Throttled) => {
             sh.live.throttled.fetch_add(1, Ordering::Relaxed);
+            sh.live
+                .last_throttled_ns
+                .fetch_max(now_ns, Ordering::Relaxed);
             if in_window {
                 stats.lock().expect("stats lock").throttled += 1;
             }
@@ -1191,75 +1359,118 @@ async fn follow(
     }
 }
 
-/// Reads every shard of `tips` (open and closed, in id order: see [`shard_tips`]) from the
-/// oldest record to its tip and checks this run's records.
+/// Shards read back at once by `--verify`. With Kinesis limits each shard's reads are
+/// limited (2 MiB/s), so reading them one after another would take as long as the stream's
+/// whole size at one shard's read rate.
+const READ_BACK_SHARDS_AT_ONCE: usize = 32;
+
+/// What one shard held of this run: its records' (key, counter) in sequence order, and how
+/// many were corrupt or another run's.
+#[derive(Default)]
+struct ShardContents {
+    records: Vec<(u32, u32)>,
+    corrupt: u64,
+    foreign: u64,
+}
+
+/// Reads every shard of `tips` (open and closed: see [`shard_tips`]) from the oldest record
+/// to its tip and checks this run's records. Shards are read concurrently (at most
+/// [`READ_BACK_SHARDS_AT_ONCE`]), but the verifier sees them in ascending id order, which
+/// is lineage order, so a key's order is checked across splits and merges.
 async fn read_back(
     admin: &Client,
     stream: &str,
     tips: &[(u32, Option<u64>)],
-    sh: &Shared,
+    sh: &Arc<Shared>,
     mut verifier: Verifier,
 ) -> Result<crate::verify::VerifyReport, Error> {
-    let fail = |shard: u32, e: &dyn std::fmt::Display| {
-        Error::new(format!("verify: cannot read back shard {shard}: {e}"))
-    };
-    for &(shard, tip) in tips {
-        let Some(last) = tip else { continue };
-        let mut reader = admin
-            .shard_reader(
-                stream,
-                shard,
-                Position::TrimHorizon,
-                ReadOptions {
-                    max_bytes: READ_BYTES_MAX,
-                    ..ReadOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| fail(shard, &e))?;
-        let mut empty_in_a_row = 0;
-        while reader.next_seq().is_none_or(|n| n <= last) {
-            // The read limit (with Kinesis limits) is waited out, however few retries the
-            // run's client is allowed.
-            let records = match reader.next().await {
-                Err(e) if e.code() == Some(spate_client::ErrorCode::ReadThrottled) => {
-                    tokio::time::sleep(Duration::from_millis(u64::from(
-                        e.retry_after_ms().max(50),
-                    )))
-                    .await;
-                    continue;
-                }
-                r => r.map_err(|e| fail(shard, &e))?,
-            };
-            let Some(records) = records else {
-                break;
-            };
-            if records.records.is_empty() {
-                empty_in_a_row += 1;
-                if empty_in_a_row > 100 {
-                    return Err(fail(
-                        shard,
-                        &format!("no progress at sequence number {}", records.end_seq),
-                    ));
-                }
-                continue;
-            }
-            empty_in_a_row = 0;
-            for r in records.records.iter().filter(|r| r.seq <= last) {
-                match payload::decode(&r.data) {
-                    Ok(h) if h.run == sh.run_id => {
-                        if sh.keys.get(h.key as usize).is_some_and(|k| *k == r.key) {
-                            verifier.observe(h.key, h.counter);
-                        } else {
-                            verifier.corrupt();
-                        }
-                    }
-                    _ => verifier.foreign(),
-                }
-            }
+    // Owned futures (a borrowing iterator's futures trip the compiler's Send check).
+    let reads: Vec<_> = tips
+        .iter()
+        .filter_map(|&(shard, tip)| {
+            tip.map(|last| read_shard(admin.clone(), stream.to_string(), shard, last, sh.clone()))
+        })
+        .collect();
+    let mut reads = futures_util::stream::iter(reads).buffered(READ_BACK_SHARDS_AT_ONCE);
+    while let Some(contents) = reads.next().await {
+        let contents = contents?;
+        for (key, counter) in contents.records {
+            verifier.observe(key, counter);
+        }
+        for _ in 0..contents.corrupt {
+            verifier.corrupt();
+        }
+        for _ in 0..contents.foreign {
+            verifier.foreign();
         }
     }
     Ok(verifier.finish())
+}
+
+/// One shard from TRIM_HORIZON up to `last`, inclusive.
+async fn read_shard(
+    admin: Client,
+    stream: String,
+    shard: u32,
+    last: u64,
+    sh: Arc<Shared>,
+) -> Result<ShardContents, Error> {
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::new(format!("verify: cannot read back shard {shard}: {e}"))
+    };
+    let mut out = ShardContents::default();
+    let mut reader = admin
+        .shard_reader(
+            &stream,
+            shard,
+            Position::TrimHorizon,
+            ReadOptions {
+                max_bytes: READ_BYTES_MAX,
+                ..ReadOptions::default()
+            },
+        )
+        .await
+        .map_err(|e| fail(&e))?;
+    let mut empty_in_a_row = 0;
+    while reader.next_seq().is_none_or(|n| n <= last) {
+        // The read limit (with Kinesis limits) is waited out, however few retries the
+        // run's client is allowed.
+        let records = match reader.next().await {
+            Err(e) if e.code() == Some(spate_client::ErrorCode::ReadThrottled) => {
+                tokio::time::sleep(Duration::from_millis(u64::from(e.retry_after_ms().max(50))))
+                    .await;
+                continue;
+            }
+            r => r.map_err(|e| fail(&e))?,
+        };
+        let Some(records) = records else {
+            break;
+        };
+        if records.records.is_empty() {
+            empty_in_a_row += 1;
+            if empty_in_a_row > 100 {
+                return Err(fail(&format!(
+                    "no progress at sequence number {}",
+                    records.end_seq
+                )));
+            }
+            continue;
+        }
+        empty_in_a_row = 0;
+        for r in records.records.iter().filter(|r| r.seq <= last) {
+            match payload::decode(&r.data) {
+                Ok(h) if h.run == sh.run_id => {
+                    if sh.keys.get(h.key as usize).is_some_and(|k| *k == r.key) {
+                        out.records.push((h.key, h.counter));
+                    } else {
+                        out.corrupt += 1;
+                    }
+                }
+                _ => out.foreign += 1,
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Prints one line a second on stderr until `done` (see the module docs for its columns).

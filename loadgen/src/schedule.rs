@@ -22,24 +22,81 @@
 use std::time::{Duration, Instant};
 
 /// The due times of one producer's records.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
-    /// Records per second of the whole run; 0 for closed loop.
-    rate: f64,
+    /// The run's rates in time order (one for a constant rate); all 0 for closed loop.
+    segments: Vec<Segment>,
     producer: u64,
     producers: u64,
     /// Nothing is due at or after this offset from the start.
     end_ns: u64,
 }
 
+/// From `start_ns` on, record `first + j` of the whole run is due at
+/// `start_ns + j / rate` s (until the next segment starts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Segment {
+    start_ns: u64,
+    first: u64,
+    rate: f64,
+}
+
+impl Segment {
+    fn due(&self, n: u64) -> f64 {
+        self.start_ns as f64 + (n - self.first) as f64 * 1e9 / self.rate
+    }
+}
+
 impl Schedule {
     /// The schedule of producer `producer` of `producers` sharing `rate` records per second
     /// (0: closed loop) for `run` (warm-up included).
     pub fn new(rate: f64, producer: usize, producers: usize, run: Duration) -> Schedule {
+        Schedule::with_steps(rate, &[], producer, producers, run)
+    }
+
+    /// The same with the rate changing at offsets from the start: `(at, rate)` in time
+    /// order, each rate positive (`rate` holds until the first). Record `n` of the run is
+    /// due at its segment's start plus its place in the segment over the segment's rate,
+    /// so due times never drift, and a step takes effect exactly at its time.
+    pub fn with_steps(
+        rate: f64,
+        steps: &[(Duration, f64)],
+        producer: usize,
+        producers: usize,
+        run: Duration,
+    ) -> Schedule {
         assert!(producer < producers, "producer {producer} of {producers}");
         assert!(rate >= 0.0 && rate.is_finite(), "rate {rate}");
-        Schedule {
+        let mut segments = vec![Segment {
+            start_ns: 0,
+            first: 0,
             rate,
+        }];
+        if rate > 0.0 {
+            for &(at, r) in steps {
+                assert!(r > 0.0 && r.is_finite(), "rate {r}");
+                let at_ns = u64::try_from(at.as_nanos()).expect("a step within 584 years");
+                let prev = *segments.last().expect("one segment at least");
+                assert!(at_ns >= prev.start_ns, "rate steps in time order");
+                // The previous segment's records due before the step: estimate, then
+                // correct the estimate's rounding against the due times themselves.
+                let before = |m: u64| prev.due(prev.first + m) < at_ns as f64;
+                let mut m = ((at_ns - prev.start_ns) as f64 * prev.rate / 1e9) as u64;
+                while m > 0 && !before(m - 1) {
+                    m -= 1;
+                }
+                while before(m) {
+                    m += 1;
+                }
+                segments.push(Segment {
+                    start_ns: at_ns,
+                    first: prev.first + m,
+                    rate: r,
+                });
+            }
+        }
+        Schedule {
+            segments,
             producer: producer as u64,
             producers: producers as u64,
             end_ns: u64::try_from(run.as_nanos()).expect("run shorter than 584 years"),
@@ -47,7 +104,7 @@ impl Schedule {
     }
 
     pub fn is_open_loop(&self) -> bool {
-        self.rate > 0.0
+        self.segments[0].rate > 0.0
     }
 
     pub fn end_ns(&self) -> u64 {
@@ -66,9 +123,12 @@ impl Schedule {
         if !self.is_open_loop() {
             return None;
         }
+        // The last segment starting at or before record n (a segment that holds no record
+        // shares its `first` with the next one, which is the one that counts).
+        let i = self.segments.partition_point(|s| s.first <= n) - 1;
         // f64 is exact for n up to 2^53; the rounding of a nanosecond is irrelevant, and
-        // every due time is computed from n alone, so no error accumulates.
-        let due = (n as f64) * 1e9 / self.rate;
+        // every due time is computed from n and its segment alone, so no error accumulates.
+        let due = self.segments[i].due(n);
         (due < self.end_ns as f64).then_some(due as u64)
     }
 
@@ -81,8 +141,9 @@ impl Schedule {
         let is_due = |n: u64| self.global_due_ns(n).is_some_and(|d| d <= elapsed_ns);
         // Global records 0..g are due by then: estimate g, then correct the estimate's
         // rounding against the due times themselves.
-        let t = elapsed_ns.min(self.end_ns) as f64;
-        let mut g = (t * self.rate / 1e9) as u64;
+        let t = elapsed_ns.min(self.end_ns);
+        let seg = self.segments[self.segments.partition_point(|s| s.start_ns <= t) - 1];
+        let mut g = seg.first + ((t - seg.start_ns) as f64 * seg.rate / 1e9) as u64;
         while g > 0 && !is_due(g - 1) {
             g -= 1;
         }
@@ -175,6 +236,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rate_steps_change_the_rate_at_their_times() {
+        let run = Duration::from_secs(3);
+        let steps = [
+            (Duration::from_secs(1), 10.0),
+            (Duration::from_millis(1500), 1000.0),
+            (Duration::from_millis(1500), 4.0),
+            (Duration::from_secs(2), 3.0),
+        ];
+        let p = 2;
+        let mut all: Vec<u64> = Vec::new();
+        for i in 0..p {
+            let s = Schedule::with_steps(100.0, &steps, i, p, run);
+            let mut k = 0;
+            while let Some(due) = s.due_ns(k) {
+                all.push(due);
+                k += 1;
+            }
+            for t in [
+                0,
+                999_999_999,
+                1_000_000_000,
+                1_499_999_999,
+                1_500_000_000,
+                2_000_000_001,
+                u64::MAX,
+            ] {
+                let expected = (0..)
+                    .map_while(|k| s.due_ns(k))
+                    .filter(|&due| due <= t)
+                    .count() as u64;
+                assert_eq!(s.due_count(t), expected, "p {i} t {t}");
+            }
+        }
+        all.sort_unstable();
+        // 100/s for 1 s, 10/s for 0.5 s, (1,000/s for no time at all), 4/s for 0.5 s, 3/s
+        // for 1 s: every due time where its segment puts it.
+        let mut want: Vec<u64> = (0..100).map(|n| n * 10_000_000).collect();
+        want.extend((0..5).map(|n| 1_000_000_000 + n * 100_000_000));
+        want.extend((0..2).map(|n| 1_500_000_000 + n * 250_000_000));
+        want.extend((0..3).map(|n| 2_000_000_000 + n * 1_000_000_000 / 3));
+        assert_eq!(all.len(), want.len());
+        for (got, want) in all.iter().zip(&want) {
+            assert!(got.abs_diff(*want) <= 1, "{got} vs {want}");
+        }
+        // Without steps, the same as a constant rate.
+        assert_eq!(
+            Schedule::with_steps(100.0, &[], 0, 1, run),
+            Schedule::new(100.0, 0, 1, run)
+        );
     }
 
     #[test]

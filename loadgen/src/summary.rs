@@ -324,6 +324,60 @@ fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Targe
         },
         met: reshard.map(|r| r.checks.iter().all(|c| c.passed)),
     });
+    let od = find(results, "on-demand");
+    let scale_in = match (
+        fig(od, "scale_in_first_after_s"),
+        fig(od, "scale_in_to_4_after_s"),
+        fig(od, "open_shards_at_step_down"),
+        fig(od, "open_shards_at_end"),
+    ) {
+        (Some(first), Some(back), Some(a), Some(b)) => format!(
+            "scale-in {a:.0} → {b:.0} shards, first {first:.0} s and back at 4 {back:.0} s after \
+             the step down"
+        ),
+        (Some(first), None, Some(a), Some(b)) => {
+            format!("scale-in {a:.0} → {b:.0} shards, first {first:.0} s after the step down")
+        }
+        (None, _, Some(a), _) => format!(
+            "no scale-in within {:.0} s from {a:.0} shards (the server's on_demand_quiet_ms)",
+            fig(od, "scale_in_wait_s").unwrap_or(f64::NAN)
+        ),
+        _ => "scale-in not measured".into(),
+    };
+    let lost_etc = format!(
+        "lost {}, duplicated {}, reordered {}",
+        fig(od, "lost").unwrap_or(f64::NAN),
+        fig(od, "duplicated").unwrap_or(f64::NAN),
+        fig(od, "reordered").unwrap_or(f64::NAN),
+    );
+    t.push(Target {
+        what: "on-demand: offered load steps from 1 MiB/s to 16 MiB/s of 1 KiB records, then back",
+        goal: "throttling stops ≤ 60 s after the step up; 0 lost, duplicated, reordered".into(),
+        measured: match (
+            fig(od, "throttling_stopped_after_s"),
+            fig(od, "throttled_share_until_stopped"),
+            fig(od, "open_shards_at_step_up"),
+            fig(od, "open_shards_when_throttling_stopped"),
+            fig(od, "open_shards_max"),
+        ) {
+            (Some(stop), Some(share), Some(a), Some(b), Some(m)) => format!(
+                "throttling stopped {stop:.1} s after the step ({:.1} % of the records offered \
+                 meanwhile throttled), {a:.0} → {b:.0} open shards by then, {m:.0} at most; \
+                 {lost_etc}; {scale_in}",
+                share * 100.0
+            ),
+            (None, _, _, _, Some(m)) => format!(
+                "throttling did not stop within the high phase ({m:.0} open shards at most); \
+                 {lost_etc}; {scale_in}"
+            ),
+            _ => "—".into(),
+        },
+        ratio: match fig(od, "throttling_stopped_after_s") {
+            Some(stop) => format!("{:.2} × the goal", stop / 60.0),
+            None => "—".into(),
+        },
+        met: od.map(|r| r.checks.iter().all(|c| c.passed)),
+    });
     let limit = find(results, "shard-limit");
     t.push(Target {
         what: "one shard offered 2× its write limit",
@@ -566,6 +620,22 @@ mod tests {
                 "latency-half",
                 &[("ack_p99_us", 150.0), ("ack_p999_us", 500.0)],
             ),
+            result(
+                "on-demand",
+                &[
+                    ("throttling_stopped_after_s", 10.5),
+                    ("throttled_share_until_stopped", 0.373),
+                    ("open_shards_at_step_up", 4.0),
+                    ("open_shards_when_throttling_stopped", 16.0),
+                    ("open_shards_max", 31.0),
+                    ("open_shards_at_step_down", 31.0),
+                    ("open_shards_at_end", 31.0),
+                    ("scale_in_wait_s", 60.0),
+                    ("lost", 0.0),
+                    ("duplicated", 0.0),
+                    ("reordered", 0.0),
+                ],
+            ),
         ];
         let md = markdown(Some(&limits), &results);
         // 2.1 GB/s against 0.8 × 2.5 GB/s: met, at 84 % of the limit.
@@ -583,6 +653,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| not measured |"));
+        assert!(
+            md.contains(
+                "| throttling stopped 10.5 s after the step (37.3 % of the records offered \
+                 meanwhile throttled), 4 → 16 open shards by then, 31 at most; lost 0, \
+                 duplicated 0, reordered 0; no scale-in within 60 s from 31 shards (the server's \
+                 on_demand_quiet_ms) | 0.17 × the goal | met |"
+            ),
+            "{md}"
+        );
         assert!(
             md.contains("spate-loadgen bench max-1k")
                 && md.contains("# run: spate-loadgen --server")

@@ -1841,8 +1841,16 @@ impl<S: Storage + 'static> Core<S> {
             state.throttled = throttled_total;
             let out_share = f64::from(cfg.on_demand_scale_out_percent) / 100.0;
             let in_share = f64::from(cfg.on_demand_scale_in_percent) / 100.0;
-            state.above_since =
-                (rate > out_share * capacity).then(|| state.above_since.unwrap_or(now));
+            // A shard whose own rate is above the share of its limit is hot even when the
+            // stream as a whole is not (splits leave uneven ranges, and a bucket's burst
+            // hides a small overload for a while).
+            let hot: Vec<u32> = open
+                .iter()
+                .filter(|sh| load_of(sh.shard_id).bytes_per_s > out_share * per_shard)
+                .map(|sh| sh.shard_id)
+                .collect();
+            state.above_since = (rate > out_share * capacity || !hot.is_empty())
+                .then(|| state.above_since.unwrap_or(now));
             state.below_since =
                 (rate < in_share * capacity).then(|| state.below_since.unwrap_or(now));
             // The peak of the window (a peak older than the window is forgotten).
@@ -1872,7 +1880,16 @@ impl<S: Storage + 'static> Core<S> {
             type Decision = (Vec<u32>, Vec<(u32, u32)>, String);
             let mut decision: Option<Decision> = None;
             if (throttled || sustained) && n < cap_shards {
-                let target = (n + 1).max((2 * n).min(allowed)).min(cap_shards);
+                let stream_hot = throttled || rate > out_share * capacity;
+                let target = if stream_hot {
+                    (n + 1).max((2 * n).min(allowed))
+                } else {
+                    // Only some shards are hot: split those.
+                    n + hot.len().max(1)
+                }
+                .max(n + hot.len())
+                .min(cap_shards)
+                .min(2 * n);
                 let mut hottest: Vec<&&crate::catalog::ShardEntry> = open.iter().collect();
                 hottest.sort_by(|a, b| {
                     load_of(b.shard_id)
@@ -1887,6 +1904,12 @@ impl<S: Storage + 'static> Core<S> {
                     .collect();
                 let why = if throttled {
                     "writes were throttled".to_string()
+                } else if !stream_hot {
+                    format!(
+                        "shards {hot:?} stayed above {}% of their write limit for {} s",
+                        cfg.on_demand_scale_out_percent,
+                        cfg.on_demand_scale_out_after_ms / 1000
+                    )
                 } else {
                     format!(
                         "the write rate stayed above {}% of capacity for {} s",

@@ -176,12 +176,7 @@ impl Producer {
             ..config
         };
         let (refresh, refresh_rx) = mpsc::unbounded_channel();
-        let mut routing = Routing {
-            map: map.clone(),
-            workers: BTreeMap::new(),
-            handles: Vec::new(),
-        };
-        let shared = Arc::new_cyclic(|_| Shared {
+        let shared = Arc::new(Shared {
             client: client.clone(),
             stream: stream.to_string(),
             config,
@@ -193,12 +188,14 @@ impl Producer {
             budget: Arc::new(Semaphore::new(config.buffered_bytes_max)),
             next_id: std::sync::atomic::AtomicU64::new(1),
             reroutes: std::sync::atomic::AtomicU64::new(0),
-            refresh: refresh.clone(),
+            refresh,
         });
-        for r in map.routes() {
-            shared.add_worker(&mut routing, r.core);
+        {
+            let mut routing = shared.routing.try_write().expect("nobody else has it yet");
+            for r in map.routes() {
+                shared.add_worker(&mut routing, r.core);
+            }
         }
-        *shared.routing.try_write().expect("nobody else has it yet") = routing;
         tokio::spawn(refresher(Arc::downgrade(&shared), refresh_rx));
         Producer { shared }
     }

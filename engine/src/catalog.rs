@@ -534,6 +534,10 @@ impl Catalog {
         self.data.streams.iter().find(|s| s.name == name)
     }
 
+    pub fn stream_mut(&mut self, name: &str) -> Option<&mut StreamEntry> {
+        self.data.streams.iter_mut().find(|s| s.name == name)
+    }
+
     /// Adds a stream with `shard_count` shards splitting the hash-key space evenly, placed
     /// on the least-loaded of `cores` executors (ties to the lowest index).
     pub fn add_stream(

@@ -1632,10 +1632,7 @@ impl<S: Storage + 'static> Core<S> {
                 let (entry, old) = {
                     let mut cat = catalog.borrow_mut();
                     let s = cat
-                        .data
-                        .streams
-                        .iter_mut()
-                        .find(|s| s.name == name)
+                        .stream_mut(&name)
                         .ok_or_else(|| EngineError::UnknownStream(name.clone()))?;
                     let old = s.retention_hours;
                     s.retention_hours = hours;
@@ -1715,10 +1712,7 @@ impl<S: Storage + 'static> Core<S> {
         let old = {
             let mut cat = catalog.borrow_mut();
             let s = cat
-                .data
-                .streams
-                .iter_mut()
-                .find(|s| s.name == name)
+                .stream_mut(name)
                 .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
             let old = (s.mode, s.max_write_mib_per_s);
             s.mode = mode;
@@ -1773,7 +1767,7 @@ impl<S: Storage + 'static> Core<S> {
         let now = self.clock.now_ms();
         let entry = {
             let mut cat = catalog.borrow_mut();
-            let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) else {
+            let Some(s) = cat.stream_mut(name) else {
                 return Ok(());
             };
             s.last_scaling = Some((now, what));
@@ -2186,10 +2180,7 @@ impl<S: Storage + 'static> Core<S> {
                 let after = {
                     let mut cat = catalog.borrow_mut();
                     let s = cat
-                        .data
-                        .streams
-                        .iter_mut()
-                        .find(|s| s.name == name)
+                        .stream_mut(name)
                         .expect("looked up above, under the control lock");
                     s.apply_reshard(&plan, &ending, now);
                     s.clone()
@@ -2198,7 +2189,7 @@ impl<S: Storage + 'static> Core<S> {
                     Ok(()) => Ok(after),
                     Err(e) => {
                         let mut cat = catalog.borrow_mut();
-                        if let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) {
+                        if let Some(s) = cat.stream_mut(name) {
                             *s = before.clone();
                         }
                         Err(e)
@@ -2295,7 +2286,7 @@ impl<S: Storage + 'static> Core<S> {
             }
             let (before, after) = {
                 let mut cat = catalog.borrow_mut();
-                let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) else {
+                let Some(s) = cat.stream_mut(&name) else {
                     continue;
                 };
                 let before = s.clone();
@@ -2309,7 +2300,7 @@ impl<S: Storage + 'static> Core<S> {
             };
             if let Err(e) = self.save_catalog().await {
                 let mut cat = catalog.borrow_mut();
-                if let Some(s) = cat.data.streams.iter_mut().find(|s| s.name == name) {
+                if let Some(s) = cat.stream_mut(&name) {
                     *s = before;
                 }
                 return Err(e);

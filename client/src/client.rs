@@ -184,7 +184,7 @@ pub struct Records {
 
 /// Which connection a request travels on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Target {
+pub(crate) enum Target {
     /// The address the client was given.
     Bootstrap,
     /// The core owning the shard the request is about.
@@ -361,12 +361,55 @@ impl Client {
         pool.get(&target).filter(|c| !c.is_closed()).cloned()
     }
 
+    /// A new connection of its own to the core owning a shard (or to the bootstrap
+    /// address), for a subscription: dropping it ends the subscription on the server.
+    pub(crate) async fn dedicated_connection(&self, core: Option<u16>) -> Result<Connection> {
+        let cfg = &self.inner.config;
+        let addr = match core {
+            Some(core) if cfg.shard_aware => self
+                .inner
+                .server
+                .cores
+                .iter()
+                .find(|c| c.0 == core)
+                .map_or_else(|| self.inner.bootstrap.clone(), |c| c.1.clone()),
+            _ => self.inner.bootstrap.clone(),
+        };
+        let opened = Connection::open(
+            &addr,
+            &self.inner.bootstrap,
+            cfg.connect_timeout,
+            cfg.max_in_flight_per_connection,
+        )
+        .await;
+        let conn = match opened {
+            Ok(c) => c,
+            Err(_) if addr != self.inner.bootstrap => {
+                Connection::open(
+                    &self.inner.bootstrap,
+                    &self.inner.bootstrap,
+                    cfg.connect_timeout,
+                    cfg.max_in_flight_per_connection,
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
+        conn.set_max_request_bytes(u64::from(self.inner.server.max_frame_bytes));
+        Ok(conn)
+    }
+
     fn timeout(&self, wait_ms: u32) -> Duration {
         self.inner.config.request_timeout + Duration::from_millis(u64::from(wait_ms))
     }
 
     /// Sends a request without a batch and returns the response frame.
-    async fn request(&self, target: Target, req: &Request<'_>, wait_ms: u32) -> Result<Bytes> {
+    pub(crate) async fn request(
+        &self,
+        target: Target,
+        req: &Request<'_>,
+        wait_ms: u32,
+    ) -> Result<Bytes> {
         let conn = self.conn(target).await?;
         conn.call(
             |out, id| encode_request(out, id, req),
@@ -929,7 +972,7 @@ fn decode_records(frame: &Bytes, core: Option<u16>) -> Result<Records> {
     })
 }
 
-fn check_stream_name(name: &str) -> Result<()> {
+pub(crate) fn check_stream_name(name: &str) -> Result<()> {
     if is_valid_stream_name(name) {
         Ok(())
     } else {

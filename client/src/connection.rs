@@ -46,10 +46,14 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
+/// A request answered many times (a subscription): every frame goes down the channel; the
+/// last one (not flagged MORE), or the connection's failure, ends it.
+type StreamWaiter = mpsc::UnboundedSender<Result<Bytes>>;
 
 /// The requests waiting for a response, and why the connection closed once it has.
 struct Waiters {
     by_id: HashMap<u64, Waiter>,
+    streams: HashMap<u64, StreamWaiter>,
     closed: Option<ClientError>,
 }
 
@@ -67,16 +71,22 @@ impl Shared {
     /// Closes the connection: fails every waiting request and every later one with `err`.
     /// Only the first reason is kept.
     fn fail(&self, err: ClientError) {
-        let drained: Vec<Waiter> = {
+        let (drained, streams): (Vec<Waiter>, Vec<StreamWaiter>) = {
             let mut w = self.waiters.lock().expect("waiters lock");
             if w.closed.is_none() {
                 tracing::debug!(addr = %self.addr, error = %err, "connection closed");
                 w.closed = Some(err.clone());
                 self.closed.notify_one();
             }
-            w.by_id.drain().map(|(_, tx)| tx).collect()
+            (
+                w.by_id.drain().map(|(_, tx)| tx).collect(),
+                w.streams.drain().map(|(_, tx)| tx).collect(),
+            )
         };
         for tx in drained {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for tx in streams {
             let _ = tx.send(Err(err.clone()));
         }
     }
@@ -156,6 +166,7 @@ impl Connection {
             addr: addr.to_string(),
             waiters: Mutex::new(Waiters {
                 by_id: HashMap::new(),
+                streams: HashMap::new(),
                 closed: None,
             }),
             draining: std::sync::atomic::AtomicBool::new(false),
@@ -263,6 +274,46 @@ impl Connection {
         }
     }
 
+    /// Sends a request answered by many frames (a subscription) and returns its
+    /// correlation id and the channel its frames arrive on, in order; the channel ends
+    /// after the last frame (one not flagged MORE, or an error) or when the connection
+    /// fails (an error, then the end). No in-flight slot is held: the server bounds what it
+    /// sends by the credit the caller grants.
+    pub(crate) async fn open_stream(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>, u64),
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Result<Bytes>>)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut head = Vec::with_capacity(128);
+        encode(&mut head, id);
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            let mut w = self.shared.waiters.lock().expect("waiters lock");
+            if let Some(err) = &w.closed {
+                return Err(err.clone());
+            }
+            w.streams.insert(id, tx);
+        }
+        if self
+            .outgoing
+            .send(Outgoing {
+                head,
+                body: Vec::new(),
+            })
+            .await
+            .is_err()
+        {
+            self.shared
+                .waiters
+                .lock()
+                .expect("waiters lock")
+                .streams
+                .remove(&id);
+            return Err(self.closed_reason());
+        }
+        Ok((id, rx))
+    }
+
     fn closed_reason(&self) -> ClientError {
         let w = self.shared.waiters.lock().expect("waiters lock");
         w.closed
@@ -326,11 +377,12 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     loop {
         loop {
-            let (len, id, is_error) = match decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES) {
+            let (len, id, is_error, more) = match decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES) {
                 Ok(Some(frame)) => (
                     frame.encoded_len(),
                     frame.header.correlation_id,
                     frame.header.is_error(),
+                    frame.header.has_more(),
                 ),
                 Ok(None) => break,
                 Err(e) => {
@@ -339,7 +391,7 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
                 }
             };
             let frame = buf.split_to(len).freeze();
-            dispatch(&shared, id, is_error, frame);
+            dispatch(&shared, id, is_error, more, frame);
         }
         // Make room for the rest of a frame whose header is in, or for a fresh chunk.
         let want = match peek_header(&buf, DEFAULT_MAX_FRAME_BYTES) {
@@ -364,7 +416,7 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
 /// Hands a response frame to its waiter. A frame nobody waits for belongs to a request that
 /// was cancelled or timed out, except an error with correlation id 0: the server's answer
 /// to a frame it could not read, sent just before it closes the connection.
-fn dispatch(shared: &Shared, id: u64, is_error: bool, frame: Bytes) {
+fn dispatch(shared: &Shared, id: u64, is_error: bool, more: bool, frame: Bytes) {
     if is_error {
         if let Err(e) = decode_reply(&frame, None) {
             if e.code() == Some(ErrorCode::ShuttingDown) {
@@ -374,12 +426,17 @@ fn dispatch(shared: &Shared, id: u64, is_error: bool, frame: Bytes) {
             }
         }
     }
-    let waiter = shared
-        .waiters
-        .lock()
-        .expect("waiters lock")
-        .by_id
-        .remove(&id);
+    let waiter = {
+        let mut w = shared.waiters.lock().expect("waiters lock");
+        if let Some(tx) = w.streams.get(&id) {
+            let delivered = tx.send(Ok(frame)).is_ok();
+            if !more || !delivered {
+                w.streams.remove(&id);
+            }
+            return;
+        }
+        w.by_id.remove(&id)
+    };
     match waiter {
         Some(tx) => {
             let _ = tx.send(Ok(frame));

@@ -61,7 +61,9 @@
 
 mod client;
 mod connection;
+mod consumer;
 mod error;
+mod group;
 mod producer;
 mod put;
 mod reader;
@@ -73,12 +75,17 @@ pub use client::{
     StreamConfig, StreamInfo,
 };
 pub use connection::DEFAULT_MAX_IN_FLIGHT;
+pub use consumer::{ConsumerInfo, SubscribeOptions, Subscription, SubscriptionEvent};
 pub use error::{ClientError, Result};
+pub use group::{
+    GroupEvent, GroupInfo, GroupMemberInfo, GroupOptions, GroupShardInfo, GroupWorker,
+};
 pub use producer::{Producer, ProducerConfig, SendHandle};
 pub use put::{Entry, PutResult};
 pub use reader::{ReadOptions, ShardReader, StreamReader};
 pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
+pub use spate_protocol::consumer::{Checkpoint, Lease};
 pub use spate_protocol::{
     CapacityMode, ErrorCode, Limits, ShardDescription, ShardState, StreamStatus,
 };

@@ -57,6 +57,10 @@ on_demand_scale_in_percent = 25     # it merges its coldest neighbours when the 
 on_demand_quiet_ms = 900000         # ... for this long (and it has more than 4 shards)
 on_demand_peak_window_days = 30     # capacity goes up to twice the peak write rate seen in this window
 on_demand_max_write_mib_per_s = 200 # and at most this much per stream
+max_consumers_per_stream = 20       # registered (push) consumers per stream, each with its own read allowance per shard
+subscription_heartbeat_ms = 5000    # a subscription with nothing to push sends an empty event this often
+max_subscription_credit_bytes = 16777216  # most bytes a subscriber may have granted and not consumed (what the server holds for it)
+group_lease_timeout_ms = 6000       # a consumer-group worker silent this long loses its leases (workers heartbeat at a third of it)
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,10 @@ pub struct EngineConfig {
     pub on_demand_quiet_ms: u64,
     pub on_demand_peak_window_days: u32,
     pub on_demand_max_write_mib_per_s: u32,
+    pub max_consumers_per_stream: u32,
+    pub subscription_heartbeat_ms: u64,
+    pub max_subscription_credit_bytes: u64,
+    pub group_lease_timeout_ms: u64,
     pub metrics_listen: String,
     pub metrics: bool,
 }
@@ -160,6 +168,10 @@ impl Default for EngineConfig {
             on_demand_quiet_ms: 900_000,
             on_demand_peak_window_days: 30,
             on_demand_max_write_mib_per_s: 200,
+            max_consumers_per_stream: 20,
+            subscription_heartbeat_ms: 5_000,
+            max_subscription_credit_bytes: 16 << 20,
+            group_lease_timeout_ms: 6_000,
             metrics_listen: "127.0.0.1:7480".into(),
             metrics: true,
         }
@@ -281,6 +293,13 @@ impl EngineConfig {
             || self.on_demand_scale_in_percent >= self.on_demand_scale_out_percent
         {
             return Err("on_demand_*: check_ms and peak_window_days positive, max_write_mib_per_s at least 4, 0 < scale_in_percent < scale_out_percent <= 100".into());
+        }
+        if self.subscription_heartbeat_ms == 0
+            || self.subscription_heartbeat_ms > u64::from(spate_protocol::read::MAX_WAIT_MS)
+            || self.max_subscription_credit_bytes < 1 << 20
+            || !(300..=3_600_000).contains(&self.group_lease_timeout_ms)
+        {
+            return Err("subscription_heartbeat_ms must be 1..=30000, max_subscription_credit_bytes at least 1 MiB, group_lease_timeout_ms 300..=3600000".into());
         }
         self.store_config(0).validate()
     }

@@ -524,6 +524,7 @@ impl Engine {
     ) -> Result<ReadOutput, EngineError> {
         let (ident, core) = self.shard_owner(stream, shard_id)?;
         call(&self.inner.cores[core], |reply| CoreMsg::Read {
+            consumer: None,
             ident,
             req,
             reply,

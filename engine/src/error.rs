@@ -23,6 +23,17 @@ pub enum EngineError {
     /// in shard-map version `map_version`.
     #[error("shard {shard} is closed (split or merged; shard-map version {map_version}): send its records to the shards that now own their keys")]
     ShardClosed { shard: u32, map_version: u64 },
+    #[error("stream {stream:?} has no registered consumer {consumer:?}")]
+    UnknownConsumer { stream: String, consumer: String },
+    #[error("stream {stream:?} already has a consumer {consumer:?}")]
+    ConsumerExists { stream: String, consumer: String },
+    #[error("stream {stream:?} has no consumer group {group:?}")]
+    UnknownGroup { stream: String, group: String },
+    /// The worker does not hold the lease it names.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    #[error("a newer subscription of this consumer to this shard took over")]
+    SubscriptionReplaced,
     /// The message says what is wrong; the error code (InvalidArgument) says the kind, so
     /// the message does not repeat it (the client prints "CODE: message").
     #[error("{0}")]

@@ -7,6 +7,7 @@
 //!   commit with one flush per round, write-behind, checkpoints, recovery, retention.
 //! - `limits`: per-shard token buckets.
 //! - `catalog`: streams, shards, placement; persisted atomically with rkyv.
+//! - `fanout`: registered consumers and consumer groups (leases, checkpoints), core 0's.
 //! - `runtime`: one pinned glommio executor per core, the shards it owns, and the bounded
 //!   channels other threads and cores use to reach them; `engine`: the handle callers use.
 
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fanout;
 pub mod io;
 pub mod limits;
 pub mod metrics;

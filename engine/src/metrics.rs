@@ -93,6 +93,15 @@ pub struct StreamCounters {
     /// When `iterator_age_ms` was answered (ms since the epoch).
     pub iterator_age_at_ms: i64,
     pub outgoing_bytes: u64,
+    /// Subscriptions started (Kinesis SubscribeToShard.Success).
+    pub subscribe_success: u64,
+    /// Events pushed with records, and their records and bytes (SubscribeToShardEvent.*).
+    pub subscribe_events: u64,
+    pub subscribe_event_records: u64,
+    pub subscribe_event_bytes: u64,
+    /// As `iterator_age_ms`, for the latest pushed event.
+    pub subscribe_millis_behind: u64,
+    pub subscribe_millis_behind_at_ms: i64,
 }
 
 impl StreamCounters {
@@ -110,6 +119,11 @@ impl StreamCounters {
         self.get_records_latency.merge(&o.get_records_latency);
         self.iterator_age_ms = self.iterator_age_ms.max(o.iterator_age_ms);
         self.outgoing_bytes += o.outgoing_bytes;
+        self.subscribe_success += o.subscribe_success;
+        self.subscribe_events += o.subscribe_events;
+        self.subscribe_event_records += o.subscribe_event_records;
+        self.subscribe_event_bytes += o.subscribe_event_bytes;
+        self.subscribe_millis_behind = self.subscribe_millis_behind.max(o.subscribe_millis_behind);
     }
 }
 
@@ -184,6 +198,9 @@ impl CoreMetrics {
             let mut c = c.clone();
             if now_ms - c.iterator_age_at_ms > ITERATOR_AGE_FOR_MS {
                 c.iterator_age_ms = 0;
+            }
+            if now_ms - c.subscribe_millis_behind_at_ms > ITERATOR_AGE_FOR_MS {
+                c.subscribe_millis_behind = 0;
             }
             streams.entry(name.clone()).or_default().merge(&c);
         }
@@ -367,6 +384,39 @@ impl MetricsSnapshot {
             "OutgoingBytes",
             "Bytes sent to consumers",
             &|c| c.outgoing_bytes,
+        );
+        counter(
+            &mut registry,
+            "SubscribeToShard_Success",
+            "Subscriptions of registered consumers started",
+            &|c| c.subscribe_success,
+        );
+        counter(
+            &mut registry,
+            "SubscribeToShardEvent_Success",
+            "Events with records pushed to subscribers",
+            &|c| c.subscribe_events,
+        );
+        counter(
+            &mut registry,
+            "SubscribeToShardEvent_Records",
+            "Records pushed to subscribers",
+            &|c| c.subscribe_event_records,
+        );
+        counter(
+            &mut registry,
+            "SubscribeToShardEvent_Bytes",
+            "Bytes of records pushed to subscribers",
+            &|c| c.subscribe_event_bytes,
+        );
+        registry.register(
+            "SubscribeToShardEvent_MillisBehindLatest",
+            "How far behind the newest record the last pushed event was",
+            gauges(
+                self.streams
+                    .iter()
+                    .map(|(s, c)| (stream(s), c.subscribe_millis_behind)),
+            ),
         );
         let ages = gauges(
             self.streams

@@ -35,6 +35,9 @@ use crate::io::{DmaStorage, Storage};
 use crate::limits::{Limits, TokenBucket, WriteLimiter};
 use crate::store::{ReadOutput, ShardKey, Store};
 
+mod fanout_ops;
+pub(crate) use fanout_ops::{FanoutAnswer, FanoutOp};
+
 /// Names one shard: its stream incarnation and shard number.
 pub type ShardIdent = ShardKey;
 
@@ -273,7 +276,25 @@ pub(crate) enum CoreMsg {
     Read {
         ident: ShardIdent,
         req: ReadRequest,
+        /// A subscription's read: the registered consumer and its claim (`None`: polling).
+        consumer: Option<(u64, u64)>,
         reply: Reply<ReadOutput>,
+    },
+    /// Core 0: a fan-out operation (consumers, subscriptions' claims, groups).
+    Fanout {
+        op: FanoutOp,
+        reply: Reply<FanoutAnswer>,
+    },
+    /// A new subscription takes over `(consumer, shard)`; answers its generation.
+    Claim {
+        ident: ShardIdent,
+        consumer_id: u64,
+        reply: Reply<u64>,
+    },
+    /// A consumer was deregistered: its subscriptions end.
+    DropConsumer {
+        consumer_id: u64,
+        reply: Reply<()>,
     },
     Position {
         ident: ShardIdent,
@@ -360,6 +381,10 @@ pub(crate) struct ShardSlot<S: Storage> {
     store: Rc<Store<S>>,
     write: RefCell<Option<WriteLimiter>>,
     read: RefCell<Option<TokenBucket>>,
+    /// Kinesis limits: polling read calls per second (5), a long-poll counting as one.
+    read_calls: RefCell<Option<TokenBucket>>,
+    /// Registered consumers subscribed to the shard, each with its own read allowance.
+    subscribers: RefCell<HashMap<u64, fanout_ops::Subscriber>>,
     /// Closed to writes: the shard-map version that closed it.
     sealed: Cell<Option<u64>>,
     /// Appends past their checks and not yet answered (a seal waits for them).
@@ -452,15 +477,36 @@ pub struct Core<S: Storage> {
     key_hashes: RefCell<spate_protocol::routing::CachedKeyHasher>,
     /// Core 0: on-demand streams' scaling state, by stream incarnation.
     scalers: RefCell<HashMap<u64, ScalerState>>,
+    /// Core 0: registered consumers and consumer groups (`crate::fanout`).
+    fanout: Option<RefCell<crate::fanout::Fanout>>,
+    /// Core 0: registrations and subscriptions' claims run one at a time.
+    fanout_lock: crate::notify::TaskLock,
+    /// Core 0: one write of the fan-out state at a time, and the changes it covered.
+    fanout_writer: crate::notify::TaskLock,
+    fanout_saved: Cell<u64>,
+    /// Subscriptions' claims handed out by this core.
+    next_generation: Cell<u64>,
 }
 
-fn limiters(spec: &ShardSpec, now_ms: i64) -> (Option<WriteLimiter>, Option<TokenBucket>) {
+/// Kinesis: polling consumers share 5 read calls per second per shard.
+pub const KINESIS_READ_CALLS_PER_S: u64 = 5;
+
+type Limiters = (
+    Option<WriteLimiter>,
+    Option<TokenBucket>,
+    Option<TokenBucket>,
+);
+
+fn limiters(spec: &ShardSpec, now_ms: i64) -> Limiters {
+    let calls = (spec.limits == Limits::Kinesis)
+        .then(|| TokenBucket::new(KINESIS_READ_CALLS_PER_S, now_ms));
     match spec.limits.rates() {
         Some((wb, wr, rb)) => (
             Some(WriteLimiter::new(wb, wr, now_ms)),
             Some(TokenBucket::new(rb, now_ms)),
+            calls,
         ),
-        None => (None, None),
+        None => (None, None, None),
     }
 }
 
@@ -574,7 +620,28 @@ impl<S: Storage + 'static> Core<S> {
                 KEY_HASH_CACHE_SLOTS,
             )),
             scalers: RefCell::new(HashMap::new()),
+            fanout: None,
+            fanout_lock: crate::notify::TaskLock::new(),
+            fanout_writer: crate::notify::TaskLock::new(),
+            fanout_saved: Cell::new(0),
+            next_generation: Cell::new(0),
         };
+        let mut core = core;
+        if core.catalog.is_some() {
+            let path = core.cfg.data_dir.join(crate::fanout::FANOUT_FILE);
+            let bytes = core.storage.read_small(&path).await.map_err(|e| {
+                EngineError::Startup(format!("cannot read {}: {e}", path.display()))
+            })?;
+            let mut fanout = crate::fanout::Fanout::from_bytes(
+                &core.cfg.data_dir,
+                bytes.as_deref(),
+                core.clock.now_ms(),
+            )?;
+            let live: std::collections::HashSet<u64> =
+                core.routes.borrow().values().map(|e| e.stream_id).collect();
+            fanout.retain_streams(|id| live.contains(&id));
+            core.fanout = Some(RefCell::new(fanout));
+        }
         let recovery_started = std::time::Instant::now();
         let (mut opened_stores, mut opened_shards, mut rounds, mut cut) = (0u64, 0u64, 0u64, 0u64);
         let store_count = stores.len();
@@ -828,8 +895,27 @@ impl<S: Storage + 'static> Core<S> {
                 };
                 let _ = reply.send(result).await;
             }
-            CoreMsg::Read { ident, req, reply } => {
-                let _ = reply.send(self.read(ident, req).await).await;
+            CoreMsg::Read {
+                ident,
+                req,
+                consumer,
+                reply,
+            } => {
+                let _ = reply.send(self.read_as(ident, req, consumer).await).await;
+            }
+            CoreMsg::Fanout { op, reply } => {
+                let _ = reply.send(self.fanout_op(op).await).await;
+            }
+            CoreMsg::Claim {
+                ident,
+                consumer_id,
+                reply,
+            } => {
+                let _ = reply.send(self.claim(ident, consumer_id)).await;
+            }
+            CoreMsg::DropConsumer { consumer_id, reply } => {
+                self.drop_consumer(consumer_id);
+                let _ = reply.send(Ok(())).await;
             }
             CoreMsg::Position { ident, pos, reply } => {
                 let _ = reply.send(self.position(ident, pos).await).await;
@@ -1077,12 +1163,14 @@ impl<S: Storage + 'static> Core<S> {
             .cloned()
             .ok_or_else(|| EngineError::Startup(format!("store {} is not open", spec.store)))?;
         store.add_shard(spec.ident);
-        let (write, read) = limiters(&spec, self.clock.now_ms());
+        let (write, read, read_calls) = limiters(&spec, self.clock.now_ms());
         let slot = ShardSlot {
             spec: RefCell::new(spec.clone()),
             store,
             write: RefCell::new(write),
             read: RefCell::new(read),
+            read_calls: RefCell::new(read_calls),
+            subscribers: RefCell::new(HashMap::new()),
             sealed: Cell::new(spec.closed),
             appending: Cell::new(0),
             appends_done: crate::notify::Notify::new(),
@@ -1315,22 +1403,82 @@ impl<S: Storage + 'static> Core<S> {
         ident: ShardIdent,
         req: ReadRequest,
     ) -> Result<ReadOutput, EngineError> {
+        self.read_as(ident, req, None).await
+    }
+
+    /// A read charged to the shard's polling allowance (`consumer: None`: 2 MiB/s and, with
+    /// Kinesis limits, 5 calls/s shared by every polling reader), or to a registered
+    /// consumer's own (`Some((consumer_id, generation))`: a subscription, which must still
+    /// hold the consumer's newest claim on the shard).
+    pub(crate) async fn read_as(
+        &self,
+        ident: ShardIdent,
+        req: ReadRequest,
+        consumer: Option<(u64, u64)>,
+    ) -> Result<ReadOutput, EngineError> {
         self.wait_for_data(ident, req.from_seq, req.wait_ms, None)
             .await?;
         let slot = self.slot(ident)?;
         let store = &slot.store;
-        if let Some(bucket) = slot.read.borrow_mut().as_mut() {
-            if bucket.available(self.clock.now_ms()) == 0 {
-                return Err(EngineError::ReadThrottled {
-                    retry_after_ms: bucket.wait_ms(1),
-                });
+        let now = self.clock.now_ms();
+        match consumer {
+            None => {
+                if let Some(bucket) = slot.read.borrow_mut().as_mut() {
+                    if bucket.available(now) == 0 {
+                        return Err(EngineError::ReadThrottled {
+                            retry_after_ms: bucket.wait_ms(1),
+                        });
+                    }
+                }
+                if let Some(calls) = slot.read_calls.borrow_mut().as_mut() {
+                    if calls.available(now) == 0 {
+                        return Err(EngineError::ReadThrottled {
+                            retry_after_ms: calls.wait_ms(1),
+                        });
+                    }
+                    calls.take(1);
+                }
+            }
+            Some((id, generation)) => {
+                let mut subs = slot.subscribers.borrow_mut();
+                let sub = subs
+                    .get_mut(&id)
+                    .ok_or_else(|| EngineError::UnknownConsumer {
+                        stream: format!("#{}", ident.stream_id),
+                        consumer: format!("#{id} (deregistered)"),
+                    })?;
+                if sub.generation != generation {
+                    return Err(EngineError::SubscriptionReplaced);
+                }
+                if let Some(bucket) = sub.bucket.as_mut() {
+                    if bucket.available(now) == 0 {
+                        return Err(EngineError::ReadThrottled {
+                            retry_after_ms: bucket.wait_ms(1),
+                        });
+                    }
+                }
             }
         }
         let out = store
             .read(ident, req.from_seq, req.max_records, req.max_bytes)
             .await?;
-        if let Some(bucket) = slot.read.borrow_mut().as_mut() {
-            bucket.take(out.bytes.len() as u64);
+        let taken = out.bytes.len() as u64;
+        match consumer {
+            None => {
+                if let Some(bucket) = slot.read.borrow_mut().as_mut() {
+                    bucket.take(taken);
+                }
+            }
+            Some((id, _)) => {
+                if let Some(bucket) = slot
+                    .subscribers
+                    .borrow_mut()
+                    .get_mut(&id)
+                    .and_then(|s| s.bucket.as_mut())
+                {
+                    bucket.take(taken);
+                }
+            }
         }
         Ok(out)
     }
@@ -2420,6 +2568,9 @@ impl CoreMsg {
             CoreMsg::Append { reply, .. } => no(reply),
             CoreMsg::AppendMany { reply, .. } => no(reply),
             CoreMsg::Read { reply, .. } => no(reply),
+            CoreMsg::Fanout { reply, .. } => no(reply),
+            CoreMsg::Claim { reply, .. } => no(reply),
+            CoreMsg::DropConsumer { reply, .. } => no(reply),
             CoreMsg::Position { reply, .. } => no(reply),
             CoreMsg::Stats { reply, .. } => no(reply),
             CoreMsg::RetentionNow { reply } => no(reply),

@@ -79,6 +79,17 @@ error_codes! {
     /// new shard-map version: describe the stream (until it shows at least that version) and
     /// send the records to the children that now own their hash keys.
     ShardClosed = 203,
+    /// The stream has no registered consumer with this name.
+    UnknownConsumer = 204,
+    /// A consumer with this name is already registered on the stream.
+    ConsumerExists = 205,
+    /// The stream has no consumer group with this name.
+    UnknownGroup = 206,
+    /// The worker does not hold the shard's lease (it expired or moved): its checkpoint was
+    /// not stored; stop reading the shard and heartbeat for the current leases.
+    LeaseLost = 207,
+    /// A newer subscription of the same consumer to the same shard took over this one.
+    SubscriptionReplaced = 208,
 
     // 3xx: records and batches.
     /// A record's data exceeds the stream's per-record limit.
@@ -200,6 +211,11 @@ mod tests {
         (ErrorCode::StreamExists, 201),
         (ErrorCode::UnknownShard, 202),
         (ErrorCode::ShardClosed, 203),
+        (ErrorCode::UnknownConsumer, 204),
+        (ErrorCode::ConsumerExists, 205),
+        (ErrorCode::UnknownGroup, 206),
+        (ErrorCode::LeaseLost, 207),
+        (ErrorCode::SubscriptionReplaced, 208),
         (ErrorCode::RecordTooLarge, 300),
         (ErrorCode::BatchTooLarge, 301),
         (ErrorCode::InvalidRecord, 302),

@@ -39,7 +39,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
 pub const FLAG_RESPONSE: u8 = 1 << 0;
 /// Flag: the response is an error; its payload is an error body. Only with `FLAG_RESPONSE`.
 pub const FLAG_ERROR: u8 = 1 << 1;
-const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_ERROR;
+/// Flag: more responses follow for this correlation id (a subscription's events). Only with
+/// `FLAG_RESPONSE` and without `FLAG_ERROR`: an error always ends the exchange.
+pub const FLAG_MORE: u8 = 1 << 2;
+const FLAGS_KNOWN: u8 = FLAG_RESPONSE | FLAG_ERROR | FLAG_MORE;
 
 macro_rules! opcodes {
     ($( $(#[doc = $doc:literal])* $name:ident = $value:literal, )*) => {
@@ -104,6 +107,28 @@ opcodes! {
     GetIterator = 30,
     /// Read records at an iterator.
     GetRecords = 31,
+    /// Register a push consumer on a stream.
+    RegisterConsumer = 40,
+    /// Remove a push consumer (its subscriptions end).
+    DeregisterConsumer = 41,
+    /// A stream's registered consumers.
+    ListConsumers = 42,
+    /// One registered consumer.
+    DescribeConsumer = 43,
+    /// Push a shard's records to a registered consumer as they become durable.
+    SubscribeToShard = 44,
+    /// Grant a subscription more bytes.
+    SubscribeCredit = 45,
+    /// A consumer-group worker joins, renews its leases, or leaves.
+    GroupHeartbeat = 50,
+    /// Store a group's checkpoint of a leased shard durably.
+    Checkpoint = 51,
+    /// A group's members, leases, checkpoints and lag.
+    DescribeGroup = 52,
+    /// Remove a group and its checkpoints.
+    DeleteGroup = 53,
+    /// A stream's consumer groups.
+    ListGroups = 54,
 }
 
 impl Opcode {
@@ -131,6 +156,11 @@ impl FrameHeader {
 
     pub fn is_error(&self) -> bool {
         self.flags & FLAG_ERROR != 0
+    }
+
+    /// More responses follow for this correlation id.
+    pub fn has_more(&self) -> bool {
+        self.flags & FLAG_MORE != 0
     }
 
     pub fn payload_len(&self) -> usize {
@@ -217,7 +247,9 @@ pub fn peek_header(buf: &[u8], max_frame_bytes: usize) -> Result<Option<FrameHea
     }
     let flags = buf[5];
     let error_without_response = flags & FLAG_ERROR != 0 && flags & FLAG_RESPONSE == 0;
-    if flags & !FLAGS_KNOWN != 0 || error_without_response {
+    let more_out_of_place =
+        flags & FLAG_MORE != 0 && (flags & FLAG_RESPONSE == 0 || flags & FLAG_ERROR != 0);
+    if flags & !FLAGS_KNOWN != 0 || error_without_response || more_out_of_place {
         return Err(FrameError::BadFlags(flags));
     }
     let mut correlation_id = [0u8; 8];

@@ -13,13 +13,19 @@
 //! offset size field           meaning
 //!  0     4    frame_len       total frame bytes, header included (16 + payload)
 //!  4     1    version         PROTOCOL_VERSION (1)
-//!  5     1    flags           bit 0 RESPONSE, bit 1 ERROR; bits 2..8 reserved, 0
+//!  5     1    flags           bit 0 RESPONSE, bit 1 ERROR, bit 2 MORE (another
+//!                             response follows: a subscription's events); bits 3..8 0
 //!  6     2    opcode          Hello 1 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
 //!                             DescribeStream 13 | IncreaseRetention 14 |
 //!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
 //!                             UpdateShardCount 18 | UpdateStreamMode 19 |
 //!                             PutRecord 20 | PutBatch 21 |
-//!                             PutBatches 22 | GetIterator 30 | GetRecords 31
+//!                             PutBatches 22 | GetIterator 30 | GetRecords 31 |
+//!                             RegisterConsumer 40 | DeregisterConsumer 41 |
+//!                             ListConsumers 42 | DescribeConsumer 43 |
+//!                             SubscribeToShard 44 | SubscribeCredit 45 |
+//!                             GroupHeartbeat 50 | Checkpoint 51 | DescribeGroup 52 |
+//!                             DeleteGroup 53 | ListGroups 54
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
 //!
@@ -30,7 +36,7 @@
 //! Payload fields: fixed-width little-endian integers; `str`/`bytes` are a LEB128 varint
 //! length then the bytes; `opt<T>` is a presence byte (0 or 1) then `T`; lists are a varint
 //! count then the elements. Each command group's module draws its messages: [`hello`],
-//! [`stream`], [`write`](mod@write), [`read`]; the iterator token is drawn in [`token`].
+//! [`stream`], [`write`](mod@write), [`read`], [`consumer`]; the iterator token is drawn in [`token`].
 //!
 //! Records travel in the [`batch`] layout, byte for byte as the producer built them and as
 //! the engine stores them: a 64-byte header (magic `SPB1`, header CRC, length, version,
@@ -63,6 +69,7 @@
 //! root does the same under libFuzzer.
 
 pub mod batch;
+pub mod consumer;
 pub mod error;
 pub mod frame;
 pub mod hello;
@@ -80,7 +87,7 @@ pub mod fuzzing;
 pub use error::ErrorCode;
 pub use frame::{
     decode_frame, peek_header, Frame, FrameError, FrameHeader, Opcode, DEFAULT_MAX_FRAME_BYTES,
-    FLAG_ERROR, FLAG_RESPONSE, FRAME_HEADER_LEN, PROTOCOL_VERSION,
+    FLAG_ERROR, FLAG_MORE, FLAG_RESPONSE, FRAME_HEADER_LEN, PROTOCOL_VERSION,
 };
 pub use hello::{CoreInfo, HelloRequest, HelloResponse};
 pub use message::{

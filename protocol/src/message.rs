@@ -8,6 +8,11 @@
 //! write buffer. The messages of each command group live in their own module (`hello`,
 //! `stream`, `write`, `read`), with their tests beside them.
 
+use crate::consumer::{
+    CheckpointRequest, ConsumerDescription, ConsumerRequest, CreditRequest, GroupDescription,
+    GroupHeartbeatRequest, GroupHeartbeatResponse, GroupRequest, ListConsumersResponse,
+    ListGroupsResponse, StreamRequest, SubscribeEvent, SubscribeRequest,
+};
 use crate::error::ErrorCode;
 use crate::frame::{begin_frame, finish_frame, Frame, Opcode, FLAG_ERROR, FLAG_RESPONSE};
 use crate::hello::{HelloRequest, HelloResponse};
@@ -53,6 +58,17 @@ pub enum Request<'a> {
     PutBatches(PutBatchesRequest<'a>),
     GetIterator(GetIteratorRequest<'a>),
     GetRecords(GetRecordsRequest<'a>),
+    RegisterConsumer(ConsumerRequest<'a>),
+    DeregisterConsumer(ConsumerRequest<'a>),
+    ListConsumers(StreamRequest<'a>),
+    DescribeConsumer(ConsumerRequest<'a>),
+    SubscribeToShard(SubscribeRequest<'a>),
+    SubscribeCredit(CreditRequest),
+    GroupHeartbeat(GroupHeartbeatRequest<'a>),
+    Checkpoint(CheckpointRequest<'a>),
+    DescribeGroup(GroupRequest<'a>),
+    DeleteGroup(GroupRequest<'a>),
+    ListGroups(StreamRequest<'a>),
 }
 
 /// A successful response. Errors travel as [`ErrorResponse`] in frames flagged `ERROR`.
@@ -74,6 +90,18 @@ pub enum Response<'a> {
     PutBatches(PutBatchesResponse<'a>),
     GetIterator(GetIteratorResponse<'a>),
     GetRecords(GetRecordsResponse<'a>),
+    RegisterConsumer(ConsumerDescription<'a>),
+    DeregisterConsumer,
+    ListConsumers(ListConsumersResponse<'a>),
+    DescribeConsumer(ConsumerDescription<'a>),
+    /// One event of a subscription (frames flagged MORE until the last).
+    SubscribeToShard(SubscribeEvent<'a>),
+    SubscribeCredit,
+    GroupHeartbeat(GroupHeartbeatResponse),
+    Checkpoint,
+    DescribeGroup(GroupDescription<'a>),
+    DeleteGroup,
+    ListGroups(ListGroupsResponse<'a>),
 }
 
 /// The body of every error response.
@@ -126,6 +154,17 @@ impl<'a> Request<'a> {
             Request::PutBatches(_) => Opcode::PutBatches,
             Request::GetIterator(_) => Opcode::GetIterator,
             Request::GetRecords(_) => Opcode::GetRecords,
+            Request::RegisterConsumer(_) => Opcode::RegisterConsumer,
+            Request::DeregisterConsumer(_) => Opcode::DeregisterConsumer,
+            Request::ListConsumers(_) => Opcode::ListConsumers,
+            Request::DescribeConsumer(_) => Opcode::DescribeConsumer,
+            Request::SubscribeToShard(_) => Opcode::SubscribeToShard,
+            Request::SubscribeCredit(_) => Opcode::SubscribeCredit,
+            Request::GroupHeartbeat(_) => Opcode::GroupHeartbeat,
+            Request::Checkpoint(_) => Opcode::Checkpoint,
+            Request::DescribeGroup(_) => Opcode::DescribeGroup,
+            Request::DeleteGroup(_) => Opcode::DeleteGroup,
+            Request::ListGroups(_) => Opcode::ListGroups,
         }
     }
 
@@ -147,6 +186,15 @@ impl<'a> Request<'a> {
             Request::PutBatches(m) => m.encode_payload(out),
             Request::GetIterator(m) => m.encode_payload(out),
             Request::GetRecords(m) => m.encode_payload(out),
+            Request::RegisterConsumer(m)
+            | Request::DeregisterConsumer(m)
+            | Request::DescribeConsumer(m) => m.encode_payload(out),
+            Request::ListConsumers(m) | Request::ListGroups(m) => m.encode_payload(out),
+            Request::SubscribeToShard(m) => m.encode_payload(out),
+            Request::SubscribeCredit(m) => m.encode_payload(out),
+            Request::GroupHeartbeat(m) => m.encode_payload(out),
+            Request::Checkpoint(m) => m.encode_payload(out),
+            Request::DescribeGroup(m) | Request::DeleteGroup(m) => m.encode_payload(out),
         }
     }
 
@@ -172,6 +220,17 @@ impl<'a> Request<'a> {
             Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
             Opcode::GetIterator => Request::GetIterator(decode_exact(payload)?),
             Opcode::GetRecords => Request::GetRecords(decode_exact(payload)?),
+            Opcode::RegisterConsumer => Request::RegisterConsumer(decode_exact(payload)?),
+            Opcode::DeregisterConsumer => Request::DeregisterConsumer(decode_exact(payload)?),
+            Opcode::ListConsumers => Request::ListConsumers(decode_exact(payload)?),
+            Opcode::DescribeConsumer => Request::DescribeConsumer(decode_exact(payload)?),
+            Opcode::SubscribeToShard => Request::SubscribeToShard(decode_exact(payload)?),
+            Opcode::SubscribeCredit => Request::SubscribeCredit(decode_exact(payload)?),
+            Opcode::GroupHeartbeat => Request::GroupHeartbeat(decode_exact(payload)?),
+            Opcode::Checkpoint => Request::Checkpoint(decode_exact(payload)?),
+            Opcode::DescribeGroup => Request::DescribeGroup(decode_exact(payload)?),
+            Opcode::DeleteGroup => Request::DeleteGroup(decode_exact(payload)?),
+            Opcode::ListGroups => Request::ListGroups(decode_exact(payload)?),
         })
     }
 }
@@ -195,6 +254,17 @@ impl<'a> Response<'a> {
             Response::PutBatches(_) => Opcode::PutBatches,
             Response::GetIterator(_) => Opcode::GetIterator,
             Response::GetRecords(_) => Opcode::GetRecords,
+            Response::RegisterConsumer(_) => Opcode::RegisterConsumer,
+            Response::DeregisterConsumer => Opcode::DeregisterConsumer,
+            Response::ListConsumers(_) => Opcode::ListConsumers,
+            Response::DescribeConsumer(_) => Opcode::DescribeConsumer,
+            Response::SubscribeToShard(_) => Opcode::SubscribeToShard,
+            Response::SubscribeCredit => Opcode::SubscribeCredit,
+            Response::GroupHeartbeat(_) => Opcode::GroupHeartbeat,
+            Response::Checkpoint => Opcode::Checkpoint,
+            Response::DescribeGroup(_) => Opcode::DescribeGroup,
+            Response::DeleteGroup => Opcode::DeleteGroup,
+            Response::ListGroups(_) => Opcode::ListGroups,
         }
     }
 
@@ -213,10 +283,20 @@ impl<'a> Response<'a> {
             Response::PutBatches(m) => m.encode_payload(out),
             Response::GetIterator(m) => m.encode_payload(out),
             Response::GetRecords(m) => m.encode_payload(out),
+            Response::RegisterConsumer(m) | Response::DescribeConsumer(m) => m.encode_payload(out),
+            Response::ListConsumers(m) => m.encode_payload(out),
+            Response::SubscribeToShard(m) => m.encode_payload(out),
+            Response::GroupHeartbeat(m) => m.encode_payload(out),
+            Response::DescribeGroup(m) => m.encode_payload(out),
+            Response::ListGroups(m) => m.encode_payload(out),
             Response::DeleteStream
             | Response::IncreaseRetention
             | Response::DecreaseRetention
-            | Response::UpdateStreamMode => {}
+            | Response::UpdateStreamMode
+            | Response::DeregisterConsumer
+            | Response::SubscribeCredit
+            | Response::Checkpoint
+            | Response::DeleteGroup => {}
         }
     }
 
@@ -246,6 +326,19 @@ impl<'a> Response<'a> {
             Opcode::PutBatches => Response::PutBatches(decode_exact(payload)?),
             Opcode::GetIterator => Response::GetIterator(decode_exact(payload)?),
             Opcode::GetRecords => Response::GetRecords(decode_exact(payload)?),
+            Opcode::RegisterConsumer => Response::RegisterConsumer(decode_exact(payload)?),
+            Opcode::DeregisterConsumer => {
+                decode_empty(payload).map(|()| Response::DeregisterConsumer)?
+            }
+            Opcode::ListConsumers => Response::ListConsumers(decode_exact(payload)?),
+            Opcode::DescribeConsumer => Response::DescribeConsumer(decode_exact(payload)?),
+            Opcode::SubscribeToShard => Response::SubscribeToShard(decode_exact(payload)?),
+            Opcode::SubscribeCredit => decode_empty(payload).map(|()| Response::SubscribeCredit)?,
+            Opcode::GroupHeartbeat => Response::GroupHeartbeat(decode_exact(payload)?),
+            Opcode::Checkpoint => decode_empty(payload).map(|()| Response::Checkpoint)?,
+            Opcode::DescribeGroup => Response::DescribeGroup(decode_exact(payload)?),
+            Opcode::DeleteGroup => decode_empty(payload).map(|()| Response::DeleteGroup)?,
+            Opcode::ListGroups => Response::ListGroups(decode_exact(payload)?),
         })
     }
 }

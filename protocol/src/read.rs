@@ -133,6 +133,11 @@ impl<'a> ShardIds<'a> {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 
+    /// The ids as they travel: u32s, little-endian.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn to_vec(&self) -> Vec<u32> {
         self.iter().collect()
     }
@@ -284,15 +289,7 @@ impl<'a> GetRecordsResponse<'a> {
     /// The records with `start_seq <= seq < end_seq`, in order, after verifying every batch
     /// (both CRCs) and that batches do not go back in sequence. Stops at the first error.
     pub fn records(&self) -> Records<'a> {
-        Records {
-            batches: self.batches.iter(),
-            batch_index: 0,
-            current: None,
-            min_seq: 0,
-            start_seq: self.head.start_seq,
-            end_seq: self.head.end_seq,
-            failed: false,
-        }
+        Records::window(self.batches, self.head.start_seq, self.head.end_seq)
     }
 }
 
@@ -317,6 +314,19 @@ pub struct Records<'a> {
 }
 
 impl<'a> Records<'a> {
+    /// The records of `batches` with `start_seq <= seq < end_seq`.
+    pub(crate) fn window(batches: BatchSlices<'a>, start_seq: u64, end_seq: u64) -> Records<'a> {
+        Records {
+            batches: batches.iter(),
+            batch_index: 0,
+            current: None,
+            min_seq: 0,
+            start_seq,
+            end_seq,
+            failed: false,
+        }
+    }
+
     fn open_next_batch(&mut self, batch: &'a [u8]) -> Result<(), ReadError> {
         let index = self.batch_index;
         self.batch_index += 1;
@@ -388,50 +398,56 @@ const POSITION_AT_SEQUENCE_NUMBER: u8 = 2;
 const POSITION_AFTER_SEQUENCE_NUMBER: u8 = 3;
 const POSITION_AT_TIMESTAMP: u8 = 4;
 
+pub(crate) fn put_position(out: &mut Vec<u8>, position: IteratorPosition) {
+    match position {
+        IteratorPosition::TrimHorizon => put_u8(out, POSITION_TRIM_HORIZON),
+        IteratorPosition::Latest => put_u8(out, POSITION_LATEST),
+        IteratorPosition::AtSequenceNumber { seq } => {
+            put_u8(out, POSITION_AT_SEQUENCE_NUMBER);
+            put_u64(out, seq);
+        }
+        IteratorPosition::AfterSequenceNumber { seq } => {
+            put_u8(out, POSITION_AFTER_SEQUENCE_NUMBER);
+            put_u64(out, seq);
+        }
+        IteratorPosition::AtTimestamp { ts_ms } => {
+            put_u8(out, POSITION_AT_TIMESTAMP);
+            put_i64(out, ts_ms);
+        }
+    }
+}
+
+pub(crate) fn get_position(r: &mut Reader<'_>) -> Result<IteratorPosition, DecodeError> {
+    Ok(match r.u8("position")? {
+        POSITION_TRIM_HORIZON => IteratorPosition::TrimHorizon,
+        POSITION_LATEST => IteratorPosition::Latest,
+        POSITION_AT_SEQUENCE_NUMBER => IteratorPosition::AtSequenceNumber { seq: r.u64("seq")? },
+        POSITION_AFTER_SEQUENCE_NUMBER => {
+            IteratorPosition::AfterSequenceNumber { seq: r.u64("seq")? }
+        }
+        POSITION_AT_TIMESTAMP => IteratorPosition::AtTimestamp {
+            ts_ms: r.i64("ts_ms")?,
+        },
+        _ => {
+            return Err(DecodeError::Malformed {
+                field: "position",
+                reason: "unknown tag",
+            })
+        }
+    })
+}
+
 impl<'a> Payload<'a> for GetIteratorRequest<'a> {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_stream_name(out, self.stream);
         put_u32(out, self.shard_id);
-        match self.position {
-            IteratorPosition::TrimHorizon => put_u8(out, POSITION_TRIM_HORIZON),
-            IteratorPosition::Latest => put_u8(out, POSITION_LATEST),
-            IteratorPosition::AtSequenceNumber { seq } => {
-                put_u8(out, POSITION_AT_SEQUENCE_NUMBER);
-                put_u64(out, seq);
-            }
-            IteratorPosition::AfterSequenceNumber { seq } => {
-                put_u8(out, POSITION_AFTER_SEQUENCE_NUMBER);
-                put_u64(out, seq);
-            }
-            IteratorPosition::AtTimestamp { ts_ms } => {
-                put_u8(out, POSITION_AT_TIMESTAMP);
-                put_i64(out, ts_ms);
-            }
-        }
+        put_position(out, self.position);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let stream = get_stream_name(r)?;
         let shard_id = r.u32("shard_id")?;
-        let position = match r.u8("position")? {
-            POSITION_TRIM_HORIZON => IteratorPosition::TrimHorizon,
-            POSITION_LATEST => IteratorPosition::Latest,
-            POSITION_AT_SEQUENCE_NUMBER => {
-                IteratorPosition::AtSequenceNumber { seq: r.u64("seq")? }
-            }
-            POSITION_AFTER_SEQUENCE_NUMBER => {
-                IteratorPosition::AfterSequenceNumber { seq: r.u64("seq")? }
-            }
-            POSITION_AT_TIMESTAMP => IteratorPosition::AtTimestamp {
-                ts_ms: r.i64("ts_ms")?,
-            },
-            _ => {
-                return Err(DecodeError::Malformed {
-                    field: "position",
-                    reason: "unknown tag",
-                })
-            }
-        };
+        let position = get_position(r)?;
         Ok(GetIteratorRequest {
             stream,
             shard_id,

@@ -8,6 +8,7 @@
 //! search with `SPATE_FUZZ_ITERATIONS=<n>`.
 
 use spate_protocol::batch::{stamp, BatchBuilder};
+use spate_protocol::consumer::*;
 use spate_protocol::fuzzing;
 use spate_protocol::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -176,6 +177,41 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             max_bytes: 1 << 20,
             wait_ms: 500,
         }),
+        Request::RegisterConsumer(ConsumerRequest {
+            stream: "orders",
+            consumer: "billing",
+        }),
+        Request::ListConsumers(StreamRequest { stream: "orders" }),
+        Request::SubscribeToShard(SubscribeRequest {
+            stream: "orders",
+            consumer: "billing",
+            shard_id: 2,
+            position: IteratorPosition::AtSequenceNumber { seq: 4 },
+            credit_bytes: 1 << 20,
+        }),
+        Request::SubscribeCredit(CreditRequest {
+            subscription: 7,
+            bytes: 65536,
+        }),
+        Request::GroupHeartbeat(GroupHeartbeatRequest {
+            stream: "orders",
+            group: "etl",
+            worker: "host-1:99",
+            start: IteratorPosition::AtTimestamp { ts_ms: 5 },
+            leave: true,
+        }),
+        Request::Checkpoint(CheckpointRequest {
+            stream: "orders",
+            group: "etl",
+            worker: "host-1:99",
+            shard_id: 3,
+            epoch: 2,
+            checkpoint: Checkpoint::After { seq: 77 },
+        }),
+        Request::DescribeGroup(GroupRequest {
+            stream: "orders",
+            group: "etl",
+        }),
     ];
     let shard = ShardDescription {
         id: 1,
@@ -276,6 +312,43 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                 }),
             ],
         }),
+        Response::ListConsumers(ListConsumersResponse {
+            consumers: vec![ConsumerDescription {
+                name: "billing",
+                consumer_id: 3,
+                created_ms: 1_700_000_000_000,
+            }],
+        }),
+        Response::GroupHeartbeat(GroupHeartbeatResponse {
+            lease_timeout_ms: 6000,
+            leases: vec![Lease {
+                shard_id: 1,
+                epoch: 4,
+                checkpoint: Checkpoint::After { seq: 9 },
+            }],
+        }),
+        Response::DescribeGroup(GroupDescription {
+            group: "etl",
+            start: IteratorPosition::TrimHorizon,
+            created_ms: 1,
+            lease_timeout_ms: 6000,
+            members: vec![GroupMember {
+                worker: "w1",
+                idle_ms: 100,
+                leases: 1,
+            }],
+            shards: vec![GroupShard {
+                shard_id: 1,
+                owner: Some("w1"),
+                epoch: 4,
+                checkpoint: Checkpoint::ShardEnd,
+                next_seq: 10,
+                lag_records: 0,
+            }],
+        }),
+        Response::ListGroups(ListGroupsResponse {
+            groups: vec!["etl", "audit"],
+        }),
     ];
     let mut corpus = Vec::new();
     for (i, request) in requests.iter().enumerate() {
@@ -299,6 +372,19 @@ fn frame_corpus() -> Vec<Vec<u8>> {
     };
     let mut out = Vec::new();
     encode_get_records_response(&mut out, 99, &head, [&a[..], &b[..]]);
+    corpus.push(out);
+    let children = ShardIds::encode(&[4, 5]);
+    let event = consumer::SubscribeEventHead {
+        start_seq: 10,
+        continuation_seq: 15,
+        millis_behind_latest: 0,
+        ended: true,
+        child_shards: ShardIds::from_bytes(&children).unwrap(),
+    };
+    let mut out = Vec::new();
+    consumer::encode_subscribe_event_head(&mut out, 98, &event, 2, a.len() + b.len(), true);
+    out.extend_from_slice(&a);
+    out.extend_from_slice(&b);
     corpus.push(out);
     let mut out = Vec::new();
     let error = ErrorResponse {

@@ -54,9 +54,20 @@ fn iterator(c: &mut WireClient, stream: &str, shard: u32, position: IteratorPosi
     }
 }
 
+/// Records read: (seq, data).
+type Read = Vec<(u64, Vec<u8>)>;
+
 /// Reads from `iterator` until the tip; returns (seq, data) and the final iterator.
-fn read_to_tip(c: &mut WireClient, mut it: Vec<u8>) -> (Vec<(u64, Vec<u8>)>, Vec<u8>) {
+fn read_to_tip(c: &mut WireClient, it: Vec<u8>) -> (Read, Vec<u8>) {
+    let (out, next, _) = read_to_tip_counting(c, it);
+    (out, next)
+}
+
+/// As `read_to_tip`, waiting out read throttling (Kinesis limits allow 5 calls per second
+/// per shard) as the server's hint says; also answers how many calls were throttled.
+fn read_to_tip_counting(c: &mut WireClient, mut it: Vec<u8>) -> (Read, Vec<u8>, u64) {
     let mut out = Vec::new();
+    let mut throttled = 0;
     loop {
         let r = c.call(&Request::GetRecords(GetRecordsRequest {
             iterator: &it,
@@ -64,6 +75,12 @@ fn read_to_tip(c: &mut WireClient, mut it: Vec<u8>) -> (Vec<(u64, Vec<u8>)>, Vec
             max_bytes: 1 << 20,
             wait_ms: 0,
         }));
+        if let Err(e) = r.reply() {
+            assert_eq!(e.code, ErrorCode::ReadThrottled, "{e:?}");
+            throttled += 1;
+            std::thread::sleep(std::time::Duration::from_millis(e.retry_after_ms.into()));
+            continue;
+        }
         let Ok(Response::GetRecords(g)) = r.reply() else {
             panic!("{:?}", r.reply())
         };
@@ -75,7 +92,7 @@ fn read_to_tip(c: &mut WireClient, mut it: Vec<u8>) -> (Vec<(u64, Vec<u8>)>, Vec
         let next = g.head.next_iterator.expect("next iterator").to_vec();
         if out.len() == before {
             assert_eq!(g.head.millis_behind_latest, 0);
-            return (out, next);
+            return (out, next, throttled);
         }
         it = next;
     }
@@ -559,7 +576,9 @@ fn the_metrics_endpoint_counts_what_was_done() {
     }
     assert!(refused > 0);
     let it = iterator(&mut c, "m", 0, IteratorPosition::TrimHorizon);
-    let (read, _) = read_to_tip(&mut c, it);
+    // Eleven calls of 100 records: past Kinesis' 5 calls per second, some are throttled.
+    let (read, _, read_throttled) = read_to_tip_counting(&mut c, it);
+    assert!(read_throttled > 0);
 
     let scrape = |path: &str| {
         let mut s = std::net::TcpStream::connect(srv.metrics_addr().expect("metrics on")).unwrap();
@@ -597,6 +616,10 @@ fn the_metrics_endpoint_counts_what_was_done() {
     );
     assert_eq!(value("PutRecords_Success_total", stream), stored_calls);
     assert_eq!(value("GetRecords_Records_total", stream), read.len() as f64);
+    assert_eq!(
+        value("ReadProvisionedThroughputExceeded_total", stream),
+        read_throttled as f64
+    );
     assert_eq!(read.len() as u64, accepted);
     assert!(value("GetRecords_Success_total", stream) >= 1.0);
     assert!(value("GetRecords_Bytes_total", stream) > bytes as f64 * 0.5);

@@ -4,6 +4,7 @@ mod client;
 mod crash;
 mod disk;
 mod engine;
+mod fanout;
 mod hostile;
 mod reshard;
 mod server;

@@ -26,9 +26,12 @@ use crate::catalog::{self, StreamEntry};
 use crate::error::EngineError;
 use crate::io::Storage;
 use crate::runtime::{
-    call, call_read, ControlOp, Core, CoreMsg, PutOutcome, ReadRequest, ShardIdent, StreamStatus,
+    call, call_read, ControlOp, Core, CoreMsg, FanoutOp, PutOutcome, ReadRequest, ShardIdent,
+    StreamStatus,
 };
 use crate::store::ReadOutput;
+
+mod fanout;
 
 /// Kinesis caps one read at 10,000 records and 10 MiB.
 const MAX_READ_RECORDS: u32 = 10_000;
@@ -123,7 +126,18 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::PutBatch(r) => Some(r.stream),
         Request::PutBatches(r) => Some(r.stream),
         Request::GetIterator(r) => Some(r.stream),
-        Request::Hello(_) | Request::ListStreams(_) | Request::GetRecords(_) => None,
+        Request::RegisterConsumer(r)
+        | Request::DeregisterConsumer(r)
+        | Request::DescribeConsumer(r) => Some(r.stream),
+        Request::ListConsumers(r) | Request::ListGroups(r) => Some(r.stream),
+        Request::SubscribeToShard(r) => Some(r.stream),
+        Request::GroupHeartbeat(r) => Some(r.stream),
+        Request::Checkpoint(r) => Some(r.stream),
+        Request::DescribeGroup(r) | Request::DeleteGroup(r) => Some(r.stream),
+        Request::Hello(_)
+        | Request::ListStreams(_)
+        | Request::GetRecords(_)
+        | Request::SubscribeCredit(_) => None,
     }
 }
 
@@ -203,6 +217,11 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         EngineError::StreamExists(_) => (ErrorCode::StreamExists, 0),
         EngineError::UnknownShard { .. } => (ErrorCode::UnknownShard, 0),
         EngineError::ShardClosed { .. } => (ErrorCode::ShardClosed, 0),
+        EngineError::UnknownConsumer { .. } => (ErrorCode::UnknownConsumer, 0),
+        EngineError::ConsumerExists { .. } => (ErrorCode::ConsumerExists, 0),
+        EngineError::UnknownGroup { .. } => (ErrorCode::UnknownGroup, 0),
+        EngineError::LeaseLost(_) => (ErrorCode::LeaseLost, 0),
+        EngineError::SubscriptionReplaced => (ErrorCode::SubscriptionReplaced, 0),
         EngineError::InvalidArgument(_) => (ErrorCode::InvalidArgument, 0),
         EngineError::InvalidBatch(b) => (ErrorCode::from(b.clone()), 0),
         EngineError::Throttled { retry_after_ms } => (ErrorCode::Throttled, *retry_after_ms),
@@ -325,6 +344,44 @@ async fn execute<S: Storage + 'static>(
         Request::PutBatches(r) => return put_batches(core, cid, r, out).await,
         Request::GetIterator(r) => return get_iterator(core, cid, r, out).await,
         Request::GetRecords(r) => return get_records(core, conn, cid, r, out).await,
+        Request::RegisterConsumer(r) => {
+            let op = FanoutOp::Register {
+                stream: r.stream.to_owned(),
+                consumer: r.consumer.to_owned(),
+            };
+            return fanout::consumer_op(core, cid, op, out).await;
+        }
+        Request::DeregisterConsumer(r) => {
+            let op = FanoutOp::Deregister {
+                stream: r.stream.to_owned(),
+                consumer: r.consumer.to_owned(),
+            };
+            return fanout::consumer_op(core, cid, op, out).await;
+        }
+        Request::DescribeConsumer(r) => {
+            let op = FanoutOp::DescribeConsumer {
+                stream: r.stream.to_owned(),
+                consumer: r.consumer.to_owned(),
+            };
+            return fanout::consumer_op(core, cid, op, out).await;
+        }
+        Request::ListConsumers(r) => return fanout::list_consumers(core, cid, r.stream, out).await,
+        Request::SubscribeToShard(r) => return fanout::subscribe(core, conn, cid, r, out).await,
+        Request::SubscribeCredit(r) => fanout::credit(core, conn, r),
+        Request::GroupHeartbeat(r) => return fanout::heartbeat(core, cid, r, out).await,
+        Request::Checkpoint(r) => fanout::checkpoint(core, r).await?,
+        Request::DescribeGroup(r) => {
+            return fanout::describe_group(core, cid, r.stream, r.group, out).await
+        }
+        Request::DeleteGroup(r) => {
+            let op = FanoutOp::DeleteGroup {
+                stream: r.stream.to_owned(),
+                group: r.group.to_owned(),
+            };
+            fanout::fanout_call(core, op, true).await?;
+            Response::DeleteGroup
+        }
+        Request::ListGroups(r) => return fanout::list_groups(core, cid, r.stream, out).await,
     };
     encode_response(out, cid, &response);
     Ok(())
@@ -1013,6 +1070,7 @@ async fn read_shard<S: Storage + 'static>(
         call_read(&core.peers[owner], |reply| CoreMsg::Read {
             ident,
             req,
+            consumer: None,
             reply,
         })
         .await

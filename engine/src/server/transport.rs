@@ -426,6 +426,18 @@ pub(crate) struct ConnState {
     gone: Cell<bool>,
     /// The client closed its side (or the reader stopped): long-polls stop waiting.
     hung_up: Cell<bool>,
+    /// Responses waiting to be written.
+    outbox: Outbox,
+    /// This connection's subscriptions, by the correlation id of their subscribe request:
+    /// the credit their client has granted.
+    pub(crate) subscriptions: RefCell<std::collections::HashMap<u64, Rc<SubscriptionCredit>>>,
+}
+
+/// Bytes a subscriber has granted and not yet been sent; woken when it grants more.
+#[derive(Default)]
+pub(crate) struct SubscriptionCredit {
+    pub(crate) bytes: Cell<u64>,
+    pub(crate) granted: Notify,
 }
 
 impl ConnState {
@@ -468,6 +480,21 @@ impl ConnState {
         self.held.set(self.held.get() - bytes);
         self.room.notify_all();
     }
+
+    /// Appends response bytes answering `answers` in-flight requests to the outbox.
+    fn queue(&self, net: &NetState, bytes: &[u8], answers: usize) {
+        self.outbox.buf.borrow_mut().extend_from_slice(bytes);
+        self.outbox.answers.set(self.outbox.answers.get() + answers);
+        self.add(bytes.len());
+        net.unsent_bytes.set(net.unsent_bytes.get() + bytes.len());
+        self.outbox.ready.notify_all();
+    }
+
+    /// Queues one event of a request answered many times (a subscription): it answers
+    /// nothing yet, the request stays in flight.
+    pub(crate) fn push(&self, net: &NetState, bytes: &[u8]) {
+        self.queue(net, bytes, 0);
+    }
 }
 
 /// Room held on a connection for a response being produced.
@@ -501,7 +528,6 @@ struct Outbox {
 
 struct Connection<S: Storage> {
     core: Rc<Core<S>>,
-    outbox: Outbox,
     state: Rc<ConnState>,
 }
 
@@ -536,13 +562,11 @@ impl<S: Storage + 'static> Connection<S> {
             room: Notify::new(),
             gone: Cell::new(false),
             hung_up: Cell::new(false),
+            outbox: Outbox::default(),
+            subscriptions: RefCell::new(Default::default()),
         });
         watch(&core, &state);
-        let conn = Rc::new(Connection {
-            core,
-            outbox: Outbox::default(),
-            state,
-        });
+        let conn = Rc::new(Connection { core, state });
         let writer = glommio::spawn_local(conn.clone().write_loop());
         let mut frame = Frame::None;
         match conn.read_loop(&mut frame).await {
@@ -556,8 +580,8 @@ impl<S: Storage + 'static> Connection<S> {
         conn.state.hung_up.set(true);
         conn.state.room.notify_all();
         // Let the writer send what the in-flight requests answer, then stop.
-        conn.outbox.closed.set(true);
-        conn.outbox.ready.notify_all();
+        conn.state.outbox.closed.set(true);
+        conn.state.outbox.ready.notify_all();
         writer.await;
     }
 
@@ -694,12 +718,7 @@ impl<S: Storage + 'static> Connection<S> {
 
     /// Appends response bytes answering `answers` in-flight requests to the outbox.
     fn queue(&self, bytes: &[u8], answers: usize) {
-        self.outbox.buf.borrow_mut().extend_from_slice(bytes);
-        self.outbox.answers.set(self.outbox.answers.get() + answers);
-        self.state.add(bytes.len());
-        let net = &self.core.net;
-        net.unsent_bytes.set(net.unsent_bytes.get() + bytes.len());
-        self.outbox.ready.notify_all();
+        self.state.queue(&self.core.net, bytes, answers);
     }
 
     /// Runs one complete, charged frame as its own task.
@@ -742,8 +761,8 @@ impl<S: Storage + 'static> Connection<S> {
         // This side is closed (shutdown): what is answered after is not written.
         let mut finished = false;
         loop {
-            std::mem::swap(&mut sending, &mut *self.outbox.buf.borrow_mut());
-            let answers = self.outbox.answers.replace(0);
+            std::mem::swap(&mut sending, &mut *self.state.outbox.buf.borrow_mut());
+            let answers = self.state.outbox.answers.replace(0);
             if !sending.is_empty() && !self.state.gone.get() && !finished {
                 if let Err(e) = self.write_all(&sending).await {
                     tracing::debug!(peer = ?self.state.peer, error = %e, "connection dropped");
@@ -761,9 +780,10 @@ impl<S: Storage + 'static> Connection<S> {
                     net.idle.notify_all();
                 }
             }
-            let idle = self.outbox.buf.borrow().is_empty() && self.outbox.answers.get() == 0;
+            let idle =
+                self.state.outbox.buf.borrow().is_empty() && self.state.outbox.answers.get() == 0;
             if idle {
-                if self.outbox.closed.get() && self.state.inflight.get() == 0 {
+                if self.state.outbox.closed.get() && self.state.inflight.get() == 0 {
                     if !self.state.gone.get() && !finished {
                         let _ = Half(self.state.socket.clone()).close().await;
                     }
@@ -795,7 +815,7 @@ impl<S: Storage + 'static> Connection<S> {
                     let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
                     continue;
                 }
-                futures_lite::future::or(self.outbox.ready.wait(), net.close.wait()).await;
+                futures_lite::future::or(self.state.outbox.ready.wait(), net.close.wait()).await;
             }
         }
     }

@@ -1,0 +1,542 @@
+//! Consumer groups: a [`GroupWorker`] joins a named group on a stream; the engine leases
+//! the stream's shards to the group's workers (balanced; a child shard once its parents
+//! are read to their end) and keeps the group's checkpoints durably.
+//!
+//! The worker heartbeats every third of the lease timeout the server names, reads each
+//! shard it leases (from just after the group's checkpoint, or from the group's start),
+//! and hands the records to the caller through [`GroupWorker::next`], a bounded queue: a
+//! caller that stops taking them stops the reading. The caller checkpoints what it has
+//! processed ([`GroupWorker::checkpoint`]); delivery is at least once: after a restart, a
+//! crash or a lease that moved, records after the last checkpoint may come again, and none
+//! before it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spate_protocol::consumer::{
+    Checkpoint, CheckpointRequest, GroupHeartbeatRequest, GroupRequest, Lease, StreamRequest,
+};
+use spate_protocol::{ErrorCode, Opcode, Request, Response};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::client::{check_stream_name, Client, Position, Record, Target};
+use crate::connection::decode_reply;
+use crate::error::{ClientError, Result};
+use crate::reader::ReadOptions;
+
+/// What the caller gets from a [`GroupWorker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// Records of a leased shard, in order.
+    Records {
+        shard_id: u32,
+        records: Vec<Record>,
+        millis_behind_latest: u64,
+    },
+    /// A leased shard is closed and every record of it was delivered: checkpoint its end
+    /// ([`GroupWorker::checkpoint_shard_end`]) once they are processed, and its children
+    /// become leasable.
+    ShardEnded { shard_id: u32 },
+    /// The shard's lease moved to another worker (or expired): stop processing it.
+    LeaseLost { shard_id: u32 },
+}
+
+/// How a [`GroupWorker`] joins and reads.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// This worker's id in the group; unique per worker (default: host, pid and a random
+    /// suffix).
+    pub worker: String,
+    /// Where a new group starts: `TrimHorizon`, `Latest` or `AtTimestamp`.
+    pub start: Position,
+    /// Each shard's reads (long-poll at the tip).
+    pub read: ReadOptions,
+    /// Batches of records queued for the caller before reading waits.
+    pub queue: usize,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_string());
+        GroupOptions {
+            worker: format!(
+                "{host}-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            ),
+            start: Position::TrimHorizon,
+            read: ReadOptions {
+                wait_ms: 1_000,
+                ..ReadOptions::default()
+            },
+            queue: 16,
+        }
+    }
+}
+
+/// A group's member, its leases and checkpoints, as describe shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub group: String,
+    pub start: Position,
+    pub created_ms: i64,
+    pub lease_timeout_ms: u32,
+    pub members: Vec<GroupMemberInfo>,
+    pub shards: Vec<GroupShardInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberInfo {
+    pub worker: String,
+    pub idle_ms: u64,
+    pub leases: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupShardInfo {
+    pub shard_id: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub checkpoint: Checkpoint,
+    pub next_seq: u64,
+    pub lag_records: u64,
+}
+
+impl Client {
+    /// One heartbeat of `worker` in `group`: joins (creating the group at `start`),
+    /// renews, or with `leave` gives up its leases. Answers the lease timeout and the
+    /// worker's leases.
+    pub async fn group_heartbeat(
+        &self,
+        stream: &str,
+        group: &str,
+        worker: &str,
+        start: Position,
+        leave: bool,
+    ) -> Result<(u32, Vec<Lease>)> {
+        check_stream_name(stream)?;
+        let req = Request::GroupHeartbeat(GroupHeartbeatRequest {
+            stream,
+            group,
+            worker,
+            start,
+            leave,
+        });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        match decode_reply(&frame, Some(Opcode::GroupHeartbeat))? {
+            Response::GroupHeartbeat(r) => Ok((r.lease_timeout_ms, r.leases)),
+            _ => unreachable!("checked"),
+        }
+    }
+
+    /// Stores `group`'s checkpoint of `shard_id` durably; `epoch` is the worker's lease's
+    /// (a worker that lost the lease gets `LeaseLost`).
+    pub async fn checkpoint(
+        &self,
+        stream: &str,
+        group: &str,
+        worker: &str,
+        shard_id: u32,
+        epoch: u64,
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
+        check_stream_name(stream)?;
+        let req = Request::Checkpoint(CheckpointRequest {
+            stream,
+            group,
+            worker,
+            shard_id,
+            epoch,
+            checkpoint,
+        });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        decode_reply(&frame, Some(Opcode::Checkpoint))?;
+        Ok(())
+    }
+
+    pub async fn describe_group(&self, stream: &str, group: &str) -> Result<GroupInfo> {
+        check_stream_name(stream)?;
+        let req = Request::DescribeGroup(GroupRequest { stream, group });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        let Response::DescribeGroup(d) = decode_reply(&frame, Some(Opcode::DescribeGroup))? else {
+            unreachable!("checked")
+        };
+        Ok(GroupInfo {
+            group: d.group.to_string(),
+            start: d.start,
+            created_ms: d.created_ms,
+            lease_timeout_ms: d.lease_timeout_ms,
+            members: d
+                .members
+                .iter()
+                .map(|m| GroupMemberInfo {
+                    worker: m.worker.to_string(),
+                    idle_ms: m.idle_ms,
+                    leases: m.leases,
+                })
+                .collect(),
+            shards: d
+                .shards
+                .iter()
+                .map(|s| GroupShardInfo {
+                    shard_id: s.shard_id,
+                    owner: s.owner.map(str::to_string),
+                    epoch: s.epoch,
+                    checkpoint: s.checkpoint,
+                    next_seq: s.next_seq,
+                    lag_records: s.lag_records,
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn delete_group(&self, stream: &str, group: &str) -> Result<()> {
+        check_stream_name(stream)?;
+        let req = Request::DeleteGroup(GroupRequest { stream, group });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        decode_reply(&frame, Some(Opcode::DeleteGroup))?;
+        Ok(())
+    }
+
+    pub async fn list_groups(&self, stream: &str) -> Result<Vec<String>> {
+        check_stream_name(stream)?;
+        let req = Request::ListGroups(StreamRequest { stream });
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        match decode_reply(&frame, Some(Opcode::ListGroups))? {
+            Response::ListGroups(l) => Ok(l.groups.iter().map(|g| g.to_string()).collect()),
+            _ => unreachable!("checked"),
+        }
+    }
+}
+
+/// What the worker's tasks share.
+struct Shared {
+    /// Leased shards and their epochs.
+    leases: Mutex<HashMap<u32, u64>>,
+}
+
+/// A member of a consumer group; see the module docs. Dropping it stops its tasks (its
+/// leases expire after the timeout); [`GroupWorker::leave`] hands them over at once.
+pub struct GroupWorker {
+    client: Client,
+    stream: String,
+    group: String,
+    options: GroupOptions,
+    shared: Arc<Shared>,
+    events: mpsc::Receiver<Result<GroupEvent>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for GroupWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWorker")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("worker", &self.options.worker)
+            .finish()
+    }
+}
+
+impl Drop for GroupWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GroupWorker {
+    /// Joins `group` on `stream` (creating the group at `options.start` if it is new) and
+    /// starts reading the shards leased to this worker.
+    pub async fn join(
+        client: &Client,
+        stream: &str,
+        group: &str,
+        options: GroupOptions,
+    ) -> Result<GroupWorker> {
+        if !spate_protocol::consumer::is_valid_name(group) {
+            return Err(ClientError::invalid(
+                ErrorCode::InvalidArgument,
+                format!("invalid group name {group:?}: use 1..=128 characters of [a-zA-Z0-9_.-]"),
+            ));
+        }
+        let (timeout_ms, leases) = client
+            .group_heartbeat(stream, group, &options.worker, options.start, false)
+            .await?;
+        let shared = Arc::new(Shared {
+            leases: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let run = Runner {
+            client: client.clone(),
+            stream: stream.to_string(),
+            group: group.to_string(),
+            options: options.clone(),
+            shared: shared.clone(),
+            tx,
+            readers: HashMap::new(),
+        };
+        let task = tokio::spawn(run.run(timeout_ms, leases));
+        Ok(GroupWorker {
+            client: client.clone(),
+            stream: stream.to_string(),
+            group: group.to_string(),
+            options,
+            shared,
+            events: rx,
+            task,
+        })
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.options.worker
+    }
+
+    /// The shards leased to this worker now.
+    pub fn leases(&self) -> Vec<u32> {
+        let mut l: Vec<u32> = self
+            .shared
+            .leases
+            .lock()
+            .expect("leases lock")
+            .keys()
+            .copied()
+            .collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// The next batch of records, shard end or lost lease. `None` once the worker stopped
+    /// (after an error it could not get past, returned before).
+    pub async fn next(&mut self) -> Option<Result<GroupEvent>> {
+        self.events.recv().await
+    }
+
+    fn epoch(&self, shard_id: u32) -> Result<u64> {
+        self.shared
+            .leases
+            .lock()
+            .expect("leases lock")
+            .get(&shard_id)
+            .copied()
+            .ok_or_else(|| {
+                ClientError::invalid(
+                    ErrorCode::LeaseLost,
+                    format!("this worker does not lease shard {shard_id}"),
+                )
+            })
+    }
+
+    /// Checkpoints `shard_id` after `seq`: every record up to it is processed.
+    pub async fn checkpoint(&self, shard_id: u32, seq: u64) -> Result<()> {
+        let epoch = self.epoch(shard_id)?;
+        self.client
+            .checkpoint(
+                &self.stream,
+                &self.group,
+                &self.options.worker,
+                shard_id,
+                epoch,
+                Checkpoint::After { seq },
+            )
+            .await
+    }
+
+    /// Checkpoints a closed shard's end (after its [`GroupEvent::ShardEnded`]).
+    pub async fn checkpoint_shard_end(&self, shard_id: u32) -> Result<()> {
+        let epoch = self.epoch(shard_id)?;
+        self.client
+            .checkpoint(
+                &self.stream,
+                &self.group,
+                &self.options.worker,
+                shard_id,
+                epoch,
+                Checkpoint::ShardEnd,
+            )
+            .await
+    }
+
+    /// Leaves the group: its leases go to the other workers at once.
+    pub async fn leave(self) -> Result<()> {
+        self.task.abort();
+        self.client
+            .group_heartbeat(
+                &self.stream,
+                &self.group,
+                &self.options.worker,
+                self.options.start,
+                true,
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The worker's background task: heartbeats and one reader per leased shard.
+struct Runner {
+    client: Client,
+    stream: String,
+    group: String,
+    options: GroupOptions,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Result<GroupEvent>>,
+    /// Shard -> (epoch, reader task).
+    readers: HashMap<u32, (u64, JoinHandle<()>)>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        for (_, (_, task)) in self.readers.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Runner {
+    async fn run(mut self, mut timeout_ms: u32, mut leases: Vec<Lease>) {
+        let mut failures = 0u32;
+        loop {
+            self.apply(&leases).await;
+            let every = Duration::from_millis(u64::from(timeout_ms / 3).max(50));
+            tokio::time::sleep(every).await;
+            match self
+                .client
+                .group_heartbeat(
+                    &self.stream,
+                    &self.group,
+                    &self.options.worker,
+                    self.options.start,
+                    false,
+                )
+                .await
+            {
+                Ok((t, l)) => {
+                    failures = 0;
+                    timeout_ms = t;
+                    leases = l;
+                }
+                Err(e) => {
+                    // Unreachable for a while (a server restart): keep reading what we
+                    // have and try again; give up when the error is not a passing one.
+                    failures += 1;
+                    let passing = e.is_retryable()
+                        || matches!(
+                            e,
+                            ClientError::ConnectionLost { .. }
+                                | ClientError::Timeout { .. }
+                                | ClientError::Closed
+                                | ClientError::Connect { .. }
+                        );
+                    if !passing || failures > 100 {
+                        let _ = self.tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts readers for new leases and stops those of leases gone.
+    async fn apply(&mut self, leases: &[Lease]) {
+        let now: HashMap<u32, &Lease> = leases.iter().map(|l| (l.shard_id, l)).collect();
+        let gone: Vec<u32> = self
+            .readers
+            .iter()
+            .filter(|(shard, (epoch, _))| now.get(shard).is_none_or(|l| l.epoch != *epoch))
+            .map(|(shard, _)| *shard)
+            .collect();
+        for shard_id in gone {
+            // A reader that finished read its shard to the end (checkpointed there, the
+            // lease is released): no loss to report.
+            let mut lost = !now.contains_key(&shard_id);
+            if let Some((_, task)) = self.readers.remove(&shard_id) {
+                lost &= !task.is_finished();
+                task.abort();
+            }
+            self.shared
+                .leases
+                .lock()
+                .expect("leases lock")
+                .remove(&shard_id);
+            if lost {
+                let _ = self.tx.send(Ok(GroupEvent::LeaseLost { shard_id })).await;
+            }
+        }
+        for l in leases {
+            if self.readers.contains_key(&l.shard_id) {
+                continue;
+            }
+            let position = match l.checkpoint {
+                Checkpoint::After { seq } => Position::AfterSequenceNumber { seq },
+                Checkpoint::None => self.options.start,
+                Checkpoint::ShardEnd => continue,
+            };
+            self.shared
+                .leases
+                .lock()
+                .expect("leases lock")
+                .insert(l.shard_id, l.epoch);
+            let task = tokio::spawn(read_shard(
+                self.client.clone(),
+                self.stream.clone(),
+                l.shard_id,
+                position,
+                self.options.read,
+                self.tx.clone(),
+            ));
+            self.readers.insert(l.shard_id, (l.epoch, task));
+        }
+    }
+}
+
+/// Reads one leased shard into the worker's queue until its end.
+async fn read_shard(
+    client: Client,
+    stream: String,
+    shard_id: u32,
+    position: Position,
+    options: ReadOptions,
+    tx: mpsc::Sender<Result<GroupEvent>>,
+) {
+    let mut reader = loop {
+        match client
+            .shard_reader(&stream, shard_id, position, options)
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) if e.is_retryable() || matches!(e, ClientError::ConnectionLost { .. }) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    };
+    loop {
+        match reader.next().await {
+            Ok(Some(r)) => {
+                if r.records.is_empty() {
+                    continue;
+                }
+                let event = GroupEvent::Records {
+                    shard_id,
+                    records: r.records,
+                    millis_behind_latest: r.millis_behind_latest,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = tx.send(Ok(GroupEvent::ShardEnded { shard_id })).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}

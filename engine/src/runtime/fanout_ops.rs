@@ -1,0 +1,294 @@
+//! Core 0's fan-out operations (registered consumers, subscriptions' claims, consumer
+//! groups), and each core's per-shard subscriber bookkeeping. The state and its rules are
+//! in `crate::fanout`; this is where they meet the cores, the routes and the disk.
+
+use std::rc::Rc;
+
+use spate_protocol::consumer::{Checkpoint, Lease};
+use spate_protocol::IteratorPosition;
+
+use super::{call, call_read, Core, CoreMsg, ShardIdent};
+use crate::catalog::StreamEntry;
+use crate::error::EngineError;
+use crate::fanout::{ConsumerEntry, GroupView};
+use crate::io::Storage;
+use crate::limits::TokenBucket;
+
+/// A fan-out request for core 0.
+#[derive(Debug, Clone)]
+pub(crate) enum FanoutOp {
+    Register {
+        stream: String,
+        consumer: String,
+    },
+    Deregister {
+        stream: String,
+        consumer: String,
+    },
+    ListConsumers {
+        stream: String,
+    },
+    DescribeConsumer {
+        stream: String,
+        consumer: String,
+    },
+    /// Takes over `(consumer, shard)` for a new subscription on the shard's core.
+    Subscribe {
+        stream: String,
+        consumer: String,
+        shard_id: u32,
+    },
+    Heartbeat {
+        stream: String,
+        group: String,
+        worker: String,
+        start: IteratorPosition,
+        leave: bool,
+    },
+    Checkpoint {
+        stream: String,
+        group: String,
+        worker: String,
+        shard_id: u32,
+        epoch: u64,
+        checkpoint: Checkpoint,
+    },
+    DescribeGroup {
+        stream: String,
+        group: String,
+    },
+    DeleteGroup {
+        stream: String,
+        group: String,
+    },
+    ListGroups {
+        stream: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum FanoutAnswer {
+    Consumer(ConsumerEntry),
+    Consumers(Vec<ConsumerEntry>),
+    /// A subscription's claim: it reads as `consumer_id` while `generation` is the
+    /// consumer's newest on the shard.
+    Claimed {
+        consumer_id: u64,
+        generation: u64,
+    },
+    Leases {
+        timeout_ms: u64,
+        leases: Vec<Lease>,
+    },
+    /// A group, with each of its shards' next sequence number (in the view's order).
+    Group(GroupView, Vec<u64>),
+    Groups(Vec<String>),
+    Done,
+}
+
+/// A registered consumer's standing on one shard, kept by the shard's core.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscriber {
+    /// The newest subscription's claim; an older one reading is told it was replaced.
+    pub generation: u64,
+    /// Its own read allowance (`None` without limits).
+    pub bucket: Option<TokenBucket>,
+}
+
+impl<S: Storage + 'static> Core<S> {
+    fn active_stream(&self, name: &str) -> Result<Rc<StreamEntry>, EngineError> {
+        if let Some(status) = self.statuses.borrow().get(name) {
+            if matches!(
+                status,
+                super::StreamStatus::Creating | super::StreamStatus::Deleting
+            ) {
+                return Err(EngineError::NotActive {
+                    stream: name.to_owned(),
+                    status: status.name(),
+                });
+            }
+        }
+        self.routes
+            .borrow()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))
+    }
+
+    /// Runs a fan-out operation (core 0). Changes are on disk before it answers.
+    pub(crate) async fn fanout_op(
+        self: &Rc<Self>,
+        op: FanoutOp,
+    ) -> Result<FanoutAnswer, EngineError> {
+        let fanout = self.fanout.as_ref().expect("fan-out runs on core 0");
+        let now = self.clock.now_ms();
+        let timeout = self.cfg.group_lease_timeout_ms;
+        match op {
+            FanoutOp::Register { stream, consumer } => {
+                let _serial = self.fanout_lock.lock().await;
+                let entry = self.active_stream(&stream)?;
+                let max = self.cfg.max_consumers_per_stream;
+                let c = fanout.borrow_mut().register(&entry, &consumer, max, now)?;
+                self.persist_fanout().await?;
+                tracing::info!(stream = %stream, consumer = %consumer, id = c.consumer_id, "consumer registered");
+                Ok(FanoutAnswer::Consumer(c))
+            }
+            FanoutOp::Deregister { stream, consumer } => {
+                let _serial = self.fanout_lock.lock().await;
+                let entry = self.active_stream(&stream)?;
+                let c = fanout.borrow_mut().deregister(&entry, &consumer)?;
+                self.persist_fanout().await?;
+                // Its subscriptions end at their next read, on every core.
+                for peer in &self.peers {
+                    let consumer_id = c.consumer_id;
+                    call(peer, |reply| CoreMsg::DropConsumer { consumer_id, reply }).await?;
+                }
+                tracing::info!(stream = %stream, consumer = %consumer, "consumer deregistered");
+                Ok(FanoutAnswer::Consumer(c))
+            }
+            FanoutOp::ListConsumers { stream } => {
+                let entry = self.active_stream(&stream)?;
+                Ok(FanoutAnswer::Consumers(fanout.borrow().consumers(&entry)))
+            }
+            FanoutOp::DescribeConsumer { stream, consumer } => {
+                let entry = self.active_stream(&stream)?;
+                let c = fanout.borrow().consumer(&entry, &consumer)?.clone();
+                Ok(FanoutAnswer::Consumer(c))
+            }
+            FanoutOp::Subscribe {
+                stream,
+                consumer,
+                shard_id,
+            } => {
+                // Under the lock a deregistration cannot slip between the look-up and the
+                // claim.
+                let _serial = self.fanout_lock.lock().await;
+                let entry = self.active_stream(&stream)?;
+                let consumer_id = fanout.borrow().consumer(&entry, &consumer)?.consumer_id;
+                let (ident, owner) = entry.locate(shard_id, self.peers.len())?;
+                let generation = call(&self.peers[owner], |reply| CoreMsg::Claim {
+                    ident,
+                    consumer_id,
+                    reply,
+                })
+                .await?;
+                Ok(FanoutAnswer::Claimed {
+                    consumer_id,
+                    generation,
+                })
+            }
+            FanoutOp::Heartbeat {
+                stream,
+                group,
+                worker,
+                start,
+                leave,
+            } => {
+                let entry = self.active_stream(&stream)?;
+                let (leases, changed) = {
+                    let mut f = fanout.borrow_mut();
+                    let before = f.changes;
+                    let leases =
+                        f.heartbeat(&entry, &group, &worker, start, leave, now, timeout)?;
+                    (leases, f.changes != before)
+                };
+                if changed {
+                    self.persist_fanout().await?;
+                }
+                Ok(FanoutAnswer::Leases {
+                    timeout_ms: timeout,
+                    leases,
+                })
+            }
+            FanoutOp::Checkpoint {
+                stream,
+                group,
+                worker,
+                shard_id,
+                epoch,
+                checkpoint,
+            } => {
+                let entry = self.active_stream(&stream)?;
+                fanout.borrow_mut().checkpoint(
+                    &entry, &group, &worker, shard_id, epoch, checkpoint, now, timeout,
+                )?;
+                self.persist_fanout().await?;
+                Ok(FanoutAnswer::Done)
+            }
+            FanoutOp::DescribeGroup { stream, group } => {
+                let entry = self.active_stream(&stream)?;
+                let view = fanout.borrow_mut().describe(&entry, &group, now, timeout)?;
+                let cores = self.peers.len();
+                let mut next = Vec::with_capacity(view.shards.len());
+                for s in &view.shards {
+                    let (ident, owner) = entry.locate(s.shard_id, cores)?;
+                    let stats =
+                        call_read(&self.peers[owner], |reply| CoreMsg::Stats { ident, reply })
+                            .await;
+                    next.push(stats.map_or(0, |st| st.next_seq));
+                }
+                Ok(FanoutAnswer::Group(view, next))
+            }
+            FanoutOp::DeleteGroup { stream, group } => {
+                let entry = self.active_stream(&stream)?;
+                fanout.borrow_mut().delete_group(&entry, &group)?;
+                self.persist_fanout().await?;
+                tracing::info!(stream = %stream, group = %group, "consumer group deleted");
+                Ok(FanoutAnswer::Done)
+            }
+            FanoutOp::ListGroups { stream } => {
+                let entry = self.active_stream(&stream)?;
+                Ok(FanoutAnswer::Groups(fanout.borrow().groups(&entry)))
+            }
+        }
+    }
+
+    /// Writes the fan-out state if it changed since the last write, sharing one write
+    /// among every change made meanwhile (group commit: a burst of checkpoints costs one
+    /// atomic write, not one each).
+    async fn persist_fanout(&self) -> Result<(), EngineError> {
+        let fanout = self.fanout.as_ref().expect("core 0");
+        let want = fanout.borrow().changes;
+        let _writer = self.fanout_writer.lock().await;
+        if self.fanout_saved.get() >= want {
+            return Ok(());
+        }
+        let (path, bytes, covers) = {
+            let mut f = fanout.borrow_mut();
+            let routes = self.routes.borrow();
+            let live: std::collections::HashSet<u64> =
+                routes.values().map(|e| e.stream_id).collect();
+            f.retain_streams(|id| live.contains(&id));
+            let (path, bytes) = f.encoded();
+            (path, bytes, f.changes)
+        };
+        self.storage.write_small_atomic(&path, &bytes).await?;
+        self.fanout_saved.set(covers);
+        Ok(())
+    }
+
+    /// A new subscription of `consumer_id` to a shard of this core: it becomes the
+    /// consumer's one subscription there (an older one is told it was replaced); the
+    /// consumer keeps its read allowance across subscriptions.
+    pub(crate) fn claim(&self, ident: ShardIdent, consumer_id: u64) -> Result<u64, EngineError> {
+        let slot = self.slot(ident)?;
+        let generation = self.next_generation.get() + 1;
+        self.next_generation.set(generation);
+        let rate = slot.spec.borrow().limits.rates().map(|(_, _, rb)| rb);
+        let now = self.clock.now_ms();
+        let mut subs = slot.subscribers.borrow_mut();
+        let sub = subs.entry(consumer_id).or_insert_with(|| Subscriber {
+            generation,
+            bucket: rate.map(|rb| TokenBucket::new(rb, now)),
+        });
+        sub.generation = generation;
+        Ok(generation)
+    }
+
+    /// A deregistered consumer: its subscriptions on this core end at their next read.
+    pub(crate) fn drop_consumer(&self, consumer_id: u64) {
+        for slot in self.shards.borrow().values() {
+            slot.subscribers.borrow_mut().remove(&consumer_id);
+        }
+    }
+}

@@ -38,7 +38,11 @@ impl Cli {
             Command::Stream { server, .. }
             | Command::Put { server, .. }
             | Command::Read { server, .. }
-            | Command::Top { server, .. } => server.server.clone(),
+            | Command::Top { server, .. }
+            | Command::Consumer { server, .. }
+            | Command::Subscribe { server, .. }
+            | Command::Consume { server, .. }
+            | Command::Group { server, .. } => server.server.clone(),
         };
         after
             .or_else(|| self.server.clone())
@@ -74,6 +78,38 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Register, list, describe and deregister a stream's push consumers (each with its own
+    /// read allowance per shard).
+    Consumer {
+        #[command(subcommand)]
+        command: ConsumerCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Records of one shard pushed to a registered consumer as they become durable, printed
+    /// as `read` prints them; goes on until --limit records or the shard's end.
+    Subscribe {
+        #[command(flatten)]
+        args: SubscribeArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Read a stream as a member of a consumer group: the server leases shards to the
+    /// group's members and keeps the group's checkpoints; prints records as `read` does and
+    /// checkpoints each batch once printed; goes on until --limit records.
+    Consume {
+        #[command(flatten)]
+        args: ConsumeArgs,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Consumer groups: describe (members, leases, checkpoints, lag), list, delete.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// A live view of the server's streams (rates, throttling, iterator age, latency) and
     /// engine, from its metrics endpoint.
     Top {
@@ -82,6 +118,72 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsumerCommand {
+    /// Register CONSUMER on stream NAME; prints its description as JSON.
+    Register { name: String, consumer: String },
+    /// The stream's consumers, as a JSON array.
+    List { name: String },
+    /// One consumer, as JSON.
+    Describe { name: String, consumer: String },
+    /// Remove CONSUMER; its subscriptions end.
+    Deregister { name: String, consumer: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// A group's members, leases, checkpoints and lag per shard, as one JSON object.
+    Describe { name: String, group: String },
+    /// The stream's groups, one per line.
+    List { name: String },
+    /// Remove a group and its checkpoints.
+    Delete { name: String, group: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// Stream name.
+    pub name: String,
+    /// The registered consumer to read as.
+    #[arg(long, value_name = "CONSUMER")]
+    pub consumer: String,
+    #[arg(long, value_name = "ID")]
+    pub shard: u32,
+    /// Where to start: oldest, latest, at:SEQ, after:SEQ or time:RFC3339.
+    #[arg(long, value_name = "POSITION", value_parser = parse_from, default_value = "oldest")]
+    pub from: Position,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, default_value = "\\n")]
+    pub delimiter: Delimiter,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// Stream name.
+    pub name: String,
+    /// The consumer group to join (created at --from if it does not exist).
+    #[arg(long, value_name = "GROUP")]
+    pub group: String,
+    /// Where a new group starts: oldest, latest or time:RFC3339 (an existing group goes on
+    /// after its checkpoints).
+    #[arg(long, value_name = "POSITION", value_parser = parse_from, default_value = "oldest")]
+    pub from: Position,
+    /// This worker's id in the group (default: host, pid and a random suffix).
+    #[arg(long, value_name = "ID")]
+    pub worker: Option<String>,
+    /// Stop after this many records (checkpointed), and leave the group.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, default_value = "\\n")]
+    pub delimiter: Delimiter,
 }
 
 #[derive(Debug, Args)]

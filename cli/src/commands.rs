@@ -15,7 +15,10 @@ use spate_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::args::{Command, Delimiter, Format, PutArgs, ReadArgs, StreamCommand};
+use crate::args::{
+    Command, ConsumeArgs, ConsumerCommand, Delimiter, Format, GroupCommand, PutArgs, ReadArgs,
+    StreamCommand, SubscribeArgs,
+};
 
 /// Records `put` sends in one call: one full batch.
 const PUT_CHUNK_RECORDS: usize = 500;
@@ -53,6 +56,10 @@ pub fn run(server: &str, command: Command) -> Result<(), String> {
             Command::Put { args, .. } => put(&client, args).await,
             Command::Read { args, .. } => read(&client, server, args).await,
             Command::Top { args, .. } => crate::top::run(&client, server, args).await,
+            Command::Consumer { command, .. } => consumer(&client, command).await,
+            Command::Subscribe { args, .. } => subscribe(&client, args).await,
+            Command::Consume { args, .. } => consume(&client, args).await,
+            Command::Group { command, .. } => group(&client, command).await,
             Command::Serve(_) => unreachable!("serve is not a client command"),
         }
     })
@@ -628,7 +635,16 @@ impl<W: Write> Printer<W> {
 
     /// Prints what `limit` leaves of `answer`.
     fn print(&mut self, shard: u32, answer: &Records) -> Result<(), String> {
-        for r in answer.records.iter().take(self.left() as usize) {
+        self.print_records(shard, &answer.records)
+    }
+
+    /// Prints what `limit` leaves of `records`.
+    fn print_records(
+        &mut self,
+        shard: u32,
+        records: &[spate_client::Record],
+    ) -> Result<(), String> {
+        for r in records.iter().take(self.left() as usize) {
             match self.format {
                 Format::Json => {
                     let line = RecordJson {
@@ -944,4 +960,256 @@ async fn follow_one(mut reader: ShardReader, server: String, tx: mpsc::Sender<Fo
             return;
         }
     }
+}
+
+#[derive(Serialize)]
+struct ConsumerJson<'a> {
+    stream: &'a str,
+    name: &'a str,
+    consumer_id: u64,
+    created: String,
+}
+
+fn consumer_json<'a>(stream: &'a str, c: &'a spate_client::ConsumerInfo) -> ConsumerJson<'a> {
+    ConsumerJson {
+        stream,
+        name: &c.name,
+        consumer_id: c.consumer_id,
+        created: rfc3339(c.created_ms),
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), String> {
+    let json = serde_json::to_string(value).map_err(|e| format!("cannot encode: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}")
+        .and_then(|()| out.flush())
+        .map_err(io_err)
+}
+
+/// `consumer register|list|describe|deregister`.
+async fn consumer(client: &Client, command: ConsumerCommand) -> Result<(), String> {
+    match command {
+        ConsumerCommand::Register { name, consumer } => {
+            let c = client
+                .register_consumer(&name, &consumer)
+                .await
+                .map_err(err)?;
+            print_json(&consumer_json(&name, &c))?;
+            eprintln!("registered consumer {consumer} on {name}");
+        }
+        ConsumerCommand::List { name } => {
+            let list = client.list_consumers(&name).await.map_err(err)?;
+            let json: Vec<ConsumerJson> = list.iter().map(|c| consumer_json(&name, c)).collect();
+            print_json(&json)?;
+        }
+        ConsumerCommand::Describe { name, consumer } => {
+            let c = client
+                .describe_consumer(&name, &consumer)
+                .await
+                .map_err(err)?;
+            print_json(&consumer_json(&name, &c))?;
+        }
+        ConsumerCommand::Deregister { name, consumer } => {
+            client
+                .deregister_consumer(&name, &consumer)
+                .await
+                .map_err(err)?;
+            eprintln!("deregistered consumer {consumer} from {name}");
+        }
+    }
+    Ok(())
+}
+
+/// `subscribe`: one shard's records pushed to a registered consumer.
+async fn subscribe(client: &Client, args: SubscribeArgs) -> Result<(), String> {
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        format: args.format,
+        delimiter: args.delimiter.0.clone(),
+        printed: 0,
+        limit: args.limit.unwrap_or(u64::MAX),
+    };
+    if printer.done() {
+        return Ok(());
+    }
+    let mut sub = client
+        .subscribe(
+            &args.name,
+            &args.consumer,
+            args.shard,
+            args.from,
+            spate_client::SubscribeOptions::default(),
+        )
+        .await
+        .map_err(err)?;
+    while let Some(event) = sub.next().await.map_err(err)? {
+        printer.print_records(args.shard, &event.records)?;
+        if printer.done() {
+            break;
+        }
+        if event.ended {
+            eprintln!(
+                "shard {} is closed and read to its end; its keys went to {:?}",
+                args.shard, event.child_shards
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `consume --group`: a member of a consumer group; checkpoints each batch once printed.
+async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
+    if matches!(
+        args.from,
+        Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
+    ) {
+        return Err("a group starts at oldest, latest or time:RFC3339".into());
+    }
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        format: args.format,
+        delimiter: args.delimiter.0.clone(),
+        printed: 0,
+        limit: args.limit.unwrap_or(u64::MAX),
+    };
+    if printer.done() {
+        return Ok(());
+    }
+    let mut options = spate_client::GroupOptions {
+        start: args.from,
+        ..Default::default()
+    };
+    if let Some(w) = args.worker {
+        options.worker = w;
+    }
+    let mut worker = spate_client::GroupWorker::join(client, &args.name, &args.group, options)
+        .await
+        .map_err(err)?;
+    eprintln!(
+        "joined group {} on {} as {}",
+        args.group,
+        args.name,
+        worker.worker()
+    );
+    while let Some(event) = worker.next().await {
+        match event.map_err(err)? {
+            spate_client::GroupEvent::Records {
+                shard_id, records, ..
+            } => {
+                let take = records.len().min(printer.left() as usize);
+                printer.print_records(shard_id, &records[..take])?;
+                if let Some(last) = records[..take].last() {
+                    match worker.checkpoint(shard_id, last.seq).await {
+                        Ok(()) => {}
+                        // The lease moved: what was printed may come again elsewhere.
+                        Err(e) if e.code() == Some(ErrorCode::LeaseLost) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                if printer.done() {
+                    break;
+                }
+            }
+            spate_client::GroupEvent::ShardEnded { shard_id } => {
+                match worker.checkpoint_shard_end(shard_id).await {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(ErrorCode::LeaseLost) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            spate_client::GroupEvent::LeaseLost { shard_id } => {
+                eprintln!("shard {shard_id} moved to another member of the group");
+            }
+        }
+    }
+    worker.leave().await.map_err(err)
+}
+
+#[derive(Serialize)]
+struct GroupJson<'a> {
+    stream: &'a str,
+    group: &'a str,
+    start: String,
+    created: String,
+    lease_timeout_ms: u32,
+    members: Vec<MemberJson<'a>>,
+    shards: Vec<GroupShardJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct MemberJson<'a> {
+    worker: &'a str,
+    idle_ms: u64,
+    leases: u32,
+}
+
+#[derive(Serialize)]
+struct GroupShardJson<'a> {
+    id: u32,
+    owner: Option<&'a str>,
+    /// "after:SEQ", "shard_end" or null.
+    checkpoint: Option<String>,
+    next_seq: u64,
+    lag_records: u64,
+}
+
+/// `group describe|list|delete`.
+async fn group(client: &Client, command: GroupCommand) -> Result<(), String> {
+    match command {
+        GroupCommand::Describe { name, group } => {
+            let g = client.describe_group(&name, &group).await.map_err(err)?;
+            let start = match g.start {
+                Position::TrimHorizon => "oldest".to_string(),
+                Position::Latest => "latest".to_string(),
+                Position::AtTimestamp { ts_ms } => format!("time:{}", rfc3339(ts_ms)),
+                other => format!("{other:?}"),
+            };
+            let json = GroupJson {
+                stream: &name,
+                group: &g.group,
+                start,
+                created: rfc3339(g.created_ms),
+                lease_timeout_ms: g.lease_timeout_ms,
+                members: g
+                    .members
+                    .iter()
+                    .map(|m| MemberJson {
+                        worker: &m.worker,
+                        idle_ms: m.idle_ms,
+                        leases: m.leases,
+                    })
+                    .collect(),
+                shards: g
+                    .shards
+                    .iter()
+                    .map(|s| GroupShardJson {
+                        id: s.shard_id,
+                        owner: s.owner.as_deref(),
+                        checkpoint: match s.checkpoint {
+                            spate_client::Checkpoint::None => None,
+                            spate_client::Checkpoint::After { seq } => Some(format!("after:{seq}")),
+                            spate_client::Checkpoint::ShardEnd => Some("shard_end".into()),
+                        },
+                        next_seq: s.next_seq,
+                        lag_records: s.lag_records,
+                    })
+                    .collect(),
+            };
+            print_json(&json)?;
+        }
+        GroupCommand::List { name } => {
+            let groups = client.list_groups(&name).await.map_err(err)?;
+            let mut out = std::io::stdout().lock();
+            for g in groups {
+                writeln!(out, "{g}").map_err(io_err)?;
+            }
+            out.flush().map_err(io_err)?;
+        }
+        GroupCommand::Delete { name, group } => {
+            client.delete_group(&name, &group).await.map_err(err)?;
+            eprintln!("deleted group {group} of {name}");
+        }
+    }
+    Ok(())
 }

@@ -1357,3 +1357,114 @@ fn split_merge_scale_and_a_follower_that_crosses_a_split() {
     assert_eq!(data[10], b"new", "the parent's records come first");
     server.stop(libc::SIGTERM);
 }
+
+#[test]
+fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("data"), dir.path());
+    let a = server.addr.as_str();
+    ok(
+        a,
+        &["stream", "create", "f", "--shards", "2", "--limits", "off"],
+        b"",
+    );
+    // Keys k0..k9 spread over both shards, four records each.
+    for k in 0..10 {
+        let lines: String = (0..4).map(|j| format!("r-{}\n", k + 10 * j)).collect();
+        ok(
+            a,
+            &["put", "f", "--key", &format!("k{k}")],
+            lines.as_bytes(),
+        );
+    }
+
+    // Consumers: register, list, describe, subscribe, deregister.
+    let c: Value =
+        serde_json::from_str(&ok(a, &["consumer", "register", "f", "billing"], b"")).unwrap();
+    assert_eq!(c["name"], "billing");
+    assert!(c["consumer_id"].as_u64().unwrap() > 0);
+    fails(
+        a,
+        &["consumer", "register", "f", "billing"],
+        b"",
+        "ConsumerExists",
+    );
+    let list: Value = serde_json::from_str(&ok(a, &["consumer", "list", "f"], b"")).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let d: Value =
+        serde_json::from_str(&ok(a, &["consumer", "describe", "f", "billing"], b"")).unwrap();
+    assert_eq!(d["consumer_id"], c["consumer_id"]);
+    let shard0 = (0..40)
+        .filter(|i| shard_of(&format!("k{}", i % 10), 2) == 0)
+        .count();
+    let pushed = ok(
+        a,
+        &[
+            "subscribe",
+            "f",
+            "--consumer",
+            "billing",
+            "--shard",
+            "0",
+            "--limit",
+            &shard0.to_string(),
+        ],
+        b"",
+    );
+    let pushed = parse_read(&pushed);
+    assert_eq!(pushed.len(), shard0);
+    assert!(pushed.windows(2).all(|w| w[0].1 < w[1].1), "in order");
+    ok(a, &["consumer", "deregister", "f", "billing"], b"");
+    fails(
+        a,
+        &["subscribe", "f", "--consumer", "billing", "--shard", "0"],
+        b"",
+        "UnknownConsumer",
+    );
+
+    // A group: the first member takes 25 records and checkpoints them; the second member
+    // of the same group goes on with the other 15, none again.
+    let first = ok(
+        a,
+        &[
+            "consume", "f", "--group", "etl", "--limit", "25", "--format", "text",
+        ],
+        b"",
+    );
+    let second = ok(
+        a,
+        &[
+            "consume", "f", "--group", "etl", "--limit", "15", "--format", "text",
+        ],
+        b"",
+    );
+    let mut all: Vec<&str> = first.lines().chain(second.lines()).collect();
+    assert_eq!(first.lines().count(), 25);
+    assert_eq!(second.lines().count(), 15);
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 40, "every record once across the two members");
+    let g: Value = serde_json::from_str(&ok(a, &["group", "describe", "f", "etl"], b"")).unwrap();
+    assert_eq!(g["group"], "etl");
+    assert_eq!(g["start"], "oldest");
+    assert_eq!(g["members"].as_array().unwrap().len(), 0, "both left");
+    let shards = g["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    for s in shards {
+        assert_eq!(s["lag_records"], 0, "{s}");
+        assert!(
+            s["checkpoint"].as_str().unwrap().starts_with("after:"),
+            "{s}"
+        );
+    }
+    assert_eq!(ok(a, &["group", "list", "f"], b""), "etl\n");
+    ok(a, &["group", "delete", "f", "etl"], b"");
+    fails(a, &["group", "describe", "f", "etl"], b"", "UnknownGroup");
+    fails(
+        a,
+        &["consume", "f", "--group", "g", "--from", "at:3"],
+        b"",
+        "a group starts at oldest, latest or time",
+    );
+    server.stop(libc::SIGTERM);
+}

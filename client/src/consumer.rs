@@ -406,6 +406,9 @@ fn retryable(e: &ClientError) -> bool {
     e.is_retryable()
         || matches!(
             e,
-            ClientError::ConnectionLost { .. } | ClientError::Timeout { .. } | ClientError::Closed
+            ClientError::ConnectionLost { .. }
+                | ClientError::Connect { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Closed
         )
 }

@@ -804,6 +804,7 @@ impl<S: Storage + 'static> Core<S> {
     /// with a final checkpoint (a clean restart replays nothing).
     pub(crate) async fn shutdown(&self) {
         self.stopping.set(true);
+        self.net.stopping.notify_all();
         crate::server::stop_accepting(self);
         let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
         // Long-polling readers wake up, see `stopping` and answer at once.

@@ -542,3 +542,52 @@ fn polling_readers_share_five_calls_per_second_under_kinesis_limits() {
     });
     server.shutdown();
 }
+
+#[test]
+fn a_subscription_goes_on_across_a_server_restart_without_loss_or_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let with_listen = |c: EngineConfig| EngineConfig {
+        listen: listen.clone(),
+        ..c
+    };
+    let server = start(dir.path(), with_listen);
+    let rt = runtime();
+    let client = rt.block_on(async {
+        let client = Client::connect(listen.clone()).await.unwrap();
+        client
+            .create_stream("restart", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        client.register_consumer("restart", "c").await.unwrap();
+        client
+    });
+    let mut sub = rt.block_on(async {
+        let mut sub = client
+            .subscribe("restart", "c", 0, Position::TrimHorizon, Default::default())
+            .await
+            .unwrap();
+        put(&client, "restart", 0, 500, 16).await;
+        let mut numbers = Vec::new();
+        while numbers.len() < 200 {
+            let e = sub.next().await.unwrap().unwrap();
+            numbers.extend(e.records.iter().map(|r| number(&r.data)));
+        }
+        (sub, numbers)
+    });
+    server.shutdown();
+    let server = start(dir.path(), with_listen);
+    rt.block_on(async {
+        let (ref mut s, ref mut numbers) = sub;
+        put(&client, "restart", 500, 500, 16).await;
+        while numbers.len() < 1000 {
+            let e = s.next().await.unwrap().unwrap();
+            numbers.extend(e.records.iter().map(|r| number(&r.data)));
+        }
+        assert_eq!(*numbers, (0..1000).collect::<Vec<_>>());
+    });
+    server.shutdown();
+}

@@ -74,6 +74,8 @@ pub(crate) struct NetState {
     /// Long-polls waiting on this core's shards (maintained by `runtime`).
     pub(crate) parked_reads: Cell<usize>,
     pub(crate) idle: Notify,
+    /// Woken when the core starts stopping (a subscription waiting for credit ends).
+    pub(crate) stopping: Notify,
     /// Every open connection, for the timeout sweep (dead entries are dropped by it).
     watched: RefCell<Vec<std::rc::Weak<ConnState>>>,
     sweeping: Cell<bool>,

@@ -253,6 +253,20 @@ async fn read_as<S: Storage + 'static>(
     }
 }
 
+/// Resolves (`false`) when the client hangs up or the core starts stopping.
+async fn ended<S: Storage + 'static>(core: &Core<S>, conn: &ConnState) -> bool {
+    let closed = async {
+        conn.closed().await;
+    };
+    let stopping = async {
+        while !core.stopping.get() {
+            core.net.stopping.wait().await;
+        }
+    };
+    futures_lite::future::or(closed, stopping).await;
+    false
+}
+
 /// Where a shard ends (once it is closed) and its children's ids, encoded; from this core's
 /// routes.
 fn shard_end<S: Storage + 'static>(
@@ -356,11 +370,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
                 credit.granted.wait().await;
                 true
             };
-            let closed = async {
-                conn.closed().await;
-                false
-            };
-            if !futures_lite::future::or(granted, closed).await || core.stopping.get() {
+            if !futures_lite::future::or(granted, ended(core, conn)).await || core.stopping.get() {
                 return Err(gone());
             }
         }
@@ -395,11 +405,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
                     glommio::timer::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
                     true
                 };
-                let closed = async {
-                    conn.closed().await;
-                    false
-                };
-                if !futures_lite::future::or(nap, closed).await {
+                if !futures_lite::future::or(nap, ended(core, conn)).await {
                     return Err(gone());
                 }
                 continue;

@@ -223,6 +223,12 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -325,6 +331,14 @@ pub enum StreamCommand {
         /// On-demand: the most write capacity the stream may scale to, in MiB/s.
         #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u32).range(4..=1_000_000))]
         max_write_mib: Option<u32>,
+    },
+    /// Export the stream's metrics per shard too (Kinesis' enhanced shard-level
+    /// monitoring), or stop: `spate top` then shows the busiest shards.
+    ShardMetrics {
+        /// Stream name.
+        name: String,
+        #[arg(value_enum)]
+        state: OnOff,
     },
     /// Change the number of open shards, with even hash-key ranges (Kinesis'
     /// UpdateShardCount, uniform scaling), by splits and merges.

@@ -146,6 +146,17 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             let mode: spate_client::CapacityMode = mode.into();
             eprintln!("stream {name} is {}", mode.name());
         }
+        StreamCommand::ShardMetrics { name, state } => {
+            let on = state == crate::args::OnOff::On;
+            client
+                .set_shard_level_metrics(&name, on)
+                .await
+                .map_err(change_err(&name))?;
+            eprintln!(
+                "shard-level metrics of {name} are {}",
+                if on { "on" } else { "off" }
+            );
+        }
         StreamCommand::Wait { name, timeout } => {
             let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
             wait_active(client, &name, timeout).await?;
@@ -330,6 +341,8 @@ struct Description {
     map_version: u64,
     /// On-demand: the last scaling decision (when, what and why), or null.
     last_scaling: Option<String>,
+    /// Per-shard metrics exported (`stream shard-metrics NAME on`).
+    shard_level_metrics: bool,
     /// RFC 3339, UTC, and the same in ms since the epoch.
     created: String,
     created_ms: i64,
@@ -416,6 +429,7 @@ impl From<&StreamInfo> for Description {
             mode: info.mode.name(),
             map_version: info.map_version,
             last_scaling: info.last_scaling.clone(),
+            shard_level_metrics: info.shard_level_metrics,
             created: rfc3339(info.created_ms),
             created_ms: info.created_ms,
             max_record_bytes: info.max_record_data_bytes,

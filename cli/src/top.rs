@@ -1,6 +1,7 @@
 //! `spate top`: a live view of a server's streams, read from its metrics endpoint (the
 //! address its hello advertises, or `--metrics`): per stream the write and read rates,
-//! throttling, iterator age and put latency; the engine's rounds, flushes and connections.
+//! throttling, iterator age and put latency; the busiest shards of streams with shard-level
+//! metrics on; the engine's rounds, flushes and connections, and each core's load.
 //! Refreshes every `--interval` seconds until interrupted; `--once` prints one frame (two
 //! scrapes an interval apart) without terminal control codes.
 
@@ -66,6 +67,8 @@ struct Sample {
     values: BTreeMap<(String, String), f64>,
     /// (metric, stream) -> cumulative bucket counts by upper bound.
     histograms: BTreeMap<(String, String), Vec<(f64, f64)>>,
+    /// (metric, stream, shard) -> value, for streams with shard-level metrics on.
+    shards: BTreeMap<(String, String, u32), f64>,
 }
 
 impl Sample {
@@ -124,6 +127,15 @@ async fn scrape(addr: &str) -> Result<Sample, String> {
         ..Sample::default()
     };
     for s in parsed.samples {
+        if let (Some(stream), Some(shard)) = (s.labels.get("stream"), s.labels.get("shard")) {
+            let (Ok(shard), Some(v)) = (shard.parse::<u32>(), plain(&s.value)) else {
+                continue;
+            };
+            sample
+                .shards
+                .insert((s.metric.clone(), stream.to_string(), shard), v);
+            continue;
+        }
         let label = ["stream", "op", "code", "core"]
             .iter()
             .find_map(|l| s.labels.get(l))
@@ -144,6 +156,18 @@ async fn scrape(addr: &str) -> Result<Sample, String> {
     }
     Ok(sample)
 }
+
+fn plain(v: &prometheus_parse::Value) -> Option<f64> {
+    match v {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Most shards the busiest-shards table shows.
+const BUSIEST_SHARDS: usize = 10;
 
 /// The upper bound (ms) of the bucket holding the 99th percentile of what was observed
 /// between two scrapes; `None` when nothing was.
@@ -213,12 +237,62 @@ fn render(server: &str, metrics: &str, prev: &Sample, cur: &Sample) -> String {
             rate("IncomingRecords_total", &s),
             mib(rate("IncomingBytes_total", &s)),
             rate("WriteProvisionedThroughputExceeded_total", &s),
-            rate("GetRecords_Records_total", &s),
+            rate("GetRecords_Records_total", &s) + rate("SubscribeToShardEvent_Records_total", &s),
             mib(rate("OutgoingBytes_total", &s)),
             cur.get("GetRecords_IteratorAgeMilliseconds", &s),
             p,
             cur.get("IncomingRecords_total", &s),
         ));
+    }
+    // The busiest shards (streams with shard-level metrics on), by bytes written.
+    let shard_rate = |metric: &str, key: &(String, u32)| {
+        let k = (metric.to_string(), key.0.clone(), key.1);
+        let before = prev.shards.get(&k).copied().unwrap_or(0.0);
+        (cur.shards.get(&k).copied().unwrap_or(0.0) - before).max(0.0) / dt
+    };
+    let mut busiest: Vec<((String, u32), f64)> = cur
+        .shards
+        .keys()
+        .filter(|(m, _, _)| m == "IncomingBytes_total")
+        .map(|(_, s, id)| {
+            let key = (s.clone(), *id);
+            let r = shard_rate("IncomingBytes_total", &key);
+            (key, r)
+        })
+        .collect();
+    busiest.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if !busiest.is_empty() {
+        out.push_str(&format!(
+            "\n{:<24} {:>6} {:>10} {:>9} {:>11} {:>10} {:>9} {:>11}\n",
+            "BUSIEST SHARDS",
+            "SHARD",
+            "IN rec/s",
+            "IN MiB/s",
+            "THROTTLED/s",
+            "OUT rec/s",
+            "OUT MiB/s",
+            "ITER AGE ms"
+        ));
+        for (key, in_bytes) in busiest.iter().take(BUSIEST_SHARDS) {
+            out.push_str(&format!(
+                "{:<24} {:>6} {:>10.0} {:>9.2} {:>11.0} {:>10.0} {:>9.2} {:>11.0}\n",
+                key.0,
+                key.1,
+                shard_rate("IncomingRecords_total", key),
+                mib(*in_bytes),
+                shard_rate("WriteProvisionedThroughputExceeded_total", key),
+                shard_rate("OutgoingRecords_total", key),
+                mib(shard_rate("OutgoingBytes_total", key)),
+                cur.shards
+                    .get(&(
+                        "GetRecords_IteratorAgeMilliseconds".to_string(),
+                        key.0.clone(),
+                        key.1
+                    ))
+                    .copied()
+                    .unwrap_or(0.0),
+            ));
+        }
     }
     let per_s = |metric: &str| (cur.sum(metric) - prev.sum(metric)).max(0.0) / dt;
     out.push_str(&format!(

@@ -1368,6 +1368,9 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
         &["stream", "create", "f", "--shards", "2", "--limits", "off"],
         b"",
     );
+    ok(a, &["stream", "shard-metrics", "f", "on"], b"");
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "f"], b"")).unwrap();
+    assert_eq!(d["shard_level_metrics"], true);
     // Keys k0..k9 spread over both shards, four records each.
     for k in 0..10 {
         let lines: String = (0..4).map(|j| format!("r-{}\n", k + 10 * j)).collect();
@@ -1458,6 +1461,21 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
         );
     }
     assert_eq!(ok(a, &["group", "list", "f"], b""), "etl\n");
+    // Shard-level metrics: `top` lists the stream's shards.
+    let frame = ok(a, &["top", "--once", "--interval", "0.2"], b"");
+    let table = frame
+        .split("BUSIEST SHARDS")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no busiest shards: {frame}"));
+    for shard in ["0", "1"] {
+        assert!(
+            table.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&"f") && f.get(1) == Some(&shard)
+            }),
+            "no row for shard {shard}: {frame}"
+        );
+    }
     ok(a, &["group", "delete", "f", "etl"], b"");
     fails(a, &["group", "describe", "f", "etl"], b"", "UnknownGroup");
     fails(

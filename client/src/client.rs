@@ -119,6 +119,8 @@ pub struct StreamInfo {
     pub map_version: u64,
     /// On-demand: the last scaling decision (when, what and why).
     pub last_scaling: Option<String>,
+    /// Per-shard metrics are exported (enhanced shard-level monitoring).
+    pub shard_level_metrics: bool,
 }
 
 /// What a split, merge or scale did.
@@ -555,6 +557,7 @@ impl Client {
             mode: d.mode,
             map_version: d.map_version,
             last_scaling: d.last_scaling.map(str::to_string),
+            shard_level_metrics: d.shard_level_metrics,
         };
         Ok((info, map))
     }
@@ -648,6 +651,26 @@ impl Client {
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         self.forget_stream(stream);
         decode_reply(&frame, Some(Opcode::UpdateStreamMode)).map(|_| ())
+    }
+
+    /// Kinesis' Enable/DisableEnhancedMonitoring: the server exports the stream's metrics
+    /// per shard too (labelled `shard`), or stops.
+    pub async fn set_shard_level_metrics(&self, stream: &str, on: bool) -> Result<()> {
+        check_stream_name(stream)?;
+        let name = DescribeStreamRequest { name: stream };
+        let (req, op) = if on {
+            (
+                Request::EnableEnhancedMonitoring(name),
+                Opcode::EnableEnhancedMonitoring,
+            )
+        } else {
+            (
+                Request::DisableEnhancedMonitoring(name),
+                Opcode::DisableEnhancedMonitoring,
+            )
+        };
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        decode_reply(&frame, Some(op)).map(|_| ())
     }
 
     async fn reshard(&self, stream: &str, req: &Request<'_>, op: Opcode) -> Result<Reshard> {

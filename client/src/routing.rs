@@ -124,6 +124,7 @@ mod tests {
             mode: spate_protocol::CapacityMode::Provisioned,
             map_version: 1,
             last_scaling: None,
+            shard_level_metrics: false,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()

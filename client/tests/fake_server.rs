@@ -323,6 +323,7 @@ mod fake {
                     mode: spate_protocol::CapacityMode::Provisioned,
                     map_version: 1,
                     last_scaling: None,
+                    shard_level_metrics: false,
                 }));
                 true
             }

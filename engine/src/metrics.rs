@@ -127,6 +127,33 @@ impl StreamCounters {
     }
 }
 
+/// One shard's counters (Kinesis' enhanced shard-level metrics), kept only for streams that
+/// turned them on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardCounters {
+    pub incoming_bytes: u64,
+    pub incoming_records: u64,
+    pub write_throttled: u64,
+    pub read_throttled: u64,
+    pub outgoing_bytes: u64,
+    pub outgoing_records: u64,
+    /// As the stream's: the last read's age, if within the last minute.
+    pub iterator_age_ms: u64,
+    pub iterator_age_at_ms: i64,
+}
+
+impl ShardCounters {
+    fn merge(&mut self, o: &ShardCounters) {
+        self.incoming_bytes += o.incoming_bytes;
+        self.incoming_records += o.incoming_records;
+        self.write_throttled += o.write_throttled;
+        self.read_throttled += o.read_throttled;
+        self.outgoing_bytes += o.outgoing_bytes;
+        self.outgoing_records += o.outgoing_records;
+        self.iterator_age_ms = self.iterator_age_ms.max(o.iterator_age_ms);
+    }
+}
+
 /// How long an iterator age answered counts as the stream's current one.
 const ITERATOR_AGE_FOR_MS: i64 = 60_000;
 
@@ -140,6 +167,9 @@ pub(crate) struct CoreMetrics {
     /// Counting is off (`metrics = false`): every call returns at once.
     off: bool,
     streams: RefCell<rustc_hash::FxHashMap<u64, (String, StreamCounters)>>,
+    /// Streams (by incarnation) whose shards are counted one by one.
+    shard_level: RefCell<rustc_hash::FxHashSet<u64>>,
+    shards: RefCell<rustc_hash::FxHashMap<(u64, u32), (String, ShardCounters)>>,
     requests: RefCell<[u64; OPCODE_SLOTS]>,
     errors: RefCell<BTreeMap<&'static str, u64>>,
 }
@@ -155,6 +185,8 @@ impl CoreMetrics {
         CoreMetrics {
             off: !on,
             streams: RefCell::new(Default::default()),
+            shard_level: RefCell::new(Default::default()),
+            shards: RefCell::new(Default::default()),
             requests: RefCell::new([0; OPCODE_SLOTS]),
             errors: RefCell::new(BTreeMap::new()),
         }
@@ -173,9 +205,39 @@ impl CoreMetrics {
         f(c);
     }
 
+    /// Whether the stream's shards are counted one by one (from its catalog entry).
+    pub(crate) fn set_shard_level(&self, stream_id: u64, on: bool) {
+        let mut set = self.shard_level.borrow_mut();
+        if on {
+            set.insert(stream_id);
+        } else if set.remove(&stream_id) {
+            self.shards.borrow_mut().retain(|(s, _), _| *s != stream_id);
+        }
+    }
+
+    /// Runs `f` on the shard's counters if its stream counts shards one by one (one hash
+    /// look-up otherwise).
+    pub(crate) fn shard(
+        &self,
+        stream_id: u64,
+        shard_id: u32,
+        name: &str,
+        f: impl FnOnce(&mut ShardCounters),
+    ) {
+        if self.off || !self.shard_level.borrow().contains(&stream_id) {
+            return;
+        }
+        let mut shards = self.shards.borrow_mut();
+        let (_, c) = shards
+            .entry((stream_id, shard_id))
+            .or_insert_with(|| (name.to_owned(), ShardCounters::default()));
+        f(c);
+    }
+
     /// Forgets a deleted stream's counters.
     pub(crate) fn forget(&self, name: &str) {
         self.streams.borrow_mut().retain(|_, (n, _)| n != name);
+        self.shards.borrow_mut().retain(|_, (n, _)| n != name);
     }
 
     /// Counts a request by its opcode, and its error answer by code.
@@ -204,6 +266,17 @@ impl CoreMetrics {
             }
             streams.entry(name.clone()).or_default().merge(&c);
         }
+        let mut shards: BTreeMap<(String, u32), ShardCounters> = BTreeMap::new();
+        for (&(_, shard_id), (name, c)) in self.shards.borrow().iter() {
+            let mut c = c.clone();
+            if now_ms - c.iterator_age_at_ms > ITERATOR_AGE_FOR_MS {
+                c.iterator_age_ms = 0;
+            }
+            shards
+                .entry((name.clone(), shard_id))
+                .or_default()
+                .merge(&c);
+        }
         let requests = self
             .requests
             .borrow()
@@ -218,6 +291,7 @@ impl CoreMetrics {
             .collect();
         MetricsSnapshot {
             streams,
+            shards,
             requests,
             errors: self.errors.borrow().clone(),
             ..MetricsSnapshot::default()
@@ -239,6 +313,8 @@ pub struct CoreLoad {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsSnapshot {
     pub streams: BTreeMap<String, StreamCounters>,
+    /// Per shard, for streams with shard-level metrics on: (stream, shard id).
+    pub shards: BTreeMap<(String, u32), ShardCounters>,
     /// Requests by operation, and error answers by code.
     pub requests: BTreeMap<&'static str, u64>,
     pub errors: BTreeMap<&'static str, u64>,
@@ -277,6 +353,9 @@ impl MetricsSnapshot {
     pub fn merge(&mut self, o: &MetricsSnapshot) {
         for (name, c) in &o.streams {
             self.streams.entry(name.clone()).or_default().merge(c);
+        }
+        for (key, c) in &o.shards {
+            self.shards.entry(key.clone()).or_default().merge(c);
         }
         for (op, n) in &o.requests {
             *self.requests.entry(op).or_default() += n;
@@ -325,16 +404,36 @@ impl MetricsSnapshot {
             let family = counters(self.streams.iter().map(|(s, c)| (stream(s), value(c))));
             registry.register(name, help, family);
         };
-        counter(
+        // Kinesis' enhanced shard-level metrics: the same names, with a `shard` label (the
+        // stream's own samples have none: select them with `{shard=""}`).
+        let shard = |(name, id): &(String, u32)| -> Labels {
+            vec![("stream", name.clone()), ("shard", id.to_string())]
+        };
+        let with_shards = |registry: &mut Registry,
+                           name: &str,
+                           help: &str,
+                           value: &dyn Fn(&StreamCounters) -> u64,
+                           per_shard: &dyn Fn(&ShardCounters) -> u64| {
+            let family = counters(
+                self.streams
+                    .iter()
+                    .map(|(s, c)| (stream(s), value(c)))
+                    .chain(self.shards.iter().map(|(k, c)| (shard(k), per_shard(c)))),
+            );
+            registry.register(name, help, family);
+        };
+        with_shards(
             &mut registry,
             "IncomingBytes",
             "Bytes of records stored (Kinesis IncomingBytes)",
             &|c| c.incoming_bytes,
+            &|c| c.incoming_bytes,
         );
-        counter(
+        with_shards(
             &mut registry,
             "IncomingRecords",
             "Records stored (Kinesis IncomingRecords)",
+            &|c| c.incoming_records,
             &|c| c.incoming_records,
         );
         counter(
@@ -349,16 +448,18 @@ impl MetricsSnapshot {
             "Put calls of batches that stored records",
             &|c| c.put_records_success,
         );
-        counter(
+        with_shards(
             &mut registry,
             "WriteProvisionedThroughputExceeded",
             "Records refused by the shard's write limit",
             &|c| c.write_throttled,
+            &|c| c.write_throttled,
         );
-        counter(
+        with_shards(
             &mut registry,
             "ReadProvisionedThroughputExceeded",
             "Reads refused by the shard's read limit",
+            &|c| c.read_throttled,
             &|c| c.read_throttled,
         );
         counter(
@@ -379,11 +480,21 @@ impl MetricsSnapshot {
             "Records returned by GetRecords",
             &|c| c.get_records_records,
         );
-        counter(
+        with_shards(
             &mut registry,
             "OutgoingBytes",
             "Bytes sent to consumers",
             &|c| c.outgoing_bytes,
+            &|c| c.outgoing_bytes,
+        );
+        registry.register(
+            "OutgoingRecords",
+            "Records sent to consumers, per shard (shard-level metrics)",
+            counters(
+                self.shards
+                    .iter()
+                    .map(|(k, c)| (shard(k), c.outgoing_records)),
+            ),
         );
         counter(
             &mut registry,
@@ -421,7 +532,12 @@ impl MetricsSnapshot {
         let ages = gauges(
             self.streams
                 .iter()
-                .map(|(s, c)| (stream(s), c.iterator_age_ms)),
+                .map(|(s, c)| (stream(s), c.iterator_age_ms))
+                .chain(
+                    self.shards
+                        .iter()
+                        .map(|(k, c)| (shard(k), c.iterator_age_ms)),
+                ),
         );
         registry.register(
             "GetRecords_IteratorAgeMilliseconds",
@@ -698,6 +814,8 @@ mod tests {
     fn the_dashboard_uses_only_exposed_names() {
         let core = CoreMetrics::default();
         core.stream(1, "s", |c| c.put_latency.observe(Duration::from_millis(1)));
+        core.set_shard_level(1, true);
+        core.shard(1, 0, "s", |c| c.incoming_bytes += 1);
         core.request(spate_protocol::Opcode::PutBatch.as_u16(), Some("Throttled"));
         let mut snapshot = core.snapshot(0);
         snapshot.disk_bytes.insert("s".into(), 1);
@@ -722,6 +840,8 @@ mod tests {
             "op",
             "code",
             "core",
+            "shard",
+            "topk",
             "__rate_interval",
             "label_values",
         ];

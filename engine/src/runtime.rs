@@ -228,6 +228,11 @@ pub enum ControlOp {
         /// On-demand: the stream's ceiling in MiB/s (`None`: leave it as it is).
         max_write_mib_per_s: Option<u32>,
     },
+    /// Kinesis' Enable/DisableEnhancedMonitoring: export the stream's per-shard metrics.
+    SetShardLevelMetrics {
+        name: String,
+        on: bool,
+    },
     /// One look of the on-demand scaler at every on-demand stream (core 0's scaler runs it).
     OnDemandTick,
     Snapshot,
@@ -642,6 +647,10 @@ impl<S: Storage + 'static> Core<S> {
             fanout.retain_streams(|id| live.contains(&id));
             core.fanout = Some(RefCell::new(fanout));
         }
+        for e in core.routes.borrow().values() {
+            core.metrics
+                .set_shard_level(e.stream_id, e.shard_level_metrics);
+        }
         let recovery_started = std::time::Instant::now();
         let (mut opened_stores, mut opened_shards, mut rounds, mut cut) = (0u64, 0u64, 0u64, 0u64);
         let store_count = stores.len();
@@ -975,6 +984,10 @@ impl<S: Storage + 'static> Core<S> {
                     ControlOp::SetMode { name, mode, .. } => {
                         Some(format!("set the mode of stream {name} to {}", mode.name()))
                     }
+                    ControlOp::SetShardLevelMetrics { name, on } => Some(format!(
+                        "turn shard-level metrics of stream {name} {}",
+                        if *on { "on" } else { "off" }
+                    )),
                     ControlOp::ExpireClosedShards
                     | ControlOp::OnDemandTick
                     | ControlOp::Snapshot => None,
@@ -1003,7 +1016,11 @@ impl<S: Storage + 'static> Core<S> {
                     }
                     let mut routes = self.routes.borrow_mut();
                     match entry {
-                        Some(e) => routes.insert(name, Rc::new(e)),
+                        Some(e) => {
+                            self.metrics
+                                .set_shard_level(e.stream_id, e.shard_level_metrics);
+                            routes.insert(name, Rc::new(e))
+                        }
                         None => {
                             self.metrics.forget(&name);
                             routes.remove(&name)
@@ -1698,6 +1715,29 @@ impl<S: Storage + 'static> Core<S> {
                 max_write_mib_per_s,
             } => self.set_mode(&name, mode, max_write_mib_per_s).await,
             ControlOp::OnDemandTick => self.on_demand_tick().await,
+            ControlOp::SetShardLevelMetrics { name, on } => {
+                let old = {
+                    let mut cat = catalog.borrow_mut();
+                    let s = cat
+                        .stream_mut(&name)
+                        .ok_or_else(|| EngineError::UnknownStream(name.clone()))?;
+                    std::mem::replace(&mut s.shard_level_metrics, on)
+                };
+                if let Err(e) = self.save_catalog().await {
+                    if let Some(s) = catalog.borrow_mut().stream_mut(&name) {
+                        s.shard_level_metrics = old;
+                    }
+                    return Err(e);
+                }
+                let entry = catalog
+                    .borrow()
+                    .stream(&name)
+                    .cloned()
+                    .expect("just changed");
+                self.broadcast_route(&name, Some(entry.clone()), StreamStatus::Active)
+                    .await?;
+                Ok(vec![entry])
+            }
             ControlOp::CreateStream {
                 name,
                 opts,

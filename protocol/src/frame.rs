@@ -97,6 +97,10 @@ opcodes! {
     UpdateShardCount = 18,
     /// Switch a stream between provisioned and on-demand capacity.
     UpdateStreamMode = 19,
+    /// Export a stream's per-shard metrics (Kinesis' EnableEnhancedMonitoring).
+    EnableEnhancedMonitoring = 23,
+    /// Stop exporting them.
+    DisableEnhancedMonitoring = 24,
     /// Put one record, routed by the server.
     PutRecord = 20,
     /// Put a batch to one shard.

@@ -19,6 +19,7 @@
 //!                             DescribeStream 13 | IncreaseRetention 14 |
 //!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
 //!                             UpdateShardCount 18 | UpdateStreamMode 19 |
+//!                             EnableEnhancedMonitoring 23 | DisableEnhancedMonitoring 24 |
 //!                             PutRecord 20 | PutBatch 21 |
 //!                             PutBatches 22 | GetIterator 30 | GetRecords 31 |
 //!                             RegisterConsumer 40 | DeregisterConsumer 41 |

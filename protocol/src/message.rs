@@ -53,6 +53,8 @@ pub enum Request<'a> {
     MergeShards(MergeShardsRequest<'a>),
     UpdateShardCount(UpdateShardCountRequest<'a>),
     UpdateStreamMode(UpdateStreamModeRequest<'a>),
+    EnableEnhancedMonitoring(DescribeStreamRequest<'a>),
+    DisableEnhancedMonitoring(DescribeStreamRequest<'a>),
     PutRecord(PutRecordRequest<'a>),
     PutBatch(PutBatchRequest<'a>),
     PutBatches(PutBatchesRequest<'a>),
@@ -85,6 +87,8 @@ pub enum Response<'a> {
     MergeShards(ReshardResponse),
     UpdateShardCount(ReshardResponse),
     UpdateStreamMode,
+    EnableEnhancedMonitoring,
+    DisableEnhancedMonitoring,
     PutRecord(PutRecordResponse),
     PutBatch(PutBatchResponse),
     PutBatches(PutBatchesResponse<'a>),
@@ -149,6 +153,8 @@ impl<'a> Request<'a> {
             Request::MergeShards(_) => Opcode::MergeShards,
             Request::UpdateShardCount(_) => Opcode::UpdateShardCount,
             Request::UpdateStreamMode(_) => Opcode::UpdateStreamMode,
+            Request::EnableEnhancedMonitoring(_) => Opcode::EnableEnhancedMonitoring,
+            Request::DisableEnhancedMonitoring(_) => Opcode::DisableEnhancedMonitoring,
             Request::PutRecord(_) => Opcode::PutRecord,
             Request::PutBatch(_) => Opcode::PutBatch,
             Request::PutBatches(_) => Opcode::PutBatches,
@@ -181,6 +187,9 @@ impl<'a> Request<'a> {
             Request::MergeShards(m) => m.encode_payload(out),
             Request::UpdateShardCount(m) => m.encode_payload(out),
             Request::UpdateStreamMode(m) => m.encode_payload(out),
+            Request::EnableEnhancedMonitoring(m) | Request::DisableEnhancedMonitoring(m) => {
+                m.encode_payload(out)
+            }
             Request::PutRecord(m) => m.encode_payload(out),
             Request::PutBatch(m) => m.encode_payload(out),
             Request::PutBatches(m) => m.encode_payload(out),
@@ -215,6 +224,12 @@ impl<'a> Request<'a> {
             Opcode::MergeShards => Request::MergeShards(decode_exact(payload)?),
             Opcode::UpdateShardCount => Request::UpdateShardCount(decode_exact(payload)?),
             Opcode::UpdateStreamMode => Request::UpdateStreamMode(decode_exact(payload)?),
+            Opcode::EnableEnhancedMonitoring => {
+                Request::EnableEnhancedMonitoring(decode_exact(payload)?)
+            }
+            Opcode::DisableEnhancedMonitoring => {
+                Request::DisableEnhancedMonitoring(decode_exact(payload)?)
+            }
             Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
@@ -249,6 +264,8 @@ impl<'a> Response<'a> {
             Response::MergeShards(_) => Opcode::MergeShards,
             Response::UpdateShardCount(_) => Opcode::UpdateShardCount,
             Response::UpdateStreamMode => Opcode::UpdateStreamMode,
+            Response::EnableEnhancedMonitoring => Opcode::EnableEnhancedMonitoring,
+            Response::DisableEnhancedMonitoring => Opcode::DisableEnhancedMonitoring,
             Response::PutRecord(_) => Opcode::PutRecord,
             Response::PutBatch(_) => Opcode::PutBatch,
             Response::PutBatches(_) => Opcode::PutBatches,
@@ -293,6 +310,8 @@ impl<'a> Response<'a> {
             | Response::IncreaseRetention
             | Response::DecreaseRetention
             | Response::UpdateStreamMode
+            | Response::EnableEnhancedMonitoring
+            | Response::DisableEnhancedMonitoring
             | Response::DeregisterConsumer
             | Response::SubscribeCredit
             | Response::Checkpoint
@@ -320,6 +339,12 @@ impl<'a> Response<'a> {
             Opcode::UpdateShardCount => Response::UpdateShardCount(decode_exact(payload)?),
             Opcode::UpdateStreamMode => {
                 decode_empty(payload).map(|()| Response::UpdateStreamMode)?
+            }
+            Opcode::EnableEnhancedMonitoring => {
+                decode_empty(payload).map(|()| Response::EnableEnhancedMonitoring)?
+            }
+            Opcode::DisableEnhancedMonitoring => {
+                decode_empty(payload).map(|()| Response::DisableEnhancedMonitoring)?
             }
             Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),

@@ -411,6 +411,8 @@ pub struct StreamDescription<'a> {
     pub map_version: u64,
     /// On-demand: the last scaling decision (when, what and why), for people.
     pub last_scaling: Option<&'a str>,
+    /// Per-shard metrics are exported (Kinesis' enhanced shard-level monitoring).
+    pub shard_level_metrics: bool,
 }
 
 impl<'a> Payload<'a> for CreateStreamRequest<'a> {
@@ -662,6 +664,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             }
             None => put_u8(out, 0),
         }
+        put_bool(out, self.shard_level_metrics);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -684,6 +687,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         } else {
             None
         };
+        let shard_level_metrics = r.bool("shard_level_metrics")?;
         Ok(StreamDescription {
             name,
             stream_id,
@@ -696,6 +700,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             mode,
             map_version,
             last_scaling,
+            shard_level_metrics,
         })
     }
 }
@@ -898,6 +903,7 @@ mod tests {
             mode: CapacityMode::OnDemand,
             map_version: 3,
             last_scaling: Some("4 -> 8 open shards: writes were throttled"),
+            shard_level_metrics: true,
         }
     }
 
@@ -987,6 +993,24 @@ mod tests {
             check_response(&Response::MergeShards(r.clone()));
             check_response(&Response::UpdateShardCount(r));
         }
+    }
+
+    #[test]
+    fn golden_enhanced_monitoring() {
+        let out = check_request(&Request::EnableEnhancedMonitoring(DescribeStreamRequest {
+            name: "s",
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            18, 0, 0, 0,  1,  0,  23, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',  // name
+        ];
+        assert_eq!(out, expected);
+        check_request(&Request::DisableEnhancedMonitoring(DescribeStreamRequest {
+            name: "s",
+        }));
+        check_response(&Response::EnableEnhancedMonitoring);
+        check_response(&Response::DisableEnhancedMonitoring);
     }
 
     #[test]
@@ -1331,7 +1355,7 @@ mod tests {
             ][status as usize];
             check_response(&Response::DescribeStream(StreamDescription {
                 name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
-                mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version, last_scaling: None,
+                mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version, last_scaling: None, shard_level_metrics: false,
             }));
         }
 

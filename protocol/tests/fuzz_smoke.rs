@@ -110,6 +110,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             limit: 10,
         }),
         Request::DescribeStream(DescribeStreamRequest { name: "orders" }),
+        Request::EnableEnhancedMonitoring(DescribeStreamRequest { name: "orders" }),
         Request::IncreaseRetention(RetentionRequest {
             name: "orders",
             retention_hours: 48,
@@ -271,6 +272,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             mode: CapacityMode::Provisioned,
             map_version: 1,
             last_scaling: None,
+            shard_level_metrics: false,
         }),
         Response::IncreaseRetention,
         Response::SplitShard(ReshardResponse {

@@ -555,6 +555,15 @@ fn the_metrics_endpoint_counts_what_was_done() {
     .expect("server starts");
     let mut c = WireClient::connect(srv.local_addr());
     create(&mut c, "m", 1, Limits::Kinesis);
+    // Per-shard metrics too (Kinesis' enhanced shard-level monitoring).
+    let r = c.call(&Request::EnableEnhancedMonitoring(DescribeStreamRequest {
+        name: "m",
+    }));
+    assert!(
+        matches!(r.reply(), Ok(Response::EnableEnhancedMonitoring)),
+        "{:?}",
+        r.reply()
+    );
     // 1,500 records at once: Kinesis' limit takes about 1,000 and throttles the rest.
     let (mut accepted, mut refused, mut bytes, mut stored_calls) = (0u64, 0u64, 0u64, 0.0);
     for tag in 0..3 {
@@ -598,7 +607,11 @@ fn the_metrics_endpoint_counts_what_was_done() {
         let sample = parsed
             .samples
             .iter()
-            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get(label.0) == Some(label.1)
+                    && s.labels.get("shard").is_none()
+            })
             .unwrap_or_else(|| panic!("no {name}{label:?} in\n{body}"));
         match sample.value {
             prometheus_parse::Value::Counter(v)
@@ -620,6 +633,35 @@ fn the_metrics_endpoint_counts_what_was_done() {
         value("ReadProvisionedThroughputExceeded_total", stream),
         read_throttled as f64
     );
+    // The shard's own samples say the same (it is the stream's only shard).
+    let of_shard = |name: &str| -> f64 {
+        let sample = parsed
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("stream") == Some("m")
+                    && s.labels.get("shard") == Some("0")
+            })
+            .unwrap_or_else(|| panic!("no {name} of shard 0 in\n{body}"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        }
+    };
+    assert_eq!(of_shard("IncomingRecords_total"), accepted as f64);
+    assert_eq!(of_shard("IncomingBytes_total"), bytes as f64);
+    assert_eq!(
+        of_shard("WriteProvisionedThroughputExceeded_total"),
+        refused as f64
+    );
+    assert_eq!(
+        of_shard("ReadProvisionedThroughputExceeded_total"),
+        read_throttled as f64
+    );
+    assert_eq!(of_shard("OutgoingRecords_total"), read.len() as f64);
     assert_eq!(read.len() as u64, accepted);
     assert!(value("GetRecords_Success_total", stream) >= 1.0);
     assert!(value("GetRecords_Bytes_total", stream) > bytes as f64 * 0.5);

@@ -122,6 +122,9 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::MergeShards(r) => Some(r.name),
         Request::UpdateShardCount(r) => Some(r.name),
         Request::UpdateStreamMode(r) => Some(r.name),
+        Request::EnableEnhancedMonitoring(r) | Request::DisableEnhancedMonitoring(r) => {
+            Some(r.name)
+        }
         Request::PutRecord(r) => Some(r.stream),
         Request::PutBatch(r) => Some(r.stream),
         Request::PutBatches(r) => Some(r.stream),
@@ -318,6 +321,19 @@ async fn execute<S: Storage + 'static>(
             )
             .await?,
         ),
+        Request::EnableEnhancedMonitoring(r) | Request::DisableEnhancedMonitoring(r) => {
+            let on = matches!(req, Request::EnableEnhancedMonitoring(_));
+            let op = ControlOp::SetShardLevelMetrics {
+                name: r.name.to_owned(),
+                on,
+            };
+            control_op(core, op).await.map_err(fail)?;
+            if on {
+                Response::EnableEnhancedMonitoring
+            } else {
+                Response::DisableEnhancedMonitoring
+            }
+        }
         Request::UpdateStreamMode(r) => {
             let op = ControlOp::SetMode {
                 name: r.name.to_owned(),
@@ -584,6 +600,7 @@ async fn describe_stream<S: Storage + 'static>(
         mode: entry.mode,
         map_version: entry.map_version,
         last_scaling: last_scaling.as_deref(),
+        shard_level_metrics: entry.shard_level_metrics,
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())
@@ -678,7 +695,7 @@ async fn put_batches<S: Storage + 'static>(
     for (b, res) in r.batches.iter().zip(&results) {
         count_put(
             core,
-            entry.stream_id,
+            (entry.stream_id, b.shard_id),
             r.stream,
             b.batch,
             res,
@@ -840,6 +857,10 @@ async fn get_records<S: Storage + 'static>(
             if matches!(e, EngineError::ReadThrottled { .. }) {
                 core.metrics
                     .stream(entry.stream_id, &entry.name, |c| c.read_throttled += 1);
+                core.metrics
+                    .shard(entry.stream_id, token.shard_id, &entry.name, |c| {
+                        c.read_throttled += 1
+                    });
             }
             return Err(fail(e));
         }
@@ -885,6 +906,13 @@ async fn get_records<S: Storage + 'static>(
         c.iterator_age_ms = millis_behind_latest;
         c.iterator_age_at_ms = now;
     });
+    core.metrics
+        .shard(entry.stream_id, token.shard_id, &entry.name, |c| {
+            c.outgoing_records += got.end_seq - got.start_seq;
+            c.outgoing_bytes += got.bytes.len() as u64;
+            c.iterator_age_ms = millis_behind_latest;
+            c.iterator_age_at_ms = now;
+        });
     Ok(())
 }
 
@@ -901,7 +929,7 @@ async fn put_counted<S: Storage + 'static>(
     let result = put(core, ident, owner, batch).await;
     count_put(
         core,
-        ident.stream_id,
+        (ident.stream_id, ident.shard_id),
         stream,
         batch,
         &result,
@@ -915,13 +943,27 @@ async fn put_counted<S: Storage + 'static>(
 /// to the records stored), throttled records, the latency.
 fn count_put<S: Storage + 'static>(
     core: &Core<S>,
-    stream_id: u64,
+    (stream_id, shard_id): (u64, u32),
     stream: &str,
     batch: &[u8],
     result: &Result<PutOutcome, EngineError>,
     started: std::time::Instant,
     single: bool,
 ) {
+    core.metrics
+        .shard(stream_id, shard_id, stream, |c| match result {
+            Ok(o) => {
+                let stored = u64::from(o.accepted);
+                c.incoming_records += stored;
+                c.incoming_bytes += batch.len() as u64 * stored / u64::from(o.record_count.max(1));
+                c.write_throttled += u64::from(o.record_count - o.accepted);
+            }
+            Err(EngineError::Throttled { .. }) => {
+                c.write_throttled +=
+                    BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
+            }
+            Err(_) => {}
+        });
     core.metrics.stream(stream_id, stream, |c| match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);

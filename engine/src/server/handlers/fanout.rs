@@ -458,5 +458,10 @@ pub(super) async fn subscribe<S: Storage + 'static>(
             c.subscribe_millis_behind = millis_behind_latest;
             c.subscribe_millis_behind_at_ms = now;
         });
+        core.metrics
+            .shard(entry.stream_id, r.shard_id, &entry.name, |c| {
+                c.outgoing_records += got.end_seq - got.start_seq;
+                c.outgoing_bytes += bytes;
+            });
     }
 }

@@ -256,7 +256,7 @@ impl Subscription {
                 })
             }
         };
-        let first = self.decode(&frame)?;
+        let (first, _) = self.decode(&frame)?;
         self.continuation = Some(first.continuation_seq);
         self.consumed = 0;
         if first.ended {
@@ -311,8 +311,8 @@ impl Subscription {
                     return Err(ClientError::Closed);
                 }
             };
-            let event = match self.decode(&frame) {
-                Ok(event) => event,
+            let (event, batch_bytes) = match self.decode(&frame) {
+                Ok(decoded) => decoded,
                 Err(e) => {
                     self.live = None;
                     if retryable(&e) && attempt < policy.max_attempts {
@@ -328,12 +328,8 @@ impl Subscription {
                 self.ended = true;
                 self.live = None;
             } else {
-                let bytes: u64 = event
-                    .records
-                    .iter()
-                    .map(|r| r.data.len() as u64 + r.key.len() as u64)
-                    .sum();
-                self.grant(frame.len().max(bytes as usize) as u64);
+                // Exactly what the server counted against the credit: the stored batches.
+                self.grant(batch_bytes);
             }
             return Ok(Some(event));
         }
@@ -369,7 +365,8 @@ impl Subscription {
         });
     }
 
-    fn decode(&self, frame: &Bytes) -> Result<SubscriptionEvent> {
+    /// The event, and the bytes of its stored batches (what the server charges to credit).
+    fn decode(&self, frame: &Bytes) -> Result<(SubscriptionEvent, u64)> {
         let Response::SubscribeToShard(e) = decode_reply(frame, Some(Opcode::SubscribeToShard))?
         else {
             unreachable!("decode_reply checked the opcode")
@@ -390,14 +387,15 @@ impl Subscription {
                 explicit_hash_key: r.explicit_hash_key,
             });
         }
-        Ok(SubscriptionEvent {
+        let event = SubscriptionEvent {
             shard_id: self.shard_id,
             records,
             continuation_seq: e.head.continuation_seq,
             millis_behind_latest: e.head.millis_behind_latest,
             ended: e.head.ended,
             child_shards: e.head.child_shards.to_vec(),
-        })
+        };
+        Ok((event, e.batches.as_bytes().len() as u64))
     }
 }
 

@@ -435,10 +435,11 @@ pub(crate) struct ConnState {
     pub(crate) subscriptions: RefCell<std::collections::HashMap<u64, Rc<SubscriptionCredit>>>,
 }
 
-/// Bytes a subscriber has granted and not yet been sent; woken when it grants more.
+/// Bytes a subscriber has granted and not yet been sent (negative: an event passed it by part
+/// of a batch, which the next grants repay); woken when it grants more.
 #[derive(Default)]
 pub(crate) struct SubscriptionCredit {
-    pub(crate) bytes: Cell<u64>,
+    pub(crate) bytes: Cell<i64>,
     pub(crate) granted: Notify,
 }
 

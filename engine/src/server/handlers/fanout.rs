@@ -98,8 +98,8 @@ pub(super) fn credit(
 ) -> Response<'static> {
     // A grant for a subscription that has just ended is no error: the two crossed.
     if let Some(c) = conn.subscriptions.borrow().get(&r.subscription) {
-        let cap = core.cfg.max_subscription_credit_bytes;
-        c.bytes.set((c.bytes.get() + u64::from(r.bytes)).min(cap));
+        let cap = core.cfg.max_subscription_credit_bytes.min(i64::MAX as u64) as i64;
+        c.bytes.set((c.bytes.get() + i64::from(r.bytes)).min(cap));
         c.granted.notify_all();
     }
     Response::SubscribeCredit
@@ -321,7 +321,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
     let credit = Rc::new(SubscriptionCredit::default());
     credit
         .bytes
-        .set(u64::from(r.credit_bytes).min(core.cfg.max_subscription_credit_bytes));
+        .set(u64::from(r.credit_bytes).min(core.cfg.max_subscription_credit_bytes) as i64);
     conn.subscriptions.borrow_mut().insert(cid, credit.clone());
     let _unregister = crate::notify::OnDrop::new(|| {
         conn.subscriptions.borrow_mut().remove(&cid);
@@ -365,7 +365,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
             return Ok(());
         }
         // Nothing goes out past what the subscriber granted.
-        while credit.bytes.get() == 0 {
+        while credit.bytes.get() <= 0 {
             let granted = async {
                 credit.granted.wait().await;
                 true
@@ -387,7 +387,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
             .await
             .ok_or_else(gone)?
             .map_err(fail)?;
-        let want = credit.bytes.get().min(MAX_EVENT_BYTES) as usize;
+        let want = (credit.bytes.get() as u64).min(MAX_EVENT_BYTES) as usize;
         let room = conn.reserve(want).await.ok_or_else(gone)?;
         let req = ReadRequest {
             from_seq: next,
@@ -447,7 +447,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
         conn.push(&core.net, &event);
         drop(room);
         let bytes = got.bytes.len() as u64;
-        credit.bytes.set(credit.bytes.get().saturating_sub(bytes));
+        credit.bytes.set(credit.bytes.get() - bytes as i64);
         next = got.end_seq;
         last_push = Instant::now();
         core.metrics.stream(entry.stream_id, &entry.name, |c| {

@@ -234,6 +234,37 @@ impl CoreMetrics {
         f(c);
     }
 
+    /// Counts a put of one batch: `(stored, bytes, throttled)` records and bytes stored and
+    /// records throttled, in the stream's counters and (if on) the shard's; its latency
+    /// when something was stored. What a put request costs the metrics (with `request`).
+    pub(crate) fn count_put(
+        &self,
+        (stream_id, shard_id): (u64, u32),
+        name: &str,
+        (stored, bytes, throttled): (u64, u64, u64),
+        single: bool,
+        took: Duration,
+    ) {
+        self.shard(stream_id, shard_id, name, |c| {
+            c.incoming_records += stored;
+            c.incoming_bytes += bytes;
+            c.write_throttled += throttled;
+        });
+        self.stream(stream_id, name, |c| {
+            c.incoming_records += stored;
+            c.incoming_bytes += bytes;
+            c.write_throttled += throttled;
+            if stored > 0 {
+                if single {
+                    c.put_record_success += 1;
+                } else {
+                    c.put_records_success += 1;
+                }
+                c.put_latency.observe(took);
+            }
+        });
+    }
+
     /// Forgets a deleted stream's counters.
     pub(crate) fn forget(&self, name: &str) {
         self.streams.borrow_mut().retain(|_, (n, _)| n != name);
@@ -754,6 +785,33 @@ impl EncodeMetric for Histo {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
+    }
+}
+
+/// The counting a put request does, for `benches/benches/metrics.rs` (not an API).
+#[doc(hidden)]
+pub mod bench {
+    use std::time::Duration;
+
+    /// One core's counters.
+    pub struct Counting(super::CoreMetrics);
+
+    impl Counting {
+        /// Counting on or off; with `shard_level`, stream 1 counts its shards too.
+        pub fn new(on: bool, shard_level: bool) -> Counting {
+            let m = super::CoreMetrics::new(on);
+            m.set_shard_level(1, shard_level);
+            Counting(m)
+        }
+
+        /// What the server counts for one stored put of a batch: the request by opcode,
+        /// then the stream's (and shard's) counters and latency.
+        pub fn put(&self, shard_id: u32, records: u64, bytes: u64, took: Duration) {
+            self.0
+                .request(spate_protocol::Opcode::PutBatches.as_u16(), None);
+            self.0
+                .count_put((1, shard_id), "stream", (records, bytes, 0), false, took);
+        }
     }
 }
 

@@ -950,41 +950,32 @@ fn count_put<S: Storage + 'static>(
     started: std::time::Instant,
     single: bool,
 ) {
-    core.metrics
-        .shard(stream_id, shard_id, stream, |c| match result {
-            Ok(o) => {
-                let stored = u64::from(o.accepted);
-                c.incoming_records += stored;
-                c.incoming_bytes += batch.len() as u64 * stored / u64::from(o.record_count.max(1));
-                c.write_throttled += u64::from(o.record_count - o.accepted);
-            }
-            Err(EngineError::Throttled { .. }) => {
-                c.write_throttled +=
-                    BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
-            }
-            Err(_) => {}
-        });
-    core.metrics.stream(stream_id, stream, |c| match result {
+    let took = started.elapsed();
+    match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);
-            c.incoming_records += stored;
-            c.incoming_bytes += batch.len() as u64 * stored / u64::from(o.record_count.max(1));
-            c.write_throttled += u64::from(o.record_count - o.accepted);
-            if stored > 0 {
-                if single {
-                    c.put_record_success += 1;
-                } else {
-                    c.put_records_success += 1;
-                }
-                c.put_latency.observe(started.elapsed());
-            }
+            let bytes = batch.len() as u64 * stored / u64::from(o.record_count.max(1));
+            let throttled = u64::from(o.record_count - o.accepted);
+            core.metrics.count_put(
+                (stream_id, shard_id),
+                stream,
+                (stored, bytes, throttled),
+                single,
+                took,
+            );
         }
         Err(EngineError::Throttled { .. }) => {
-            c.write_throttled +=
-                BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
+            let throttled = BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
+            core.metrics.count_put(
+                (stream_id, shard_id),
+                stream,
+                (0, 0, throttled),
+                single,
+                took,
+            );
         }
         Err(_) => {}
-    });
+    }
 }
 
 fn route<S: Storage + 'static>(

@@ -12,7 +12,7 @@
 #   SPATE_BENCH_DIR  a directory on the disk to measure; also holds the engine's data (/tmp)
 #   ENGINE_CORES     CPUs for the engine (default 0)
 #   LOADGEN_CORES    CPUs for the load generator (default: 1)
-#   SCENARIOS        which scenarios, in order (default: all thirteen)
+#   SCENARIOS        which scenarios, in order (default: all fifteen)
 #   DURATION         override every run's measured seconds
 #   QUICK=1          tiny runs: checks the suite works, measures nothing
 #   SKIP_LIMITS=1    reuse OUT_DIR/machine-limits.json instead of measuring again
@@ -37,7 +37,7 @@ bench_dir=${SPATE_BENCH_DIR:-/tmp}
 engine_cores=${ENGINE_CORES:-0}
 loadgen_cores=${LOADGEN_CORES:-1}
 port=${PORT:-7400}
-scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density shard-density-small many-shards peer-shape producer-path fan-out control-churn reshard on-demand}
+scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density shard-density-small many-shards peer-shape producer-path fan-out catch-up group-failover control-churn reshard on-demand}
 on_demand_quiet_ms=${ON_DEMAND_QUIET_MS-10000}
 
 cd "$root"

@@ -12,7 +12,9 @@
 //! | `many-shards` | 10,000 shards at 100 records/s of 100 B each, then 10 shards at the same total rate: ack p99, and the engine's CPU per record in both |
 //! | `peer-shape` | 1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop (the shape peers publish): MB/s against fio durable |
 //! | `producer-path` | `Producer::send` on an 8-shard stream, 1 KiB records: its maximum against `put_records`', and ack latency at half its maximum |
-//! | `fan-out` | several consumer groups on every shard: end-to-end latency and each consumer's throughput |
+//! | `fan-out` | 20 push consumers, then 20 polling consumers, on every shard of a 2-shard stream at a fixed rate: end-to-end p99 against ack p99 (goal: + 1 ms at most), each consumer's records/s against the write rate |
+//! | `catch-up` | a backlog of 1 KiB records read from TRIM_HORIZON: 2 push consumers with Kinesis limits (≈ 2 MiB/s each), then one push consumer (and a polling reader) with limits off as fast as it goes, against fio's read bandwidth |
+//! | `group-failover` | 4 workers of a consumer group on 8 shards under steady load; one dropped without leaving: time until its shards are read again (goal ≤ 10 s), records delivered again, none missed |
 //! | `control-churn` | ack latency of a steady stream alone, then while another client creates and deletes streams |
 //! | `reshard` | steady open-loop load on 4 shards while a split, a merge, UpdateShardCount 4 → 8 → 4 and (fresh stream) 4 → 64 → 4 happen: each change's time, ack p99 around it against the steady state, and every key checked across the lineage |
 //! | `on-demand` | an on-demand stream (Kinesis limits, 4 shards) offered 1 MiB/s of 1 KiB records, then 16 MiB/s, then 1 MiB/s: time from the step up until throttling stops, the share throttled meanwhile, open shards over time, nothing lost; then the scale-in (which needs the server's `on_demand_quiet_ms` shortened) |
@@ -24,11 +26,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catchup;
 use crate::config::{
-    Api, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
+    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
 };
 use crate::report::{git_sha, unix_now_s, Report, ReshardReport, TimelineSecond};
 use crate::runner::{run, runtime};
@@ -84,7 +88,15 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "fan-out",
-        description: "4 consumer groups on every shard: end-to-end latency, each consumer's throughput",
+        description: "20 push consumers (then 20 polling ones) on every shard at a fixed open-loop rate: e2e p99 vs ack p99 (goal <= +1 ms), each consumer's records/s vs the write rate",
+    },
+    Scenario {
+        name: "catch-up",
+        description: "a shard's backlog of 1 KiB records read from TRIM_HORIZON: 2 push consumers with Kinesis limits (~2 MiB/s each), one unlimited push consumer (and a polling reader) as fast as it goes vs fio read",
+    },
+    Scenario {
+        name: "group-failover",
+        description: "4 consumer-group workers on 8 shards under steady load, one dropped without leaving: time until its shards are read again (goal <= 10 s), records redelivered, none missed",
     },
     Scenario {
         name: "reshard",
@@ -107,6 +119,12 @@ pub struct BenchOptions {
     pub duration_s: Option<f64>,
     /// `latency-half`: the `max-1k` result to take the rate from.
     pub max_report: Option<PathBuf>,
+    /// `fan-out`: the stream's shards.
+    pub shards: Option<u32>,
+    /// `fan-out`, `group-failover`: the open-loop rate.
+    pub rate: Option<f64>,
+    /// `catch-up`: MiB in the backlog the unlimited consumer reads.
+    pub catch_up_mib: Option<f64>,
     pub quick: bool,
     pub progress: bool,
     /// The command line, recorded in the result.
@@ -122,6 +140,9 @@ impl BenchOptions {
             engine_pid: None,
             duration_s: None,
             max_report: None,
+            shards: None,
+            rate: None,
+            catch_up_mib: None,
             quick: false,
             progress: false,
             command: String::new(),
@@ -255,6 +276,8 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
         "peer-shape" => b.peer_shape().await?,
         "producer-path" => b.producer_path().await?,
         "fan-out" => b.fan_out().await?,
+        "catch-up" => b.catch_up().await?,
+        "group-failover" => b.group_failover().await?,
         "control-churn" => b.control_churn().await?,
         "reshard" => b.reshard().await?,
         "on-demand" => b.on_demand().await?,
@@ -270,6 +293,8 @@ struct Bench<'a> {
 }
 
 static STREAM_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 impl Bench<'_> {
     /// A run on a fresh stream of `shards` shards, deleted afterwards.
@@ -1033,7 +1058,6 @@ impl Bench<'_> {
     async fn on_demand(&mut self) -> Result<(), Error> {
         const GOAL_S: f64 = 60.0;
         const CLEAN_S: f64 = 5.0;
-        const MIB: f64 = 1024.0 * 1024.0;
         const SIZE: usize = 1024;
         let quick = self.opts.quick;
         // Records/s: 1 MiB/s and 16 MiB/s of 1 KiB data.
@@ -1367,48 +1391,424 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// 20 push consumers on every shard of one stream (limits off) at a fixed open-loop
+    /// rate well under the engine's maximum, then the same with 20 polling consumers. The
+    /// headline figures are the push run's; `poll_*` the polling run's.
     async fn fan_out(&mut self) -> Result<(), Error> {
-        let shards = 2 * self.engine_cores as u32;
-        let cfg = RunConfig {
+        const CONSUMERS: usize = 20;
+        let shards = self.opts.shards.unwrap_or(2);
+        let rate = self
+            .opts
+            .rate
+            .unwrap_or(if self.opts.quick { 500.0 } else { 2000.0 });
+        let base = |b: &Self, consumer_mode| RunConfig {
             producers: 2,
-            rate: if self.opts.quick { 2000.0 } else { 20_000.0 },
+            rate,
             size: SizeSpec::fixed(1024),
-            keys: 10_000,
-            consumers: 4,
-            duration_s: self.duration(15.0),
-            warmup_s: self.warmup(3.0),
+            keys: 1000,
+            consumers: CONSUMERS,
+            consumer_mode,
+            duration_s: b.duration(15.0),
+            warmup_s: b.warmup(3.0),
             read_wait_ms: 1000,
             verify: true,
-            ..self.config(shards, LimitsArg::Off)
+            ..b.config(shards, LimitsArg::Off)
         };
-        let r = self.run(cfg).await?;
-        let a = r.ack_latency_us;
-        let e = r.e2e_latency_us.unwrap_or_default();
-        self.figure("acked_records_per_s", r.acked_records_per_s);
-        self.figure("ack_p99_us", a.p99 as f64);
-        self.figure("e2e_p50_us", e.p50 as f64);
-        self.figure("e2e_p99_us", e.p99 as f64);
-        self.figure("e2e_p999_us", e.p999 as f64);
-        self.figure("e2e_max_us", e.max as f64);
-        self.figure("e2e_p99_minus_ack_p99_us", e.p99 as f64 - a.p99 as f64);
-        for c in &r.consumers {
-            self.figure(&format!("consumer_{}_records_per_s", c.id), c.records_per_s);
+        let push = self.run(base(self, ConsumerMode::Push)).await?;
+        let poll = self.run(base(self, ConsumerMode::Poll)).await?;
+        self.figure("offered_records_per_s", rate);
+        self.figure("shards", f64::from(shards));
+        self.figure("consumers", CONSUMERS as f64);
+        let loopback = self.machine_limit("iperf3_loopback_bytes_per_s");
+        for (mode, r) in [("push", &push), ("poll", &poll)] {
+            let (a, e) = (r.ack_latency_us, r.e2e_latency_us.unwrap_or_default());
+            let ratio = min_consumer_ratio(r);
+            let over_ms = (e.p99 as f64 - a.p99 as f64) / 1000.0;
+            let prefix = if mode == "push" { "" } else { "poll_" };
+            self.figure(
+                &format!("{prefix}acked_records_per_s"),
+                r.acked_records_per_s,
+            );
+            self.figure(&format!("{prefix}ack_p99_us"), a.p99 as f64);
+            for (name, v) in [
+                ("p50", e.p50),
+                ("p99", e.p99),
+                ("p999", e.p999),
+                ("max", e.max),
+            ] {
+                self.figure(&format!("{prefix}e2e_{name}_us"), v as f64);
+            }
+            self.figure(&format!("{prefix}e2e_p99_minus_ack_p99_ms"), over_ms);
+            self.figure(&format!("{prefix}min_consumer_ratio"), ratio);
+            let egress = r.consumed_mib_per_s.unwrap_or(0.0);
+            self.figure(&format!("{prefix}consumed_mib_per_s"), egress);
+            if let Some(lo) = loopback {
+                self.figure(
+                    &format!("{prefix}consumed_ratio_to_iperf3_loopback"),
+                    egress * MIB / lo,
+                );
+            }
+            self.check(
+                &format!("{mode}: e2e p99 <= ack p99 + 1 ms"),
+                e.count > 0 && over_ms <= 1.0,
+                format!(
+                    "e2e p99 {} µs, ack p99 {} µs ({over_ms:+.3} ms)",
+                    e.p99, a.p99
+                ),
+            );
+            self.check(
+                &format!("{mode}: every consumer kept up with the write rate (>= 0.95)"),
+                ratio >= 0.95,
+                format!(
+                    "slowest consumer received {:.3} × the acknowledged records/s while the \
+                     producers ran",
+                    ratio
+                ),
+            );
+            let short = r
+                .consumers
+                .iter()
+                .filter(|c| c.records < r.records_acked)
+                .count();
+            self.check(
+                &format!("{mode}: every consumer read every acknowledged record"),
+                short == 0 && r.consumers.len() == CONSUMERS,
+                format!(
+                    "{short} of {} consumers read fewer records than the {} acknowledged",
+                    r.consumers.len(),
+                    r.records_acked
+                ),
+            );
         }
-        let short = r
-            .consumers
+        self.note(
+            "a consumer's ratio is the records of the run it received during the measured \
+             window (by arrival) per second, over the acknowledged records per second; e2e \
+             latency runs from each record's due time (open loop) to its arrival at the \
+             consumer, ack latency from the same due time to its acknowledgement"
+                .into(),
+        );
+        self.bottleneck_note(&push);
+        Ok(())
+    }
+
+    /// A backlog read from TRIM_HORIZON. (a) Kinesis limits: a 1-shard stream filled at
+    /// just under its write limit with what a consumer reads in `--duration` (15 s) at
+    /// 2 MiB/s after its bucket's burst, then 2 push consumers reading it at once (each has
+    /// its own 2 MiB/s), the rate taken from 2 s on (past the burst). (b) Limits
+    /// off: a 1-shard stream filled with `--catch-up-mib` (256) MiB as fast as it takes
+    /// them, then one push consumer reading all of it as fast as it goes, a polling reader
+    /// after it and a second push consumer; against fio's sequential read bandwidth when `machine-limits.json`
+    /// is beside the results (the backlog was just written, so some of it may come from
+    /// the page cache).
+    async fn catch_up(&mut self) -> Result<(), Error> {
+        const LIMIT_MIB_PER_S: f64 = 2.0;
+        const SIZE: usize = 1024;
+        let quick = self.opts.quick;
+        let read_s = self.duration(15.0);
+        let unlimited_mib = self
+            .opts
+            .catch_up_mib
+            .unwrap_or(if quick { 4.0 } else { 256.0 });
+        // (a) Each consumer reads its bucket's burst (a second's worth) and then 2 MiB/s
+        // for read_s: the backlog holds that and a twentieth.
+        let limited_mib = if quick {
+            1.0
+        } else {
+            (LIMIT_MIB_PER_S * (read_s + 1.0) * 1.05).min(unlimited_mib)
+        };
+        // Just under 1,000 records/s and 1 MiB/s of key and data bytes.
+        let fill_rate = 950.0;
+        let fill_s = (limited_mib * MIB / (fill_rate * (SIZE as f64 + 16.0))).max(0.5);
+        let limited = RunConfig {
+            producers: 1,
+            rate: fill_rate,
+            api: Api::PutRecords,
+            call_records: 500,
+            size: SizeSpec::fixed(SIZE),
+            keys: 16,
+            duration_s: fill_s,
+            delete_after: false,
+            ..self.config(1, LimitsArg::Kinesis)
+        };
+        let stream_a = limited.stream.clone();
+        let result = self.catch_up_limited(limited, read_s).await;
+        self.delete_stream(&stream_a).await;
+        result?;
+        // (b) Limits off: as fast as it goes.
+        let unlimited = RunConfig {
+            producers: 2,
+            rate: 0.0,
+            api: Api::PutRecords,
+            call_records: 500,
+            size: SizeSpec::fixed(SIZE),
+            keys: 16,
+            duration_s: 600.0,
+            stop_after_mib: Some(unlimited_mib),
+            delete_after: false,
+            ..self.config(1, LimitsArg::Off)
+        };
+        let stream_b = unlimited.stream.clone();
+        let result = self.catch_up_unlimited(unlimited).await;
+        self.delete_stream(&stream_b).await;
+        result
+    }
+
+    async fn catch_up_limited(&mut self, fill: RunConfig, read_s: f64) -> Result<(), Error> {
+        const LIMIT_MIB_PER_S: f64 = 2.0;
+        let stream = fill.stream.clone();
+        let filled = self.run(fill).await?;
+        self.figure("limited_backlog_mib", filled.bytes_acked as f64 / MIB);
+        let limit = Some(Duration::from_secs_f64(read_s));
+        let server = self.opts.server.clone();
+        let (a, b) = tokio::join!(
+            catchup::push_read(&server, &stream, "catch-up-0", limit),
+            catchup::push_read(&server, &stream, "catch-up-1", limit),
+        );
+        let reads = [a?, b?];
+        let mut slowest = f64::INFINITY;
+        for (i, r) in reads.iter().enumerate() {
+            let rate = r.steady_mib_per_s.unwrap_or(r.mib_per_s);
+            slowest = slowest.min(rate);
+            self.figure(&format!("limited_consumer_{i}_mib_per_s"), r.mib_per_s);
+            if let Some(steady) = r.steady_mib_per_s {
+                self.figure(&format!("limited_consumer_{i}_steady_mib_per_s"), steady);
+            }
+            self.figure(&format!("limited_consumer_{i}_seconds"), r.seconds);
+            if r.reached_tip && r.seconds < read_s * 0.9 {
+                self.note(format!(
+                    "limited consumer {i} reached the tip after {:.1} s, before the {read_s} s \
+                     it was to read: the backlog was too small to measure its allowance",
+                    r.seconds
+                ));
+            }
+        }
+        self.figure("limited_min_mib_per_s", slowest);
+        let within = |r: &catchup::BacklogRead| {
+            r.steady_mib_per_s
+                .is_some_and(|s| (s / LIMIT_MIB_PER_S - 1.0).abs() <= 0.1)
+        };
+        let detail: Vec<String> = reads
             .iter()
-            .filter(|c| c.records < r.records_acked)
-            .count();
+            .map(|r| {
+                format!(
+                    "{}: {:.3} MiB/s over {:.1} s, {} from {} s on",
+                    r.reader,
+                    r.mib_per_s,
+                    r.seconds,
+                    r.steady_mib_per_s
+                        .map_or("-".into(), |s| format!("{s:.3} MiB/s")),
+                    catchup::STEADY_AFTER.as_secs()
+                )
+            })
+            .collect();
         self.check(
-            "every consumer read every acknowledged record",
-            short == 0,
-            format!(
-                "{short} of {} consumers read fewer records than were acknowledged",
-                r.consumers.len()
-            ),
+            "Kinesis limits: each push consumer reads its own 2 MiB/s (steady, within 10 %)",
+            reads.iter().all(within),
+            detail.join("; "),
         );
         Ok(())
     }
+
+    async fn catch_up_unlimited(&mut self, fill: RunConfig) -> Result<(), Error> {
+        let stream = fill.stream.clone();
+        let filled = self.run(fill).await?;
+        let backlog_mib = filled.bytes_acked as f64 / MIB;
+        self.figure("unlimited_backlog_mib", backlog_mib);
+        self.figure("unlimited_backlog_records", filled.records_acked as f64);
+        // The first read finds the backlog as the write left it; the next ones may find
+        // it in caches the first one filled: a second push read shows the difference.
+        let server = self.opts.server.clone();
+        let push = catchup::push_read(&server, &stream, "catch-up", None).await?;
+        let poll = catchup::poll_read(&server, &stream).await?;
+        let again = catchup::push_read(&server, &stream, "catch-up-again", None).await?;
+        self.figure("unlimited_push_mib_per_s", push.mib_per_s);
+        self.figure("unlimited_push_seconds", push.seconds);
+        self.figure("unlimited_poll_mib_per_s", poll.mib_per_s);
+        self.figure("unlimited_poll_seconds", poll.seconds);
+        self.figure("unlimited_push_again_mib_per_s", again.mib_per_s);
+        match self.machine_limit("fio_seq_read_1m_qd8_bytes_per_s") {
+            Some(fio) => {
+                self.figure("fio_seq_read_mib_per_s", fio / MIB);
+                self.figure(
+                    "unlimited_push_ratio_to_fio_read",
+                    push.mib_per_s * MIB / fio,
+                );
+                self.figure(
+                    "unlimited_poll_ratio_to_fio_read",
+                    poll.mib_per_s * MIB / fio,
+                );
+            }
+            None => self.note(
+                "no machine-limits.json with fio_seq_read_1m_qd8_bytes_per_s beside the \
+                 results: no ratio to fio's read bandwidth"
+                    .into(),
+            ),
+        }
+        for r in [&push, &poll, &again] {
+            self.check(
+                &format!("limits off: the {} reader read the whole backlog", r.reader),
+                r.reached_tip && r.records == filled.records_acked,
+                format!(
+                    "{} of {} records ({:.1} MiB) in {:.2} s",
+                    r.records,
+                    filled.records_acked,
+                    r.bytes as f64 / MIB,
+                    r.seconds
+                ),
+            );
+        }
+        self.note(
+            "limits off: the push consumer read the backlog first, then the polling reader, \
+             then a second push consumer (`unlimited_push_again_mib_per_s`): the later reads \
+             may find the data in caches the first one filled; the backlog was written just \
+             before, so even the first may be served partly from the page cache (a ratio \
+             above 1 to fio's O_DIRECT read is possible)"
+                .into(),
+        );
+        Ok(())
+    }
+
+    async fn delete_stream(&self, stream: &str) {
+        let deleted = async {
+            let client = spate_client::Client::connect(self.opts.server.clone()).await?;
+            client.delete_stream(stream).await
+        };
+        if let Err(e) = deleted.await {
+            tracing::warn!(stream, error = %e, "could not delete the stream");
+        }
+    }
+
+    /// 4 workers of one consumer group on an 8-shard stream (limits off) under steady
+    /// open-loop load; the first is dropped after 10 s without leaving, as a crash would.
+    /// Its leases expire after the server's `group_lease_timeout_ms` (6 s by default) and
+    /// go to the others, which read on from the last checkpoint (one per batch).
+    async fn group_failover(&mut self) -> Result<(), Error> {
+        const GOAL_S: f64 = 10.0;
+        let quick = self.opts.quick;
+        let duration_s = self.duration(25.0);
+        let crash_at = if quick {
+            0.3
+        } else {
+            (duration_s * 0.4).min(10.0)
+        };
+        let rate = self.opts.rate.unwrap_or(if quick { 500.0 } else { 2000.0 });
+        let cfg = RunConfig {
+            producers: 2,
+            rate,
+            size: SizeSpec::fixed(1024),
+            keys: 1000,
+            consumers: 4,
+            consumer_mode: ConsumerMode::Group,
+            crash_worker_at_s: Some(crash_at),
+            duration_s,
+            read_wait_ms: 1000,
+            verify: true,
+            ..self.config(8, LimitsArg::Off)
+        };
+        let r = self.run(cfg).await?;
+        let g = r
+            .group
+            .clone()
+            .ok_or_else(|| Error::new("group-failover: the run reported no group"))?;
+        self.figure("offered_records_per_s", rate);
+        self.figure("crash_at_s", crash_at);
+        if let Some(t) = g.lease_timeout_ms {
+            self.figure("lease_timeout_ms", f64::from(t));
+        }
+        self.figure("checkpoints", g.checkpoints as f64);
+        self.figure("checkpoint_p50_us", g.checkpoint_latency_us.p50 as f64);
+        self.figure("checkpoint_p99_us", g.checkpoint_latency_us.p99 as f64);
+        self.figure("checkpoint_max_us", g.checkpoint_latency_us.max as f64);
+        self.figure("records_acked", r.records_acked as f64);
+        self.figure("consumed_records", r.consumed_records.unwrap_or(0) as f64);
+        self.figure("redelivered", r.redelivered.unwrap_or(0) as f64);
+        self.figure("ack_p99_us", r.ack_latency_us.p99 as f64);
+        let e = r.e2e_latency_us.unwrap_or_default();
+        self.figure("e2e_p99_us", e.p99 as f64);
+        self.figure("e2e_max_us", e.max as f64);
+        let Some(f) = &g.failover else {
+            self.check(
+                "a worker was dropped",
+                false,
+                "the drop did not happen before the run ended".into(),
+            );
+            return Ok(());
+        };
+        self.figure("dropped_worker_shards", f.shards.len() as f64);
+        self.figure("redelivered_after_drop", f.redelivered as f64);
+        if let Some(s) = f.lease_moved_after_s_max {
+            self.figure("leases_moved_after_s", s);
+        }
+        if let Some(s) = f.reread_after_s_max {
+            self.figure("read_again_after_s", s);
+        }
+        self.check(
+            &format!("the dropped worker's shards are read again within {GOAL_S:.0} s"),
+            !f.shards.is_empty() && f.reread_after_s_max.is_some_and(|s| s <= GOAL_S),
+            format!(
+                "{}; lease timeout {} ms",
+                f.shards
+                    .iter()
+                    .map(|s| format!(
+                        "shard {}: lease moved after {}, read again after {}{}",
+                        s.shard,
+                        s.lease_moved_after_s
+                            .map_or("-".into(), |v| format!("{v:.2} s")),
+                        s.reread_after_s
+                            .map_or("never".into(), |v| format!("{v:.2} s")),
+                        s.reread_by
+                            .as_ref()
+                            .map_or(String::new(), |w| format!(" by {w}"))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                g.lease_timeout_ms.map_or("?".into(), |t| t.to_string())
+            ),
+        );
+        let missed = g.missed.unwrap_or(u64::MAX);
+        let v = r.verify.unwrap_or_default();
+        self.figure("missed_by_group", g.missed.unwrap_or(0) as f64);
+        self.check(
+            "no acknowledged record missed by the group (each delivered at least once)",
+            missed == 0 && v.passed() && r.consumed_records == Some(r.records_acked),
+            format!(
+                "missed {missed}; {} of {} acknowledged records consumed in the window; \
+                 read back: lost {}, duplicated {}",
+                r.consumed_records.unwrap_or(0),
+                r.records_acked,
+                v.lost,
+                v.duplicated
+            ),
+        );
+        self.note(format!(
+            "worker {} was dropped at {:.1} s without leaving; a shard's takeover is when a \
+             description of the group (polled every 50 ms) first showed it leased to another \
+             worker or to none, and when \
+             another worker was first handed its records; records processed by the dropped \
+             worker after its last checkpoint come again ({} here)",
+            f.worker, f.at_s, f.redelivered
+        ));
+        self.note(
+            "each worker checkpoints every batch before it takes the next one, so a slow \
+             checkpoint delays the records queued behind it: end-to-end latency here includes \
+             that wait (checkpoint_*_us), and the takeover's own (the dropped worker's shards \
+             were not read until their leases moved)"
+                .into(),
+        );
+        Ok(())
+    }
+}
+
+/// The slowest consumer's records received during the measured window (by arrival), per
+/// second, over the acknowledged records per second (0 without consumers).
+fn min_consumer_ratio(r: &Report) -> f64 {
+    if r.acked_records_per_s <= 0.0 || r.consumers.is_empty() {
+        return 0.0;
+    }
+    r.consumers
+        .iter()
+        .map(|c| c.received_records_per_s / r.acked_records_per_s)
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// The shard counts of an on-demand scaling decision's words ("... 4 -> 8 open shards: ...").

@@ -87,6 +87,35 @@ pub enum Api {
     PutRecords,
 }
 
+/// How `--consumers` read the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsumerMode {
+    /// Each consumer long-polls every shard (GetRecords through a `ShardReader`), from the
+    /// tip at the start; polling readers share a shard's read allowance.
+    #[default]
+    Poll,
+    /// Each consumer is a registered consumer (`loadgen-0` ...) subscribed to every shard
+    /// from the tip at the start: the server pushes records as soon as they are durable,
+    /// with an allowance of its own per shard. A closed shard's children are followed.
+    Push,
+    /// The consumers are the workers of one consumer group (`loadgen-<random>`): the
+    /// engine leases each shard to one of them; each batch is checkpointed once counted.
+    /// Every record of the run is counted once; a later copy (after a lease moved) is
+    /// `redelivered`.
+    Group,
+}
+
+impl ConsumerMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumerMode::Poll => "poll",
+            ConsumerMode::Push => "push",
+            ConsumerMode::Group => "group",
+        }
+    }
+}
+
 /// The limits mode of a stream the load generator creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -222,8 +251,21 @@ pub struct RunConfig {
     pub duration_s: f64,
     /// Seconds of load before measuring starts (records due then are sent, not counted).
     pub warmup_s: f64,
-    /// Consumer groups; each follows every shard from the tip.
+    /// Consumers; each follows every shard from the tip (poll, push), or together they
+    /// share the shards as one consumer group's workers (group).
     pub consumers: usize,
+    /// How the consumers read.
+    #[serde(default)]
+    pub consumer_mode: ConsumerMode,
+    /// `--consumer-mode group`: drop the first worker this many seconds after the start
+    /// (warm-up included) without leaving the group, as a crash would, and time how long
+    /// its shards take to be read again by the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_worker_at_s: Option<f64>,
+    /// Closed loop: stop sending once this many MiB (key and data bytes) were sent; the
+    /// measured window then ends when every producer has stopped (or at `duration_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_mib: Option<f64>,
     /// CPUs for the load generator's threads; `None`: every CPU, unpinned.
     pub cores: Option<Vec<usize>>,
     pub verify: bool,
@@ -278,6 +320,9 @@ impl RunConfig {
             duration_s: 10.0,
             warmup_s: 0.0,
             consumers: 0,
+            consumer_mode: ConsumerMode::Poll,
+            crash_worker_at_s: None,
+            stop_after_mib: None,
             cores: None,
             verify: false,
             linger_ms: 0,
@@ -378,11 +423,41 @@ impl RunConfig {
                     .into(),
             );
         }
-        if !self.reshards.is_empty() && self.consumers > 0 {
+        if !self.reshards.is_empty()
+            && self.consumers > 0
+            && self.consumer_mode == ConsumerMode::Poll
+        {
             return Err(
-                "--reshard with --consumers: consumers follow only the shards open at the start"
+                "--reshard with --consumers: polling consumers follow only the shards open at \
+                 the start (push and group consumers follow the children: --consumer-mode)"
                     .into(),
             );
+        }
+        if let Some(at_s) = self.crash_worker_at_s {
+            if self.consumer_mode != ConsumerMode::Group || self.consumers < 2 {
+                return Err(
+                    "--crash-worker-at needs --consumer-mode group and at least 2 --consumers \
+                     (one to drop, one to take over)"
+                        .into(),
+                );
+            }
+            if !(at_s > 0.0 && at_s < end_s) {
+                return Err(format!(
+                    "--crash-worker-at {at_s}: must be after 0 and within the run's {end_s} s \
+                     (warm-up plus duration)"
+                ));
+            }
+        }
+        if let Some(mib) = self.stop_after_mib {
+            if self.rate > 0.0 {
+                return Err(
+                    "--stop-after-mib stops a closed-loop run (--rate 0) once that much was sent"
+                        .into(),
+                );
+            }
+            if !(mib > 0.0 && mib.is_finite()) {
+                return Err("--stop-after-mib must be positive".into());
+            }
         }
         Ok(())
     }
@@ -434,6 +509,15 @@ impl RunConfig {
         }
         if self.consumers > 0 {
             a.push(format!("--consumers {}", self.consumers));
+            if self.consumer_mode != ConsumerMode::Poll {
+                a.push(format!("--consumer-mode {}", self.consumer_mode.name()));
+            }
+        }
+        if let Some(at_s) = self.crash_worker_at_s {
+            a.push(format!("--crash-worker-at {at_s}"));
+        }
+        if let Some(mib) = self.stop_after_mib {
+            a.push(format!("--stop-after-mib {mib}"));
         }
         if let Some(cores) = &self.cores {
             a.push(format!("--cores {}", format_cpu_list(cores)));
@@ -546,6 +630,12 @@ mod tests {
         c.reshards.pop();
         c.consumers = 1;
         assert!(c.validate().unwrap_err().contains("--consumers"));
+        // Push and group consumers follow the children of a closed shard.
+        for mode in [ConsumerMode::Push, ConsumerMode::Group] {
+            c.consumer_mode = mode;
+            c.validate().unwrap();
+        }
+        c.consumer_mode = ConsumerMode::Poll;
         c.consumers = 0;
         assert!(c
             .command_line()
@@ -608,6 +698,47 @@ mod tests {
         v.as_object_mut().unwrap().remove("reshards");
         let back: RunConfig = serde_json::from_value(v).unwrap();
         assert!(back.rate_steps.is_empty() && !back.on_demand && !back.timeline);
+    }
+
+    #[test]
+    fn consumer_modes_validate_and_print() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.consumers = 2;
+        c.consumer_mode = ConsumerMode::Group;
+        c.crash_worker_at_s = Some(4.0);
+        c.validate().unwrap();
+        assert_eq!(
+            c.command_line(),
+            "spate-loadgen --server 127.0.0.1:7400 --stream s --producers 1 --rate 0 --size 1024 \
+             --keys 1000 --duration 10 --consumers 2 --consumer-mode group --crash-worker-at 4"
+        );
+        c.crash_worker_at_s = Some(10.0);
+        assert!(c.validate().unwrap_err().contains("within the run"));
+        c.crash_worker_at_s = Some(4.0);
+        c.consumers = 1;
+        assert!(c.validate().unwrap_err().contains("--crash-worker-at"));
+        c.consumers = 2;
+        c.consumer_mode = ConsumerMode::Push;
+        assert!(c.validate().unwrap_err().contains("--consumer-mode group"));
+        c.crash_worker_at_s = None;
+        c.validate().unwrap();
+        assert!(c
+            .command_line()
+            .ends_with("--consumers 2 --consumer-mode push"));
+        // Poll is the default, left out of the command line; old reports read back as poll.
+        c.consumer_mode = ConsumerMode::Poll;
+        assert!(c.command_line().ends_with("--consumers 2"));
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["consumer_mode"], "poll");
+        v.as_object_mut().unwrap().remove("consumer_mode");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back.consumer_mode, ConsumerMode::Poll);
+        // A byte budget stops a closed-loop run.
+        c.stop_after_mib = Some(64.0);
+        c.validate().unwrap();
+        assert!(c.command_line().ends_with("--stop-after-mib 64"));
+        c.rate = 100.0;
+        assert!(c.validate().unwrap_err().contains("--stop-after-mib"));
     }
 
     #[test]

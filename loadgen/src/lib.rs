@@ -2,7 +2,8 @@
 //!
 //! It simulates many devices writing to a stream through the client library (`--keys`
 //! partition keys, `--producers` producers each with its own connection), optionally with
-//! consumer groups following every shard from the tip, and reports throughput, ack and
+//! consumers following every shard from the tip (polling, pushed to registered consumers,
+//! or the workers of a consumer group), and reports throughput, ack and
 //! end-to-end latency percentiles (HdrHistogram), throttling, errors and both programs' CPU
 //! use as one JSON object (SPEC §5). With `--verify` it reads every shard back after the
 //! run and checks that no acknowledged record was lost, duplicated or reordered.
@@ -12,15 +13,18 @@
 //! as fast as acknowledgements allow.
 //!
 //! Modules: [`config`] (a run's parameters), [`runner`] (the run itself and its progress
-//! lines), [`schedule`], [`payload`] (what a record carries), [`keys`], [`stats`]
-//! (histograms, CPU), [`verify`], [`report`] (the JSON and the summary table),
-//! [`bench`](mod@bench) (named scenarios), [`summary`] (markdown from the scenarios' JSON),
-//! [`plot`] (SVG percentile plot), [`cpus`] (CPU lists and pinning).
+//! lines), [`consumers`] (polling, push and consumer-group consumers), [`schedule`],
+//! [`payload`] (what a record carries), [`keys`], [`stats`] (histograms, CPU), [`verify`],
+//! [`report`] (the JSON and the summary table), [`bench`](mod@bench) (named scenarios),
+//! [`catchup`] (timed backlog reads for `catch-up`), [`summary`] (markdown from the
+//! scenarios' JSON), [`plot`] (SVG percentile plot), [`cpus`] (CPU lists and pinning).
 //!
 //! The binary is a thin wrapper; tests call [`run_blocking`] or [`runner::run`] directly.
 
 pub mod bench;
+pub mod catchup;
 pub mod config;
+pub mod consumers;
 pub mod cpus;
 pub mod keys;
 pub mod payload;
@@ -32,7 +36,9 @@ pub mod stats;
 pub mod summary;
 pub mod verify;
 
-pub use config::{Api, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec};
+pub use config::{
+    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
+};
 pub use report::Report;
 pub use runner::{run, run_blocking};
 

@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
-//!               --size BYTES --keys K --duration SECS [--consumers C] [--cores LIST]
+//!               --size BYTES --keys K --duration SECS [--consumers C]
+//!               [--consumer-mode poll|push|group] [--crash-worker-at SECS] [--cores LIST]
 //!               [--json FILE] [--plot FILE] [--verify] [--reshard AT:OP ...]
 //!               [--rate-step AT:RATE ...] [--on-demand] [--timeline]
 //!               [more options: --help]
-//! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] ...
+//! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] [--quick]
+//!               [--duration SECS] [--shards N] [--rate R] [--catch-up-mib MIB] ...
 //! spate-loadgen plot REPORT.json OUT.svg
 //! spate-loadgen summarize DIR [--output FILE]
 //! ```
@@ -28,7 +30,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use spate_loadgen::bench::{self, BenchOptions};
 use spate_loadgen::cpus::parse_cpu_list;
-use spate_loadgen::{Api, KeyMode, LimitsArg, RateStep, ReshardStep, RunConfig, SizeSpec};
+use spate_loadgen::{
+    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardStep, RunConfig, SizeSpec,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -108,9 +112,24 @@ struct RunArgs {
     /// Seconds of load before measuring starts.
     #[arg(long, default_value_t = 0.0, value_name = "SECS")]
     warmup: f64,
-    /// Consumer groups, each following every shard from the tip (end-to-end latency).
+    /// Consumers (end-to-end latency): with --consumer-mode poll or push each follows every
+    /// shard from the tip; with group they are one consumer group's workers.
     #[arg(long, default_value_t = 0, value_name = "C")]
     consumers: usize,
+    /// How the consumers read: `poll` (long-polling GetRecords per shard), `push`
+    /// (registered consumers loadgen-0.., each subscribed to every shard), `group` (the
+    /// workers of one consumer group, each batch counted once and checkpointed).
+    #[arg(long, value_enum, default_value = "poll", value_name = "MODE")]
+    consumer_mode: ConsumerMode,
+    /// --consumer-mode group: drop the first worker SECS after the start (warm-up
+    /// included) without leaving the group, and report how long its shards take to be
+    /// read again by the others (`group.failover`).
+    #[arg(long, value_name = "SECS")]
+    crash_worker_at: Option<f64>,
+    /// Closed loop: stop producing once MIB MiB (key and data) were sent; the measured
+    /// window ends when the last producer stopped (e.g. to fill a backlog).
+    #[arg(long, value_name = "MIB")]
+    stop_after_mib: Option<f64>,
     /// Pin the load generator's threads to these CPUs (e.g. 1 or 2-3); default: unpinned.
     #[arg(long, value_parser = parse_cpus, value_name = "LIST")]
     cores: Option<CpuList>,
@@ -198,6 +217,17 @@ struct BenchArgs {
     /// measure it first).
     #[arg(long, value_name = "FILE")]
     max_report: Option<PathBuf>,
+    /// fan-out: the stream's shards (default 2).
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+    /// fan-out, group-failover: the producers' open-loop rate in records/s (defaults:
+    /// 2,000 and 2,000).
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
+    /// catch-up: MiB of 1 KiB records in the shard the unlimited consumer reads back
+    /// (default 256; the limited run's backlog is what 2 consumers read in --duration).
+    #[arg(long, value_name = "MIB")]
+    catch_up_mib: Option<f64>,
     /// Tiny runs (about a second each): checks the scenario works, measures nothing.
     #[arg(long)]
     quick: bool,
@@ -257,6 +287,9 @@ fn run(a: RunArgs) -> Result<(), String> {
         duration_s: a.duration,
         warmup_s: a.warmup,
         consumers: a.consumers,
+        consumer_mode: a.consumer_mode,
+        crash_worker_at_s: a.crash_worker_at,
+        stop_after_mib: a.stop_after_mib,
         cores: a.cores.map(|c| c.0),
         verify: a.verify,
         linger_ms: a.linger_ms,
@@ -323,6 +356,9 @@ fn run_bench(b: BenchArgs) -> Result<(), String> {
         engine_pid: b.engine_pid,
         duration_s: b.duration,
         max_report: b.max_report,
+        shards: b.shards,
+        rate: b.rate,
+        catch_up_mib: b.catch_up_mib,
         quick: b.quick,
         progress: !b.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -361,6 +397,33 @@ mod tests {
         assert_eq!(cli.run.create_shards, Some(2));
         assert!(cli.run.verify);
         assert!(cli.run.reshard.is_empty());
+        assert_eq!(cli.run.consumer_mode, ConsumerMode::Poll, "the default");
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --consumers 4 --consumer-mode group \
+             --crash-worker-at 10"
+                .split_whitespace(),
+        )
+        .unwrap();
+        assert_eq!(cli.run.consumer_mode, ConsumerMode::Group);
+        assert_eq!(cli.run.crash_worker_at, Some(10.0));
+        assert!(Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --consumer-mode fan".split_whitespace()
+        )
+        .is_err());
+        let cli = Cli::try_parse_from(
+            "spate-loadgen bench catch-up --catch-up-mib 64 --rate 500 --shards 4"
+                .split_whitespace(),
+        )
+        .unwrap();
+        match cli.command {
+            Some(Command::Bench(b)) => {
+                assert_eq!(
+                    (b.catch_up_mib, b.rate, b.shards),
+                    (Some(64.0), Some(500.0), Some(4))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         let cli = Cli::try_parse_from(
             "spate-loadgen --server h:1 --stream s --reshard 3:count=8 --reshard 6:merge=8+9"
                 .split_whitespace(),

@@ -101,7 +101,11 @@ pub fn titles_of(v: &serde_json::Value) -> (String, Option<String>) {
         parts.push(format!("{d} s"));
     }
     if let Some(c) = p["consumers"].as_u64().filter(|&c| c > 0) {
-        parts.push(plural(c, "consumer group"));
+        parts.push(match p["consumer_mode"].as_str() {
+            Some("push") => plural(c, "push consumer"),
+            Some("group") => plural(c, "group worker"),
+            _ => plural(c, "consumer group"),
+        });
     }
     (
         format!("{stream}: {}", parts.join(", ")),

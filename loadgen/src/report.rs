@@ -30,22 +30,87 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ReshardStep, RunConfig};
+use crate::config::{ConsumerMode, ReshardStep, RunConfig};
 use crate::stats::{CoreUse, CpuUse, Percentiles};
 use crate::verify::VerifyReport;
 
-/// One consumer group's figures.
+/// One consumer's figures (a polling consumer group, a registered push consumer, or a
+/// consumer group's worker).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsumerReport {
     pub id: usize,
-    /// Records of the measured window this consumer read.
+    /// The registered consumer's name (push) or the worker's id (group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Records of the measured window this consumer read (group: first deliveries only).
     pub records: u64,
     pub bytes: u64,
     pub records_per_s: f64,
     pub mib_per_s: f64,
+    /// Records of this run that arrived during the measured window (whenever they were
+    /// due), per second: whether the consumer kept up with the producers while they ran.
+    #[serde(default)]
+    pub received_records_per_s: f64,
     pub e2e_latency_us: Percentiles,
+    /// Records delivered again (group: after a lease moved; push: a sequence number
+    /// delivered twice, which the engine promises never happens).
+    #[serde(default)]
+    pub redelivered: u64,
     /// Failed reads (after the client's retries).
     pub errors: u64,
+}
+
+/// `--consumer-mode group`: the group as a whole.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub group: String,
+    /// The server's lease timeout (from a description of the group).
+    pub lease_timeout_ms: Option<u32>,
+    /// Checkpoints stored (one per batch, one per shard end).
+    pub checkpoints: u64,
+    /// How long each took, from asking to the answer (the worker takes its next batch only
+    /// then, so this adds to the end-to-end latency of the records queued behind it).
+    #[serde(default)]
+    pub checkpoint_latency_us: Percentiles,
+    /// Checkpoints refused because the lease had moved (the records come again elsewhere).
+    pub checkpoints_lease_lost: u64,
+    /// `LeaseLost` events the workers saw.
+    pub leases_lost: u64,
+    /// With `--verify`: acknowledged records no worker delivered (must be 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
+    /// `--crash-worker-at`: the dropped worker and the takeover of its shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverReport>,
+}
+
+/// `--crash-worker-at`: a worker dropped without leaving, and how its shards moved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    pub worker: String,
+    /// When it was dropped, in seconds since the run's clock started.
+    pub at_s: f64,
+    /// The shards it held then, each with when (seconds after the drop) a description of
+    /// the group (polled every 50 ms) first showed it no longer leased to the dropped
+    /// worker, and when another worker first delivered records of it (`None`: not seen
+    /// before the run ended).
+    pub shards: Vec<ShardFailover>,
+    /// The largest `reread_after_s` (`None` if a shard was never read again).
+    pub reread_after_s_max: Option<f64>,
+    /// The largest `lease_moved_after_s` (`None` if one was not seen).
+    pub lease_moved_after_s_max: Option<f64>,
+    /// Records delivered again after the drop (processed by the dropped worker after its
+    /// last checkpoint).
+    pub redelivered: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardFailover {
+    pub shard: u32,
+    pub lease_moved_after_s: Option<f64>,
+    pub reread_after_s: Option<f64>,
+    /// The worker that read it again.
+    pub reread_by: Option<String>,
 }
 
 /// What one `--reshard` step did, and the ack latency of the records it may have touched.
@@ -194,6 +259,27 @@ pub struct Report {
     pub e2e_latency_spectrum_us: Option<Vec<[f64; 2]>>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub consumers: Vec<ConsumerReport>,
+    /// With consumers: how they read (`poll`, `push`, `group`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumer_mode: Option<ConsumerMode>,
+    /// With consumers: records of the measured window consumed, each consumer's counted
+    /// (poll and push: every consumer reads every record; group: each record once).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumed_records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumed_records_per_s: Option<f64>,
+    /// Key and data bytes of those records.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumed_mib_per_s: Option<f64>,
+    /// Each consumer's `records_per_s`, in consumer order.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub per_consumer_records_per_s: Vec<f64>,
+    /// With consumers: records delivered more than once (whole run).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub redelivered: Option<u64>,
+    /// `--consumer-mode group`: the group's checkpoints, leases and failover.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub group: Option<GroupReport>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub verify: Option<VerifyReport>,
     pub loadgen_cpu: CpuUse,
@@ -243,6 +329,13 @@ impl Report {
         if read_errors > 0 {
             return Some(format!("{read_errors} consumer reads failed"));
         }
+        if let Some(missed) = self.group.as_ref().and_then(|g| g.missed) {
+            if missed > 0 {
+                return Some(format!(
+                    "the consumer group never delivered {missed} acknowledged records"
+                ));
+            }
+        }
         if let Some((r, e)) = self
             .reshards
             .iter()
@@ -272,6 +365,12 @@ impl Report {
             self.errors,
             self.loadgen_cpu.cores_used,
         );
+        if let (Some(mode), Some(n)) = (self.consumer_mode, self.consumed_records_per_s) {
+            s += &format!("; {} consumers {n:.0} records/s", mode.name());
+            if let Some(r) = self.redelivered.filter(|&r| r > 0) {
+                s += &format!(" ({r} redelivered)");
+            }
+        }
         if let Some(e) = &self.e2e_latency_us {
             s += &format!(
                 "; e2e p50 {}, p99 {}, max {}",
@@ -383,6 +482,36 @@ impl Report {
             );
         }
 
+        if let (Some(mode), Some(n)) = (self.consumer_mode, self.consumed_records) {
+            t.header(&[
+                "consumers",
+                "records",
+                "per second",
+                "MiB/s",
+                "slowest/s",
+                "redelivered",
+            ]);
+            let slowest = self
+                .per_consumer_records_per_s
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            t.row(
+                &format!("{} {}", self.consumers.len(), mode.name()),
+                vec![
+                    n.to_string(),
+                    format!("{:.1}", self.consumed_records_per_s.unwrap_or(0.0)),
+                    format!("{:.2}", self.consumed_mib_per_s.unwrap_or(0.0)),
+                    if slowest.is_finite() {
+                        format!("{slowest:.1}")
+                    } else {
+                        "-".into()
+                    },
+                    self.redelivered.unwrap_or(0).to_string(),
+                ],
+            );
+        }
+
         if let Some(v) = &self.verify {
             t.header(&[
                 "verify",
@@ -438,6 +567,9 @@ impl Report {
         for sc in &self.scalings {
             out += &format!("scaling seen at {:.1} s: {}\n", sc.seen_s, sc.decision);
         }
+        if let Some(g) = &self.group {
+            out += &g.summary_lines();
+        }
         let changes = self.open_shards_changes();
         if !changes.is_empty() {
             let steps: Vec<String> = changes
@@ -456,6 +588,42 @@ impl Report {
         }
         if p.warmup_s > 0.0 {
             out += "(errors and verify cover the whole run, warm-up included)\n";
+        }
+        out
+    }
+}
+
+impl GroupReport {
+    /// The group's name, lease timeout, checkpoints and (with a drop) its failover, one
+    /// line each.
+    fn summary_lines(&self) -> String {
+        let c = &self.checkpoint_latency_us;
+        let mut out = format!(
+            "group {}: lease timeout {} ms, {} checkpoints (p50 {} ms, p99 {} ms, max {} ms; {} refused: lease moved), {} leases lost{}\n",
+            self.group,
+            self.lease_timeout_ms.map_or("?".into(), |t| t.to_string()),
+            self.checkpoints,
+            fmt_ms(c.p50),
+            fmt_ms(c.p99),
+            fmt_ms(c.max),
+            self.checkpoints_lease_lost,
+            self.leases_lost,
+            self.missed
+                .map_or(String::new(), |m| format!(", {m} acknowledged records never delivered")),
+        );
+        if let Some(f) = &self.failover {
+            let secs = |v: Option<f64>| v.map_or("never".into(), |s| format!("{s:.2} s"));
+            let shards: Vec<String> = f.shards.iter().map(|s| s.shard.to_string()).collect();
+            out += &format!(
+                "failover: worker {} dropped at {:.1} s holding shard(s) {}; leases moved after {}, \
+                 read again after {}; {} records delivered again\n",
+                f.worker,
+                f.at_s,
+                shards.join(", "),
+                secs(f.lease_moved_after_s_max),
+                secs(f.reread_after_s_max),
+                f.redelivered,
+            );
         }
         out
     }
@@ -626,13 +794,23 @@ pub(crate) mod tests {
             e2e_latency_spectrum_us: Some(h.spectrum()),
             consumers: vec![ConsumerReport {
                 id: 0,
+                name: None,
                 records: 4,
                 bytes: 4096,
                 records_per_s: 4.0,
                 mib_per_s: 0.004,
+                received_records_per_s: 4.0,
                 e2e_latency_us: h.summary(),
+                redelivered: 0,
                 errors: 0,
             }],
+            consumer_mode: Some(ConsumerMode::Poll),
+            consumed_records: Some(4),
+            consumed_records_per_s: Some(4.0),
+            consumed_mib_per_s: Some(4096.0 / 1048576.0),
+            per_consumer_records_per_s: vec![4.0],
+            redelivered: Some(0),
+            group: None,
             verify: Some(VerifyReport::default()),
             loadgen_cpu: CpuUse::default(),
             engine_cpu: None,
@@ -700,12 +878,97 @@ pub(crate) mod tests {
             e2e_latency_us: None,
             e2e_latency_spectrum_us: None,
             consumers: Vec::new(),
+            consumer_mode: None,
+            consumed_records: None,
+            consumed_records_per_s: None,
+            consumed_mib_per_s: None,
+            per_consumer_records_per_s: Vec::new(),
+            redelivered: None,
             verify: None,
             ..sample()
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("e2e_latency_us").is_none() && v.get("verify").is_none());
+        for f in [
+            "consumer_mode",
+            "consumed_records",
+            "consumed_records_per_s",
+            "consumed_mib_per_s",
+            "per_consumer_records_per_s",
+            "redelivered",
+            "group",
+        ] {
+            assert!(v.get(f).is_none(), "{f}");
+        }
         assert!(r.failure().is_none());
+        assert!(!r.summary_table().contains("consumers"));
+    }
+
+    #[test]
+    fn consumers_and_a_group_show_in_the_table_and_json() {
+        let mut r = sample();
+        r.consumer_mode = Some(ConsumerMode::Group);
+        r.redelivered = Some(3);
+        r.group = Some(GroupReport {
+            group: "loadgen-1".into(),
+            lease_timeout_ms: Some(6000),
+            checkpoints: 12,
+            checkpoint_latency_us: Percentiles {
+                p50: 1500,
+                p99: 20_000,
+                max: 250_000,
+                ..Percentiles::default()
+            },
+            checkpoints_lease_lost: 1,
+            leases_lost: 2,
+            missed: Some(0),
+            failover: Some(FailoverReport {
+                worker: "loadgen-1-w0".into(),
+                at_s: 10.0,
+                shards: vec![ShardFailover {
+                    shard: 4,
+                    lease_moved_after_s: Some(6.1),
+                    reread_after_s: Some(6.25),
+                    reread_by: Some("loadgen-1-w2".into()),
+                }],
+                reread_after_s_max: Some(6.25),
+                lease_moved_after_s_max: Some(6.1),
+                redelivered: 3,
+            }),
+        });
+        let table = r.summary_table();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("  1 group"))
+            .unwrap_or_else(|| panic!("no consumers row in\n{table}"));
+        assert_eq!(
+            row.split_whitespace().skip(2).collect::<Vec<_>>(),
+            ["4", "4.0", "0.00", "4.0", "3"]
+        );
+        assert!(table.contains(
+            "\ngroup loadgen-1: lease timeout 6000 ms, 12 checkpoints (p50 1.500 ms, p99 20.000 \
+             ms, max 250.000 ms; 1 refused: lease moved), 2 leases lost, 0 acknowledged records \
+             never delivered\n"
+        ));
+        assert!(table.contains(
+            "\nfailover: worker loadgen-1-w0 dropped at 10.0 s holding shard(s) 4; leases moved \
+             after 6.10 s, read again after 6.25 s; 3 records delivered again\n"
+        ));
+        assert!(r
+            .summary_line()
+            .contains("group consumers 4 records/s (3 redelivered)"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["consumer_mode"], "group");
+        assert_eq!(v["group"]["failover"]["shards"][0]["reread_after_s"], 6.25);
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.group, r.group);
+        assert_eq!(r.failure(), None);
+        // A record the group never handed out fails the run.
+        r.group.as_mut().unwrap().missed = Some(2);
+        assert_eq!(
+            r.failure().unwrap(),
+            "the consumer group never delivered 2 acknowledged records"
+        );
     }
 
     #[test]

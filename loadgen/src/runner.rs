@@ -8,9 +8,10 @@
 //!      │ (SendHandle, due time, key, counter)                      │
 //!      ▼                                                           │ acks
 //!  collector p: awaits every handle as it resolves, records ack    ▼
-//!  latency (from the due time), counts throttled / errors,    consumer c × shard s:
-//!  marks acknowledged counters for --verify                    long-polls from the tip,
-//!                                                              records end-to-end latency
+//!  latency (from the due time), counts throttled / errors,    consumers (crate::consumers):
+//!  marks acknowledged counters for --verify                    poll, push or group, from
+//!                                                              the tip; record end-to-end
+//!                                                              latency
 //!  progress: one line on stderr per second
 //! ```
 //!
@@ -34,6 +35,9 @@
 //! closed parents included (several at once), and checks them in id order, so each key is
 //! checked across the lineage.
 //!
+//! `--stop-after-mib MIB` (closed loop) stops each producer once the producers together
+//! have sent that much; the measured window then ends when the last one stopped.
+//!
 //! `--rate-step AT:RATE` changes the offered rate during the run ([`Schedule`]);
 //! `--on-demand` switches the created stream to on-demand capacity first; `--timeline`
 //! samples the live counters and a description of the stream every second (open shards,
@@ -44,8 +48,8 @@
 //! which in closed loop is what paces it. Each producer owns its keys, so a key's records
 //! are sent in counter order by one task.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +62,7 @@ use spate_client::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
+use crate::consumers::{ConsumerStats, Prepared, StopAt};
 use crate::keys::{make_keys, owned_by};
 use crate::payload::{self, Header, PaddingPool, RecordWriter, Rng};
 use crate::report::{
@@ -73,7 +78,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Bytes asked for per read. Not the protocol's 10 MiB: the server may answer a 10 MiB
 /// read with whole batches past 10 MiB, in a frame larger than the client accepts
 /// ("frame of 10741664 bytes exceeds the maximum of 10551360").
-const READ_BYTES_MAX: u32 = 4 << 20;
+pub(crate) const READ_BYTES_MAX: u32 = 4 << 20;
 /// How long producers may take to settle their outstanding records after the run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long consumers may take to reach the tip after the producers are done.
@@ -114,17 +119,19 @@ pub fn runtime(cores: Option<&[usize]>) -> Result<tokio::runtime::Runtime, Error
 }
 
 /// What every task of a run shares (read-only but for the live counters).
-struct Shared {
-    t0: Instant,
+pub(crate) struct Shared {
+    pub(crate) t0: Instant,
     warmup_ns: u64,
     end_ns: u64,
-    run_id: u32,
-    keys: Arc<Vec<String>>,
-    live: Live,
+    pub(crate) run_id: u32,
+    pub(crate) keys: Arc<Vec<String>>,
+    pub(crate) live: Live,
     /// Progress lines are printed: keep the per-second histograms.
-    progress: bool,
+    pub(crate) progress: bool,
     /// One per `--reshard` step.
     changes: Vec<ChangeWindow>,
+    /// `--stop-after-mib`: bytes (key and data) the producers may still send.
+    budget_bytes: Option<AtomicI64>,
 }
 
 /// A `--reshard` step's change window on the run's clock: the records due from `from_ns`
@@ -142,24 +149,42 @@ impl ChangeWindow {
 }
 
 impl Shared {
-    fn now_ns(&self) -> u64 {
+    /// A run's shared state for unit tests: run `run_id` over `keys`, its clock started
+    /// now, measuring from `warmup_ns` to `end_ns`.
+    #[cfg(test)]
+    pub(crate) fn for_test(run_id: u32, keys: Vec<String>, warmup_ns: u64, end_ns: u64) -> Shared {
+        Shared {
+            t0: Instant::now(),
+            warmup_ns,
+            end_ns,
+            run_id,
+            keys: Arc::new(keys),
+            live: Live::default(),
+            progress: false,
+            changes: Vec::new(),
+            budget_bytes: None,
+        }
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
         self.t0.elapsed().as_nanos() as u64
     }
 
-    fn in_window(&self, origin_ns: u64) -> bool {
+    /// Whether a time on the run's clock is in the measured window.
+    pub(crate) fn in_window(&self, origin_ns: u64) -> bool {
         (self.warmup_ns..self.end_ns).contains(&origin_ns)
     }
 }
 
 /// Counters of the whole run (warm-up included) for the progress line.
 #[derive(Default)]
-struct Live {
+pub(crate) struct Live {
     sent: AtomicU64,
     acked: AtomicU64,
     acked_bytes: AtomicU64,
     throttled: AtomicU64,
     errors: AtomicU64,
-    consumed: AtomicU64,
+    pub(crate) consumed: AtomicU64,
     /// When the last throttled answer came (run clock, ns; 0: none yet).
     last_throttled_ns: AtomicU64,
 }
@@ -188,21 +213,6 @@ impl ProducerStats {
         self.first_error.get_or_insert_with(|| e.to_string());
     }
 }
-
-/// A consumer group's figures for the measured window.
-#[derive(Default)]
-struct ConsumerStats {
-    e2e: Latency,
-    /// End-to-end latency since the last progress line, with progress on.
-    e2e_1s: Latency,
-    records: u64,
-    bytes: u64,
-    errors: u64,
-}
-
-/// Where the consumers stop: each shard's last sequence number once the producers are
-/// done (`None` inside: an empty shard), `None` until then.
-type StopAt = Option<Arc<HashMap<u32, Option<u64>>>>;
 
 /// A producer before its generator starts.
 enum ProducerKind {
@@ -413,35 +423,14 @@ async fn run_on_stream(
         producers.push(producer);
     }
 
-    // Consumers open their iterators at the tip before anything is sent, so they see every
-    // record of the run.
+    // Consumers open their iterators at the tip (or join their group) before anything is
+    // sent, so they see every record of the run.
     let (stop_tx, stop_rx) = watch::channel::<StopAt>(None);
-    let mut consumer_clients = Vec::new();
-    for c in 0..cfg.consumers {
-        let client = Client::connect_with(cfg.server.clone(), client_cfg.clone())
-            .await
-            .map_err(|e| Error::new(format!("consumer {c} cannot connect: {e}")))?;
-        consumer_clients.push(client);
-    }
-    let mut readers = Vec::new();
-    for client in &consumer_clients {
-        for &shard in &shards {
-            let reader = client
-                .shard_reader(
-                    &cfg.stream,
-                    shard,
-                    Position::Latest,
-                    ReadOptions {
-                        wait_ms: cfg.read_wait_ms,
-                        max_bytes: READ_BYTES_MAX,
-                        ..ReadOptions::default()
-                    },
-                )
-                .await
-                .map_err(|e| Error::new(format!("cannot open a reader on shard {shard}: {e}")))?;
-            readers.push(reader);
-        }
-    }
+    let prepared = match cfg.consumers {
+        0 => None,
+        _ => Some(Prepared::open(cfg, admin, &client_cfg, &info, &shards).await?),
+    };
+    let consumer_names = prepared.as_ref().map(Prepared::names).unwrap_or_default();
 
     // The clock starts now: record n is due at t0 + n / rate.
     let shared = Arc::new(Shared {
@@ -462,6 +451,9 @@ async fn run_on_stream(
                 until_ns: AtomicU64::new(u64::MAX),
             })
             .collect(),
+        budget_bytes: cfg
+            .stop_after_mib
+            .map(|mib| AtomicI64::new((mib * MIB) as i64)),
     });
     // The shards change (if asked) on the admin connection while the producers go on.
     let reshards = (!cfg.reshards.is_empty()).then(|| {
@@ -475,21 +467,14 @@ async fn run_on_stream(
     let consumer_stats: Vec<Arc<Mutex<ConsumerStats>>> = (0..cfg.consumers)
         .map(|_| Arc::new(Mutex::new(ConsumerStats::default())))
         .collect();
-    let mut reader_tasks = Vec::new();
-    for (i, reader) in readers.into_iter().enumerate() {
-        let stats = consumer_stats[i / shards.len().max(1)].clone();
-        reader_tasks.push(tokio::spawn(follow(
-            reader,
-            shared.clone(),
-            stats,
-            stop_rx.clone(),
-        )));
-    }
+    let consumers = prepared.map(|p| p.spawn(cfg, &shared, &consumer_stats, &stop_rx));
 
     let pool = Arc::new(PaddingPool::new(cfg.size.max, cfg.seed));
     let mut producer_stats = Vec::new();
     let mut generators = Vec::new();
     let mut collectors = Vec::new();
+    // How many generators have stopped (with --stop-after-mib, before the run's end).
+    let (stopped_tx, mut stopped_rx) = watch::channel(0usize);
     for (p, producer) in producers.into_iter().enumerate() {
         let owned = owned_by(p, cfg.producers, cfg.keys);
         let stats = Arc::new(Mutex::new(ProducerStats {
@@ -519,7 +504,12 @@ async fn run_on_stream(
             stats.clone(),
             pool.clone(),
         );
-        generators.push(tokio::spawn(gen.run()));
+        let stopped = stopped_tx.clone();
+        generators.push(tokio::spawn(async move {
+            let generated = gen.run().await;
+            stopped.send_modify(|n| *n += 1);
+            generated
+        }));
         producer_stats.push(stats);
     }
     let done = Arc::new(AtomicBool::new(false));
@@ -552,7 +542,12 @@ async fn run_on_stream(
     );
     let ticks_start = cpu_ticks();
     let window_start = Instant::now();
-    tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into()).await;
+    let run_end = tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into());
+    let budget_spent = cfg.stop_after_mib.is_some();
+    let stopped_early = tokio::select! {
+        _ = run_end => false,
+        _ = stopped_rx.wait_for(|&n| n == cfg.producers), if budget_spent => true,
+    };
     let cpu_end = (
         CpuTimes::of_self(),
         cfg.engine_pid.and_then(CpuTimes::of_pid),
@@ -598,22 +593,23 @@ async fn run_on_stream(
     // Consumers read up to each shard's last record, then stop.
     let tips = shard_tips(admin, &cfg.stream).await?;
     stop_tx.send_replace(Some(Arc::new(tips.iter().copied().collect())));
-    let caught_up = tokio::time::timeout(CATCH_UP_TIMEOUT, async {
-        for t in reader_tasks {
-            t.await.expect("reader task");
-        }
-    })
-    .await;
+    let caught_up = match consumers {
+        Some(c) => tokio::time::timeout(CATCH_UP_TIMEOUT, c.finish())
+            .await
+            .map(Some),
+        None => Ok(None),
+    };
     done.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
     }
-    if caught_up.is_err() {
+    let Ok(finished) = caught_up else {
         return Err(Error::new(format!(
             "consumers had not reached the tip {} s after the run",
             CATCH_UP_TIMEOUT.as_secs()
         )));
-    }
+    };
+    let mut group = finished.and_then(|f| f.group);
 
     let verify = if cfg.verify {
         let mut acked = vec![BitSet::default(); keys.len()];
@@ -630,6 +626,14 @@ async fn run_on_stream(
             for (j, bits) in local.into_iter().enumerate() {
                 acked[p + j * cfg.producers] = bits;
             }
+        }
+        // A group must have handed out every acknowledged record at least once.
+        if let Some((report, seen)) = group.as_mut() {
+            let missed = acked
+                .iter()
+                .zip(seen.iter())
+                .map(|(a, s)| a.count_not_in(s));
+            report.missed = Some(missed.sum());
         }
         Some(read_back(admin, &cfg.stream, &tips, &shared, Verifier::new(acked)).await?)
     } else {
@@ -660,25 +664,37 @@ async fn run_on_stream(
             totals.first_error = s.first_error.clone();
         }
     }
-    let duration_s = cfg.duration_s;
+    // With --stop-after-mib the window ends when the last producer stopped.
+    let duration_s = if stopped_early {
+        window_s
+    } else {
+        cfg.duration_s
+    };
     let mut e2e = Latency::default();
     let consumers: Vec<ConsumerReport> = consumer_stats
         .iter()
+        .zip(consumer_names)
         .enumerate()
-        .map(|(id, s)| {
+        .map(|(id, (s, name))| {
             let s = s.lock().expect("stats lock");
             e2e.add(&s.e2e);
             ConsumerReport {
                 id,
+                name,
                 records: s.records,
                 bytes: s.bytes,
                 records_per_s: s.records as f64 / duration_s,
                 mib_per_s: s.bytes as f64 / MIB / duration_s,
+                received_records_per_s: s.received_in_window as f64 / duration_s,
                 e2e_latency_us: s.e2e.summary(),
+                redelivered: s.redelivered,
                 errors: s.errors,
             }
         })
         .collect();
+    let with_consumers = cfg.consumers > 0;
+    let consumed_records: u64 = consumers.iter().map(|c| c.records).sum();
+    let consumed_bytes: u64 = consumers.iter().map(|c| c.bytes).sum();
     let records_due = cfg.rate.gt(&0.0).then(|| {
         let s = schedule_of(cfg, 0, 1);
         let before = if warmup_ns > 0 {
@@ -741,8 +757,15 @@ async fn run_on_stream(
         },
         ack_latency_us: ack.summary(),
         ack_latency_spectrum_us: ack.spectrum(),
-        e2e_latency_us: (cfg.consumers > 0).then(|| e2e.summary()),
-        e2e_latency_spectrum_us: (cfg.consumers > 0).then(|| e2e.spectrum()),
+        e2e_latency_us: with_consumers.then(|| e2e.summary()),
+        e2e_latency_spectrum_us: with_consumers.then(|| e2e.spectrum()),
+        consumer_mode: with_consumers.then_some(cfg.consumer_mode),
+        consumed_records: with_consumers.then_some(consumed_records),
+        consumed_records_per_s: with_consumers.then(|| consumed_records as f64 / duration_s),
+        consumed_mib_per_s: with_consumers.then(|| consumed_bytes as f64 / MIB / duration_s),
+        per_consumer_records_per_s: consumers.iter().map(|c| c.records_per_s).collect(),
+        redelivered: with_consumers.then(|| consumers.iter().map(|c| c.redelivered).sum()),
+        group: group.map(|(report, _)| report),
         consumers,
         verify,
         loadgen_cpu: CpuUse::over(cpu_end.0.since(&cpu_start.0), window_s, loadgen_cores),
@@ -939,7 +962,7 @@ fn schedule_of(cfg: &RunConfig, p: usize, producers: usize) -> Schedule {
     Schedule::with_steps(cfg.rate, &steps, p, producers, cfg.run_duration())
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -1064,6 +1087,14 @@ impl Generator {
         }
     }
 
+    /// `--stop-after-mib`: the producers have sent that much.
+    fn budget_spent(&self) -> bool {
+        self.shared
+            .budget_bytes
+            .as_ref()
+            .is_some_and(|b| b.load(Ordering::Relaxed) <= 0)
+    }
+
     /// The next record, due (or sent, closed loop) at `origin_ns`.
     fn make_record(&mut self, origin_ns: u64) -> (String, Bytes, Meta) {
         let sh = &self.shared;
@@ -1097,6 +1128,9 @@ impl Generator {
             origin_ns,
             bytes: (key.len() + data.len()) as u32,
         };
+        if let Some(budget) = &sh.budget_bytes {
+            budget.fetch_sub(i64::from(meta.bytes), Ordering::Relaxed);
+        }
         self.k += 1;
         self.out.sent += 1;
         if sh.in_window(origin_ns) {
@@ -1123,7 +1157,7 @@ impl Generator {
                     .expect("window open"),
             };
             // A record due before the end but not sent by then is not sent at all.
-            if Instant::now() >= run_end {
+            if Instant::now() >= run_end || self.budget_spent() {
                 break;
             }
             // Closed loop measures from the send; open loop from the due time.
@@ -1163,7 +1197,7 @@ impl Generator {
             let Ok(due_ns) = self.wait_due().await else {
                 break;
             };
-            if Instant::now() >= run_end {
+            if Instant::now() >= run_end || self.budget_spent() {
                 break;
             }
             let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
@@ -1171,7 +1205,7 @@ impl Generator {
             entries.push(Entry::new(key, data));
             metas.push(meta);
             let now_ns = self.shared.now_ns();
-            while entries.len() < self.cfg.call_records {
+            while entries.len() < self.cfg.call_records && !self.budget_spent() {
                 let origin_ns = match self.schedule.due_ns(self.k) {
                     Some(due) if due <= now_ns => due,
                     Some(_) => break,
@@ -1285,76 +1319,6 @@ fn settle(
         Err(e) => {
             sh.live.errors.fetch_add(1, Ordering::Relaxed);
             stats.lock().expect("stats lock").error(&e);
-        }
-    }
-}
-
-/// Follows one shard from the tip for one consumer group until the stop signal's tip.
-async fn follow(
-    mut reader: spate_client::ShardReader,
-    sh: Arc<Shared>,
-    stats: Arc<Mutex<ConsumerStats>>,
-    mut stop: watch::Receiver<StopAt>,
-) {
-    let shard = reader.shard_id();
-    let mut errors_in_a_row = 0;
-    loop {
-        let tip = stop
-            .borrow()
-            .as_ref()
-            .map(|t| t.get(&shard).copied().flatten());
-        let answer = match tip {
-            // Stop once past the shard's last record (or at once if it has none).
-            Some(tip) => {
-                if tip.is_none_or(|last| reader.next_seq().is_some_and(|n| n > last)) {
-                    return;
-                }
-                reader.next().await
-            }
-            // Until the producers are done, a long-poll is abandoned when the stop comes,
-            // so the consumer need not wait out its wait time at an idle tip.
-            None => tokio::select! {
-                r = reader.next() => r,
-                _ = stop.changed() => continue,
-            },
-        };
-        match answer {
-            Ok(Some(records)) => {
-                errors_in_a_row = 0;
-                let now_ns = sh.now_ns();
-                let mut n = 0;
-                let mut s = stats.lock().expect("stats lock");
-                for r in &records.records {
-                    let Ok(h) = payload::decode(&r.data) else {
-                        continue;
-                    };
-                    if h.run != sh.run_id {
-                        continue;
-                    }
-                    n += 1;
-                    let latency_ns = now_ns.saturating_sub(h.origin_ns);
-                    if sh.progress {
-                        s.e2e_1s.record_ns(latency_ns);
-                    }
-                    if sh.in_window(h.origin_ns) {
-                        s.e2e.record_ns(latency_ns);
-                        s.records += 1;
-                        s.bytes += (r.key.len() + r.data.len()) as u64;
-                    }
-                }
-                drop(s);
-                sh.live.consumed.fetch_add(n, Ordering::Relaxed);
-            }
-            Ok(None) => return,
-            Err(e) => {
-                stats.lock().expect("stats lock").errors += 1;
-                errors_in_a_row += 1;
-                tracing::warn!(shard, error = %e, "consumer read failed");
-                if errors_in_a_row >= 10 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
         }
     }
 }

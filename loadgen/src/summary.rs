@@ -160,19 +160,81 @@ fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Targe
         });
     }
     let fan = find(results, "fan-out");
-    let (e2e, ack) = (fig(fan, "e2e_p99_us"), fig(fan, "ack_p99_us"));
+    for (what, prefix) in [
+        ("produce → consumer latency p99, 20 push consumers", ""),
+        (
+            "produce → consumer latency p99, 20 polling consumers",
+            "poll_",
+        ),
+    ] {
+        let e2e = fig(fan, &format!("{prefix}e2e_p99_us"));
+        let ack = fig(fan, &format!("{prefix}ack_p99_us"));
+        let ratio = fig(fan, &format!("{prefix}min_consumer_ratio"));
+        t.push(Target {
+            what,
+            goal: "≤ ack p99 + 1 ms; each consumer ≈ the write rate".into(),
+            measured: match (e2e, ack) {
+                (Some(e), Some(a)) => format!(
+                    "{e:.0} µs (ack p99 {a:.0} µs); slowest consumer {} × the write rate",
+                    ratio.map_or("?".into(), |r| format!("{r:.3}"))
+                ),
+                _ => "—".into(),
+            },
+            ratio: match (e2e, ack) {
+                (Some(e), Some(a)) => format!("{:+.0} µs over ack p99", e - a),
+                _ => "—".into(),
+            },
+            // Results of the older fan-out scenario have no consumer ratio.
+            met: e2e
+                .zip(ack)
+                .map(|(e, a)| e - a <= 1000.0 && ratio.is_none_or(|r| r >= 0.95)),
+        });
+    }
+    let catch = find(results, "catch-up");
+    let fio_read = limits.and_then(|l| l.fio_seq_read_1m_qd8_bytes_per_s);
+    // A limited consumer's rate past its bucket's burst, else over its whole read.
+    let limited = |i: u32| {
+        fig(catch, &format!("limited_consumer_{i}_steady_mib_per_s"))
+            .or_else(|| fig(catch, &format!("limited_consumer_{i}_mib_per_s")))
+    };
     t.push(Target {
-        what: "produce → consumer latency p99 (long-poll)",
-        goal: "≤ ack p99 + 1 ms".into(),
-        measured: match (e2e, ack) {
-            (Some(e), Some(a)) => format!("{e:.0} µs (ack p99 {a:.0} µs)"),
+        what: "catch-up from TRIM_HORIZON: 2 push consumers with Kinesis limits; one unlimited",
+        goal: "≈ 2 MiB/s each with limits; unlimited against fio's read bandwidth".into(),
+        measured: match (
+            limited(0),
+            limited(1),
+            fig(catch, "unlimited_push_mib_per_s"),
+            fig(catch, "unlimited_backlog_mib"),
+        ) {
+            (Some(a), Some(b), Some(u), Some(mib)) => format!(
+                "{a:.2} and {b:.2} MiB/s; unlimited {u:.0} MiB/s over a {mib:.0} MiB backlog"
+            ),
             _ => "—".into(),
         },
-        ratio: match (e2e, ack) {
-            (Some(e), Some(a)) => format!("{:+.0} µs over ack p99", e - a),
+        ratio: match (fig(catch, "unlimited_push_mib_per_s"), fio_read) {
+            (Some(u), Some(f)) => format!("{:.2} × fio read", u * 1024.0 * 1024.0 / f),
             _ => "—".into(),
         },
-        met: e2e.zip(ack).map(|(e, a)| e - a <= 1000.0),
+        met: catch
+            .filter(|r| !r.checks.is_empty())
+            .map(|r| r.checks.iter().all(|c| c.passed)),
+    });
+    let failover = find(results, "group-failover");
+    let reread = fig(failover, "read_again_after_s");
+    t.push(Target {
+        what: "consumer group: a worker of 4 crashes (8 shards, steady load)",
+        goal: "its shards read again ≤ 10 s (default lease timeout); none missed".into(),
+        measured: match (reread, fig(failover, "missed_by_group")) {
+            (Some(r), Some(m)) => format!(
+                "read again after {r:.2} s (lease timeout {} ms); {} records redelivered; \
+                 {m:.0} missed",
+                fig(failover, "lease_timeout_ms").unwrap_or(f64::NAN),
+                fig(failover, "redelivered_after_drop").unwrap_or(f64::NAN)
+            ),
+            _ => "—".into(),
+        },
+        ratio: reread.map_or("—".into(), |r| format!("{:.2} × the goal", r / 10.0)),
+        met: failover.map(|r| r.checks.iter().all(|c| c.passed)),
     });
     let density = find(results, "shard-density");
     let spc = fig(density, "shards_per_engine_core");
@@ -545,7 +607,11 @@ fn run_row(s: &mut String, i: usize, r: &Report) {
         us(a.p999),
         us(a.p9999),
         us(a.max),
-        r.e2e_latency_us.map_or("—".into(), |e| us(e.p99)),
+        match (r.e2e_latency_us, r.consumer_mode) {
+            (Some(e), Some(mode)) => format!("{} ({})", us(e.p99), mode.name()),
+            (Some(e), None) => us(e.p99),
+            (None, _) => "—".into(),
+        },
         r.records_throttled,
         r.errors,
         cpu(Some(r.loadgen_cpu.cores_used)),
@@ -667,6 +733,76 @@ mod tests {
                 && md.contains("# run: spate-loadgen --server")
         );
         assert!(md.contains("- note: a note"));
+    }
+
+    #[test]
+    fn fan_out_catch_up_and_failover_targets() {
+        let limits = MachineLimits {
+            fio_seq_write_64k_qd32_bytes_per_s: 3e9,
+            fio_fdatasync_64k_qd1_us: SyncLatency {
+                p50: 35.0,
+                p99: 100.0,
+                p999: 200.0,
+            },
+            fio_durable_write_1m_qd1_bytes_per_s: None,
+            fio_seq_read_1m_qd8_bytes_per_s: Some(1024.0 * 1024.0 * 1000.0),
+            iperf3_loopback_bytes_per_s: 2.5e9,
+        };
+        let results = vec![
+            result(
+                "fan-out",
+                &[
+                    ("e2e_p99_us", 2500.0),
+                    ("ack_p99_us", 2000.0),
+                    ("min_consumer_ratio", 0.999),
+                    ("poll_e2e_p99_us", 4000.0),
+                    ("poll_ack_p99_us", 2000.0),
+                    ("poll_min_consumer_ratio", 1.0),
+                ],
+            ),
+            result(
+                "catch-up",
+                &[
+                    ("limited_consumer_0_steady_mib_per_s", 1.98),
+                    ("limited_consumer_1_mib_per_s", 2.2),
+                    ("unlimited_push_mib_per_s", 500.0),
+                    ("unlimited_backlog_mib", 256.0),
+                ],
+            ),
+            result(
+                "group-failover",
+                &[
+                    ("read_again_after_s", 6.3),
+                    ("missed_by_group", 0.0),
+                    ("lease_timeout_ms", 6000.0),
+                    ("redelivered_after_drop", 12.0),
+                ],
+            ),
+        ];
+        let md = markdown(Some(&limits), &results);
+        assert!(
+            md.contains(
+                "| produce → consumer latency p99, 20 push consumers | ≤ ack p99 + 1 ms; each \
+                 consumer ≈ the write rate | 2500 µs (ack p99 2000 µs); slowest consumer 0.999 × \
+                 the write rate | +500 µs over ack p99 | met |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 4000 µs (ack p99 2000 µs); slowest consumer 1.000 × the write rate | +2000 µs over ack p99 | **missed** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 1.98 and 2.20 MiB/s; unlimited 500 MiB/s over a 256 MiB backlog | 0.50 × fio read |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| read again after 6.30 s (lease timeout 6000 ms); 12 records redelivered; 0 \
+                 missed | 0.63 × the goal | met |"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The load generator against a real server in-process (port 0, temp dir, small files):
-//! a short open-loop run with consumers and --verify, and a throttled run; and the
-//! `spate-loadgen` binary itself against the same kind of server (its stdout table,
-//! `--json` and `--plot` files).
+//! a short open-loop run with consumers and --verify (polling, push and consumer-group
+//! consumers), and a throttled run; and the `spate-loadgen` binary itself against the same
+//! kind of server (its stdout table, `--json` and `--plot` files).
 
 use spate_engine::config::EngineConfig;
 use spate_engine::server::Server;
-use spate_loadgen::{run_blocking, Api, KeyMode, LimitsArg, RunConfig, SizeSpec};
+use spate_loadgen::{run_blocking, Api, ConsumerMode, KeyMode, LimitsArg, RunConfig, SizeSpec};
 
 struct Env {
     server: Option<Server>,
@@ -106,6 +106,132 @@ fn open_loop_run_with_consumers_verifies_clean() {
     for f in ["lost", "duplicated", "reordered"] {
         assert_eq!(json["verify"][f], 0, "{f}");
     }
+}
+
+/// The consumer keys every mode's JSON report holds.
+fn assert_consumer_keys(r: &spate_loadgen::Report, mode: &str, consumers: usize) {
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["consumer_mode"], mode);
+    for f in [
+        "consumed_records",
+        "consumed_records_per_s",
+        "consumed_mib_per_s",
+        "redelivered",
+    ] {
+        assert!(json[f].is_number(), "{f} in {json}");
+    }
+    let per = json["per_consumer_records_per_s"].as_array().unwrap();
+    assert_eq!(per.len(), consumers);
+    for p in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(json["e2e_latency_us"][p].is_u64(), "e2e_latency_us.{p}");
+    }
+    for f in ["lost", "duplicated", "reordered"] {
+        assert_eq!(json["verify"][f], 0, "{f}");
+    }
+}
+
+/// Runs `f` on a small runtime (the tests' own client calls).
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+#[test]
+fn push_consumers_each_read_every_record_once() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(3),
+        limits: LimitsArg::Off,
+        producers: 2,
+        rate: 1000.0,
+        size: SizeSpec::fixed(200),
+        keys: 50,
+        duration_s: 1.0,
+        consumers: 2,
+        consumer_mode: ConsumerMode::Push,
+        verify: true,
+        spin_us: 0,
+        ..env.config("lg-push")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert!(r.records_acked > 0);
+    assert_eq!(r.records_acked, r.records_sent);
+    assert_eq!(r.consumer_mode, Some(ConsumerMode::Push));
+    // Each registered consumer had every record pushed to it, once.
+    assert_eq!(r.consumers.len(), 2);
+    for c in &r.consumers {
+        assert_eq!(
+            c.name.as_deref(),
+            Some(format!("loadgen-{}", c.id).as_str())
+        );
+        assert_eq!(
+            (c.records, c.bytes, c.redelivered, c.errors),
+            (r.records_acked, r.bytes_acked, 0, 0)
+        );
+    }
+    assert_eq!(r.consumed_records, Some(2 * r.records_acked));
+    assert_eq!(r.redelivered, Some(0));
+    assert_eq!(r.e2e_latency_us.unwrap().count, 2 * r.records_acked);
+    assert_consumer_keys(&r, "push", 2);
+    // The run deregistered its consumers.
+    let left = block_on(async {
+        let client = spate_client::Client::connect(cfg.server.clone())
+            .await
+            .unwrap();
+        client.list_consumers("lg-push").await.unwrap()
+    });
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_consumer_group_reads_every_record_once() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(4),
+        limits: LimitsArg::Off,
+        producers: 2,
+        rate: 1000.0,
+        size: SizeSpec::fixed(200),
+        keys: 50,
+        duration_s: 1.0,
+        consumers: 2,
+        consumer_mode: ConsumerMode::Group,
+        verify: true,
+        read_wait_ms: 200,
+        spin_us: 0,
+        ..env.config("lg-group")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert!(r.records_acked > 0);
+    assert_eq!(r.records_acked, r.records_sent);
+    assert_eq!(r.consumer_mode, Some(ConsumerMode::Group));
+    // The workers shared the shards: every record counted once over both.
+    assert_eq!(r.consumed_records, Some(r.records_acked));
+    assert_eq!(
+        r.consumers.iter().map(|c| c.records).sum::<u64>(),
+        r.records_acked
+    );
+    assert_eq!(r.e2e_latency_us.unwrap().count, r.records_acked);
+    let g = r.group.as_ref().expect("a group report");
+    assert_eq!(g.missed, Some(0), "{g:?}");
+    assert!(g.checkpoints > 0 && g.failover.is_none(), "{g:?}");
+    assert_eq!(r.consumers.iter().map(|c| c.errors).sum::<u64>(), 0);
+    assert_consumer_keys(&r, "group", 2);
+    // The run deleted its group.
+    let groups = block_on(async {
+        let client = spate_client::Client::connect(cfg.server.clone())
+            .await
+            .unwrap();
+        client.list_groups("lg-group").await.unwrap()
+    });
+    assert!(groups.is_empty(), "{groups:?}");
 }
 
 #[test]

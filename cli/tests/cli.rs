@@ -241,6 +241,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
             "name",
             "records",
             "retention_hours",
+            "shard_level_metrics",
             "shards",
             "status"
         ]

@@ -579,7 +579,24 @@ fn a_subscription_goes_on_across_a_server_restart_without_loss_or_repeat() {
         (sub, numbers)
     });
     server.shutdown();
-    let server = start(dir.path(), with_listen);
+    // The same address again: another test may hold the port for a moment (or its last
+    // connections linger), so try until it is free, within a bound.
+    let server = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Server::start(with_listen(EngineConfig {
+                listen: "127.0.0.1:0".into(),
+                ..test_config(dir.path())
+            })) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("restart on {listen}: {e}; trying again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("restart on {listen}: {e}"),
+            }
+        }
+    };
     rt.block_on(async {
         let (ref mut s, ref mut numbers) = sub;
         put(&client, "restart", 500, 500, 16).await;

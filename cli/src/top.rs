@@ -141,17 +141,16 @@ async fn scrape(addr: &str) -> Result<Sample, String> {
             .find_map(|l| s.labels.get(l))
             .unwrap_or_default()
             .to_string();
+        if let Some(v) = plain(&s.value) {
+            sample.values.insert((s.metric, label), v);
+            continue;
+        }
         match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => {
-                sample.values.insert((s.metric, label), v);
-            }
             prometheus_parse::Value::Histogram(h) => {
                 let buckets = h.iter().map(|b| (b.less_than, b.count)).collect();
                 sample.histograms.insert((s.metric, label), buckets);
             }
-            prometheus_parse::Value::Summary(_) => {}
+            _ => {}
         }
     }
     Ok(sample)

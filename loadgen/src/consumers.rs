@@ -52,6 +52,13 @@ use crate::Error;
 /// done (`None` inside: an empty shard), `None` until then.
 pub(crate) type StopAt = Option<Arc<HashMap<u32, Option<u64>>>>;
 
+/// Once the producers stopped (`Some`): the shard's last record then (`None`: it had none).
+fn stop_tip(stop: &watch::Receiver<StopAt>, shard: u32) -> Option<Option<u64>> {
+    stop.borrow()
+        .as_ref()
+        .map(|t| t.get(&shard).copied().flatten())
+}
+
 /// Failed reads in a row after which a reader, subscription or worker gives up.
 const ERRORS_IN_A_ROW_MAX: u32 = 10;
 /// How long the group's workers may take to settle their leases before the run starts.
@@ -327,10 +334,7 @@ async fn follow(
     let shard = reader.shard_id();
     let mut errors_in_a_row = 0;
     loop {
-        let tip = stop
-            .borrow()
-            .as_ref()
-            .map(|t| t.get(&shard).copied().flatten());
+        let tip = stop_tip(&stop, shard);
         let answer = match tip {
             // Stop once past the shard's last record (or at once if it has none).
             Some(tip) => {
@@ -441,10 +445,7 @@ async fn follow_subscription(
     let mut last_seq: Option<u64> = None;
     let mut errors_in_a_row = 0;
     loop {
-        let tip = stop
-            .borrow()
-            .as_ref()
-            .map(|t| t.get(&shard).copied().flatten());
+        let tip = stop_tip(&stop, shard);
         let event = match tip {
             Some(tip) => {
                 let past = |last| sub.continuation_seq().is_some_and(|c| c > last);

@@ -603,16 +603,17 @@ fn the_metrics_endpoint_counts_what_was_done() {
     assert!(body.ends_with("# EOF\n"));
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
-    let value = |name: &str, label: (&str, &str)| -> f64 {
+    // A sample with `label`, and with `shard` (`None`: without a shard label).
+    let sample = |name: &str, label: (&str, &str), shard: Option<&str>| -> f64 {
         let sample = parsed
             .samples
             .iter()
             .find(|s| {
                 s.metric == name
                     && s.labels.get(label.0) == Some(label.1)
-                    && s.labels.get("shard").is_none()
+                    && s.labels.get("shard") == shard
             })
-            .unwrap_or_else(|| panic!("no {name}{label:?} in\n{body}"));
+            .unwrap_or_else(|| panic!("no {name}{label:?} (shard {shard:?}) in\n{body}"));
         match sample.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -620,6 +621,7 @@ fn the_metrics_endpoint_counts_what_was_done() {
             ref other => panic!("{name}: {other:?}"),
         }
     };
+    let value = |name: &str, label: (&str, &str)| sample(name, label, None);
     let stream = ("stream", "m");
     assert_eq!(value("IncomingRecords_total", stream), accepted as f64);
     assert_eq!(value("IncomingBytes_total", stream), bytes as f64);
@@ -634,23 +636,7 @@ fn the_metrics_endpoint_counts_what_was_done() {
         read_throttled as f64
     );
     // The shard's own samples say the same (it is the stream's only shard).
-    let of_shard = |name: &str| -> f64 {
-        let sample = parsed
-            .samples
-            .iter()
-            .find(|s| {
-                s.metric == name
-                    && s.labels.get("stream") == Some("m")
-                    && s.labels.get("shard") == Some("0")
-            })
-            .unwrap_or_else(|| panic!("no {name} of shard 0 in\n{body}"));
-        match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        }
-    };
+    let of_shard = |name: &str| sample(name, ("stream", "m"), Some("0"));
     assert_eq!(of_shard("IncomingRecords_total"), accepted as f64);
     assert_eq!(of_shard("IncomingBytes_total"), bytes as f64);
     assert_eq!(

@@ -145,12 +145,9 @@ async fn scrape(addr: &str) -> Result<Sample, String> {
             sample.values.insert((s.metric, label), v);
             continue;
         }
-        match s.value {
-            prometheus_parse::Value::Histogram(h) => {
-                let buckets = h.iter().map(|b| (b.less_than, b.count)).collect();
-                sample.histograms.insert((s.metric, label), buckets);
-            }
-            _ => {}
+        if let prometheus_parse::Value::Histogram(h) = s.value {
+            let buckets = h.iter().map(|b| (b.less_than, b.count)).collect();
+            sample.histograms.insert((s.metric, label), buckets);
         }
     }
     Ok(sample)

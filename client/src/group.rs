@@ -104,10 +104,21 @@ pub struct GroupShardInfo {
     pub lag_records: u64,
 }
 
+/// What a heartbeat answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// A worker silent for this long loses its leases.
+    pub lease_timeout_ms: u32,
+    /// Where a leased shard the group has not checkpointed is read from (the group's start;
+    /// a group created at LATEST reads from the time it was created).
+    pub start: Position,
+    /// The worker's leases.
+    pub leases: Vec<Lease>,
+}
+
 impl Client {
     /// One heartbeat of `worker` in `group`: joins (creating the group at `start`),
-    /// renews, or with `leave` gives up its leases. Answers the lease timeout and the
-    /// worker's leases.
+    /// renews, or with `leave` gives up its leases.
     pub async fn group_heartbeat(
         &self,
         stream: &str,
@@ -115,7 +126,7 @@ impl Client {
         worker: &str,
         start: Position,
         leave: bool,
-    ) -> Result<(u32, Vec<Lease>)> {
+    ) -> Result<Heartbeat> {
         check_stream_name(stream)?;
         let req = Request::GroupHeartbeat(GroupHeartbeatRequest {
             stream,
@@ -126,7 +137,11 @@ impl Client {
         });
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         match decode_reply(&frame, Some(Opcode::GroupHeartbeat))? {
-            Response::GroupHeartbeat(r) => Ok((r.lease_timeout_ms, r.leases)),
+            Response::GroupHeartbeat(r) => Ok(Heartbeat {
+                lease_timeout_ms: r.lease_timeout_ms,
+                start: r.start,
+                leases: r.leases,
+            }),
             _ => unreachable!("checked"),
         }
     }
@@ -212,106 +227,25 @@ impl Client {
 }
 
 /// What the worker's tasks share.
+#[derive(Debug)]
 struct Shared {
     /// Leased shards and their epochs.
     leases: Mutex<HashMap<u32, u64>>,
 }
 
-/// A member of a consumer group; see the module docs. Dropping it stops its tasks (its
-/// leases expire after the timeout); [`GroupWorker::leave`] hands them over at once.
-pub struct GroupWorker {
+/// Checkpoints for a [`GroupWorker`]'s shards, usable from other tasks while the worker's
+/// [`GroupWorker::next`] is waiting (e.g. by the tasks that process its records). Cheap to
+/// clone; it checkpoints with the worker's current lease of the shard.
+#[derive(Debug, Clone)]
+pub struct Checkpointer {
     client: Client,
     stream: String,
     group: String,
-    options: GroupOptions,
+    worker: String,
     shared: Arc<Shared>,
-    events: mpsc::Receiver<Result<GroupEvent>>,
-    task: JoinHandle<()>,
 }
 
-impl std::fmt::Debug for GroupWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupWorker")
-            .field("stream", &self.stream)
-            .field("group", &self.group)
-            .field("worker", &self.options.worker)
-            .finish()
-    }
-}
-
-impl Drop for GroupWorker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl GroupWorker {
-    /// Joins `group` on `stream` (creating the group at `options.start` if it is new) and
-    /// starts reading the shards leased to this worker.
-    pub async fn join(
-        client: &Client,
-        stream: &str,
-        group: &str,
-        options: GroupOptions,
-    ) -> Result<GroupWorker> {
-        if !spate_protocol::consumer::is_valid_name(group) {
-            return Err(ClientError::invalid(
-                ErrorCode::InvalidArgument,
-                format!("invalid group name {group:?}: use 1..=128 characters of [a-zA-Z0-9_.-]"),
-            ));
-        }
-        let (timeout_ms, leases) = client
-            .group_heartbeat(stream, group, &options.worker, options.start, false)
-            .await?;
-        let shared = Arc::new(Shared {
-            leases: Mutex::new(HashMap::new()),
-        });
-        let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let run = Runner {
-            client: client.clone(),
-            stream: stream.to_string(),
-            group: group.to_string(),
-            options: options.clone(),
-            shared: shared.clone(),
-            tx,
-            readers: HashMap::new(),
-        };
-        let task = tokio::spawn(run.run(timeout_ms, leases));
-        Ok(GroupWorker {
-            client: client.clone(),
-            stream: stream.to_string(),
-            group: group.to_string(),
-            options,
-            shared,
-            events: rx,
-            task,
-        })
-    }
-
-    pub fn worker(&self) -> &str {
-        &self.options.worker
-    }
-
-    /// The shards leased to this worker now.
-    pub fn leases(&self) -> Vec<u32> {
-        let mut l: Vec<u32> = self
-            .shared
-            .leases
-            .lock()
-            .expect("leases lock")
-            .keys()
-            .copied()
-            .collect();
-        l.sort_unstable();
-        l
-    }
-
-    /// The next batch of records, shard end or lost lease. `None` once the worker stopped
-    /// (after an error it could not get past, returned before).
-    pub async fn next(&mut self) -> Option<Result<GroupEvent>> {
-        self.events.recv().await
-    }
-
+impl Checkpointer {
     fn epoch(&self, shard_id: u32) -> Result<u64> {
         self.shared
             .leases
@@ -329,48 +263,174 @@ impl GroupWorker {
 
     /// Checkpoints `shard_id` after `seq`: every record up to it is processed.
     pub async fn checkpoint(&self, shard_id: u32, seq: u64) -> Result<()> {
-        let epoch = self.epoch(shard_id)?;
-        self.client
-            .checkpoint(
-                &self.stream,
-                &self.group,
-                &self.options.worker,
-                shard_id,
-                epoch,
-                Checkpoint::After { seq },
-            )
-            .await
+        self.store(shard_id, Checkpoint::After { seq }).await
     }
 
     /// Checkpoints a closed shard's end (after its [`GroupEvent::ShardEnded`]).
     pub async fn checkpoint_shard_end(&self, shard_id: u32) -> Result<()> {
+        self.store(shard_id, Checkpoint::ShardEnd).await
+    }
+
+    async fn store(&self, shard_id: u32, checkpoint: Checkpoint) -> Result<()> {
         let epoch = self.epoch(shard_id)?;
         self.client
             .checkpoint(
                 &self.stream,
                 &self.group,
-                &self.options.worker,
+                &self.worker,
                 shard_id,
                 epoch,
-                Checkpoint::ShardEnd,
+                checkpoint,
             )
             .await
+    }
+}
+
+/// A member of a consumer group; see the module docs. Dropping it stops its tasks (its
+/// leases expire after the timeout); [`GroupWorker::leave`] hands them over at once.
+pub struct GroupWorker {
+    checkpointer: Checkpointer,
+    options: GroupOptions,
+    events: mpsc::Receiver<Result<GroupEvent>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for GroupWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupWorker")
+            .field("stream", &self.checkpointer.stream)
+            .field("group", &self.checkpointer.group)
+            .field("worker", &self.options.worker)
+            .finish()
+    }
+}
+
+impl Drop for GroupWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An error a worker waits out (the server restarting, a connection lost, throttling)
+/// rather than reports.
+fn passing(e: &ClientError) -> bool {
+    e.is_retryable()
+}
+
+impl GroupWorker {
+    /// Joins `group` on `stream` (creating the group at `options.start` if it is new) and
+    /// starts reading the shards leased to this worker.
+    pub async fn join(
+        client: &Client,
+        stream: &str,
+        group: &str,
+        options: GroupOptions,
+    ) -> Result<GroupWorker> {
+        if !spate_protocol::consumer::is_valid_name(group) {
+            return Err(ClientError::invalid(
+                ErrorCode::InvalidArgument,
+                format!("invalid group name {group:?}: use 1..=128 characters of [a-zA-Z0-9_.-]"),
+            ));
+        }
+        let first = client
+            .group_heartbeat(stream, group, &options.worker, options.start, false)
+            .await?;
+        let shared = Arc::new(Shared {
+            leases: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let run = Runner {
+            client: client.clone(),
+            stream: stream.to_string(),
+            group: group.to_string(),
+            options: options.clone(),
+            shared: shared.clone(),
+            tx,
+            readers: HashMap::new(),
+        };
+        let task = tokio::spawn(run.run(first));
+        Ok(GroupWorker {
+            checkpointer: Checkpointer {
+                client: client.clone(),
+                stream: stream.to_string(),
+                group: group.to_string(),
+                worker: options.worker.clone(),
+                shared,
+            },
+            options,
+            events: rx,
+            task,
+        })
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.options.worker
+    }
+
+    /// The shards leased to this worker now.
+    pub fn leases(&self) -> Vec<u32> {
+        let mut l: Vec<u32> = self
+            .checkpointer
+            .shared
+            .leases
+            .lock()
+            .expect("leases lock")
+            .keys()
+            .copied()
+            .collect();
+        l.sort_unstable();
+        l
+    }
+
+    /// The next batch of records, shard end or lost lease. `None` once the worker stopped
+    /// (after an error it could not get past, returned before). A reader that met an
+    /// error it cannot wait out (returned here) is started again at the next heartbeat,
+    /// after the last record it delivered, while the worker still holds the shard.
+    pub async fn next(&mut self) -> Option<Result<GroupEvent>> {
+        self.events.recv().await
+    }
+
+    /// A handle that checkpoints this worker's shards from other tasks.
+    pub fn checkpointer(&self) -> Checkpointer {
+        self.checkpointer.clone()
+    }
+
+    /// Checkpoints `shard_id` after `seq`: every record up to it is processed.
+    pub async fn checkpoint(&self, shard_id: u32, seq: u64) -> Result<()> {
+        self.checkpointer.checkpoint(shard_id, seq).await
+    }
+
+    /// Checkpoints a closed shard's end (after its [`GroupEvent::ShardEnded`]).
+    pub async fn checkpoint_shard_end(&self, shard_id: u32) -> Result<()> {
+        self.checkpointer.checkpoint_shard_end(shard_id).await
     }
 
     /// Leaves the group: its leases go to the other workers at once.
     pub async fn leave(self) -> Result<()> {
         self.task.abort();
-        self.client
-            .group_heartbeat(
-                &self.stream,
-                &self.group,
-                &self.options.worker,
-                self.options.start,
-                true,
-            )
+        let c = &self.checkpointer;
+        c.client
+            .group_heartbeat(&c.stream, &c.group, &c.worker, self.options.start, true)
             .await
             .map(|_| ())
     }
+}
+
+/// How a shard's reader task ended.
+#[derive(Debug, Clone, Copy)]
+enum ReaderEnd {
+    /// The shard is closed and every record of it was delivered.
+    ShardEnded,
+    /// An error it could not wait out (reported to the caller); read again from here.
+    Failed(Position),
+    /// The caller dropped the worker.
+    Stopped,
+}
+
+/// A leased shard's reader.
+struct ShardTask {
+    epoch: u64,
+    task: JoinHandle<ReaderEnd>,
 }
 
 /// The worker's background task: heartbeats and one reader per leased shard.
@@ -381,24 +441,24 @@ struct Runner {
     options: GroupOptions,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<GroupEvent>>,
-    /// Shard -> (epoch, reader task).
-    readers: HashMap<u32, (u64, JoinHandle<()>)>,
+    readers: HashMap<u32, ShardTask>,
 }
 
 impl Drop for Runner {
     fn drop(&mut self) {
-        for (_, (_, task)) in self.readers.drain() {
-            task.abort();
+        for (_, r) in self.readers.drain() {
+            r.task.abort();
         }
     }
 }
 
 impl Runner {
-    async fn run(mut self, mut timeout_ms: u32, mut leases: Vec<Lease>) {
+    async fn run(mut self, first: Heartbeat) {
         let mut failures = 0u32;
+        let mut beat = first;
         loop {
-            self.apply(&leases).await;
-            let every = Duration::from_millis(u64::from(timeout_ms / 3).max(50));
+            self.apply(&beat).await;
+            let every = Duration::from_millis(u64::from(beat.lease_timeout_ms / 3).max(50));
             tokio::time::sleep(every).await;
             match self
                 .client
@@ -411,24 +471,15 @@ impl Runner {
                 )
                 .await
             {
-                Ok((t, l)) => {
+                Ok(b) => {
                     failures = 0;
-                    timeout_ms = t;
-                    leases = l;
+                    beat = b;
                 }
                 Err(e) => {
                     // Unreachable for a while (a server restart): keep reading what we
                     // have and try again; give up when the error is not a passing one.
                     failures += 1;
-                    let passing = e.is_retryable()
-                        || matches!(
-                            e,
-                            ClientError::ConnectionLost { .. }
-                                | ClientError::Timeout { .. }
-                                | ClientError::Closed
-                                | ClientError::Connect { .. }
-                        );
-                    if !passing || failures > 100 {
+                    if !(passing(&e) || matches!(e, ClientError::Closed)) || failures > 100 {
                         let _ = self.tx.send(Err(e)).await;
                         return;
                     }
@@ -437,22 +488,22 @@ impl Runner {
         }
     }
 
-    /// Starts readers for new leases and stops those of leases gone.
-    async fn apply(&mut self, leases: &[Lease]) {
-        let now: HashMap<u32, &Lease> = leases.iter().map(|l| (l.shard_id, l)).collect();
+    /// Starts readers for new leases, restarts failed ones, and stops those of leases gone.
+    async fn apply(&mut self, beat: &Heartbeat) {
+        let now: HashMap<u32, &Lease> = beat.leases.iter().map(|l| (l.shard_id, l)).collect();
         let gone: Vec<u32> = self
             .readers
             .iter()
-            .filter(|(shard, (epoch, _))| now.get(shard).is_none_or(|l| l.epoch != *epoch))
+            .filter(|(shard, r)| now.get(shard).is_none_or(|l| l.epoch != r.epoch))
             .map(|(shard, _)| *shard)
             .collect();
         for shard_id in gone {
             // A reader that finished read its shard to the end (checkpointed there, the
             // lease is released): no loss to report.
             let mut lost = !now.contains_key(&shard_id);
-            if let Some((_, task)) = self.readers.remove(&shard_id) {
-                lost &= !task.is_finished();
-                task.abort();
+            if let Some(r) = self.readers.remove(&shard_id) {
+                lost &= !r.task.is_finished();
+                r.task.abort();
             }
             self.shared
                 .leases
@@ -463,14 +514,19 @@ impl Runner {
                 let _ = self.tx.send(Ok(GroupEvent::LeaseLost { shard_id })).await;
             }
         }
-        for l in leases {
-            if self.readers.contains_key(&l.shard_id) {
-                continue;
-            }
-            let position = match l.checkpoint {
-                Checkpoint::After { seq } => Position::AfterSequenceNumber { seq },
-                Checkpoint::None => self.options.start,
-                Checkpoint::ShardEnd => continue,
+        for l in &beat.leases {
+            let position = match self.readers.get_mut(&l.shard_id) {
+                // Still held: a reader that failed starts again where it stopped.
+                Some(r) if r.task.is_finished() => match (&mut r.task).await {
+                    Ok(ReaderEnd::Failed(at)) => at,
+                    _ => continue,
+                },
+                Some(_) => continue,
+                None => match l.checkpoint {
+                    Checkpoint::After { seq } => Position::AfterSequenceNumber { seq },
+                    Checkpoint::None => beat.start,
+                    Checkpoint::ShardEnd => continue,
+                },
             };
             self.shared
                 .leases
@@ -485,12 +541,20 @@ impl Runner {
                 self.options.read,
                 self.tx.clone(),
             ));
-            self.readers.insert(l.shard_id, (l.epoch, task));
+            self.readers.insert(
+                l.shard_id,
+                ShardTask {
+                    epoch: l.epoch,
+                    task,
+                },
+            );
         }
     }
 }
 
-/// Reads one leased shard into the worker's queue until its end.
+/// Reads one leased shard into the worker's queue until its end. Errors it can wait out
+/// (a restarting server, a lost connection) are retried here; another is reported, and
+/// the reader ends with where to read again.
 async fn read_shard(
     client: Client,
     stream: String,
@@ -498,25 +562,30 @@ async fn read_shard(
     position: Position,
     options: ReadOptions,
     tx: mpsc::Sender<Result<GroupEvent>>,
-) {
+) -> ReaderEnd {
+    // Waits between tries: 200 ms doubling to 1.6 s.
+    let mut waits = 0u32;
+    let backoff = |waits: &mut u32| {
+        *waits = (*waits + 1).min(4);
+        tokio::time::sleep(Duration::from_millis(100 << *waits))
+    };
     let mut reader = loop {
         match client
             .shard_reader(&stream, shard_id, position, options)
             .await
         {
             Ok(r) => break r,
-            Err(e) if e.is_retryable() || matches!(e, ClientError::ConnectionLost { .. }) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) if passing(&e) => backoff(&mut waits).await,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
-                return;
+                return ReaderEnd::Failed(position);
             }
         }
     };
     loop {
         match reader.next().await {
             Ok(Some(r)) => {
+                waits = 0;
                 if r.records.is_empty() {
                     continue;
                 }
@@ -526,16 +595,22 @@ async fn read_shard(
                     millis_behind_latest: r.millis_behind_latest,
                 };
                 if tx.send(Ok(event)).await.is_err() {
-                    return;
+                    return ReaderEnd::Stopped;
                 }
             }
             Ok(None) => {
                 let _ = tx.send(Ok(GroupEvent::ShardEnded { shard_id })).await;
-                return;
+                return ReaderEnd::ShardEnded;
             }
+            Err(e) if passing(&e) => backoff(&mut waits).await,
             Err(e) => {
+                let at = match reader.next_seq() {
+                    None => position,
+                    Some(0) => Position::TrimHorizon,
+                    Some(next) => Position::AfterSequenceNumber { seq: next - 1 },
+                };
                 let _ = tx.send(Err(e)).await;
-                return;
+                return ReaderEnd::Failed(at);
             }
         }
     }

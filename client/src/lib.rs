@@ -78,7 +78,8 @@ pub use connection::DEFAULT_MAX_IN_FLIGHT;
 pub use consumer::{ConsumerInfo, SubscribeOptions, Subscription, SubscriptionEvent};
 pub use error::{ClientError, Result};
 pub use group::{
-    GroupEvent, GroupInfo, GroupMemberInfo, GroupOptions, GroupShardInfo, GroupWorker,
+    Checkpointer, GroupEvent, GroupInfo, GroupMemberInfo, GroupOptions, GroupShardInfo,
+    GroupWorker, Heartbeat,
 };
 pub use producer::{Producer, ProducerConfig, SendHandle};
 pub use put::{Entry, PutResult};

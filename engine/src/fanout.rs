@@ -63,6 +63,17 @@ impl GroupStart {
             GroupStart::AtTimestamp(ts_ms) => IteratorPosition::AtTimestamp { ts_ms },
         }
     }
+
+    /// Where a shard the group has not checkpointed is read from. A group from LATEST
+    /// reads what arrived from its creation on: read as LATEST by whichever worker holds
+    /// the lease, a shard whose lease moved before its first checkpoint would skip what
+    /// arrived in between (and a child shard would skip its first records).
+    pub fn read_from(self, created_ms: i64) -> IteratorPosition {
+        match self {
+            GroupStart::Latest => IteratorPosition::AtTimestamp { ts_ms: created_ms },
+            other => other.position(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -384,6 +395,14 @@ impl Fanout {
         }
         self.rebalance(gi, stream, now_ms, timeout_ms);
         Ok(self.leases_of(gi, stream.stream_id, worker))
+    }
+
+    /// Where the group's workers read a shard it has not checkpointed (`None`: no such
+    /// group, e.g. after a leaving heartbeat of a group never created).
+    pub fn read_start(&self, stream: &StreamEntry, group: &str) -> Option<IteratorPosition> {
+        let gi = self.group_index(stream, group).ok()?;
+        let g = &self.data.groups[gi];
+        Some(g.start.read_from(g.created_ms))
     }
 
     fn leases_of(&self, gi: usize, stream_id: u64, worker: &str) -> Vec<Lease> {
@@ -818,5 +837,18 @@ mod tests {
             .heartbeat(&s, "late", "w1", IteratorPosition::Latest, false, 4, 6000)
             .unwrap();
         assert_eq!(l.iter().map(|l| l.shard_id).collect::<Vec<_>>(), vec![1, 2]);
+        // ... and reads the rest from its creation, whoever asks and however they say.
+        assert_eq!(
+            f.read_start(&s, "late"),
+            Some(IteratorPosition::AtTimestamp { ts_ms: 4 })
+        );
+        f.heartbeat(&s, "late", "w2", IteratorPosition::TrimHorizon, false, 9, 6000)
+            .unwrap();
+        assert_eq!(
+            f.read_start(&s, "late"),
+            Some(IteratorPosition::AtTimestamp { ts_ms: 4 })
+        );
+        assert_eq!(f.read_start(&s, "g"), Some(IteratorPosition::TrimHorizon));
+        assert_eq!(f.read_start(&s, "none"), None);
     }
 }

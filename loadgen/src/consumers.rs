@@ -589,10 +589,11 @@ async fn skip_history(
     // Each round frees at least one more generation of shards; there are no more rounds
     // than shards.
     for _ in 0..=info.shards.len() {
-        let (_, leases) = admin
+        let leases = admin
             .group_heartbeat(stream, group, &setup, Position::TrimHorizon, false)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .leases;
         let mut progressed = false;
         for lease in leases {
             if !done.insert(lease.shard_id) {

@@ -215,6 +215,9 @@ pub struct Lease {
 pub struct GroupHeartbeatResponse {
     /// A worker silent for this long loses its leases.
     pub lease_timeout_ms: u32,
+    /// Where a leased shard without a checkpoint is read from: the group's start, a group
+    /// from LATEST as AT_TIMESTAMP of its creation (whichever worker reads the shard).
+    pub start: IteratorPosition,
     pub leases: Vec<Lease>,
 }
 
@@ -502,6 +505,7 @@ impl<'a> Payload<'a> for GroupHeartbeatRequest<'a> {
 impl<'a> Payload<'a> for GroupHeartbeatResponse {
     fn encode_payload(&self, out: &mut Vec<u8>) {
         put_u32(out, self.lease_timeout_ms);
+        put_position(out, self.start);
         put_count(out, self.leases.len());
         for l in &self.leases {
             put_u32(out, l.shard_id);
@@ -512,6 +516,7 @@ impl<'a> Payload<'a> for GroupHeartbeatResponse {
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let lease_timeout_ms = r.u32("lease_timeout_ms")?;
+        let start = get_group_start(r)?;
         let n = r.count(MAX_SHARDS_DESCRIBED, 13, "leases")?;
         let mut leases = Vec::with_capacity(n);
         for _ in 0..n {
@@ -523,6 +528,7 @@ impl<'a> Payload<'a> for GroupHeartbeatResponse {
         }
         Ok(GroupHeartbeatResponse {
             lease_timeout_ms,
+            start,
             leases,
         })
     }
@@ -763,6 +769,7 @@ mod tests {
         assert_eq!(out, expected);
         let out = check_response(&Response::GroupHeartbeat(GroupHeartbeatResponse {
             lease_timeout_ms: 6000,
+            start: IteratorPosition::AtTimestamp { ts_ms: 9 },
             leases: vec![Lease {
                 shard_id: 4,
                 epoch: 1,
@@ -771,8 +778,9 @@ mod tests {
         }));
         #[rustfmt::skip]
         let expected = [
-            34, 0, 0, 0,  1,  1,  50, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            43, 0, 0, 0,  1,  1,  50, 0,  42, 0, 0, 0, 0, 0, 0, 0,
             0x70, 0x17, 0, 0,         // lease_timeout_ms
+            4, 9, 0, 0, 0, 0, 0, 0, 0, // start: at timestamp 9
             1,                        // one lease
             4, 0, 0, 0,               // shard_id
             1, 0, 0, 0, 0, 0, 0, 0,   // epoch

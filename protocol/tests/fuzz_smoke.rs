@@ -323,6 +323,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         }),
         Response::GroupHeartbeat(GroupHeartbeatResponse {
             lease_timeout_ms: 6000,
+            start: IteratorPosition::Latest,
             leases: vec![Lease {
                 shard_id: 1,
                 epoch: 4,

@@ -506,6 +506,92 @@ fn a_group_spreads_shards_moves_a_dead_workers_leases_and_keeps_checkpoints_acro
 }
 
 #[test]
+fn a_latest_group_reads_from_its_creation_whichever_worker_holds_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| EngineConfig {
+        group_lease_timeout_ms: 1_000,
+        ..c
+    });
+    let addr = server.local_addr().to_string();
+    runtime().block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .create_stream("late", &StreamConfig::new(2).limits(Limits::Off))
+            .await
+            .unwrap();
+        put(&client, "late", 0, 300, 8).await;
+        // The group's creation falls in a later millisecond than every record before it.
+        let ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        };
+        let before = ms();
+        while ms() <= before + 1 {
+            tokio::task::yield_now().await;
+        }
+        let opts = |w: &str, start: Position| GroupOptions {
+            worker: w.to_string(),
+            start,
+            read: ReadOptions {
+                wait_ms: 200,
+                ..ReadOptions::default()
+            },
+            ..GroupOptions::default()
+        };
+        // w1 creates the group at LATEST and dies before checkpointing anything.
+        let w1 = GroupWorker::join(&client, "late", "g", opts("w1", Position::Latest))
+            .await
+            .unwrap();
+        let created = client.describe_group("late", "g").await.unwrap();
+        assert_eq!(created.start, Position::Latest);
+        drop(w1);
+        put(&client, "late", 300, 300, 8).await;
+        // w2 asks for TRIM_HORIZON, but the group's start is what counts; once w1's leases
+        // expire it reads both shards from the group's creation: what came after it,
+        // nothing before.
+        let mut w2 = GroupWorker::join(&client, "late", "g", opts("w2", Position::TrimHorizon))
+            .await
+            .unwrap();
+        let mut seen: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while w2.leases().len() < 2 || seen.values().map(Vec::len).sum::<usize>() < 300 {
+            drain(&mut w2, 200, &mut seen).await.unwrap();
+            assert!(Instant::now() < deadline, "w2 leases {:?}", w2.leases());
+        }
+        drain(&mut w2, 300, &mut seen).await.unwrap();
+        let mut numbers: Vec<u64> = seen.values().flatten().copied().collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (300..600).collect::<Vec<_>>());
+        // Checkpointing from another task while the worker waits for records.
+        let checkpointer = w2.checkpointer();
+        put(&client, "late", 600, 10, 8).await;
+        let (shard_id, last) = loop {
+            match tokio::time::timeout(Duration::from_secs(20), w2.next())
+                .await
+                .expect("records come")
+                .expect("the worker runs")
+                .unwrap()
+            {
+                GroupEvent::Records {
+                    shard_id, records, ..
+                } => break (shard_id, records.last().unwrap().seq),
+                other => panic!("{other:?}"),
+            }
+        };
+        tokio::spawn(async move { checkpointer.checkpoint(shard_id, last).await })
+            .await
+            .unwrap()
+            .unwrap();
+        let d = client.describe_group("late", "g").await.unwrap();
+        let s = d.shards.iter().find(|s| s.shard_id == shard_id).unwrap();
+        assert_eq!(s.checkpoint, spate_client::Checkpoint::After { seq: last });
+    });
+    server.shutdown();
+}
+
+#[test]
 fn polling_readers_share_five_calls_per_second_under_kinesis_limits() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), |c| c);

@@ -79,6 +79,8 @@ pub(crate) enum FanoutAnswer {
     Leases {
         timeout_ms: u64,
         leases: Vec<Lease>,
+        /// Where a leased shard without a checkpoint is read from.
+        start: IteratorPosition,
     },
     /// A group, with each of its shards' next sequence number (in the view's order).
     Group(GroupView, Vec<u64>),
@@ -185,12 +187,13 @@ impl<S: Storage + 'static> Core<S> {
                 leave,
             } => {
                 let entry = self.active_stream(&stream)?;
-                let (leases, changed) = {
+                let (leases, read_start, changed) = {
                     let mut f = fanout.borrow_mut();
                     let before = f.changes;
                     let leases =
                         f.heartbeat(&entry, &group, &worker, start, leave, now, timeout)?;
-                    (leases, f.changes != before)
+                    let read_start = f.read_start(&entry, &group).unwrap_or(start);
+                    (leases, read_start, f.changes != before)
                 };
                 if changed {
                     self.persist_fanout().await?;
@@ -198,6 +201,7 @@ impl<S: Storage + 'static> Core<S> {
                 Ok(FanoutAnswer::Leases {
                     timeout_ms: timeout,
                     leases,
+                    start: read_start,
                 })
             }
             FanoutOp::Checkpoint {

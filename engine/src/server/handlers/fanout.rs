@@ -118,11 +118,17 @@ pub(super) async fn heartbeat<S: Storage + 'static>(
         start: r.start,
         leave: r.leave,
     };
-    let FanoutAnswer::Leases { timeout_ms, leases } = fanout_call(core, op, true).await? else {
+    let FanoutAnswer::Leases {
+        timeout_ms,
+        leases,
+        start,
+    } = fanout_call(core, op, true).await?
+    else {
         unreachable!("a heartbeat answers leases")
     };
     let response = Response::GroupHeartbeat(GroupHeartbeatResponse {
         lease_timeout_ms: timeout_ms.min(u64::from(u32::MAX)) as u32,
+        start,
         leases,
     });
     spate_protocol::encode_response(out, cid, &response);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use spate_client::{Limits, Position};
+use spate_client::{ClientCert, Credentials, Limits, Pem, Position, TlsOptions};
 
 /// Spate: a thread-per-core streaming ingestion engine.
 #[derive(Debug, Parser)]
@@ -12,21 +12,103 @@ pub struct Cli {
     /// The server a client command talks to [default: 127.0.0.1:7400].
     #[arg(long, value_name = "HOST:PORT")]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub creds: CredArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Who a client command authenticates as (before the command).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CredArgs {
+    /// The principal's access key id [default: SPATE_ACCESS_KEY_ID].
+    #[arg(long, value_name = "ID")]
+    pub access_key_id: Option<String>,
+    /// A file holding the principal's secret (its first line) [default: SPATE_SECRET].
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// The credential flags after the command: the same as [`CredArgs`], global below it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CredAfterArgs {
+    /// The principal's access key id [default: SPATE_ACCESS_KEY_ID].
+    #[arg(long = "access-key-id", value_name = "ID", global = true)]
+    pub access_key_id: Option<String>,
+    /// A file holding the principal's secret (its first line) [default: SPATE_SECRET].
+    #[arg(long = "secret-file", value_name = "FILE", global = true)]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// Where a client command connects when neither `--server` says.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:7400";
 
-/// `--server`, also accepted after the command (`spate stream list --server H:P`); not a
-/// global flag, so that `serve --help` does not list it.
+/// `--server` and the TLS flags, also accepted after the command (`spate stream list
+/// --server H:P --tls`); not global flags, so that `serve --help` does not list them.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServerArg {
     /// The server to talk to [default: 127.0.0.1:7400].
     // Global below its command: `spate stream list --server H:P` as well.
     #[arg(long = "server", value_name = "HOST:PORT", global = true)]
     pub server: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsAfterArgs,
+    #[command(flatten)]
+    pub creds: CredAfterArgs,
+}
+
+/// How a client command speaks TLS (before the command).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// Speak TLS to the server (also SPATE_TLS=1).
+    #[arg(long)]
+    pub tls: bool,
+    /// CA certificates (PEM) the server's certificate must chain to; implies --tls
+    /// [default: SPATE_CA, else the system's bundle].
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for a server that requires one; implies --tls.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --server].
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+/// The TLS flags after the command: the same as [`TlsArgs`], global below it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsAfterArgs {
+    /// Speak TLS to the server (also SPATE_TLS=1).
+    #[arg(long = "tls", global = true)]
+    pub tls: bool,
+    /// CA certificates (PEM) the server's certificate must chain to; implies --tls
+    /// [default: SPATE_CA, else the system's bundle].
+    #[arg(long = "ca", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for a server that requires one; implies --tls.
+    #[arg(
+        long = "client-cert",
+        value_name = "FILE",
+        global = true,
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long = "client-key",
+        value_name = "FILE",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --server].
+    #[arg(long = "tls-server-name", value_name = "NAME", global = true)]
+    pub tls_server_name: Option<String>,
 }
 
 impl Cli {
@@ -42,11 +124,110 @@ impl Cli {
             | Command::Consumer { server, .. }
             | Command::Subscribe { server, .. }
             | Command::Consume { server, .. }
-            | Command::Group { server, .. } => server.server.clone(),
+            | Command::Group { server, .. }
+            | Command::Auth { server, .. }
+            | Command::Audit { server, .. } => server.server.clone(),
         };
         after
             .or_else(|| self.server.clone())
             .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+    }
+
+    /// TLS for a client command, `None` for plaintext: the flags after the command, then
+    /// those before it, then the environment (`SPATE_TLS=1` turns TLS on, `SPATE_CA` names
+    /// its CA file unless `--ca` does). `--ca` and `--client-cert` imply `--tls`.
+    pub fn tls(&self) -> Option<TlsOptions> {
+        self.tls_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// Who a client command authenticates as: `--access-key-id` and `--secret-file` (after
+    /// the command, then before it), else SPATE_ACCESS_KEY_ID and SPATE_SECRET; `None`:
+    /// unauthenticated.
+    pub fn credentials(&self) -> Result<Option<Credentials>, String> {
+        let after = match &self.command {
+            Command::Serve(_) => CredAfterArgs::default(),
+            Command::Stream { server, .. }
+            | Command::Put { server, .. }
+            | Command::Read { server, .. }
+            | Command::Top { server, .. }
+            | Command::Consumer { server, .. }
+            | Command::Subscribe { server, .. }
+            | Command::Consume { server, .. }
+            | Command::Group { server, .. }
+            | Command::Auth { server, .. }
+            | Command::Audit { server, .. } => server.creds.clone(),
+        };
+        let id = after
+            .access_key_id
+            .or_else(|| self.creds.access_key_id.clone())
+            .or_else(|| std::env::var("SPATE_ACCESS_KEY_ID").ok());
+        let secret = match after.secret_file.or_else(|| self.creds.secret_file.clone()) {
+            Some(file) => Some(
+                std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read the secret file {}: {e}", file.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("SPATE_SECRET").ok(),
+        };
+        match (id, secret) {
+            (Some(id), Some(secret)) if !secret.is_empty() => {
+                Ok(Some(Credentials::new(id, secret)))
+            }
+            (Some(_), _) => {
+                Err("--access-key-id needs a secret: --secret-file FILE or SPATE_SECRET".into())
+            }
+            (None, Some(_)) if self.creds.secret_file.is_some() => {
+                Err("--secret-file needs --access-key-id (or SPATE_ACCESS_KEY_ID)".into())
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn tls_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Option<TlsOptions> {
+        let before = &self.tls;
+        let after = match &self.command {
+            Command::Serve(_) => TlsAfterArgs::default(),
+            Command::Stream { server, .. }
+            | Command::Put { server, .. }
+            | Command::Read { server, .. }
+            | Command::Top { server, .. }
+            | Command::Consumer { server, .. }
+            | Command::Subscribe { server, .. }
+            | Command::Consume { server, .. }
+            | Command::Group { server, .. }
+            | Command::Auth { server, .. }
+            | Command::Audit { server, .. } => server.tls.clone(),
+        };
+        let ca = after.ca.or_else(|| before.ca.clone());
+        let (cert, key) = match (&after.client_cert, &after.client_key) {
+            (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),
+            _ => (before.client_cert.clone(), before.client_key.clone()),
+        };
+        let env_on = env("SPATE_TLS").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
+        let on = after.tls || before.tls || ca.is_some() || cert.is_some() || env_on;
+        if !on {
+            return None;
+        }
+        let ca = ca.or_else(|| env("SPATE_CA").filter(|v| !v.is_empty()).map(PathBuf::from));
+        Some(TlsOptions {
+            ca: ca.map(Pem::File),
+            server_name: after
+                .tls_server_name
+                .or_else(|| before.tls_server_name.clone()),
+            client_cert: cert.zip(key).map(|(chain, key)| ClientCert {
+                chain: Pem::File(chain),
+                key: Pem::File(key),
+            }),
+        })
     }
 }
 
@@ -117,6 +298,94 @@ pub enum Command {
         args: TopArgs,
         #[command(flatten)]
         server: ServerArg,
+    },
+    /// Principals (who may connect) and their policies (what they may do).
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// The audit trail: its newest lines from the server, or a check of its files.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Create, list, enable, disable and delete principals.
+    Principal {
+        #[command(subcommand)]
+        command: PrincipalCommand,
+    },
+    /// Put, get and delete a principal's named policies (IAM-like JSON documents).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrincipalCommand {
+    /// Create a principal; prints its name, access key id and secret as JSON (the secret
+    /// is shown this once). It may do nothing until a policy is put.
+    Create { name: String },
+    /// Every principal (without secrets), as a JSON array.
+    List,
+    /// Let a disabled principal authenticate and act again.
+    Enable { name: String },
+    /// Refuse the principal: it cannot authenticate, and its open connections are denied
+    /// everything.
+    Disable { name: String },
+    /// Delete a principal and its policies.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Attach a policy document to PRINCIPAL as POLICY (replacing one of that name):
+    /// {"Statement":[{"Effect":"Allow","Action":["spate:PutRecords"],"Resource":["clicks-*"]}]}
+    Put {
+        principal: String,
+        policy: String,
+        /// The document itself.
+        #[arg(
+            long,
+            value_name = "JSON",
+            conflicts_with = "file",
+            required_unless_present = "file"
+        )]
+        document: Option<String>,
+        /// A file holding the document ("-": standard input).
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print a policy document.
+    Get { principal: String, policy: String },
+    /// Remove a policy.
+    Delete { principal: String, policy: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the newest lines of the audit trail (JSON, one per line); with --follow, keep
+    /// printing new ones.
+    Tail {
+        /// How many of the newest lines to start with.
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        lines: u32,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Check the audit files of a data directory (offline): every line's hash and the
+    /// chain across lines and files; prints a JSON summary, exits 1 on damage.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -217,6 +486,23 @@ pub struct ServeArgs {
     /// (overrides the config file; default 127.0.0.1:7480).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// PEM certificate chain (the server's first) to speak TLS with, with --tls-key: every
+    /// listener and the metrics endpoint then speak TLS only (overrides the config file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by a CA in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse to start without a TLS certificate (the config file's `plaintext = false`).
+    #[arg(long)]
+    pub tls_only: bool,
+    /// Authentication and authorization (the config file's `auth`): `on` answers only
+    /// authenticated principals, as their policies allow (default off).
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub auth: Option<OnOff>,
     /// Log lines on standard error as text or as one JSON object each (RUST_LOG filters).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -573,6 +859,72 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_flags_before_or_after_the_command_and_from_the_environment() {
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace()).unwrap();
+        let no_env = |_: &str| None;
+        assert_eq!(parse("spate stream list").tls_with_env(no_env), None);
+        let before = parse("spate --tls --ca ca.pem stream list").tls_with_env(no_env);
+        assert_eq!(before, Some(TlsOptions::with_ca_file("ca.pem")));
+        let after = parse("spate stream list --ca ca.pem").tls_with_env(no_env);
+        assert_eq!(
+            after, before,
+            "--ca implies --tls, and works after the command"
+        );
+        let nested = parse("spate stream create s --shards 1 --tls --tls-server-name db")
+            .tls_with_env(no_env)
+            .unwrap();
+        assert_eq!(
+            (nested.ca, nested.server_name.as_deref()),
+            (None, Some("db"))
+        );
+        let mutual = parse("spate put s --key k --client-cert c.pem --client-key k.pem")
+            .tls_with_env(no_env)
+            .unwrap();
+        assert_eq!(
+            mutual.client_cert,
+            Some(ClientCert {
+                chain: Pem::File("c.pem".into()),
+                key: Pem::File("k.pem".into())
+            })
+        );
+        assert!(
+            Cli::try_parse_from("spate put s --key k --client-cert c.pem".split_whitespace())
+                .is_err()
+        );
+        let env = |name: &str| match name {
+            "SPATE_TLS" => Some("1".to_string()),
+            "SPATE_CA" => Some("env-ca.pem".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            parse("spate stream list").tls_with_env(env),
+            Some(TlsOptions::with_ca_file("env-ca.pem"))
+        );
+        assert_eq!(
+            parse("spate stream list --ca flag.pem").tls_with_env(env),
+            Some(TlsOptions::with_ca_file("flag.pem")),
+            "the flag wins over SPATE_CA"
+        );
+        let ca_only = |name: &str| (name == "SPATE_CA").then(|| "env-ca.pem".to_string());
+        assert_eq!(
+            parse("spate stream list").tls_with_env(ca_only),
+            None,
+            "SPATE_CA alone does not turn TLS on"
+        );
+        let serve =
+            parse("spate serve --tls-cert c.pem --tls-key k.pem --client-ca ca.pem --tls-only");
+        let Command::Serve(args) = &serve.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            args.tls_cert.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+        assert!(args.tls_only && args.client_ca.is_some());
+        assert_eq!(serve.tls_with_env(no_env), None);
+    }
 
     #[test]
     fn core_lists() {

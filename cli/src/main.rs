@@ -33,11 +33,17 @@ fn main() -> ExitCode {
     };
     let serving = matches!(cli.command, Command::Serve(_));
     let server = cli.server();
+    let tls = cli.tls();
+    let creds = if serving { Ok(None) } else { cli.credentials() };
     let json = matches!(&cli.command, Command::Serve(s) if s.log_format == LogFormat::Json);
     init_logging(if serving { "info" } else { "warn" }, json);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        command => commands::run(&server, command),
+        Command::Audit {
+            command: args::AuditCommand::Verify { data_dir },
+            ..
+        } => commands::audit_verify(&data_dir),
+        command => creds.and_then(|creds| commands::run(&server, tls, creds, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

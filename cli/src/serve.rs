@@ -36,6 +36,21 @@ pub fn config(args: &ServeArgs) -> Result<EngineConfig, String> {
             metrics.clone()
         };
     }
+    if let Some(cert) = &args.tls_cert {
+        cfg.tls_cert_file = Some(cert.clone());
+    }
+    if let Some(key) = &args.tls_key {
+        cfg.tls_key_file = Some(key.clone());
+    }
+    if let Some(ca) = &args.client_ca {
+        cfg.tls_client_ca_file = Some(ca.clone());
+    }
+    if args.tls_only {
+        cfg.plaintext = false;
+    }
+    if let Some(auth) = args.auth {
+        cfg.auth = auth == crate::args::OnOff::On;
+    }
     cfg.validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
     Ok(cfg)
@@ -49,14 +64,25 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let server = Server::start(cfg).map_err(|e| format!("cannot start: {e}"))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {}", server.local_addr())
+    let (tls, scheme) = if server.tls_enabled() {
+        (" (tls)", "https")
+    } else {
+        ("", "http")
+    };
+    writeln!(out, "listening on {}{tls}", server.local_addr())
         .and_then(|()| match server.metrics_addr() {
-            Some(m) => writeln!(out, "metrics on http://{m}/metrics"),
+            Some(m) => writeln!(out, "metrics on {scheme}://{m}/metrics"),
             None => Ok(()),
         })
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write to stdout: {e}"))?;
     drop(out);
+    if !server.config().auth {
+        tracing::warn!(
+            "authentication is off: anyone who can reach {} may read, write and delete every stream (start with --auth on to require principals; README: Security)",
+            server.local_addr()
+        );
+    }
     let signal = signals.forever().next();
     let name = match signal {
         Some(SIGTERM) => "SIGTERM",

@@ -3,14 +3,16 @@
 //! throttling, iterator age and put latency; the busiest shards of streams with shard-level
 //! metrics on; the engine's rounds, flushes and connections, and each core's load.
 //! Refreshes every `--interval` seconds until interrupted; `--once` prints one frame (two
-//! scrapes an interval apart) without terminal control codes.
+//! scrapes an interval apart) without terminal control codes. With `--tls` the endpoint is
+//! read over HTTPS, verified as the server's own connections are (same CA, same name).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use spate_client::Client;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::args::TopArgs;
 
@@ -27,13 +29,24 @@ pub async fn run(client: &Client, server: &str, args: TopArgs) -> Result<(), Str
             ))
         }
     };
+    let tls = match &client.config().tls {
+        Some(options) => Some(Https {
+            connector: tokio_rustls::TlsConnector::from(
+                options.client_config().map_err(|e| e.to_string())?,
+            ),
+            name: options.server_name_for(server).map_err(|e| e.to_string())?,
+        }),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{metrics}/metrics");
     let interval = Duration::from_secs_f64(args.interval.max(0.1));
     let terminal = std::io::stdout().is_terminal() && !args.once;
-    let mut prev = scrape(&metrics).await?;
+    let mut prev = scrape(&metrics, tls.as_ref()).await?;
     loop {
         tokio::time::sleep(interval).await;
-        let cur = scrape(&metrics).await?;
-        let frame = render(server, &metrics, &prev, &cur);
+        let cur = scrape(&metrics, tls.as_ref()).await?;
+        let frame = render(server, &url, &prev, &cur);
         let mut out = std::io::stdout().lock();
         let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
         write!(out, "{clear}{frame}")
@@ -100,14 +113,33 @@ impl Sample {
     }
 }
 
-async fn scrape(addr: &str) -> Result<Sample, String> {
+/// How to reach a metrics endpoint that speaks HTTPS: the server's certificate is the one
+/// its listeners show, so it is checked against the same CA and name.
+struct Https {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+/// Sends one GET and reads the whole answer (the endpoint closes after it).
+async fn get(mut conn: impl AsyncRead + AsyncWrite + Unpin, addr: &str) -> std::io::Result<String> {
+    conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    conn.flush().await?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+async fn scrape(addr: &str, tls: Option<&Https>) -> Result<Sample, String> {
     let fetch = async {
-        let mut conn = tokio::net::TcpStream::connect(addr).await?;
-        conn.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut text = String::new();
-        conn.read_to_string(&mut text).await?;
-        Ok::<String, std::io::Error>(text)
+        let conn = tokio::net::TcpStream::connect(addr).await?;
+        match tls {
+            None => get(conn, addr).await,
+            Some(https) => {
+                let conn = https.connector.connect(https.name.clone(), conn).await?;
+                get(conn, addr).await
+            }
+        }
     };
     let text = tokio::time::timeout(SCRAPE_TIMEOUT, fetch)
         .await
@@ -188,7 +220,8 @@ fn p99(prev: Option<&Vec<(f64, f64)>>, cur: Option<&Vec<(f64, f64)>>) -> Option<
         .map(|(le, _)| *le)
 }
 
-fn render(server: &str, metrics: &str, prev: &Sample, cur: &Sample) -> String {
+/// One frame; `url` is the endpoint's, for the header.
+fn render(server: &str, url: &str, prev: &Sample, cur: &Sample) -> String {
     let dt = match (prev.at, cur.at) {
         (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
         _ => 1.0,
@@ -199,7 +232,7 @@ fn render(server: &str, metrics: &str, prev: &Sample, cur: &Sample) -> String {
     let mib = |bytes_per_s: f64| bytes_per_s / (1 << 20) as f64;
     let mut out = String::new();
     out.push_str(&format!(
-        "spate top  {server}  (metrics http://{metrics}/metrics, rates over {dt:.1} s)\n\n"
+        "spate top  {server}  (metrics {url}, rates over {dt:.1} s)\n\n"
     ));
     out.push_str(&format!(
         "{:<24} {:>10} {:>9} {:>11} {:>10} {:>9} {:>11} {:>10} {:>12}\n",

@@ -21,6 +21,8 @@ struct Serve {
     child: Option<Child>,
     _stdout: BufReader<ChildStdout>,
     addr: String,
+    /// Whether the line said the server speaks TLS (`listening on ADDR (tls)`).
+    tls: bool,
     stderr_path: std::path::PathBuf,
 }
 
@@ -59,7 +61,10 @@ impl Serve {
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
         };
-        let addr = addr.trim_end().to_string();
+        let (addr, tls) = match addr.trim_end().strip_suffix(" (tls)") {
+            Some(addr) => (addr.to_string(), true),
+            None => (addr.trim_end().to_string(), false),
+        };
         assert!(line.ends_with('\n'), "one whole line: {line:?}");
         let parsed: std::net::SocketAddr = addr.parse().expect("HOST:PORT");
         assert_eq!(parsed.ip().to_string(), "127.0.0.1");
@@ -68,6 +73,7 @@ impl Serve {
             child: Some(child),
             _stdout: stdout,
             addr,
+            tls,
             stderr_path,
         }
     }
@@ -124,10 +130,16 @@ fn wait_with_watchdog(child: &mut Child) -> ExitStatus {
 
 /// Runs `spate --server ADDR ARGS`, feeding `stdin`; returns its output.
 fn spate(addr: &str, args: &[&str], stdin: &[u8]) -> Output {
+    spate_env(addr, args, stdin, &[])
+}
+
+/// As `spate`, with `env` set in its environment.
+fn spate_env(addr: &str, args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(SPATE)
         .arg("--server")
         .arg(addr)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1486,4 +1498,262 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
         "a group starts at oldest, latest or time",
     );
     server.stop(libc::SIGTERM);
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it, made with rcgen,
+/// and a second, unrelated CA: written as PEM into `dir` (ca.pem, server.pem,
+/// server-key.pem, other-ca.pem).
+fn write_test_pki(dir: &Path) {
+    // Distinct names: a verifier finds a certificate's issuer by name.
+    let ca_params = |name: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        p
+    };
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params("Spate CLI test CA").self_signed(&ca_key).unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other = ca_params("Unrelated CA").self_signed(&other_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let server = params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server-key.pem"), server_key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn serve_and_client_commands_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_test_pki(dir.path());
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("server.pem"), path("server-key.pem"));
+    let data = dir.path().join("data");
+    let serve = Serve::start_with(
+        &data,
+        dir.path(),
+        "127.0.0.1:0",
+        &["--tls-cert", &cert, "--tls-key", &key, "--tls-only"],
+    );
+    assert!(serve.tls, "the start line says tls");
+    let a = serve.addr.as_str();
+    // `spate --server A --tls --ca CA ARGS`: the flags before the command.
+    let run = |rest: &[&str], stdin: &[u8]| {
+        let mut args = vec!["--tls", "--ca", ca.as_str()];
+        args.extend_from_slice(rest);
+        ok(a, &args, stdin)
+    };
+    run(&["stream", "create", "secure", "--shards", "2"], b"");
+    let put = run(
+        &["put", "secure", "--key", "device-1"],
+        b"one\ntwo\nthree\n",
+    );
+    assert_eq!(put.lines().count(), 3, "{put}");
+    let read = run(&["read", "secure", "--format", "text"], b"");
+    assert_eq!(read, "one\ntwo\nthree\n");
+    // The flags work after the command too, and from the environment.
+    let described = ok(
+        a,
+        &["stream", "describe", "secure", "--tls", "--ca", &ca],
+        b"",
+    );
+    check_description(&described, "secure", 2, "kinesis");
+    let env = spate_env(
+        a,
+        &["stream", "list"],
+        b"",
+        &[("SPATE_TLS", "1"), ("SPATE_CA", ca.as_str())],
+    );
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+    assert_eq!(String::from_utf8(env.stdout).unwrap(), "secure\n");
+    // `top` reads the metrics endpoint over HTTPS.
+    let frame = run(&["top", "--once", "--interval", "0.2"], b"");
+    assert!(frame.contains("(metrics https://"), "{frame}");
+    assert!(
+        frame.lines().any(|l| l.starts_with("secure ")),
+        "no row for the stream: {frame}"
+    );
+    // Plaintext, or TLS with the wrong CA: one clear line, non-zero.
+    fails(a, &["stream", "list"], b"", "TLS");
+    fails(
+        a,
+        &["--tls", "--ca", &path("other-ca.pem"), "stream", "list"],
+        b"",
+        "UnknownIssuer",
+    );
+    fails(
+        a,
+        &["--tls", "--ca", &path("missing.pem"), "stream", "list"],
+        b"",
+        "missing.pem",
+    );
+    serve.stop(libc::SIGTERM);
+    // --tls-only without a certificate refuses to start, saying why.
+    let out = Command::new(SPATE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--tls-only",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data-2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plaintext = false"), "{stderr}");
+}
+
+#[test]
+fn auth_principals_policies_and_the_audit_trail_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = Serve::start_with(&data, dir.path(), "127.0.0.1:0", &["--auth", "on"]);
+    let a = serve.addr.clone();
+    let root: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("root.credentials")).unwrap())
+            .unwrap();
+    let root_secret = dir.path().join("root.secret");
+    std::fs::write(
+        &root_secret,
+        format!("{}\n", root["secret"].as_str().unwrap()),
+    )
+    .unwrap();
+    let root_id = root["access_key_id"].as_str().unwrap().to_string();
+    let as_root = |rest: &[&str], stdin: &[u8]| {
+        let mut args = vec![
+            "--access-key-id",
+            root_id.as_str(),
+            "--secret-file",
+            root_secret.to_str().unwrap(),
+        ];
+        args.extend_from_slice(rest);
+        ok(&a, &args, stdin)
+    };
+    // Without credentials: one clear line.
+    fails(&a, &["stream", "list"], b"", "only authenticated clients");
+    as_root(&["stream", "create", "clicks", "--shards", "1"], b"");
+    let created: Value =
+        serde_json::from_str(&as_root(&["auth", "principal", "create", "app"], b"")).unwrap();
+    let app_id = created["access_key_id"].as_str().unwrap().to_string();
+    let app_secret = created["secret"].as_str().unwrap().to_string();
+    assert!(app_id.starts_with("SPAK"), "{created}");
+    let doc = r#"{"Statement":[{"Effect":"Allow","Action":["spate:PutRecord*","spate:DescribeStream"],"Resource":"clicks"}]}"#;
+    fails(
+        &a,
+        &["auth", "policy", "put", "app", "writer"],
+        b"",
+        "--document",
+    );
+    as_root(
+        &["auth", "policy", "put", "app", "writer", "--file", "-"],
+        doc.as_bytes(),
+    );
+    let got = as_root(&["auth", "policy", "get", "app", "writer"], b"");
+    assert_eq!(got.trim(), doc);
+    let list: Value = serde_json::from_str(&as_root(&["auth", "principal", "list"], b"")).unwrap();
+    let app = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "app")
+        .unwrap();
+    assert_eq!(app["policies"], serde_json::json!(["writer"]));
+    assert_eq!(app["enabled"], true);
+    // The app may put (credentials from the environment), not create.
+    let env = [
+        ("SPATE_ACCESS_KEY_ID", app_id.as_str()),
+        ("SPATE_SECRET", app_secret.as_str()),
+    ];
+    let put = spate_env(&a, &["put", "clicks", "--key", "k", "hello"], b"", &env);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let create = spate_env(
+        &a,
+        &["stream", "create", "other", "--shards", "1"],
+        b"",
+        &env,
+    );
+    assert!(!create.status.success());
+    let stderr = String::from_utf8_lossy(&create.stderr);
+    assert!(
+        stderr.contains("AccessDenied") && stderr.contains("spate:CreateStream"),
+        "{stderr}"
+    );
+    as_root(&["auth", "principal", "disable", "app"], b"");
+    let put = spate_env(&a, &["put", "clicks", "--key", "k", "again"], b"", &env);
+    assert!(!put.status.success());
+    assert!(String::from_utf8_lossy(&put.stderr).contains("AuthenticationFailed"));
+    // The trail: the newest lines, then offline verification of the files.
+    let tail = as_root(&["audit", "tail", "--lines", "1000"], b"");
+    let lines: Vec<Value> = tail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for action in [
+        "spate:CreateStream",
+        "spate:CreatePrincipal",
+        "spate:PutPolicy",
+        "spate:UpdatePrincipal",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["action"] == action && l["result"] == "ok"),
+            "{action} in {tail}"
+        );
+    }
+    assert!(lines
+        .iter()
+        .any(|l| l["action"] == "spate:CreateStream" && l["result"] == "AccessDenied"));
+    as_root(&["auth", "principal", "delete", "app"], b"");
+    serve.stop(libc::SIGTERM);
+    let out = Command::new(SPATE)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["lines"].as_u64().unwrap() >= lines.len() as u64);
+    // An edited line fails verification.
+    let audit_dir = data.join("audit");
+    let file = std::fs::read_dir(&audit_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replacen("\"clicks\"", "\"klicks\"", 1)).unwrap();
+    let out = Command::new(SPATE)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fails verification"));
 }

@@ -4,6 +4,7 @@
 
 use spate_protocol::StreamStatus;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use spate_protocol::{
     PROTOCOL_VERSION,
 };
 
-use crate::connection::{decode_reply, Connection, DEFAULT_MAX_IN_FLIGHT};
+use crate::connection::{decode_reply, Connection, Tls, DEFAULT_MAX_IN_FLIGHT};
 use crate::error::{ClientError, Result};
 use crate::put::{check_entry, Entry, PutResult};
 use crate::retry::RetryPolicy;
@@ -42,6 +43,205 @@ pub struct ClientConfig {
     pub shard_aware: bool,
     /// Retries of requests the server refused without applying them (throttled, busy).
     pub retry: RetryPolicy,
+    /// Speak TLS on every connection (the bootstrap one, each core's, subscriptions'):
+    /// `None` is plaintext, and fails against a server that requires TLS.
+    pub tls: Option<TlsOptions>,
+    /// Authenticate every connection as this principal (challenge–response: the secret
+    /// never travels). `None`: unauthenticated, which a server with authentication on
+    /// refuses (unless a TLS client certificate names a principal).
+    pub credentials: Option<crate::auth::Credentials>,
+}
+
+/// PEM text: a file to read when the client connects, or the text itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+impl std::fmt::Debug for Pem {
+    /// A key's bytes never reach a log: only a file's name or the text's length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(path) => f.debug_tuple("File").field(path).finish(),
+            Pem::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
+    }
+}
+
+impl Pem {
+    fn read(&self, what: &str) -> Result<Vec<u8>> {
+        match self {
+            Pem::Bytes(bytes) => Ok(bytes.clone()),
+            Pem::File(path) => std::fs::read(path).map_err(|e| ClientError::Config {
+                message: format!("cannot read {what} {}: {e}", path.display()),
+            }),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Pem::File(path) => path.display().to_string(),
+            Pem::Bytes(_) => "(given as text)".to_string(),
+        }
+    }
+}
+
+/// A client certificate chain and its private key, for a server that requires one
+/// (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The client's certificate first, then any intermediates.
+    pub chain: Pem,
+    /// PKCS#8, PKCS#1 or SEC1.
+    pub key: Pem,
+}
+
+/// How a [`Client`] speaks TLS (rustls, with the ring provider).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The certificate authorities the server's certificate must chain to, and only
+    /// these. `None`: the system's bundle (`SSL_CERT_FILE`, or the distribution's usual
+    /// file).
+    pub ca: Option<Pem>,
+    /// The name the server's certificate must carry: a DNS name or an IP address. `None`:
+    /// the host of the address given to [`Client::connect_with`], for every connection,
+    /// those to the cores' own addresses included (they are the same server).
+    pub server_name: Option<String>,
+    /// Presented when the server asks (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+}
+
+/// Where distributions keep their CA bundle, tried in order when no CA is given.
+const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+impl TlsOptions {
+    /// TLS trusting the CA certificates in the PEM file `ca`.
+    pub fn with_ca_file(ca: impl Into<PathBuf>) -> TlsOptions {
+        TlsOptions {
+            ca: Some(Pem::File(ca.into())),
+            ..TlsOptions::default()
+        }
+    }
+
+    /// The rustls configuration these options describe: files are read now, and an
+    /// unreadable or invalid one is a [`ClientError::Config`] naming it.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |message: String| ClientError::Config { message };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in read_certs(ca, "CA file")? {
+                    roots.add(cert).map_err(|e| {
+                        bad(format!(
+                            "CA file {}: not a usable CA certificate: {e}",
+                            ca.name()
+                        ))
+                    })?;
+                }
+            }
+            None => {
+                let bundle = std::env::var_os("SSL_CERT_FILE")
+                    .map(PathBuf::from)
+                    .or_else(|| {
+                        SYSTEM_CA_BUNDLES
+                            .iter()
+                            .map(Path::new)
+                            .find(|p| p.is_file())
+                            .map(Path::to_path_buf)
+                    })
+                    .ok_or_else(|| {
+                        bad("no CA given and no system CA bundle found: give the server's CA (--ca FILE)".into())
+                    })?;
+                // A system bundle may hold certificates webpki cannot use; those are skipped.
+                let (added, _) = roots.add_parsable_certificates(read_certs(
+                    &Pem::File(bundle.clone()),
+                    "CA bundle",
+                )?);
+                if added == 0 {
+                    return Err(bad(format!(
+                        "CA bundle {}: no usable certificate in it",
+                        bundle.display()
+                    )));
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(format!("TLS protocol versions: {e}")))?
+            .with_root_certificates(roots);
+        let config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some(cert) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    read_certs(&cert.chain, "client certificate")?;
+                let pem = cert.key.read("client key")?;
+                let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                    bad(format!(
+                        "client key {}: no usable PEM private key: {e}",
+                        cert.key.name()
+                    ))
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    bad(format!(
+                        "client certificate {} with key {}: {e}",
+                        cert.chain.name(),
+                        cert.key.name()
+                    ))
+                })?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+
+    /// The name a server reached at `addr` ("host:port") must show in its certificate:
+    /// [`TlsOptions::server_name`], else the host of `addr` (`[v6]:port` too).
+    pub fn server_name_for(&self, addr: &str) -> Result<rustls::pki_types::ServerName<'static>> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => host_of(addr).to_string(),
+        };
+        rustls::pki_types::ServerName::try_from(name.clone()).map_err(|e| ClientError::Config {
+            message: format!("TLS server name {name:?}: {e}"),
+        })
+    }
+}
+
+/// The host part of "host:port", "[v6]:port" or a bare host.
+fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(host, _)| host);
+    }
+    match addr.rsplit_once(':') {
+        // A bare IPv6 address has more than one colon: no port to cut.
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
+        _ => addr,
+    }
+}
+
+/// Every certificate in a PEM source; at least one.
+fn read_certs(pem: &Pem, what: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let text = pem.read(what)?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&text)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Config {
+            message: format!("{what} {}: invalid PEM: {e}", pem.name()),
+        })?;
+    if certs.is_empty() {
+        return Err(ClientError::Config {
+            message: format!("{what} {}: no PEM certificate in it", pem.name()),
+        });
+    }
+    Ok(certs)
 }
 
 impl Default for ClientConfig {
@@ -53,6 +253,8 @@ impl Default for ClientConfig {
             max_in_flight_per_connection: DEFAULT_MAX_IN_FLIGHT,
             shard_aware: true,
             retry: RetryPolicy::default(),
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -66,6 +268,10 @@ pub struct ServerInfo {
     pub cores: Vec<(u16, String)>,
     /// "host:port" of the server's metrics endpoint (`GET /metrics`), if it has one.
     pub metrics_address: Option<String>,
+    /// Whether the server answers only authenticated connections.
+    pub auth_required: bool,
+    /// Who this client is authenticated as (by its credentials or TLS certificate).
+    pub principal: Option<String>,
 }
 
 /// Settings of a new stream.
@@ -196,6 +402,10 @@ pub(crate) enum Target {
 struct Inner {
     bootstrap: String,
     config: ClientConfig,
+    /// Built once from `config.tls`, for every connection.
+    tls: Option<Tls>,
+    /// Keys derived from `config.credentials`, shared by every connection.
+    keys: crate::auth::KeyCache,
     server: ServerInfo,
     pool: Mutex<HashMap<Target, Arc<Connection>>>,
     /// Serialises opening connections, so concurrent requests share one new connection.
@@ -220,22 +430,72 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// Opens a connection to `addr` (TLS as configured) and, with credentials, authenticates
+/// it; answers the principal it is authenticated as.
+async fn open_authenticated(
+    addr: &str,
+    label: &str,
+    config: &ClientConfig,
+    tls: Option<&Tls>,
+    keys: &crate::auth::KeyCache,
+) -> Result<(Connection, Option<String>)> {
+    let conn = Connection::open(
+        addr,
+        label,
+        config.connect_timeout,
+        config.max_in_flight_per_connection,
+        tls,
+    )
+    .await?;
+    let principal = match &config.credentials {
+        Some(creds) => {
+            Some(crate::auth::authenticate(&conn, creds, keys, config.request_timeout).await?)
+        }
+        None => None,
+    };
+    Ok((conn, principal))
+}
+
+async fn open_connection(
+    addr: &str,
+    label: &str,
+    config: &ClientConfig,
+    tls: Option<&Tls>,
+    keys: &crate::auth::KeyCache,
+) -> Result<Connection> {
+    open_authenticated(addr, label, config, tls, keys)
+        .await
+        .map(|(c, _)| c)
+}
+
 impl Client {
     /// Connects to `addr` ("host:port") with the default configuration and says hello.
     pub async fn connect(addr: impl Into<String>) -> Result<Client> {
         Client::connect_with(addr, ClientConfig::default()).await
     }
 
-    /// Connects to `addr`, says hello, and learns the server's cores and frame limit.
+    /// Connects to `addr`, says hello, and learns the server's cores and frame limit. With
+    /// [`ClientConfig::tls`], its files are read here (a bad one is
+    /// [`ClientError::Config`]), and a failed handshake is [`ClientError::Connect`] with
+    /// rustls' reason.
     pub async fn connect_with(addr: impl Into<String>, config: ClientConfig) -> Result<Client> {
         let bootstrap = addr.into();
-        let conn = Connection::open(
-            &bootstrap,
-            &bootstrap,
-            config.connect_timeout,
-            config.max_in_flight_per_connection,
-        )
-        .await?;
+        let tls = match &config.tls {
+            // Reads files (and may parse the system's CA bundle): off the async workers.
+            Some(options) => {
+                let (options, addr) = (options.clone(), bootstrap.clone());
+                let built = tokio::task::spawn_blocking(move || Tls::new(&options, &addr))
+                    .await
+                    .map_err(|e| ClientError::Config {
+                        message: format!("loading the TLS configuration failed: {e}"),
+                    })??;
+                Some(built)
+            }
+            None => None,
+        };
+        let keys = crate::auth::KeyCache::default();
+        let (conn, authenticated) =
+            open_authenticated(&bootstrap, &bootstrap, &config, tls.as_ref(), &keys).await?;
         let req = Request::Hello(HelloRequest {
             client_name: &config.client_name,
         });
@@ -267,7 +527,16 @@ impl Client {
                 .map(|c| (c.core_id, c.address.to_string()))
                 .collect(),
             metrics_address: hello.metrics_address.map(str::to_string),
+            auth_required: hello.auth_required,
+            principal: authenticated.or_else(|| hello.principal.map(str::to_string)),
         };
+        if server.auth_required && server.principal.is_none() {
+            return Err(ClientError::Config {
+                message: format!(
+                    "{bootstrap} answers only authenticated clients: give an access key id and secret (--access-key-id and --secret-file, or SPATE_ACCESS_KEY_ID and SPATE_SECRET) or a client certificate that names a principal"
+                ),
+            });
+        }
         conn.set_max_request_bytes(u64::from(server.max_frame_bytes));
         tracing::debug!(addr = %bootstrap, ?server, "connected");
         let pool = HashMap::from([(Target::Bootstrap, Arc::new(conn))]);
@@ -275,6 +544,8 @@ impl Client {
             inner: Arc::new(Inner {
                 bootstrap,
                 config,
+                tls,
+                keys,
                 server,
                 pool: Mutex::new(pool),
                 connecting: tokio::sync::Mutex::new(()),
@@ -322,14 +593,10 @@ impl Client {
             }
             _ => addr.clone(),
         };
-        let opened = Connection::open(
-            &addr,
-            &label,
-            cfg.connect_timeout,
-            cfg.max_in_flight_per_connection,
-        )
-        .await
-        .map(Arc::new);
+        let tls = self.inner.tls.as_ref();
+        let opened = open_connection(&addr, &label, cfg, tls, &self.inner.keys)
+            .await
+            .map(Arc::new);
         let conn = match (opened, target) {
             (Ok(c), _) => c,
             (Err(e), Target::Core(core)) => {
@@ -337,11 +604,12 @@ impl Client {
                 match self.pooled(Target::Bootstrap) {
                     Some(c) => c,
                     None => Arc::new(
-                        Connection::open(
+                        open_connection(
                             &self.inner.bootstrap,
                             &self.inner.bootstrap,
-                            cfg.connect_timeout,
-                            cfg.max_in_flight_per_connection,
+                            cfg,
+                            tls,
+                            &self.inner.keys,
                         )
                         .await?,
                     ),
@@ -377,21 +645,18 @@ impl Client {
                 .map_or_else(|| self.inner.bootstrap.clone(), |c| c.1.clone()),
             _ => self.inner.bootstrap.clone(),
         };
-        let opened = Connection::open(
-            &addr,
-            &self.inner.bootstrap,
-            cfg.connect_timeout,
-            cfg.max_in_flight_per_connection,
-        )
-        .await;
+        let tls = self.inner.tls.as_ref();
+        let opened =
+            open_connection(&addr, &self.inner.bootstrap, cfg, tls, &self.inner.keys).await;
         let conn = match opened {
             Ok(c) => c,
             Err(_) if addr != self.inner.bootstrap => {
-                Connection::open(
+                open_connection(
                     &self.inner.bootstrap,
                     &self.inner.bootstrap,
-                    cfg.connect_timeout,
-                    cfg.max_in_flight_per_connection,
+                    cfg,
+                    tls,
+                    &self.inner.keys,
                 )
                 .await?
             }
@@ -1014,5 +1279,77 @@ fn check_retention(hours: u32) -> Result<()> {
             ErrorCode::InvalidArgument,
             format!("retention of {hours} hours is not in 1..=8760"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("127.0.0.1:7400"), "127.0.0.1");
+        assert_eq!(host_of("spate.example:7400"), "spate.example");
+        assert_eq!(host_of("[::1]:7400"), "::1");
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(host_of("localhost"), "localhost");
+        let options = TlsOptions::default();
+        assert_eq!(
+            options.server_name_for("127.0.0.1:7400").unwrap(),
+            rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::new(127, 0, 0, 1).into())
+        );
+        assert_eq!(
+            options
+                .server_name_for("db.example:1")
+                .unwrap()
+                .to_str()
+                .as_ref(),
+            "db.example"
+        );
+        let named = TlsOptions {
+            server_name: Some("spate.internal".into()),
+            ..TlsOptions::default()
+        };
+        assert_eq!(
+            named
+                .server_name_for("10.0.0.5:7400")
+                .unwrap()
+                .to_str()
+                .as_ref(),
+            "spate.internal"
+        );
+        let bad = TlsOptions {
+            server_name: Some("not a name!".into()),
+            ..TlsOptions::default()
+        };
+        assert!(matches!(
+            bad.server_name_for("h:1"),
+            Err(ClientError::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn unusable_tls_files_are_config_errors_naming_them() {
+        let missing = TlsOptions::with_ca_file("/nonexistent/spate-ca.pem");
+        let err = missing.client_config().unwrap_err();
+        assert!(!err.is_retryable());
+        assert!(
+            matches!(&err, ClientError::Config { message } if message.contains("spate-ca.pem")),
+            "{err}"
+        );
+        let garbage = TlsOptions {
+            ca: Some(Pem::Bytes(b"no certificate here".to_vec())),
+            ..TlsOptions::default()
+        };
+        let err = garbage.client_config().unwrap_err().to_string();
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn pem_bytes_never_reach_a_log() {
+        let key = Pem::Bytes(b"-----BEGIN PRIVATE KEY-----secret".to_vec());
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("bytes"), "{shown}");
     }
 }

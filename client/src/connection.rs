@@ -19,23 +19,32 @@
 //! written from the caller's `Bytes` without being copied into the head. A response frame is
 //! split off the receive buffer without a copy (`BytesMut::split_to`), and the records a
 //! caller gets borrow from it.
+//!
+//! TLS: with [`Tls`] the handshake (tokio-rustls) runs in [`Connection::open`] within the
+//! connect timeout, and the two tasks share the TLS stream through `tokio::io::split`
+//! (plaintext keeps the socket's own lock-free halves). A failed handshake is a
+//! [`ClientError::Connect`]; so is a TLS 1.3 server's refusal of the client's certificate,
+//! which arrives only after the client's side of the handshake has finished, as the alert
+//! that is the connection's first answer.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rustls::pki_types::ServerName;
 use spate_protocol::{
     decode_frame, decode_response, peek_header, ErrorCode, Opcode, Response,
     DEFAULT_MAX_FRAME_BYTES,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::client::TlsOptions;
 use crate::error::{ClientError, Result};
 
 /// Default bound on outstanding requests per connection.
@@ -99,6 +108,65 @@ impl Shared {
     }
 }
 
+/// TLS for a client's connections: the rustls configuration (its files read once, when the
+/// client connects) and the name every connection's certificate must carry.
+#[derive(Clone)]
+pub(crate) struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS to the server reached at `bootstrap`, and to each of its cores.
+    pub(crate) fn new(options: &TlsOptions, bootstrap: &str) -> Result<Tls> {
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(options.client_config()?),
+            server_name: options.server_name_for(bootstrap)?,
+        })
+    }
+}
+
+/// The rustls error inside an I/O error, if it is one.
+fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// Why a handshake failed, in rustls' words, with a hint where the likely cause is a server
+/// that does not speak TLS.
+fn handshake_failure(e: &io::Error) -> String {
+    match rustls_error(e) {
+        Some(rustls::Error::InvalidMessage(_)) => {
+            format!("TLS handshake failed: {e} (the server does not seem to speak TLS)")
+        }
+        Some(_) => format!("TLS handshake failed: {e}"),
+        None if e.kind() == io::ErrorKind::UnexpectedEof => {
+            format!("the server closed the connection during the TLS handshake ({e})")
+        }
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// Whether a read error is the server refusing the handshake (an alert it sends only while
+/// verifying one): with TLS 1.3 the server checks the client's certificate after the
+/// client's side is done, so its refusal arrives as the first thing read.
+fn refused_handshake(e: &io::Error) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::AlertReceived(
+            A::HandshakeFailure
+                | A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+        ))
+    )
+}
+
 /// An encoded request: the frame head, then the batch the head's length accounts for.
 struct Outgoing {
     head: Vec<u8>,
@@ -136,20 +204,23 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` ("host:port") within `timeout` and starts the connection's tasks.
-    /// Errors name it as `label` (the address the user gave, and the core's own if this is a
-    /// per-core connection). Must run inside a tokio runtime.
+    /// Connects to `addr` ("host:port") within `timeout` (the TLS handshake included, with
+    /// `tls`) and starts the connection's tasks. Errors name it as `label` (the address the
+    /// user gave, and the core's own if this is a per-core connection). Must run inside a
+    /// tokio runtime.
     pub(crate) async fn open(
         addr: &str,
         label: &str,
         timeout: Duration,
         max_in_flight: usize,
+        tls: Option<&Tls>,
     ) -> Result<Connection> {
         let connect_err = |reason: String| ClientError::Connect {
             addr: label.to_string(),
             reason,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
             .await
             .map_err(|_| connect_err(format!("timed out after {} ms", timeout.as_millis())))?
             .map_err(|e| connect_err(e.to_string()))?;
@@ -157,10 +228,46 @@ impl Connection {
         stream
             .set_nodelay(true)
             .map_err(|e| connect_err(e.to_string()))?;
-        Ok(Connection::from_stream(label, stream, max_in_flight))
+        let Some(tls) = tls else {
+            let (read_half, write_half) = stream.into_split();
+            return Ok(Connection::from_halves(
+                label,
+                read_half,
+                write_half,
+                max_in_flight,
+            ));
+        };
+        let stream = tokio::time::timeout_at(
+            deadline,
+            tls.connector.connect(tls.server_name.clone(), stream),
+        )
+        .await
+        .map_err(|_| {
+            connect_err(format!(
+                "the TLS handshake did not complete within {} ms (does the server speak TLS?)",
+                timeout.as_millis()
+            ))
+        })?
+        .map_err(|e| connect_err(handshake_failure(&e)))?;
+        let (read_half, write_half) = tokio::io::split(stream);
+        Ok(Connection::from_halves(
+            label,
+            read_half,
+            write_half,
+            max_in_flight,
+        ))
     }
 
-    fn from_stream(addr: &str, stream: TcpStream, max_in_flight: usize) -> Connection {
+    fn from_halves<R, W>(
+        addr: &str,
+        read_half: R,
+        write_half: W,
+        max_in_flight: usize,
+    ) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         assert!(max_in_flight > 0, "a connection needs at least one slot");
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
@@ -172,7 +279,6 @@ impl Connection {
             draining: std::sync::atomic::AtomicBool::new(false),
             closed: tokio::sync::Notify::new(),
         });
-        let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::channel(max_in_flight);
         let reader = tokio::spawn(read_loop(read_half, shared.clone()));
         let writer = tokio::spawn(write_loop(rx, write_half, shared.clone()));
@@ -335,9 +441,9 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Outgoing>,
-    write_half: OwnedWriteHalf,
+    write_half: W,
     shared: Arc<Shared>,
 ) {
     let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
@@ -373,8 +479,11 @@ async fn write_loop(
     let _ = w.shutdown().await;
 }
 
-async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut read_half: R, shared: Arc<Shared>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    // Whether the server has answered anything yet: a failure before that means it never
+    // took this connection (see `refused_handshake`, `speaks_tls`).
+    let mut answered = false;
     loop {
         loop {
             let (len, id, is_error, more) = match decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES) {
@@ -385,11 +494,19 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
                     frame.header.has_more(),
                 ),
                 Ok(None) => break,
+                Err(_) if !answered && speaks_tls(&buf) => {
+                    shared.fail(ClientError::Connect {
+                        addr: shared.addr.clone(),
+                        reason: "the server answered with a TLS alert: it requires TLS".into(),
+                    });
+                    return;
+                }
                 Err(e) => {
                     shared.fail(shared.lost(format!("undecodable frame from the server: {e}")));
                     return;
                 }
             };
+            answered = true;
             let frame = buf.split_to(len).freeze();
             dispatch(&shared, id, is_error, more, frame);
         }
@@ -405,12 +522,25 @@ async fn read_loop(mut read_half: OwnedReadHalf, shared: Arc<Shared>) {
                 return;
             }
             Ok(_) => {}
+            Err(e) if !answered && refused_handshake(&e) => {
+                shared.fail(ClientError::Connect {
+                    addr: shared.addr.clone(),
+                    reason: format!("the server refused the TLS handshake: {e}"),
+                });
+                return;
+            }
             Err(e) => {
                 shared.fail(shared.lost(format!("read failed: {e}")));
                 return;
             }
         }
     }
+}
+
+/// Whether a plaintext connection's first bytes are a TLS alert record (content type 21,
+/// version 3.x): a TLS server refusing what it read as a handshake.
+fn speaks_tls(first: &[u8]) -> bool {
+    first.len() >= 2 && first[0] == 0x15 && first[1] == 0x03
 }
 
 /// Hands a response frame to its waiter. A frame nobody waits for belongs to a request that

@@ -32,9 +32,15 @@ pub enum ClientError {
     /// `code` is what the server would have answered.
     #[error("{code}: {message}")]
     Invalid { code: ErrorCode, message: String },
-    /// No connection could be opened to the address.
+    /// No connection could be opened to the address: refused, unreachable, timed out, or
+    /// its TLS handshake failed (the reason is rustls', e.g. "invalid peer certificate:
+    /// UnknownIssuer"). Nothing was sent on it.
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The client's own configuration cannot be used (a TLS file missing or invalid, a
+    /// bad server name); sending again will not help.
+    #[error("invalid client configuration: {message}")]
+    Config { message: String },
     /// The connection broke while the request was in flight or being sent. The request may
     /// or may not have been applied (a put may have been stored); it is safe to send again
     /// only when duplicates are acceptable. A new request opens a new connection.
@@ -65,6 +71,7 @@ impl ClientError {
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. }
+            | ClientError::Config { .. }
             | ClientError::Closed => None,
         }
     }
@@ -81,6 +88,7 @@ impl ClientError {
             ClientError::Invalid { .. }
             | ClientError::Protocol { .. }
             | ClientError::ShardClosed { .. }
+            | ClientError::Config { .. }
             | ClientError::Closed => false,
         }
     }

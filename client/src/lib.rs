@@ -58,7 +58,17 @@
 //! | producer batches in flight | one per shard |
 //! | a response frame | `DEFAULT_MAX_FRAME_BYTES` (10 MiB and 64 KiB) |
 //! | waiting for a response | [`ClientConfig::request_timeout`] plus any long-poll wait |
+//!
+//! # TLS
+//!
+//! With [`ClientConfig::tls`] every connection the client opens speaks TLS (rustls with the
+//! ring provider, through tokio-rustls), verified against the CAs of [`TlsOptions::ca`]
+//! and the server name of the address given (or [`TlsOptions::server_name`]); a
+//! [`ClientCert`] answers a server that requires client certificates. A failed handshake
+//! is a [`ClientError::Connect`] carrying rustls' reason.
 
+mod admin;
+mod auth;
 mod client;
 mod connection;
 mod consumer;
@@ -70,9 +80,11 @@ mod reader;
 mod retry;
 mod routing;
 
+pub use admin::{NewPrincipal, PrincipalInfo};
+pub use auth::Credentials;
 pub use client::{
-    Client, ClientConfig, Position, Record, Records, Reshard, ServerInfo, ShardIterator,
-    StreamConfig, StreamInfo,
+    Client, ClientCert, ClientConfig, Pem, Position, Record, Records, Reshard, ServerInfo,
+    ShardIterator, StreamConfig, StreamInfo, TlsOptions,
 };
 pub use connection::DEFAULT_MAX_IN_FLIGHT;
 pub use consumer::{ConsumerInfo, SubscribeOptions, Subscription, SubscriptionEvent};

@@ -287,6 +287,8 @@ mod fake {
                     max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
                     cores,
                     metrics_address: None,
+                    auth_required: false,
+                    principal: None,
                 }));
                 true
             }

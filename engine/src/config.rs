@@ -61,6 +61,15 @@ max_consumers_per_stream = 20       # registered (push) consumers per stream, ea
 subscription_heartbeat_ms = 5000    # a subscription with nothing to push sends an empty event this often
 max_subscription_credit_bytes = 16777216  # most bytes a subscriber may have granted and not consumed (what the server holds for it)
 group_lease_timeout_ms = 6000       # a consumer-group worker silent this long loses its leases (workers heartbeat at a third of it)
+auth = false                        # true: every request needs an authenticated principal whose policies allow it
+audit = true                        # record control-plane calls, authentications and denials in <data-dir>/audit
+audit_max_file_bytes = 16777216     # the audit trail starts a new file past this size (none is ever deleted)
+# TLS (rustls): with a certificate every listener, the metrics endpoint included, speaks TLS only.
+# tls_cert_file = "server.pem"      # PEM certificate chain, the server's own first
+# tls_key_file = "server-key.pem"   # its PEM private key (PKCS#8, PKCS#1 or SEC1)
+# tls_client_ca_file = "ca.pem"     # mutual TLS: clients must present a certificate signed by one of these CAs
+plaintext = true                    # false: refuse to start without tls_cert_file and tls_key_file
+tls_handshake_timeout_ms = 10000    # a TLS handshake must complete within this, or the connection is closed
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,8 +124,29 @@ pub struct EngineConfig {
     pub subscription_heartbeat_ms: u64,
     pub max_subscription_credit_bytes: u64,
     pub group_lease_timeout_ms: u64,
+    /// Every request needs an authenticated principal whose policies allow it.
+    pub auth: bool,
+    /// Record control-plane calls, authentications and denials (`crate::audit`).
+    pub audit: bool,
+    pub audit_max_file_bytes: u64,
     pub metrics_listen: String,
     pub metrics: bool,
+    /// PEM certificate chain (the server's own certificate first). With `tls_key_file`,
+    /// every listener speaks TLS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`'s first certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM certificate authorities for mutual TLS: when set, a client must present a
+    /// certificate signed by one of them, or its handshake fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Whether the server may run without TLS. `false` makes a missing certificate a
+    /// startup error (with one, every listener speaks TLS only whatever this says).
+    pub plaintext: bool,
+    /// How long a TLS handshake may take before the connection is closed.
+    pub tls_handshake_timeout_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -172,8 +202,16 @@ impl Default for EngineConfig {
             subscription_heartbeat_ms: 5_000,
             max_subscription_credit_bytes: 16 << 20,
             group_lease_timeout_ms: 6_000,
+            auth: false,
+            audit: true,
+            audit_max_file_bytes: 16 << 20,
             metrics_listen: "127.0.0.1:7480".into(),
             metrics: true,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            plaintext: true,
+            tls_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -200,6 +238,11 @@ impl EngineConfig {
             metrics_listen: String::new(),
             ..EngineConfig::default()
         }
+    }
+
+    /// Whether the listeners speak TLS (a certificate and its key are configured).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert_file.is_some()
     }
 
     /// The tunables of store `index` (its files live in `<data_dir>/store-<index>`).
@@ -301,7 +344,33 @@ impl EngineConfig {
         {
             return Err("subscription_heartbeat_ms must be 1..=30000, max_subscription_credit_bytes at least 1 MiB, group_lease_timeout_ms 300..=3600000".into());
         }
+        self.validate_tls()?;
         self.store_config(0).validate()
+    }
+
+    /// The TLS keys make sense together (the files themselves are read at start, where a
+    /// missing or invalid one is an error naming it).
+    fn validate_tls(&self) -> Result<(), String> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => return Err("tls_cert_file needs tls_key_file".into()),
+            (None, Some(_)) => return Err("tls_key_file needs tls_cert_file".into()),
+            _ => {}
+        }
+        if self.tls_client_ca_file.is_some() && !self.tls_enabled() {
+            return Err(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file".into(),
+            );
+        }
+        if !self.plaintext && !self.tls_enabled() {
+            return Err(
+                "plaintext = false: TLS is required, but tls_cert_file and tls_key_file are not set"
+                    .into(),
+            );
+        }
+        if self.tls_handshake_timeout_ms == 0 {
+            return Err("tls_handshake_timeout_ms must be positive".into());
+        }
+        Ok(())
     }
 }
 
@@ -324,5 +393,48 @@ mod tests {
         assert_eq!(c.cores, vec![1]);
         assert_eq!(c.index_interval_bytes, 65536);
         assert!(EngineConfig::from_toml("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn tls_keys_are_checked_together() {
+        let c = EngineConfig::from_toml(
+            "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\nplaintext = false",
+        )
+        .unwrap();
+        assert!(c.tls_enabled());
+        assert_eq!(
+            c.tls_cert_file.as_deref(),
+            Some(std::path::Path::new("c.pem"))
+        );
+        c.validate().unwrap();
+        let only_cert = EngineConfig {
+            tls_key_file: None,
+            ..c.clone()
+        };
+        assert!(only_cert.validate().unwrap_err().contains("tls_key_file"));
+        let only_key = EngineConfig {
+            tls_cert_file: None,
+            ..c.clone()
+        };
+        assert!(only_key.validate().unwrap_err().contains("tls_cert_file"));
+        let ca_alone = EngineConfig {
+            tls_client_ca_file: Some("ca.pem".into()),
+            ..EngineConfig::default()
+        };
+        assert!(ca_alone.validate().unwrap_err().contains("mutual TLS"));
+        let required = EngineConfig {
+            plaintext: false,
+            ..EngineConfig::default()
+        };
+        assert!(required
+            .validate()
+            .unwrap_err()
+            .contains("plaintext = false"));
+        assert!(!EngineConfig::default().tls_enabled());
+        let no_time = EngineConfig {
+            tls_handshake_timeout_ms: 0,
+            ..c
+        };
+        assert!(no_time.validate().is_err());
     }
 }

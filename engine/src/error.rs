@@ -34,6 +34,19 @@ pub enum EngineError {
     LeaseLost(String),
     #[error("a newer subscription of this consumer to this shard took over")]
     SubscriptionReplaced,
+    #[error("principal {0:?} does not exist")]
+    UnknownPrincipal(String),
+    #[error("principal {0:?} exists already")]
+    PrincipalExists(String),
+    #[error("principal {principal:?} has no policy {policy:?}")]
+    UnknownPolicy { principal: String, policy: String },
+    /// The message names the principal, the action and the resource.
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    AuthenticationRequired(String),
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
     /// The message says what is wrong; the error code (InvalidArgument) says the kind, so
     /// the message does not repeat it (the client prints "CODE: message").
     #[error("{0}")]

@@ -842,8 +842,16 @@ mod tests {
             f.read_start(&s, "late"),
             Some(IteratorPosition::AtTimestamp { ts_ms: 4 })
         );
-        f.heartbeat(&s, "late", "w2", IteratorPosition::TrimHorizon, false, 9, 6000)
-            .unwrap();
+        f.heartbeat(
+            &s,
+            "late",
+            "w2",
+            IteratorPosition::TrimHorizon,
+            false,
+            9,
+            6000,
+        )
+        .unwrap();
         assert_eq!(
             f.read_start(&s, "late"),
             Some(IteratorPosition::AtTimestamp { ts_ms: 4 })

@@ -86,6 +86,10 @@ pub trait Storage {
     /// Replaces a small file atomically and durably: write a temporary, fsync, rename,
     /// fsync the directory.
     async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Appends `bytes` to `path` (created if missing) and makes them durable (fdatasync;
+    /// the new name too, by a directory fsync, when the file was created). Answers the
+    /// file's length after the append. For small logs (the audit trail), not data files.
+    async fn append_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<u64>;
     /// Bytes available to this process on the file system holding `dir`.
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64>;
 }
@@ -279,10 +283,31 @@ impl Storage for DmaStorage {
         blocking(move || write_atomic(&path, &bytes)).await
     }
 
+    async fn append_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<u64> {
+        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+        blocking(move || append_durable_blocking(&path, &bytes)).await
+    }
+
     async fn free_bytes(&self, dir: &Path) -> io::Result<u64> {
         let dir = dir.to_path_buf();
         blocking(move || free_bytes_blocking(&dir)).await
     }
+}
+
+/// See [`Storage::append_durable`]. Blocking.
+pub fn append_durable_blocking(path: &Path, bytes: &[u8]) -> io::Result<u64> {
+    use std::io::Write;
+    let created = !path.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    if created {
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()?;
+    }
+    f.metadata().map(|m| m.len())
 }
 
 /// Names in `dir`, sorted; empty if the directory does not exist.

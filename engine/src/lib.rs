@@ -15,6 +15,8 @@
 // warns about `async fn` in public traits is about `Send` bounds we deliberately do not want.
 #![allow(async_fn_in_trait)]
 
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;

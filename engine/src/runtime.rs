@@ -35,7 +35,9 @@ use crate::io::{DmaStorage, Storage};
 use crate::limits::{Limits, TokenBucket, WriteLimiter};
 use crate::store::{ReadOutput, ShardKey, Store};
 
+mod auth_ops;
 mod fanout_ops;
+pub(crate) use auth_ops::{AuthAnswer, AuthOp};
 pub(crate) use fanout_ops::{FanoutAnswer, FanoutOp};
 
 /// Names one shard: its stream incarnation and shard number.
@@ -290,6 +292,16 @@ pub(crate) enum CoreMsg {
         op: FanoutOp,
         reply: Reply<FanoutAnswer>,
     },
+    /// Core 0: a security operation (principals, policies, decisions, the audit trail).
+    Auth {
+        op: AuthOp,
+        reply: Reply<AuthAnswer>,
+    },
+    /// Principals or policies changed: connections drop the decisions they cached.
+    AuthChanged {
+        version: u64,
+        reply: Reply<()>,
+    },
     /// A new subscription takes over `(consumer, shard)`; answers its generation.
     Claim {
         ident: ShardIdent,
@@ -491,6 +503,16 @@ pub struct Core<S: Storage> {
     fanout_saved: Cell<u64>,
     /// Subscriptions' claims handed out by this core.
     next_generation: Cell<u64>,
+    /// Core 0: principals and their policies (`crate::auth`).
+    auth: Option<RefCell<crate::auth::AuthStore>>,
+    /// Core 0: one write of them at a time, and the changes it covered.
+    auth_writer: crate::notify::TaskLock,
+    auth_saved: Cell<u64>,
+    /// Core 0: the audit trail (`None` with `audit = false`).
+    audit: Option<crate::audit::AuditLog>,
+    /// The principals' and policies' version this core knows; a connection's cached
+    /// decisions from another version are dropped.
+    pub(crate) auth_version: Cell<u64>,
 }
 
 /// Kinesis: polling consumers share 5 read calls per second per shard.
@@ -630,6 +652,11 @@ impl<S: Storage + 'static> Core<S> {
             fanout_writer: crate::notify::TaskLock::new(),
             fanout_saved: Cell::new(0),
             next_generation: Cell::new(0),
+            auth: None,
+            auth_writer: crate::notify::TaskLock::new(),
+            auth_saved: Cell::new(0),
+            audit: None,
+            auth_version: Cell::new(0),
         };
         let mut core = core;
         if core.catalog.is_some() {
@@ -646,6 +673,7 @@ impl<S: Storage + 'static> Core<S> {
                 core.routes.borrow().values().map(|e| e.stream_id).collect();
             fanout.retain_streams(|id| live.contains(&id));
             core.fanout = Some(RefCell::new(fanout));
+            core.open_security().await?;
         }
         for e in core.routes.borrow().values() {
             core.metrics
@@ -915,6 +943,13 @@ impl<S: Storage + 'static> Core<S> {
             }
             CoreMsg::Fanout { op, reply } => {
                 let _ = reply.send(self.fanout_op(op).await).await;
+            }
+            CoreMsg::Auth { op, reply } => {
+                let _ = reply.send(self.auth_op(op).await).await;
+            }
+            CoreMsg::AuthChanged { version, reply } => {
+                self.auth_version.set(self.auth_version.get().max(version));
+                let _ = reply.send(Ok(())).await;
             }
             CoreMsg::Claim {
                 ident,
@@ -2610,6 +2645,8 @@ impl CoreMsg {
             CoreMsg::AppendMany { reply, .. } => no(reply),
             CoreMsg::Read { reply, .. } => no(reply),
             CoreMsg::Fanout { reply, .. } => no(reply),
+            CoreMsg::Auth { reply, .. } => no(reply),
+            CoreMsg::AuthChanged { reply, .. } => no(reply),
             CoreMsg::Claim { reply, .. } => no(reply),
             CoreMsg::DropConsumer { reply, .. } => no(reply),
             CoreMsg::Position { reply, .. } => no(reply),

@@ -613,6 +613,34 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    async fn append_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<u64> {
+        yield_once().await;
+        let mut disk = self.disk.borrow_mut();
+        let id = match disk.file(path) {
+            Ok(id) => id,
+            Err(_) => {
+                disk.require_parent(path)?;
+                let id = disk.new_file(path, Inode::default());
+                // The real storage fsyncs the directory of a file it created.
+                let dir = parent(path);
+                if let Some(changes) = disk.pending_dirs.remove(&dir) {
+                    for c in &changes {
+                        apply(&mut disk.durable_names, c);
+                    }
+                }
+                disk.durable_names
+                    .insert(path.to_path_buf(), Entry::File(id));
+                id
+            }
+        };
+        let inode = disk.inodes.get_mut(&id).expect("named inode");
+        inode.current.extend_from_slice(bytes);
+        // fdatasync: everything written to the file so far is durable.
+        inode.durable = inode.current.clone();
+        inode.pending.clear();
+        Ok(inode.current.len() as u64)
+    }
+
     async fn free_bytes(&self, _dir: &Path) -> io::Result<u64> {
         Ok(self.disk.borrow().free_bytes())
     }

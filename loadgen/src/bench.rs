@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catchup;
 use crate::config::{
-    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
+    client_config, Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep,
+    RunConfig, SizeSpec, TlsConfig,
 };
 use crate::report::{git_sha, unix_now_s, Report, ReshardReport, TimelineSecond};
 use crate::runner::{run, runtime};
@@ -129,6 +130,8 @@ pub struct BenchOptions {
     pub progress: bool,
     /// The command line, recorded in the result.
     pub command: String,
+    /// Speak TLS on every connection; `None`: plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl BenchOptions {
@@ -146,6 +149,7 @@ impl BenchOptions {
             quick: false,
             progress: false,
             command: String::new(),
+            tls: None,
         }
     }
 }
@@ -243,9 +247,10 @@ pub fn run_scenario(name: &str, opts: &BenchOptions) -> Result<BenchResult, Erro
 }
 
 async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<BenchResult, Error> {
-    let probe = spate_client::Client::connect(opts.server.clone())
-        .await
-        .map_err(|e| Error::new(format!("cannot connect to {}: {e}", opts.server)))?;
+    let probe =
+        spate_client::Client::connect_with(opts.server.clone(), client_config(opts.tls.as_ref()))
+            .await
+            .map_err(|e| Error::new(format!("cannot connect to {}: {e}", opts.server)))?;
     let engine_cores = probe.server_info().cores.len().max(1);
     drop(probe);
     let mut b = Bench {
@@ -315,6 +320,7 @@ impl Bench<'_> {
             progress: self.opts.progress,
             // Quick runs measure nothing; spinning would only slow a shared machine.
             spin_us: if self.opts.quick { 0 } else { 1000 },
+            tls: self.opts.tls.clone(),
             ..RunConfig::new(self.opts.server.clone(), stream)
         }
     }
@@ -830,9 +836,10 @@ impl Bench<'_> {
         let ops = std::sync::Arc::new(AtomicU32::new(0));
         let churn = {
             let (server, stop, ops) = (self.opts.server.clone(), stop.clone(), ops.clone());
+            let config = client_config(self.opts.tls.as_ref());
             let prefix = format!("churn-{}-{}", std::process::id(), unix_now_s());
             tokio::spawn(async move {
-                let client = spate_client::Client::connect(server)
+                let client = spate_client::Client::connect_with(server, config)
                     .await
                     .map_err(|e| Error::new(format!("churn: cannot connect: {e}")))?;
                 let config = spate_client::StreamConfig::new(16);
@@ -1560,9 +1567,11 @@ impl Bench<'_> {
         self.figure("limited_backlog_mib", filled.bytes_acked as f64 / MIB);
         let limit = Some(Duration::from_secs_f64(read_s));
         let server = self.opts.server.clone();
+        let tls = self.opts.tls.clone();
+        let tls = tls.as_ref();
         let (a, b) = tokio::join!(
-            catchup::push_read(&server, &stream, "catch-up-0", limit),
-            catchup::push_read(&server, &stream, "catch-up-1", limit),
+            catchup::push_read(&server, tls, &stream, "catch-up-0", limit),
+            catchup::push_read(&server, tls, &stream, "catch-up-1", limit),
         );
         let reads = [a?, b?];
         let mut slowest = f64::INFINITY;
@@ -1618,9 +1627,11 @@ impl Bench<'_> {
         // The first read finds the backlog as the write left it; the next ones may find
         // it in caches the first one filled: a second push read shows the difference.
         let server = self.opts.server.clone();
-        let push = catchup::push_read(&server, &stream, "catch-up", None).await?;
-        let poll = catchup::poll_read(&server, &stream).await?;
-        let again = catchup::push_read(&server, &stream, "catch-up-again", None).await?;
+        let tls = self.opts.tls.clone();
+        let tls = tls.as_ref();
+        let push = catchup::push_read(&server, tls, &stream, "catch-up", None).await?;
+        let poll = catchup::poll_read(&server, tls, &stream).await?;
+        let again = catchup::push_read(&server, tls, &stream, "catch-up-again", None).await?;
         self.figure("unlimited_push_mib_per_s", push.mib_per_s);
         self.figure("unlimited_push_seconds", push.seconds);
         self.figure("unlimited_poll_mib_per_s", poll.mib_per_s);
@@ -1670,7 +1681,9 @@ impl Bench<'_> {
 
     async fn delete_stream(&self, stream: &str) {
         let deleted = async {
-            let client = spate_client::Client::connect(self.opts.server.clone()).await?;
+            let config = client_config(self.opts.tls.as_ref());
+            let client =
+                spate_client::Client::connect_with(self.opts.server.clone(), config).await?;
             client.delete_stream(stream).await
         };
         if let Err(e) = deleted.await {

@@ -15,6 +15,7 @@ use spate_client::{
     Client, ClientConfig, ErrorCode, Position, ReadOptions, RetryPolicy, SubscribeOptions,
 };
 
+use crate::config::{client_config, TlsConfig};
 use crate::Error;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -113,6 +114,7 @@ impl Meter {
 /// deregisters it.
 pub async fn push_read(
     server: &str,
+    tls: Option<&TlsConfig>,
     stream: &str,
     consumer: &str,
     limit: Option<Duration>,
@@ -120,7 +122,7 @@ pub async fn push_read(
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         Error::new(format!("catch-up: {consumer} on {stream}: {what}: {e}"))
     };
-    let client = connect(server).await?;
+    let client = connect(server, tls).await?;
     let (shard, tip) = shard_and_tip(&client, stream).await?;
     match client.register_consumer(stream, consumer).await {
         Ok(_) => {}
@@ -165,9 +167,13 @@ pub async fn push_read(
 
 /// Reads the stream's shard from TRIM_HORIZON with a polling reader (GetRecords, one call
 /// at a time) until its tip at the start.
-pub async fn poll_read(server: &str, stream: &str) -> Result<BacklogRead, Error> {
+pub async fn poll_read(
+    server: &str,
+    tls: Option<&TlsConfig>,
+    stream: &str,
+) -> Result<BacklogRead, Error> {
     let fail = |e: &dyn std::fmt::Display| Error::new(format!("catch-up: polling {stream}: {e}"));
-    let client = connect(server).await?;
+    let client = connect(server, tls).await?;
     let (shard, tip) = shard_and_tip(&client, stream).await?;
     let options = ReadOptions {
         max_bytes: POLL_BYTES_MAX,
@@ -199,11 +205,11 @@ pub async fn poll_read(server: &str, stream: &str) -> Result<BacklogRead, Error>
     Ok(meter.finish("poll".into(), shard, reached_tip))
 }
 
-async fn connect(server: &str) -> Result<Client, Error> {
+async fn connect(server: &str, tls: Option<&TlsConfig>) -> Result<Client, Error> {
     let cfg = ClientConfig {
         client_name: format!("spate-loadgen/{} catch-up", env!("CARGO_PKG_VERSION")),
         retry: RetryPolicy::default(),
-        ..ClientConfig::default()
+        ..client_config(tls)
     };
     Client::connect_with(server.to_string(), cfg)
         .await

@@ -1,9 +1,11 @@
 //! A run's parameters ([`RunConfig`]): what the command line sets, what a named scenario
 //! sets, what the report echoes, and the command line that reproduces a run.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use spate_client::{ClientConfig, Pem, TlsOptions};
 
 use crate::cpus::format_cpu_list;
 use crate::payload::{MAX_RECORD_BYTES, MIN_RECORD_BYTES};
@@ -227,6 +229,36 @@ impl std::fmt::Display for RateStep {
     }
 }
 
+/// TLS for every connection a run opens (`--tls`, `--ca FILE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// CA certificates (PEM) the server's certificate must chain to; `None`: the system's
+    /// bundle. The server name is the host of `--server`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The client library's options for it.
+    pub fn options(&self) -> TlsOptions {
+        TlsOptions {
+            ca: self.ca.clone().map(Pem::File),
+            ..TlsOptions::default()
+        }
+    }
+}
+
+/// The client library's defaults, over TLS with `tls`, authenticated as
+/// SPATE_ACCESS_KEY_ID / SPATE_SECRET when they are set.
+pub fn client_config(tls: Option<&TlsConfig>) -> ClientConfig {
+    ClientConfig {
+        tls: tls.map(TlsConfig::options),
+        // `--access-key-id`/`--secret-file` (main exports them) or the environment.
+        credentials: spate_client::Credentials::from_env(),
+        ..ClientConfig::default()
+    }
+}
+
 /// Everything a run needs; see `spate-loadgen --help` for each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -299,6 +331,9 @@ pub struct RunConfig {
     /// decisions) in the report's `timeline`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timeline: bool,
+    /// Speak TLS on every connection; `None`: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl RunConfig {
@@ -338,6 +373,7 @@ impl RunConfig {
             rate_steps: Vec::new(),
             on_demand: false,
             timeline: false,
+            tls: None,
         }
     }
 
@@ -477,6 +513,12 @@ impl RunConfig {
             format!("--server {}", self.server),
             format!("--stream {}", self.stream),
         ];
+        if let Some(tls) = &self.tls {
+            a.push("--tls".into());
+            if let Some(ca) = &tls.ca {
+                a.push(format!("--ca {}", ca.display()));
+            }
+        }
         if let Some(n) = self.create_shards {
             a.push(format!("--create-shards {n}"));
             a.push(format!("--limits {}", limits_name(self.limits)));

@@ -37,7 +37,8 @@ pub mod summary;
 pub mod verify;
 
 pub use config::{
-    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep, RunConfig, SizeSpec,
+    client_config, Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardOp, ReshardStep,
+    RunConfig, SizeSpec, TlsConfig,
 };
 pub use report::Report;
 pub use runner::{run, run_blocking};

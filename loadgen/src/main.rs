@@ -1,13 +1,13 @@
 //! `spate-loadgen`: the command line around the `spate_loadgen` library.
 //!
 //! ```text
-//! spate-loadgen --server HOST:PORT --stream NAME [--create-shards N] --producers P --rate R
-//!               --size BYTES --keys K --duration SECS [--consumers C]
+//! spate-loadgen --server HOST:PORT [--tls [--ca FILE]] --stream NAME [--create-shards N]
+//!               --producers P --rate R --size BYTES --keys K --duration SECS [--consumers C]
 //!               [--consumer-mode poll|push|group] [--crash-worker-at SECS] [--cores LIST]
 //!               [--json FILE] [--plot FILE] [--verify] [--reshard AT:OP ...]
 //!               [--rate-step AT:RATE ...] [--on-demand] [--timeline]
 //!               [more options: --help]
-//! spate-loadgen bench NAME [--server HOST:PORT] [--cores LIST] [--out DIR] [--quick]
+//! spate-loadgen bench NAME [--server HOST:PORT] [--tls [--ca FILE]] [--cores LIST] [--out DIR] [--quick]
 //!               [--duration SECS] [--shards N] [--rate R] [--catch-up-mib MIB] ...
 //! spate-loadgen plot REPORT.json OUT.svg
 //! spate-loadgen summarize DIR [--output FILE]
@@ -31,7 +31,7 @@ use clap::{Args, Parser, Subcommand};
 use spate_loadgen::bench::{self, BenchOptions};
 use spate_loadgen::cpus::parse_cpu_list;
 use spate_loadgen::{
-    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardStep, RunConfig, SizeSpec,
+    Api, ConsumerMode, KeyMode, LimitsArg, RateStep, ReshardStep, RunConfig, SizeSpec, TlsConfig,
 };
 
 #[derive(Parser, Debug)]
@@ -53,7 +53,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a named benchmark scenario (see `bench --list`) and write its JSON.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Draw the latency percentiles of a report (or bench result) as an SVG (a run's
     /// `--plot FILE` draws the same without a JSON file).
     Plot { report: PathBuf, out: PathBuf },
@@ -66,11 +66,58 @@ enum Command {
     },
 }
 
+/// TLS to the server.
+#[derive(Args, Debug, Clone, Default)]
+struct TlsArgs {
+    /// Speak TLS on every connection (the server name is the host of --server).
+    #[arg(long)]
+    tls: bool,
+    /// CA certificates (PEM) the server's certificate must chain to; implies --tls
+    /// [default: the system's bundle].
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Authenticate as this principal (with --secret-file) [default: SPATE_ACCESS_KEY_ID].
+    #[arg(long, value_name = "ID")]
+    access_key_id: Option<String>,
+    /// A file holding the principal's secret (its first line) [default: SPATE_SECRET].
+    #[arg(long, value_name = "FILE", requires = "access_key_id")]
+    secret_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// Hands the credentials to every client of this process and of the processes it
+    /// starts (benchmarks' runs), as SPATE_ACCESS_KEY_ID and SPATE_SECRET. Called first
+    /// thing in `main`, before any thread exists.
+    fn export_credentials(&self) -> Result<(), String> {
+        let Some(id) = &self.access_key_id else {
+            return Ok(());
+        };
+        let file = self
+            .secret_file
+            .as_ref()
+            .ok_or("--access-key-id needs --secret-file")?;
+        let secret = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the secret file {}: {e}", file.display()))?;
+        let secret = secret.lines().next().unwrap_or("").trim().to_string();
+        // No other thread exists yet (main calls this before starting any), so nothing
+        // reads the environment concurrently.
+        std::env::set_var("SPATE_ACCESS_KEY_ID", id);
+        std::env::set_var("SPATE_SECRET", secret);
+        Ok(())
+    }
+
+    fn config(self) -> Option<TlsConfig> {
+        (self.tls || self.ca.is_some()).then_some(TlsConfig { ca: self.ca })
+    }
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     /// The server's address.
     #[arg(long, required = true, value_name = "HOST:PORT")]
     server: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// The stream to write to.
     #[arg(long, required = true, value_name = "NAME")]
     stream: Option<String>,
@@ -202,6 +249,8 @@ struct BenchArgs {
     list: bool,
     #[arg(long, default_value = "127.0.0.1:7400", value_name = "HOST:PORT")]
     server: String,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Pin the load generator's threads to these CPUs.
     #[arg(long, value_parser = parse_cpus, value_name = "LIST")]
     cores: Option<CpuList>,
@@ -252,9 +301,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let creds = match &cli.command {
+        Some(Command::Bench(b)) => b.tls.export_credentials(),
+        _ => cli.run.tls.export_credentials(),
+    };
+    if let Err(why) = creds {
+        eprintln!("spate-loadgen: {why}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         None => run(cli.run),
-        Some(Command::Bench(b)) => run_bench(b),
+        Some(Command::Bench(b)) => run_bench(*b),
         Some(Command::Plot { report, out }) => {
             spate_loadgen::plot::plot_file(&report, &out).map_err(|e| e.to_string())
         }
@@ -305,6 +362,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         rate_steps: a.rate_step,
         on_demand: a.on_demand,
         timeline: a.timeline,
+        tls: a.tls.config(),
         ..RunConfig::new(
             a.server.expect("clap requires --server"),
             a.stream.expect("clap requires --stream"),
@@ -362,6 +420,7 @@ fn run_bench(b: BenchArgs) -> Result<(), String> {
         quick: b.quick,
         progress: !b.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        tls: b.tls.config(),
     };
     let result = bench::run_and_write(&name, &opts).map_err(|e| e.to_string())?;
     for line in result.headline_lines() {
@@ -451,6 +510,25 @@ mod tests {
         let cli =
             Cli::try_parse_from(["spate-loadgen", "bench", "max-1k", "--cores", "1"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Bench(_))));
+        let cli =
+            Cli::try_parse_from("spate-loadgen bench max-1k --tls --ca ca.pem".split_whitespace())
+                .unwrap();
+        match cli.command {
+            Some(Command::Bench(b)) => assert_eq!(
+                b.tls.config(),
+                Some(TlsConfig {
+                    ca: Some("ca.pem".into())
+                })
+            ),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from("spate-loadgen --server h:1 --stream s".split_whitespace())
+            .unwrap();
+        assert_eq!(cli.run.tls.clone().config(), None, "plaintext unless asked");
+        let cli =
+            Cli::try_parse_from("spate-loadgen --server h:1 --stream s --tls".split_whitespace())
+                .unwrap();
+        assert_eq!(cli.run.tls.clone().config(), Some(TlsConfig { ca: None }));
         assert!(
             Cli::try_parse_from(["spate-loadgen", "--stream", "s"]).is_err(),
             "--server is required"

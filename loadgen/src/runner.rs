@@ -256,7 +256,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
             max_attempts: cfg.retries,
             ..RetryPolicy::default()
         },
-        ..ClientConfig::default()
+        ..crate::config::client_config(cfg.tls.as_ref())
     };
     let admin = Client::connect_with(cfg.server.clone(), client_cfg.clone())
         .await

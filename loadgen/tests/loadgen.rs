@@ -5,7 +5,9 @@
 
 use spate_engine::config::EngineConfig;
 use spate_engine::server::Server;
-use spate_loadgen::{run_blocking, Api, ConsumerMode, KeyMode, LimitsArg, RunConfig, SizeSpec};
+use spate_loadgen::{
+    run_blocking, Api, ConsumerMode, KeyMode, LimitsArg, RunConfig, SizeSpec, TlsConfig,
+};
 
 struct Env {
     server: Option<Server>,
@@ -515,4 +517,93 @@ fn the_binary_prints_a_table_and_writes_json_and_plot() {
         .unwrap();
     assert!(status.success());
     assert_eq!(std::fs::read_to_string(&svg_from_json).unwrap(), drawn);
+}
+
+/// A server speaking TLS only, with a certificate for 127.0.0.1 signed by a CA made here;
+/// answers the server and the CA file's path.
+fn tls_env(dir: &std::path::Path) -> (Env, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let path = |name: &str| dir.join(name);
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("server.pem"), cert.pem()).unwrap();
+    std::fs::write(path("server-key.pem"), key.serialize_pem()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        tls_cert_file: Some(path("server.pem")),
+        tls_key_file: Some(path("server-key.pem")),
+        plaintext: false,
+        ..EngineConfig::small(data.path())
+    })
+    .expect("server starts");
+    let env = Env {
+        server: Some(server),
+        _dir: data,
+    };
+    (env, path("ca.pem"))
+}
+
+#[test]
+fn a_run_over_tls_with_push_consumers_verifies_clean() {
+    let pki = tempfile::tempdir().unwrap();
+    let (env, ca) = tls_env(pki.path());
+    let cfg = RunConfig {
+        create_shards: Some(2),
+        limits: LimitsArg::Off,
+        producers: 2,
+        rate: 1000.0,
+        size: SizeSpec::fixed(300),
+        keys: 20,
+        duration_s: 0.5,
+        consumers: 1,
+        consumer_mode: ConsumerMode::Push,
+        verify: true,
+        spin_us: 0,
+        tls: Some(TlsConfig {
+            ca: Some(ca.clone()),
+        }),
+        ..env.config("lg-tls")
+    };
+    assert!(cfg
+        .command_line()
+        .contains(&format!("--tls --ca {}", ca.display())));
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert!(r.records_acked > 0);
+    assert_eq!(r.consumed_records, Some(r.records_acked));
+    // Without TLS the same server refuses the run at its first connection.
+    let plain = RunConfig {
+        tls: None,
+        ..cfg.clone()
+    };
+    let err = run_blocking(&plain).expect_err("plaintext is refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    // The binary takes --tls --ca.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args(["--server", &cfg.server, "--stream", "lg-tls-cli"])
+        .args(["--create-shards", "1", "--limits", "off", "--delete-after"])
+        .args(["--rate", "500", "--size", "100", "--duration", "0.3"])
+        .args(["--spin-us", "0", "--verify", "--quiet", "--tls", "--ca"])
+        .arg(&ca)
+        .output()
+        .expect("spate-loadgen runs");
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -90,6 +90,12 @@ error_codes! {
     LeaseLost = 207,
     /// A newer subscription of the same consumer to the same shard took over this one.
     SubscriptionReplaced = 208,
+    /// The server has no principal with this name.
+    UnknownPrincipal = 209,
+    /// A principal with this name exists already.
+    PrincipalExists = 210,
+    /// The principal has no policy with this name.
+    UnknownPolicy = 211,
 
     // 3xx: records and batches.
     /// A record's data exceeds the stream's per-record limit.
@@ -140,6 +146,18 @@ error_codes! {
     /// unreadable); the message names the shard and the damaged sequence range, and where
     /// reading can go on. The rest of the shard, and every other shard, is still served.
     Corrupt = 606,
+
+    // 7xx: security.
+    /// The request needs an authenticated connection (the server has authentication on):
+    /// authenticate after Hello, or connect with a client certificate that maps to a
+    /// principal.
+    AuthenticationRequired = 700,
+    /// Authentication failed: an unknown access key, a wrong secret, a disabled principal
+    /// or a challenge used twice. The server closes the connection after answering.
+    AuthenticationFailed = 701,
+    /// The principal's policies do not allow the action on the resource; the message names
+    /// both.
+    AccessDenied = 702,
 }
 
 impl ErrorCode {
@@ -216,6 +234,9 @@ mod tests {
         (ErrorCode::UnknownGroup, 206),
         (ErrorCode::LeaseLost, 207),
         (ErrorCode::SubscriptionReplaced, 208),
+        (ErrorCode::UnknownPrincipal, 209),
+        (ErrorCode::PrincipalExists, 210),
+        (ErrorCode::UnknownPolicy, 211),
         (ErrorCode::RecordTooLarge, 300),
         (ErrorCode::BatchTooLarge, 301),
         (ErrorCode::InvalidRecord, 302),
@@ -235,6 +256,9 @@ mod tests {
         (ErrorCode::ShuttingDown, 604),
         (ErrorCode::OutcomeUnknown, 605),
         (ErrorCode::Corrupt, 606),
+        (ErrorCode::AuthenticationRequired, 700),
+        (ErrorCode::AuthenticationFailed, 701),
+        (ErrorCode::AccessDenied, 702),
     ];
 
     #[test]
@@ -271,7 +295,7 @@ mod tests {
     fn codes_sit_in_their_range() {
         for &code in ErrorCode::ALL {
             let range = code.as_u16() / 100;
-            assert!(range <= 6, "{code} outside the known ranges");
+            assert!(range <= 7, "{code} outside the known ranges");
         }
         assert!(ErrorCode::Throttled.is_retryable());
         assert!(ErrorCode::ServerBusy.is_retryable());

@@ -77,6 +77,10 @@ macro_rules! opcodes {
 opcodes! {
     /// Protocol version and the engine's cores with their addresses.
     Hello = 1,
+    /// The server's challenge for a principal's access key (authentication, first step).
+    AuthChallenge = 2,
+    /// The client's proof of its secret (authentication, second step).
+    Authenticate = 3,
     /// Create a stream.
     CreateStream = 10,
     /// Delete a stream and all its records.
@@ -133,6 +137,22 @@ opcodes! {
     DeleteGroup = 53,
     /// A stream's consumer groups.
     ListGroups = 54,
+    /// Create a principal (answers its access key id and secret, shown once).
+    CreatePrincipal = 60,
+    /// Every principal, without credentials.
+    ListPrincipals = 61,
+    /// Enable or disable a principal.
+    UpdatePrincipal = 62,
+    /// Delete a principal.
+    DeletePrincipal = 63,
+    /// Attach (or replace) a named policy of a principal.
+    PutPolicy = 64,
+    /// One policy document of a principal.
+    GetPolicy = 65,
+    /// Remove a policy of a principal.
+    DeletePolicy = 66,
+    /// The audit trail's newest lines.
+    ReadAudit = 70,
 }
 
 impl Opcode {

@@ -10,10 +10,16 @@
 //!            core_count        varint (at most MAX_CORES)
 //!            core_count × { core_id u16, address str ("host:port", at most MAX_ADDRESS_BYTES) }
 //!            metrics_address   opt<str> (where `GET /metrics` is answered, if anywhere)
+//!            auth_required     bool (requests other than Hello and authentication need an
+//!                              authenticated connection)
+//!            principal         opt<str> (the principal the connection is authenticated as
+//!                              already: by its TLS client certificate)
 //! ```
 
 use crate::message::Payload;
-use crate::wire::{put_count, put_option, put_str, put_u16, put_u32, put_u8, DecodeError, Reader};
+use crate::wire::{
+    put_bool, put_count, put_option, put_str, put_u16, put_u32, put_u8, DecodeError, Reader,
+};
 
 /// Longest client name a hello may carry.
 pub const MAX_CLIENT_NAME_BYTES: usize = 128;
@@ -35,6 +41,10 @@ pub struct HelloResponse<'a> {
     pub cores: Vec<CoreInfo<'a>>,
     /// "host:port" of the server's metrics endpoint (Prometheus text over HTTP), if on.
     pub metrics_address: Option<&'a str>,
+    /// Whether the server answers only authenticated connections.
+    pub auth_required: bool,
+    /// Who the connection is authenticated as already (a TLS client certificate).
+    pub principal: Option<&'a str>,
 }
 
 /// One engine core and where to connect to reach it directly.
@@ -80,6 +90,8 @@ impl<'a> Payload<'a> for HelloResponse<'a> {
             put_str(out, core.address);
         }
         put_option(out, self.metrics_address, put_str);
+        put_bool(out, self.auth_required);
+        put_option(out, self.principal, put_str);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -103,11 +115,19 @@ impl<'a> Payload<'a> for HelloResponse<'a> {
         } else {
             None
         };
+        let auth_required = r.bool("auth_required")?;
+        let principal = if r.present("principal")? {
+            Some(r.str(crate::auth::MAX_PRINCIPAL_NAME_BYTES, "principal")?)
+        } else {
+            None
+        };
         Ok(HelloResponse {
             protocol_version,
             max_frame_bytes,
             cores,
             metrics_address,
+            auth_required,
+            principal,
         })
     }
 }
@@ -131,6 +151,8 @@ mod tests {
             max_frame_bytes: 1 << 20,
             cores: vec![],
             metrics_address: None,
+            auth_required: true,
+            principal: Some("svc@eu"),
         }));
         let hello = HelloResponse {
             protocol_version: PROTOCOL_VERSION,
@@ -146,6 +168,8 @@ mod tests {
                 },
             ],
             metrics_address: Some("10.0.0.1:7480"),
+            auth_required: false,
+            principal: None,
         };
         assert_eq!(hello.address_of(5), Some("[::1]:7005"));
         assert_eq!(hello.address_of(1), None);
@@ -162,14 +186,18 @@ mod tests {
                 address: "h:1",
             }],
             metrics_address: Some("h:9"),
+            auth_required: true,
+            principal: Some("p"),
         }));
         #[rustfmt::skip]
         let expected = [
-            33, 0, 0, 0,  1,  1,  1, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            37, 0, 0, 0,  1,  1,  1, 0,  42, 0, 0, 0, 0, 0, 0, 0,
             1,                          // protocol_version
             0, 1, 0, 0,                 // max_frame_bytes
             1,  2, 0,  3, b'h', b':', b'1', // one core: id 2, "h:1"
             1,  3, b'h', b':', b'9',    // metrics_address: present, "h:9"
+            1,                          // auth_required
+            1,  1, b'p',                // principal: present, "p"
         ];
         assert_eq!(out, expected);
     }
@@ -205,6 +233,8 @@ mod tests {
                 address: "",
             }],
             metrics_address: None,
+            auth_required: false,
+            principal: None,
         };
         let mut payload = Vec::new();
         empty_address.encode_payload(&mut payload);
@@ -218,12 +248,16 @@ mod tests {
             max_frame_bytes: u32,
             cores in proptest::collection::vec((any::<u16>(), "[a-z0-9.:]{1,40}"), 0..20),
             metrics in proptest::option::of("[a-z0-9.:]{1,40}"),
+            auth_required: bool,
+            principal in proptest::option::of("[a-z0-9.@_-]{1,40}"),
         ) {
             let hello = HelloResponse {
                 protocol_version: version,
                 max_frame_bytes,
                 cores: cores.iter().map(|(id, a)| CoreInfo { core_id: *id, address: a }).collect(),
                 metrics_address: metrics.as_deref(),
+                auth_required,
+                principal: principal.as_deref(),
             };
             check_response(&Response::Hello(hello));
         }

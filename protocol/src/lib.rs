@@ -15,7 +15,7 @@
 //!  4     1    version         PROTOCOL_VERSION (1)
 //!  5     1    flags           bit 0 RESPONSE, bit 1 ERROR, bit 2 MORE (another
 //!                             response follows: a subscription's events); bits 3..8 0
-//!  6     2    opcode          Hello 1 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
+//!  6     2    opcode          Hello 1 | AuthChallenge 2 | Authenticate 3 | CreateStream 10 | DeleteStream 11 | ListStreams 12 |
 //!                             DescribeStream 13 | IncreaseRetention 14 |
 //!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
 //!                             UpdateShardCount 18 | UpdateStreamMode 19 |
@@ -26,7 +26,10 @@
 //!                             ListConsumers 42 | DescribeConsumer 43 |
 //!                             SubscribeToShard 44 | SubscribeCredit 45 |
 //!                             GroupHeartbeat 50 | Checkpoint 51 | DescribeGroup 52 |
-//!                             DeleteGroup 53 | ListGroups 54
+//!                             DeleteGroup 53 | ListGroups 54 | CreatePrincipal 60 |
+//!                             ListPrincipals 61 | UpdatePrincipal 62 |
+//!                             DeletePrincipal 63 | PutPolicy 64 | GetPolicy 65 |
+//!                             DeletePolicy 66 | ReadAudit 70
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
 //!
@@ -37,7 +40,7 @@
 //! Payload fields: fixed-width little-endian integers; `str`/`bytes` are a LEB128 varint
 //! length then the bytes; `opt<T>` is a presence byte (0 or 1) then `T`; lists are a varint
 //! count then the elements. Each command group's module draws its messages: [`hello`],
-//! [`stream`], [`write`](mod@write), [`read`], [`consumer`]; the iterator token is drawn in [`token`].
+//! [`stream`], [`write`](mod@write), [`read`], [`consumer`], [`auth`]; the iterator token is drawn in [`token`].
 //!
 //! Records travel in the [`batch`] layout, byte for byte as the producer built them and as
 //! the engine stores them: a 64-byte header (magic `SPB1`, header CRC, length, version,
@@ -69,6 +72,7 @@
 //! mutated frames at every decoder under `cargo test`; the `fuzz/` crate at the workspace
 //! root does the same under libFuzzer.
 
+pub mod auth;
 pub mod batch;
 pub mod consumer;
 pub mod error;
@@ -77,6 +81,7 @@ pub mod hello;
 pub mod message;
 pub mod read;
 pub mod routing;
+pub mod scram;
 pub mod stream;
 pub mod token;
 mod wire;

@@ -8,6 +8,11 @@
 //! write buffer. The messages of each command group live in their own module (`hello`,
 //! `stream`, `write`, `read`), with their tests beside them.
 
+use crate::auth::{
+    AuthChallengeRequest, AuthChallengeResponse, AuthenticateRequest, AuthenticateResponse,
+    ListPrincipalsResponse, PolicyDocument, PolicyRequest, PrincipalCreated, PrincipalRequest,
+    PutPolicyRequest, ReadAuditRequest, ReadAuditResponse, UpdatePrincipalRequest,
+};
 use crate::consumer::{
     CheckpointRequest, ConsumerDescription, ConsumerRequest, CreditRequest, GroupDescription,
     GroupHeartbeatRequest, GroupHeartbeatResponse, GroupRequest, ListConsumersResponse,
@@ -43,6 +48,8 @@ pub(crate) trait Payload<'a>: Sized {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
     Hello(HelloRequest<'a>),
+    AuthChallenge(AuthChallengeRequest<'a>),
+    Authenticate(AuthenticateRequest),
     CreateStream(CreateStreamRequest<'a>),
     DeleteStream(DeleteStreamRequest<'a>),
     ListStreams(ListStreamsRequest<'a>),
@@ -71,12 +78,22 @@ pub enum Request<'a> {
     DescribeGroup(GroupRequest<'a>),
     DeleteGroup(GroupRequest<'a>),
     ListGroups(StreamRequest<'a>),
+    CreatePrincipal(PrincipalRequest<'a>),
+    ListPrincipals,
+    UpdatePrincipal(UpdatePrincipalRequest<'a>),
+    DeletePrincipal(PrincipalRequest<'a>),
+    PutPolicy(PutPolicyRequest<'a>),
+    GetPolicy(PolicyRequest<'a>),
+    DeletePolicy(PolicyRequest<'a>),
+    ReadAudit(ReadAuditRequest),
 }
 
 /// A successful response. Errors travel as [`ErrorResponse`] in frames flagged `ERROR`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response<'a> {
     Hello(HelloResponse<'a>),
+    AuthChallenge(AuthChallengeResponse),
+    Authenticate(AuthenticateResponse<'a>),
     CreateStream(CreateStreamResponse),
     DeleteStream,
     ListStreams(ListStreamsResponse<'a>),
@@ -106,6 +123,14 @@ pub enum Response<'a> {
     DescribeGroup(GroupDescription<'a>),
     DeleteGroup,
     ListGroups(ListGroupsResponse<'a>),
+    CreatePrincipal(PrincipalCreated<'a>),
+    ListPrincipals(ListPrincipalsResponse<'a>),
+    UpdatePrincipal,
+    DeletePrincipal,
+    PutPolicy,
+    GetPolicy(PolicyDocument<'a>),
+    DeletePolicy,
+    ReadAudit(ReadAuditResponse<'a>),
 }
 
 /// The body of every error response.
@@ -143,6 +168,8 @@ impl<'a> Request<'a> {
     pub fn opcode(&self) -> Opcode {
         match self {
             Request::Hello(_) => Opcode::Hello,
+            Request::AuthChallenge(_) => Opcode::AuthChallenge,
+            Request::Authenticate(_) => Opcode::Authenticate,
             Request::CreateStream(_) => Opcode::CreateStream,
             Request::DeleteStream(_) => Opcode::DeleteStream,
             Request::ListStreams(_) => Opcode::ListStreams,
@@ -171,6 +198,14 @@ impl<'a> Request<'a> {
             Request::DescribeGroup(_) => Opcode::DescribeGroup,
             Request::DeleteGroup(_) => Opcode::DeleteGroup,
             Request::ListGroups(_) => Opcode::ListGroups,
+            Request::CreatePrincipal(_) => Opcode::CreatePrincipal,
+            Request::ListPrincipals => Opcode::ListPrincipals,
+            Request::UpdatePrincipal(_) => Opcode::UpdatePrincipal,
+            Request::DeletePrincipal(_) => Opcode::DeletePrincipal,
+            Request::PutPolicy(_) => Opcode::PutPolicy,
+            Request::GetPolicy(_) => Opcode::GetPolicy,
+            Request::DeletePolicy(_) => Opcode::DeletePolicy,
+            Request::ReadAudit(_) => Opcode::ReadAudit,
         }
     }
 
@@ -178,6 +213,14 @@ impl<'a> Request<'a> {
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             Request::Hello(m) => m.encode_payload(out),
+            Request::AuthChallenge(m) => m.encode_payload(out),
+            Request::Authenticate(m) => m.encode_payload(out),
+            Request::CreatePrincipal(m) | Request::DeletePrincipal(m) => m.encode_payload(out),
+            Request::ListPrincipals => {}
+            Request::UpdatePrincipal(m) => m.encode_payload(out),
+            Request::PutPolicy(m) => m.encode_payload(out),
+            Request::GetPolicy(m) | Request::DeletePolicy(m) => m.encode_payload(out),
+            Request::ReadAudit(m) => m.encode_payload(out),
             Request::CreateStream(m) => m.encode_payload(out),
             Request::DeleteStream(m) => m.encode_payload(out),
             Request::ListStreams(m) => m.encode_payload(out),
@@ -214,6 +257,16 @@ impl<'a> Request<'a> {
         let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
         Ok(match op {
             Opcode::Hello => Request::Hello(decode_exact(payload)?),
+            Opcode::AuthChallenge => Request::AuthChallenge(decode_exact(payload)?),
+            Opcode::Authenticate => Request::Authenticate(decode_exact(payload)?),
+            Opcode::CreatePrincipal => Request::CreatePrincipal(decode_exact(payload)?),
+            Opcode::ListPrincipals => decode_empty(payload).map(|()| Request::ListPrincipals)?,
+            Opcode::UpdatePrincipal => Request::UpdatePrincipal(decode_exact(payload)?),
+            Opcode::DeletePrincipal => Request::DeletePrincipal(decode_exact(payload)?),
+            Opcode::PutPolicy => Request::PutPolicy(decode_exact(payload)?),
+            Opcode::GetPolicy => Request::GetPolicy(decode_exact(payload)?),
+            Opcode::DeletePolicy => Request::DeletePolicy(decode_exact(payload)?),
+            Opcode::ReadAudit => Request::ReadAudit(decode_exact(payload)?),
             Opcode::CreateStream => Request::CreateStream(decode_exact(payload)?),
             Opcode::DeleteStream => Request::DeleteStream(decode_exact(payload)?),
             Opcode::ListStreams => Request::ListStreams(decode_exact(payload)?),
@@ -254,6 +307,16 @@ impl<'a> Response<'a> {
     pub fn opcode(&self) -> Opcode {
         match self {
             Response::Hello(_) => Opcode::Hello,
+            Response::AuthChallenge(_) => Opcode::AuthChallenge,
+            Response::Authenticate(_) => Opcode::Authenticate,
+            Response::CreatePrincipal(_) => Opcode::CreatePrincipal,
+            Response::ListPrincipals(_) => Opcode::ListPrincipals,
+            Response::UpdatePrincipal => Opcode::UpdatePrincipal,
+            Response::DeletePrincipal => Opcode::DeletePrincipal,
+            Response::PutPolicy => Opcode::PutPolicy,
+            Response::GetPolicy(_) => Opcode::GetPolicy,
+            Response::DeletePolicy => Opcode::DeletePolicy,
+            Response::ReadAudit(_) => Opcode::ReadAudit,
             Response::CreateStream(_) => Opcode::CreateStream,
             Response::DeleteStream => Opcode::DeleteStream,
             Response::ListStreams(_) => Opcode::ListStreams,
@@ -289,6 +352,12 @@ impl<'a> Response<'a> {
     pub fn encode_payload(&self, out: &mut Vec<u8>) {
         match self {
             Response::Hello(m) => m.encode_payload(out),
+            Response::AuthChallenge(m) => m.encode_payload(out),
+            Response::Authenticate(m) => m.encode_payload(out),
+            Response::CreatePrincipal(m) => m.encode_payload(out),
+            Response::ListPrincipals(m) => m.encode_payload(out),
+            Response::GetPolicy(m) => m.encode_payload(out),
+            Response::ReadAudit(m) => m.encode_payload(out),
             Response::CreateStream(m) => m.encode_payload(out),
             Response::ListStreams(m) => m.encode_payload(out),
             Response::DescribeStream(m) => m.encode_payload(out),
@@ -315,7 +384,11 @@ impl<'a> Response<'a> {
             | Response::DeregisterConsumer
             | Response::SubscribeCredit
             | Response::Checkpoint
-            | Response::DeleteGroup => {}
+            | Response::DeleteGroup
+            | Response::UpdatePrincipal
+            | Response::DeletePrincipal
+            | Response::PutPolicy
+            | Response::DeletePolicy => {}
         }
     }
 
@@ -324,6 +397,16 @@ impl<'a> Response<'a> {
         let op = Opcode::from_u16(opcode).ok_or(DecodeError::UnknownOpcode(opcode))?;
         Ok(match op {
             Opcode::Hello => Response::Hello(decode_exact(payload)?),
+            Opcode::AuthChallenge => Response::AuthChallenge(decode_exact(payload)?),
+            Opcode::Authenticate => Response::Authenticate(decode_exact(payload)?),
+            Opcode::CreatePrincipal => Response::CreatePrincipal(decode_exact(payload)?),
+            Opcode::ListPrincipals => Response::ListPrincipals(decode_exact(payload)?),
+            Opcode::UpdatePrincipal => decode_empty(payload).map(|()| Response::UpdatePrincipal)?,
+            Opcode::DeletePrincipal => decode_empty(payload).map(|()| Response::DeletePrincipal)?,
+            Opcode::PutPolicy => decode_empty(payload).map(|()| Response::PutPolicy)?,
+            Opcode::GetPolicy => Response::GetPolicy(decode_exact(payload)?),
+            Opcode::DeletePolicy => decode_empty(payload).map(|()| Response::DeletePolicy)?,
+            Opcode::ReadAudit => Response::ReadAudit(decode_exact(payload)?),
             Opcode::CreateStream => Response::CreateStream(decode_exact(payload)?),
             Opcode::DeleteStream => decode_empty(payload).map(|()| Response::DeleteStream)?,
             Opcode::ListStreams => Response::ListStreams(decode_exact(payload)?),

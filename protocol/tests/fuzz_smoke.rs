@@ -7,6 +7,7 @@
 //! `SPATE_FUZZ_SEED=<seed> cargo test -p spate-protocol --test fuzz_smoke`, and widen the
 //! search with `SPATE_FUZZ_ITERATIONS=<n>`.
 
+use spate_protocol::auth::*;
 use spate_protocol::batch::{stamp, BatchBuilder};
 use spate_protocol::consumer::*;
 use spate_protocol::fuzzing;
@@ -213,6 +214,31 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             stream: "orders",
             group: "etl",
         }),
+        Request::AuthChallenge(AuthChallengeRequest {
+            access_key_id: "SPAKABCDEFGHIJKLMNOP",
+            client_nonce: [3; 32],
+        }),
+        Request::Authenticate(AuthenticateRequest { proof: [4; 32] }),
+        Request::CreatePrincipal(PrincipalRequest { name: "svc.clicks" }),
+        Request::ListPrincipals,
+        Request::UpdatePrincipal(UpdatePrincipalRequest {
+            name: "svc.clicks",
+            enabled: false,
+        }),
+        Request::PutPolicy(PutPolicyRequest {
+            principal: "svc.clicks",
+            policy: "writer",
+            document: r#"{"Statement":[{"Effect":"Allow","Action":"spate:PutRecords","Resource":"clicks-*"}]}"#,
+        }),
+        Request::GetPolicy(PolicyRequest {
+            principal: "svc.clicks",
+            policy: "writer",
+        }),
+        Request::ReadAudit(ReadAuditRequest {
+            from_seq: 0,
+            max_lines: 20,
+            wait_ms: 1000,
+        }),
     ];
     let shard = ShardDescription {
         id: 1,
@@ -243,6 +269,8 @@ fn frame_corpus() -> Vec<Vec<u8>> {
                 },
             ],
             metrics_address: Some("127.0.0.1:7480"),
+            auth_required: true,
+            principal: Some("svc"),
         }),
         Response::CreateStream(CreateStreamResponse {
             stream_id: 7,
@@ -351,6 +379,36 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         }),
         Response::ListGroups(ListGroupsResponse {
             groups: vec!["etl", "audit"],
+        }),
+        Response::AuthChallenge(AuthChallengeResponse {
+            server_nonce: [5; 32],
+            salt: [6; 16],
+            iterations: 4096,
+        }),
+        Response::Authenticate(AuthenticateResponse {
+            principal: "svc.clicks",
+            server_signature: [7; 32],
+        }),
+        Response::CreatePrincipal(PrincipalCreated {
+            name: "svc.clicks",
+            access_key_id: "SPAKABCDEFGHIJKLMNOP",
+            secret: "c2VjcmV0",
+        }),
+        Response::ListPrincipals(ListPrincipalsResponse {
+            principals: vec![PrincipalInfo {
+                name: "svc.clicks",
+                access_key_id: "SPAKABCDEFGHIJKLMNOP",
+                enabled: true,
+                created_ms: 1_700_000_000_000,
+                policies: vec!["writer", "reader"],
+            }],
+        }),
+        Response::GetPolicy(PolicyDocument {
+            document: r#"{"Statement":[]}"#,
+        }),
+        Response::ReadAudit(ReadAuditResponse {
+            next_seq: 9,
+            lines: vec![r#"{"seq":8,"action":"spate:CreateStream"}"#],
         }),
     ];
     let mut corpus = Vec::new();

@@ -567,19 +567,18 @@ fn a_latest_group_reads_from_its_creation_whichever_worker_holds_the_shard() {
         // Checkpointing from another task while the worker waits for records.
         let checkpointer = w2.checkpointer();
         put(&client, "late", 600, 10, 8).await;
-        let (shard_id, last) = loop {
-            match tokio::time::timeout(Duration::from_secs(20), w2.next())
-                .await
-                .expect("records come")
-                .expect("the worker runs")
-                .unwrap()
-            {
-                GroupEvent::Records {
-                    shard_id, records, ..
-                } => break (shard_id, records.last().unwrap().seq),
-                other => panic!("{other:?}"),
-            }
+        let event = tokio::time::timeout(Duration::from_secs(20), w2.next())
+            .await
+            .expect("records come")
+            .expect("the worker runs")
+            .unwrap();
+        let GroupEvent::Records {
+            shard_id, records, ..
+        } = event
+        else {
+            panic!("{event:?}")
         };
+        let last = records.last().unwrap().seq;
         tokio::spawn(async move { checkpointer.checkpoint(shard_id, last).await })
             .await
             .unwrap()

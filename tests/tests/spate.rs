@@ -7,5 +7,7 @@ mod engine;
 mod fanout;
 mod hostile;
 mod reshard;
+mod security;
 mod server;
 mod soak;
+mod tls;

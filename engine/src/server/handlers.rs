@@ -32,6 +32,9 @@ use crate::runtime::{
 use crate::store::ReadOutput;
 
 mod fanout;
+mod security;
+
+pub(crate) use security::ConnSecurity;
 
 /// Kinesis caps one read at 10,000 records and 10 MiB.
 const MAX_READ_RECORDS: u32 = 10_000;
@@ -60,6 +63,7 @@ pub(super) async fn handle<S: Storage + 'static>(
         Ok(req) => execute(core, conn, &frame, req, out).await,
         Err(e) => Err((e.code(), 0, e.to_string()).into()),
     };
+    let result = audited(core, conn, &frame, result, out).await;
     let code = result.as_ref().err().map(|f| f.code.name());
     core.metrics.request(opcode, code);
     if let Err(Failure { code, message, .. }) = &result {
@@ -88,6 +92,59 @@ pub(super) async fn handle<S: Storage + 'static>(
                 shard_map_version: f.shard_map_version,
             },
         );
+    }
+}
+
+/// Records a control-plane call (whatever its outcome), an authentication, or a request
+/// refused for security, in the audit trail before it is answered. A call done whose line
+/// cannot be written is answered with the error instead of its response.
+async fn audited<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
+    conn: &ConnState,
+    frame: &Frame<'_>,
+    result: Result<(), Failure>,
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    if !core.cfg.audit {
+        return result;
+    }
+    let refused = matches!(
+        &result,
+        Err(f) if matches!(
+            f.code,
+            ErrorCode::AccessDenied
+                | ErrorCode::AuthenticationRequired
+                | ErrorCode::AuthenticationFailed
+        )
+    );
+    let op = spate_protocol::Opcode::from_u16(frame.header.opcode);
+    if !refused && !op.is_some_and(security::is_audited_opcode) {
+        return result;
+    }
+    // Decoded again (no copy): audited requests are the rare ones.
+    let Ok(req) = decode_request(frame) else {
+        return result;
+    };
+    let outcome = result.as_ref().err().map(|f| (f.code, f.message.as_str()));
+    let event = security::audit_event(core, conn, frame.header.correlation_id, &req, outcome);
+    match security::audit(core, event).await {
+        Ok(()) => result,
+        Err(f) => {
+            out.clear();
+            Err(Failure {
+                message: match &result {
+                    Ok(()) => format!(
+                        "the call was done, but its audit record could not be stored: {}",
+                        f.message
+                    ),
+                    Err(e) => format!(
+                        "{} (and its audit record could not be stored: {})",
+                        e.message, f.message
+                    ),
+                },
+                ..f
+            })
+        }
     }
 }
 
@@ -140,7 +197,17 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::Hello(_)
         | Request::ListStreams(_)
         | Request::GetRecords(_)
-        | Request::SubscribeCredit(_) => None,
+        | Request::SubscribeCredit(_)
+        | Request::AuthChallenge(_)
+        | Request::Authenticate(_)
+        | Request::CreatePrincipal(_)
+        | Request::ListPrincipals
+        | Request::UpdatePrincipal(_)
+        | Request::DeletePrincipal(_)
+        | Request::PutPolicy(_)
+        | Request::GetPolicy(_)
+        | Request::DeletePolicy(_)
+        | Request::ReadAudit(_) => None,
     }
 }
 
@@ -202,12 +269,14 @@ fn log_error<S: Storage + 'static>(
     }
     limiter.set((now, logged + 1, 0));
     let peer = conn.peer();
+    let principal = conn.security.borrow().principal();
+    let principal = principal.as_deref();
     if server_side {
-        tracing::warn!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+        tracing::warn!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
     } else if pushback {
-        tracing::debug!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+        tracing::debug!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
     } else {
-        tracing::info!(request_id, ?peer, op, stream, %code, suppressed, "{message}");
+        tracing::info!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
     }
 }
 
@@ -225,6 +294,12 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         EngineError::UnknownGroup { .. } => (ErrorCode::UnknownGroup, 0),
         EngineError::LeaseLost(_) => (ErrorCode::LeaseLost, 0),
         EngineError::SubscriptionReplaced => (ErrorCode::SubscriptionReplaced, 0),
+        EngineError::UnknownPrincipal(_) => (ErrorCode::UnknownPrincipal, 0),
+        EngineError::PrincipalExists(_) => (ErrorCode::PrincipalExists, 0),
+        EngineError::UnknownPolicy { .. } => (ErrorCode::UnknownPolicy, 0),
+        EngineError::AccessDenied(_) => (ErrorCode::AccessDenied, 0),
+        EngineError::AuthenticationRequired(_) => (ErrorCode::AuthenticationRequired, 0),
+        EngineError::AuthenticationFailed(_) => (ErrorCode::AuthenticationFailed, 0),
         EngineError::InvalidArgument(_) => (ErrorCode::InvalidArgument, 0),
         EngineError::InvalidBatch(b) => (ErrorCode::from(b.clone()), 0),
         EngineError::Throttled { retry_after_ms } => (ErrorCode::Throttled, *retry_after_ms),
@@ -270,11 +345,26 @@ async fn execute<S: Storage + 'static>(
     out: &mut Vec<u8>,
 ) -> Result<(), Failure> {
     let cid = frame.header.correlation_id;
+    if core.cfg.auth {
+        if let Some(action) = security::action_of(&req) {
+            security::authorize(core, conn, action, stream_of(&req).unwrap_or("*")).await?;
+        }
+    }
     let response = match req {
         Request::Hello(_) => {
-            hello(core, cid, out);
+            hello(core, conn, cid, out).await;
             return Ok(());
         }
+        Request::AuthChallenge(r) => security::challenge(core, conn, r).await?,
+        Request::Authenticate(r) => return security::authenticate(conn, cid, r, out),
+        admin @ (Request::CreatePrincipal(_)
+        | Request::ListPrincipals
+        | Request::UpdatePrincipal(_)
+        | Request::DeletePrincipal(_)
+        | Request::PutPolicy(_)
+        | Request::GetPolicy(_)
+        | Request::DeletePolicy(_)
+        | Request::ReadAudit(_)) => return security::admin(core, cid, &admin, out).await,
         Request::CreateStream(r) => create_stream(core, r).await?,
         Request::DeleteStream(r) => {
             control_op(
@@ -403,7 +493,13 @@ async fn execute<S: Storage + 'static>(
     Ok(())
 }
 
-fn hello<S: Storage + 'static>(core: &Core<S>, cid: u64, out: &mut Vec<u8>) {
+async fn hello<S: Storage + 'static>(
+    core: &Core<S>,
+    conn: &ConnState,
+    cid: u64,
+    out: &mut Vec<u8>,
+) {
+    let principal = security::hello_principal(core, conn).await;
     let topology = core.net.topology.borrow().clone();
     let cores = topology
         .iter()
@@ -419,6 +515,8 @@ fn hello<S: Storage + 'static>(core: &Core<S>, cid: u64, out: &mut Vec<u8>) {
         max_frame_bytes: core.cfg.max_frame_bytes as u32,
         cores,
         metrics_address: metrics.as_deref(),
+        auth_required: core.cfg.auth,
+        principal: principal.as_deref(),
     };
     encode_response(out, cid, &Response::Hello(hello));
 }
@@ -796,6 +894,9 @@ async fn get_records<S: Storage + 'static>(
                 "the iterator's stream no longer exists".to_string(),
             )
         })?;
+    if core.cfg.auth {
+        security::authorize(core, conn, "spate:GetRecords", &entry.name).await?;
+    }
     let (ident, owner, _) = locate(core, &entry.name, token.shard_id).map_err(fail)?;
     // A closed shard read to its end: say so, and name the shards that took its keys.
     let ending = entry

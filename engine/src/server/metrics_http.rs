@@ -1,19 +1,23 @@
 //! The metrics endpoint: `GET /metrics` over HTTP/1.1 on `metrics_listen`, answered by a
 //! thread of its own (never an engine core) with every core's counters merged and encoded
-//! in the Prometheus text format (`crate::metrics`).
+//! in the Prometheus text format (`crate::metrics`). With TLS configured it speaks HTTPS
+//! only, with the listeners' certificate (and client CAs), through blocking rustls.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::metrics::MetricsSnapshot;
 use crate::runtime::{call, CoreMsg};
 
-/// Longest request head read, and how long a client may take to send it.
+/// Longest request head read, and how long a client may take to send it (and, over TLS,
+/// to complete its handshake first): one client at a time is answered.
 const MAX_HEAD_BYTES: usize = 8 << 10;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,9 +29,11 @@ pub(crate) struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
+    /// Starts answering on `listen`; over TLS with `tls`.
     pub(crate) fn start(
         listen: SocketAddr,
         engine: Engine,
+        tls: Option<Arc<ServerConfig>>,
     ) -> Result<MetricsEndpoint, EngineError> {
         let listener = TcpListener::bind(listen).map_err(|e| {
             EngineError::Startup(format!("cannot listen for metrics on {listen}: {e}"))
@@ -46,8 +52,9 @@ impl MetricsEndpoint {
                     }
                     match conn {
                         Ok(conn) => {
-                            if let Err(e) = answer(conn, &engine) {
-                                tracing::debug!(error = %e, "metrics request failed");
+                            let peer = conn.peer_addr().ok();
+                            if let Err(e) = serve(conn, &engine, tls.as_ref()) {
+                                tracing::debug!(?peer, error = %e, "metrics request failed");
                             }
                         }
                         // Out of descriptors, most likely: not a busy loop.
@@ -97,10 +104,35 @@ pub(crate) fn gather(engine: &Engine) -> MetricsSnapshot {
     all
 }
 
-/// Reads one request head and answers it; one request per connection.
-fn answer(mut conn: TcpStream, engine: &Engine) -> std::io::Result<()> {
+/// Answers one connection: over TLS after its handshake, which must finish, like the
+/// request head, within `HEAD_TIMEOUT`.
+fn serve(conn: TcpStream, engine: &Engine, tls: Option<&Arc<ServerConfig>>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(HEAD_TIMEOUT))?;
     conn.set_write_timeout(Some(HEAD_TIMEOUT))?;
+    let Some(tls) = tls else {
+        return answer(conn, engine);
+    };
+    let session = ServerConnection::new(tls.clone()).map_err(std::io::Error::other)?;
+    let mut stream = StreamOwned::new(session, conn);
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    while stream.conn.is_handshaking() {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the TLS handshake took too long",
+            ));
+        }
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    answer(&mut stream, engine)?;
+    // A close_notify, so the client knows the body is whole.
+    stream.conn.send_close_notify();
+    stream.conn.complete_io(&mut stream.sock)?;
+    Ok(())
+}
+
+/// Reads one request head and answers it; one request per connection.
+fn answer(mut conn: impl Read + Write, engine: &Engine) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD_BYTES {

@@ -7,7 +7,9 @@
 //!
 //! Listening: each core binds the public address with SO_REUSEPORT (the kernel spreads
 //! connections over the cores) and its own advertised address, which `Hello` reports so a
-//! shard-aware client can talk straight to the core that owns a shard.
+//! shard-aware client can talk straight to the core that owns a shard. With a certificate
+//! configured ([`tls`]), every one of those listeners and the metrics endpoint speak TLS
+//! only; the handshake runs in the connection's task on the core that accepted it.
 //!
 //! Data flow for a put (see ARCHITECTURE.md): the connection's reader task reads the socket
 //! into a buffer, splits off each complete frame without copying (`bytes::BytesMut`), and
@@ -21,6 +23,7 @@
 //! the only cross-thread step is the forward to another core's channel.
 
 mod handlers;
+mod tls;
 mod transport;
 
 pub use handlers::error_code;
@@ -42,6 +45,7 @@ pub struct Server {
     public: SocketAddr,
     cores: Vec<SocketAddr>,
     metrics: Option<metrics_http::MetricsEndpoint>,
+    tls: bool,
 }
 
 impl std::fmt::Debug for Server {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for Server {
         f.debug_struct("Server")
             .field("public", &self.public)
             .field("cores", &self.cores)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -68,6 +73,11 @@ impl Server {
             "" => None,
             addr => Some(resolve(addr)?),
         };
+        cfg.validate().map_err(EngineError::Startup)?;
+        // Read and checked before any core starts: a missing or invalid file is one error
+        // naming it. Each core builds its own configuration from the same files (`tls`).
+        let tls = tls::ServerTls::load(&cfg)?;
+        let mutual_tls = cfg.tls_client_ca_file.is_some();
         let engine = Engine::start(cfg)?;
         let n = engine.core_cpus().len();
         // A core's own port: the public port + 1 + its index, or any free port when the
@@ -98,8 +108,13 @@ impl Server {
         }
         let metrics = match metrics_listen {
             Some(addr) => {
-                let m = metrics_http::MetricsEndpoint::start(addr, engine.clone())?;
-                tracing::info!("metrics at http://{}/metrics", m.addr());
+                let m = metrics_http::MetricsEndpoint::start(
+                    addr,
+                    engine.clone(),
+                    tls.as_ref().map(tls::ServerTls::config),
+                )?;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!("metrics at {scheme}://{}/metrics", m.addr());
                 Some(m)
             }
             None => None,
@@ -117,13 +132,24 @@ impl Server {
                 }
             }))?;
         }
-        tracing::info!(%public, ?cores, "listening");
+        tracing::info!(%public, ?cores, tls = tls.is_some(), mutual_tls, "listening");
         Ok(Server {
             engine,
             public,
             cores,
             metrics,
+            tls: tls.is_some(),
         })
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &EngineConfig {
+        self.engine.config()
+    }
+
+    /// Whether every listener (and the metrics endpoint) speaks TLS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls
     }
 
     /// The public address (every core accepts there).

@@ -21,6 +21,15 @@
 //!   request budget.
 //! - **Long-polls** parked on a core: `max_parked_reads_per_core`; past it a long-poll
 //!   answers at once (see `runtime`). A long-poll whose connection goes stops waiting.
+//! - **TLS handshakes** (when a certificate is configured, every listener speaks TLS only):
+//!   each runs in its connection's own task, never the accept loop, within
+//!   `tls_handshake_timeout_ms`, and counts against `max_connections_per_core` while it
+//!   runs; a failed one is closed and logged (debug, and a warning at most every 10 s per
+//!   core). A peer that is not speaking TLS fails at its first byte.
+//!
+//! A connection's socket is a [`Socket`]: the TCP stream, or TLS over it (`tls`). Its
+//! reader and writer tasks share it through one `RefCell`; every poll borrows it for its
+//! own duration only. Socket options and shutdowns go to the TCP descriptor underneath.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -36,6 +45,7 @@ use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
 use spate_protocol::{encode_error, peek_header, ErrorCode, ErrorResponse, FrameHeader};
 
+use super::tls::{self, ServerTls, TlsSocket};
 use crate::error::EngineError;
 use crate::io::Storage;
 use crate::notify::Notify;
@@ -55,6 +65,11 @@ const FRAME_GROWTH_BYTES: usize = 1 << 20;
 /// A read answer waits for this much room on its connection (or its `max_bytes`, if less);
 /// only a stored batch larger than this can take an answer past the connection's bound.
 const MIN_RESPONSE_ROOM: usize = 1 << 20;
+/// A refused connection's TLS handshake (the refusal is a frame, which a TLS client reads
+/// only after one) must complete within this, or it is closed without a word.
+const REFUSE_HANDSHAKE: Duration = Duration::from_secs(1);
+/// Failed TLS handshakes are logged at warn at most this often per core (each at debug).
+const TLS_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A core's network state: listeners, topology and request accounting.
 #[derive(Default)]
@@ -86,6 +101,11 @@ pub(crate) struct NetState {
     close: Notify,
     /// Connections being refused (`spawn_reject`).
     rejecting: Cell<usize>,
+    /// The TLS configuration every listener of this core speaks, if any (set by `listen`).
+    tls: RefCell<Option<ServerTls>>,
+    /// Failed TLS handshakes since the last warning, and when that was.
+    tls_failures: Cell<u64>,
+    tls_warned: Cell<Option<Instant>>,
 }
 
 /// A snapshot of one core's network accounting.
@@ -154,6 +174,9 @@ pub(crate) fn listen<S: Storage + 'static>(
     public: Option<SocketAddr>,
     own: SocketAddr,
 ) -> Result<(Option<SocketAddr>, SocketAddr), EngineError> {
+    // This core's own rustls configuration (see `tls`): its handshakes share no lock with
+    // another core's.
+    *core.net.tls.borrow_mut() = ServerTls::load(&core.cfg)?;
     let reuse_port = public.is_some_and(|p| p.port() != 0);
     let public_listener = public.map(|p| bind_listener(p, reuse_port)).transpose()?;
     let own_listener = bind_listener(own, false)?;
@@ -312,7 +335,10 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
         core.net.connections.set(core.net.connections.get() + 1);
         let c = core.clone();
         glommio::spawn_local(async move {
-            Connection::serve(c.clone(), stream).await;
+            let peer = stream.peer_addr().ok();
+            if let Some((socket, identity)) = open(&c, stream, peer).await {
+                Connection::serve(c.clone(), socket, peer, identity).await;
+            }
             c.net.connections.set(c.net.connections.get() - 1);
             c.net.idle.notify_all();
         })
@@ -320,11 +346,74 @@ async fn accept_loop<S: Storage + 'static>(core: Rc<Core<S>>, listener: Rc<TcpLi
     }
 }
 
+/// A new connection's socket and, under mutual TLS, the identity its client proved: the
+/// stream itself, or TLS over it once the handshake succeeded (within
+/// `tls_handshake_timeout_ms`; given up if the core starts stopping meanwhile). `None`:
+/// the connection is closed (a failed handshake, or refused because the core stopped).
+async fn open<S: Storage + 'static>(
+    core: &Rc<Core<S>>,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+) -> Option<(Socket, Option<String>)> {
+    let Some(tls) = core.net.tls.borrow().clone() else {
+        return Some((Socket::Plain(stream), None));
+    };
+    if core.stopping.get() {
+        return None;
+    }
+    let timeout = Duration::from_millis(core.cfg.tls_handshake_timeout_ms);
+    let handshake = async { Some(tls.accept(stream, timeout).await) };
+    let stopping = async {
+        core.net.stopping.wait().await;
+        None
+    };
+    let socket = match futures_lite::future::or(handshake, stopping).await? {
+        Ok(socket) => socket,
+        Err(e) => {
+            handshake_failed(core, peer, &e);
+            return None;
+        }
+    };
+    let identity = tls::client_identity(socket.get_ref().1);
+    let socket = Socket::Tls(Box::new(socket));
+    if core.stopping.get() {
+        // The shutdown began during the handshake: refused as a new connection would be.
+        refuse(
+            socket,
+            ErrorCode::ShuttingDown,
+            "the server is shutting down",
+        )
+        .await;
+        return None;
+    }
+    Some((socket, identity))
+}
+
+/// Logs a failed TLS handshake: each at debug, and a warning (with how many failed since
+/// the last one) at most every `TLS_WARN_EVERY` per core, so a scanner or a misconfigured
+/// fleet cannot flood the log.
+fn handshake_failed<S: Storage + 'static>(core: &Core<S>, peer: Option<SocketAddr>, e: &io::Error) {
+    tracing::debug!(core = core.index, ?peer, error = %e, "TLS handshake failed");
+    let net = &core.net;
+    let failures = net.tls_failures.get() + 1;
+    net.tls_failures.set(failures);
+    if net
+        .tls_warned
+        .get()
+        .is_none_or(|t| t.elapsed() >= TLS_WARN_EVERY)
+    {
+        tracing::warn!(core = core.index, ?peer, error = %e, failures, "TLS handshake failed");
+        net.tls_warned.set(Some(Instant::now()));
+        net.tls_failures.set(0);
+    }
+}
+
 /// Most connections being refused at once per core; past it one is closed without a word.
 const MAX_REJECTING: usize = 64;
 
 /// Refuses a connection in a task of its own, so that a peer slow to close never holds up
-/// the accept loop.
+/// the accept loop. Over TLS the refusal follows a handshake (bounded by
+/// `REFUSE_HANDSHAKE`), since a TLS client reads nothing before one.
 fn spawn_reject<S: Storage + 'static>(
     core: &Rc<Core<S>>,
     stream: TcpStream,
@@ -339,13 +428,25 @@ fn spawn_reject<S: Storage + 'static>(
     net.rejecting.set(net.rejecting.get() + 1);
     let c = core.clone();
     glommio::spawn_local(async move {
-        reject(stream, code, message).await;
+        let tls = c.net.tls.borrow().clone();
+        let socket = match tls {
+            None => Some(Socket::Plain(stream)),
+            Some(tls) => tls
+                .accept(stream, REFUSE_HANDSHAKE)
+                .await
+                .ok()
+                .map(|s| Socket::Tls(Box::new(s))),
+        };
+        if let Some(socket) = socket {
+            refuse(socket, code, message).await;
+        }
         c.net.rejecting.set(c.net.rejecting.get() - 1);
     })
     .detach();
 }
 
-async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {
+/// Answers a connection's only frame (correlation id 0, `code`) and closes it.
+async fn refuse(mut socket: Socket, code: ErrorCode, message: &str) {
     let mut out = Vec::new();
     encode_error(
         &mut out,
@@ -359,26 +460,108 @@ async fn reject(mut stream: TcpStream, code: ErrorCode, message: &str) {
         },
     );
     let write = async {
-        let _ = stream.write_all(&out).await;
+        if socket.write_all(&out).await.is_ok() {
+            // Over TLS, the last record may still sit in rustls: the close sends it.
+            let _ = socket.close().await;
+        }
     };
     // A peer that does not take even this answer does not hold the accept loop.
     let give_up = glommio::timer::sleep(Duration::from_millis(100));
     futures_lite::future::or(write, give_up).await;
     // Close this side, then wait (briefly) for the peer's end: closing with its request
     // unread would reset the connection, and the peer might never read the answer.
-    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+    let _ = socket.sock_ref().shutdown(std::net::Shutdown::Write);
     let drain = async {
         let mut sink = [0u8; 4096];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
     };
     let give_up = glommio::timer::sleep(Duration::from_millis(100));
     futures_lite::future::or(drain, give_up).await;
-    let _ = stream.close().await;
+}
+
+/// A connection's socket: TCP, or TLS over TCP once its handshake is done.
+pub(crate) enum Socket {
+    Plain(TcpStream),
+    Tls(Box<TlsSocket>),
+}
+
+impl Socket {
+    /// The TCP socket underneath, for options and shutdowns (a shutdown under TLS is
+    /// abrupt, sending no close_notify, as a dropped connection's should be).
+    fn sock_ref(&self) -> socket2::SockRef<'_> {
+        match self {
+            Socket::Plain(s) => socket2::SockRef::from(s),
+            Socket::Tls(t) => socket2::SockRef::from(t.get_ref().0.tcp()),
+        }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, Socket::Tls(_))
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Tls(t) => tls::poll_read_tls(t, cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Tls(t) => Pin::new(&mut **t).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            Socket::Tls(t) => Pin::new(&mut **t).poll_flush(cx),
+        }
+    }
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(s) => Pin::new(s).poll_close(cx),
+            Socket::Tls(t) => Pin::new(&mut **t).poll_close(cx),
+        }
+    }
 }
 
 /// The two halves of a socket used by one task each. Both live on one thread and each poll
-/// borrows the stream only for its own duration, so the halves never overlap.
-struct Half(Rc<RefCell<TcpStream>>);
+/// borrows the socket only for its own duration, so the halves never overlap.
+struct Half(Rc<RefCell<Socket>>);
+
+impl Half {
+    /// Reads what arrived, waiting for at least a byte (or the end). A TLS read yields one
+    /// record (16 KiB at most), so over TLS whatever else is ready is read too, without
+    /// waiting: a large frame then takes as few turns of the reader's loop (each sizing the
+    /// buffer) as in plaintext.
+    async fn read_some(&mut self, tls: bool, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = self.read(buf).await?;
+        if !tls || n == 0 {
+            return Ok(n);
+        }
+        while n < buf.len() {
+            match futures_lite::future::poll_once(self.read(&mut buf[n..])).await {
+                Some(Ok(more)) if more > 0 => n += more,
+                // Nothing more for now, the end or an error: the next read meets them.
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+}
 
 impl AsyncRead for Half {
     fn poll_read(
@@ -409,8 +592,11 @@ impl AsyncWrite for Half {
 /// What the request handlers see of their connection: how much room it has for responses,
 /// and whether its peer is gone (a long-poll for a vanished client stops waiting).
 pub(crate) struct ConnState {
-    socket: Rc<RefCell<TcpStream>>,
+    socket: Rc<RefCell<Socket>>,
     peer: Option<SocketAddr>,
+    /// Under mutual TLS, who the client proved to be with its certificate: the subject's
+    /// common name (or `sha256:` and the certificate's fingerprint when it has none).
+    client_identity: Option<String>,
     /// Requests of this connection not yet answered on the socket.
     inflight: Cell<usize>,
     /// When bytes last arrived.
@@ -433,6 +619,9 @@ pub(crate) struct ConnState {
     /// This connection's subscriptions, by the correlation id of their subscribe request:
     /// the credit their client has granted.
     pub(crate) subscriptions: RefCell<std::collections::HashMap<u64, Rc<SubscriptionCredit>>>,
+    /// Who the connection is authenticated as, its challenge under way, and the policy
+    /// decisions it has cached.
+    pub(crate) security: RefCell<super::handlers::ConnSecurity>,
 }
 
 /// Bytes a subscriber has granted and not yet been sent (negative: an event passed it by part
@@ -447,6 +636,11 @@ impl ConnState {
     /// The client's address, for logs.
     pub(crate) fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// Who the client proved to be with its TLS certificate (mutual TLS), if it did.
+    pub(crate) fn client_identity(&self) -> Option<&str> {
+        self.client_identity.as_deref()
     }
 
     /// Waits until the connection has room for a response of up to `want` bytes (at least
@@ -550,12 +744,17 @@ enum Frame {
 }
 
 impl<S: Storage + 'static> Connection<S> {
-    async fn serve(core: Rc<Core<S>>, stream: TcpStream) {
-        let peer = stream.peer_addr().ok();
+    async fn serve(
+        core: Rc<Core<S>>,
+        socket: Socket,
+        peer: Option<SocketAddr>,
+        client_identity: Option<String>,
+    ) {
         let max_held = core.cfg.max_connection_bytes;
         let state = Rc::new(ConnState {
-            socket: Rc::new(RefCell::new(stream)),
+            socket: Rc::new(RefCell::new(socket)),
             peer,
+            client_identity,
             inflight: Cell::new(0),
             last_read: Cell::new(Instant::now()),
             frame_since: Cell::new(None),
@@ -567,6 +766,7 @@ impl<S: Storage + 'static> Connection<S> {
             hung_up: Cell::new(false),
             outbox: Outbox::default(),
             subscriptions: RefCell::new(Default::default()),
+            security: RefCell::new(Default::default()),
         });
         watch(&core, &state);
         let conn = Rc::new(Connection { core, state });
@@ -574,7 +774,12 @@ impl<S: Storage + 'static> Connection<S> {
         let mut frame = Frame::None;
         match conn.read_loop(&mut frame).await {
             Ok(()) => {}
-            Err(e) => tracing::debug!(peer = ?conn.state.peer, error = %e, "connection closed"),
+            Err(e) => tracing::debug!(
+                peer = ?conn.state.peer,
+                identity = ?conn.state.client_identity(),
+                error = %e,
+                "connection closed"
+            ),
         }
         if let Frame::Charged { header, .. } = frame {
             conn.core.net.release(header.frame_len as usize);
@@ -595,6 +800,7 @@ impl<S: Storage + 'static> Connection<S> {
         let cfg = &core.cfg;
         let max_frame = cfg.max_frame_bytes;
         let mut reader = Half(self.state.socket.clone());
+        let tls = self.state.socket.borrow().is_tls();
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
         loop {
             // Frames in the buffer: dispatch the complete ones, charge the started one.
@@ -685,7 +891,7 @@ impl<S: Storage + 'static> Connection<S> {
             };
             self.state.frame_since.set(since);
             buf.resize(start + want, 0);
-            let n = reader.read(&mut buf[start..]).await?;
+            let n = reader.read_some(tls, &mut buf[start..]).await?;
             buf.truncate(start + n);
             if n == 0 {
                 return Ok(());
@@ -788,7 +994,7 @@ impl<S: Storage + 'static> Connection<S> {
             if idle {
                 if self.state.outbox.closed.get() && self.state.inflight.get() == 0 {
                     if !self.state.gone.get() && !finished {
-                        let _ = Half(self.state.socket.clone()).close().await;
+                        self.close_write().await;
                     }
                     return;
                 }
@@ -814,8 +1020,7 @@ impl<S: Storage + 'static> Connection<S> {
                         );
                         let _ = self.write_all(&goodbye).await;
                     }
-                    let socket = self.state.socket.borrow();
-                    let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
+                    self.close_write().await;
                     continue;
                 }
                 futures_lite::future::or(self.state.outbox.ready.wait(), net.close.wait()).await;
@@ -824,26 +1029,39 @@ impl<S: Storage + 'static> Connection<S> {
     }
 
     /// Writes all of `bytes`, noting progress for the sweep (which drops a connection whose
-    /// peer takes nothing for `write_stall_timeout_ms`).
+    /// peer takes nothing for `write_stall_timeout_ms`). Over TLS it also flushes: rustls
+    /// takes plaintext before the socket takes its records.
     async fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
         let mut w = Half(self.state.socket.clone());
         let mut pos = 0;
-        while pos < bytes.len() {
-            self.state.write_since.set(Some(Instant::now()));
-            match w.write(&bytes[pos..]).await {
-                Ok(0) => {
-                    self.state.write_since.set(None);
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                Ok(n) => pos += n,
-                Err(e) => {
-                    self.state.write_since.set(None);
-                    return Err(e);
+        let written = async {
+            while pos < bytes.len() {
+                self.state.write_since.set(Some(Instant::now()));
+                match w.write(&bytes[pos..]).await? {
+                    0 => return Err(io::ErrorKind::WriteZero.into()),
+                    n => pos += n,
                 }
             }
+            self.state.write_since.set(Some(Instant::now()));
+            w.flush().await
         }
+        .await;
         self.state.write_since.set(None);
-        Ok(())
+        written
+    }
+
+    /// Closes this side: a TLS close_notify first (which waits for room like any write, so
+    /// the sweep watches it), then the TCP write side.
+    async fn close_write(&self) {
+        self.state.write_since.set(Some(Instant::now()));
+        let _ = Half(self.state.socket.clone()).close().await;
+        self.state.write_since.set(None);
+        let _ = self
+            .state
+            .socket
+            .borrow()
+            .sock_ref()
+            .shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -857,7 +1075,11 @@ impl ConnState {
     }
 
     fn shutdown(&self) {
-        let _ = socket2::SockRef::from(&*self.socket.borrow()).shutdown(std::net::Shutdown::Both);
+        let _ = self
+            .socket
+            .borrow()
+            .sock_ref()
+            .shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -8,7 +8,6 @@
 //! connection may still authenticate (to test credentials). The audit trail is kept either
 //! way unless `audit = false`.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use rand::RngCore;
@@ -23,7 +22,7 @@ use spate_protocol::{encode_response, ErrorCode, Request, Response};
 
 use super::{fail, Failure};
 use crate::audit::AuditEvent;
-use crate::auth::Decision;
+use crate::auth::{Decision, DecisionCache};
 use crate::io::Storage;
 use crate::runtime::{call, call_read, AuthAnswer, AuthOp, Core, CoreMsg};
 use crate::server::transport::ConnState;
@@ -39,9 +38,8 @@ pub(crate) struct ConnSecurity {
     pending: Option<Pending>,
     /// Authentication failed here: every further request is refused.
     failed: bool,
-    /// Decisions cached under this principals-and-policies version.
-    version: u64,
-    decisions: HashMap<&'static str, HashMap<Box<str>, Decision>>,
+    /// Decisions cached under one principals-and-policies version.
+    decisions: DecisionCache,
 }
 
 #[derive(Debug)]
@@ -129,12 +127,8 @@ pub(crate) async fn authorize<S: Storage + 'static>(
                 format!("{action} needs an authenticated connection: this server has authentication on (give the client an access key id and secret, or a client certificate)"),
             ));
         };
-        if sec.version != version {
-            sec.decisions.clear();
-            sec.version = version;
-        }
-        if let Some(d) = sec.decisions.get(action).and_then(|m| m.get(resource)) {
-            return verdict(*d, &p, action, resource);
+        if let Some(d) = sec.decisions.get(version, action, resource) {
+            return verdict(d, &p, action, resource);
         }
         p
     };
@@ -146,13 +140,12 @@ pub(crate) async fn authorize<S: Storage + 'static>(
     let AuthAnswer::Decision(d) = auth_call(core, op, false).await? else {
         unreachable!("a decision answers a decision")
     };
-    let mut sec = conn.security.borrow_mut();
     // Cached only if nothing changed while it was asked for.
-    if sec.version == version && core.auth_version.get() == version {
-        sec.decisions
-            .entry(action)
-            .or_default()
-            .insert(Box::from(resource), d);
+    if core.auth_version.get() == version {
+        conn.security
+            .borrow_mut()
+            .decisions
+            .insert(version, action, resource, d);
     }
     verdict(d, &principal, action, resource)
 }

@@ -72,6 +72,9 @@ struct Shared {
     /// The server answered ShuttingDown here: answers still come, but the next request goes
     /// on a new connection (to the server once it is back).
     draining: std::sync::atomic::AtomicBool,
+    /// Whether the server has answered anything yet: a failure before that means it never
+    /// took this connection (a refused TLS handshake, a plaintext server).
+    answered: std::sync::atomic::AtomicBool,
     /// Notified (once, with a stored permit) when the connection closed.
     closed: tokio::sync::Notify,
 }
@@ -146,9 +149,10 @@ fn handshake_failure(e: &io::Error) -> String {
     }
 }
 
-/// Whether a read error is the server refusing the handshake (an alert it sends only while
-/// verifying one): with TLS 1.3 the server checks the client's certificate after the
-/// client's side is done, so its refusal arrives as the first thing read.
+/// Whether a read or write error is the server refusing the handshake (an alert it sends
+/// only while verifying one): with TLS 1.3 the server checks the client's certificate
+/// after the client's side is done, so its refusal arrives as the first thing read (or
+/// fails the first write).
 fn refused_handshake(e: &io::Error) -> bool {
     use rustls::AlertDescription as A;
     matches!(
@@ -277,6 +281,7 @@ impl Connection {
                 closed: None,
             }),
             draining: std::sync::atomic::AtomicBool::new(false),
+            answered: std::sync::atomic::AtomicBool::new(false),
             closed: tokio::sync::Notify::new(),
         });
         let (tx, rx) = mpsc::channel(max_in_flight);
@@ -471,7 +476,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         .await;
         if let Err(e) = result {
-            shared.fail(shared.lost(format!("write failed: {e}")));
+            // A TLS 1.3 server refuses a client certificate after the client's side of the
+            // handshake is done: the alert can surface on the first write as well as on
+            // the first read.
+            let unanswered = !shared.answered.load(std::sync::atomic::Ordering::Acquire);
+            let err = if unanswered && refused_handshake(&e) {
+                ClientError::Connect {
+                    addr: shared.addr.clone(),
+                    reason: format!("the server refused the TLS handshake: {e}"),
+                }
+            } else {
+                shared.lost(format!("write failed: {e}"))
+            };
+            shared.fail(err);
             return;
         }
     }
@@ -506,7 +523,12 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read_half: R, shared: Arc<Shared>) 
                     return;
                 }
             };
-            answered = true;
+            if !answered {
+                answered = true;
+                shared
+                    .answered
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             let frame = buf.split_to(len).freeze();
             dispatch(&shared, id, is_error, more, frame);
         }

@@ -86,6 +86,9 @@ pub trait Storage {
     /// Replaces a small file atomically and durably: write a temporary, fsync, rename,
     /// fsync the directory.
     async fn write_small_atomic(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// As [`Storage::write_small_atomic`], the file readable by this user only (mode 0600)
+    /// from the moment it exists (credentials).
+    async fn write_small_private(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Appends `bytes` to `path` (created if missing) and makes them durable (fdatasync;
     /// the new name too, by a directory fsync, when the file was created). Answers the
     /// file's length after the append. For small logs (the audit trail), not data files.
@@ -283,6 +286,11 @@ impl Storage for DmaStorage {
         blocking(move || write_atomic(&path, &bytes)).await
     }
 
+    async fn write_small_private(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
+        blocking(move || write_atomic_mode(&path, &bytes, 0o600)).await
+    }
+
     async fn append_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<u64> {
         let (path, bytes) = (path.to_path_buf(), bytes.to_vec());
         blocking(move || append_durable_blocking(&path, &bytes)).await
@@ -399,11 +407,23 @@ impl DmaStorage {
 /// Write-new, fsync, rename, fsync-directory: after a crash the file is either the old or
 /// the new contents, never a mix. Blocking: call it from a blocking thread.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] with the new file created with `mode` (less the umask). Blocking.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
+    // A temporary left by a crash may have other permissions: start afresh.
+    let _ = std::fs::remove_file(&tmp);
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

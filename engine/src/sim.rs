@@ -613,6 +613,11 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    async fn write_small_private(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        // The simulated disk has no permissions to keep.
+        self.write_small_atomic(path, bytes).await
+    }
+
     async fn append_durable(&self, path: &Path, bytes: &[u8]) -> io::Result<u64> {
         yield_once().await;
         let mut disk = self.disk.borrow_mut();

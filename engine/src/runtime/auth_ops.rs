@@ -132,30 +132,19 @@ impl<S: Storage + 'static> Core<S> {
                         EngineError::Startup(format!("cannot write {}: {e}", path.display()))
                     })?;
                 let creds = self.cfg.data_dir.join(ROOT_CREDENTIALS_FILE);
-                let text = format!(
-                    "{{\"name\":\"{}\",\"access_key_id\":\"{}\",\"secret\":\"{}\"}}\n",
-                    root.name, root.access_key_id, secret
-                );
+                let text = serde_json::json!({
+                    "name": root.name,
+                    "access_key_id": root.access_key_id,
+                    "secret": secret,
+                })
+                .to_string()
+                    + "\n";
                 self.storage
-                    .write_small_atomic(&creds, text.as_bytes())
+                    .write_small_private(&creds, text.as_bytes())
                     .await
                     .map_err(|e| {
                         EngineError::Startup(format!("cannot write {}: {e}", creds.display()))
                     })?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    // The simulated disk has no such file; a real one must not stay readable.
-                    if creds.exists() {
-                        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))
-                            .map_err(|e| {
-                                EngineError::Startup(format!(
-                                    "cannot restrict {}: {e}",
-                                    creds.display()
-                                ))
-                            })?;
-                    }
-                }
                 tracing::warn!(
                     access_key_id = %root.access_key_id,
                     file = %creds.display(),

@@ -1562,7 +1562,7 @@ impl<S: Storage> Store<S> {
             // Damage ends the read after the batches before it; a read that starts at it
             // is told which records are damaged and where reading can go on.
             let (mut batches, damage) =
-                shard::parse_batches_until_damage(&chunk, c.nonce, c.expect_seq);
+                shard::parse_batches_until_damage(&chunk, c.nonce, c.expect_seq, from_seq);
             let damaged = match damage {
                 Some(d) if batches.is_empty() => {
                     if self.at_damage(key, &mut c, &d, from_seq, out.batch_count > 0)? {
@@ -1584,7 +1584,7 @@ impl<S: Storage> Store<S> {
                     return Ok(false);
                 };
                 let (whole_batches, damage) =
-                    shard::parse_batches_until_damage(&whole, c.nonce, c.expect_seq);
+                    shard::parse_batches_until_damage(&whole, c.nonce, c.expect_seq, from_seq);
                 if let Some(d) = damage.filter(|_| whole_batches.is_empty()) {
                     if self.at_damage(key, &mut c, &d, from_seq, out.batch_count > 0)? {
                         return Ok(true);

@@ -468,7 +468,7 @@ pub(crate) fn parse_batches(
     expect_seq: u64,
     strict: bool,
 ) -> Result<Vec<(usize, BatchHeader)>, (usize, String)> {
-    match parse_batches_until_damage(chunk, nonce, expect_seq) {
+    match parse_batches_until_damage(chunk, nonce, expect_seq, 0) {
         (_, Some(d)) if strict => Err((d.at, d.why)),
         (out, _) => Ok(out),
     }
@@ -486,11 +486,15 @@ pub(crate) struct Damage {
 }
 
 /// The whole batches at the start of `chunk` that verify, and the first one that does not,
-/// if one does not. A batch cut by the end of the chunk is neither.
+/// if one does not. A batch cut by the end of the chunk is neither. Batches that end at or
+/// before `serve_from` (a read wants none of their records) have only their headers
+/// checked, which is all walking past them needs: a tip follower's read, which starts at
+/// an indexed batch before its position, does not check again the records it skips.
 pub(crate) fn parse_batches_until_damage(
     chunk: &[u8],
     nonce: u64,
     mut expect_seq: u64,
+    serve_from: u64,
 ) -> (Vec<(usize, BatchHeader)>, Option<Damage>) {
     let mut out = Vec::new();
     let mut pos = 0usize;
@@ -510,8 +514,10 @@ pub(crate) fn parse_batches_until_damage(
         if chunk.len() - pos < len {
             break;
         }
-        if let Err(e) = batch::verify_stored(&chunk[pos..pos + len]) {
-            return (out, damage(e.to_string(), Some(h)));
+        if h.next_seq() > serve_from {
+            if let Err(e) = batch::verify_stored(&chunk[pos..pos + len]) {
+                return (out, damage(e.to_string(), Some(h)));
+            }
         }
         out.push((pos, h));
         pos += len;
@@ -566,6 +572,40 @@ mod tests {
             2,
             "an entry every 4 KiB: at 4096 and past 8192"
         );
+    }
+
+    #[test]
+    fn skipped_batches_are_walked_by_their_headers_and_served_ones_verified() {
+        // Three stored batches of one record each (sequence numbers 0, 1, 2); the second's
+        // records damaged, its header intact.
+        let mut chunk = Vec::new();
+        let mut starts = Vec::new();
+        for seq in 0..3u64 {
+            let mut b = one(&[seq as u8; 100]);
+            batch::stamp(&mut b, seq, 1_000 + seq as i64, 99);
+            starts.push(chunk.len());
+            chunk.extend_from_slice(&b);
+        }
+        let last = chunk.len() - 1;
+        chunk[starts[2] - 1] ^= 0xff; // the last byte of the second batch's records
+        assert!(chunk[last] == 2, "the third batch is intact");
+        // Serving from 0 or 1 meets the damage at the second batch.
+        for from in [0, 1] {
+            let (ok, damage) = parse_batches_until_damage(&chunk, 99, 0, from);
+            assert_eq!(ok.len(), 1, "from {from}");
+            let d = damage.expect("damage");
+            assert_eq!(d.at, starts[1]);
+            assert_eq!(d.header.map(|h| h.base_seq), Some(1));
+        }
+        // A read from 2 walks past it by its header and gets the third, verified.
+        let (ok, damage) = parse_batches_until_damage(&chunk, 99, 0, 2);
+        assert!(damage.is_none());
+        assert_eq!(ok.iter().map(|(_, h)| h.base_seq).collect::<Vec<_>>(), [0, 1, 2]);
+        // Damage in a batch that is served is still found.
+        chunk[last] ^= 0xff;
+        let (ok, damage) = parse_batches_until_damage(&chunk, 99, 0, 2);
+        assert_eq!(ok.len(), 2);
+        assert_eq!(damage.expect("damage").at, starts[2]);
     }
 
     #[test]

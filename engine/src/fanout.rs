@@ -4,7 +4,9 @@
 //!
 //! What must survive a restart (consumers, groups, checkpoints) is [`FanoutData`], kept in
 //! `<data>/fanout.bin` in the catalog's file format (magic `SPFANOU1`, CRC32C, length, rkyv
-//! archive) and written atomically, through the storage, before a change is answered.
+//! archive) and written atomically, through the storage, before a change is answered —
+//! except checkpoints, the frequent change, which are appended to `<data>/fanout.log` (one
+//! fdatasync per group of them) and folded into the next snapshot ([`Fanout::take_log`]).
 //! Members and leases live in memory only: after a restart every worker's next heartbeat
 //! rejoins it and the shards are leased afresh (a worker resumes after the checkpoint, so
 //! nothing checkpointed is delivered again; what came after it may be: at-least-once).
@@ -27,6 +29,11 @@ use crate::error::EngineError;
 
 const FANOUT_MAGIC: [u8; 8] = *b"SPFANOU1";
 pub const FANOUT_FILE: &str = "fanout.bin";
+/// Checkpoints since the last snapshot, appended (see [`Fanout::take_log`]).
+pub const CHECKPOINT_LOG_FILE: &str = "fanout.log";
+/// Past this many bytes of checkpoint log, the state is written whole and the log starts
+/// over.
+pub const CHECKPOINT_LOG_MAX_BYTES: u64 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ConsumerEntry {
@@ -174,8 +181,12 @@ pub struct Fanout {
     live: HashMap<(u64, String), GroupLive>,
     /// Lease epochs: from the clock at start, so they rise across restarts too.
     next_epoch: u64,
-    /// Raised by every change to `data` (what a save must cover).
+    /// Raised by every change to `data` but checkpoints (what a snapshot must cover).
     pub changes: u64,
+    /// Checkpoints stored since the start, and the encoded log records of those not yet
+    /// handed to the log writer, by number.
+    pub checkpoints: u64,
+    log_pending: Vec<(u64, Vec<u8>)>,
 }
 
 impl Fanout {
@@ -201,12 +212,70 @@ impl Fanout {
             live: HashMap::new(),
             next_epoch: (now_ms.max(0) as u64) << 8,
             changes: 0,
+            checkpoints: 0,
+            log_pending: Vec::new(),
         })
     }
 
     /// The file's path and encoded bytes, for an atomic write.
     pub fn encoded(&self) -> (PathBuf, Vec<u8>) {
         (self.path.clone(), encode(&self.data))
+    }
+
+    /// The checkpoint log's records not yet taken, up to checkpoint number `upto`, as bytes
+    /// to append (CRC-framed: a torn tail is found and ignored on replay).
+    ///
+    /// Checkpoints are the frequent change (a worker may checkpoint every batch), so each
+    /// is appended to `fanout.log` (one fdatasync per group of them) instead of rewriting
+    /// the whole state; a snapshot (`fanout.bin`) covers every checkpoint made before it and
+    /// empties the log. Replaying a record is idempotent and never moves a checkpoint back
+    /// or onto a group re-created since ([`Fanout::replay_log`]), so a log left behind by a
+    /// crash between a snapshot and the log's removal does no harm.
+    pub fn take_log(&mut self, upto: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.log_pending.retain(|(n, bytes)| {
+            if *n <= upto {
+                out.extend_from_slice(bytes);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    /// Forgets the log records a snapshot covered (numbers up to `upto`).
+    pub fn snapshot_covers(&mut self, upto: u64) {
+        self.log_pending.retain(|(n, _)| *n > upto);
+    }
+
+    /// Applies a checkpoint log's records (`bytes`, the file's contents) over the state
+    /// loaded from the snapshot; stops at the first record that does not verify (a torn
+    /// tail). Answers how many records it read.
+    pub fn replay_log(&mut self, bytes: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut read = 0;
+        while let Some((rec, len)) = decode_log_record(&bytes[pos..]) {
+            pos += len;
+            read += 1;
+            let Some(g) = self.data.groups.iter_mut().find(|g| {
+                g.stream_id == rec.stream_id
+                    && g.name == rec.group
+                    && g.created_ms == rec.group_created_ms
+            }) else {
+                continue;
+            };
+            let ahead = match (g.checkpoint(rec.shard_id), rec.checkpoint) {
+                (Checkpoint::None, _) => true,
+                (Checkpoint::After { seq: old }, StoredCheckpoint::After(new)) => new > old,
+                (Checkpoint::After { .. }, StoredCheckpoint::ShardEnd) => true,
+                (Checkpoint::ShardEnd, _) => false,
+            };
+            if ahead {
+                g.set_checkpoint(rec.shard_id, rec.checkpoint);
+            }
+        }
+        read
     }
 
     /// Drops what belongs to stream incarnations that no longer exist.
@@ -589,7 +658,15 @@ impl Fanout {
             }
         };
         g.set_checkpoint(shard_id, stored);
-        self.changes += 1;
+        let record = encode_log_record(&LogRecord {
+            stream_id: g.stream_id,
+            group: g.name.clone(),
+            group_created_ms: g.created_ms,
+            shard_id,
+            checkpoint: stored,
+        });
+        self.checkpoints += 1;
+        self.log_pending.push((self.checkpoints, record));
         if stored == StoredCheckpoint::ShardEnd {
             self.rebalance(gi, stream, now_ms, timeout_ms);
         }
@@ -640,6 +717,67 @@ impl Fanout {
             shards,
         })
     }
+}
+
+/// One checkpoint in `fanout.log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogRecord {
+    stream_id: u64,
+    group: String,
+    /// Which incarnation of the group (a group deleted and made again is another).
+    group_created_ms: i64,
+    shard_id: u32,
+    checkpoint: StoredCheckpoint,
+}
+
+/// `len u32, crc32c u32, payload`; payload: stream_id u64, group_created_ms i64, shard_id
+/// u32, tag u8 (1 after, 2 shard end), seq u64, group name (u16 length, bytes).
+fn encode_log_record(r: &LogRecord) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + r.group.len());
+    p.extend_from_slice(&r.stream_id.to_le_bytes());
+    p.extend_from_slice(&r.group_created_ms.to_le_bytes());
+    p.extend_from_slice(&r.shard_id.to_le_bytes());
+    let (tag, seq) = match r.checkpoint {
+        StoredCheckpoint::After(seq) => (1u8, seq),
+        StoredCheckpoint::ShardEnd => (2u8, 0),
+    };
+    p.push(tag);
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend_from_slice(&(r.group.len() as u16).to_le_bytes());
+    p.extend_from_slice(r.group.as_bytes());
+    let mut out = Vec::with_capacity(8 + p.len());
+    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&p).to_le_bytes());
+    out.extend_from_slice(&p);
+    out
+}
+
+/// The record at the start of `bytes` and its length, if a whole one verifies there.
+fn decode_log_record(bytes: &[u8]) -> Option<(LogRecord, usize)> {
+    let len = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?);
+    let p = bytes.get(8..8usize.checked_add(len)?)?;
+    if crc32c::crc32c(p) != crc || p.len() < 31 {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
+    let name_len = u16::from_le_bytes(p[29..31].try_into().expect("2 bytes")) as usize;
+    let group = std::str::from_utf8(p.get(31..31 + name_len)?)
+        .ok()?
+        .to_owned();
+    let checkpoint = match p[20] {
+        1 => StoredCheckpoint::After(u64_at(21)),
+        2 => StoredCheckpoint::ShardEnd,
+        _ => return None,
+    };
+    let rec = LogRecord {
+        stream_id: u64_at(0),
+        group_created_ms: u64_at(8) as i64,
+        shard_id: u32::from_le_bytes(p[16..20].try_into().expect("4 bytes")),
+        checkpoint,
+        group,
+    };
+    Some((rec, 8 + len))
 }
 
 fn encode(data: &FanoutData) -> Vec<u8> {
@@ -742,6 +880,72 @@ mod tests {
         let mut all: Vec<u32> = a.iter().chain(&b).copied().collect();
         all.sort_unstable();
         assert_eq!(all, (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_checkpoint_log_replays_forward_only_onto_the_same_group() {
+        let s = stream(2);
+        let mut f = fanout();
+        hb(&mut f, &s, "w1", 0);
+        let leases = f
+            .heartbeat(&s, "g", "w1", IteratorPosition::TrimHorizon, false, 1, 6000)
+            .unwrap();
+        let (_, snapshot) = f.encoded();
+        let cp = |f: &mut Fanout, shard: u32, seq: u64| {
+            let epoch = leases.iter().find(|l| l.shard_id == shard).unwrap().epoch;
+            let c = Checkpoint::After { seq };
+            f.checkpoint(&s, "g", "w1", shard, epoch, c, 2, 6000)
+                .unwrap();
+        };
+        cp(&mut f, 0, 10);
+        cp(&mut f, 1, 7);
+        cp(&mut f, 0, 25);
+        assert_eq!(f.checkpoints, 3);
+        let log = f.take_log(f.checkpoints);
+        assert!(f.take_log(u64::MAX).is_empty(), "taken once");
+        // The snapshot from before the checkpoints plus the log: where the state is now.
+        let restored = |bytes: &[u8]| {
+            let mut r = Fanout::from_bytes(Path::new("/x"), Some(&snapshot), 0).unwrap();
+            let n = r.replay_log(bytes);
+            (r, n)
+        };
+        let (r, n) = restored(&log);
+        assert_eq!(n, 3);
+        let g = &r.data.groups[0];
+        assert_eq!(g.checkpoint(0), Checkpoint::After { seq: 25 });
+        assert_eq!(g.checkpoint(1), Checkpoint::After { seq: 7 });
+        // Replayed again (a log left behind by a crash after a snapshot): nothing moves.
+        let mut twice = log.clone();
+        twice.extend_from_slice(&log);
+        let (r2, _) = restored(&twice);
+        assert_eq!(r2.data, r.data);
+        // A torn tail: the whole records before it count, the rest is ignored.
+        let (r3, n3) = restored(&log[..log.len() - 3]);
+        assert_eq!(n3, 2);
+        assert_eq!(
+            r3.data.groups[0].checkpoint(0),
+            Checkpoint::After { seq: 10 }
+        );
+        // Garbage in the middle stops the replay there.
+        let mut bad = log.clone();
+        bad[9] ^= 1;
+        assert_eq!(restored(&bad).1, 0);
+        // A group deleted and made again is another group: old records do not touch it.
+        let mut again = Fanout::from_bytes(Path::new("/x"), Some(&snapshot), 0).unwrap();
+        again.delete_group(&s, "g").unwrap();
+        again
+            .heartbeat(
+                &s,
+                "g",
+                "w1",
+                IteratorPosition::TrimHorizon,
+                false,
+                99,
+                6000,
+            )
+            .unwrap();
+        again.replay_log(&log);
+        assert_eq!(again.data.groups[0].checkpoint(0), Checkpoint::None);
     }
 
     #[test]

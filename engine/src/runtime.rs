@@ -501,6 +501,10 @@ pub struct Core<S: Storage> {
     /// Core 0: one write of the fan-out state at a time, and the changes it covered.
     fanout_writer: crate::notify::TaskLock,
     fanout_saved: Cell<u64>,
+    /// Core 0: checkpoints durable (in the log or a snapshot), by number, and whether a
+    /// failed append may have left the log torn (the next checkpoint writes a snapshot).
+    checkpoints_saved: Cell<u64>,
+    checkpoint_log_broken: Cell<bool>,
     /// Subscriptions' claims handed out by this core.
     next_generation: Cell<u64>,
     /// Core 0: principals and their policies (`crate::auth`).
@@ -651,6 +655,8 @@ impl<S: Storage + 'static> Core<S> {
             fanout_lock: crate::notify::TaskLock::new(),
             fanout_writer: crate::notify::TaskLock::new(),
             fanout_saved: Cell::new(0),
+            checkpoints_saved: Cell::new(0),
+            checkpoint_log_broken: Cell::new(false),
             next_generation: Cell::new(0),
             auth: None,
             auth_writer: crate::notify::TaskLock::new(),
@@ -672,6 +678,24 @@ impl<S: Storage + 'static> Core<S> {
             let live: std::collections::HashSet<u64> =
                 core.routes.borrow().values().map(|e| e.stream_id).collect();
             fanout.retain_streams(|id| live.contains(&id));
+            // Checkpoints since the last snapshot: replayed, then folded into a new
+            // snapshot, so appends never follow a torn tail.
+            let log_path = core.cfg.data_dir.join(crate::fanout::CHECKPOINT_LOG_FILE);
+            let log = core.storage.read_small(&log_path).await.map_err(|e| {
+                EngineError::Startup(format!("cannot read {}: {e}", log_path.display()))
+            })?;
+            if let Some(log) = log {
+                let records = fanout.replay_log(&log);
+                let (path, bytes) = fanout.encoded();
+                let io =
+                    |e: std::io::Error| EngineError::Startup(format!("{}: {e}", path.display()));
+                core.storage
+                    .write_small_atomic(&path, &bytes)
+                    .await
+                    .map_err(io)?;
+                core.storage.remove_file(&log_path).await.map_err(io)?;
+                tracing::info!(records, "consumer-group checkpoint log replayed");
+            }
             core.fanout = Some(RefCell::new(fanout));
             core.open_security().await?;
         }

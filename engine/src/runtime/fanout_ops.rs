@@ -216,7 +216,7 @@ impl<S: Storage + 'static> Core<S> {
                 fanout.borrow_mut().checkpoint(
                     &entry, &group, &worker, shard_id, epoch, checkpoint, now, timeout,
                 )?;
-                self.persist_fanout().await?;
+                self.persist_checkpoints().await?;
                 Ok(FanoutAnswer::Done)
             }
             FanoutOp::DescribeGroup { stream, group } => {
@@ -248,26 +248,76 @@ impl<S: Storage + 'static> Core<S> {
     }
 
     /// Writes the fan-out state if it changed since the last write, sharing one write
-    /// among every change made meanwhile (group commit: a burst of checkpoints costs one
-    /// atomic write, not one each).
+    /// among every change made meanwhile (group commit).
     async fn persist_fanout(&self) -> Result<(), EngineError> {
-        let fanout = self.fanout.as_ref().expect("core 0");
-        let want = fanout.borrow().changes;
+        let want = self.fanout.as_ref().expect("core 0").borrow().changes;
         let _writer = self.fanout_writer.lock().await;
         if self.fanout_saved.get() >= want {
             return Ok(());
         }
-        let (path, bytes, covers) = {
+        self.snapshot_fanout().await
+    }
+
+    /// Makes the checkpoints stored so far durable: appends their records to the
+    /// checkpoint log with one fdatasync for all of them (group commit), and writes a
+    /// snapshot instead once the log is long (or a failed append may have left it torn).
+    async fn persist_checkpoints(&self) -> Result<(), EngineError> {
+        let fanout = self.fanout.as_ref().expect("core 0");
+        let want = fanout.borrow().checkpoints;
+        let _writer = self.fanout_writer.lock().await;
+        if self.checkpoints_saved.get() >= want {
+            return Ok(());
+        }
+        if self.checkpoint_log_broken.get() {
+            return self.snapshot_fanout().await;
+        }
+        let upto = fanout.borrow().checkpoints;
+        let bytes = fanout.borrow_mut().take_log(upto);
+        let path = self.cfg.data_dir.join(crate::fanout::CHECKPOINT_LOG_FILE);
+        match self.storage.append_durable(&path, &bytes).await {
+            Ok(len) => {
+                self.checkpoints_saved.set(upto);
+                if len > crate::fanout::CHECKPOINT_LOG_MAX_BYTES {
+                    self.snapshot_fanout().await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // The file may end in part of this append: nothing more goes after it; the
+                // next checkpoint writes the whole state instead (which covers these).
+                self.checkpoint_log_broken.set(true);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Writes the whole fan-out state (every checkpoint made so far included) atomically,
+    /// then removes the checkpoint log it covers. The caller holds `fanout_writer`.
+    async fn snapshot_fanout(&self) -> Result<(), EngineError> {
+        let fanout = self.fanout.as_ref().expect("core 0");
+        let (path, bytes, covers, checkpoints) = {
             let mut f = fanout.borrow_mut();
             let routes = self.routes.borrow();
             let live: std::collections::HashSet<u64> =
                 routes.values().map(|e| e.stream_id).collect();
             f.retain_streams(|id| live.contains(&id));
             let (path, bytes) = f.encoded();
-            (path, bytes, f.changes)
+            (path, bytes, f.changes, f.checkpoints)
         };
         self.storage.write_small_atomic(&path, &bytes).await?;
         self.fanout_saved.set(covers);
+        fanout.borrow_mut().snapshot_covers(checkpoints);
+        self.checkpoints_saved
+            .set(self.checkpoints_saved.get().max(checkpoints));
+        // What the log held is in the snapshot now. Should the removal not survive a crash,
+        // replaying the old log changes nothing (see `Fanout::take_log`).
+        let log = self.cfg.data_dir.join(crate::fanout::CHECKPOINT_LOG_FILE);
+        match self.storage.remove_file(&log).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.checkpoint_log_broken.set(false);
         Ok(())
     }
 

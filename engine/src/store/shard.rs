@@ -600,7 +600,10 @@ mod tests {
         // A read from 2 walks past it by its header and gets the third, verified.
         let (ok, damage) = parse_batches_until_damage(&chunk, 99, 0, 2);
         assert!(damage.is_none());
-        assert_eq!(ok.iter().map(|(_, h)| h.base_seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            ok.iter().map(|(_, h)| h.base_seq).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         // Damage in a batch that is served is still found.
         chunk[last] ^= 0xff;
         let (ok, damage) = parse_batches_until_damage(&chunk, 99, 0, 2);

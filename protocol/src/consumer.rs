@@ -15,7 +15,8 @@
 //!                       ended bool, child_shards (count, u32…), batch_count u32, batches
 //! SubscribeCredit 45    subscription u64 (its correlation id), bytes u32  -> (empty)
 //! GroupHeartbeat 50     stream str, group str, worker str, start position, leave bool
-//!                       -> lease_timeout_ms u32, count, Lease…
+//!                       -> lease_timeout_ms u32, start position (where a shard without
+//!                          a checkpoint is read from), count, Lease…
 //!   Lease:              shard_id u32, epoch u64, checkpoint
 //! Checkpoint 51         stream str, group str, worker str, shard_id u32, epoch u64,
 //!                       checkpoint                           -> (empty)

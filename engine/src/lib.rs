@@ -20,6 +20,7 @@ pub mod auth;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod fanout;

@@ -452,17 +452,22 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
             .clone()
             .expect("a scaling decision is described");
         assert!(why.contains("-> "), "{why}");
-        // Quiet: it merges back toward 4 shards.
+        // Quiet: it merges back toward 4 shards. (The scaler may still split once or twice
+        // on what it saw of the load before the merges start: those raise `most`.)
         let started = std::time::Instant::now();
         loop {
             let info = client.describe_stream("auto").await.unwrap();
-            if open(&info) < most {
-                assert!(open(&info) >= 4);
-                assert!(
-                    info.last_scaling.unwrap().contains("below"),
-                    "scale-in says why"
-                );
+            let n = open(&info);
+            let scaled_in = info
+                .last_scaling
+                .as_deref()
+                .is_some_and(|why| why.contains("below"));
+            if scaled_in && n < most {
+                assert!(n >= 4);
                 break;
+            }
+            if !scaled_in {
+                most = most.max(n);
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),

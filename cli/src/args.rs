@@ -112,10 +112,9 @@ pub struct TlsAfterArgs {
 }
 
 impl Cli {
-    /// The server a client command talks to: the flag after the command, else the one
-    /// before it, else the default.
-    pub fn server(&self) -> String {
-        let after = match &self.command {
+    /// The flags given after a client command (`serve` takes none).
+    fn after(&self) -> Option<&ServerArg> {
+        match &self.command {
             Command::Serve(_) => None,
             Command::Stream { server, .. }
             | Command::Put { server, .. }
@@ -126,9 +125,15 @@ impl Cli {
             | Command::Consume { server, .. }
             | Command::Group { server, .. }
             | Command::Auth { server, .. }
-            | Command::Audit { server, .. } => server.server.clone(),
-        };
-        after
+            | Command::Audit { server, .. } => Some(server),
+        }
+    }
+
+    /// The server a client command talks to: the flag after the command, else the one
+    /// before it, else the default.
+    pub fn server(&self) -> String {
+        self.after()
+            .and_then(|a| a.server.clone())
             .or_else(|| self.server.clone())
             .unwrap_or_else(|| DEFAULT_SERVER.to_string())
     }
@@ -144,19 +149,7 @@ impl Cli {
     /// the command, then before it), else SPATE_ACCESS_KEY_ID and SPATE_SECRET; `None`:
     /// unauthenticated.
     pub fn credentials(&self) -> Result<Option<Credentials>, String> {
-        let after = match &self.command {
-            Command::Serve(_) => CredAfterArgs::default(),
-            Command::Stream { server, .. }
-            | Command::Put { server, .. }
-            | Command::Read { server, .. }
-            | Command::Top { server, .. }
-            | Command::Consumer { server, .. }
-            | Command::Subscribe { server, .. }
-            | Command::Consume { server, .. }
-            | Command::Group { server, .. }
-            | Command::Auth { server, .. }
-            | Command::Audit { server, .. } => server.creds.clone(),
-        };
+        let after = self.after().map(|a| a.creds.clone()).unwrap_or_default();
         let id = after
             .access_key_id
             .or_else(|| self.creds.access_key_id.clone())
@@ -189,19 +182,7 @@ impl Cli {
 
     fn tls_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Option<TlsOptions> {
         let before = &self.tls;
-        let after = match &self.command {
-            Command::Serve(_) => TlsAfterArgs::default(),
-            Command::Stream { server, .. }
-            | Command::Put { server, .. }
-            | Command::Read { server, .. }
-            | Command::Top { server, .. }
-            | Command::Consumer { server, .. }
-            | Command::Subscribe { server, .. }
-            | Command::Consume { server, .. }
-            | Command::Group { server, .. }
-            | Command::Auth { server, .. }
-            | Command::Audit { server, .. } => server.tls.clone(),
-        };
+        let after = self.after().map(|a| a.tls.clone()).unwrap_or_default();
         let ca = after.ca.or_else(|| before.ca.clone());
         let (cert, key) = match (&after.client_cert, &after.client_key) {
             (Some(c), Some(k)) => (Some(c.clone()), Some(k.clone())),

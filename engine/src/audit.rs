@@ -92,35 +92,11 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// The line for `event` as number `seq` after a line hashed `prev`, and its hash.
 fn encode_line(event: &AuditEvent, seq: u64, prev: &[u8; 32]) -> (String, [u8; 32]) {
     let body = Body {
         seq,
-        time: rfc3339(event.time_ms),
+        time: crate::clock::rfc3339_ms(event.time_ms),
         time_ms: event.time_ms,
         principal: event.principal.as_deref(),
         source: event.source.as_deref(),
@@ -477,13 +453,6 @@ mod tests {
             error: None,
             request_id: i,
         }
-    }
-
-    #[test]
-    fn time_is_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_796_256_123_456), "2026-12-03T00:02:03.456Z");
     }
 
     /// Writes `n` lines through the simulated disk, in files of `max` bytes, and copies

@@ -645,25 +645,40 @@ pub fn validate_retention(hours: u32) -> Result<(), EngineError> {
 
 fn encode(data: &CatalogData) -> Vec<u8> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data).expect("catalog serializes");
+    seal_state_file(&CATALOG_MAGIC, &payload)
+}
+
+/// The catalog's file format, which `fanout.bin` and `auth.bin` share: 8-byte magic,
+/// CRC32C of the payload, payload length (u32), payload (an rkyv archive).
+pub(crate) fn seal_state_file(magic: &[u8; 8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + payload.len());
-    out.extend_from_slice(&CATALOG_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     out
+}
+
+/// The payload of a file in [`seal_state_file`]'s format, checked (magic, length, CRC),
+/// copied to an aligned buffer for rkyv (the file's bytes sit at an arbitrary address).
+pub(crate) fn open_state_file(
+    magic: &[u8; 8],
+    bytes: &[u8],
+) -> Result<rkyv::util::AlignedVec<16>, String> {
+    if bytes.len() < 16 || bytes[..8] != *magic {
+        return Err("bad magic".into());
+    }
+    let payload = checked_payload(bytes)?;
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    Ok(aligned)
 }
 
 fn decode(bytes: &[u8]) -> Result<CatalogData, String> {
     if bytes.len() >= 16 && bytes[..8] == CATALOG_MAGIC_V1 {
         return v1::decode(bytes);
     }
-    if bytes.len() < 16 || bytes[..8] != CATALOG_MAGIC {
-        return Err("bad magic".into());
-    }
-    let payload = checked_payload(bytes)?;
-    // rkyv needs the archive aligned; the file's bytes sit at an arbitrary address.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
+    let aligned = open_state_file(&CATALOG_MAGIC, bytes)?;
     rkyv::from_bytes::<CatalogData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
 }
 

@@ -782,28 +782,11 @@ fn decode_log_record(bytes: &[u8]) -> Option<(LogRecord, usize)> {
 
 fn encode(data: &FanoutData) -> Vec<u8> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data).expect("fan-out state serializes");
-    let mut out = Vec::with_capacity(16 + payload.len());
-    out.extend_from_slice(&FANOUT_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    crate::catalog::seal_state_file(&FANOUT_MAGIC, &payload)
 }
 
 fn decode(bytes: &[u8]) -> Result<FanoutData, String> {
-    if bytes.len() < 16 || bytes[..8] != FANOUT_MAGIC {
-        return Err("bad magic".into());
-    }
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    let len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
-    let payload = bytes
-        .get(16..16 + len)
-        .ok_or("shorter than its length says")?;
-    if crc32c::crc32c(payload) != crc {
-        return Err("checksum mismatch".into());
-    }
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
+    let aligned = crate::catalog::open_state_file(&FANOUT_MAGIC, bytes)?;
     rkyv::from_bytes::<FanoutData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
 }
 

@@ -18,6 +18,15 @@ pub fn test_config(data_dir: &Path) -> EngineConfig {
     }
 }
 
+/// A two-worker tokio runtime for a test's clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// `base` with the keys of a TOML fragment laid over it (`""` changes nothing).
 pub fn config_with(base: EngineConfig, toml_fragment: &str) -> EngineConfig {
     let mut table = toml::Value::try_from(&base).expect("config serialises");

@@ -13,15 +13,7 @@ use spate_client::{
 };
 use spate_engine::config::EngineConfig;
 use spate_engine::server::Server;
-use spate_tests::{test_config, ChildServer};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use spate_tests::{runtime, test_config, ChildServer};
 
 fn start(dir: &std::path::Path, cfg: impl FnOnce(EngineConfig) -> EngineConfig) -> Server {
     Server::start(cfg(EngineConfig {

@@ -19,15 +19,7 @@ use spate_protocol::scram;
 use spate_protocol::{
     decode_frame, decode_response, encode_request, ListStreamsRequest, Request, Response,
 };
-use spate_tests::test_config;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use spate_tests::{runtime, test_config};
 
 fn start(dir: &std::path::Path) -> Server {
     Server::start(EngineConfig {
@@ -428,6 +420,12 @@ fn a_group_reader_refused_for_a_while_resumes_where_it_stopped() {
         .unwrap();
         let mut seen: Vec<u64> = Vec::new();
         let mut refused = 0;
+        fn numbers(records: &[spate_client::Record]) -> Vec<u64> {
+            records
+                .iter()
+                .map(|r| std::str::from_utf8(&r.data).unwrap().parse().unwrap())
+                .collect()
+        }
         async fn next(worker: &mut GroupWorker) -> Result<GroupEvent, ClientError> {
             tokio::time::timeout(Duration::from_secs(20), worker.next())
                 .await
@@ -436,12 +434,7 @@ fn a_group_reader_refused_for_a_while_resumes_where_it_stopped() {
         }
         while seen.len() < 50 {
             if let Ok(GroupEvent::Records { records, .. }) = next(&mut worker).await {
-                seen.extend(records.iter().map(|r| {
-                    std::str::from_utf8(&r.data)
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap()
-                }));
+                seen.extend(numbers(&records));
             }
         }
         // Reads refused: the worker says so (a long-poll authorized before the change ends
@@ -460,12 +453,7 @@ fn a_group_reader_refused_for_a_while_resumes_where_it_stopped() {
                     assert_eq!(e.code(), Some(ErrorCode::AccessDenied), "{e}");
                     refused += 1;
                 }
-                Ok(GroupEvent::Records { records, .. }) => seen.extend(records.iter().map(|r| {
-                    std::str::from_utf8(&r.data)
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap()
-                })),
+                Ok(GroupEvent::Records { records, .. }) => seen.extend(numbers(&records)),
                 Ok(_) => {}
             }
         }
@@ -476,12 +464,7 @@ fn a_group_reader_refused_for_a_while_resumes_where_it_stopped() {
         admin.delete_policy("worker", "no-reads").await.unwrap();
         while seen.len() < 100 {
             match next(&mut worker).await {
-                Ok(GroupEvent::Records { records, .. }) => seen.extend(records.iter().map(|r| {
-                    std::str::from_utf8(&r.data)
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap()
-                })),
+                Ok(GroupEvent::Records { records, .. }) => seen.extend(numbers(&records)),
                 Ok(_) => {}
                 // A read refused before the policy change reached it.
                 Err(e) => assert_eq!(e.code(), Some(ErrorCode::AccessDenied), "{e}"),

@@ -561,32 +561,14 @@ fn random_chars(rng: &mut impl rand::RngCore, alphabet: &[u8], n: usize) -> Stri
 
 fn encode(data: &AuthData) -> Vec<u8> {
     let payload = rkyv::to_bytes::<rkyv::rancor::Error>(data).expect("auth state serializes");
-    let mut out = Vec::with_capacity(16 + payload.len());
-    out.extend_from_slice(&AUTH_MAGIC);
-    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&payload);
-    out
+    crate::catalog::seal_state_file(&AUTH_MAGIC, &payload)
 }
 
 fn decode(bytes: &[u8]) -> Result<AuthData, String> {
-    if bytes.len() < 16 || bytes[..8] != AUTH_MAGIC {
-        return Err("bad magic".into());
-    }
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    let len = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
-    let payload = bytes
-        .get(16..16 + len)
-        .ok_or("shorter than its length says")?;
-    if bytes.len() != 16 + len {
+    let aligned = crate::catalog::open_state_file(&AUTH_MAGIC, bytes)?;
+    if bytes.len() != 16 + aligned.len() {
         return Err("longer than its length says".into());
     }
-    if crc32c::crc32c(payload) != crc {
-        return Err("checksum mismatch".into());
-    }
-    // rkyv needs the archive aligned; the file's bytes sit at an arbitrary address.
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
-    aligned.extend_from_slice(payload);
     rkyv::from_bytes::<AuthData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
 }
 

@@ -685,7 +685,7 @@ async fn describe_stream<S: Storage + 'static>(
     let last_scaling = entry
         .last_scaling
         .as_ref()
-        .map(|(at_ms, what)| format!("{}: {what}", rfc3339_ms(*at_ms)));
+        .map(|(at_ms, what)| format!("{}: {what}", crate::clock::rfc3339_ms(*at_ms)));
     let d = StreamDescription {
         name: &entry.name,
         stream_id: entry.stream_id,
@@ -702,29 +702,6 @@ async fn describe_stream<S: Storage + 'static>(
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())
-}
-
-/// `ms` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
 }
 
 async fn put_record<S: Storage + 'static>(
@@ -1298,20 +1275,4 @@ fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
         pos += h.batch_len as usize;
     }
     last
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn times_print_as_rfc3339() {
-        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::rfc3339_ms(1_700_000_000_123),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(
-            super::rfc3339_ms(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
-    }
 }

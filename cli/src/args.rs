@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use spate_client::{ClientCert, Credentials, Limits, Pem, Position, TlsOptions};
+use spate_client::{ClientCert, Credentials, EncryptionType, Limits, Pem, Position, TlsOptions};
 
 /// Spate: a thread-per-core streaming ingestion engine.
 #[derive(Debug, Parser)]
@@ -125,6 +125,7 @@ impl Cli {
             | Command::Consume { server, .. }
             | Command::Group { server, .. }
             | Command::Auth { server, .. }
+            | Command::Keys { server, .. }
             | Command::Audit { server, .. } => Some(server),
         }
     }
@@ -294,6 +295,22 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// The keys of encryption at rest: rotate the data keys of every encrypted stream.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-read the server's key file and move to its current master key (the highest id:
+    /// append a line for a new one first): every encrypted stream gets a new data key
+    /// wrapped under it; older data keys stay until the records they seal leave
+    /// retention. Prints {"master_key_id": N, "streams": M}.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -484,6 +501,11 @@ pub struct ServeArgs {
     /// authenticated principals, as their policies allow (default off).
     #[arg(long, value_enum, value_name = "on|off")]
     pub auth: Option<OnOff>,
+    /// Master keys for encryption at rest, one per line `ID BASE64-OF-32-BYTES`, the
+    /// highest id current (chmod 600); needed to create, write or read encrypted streams
+    /// (overrides the config file's `key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     /// Log lines on standard error as text or as one JSON object each (RUST_LOG filters).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -527,6 +549,10 @@ pub enum StreamCommand {
         /// Per-record data limit in bytes (default 1 MiB = 1048576, at most 10 MiB = 10485760).
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=spate_protocol::batch::MAX_RECORD_DATA_BYTES_CEILING as i64))]
         max_record_bytes: Option<u32>,
+        /// Encryption at rest: aes-256-gcm seals the records under a data key of the
+        /// stream, wrapped by a master key of the server (which needs --key-file).
+        #[arg(long, value_name = "TYPE", default_value = "none", value_parser = encryption_parser(&["none", "aes-256-gcm"]))]
+        encryption: EncryptionType,
         /// Wait until the stream is ACTIVE (the server answers a big create while its shards
         /// are still being made, with status CREATING).
         #[arg(long)]
@@ -606,6 +632,22 @@ pub enum StreamCommand {
         name: String,
         #[arg(value_enum)]
         state: OnOff,
+    },
+    /// Encrypt the records written to a stream from now on (Kinesis'
+    /// StartStreamEncryption); records already stored stay as they are. The server needs
+    /// master keys (`serve --key-file`).
+    StartEncryption {
+        /// Stream name.
+        name: String,
+        /// The encryption to start.
+        #[arg(long, value_name = "TYPE", default_value = "aes-256-gcm", value_parser = encryption_parser(&["aes-256-gcm"]))]
+        encryption: EncryptionType,
+    },
+    /// Store the records written to a stream from now on in the clear (Kinesis'
+    /// StopStreamEncryption); sealed records stay readable while their keys are kept.
+    StopEncryption {
+        /// Stream name.
+        name: String,
     },
     /// Change the number of open shards, with even hash-key ranges (Kinesis'
     /// UpdateShardCount, uniform scaling), by splits and merges.
@@ -787,6 +829,15 @@ pub fn parse_cores(text: &str) -> Result<CoreList, String> {
     Ok(CoreList(cores))
 }
 
+/// An encryption type by its name (`none`, `aes-256-gcm`), one of `names`: listed in the
+/// help and in the error for any other.
+fn encryption_parser(
+    names: &'static [&'static str],
+) -> impl clap::builder::TypedValueParser<Value = EncryptionType> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names).try_map(|name| name.parse::<EncryptionType>())
+}
+
 /// Retention hours as the engine takes them, checked before anything is sent.
 fn hours_range() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(
@@ -904,7 +955,90 @@ mod tests {
             Some(std::path::Path::new("c.pem"))
         );
         assert!(args.tls_only && args.client_ca.is_some());
+        assert_eq!(args.key_file, None);
         assert_eq!(serve.tls_with_env(no_env), None);
+    }
+
+    #[test]
+    fn encryption_flags_and_commands() {
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let create = |line: &str| match parse(line).map(|c| c.command) {
+            Ok(Command::Stream {
+                command:
+                    StreamCommand::Create {
+                        encryption, mode, ..
+                    },
+                ..
+            }) => Ok((encryption, mode)),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            create("spate stream create s --shards 2").unwrap(),
+            (EncryptionType::None, None),
+            "not encrypted unless asked"
+        );
+        assert_eq!(
+            create("spate stream create s --shards 2 --encryption aes-256-gcm").unwrap(),
+            (EncryptionType::Aes256Gcm, None)
+        );
+        assert_eq!(
+            create("spate stream create s --mode on-demand --encryption aes-256-gcm").unwrap(),
+            (EncryptionType::Aes256Gcm, Some(ModeArg::OnDemand))
+        );
+        assert_eq!(
+            create("spate stream create s --shards 1 --encryption none").unwrap(),
+            (EncryptionType::None, None)
+        );
+        let err = create("spate stream create s --shards 1 --encryption aes").unwrap_err();
+        assert!(err.to_string().contains("aes-256-gcm"), "{err}");
+
+        let cli = parse("spate stream start-encryption s").unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Stream {
+                command: StreamCommand::StartEncryption {
+                    encryption: EncryptionType::Aes256Gcm,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(parse("spate stream start-encryption s --encryption aes-256-gcm").is_ok());
+        assert!(
+            parse("spate stream start-encryption s --encryption none").is_err(),
+            "stop-encryption stops it"
+        );
+        let cli = parse("spate stream stop-encryption s --server h:6").unwrap();
+        assert_eq!(cli.server(), "h:6");
+        assert!(matches!(
+            cli.command,
+            Command::Stream {
+                command: StreamCommand::StopEncryption { .. },
+                ..
+            }
+        ));
+        assert!(parse("spate stream stop-encryption").is_err(), "a name");
+
+        let cli = parse("spate keys rotate --server h:5").unwrap();
+        assert_eq!(cli.server(), "h:5");
+        assert!(matches!(
+            cli.command,
+            Command::Keys {
+                command: KeysCommand::Rotate,
+                ..
+            }
+        ));
+        assert!(parse("spate keys").is_err(), "a keys subcommand");
+
+        let serve = parse("spate serve --key-file /etc/spate/master.keys").unwrap();
+        let Command::Serve(args) = &serve.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            args.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/spate/master.keys"))
+        );
     }
 
     #[test]

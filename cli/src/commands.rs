@@ -1,5 +1,5 @@
-//! The client commands: `stream …`, `put`, `read`. Each runs on a single-threaded tokio
-//! runtime with one [`Client`].
+//! The client commands: `stream …`, `put`, `read`, `keys …`. Each runs on a
+//! single-threaded tokio runtime with one [`Client`].
 //!
 //! Confirmations of changes go to standard error, results to standard output.
 
@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 
 use crate::args::{
     AuditCommand, AuthCommand, Command, ConsumeArgs, ConsumerCommand, Delimiter, Format,
-    GroupCommand, PolicyCommand, PrincipalCommand, PutArgs, ReadArgs, StreamCommand, SubscribeArgs,
+    GroupCommand, KeysCommand, PolicyCommand, PrincipalCommand, PutArgs, ReadArgs, StreamCommand,
+    SubscribeArgs,
 };
 
 /// Records `put` sends in one call: one full batch.
@@ -71,6 +72,7 @@ pub fn run(
             Command::Group { command, .. } => group(&client, command).await,
             Command::Auth { command, .. } => auth(&client, command).await,
             Command::Audit { command, .. } => audit(&client, command).await,
+            Command::Keys { command, .. } => keys(&client, command).await,
             Command::Serve(_) => unreachable!("serve is not a client command"),
         }
     })
@@ -106,6 +108,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             retention,
             limits,
             max_record_bytes,
+            encryption,
             wait,
         } => {
             let on_demand = mode == Some(crate::args::ModeArg::OnDemand);
@@ -115,20 +118,27 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                 retention_hours: retention,
                 limits: limits.into(),
                 max_record_data_bytes: max_record_bytes,
+                encryption,
             };
             let (_, status) = client
                 .start_create_stream(&name, &config)
                 .await
                 .map_err(change_err(&name))?;
+            // Said only when encrypted, so the plain confirmation reads as it always did.
+            let sealed = if encryption.is_encrypted() {
+                format!(", encrypted ({encryption})")
+            } else {
+                String::new()
+            };
             if status == StreamStatus::Active {
-                eprintln!("created stream {name} with {shards} shards");
+                eprintln!("created stream {name} with {shards} shards{sealed}");
             } else if wait {
-                eprintln!("creating stream {name} with {shards} shards ...");
+                eprintln!("creating stream {name} with {shards} shards{sealed} ...");
                 wait_active(client, &name, None).await?;
-                eprintln!("created stream {name} with {shards} shards");
+                eprintln!("created stream {name} with {shards} shards{sealed}");
             } else {
                 eprintln!(
-                    "creating stream {name} with {shards} shards (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
+                    "creating stream {name} with {shards} shards{sealed} (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
                 );
             }
             if on_demand {
@@ -166,6 +176,22 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             eprintln!(
                 "shard-level metrics of {name} are {}",
                 if on { "on" } else { "off" }
+            );
+        }
+        StreamCommand::StartEncryption { name, encryption } => {
+            client
+                .start_stream_encryption(&name)
+                .await
+                .map_err(change_err(&name))?;
+            eprintln!("stream {name}: records written from now on are encrypted ({encryption})");
+        }
+        StreamCommand::StopEncryption { name } => {
+            client
+                .stop_stream_encryption(&name)
+                .await
+                .map_err(change_err(&name))?;
+            eprintln!(
+                "stream {name}: records written from now on are stored in the clear (encrypted ones stay readable while their keys are kept)"
             );
         }
         StreamCommand::Wait { name, timeout } => {
@@ -354,6 +380,12 @@ struct Description {
     last_scaling: Option<String>,
     /// Per-shard metrics exported (`stream shard-metrics NAME on`).
     shard_level_metrics: bool,
+    /// `none` or `aes-256-gcm`: how records written from now on are kept at rest.
+    encryption: &'static str,
+    /// Data keys the stream keeps (the current one and older ones still sealing records).
+    key_epochs: u32,
+    /// The master key the current data key is wrapped under, or null when not encrypted.
+    master_key_id: Option<u32>,
     /// RFC 3339, UTC, and the same in ms since the epoch.
     created: String,
     created_ms: i64,
@@ -441,6 +473,9 @@ impl From<&StreamInfo> for Description {
             map_version: info.map_version,
             last_scaling: info.last_scaling.clone(),
             shard_level_metrics: info.shard_level_metrics,
+            encryption: info.encryption.name(),
+            key_epochs: info.key_epochs,
+            master_key_id: info.master_key_id,
             created: rfc3339(info.created_ms),
             created_ms: info.created_ms,
             max_record_bytes: info.max_record_data_bytes,
@@ -1330,6 +1365,30 @@ async fn auth(client: &Client, command: AuthCommand) -> Result<(), String> {
             }
         },
     }
+    Ok(())
+}
+
+/// `keys rotate`: one JSON object on stdout, what it did on stderr.
+async fn keys(client: &Client, command: KeysCommand) -> Result<(), String> {
+    let KeysCommand::Rotate = command;
+    let r = client.rotate_keys().await.map_err(|e| match e {
+        ClientError::Timeout { .. } | ClientError::ConnectionLost { .. } => format!(
+            "{e}; the rotation may still be made: `spate stream describe NAME` shows a stream's master_key_id"
+        ),
+        e => e.to_string(),
+    })?;
+    let json = serde_json::json!({
+        "master_key_id": r.master_key_id,
+        "streams": r.streams,
+    });
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{json}")
+        .and_then(|()| out.flush())
+        .map_err(io_err)?;
+    eprintln!(
+        "{} encrypted stream(s) now seal new records under a new data key, wrapped by master key {}",
+        r.streams, r.master_key_id
+    );
     Ok(())
 }
 

@@ -51,6 +51,9 @@ pub fn config(args: &ServeArgs) -> Result<EngineConfig, String> {
     if let Some(auth) = args.auth {
         cfg.auth = auth == crate::args::OnOff::On;
     }
+    if let Some(keys) = &args.key_file {
+        cfg.key_file = Some(keys.clone());
+    }
     cfg.validate()
         .map_err(|e| format!("invalid configuration: {e}"))?;
     Ok(cfg)
@@ -95,4 +98,36 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     server.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::{Cli, Command};
+    use clap::Parser;
+
+    fn serve_args(line: &str) -> ServeArgs {
+        match Cli::try_parse_from(line.split_whitespace())
+            .unwrap()
+            .command
+        {
+            Command::Serve(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_override_the_configuration() {
+        let cfg = config(&serve_args("spate serve")).unwrap();
+        assert_eq!(cfg.key_file, None, "no master keys unless given");
+        let cfg = config(&serve_args(
+            "spate serve --key-file /etc/spate/master.keys --auth on",
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/spate/master.keys"))
+        );
+        assert!(cfg.auth);
+    }
 }

@@ -15,10 +15,10 @@ use spate_protocol::stream::{
 };
 use spate_protocol::{
     encode_put_batch_head, encode_put_batches_head, encode_put_record_head, encode_request,
-    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, ErrorCode, GetIteratorRequest,
-    GetRecordsRequest, HelloRequest, IteratorPosition, Limits, ListStreamsRequest, Opcode,
-    PutBatchResponse, Request, Response, RetentionRequest, ShardDescription, ShardOutcome,
-    PROTOCOL_VERSION,
+    CreateStreamRequest, DeleteStreamRequest, DescribeStreamRequest, EncryptionType, ErrorCode,
+    GetIteratorRequest, GetRecordsRequest, HelloRequest, IteratorPosition, Limits,
+    ListStreamsRequest, Opcode, PutBatchResponse, Request, Response, RetentionRequest,
+    RotateKeysResponse, ShardDescription, ShardOutcome, StreamEncryptionRequest, PROTOCOL_VERSION,
 };
 
 use crate::connection::{decode_reply, Connection, Tls, DEFAULT_MAX_IN_FLIGHT};
@@ -282,17 +282,25 @@ pub struct StreamConfig {
     pub limits: Limits,
     /// Per-record data limit; `None`: 1 MiB. At most 10 MiB.
     pub max_record_data_bytes: Option<u32>,
+    /// How the records are kept at rest; `Aes256Gcm` needs a server with a key file (else
+    /// it answers `KeyUnavailable`).
+    pub encryption: EncryptionType,
 }
 
 impl StreamConfig {
-    /// `shards` shards, 24 h retention, Kinesis limits, 1 MiB records.
+    /// `shards` shards, 24 h retention, Kinesis limits, 1 MiB records, not encrypted.
     pub fn new(shards: u32) -> StreamConfig {
         StreamConfig {
             shards,
             retention_hours: spate_protocol::stream::DEFAULT_RETENTION_HOURS,
             limits: Limits::Kinesis,
             max_record_data_bytes: None,
+            encryption: EncryptionType::None,
         }
+    }
+
+    pub fn encryption(self, encryption: EncryptionType) -> StreamConfig {
+        StreamConfig { encryption, ..self }
     }
 
     pub fn limits(self, limits: Limits) -> StreamConfig {
@@ -327,6 +335,13 @@ pub struct StreamInfo {
     pub last_scaling: Option<String>,
     /// Per-shard metrics are exported (enhanced shard-level monitoring).
     pub shard_level_metrics: bool,
+    /// How records written from now on are kept at rest.
+    pub encryption: EncryptionType,
+    /// Data keys the stream keeps: the current one and older ones still sealing retained
+    /// records (0 for a stream never encrypted).
+    pub key_epochs: u32,
+    /// The master key the current data key is wrapped under; `None` when not encrypted.
+    pub master_key_id: Option<u32>,
 }
 
 /// What a split, merge or scale did.
@@ -749,6 +764,7 @@ impl Client {
             retention_hours: config.retention_hours,
             limits: config.limits,
             max_record_data_bytes: config.max_record_data_bytes,
+            encryption: config.encryption,
         });
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         self.forget_stream(name);
@@ -823,6 +839,9 @@ impl Client {
             map_version: d.map_version,
             last_scaling: d.last_scaling.map(str::to_string),
             shard_level_metrics: d.shard_level_metrics,
+            encryption: d.encryption,
+            key_epochs: d.key_epochs,
+            master_key_id: d.master_key_id,
         };
         Ok((info, map))
     }
@@ -936,6 +955,57 @@ impl Client {
         };
         let frame = self.request(Target::Bootstrap, &req, 0).await?;
         decode_reply(&frame, Some(op)).map(|_| ())
+    }
+
+    /// Kinesis' StartStreamEncryption: records written to `stream` from now on are sealed
+    /// with AES-256-GCM under a new data key of the stream, wrapped under the server's
+    /// current master key. Records already stored stay as they are. A server without a key
+    /// file answers `KeyUnavailable`.
+    pub async fn start_stream_encryption(&self, stream: &str) -> Result<()> {
+        self.stream_encryption(stream, true).await
+    }
+
+    /// Kinesis' StopStreamEncryption: records written to `stream` from now on are stored in
+    /// the clear. Sealed records stay sealed, and readable while their data keys are kept.
+    pub async fn stop_stream_encryption(&self, stream: &str) -> Result<()> {
+        self.stream_encryption(stream, false).await
+    }
+
+    async fn stream_encryption(&self, stream: &str, start: bool) -> Result<()> {
+        check_stream_name(stream)?;
+        // Stop names the type being stopped, as Kinesis' does: the only one there is.
+        let body = StreamEncryptionRequest {
+            name: stream,
+            encryption: EncryptionType::Aes256Gcm,
+        };
+        let (req, op) = if start {
+            (
+                Request::StartStreamEncryption(body),
+                Opcode::StartStreamEncryption,
+            )
+        } else {
+            (
+                Request::StopStreamEncryption(body),
+                Opcode::StopStreamEncryption,
+            )
+        };
+        let frame = self.request(Target::Bootstrap, &req, 0).await?;
+        decode_reply(&frame, Some(op)).map(|_| ())
+    }
+
+    /// Rotates the keys of encryption at rest: the server re-reads its key file and moves
+    /// to its current master key (the highest id, which may have just been appended); every
+    /// encrypted stream gets a new data key wrapped under it. Older data keys stay until the
+    /// records they seal leave retention. Answers that master key's id and how many
+    /// streams got a new data key.
+    pub async fn rotate_keys(&self) -> Result<RotateKeysResponse> {
+        let frame = self
+            .request(Target::Bootstrap, &Request::RotateKeys, 0)
+            .await?;
+        match decode_reply(&frame, Some(Opcode::RotateKeys))? {
+            Response::RotateKeys(r) => Ok(r),
+            _ => unreachable!("decode_reply checked the opcode"),
+        }
     }
 
     async fn reshard(&self, stream: &str, req: &Request<'_>, op: Opcode) -> Result<Reshard> {

@@ -204,5 +204,10 @@ mod tests {
         };
         assert!(!unknown.is_retryable() && !unknown.is_safe_to_retry());
         assert!(!ClientError::invalid(ErrorCode::InvalidRecord, "x").is_retryable());
+        // A missing master key needs an operator: never retried, whatever the request.
+        let no_key = ClientError::from_wire(ErrorCode::KeyUnavailable, 0, "no key file", 0);
+        assert!(!no_key.is_retryable() && !no_key.is_safe_to_retry());
+        assert_eq!(no_key.code(), Some(ErrorCode::KeyUnavailable));
+        assert_eq!(no_key.to_string(), "KeyUnavailable (607): no key file");
     }
 }

@@ -100,5 +100,6 @@ pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
 pub use spate_protocol::consumer::{Checkpoint, Lease};
 pub use spate_protocol::{
-    CapacityMode, ErrorCode, Limits, ShardDescription, ShardState, StreamStatus,
+    CapacityMode, EncryptionType, ErrorCode, Limits, RotateKeysResponse, ShardDescription,
+    ShardState, StreamStatus,
 };

@@ -125,6 +125,9 @@ mod tests {
             map_version: 1,
             last_scaling: None,
             shard_level_metrics: false,
+            encryption: spate_protocol::EncryptionType::None,
+            key_epochs: 0,
+            master_key_id: None,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()

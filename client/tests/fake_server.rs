@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spate_client::{
-    Client, ClientConfig, ClientError, Entry, ErrorCode, Position, ProducerConfig, PutResult,
-    ReadOptions, RetryPolicy,
+    Client, ClientConfig, ClientError, EncryptionType, Entry, ErrorCode, Position, ProducerConfig,
+    PutResult, ReadOptions, RetryPolicy, RotateKeysResponse, StreamConfig,
 };
 use spate_protocol::batch::{stamp, BatchBuilder, BatchHeader, RecordIter};
 use spate_protocol::routing::{even_range, hash_key};
@@ -33,6 +33,8 @@ mod fake {
         pub stream: &'static str,
         pub shards: u32,
         pub max_record_data_bytes: u32,
+        /// Encrypted under this master key (one key epoch); `None`: in the clear.
+        pub master_key_id: Option<u32>,
     }
 
     enum Out {
@@ -326,6 +328,12 @@ mod fake {
                     map_version: 1,
                     last_scaling: None,
                     shard_level_metrics: false,
+                    encryption: match setup.master_key_id {
+                        Some(_) => EncryptionType::Aes256Gcm,
+                        None => EncryptionType::None,
+                    },
+                    key_epochs: u32::from(setup.master_key_id.is_some()),
+                    master_key_id: setup.master_key_id,
                 }));
                 true
             }
@@ -345,6 +353,7 @@ fn setup(shards: u32) -> Setup {
         stream: "s",
         shards,
         max_record_data_bytes: 1 << 20,
+        master_key_id: None,
     }
 }
 
@@ -969,4 +978,73 @@ async fn an_unknown_outcome_is_reported_and_never_retried() {
         );
     }
     assert!(fake.requests.try_recv().is_err(), "nothing was sent again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encryption_requests_carry_their_type_and_a_missing_key_is_not_retried() {
+    let mut fake = fake::start(
+        1,
+        Setup {
+            master_key_id: Some(3),
+            ..setup(1)
+        },
+    )
+    .await;
+    let client = connect(&fake).await;
+    let info = client.describe_stream("s").await.unwrap();
+    assert_eq!(
+        (info.encryption, info.key_epochs, info.master_key_id),
+        (EncryptionType::Aes256Gcm, 1, Some(3))
+    );
+
+    // A create asks for the type it was given; KeyUnavailable comes back once, unretried.
+    let c = client.clone();
+    let config = StreamConfig::new(2).encryption(EncryptionType::Aes256Gcm);
+    let create = tokio::spawn(async move { c.create_stream("e", &config).await });
+    let req = fake.next().await;
+    let Request::CreateStream(r) = req.request() else {
+        panic!("opcode {}", req.opcode)
+    };
+    assert_eq!((r.name, r.encryption), ("e", EncryptionType::Aes256Gcm));
+    req.error(ErrorCode::KeyUnavailable, 0);
+    let err = create.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::KeyUnavailable));
+    assert!(!err.is_retryable(), "{err}");
+    assert_eq!(StreamConfig::new(1).encryption, EncryptionType::None);
+
+    // Start and stop: their own opcodes, the same body.
+    for start in [true, false] {
+        let c = client.clone();
+        let call = tokio::spawn(async move {
+            if start {
+                c.start_stream_encryption("s").await
+            } else {
+                c.stop_stream_encryption("s").await
+            }
+        });
+        let req = fake.next().await;
+        let (body, response) = match req.request() {
+            Request::StartStreamEncryption(b) if start => (b, Response::StartStreamEncryption),
+            Request::StopStreamEncryption(b) if !start => (b, Response::StopStreamEncryption),
+            _ => panic!("start {start}: opcode {}", req.opcode),
+        };
+        assert_eq!(
+            (body.name, body.encryption),
+            ("s", EncryptionType::Aes256Gcm)
+        );
+        req.respond(&response);
+        call.await.unwrap().unwrap();
+    }
+    assert!(client.start_stream_encryption("bad name").await.is_err());
+
+    let c = client.clone();
+    let rotate = tokio::spawn(async move { c.rotate_keys().await });
+    let req = fake.next().await;
+    assert!(matches!(req.request(), Request::RotateKeys));
+    let answer = RotateKeysResponse {
+        master_key_id: 4,
+        streams: 2,
+    };
+    req.respond(&Response::RotateKeys(answer));
+    assert_eq!(rotate.await.unwrap().unwrap(), answer);
 }

@@ -3,7 +3,8 @@
 //!
 //! File `<data>/catalog.bin`:
 //! ```text
-//!   0   8  magic      b"SPCATLG2" (b"SPCATLG1": the layout before resharding, still read)
+//!   0   8  magic      b"SPCATLG3" (b"SPCATLG2": before encryption at rest, b"SPCATLG1":
+//!                     before resharding; both still read)
 //!   8   4  crc        CRC32C of the payload
 //!  12   4  length     payload bytes
 //!  16   .. payload    rkyv archive of `CatalogData` (validated with bytecheck on load)
@@ -22,7 +23,8 @@ use crate::error::EngineError;
 use crate::limits::Limits;
 use crate::runtime::ShardIdent;
 
-const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG2";
+const CATALOG_MAGIC: [u8; 8] = *b"SPCATLG3";
+const CATALOG_MAGIC_V2: [u8; 8] = *b"SPCATLG2";
 const CATALOG_MAGIC_V1: [u8; 8] = *b"SPCATLG1";
 const CATALOG_FILE: &str = "catalog.bin";
 
@@ -55,6 +57,8 @@ pub struct StreamOptions {
     pub retention_hours: u32,
     pub limits: Limits,
     pub max_record_data_bytes: u32,
+    /// Encryption at rest (AES-256-GCM under a data key wrapped by the master key).
+    pub encryption: bool,
 }
 
 impl StreamOptions {
@@ -64,6 +68,7 @@ impl StreamOptions {
             retention_hours: DEFAULT_RETENTION_HOURS,
             limits: Limits::Kinesis,
             max_record_data_bytes: spate_protocol::batch::DEFAULT_MAX_RECORD_DATA_BYTES as u32,
+            encryption: false,
         }
     }
 }
@@ -157,6 +162,40 @@ pub struct StreamEntry {
     /// On-demand: the stream's write-capacity ceiling in MiB/s (0: the node's
     /// `on_demand_max_write_mib_per_s`).
     pub max_write_mib_per_s: u32,
+    /// Encryption at rest: the stream's data keys, wrapped (`None`: never encrypted).
+    pub encryption: Option<StreamEncryption>,
+}
+
+/// A stream's data keys, one per key epoch, each wrapped under a master key
+/// (`crate::crypto`, envelope encryption). The catalog is written atomically before any
+/// batch is sealed under a new epoch, so every sealed batch's key is in it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct StreamEncryption {
+    /// The epoch new batches are sealed under; `None`: encryption was stopped, new batches
+    /// are stored in clear and the epochs stay for the batches sealed before.
+    pub current: Option<u32>,
+    /// Oldest first.
+    pub epochs: Vec<KeyEpoch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KeyEpoch {
+    pub epoch: u32,
+    /// `crypto::WrappedKey::encode`, AAD `crypto::key_aad(stream_id, epoch)`.
+    pub wrapped: Vec<u8>,
+    pub created_ms: i64,
+}
+
+impl StreamEncryption {
+    /// Whether new batches are sealed.
+    pub fn is_on(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The epoch a new data key gets.
+    pub fn next_epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.epoch + 1)
+    }
 }
 
 impl StreamEntry {
@@ -556,6 +595,7 @@ impl Catalog {
             retention_hours,
             limits,
             max_record_data_bytes,
+            encryption,
         } = *opts;
         if shard_count == 0 || shard_count > MAX_SHARDS_PER_STREAM {
             return Err(EngineError::InvalidArgument(format!(
@@ -618,7 +658,10 @@ impl Catalog {
             peak_at_ms: now_ms,
             last_scaling: None,
             max_write_mib_per_s: 0,
+            // Set by the control plane, which holds the keys (`Keyring::with_new_epoch`).
+            encryption: None,
         });
+        let _ = encryption;
         Ok(self.data.streams.last().expect("just pushed"))
     }
 
@@ -677,6 +720,9 @@ pub(crate) fn open_state_file(
 fn decode(bytes: &[u8]) -> Result<CatalogData, String> {
     if bytes.len() >= 16 && bytes[..8] == CATALOG_MAGIC_V1 {
         return v1::decode(bytes);
+    }
+    if bytes.len() >= 16 && bytes[..8] == CATALOG_MAGIC_V2 {
+        return v2::decode(bytes);
     }
     let aligned = open_state_file(&CATALOG_MAGIC, bytes)?;
     rkyv::from_bytes::<CatalogData, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())
@@ -755,6 +801,102 @@ mod v1 {
                     peak_at_ms: s.created_ms,
                     last_scaling: None,
                     max_write_mib_per_s: 0,
+                    encryption: None,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The layout before encryption at rest (`SPCATLG2`): read, converted, written back as v3.
+mod v2 {
+    use super::{CapacityMode, CatalogData, ShardEntry};
+    use crate::limits::Limits;
+
+    // Serialize too: the test writes a v2 file to check it still loads.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub(super) struct StreamEntry {
+        name: String,
+        stream_id: u64,
+        retention_hours: u32,
+        limits: Limits,
+        max_record_data_bytes: u32,
+        created_ms: i64,
+        shards: Vec<ShardEntry>,
+        mode: CapacityMode,
+        map_version: u64,
+        next_shard_id: u32,
+        shard_level_metrics: bool,
+        peak_write_bytes_per_s: u64,
+        peak_at_ms: i64,
+        last_scaling: Option<(i64, String)>,
+        max_write_mib_per_s: u32,
+    }
+
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    pub(super) struct Data {
+        pub next_stream_id: u64,
+        pub streams: Vec<StreamEntry>,
+    }
+
+    /// A v2 file holding `data`'s streams (their encryption dropped), for the test.
+    #[cfg(test)]
+    pub(super) fn encode(data: &CatalogData) -> Vec<u8> {
+        let old = Data {
+            next_stream_id: data.next_stream_id,
+            streams: data
+                .streams
+                .iter()
+                .cloned()
+                .map(|s| StreamEntry {
+                    name: s.name,
+                    stream_id: s.stream_id,
+                    retention_hours: s.retention_hours,
+                    limits: s.limits,
+                    max_record_data_bytes: s.max_record_data_bytes,
+                    created_ms: s.created_ms,
+                    shards: s.shards,
+                    mode: s.mode,
+                    map_version: s.map_version,
+                    next_shard_id: s.next_shard_id,
+                    shard_level_metrics: s.shard_level_metrics,
+                    peak_write_bytes_per_s: s.peak_write_bytes_per_s,
+                    peak_at_ms: s.peak_at_ms,
+                    last_scaling: s.last_scaling,
+                    max_write_mib_per_s: s.max_write_mib_per_s,
+                })
+                .collect(),
+        };
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("serializes");
+        super::seal_state_file(&super::CATALOG_MAGIC_V2, &payload)
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<CatalogData, String> {
+        let aligned = super::open_state_file(&super::CATALOG_MAGIC_V2, bytes)?;
+        let old =
+            rkyv::from_bytes::<Data, rkyv::rancor::Error>(&aligned).map_err(|e| e.to_string())?;
+        Ok(CatalogData {
+            next_stream_id: old.next_stream_id,
+            streams: old
+                .streams
+                .into_iter()
+                .map(|s| super::StreamEntry {
+                    name: s.name,
+                    stream_id: s.stream_id,
+                    retention_hours: s.retention_hours,
+                    limits: s.limits,
+                    max_record_data_bytes: s.max_record_data_bytes,
+                    created_ms: s.created_ms,
+                    shards: s.shards,
+                    mode: s.mode,
+                    map_version: s.map_version,
+                    next_shard_id: s.next_shard_id,
+                    shard_level_metrics: s.shard_level_metrics,
+                    peak_write_bytes_per_s: s.peak_write_bytes_per_s,
+                    peak_at_ms: s.peak_at_ms,
+                    last_scaling: s.last_scaling,
+                    max_write_mib_per_s: s.max_write_mib_per_s,
+                    encryption: None,
                 })
                 .collect(),
         })
@@ -787,6 +929,7 @@ mod tests {
                 retention_hours: 24,
                 limits: Limits::Kinesis,
                 max_record_data_bytes: 1 << 20,
+                encryption: false,
             },
             2,
             1,
@@ -799,6 +942,7 @@ mod tests {
                 retention_hours: 48,
                 limits: Limits::Off,
                 max_record_data_bytes: 1 << 20,
+                encryption: false,
             },
             2,
             2,
@@ -817,6 +961,34 @@ mod tests {
         assert_eq!(
             back.stream("clicks").unwrap().shards[3].hash_range().1,
             u128::MAX
+        );
+    }
+
+    #[test]
+    fn a_catalog_written_before_encryption_at_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::load(dir.path()).unwrap();
+        c.add_stream("clicks", &StreamOptions::new(3), 2, 1)
+            .unwrap();
+        c.stream_mut("clicks").unwrap().last_scaling = Some((5, "why".into()));
+        let back = Catalog::from_bytes(dir.path(), Some(&v2::encode(&c.data))).unwrap();
+        assert_eq!(back.data, c.data);
+        assert_eq!(back.stream("clicks").unwrap().encryption, None);
+        // Written back as the current layout, with encryption.
+        let mut c = back;
+        c.stream_mut("clicks").unwrap().encryption = Some(StreamEncryption {
+            current: Some(0),
+            epochs: vec![KeyEpoch {
+                epoch: 0,
+                wrapped: vec![7; 76],
+                created_ms: 9,
+            }],
+        });
+        let (_, bytes) = c.encoded();
+        assert_eq!(&bytes[..8], b"SPCATLG3");
+        assert_eq!(
+            Catalog::from_bytes(dir.path(), Some(&bytes)).unwrap().data,
+            c.data
         );
     }
 
@@ -945,6 +1117,7 @@ mod tests {
                 retention_hours: 24,
                 limits: Limits::Kinesis,
                 max_record_data_bytes: 1 << 20,
+                encryption: false,
             },
             1,
             0,
@@ -975,7 +1148,8 @@ mod tests {
                     shard_count: 1,
                     retention_hours: 24,
                     limits: Limits::Off,
-                    max_record_data_bytes: 1
+                    max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0
@@ -988,7 +1162,8 @@ mod tests {
                     shard_count: 0,
                     retention_hours: 24,
                     limits: Limits::Off,
-                    max_record_data_bytes: 1
+                    max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0
@@ -1001,7 +1176,8 @@ mod tests {
                     shard_count: 1,
                     retention_hours: 0,
                     limits: Limits::Off,
-                    max_record_data_bytes: 1
+                    max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0
@@ -1014,7 +1190,8 @@ mod tests {
                     shard_count: 1,
                     retention_hours: 8761,
                     limits: Limits::Off,
-                    max_record_data_bytes: 1
+                    max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0
@@ -1033,6 +1210,7 @@ mod tests {
                     retention_hours: 24,
                     limits: extreme,
                     max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0,
@@ -1046,6 +1224,7 @@ mod tests {
                 retention_hours: 8760,
                 limits: Limits::Off,
                 max_record_data_bytes: 1,
+                encryption: false,
             },
             1,
             0,
@@ -1058,7 +1237,8 @@ mod tests {
                     shard_count: 1,
                     retention_hours: 1,
                     limits: Limits::Off,
-                    max_record_data_bytes: 1
+                    max_record_data_bytes: 1,
+                    encryption: false,
                 },
                 1,
                 0

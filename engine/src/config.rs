@@ -70,6 +70,8 @@ audit_max_file_bytes = 16777216     # the audit trail starts a new file past thi
 # tls_client_ca_file = "ca.pem"     # mutual TLS: clients must present a certificate signed by one of these CAs
 plaintext = true                    # false: refuse to start without tls_cert_file and tls_key_file
 tls_handshake_timeout_ms = 10000    # a TLS handshake must complete within this, or the connection is closed
+# Encryption at rest: master keys, one per line "ID BASE64-OF-32-BYTES", the highest id current (chmod 600).
+# key_file = "master.keys"          # needed to create or read streams with --encryption aes-256-gcm
 "#;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +149,10 @@ pub struct EngineConfig {
     pub plaintext: bool,
     /// How long a TLS handshake may take before the connection is closed.
     pub tls_handshake_timeout_ms: u64,
+    /// Master keys for encryption at rest (`crate::crypto::FileKeyProvider`): needed to
+    /// create, write or read an encrypted stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -212,6 +218,7 @@ impl Default for EngineConfig {
             tls_client_ca_file: None,
             plaintext: true,
             tls_handshake_timeout_ms: 10_000,
+            key_file: None,
         }
     }
 }

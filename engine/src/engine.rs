@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, ShardState, StreamEntry};
 use crate::clock::{ClockRef, SystemClock};
 use crate::config::EngineConfig;
 use crate::error::EngineError;
+use crate::keyring::Keyring;
 use crate::limits::Limits;
 use crate::runtime::{
     call, run_core, ControlOp, CoreMsg, CoreSetup, IteratorPosition, PutOutcome, ReadRequest,
@@ -152,6 +153,39 @@ fn token_key(data_dir: &std::path::Path) -> Result<spate_protocol::TokenKey, Eng
     Ok(spate_protocol::TokenKey::new(key))
 }
 
+/// Loads the master keys and checks that every encrypted stream's data keys unwrap under
+/// them (a missing or wrong key stops the start, naming the stream: nothing undecryptable
+/// is ever served); then gives every stream that seals a new data key for this run, since
+/// a batch a crash cut may be on disk under the sequence numbers the next batches take
+/// (`crypto::records`). The catalog is saved with the new keys before any core starts.
+fn open_keyring(
+    cfg: &EngineConfig,
+    catalog: &mut Catalog,
+    now_ms: i64,
+) -> Result<Keyring, EngineError> {
+    let startup = |e: EngineError| EngineError::Startup(e.to_string());
+    let mut keyring = Keyring::open(cfg.key_file.as_deref()).map_err(startup)?;
+    let mut renewed = false;
+    for stream in &mut catalog.data.streams {
+        if stream.encryption.is_none() {
+            continue;
+        }
+        keyring.keys(stream).map_err(startup)?;
+        let enc = stream.encryption.as_ref().expect("checked");
+        if enc.is_on() {
+            let next = keyring
+                .with_new_epoch(stream.stream_id, Some(enc), now_ms)
+                .map_err(startup)?;
+            stream.encryption = Some(next);
+            renewed = true;
+        }
+    }
+    if renewed {
+        catalog.save()?;
+    }
+    Ok(keyring)
+}
+
 impl Engine {
     /// Starts the engine with the system clock.
     pub fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
@@ -182,8 +216,10 @@ impl Engine {
                 cfg.data_dir.display()
             )));
         }
-        let catalog = Catalog::load(&cfg.data_dir)?;
+        let mut catalog = Catalog::load(&cfg.data_dir)?;
         let token_key = token_key(&cfg.data_dir)?;
+        let keyring = open_keyring(&cfg, &mut catalog, clock.now_ms())?;
+        let mut keyring = Some(keyring);
         let n = cpus.len();
         let mut routes = HashMap::new();
         // A shard's data lives in the store the catalog placed it on; store `k` is served by
@@ -200,7 +236,8 @@ impl Engine {
             }
         }
         for stream in &catalog.data.streams {
-            for spec in ShardSpecMsg::from_catalog(stream) {
+            let keys = keyring.as_mut().expect("not yet handed out").keys(stream)?;
+            for spec in ShardSpecMsg::from_catalog(stream, keys) {
                 stores.entry(spec.store).or_default().push(spec);
             }
             routes.insert(stream.name.clone(), Arc::new(stream.clone()));
@@ -235,6 +272,7 @@ impl Engine {
                 published: published.clone(),
                 token_key: token_key.clone(),
                 catalog: if index == 0 { catalog.take() } else { None },
+                keyring: if index == 0 { keyring.take() } else { None },
                 stores,
                 ready: ready_tx.clone(),
             };

@@ -70,6 +70,9 @@ pub enum EngineError {
     Poisoned(String),
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// Encryption at rest: no key file, or a master key missing or wrong.
+    #[error("encryption key unavailable: {0}")]
+    KeyUnavailable(String),
     #[error("the engine is shutting down")]
     ShuttingDown,
     /// The core holding the request stopped before answering: it may or may not have been

@@ -25,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod fanout;
 pub mod io;
+pub mod keyring;
 pub mod limits;
 pub mod metrics;
 pub mod notify;

@@ -18,6 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
@@ -30,8 +31,10 @@ pub use spate_protocol::stream::StreamStatus;
 use crate::catalog::{validate_retention, Catalog, ShardState, StreamEntry};
 use crate::clock::ClockRef;
 use crate::config::EngineConfig;
+use crate::crypto::StreamKeys;
 use crate::error::EngineError;
 use crate::io::{DmaStorage, Storage};
+use crate::keyring::Keyring;
 use crate::limits::{Limits, TokenBucket, WriteLimiter};
 use crate::store::{ReadOutput, ShardKey, Store};
 
@@ -96,6 +99,8 @@ pub struct ShardSpec {
     pub max_record_data_bytes: u32,
     /// Closed (split or merged): the shard-map version that closed it.
     pub closed: Option<u64>,
+    /// The stream's data keys (encryption at rest), unwrapped by core 0.
+    pub keys: Option<Arc<StreamKeys>>,
 }
 
 /// A `ShardSpec` that can cross threads.
@@ -109,10 +114,13 @@ pub struct ShardSpecMsg {
     pub retention_hours: u32,
     pub max_record_data_bytes: u32,
     pub closed: Option<u64>,
+    pub keys: Option<Arc<StreamKeys>>,
 }
 
 impl ShardSpecMsg {
-    pub fn from_catalog(stream: &StreamEntry) -> Vec<ShardSpecMsg> {
+    /// The specs of a stream's shards; `keys` are its data keys (`Keyring::keys`), `None`
+    /// for a stream that was never encrypted.
+    pub fn from_catalog(stream: &StreamEntry, keys: Option<Arc<StreamKeys>>) -> Vec<ShardSpecMsg> {
         stream
             .shards
             .iter()
@@ -129,6 +137,7 @@ impl ShardSpecMsg {
                 max_record_data_bytes: stream.max_record_data_bytes,
                 closed: (sh.state == crate::catalog::ShardState::Closed)
                     .then_some(stream.map_version),
+                keys: keys.clone(),
             })
             .collect()
     }
@@ -143,6 +152,7 @@ impl ShardSpecMsg {
             retention_hours: self.retention_hours,
             max_record_data_bytes: self.max_record_data_bytes,
             closed: self.closed,
+            keys: self.keys,
         }
     }
 }
@@ -237,6 +247,20 @@ pub enum ControlOp {
     },
     /// One look of the on-demand scaler at every on-demand stream (core 0's scaler runs it).
     OnDemandTick,
+    /// Kinesis' StartStreamEncryption: new batches are sealed under a new data key.
+    /// Answers the entry.
+    StartEncryption {
+        name: String,
+    },
+    /// Kinesis' StopStreamEncryption: new batches are stored in clear; sealed ones stay
+    /// readable. Answers the entry.
+    StopEncryption {
+        name: String,
+    },
+    /// Re-reads the key file (a master key appended), re-wraps every data key under the
+    /// current master key and gives every encrypted stream a new data key under it.
+    /// Answers the encrypted streams' entries.
+    RotateKeys,
     Snapshot,
 }
 
@@ -369,6 +393,10 @@ pub(crate) enum CoreMsg {
     NetStats {
         reply: Reply<crate::server::NetStats>,
     },
+    /// Core 0: the master key new data keys are wrapped under.
+    MasterKey {
+        reply: Reply<u32>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
@@ -390,6 +418,8 @@ pub(crate) struct CoreSetup {
     pub published: SharedRoutes,
     /// The secret iterator tokens are authenticated with.
     pub token_key: spate_protocol::TokenKey,
+    /// Core 0: the master keys and the streams' data keys.
+    pub keyring: Option<Keyring>,
     pub ready: std::sync::mpsc::Sender<Result<(), EngineError>>,
 }
 
@@ -517,6 +547,8 @@ pub struct Core<S: Storage> {
     /// The principals' and policies' version this core knows; a connection's cached
     /// decisions from another version are dropped.
     pub(crate) auth_version: Cell<u64>,
+    /// Core 0: master keys and unwrapped data keys (encryption at rest).
+    keyring: RefCell<Option<Keyring>>,
 }
 
 /// Kinesis: polling consumers share 5 read calls per second per shard.
@@ -555,6 +587,7 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         routes,
         published,
         token_key,
+        keyring,
         ready,
     } = setup;
     let storage = match DmaStorage::open_core(&cfg.data_dir, index).await {
@@ -576,6 +609,7 @@ pub(crate) async fn run_core(setup: CoreSetup) {
         }
     };
     *core.published.borrow_mut() = Some(published);
+    *core.keyring.borrow_mut() = keyring;
     let _ = core.token_key.set(token_key);
     let _ = ready.send(Ok(()));
     core.spawn_background();
@@ -663,6 +697,7 @@ impl<S: Storage + 'static> Core<S> {
             auth_saved: Cell::new(0),
             audit: None,
             auth_version: Cell::new(0),
+            keyring: RefCell::new(None),
         };
         let mut core = core;
         if core.catalog.is_some() {
@@ -893,6 +928,7 @@ impl<S: Storage + 'static> Core<S> {
             CoreMsg::UpdateShard { spec, reply } => {
                 let spec = spec.local();
                 let r = self.slot(spec.ident).map(|slot| {
+                    slot.store.set_keys(spec.ident, spec.keys.clone());
                     *slot.spec.borrow_mut() = spec;
                 });
                 let _ = reply.send(r).await;
@@ -1001,6 +1037,11 @@ impl<S: Storage + 'static> Core<S> {
                     .await;
                 let _ = reply.send(waited).await;
             }
+            CoreMsg::MasterKey { reply } => {
+                let _ = reply
+                    .send(self.current_master_key().ok_or_else(no_keyring))
+                    .await;
+            }
             CoreMsg::NetStats { reply } => {
                 let _ = reply.send(Ok(self.net.stats())).await;
             }
@@ -1047,6 +1088,13 @@ impl<S: Storage + 'static> Core<S> {
                         "turn shard-level metrics of stream {name} {}",
                         if *on { "on" } else { "off" }
                     )),
+                    ControlOp::StartEncryption { name } => {
+                        Some(format!("start encryption of stream {name}"))
+                    }
+                    ControlOp::StopEncryption { name } => {
+                        Some(format!("stop encryption of stream {name}"))
+                    }
+                    ControlOp::RotateKeys => Some("rotate the master key".to_owned()),
                     ControlOp::ExpireClosedShards
                     | ControlOp::OnDemandTick
                     | ControlOp::Snapshot => None,
@@ -1240,6 +1288,7 @@ impl<S: Storage + 'static> Core<S> {
             .cloned()
             .ok_or_else(|| EngineError::Startup(format!("store {} is not open", spec.store)))?;
         store.add_shard(spec.ident);
+        store.set_keys(spec.ident, spec.keys.clone());
         let (write, read, read_calls) = limiters(&spec, self.clock.now_ms());
         let slot = ShardSlot {
             spec: RefCell::new(spec.clone()),
@@ -1630,7 +1679,8 @@ impl<S: Storage + 'static> Core<S> {
         entry: &StreamEntry,
         make: impl Fn(ShardSpecMsg, Reply<()>) -> CoreMsg,
     ) -> Result<(), EngineError> {
-        for spec in ShardSpecMsg::from_catalog(entry) {
+        let keys = self.stream_keys(entry)?;
+        for spec in ShardSpecMsg::from_catalog(entry, keys) {
             let owner = spec.store as usize % self.peers.len();
             call(&self.peers[owner], |reply| make(spec, reply)).await?;
         }
@@ -1797,16 +1847,38 @@ impl<S: Storage + 'static> Core<S> {
                     .await?;
                 Ok(vec![entry])
             }
+            ControlOp::StartEncryption { name } => self.set_encryption(&name, true).await,
+            ControlOp::StopEncryption { name } => self.set_encryption(&name, false).await,
+            ControlOp::RotateKeys => self.rotate_keys().await,
             ControlOp::CreateStream {
                 name,
                 opts,
                 answer_within,
             } => {
                 self.check_quotas(&catalog.borrow(), &name, &opts)?;
-                let entry = catalog
-                    .borrow_mut()
-                    .add_stream(&name, &opts, cores, self.clock.now_ms())?
-                    .clone();
+                let now = self.clock.now_ms();
+                let entry = {
+                    let mut cat = catalog.borrow_mut();
+                    let stream_id = cat.add_stream(&name, &opts, cores, now)?.stream_id;
+                    if opts.encryption {
+                        let enc = self
+                            .keyring
+                            .borrow()
+                            .as_ref()
+                            .ok_or_else(no_keyring)
+                            .and_then(|k| k.with_new_epoch(stream_id, None, now));
+                        match enc {
+                            Ok(enc) => {
+                                cat.stream_mut(&name).expect("just added").encryption = Some(enc)
+                            }
+                            Err(e) => {
+                                let _ = cat.remove_stream(&name);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    cat.stream(&name).expect("just added").clone()
+                };
                 if let Err(e) = self.save_catalog().await {
                     let _ = catalog.borrow_mut().remove_stream(&name);
                     return Err(e);
@@ -2460,7 +2532,8 @@ impl<S: Storage + 'static> Core<S> {
         };
         let new_ids: Vec<u32> = plan.new_shards.iter().map(|s| s.shard_id).collect();
         let mut opened = Ok(());
-        for spec in ShardSpecMsg::from_catalog(&after) {
+        let keys = self.stream_keys(&after)?;
+        for spec in ShardSpecMsg::from_catalog(&after, keys) {
             let owner = spec.store as usize % self.peers.len();
             let shard = spec.ident.shard_id;
             let r = if new_ids.contains(&shard) {
@@ -2566,6 +2639,145 @@ impl<S: Storage + 'static> Core<S> {
         Ok(changed)
     }
 
+    /// A stream's unwrapped data keys (core 0), for the specs its shards' cores get.
+    fn stream_keys(&self, entry: &StreamEntry) -> Result<Option<Arc<StreamKeys>>, EngineError> {
+        if entry.encryption.is_none() {
+            return Ok(None);
+        }
+        let mut keyring = self.keyring.borrow_mut();
+        keyring.as_mut().ok_or_else(no_keyring)?.keys(entry)
+    }
+
+    /// Starts (a new data key, current from the next batch) or stops (new batches in
+    /// clear) a stream's encryption: catalog first, then the shards' cores.
+    async fn set_encryption(&self, name: &str, on: bool) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let before = catalog
+            .borrow()
+            .stream(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownStream(name.to_owned()))?;
+        let is_on = before.encryption.as_ref().is_some_and(|e| e.is_on());
+        if is_on == on {
+            return Ok(vec![before]);
+        }
+        let next = if on {
+            let keyring = self.keyring.borrow();
+            let keyring = keyring.as_ref().ok_or_else(no_keyring)?;
+            keyring.with_new_epoch(
+                before.stream_id,
+                before.encryption.as_ref(),
+                self.clock.now_ms(),
+            )?
+        } else {
+            let mut e = before.encryption.clone().expect("on");
+            e.current = None;
+            e
+        };
+        self.commit_encryption(vec![(before, next)]).await
+    }
+
+    /// Commits new encryption states of streams: the catalog (one atomic write, before any
+    /// batch uses a new key), then each stream's shards and routes. Answers the entries.
+    async fn commit_encryption(
+        &self,
+        changes: Vec<(StreamEntry, crate::catalog::StreamEncryption)>,
+    ) -> Result<Vec<StreamEntry>, EngineError> {
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let mut after = Vec::with_capacity(changes.len());
+        {
+            let mut cat = catalog.borrow_mut();
+            for (before, next) in &changes {
+                let s = cat
+                    .stream_mut(&before.name)
+                    .expect("looked up under the control lock");
+                s.encryption = Some(next.clone());
+                after.push(s.clone());
+            }
+        }
+        // The keys must unwrap before anything is committed.
+        let resolved: Result<Vec<_>, _> = after.iter().map(|e| self.stream_keys(e)).collect();
+        let saved = match resolved {
+            Ok(_) => self.save_catalog().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            let mut cat = catalog.borrow_mut();
+            for (before, _) in &changes {
+                if let Some(s) = cat.stream_mut(&before.name) {
+                    s.encryption = before.encryption.clone();
+                }
+            }
+            return Err(e);
+        }
+        for entry in &after {
+            self.tell_owners(entry, |spec, reply| CoreMsg::UpdateShard { spec, reply })
+                .await?;
+            self.broadcast_route(&entry.name, Some(entry.clone()), StreamStatus::Active)
+                .await?;
+        }
+        Ok(after)
+    }
+
+    /// A master-key rotation: the key file is re-read off the executor thread, every data
+    /// key is re-wrapped under the current master key (so older ones can be retired), and
+    /// every stream that seals gets a new data key under it.
+    async fn rotate_keys(&self) -> Result<Vec<StreamEntry>, EngineError> {
+        let path = self
+            .keyring
+            .borrow()
+            .as_ref()
+            .and_then(Keyring::key_file)
+            .ok_or_else(no_keyring)?;
+        let loaded = glommio::executor()
+            .spawn_blocking(move || crate::crypto::FileKeyProvider::load(&path))
+            .await
+            .map_err(|e| EngineError::KeyUnavailable(e.to_string()))?;
+        let master = {
+            let mut keyring = self.keyring.borrow_mut();
+            keyring
+                .as_mut()
+                .ok_or_else(no_keyring)?
+                .replace_provider(loaded)?
+        };
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let streams: Vec<StreamEntry> = catalog
+            .borrow()
+            .data
+            .streams
+            .iter()
+            .filter(|s| s.encryption.is_some())
+            .cloned()
+            .collect();
+        let now = self.clock.now_ms();
+        let mut changes = Vec::with_capacity(streams.len());
+        for entry in streams {
+            let keys = self.stream_keys(&entry)?.expect("encrypted");
+            let keyring = self.keyring.borrow();
+            let keyring = keyring.as_ref().ok_or_else(no_keyring)?;
+            let mut next = keyring.rewrapped(&entry, &keys)?.expect("encrypted");
+            if next.is_on() {
+                next = keyring.with_new_epoch(entry.stream_id, Some(&next), now)?;
+            }
+            changes.push((entry, next));
+        }
+        let after = self.commit_encryption(changes).await?;
+        tracing::info!(
+            master_key = master,
+            streams = after.len(),
+            "master key rotated"
+        );
+        Ok(after)
+    }
+
+    /// The master key new data keys are wrapped under (core 0), if a key file is loaded.
+    pub(crate) fn current_master_key(&self) -> Option<u32> {
+        self.keyring
+            .borrow()
+            .as_ref()
+            .and_then(|k| k.current_master().ok())
+    }
+
     async fn save_catalog(&self) -> Result<(), EngineError> {
         let catalog = self.catalog.as_ref().expect("core 0");
         // Encode under the borrow, write without it: the write runs off the executor thread.
@@ -2573,6 +2785,12 @@ impl<S: Storage + 'static> Core<S> {
         self.storage.write_small_atomic(&path, &bytes).await?;
         Ok(())
     }
+}
+
+fn no_keyring() -> EngineError {
+    EngineError::KeyUnavailable(
+        "encryption at rest needs master keys: start the server with --key-file (key_file in the config)".into(),
+    )
 }
 
 /// One debug line per store every ten seconds: what its rounds were like.
@@ -2679,6 +2897,7 @@ impl CoreMsg {
             CoreMsg::Control { reply, .. } => no(reply),
             CoreMsg::Listen { reply, .. } => no(reply),
             CoreMsg::NetStats { reply } => no(reply),
+            CoreMsg::MasterKey { reply } => no(reply),
             CoreMsg::Metrics { reply } => no(reply),
             CoreMsg::Seal { reply, .. } => no(reply),
             CoreMsg::Load { reply } => no(reply),

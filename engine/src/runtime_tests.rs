@@ -73,7 +73,7 @@ async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
     let mut specs = Vec::new();
     let mut routes = HashMap::new();
     for s in &catalog.data.streams {
-        specs.extend(ShardSpecMsg::from_catalog(s));
+        specs.extend(ShardSpecMsg::from_catalog(s, None));
         routes.insert(s.name.clone(), s.clone());
     }
     let (tx, rx) = async_channel::bounded(64);

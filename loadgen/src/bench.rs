@@ -132,6 +132,9 @@ pub struct BenchOptions {
     pub command: String,
     /// Speak TLS on every connection; `None`: plaintext.
     pub tls: Option<TlsConfig>,
+    /// Encryption at rest of the streams the scenarios create (the server needs a key
+    /// file for `Aes256Gcm`).
+    pub encryption: spate_client::EncryptionType,
 }
 
 impl BenchOptions {
@@ -150,6 +153,7 @@ impl BenchOptions {
             progress: false,
             command: String::new(),
             tls: None,
+            encryption: spate_client::EncryptionType::None,
         }
     }
 }
@@ -321,6 +325,7 @@ impl Bench<'_> {
             // Quick runs measure nothing; spinning would only slow a shared machine.
             spin_us: if self.opts.quick { 0 } else { 1000 },
             tls: self.opts.tls.clone(),
+            encryption: self.opts.encryption,
             ..RunConfig::new(self.opts.server.clone(), stream)
         }
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use spate_client::{ClientConfig, Pem, TlsOptions};
+use spate_client::{ClientConfig, EncryptionType, Pem, TlsOptions};
 
 use crate::cpus::format_cpu_list;
 use crate::payload::{MAX_RECORD_BYTES, MIN_RECORD_BYTES};
@@ -268,6 +268,10 @@ pub struct RunConfig {
     pub create_shards: Option<u32>,
     /// Limits of a created stream.
     pub limits: LimitsArg,
+    /// Encryption at rest of a created stream (`none`, `aes-256-gcm`); reports from before
+    /// it read back as `none`.
+    #[serde(default, with = "encryption_name")]
+    pub encryption: EncryptionType,
     /// Delete the stream after the run (only one this run created).
     pub delete_after: bool,
     pub producers: usize,
@@ -344,6 +348,7 @@ impl RunConfig {
             stream: stream.into(),
             create_shards: None,
             limits: LimitsArg::Kinesis,
+            encryption: EncryptionType::None,
             delete_after: false,
             producers: 1,
             rate: 0.0,
@@ -453,6 +458,13 @@ impl RunConfig {
             }
             last_s = step.at_s;
         }
+        if self.encryption.is_encrypted() && self.create_shards.is_none() {
+            return Err(
+                "--encryption sets up a stream the run creates (--create-shards); an existing \
+                 stream keeps its own (`spate stream start-encryption`)"
+                    .into(),
+            );
+        }
         if self.on_demand && self.create_shards.is_none() {
             return Err(
                 "--on-demand switches a stream the run creates (--create-shards) to on-demand"
@@ -522,6 +534,9 @@ impl RunConfig {
         if let Some(n) = self.create_shards {
             a.push(format!("--create-shards {n}"));
             a.push(format!("--limits {}", limits_name(self.limits)));
+            if self.encryption.is_encrypted() {
+                a.push(format!("--encryption {}", self.encryption));
+            }
         }
         if self.delete_after {
             a.push("--delete-after".into());
@@ -587,6 +602,21 @@ impl RunConfig {
             a.push("--verify".into());
         }
         a.join(" ")
+    }
+}
+
+/// An [`EncryptionType`] in a report: by its name, as the command line takes it.
+mod encryption_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use spate_client::EncryptionType;
+
+    pub fn serialize<S: Serializer>(e: &EncryptionType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(e.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EncryptionType, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -796,5 +826,33 @@ mod tests {
             "spate-loadgen --server 127.0.0.1:7400 --stream clicks --create-shards 4 --limits off \
              --producers 1 --rate 5000 --size 1024 --keys 1000 --duration 10 --cores 1-3 --verify"
         );
+    }
+
+    #[test]
+    fn encryption_validates_prints_and_reads_back() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "clicks");
+        c.encryption = EncryptionType::Aes256Gcm;
+        assert!(c.validate().unwrap_err().contains("--create-shards"));
+        c.create_shards = Some(2);
+        c.validate().unwrap();
+        assert_eq!(
+            c.command_line(),
+            "spate-loadgen --server 127.0.0.1:7400 --stream clicks --create-shards 2 \
+             --limits kinesis --encryption aes-256-gcm --producers 1 --rate 0 --size 1024 \
+             --keys 1000 --duration 10"
+        );
+        // In the report's parameters by name, always (a figure depends on it).
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["encryption"], "aes-256-gcm");
+        let back: RunConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back.encryption, EncryptionType::Aes256Gcm);
+        let plain = serde_json::to_value(RunConfig::new("x", "s")).unwrap();
+        assert_eq!(plain["encryption"], "none");
+        // Reports from before it read back as none; a name from elsewhere is refused.
+        v.as_object_mut().unwrap().remove("encryption");
+        let back: RunConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back.encryption, EncryptionType::None);
+        v["encryption"] = "rot13".into();
+        assert!(serde_json::from_value::<RunConfig>(v).is_err());
     }
 }

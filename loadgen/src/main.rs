@@ -1,7 +1,8 @@
 //! `spate-loadgen`: the command line around the `spate_loadgen` library.
 //!
 //! ```text
-//! spate-loadgen --server HOST:PORT [--tls [--ca FILE]] --stream NAME [--create-shards N]
+//! spate-loadgen --server HOST:PORT [--tls [--ca FILE]] --stream NAME
+//!               [--create-shards N [--limits kinesis|off] [--encryption none|aes-256-gcm]]
 //!               --producers P --rate R --size BYTES --keys K --duration SECS [--consumers C]
 //!               [--consumer-mode poll|push|group] [--crash-worker-at SECS] [--cores LIST]
 //!               [--json FILE] [--plot FILE] [--verify] [--reshard AT:OP ...]
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use spate_client::EncryptionType;
 use spate_loadgen::bench::{self, BenchOptions};
 use spate_loadgen::cpus::parse_cpu_list;
 use spate_loadgen::{
@@ -111,6 +113,13 @@ impl TlsArgs {
     }
 }
 
+/// `none` or `aes-256-gcm`, listed in the help and in the error for anything else.
+fn encryption_parser() -> impl clap::builder::TypedValueParser<Value = EncryptionType> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["none", "aes-256-gcm"])
+        .try_map(|name| name.parse::<EncryptionType>())
+}
+
 #[derive(Args, Debug)]
 struct RunArgs {
     /// The server's address.
@@ -127,6 +136,10 @@ struct RunArgs {
     /// Limits of a created stream.
     #[arg(long, value_enum, default_value = "kinesis")]
     limits: LimitsArg,
+    /// Encryption at rest of a created stream: none, or aes-256-gcm (the server needs
+    /// --key-file).
+    #[arg(long, value_name = "TYPE", default_value = "none", value_parser = encryption_parser())]
+    encryption: EncryptionType,
     /// Delete the created stream after the run.
     #[arg(long)]
     delete_after: bool,
@@ -280,6 +293,10 @@ struct BenchArgs {
     /// Tiny runs (about a second each): checks the scenario works, measures nothing.
     #[arg(long)]
     quick: bool,
+    /// Encryption at rest of the streams the scenarios create (`aes-256-gcm` needs a server
+    /// started with --key-file).
+    #[arg(long, value_name = "TYPE", default_value = "none", value_parser = encryption_parser())]
+    encryption: EncryptionType,
     #[arg(long, short)]
     quiet: bool,
 }
@@ -333,6 +350,7 @@ fn run(a: RunArgs) -> Result<(), String> {
     let cfg = RunConfig {
         create_shards: a.create_shards,
         limits: a.limits,
+        encryption: a.encryption,
         delete_after: a.delete_after,
         producers: a.producers,
         rate: a.rate,
@@ -421,6 +439,7 @@ fn run_bench(b: BenchArgs) -> Result<(), String> {
         progress: !b.quiet,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         tls: b.tls.config(),
+        encryption: b.encryption,
     };
     let result = bench::run_and_write(&name, &opts).map_err(|e| e.to_string())?;
     for line in result.headline_lines() {
@@ -454,6 +473,7 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.run.cores.unwrap().0, vec![1, 2]);
         assert_eq!(cli.run.create_shards, Some(2));
+        assert_eq!(cli.run.encryption, EncryptionType::None, "the default");
         assert!(cli.run.verify);
         assert!(cli.run.reshard.is_empty());
         assert_eq!(cli.run.consumer_mode, ConsumerMode::Poll, "the default");
@@ -499,6 +519,17 @@ mod tests {
         let steps: Vec<String> = cli.run.rate_step.iter().map(|s| s.to_string()).collect();
         assert_eq!(steps, ["10:16384", "100:1024"]);
         assert!(cli.run.on_demand && cli.run.timeline);
+        let cli = Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --create-shards 4 --encryption aes-256-gcm"
+                .split_whitespace(),
+        )
+        .unwrap();
+        assert_eq!(cli.run.encryption, EncryptionType::Aes256Gcm);
+        assert!(Cli::try_parse_from(
+            "spate-loadgen --server h:1 --stream s --create-shards 4 --encryption aes"
+                .split_whitespace()
+        )
+        .is_err());
         assert!(Cli::try_parse_from(
             "spate-loadgen --server h:1 --stream s --rate-step 10".split_whitespace()
         )

@@ -309,7 +309,12 @@ async fn create_stream(admin: &Client, cfg: &RunConfig, shards: u32) -> Result<(
         LimitsArg::Off => Limits::Off,
     };
     match admin
-        .create_stream(&cfg.stream, &StreamConfig::new(shards).limits(limits))
+        .create_stream(
+            &cfg.stream,
+            &StreamConfig::new(shards)
+                .limits(limits)
+                .encryption(cfg.encryption),
+        )
         .await
     {
         Ok(_) => Ok(()),

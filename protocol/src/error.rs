@@ -11,7 +11,8 @@
 //! | 3xx | a record or batch was refused |
 //! | 4xx | throttling, busy or over a limit |
 //! | 5xx | an iterator is expired or invalid |
-//! | 6xx | the server or its storage failed |
+//! | 6xx | the server or its storage failed (encryption keys included) |
+//! | 7xx | authentication and authorization |
 //!
 //! A code's number is never changed or reused once released: old clients keep interpreting
 //! it, and the test `codes_are_pinned` fails if one moves. New codes take the next free number
@@ -146,6 +147,9 @@ error_codes! {
     /// unreadable); the message names the shard and the damaged sequence range, and where
     /// reading can go on. The rest of the shard, and every other shard, is still served.
     Corrupt = 606,
+    /// Encryption at rest: no key file is configured, or the master key a stream's data key
+    /// is wrapped under is missing or wrong; nothing was written or served.
+    KeyUnavailable = 607,
 
     // 7xx: security.
     /// The request needs an authenticated connection (the server has authentication on):
@@ -256,6 +260,7 @@ mod tests {
         (ErrorCode::ShuttingDown, 604),
         (ErrorCode::OutcomeUnknown, 605),
         (ErrorCode::Corrupt, 606),
+        (ErrorCode::KeyUnavailable, 607),
         (ErrorCode::AuthenticationRequired, 700),
         (ErrorCode::AuthenticationFailed, 701),
         (ErrorCode::AccessDenied, 702),
@@ -304,6 +309,10 @@ mod tests {
         assert!(!ErrorCode::ShardPoisoned.is_retryable());
         assert!(!ErrorCode::OutcomeUnknown.is_retryable());
         assert!(!ErrorCode::IteratorExpired.is_retryable());
+        assert!(
+            !ErrorCode::KeyUnavailable.is_retryable(),
+            "an operator must supply the key"
+        );
         assert!(!ErrorCode::Ok.is_retryable());
     }
 

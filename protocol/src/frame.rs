@@ -105,6 +105,10 @@ opcodes! {
     EnableEnhancedMonitoring = 23,
     /// Stop exporting them.
     DisableEnhancedMonitoring = 24,
+    /// Encrypt a stream's records from now on (Kinesis' StartStreamEncryption).
+    StartStreamEncryption = 25,
+    /// Write a stream's records in the clear from now on (Kinesis' StopStreamEncryption).
+    StopStreamEncryption = 26,
     /// Put one record, routed by the server.
     PutRecord = 20,
     /// Put a batch to one shard.
@@ -153,6 +157,8 @@ opcodes! {
     DeletePolicy = 66,
     /// The audit trail's newest lines.
     ReadAudit = 70,
+    /// Wrap new data keys of every encrypted stream under the current master key.
+    RotateKeys = 71,
 }
 
 impl Opcode {

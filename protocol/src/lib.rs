@@ -20,6 +20,7 @@
 //!                             DecreaseRetention 15 | SplitShard 16 | MergeShards 17 |
 //!                             UpdateShardCount 18 | UpdateStreamMode 19 |
 //!                             EnableEnhancedMonitoring 23 | DisableEnhancedMonitoring 24 |
+//!                             StartStreamEncryption 25 | StopStreamEncryption 26 |
 //!                             PutRecord 20 | PutBatch 21 |
 //!                             PutBatches 22 | GetIterator 30 | GetRecords 31 |
 //!                             RegisterConsumer 40 | DeregisterConsumer 41 |
@@ -29,7 +30,7 @@
 //!                             DeleteGroup 53 | ListGroups 54 | CreatePrincipal 60 |
 //!                             ListPrincipals 61 | UpdatePrincipal 62 |
 //!                             DeletePrincipal 63 | PutPolicy 64 | GetPolicy 65 |
-//!                             DeletePolicy 66 | ReadAudit 70
+//!                             DeletePolicy 66 | ReadAudit 70 | RotateKeys 71
 //!  8     8    correlation_id  chosen by the client, echoed by the response
 //! 16     ...  payload         request, response, or error body (see below)
 //!
@@ -107,9 +108,10 @@ pub use read::{
 };
 pub use stream::{
     CapacityMode, CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest,
-    DescribeStreamRequest, Limits, ListStreamsRequest, ListStreamsResponse, MergeShardsRequest,
-    ReshardResponse, RetentionRequest, ShardDescription, ShardState, SplitShardRequest,
-    StreamDescription, StreamStatus, UpdateShardCountRequest, UpdateStreamModeRequest,
+    DescribeStreamRequest, EncryptionType, Limits, ListStreamsRequest, ListStreamsResponse,
+    MergeShardsRequest, ReshardResponse, RetentionRequest, RotateKeysResponse, ShardDescription,
+    ShardState, SplitShardRequest, StreamDescription, StreamEncryptionRequest, StreamStatus,
+    UpdateShardCountRequest, UpdateStreamModeRequest,
 };
 pub use token::{IteratorToken, TokenKey, ITERATOR_LIFETIME_MS};
 pub use wire::DecodeError;

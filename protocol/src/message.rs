@@ -25,7 +25,8 @@ use crate::read::{GetIteratorRequest, GetIteratorResponse, GetRecordsRequest, Ge
 use crate::stream::{
     CreateStreamRequest, CreateStreamResponse, DeleteStreamRequest, DescribeStreamRequest,
     ListStreamsRequest, ListStreamsResponse, MergeShardsRequest, ReshardResponse, RetentionRequest,
-    SplitShardRequest, StreamDescription, UpdateShardCountRequest, UpdateStreamModeRequest,
+    RotateKeysResponse, SplitShardRequest, StreamDescription, StreamEncryptionRequest,
+    UpdateShardCountRequest, UpdateStreamModeRequest,
 };
 use crate::wire::{put_str, put_u16, put_u32, put_u64, DecodeError, Reader};
 use crate::write::{
@@ -62,6 +63,8 @@ pub enum Request<'a> {
     UpdateStreamMode(UpdateStreamModeRequest<'a>),
     EnableEnhancedMonitoring(DescribeStreamRequest<'a>),
     DisableEnhancedMonitoring(DescribeStreamRequest<'a>),
+    StartStreamEncryption(StreamEncryptionRequest<'a>),
+    StopStreamEncryption(StreamEncryptionRequest<'a>),
     PutRecord(PutRecordRequest<'a>),
     PutBatch(PutBatchRequest<'a>),
     PutBatches(PutBatchesRequest<'a>),
@@ -86,6 +89,7 @@ pub enum Request<'a> {
     GetPolicy(PolicyRequest<'a>),
     DeletePolicy(PolicyRequest<'a>),
     ReadAudit(ReadAuditRequest),
+    RotateKeys,
 }
 
 /// A successful response. Errors travel as [`ErrorResponse`] in frames flagged `ERROR`.
@@ -106,6 +110,8 @@ pub enum Response<'a> {
     UpdateStreamMode,
     EnableEnhancedMonitoring,
     DisableEnhancedMonitoring,
+    StartStreamEncryption,
+    StopStreamEncryption,
     PutRecord(PutRecordResponse),
     PutBatch(PutBatchResponse),
     PutBatches(PutBatchesResponse<'a>),
@@ -131,6 +137,7 @@ pub enum Response<'a> {
     GetPolicy(PolicyDocument<'a>),
     DeletePolicy,
     ReadAudit(ReadAuditResponse<'a>),
+    RotateKeys(RotateKeysResponse),
 }
 
 /// The body of every error response.
@@ -182,6 +189,8 @@ impl<'a> Request<'a> {
             Request::UpdateStreamMode(_) => Opcode::UpdateStreamMode,
             Request::EnableEnhancedMonitoring(_) => Opcode::EnableEnhancedMonitoring,
             Request::DisableEnhancedMonitoring(_) => Opcode::DisableEnhancedMonitoring,
+            Request::StartStreamEncryption(_) => Opcode::StartStreamEncryption,
+            Request::StopStreamEncryption(_) => Opcode::StopStreamEncryption,
             Request::PutRecord(_) => Opcode::PutRecord,
             Request::PutBatch(_) => Opcode::PutBatch,
             Request::PutBatches(_) => Opcode::PutBatches,
@@ -206,6 +215,7 @@ impl<'a> Request<'a> {
             Request::GetPolicy(_) => Opcode::GetPolicy,
             Request::DeletePolicy(_) => Opcode::DeletePolicy,
             Request::ReadAudit(_) => Opcode::ReadAudit,
+            Request::RotateKeys => Opcode::RotateKeys,
         }
     }
 
@@ -216,7 +226,7 @@ impl<'a> Request<'a> {
             Request::AuthChallenge(m) => m.encode_payload(out),
             Request::Authenticate(m) => m.encode_payload(out),
             Request::CreatePrincipal(m) | Request::DeletePrincipal(m) => m.encode_payload(out),
-            Request::ListPrincipals => {}
+            Request::ListPrincipals | Request::RotateKeys => {}
             Request::UpdatePrincipal(m) => m.encode_payload(out),
             Request::PutPolicy(m) => m.encode_payload(out),
             Request::GetPolicy(m) | Request::DeletePolicy(m) => m.encode_payload(out),
@@ -231,6 +241,9 @@ impl<'a> Request<'a> {
             Request::UpdateShardCount(m) => m.encode_payload(out),
             Request::UpdateStreamMode(m) => m.encode_payload(out),
             Request::EnableEnhancedMonitoring(m) | Request::DisableEnhancedMonitoring(m) => {
+                m.encode_payload(out)
+            }
+            Request::StartStreamEncryption(m) | Request::StopStreamEncryption(m) => {
                 m.encode_payload(out)
             }
             Request::PutRecord(m) => m.encode_payload(out),
@@ -267,6 +280,7 @@ impl<'a> Request<'a> {
             Opcode::GetPolicy => Request::GetPolicy(decode_exact(payload)?),
             Opcode::DeletePolicy => Request::DeletePolicy(decode_exact(payload)?),
             Opcode::ReadAudit => Request::ReadAudit(decode_exact(payload)?),
+            Opcode::RotateKeys => decode_empty(payload).map(|()| Request::RotateKeys)?,
             Opcode::CreateStream => Request::CreateStream(decode_exact(payload)?),
             Opcode::DeleteStream => Request::DeleteStream(decode_exact(payload)?),
             Opcode::ListStreams => Request::ListStreams(decode_exact(payload)?),
@@ -283,6 +297,10 @@ impl<'a> Request<'a> {
             Opcode::DisableEnhancedMonitoring => {
                 Request::DisableEnhancedMonitoring(decode_exact(payload)?)
             }
+            Opcode::StartStreamEncryption => Request::StartStreamEncryption(
+                decode_exact::<StreamEncryptionRequest>(payload)?.check_start()?,
+            ),
+            Opcode::StopStreamEncryption => Request::StopStreamEncryption(decode_exact(payload)?),
             Opcode::PutRecord => Request::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Request::PutBatch(decode_exact(payload)?),
             Opcode::PutBatches => Request::PutBatches(decode_exact(payload)?),
@@ -317,6 +335,7 @@ impl<'a> Response<'a> {
             Response::GetPolicy(_) => Opcode::GetPolicy,
             Response::DeletePolicy => Opcode::DeletePolicy,
             Response::ReadAudit(_) => Opcode::ReadAudit,
+            Response::RotateKeys(_) => Opcode::RotateKeys,
             Response::CreateStream(_) => Opcode::CreateStream,
             Response::DeleteStream => Opcode::DeleteStream,
             Response::ListStreams(_) => Opcode::ListStreams,
@@ -329,6 +348,8 @@ impl<'a> Response<'a> {
             Response::UpdateStreamMode => Opcode::UpdateStreamMode,
             Response::EnableEnhancedMonitoring => Opcode::EnableEnhancedMonitoring,
             Response::DisableEnhancedMonitoring => Opcode::DisableEnhancedMonitoring,
+            Response::StartStreamEncryption => Opcode::StartStreamEncryption,
+            Response::StopStreamEncryption => Opcode::StopStreamEncryption,
             Response::PutRecord(_) => Opcode::PutRecord,
             Response::PutBatch(_) => Opcode::PutBatch,
             Response::PutBatches(_) => Opcode::PutBatches,
@@ -358,6 +379,7 @@ impl<'a> Response<'a> {
             Response::ListPrincipals(m) => m.encode_payload(out),
             Response::GetPolicy(m) => m.encode_payload(out),
             Response::ReadAudit(m) => m.encode_payload(out),
+            Response::RotateKeys(m) => m.encode_payload(out),
             Response::CreateStream(m) => m.encode_payload(out),
             Response::ListStreams(m) => m.encode_payload(out),
             Response::DescribeStream(m) => m.encode_payload(out),
@@ -381,6 +403,8 @@ impl<'a> Response<'a> {
             | Response::UpdateStreamMode
             | Response::EnableEnhancedMonitoring
             | Response::DisableEnhancedMonitoring
+            | Response::StartStreamEncryption
+            | Response::StopStreamEncryption
             | Response::DeregisterConsumer
             | Response::SubscribeCredit
             | Response::Checkpoint
@@ -407,6 +431,7 @@ impl<'a> Response<'a> {
             Opcode::GetPolicy => Response::GetPolicy(decode_exact(payload)?),
             Opcode::DeletePolicy => decode_empty(payload).map(|()| Response::DeletePolicy)?,
             Opcode::ReadAudit => Response::ReadAudit(decode_exact(payload)?),
+            Opcode::RotateKeys => Response::RotateKeys(decode_exact(payload)?),
             Opcode::CreateStream => Response::CreateStream(decode_exact(payload)?),
             Opcode::DeleteStream => decode_empty(payload).map(|()| Response::DeleteStream)?,
             Opcode::ListStreams => Response::ListStreams(decode_exact(payload)?),
@@ -428,6 +453,12 @@ impl<'a> Response<'a> {
             }
             Opcode::DisableEnhancedMonitoring => {
                 decode_empty(payload).map(|()| Response::DisableEnhancedMonitoring)?
+            }
+            Opcode::StartStreamEncryption => {
+                decode_empty(payload).map(|()| Response::StartStreamEncryption)?
+            }
+            Opcode::StopStreamEncryption => {
+                decode_empty(payload).map(|()| Response::StopStreamEncryption)?
             }
             Opcode::PutRecord => Response::PutRecord(decode_exact(payload)?),
             Opcode::PutBatch => Response::PutBatch(decode_exact(payload)?),
@@ -601,6 +632,33 @@ pub(crate) mod testkit {
         assert!(decode_request(&frame).is_err());
         check_prefixes(&out, |payload| {
             Response::decode(frame.header.opcode, payload).is_err()
+        });
+        out
+    }
+
+    /// As [`check_request`], for a request whose last `added` payload bytes are fields
+    /// added to the message after its release: the payload without them is what a client
+    /// from before sends, and must decode as `older`; every other strict prefix fails.
+    pub(crate) fn check_request_with_added_tail(
+        request: &Request<'_>,
+        older: &Request<'_>,
+        added: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(&mut out, 0xc0ff_ee00_0000_0001, request);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&decode_request(&frame).unwrap(), request);
+        assert!(decode_response(&frame).is_err());
+        let older_len = frame.payload.len() - added;
+        assert_eq!(
+            Request::decode(frame.header.opcode, &frame.payload[..older_len]).as_ref(),
+            Ok(older),
+            "the payload without its added tail"
+        );
+        check_prefixes(&out, |payload| {
+            payload.len() == older_len || Request::decode(frame.header.opcode, payload).is_err()
         });
         out
     }

@@ -1,13 +1,15 @@
-//! Stream administration messages: create, delete, list, describe, and the retention
-//! changes. Also the rules for stream names and the ranges of stream settings, which both
-//! the client (before sending) and the server (on decoding) apply.
+//! Stream administration messages: create, delete, list, describe, the retention
+//! changes, resharding, and encryption at rest (start, stop, rotate the keys). Also the
+//! rules for stream names and the ranges of stream settings, which both the client (before
+//! sending) and the server (on decoding) apply.
 //!
 //! ```text
 //! limits:            tag u8: 0 Kinesis | 1 Off | 2 Custom, then for Custom
 //!                    write_bytes_per_s u64, write_records_per_s u64, read_bytes_per_s u64
 //!
 //! CreateStream       req:  name str, shard_count u32, retention_hours u32, limits,
-//!                          max_record_data_bytes opt<u32>
+//!                          max_record_data_bytes opt<u32>, encryption u8 (0 none,
+//!                          1 aes-256-gcm; absent, as a client from before it sends: none)
 //!                    resp: stream_id u64, status u8 (as below)
 //! DeleteStream       req:  name str                       resp: (empty)
 //! ListStreams        req:  exclusive_start_name opt<str>, limit u32
@@ -30,11 +32,27 @@
 //! UpdateStreamMode   req:  name str, mode u8 (0 provisioned, 1 on-demand),
 //!                          max_write_mib_per_s opt<u32> (on-demand: the stream's ceiling;
 //!                          absent: the server's default)              resp: (empty)
+//! Start/StopStreamEncryption  req: name str, encryption u8 (Start: 1 aes-256-gcm, 0 is
+//!                          refused; Stop: the type being stopped)     resp: (empty)
+//! RotateKeys         req:  (empty)
+//!                    resp: master_key_id u32, streams u32
 //! ```
-//! A description ends with `mode u8` (0 provisioned, 1 on-demand), `map_version u64`
-//! and `last_scaling opt<str>` (on-demand: the last scaling decision, for people)
-//! (raised by every split, merge and scale: a client whose routing table is older than
-//! the version a `ShardClosed` error names describes the stream again).
+//! A description ends, after its shards, with `mode u8` (0 provisioned, 1 on-demand),
+//! `map_version u64` (raised by every split, merge and scale: a client whose routing
+//! table is older than the version a `ShardClosed` error names describes the stream
+//! again), `last_scaling opt<str>` (on-demand: the last scaling decision, for people),
+//! `shard_level_metrics bool`, `encryption u8`, `key_epochs u32` (data keys the stream
+//! keeps) and `master_key_id opt<u32>` (the master key its current data key is wrapped
+//! under: present exactly when `encryption` is not none).
+//!
+//! Encryption at rest (Kinesis' `EncryptionType`, with the server's key file in place of
+//! KMS): an encrypted stream's records are sealed with AES-256-GCM under a *data key* of
+//! the stream, stored only wrapped under a *master key* of the server. Starting
+//! encryption on a live stream encrypts what is written from then on; stopping it writes
+//! in the clear from then on, and what was sealed stays readable while its data key is
+//! kept (`key_epochs`). RotateKeys wraps a new data key of every encrypted stream under
+//! the server's current master key. A server without the master key it needs answers
+//! `KeyUnavailable`.
 //! `str` is a varint length and UTF-8; `opt<T>` is a presence byte (0 or 1) and `T`.
 
 use crate::batch::MAX_RECORD_DATA_BYTES_CEILING;
@@ -224,6 +242,9 @@ pub struct CreateStreamRequest<'a> {
     pub limits: Limits,
     /// The stream's per-record data limit; `None`: 1 MiB. At most 10 MiB.
     pub max_record_data_bytes: Option<u32>,
+    /// How its records are kept at rest. Last on the wire and optional there: a request
+    /// from a client that predates it decodes as `None`.
+    pub encryption: EncryptionType,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +345,116 @@ impl CapacityMode {
     }
 }
 
+/// How a stream's records are kept at rest (Kinesis' `EncryptionType`, with the server's
+/// key file in place of KMS). One type for the wire and the engine's catalog (archived
+/// with rkyv: variants keep their order).
+#[repr(u8)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum EncryptionType {
+    /// In the clear.
+    #[default]
+    None = 0,
+    /// Sealed with AES-256-GCM under a data key of the stream, which is stored only wrapped
+    /// under a master key of the server.
+    Aes256Gcm = 1,
+}
+
+impl EncryptionType {
+    /// Every type, in wire order.
+    pub const ALL: [EncryptionType; 2] = [EncryptionType::None, EncryptionType::Aes256Gcm];
+
+    /// The name the CLI and JSON use: `none` or `aes-256-gcm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EncryptionType::None => "none",
+            EncryptionType::Aes256Gcm => "aes-256-gcm",
+        }
+    }
+
+    /// Whether records written under this type are sealed.
+    pub fn is_encrypted(self) -> bool {
+        self != EncryptionType::None
+    }
+
+    /// The type for a name as [`EncryptionType::name`] gives it (ASCII case ignored).
+    pub fn from_name(name: &str) -> Option<EncryptionType> {
+        EncryptionType::ALL
+            .into_iter()
+            .find(|e| e.name().eq_ignore_ascii_case(name))
+    }
+
+    fn decode(r: &mut Reader<'_>, field: &'static str) -> Result<EncryptionType, DecodeError> {
+        match r.u8(field)? {
+            0 => Ok(EncryptionType::None),
+            1 => Ok(EncryptionType::Aes256Gcm),
+            // A type a newer peer knows and this server does not: a value it cannot honour,
+            // not a garbled frame.
+            _ => Err(DecodeError::Invalid {
+                field,
+                reason: "unknown encryption type (known: 0 none, 1 aes-256-gcm)",
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for EncryptionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EncryptionType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<EncryptionType, String> {
+        EncryptionType::from_name(s)
+            .ok_or_else(|| format!("unknown encryption {s:?}: none or aes-256-gcm"))
+    }
+}
+
+/// Start or stop encrypting a stream's new records (Kinesis' Start/StopStreamEncryption);
+/// the opcode says which. Start needs a type other than `None` (refused on decoding);
+/// Stop names the type being stopped, as Kinesis' does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamEncryptionRequest<'a> {
+    pub name: &'a str,
+    pub encryption: EncryptionType,
+}
+
+impl StreamEncryptionRequest<'_> {
+    /// The check a start request gets beyond its fields' own.
+    pub(crate) fn check_start(self) -> Result<Self, DecodeError> {
+        if self.encryption.is_encrypted() {
+            Ok(self)
+        } else {
+            Err(DecodeError::Invalid {
+                field: "encryption",
+                reason: "encryption must be aes-256-gcm",
+            })
+        }
+    }
+}
+
+/// The answer to RotateKeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotateKeysResponse {
+    /// The master key new data keys are wrapped under from now on (the key file's current).
+    pub master_key_id: u32,
+    /// Encrypted streams that got a new data key.
+    pub streams: u32,
+}
+
 /// Split an open shard at a hash key: the parent's keys below it go to one child, the rest
 /// to the other (Kinesis' SplitShard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +544,14 @@ pub struct StreamDescription<'a> {
     pub last_scaling: Option<&'a str>,
     /// Per-shard metrics are exported (Kinesis' enhanced shard-level monitoring).
     pub shard_level_metrics: bool,
+    /// How records written from now on are kept at rest.
+    pub encryption: EncryptionType,
+    /// Data keys the stream keeps: the current one and older ones still sealing retained
+    /// records (0 for a stream never encrypted).
+    pub key_epochs: u32,
+    /// The master key the current data key is wrapped under; `None` exactly when
+    /// `encryption` is `None`.
+    pub master_key_id: Option<u32>,
 }
 
 impl<'a> Payload<'a> for CreateStreamRequest<'a> {
@@ -422,6 +561,7 @@ impl<'a> Payload<'a> for CreateStreamRequest<'a> {
         put_u32(out, self.retention_hours);
         self.limits.encode(out);
         put_option(out, self.max_record_data_bytes, put_u32);
+        put_u8(out, self.encryption as u8);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -440,12 +580,16 @@ impl<'a> Payload<'a> for CreateStreamRequest<'a> {
         } else {
             None
         };
+        let encryption = r
+            .trailing("encryption", EncryptionType::decode)?
+            .unwrap_or(EncryptionType::None);
         Ok(CreateStreamRequest {
             name,
             shard_count,
             retention_hours,
             limits,
             max_record_data_bytes,
+            encryption,
         })
     }
 }
@@ -665,6 +809,9 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             None => put_u8(out, 0),
         }
         put_bool(out, self.shard_level_metrics);
+        put_u8(out, self.encryption as u8);
+        put_u32(out, self.key_epochs);
+        put_option(out, self.master_key_id, put_u32);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -688,6 +835,19 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             None
         };
         let shard_level_metrics = r.bool("shard_level_metrics")?;
+        let encryption = EncryptionType::decode(r, "encryption")?;
+        let key_epochs = r.u32("key_epochs")?;
+        let master_key_id = r.option("master_key_id", Reader::u32)?;
+        // A sealing stream has a current data key, wrapped under some master key; a stream
+        // in the clear has no current one (older keys may remain: `key_epochs`).
+        if encryption.is_encrypted() != master_key_id.is_some()
+            || (encryption.is_encrypted() && key_epochs == 0)
+        {
+            return Err(DecodeError::Malformed {
+                field: "master_key_id",
+                reason: "present exactly when encrypted, with at least one key epoch",
+            });
+        }
         Ok(StreamDescription {
             name,
             stream_id,
@@ -701,6 +861,9 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             map_version,
             last_scaling,
             shard_level_metrics,
+            encryption,
+            key_epochs,
+            master_key_id,
         })
     }
 }
@@ -843,10 +1006,38 @@ impl<'a> Payload<'a> for ReshardResponse {
     }
 }
 
+impl<'a> Payload<'a> for StreamEncryptionRequest<'a> {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_stream_name(out, self.name);
+        put_u8(out, self.encryption as u8);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(StreamEncryptionRequest {
+            name: get_stream_name(r)?,
+            encryption: EncryptionType::decode(r, "encryption")?,
+        })
+    }
+}
+
+impl<'a> Payload<'a> for RotateKeysResponse {
+    fn encode_payload(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.master_key_id);
+        put_u32(out, self.streams);
+    }
+
+    fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        Ok(RotateKeysResponse {
+            master_key_id: r.u32("master_key_id")?,
+            streams: r.u32("streams")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::testkit::{check_request, check_response};
+    use crate::message::testkit::{check_request, check_request_with_added_tail, check_response};
     use crate::message::{Request, Response};
     use crate::routing::even_range;
     use proptest::prelude::*;
@@ -877,6 +1068,20 @@ mod tests {
         }
     }
 
+    /// A create request's checks: its encryption byte is a field added after release, so
+    /// the payload without it decodes too, as an unencrypted stream's.
+    fn check_create(req: CreateStreamRequest<'_>) -> Vec<u8> {
+        let older = CreateStreamRequest {
+            encryption: EncryptionType::None,
+            ..req
+        };
+        check_request_with_added_tail(
+            &Request::CreateStream(req),
+            &Request::CreateStream(older),
+            1,
+        )
+    }
+
     fn description() -> StreamDescription<'static> {
         let mut closed = shard(0, 1);
         closed.state = ShardState::Closed;
@@ -904,6 +1109,9 @@ mod tests {
             map_version: 3,
             last_scaling: Some("4 -> 8 open shards: writes were throttled"),
             shard_level_metrics: true,
+            encryption: EncryptionType::Aes256Gcm,
+            key_epochs: 3,
+            master_key_id: Some(u32::MAX),
         }
     }
 
@@ -911,13 +1119,16 @@ mod tests {
     fn requests_round_trip_and_truncate_cleanly() {
         for limits in [Limits::Kinesis, Limits::Off, custom()] {
             for max_record_data_bytes in [None, Some(1), Some(10 << 20)] {
-                check_request(&Request::CreateStream(CreateStreamRequest {
-                    name: "a",
-                    shard_count: 4,
-                    retention_hours: MAX_RETENTION_HOURS,
-                    limits,
-                    max_record_data_bytes,
-                }));
+                for encryption in EncryptionType::ALL {
+                    check_create(CreateStreamRequest {
+                        name: "a",
+                        shard_count: 4,
+                        retention_hours: MAX_RETENTION_HOURS,
+                        limits,
+                        max_record_data_bytes,
+                        encryption,
+                    });
+                }
             }
         }
         check_request(&Request::DeleteStream(DeleteStreamRequest {
@@ -984,6 +1195,12 @@ mod tests {
             has_more: true,
         }));
         check_response(&Response::DescribeStream(description()));
+        let mut plain = description();
+        plain.encryption = EncryptionType::None;
+        plain.master_key_id = None;
+        check_response(&Response::DescribeStream(plain.clone()));
+        plain.key_epochs = 0;
+        check_response(&Response::DescribeStream(plain));
         for new_shards in [vec![], vec![7], (0..100).collect()] {
             let r = ReshardResponse {
                 map_version: u64::MAX,
@@ -1129,23 +1346,161 @@ mod tests {
 
     #[test]
     fn golden_create_stream_request() {
-        let out = check_request(&Request::CreateStream(CreateStreamRequest {
+        let out = check_create(CreateStreamRequest {
             name: "s",
             shard_count: 2,
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: None,
-        }));
+            encryption: EncryptionType::Aes256Gcm,
+        });
         #[rustfmt::skip]
         let expected = [
-            28, 0, 0, 0,  1,  0,  10, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            29, 0, 0, 0,  1,  0,  10, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
             1, b's',        // name
             2, 0, 0, 0,     // shard_count
             24, 0, 0, 0,    // retention_hours
             1,              // limits: Off
             0,              // max_record_data_bytes: absent
+            1,              // encryption: aes-256-gcm
         ];
         assert_eq!(out, expected);
+        // A client from before encryption sends the same without the last byte.
+        let older = &expected[16..expected.len() - 1];
+        let Ok(Request::CreateStream(req)) = Request::decode(10, older) else {
+            panic!("an older client's create decodes")
+        };
+        assert_eq!(req.encryption, EncryptionType::None);
+    }
+
+    #[test]
+    fn golden_encryption_messages() {
+        let out = check_request(&Request::StartStreamEncryption(StreamEncryptionRequest {
+            name: "s",
+            encryption: EncryptionType::Aes256Gcm,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            19, 0, 0, 0,  1,  0,  25, 0,  1, 0, 0, 0, 0, 0xee, 0xff, 0xc0,
+            1, b's',        // name
+            1,              // encryption: aes-256-gcm
+        ];
+        assert_eq!(out, expected);
+        let out = check_request(&Request::StopStreamEncryption(StreamEncryptionRequest {
+            name: "s",
+            encryption: EncryptionType::Aes256Gcm,
+        }));
+        assert_eq!(out[6..8], [26, 0], "opcode 26, same body");
+        assert_eq!(out[16..], expected[16..]);
+        check_response(&Response::StartStreamEncryption);
+        check_response(&Response::StopStreamEncryption);
+        let out = check_request(&Request::RotateKeys);
+        assert_eq!(
+            out,
+            [16, 0, 0, 0, 1, 0, 71, 0, 1, 0, 0, 0, 0, 0xee, 0xff, 0xc0]
+        );
+        let out = check_response(&Response::RotateKeys(RotateKeysResponse {
+            master_key_id: 7,
+            streams: 0x0102,
+        }));
+        #[rustfmt::skip]
+        let expected = [
+            24, 0, 0, 0,  1,  1,  71, 0,  42, 0, 0, 0, 0, 0, 0, 0,
+            7, 0, 0, 0,     // master_key_id
+            2, 1, 0, 0,     // streams
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn golden_description_tail() {
+        let mut d = description();
+        d.shards.clear();
+        d.last_scaling = None;
+        d.key_epochs = 2;
+        d.master_key_id = Some(5);
+        let out = check_response(&Response::DescribeStream(d));
+        #[rustfmt::skip]
+        let tail = [
+            1,              // mode: on-demand
+            3, 0, 0, 0, 0, 0, 0, 0, // map_version
+            0,              // last_scaling: absent
+            1,              // shard_level_metrics
+            1,              // encryption: aes-256-gcm
+            2, 0, 0, 0,     // key_epochs
+            1, 5, 0, 0, 0,  // master_key_id: 5
+        ];
+        assert_eq!(out[out.len() - tail.len()..], tail);
+    }
+
+    #[test]
+    fn encryption_is_checked() {
+        // Start needs a type that encrypts; Stop names any.
+        let mut payload = Vec::new();
+        StreamEncryptionRequest {
+            name: "s",
+            encryption: EncryptionType::None,
+        }
+        .encode_payload(&mut payload);
+        let err = Request::decode(25, &payload).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+        assert_eq!(
+            err.to_string(),
+            "invalid encryption: encryption must be aes-256-gcm"
+        );
+        assert!(Request::decode(26, &payload).is_ok());
+        // An unknown type is a value the server cannot honour.
+        *payload.last_mut().unwrap() = 2;
+        for opcode in [25, 26] {
+            let err = Request::decode(opcode, &payload).unwrap_err();
+            assert_eq!(err.code(), crate::ErrorCode::InvalidArgument, "{opcode}");
+        }
+        let mut payload = Vec::new();
+        CreateStreamRequest {
+            name: "s",
+            shard_count: 1,
+            retention_hours: 1,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: None,
+            encryption: EncryptionType::None,
+        }
+        .encode_payload(&mut payload);
+        *payload.last_mut().unwrap() = 0xff;
+        let err = Request::decode(10, &payload).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::InvalidArgument);
+        *payload.last_mut().unwrap() = 0;
+        payload.push(0);
+        assert_eq!(
+            Request::decode(10, &payload),
+            Err(DecodeError::TrailingBytes(1)),
+            "a byte past the tail"
+        );
+        // A description says a master key exactly when it encrypts.
+        let bad = [
+            (EncryptionType::Aes256Gcm, 1, None),
+            (EncryptionType::Aes256Gcm, 0, Some(1)),
+            (EncryptionType::None, 1, Some(1)),
+        ];
+        for (encryption, key_epochs, master_key_id) in bad {
+            let mut d = description();
+            d.encryption = encryption;
+            d.key_epochs = key_epochs;
+            d.master_key_id = master_key_id;
+            let mut payload = Vec::new();
+            d.encode_payload(&mut payload);
+            assert!(
+                Response::decode(13, &payload).is_err(),
+                "{encryption} {key_epochs} {master_key_id:?}"
+            );
+        }
+        // Names, both ways.
+        for e in EncryptionType::ALL {
+            assert_eq!(e.name().parse::<EncryptionType>(), Ok(e));
+            assert_eq!(e.to_string(), e.name());
+        }
+        assert_eq!("AES-256-GCM".parse(), Ok(EncryptionType::Aes256Gcm));
+        assert!("aes".parse::<EncryptionType>().is_err());
+        assert_eq!(EncryptionType::default(), EncryptionType::None);
     }
 
     #[test]
@@ -1191,6 +1546,7 @@ mod tests {
             retention_hours: 1,
             limits: Limits::Kinesis,
             max_record_data_bytes: None,
+            encryption: EncryptionType::Aes256Gcm,
         };
         let bad = [
             CreateStreamRequest {
@@ -1328,10 +1684,12 @@ mod tests {
             retention_hours in MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS,
             limits in arb_limits(),
             max_record_data_bytes in proptest::option::of(1..=MAX_RECORD_DATA_BYTES_CEILING as u32),
+            encrypted: bool,
         ) {
-            check_request(&Request::CreateStream(CreateStreamRequest {
-                name: &name, shard_count, retention_hours, limits, max_record_data_bytes,
-            }));
+            let encryption = EncryptionType::ALL[usize::from(encrypted)];
+            check_create(CreateStreamRequest {
+                name: &name, shard_count, retention_hours, limits, max_record_data_bytes, encryption,
+            });
         }
 
         #[test]
@@ -1346,7 +1704,14 @@ mod tests {
             shards in proptest::collection::vec(arb_shard(), 0..8),
             on_demand: bool,
             map_version: u64,
+            key_epochs: u32,
+            master_key_id: Option<u32>,
         ) {
+            // Consistent as a server sends it: a master key exactly when encrypting.
+            let (encryption, key_epochs) = match master_key_id {
+                Some(_) => (EncryptionType::Aes256Gcm, key_epochs.max(1)),
+                None => (EncryptionType::None, key_epochs),
+            };
             let status = [
                 StreamStatus::Creating,
                 StreamStatus::Active,
@@ -1356,6 +1721,7 @@ mod tests {
             check_response(&Response::DescribeStream(StreamDescription {
                 name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
                 mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version, last_scaling: None, shard_level_metrics: false,
+                encryption, key_epochs, master_key_id,
             }));
         }
 

@@ -238,6 +238,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A field added at the end of a message after the message was released: `None` when
+    /// the payload ends before it (a peer built before the field sends nothing there),
+    /// else the field as `get` reads it. Only for a message's last field(s): a payload that
+    /// ends early anywhere else is still `Truncated`.
+    pub(crate) fn trailing<T>(
+        &mut self,
+        field: &'static str,
+        get: fn(&mut Reader<'a>, &'static str) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        if self.remaining() == 0 {
+            Ok(None)
+        } else {
+            get(self, field).map(Some)
+        }
+    }
+
     /// A varint element count, checked against `max` and against what the rest of the
     /// payload can hold at `min_item_bytes` each, so the caller may loop without trusting it.
     pub(crate) fn count(
@@ -313,7 +329,18 @@ mod tests {
         assert_eq!(r.option("a", Reader::u32), Ok(Some(9)));
         assert_eq!(r.option("a", Reader::u32), Ok(None));
         assert_eq!(r.varint("a"), Ok(300));
+        assert_eq!(
+            r.trailing("a", Reader::u32),
+            Ok(None),
+            "nothing left: absent"
+        );
         r.finish().unwrap();
+        let mut r = Reader::new(&[7, 0, 0, 0, 9]);
+        assert_eq!(r.trailing("a", Reader::u32), Ok(Some(7)));
+        assert!(matches!(
+            r.trailing("a", Reader::u32),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 
     #[test]

@@ -104,7 +104,25 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             retention_hours: 24,
             limits: custom,
             max_record_data_bytes: Some(1 << 20),
+            encryption: EncryptionType::Aes256Gcm,
         }),
+        Request::CreateStream(CreateStreamRequest {
+            name: "plain",
+            shard_count: 1,
+            retention_hours: 24,
+            limits: Limits::Kinesis,
+            max_record_data_bytes: None,
+            encryption: EncryptionType::None,
+        }),
+        Request::StartStreamEncryption(StreamEncryptionRequest {
+            name: "orders",
+            encryption: EncryptionType::Aes256Gcm,
+        }),
+        Request::StopStreamEncryption(StreamEncryptionRequest {
+            name: "orders",
+            encryption: EncryptionType::Aes256Gcm,
+        }),
+        Request::RotateKeys,
         Request::DeleteStream(DeleteStreamRequest { name: "orders" }),
         Request::ListStreams(ListStreamsRequest {
             exclusive_start_name: Some("a"),
@@ -301,6 +319,15 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             map_version: 1,
             last_scaling: None,
             shard_level_metrics: false,
+            encryption: EncryptionType::Aes256Gcm,
+            key_epochs: 2,
+            master_key_id: Some(3),
+        }),
+        Response::StartStreamEncryption,
+        Response::StopStreamEncryption,
+        Response::RotateKeys(RotateKeysResponse {
+            master_key_id: 4,
+            streams: 12,
         }),
         Response::IncreaseRetention,
         Response::SplitShard(ReshardResponse {
@@ -455,6 +482,15 @@ fn frame_corpus() -> Vec<Vec<u8>> {
         shard_map_version: 0,
     };
     encode_error(&mut out, Opcode::PutBatch.as_u16(), 5, &error);
+    corpus.push(out);
+    let mut out = Vec::new();
+    let error = ErrorResponse {
+        code: ErrorCode::KeyUnavailable,
+        retry_after_ms: 0,
+        message: "stream orders: master key 3 is not in the key file",
+        shard_map_version: 0,
+    };
+    encode_error(&mut out, Opcode::GetRecords.as_u16(), 6, &error);
     corpus.push(out);
     let mut out = Vec::new();
     let error = ErrorResponse {

@@ -96,6 +96,7 @@ fn a_full_file_system_answers_storage_full_and_writes_resume_when_space_returns(
         retention_hours: 24,
         limits: Limits::Off,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert!(r.reply().is_ok(), "{:?}", r.reply());
     // 256 KiB batches until the disk is full.
@@ -223,6 +224,7 @@ fn a_store_that_cannot_be_opened_is_reported_and_the_rest_is_served() {
         retention_hours: 24,
         limits: Limits::Off,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert!(r.reply().is_ok(), "{:?}", r.reply());
     for shard in 0..4u32 {
@@ -290,6 +292,7 @@ fn a_store_that_cannot_be_opened_is_reported_and_the_rest_is_served() {
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: None,
+            encryption: Default::default(),
         }));
         match r.reply() {
             Ok(_) => {
@@ -353,6 +356,7 @@ fn an_empty_server_takes_almost_no_disk_and_a_stream_gets_space_at_once() {
         retention_hours: 24,
         limits: Limits::Off,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert!(r.reply().is_ok(), "{:?}", r.reply());
     let batch = tagged_batch(&key_for_shard(0, 1), 1, 10, 100);

@@ -48,6 +48,7 @@ fn create(c: &mut WireClient, name: &str, shards: u32) {
         retention_hours: 24,
         limits: Limits::Off,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert!(
         matches!(r.reply(), Ok(Response::CreateStream(_))),
@@ -499,6 +500,7 @@ fn create_and_delete_cannot_race_into_a_ghost_stream() {
                 retention_hours: 24,
                 limits: Limits::Off,
                 max_record_data_bytes: None,
+                encryption: Default::default(),
             }),
         );
         spate_protocol::encode_request(
@@ -559,6 +561,7 @@ fn extreme_limits_are_refused_at_create() {
             read_bytes_per_s: u64::MAX,
         },
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert_eq!(r.reply().unwrap_err().code, ErrorCode::InvalidArgument);
     s.shutdown();
@@ -579,6 +582,7 @@ fn quotas_are_refused_with_a_clear_error() {
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: None,
+            encryption: Default::default(),
         }));
         r.reply()
             .map(|_| ())

@@ -27,6 +27,7 @@ fn create(c: &mut WireClient, name: &str, shards: u32, limits: Limits) {
         retention_hours: 24,
         limits,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert!(
         matches!(r.reply(), Ok(Response::CreateStream(_))),
@@ -119,6 +120,7 @@ fn every_operation_over_the_wire() {
         retention_hours: 24,
         limits: Limits::Off,
         max_record_data_bytes: None,
+        encryption: Default::default(),
     }));
     assert_eq!(error_code(&dup.reply()), ErrorCode::StreamExists);
     let list = c.call(&Request::ListStreams(ListStreamsRequest {

@@ -3,6 +3,7 @@
 mod client;
 mod crash;
 mod disk;
+mod encryption;
 mod engine;
 mod fanout;
 mod hostile;

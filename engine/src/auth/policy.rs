@@ -88,6 +88,10 @@ pub const ACTIONS: &[&str] = &[
     "spate:GetPolicy",
     "spate:DeletePolicy",
     "spate:ReadAudit",
+    "spate:StartStreamEncryption",
+    "spate:StopStreamEncryption",
+    // Re-reads the master keys and re-wraps every data key.
+    "spate:RotateKeys",
 ];
 
 /// The actions that concern no stream: they are evaluated against [`NO_STREAM`].
@@ -101,6 +105,7 @@ pub const STREAMLESS_ACTIONS: &[&str] = &[
     "spate:GetPolicy",
     "spate:DeletePolicy",
     "spate:ReadAudit",
+    "spate:RotateKeys",
 ];
 
 // A statement's actions are a u64 mask.
@@ -569,7 +574,7 @@ mod tests {
 
     #[test]
     fn the_action_list_is_complete_and_unique() {
-        assert_eq!(ACTIONS.len(), 33);
+        assert_eq!(ACTIONS.len(), 36);
         for (i, a) in ACTIONS.iter().enumerate() {
             assert!(a.starts_with("spate:"), "{a}");
             assert_eq!(action_index(a), Some(i));

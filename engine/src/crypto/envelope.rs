@@ -56,7 +56,7 @@ impl DataKey {
         Ok(DataKey::from_bytes(bytes))
     }
 
-    fn from_bytes(mut bytes: [u8; KEY_BYTES]) -> DataKey {
+    pub(crate) fn from_bytes(mut bytes: [u8; KEY_BYTES]) -> DataKey {
         let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &bytes).expect("32-byte key"));
         let key = DataKey { bytes, aead };
         zeroize(&mut bytes);

@@ -10,81 +10,27 @@
 //! = `key_aad(stream_id, epoch)`), so the data directory never holds a usable key, and a
 //! master-key rotation re-wraps 48 bytes per epoch instead of re-encrypting data. Batches
 //! are sealed with the data key; the header stays in clear (the store indexes, recovers
-//! and trims by it) but is authenticated, and the CRCs in it stay over the plaintext, so a
-//! client's end-to-end check is unchanged.
+//! and trims by it) but is authenticated, and the producer's CRC over the plaintext is
+//! kept in it and restored when a batch is opened, so a client's end-to-end check is
+//! unchanged (see `records` for the layout).
 //!
-//! # Wiring plan (next session)
-//! **Catalog** (`catalog.rs`): the stream entry gains `encryption: Option<StreamEncryption>`
-//! with `algorithm` (AES-256-GCM, the only one) and `keys: Vec<(epoch u32, WrappedKey
-//! bytes)>`, the last being current. No per-shard "encrypted from seq" is needed: the
-//! header flag says it per batch and the extent header names the epoch (below). The catalog is persisted atomically already, so a new epoch (a new data
-//! key) is durable before any batch uses it. Epochs change when a stream's extents under the
-//! current one reach a proposed `EXTENTS_PER_EPOCH_MAX` (2^16: bounds the chance two extents under one
-//! key draw the same 64-bit segment nonce to below 2^-33) and on request.
-//!
-//! **Which key sealed a batch**: the header has no room for an epoch, and the batch nonce
-//! must stay unique per key, so the epoch is a property of the *extent*: the extent header
-//! (`layout.rs`, bytes 64.. of its first block are zero today) gets `key_epoch u32` and a
-//! flag, written by `ShardLog::open_extent`, carried by the journal's `Roll` entry (its body
-//! grows by a u32; a layout version bump) and by the manifest's extent record. All batches
-//! of an extent use its epoch's key, so a reader resolves the key once per extent read.
-//!
-//! **Marking a batch**: `flags` bit 0 (`FLAG_ENCRYPTED`) in the batch header; producers must
-//! send 0 there (`check_producer_batch` refuses other flags), so only the store sets it.
-//! `batch_len` grows by the 16-byte tag. The extent's space accounting (`needs_roll`,
-//! `roll_order`, `staging_room`, `round_bytes`) uses the stored length `len + 16`.
-//!
-//! **Write path** (`store/mod.rs` `Store::stage`, `store/shard.rs` `ShardLog::stage`):
-//! `ShardLog::stage` copies the batch into staging as today, then `mark_encrypted` on the
-//! header, `batch::stamp` (seals the header CRC), `encrypt_records_detached` on the records
-//! in the staging slice and the tag written after them: no extra copy, one AES-GCM pass
-//! (about 1-2 GB/s per core with AES-NI, against the ~4 GB/s CRC we already pay). The
-//! stamped, sealed bytes are what `staged_bytes` returns, so the journal entry, the direct
-//! in-place write and write-behind (`behind.rs`) all carry ciphertext unchanged; nothing
-//! there changes. The per-stream `DataKey` lives in `ShardLog` (an `Rc<DataKey>` per epoch)
-//! and is handed in by `Store::open` / `add_shard` from the catalog.
-//!
-//! **Read path** (`Store::read`, `Store::read_extent`, `shard::parse_batches_until_damage`):
-//! header checks (`check_stored_header`) stay as they are on the clear header. Where
-//! `verify_stored` runs today on a batch that will be served, an encrypted batch is first
-//! `decrypt_batch`ed (tag check: wrong key or any altered byte is `CryptoError::Decrypt`,
-//! surfaced as a damaged batch and never served), then `verify_stored` checks the plaintext
-//! CRCs as today. The batch served is byte-for-byte the unencrypted one. In-memory staging
-//! and pieces hold ciphertext, so a read of the tip decrypts too (one copy into the
-//! response buffer, which the read path makes anyway). `seq_at_timestamp` and index
-//! lookups need only clear headers.
-//!
-//! **Recovery** (`recover.rs` `replay_batch`, `replay_direct`, `verify_span`): a torn tail
-//! must be told from a whole batch. Proposal: decrypt (tag check) in `verify_span` and
-//! `replay_batch` where they call `verify_stored` today: replay work is bounded by the
-//! journal since the checkpoint, and journal rounds already carry an outer payload CRC, so
-//! torn rounds are found before any decryption; only direct ranges pay the AES pass, and
-//! the GCM tag is a stronger check than an outer CRC would be (no format change needed).
-//! Nonce reuse after a crash is the one real hazard: a batch staged but never acknowledged
-//! may be on disk (journal tail, volume) when recovery cuts it, and the next append would
-//! reuse its (segment nonce, base_seq) with different plaintext. So for an encrypted shard
-//! recovery must not continue the extent that was active at the crash: `replay_tail` /
-//! `load_tail` marks the shard `roll_before_append`, and `ShardLog::needs_roll` honours it,
-//! so the first append after a reopen rolls to a new extent with a fresh segment nonce.
-//!
-//! **Retention** frees whole extents: unchanged. Dropping the last extent of an epoch lets
-//! the catalog drop that epoch's wrapped key (crypto-shredding of expired data).
-//!
-//! **`stream create --encryption aes-256-gcm`**: the control plane (core 0) calls
-//! `DataKey::generate`, `wrap` under `provider.current()` with `key_aad(stream_id, 0)`, and
-//! commits the catalog entry before the shards are placed. **Enabling on a live stream**:
-//! the same, epoch 0, committed to the catalog; then each shard's store is told (the
-//! runtime's per-core channel) and forces a roll, so the new extent (and everything after)
-//! is encrypted; older extents stay plaintext until retention removes them (new data only,
-//! as the issue asks). Disabling would be the same roll without a key.
-//!
-//! **Master-key rotation without downtime**: append a line to the key file and `reload`
-//! (SIGHUP or `spate keys reload`). New epochs are wrapped under the new current key; a
-//! background task on core 0 re-wraps existing epochs' data keys (`unwrap` with the old,
-//! `wrap` with the new, one catalog commit), after which the old master key may be removed
-//! from the file. Unwrap always uses the key a `WrappedKey` names, so reads never stop.
-//! Data keys are unwrapped at `Store::open`/`add_shard` and held in memory; the key file is
-//! not read on the hot path.
+//! # Where it is wired
+//! - **Catalog** (`catalog::StreamEncryption`): per stream, the current key epoch (`None`
+//!   once encryption is stopped) and every epoch's wrapped data key. Written atomically
+//!   before any batch is sealed under a new epoch.
+//! - **Keyring** (`crate::keyring`, core 0): the key provider and the unwrapped keys; at
+//!   start it checks every stream's keys unwrap (a wrong or missing master key stops the
+//!   engine, naming the stream) and gives each encrypting stream a new epoch for the run
+//!   (the nonce-reuse hazard after a crash: see `records`). Start/stop encryption and a
+//!   master-key rotation go through it; shards get an `Arc<StreamKeys>` with their spec.
+//! - **Store** (`store::shard::ShardLog::stage`): a batch is copied into staging, stamped,
+//!   then sealed in place (`seal_batch`): the journal, in-place writes and write-behind
+//!   carry ciphertext only. The stored batch's CRCs cover what is stored, so recovery,
+//!   replay and damage checks need no key. `Store::read` opens sealed batches
+//!   (`open_batches`) after its CRC checks: a tag that does not check is `Corrupt`, never
+//!   served; what a reader receives is byte for byte the producer's batch, stamped.
+//! - **Retention** frees whole extents as before; an epoch's wrapped key stays in the
+//!   catalog (76 bytes) after its data has expired.
 
 mod envelope;
 mod keys;
@@ -97,8 +43,7 @@ use std::path::PathBuf;
 pub use envelope::{key_aad, DataKey, WrappedKey, WRAPPED_KEY_BYTES};
 pub use keys::{FileKeyProvider, KeyId, KeyProvider, MasterKey};
 pub use records::{
-    batch_nonce, decrypt_batch, decrypt_records, decrypt_records_in_place, encrypt_batch,
-    encrypt_records, encrypt_records_detached, is_encrypted, mark_encrypted, unmark_encrypted,
+    is_encrypted, open_batch, open_batches, seal_batch, sealed_epoch, BatchContext, StreamKeys,
     FLAG_ENCRYPTED,
 };
 

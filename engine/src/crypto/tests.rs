@@ -1,7 +1,7 @@
 //! Envelope and batch-encryption tests: round trips, wrong keys, every flipped bit,
 //! rotation, and a search of the ciphertext for the plaintext.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use spate_protocol::batch::{self, BatchBuilder, BATCH_HEADER_LEN};
@@ -53,73 +53,77 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-fn header_of(b: &[u8]) -> [u8; BATCH_HEADER_LEN] {
-    b[..BATCH_HEADER_LEN].try_into().unwrap()
+const CTX: BatchContext = BatchContext {
+    stream_id: 7,
+    shard_id: 3,
+};
+
+/// Seals a stamped plaintext batch the way the store does (room for the tag at the end).
+fn seal(key: &DataKey, epoch: u32, ctx: BatchContext, plain: &[u8]) -> Vec<u8> {
+    let mut b = plain.to_vec();
+    b.resize(plain.len() + TAG_BYTES, 0);
+    seal_batch(key, epoch, ctx, &mut b);
+    b
+}
+
+fn open(key: &DataKey, ctx: BatchContext, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut b = sealed.to_vec();
+    let n = open_batch(key, ctx, &mut b)?;
+    b.truncate(n);
+    Ok(b)
 }
 
 #[test]
 fn batch_round_trip_restores_the_exact_plaintext_batch() {
     let key = DataKey::generate().unwrap();
     let plain = stamped_batch(5, 1000, 0xDEAD_BEEF_0000_0001);
-    let mut b = plain.clone();
-    encrypt_batch(&key, &mut b);
-    assert_eq!(b.len(), plain.len() + TAG_BYTES);
-    assert!(is_encrypted(&header_of(&b)));
-    // The clear header is still a valid stored header (the store walks extents by it),
-    // but the records CRC is over the plaintext, so the sealed batch does not verify.
-    let h = batch::verify_stored_header(&b).unwrap();
-    assert_eq!(h.batch_len as usize, b.len());
+    let b = seal(&key, 9, CTX, &plain);
+    assert!(is_encrypted(&b));
+    assert_eq!(sealed_epoch(&b), 9);
+    // The sealed batch is an ordinary stored batch to the store: both CRCs verify
+    // without the key (recovery and torn-tail checks need none).
+    let h = batch::verify_stored(&b).unwrap();
+    assert_eq!(h.batch_len as usize, plain.len() + TAG_BYTES);
     assert_eq!(h.base_seq, 1000);
-    assert!(batch::verify_stored(&b).is_err());
     assert!(!contains(&b, MARKER), "plaintext marker in the ciphertext");
-    decrypt_batch(&key, &mut b).unwrap();
-    assert_eq!(b, plain);
-    batch::verify_stored(&b).unwrap();
+    let back = open(&key, CTX, &b).unwrap();
+    assert_eq!(back, plain);
+    batch::verify_stored(&back).unwrap();
 }
 
 #[test]
-fn records_round_trip_with_vec_api() {
-    let key = DataKey::generate().unwrap();
-    let plain = stamped_batch(3, 7, 99);
-    let mut header = header_of(&plain);
-    mark_encrypted(&mut header);
-    let mut records = plain[BATCH_HEADER_LEN..].to_vec();
-    encrypt_records(&key, &header, &mut records);
-    assert_eq!(records.len(), plain.len() - BATCH_HEADER_LEN + TAG_BYTES);
-    assert!(!contains(&records, MARKER));
-    decrypt_records(&key, &header, &mut records).unwrap();
-    assert_eq!(records, &plain[BATCH_HEADER_LEN..]);
-    unmark_encrypted(&mut header);
-    assert_eq!(header, header_of(&plain));
-}
-
-#[test]
-fn wrong_data_key_fails() {
+fn wrong_data_key_or_wrong_place_fails() {
     let key = DataKey::generate().unwrap();
     let other = DataKey::generate().unwrap();
-    let mut b = stamped_batch(2, 5, 77);
-    encrypt_batch(&key, &mut b);
-    let e = decrypt_batch(&other, &mut b).unwrap_err();
+    let b = seal(&key, 0, CTX, &stamped_batch(2, 5, 77));
+    let mut wiped = b.clone();
+    let e = open_batch(&other, CTX, &mut wiped).unwrap_err();
     assert!(matches!(e, CryptoError::Decrypt { base_seq: 5 }), "{e}");
-    // ring overwrites (zeroes) the buffer on a failed open: no plaintext is left behind.
-    assert!(
-        !contains(&b, MARKER),
-        "a failed decryption left plaintext behind"
-    );
+    // ring overwrites the buffer on a failed open: no plaintext is left behind.
+    assert!(!contains(&wiped, MARKER));
+    for ctx in [
+        BatchContext {
+            stream_id: 8,
+            ..CTX
+        },
+        BatchContext { shard_id: 4, ..CTX },
+    ] {
+        assert!(open(&key, ctx, &b).is_err(), "{ctx:?}");
+    }
 }
 
 #[test]
 fn every_flipped_bit_of_a_sealed_batch_fails() {
     let key = DataKey::generate().unwrap();
-    let mut sealed = stamped_batch(2, 42, 0x0123_4567_89AB_CDEF);
-    encrypt_batch(&key, &mut sealed);
-    // Header (AAD, nonce fields included), ciphertext and tag: every bit.
+    let sealed = seal(&key, 1, CTX, &stamped_batch(2, 42, 0x0123_4567_89AB_CDEF));
+    // Header (magic, CRCs, AAD, nonce fields, epoch), ciphertext and tag: every bit is
+    // caught by the store's CRC check of the stored bytes or by the tag.
     for byte in 0..sealed.len() {
         for bit in 0..8 {
             let mut b = sealed.clone();
             b[byte] ^= 1 << bit;
-            let r = decrypt_batch(&key, &mut b);
-            assert!(r.is_err(), "flip of byte {byte} bit {bit} went unnoticed");
+            let served = batch::verify_stored(&b).is_ok() && open(&key, CTX, &b).is_ok();
+            assert!(!served, "flip of byte {byte} bit {bit} went unnoticed");
         }
     }
 }
@@ -128,38 +132,56 @@ fn every_flipped_bit_of_a_sealed_batch_fails() {
 fn truncated_or_unmarked_batches_are_typed_errors() {
     let key = DataKey::generate().unwrap();
     let plain = stamped_batch(1, 0, 1);
-    let mut b = plain.clone();
     assert!(matches!(
-        decrypt_batch(&key, &mut b),
-        Err(CryptoError::NotEncrypted { .. })
+        open(&key, CTX, &[plain.as_slice(), &[0u8; TAG_BYTES]].concat()),
+        Err(CryptoError::NotEncrypted { .. }) | Err(CryptoError::SealedLength { .. })
     ));
-    let mut sealed = plain.clone();
-    encrypt_batch(&key, &mut sealed);
+    let sealed = seal(&key, 0, CTX, &plain);
     for cut in 0..sealed.len() {
-        let mut b = sealed[..cut].to_vec();
-        assert!(
-            decrypt_batch(&key, &mut b).is_err(),
-            "prefix of {cut} bytes"
-        );
+        assert!(open(&key, CTX, &sealed[..cut]).is_err(), "prefix of {cut}");
     }
 }
 
 #[test]
-fn nonces_differ_between_batches() {
-    let mut seen = HashSet::new();
-    for segment_nonce in [1u64, 3, 0xFFFF_FFFF_FFFF_FFFF] {
-        for base_seq in [0u64, 1, 2, 500, 1 << 20] {
-            let h = header_of(&stamped_batch(1, base_seq, segment_nonce));
-            assert!(seen.insert(batch_nonce(&h)), "{segment_nonce} {base_seq}");
-        }
-    }
-    // Same plaintext records in two batches: different ciphertexts.
+fn same_records_at_other_positions_give_other_ciphertexts() {
     let key = DataKey::generate().unwrap();
-    let mut a = stamped_batch(1, 10, 5);
-    let mut b = stamped_batch(1, 11, 5);
-    encrypt_batch(&key, &mut a);
-    encrypt_batch(&key, &mut b);
+    let a = seal(&key, 0, CTX, &stamped_batch(1, 10, 5));
+    let b = seal(&key, 0, CTX, &stamped_batch(1, 11, 5));
+    let c = seal(
+        &key,
+        0,
+        BatchContext { shard_id: 4, ..CTX },
+        &stamped_batch(1, 10, 5),
+    );
     assert_ne!(a[BATCH_HEADER_LEN..], b[BATCH_HEADER_LEN..]);
+    assert_ne!(a[BATCH_HEADER_LEN..], c[BATCH_HEADER_LEN..]);
+}
+
+#[test]
+fn a_read_of_mixed_batches_opens_the_sealed_ones_under_their_epochs() {
+    let k0 = DataKey::generate().unwrap();
+    let k1 = DataKey::generate().unwrap();
+    let p0 = stamped_batch(2, 0, 1);
+    let p1 = stamped_batch(3, 2, 1);
+    let p2 = stamped_batch(1, 5, 1);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&p0); // stored before encryption was started
+    bytes.extend_from_slice(&seal(&k0, 0, CTX, &p1));
+    let k1_copy = DataKey::generate().unwrap();
+    bytes.extend_from_slice(&seal(&k1, 1, CTX, &p2));
+    assert!(!contains(&bytes[p0.len()..], MARKER));
+    let keys = StreamKeys::new(7, Some(1), vec![(1, k1), (0, k0)]);
+    let mut read = bytes.clone();
+    open_batches(Some(&keys), CTX, &mut read).unwrap();
+    assert_eq!(read, [p0.clone(), p1, p2].concat());
+    // An epoch the stream does not have, or no keys at all: an error, nothing served.
+    let missing = StreamKeys::new(7, Some(0), vec![(0, k1_copy)]);
+    assert!(open_batches(Some(&missing), CTX, &mut bytes.clone()).is_err());
+    assert!(open_batches(None, CTX, &mut bytes.clone()).is_err());
+    // Clear batches alone need no keys.
+    let mut clear = p0.clone();
+    open_batches(None, CTX, &mut clear).unwrap();
+    assert_eq!(clear, p0);
 }
 
 #[test]
@@ -176,11 +198,9 @@ fn wrapped_key_round_trip_and_encoding() {
     assert_eq!(back, w);
     let dk2 = back.unwrap(&provider, &aad).unwrap();
     // The unwrapped key decrypts what the original sealed.
-    let mut b = stamped_batch(2, 3, 4);
-    let plain = b.clone();
-    encrypt_batch(&dk, &mut b);
-    decrypt_batch(&dk2, &mut b).unwrap();
-    assert_eq!(b, plain);
+    let plain = stamped_batch(2, 3, 4);
+    let b = seal(&dk, 0, CTX, &plain);
+    assert_eq!(open(&dk2, CTX, &b).unwrap(), plain);
     // Every truncation and a trailing byte are refused.
     for cut in 0..bytes.len() {
         assert!(WrappedKey::decode(&bytes[..cut]).is_err());
@@ -274,12 +294,10 @@ fn rotation_keeps_old_data_keys_readable() {
     let w2 = DataKey::generate().unwrap().wrap(&m2, id2, &aad1).unwrap();
     assert_eq!(w2.master_id, KeyId(2));
     // Old data keys still unwrap, and still decrypt old batches.
-    let mut b = stamped_batch(1, 0, 11);
-    let plain = b.clone();
-    encrypt_batch(&dk1, &mut b);
+    let plain = stamped_batch(1, 0, 11);
+    let b = seal(&dk1, 0, CTX, &plain);
     let again = w1.unwrap(&provider, &aad).unwrap();
-    decrypt_batch(&again, &mut b).unwrap();
-    assert_eq!(b, plain);
+    assert_eq!(open(&again, CTX, &b).unwrap(), plain);
     w2.unwrap(&provider, &aad1).unwrap();
     // Re-wrapping an epoch under the new key (what lets key 1 retire).
     let rewrapped = again.wrap(&m2, id2, &aad).unwrap();
@@ -343,11 +361,10 @@ proptest! {
         }
         let mut plain = b.finish();
         batch::stamp(&mut plain, base_seq, 5, segment_nonce);
-        let mut sealed = plain.clone();
-        encrypt_batch(&key, &mut sealed);
+        let sealed = seal(&key, 3, CTX, &plain);
         prop_assert_eq!(sealed.len(), plain.len() + TAG_BYTES);
-        decrypt_batch(&key, &mut sealed).unwrap();
-        prop_assert_eq!(&sealed, &plain);
         batch::verify_stored(&sealed).unwrap();
+        let back = open(&key, CTX, &sealed).unwrap();
+        prop_assert_eq!(&back, &plain);
     }
 }

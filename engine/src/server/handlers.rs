@@ -182,6 +182,7 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         Request::EnableEnhancedMonitoring(r) | Request::DisableEnhancedMonitoring(r) => {
             Some(r.name)
         }
+        Request::StartStreamEncryption(r) | Request::StopStreamEncryption(r) => Some(r.name),
         Request::PutRecord(r) => Some(r.stream),
         Request::PutBatch(r) => Some(r.stream),
         Request::PutBatches(r) => Some(r.stream),
@@ -207,7 +208,8 @@ fn stream_of<'a>(req: &Request<'a>) -> Option<&'a str> {
         | Request::PutPolicy(_)
         | Request::GetPolicy(_)
         | Request::DeletePolicy(_)
-        | Request::ReadAudit(_) => None,
+        | Request::ReadAudit(_)
+        | Request::RotateKeys => None,
     }
 }
 
@@ -312,6 +314,7 @@ pub fn error_code(e: &EngineError) -> (ErrorCode, u32) {
         EngineError::Io(_) => (ErrorCode::StorageIo, 0),
         EngineError::Poisoned(_) => (ErrorCode::ShardPoisoned, 0),
         EngineError::Corrupt(_) => (ErrorCode::Corrupt, 0),
+        EngineError::KeyUnavailable(_) => (ErrorCode::KeyUnavailable, 0),
         EngineError::Startup(_) => (ErrorCode::Internal, 0),
         EngineError::ShuttingDown => (ErrorCode::ShuttingDown, 100),
         EngineError::OutcomeUnknown => (ErrorCode::OutcomeUnknown, 0),
@@ -411,6 +414,45 @@ async fn execute<S: Storage + 'static>(
             )
             .await?,
         ),
+        Request::StartStreamEncryption(r) => {
+            let op = ControlOp::StartEncryption {
+                name: r.name.to_owned(),
+            };
+            control_op(core, op).await.map_err(fail)?;
+            Response::StartStreamEncryption
+        }
+        Request::StopStreamEncryption(r) => {
+            let op = ControlOp::StopEncryption {
+                name: r.name.to_owned(),
+            };
+            control_op(core, op).await.map_err(fail)?;
+            Response::StopStreamEncryption
+        }
+        Request::RotateKeys => {
+            let entries = control_op(core, ControlOp::RotateKeys)
+                .await
+                .map_err(fail)?;
+            // Every data key is now wrapped under the current master key.
+            let master_key_id = entries
+                .iter()
+                .filter_map(|e| e.encryption.as_ref())
+                .flat_map(|e| &e.epochs)
+                .filter_map(|k| crate::crypto::WrappedKey::decode(&k.wrapped).ok())
+                .map(|w| w.master_id.0)
+                .max();
+            let master_key_id = match master_key_id {
+                Some(id) => id,
+                None => current_master_key(core).await.map_err(fail)?,
+            };
+            Response::RotateKeys(spate_protocol::RotateKeysResponse {
+                master_key_id,
+                // The streams that got a new data key (stopped ones are only re-wrapped).
+                streams: entries
+                    .iter()
+                    .filter(|e| e.encryption.as_ref().is_some_and(|x| x.is_on()))
+                    .count() as u32,
+            })
+        }
         Request::EnableEnhancedMonitoring(r) | Request::DisableEnhancedMonitoring(r) => {
             let on = matches!(req, Request::EnableEnhancedMonitoring(_));
             let op = ControlOp::SetShardLevelMetrics {
@@ -553,6 +595,7 @@ async fn create_stream<S: Storage + 'static>(
         max_record_data_bytes: r
             .max_record_data_bytes
             .unwrap_or(spate_protocol::batch::DEFAULT_MAX_RECORD_DATA_BYTES as u32),
+        encryption: r.encryption != spate_protocol::stream::EncryptionType::None,
     };
     let op = ControlOp::CreateStream {
         name: r.name.to_owned(),
@@ -699,6 +742,18 @@ async fn describe_stream<S: Storage + 'static>(
         map_version: entry.map_version,
         last_scaling: last_scaling.as_deref(),
         shard_level_metrics: entry.shard_level_metrics,
+        encryption: match &entry.encryption {
+            Some(e) if e.is_on() => spate_protocol::stream::EncryptionType::Aes256Gcm,
+            _ => spate_protocol::stream::EncryptionType::None,
+        },
+        key_epochs: entry
+            .encryption
+            .as_ref()
+            .map_or(0, |e| e.epochs.len() as u32),
+        master_key_id: entry
+            .encryption
+            .as_ref()
+            .and_then(crate::keyring::Keyring::master_of),
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())
@@ -1091,6 +1146,11 @@ async fn control_op<S: Storage + 'static>(
     op: ControlOp,
 ) -> Result<Vec<StreamEntry>, EngineError> {
     call(&core.peers[0], |reply| CoreMsg::Control { op, reply }).await
+}
+
+/// The master key new data keys are wrapped under (asked of core 0, which holds them).
+async fn current_master_key<S: Storage + 'static>(core: &Core<S>) -> Result<u32, EngineError> {
+    call(&core.peers[0], |reply| CoreMsg::MasterKey { reply }).await
 }
 
 async fn put<S: Storage + 'static>(

@@ -55,10 +55,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use spate_protocol::batch::{BatchHeader, BATCH_HEADER_LEN};
 
 use crate::clock::ClockRef;
+use crate::crypto::{BatchContext, StreamKeys};
 use crate::io::{align_down, align_up, IoBuf, SegFile, Storage, BLOCK_BYTES};
 use crate::notify::Notify;
 
@@ -514,6 +516,15 @@ impl<S: Storage> Store<S> {
             .or_insert_with(|| ShardLog::new(key.stream_id, key.shard_id, 0, 0));
     }
 
+    /// Gives a shard its stream's data keys (encryption at rest), or takes them away
+    /// (`None`: the stream was never encrypted). New batches are sealed under the current
+    /// epoch's key from the next one staged; reads open sealed batches under theirs.
+    pub fn set_keys(&self, key: ShardKey, keys: Option<Arc<StreamKeys>>) {
+        if let Some(log) = self.st.borrow_mut().shards.get_mut(&key) {
+            log.keys = keys;
+        }
+    }
+
     pub fn has_shard(&self, key: ShardKey) -> bool {
         self.st.borrow().shards.contains_key(&key)
     }
@@ -612,7 +623,9 @@ impl<S: Storage> Store<S> {
             // What this call staged waits for nobody until it returns: before waiting for
             // room (which may need those rounds to go out), see them through.
             let r = match self.admission(key, batch.len()) {
-                Ok(Wait::None) if batch.len() <= self.cfg.max_batch_bytes() => {
+                Ok(Wait::None)
+                    if batch.len() + crate::crypto::TAG_BYTES <= self.cfg.max_batch_bytes() =>
+                {
                     self.stage(key, batch, record_count)
                 }
                 Err(e) => Err(e),
@@ -658,6 +671,7 @@ impl<S: Storage> Store<S> {
             return Err(StoreError::ShuttingDown);
         }
         let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
+        let len = log.stored_len(len);
         let round_full = st.writing && st.open.batch_bytes >= self.cfg.round_bytes_max;
         let memory_full =
             st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
@@ -707,7 +721,7 @@ impl<S: Storage> Store<S> {
     /// Waits until a batch of `len` bytes for `key` may be staged now (room in the round,
     /// memory, journal, an extent; the shard's tail loaded), or fails.
     async fn admit(&self, key: ShardKey, len: usize) -> Result<(), StoreError> {
-        if len > self.cfg.max_batch_bytes() {
+        if len + crate::crypto::TAG_BYTES > self.cfg.max_batch_bytes() {
             return Err(StoreError::BatchTooLarge(len));
         }
         loop {
@@ -808,11 +822,11 @@ impl<S: Storage> Store<S> {
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         let open_id = st.open_id;
-        let len = batch.len();
         let log = st
             .shards
             .get_mut(&key)
             .ok_or(StoreError::UnknownShard(key))?;
+        let len = log.stored_len(batch.len());
         if log.round_id != open_id {
             // A shard that was hot in the round before goes in place from its first batch.
             log.prev_round_bytes = if log.round_id + 1 == open_id {
@@ -1402,10 +1416,15 @@ impl<S: Storage> Store<S> {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<ReadOutput, StoreError> {
-        let (durable_seq, latest_ts_ms, horizon) = {
+        let (durable_seq, latest_ts_ms, horizon, keys) = {
             let st = self.st.borrow();
             let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
-            (log.durable_seq, log.durable_last_ts_ms, log.trim_horizon())
+            (
+                log.durable_seq,
+                log.durable_last_ts_ms,
+                log.trim_horizon(),
+                log.keys.clone(),
+            )
         };
         let from_seq = from_seq.max(horizon);
         let mut out = ReadOutput {
@@ -1432,6 +1451,14 @@ impl<S: Storage> Store<S> {
             cursor = self.next_extent_cursor(key, c.extent)?;
         }
         out.end_seq = out.end_seq.min(limit_seq).max(from_seq);
+        // Sealed batches (encryption at rest) are opened here, after the store verified
+        // their CRCs as stored: a batch whose tag does not check is never served.
+        let ctx = BatchContext {
+            stream_id: key.stream_id,
+            shard_id: key.shard_id,
+        };
+        crate::crypto::open_batches(keys.as_deref(), ctx, &mut out.bytes)
+            .map_err(|e| StoreError::Corrupt(format!("shard {key:?}: {e}")))?;
         Ok(out)
     }
 

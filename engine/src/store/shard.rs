@@ -14,10 +14,12 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use spate_protocol::batch::{self, BatchHeader, BATCH_HEADER_LEN};
 
 use super::layout::{ExtentHeader, ExtentId, EXTENT_DATA_START};
+use crate::crypto::{self, BatchContext, StreamKeys, TAG_BYTES};
 use crate::io::{align_down, align_up, IoBuf, BLOCK_BYTES};
 use crate::notify::Notify;
 
@@ -167,6 +169,9 @@ pub(crate) struct DirectStart {
 pub(crate) struct ShardLog<B> {
     pub stream_id: u64,
     pub shard_id: u32,
+    /// The stream's data keys (encryption at rest): batches are sealed under the current
+    /// epoch's as they are staged, and reads open them. `None`: a stream never encrypted.
+    pub keys: Option<Arc<StreamKeys>>,
     /// Oldest first; the last one is appended to.
     pub extents: VecDeque<Extent<B>>,
     pub next_seq: u64,
@@ -206,6 +211,7 @@ impl<B: IoBuf> ShardLog<B> {
         ShardLog {
             stream_id,
             shard_id,
+            keys: None,
             extents: VecDeque::new(),
             next_seq,
             durable_seq: next_seq,
@@ -315,9 +321,20 @@ impl<B: IoBuf> ShardLog<B> {
         self.extents.push_back(e);
     }
 
+    /// What a batch of `len` bytes takes in the log: its length, plus the GCM tag when the
+    /// shard's stream seals new batches.
+    pub fn stored_len(&self, len: usize) -> usize {
+        match self.keys.as_deref().and_then(StreamKeys::sealing) {
+            Some(_) => len + TAG_BYTES,
+            None => len,
+        }
+    }
+
     /// Copies a checked batch into the active extent's staging buffer and stamps it there
-    /// (the one copy from the request into memory that goes to disk). The caller made sure
-    /// it fits and that the staging buffer has room (`staging_room`).
+    /// (the one copy from the request into memory that goes to disk); an encrypted
+    /// stream's batch is then sealed in place (`crypto::seal_batch`), so the journal, the
+    /// extent and write-behind only ever see ciphertext. The caller made sure the stored
+    /// length (`stored_len`) fits and that the staging buffer has room (`staging_room`).
     pub fn stage(
         &mut self,
         batch: &[u8],
@@ -335,10 +352,18 @@ impl<B: IoBuf> ShardLog<B> {
             offset,
             "staging buffer ends at the extent's end"
         );
-        let len = batch.len();
+        let sealing = self.keys.as_deref().and_then(StreamKeys::sealing);
+        let len = batch.len() + if sealing.is_some() { TAG_BYTES } else { 0 };
         let dst = &mut s.buf.as_mut()[s.len..s.len + len];
-        dst.copy_from_slice(batch);
+        dst[..batch.len()].copy_from_slice(batch);
         batch::stamp(dst, base_seq, ts_ms, e.nonce);
+        if let Some((epoch, key)) = sealing {
+            let ctx = BatchContext {
+                stream_id: self.stream_id,
+                shard_id: self.shard_id,
+            };
+            crypto::seal_batch(key, epoch, ctx, dst);
+        }
         s.len += len;
         e.end += len as u64;
         assert!(e.end <= e.size, "a batch was staged past the extent's end");

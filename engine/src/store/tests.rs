@@ -52,6 +52,29 @@ struct Harness {
     clock: ManualClock,
     cfg: StoreConfig,
     keys: Vec<ShardKey>,
+    /// A stream whose shards seal their batches (encryption at rest), as the engine runs
+    /// them: every open brings a new key epoch, and the older ones stay for reading.
+    sealed_stream: Option<u64>,
+    opens: Cell<u32>,
+}
+
+/// Marks the records of the sealed stream: no file may ever hold it.
+const SECRET: &[u8] = b"SECRET-";
+
+fn test_keys(stream_id: u64, current: u32) -> Arc<crate::crypto::StreamKeys> {
+    let keys = (0..=current)
+        .map(|e| {
+            let mut raw = [0u8; 32];
+            raw[..8].copy_from_slice(&stream_id.to_le_bytes());
+            raw[8..12].copy_from_slice(&e.to_le_bytes());
+            (e, crate::crypto::DataKey::from_bytes(raw))
+        })
+        .collect();
+    Arc::new(crate::crypto::StreamKeys::new(
+        stream_id,
+        Some(current),
+        keys,
+    ))
 }
 
 impl Harness {
@@ -69,17 +92,39 @@ impl Harness {
             clock: ManualClock::new(1_000_000),
             cfg,
             keys,
+            sealed_stream: None,
+            opens: Cell::new(0),
         }
     }
 
     fn open(&self) -> Result<Store<SimStorage>, StoreError> {
         let clock: ClockRef = Arc::new(self.clock.clone());
-        block_on(Store::open(
+        let store = block_on(Store::open(
             self.storage.clone(),
             self.cfg.clone(),
             clock,
             &self.keys,
-        ))
+        ))?;
+        if let Some(stream) = self.sealed_stream {
+            let keys = test_keys(stream, self.opens.get());
+            for k in self.keys.iter().filter(|k| k.stream_id == stream) {
+                store.set_keys(*k, Some(keys.clone()));
+            }
+        }
+        self.opens.set(self.opens.get() + 1);
+        Ok(store)
+    }
+
+    /// Checks that no file holds a record of the sealed stream in clear.
+    fn assert_no_plaintext(&self, seed: u64) {
+        for f in self.storage.files() {
+            let bytes = self.storage.file_contents(&f).unwrap_or_default();
+            assert!(
+                !bytes.windows(SECRET.len()).any(|w| w == SECRET),
+                "seed {seed}: {} holds a sealed stream's record in clear",
+                f.display()
+            );
+        }
     }
 }
 
@@ -993,7 +1038,10 @@ fn run_model(seed: u64) {
     if std::env::var("SPATE_MODEL_NO_PREWRITE").is_ok() {
         cfg.prewrite_bytes = 0;
     }
-    let h = Harness::new(seed, cfg, keys.clone());
+    let mut h = Harness::new(seed, cfg, keys.clone());
+    // Stream 2's shards seal their batches: the same checks hold through every crash,
+    // replay and checkpoint, and no file ever holds their records in clear.
+    h.sealed_stream = Some(2);
     let mut store = h.open().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     let mut model: Model = HashMap::new();
     // Records whose append is in flight or failed: they may or may not be stored.
@@ -1012,7 +1060,8 @@ fn run_model(seed: u64) {
                     let k = keys[rng.below(keys.len() as u64) as usize];
                     tag += 1;
                     let big = rng.below(5) == 0;
-                    let (b, r) = make_batch(&mut rng, &format!("s{seed}t{tag}"), big);
+                    let secret = if k.stream_id == 2 { "SECRET-" } else { "" };
+                    let (b, r) = make_batch(&mut rng, &format!("{secret}s{seed}t{tag}"), big);
                     (k, b, r)
                 })
                 .collect();
@@ -1095,6 +1144,7 @@ fn run_model(seed: u64) {
     drop(store);
     h.storage.crash();
     reopen_and_check(&h, seed, 999, &mut model, &mut unsure, &cutoff);
+    h.assert_no_plaintext(seed);
 }
 
 /// Runs the appends concurrently with background work; with `crash_after`, stops polling

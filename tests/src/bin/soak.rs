@@ -322,6 +322,7 @@ fn control(sh: Arc<Shared>, seed: u64) {
                 retention_hours: 24,
                 limits: Limits::Kinesis,
                 max_record_data_bytes: None,
+                encryption: Default::default(),
             }),
             Request::IncreaseRetention(RetentionRequest {
                 name: &name,
@@ -447,6 +448,7 @@ fn main() {
             retention_hours: 24,
             limits: Limits::Off,
             max_record_data_bytes: None,
+            encryption: Default::default(),
         }),
         |_| (),
     )

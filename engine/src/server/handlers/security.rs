@@ -473,6 +473,9 @@ pub(crate) fn action_of(req: &Request<'_>) -> Option<&'static str> {
         Request::GetPolicy(_) => "spate:GetPolicy",
         Request::DeletePolicy(_) => "spate:DeletePolicy",
         Request::ReadAudit(_) => "spate:ReadAudit",
+        Request::StartStreamEncryption(_) => "spate:StartStreamEncryption",
+        Request::StopStreamEncryption(_) => "spate:StopStreamEncryption",
+        Request::RotateKeys => "spate:RotateKeys",
     })
 }
 
@@ -495,6 +498,9 @@ pub(crate) fn is_audited_opcode(op: spate_protocol::Opcode) -> bool {
             | O::UpdateStreamMode
             | O::EnableEnhancedMonitoring
             | O::DisableEnhancedMonitoring
+            | O::StartStreamEncryption
+            | O::StopStreamEncryption
+            | O::RotateKeys
             | O::RegisterConsumer
             | O::DeregisterConsumer
             | O::ListConsumers
@@ -533,7 +539,11 @@ pub(crate) fn params_of(req: &Request<'_>) -> Value {
             "retention_hours": r.retention_hours,
             "limits": format!("{:?}", r.limits),
             "max_record_data_bytes": r.max_record_data_bytes,
+            "encryption": r.encryption.name(),
         }),
+        Request::StartStreamEncryption(r) | Request::StopStreamEncryption(r) => {
+            json!({ "encryption": r.encryption.name() })
+        }
         Request::IncreaseRetention(r) | Request::DecreaseRetention(r) => {
             json!({ "retention_hours": r.retention_hours })
         }

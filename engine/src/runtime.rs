@@ -1061,8 +1061,9 @@ impl<S: Storage + 'static> Core<S> {
             CoreMsg::Control { op, reply } => {
                 let what = match &op {
                     ControlOp::CreateStream { name, opts, .. } => Some(format!(
-                        "create stream {name} with {} shards",
-                        opts.shard_count
+                        "create stream {name} with {} shards{}",
+                        opts.shard_count,
+                        if opts.encryption { ", encrypted" } else { "" }
                     )),
                     ControlOp::DeleteStream { name } => Some(format!("delete stream {name}")),
                     ControlOp::SetRetention { name, hours } => {

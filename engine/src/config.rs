@@ -70,6 +70,8 @@ audit_max_file_bytes = 16777216     # the audit trail starts a new file past thi
 # tls_client_ca_file = "ca.pem"     # mutual TLS: clients must present a certificate signed by one of these CAs
 plaintext = true                    # false: refuse to start without tls_cert_file and tls_key_file
 tls_handshake_timeout_ms = 10000    # a TLS handshake must complete within this, or the connection is closed
+metrics_toggle_ms = 0               # benchmarking only: > 0 switches counting on and off every this many ms and logs, at shutdown, what it cost
+metrics_toggle_calibrate = false    # ... true: the same phases, counting left on in both (an A/A run)
 # Encryption at rest: master keys, one per line "ID BASE64-OF-32-BYTES", the highest id current (chmod 600).
 # key_file = "master.keys"          # needed to create or read streams with --encryption aes-256-gcm
 "#;
@@ -149,6 +151,13 @@ pub struct EngineConfig {
     pub plaintext: bool,
     /// How long a TLS handshake may take before the connection is closed.
     pub tls_handshake_timeout_ms: u64,
+    /// Benchmarking only (issue 11's paired measurement): when > 0, counting is switched
+    /// on and off every this many ms (wall-clock aligned, the same on every core), and each
+    /// core logs at shutdown the records per second and CPU per record of both phases.
+    pub metrics_toggle_ms: u64,
+    /// With `metrics_toggle_ms`: record the phases but leave counting on in both (an A/A
+    /// run, which shows what the paired method itself reads when nothing changes).
+    pub metrics_toggle_calibrate: bool,
     /// Master keys for encryption at rest (`crate::crypto::FileKeyProvider`): needed to
     /// create, write or read an encrypted stream.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +227,8 @@ impl Default for EngineConfig {
             tls_client_ca_file: None,
             plaintext: true,
             tls_handshake_timeout_ms: 10_000,
+            metrics_toggle_ms: 0,
+            metrics_toggle_calibrate: false,
             key_file: None,
         }
     }

@@ -103,6 +103,11 @@ impl Keyring {
         Ok(Some(k))
     }
 
+    /// Drops a deleted stream's unwrapped keys.
+    pub fn forget(&mut self, stream_id: u64) {
+        self.cache.remove(&stream_id);
+    }
+
     /// The stream's encryption with a new data key, wrapped under the current master key,
     /// as the current epoch (the caller commits it to the catalog before any batch may use
     /// it). Starts encryption on a stream that has none.

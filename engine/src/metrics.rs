@@ -13,7 +13,7 @@
 //! `GetRecords_IteratorAgeMilliseconds` and `OutgoingBytes`, each with a `stream` label.
 //! Engine internals are prefixed `spate_`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -164,8 +164,13 @@ const OPCODE_SLOTS: usize = 64;
 /// hash map and requests by opcode in an array: a put pays two lookups, no string compare.
 #[derive(Debug)]
 pub(crate) struct CoreMetrics {
-    /// Counting is off (`metrics = false`): every call returns at once.
-    off: bool,
+    /// Counting is off (`metrics = false`, or an off phase of `metrics_toggle_ms`): every
+    /// call returns at once.
+    off: Cell<bool>,
+    /// Records this core stored, counting on or off (what `toggle` divides by).
+    stored: Cell<u64>,
+    /// `metrics_toggle_ms`: the phases so far.
+    toggle: RefCell<Vec<TogglePeriod>>,
     streams: RefCell<rustc_hash::FxHashMap<u64, (String, StreamCounters)>>,
     /// Streams (by incarnation) whose shards are counted one by one.
     shard_level: RefCell<rustc_hash::FxHashSet<u64>>,
@@ -183,7 +188,9 @@ impl Default for CoreMetrics {
 impl CoreMetrics {
     pub(crate) fn new(on: bool) -> CoreMetrics {
         CoreMetrics {
-            off: !on,
+            off: Cell::new(!on),
+            stored: Cell::new(0),
+            toggle: RefCell::new(Vec::new()),
             streams: RefCell::new(Default::default()),
             shard_level: RefCell::new(Default::default()),
             shards: RefCell::new(Default::default()),
@@ -195,7 +202,7 @@ impl CoreMetrics {
     /// Runs `f` on the counters of the stream with incarnation id `stream_id`, named
     /// `name` (made on first use).
     pub(crate) fn stream(&self, stream_id: u64, name: &str, f: impl FnOnce(&mut StreamCounters)) {
-        if self.off {
+        if self.off.get() {
             return;
         }
         let mut streams = self.streams.borrow_mut();
@@ -224,7 +231,7 @@ impl CoreMetrics {
         name: &str,
         f: impl FnOnce(&mut ShardCounters),
     ) {
-        if self.off || !self.shard_level.borrow().contains(&stream_id) {
+        if self.off.get() || !self.shard_level.borrow().contains(&stream_id) {
             return;
         }
         let mut shards = self.shards.borrow_mut();
@@ -245,6 +252,7 @@ impl CoreMetrics {
         single: bool,
         took: Duration,
     ) {
+        self.stored.set(self.stored.get() + stored);
         self.shard(stream_id, shard_id, name, |c| {
             c.incoming_records += stored;
             c.incoming_bytes += bytes;
@@ -265,6 +273,37 @@ impl CoreMetrics {
         });
     }
 
+    /// `metrics_toggle_ms`: closes the phase that ends now (records stored and this
+    /// thread's CPU time in it) and starts the next, counting `on` or off (with
+    /// `calibrate`, counting stays on and only the phases are told apart: an A/A run).
+    pub(crate) fn toggle_phase(&self, on: bool, calibrate: bool, now: std::time::Instant) {
+        let cpu_ns = thread_cpu_ns();
+        let stored = self.stored.get();
+        let mut periods = self.toggle.borrow_mut();
+        if let Some(last) = periods.last_mut() {
+            last.records = stored - last.records;
+            last.cpu_ns = cpu_ns - last.cpu_ns;
+            last.wall_ns = now.duration_since(last.started).as_nanos() as u64;
+            last.closed = true;
+        }
+        // The open period holds its starting values until it is closed.
+        periods.push(TogglePeriod {
+            on,
+            records: stored,
+            cpu_ns,
+            wall_ns: 0,
+            started: now,
+            closed: false,
+        });
+        self.off.set(!on && !calibrate);
+    }
+
+    /// `metrics_toggle_ms`: what counting cost, from the phases so far (`None` before a
+    /// pair of busy phases).
+    pub(crate) fn toggle_summary(&self) -> Option<ToggleSummary> {
+        ToggleSummary::of(&self.toggle.borrow())
+    }
+
     /// Forgets a deleted stream's counters.
     pub(crate) fn forget(&self, name: &str) {
         self.streams.borrow_mut().retain(|_, (n, _)| n != name);
@@ -273,7 +312,7 @@ impl CoreMetrics {
 
     /// Counts a request by its opcode, and its error answer by code.
     pub(crate) fn request(&self, opcode: u16, error: Option<&'static str>) {
-        if self.off {
+        if self.off.get() {
             return;
         }
         if let Some(n) = self.requests.borrow_mut().get_mut(usize::from(opcode)) {
@@ -788,6 +827,105 @@ impl EncodeMetric for Histo {
     }
 }
 
+/// One phase of `metrics_toggle_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TogglePeriod {
+    on: bool,
+    records: u64,
+    cpu_ns: u64,
+    wall_ns: u64,
+    started: std::time::Instant,
+    closed: bool,
+}
+
+/// The CPU time of the calling thread (the core's executor thread), in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Counting's cost measured inside one engine process (`metrics_toggle_ms`): counting is
+/// switched on and off every period, so the machine's drifts (the disk's speed changes
+/// minute to minute here) fall on both alike, and each adjacent (on, off) pair of busy
+/// periods is one paired sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ToggleSummary {
+    pub pairs: usize,
+    /// Records per second and executor CPU ns per record, counting on and off (totals).
+    pub on_records_per_s: f64,
+    pub off_records_per_s: f64,
+    pub on_cpu_ns_per_record: f64,
+    pub off_cpu_ns_per_record: f64,
+    /// On/off CPU per record and records per second: 1 + the mean paired difference
+    /// relative to the mean "off" value, with that mean's standard error.
+    pub cpu_ratio: (f64, f64),
+    pub throughput_ratio: (f64, f64),
+}
+
+impl ToggleSummary {
+    fn of(periods: &[TogglePeriod]) -> Option<ToggleSummary> {
+        // Busy, whole periods only (the first starts mid-way, the open one is not over),
+        // paired with their neighbour, each period in one pair at most (independent
+        // samples).
+        let busy = |p: &TogglePeriod| p.closed && p.records > 0 && p.wall_ns > 0;
+        let per = |p: &TogglePeriod| p.cpu_ns as f64 / p.records as f64;
+        let rps = |p: &TogglePeriod| p.records as f64 * 1e9 / p.wall_ns as f64;
+        // (on, off) CPU per record and records per second of each pair.
+        let mut pairs: Vec<((f64, f64), (f64, f64))> = Vec::new();
+        let mut i = 1;
+        while i + 1 < periods.len() {
+            let (a, b) = (&periods[i], &periods[i + 1]);
+            if !(busy(a) && busy(b) && a.on != b.on) {
+                i += 1;
+                continue;
+            }
+            let (on, off) = if a.on { (a, b) } else { (b, a) };
+            pairs.push(((per(on), per(off)), (rps(on), rps(off))));
+            i += 2;
+        }
+        if pairs.is_empty() {
+            return None;
+        }
+        // The mean paired difference relative to the mean "off" value, with its standard
+        // error (differences, not ratios: a mean of ratios leans upward).
+        let relative = |v: Vec<(f64, f64)>| {
+            let n = v.len() as f64;
+            let base = v.iter().map(|(_, off)| off).sum::<f64>() / n;
+            let d: Vec<f64> = v.iter().map(|(on, off)| (on - off) / base).collect();
+            let mean = d.iter().sum::<f64>() / n;
+            let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+            (1.0 + mean, (var / n).sqrt())
+        };
+        let cpu_ratio = relative(pairs.iter().map(|p| p.0).collect());
+        let throughput_ratio = relative(pairs.iter().map(|p| p.1).collect());
+        let busy: Vec<&TogglePeriod> = periods.iter().skip(1).filter(|p| busy(p)).collect();
+        let sum = |on: bool, f: fn(&TogglePeriod) -> u64| {
+            busy.iter()
+                .filter(|p| p.on == on)
+                .map(|p| f(p))
+                .sum::<u64>() as f64
+        };
+        let (rec_on, rec_off) = (sum(true, |p| p.records), sum(false, |p| p.records));
+        Some(ToggleSummary {
+            pairs: pairs.len(),
+            on_records_per_s: rec_on * 1e9 / sum(true, |p| p.wall_ns),
+            off_records_per_s: rec_off * 1e9 / sum(false, |p| p.wall_ns),
+            on_cpu_ns_per_record: sum(true, |p| p.cpu_ns) / rec_on,
+            off_cpu_ns_per_record: sum(false, |p| p.cpu_ns) / rec_off,
+            cpu_ratio,
+            throughput_ratio,
+        })
+    }
+}
+
 /// The counting a put request does, for `benches/benches/metrics.rs` (not an API).
 #[doc(hidden)]
 pub mod bench {
@@ -818,6 +956,35 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_toggle_summary_pairs_busy_whole_periods() {
+        let t = std::time::Instant::now();
+        let p = |on, records, cpu_ns, closed| TogglePeriod {
+            on,
+            records,
+            cpu_ns,
+            wall_ns: 1_000_000_000,
+            started: t,
+            closed,
+        };
+        let periods = [
+            p(true, 999, 1, true), // partial first period: skipped
+            p(false, 1000, 1_000_000, true),
+            p(true, 900, 990_000, true), // on: 1,100 ns/record, 900/s
+            p(false, 0, 5, true),        // idle: skipped, breaks the pairing
+            p(true, 1000, 1_100_000, true),
+            p(false, 1000, 1_000_000, true),
+            p(true, 7, 7, false), // still open
+        ];
+        let s = ToggleSummary::of(&periods).unwrap();
+        assert_eq!(s.pairs, 2);
+        assert!((s.cpu_ratio.0 - 1.1).abs() < 1e-9, "{s:?}");
+        assert!((s.throughput_ratio.0 - 0.95).abs() < 1e-9, "{s:?}");
+        assert!((s.off_cpu_ns_per_record - 1000.0).abs() < 1e-9);
+        assert!((s.on_records_per_s - 950.0).abs() < 1e-9);
+        assert!(ToggleSummary::of(&periods[..2]).is_none());
+    }
 
     #[test]
     fn snapshots_merge_and_encode() {

@@ -839,6 +839,10 @@ impl<S: Storage + 'static> Core<S> {
         if let Ok(t) = spawned {
             t.detach();
         }
+        if self.cfg.metrics && self.cfg.metrics_toggle_ms > 0 {
+            let core = self.clone();
+            glommio::spawn_local(async move { core.toggle_metrics().await }).detach();
+        }
         if self.catalog.is_some() {
             let core = self.clone();
             glommio::spawn_local(async move {
@@ -898,8 +902,40 @@ impl<S: Storage + 'static> Core<S> {
 
     /// Stops taking requests, answers the in-flight ones, and makes every store durable
     /// with a final checkpoint (a clean restart replays nothing).
+    /// `metrics_toggle_ms`: counting on in even periods of the wall clock, off in odd ones,
+    /// until the core stops (the summary is logged at shutdown).
+    async fn toggle_metrics(&self) {
+        let period = self.cfg.metrics_toggle_ms;
+        while !self.stopping.get() {
+            let now = crate::clock::Clock::now_ms(&*self.clock).max(0) as u64;
+            let next = (now / period + 1) * period;
+            glommio::timer::sleep(Duration::from_millis(next - now)).await;
+            let on = (next / period) % 2 == 0;
+            self.metrics.toggle_phase(
+                on,
+                self.cfg.metrics_toggle_calibrate,
+                std::time::Instant::now(),
+            );
+        }
+    }
+
     pub(crate) async fn shutdown(&self) {
         self.stopping.set(true);
+        if let Some(s) = self.metrics.toggle_summary() {
+            tracing::info!(
+                core = self.index,
+                pairs = s.pairs,
+                on_records_per_s = s.on_records_per_s as u64,
+                off_records_per_s = s.off_records_per_s as u64,
+                on_cpu_ns_per_record = s.on_cpu_ns_per_record as u64,
+                off_cpu_ns_per_record = s.off_cpu_ns_per_record as u64,
+                "metrics toggle: counting on/off CPU per record {:.4} ± {:.4}, throughput on/off {:.4} ± {:.4} (mean of paired periods ± standard error)",
+                s.cpu_ratio.0,
+                s.cpu_ratio.1,
+                s.throughput_ratio.0,
+                s.throughput_ratio.1
+            );
+        }
         self.net.stopping.notify_all();
         crate::server::stop_accepting(self);
         let stores: Vec<Rc<Store<S>>> = self.stores.borrow().values().cloned().collect();
@@ -1931,6 +1967,9 @@ impl<S: Storage + 'static> Core<S> {
                 }
                 self.broadcast_route(&entry.name, None, StreamStatus::Deleting)
                     .await?;
+                if let Some(k) = self.keyring.borrow_mut().as_mut() {
+                    k.forget(entry.stream_id);
+                }
                 for sh in &entry.shards {
                     let ident = ShardIdent {
                         stream_id: entry.stream_id,

@@ -171,16 +171,24 @@ impl Keyring {
         self.provider.as_ref().map(|p| p.path().to_path_buf())
     }
 
-    /// Replaces the master keys with ones loaded elsewhere (`reload` off the executor).
-    pub fn replace_provider(&mut self, next: FileKeyProvider) -> Result<u32, EngineError> {
+    /// Replaces the master keys with ones loaded elsewhere (the key file re-read off the
+    /// executor thread). Every master key in `in_use` (those some stream's data keys are
+    /// wrapped under) must still be there with the same bytes; others may go (retired
+    /// after a rotation re-wrapped everything under a newer one).
+    pub fn replace_provider(
+        &mut self,
+        next: FileKeyProvider,
+        in_use: &std::collections::BTreeSet<u32>,
+    ) -> Result<u32, EngineError> {
         if let Some(old) = &self.provider {
-            for id in old.key_ids() {
-                let (a, b) = (old.get(id), next.get(id));
-                match (a, b) {
+            for &id in in_use {
+                let id = crate::crypto::KeyId(id);
+                match (old.get(id), next.get(id)) {
                     (Ok(a), Ok(b)) if a == b => {}
+                    (Err(_), _) => {}
                     _ => {
                         return Err(EngineError::KeyUnavailable(format!(
-                            "key file {}: master key {id} was removed or changed; keys in use must stay",
+                            "key file {}: master key {id} was removed or changed while data keys are wrapped under it; put it back (a rotation re-wraps them, then it may go)",
                             next.path().display()
                         )))
                     }
@@ -189,6 +197,18 @@ impl Keyring {
         }
         self.provider = Some(next);
         self.current_master()
+    }
+
+    /// The master keys the streams' data keys are wrapped under.
+    pub fn masters_in_use<'a>(
+        streams: impl Iterator<Item = &'a StreamEntry>,
+    ) -> std::collections::BTreeSet<u32> {
+        streams
+            .filter_map(|s| s.encryption.as_ref())
+            .flat_map(|e| &e.epochs)
+            .filter_map(|k| WrappedKey::decode(&k.wrapped).ok())
+            .map(|w| w.master_id.0)
+            .collect()
     }
 
     /// The master key id the stream's current data key is wrapped under, for describe.

@@ -2773,14 +2773,15 @@ impl<S: Storage + 'static> Core<S> {
             .spawn_blocking(move || crate::crypto::FileKeyProvider::load(&path))
             .await
             .map_err(|e| EngineError::KeyUnavailable(e.to_string()))?;
+        let catalog = self.catalog.as_ref().expect("core 0");
+        let in_use = Keyring::masters_in_use(catalog.borrow().data.streams.iter());
         let master = {
             let mut keyring = self.keyring.borrow_mut();
             keyring
                 .as_mut()
                 .ok_or_else(no_keyring)?
-                .replace_provider(loaded)?
+                .replace_provider(loaded, &in_use)?
         };
-        let catalog = self.catalog.as_ref().expect("core 0");
         let streams: Vec<StreamEntry> = catalog
             .borrow()
             .data

@@ -186,6 +186,16 @@ fn an_encrypted_stream_survives_sigkill_rotation_and_restarts_and_is_never_on_di
         let got = read_all(&c, "sec").await;
         assert!(got.len() > acked.len());
         assert!(got.values().any(|d| d == b"TOPSECRET-rotated"));
+        // Key 1 retired without a restart: nothing is wrapped under it any more.
+        write_keys(&key_file, &[(2, 0x22)]);
+        assert_eq!(c.rotate_keys().await.unwrap().master_key_id, 2);
+        // Dropping a key still in use is refused; the keys in memory stay as they were.
+        write_keys(&key_file, &[(3, 0x33)]);
+        let e = c.rotate_keys().await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::KeyUnavailable), "{e}");
+        c.put_record("sec", "after-refusal", "TOPSECRET-refused", None)
+            .await
+            .unwrap();
     });
     server.stop();
     // Every data key was re-wrapped under key 2: key 1 can be retired.

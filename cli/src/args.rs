@@ -307,9 +307,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Re-read the server's key file and move to its current master key (the highest id:
-    /// append a line for a new one first): every encrypted stream gets a new data key
-    /// wrapped under it; older data keys stay until the records they seal leave
-    /// retention. Prints {"master_key_id": N, "streams": M}.
+    /// append a line for a new one first): every data key is re-wrapped under it (older
+    /// master keys may then be removed from the file) and every encrypting stream gets a
+    /// new data key. Prints {"master_key_id": N, "streams": M}.
     Rotate,
 }
 

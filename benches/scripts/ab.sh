@@ -32,6 +32,7 @@ duration=${DURATION:-10}
 port=${PORT:-7600}
 bench_dir=${SPATE_BENCH_DIR:-/tmp}
 cd "$root"
+source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
 
@@ -65,11 +66,7 @@ run() {
     taskset -c 0 "$target/spate" serve --config "$config" --data-dir "$data" --cores 0 \
         --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 "${auth[@]}" $serve_args >"$log" 2>&1 &
     engine_pid=$!
-    for _ in $(seq 600); do
-        grep -q '^listening on' "$log" && break
-        kill -0 "$engine_pid" 2>/dev/null || { echo "engine exited: $(tail -n 3 "$log")" >&2; return 1; }
-        sleep 0.1
-    done
+    wait_for_engine "$engine_pid" "$log" || return 1
     local creds=()
     if ((${#auth[@]})); then
         python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret"])' \

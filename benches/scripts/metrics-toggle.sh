@@ -25,6 +25,7 @@ runs=${RUNS:-3}
 period=${PERIOD_MS:-1000}
 port=${PORT:-7600}
 cd "$root"
+source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
 engine_pid=
@@ -51,11 +52,7 @@ for run in $(seq "$runs"); do
     taskset -c 0 "$target/spate" serve --config "$out/engine.toml" --data-dir "$data" --cores 0 \
         --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
     engine_pid=$!
-    for _ in $(seq 600); do
-        grep -q '^listening on' "$log" && break
-        kill -0 "$engine_pid" 2>/dev/null || { echo "engine exited: $(tail -n 3 "$log")" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_for_engine "$engine_pid" "$log"
     taskset -c 1 "$target/spate-loadgen" bench "$scenario" --server "127.0.0.1:$port" --cores 1 \
         --engine-pid "$engine_pid" --out "$dir" --duration "$duration" >"$dir/loadgen.log" 2>&1 \
         || { cat "$dir/loadgen.log" >&2; exit 1; }

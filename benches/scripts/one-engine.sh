@@ -20,6 +20,7 @@ runs=${RUNS:-1}
 pause=${PAUSE:-12}
 port=${PORT:-7500}
 cd "$root"
+source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
 data=$(mktemp -d "${SPATE_BENCH_DIR:-/tmp}/spate-one.XXXXXX")
@@ -31,10 +32,7 @@ RUST_LOG=spate_engine=debug,info taskset -c 0 "$target/spate" serve "${config[@]
 engine=$!
 # (each step may fail: the engine is usually gone by then; set -e must not skip the rm)
 trap 'kill -TERM $engine 2>/dev/null || true; wait $engine 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-    grep -q '^listening on' "$log" && break
-    sleep 0.1
-done
+wait_for_engine "$engine" "$log"
 for i in $(seq "$runs"); do
     taskset -c 1 "$target/spate-loadgen" --server "127.0.0.1:$port" --stream "ab$i" \
         --delete-after --engine-pid "$engine" "$@"

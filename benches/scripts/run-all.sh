@@ -41,6 +41,7 @@ scenarios=${SCENARIOS:-max-1k max-100b latency-half shard-limit shard-density sh
 on_demand_quiet_ms=${ON_DEMAND_QUIET_MS-10000}
 
 cd "$root"
+source benches/scripts/lib.sh
 cargo build --release -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
 spate=$target/spate
@@ -104,18 +105,7 @@ start_engine() {
     taskset -c "$engine_cores" "$spate" serve "${config[@]}" --data-dir "$data" \
         --listen "127.0.0.1:$port" --cores "$engine_cores" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
     engine_pid=$!
-    for _ in $(seq 600); do
-        if grep -q '^listening on' "$log"; then
-            return 0
-        fi
-        if ! kill -0 "$engine_pid" 2>/dev/null; then
-            echo "the engine exited: $(tail -n 3 "$log")" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "the engine did not start within 60 s" >&2
-    return 1
+    wait_for_engine "$engine_pid" "$log"
 }
 
 failed=()

@@ -382,7 +382,7 @@ struct Description {
     shard_level_metrics: bool,
     /// `none` or `aes-256-gcm`: how records written from now on are kept at rest.
     encryption: &'static str,
-    /// Data keys the stream keeps (the current one and older ones still sealing records).
+    /// Data keys (key epochs) the stream has had, the current one included; all are kept.
     key_epochs: u32,
     /// The master key the current data key is wrapped under, or null when not encrypted.
     master_key_id: Option<u32>,

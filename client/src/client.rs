@@ -337,8 +337,8 @@ pub struct StreamInfo {
     pub shard_level_metrics: bool,
     /// How records written from now on are kept at rest.
     pub encryption: EncryptionType,
-    /// Data keys the stream keeps: the current one and older ones still sealing retained
-    /// records (0 for a stream never encrypted).
+    /// Data keys (key epochs) the stream has had, the current one included: one per start
+    /// of encryption, engine start and rotation, all kept (0 for a stream never encrypted).
     pub key_epochs: u32,
     /// The master key the current data key is wrapped under; `None` when not encrypted.
     pub master_key_id: Option<u32>,

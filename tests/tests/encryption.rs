@@ -34,6 +34,16 @@ fn write_keys(path: &Path, keys: &[(u32, u8)]) {
     }
 }
 
+/// A data directory, and a directory holding a key file with master key 1 (both deleted
+/// when dropped).
+fn data_and_keys() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("master.keys");
+    write_keys(&key_file, &[(1, 0x11)]);
+    (dir, keys, key_file)
+}
+
 fn start(dir: &Path, key_file: &Path) -> ChildServer {
     ChildServer::start(
         BIN,
@@ -93,10 +103,7 @@ async fn read_all(client: &Client, stream: &str) -> Records {
 
 #[test]
 fn an_encrypted_stream_survives_sigkill_rotation_and_restarts_and_is_never_on_disk_in_clear() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key_file = keys.path().join("master.keys");
-    write_keys(&key_file, &[(1, 0x11)]);
+    let (dir, _keys, key_file) = data_and_keys();
     let rt = runtime();
     let mut server = start(dir.path(), &key_file);
     let addr = server.addr.to_string();
@@ -228,10 +235,7 @@ fn an_encrypted_stream_survives_sigkill_rotation_and_restarts_and_is_never_on_di
 
 #[test]
 fn a_wrong_or_missing_master_key_stops_the_server_naming_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key_file = keys.path().join("master.keys");
-    write_keys(&key_file, &[(1, 0x11)]);
+    let (dir, _keys, key_file) = data_and_keys();
     let server = start(dir.path(), &key_file);
     let addr = server.addr.to_string();
     runtime().block_on(async {
@@ -294,10 +298,7 @@ fn a_wrong_or_missing_master_key_stops_the_server_naming_the_stream() {
 
 #[test]
 fn encryption_started_on_a_live_stream_covers_what_is_written_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key_file = keys.path().join("master.keys");
-    write_keys(&key_file, &[(1, 0x11)]);
+    let (dir, _keys, key_file) = data_and_keys();
     let server = start(dir.path(), &key_file);
     let addr = server.addr.to_string();
     runtime().block_on(async {

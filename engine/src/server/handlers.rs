@@ -433,17 +433,7 @@ async fn execute<S: Storage + 'static>(
                 .await
                 .map_err(fail)?;
             // Every data key is now wrapped under the current master key.
-            let master_key_id = entries
-                .iter()
-                .filter_map(|e| e.encryption.as_ref())
-                .flat_map(|e| &e.epochs)
-                .filter_map(|k| crate::crypto::WrappedKey::decode(&k.wrapped).ok())
-                .map(|w| w.master_id.0)
-                .max();
-            let master_key_id = match master_key_id {
-                Some(id) => id,
-                None => current_master_key(core).await.map_err(fail)?,
-            };
+            let master_key_id = current_master_key(core).await.map_err(fail)?;
             Response::RotateKeys(spate_protocol::RotateKeysResponse {
                 master_key_id,
                 // The streams that got a new data key (stopped ones are only re-wrapped).

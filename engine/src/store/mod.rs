@@ -1452,13 +1452,17 @@ impl<S: Storage> Store<S> {
         }
         out.end_seq = out.end_seq.min(limit_seq).max(from_seq);
         // Sealed batches (encryption at rest) are opened here, after the store verified
-        // their CRCs as stored: a batch whose tag does not check is never served.
-        let ctx = BatchContext {
-            stream_id: key.stream_id,
-            shard_id: key.shard_id,
-        };
-        crate::crypto::open_batches(keys.as_deref(), ctx, &mut out.bytes)
-            .map_err(|e| StoreError::Corrupt(format!("shard {key:?}: {e}")))?;
+        // their CRCs as stored: a batch whose tag does not check is never served. A stream
+        // that never had keys has no sealed batch (only the store seals, and producers'
+        // batches with any flag set are refused), so its reads skip the walk.
+        if let Some(keys) = keys.as_deref() {
+            let ctx = BatchContext {
+                stream_id: key.stream_id,
+                shard_id: key.shard_id,
+            };
+            crate::crypto::open_batches(Some(keys), ctx, &mut out.bytes)
+                .map_err(|e| StoreError::Corrupt(format!("shard {key:?}: {e}")))?;
+        }
         Ok(out)
     }
 

@@ -21,6 +21,7 @@ use crate::routing::cached_hash_key;
 use bytes::Bytes;
 use spate_protocol::batch::{
     record_encoded_len, BatchBuilder, BATCH_HEADER_LEN, MAX_BATCH_BYTES, MAX_PARTITION_KEY_BYTES,
+    MAX_RECORDS_PER_BATCH,
 };
 use spate_protocol::{ErrorCode, PutBatchResponse};
 
@@ -99,21 +100,29 @@ pub(crate) fn check_entry(map: &ShardMap, entry: &Entry) -> Result<()> {
 /// and, past its first record, within `bytes_max`. Returns the batch and how many records
 /// it holds (at least one; every entry must have passed `check_entry`).
 fn build_batch(entries: &[Entry], bytes_max: usize) -> (Bytes, usize) {
-    let first = entries.first().expect("a batch of at least one record");
-    let mut b = BatchBuilder::with_capacity(bytes_max.min(BATCH_HEADER_LEN + first.encoded_len()));
+    // The prefix first, then one buffer of exactly its size: grown record by record, a
+    // 1 MiB batch of 1 KiB records was reallocated and copied ten times over (the load
+    // generator's profile: 5 % of its CPU).
+    let mut len = BATCH_HEADER_LEN;
+    let mut count = 0;
     for e in entries {
-        let fits_soft = b.is_empty() || b.encoded_len() + e.encoded_len() <= bytes_max;
-        let has_ehk = e.explicit_hash_key.is_some();
-        if !fits_soft || !b.fits(e.key.len(), e.data.len(), has_ehk) {
+        let add = e.encoded_len();
+        let fits_soft = count == 0 || len + add <= bytes_max;
+        if !fits_soft || count >= MAX_RECORDS_PER_BATCH as usize || len + add > MAX_BATCH_BYTES {
             break;
         }
+        len += add;
+        count += 1;
+    }
+    assert!(count >= 1, "a checked entry always fits an empty batch");
+    let mut b = BatchBuilder::with_capacity(len);
+    for e in &entries[..count] {
         // The copy into the batch is the one the wire format needs: the records of a batch
         // travel (and are stored) back to back.
         b.push(e.key.as_bytes(), &e.data, e.explicit_hash_key)
-            .expect("entry checked by check_entry");
+            .expect("entry checked by check_entry, and it fits: counted above");
     }
-    let count = b.len() as usize;
-    assert!(count >= 1, "a checked entry always fits an empty batch");
+    debug_assert_eq!(b.encoded_len(), len);
     (Bytes::from(b.finish()), count)
 }
 

@@ -20,6 +20,7 @@ journal_file_bytes = 67108864       # journal ring: files of 64 MiB ...
 journal_files = 8                   # ... of which at most this many exist per store
 checkpoint_bytes = 134217728        # a checkpoint every 128 MiB of journal (bounds replay at start)
 checkpoint_interval_ms = 10000      # and at least this often when one is owed (freed extents)
+checkpoint_deferred = true          # a checkpoint records the state of one interval before, which write-behind has written (no burst; replay up to 3x checkpoint_bytes); false: the state at its start
 direct_write_bytes_min = 262144     # a shard putting 256 KiB into one round is written in place, not journaled
 write_behind_bytes = 262144         # a shard's journaled bytes are written to its extent in pieces this large
 prewrite_bytes = 1073741824         # free volume space kept written (zeros) ahead of allocation, so extents are overwrites; 0: off
@@ -89,6 +90,7 @@ pub struct EngineConfig {
     pub journal_files: u32,
     pub checkpoint_bytes: u64,
     pub checkpoint_interval_ms: i64,
+    pub checkpoint_deferred: bool,
     pub direct_write_bytes_min: usize,
     pub write_behind_bytes: usize,
     pub prewrite_bytes: u64,
@@ -178,6 +180,7 @@ impl Default for EngineConfig {
             journal_files: 8,
             checkpoint_bytes: 128 << 20,
             checkpoint_interval_ms: 10_000,
+            checkpoint_deferred: true,
             direct_write_bytes_min: 256 << 10,
             write_behind_bytes: 256 << 10,
             prewrite_bytes: 1 << 30,
@@ -275,6 +278,7 @@ impl EngineConfig {
             journal_files: self.journal_files,
             checkpoint_bytes: self.checkpoint_bytes,
             checkpoint_interval_ms: self.checkpoint_interval_ms,
+            checkpoint_deferred: self.checkpoint_deferred,
             direct_write_bytes_min: self.direct_write_bytes_min,
             write_behind_bytes: self.write_behind_bytes,
             prewrite_bytes: self.prewrite_bytes,

@@ -94,6 +94,9 @@ pub struct StoreConfig {
     pub checkpoint_bytes: u64,
     /// A checkpoint also runs this often when one is owed (freed extents, replayed data).
     pub checkpoint_interval_ms: i64,
+    /// A checkpoint made due by journal traffic records the snapshot the previous one took
+    /// (written behind by then) instead of one of its own (see `checkpoint_inner`).
+    pub checkpoint_deferred: bool,
     /// A shard putting at least this much into one round writes it in place (not journaled).
     pub direct_write_bytes_min: usize,
     /// A shard's unwritten bytes that start a write-behind.
@@ -405,6 +408,10 @@ pub(crate) struct State<S: Storage> {
     last_checkpoint_ms: i64,
     checkpoints: u64,
     checkpointing: bool,
+    /// The snapshot the next routine checkpoint writes, and when it was taken (see
+    /// `Store::checkpoint_due`): a busy store's checkpoint records the state of one
+    /// interval before, which write-behind has written by then.
+    pending_checkpoint: Option<(behind::Snapshot, i64)>,
     /// A checkpoint is owed (replayed data, freed extents) even without journal traffic.
     checkpoint_owed: bool,
     /// An appender waits for what only a checkpoint frees (journal files, extents).
@@ -437,6 +444,9 @@ pub(crate) struct State<S: Storage> {
     stopping: bool,
     stats: StoreStats,
 }
+
+/// A round whose write and sync together take this long is logged (debug).
+const SLOW_ROUND_US: u64 = 20_000;
 
 /// A store. See the module docs for the write path and the concurrency contract.
 pub struct Store<S: Storage> {
@@ -709,7 +719,7 @@ impl<S: Storage> Store<S> {
             Wait::Round
         } else if memory_full || journal_full || no_extent {
             Wait::Background {
-                urgent: journal_full || (no_extent && st.alloc.quarantined_units() > 0),
+                urgent: journal_full || (no_extent && st.quarantined_units() > 0),
                 extent: no_extent,
             }
         } else {
@@ -1078,6 +1088,21 @@ impl<S: Storage> Store<S> {
             }
         }
         let sync_us = sync_started.elapsed().as_micros() as u64;
+        if write_us + sync_us >= SLOW_ROUND_US {
+            // Where an acknowledgement tail comes from (RUST_LOG=spate_engine=debug): the
+            // round's own size, and whether a checkpoint was writing beside it.
+            tracing::debug!(
+                store = self.cfg.index,
+                round = sealed.id,
+                journal_bytes = sealed.journal_bytes,
+                direct_bytes = sealed.direct_bytes,
+                write_us,
+                sync_us,
+                syncs,
+                checkpointing = self.st.borrow().checkpointing,
+                "slow round"
+            );
+        }
         self.complete_round(sealed, result, write_us, sync_us, syncs);
         self.round_done.notify_all();
         self.changed.notify_all();
@@ -1319,8 +1344,12 @@ impl<S: Storage> Store<S> {
         {
             // Write-behind is paced the same way (each round's journal bytes must be
             // written behind once; twice that keeps it ahead).
+            // (Capped at what may be saved up, but never below this round's allowance:
+            // capped at 1 MiB, rounds of 2 MiB let write-behind do half of what they
+            // journaled, and it fell behind until memory pressure unpaced it.)
             let before = st.behind_credit;
-            st.behind_credit = (before + 2 * r.journal_bytes as i64).min(behind::BEHIND_CREDIT_MAX);
+            let allowance = 2 * r.journal_bytes as i64;
+            st.behind_credit = (before + allowance).min(behind::BEHIND_CREDIT_MAX.max(allowance));
             if before <= 0 && st.behind_credit > 0 && !st.behind_queue.is_empty() {
                 self.work.notify_all();
             }
@@ -1848,6 +1877,17 @@ impl<S: Storage> State<S> {
             .get(&id.volume())
             .cloned()
             .ok_or_else(|| StoreError::Corrupt(format!("extent {id:?} names a missing volume")))
+    }
+    /// Units freed but not allocatable until a checkpoint records them free (a kept
+    /// snapshot's among them).
+    fn quarantined_units(&self) -> u64 {
+        let kept = self
+            .pending_checkpoint
+            .as_ref()
+            .map_or(0, |((_, _, q), _)| {
+                q.iter().map(|(_, order)| 1u64 << order).sum::<u64>()
+            });
+        self.alloc.quarantined_units() + kept
     }
 
     fn alloc_possible(&self, order: u32) -> bool {

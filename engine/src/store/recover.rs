@@ -233,6 +233,7 @@ impl<S: Storage> Store<S> {
                 last_checkpoint_ms: now,
                 checkpoints: manifest.checkpoint,
                 checkpointing: false,
+                pending_checkpoint: None,
                 checkpoint_owed: false,
                 checkpoint_urgent: false,
                 extent_wanted: false,

@@ -28,6 +28,7 @@ fn small_cfg() -> StoreConfig {
         journal_files: 3,
         checkpoint_bytes: 40 << 10,
         checkpoint_interval_ms: 1000,
+        checkpoint_deferred: true,
         direct_write_bytes_min: 12 << 10,
         write_behind_bytes: 8 << 10,
         prewrite_bytes: 128 << 10,
@@ -1034,6 +1035,12 @@ fn run_model(seed: u64) {
     let keys: Vec<ShardKey> = (0..7).map(|s| key(1 + (s as u64 % 2), s)).collect();
     let mut cfg = small_cfg();
     cfg.segment_age_max_ms = 2000;
+    // Both ways a checkpoint can go (deferred snapshots are the default).
+    cfg.checkpoint_deferred = match std::env::var("SPATE_MODEL_DEFERRED").as_deref() {
+        Ok("0") => false,
+        Ok(_) => true,
+        Err(_) => seed % 4 != 3,
+    };
     cfg.direct_write_bytes_min = [4 << 10, 12 << 10, 1 << 30][rng.below(3) as usize];
     if std::env::var("SPATE_MODEL_NO_PREWRITE").is_ok() {
         cfg.prewrite_bytes = 0;

@@ -48,7 +48,7 @@ pub(crate) type Snapshot = (
 
 /// See `Store::checkpoint_inner`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CheckpointMode {
+pub(super) enum CheckpointMode {
     Now,
     Deferred,
 }
@@ -771,7 +771,7 @@ impl<S: Storage> Store<S> {
         self.checkpoint_as(CheckpointMode::Now).await
     }
 
-    async fn checkpoint_as(&self, mode: CheckpointMode) -> Result<bool, StoreError> {
+    pub(super) async fn checkpoint_as(&self, mode: CheckpointMode) -> Result<bool, StoreError> {
         {
             let mut st = self.st.borrow_mut();
             if let Some(p) = &st.poisoned {

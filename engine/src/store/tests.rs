@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures_lite::future::block_on;
 use spate_protocol::batch::{self, BatchBuilder, BatchHeader, RecordIter};
 
+use super::behind::CheckpointMode;
 use super::*;
 use crate::clock::{Clock, ClockRef, ManualClock};
 use crate::sim::{SimFaults, SimRng, SimStorage};
@@ -425,6 +426,59 @@ fn retention_frees_whole_extents_and_space_is_reused() {
     let store = h.open().unwrap();
     assert_eq!(store.trim_horizon(keys[0]).unwrap(), horizon);
     assert_eq!(read_all(&store, keys[0]).unwrap(), got);
+}
+
+/// A deferred checkpoint records the snapshot the one before kept; when retention freed
+/// every extent that snapshot claims of a shard that goes on (here the written one and the
+/// one with an unwritten tail), recording it would lose where the shard continues: it is
+/// not recorded, and a crash then loses nothing acknowledged.
+#[test]
+fn a_deferred_checkpoint_skips_a_snapshot_retention_emptied() {
+    let k = key(1, 0);
+    let mut cfg = small_cfg();
+    cfg.segment_age_max_ms = 1000;
+    cfg.checkpoint_deferred = true;
+    // (No checkpoint by time in between: the kept snapshot must still be kept.)
+    cfg.checkpoint_interval_ms = 60_000;
+    let h = Harness::new(22, cfg, vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(4);
+    let append = |store: &Store<SimStorage>, rng: &mut SimRng, tag: &str| {
+        let (b, r) = make_batch(rng, tag, false);
+        run(store, store.append(k, &b, r.len() as u32)).unwrap()
+    };
+    // Extent X, then (by age) Y; X is written behind whole, Y keeps an unwritten tail.
+    append(&store, &mut rng, "x");
+    h.clock.advance(1500);
+    append(&store, &mut rng, "y");
+    run(&store, store.write_behind(k, None)).unwrap();
+    assert_eq!(store.st.borrow().shards[&k].extents.len(), 2);
+    // The first deferred checkpoint keeps its snapshot and records nothing.
+    let recorded = store.st.borrow().checkpoints;
+    block_on(store.checkpoint_as(CheckpointMode::Deferred)).unwrap();
+    assert_eq!(store.st.borrow().checkpoints, recorded);
+    assert!(store.st.borrow().pending_checkpoint.is_some());
+    // The shard goes on in Z; retention frees X and Y.
+    h.clock.advance(1500);
+    let z = append(&store, &mut rng, "z");
+    let cutoff = h.clock.now_ms() - 1000;
+    assert_eq!(store.apply_retention(k, cutoff), 2);
+    // The kept snapshot claims nothing of the shard that is still there: not recorded.
+    block_on(store.checkpoint_as(CheckpointMode::Deferred)).unwrap();
+    assert_eq!(store.st.borrow().checkpoints, recorded);
+    let before = read_all(&store, k).unwrap();
+    assert_eq!(before.keys().next(), Some(&z.base_seq));
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    let after = read_all(&store, k).unwrap();
+    for (seq, rec) in &before {
+        assert_eq!(
+            after.get(seq),
+            Some(rec),
+            "acknowledged record {seq} after the crash"
+        );
+    }
 }
 
 #[test]

@@ -36,17 +36,6 @@ source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
 
-engine_pid=
-data=
-stop_engine() {
-    if [[ -n $engine_pid ]]; then
-        kill -TERM "$engine_pid" 2>/dev/null || true
-        wait "$engine_pid" 2>/dev/null || true
-        engine_pid=
-    fi
-    [[ -n $data ]] && rm -rf "$data"
-    data=
-}
 trap stop_engine EXIT
 
 run() {

@@ -28,18 +28,7 @@ cd "$root"
 source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
-engine_pid=
-data=
-cleanup() {
-    if [[ -n $engine_pid ]]; then
-        kill -TERM "$engine_pid" 2>/dev/null || true
-        wait "$engine_pid" 2>/dev/null || true
-    fi
-    [[ -n $data ]] && rm -rf "$data"
-    engine_pid=
-    data=
-}
-trap cleanup EXIT
+trap stop_engine EXIT
 printf 'metrics_toggle_ms = %s\n' "$period" >"$out/engine.toml"
 # CALIBRATE=1: an A/A run (the same phases, counting on in both): what the method reads
 # when nothing changes.
@@ -56,7 +45,7 @@ for run in $(seq "$runs"); do
     taskset -c 1 "$target/spate-loadgen" bench "$scenario" --server "127.0.0.1:$port" --cores 1 \
         --engine-pid "$engine_pid" --out "$dir" --duration "$duration" >"$dir/loadgen.log" 2>&1 \
         || { cat "$dir/loadgen.log" >&2; exit 1; }
-    cleanup
+    stop_engine
     grep 'metrics toggle' "$log" || { echo "no toggle summary in $log" >&2; exit 1; }
 done
 python3 - "$out" "$runs" <<'PY'

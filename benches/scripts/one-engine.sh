@@ -29,16 +29,14 @@ config=()
 [[ -n ${ENGINE_CONFIG:-} ]] && config=(--config "$ENGINE_CONFIG")
 RUST_LOG=spate_engine=debug,info taskset -c 0 "$target/spate" serve "${config[@]}" \
     --data-dir "$data" --cores 0 --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
-engine=$!
-# (each step may fail: the engine is usually gone by then; set -e must not skip the rm)
-trap 'kill -TERM $engine 2>/dev/null || true; wait $engine 2>/dev/null || true; rm -rf "$data"' EXIT
-wait_for_engine "$engine" "$log"
+engine_pid=$!
+trap stop_engine EXIT
+wait_for_engine "$engine_pid" "$log"
 for i in $(seq "$runs"); do
     taskset -c 1 "$target/spate-loadgen" --server "127.0.0.1:$port" --stream "ab$i" \
-        --delete-after --engine-pid "$engine" "$@"
+        --delete-after --engine-pid "$engine_pid" "$@"
     if ((i < runs)); then sleep "$pause"; fi
 done
-kill -TERM $engine
-wait $engine || true
+stop_engine
 grep 'store rounds' "$log" || true
 echo "engine log: $log"

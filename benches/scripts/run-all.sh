@@ -71,19 +71,6 @@ if [[ -n ${DISK_IRQ_CPUS:-} ]]; then
     done
 fi
 
-engine_pid=
-data=
-stop_engine() {
-    if [[ -n $engine_pid ]]; then
-        kill -TERM "$engine_pid" 2>/dev/null || true
-        wait "$engine_pid" 2>/dev/null || true
-        engine_pid=
-    fi
-    if [[ -n $data ]]; then
-        rm -rf "$data"
-        data=
-    fi
-}
 trap 'stop_engine; restore_irqs' EXIT
 
 start_engine() {

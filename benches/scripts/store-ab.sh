@@ -26,32 +26,32 @@ cd "$root"
 source benches/scripts/lib.sh
 cargo build --release -q -p spate -p spate-loadgen
 target=${CARGO_TARGET_DIR:-$root/target}/release
+trap stop_engine EXIT
 
 one() { # name config
-    local name=$1 config=$2 data log engine cfg=()
+    local name=$1 config=$2 log cfg=()
     [[ -n $config ]] && cfg=(--config "$config")
     data=$(mktemp -d "${SPATE_BENCH_DIR:-/tmp}/spate-ab.XXXXXX")
     log="$data.engine.log"
     RUST_LOG=spate_engine=debug,info taskset -c 0 "$target/spate" serve "${cfg[@]}" \
         --data-dir "$data" --cores 0 --listen "127.0.0.1:$port" \
         --metrics-listen 127.0.0.1:0 >"$log" 2>&1 &
-    engine=$!
-    wait_for_engine "$engine" "$log"
+    engine_pid=$!
+    wait_for_engine "$engine_pid" "$log"
     for i in $(seq "$runs"); do
         printf '%s run %d: ' "$name" "$i"
         taskset -c 1 "$target/spate-loadgen" --server "127.0.0.1:$port" --stream "ab$i" \
             --create-shards "$shards" --limits kinesis --delete-after --producers 4 \
             --rate $((shards * 1000)) --size 1000 --api put-records --call-records 2000 \
             --keys $((shards * 4)) --key-mode per-shard --duration "$duration" --warmup 2 \
-            --cores 1 --engine-pid "$engine" -q 2>&1 | grep -E '^ +ack ' | tr -s ' ' || true
+            --cores 1 --engine-pid "$engine_pid" -q 2>&1 | grep -E '^ +ack ' | tr -s ' ' || true
     done
-    kill -TERM "$engine"
-    wait "$engine" || true
+    stop_engine
     printf '%s engine: rounds >= 20 ms: %s; checkpoints: %s\n' "$name" \
         "$(grep -c 'slow round' "$log" || true)" \
         "$(grep 'DEBUG.*checkpoint' "$log" | grep -oE 'written_bytes=[0-9]+' | cut -d= -f2 |
             awk '{s += $1; n++} END {if (n) printf "%d, writing %.1f MB each on average", n, s / n / 1e6; else printf "none"}')"
-    rm -rf "$data" "$log"
+    rm -f "$log"
 }
 
 echo "(ack columns: p50 p90 p99 p99.9 p99.99 max, ms)"

@@ -900,8 +900,6 @@ impl<S: Storage + 'static> Core<S> {
         did
     }
 
-    /// Stops taking requests, answers the in-flight ones, and makes every store durable
-    /// with a final checkpoint (a clean restart replays nothing).
     /// `metrics_toggle_ms`: counting on in even periods of the wall clock, off in odd ones,
     /// until the core stops (the summary is logged at shutdown).
     async fn toggle_metrics(&self) {
@@ -919,6 +917,8 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
+    /// Stops taking requests, answers the in-flight ones, and makes every store durable
+    /// with a final checkpoint (a clean restart replays nothing).
     pub(crate) async fn shutdown(&self) {
         self.stopping.set(true);
         if let Some(s) = self.metrics.toggle_summary() {

@@ -6,7 +6,10 @@
 #   3. fio durable write: 1 MiB O_DIRECT writes each followed by fdatasync, queue depth 1,
 #      into an already-written file ("fio durable" in SPEC §6);
 #   4. fio sequential O_DIRECT read, 1 MiB blocks, queue depth 8 (the replay yardstick);
-#   5. iperf3 single-stream loopback bandwidth.
+#   5. iperf3 single-stream loopback bandwidth;
+#   6. disk-floor.py: back-to-back 64 KiB write + fdatasync rounds, quiet (10 s) and under
+#      FLOOR_BG_MB_S (190) of fio background writes shaped like an engine's write-behind and
+#      pre-writing (30 s): the open-loop acknowledgement floor any group commit could reach.
 # Usage: benches/scripts/machine-limits.sh [DIR] [OUT.json]   (DIR: on the disk to measure)
 # Needs fio and iperf3; installs them with apt-get when missing (as root on Debian/Ubuntu).
 set -euo pipefail
@@ -37,6 +40,10 @@ sleep 0.5
 iperf3 -c 127.0.0.1 -p 5299 -t 8 -J >/tmp/iperf.json
 wait || true
 
+here=$(cd "$(dirname "$0")" && pwd)
+python3 "$here/disk-floor.py" "$dir" 10 0 /tmp/floor-quiet.json
+python3 "$here/disk-floor.py" "$dir" 30 "${FLOOR_BG_MB_S:-190}" /tmp/floor-loaded.json
+
 python3 - "$out" <<'PY'
 import json, sys
 seq = json.load(open("/tmp/fio-seq.json"))["jobs"][0]["write"]
@@ -51,6 +58,8 @@ res = {
     "fio_durable_write_1m_qd1_bytes_per_s": durable,
     "fio_seq_read_1m_qd8_bytes_per_s": read,
     "iperf3_loopback_bytes_per_s": ip,
+    "disk_floor_quiet": json.load(open("/tmp/floor-quiet.json")),
+    "disk_floor_loaded": json.load(open("/tmp/floor-loaded.json")),
 }
 json.dump(res, open(sys.argv[1], "w"), indent=2)
 print(f"fio seq write 64 KiB QD32 (already written): {seq['bw_bytes']/1e9:.2f} GB/s")

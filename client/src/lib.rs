@@ -100,6 +100,6 @@ pub use retry::RetryPolicy;
 pub use routing::{ShardMap, ShardRoute};
 pub use spate_protocol::consumer::{Checkpoint, Lease};
 pub use spate_protocol::{
-    CapacityMode, EncryptionType, ErrorCode, Limits, RotateKeysResponse, ShardDescription,
-    ShardState, StreamStatus,
+    CapacityMode, EncryptionType, ErrorCode, Limits, PutBatchResponse, Rejection,
+    RotateKeysResponse, ShardDescription, ShardState, StreamStatus,
 };

@@ -452,6 +452,88 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Puts batches the caller built (with [`spate_protocol::batch::BatchBuilder`]), each to
+    /// the shard of its route, sending each **once**: one request per core (PutBatches;
+    /// split when a frame would be too large or hold too many batches), all cores at once.
+    /// Answers one outcome per batch, in input order: how many of its records were stored
+    /// (always a prefix) and at which sequence numbers, and why the rest were refused.
+    ///
+    /// Nothing is checked, routed or retried here: a batch holding a record whose key does
+    /// not hash into its shard is refused whole by the engine (`WrongShard`), and a refused suffix
+    /// (`Throttled`, `ShardClosed` after a split or merge) is the caller's to resend, in
+    /// order, before anything later for the same keys. Several batches for one shard in one
+    /// call are stored in input order only while they travel in one request (they fit in one
+    /// frame); requests run at once, so give a shard one batch per call when order matters.
+    /// For producers that build batches themselves (the load
+    /// generator's `--api put-batches`: records generated straight into their batch);
+    /// [`Client::put_records`] does all of the above for records.
+    pub async fn put_shard_batches(
+        &self,
+        stream: &str,
+        batches: Vec<(ShardRoute, Bytes)>,
+    ) -> Vec<Result<PutBatchResponse>> {
+        let frame_max = self.max_request_bytes().saturating_sub(1024);
+        // Requests per core, each a list of indices into `batches`, in input order.
+        let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
+        let mut open: std::collections::BTreeMap<u16, usize> = Default::default();
+        for (i, (route, batch)) in batches.iter().enumerate() {
+            let fits = open.get(&route.core).is_some_and(|&r| {
+                let (_, items, bytes) = &requests[r];
+                items.len() < spate_protocol::MAX_BATCHES_PER_PUT
+                    && bytes + batch.len() + 4 <= frame_max
+            });
+            if !fits {
+                open.insert(route.core, requests.len());
+                requests.push((route.core, Vec::new(), 0));
+            }
+            let r = &mut requests[open[&route.core]];
+            r.1.push(i);
+            r.2 += batch.len() + 4;
+        }
+        let answers = join_all(requests.iter().map(|(core, items, _)| {
+            let batches = &batches;
+            async move {
+                if let [i] = items[..] {
+                    let (route, batch) = &batches[i];
+                    vec![self.put_batch_once(stream, route, batch.clone()).await]
+                } else {
+                    let parts: Vec<(u32, Bytes)> = items
+                        .iter()
+                        .map(|&i| (batches[i].0.shard_id, batches[i].1.clone()))
+                        .collect();
+                    match self.put_batches_once(stream, *core, &parts).await {
+                        Ok(r) => r,
+                        Err(e) => vec![Err(e); parts.len()],
+                    }
+                }
+            }
+        }))
+        .await;
+        let mut out: Vec<Option<Result<PutBatchResponse>>> = vec![None; batches.len()];
+        for ((_, items, _), answer) in requests.into_iter().zip(answers) {
+            for (i, a) in items.into_iter().zip(answer) {
+                let failure = match &a {
+                    Err(e) => Some(e.clone()),
+                    Ok(r) => r.rejected.map(|rej| ClientError::Server {
+                        code: rej.code,
+                        retry_after_ms: rej.retry_after_ms,
+                        message: String::new(),
+                    }),
+                };
+                if let Some(e) = failure {
+                    // A shard the routing table no longer matches: learn the new one.
+                    self.forget_on(stream, &e);
+                }
+                out[i] = Some(a);
+            }
+        }
+        out.into_iter()
+            .map(|a| a.expect("every batch has an answer"))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ segment_age_max_ms = 3600000        # close an extent whose oldest record is thi
 write_chunk_bytes_max = 262144      # largest staging or journal buffer
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
-round_bytes_max = 2097152           # bytes one group-commit round takes while the last one writes
+round_bytes_max = 8388608           # bytes one group-commit round takes while the last one writes
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
@@ -189,7 +189,7 @@ impl Default for EngineConfig {
             write_chunk_bytes_max: 256 << 10,
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
-            round_bytes_max: 2 << 20,
+            round_bytes_max: 8 << 20,
             background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
@@ -254,6 +254,8 @@ impl EngineConfig {
             journal_file_bytes: 16 << 20,
             journal_files: 3,
             checkpoint_bytes: 8 << 20,
+            // A 16 MiB journal file holds a 10 MiB batch and two rounds of 2 MiB.
+            round_bytes_max: 2 << 20,
             checkpoint_interval_ms: 1000,
             // Tests run many servers at once: no fixed metrics port.
             metrics_listen: String::new(),
@@ -317,7 +319,11 @@ impl EngineConfig {
                 + 2 * self.round_bytes_max as u64
                 + 2 * block
         {
-            return Err("journal_file_bytes must hold a maximal batch and two full rounds".into());
+            return Err(
+                "journal_file_bytes must hold a maximal batch (10 MiB) and two full rounds \
+                 (2 × round_bytes_max)"
+                    .into(),
+            );
         }
         if self.segment_age_max_ms < 1000 {
             return Err("segment_age_max_ms must be at least 1000".into());

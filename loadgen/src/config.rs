@@ -87,6 +87,12 @@ pub enum Api {
     /// `Client::put_records` with every record due so far (at most `--call-records`), one
     /// call in flight per producer, like Kinesis' PutRecords; cheaper per record.
     PutRecords,
+    /// `Client::put_shard_batches`: the same calls as `put-records`, but each record is
+    /// generated straight into its shard's batch (keys routed once, at the start; at most
+    /// 500 records per shard per call): no per-record key, buffer or routing work in the
+    /// client, so the load generator's core goes further (the `max-*` scenarios). Nothing
+    /// refused is retried, so it takes no --reshard or --on-demand.
+    PutBatches,
 }
 
 /// How `--consumers` read the stream.
@@ -465,6 +471,13 @@ impl RunConfig {
                     .into(),
             );
         }
+        if self.api == Api::PutBatches && (self.on_demand || !self.reshards.is_empty()) {
+            return Err(
+                "--api put-batches routes keys once and retries nothing: it takes no \
+                 --reshard or --on-demand (use put-records)"
+                    .into(),
+            );
+        }
         if self.on_demand && self.create_shards.is_none() {
             return Err(
                 "--on-demand switches a stream the run creates (--create-shards) to on-demand"
@@ -550,11 +563,16 @@ impl RunConfig {
             a.push(format!("--rate-step {step}"));
         }
         a.push(format!("--size {}", self.size));
-        if self.api == Api::PutRecords {
-            a.push(format!(
+        match self.api {
+            Api::PutRecords => a.push(format!(
                 "--api put-records --call-records {}",
                 self.call_records
-            ));
+            )),
+            Api::PutBatches => a.push(format!(
+                "--api put-batches --call-records {}",
+                self.call_records
+            )),
+            Api::Producer => {}
         }
         a.push(format!("--keys {}", self.keys));
         if self.key_mode == KeyMode::PerShard {

@@ -162,27 +162,43 @@ impl RecordWriter {
         rng: &mut Rng,
     ) -> Bytes {
         assert!(size >= MIN_RECORD_BYTES, "record of {size} bytes");
-        assert!(
-            header.origin_ns <= T_MAX,
-            "run too long for the header's clock"
-        );
         if self.arena.capacity() - self.arena.len() < size {
             self.arena = BytesMut::with_capacity(self.chunk_bytes.max(size));
         }
-        let mut head = [0u8; HEADER_BYTES];
-        head.copy_from_slice(
-            br#"{"r":"00000000","k":"00000000","n":"00000000","t":"000000000000","d":""#,
-        );
-        put_hex(&mut head[R_AT..R_AT + 8], u64::from(header.run));
-        put_hex(&mut head[K_AT..K_AT + 8], u64::from(header.key));
-        put_hex(&mut head[N_AT..N_AT + 8], u64::from(header.counter));
-        put_hex(&mut head[T_AT..T_AT + 12], header.origin_ns);
-        self.arena.extend_from_slice(&head);
+        self.arena.extend_from_slice(&header_bytes(header));
         self.arena
             .extend_from_slice(pool.cut(size - MIN_RECORD_BYTES, rng));
         self.arena.extend_from_slice(b"\"}");
         self.arena.split().freeze()
     }
+}
+
+/// The record header's bytes.
+fn header_bytes(header: &Header) -> [u8; HEADER_BYTES] {
+    assert!(
+        header.origin_ns <= T_MAX,
+        "run too long for the header's clock"
+    );
+    let mut head = [0u8; HEADER_BYTES];
+    head.copy_from_slice(
+        br#"{"r":"00000000","k":"00000000","n":"00000000","t":"000000000000","d":""#,
+    );
+    put_hex(&mut head[R_AT..R_AT + 8], u64::from(header.run));
+    put_hex(&mut head[K_AT..K_AT + 8], u64::from(header.key));
+    put_hex(&mut head[N_AT..N_AT + 8], u64::from(header.counter));
+    put_hex(&mut head[T_AT..T_AT + 12], header.origin_ns);
+    head
+}
+
+/// Writes a record carrying `header` into `out` (its whole length, at least
+/// [`MIN_RECORD_BYTES`]): the header, padding cut from `pool`, the closing `"}`. For
+/// records generated straight into a batch (`BatchBuilder::push_with`).
+pub fn fill_record(header: &Header, out: &mut [u8], pool: &PaddingPool, rng: &mut Rng) {
+    let size = out.len();
+    assert!(size >= MIN_RECORD_BYTES, "record of {size} bytes");
+    out[..HEADER_BYTES].copy_from_slice(&header_bytes(header));
+    out[HEADER_BYTES..size - 2].copy_from_slice(pool.cut(size - MIN_RECORD_BYTES, rng));
+    out[size - 2..].copy_from_slice(b"\"}");
 }
 
 fn put_hex(out: &mut [u8], mut v: u64) {
@@ -255,6 +271,25 @@ mod tests {
             let text = std::str::from_utf8(&data).unwrap();
             assert!(text.starts_with(r#"{"r":"deadbeef","k":"0001e240","n":"ffffffff""#));
             assert!(!text[HEADER_BYTES..size - 2].contains(['"', '\\']));
+        }
+    }
+
+    #[test]
+    fn a_record_filled_in_place_is_the_record_written() {
+        let pool = PaddingPool::new(4096, 7);
+        let mut w = RecordWriter::new(4096);
+        for size in [MIN_RECORD_BYTES, 100, 1024, 4096] {
+            let h = Header {
+                run: 3,
+                key: 9,
+                counter: size as u32,
+                origin_ns: 12345,
+            };
+            let written = w.write(&h, size, &pool, &mut Rng::new(5));
+            let mut filled = vec![0u8; size];
+            fill_record(&h, &mut filled, &pool, &mut Rng::new(5));
+            assert_eq!(&written[..], &filled[..]);
+            assert_eq!(decode(&filled).unwrap(), h);
         }
     }
 

@@ -57,8 +57,10 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use spate_client::{
     CapacityMode, Client, ClientConfig, ClientError, Entry, ErrorCode, Limits, Position, Producer,
-    ProducerConfig, PutResult, ReadOptions, RetryPolicy, SendHandle, ShardState, StreamConfig,
+    ProducerConfig, PutResult, ReadOptions, RetryPolicy, SendHandle, ShardMap, ShardRoute,
+    ShardState, StreamConfig,
 };
+use spate_protocol::batch::BatchBuilder;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
@@ -218,6 +220,7 @@ impl ProducerStats {
 enum ProducerKind {
     Producer(Producer),
     PutRecords(Client),
+    PutBatches(Client, Arc<ShardMap>),
 }
 
 /// A record sent and not yet settled.
@@ -424,6 +427,13 @@ async fn run_on_stream(
                     .map_err(|e| Error::new(format!("producer {p} cannot route: {e}")))?;
                 ProducerKind::PutRecords(client)
             }
+            Api::PutBatches => {
+                let map = client
+                    .shard_map(&cfg.stream)
+                    .await
+                    .map_err(|e| Error::new(format!("producer {p} cannot route: {e}")))?;
+                ProducerKind::PutBatches(client, map)
+            }
         };
         producers.push(producer);
     }
@@ -499,6 +509,7 @@ async fn run_on_stream(
                 Sender::Producer(producer, tx)
             }
             ProducerKind::PutRecords(client) => Sender::PutRecords(client, acked),
+            ProducerKind::PutBatches(client, map) => Sender::PutBatches(client, map, acked),
         };
         let gen = Generator::new(
             cfg,
@@ -1007,6 +1018,8 @@ enum Sender {
     Producer(Producer, mpsc::UnboundedSender<Pending>),
     /// `Client::put_records` per call; the generator settles the results itself.
     PutRecords(Client, Option<Vec<BitSet>>),
+    /// `Client::put_shard_batches` per call, records generated into their shard's batch.
+    PutBatches(Client, Arc<ShardMap>, Option<Vec<BitSet>>),
 }
 
 /// One producer's record generator; see the module docs.
@@ -1068,6 +1081,9 @@ impl Generator {
         match self.sender.take().expect("a generator runs once") {
             Sender::Producer(producer, tx) => self.run_producer(producer, tx).await,
             Sender::PutRecords(client, acked) => self.run_put_records(client, acked).await,
+            Sender::PutBatches(client, map, acked) => {
+                self.run_put_batches(client, &map, acked).await
+            }
         }
         if self.schedule.is_open_loop() {
             self.out.unsent = self.schedule.due_count(u64::MAX) - self.k;
@@ -1100,9 +1116,8 @@ impl Generator {
             .is_some_and(|b| b.load(Ordering::Relaxed) <= 0)
     }
 
-    /// The next record, due (or sent, closed loop) at `origin_ns`.
-    fn make_record(&mut self, origin_ns: u64) -> (String, Bytes, Meta) {
-        let sh = &self.shared;
+    /// Which owned key the next record goes to, and its size.
+    fn pick(&mut self) -> (usize, usize) {
         let j = match self.cfg.key_mode {
             KeyMode::Random => self.rng.below(self.owned.len() as u64) as usize,
             KeyMode::PerShard => {
@@ -1111,12 +1126,19 @@ impl Generator {
                 j
             }
         };
-        let counter = self.counters[j];
-        self.counters[j] += 1;
         let size = self.cfg.size.min
             + self
                 .rng
                 .below((self.cfg.size.max - self.cfg.size.min + 1) as u64) as usize;
+        (j, size)
+    }
+
+    /// Counts a record of owned key `j` and `size` bytes as sent, due (or sent, closed
+    /// loop) at `origin_ns`: its header and what settling it needs.
+    fn account(&mut self, j: usize, size: usize, origin_ns: u64) -> (Header, Meta) {
+        let sh = &self.shared;
+        let counter = self.counters[j];
+        self.counters[j] += 1;
         let key_idx = self.owned[j];
         let header = Header {
             run: sh.run_id,
@@ -1124,14 +1146,11 @@ impl Generator {
             counter,
             origin_ns,
         };
-        let data = self.writer.write(&header, size, &self.pool, &mut self.rng);
-        // The client takes an owned String per record (one allocation).
-        let key = sh.keys[key_idx as usize].clone();
         let meta = Meta {
             key_local: j as u32,
             counter,
             origin_ns,
-            bytes: (key.len() + data.len()) as u32,
+            bytes: (sh.keys[key_idx as usize].len() + size) as u32,
         };
         if let Some(budget) = &sh.budget_bytes {
             budget.fetch_sub(i64::from(meta.bytes), Ordering::Relaxed);
@@ -1142,6 +1161,16 @@ impl Generator {
             self.out.sent_in_window += 1;
         }
         sh.live.sent.fetch_add(1, Ordering::Relaxed);
+        (header, meta)
+    }
+
+    /// The next record, due (or sent, closed loop) at `origin_ns`.
+    fn make_record(&mut self, origin_ns: u64) -> (String, Bytes, Meta) {
+        let (j, size) = self.pick();
+        let (header, meta) = self.account(j, size, origin_ns);
+        let data = self.writer.write(&header, size, &self.pool, &mut self.rng);
+        // The client takes an owned String per record (one allocation).
+        let key = self.shared.keys[header.key as usize].clone();
         (key, data, meta)
     }
 
@@ -1227,6 +1256,112 @@ impl Generator {
             for (meta, result) in metas.drain(..).zip(results) {
                 settle(&self.shared, &self.stats, acked.as_mut(), result, meta);
             }
+        }
+        self.out.acked = acked;
+    }
+}
+
+impl Generator {
+    /// `--api put-batches`: as `run_put_records`, each record written straight into its
+    /// shard's batch; a call ends early when a shard's batch is full (500 records).
+    async fn run_put_batches(
+        &mut self,
+        client: Client,
+        map: &ShardMap,
+        mut acked: Option<Vec<BitSet>>,
+    ) {
+        let run_end = self.run_end();
+        let stream = self.cfg.stream.clone();
+        let sh = self.shared.clone();
+        let routes = map.routes();
+        // Each owned key's shard, found once (the engine checks every record's hash).
+        let key_route: Vec<usize> = self
+            .owned
+            .iter()
+            .map(|&g| {
+                let hash = spate_protocol::routing::hash_key(sh.keys[g as usize].as_bytes());
+                map.index_for_hash(hash)
+                    .expect("the open shards cover every hash key")
+            })
+            .collect();
+        let mut builders: Vec<BatchBuilder> = routes.iter().map(|_| BatchBuilder::new()).collect();
+        let mut metas: Vec<Vec<Meta>> = routes.iter().map(|_| Vec::new()).collect();
+        // Shards with records in this call, in first-use order.
+        let mut used: Vec<usize> = Vec::new();
+        // A record picked for a call whose shard's batch was full: the next call's first.
+        let mut carry: Option<(usize, usize)> = None;
+        loop {
+            let Ok(due_ns) = self.wait_due().await else {
+                break;
+            };
+            if Instant::now() >= run_end || self.budget_spent() {
+                break;
+            }
+            let mut origin_ns = due_ns.unwrap_or_else(|| sh.now_ns());
+            let now_ns = sh.now_ns();
+            let mut count = 0;
+            loop {
+                let (j, size) = carry.take().unwrap_or_else(|| self.pick());
+                let r = key_route[j];
+                let key = sh.keys[self.owned[j] as usize].as_bytes();
+                if !builders[r].fits(key.len(), size, false) {
+                    carry = Some((j, size));
+                    break;
+                }
+                let (header, meta) = self.account(j, size, origin_ns);
+                let (pool, rng) = (&self.pool, &mut self.rng);
+                builders[r]
+                    .push_with(key, size, None, |out| {
+                        payload::fill_record(&header, out, pool, rng)
+                    })
+                    .expect("the load generator's records are valid");
+                if metas[r].is_empty() {
+                    used.push(r);
+                }
+                metas[r].push(meta);
+                count += 1;
+                if count >= self.cfg.call_records || self.budget_spent() {
+                    break;
+                }
+                origin_ns = match self.schedule.due_ns(self.k) {
+                    Some(due) if due <= now_ns => due,
+                    Some(_) => break,
+                    None if self.schedule.is_open_loop() => break,
+                    None => now_ns,
+                };
+            }
+            let batches: Vec<(ShardRoute, Bytes)> = used
+                .iter()
+                .map(|&r| (routes[r], Bytes::from(builders[r].finish())))
+                .collect();
+            let answers = client.put_shard_batches(&stream, batches).await;
+            for (&r, answer) in used.iter().zip(answers) {
+                let shard_id = routes[r].shard_id;
+                for (i, meta) in metas[r].drain(..).enumerate() {
+                    let i = i as u32;
+                    let result = match &answer {
+                        Ok(a) if i < a.accepted => Ok(PutResult {
+                            shard_id,
+                            seq: a.base_seq + u64::from(i),
+                        }),
+                        Ok(a) => Err(match a.rejected {
+                            Some(rej) => ClientError::Server {
+                                code: rej.code,
+                                retry_after_ms: rej.retry_after_ms,
+                                message: format!("shard {shard_id} refused the record"),
+                            },
+                            None => ClientError::Server {
+                                code: ErrorCode::Internal,
+                                retry_after_ms: 0,
+                                message: "the server accounted for only part of the batch".into(),
+                            },
+                        }),
+                        Err(e) => Err(e.clone()),
+                    };
+                    settle(&sh, &self.stats, acked.as_mut(), result, meta);
+                }
+            }
+            used.clear();
         }
         self.out.acked = acked;
     }

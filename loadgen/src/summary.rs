@@ -559,7 +559,10 @@ pub fn markdown(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Stri
                 l.fio_seq_read_1m_qd8_bytes_per_s.map_or("not measured".into(), gb),
                 gb(l.iperf3_loopback_bytes_per_s),
             );
-            for floor in [l.disk_floor_quiet, l.disk_floor_loaded].into_iter().flatten() {
+            for floor in [l.disk_floor_quiet, l.disk_floor_loaded]
+                .into_iter()
+                .flatten()
+            {
                 let (r, o) = (floor.round_us, floor.open_loop_ack_us);
                 let _ = writeln!(
                     s,
@@ -807,7 +810,9 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| 500 µs | 5.0 × fdatasync p99 (0.2 × the loaded disk floor) | **missed** |"),
+            md.contains(
+                "| 500 µs | 5.0 × fdatasync p99 (0.2 × the loaded disk floor) | **missed** |"
+            ),
             "{md}"
         );
         assert!(

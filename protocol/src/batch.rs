@@ -278,6 +278,37 @@ impl BatchBuilder {
         data: &[u8],
         explicit_hash_key: Option<u128>,
     ) -> Result<(), BatchError> {
+        self.push_head(key, data.len(), explicit_hash_key)?;
+        self.buf.extend_from_slice(data);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// As [`BatchBuilder::push`], for a record of `data_len` bytes that `fill` writes in
+    /// place (it gets exactly `data_len` zeroed bytes): a producer that generates its data
+    /// saves copying it from a buffer of its own.
+    pub fn push_with(
+        &mut self,
+        key: &[u8],
+        data_len: usize,
+        explicit_hash_key: Option<u128>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<(), BatchError> {
+        self.push_head(key, data_len, explicit_hash_key)?;
+        let at = self.buf.len();
+        self.buf.resize(at + data_len, 0);
+        fill(&mut self.buf[at..]);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Checks a record of this shape and writes everything of it but its data.
+    fn push_head(
+        &mut self,
+        key: &[u8],
+        data_len: usize,
+        explicit_hash_key: Option<u128>,
+    ) -> Result<(), BatchError> {
         let index = self.count;
         if key.is_empty() || key.len() > MAX_PARTITION_KEY_BYTES {
             return Err(BatchError::KeyLength {
@@ -288,17 +319,17 @@ impl BatchBuilder {
         if std::str::from_utf8(key).is_err() {
             return Err(BatchError::KeyNotUtf8 { index });
         }
-        if data.len() > MAX_RECORD_DATA_BYTES_CEILING {
+        if data_len > MAX_RECORD_DATA_BYTES_CEILING {
             return Err(BatchError::RecordTooLarge {
                 index,
-                len: data.len(),
+                len: data_len,
                 max: MAX_RECORD_DATA_BYTES_CEILING,
             });
         }
         if self.count >= MAX_RECORDS_PER_BATCH {
             return Err(BatchError::RecordCount(self.count + 1));
         }
-        let added = record_encoded_len(key.len(), data.len(), explicit_hash_key.is_some());
+        let added = record_encoded_len(key.len(), data_len, explicit_hash_key.is_some());
         if self.buf.len() + added > MAX_BATCH_BYTES {
             return Err(BatchError::BatchTooLarge(self.buf.len() + added));
         }
@@ -311,9 +342,7 @@ impl BatchBuilder {
         }
         put_varint(&mut self.buf, key.len() as u32);
         self.buf.extend_from_slice(key);
-        put_varint(&mut self.buf, data.len() as u32);
-        self.buf.extend_from_slice(data);
-        self.count += 1;
+        put_varint(&mut self.buf, data_len as u32);
         Ok(())
     }
 
@@ -670,6 +699,38 @@ mod tests {
         assert_eq!(&batch[8..12], &69u32.to_le_bytes());
         assert_eq!(&batch[64..], &[0, 1, b'k', 1, b'v']);
         assert_eq!(le_u32(&batch, 20), crc32c::crc32c(&[0, 1, b'k', 1, b'v']));
+    }
+
+    #[test]
+    fn push_with_builds_the_same_bytes_as_push() {
+        let mut a = BatchBuilder::new();
+        let mut b = BatchBuilder::new();
+        for (key, data, ehk) in [
+            (&b"device-1"[..], &b"hello"[..], None),
+            (b"device-2", b"", Some(42)),
+            ("κλειδί".as_bytes(), &[7u8; 300][..], None),
+        ] {
+            a.push(key, data, ehk).unwrap();
+            b.push_with(key, data.len(), ehk, |out| {
+                assert!(out.iter().all(|&x| x == 0), "handed zeroed bytes");
+                out.copy_from_slice(data)
+            })
+            .unwrap();
+        }
+        assert_eq!(a.finish(), b.finish());
+        // The same checks refuse the same records, and leave the builder as it was.
+        let before = b.encoded_len();
+        let called = std::cell::Cell::new(false);
+        assert!(matches!(
+            b.push_with(b"", 3, None, |_| called.set(true)),
+            Err(BatchError::KeyLength { .. })
+        ));
+        assert!(matches!(
+            b.push_with(b"k", MAX_RECORD_DATA_BYTES_CEILING + 1, None, |_| called
+                .set(true)),
+            Err(BatchError::RecordTooLarge { .. })
+        ));
+        assert!(!called.get() && b.encoded_len() == before && b.is_empty());
     }
 
     #[test]

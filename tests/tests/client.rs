@@ -139,6 +139,76 @@ fn put_records_route_by_md5_and_keep_each_keys_order() {
     });
 }
 
+/// `put_shard_batches`: caller-built batches, several shards of one core in one request and
+/// a lone one; each outcome in input order with its sequence numbers; a batch holding a
+/// record whose key does not hash into its shard is refused whole (`WrongShard`) while the
+/// others of the same request are stored, and nothing is retried.
+#[test]
+fn put_shard_batches_send_caller_built_batches_once() {
+    let env = Env::new();
+    let client = env.client();
+    env.run(async {
+        client.create_stream("built", &off(3)).await.unwrap();
+        let map = client.shard_map("built").await.unwrap();
+        let routes = map.routes().to_vec();
+        let batch = |shard: usize, n: usize, wrong_at: Option<usize>| {
+            let mut b = spate_protocol::batch::BatchBuilder::new();
+            for i in 0..n {
+                let owner = if wrong_at == Some(i) {
+                    (shard + 1) % 3
+                } else {
+                    shard
+                };
+                let key = key_for_shard(routes[owner].shard_id, 3);
+                let data = format!("{shard}:{i}");
+                b.push_with(key.as_bytes(), data.len(), None, |out| {
+                    out.copy_from_slice(data.as_bytes())
+                })
+                .unwrap();
+            }
+            bytes::Bytes::from(b.finish())
+        };
+        let answers = client
+            .put_shard_batches(
+                "built",
+                vec![
+                    (routes[0], batch(0, 5, None)),
+                    (routes[1], batch(1, 7, Some(4))),
+                    (routes[2], batch(2, 3, None)),
+                ],
+            )
+            .await;
+        assert_eq!(answers.len(), 3);
+        let a0 = answers[0].as_ref().unwrap();
+        assert_eq!(
+            (a0.shard_id, a0.accepted, a0.rejected),
+            (routes[0].shard_id, 5, None)
+        );
+        let e1 = answers[1].as_ref().unwrap_err();
+        assert_eq!(e1.code(), Some(ErrorCode::WrongShard), "{e1}");
+        assert_eq!(answers[2].as_ref().unwrap().accepted, 3);
+        // A second call continues each shard's sequence numbers.
+        let again = client
+            .put_shard_batches("built", vec![(routes[0], batch(0, 2, None))])
+            .await;
+        let b0 = again[0].as_ref().unwrap();
+        assert_eq!(b0.accepted, 2);
+        assert!(b0.base_seq > a0.base_seq + 4);
+        for (i, (shard, want)) in [(0, 7), (1, 0), (2, 3)].into_iter().enumerate() {
+            let records = read_shard(&client, "built", routes[shard].shard_id).await;
+            assert_eq!(records.len(), want, "shard {i}");
+            for (j, r) in records.iter().enumerate() {
+                let n = if shard == 0 && j >= 5 { j - 5 } else { j };
+                assert_eq!(&r.data[..], format!("{shard}:{n}").as_bytes());
+            }
+            if shard == 0 {
+                assert_eq!(records[0].seq, a0.base_seq);
+                assert_eq!(records[5].seq, b0.base_seq);
+            }
+        }
+    });
+}
+
 #[test]
 fn every_iterator_position() {
     let env = Env::new();

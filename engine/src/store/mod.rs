@@ -1281,10 +1281,34 @@ impl<S: Storage> Store<S> {
                 .iter()
                 .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos)),
         );
+        // A shard's pieces go to the disk at once, except that a piece sharing a block with
+        // the one before it (a padded piece is rewritten by its successor) waits for it: so
+        // a wave is a run of pieces that share no block. They are marked written in order,
+        // up to the first that failed. (One after another, 256 KiB at a time, rounds of 6 MB
+        // for four shards wrote at ~1 GB/s.)
         let direct = join_all(r.direct.iter().map(|job| async move {
-            for (eid, from, to, w) in &job.writes {
-                write_fully(storage, &*w.file, w.buf.clone(), w.pos).await?;
-                self.piece_written(job.key, *eid, *from, *to);
+            let mut start = 0;
+            while start < job.writes.len() {
+                let mut end = start + 1;
+                while end < job.writes.len() {
+                    let (peid, _, pto, _) = &job.writes[end - 1];
+                    let (eid, from, _, _) = &job.writes[end];
+                    if eid == peid && *from < align_up(*pto) {
+                        break;
+                    }
+                    end += 1;
+                }
+                let wave = &job.writes[start..end];
+                let done = join_all(
+                    wave.iter()
+                        .map(|(_, _, _, w)| write_fully(storage, &*w.file, w.buf.clone(), w.pos)),
+                )
+                .await;
+                for ((eid, from, to, _), result) in wave.iter().zip(done) {
+                    result?;
+                    self.piece_written(job.key, *eid, *from, *to);
+                }
+                start = end;
             }
             Ok::<(), StoreError>(())
         }));

@@ -375,6 +375,7 @@ async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendSt
             replayed_bytes: 0,
             cut_shards: 0,
             sync_buckets: [0; spate_engine::metrics::LATENCY_BUCKETS],
+            round_buckets: [0; spate_engine::metrics::LATENCY_BUCKETS],
         },
     }
 }

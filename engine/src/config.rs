@@ -30,6 +30,7 @@ write_chunk_bytes_max = 262144      # largest staging or journal buffer
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 round_bytes_max = 8388608           # bytes one group-commit round takes while the last one writes
+round_rate_max = 1000               # group-commit rounds (write + fdatasync) per second per core at most, on average (0: back to back, as fast as syncs finish); see tuning/README.md
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
@@ -100,6 +101,7 @@ pub struct EngineConfig {
     pub index_interval_bytes: u64,
     pub read_chunk_bytes: usize,
     pub round_bytes_max: usize,
+    pub round_rate_max: u32,
     pub background_shares: usize,
     pub retention_check_interval_ms: u64,
     pub verify_hash_keys: bool,
@@ -190,6 +192,7 @@ impl Default for EngineConfig {
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
             round_bytes_max: 8 << 20,
+            round_rate_max: 1000,
             background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
@@ -289,6 +292,7 @@ impl EngineConfig {
             index_interval_bytes: self.index_interval_bytes,
             read_chunk_bytes: self.read_chunk_bytes,
             round_bytes_max: self.round_bytes_max,
+            round_rate_max: self.round_rate_max,
             write_chunk_bytes_max: self.write_chunk_bytes_max,
         }
     }
@@ -327,6 +331,12 @@ impl EngineConfig {
         }
         if self.segment_age_max_ms < 1000 {
             return Err("segment_age_max_ms must be at least 1000".into());
+        }
+        if self.round_rate_max != 0 && self.round_rate_max < 10 {
+            return Err(format!(
+                "round_rate_max = {} must be 0 (unpaced) or at least 10 (every acknowledgement may wait 1/round_rate_max s)",
+                self.round_rate_max
+            ));
         }
         if self.core_queue_depth == 0 || self.background_shares == 0 {
             return Err("core_queue_depth and background_shares must be positive".into());

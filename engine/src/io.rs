@@ -63,6 +63,9 @@ pub trait Storage {
     /// contents are unspecified.
     fn alloc_buf(&self, len: usize) -> Self::Buf;
     /// Opens an existing data file for direct reads and writes.
+    /// Waits `d` (the store's round pacing). Real storage sleeps on the executor's timer;
+    /// the simulated disk only yields (its tests run without timers).
+    async fn pause(&self, d: std::time::Duration);
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates `path` holding `len` zero bytes, every block written (not merely allocated)
     /// and durable, so later writes are overwrites of written blocks. The new name is
@@ -173,6 +176,10 @@ impl Storage for DmaStorage {
     fn alloc_buf(&self, len: usize) -> Self::Buf {
         debug_assert_eq!(len % BLOCK_BYTES, 0);
         self.allocator.alloc_dma_buffer(len)
+    }
+
+    async fn pause(&self, d: std::time::Duration) {
+        glommio::timer::sleep(d).await;
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaSegFile> {

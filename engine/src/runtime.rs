@@ -835,6 +835,9 @@ impl<S: Storage + 'static> Core<S> {
                 }
             }
         }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            glommio::spawn_local(probe_executor_lateness(self.index)).detach();
+        }
         let spawned = glommio::spawn_local_into(sweep_retention(self.clone()), tq);
         if let Ok(t) = spawned {
             t.detach();
@@ -2834,6 +2837,44 @@ fn no_keyring() -> EngineError {
     )
 }
 
+/// A debugging probe (only with debug logging): a task of the request queue that sleeps
+/// 1 ms at a time and logs, every ten seconds, how late its wake-ups were. A late wake-up is
+/// time the executor thread spent elsewhere (a task that did not yield, a blocking call),
+/// which every request on the core waited out too.
+async fn probe_executor_lateness(core: usize) {
+    const BOUNDS_US: [u64; 6] = [250, 500, 1_000, 2_000, 5_000, 10_000];
+    let mut over = [0u64; BOUNDS_US.len()];
+    let mut wakeups = 0u64;
+    let mut max_us = 0u64;
+    let mut since = std::time::Instant::now();
+    loop {
+        let slept = std::time::Instant::now();
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+        let late_us = (slept.elapsed().as_micros() as u64).saturating_sub(1_000);
+        wakeups += 1;
+        max_us = max_us.max(late_us);
+        for (n, b) in over.iter_mut().zip(BOUNDS_US) {
+            *n += u64::from(late_us >= b);
+        }
+        if since.elapsed() >= Duration::from_secs(10) {
+            tracing::debug!(
+                core,
+                wakeups,
+                late_250us = over[0],
+                late_500us = over[1],
+                late_1ms = over[2],
+                late_2ms = over[3],
+                late_5ms = over[4],
+                late_10ms = over[5],
+                late_max_us = max_us,
+                "executor lateness"
+            );
+            (over, wakeups, max_us) = ([0; BOUNDS_US.len()], 0, 0);
+            since = std::time::Instant::now();
+        }
+    }
+}
+
 /// One debug line per store every ten seconds: what its rounds were like.
 fn log_store_stats(
     store: u32,
@@ -2860,8 +2901,24 @@ fn log_store_stats(
         checkpoints = b.checkpoints - a.checkpoints,
         write_us_max = b.write_us_max,
         sync_us_max = b.sync_us_max,
+        // Rounds from seal to completion (waiting for the sync turn included), by bucket
+        // bound in ms (`metrics::LATENCY_BOUNDS_MS`), over the window.
+        round_ms = %round_histogram(&a.round_buckets, &b.round_buckets),
         "store rounds"
     );
+}
+
+fn round_histogram(a: &[u64], b: &[u64]) -> String {
+    let mut out = String::new();
+    for (i, (a, b)) in a.iter().zip(b).enumerate() {
+        if b > a {
+            let bound = crate::metrics::LATENCY_BOUNDS_MS
+                .get(i)
+                .map_or("inf".to_string(), |ms| ms.to_string());
+            out.push_str(&format!("<={bound}:{} ", b - a));
+        }
+    }
+    out
 }
 
 async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {

@@ -476,6 +476,10 @@ impl Storage for SimStorage {
         SimBuf(vec![0xa5; len])
     }
 
+    async fn pause(&self, _d: std::time::Duration) {
+        futures_lite::future::yield_now().await;
+    }
+
     async fn open(&self, path: &Path) -> io::Result<SimFile> {
         let inode = self.disk.borrow().file(path)?;
         Ok(SimFile {

@@ -111,6 +111,9 @@ pub struct StoreConfig {
     pub read_chunk_bytes: usize,
     /// Bytes one round may take while the previous one is being written.
     pub round_bytes_max: usize,
+    /// Rounds per second at most, on average (a token bucket holding `ROUND_BURST`
+    /// rounds); 0: a round starts as soon as the one before it is syncing. See `pace`.
+    pub round_rate_max: u32,
     /// Largest staging or journal buffer.
     pub write_chunk_bytes_max: usize,
 }
@@ -262,6 +265,8 @@ pub struct StoreStats {
     pub cut_shards: u64,
     /// Rounds by how long their sync phase took (`crate::metrics::LATENCY_BOUNDS_MS`).
     pub sync_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
+    /// Rounds by time from seal to completion (write, wait for the sync turn, sync).
+    pub round_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
 }
 
 /// A shard's vital statistics.
@@ -394,6 +399,11 @@ pub(crate) struct State<S: Storage> {
     open: OpenRound<S::Buf>,
     open_id: u64,
     writing: bool,
+    /// The round rate's token bucket (`pace`): rounds that may start now, as of when; and
+    /// whether an appender is waiting for a token before leading the next round.
+    round_tokens: f64,
+    round_tokens_at: Option<std::time::Instant>,
+    pacing: bool,
     synced_id: u64,
     /// The round whose sync phase started last (rounds sync one at a time, in order).
     sync_started_id: u64,
@@ -447,6 +457,9 @@ pub(crate) struct State<S: Storage> {
 
 /// A round whose write and sync together take this long is logged (debug).
 const SLOW_ROUND_US: u64 = 20_000;
+
+/// Rounds that may start back to back before `round_rate_max` paces them.
+const ROUND_BURST: f64 = 8.0;
 
 /// A store. See the module docs for the write path and the concurrency contract.
 pub struct Store<S: Storage> {
@@ -1002,6 +1015,16 @@ impl<S: Storage> Store<S> {
                 !st.writing && st.open_id == round_id && st.sync_started_id + 1 >= round_id
             };
             if lead {
+                if self.st.borrow().pacing {
+                    self.changed.wait().await;
+                    continue;
+                }
+                if let Some(wait) = self.pace() {
+                    // One appender waits out the interval, then leads; the others wait.
+                    let _pacing = Pacing::start(self);
+                    self.storage.pause(wait).await;
+                    continue;
+                }
                 self.flush_round().await;
             } else if self.st.borrow().open_id > round_id {
                 // Sealed: only its completion matters. (Waking every appender at every
@@ -1011,6 +1034,34 @@ impl<S: Storage> Store<S> {
                 self.changed.wait().await;
             }
         }
+    }
+
+    /// How long a would-be leader waits before sealing the open round (None: lead now):
+    /// rounds start at most `round_rate_max` a second on average, with bursts of up to
+    /// `ROUND_BURST` (a closed-loop producer below the rate never waits).
+    ///
+    /// Why: at low load rounds go back to back, one write and one fdatasync per sync
+    /// duration (2,700 a second here for 8,000 records/s). Each is cheap for the disk, but
+    /// on a virtual machine the host's emulation of every I/O is paid from the VM's CPU
+    /// quota: at ~2,600 flushes a second this VM was stopped for 5-23 ms in most 100 ms
+    /// periods (both vCPUs, whatever ran on them), at ~1,000 a second never
+    /// (BENCHMARKS.md, "Pacing rounds"). Bigger, fewer rounds cost the same disk time.
+    fn pace(&self) -> Option<std::time::Duration> {
+        if self.cfg.round_rate_max == 0 {
+            return None;
+        }
+        let rate = f64::from(self.cfg.round_rate_max);
+        let mut st = self.st.borrow_mut();
+        let now = std::time::Instant::now();
+        let Some(at) = st.round_tokens_at else {
+            st.round_tokens = ROUND_BURST;
+            st.round_tokens_at = Some(now);
+            return None;
+        };
+        st.round_tokens = (st.round_tokens + (now - at).as_secs_f64() * rate).min(ROUND_BURST);
+        st.round_tokens_at = Some(now);
+        (st.round_tokens < 1.0)
+            .then(|| std::time::Duration::from_secs_f64((1.0 - st.round_tokens) / rate))
     }
 
     /// Makes everything staged so far durable (shutdown, tests, the checkpoint).
@@ -1103,6 +1154,8 @@ impl<S: Storage> Store<S> {
                 "slow round"
             );
         }
+        self.st.borrow_mut().stats.round_buckets
+            [crate::metrics::latency_bucket_us(started.elapsed().as_micros() as u64)] += 1;
         self.complete_round(sealed, result, write_us, sync_us, syncs);
         self.round_done.notify_all();
         self.changed.notify_all();
@@ -1122,6 +1175,8 @@ impl<S: Storage> Store<S> {
         let id = st.open_id;
         let mut round = std::mem::replace(&mut st.open, OpenRound::new());
         st.open_id += 1;
+        // A token of the round rate (`pace`; the flush of shutdown and checkpoints counts).
+        st.round_tokens -= 1.0;
         // Hot shards: a final direct entry, and their unwritten bytes sealed for writing.
         let mut direct = Vec::new();
         let mut direct_volumes = BTreeSet::new();
@@ -1867,6 +1922,24 @@ impl<S: Storage> Store<S> {
             log.changed.notify_all();
         }
         removed
+    }
+}
+
+/// An appender waiting out the round interval (`Store::pace`); when it is done, or
+/// dropped, the others look again.
+struct Pacing<'a, S: Storage>(&'a Store<S>);
+
+impl<'a, S: Storage> Pacing<'a, S> {
+    fn start(store: &'a Store<S>) -> Self {
+        store.st.borrow_mut().pacing = true;
+        Pacing(store)
+    }
+}
+
+impl<S: Storage> Drop for Pacing<'_, S> {
+    fn drop(&mut self) {
+        self.0.st.borrow_mut().pacing = false;
+        self.0.changed.notify_all();
     }
 }
 

@@ -38,6 +38,7 @@ fn small_cfg() -> StoreConfig {
         index_interval_bytes: 2 << 10,
         read_chunk_bytes: 4 << 10,
         round_bytes_max: 24 << 10,
+        round_rate_max: 0,
         write_chunk_bytes_max: 16 << 10,
     }
 }
@@ -978,6 +979,44 @@ fn append_many_stages_all_and_answers_each() {
             "acknowledged, so durable"
         );
     }
+}
+
+#[test]
+fn rounds_are_paced_to_round_rate_max_after_a_burst() {
+    let k = key(15, 0);
+    let h = Harness::new(
+        15,
+        StoreConfig {
+            round_rate_max: 200,
+            ..small_cfg()
+        },
+        vec![k],
+    );
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(15);
+    let rounds_before = store.stats().rounds;
+    let started = std::time::Instant::now();
+    // One appender waiting for each ack in turn: a round per append. The bucket lets
+    // ROUND_BURST (8) go at once; the other 12 wait 5 ms each for a token.
+    for i in 0..20 {
+        let (b, r) = make_batch(&mut rng, &format!("p{i}"), false);
+        run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(store.stats().rounds - rounds_before, 20);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(55),
+        "20 rounds at 200 a second after a burst of 8 took only {elapsed:?}"
+    );
+    // Unpaced, the same appends do not wait for tokens (no lower bound to check: only
+    // that pacing off means a round per append still).
+    let h = Harness::new(16, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    for i in 0..20 {
+        let (b, r) = make_batch(&mut rng, &format!("u{i}"), false);
+        run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+    }
+    assert_eq!(store.stats().rounds, 20);
 }
 
 /// One record the model knows: its data, whether its append was acknowledged, and its

@@ -1020,7 +1020,7 @@ impl<S: Storage> Store<S> {
                     continue;
                 }
                 if let Some(wait) = self.pace() {
-                    // One appender waits out the interval, then leads; the others wait.
+                    // One appender waits for a token, then leads; the others wait for it.
                     let _pacing = Pacing::start(self);
                     self.storage.pause(wait).await;
                     continue;
@@ -1176,7 +1176,9 @@ impl<S: Storage> Store<S> {
         let mut round = std::mem::replace(&mut st.open, OpenRound::new());
         st.open_id += 1;
         // A token of the round rate (`pace`; the flush of shutdown and checkpoints counts).
-        st.round_tokens -= 1.0;
+        if cfg.round_rate_max > 0 {
+            st.round_tokens -= 1.0;
+        }
         // Hot shards: a final direct entry, and their unwritten bytes sealed for writing.
         let mut direct = Vec::new();
         let mut direct_volumes = BTreeSet::new();
@@ -1925,8 +1927,8 @@ impl<S: Storage> Store<S> {
     }
 }
 
-/// An appender waiting out the round interval (`Store::pace`); when it is done, or
-/// dropped, the others look again.
+/// An appender waiting for a token of the round rate (`Store::pace`); when it is done,
+/// or dropped, the others look again.
 struct Pacing<'a, S: Storage>(&'a Store<S>);
 
 impl<'a, S: Storage> Pacing<'a, S> {

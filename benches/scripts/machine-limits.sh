@@ -9,9 +9,12 @@
 #   5. iperf3 single-stream loopback bandwidth;
 #   6. disk-floor.py: back-to-back 64 KiB write + fdatasync rounds, quiet (10 s) and under
 #      FLOOR_BG_MB_S (190) of fio background writes shaped like an engine's write-behind and
-#      pre-writing (30 s): the open-loop acknowledgement floor any group commit could reach.
+#      pre-writing (30 s): the open-loop acknowledgement floor any group commit could reach;
+#   7. vm-stalls.py: 64 KiB write + fdatasync back to back, at 2,000/s and at 1,000/s (8 s
+#      each), with a sleeping probe on another CPU: whether the host stalls this machine past
+#      some flush rate (a VM's I/O emulation charged to its CPU quota; see round_rate_max).
 # Usage: benches/scripts/machine-limits.sh [DIR] [OUT.json]   (DIR: on the disk to measure)
-# Needs fio and iperf3; installs them with apt-get when missing (as root on Debian/Ubuntu).
+# Needs fio, iperf3 and taskset (util-linux); installs them with apt-get when missing (as root on Debian/Ubuntu).
 set -euo pipefail
 if ! command -v fio >/dev/null || ! command -v iperf3 >/dev/null; then
     if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
@@ -43,6 +46,7 @@ wait || true
 here=$(cd "$(dirname "$0")" && pwd)
 python3 "$here/disk-floor.py" "$dir" 10 0 /tmp/floor-quiet.json
 python3 "$here/disk-floor.py" "$dir" 30 "${FLOOR_BG_MB_S:-190}" /tmp/floor-loaded.json
+python3 "$here/vm-stalls.py" "$dir" 8 /tmp/vm-stalls.json
 
 python3 - "$out" <<'PY'
 import json, sys
@@ -60,6 +64,7 @@ res = {
     "iperf3_loopback_bytes_per_s": ip,
     "disk_floor_quiet": json.load(open("/tmp/floor-quiet.json")),
     "disk_floor_loaded": json.load(open("/tmp/floor-loaded.json")),
+    "vm_stalls": json.load(open("/tmp/vm-stalls.json")),
 }
 json.dump(res, open(sys.argv[1], "w"), indent=2)
 print(f"fio seq write 64 KiB QD32 (already written): {seq['bw_bytes']/1e9:.2f} GB/s")

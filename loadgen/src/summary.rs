@@ -13,7 +13,7 @@ use crate::report::Report;
 use crate::Error;
 
 /// What `machine-limits.sh` measured.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct MachineLimits {
     pub fio_seq_write_64k_qd32_bytes_per_s: f64,
     pub fio_fdatasync_64k_qd1_us: SyncLatency,
@@ -29,6 +29,28 @@ pub struct MachineLimits {
     /// ... and under background writes shaped like an engine's write-behind.
     #[serde(default)]
     pub disk_floor_loaded: Option<DiskFloor>,
+    /// `vm-stalls.py`: whether the machine stops for the flush rate it is asked to do.
+    #[serde(default)]
+    pub vm_stalls: Option<VmStalls>,
+}
+
+/// `benches/scripts/vm-stalls.py`: a loop of 64 KiB write + fdatasync at each rate, and how
+/// often a sleeping probe on another CPU woke more than 5 ms late meanwhile. A VM whose host
+/// charges I/O emulation to the VM's CPU quota stalls past some flush rate (the reason for
+/// the engine's `round_rate_max`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VmStalls {
+    pub runs: Vec<VmStallRun>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct VmStallRun {
+    /// Flushes a second asked for (0: back to back) and done.
+    pub rate_target: f64,
+    pub flushes_per_s: f64,
+    pub probe_seconds: f64,
+    pub probe_gaps_over_5ms: u64,
+    pub probe_gap_max_ms: f64,
 }
 
 /// The best open-loop acknowledgement latency a group commit could show on this disk
@@ -589,6 +611,33 @@ pub fn markdown(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Stri
                     floor.seconds_in_rounds_over_10ms,
                 );
             }
+            if let Some(v) = &l.vm_stalls {
+                let runs: Vec<String> = v
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{:.0}/s{}: {} gaps (max {:.1} ms)",
+                            r.flushes_per_s,
+                            if r.rate_target == 0.0 {
+                                " (back to back)"
+                            } else {
+                                ""
+                            },
+                            r.probe_gaps_over_5ms,
+                            r.probe_gap_max_ms
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "| VM stalls: 64 KiB write + fdatasync at each rate, and a sleeping probe on \
+                     another CPU's wake-ups over 5 ms late in {:.0} s (`vm-stalls.py`; the \
+                     engine's `round_rate_max` keeps its rounds under the rate that stalls) | {} |",
+                    v.runs.first().map_or(0.0, |r| r.probe_seconds),
+                    runs.join("; ")
+                );
+            }
             s.push('\n');
         }
         None => {
@@ -771,6 +820,24 @@ mod tests {
                 },
                 seconds_in_rounds_over_10ms: 0.0,
             }),
+            vm_stalls: Some(VmStalls {
+                runs: vec![
+                    VmStallRun {
+                        rate_target: 0.0,
+                        flushes_per_s: 2731.0,
+                        probe_seconds: 6.0,
+                        probe_gaps_over_5ms: 21,
+                        probe_gap_max_ms: 21.48,
+                    },
+                    VmStallRun {
+                        rate_target: 1000.0,
+                        flushes_per_s: 990.0,
+                        probe_seconds: 6.0,
+                        probe_gaps_over_5ms: 0,
+                        probe_gap_max_ms: 0.0,
+                    },
+                ],
+            }),
         };
         let results = vec![
             result(
@@ -824,6 +891,14 @@ mod tests {
             ),
             "{md}"
         );
+        assert!(
+            md.contains(
+                "over 5 ms late in 6 s (`vm-stalls.py`; the engine's `round_rate_max` keeps its \
+                 rounds under the rate that stalls) | 2731/s (back to back): 21 gaps (max 21.5 \
+                 ms); 990/s: 0 gaps (max 0.0 ms) |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| not measured |"));
         assert!(
             md.contains(
@@ -855,6 +930,7 @@ mod tests {
             iperf3_loopback_bytes_per_s: 2.5e9,
             disk_floor_quiet: None,
             disk_floor_loaded: None,
+            vm_stalls: None,
         };
         let results = vec![
             result(

@@ -434,6 +434,19 @@ mod tests {
     }
 
     #[test]
+    fn round_rate_max_is_off_or_at_least_ten() {
+        for (rate, ok) in [(0, true), (5, false), (10, true), (1000, true)] {
+            let c = EngineConfig::from_toml(&format!("round_rate_max = {rate}")).unwrap();
+            assert_eq!(c.round_rate_max, rate);
+            let r = c.validate();
+            assert_eq!(r.is_ok(), ok, "{rate}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.contains("round_rate_max = 5"), "{e}");
+            }
+        }
+    }
+
+    #[test]
     fn tls_keys_are_checked_together() {
         let c = EngineConfig::from_toml(
             "tls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\nplaintext = false",

@@ -62,10 +62,10 @@ pub trait Storage {
     /// A block-aligned buffer of `len` bytes (`len` a multiple of [`BLOCK_BYTES`]); its
     /// contents are unspecified.
     fn alloc_buf(&self, len: usize) -> Self::Buf;
-    /// Opens an existing data file for direct reads and writes.
     /// Waits `d` (the store's round pacing). Real storage sleeps on the executor's timer;
     /// the simulated disk only yields (its tests run without timers).
     async fn pause(&self, d: std::time::Duration);
+    /// Opens an existing data file for direct reads and writes.
     async fn open(&self, path: &Path) -> io::Result<Self::File>;
     /// Creates `path` holding `len` zero bytes, every block written (not merely allocated)
     /// and durable, so later writes are overwrites of written blocks. The new name is

@@ -717,10 +717,26 @@ impl Bench<'_> {
             );
         }
         if unsent > 0.01 {
+            // `records_unsent` counts the whole run (warm-up too); `records_due` only the
+            // measured window: compare it with what the whole run made due.
+            let p = &many.params;
+            let seconds = (p.warmup_s + p.duration_s).max(1e-9);
+            let whole_due = (p.rate * seconds).max(1.0);
+            let sent = (whole_due - many.records_unsent as f64).max(0.0);
             self.note(format!(
-                "the load generator sent only {:.1} % of the records due (its CPU {:.2} cores):                  the offered rate was not reached",
-                (1.0 - unsent) * 100.0,
-                many.loadgen_cpu.cores_used
+                "the producers sent only {:.1} % of the records due over the run ({:.0} records/s \
+                 of {:.0} offered; load generator CPU {:.2} cores, engine {}): the offered rate \
+                 was not reached, the calls in flight waiting on acknowledgements",
+                sent / whole_due * 100.0,
+                sent / seconds,
+                p.rate,
+                many.loadgen_cpu.cores_used,
+                many.engine_cpu
+                    .as_ref()
+                    .map_or("not measured".into(), |c| format!(
+                        "{:.2} cores",
+                        c.cores_used
+                    )),
             ));
         }
         self.bottleneck_note(&many);

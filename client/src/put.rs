@@ -298,29 +298,18 @@ pub(crate) async fn put_chains(
     chains: &mut [Chain],
     batch_bytes_max: usize,
 ) {
-    // Room for the frame head, the stream name and each entry's shard id.
-    let frame_max = client.max_request_bytes().saturating_sub(1024);
     loop {
         let now = tokio::time::Instant::now();
-        let mut by_core: std::collections::BTreeMap<u16, Vec<Vec<Planned>>> = Default::default();
-        for (i, c) in chains.iter_mut().enumerate() {
-            if let Some((batch, count)) = c.next_batch(map, batch_bytes_max, now) {
-                let requests = by_core.entry(c.route.core).or_default();
-                let fits = requests.last().is_some_and(|r| {
-                    r.len() < spate_protocol::MAX_BATCHES_PER_PUT
-                        && r.iter().map(|(_, b, _)| b.len() + 4).sum::<usize>() + batch.len() + 4
-                            <= frame_max
-                });
-                if !fits {
-                    requests.push(Vec::new());
-                }
-                requests
-                    .last_mut()
-                    .expect("a request")
-                    .push((i, batch, count));
-            }
-        }
-        if by_core.is_empty() {
+        // Every ready chain's next batch: (chain index, batch, records in it).
+        let ready: Vec<Planned> = chains
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.next_batch(map, batch_bytes_max, now)
+                    .map(|(batch, count)| (i, batch, count))
+            })
+            .collect();
+        if ready.is_empty() {
             let wake = chains
                 .iter()
                 .filter(|c| !c.done())
@@ -334,39 +323,73 @@ pub(crate) async fn put_chains(
                 None => return,
             }
         }
-        let planned: Vec<(u16, Vec<Planned>)> = by_core
-            .into_iter()
-            .flat_map(|(core, requests)| requests.into_iter().map(move |items| (core, items)))
+        let routed: Vec<(ShardRoute, Bytes)> = ready
+            .iter()
+            .map(|(i, batch, _)| (chains[*i].route, batch.clone()))
             .collect();
-        let answers = join_all(planned.iter().map(|(core, items)| {
-            let batches: Vec<(u32, Bytes)> = items
-                .iter()
-                .map(|(i, b, _)| (chains[*i].route.shard_id, b.clone()))
-                .collect();
-            let single = (items.len() == 1).then(|| chains[items[0].0].route);
-            async move {
-                if let Some(route) = single {
-                    // One shard: the plain put-batch request (no entry framing).
-                    vec![
-                        client
-                            .put_batch_once(stream, &route, batches[0].1.clone())
-                            .await,
-                    ]
-                } else {
-                    match client.put_batches_once(stream, *core, &batches).await {
-                        Ok(r) => r,
-                        Err(e) => vec![Err(e); batches.len()],
-                    }
-                }
-            }
-        }))
-        .await;
-        for ((_, items), answer) in planned.into_iter().zip(answers) {
-            for ((i, _, count), a) in items.into_iter().zip(answer) {
-                chains[i].settle(client, stream, count, a);
-            }
+        for (j, answer) in send_per_core(client, stream, &routed)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let (i, _, count) = ready[j];
+            chains[i].settle(client, stream, count, answer);
         }
     }
+}
+
+/// Sends batches, each to the shard of its route, once: one request per core (PutBatches;
+/// a new one when the frame would pass the request size or `MAX_BATCHES_PER_PUT`; a lone
+/// batch as the plain put-batch request), all at once. One answer per batch, in input order.
+async fn send_per_core(
+    client: &Client,
+    stream: &str,
+    batches: &[(ShardRoute, Bytes)],
+) -> Vec<Result<PutBatchResponse>> {
+    // Room for the frame head, the stream name and each entry's shard id.
+    let frame_max = client.max_request_bytes().saturating_sub(1024);
+    // Requests: core, indices into `batches` in input order, frame bytes so far.
+    let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
+    let mut open: std::collections::BTreeMap<u16, usize> = Default::default();
+    for (i, (route, batch)) in batches.iter().enumerate() {
+        let entry = batch.len() + 4;
+        let fits = open.get(&route.core).is_some_and(|&r| {
+            let (_, items, bytes) = &requests[r];
+            items.len() < spate_protocol::MAX_BATCHES_PER_PUT && bytes + entry <= frame_max
+        });
+        if !fits {
+            open.insert(route.core, requests.len());
+            requests.push((route.core, Vec::new(), 0));
+        }
+        let r = &mut requests[open[&route.core]];
+        r.1.push(i);
+        r.2 += entry;
+    }
+    let answers = join_all(requests.iter().map(|(core, items, _)| async move {
+        if let [i] = items[..] {
+            let (route, batch) = &batches[i];
+            vec![client.put_batch_once(stream, route, batch.clone()).await]
+        } else {
+            let parts: Vec<(u32, Bytes)> = items
+                .iter()
+                .map(|&i| (batches[i].0.shard_id, batches[i].1.clone()))
+                .collect();
+            match client.put_batches_once(stream, *core, &parts).await {
+                Ok(r) => r,
+                Err(e) => vec![Err(e); parts.len()],
+            }
+        }
+    }))
+    .await;
+    let mut out: Vec<Option<Result<PutBatchResponse>>> = vec![None; batches.len()];
+    for ((_, items, _), answer) in requests.into_iter().zip(answers) {
+        for (i, a) in items.into_iter().zip(answer) {
+            out[i] = Some(a);
+        }
+    }
+    out.into_iter()
+        .map(|a| a.expect("every batch has an answer"))
+        .collect()
 }
 
 impl Client {
@@ -473,64 +496,22 @@ impl Client {
         stream: &str,
         batches: Vec<(ShardRoute, Bytes)>,
     ) -> Vec<Result<PutBatchResponse>> {
-        let frame_max = self.max_request_bytes().saturating_sub(1024);
-        // Requests per core, each a list of indices into `batches`, in input order.
-        let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
-        let mut open: std::collections::BTreeMap<u16, usize> = Default::default();
-        for (i, (route, batch)) in batches.iter().enumerate() {
-            let fits = open.get(&route.core).is_some_and(|&r| {
-                let (_, items, bytes) = &requests[r];
-                items.len() < spate_protocol::MAX_BATCHES_PER_PUT
-                    && bytes + batch.len() + 4 <= frame_max
-            });
-            if !fits {
-                open.insert(route.core, requests.len());
-                requests.push((route.core, Vec::new(), 0));
-            }
-            let r = &mut requests[open[&route.core]];
-            r.1.push(i);
-            r.2 += batch.len() + 4;
-        }
-        let answers = join_all(requests.iter().map(|(core, items, _)| {
-            let batches = &batches;
-            async move {
-                if let [i] = items[..] {
-                    let (route, batch) = &batches[i];
-                    vec![self.put_batch_once(stream, route, batch.clone()).await]
-                } else {
-                    let parts: Vec<(u32, Bytes)> = items
-                        .iter()
-                        .map(|&i| (batches[i].0.shard_id, batches[i].1.clone()))
-                        .collect();
-                    match self.put_batches_once(stream, *core, &parts).await {
-                        Ok(r) => r,
-                        Err(e) => vec![Err(e); parts.len()],
-                    }
-                }
-            }
-        }))
-        .await;
-        let mut out: Vec<Option<Result<PutBatchResponse>>> = vec![None; batches.len()];
-        for ((_, items, _), answer) in requests.into_iter().zip(answers) {
-            for (i, a) in items.into_iter().zip(answer) {
-                let failure = match &a {
-                    Err(e) => Some(e.clone()),
-                    Ok(r) => r.rejected.map(|rej| ClientError::Server {
-                        code: rej.code,
-                        retry_after_ms: rej.retry_after_ms,
-                        message: String::new(),
-                    }),
-                };
-                if let Some(e) = failure {
-                    // A shard the routing table no longer matches: learn the new one.
-                    self.forget_on(stream, &e);
-                }
-                out[i] = Some(a);
+        let answers = send_per_core(self, stream, &batches).await;
+        for a in &answers {
+            let failure = match a {
+                Err(e) => Some(e.clone()),
+                Ok(r) => r.rejected.map(|rej| ClientError::Server {
+                    code: rej.code,
+                    retry_after_ms: rej.retry_after_ms,
+                    message: String::new(),
+                }),
+            };
+            if let Some(e) = failure {
+                // A shard the routing table no longer matches: learn the new one.
+                self.forget_on(stream, &e);
             }
         }
-        out.into_iter()
-            .map(|a| a.expect("every batch has an answer"))
-            .collect()
+        answers
     }
 }
 

@@ -21,7 +21,7 @@ journal_files = 8                   # ... of which at most this many exist per s
 checkpoint_bytes = 134217728        # a checkpoint every 128 MiB of journal and in-place writes (bounds replay at start)
 checkpoint_interval_ms = 10000      # and at least this often when one is owed (freed extents)
 checkpoint_deferred = true          # a checkpoint records the state of one interval before, which write-behind has written (no burst; replay up to 3x checkpoint_bytes); false: the state at its start
-direct_write_bytes_min = 262144     # a shard putting 256 KiB into one round is written in place, not journaled
+direct_write_bytes_min = 65536      # a shard putting 64 KiB into one round is written in place, not journaled
 write_behind_bytes = 262144         # a shard's journaled bytes are written to its extent in pieces this large
 prewrite_bytes = 1073741824         # free volume space kept written (zeros) ahead of allocation, so extents are overwrites; 0: off
 memory_bytes_max = 268435456        # journaled bytes not yet written behind, per store, before appends wait
@@ -183,7 +183,7 @@ impl Default for EngineConfig {
             checkpoint_bytes: 128 << 20,
             checkpoint_interval_ms: 10_000,
             checkpoint_deferred: true,
-            direct_write_bytes_min: 256 << 10,
+            direct_write_bytes_min: 64 << 10,
             write_behind_bytes: 256 << 10,
             prewrite_bytes: 1 << 30,
             memory_bytes_max: 256 << 20,

@@ -1271,7 +1271,9 @@ fn split_merge_scale_and_a_follower_that_crosses_a_split() {
     let a = server.addr.as_str();
     ok(
         a,
-        &["stream", "create", "r", "--shards", "1", "--limits", "off"],
+        &[
+            "stream", "create", "r", "--shards", "1", "--limits", "off", "--wait",
+        ],
         b"",
     );
     let lines: String = (0..10).map(|i| format!("old-{i}\n")).collect();
@@ -1384,7 +1386,9 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
     let a = server.addr.as_str();
     ok(
         a,
-        &["stream", "create", "f", "--shards", "2", "--limits", "off"],
+        &[
+            "stream", "create", "f", "--shards", "2", "--limits", "off", "--wait",
+        ],
         b"",
     );
     ok(a, &["stream", "shard-metrics", "f", "on"], b"");
@@ -1559,7 +1563,10 @@ fn serve_and_client_commands_over_tls() {
         args.extend_from_slice(rest);
         ok(a, &args, stdin)
     };
-    run(&["stream", "create", "secure", "--shards", "2"], b"");
+    run(
+        &["stream", "create", "secure", "--shards", "2", "--wait"],
+        b"",
+    );
     let put = run(
         &["put", "secure", "--key", "device-1"],
         b"one\ntwo\nthree\n",
@@ -1655,7 +1662,10 @@ fn auth_principals_policies_and_the_audit_trail_from_the_command_line() {
     };
     // Without credentials: one clear line.
     fails(&a, &["stream", "list"], b"", "only authenticated clients");
-    as_root(&["stream", "create", "clicks", "--shards", "1"], b"");
+    as_root(
+        &["stream", "create", "clicks", "--shards", "1", "--wait"],
+        b"",
+    );
     let created: Value =
         serde_json::from_str(&as_root(&["auth", "principal", "create", "app"], b"")).unwrap();
     let app_id = created["access_key_id"].as_str().unwrap().to_string();

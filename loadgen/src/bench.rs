@@ -661,9 +661,17 @@ impl Bench<'_> {
         v[field].as_f64()
     }
 
+    /// The engine's CPU time per record it acknowledged while that time was measured (the
+    /// window's acknowledgements, whatever their records' due time: under an overload the
+    /// engine still acknowledges the backlog).
     fn cpu_per_record_ns(r: &Report) -> Option<f64> {
         let c = r.engine_cpu.as_ref()?;
-        (r.acked_records_per_s > 0.0).then(|| c.cores_used * 1e9 / r.acked_records_per_s)
+        let acks = if r.acks_in_window_per_s > 0.0 {
+            r.acks_in_window_per_s
+        } else {
+            r.acked_records_per_s
+        };
+        (acks > 0.0).then(|| c.cores_used * 1e9 / acks)
     }
 
     async fn many_shards(&mut self) -> Result<(), Error> {
@@ -690,15 +698,18 @@ impl Bench<'_> {
         let few = self.run(base(self, 10, LimitsArg::Off)).await?;
         self.figure("many_ack_p99_us", many.ack_latency_us.p99 as f64);
         self.figure("many_acked_records_per_s", many.acked_records_per_s);
+        self.figure("many_acks_in_window_per_s", many.acks_in_window_per_s);
         self.figure("few_ack_p99_us", few.ack_latency_us.p99 as f64);
         self.figure("few_acked_records_per_s", few.acked_records_per_s);
+        self.figure("few_acks_in_window_per_s", few.acks_in_window_per_s);
         let unsent = many.records_unsent as f64 / many.records_due.unwrap_or(1).max(1) as f64;
         self.check(
             &format!("{shards} shards: ack p99 <= 10 ms"),
             many.ack_latency_us.p99 <= 10_000 && unsent <= 0.01,
             format!(
-                "p99 {} µs, {:.0} records/s acknowledged of {total:.0} offered",
-                many.ack_latency_us.p99, many.acked_records_per_s
+                "p99 {} µs, {:.0} records/s acknowledged of {total:.0} offered ({:.0} \
+                 acknowledgements/s in the window, of records due earlier included)",
+                many.ack_latency_us.p99, many.acked_records_per_s, many.acks_in_window_per_s
             ),
         );
         if let (Some(m), Some(f)) = (

@@ -250,6 +250,12 @@ pub struct Report {
     pub duration_s: f64,
     pub acked_records_per_s: f64,
     pub acked_mib_per_s: f64,
+    /// Acknowledgements that arrived during the measured window, whatever their records'
+    /// due time, per second. Equal to `acked_records_per_s` at a load the engine keeps up
+    /// with; under an open-loop overload (records due in the window never sent) what the
+    /// engine still acknowledged of the backlog.
+    #[serde(default)]
+    pub acks_in_window_per_s: f64,
     pub offered_records_per_s: Option<f64>,
     pub ack_latency_us: Percentiles,
     pub ack_latency_spectrum_us: Vec<[f64; 2]>,
@@ -787,6 +793,7 @@ pub(crate) mod tests {
             duration_s: 1.0,
             acked_records_per_s: 4.0,
             acked_mib_per_s: 4096.0 / 1048576.0,
+            acks_in_window_per_s: 4.0,
             offered_records_per_s: Some(4.0),
             ack_latency_us: h.summary(),
             ack_latency_spectrum_us: h.spectrum(),

@@ -557,6 +557,10 @@ async fn run_on_stream(
         cfg.engine_pid.and_then(CpuTimes::of_pid),
     );
     let ticks_start = cpu_ticks();
+    // Acknowledgements that arrive during the measured window, whatever their records' due
+    // time: under an overload (records due in the window never sent) what the engine still
+    // acknowledged, of the backlog.
+    let acks_start = shared.live.acked.load(Ordering::Relaxed);
     let window_start = Instant::now();
     let run_end = tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into());
     let budget_spent = cfg.stop_after_mib.is_some();
@@ -569,6 +573,7 @@ async fn run_on_stream(
         cfg.engine_pid.and_then(CpuTimes::of_pid),
     );
     let window_s = window_start.elapsed().as_secs_f64();
+    let window_acks = shared.live.acked.load(Ordering::Relaxed) - acks_start;
     let cpus = core_use(&ticks_start, &cpu_ticks());
 
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -766,6 +771,7 @@ async fn run_on_stream(
         duration_s,
         acked_records_per_s: totals.acked as f64 / duration_s,
         acked_mib_per_s: totals.bytes as f64 / MIB / duration_s,
+        acks_in_window_per_s: window_acks as f64 / window_s.max(1e-9),
         // With rate steps: the mean over the measured window.
         offered_records_per_s: match records_due {
             Some(due) if !cfg.rate_steps.is_empty() => Some(due as f64 / duration_s),

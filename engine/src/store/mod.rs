@@ -1020,8 +1020,13 @@ impl<S: Storage> Store<S> {
                     continue;
                 }
                 if let Some(wait) = self.pace() {
-                    // One appender waits for a token, then leads; the others wait for it.
-                    let _pacing = Pacing::start(self);
+                    // One appender waits for a token, then leads; the others wait for it
+                    // (and look again when it is done, or dropped).
+                    self.st.borrow_mut().pacing = true;
+                    let _pacing = crate::notify::OnDrop::new(|| {
+                        self.st.borrow_mut().pacing = false;
+                        self.changed.notify_all();
+                    });
                     self.storage.pause(wait).await;
                     continue;
                 }
@@ -1924,24 +1929,6 @@ impl<S: Storage> Store<S> {
             log.changed.notify_all();
         }
         removed
-    }
-}
-
-/// An appender waiting for a token of the round rate (`Store::pace`); when it is done,
-/// or dropped, the others look again.
-struct Pacing<'a, S: Storage>(&'a Store<S>);
-
-impl<'a, S: Storage> Pacing<'a, S> {
-    fn start(store: &'a Store<S>) -> Self {
-        store.st.borrow_mut().pacing = true;
-        Pacing(store)
-    }
-}
-
-impl<S: Storage> Drop for Pacing<'_, S> {
-    fn drop(&mut self) {
-        self.0.st.borrow_mut().pacing = false;
-        self.0.changed.notify_all();
     }
 }
 

@@ -273,6 +273,48 @@ impl CoreMetrics {
         });
     }
 
+    /// Counts a put call of several batches (`PutBatches`, what the client's `put_records`
+    /// sends): each batch's `(shard_id, stored, bytes, throttled)` in its shard's counters
+    /// (if on), their sums in the stream's, and the call once in `PutRecords_Success` and
+    /// its latency if it stored anything (as Kinesis counts a PutRecords call with at least
+    /// one record stored). One stream look-up per call, not per batch: a call can carry
+    /// thousands (`many-shards`).
+    pub(crate) fn count_put_call(
+        &self,
+        stream_id: u64,
+        name: &str,
+        batches: impl Iterator<Item = (u32, u64, u64, u64)>,
+        took: Duration,
+    ) {
+        if self.off.get() {
+            return;
+        }
+        let shard_level = self.shard_level.borrow().contains(&stream_id);
+        let (mut stored, mut bytes, mut throttled) = (0, 0, 0);
+        for (shard_id, s, b, t) in batches {
+            stored += s;
+            bytes += b;
+            throttled += t;
+            if shard_level {
+                self.shard(stream_id, shard_id, name, |c| {
+                    c.incoming_records += s;
+                    c.incoming_bytes += b;
+                    c.write_throttled += t;
+                });
+            }
+        }
+        self.stored.set(self.stored.get() + stored);
+        self.stream(stream_id, name, |c| {
+            c.incoming_records += stored;
+            c.incoming_bytes += bytes;
+            c.write_throttled += throttled;
+            if stored > 0 {
+                c.put_records_success += 1;
+                c.put_latency.observe(took);
+            }
+        });
+    }
+
     /// `metrics_toggle_ms`: closes the phase that ends now (records stored and this
     /// thread's CPU time in it) and starts the next, counting `on` or off (with
     /// `calibrate`, counting stays on and only the phases are told apart: an A/A run).
@@ -515,7 +557,7 @@ impl MetricsSnapshot {
         counter(
             &mut registry,
             "PutRecords_Success",
-            "Put calls of batches that stored records",
+            "PutRecords and PutBatches calls that stored at least one record",
             &|c| c.put_records_success,
         );
         with_shards(

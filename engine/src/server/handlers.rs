@@ -812,17 +812,15 @@ async fn put_batches<S: Storage + 'static>(
     let entry = route(core, r.stream).map_err(fail)?;
     let started = std::time::Instant::now();
     let results = put_many(core, &entry, &r.batches).await;
-    for (b, res) in r.batches.iter().zip(&results) {
-        count_put(
-            core,
-            (entry.stream_id, b.shard_id),
-            r.stream,
-            b.batch,
-            res,
-            started,
-            false,
-        );
-    }
+    core.metrics.count_put_call(
+        entry.stream_id,
+        r.stream,
+        r.batches.iter().zip(&results).filter_map(|(b, res)| {
+            let (stored, bytes, throttled) = put_counts(b.batch, res)?;
+            Some((b.shard_id, stored, bytes, throttled))
+        }),
+        started.elapsed(),
+    );
     let messages: Vec<String> = results
         .iter()
         .map(|res| match res {
@@ -1073,31 +1071,32 @@ fn count_put<S: Storage + 'static>(
     started: std::time::Instant,
     single: bool,
 ) {
-    let took = started.elapsed();
+    if let Some(counts) = put_counts(batch, result) {
+        core.metrics.count_put(
+            (stream_id, shard_id),
+            stream,
+            counts,
+            single,
+            started.elapsed(),
+        );
+    }
+}
+
+/// What a put of `batch` counts in the metrics: `(stored, bytes, throttled)` records and
+/// bytes stored (bytes in proportion to the records stored) and records throttled; nothing
+/// for a put that failed otherwise.
+fn put_counts(batch: &[u8], result: &Result<PutOutcome, EngineError>) -> Option<(u64, u64, u64)> {
     match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);
             let bytes = batch.len() as u64 * stored / u64::from(o.record_count.max(1));
-            let throttled = u64::from(o.record_count - o.accepted);
-            core.metrics.count_put(
-                (stream_id, shard_id),
-                stream,
-                (stored, bytes, throttled),
-                single,
-                took,
-            );
+            Some((stored, bytes, u64::from(o.record_count - o.accepted)))
         }
         Err(EngineError::Throttled { .. }) => {
             let throttled = BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
-            core.metrics.count_put(
-                (stream_id, shard_id),
-                stream,
-                (0, 0, throttled),
-                single,
-                took,
-            );
+            Some((0, 0, throttled))
         }
-        Err(_) => {}
+        Err(_) => None,
     }
 }
 

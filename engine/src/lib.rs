@@ -34,6 +34,7 @@ pub mod runtime;
 #[cfg(test)]
 mod runtime_tests;
 pub mod server;
+pub(crate) mod shard_table;
 pub mod sim;
 pub mod store;
 

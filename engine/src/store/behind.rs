@@ -121,15 +121,18 @@ impl<S: Storage> Store<S> {
             // largest extents; but no more than twice what every shard's next extent
             // takes (shards that write little roll small extents), so that space is made
             // in proportion to the shards that are busy.
+            // (The sum over every shard is taken only when free space is below the rest of
+            // the mark: this runs at every background step, over thousands of shards.)
             let units = self.cfg.volume_size(st.next_volume) / self.cfg.extent_bytes_min;
-            let next_extents: u64 = st.shards.values().map(|l| 1u64 << l.next_order).sum();
-            let low_water = (units / 4)
-                .max(2 << self.cfg.max_order())
-                .min(2 * next_extents);
+            let base_water = (units / 4).max(2 << self.cfg.max_order());
+            let low = st.alloc.free_units() < base_water && {
+                let next_extents: u64 = st.shards.values().map(|l| 1u64 << l.next_order).sum();
+                st.alloc.free_units() < 2 * next_extents
+            };
             // Or an appender needs an extent size that free space (fragmented) cannot give,
             // and no checkpoint is about to release more.
             let wanted = st.extent_wanted && st.quarantined_units() == 0 && !st.checkpointing;
-            let need_volume = st.alloc.free_units() < low_water || wanted;
+            let need_volume = low || wanted;
             // The ring's second file is made once the first, active, has taken an eighth of
             // its size, or the store needs another volume (a store whose shards write
             // little never needs it; a busy one gets it before its volumes take the room

@@ -390,8 +390,8 @@ struct SealedRound<S: Storage> {
 }
 
 pub(crate) struct State<S: Storage> {
-    /// (Fx hashing: engine-assigned ids, looked up per batch and per round.)
-    shards: rustc_hash::FxHashMap<ShardKey, ShardLog<S::Buf>>,
+    /// Looked up per batch and per round: dense by shard id (`crate::shard_table`).
+    shards: crate::shard_table::ShardTable<ShardLog<S::Buf>>,
     alloc: ExtentAllocator,
     volumes: BTreeMap<u32, Rc<S::File>>,
     next_volume: u32,
@@ -532,11 +532,10 @@ impl<S: Storage> Store<S> {
     /// Registers a shard (a new stream's, or one placed here). No I/O: a shard owns
     /// nothing on disk until it is written.
     pub fn add_shard(&self, key: ShardKey) {
-        self.st
-            .borrow_mut()
-            .shards
-            .entry(key)
-            .or_insert_with(|| ShardLog::new(key.stream_id, key.shard_id, 0, 0));
+        let shards = &mut self.st.borrow_mut().shards;
+        if !shards.contains_key(&key) {
+            shards.insert(key, ShardLog::new(key.stream_id, key.shard_id, 0, 0));
+        }
     }
 
     /// Gives a shard its stream's data keys (encryption at rest), or takes them away
@@ -623,7 +622,7 @@ impl<S: Storage> Store<S> {
             Ok(record_count)
         );
         self.admit(key, batch.len()).await?;
-        let (ack, round_id) = self.stage(key, batch, record_count)?;
+        let (ack, round_id) = self.stage(key, batch, record_count, self.clock.now_ms())?;
         self.wait_round(round_id).await?;
         Ok(ack)
     }
@@ -638,26 +637,32 @@ impl<S: Storage> Store<S> {
     ) -> Vec<Result<AppendAck, StoreError>> {
         let mut staged: Vec<Result<(AppendAck, u64), StoreError>> = Vec::with_capacity(items.len());
         let mut last: Option<u64> = None;
-        for &(key, batch, record_count) in items {
+        // One clock reading for the whole call (thousands of single-record batches of a
+        // `many-shards` put), read again only after a wait.
+        let mut now = self.clock.now_ms();
+        for (i, &(key, batch, record_count)) in items.iter().enumerate() {
+            self.prefetch_ahead(items, i);
             debug_assert_eq!(
                 BatchHeader::decode(batch).map(|h| h.record_count),
                 Ok(record_count)
             );
             // What this call staged waits for nobody until it returns: before waiting for
             // room (which may need those rounds to go out), see them through.
-            let r = match self.admission(key, batch.len()) {
+            let r = match self.admission(key, batch.len(), now) {
                 Ok(Wait::None)
                     if batch.len() + crate::crypto::TAG_BYTES <= self.cfg.max_batch_bytes() =>
                 {
-                    self.stage(key, batch, record_count)
+                    self.stage(key, batch, record_count, now)
                 }
                 Err(e) => Err(e),
                 Ok(_) => {
                     if let Some(last) = last {
                         let _ = self.wait_round(last).await;
                     }
-                    match self.admit(key, batch.len()).await {
-                        Ok(()) => self.stage(key, batch, record_count),
+                    let admitted = self.admit(key, batch.len()).await;
+                    now = self.clock.now_ms();
+                    match admitted {
+                        Ok(()) => self.stage(key, batch, record_count, now),
                         Err(e) => Err(e),
                     }
                 }
@@ -686,8 +691,32 @@ impl<S: Storage> Store<S> {
             .collect()
     }
 
+    /// Hints the CPU to load the state of the shards `append_many` comes to next: each
+    /// batch's shard is a cache miss or three (its log, its active extent, the staging
+    /// buffer) when a put spreads over thousands of shards, and these overlap when asked
+    /// for ahead, a level at a time. (`many-shards`: BENCHMARKS.md.)
+    fn prefetch_ahead(&self, items: &[(ShardKey, &[u8], u32)], i: usize) {
+        const AHEAD: usize = 8;
+        let st = self.st.borrow();
+        if let Some((key, _, _)) = items.get(i + AHEAD) {
+            st.shards.prefetch(key);
+        }
+        if let Some(log) = items
+            .get(i + AHEAD / 2)
+            .and_then(|(k, _, _)| st.shards.get(k))
+        {
+            log.prefetch_active();
+        }
+        if let Some(log) = items
+            .get(i + AHEAD / 4)
+            .and_then(|(k, _, _)| st.shards.get(k))
+        {
+            log.prefetch_staging();
+        }
+    }
+
     /// What an append of `len` bytes to `key` has to wait for now, if anything.
-    fn admission(&self, key: ShardKey, len: usize) -> Result<Wait, StoreError> {
+    fn admission(&self, key: ShardKey, len: usize, now: i64) -> Result<Wait, StoreError> {
         let st = self.st.borrow();
         poisoned(&st)?;
         if st.stopping {
@@ -700,11 +729,10 @@ impl<S: Storage> Store<S> {
             st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
         let padded = align_up((st.open.len + entry_len(len) + ENTRY_SLACK_BYTES) as u64);
         let journal_full = !st.journal.has_room(padded);
-        let needs_roll =
-            log.needs_roll(len as u64, self.clock.now_ms(), self.cfg.segment_age_max_ms);
+        let needs_roll = log.needs_roll(len as u64, now, self.cfg.segment_age_max_ms);
         let no_extent = needs_roll && !st.alloc_possible(self.roll_order(log, len));
-        let space_failed_recently = st.space_error.is_some()
-            && self.clock.now_ms() - st.last_space_attempt_ms < SPACE_RETRY_MS;
+        let space_failed_recently =
+            st.space_error.is_some() && now - st.last_space_attempt_ms < SPACE_RETRY_MS;
         if (journal_full || no_extent) && space_failed_recently {
             // Nothing in flight can make room: the file system is full. A checkpoint
             // frees journal files only below the durable position; if there are
@@ -748,7 +776,7 @@ impl<S: Storage> Store<S> {
             return Err(StoreError::BatchTooLarge(len));
         }
         loop {
-            let wait = self.admission(key, len)?;
+            let wait = self.admission(key, len, self.clock.now_ms())?;
 
             match wait {
                 Wait::None => break,
@@ -837,8 +865,8 @@ impl<S: Storage> Store<S> {
         key: ShardKey,
         batch: &[u8],
         record_count: u32,
+        now: i64,
     ) -> Result<(AppendAck, u64), StoreError> {
-        let now = self.clock.now_ms();
         let cfg = &self.cfg;
         let storage = &*self.storage;
         let alloc_buf = |n: usize| storage.alloc_buf(n);
@@ -1256,7 +1284,13 @@ impl<S: Storage> Store<S> {
         }
         // What each shard of the round will be able to publish once it is durable.
         let mut completions = Vec::with_capacity(round.touched.len());
-        for key in &round.touched {
+        for (k, key) in round.touched.iter().enumerate() {
+            if let Some(ahead) = round.touched.get(k + 8) {
+                st.shards.prefetch(ahead);
+            }
+            if let Some(log) = round.touched.get(k + 4).and_then(|a| st.shards.get(a)) {
+                log.prefetch_active();
+            }
             if let Some(log) = st.shards.get(key) {
                 if let Some(a) = log.active() {
                     completions.push(Completion {
@@ -1472,7 +1506,16 @@ impl<S: Storage> Store<S> {
                 st.since_checkpoint_bytes += r.journal_bytes + r.direct_bytes;
                 st.stats.journal_bytes += r.journal_bytes;
                 st.stats.direct_bytes += r.direct_bytes;
-                for c in &r.completions {
+                for (k, c) in r.completions.iter().enumerate() {
+                    // Thousands of shards in a round: their state a few ahead is asked for
+                    // now, a level at a time, so the cache misses overlap.
+                    if let Some(ahead) = r.completions.get(k + 8) {
+                        st.shards.prefetch(&ahead.key);
+                    }
+                    if let Some(log) = r.completions.get(k + 4).and_then(|a| st.shards.get(&a.key))
+                    {
+                        log.prefetch_completion();
+                    }
                     let Some(log) = st.shards.get_mut(&c.key) else {
                         continue;
                     };

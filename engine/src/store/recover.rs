@@ -147,7 +147,7 @@ impl<S: Storage> Store<S> {
             }
         }
         // Shards as the manifest left them.
-        let mut shards: rustc_hash::FxHashMap<ShardKey, ShardLog<S::Buf>> = live
+        let mut shards: crate::shard_table::ShardTable<ShardLog<S::Buf>> = live
             .iter()
             .map(|k| (*k, ShardLog::new(k.stream_id, k.shard_id, 0, 0)))
             .collect();

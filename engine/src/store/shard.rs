@@ -238,6 +238,31 @@ impl<B: IoBuf> ShardLog<B> {
         self.extents.back()
     }
 
+    /// Starts loading the active extent's state (a batch loop's hint for a shard it comes
+    /// to soon: `crate::shard_table`).
+    pub fn prefetch_active(&self) {
+        if let Some(a) = self.extents.back() {
+            crate::shard_table::prefetch_lines(a, std::mem::size_of_val(a));
+        }
+    }
+
+    /// Starts loading the active extent and the readers' wake-up (what a round's
+    /// completion touches).
+    pub fn prefetch_completion(&self) {
+        self.prefetch_active();
+        crate::shard_table::prefetch_lines(Rc::as_ptr(&self.changed), 64);
+    }
+
+    /// Starts loading where the next staged batch goes.
+    pub fn prefetch_staging(&self) {
+        if let Some(s) = self.extents.back().and_then(|a| a.staging.as_ref()) {
+            let buf = s.buf.as_ref();
+            if s.len < buf.len() {
+                crate::shard_table::prefetch_lines(&buf[s.len], 128);
+            }
+        }
+    }
+
     pub fn extent(&self, id: ExtentId) -> Option<&Extent<B>> {
         self.extents.iter().find(|e| e.id == id)
     }

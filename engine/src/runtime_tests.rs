@@ -51,6 +51,10 @@ struct Running {
     core: Rc<Core<SimStorage>>,
     alive: Rc<std::cell::Cell<bool>>,
     driver: glommio::Task<()>,
+    /// The core's message channel: closed at the stop, which ends the message loop and so
+    /// drops its reference to the core (the core holds the sending side: a cycle otherwise,
+    /// and every restart of every seed would keep its core, caches included, to the end).
+    inbox: async_channel::Receiver<CoreMsg>,
 }
 
 impl Running {
@@ -59,6 +63,7 @@ impl Running {
         self.alive.set(false);
         self.driver.await;
         self.core.stopping.set(true);
+        self.inbox.close();
         self.core
     }
 }
@@ -96,6 +101,7 @@ async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
         .expect("core opens"),
     );
     let c = core.clone();
+    let inbox = rx.clone();
     glommio::spawn_local(async move {
         while let Ok(msg) = rx.recv().await {
             glommio::spawn_local(c.clone().handle(msg)).detach();
@@ -115,6 +121,7 @@ async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
         core,
         alive,
         driver,
+        inbox,
     }
 }
 

@@ -39,7 +39,7 @@ use std::time::Duration;
 use crate::routing::cached_hash_key;
 use bytes::Bytes;
 use spate_protocol::batch::{BatchBuilder, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
-use spate_protocol::{ErrorCode, PutBatchResponse, MAX_BATCHES_PER_PUT};
+use spate_protocol::{ErrorCode, PutBatchResponse};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -576,51 +576,36 @@ impl CoreWorker {
         if due.is_empty() {
             return;
         }
-        let frame_max = self.client.max_request_bytes().saturating_sub(1024);
-        let mut requests: Vec<Vec<(u32, Vec<Item>, Bytes)>> = vec![Vec::new()];
-        let mut request_bytes = 0usize;
-        for shard in due {
-            let (items, batch) = self.take_batch(shard);
-            if request_bytes + batch.len() + 4 > frame_max
-                || requests.last().map_or(0, Vec::len) >= MAX_BATCHES_PER_PUT
-            {
-                requests.push(Vec::new());
-                request_bytes = 0;
-            }
-            request_bytes += batch.len() + 4;
-            requests
-                .last_mut()
-                .expect("a request")
-                .push((shard, items, batch));
-        }
-        for request in requests.into_iter().filter(|r| !r.is_empty()) {
+        // Packed as `put_records` packs (all this worker's shards are on its core), but each
+        // request settles its own records when it is answered.
+        let mut taken: Vec<Option<(u32, Vec<Item>, Bytes)>> = due
+            .into_iter()
+            .map(|shard| {
+                let (items, batch) = self.take_batch(shard);
+                Some((shard, items, batch))
+            })
+            .collect();
+        let packed = crate::put::pack_per_core(
+            &self.client,
+            taken
+                .iter()
+                .map(|t| (self.core, t.as_ref().map_or(0, |(_, _, b)| b.len()))),
+        );
+        for (core, indices) in packed {
+            let request: Vec<(u32, Vec<Item>, Bytes)> = indices
+                .iter()
+                .map(|&i| taken[i].take().expect("each batch in one request"))
+                .collect();
             self.inflight += 1;
             let client = self.client.clone();
             let stream = self.stream.clone();
-            let core = self.core;
-            let routes: Vec<ShardRoute> = request
+            let parts: Vec<(ShardRoute, Bytes)> = request
                 .iter()
-                .map(|(s, _, _)| self.shards[s].route)
+                .map(|(s, _, b)| (self.shards[s].route, b.clone()))
                 .collect();
             let done_tx = self.done_tx.clone();
             tokio::spawn(async move {
-                let batches: Vec<(u32, Bytes)> = request
-                    .iter()
-                    .zip(&routes)
-                    .map(|((_, _, b), r)| (r.shard_id, b.clone()))
-                    .collect();
-                let answers = if batches.len() == 1 {
-                    vec![
-                        client
-                            .put_batch_once(&stream, &routes[0], batches[0].1.clone())
-                            .await,
-                    ]
-                } else {
-                    match client.put_batches_once(&stream, core, &batches).await {
-                        Ok(a) => a,
-                        Err(e) => vec![Err(e); batches.len()],
-                    }
-                };
+                let answers = crate::put::send_packed(&client, &stream, core, &parts).await;
                 let sent = request
                     .into_iter()
                     .map(|(s, items, _)| (s, items))

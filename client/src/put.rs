@@ -338,51 +338,74 @@ pub(crate) async fn put_chains(
     }
 }
 
-/// Sends batches, each to the shard of its route, once: one request per core (PutBatches;
-/// a new one when the frame would pass the request size or `MAX_BATCHES_PER_PUT`; a lone
-/// batch as the plain put-batch request), all at once. One answer per batch, in input order.
+/// Packs batches into requests, one core's per request, in input order: a new request for a
+/// core when its open one would pass the request size or `MAX_BATCHES_PER_PUT`. Takes each
+/// batch's core and length; gives each request's core and the indices of its batches.
+pub(crate) fn pack_per_core(
+    client: &Client,
+    batches: impl Iterator<Item = (u16, usize)>,
+) -> Vec<(u16, Vec<usize>)> {
+    // Room for the frame head, the stream name and each entry's shard id.
+    let frame_max = client.max_request_bytes().saturating_sub(1024);
+    // Requests: core, indices in input order, frame bytes so far.
+    let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
+    let mut open: std::collections::BTreeMap<u16, usize> = Default::default();
+    for (i, (core, len)) in batches.enumerate() {
+        let entry = len + 4;
+        let fits = open.get(&core).is_some_and(|&r| {
+            let (_, items, bytes) = &requests[r];
+            items.len() < spate_protocol::MAX_BATCHES_PER_PUT && bytes + entry <= frame_max
+        });
+        if !fits {
+            open.insert(core, requests.len());
+            requests.push((core, Vec::new(), 0));
+        }
+        let r = &mut requests[open[&core]];
+        r.1.push(i);
+        r.2 += entry;
+    }
+    requests
+        .into_iter()
+        .map(|(core, items, _)| (core, items))
+        .collect()
+}
+
+/// Sends one request of `pack_per_core` once: a lone batch as the plain put-batch request,
+/// several as PutBatches to their core. One answer per batch, in order.
+pub(crate) async fn send_packed(
+    client: &Client,
+    stream: &str,
+    core: u16,
+    parts: &[(ShardRoute, Bytes)],
+) -> Vec<Result<PutBatchResponse>> {
+    if let [(route, batch)] = parts {
+        return vec![client.put_batch_once(stream, route, batch.clone()).await];
+    }
+    let parts: Vec<(u32, Bytes)> = parts
+        .iter()
+        .map(|(route, batch)| (route.shard_id, batch.clone()))
+        .collect();
+    match client.put_batches_once(stream, core, &parts).await {
+        Ok(r) => r,
+        Err(e) => vec![Err(e); parts.len()],
+    }
+}
+
+/// Sends batches, each to the shard of its route, once: packed per core (`pack_per_core`),
+/// all requests at once. One answer per batch, in input order.
 async fn send_per_core(
     client: &Client,
     stream: &str,
     batches: &[(ShardRoute, Bytes)],
 ) -> Vec<Result<PutBatchResponse>> {
-    // Room for the frame head, the stream name and each entry's shard id.
-    let frame_max = client.max_request_bytes().saturating_sub(1024);
-    // Requests: core, indices into `batches` in input order, frame bytes so far.
-    let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
-    let mut open: std::collections::BTreeMap<u16, usize> = Default::default();
-    for (i, (route, batch)) in batches.iter().enumerate() {
-        let entry = batch.len() + 4;
-        let fits = open.get(&route.core).is_some_and(|&r| {
-            let (_, items, bytes) = &requests[r];
-            items.len() < spate_protocol::MAX_BATCHES_PER_PUT && bytes + entry <= frame_max
-        });
-        if !fits {
-            open.insert(route.core, requests.len());
-            requests.push((route.core, Vec::new(), 0));
-        }
-        let r = &mut requests[open[&route.core]];
-        r.1.push(i);
-        r.2 += entry;
-    }
-    let answers = join_all(requests.iter().map(|(core, items, _)| async move {
-        if let [i] = items[..] {
-            let (route, batch) = &batches[i];
-            vec![client.put_batch_once(stream, route, batch.clone()).await]
-        } else {
-            let parts: Vec<(u32, Bytes)> = items
-                .iter()
-                .map(|&i| (batches[i].0.shard_id, batches[i].1.clone()))
-                .collect();
-            match client.put_batches_once(stream, *core, &parts).await {
-                Ok(r) => r,
-                Err(e) => vec![Err(e); parts.len()],
-            }
-        }
+    let requests = pack_per_core(client, batches.iter().map(|(r, b)| (r.core, b.len())));
+    let answers = join_all(requests.iter().map(|(core, items)| async move {
+        let parts: Vec<(ShardRoute, Bytes)> = items.iter().map(|&i| batches[i].clone()).collect();
+        send_packed(client, stream, *core, &parts).await
     }))
     .await;
     let mut out: Vec<Option<Result<PutBatchResponse>>> = vec![None; batches.len()];
-    for ((_, items, _), answer) in requests.into_iter().zip(answers) {
+    for ((_, items), answer) in requests.into_iter().zip(answers) {
         for (i, a) in items.into_iter().zip(answer) {
             out[i] = Some(a);
         }

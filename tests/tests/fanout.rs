@@ -623,15 +623,33 @@ fn polling_readers_share_five_calls_per_second_under_kinesis_limits() {
 #[test]
 fn a_subscription_goes_on_across_a_server_restart_without_loss_or_repeat() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
+    // An address the restart can bind again: a free port, found by binding port 0 and
+    // letting go. Another test's connection may take it as its own port before the server
+    // binds it, so a refused one is given up for another (within a bound).
+    let (listen, server) = {
+        let mut tries = 0;
+        loop {
+            let listen = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            };
+            match Server::start(EngineConfig {
+                listen: listen.clone(),
+                ..test_config(dir.path())
+            }) {
+                Ok(server) => break (listen, server),
+                Err(e) if tries < 20 => {
+                    eprintln!("start on {listen}: {e}; another port");
+                    tries += 1;
+                }
+                Err(e) => panic!("start on {listen}: {e}"),
+            }
+        }
     };
     let with_listen = |c: EngineConfig| EngineConfig {
         listen: listen.clone(),
         ..c
     };
-    let server = start(dir.path(), with_listen);
     let rt = runtime();
     let client = rt.block_on(async {
         let client = Client::connect(listen.clone()).await.unwrap();

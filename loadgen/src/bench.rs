@@ -706,7 +706,7 @@ impl Bench<'_> {
         self.figure("few_ack_p99_us", few.ack_latency_us.p99 as f64);
         self.figure("few_acked_records_per_s", few.acked_records_per_s);
         self.figure("few_acks_in_window_per_s", few.acks_in_window_per_s);
-        let unsent = many.records_unsent as f64 / many.records_due.unwrap_or(1).max(1) as f64;
+        let unsent = unsent_share(&many);
         self.check(
             &format!("{shards} shards: ack p99 <= 10 ms"),
             many.ack_latency_us.p99 <= 10_000 && unsent <= 0.01,
@@ -732,8 +732,6 @@ impl Bench<'_> {
             );
         }
         if unsent > 0.01 {
-            // `records_unsent` counts the whole run (warm-up too); `records_due` only the
-            // measured window: compare it with what the whole run made due.
             let p = &many.params;
             let seconds = (p.warmup_s + p.duration_s).max(1e-9);
             let whole_due = (p.rate * seconds).max(1.0);
@@ -1887,9 +1885,32 @@ fn read_max_rate(path: &Path) -> Result<Option<f64>, Error> {
     Ok(Some(rate))
 }
 
+/// The share of a constant-rate open-loop run's due records never sent. `records_unsent`
+/// counts the whole run, warm-up included, and `records_due` only the measured window, so
+/// the whole run's due records are the rate times its length.
+fn unsent_share(r: &Report) -> f64 {
+    let p = &r.params;
+    let whole_due = (p.rate * (p.warmup_s + p.duration_s)).max(1.0);
+    r.records_unsent as f64 / whole_due
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsent_share_counts_the_whole_runs_due_records() {
+        let mut r = crate::report::tests::sample();
+        r.params.rate = 1000.0;
+        r.params.warmup_s = 5.0;
+        r.params.duration_s = 15.0;
+        // 20,000 due over the run, 15,000 of them in the window.
+        r.records_due = Some(15_000);
+        r.records_unsent = 2_000;
+        assert!((unsent_share(&r) - 0.1).abs() < 1e-12);
+        r.records_unsent = 0;
+        assert_eq!(unsent_share(&r), 0.0);
+    }
 
     #[test]
     fn scaling_decisions_name_their_shard_counts() {

@@ -241,55 +241,23 @@ impl CoreMetrics {
         f(c);
     }
 
-    /// Counts a put of one batch: `(stored, bytes, throttled)` records and bytes stored and
-    /// records throttled, in the stream's counters and (if on) the shard's; its latency
-    /// when something was stored. What a put request costs the metrics (with `request`).
+    /// Counts a put call (`single`: a PutRecord; otherwise a put of one batch or of several:
+    /// PutBatches, what the client's `put_records` sends): each batch's `(shard_id, stored,
+    /// bytes, throttled)` — records and bytes stored, records throttled — in its shard's
+    /// counters (if on), their sums in the stream's, and the call once in
+    /// `PutRecord(s)_Success` and its latency if it stored anything (as Kinesis counts a
+    /// PutRecords call with at least one record stored). One stream look-up per call, not
+    /// per batch: a call can carry thousands (`many-shards`). What a put request costs the
+    /// metrics (with `request`).
     pub(crate) fn count_put(
-        &self,
-        (stream_id, shard_id): (u64, u32),
-        name: &str,
-        (stored, bytes, throttled): (u64, u64, u64),
-        single: bool,
-        took: Duration,
-    ) {
-        self.stored.set(self.stored.get() + stored);
-        self.shard(stream_id, shard_id, name, |c| {
-            c.incoming_records += stored;
-            c.incoming_bytes += bytes;
-            c.write_throttled += throttled;
-        });
-        self.stream(stream_id, name, |c| {
-            c.incoming_records += stored;
-            c.incoming_bytes += bytes;
-            c.write_throttled += throttled;
-            if stored > 0 {
-                if single {
-                    c.put_record_success += 1;
-                } else {
-                    c.put_records_success += 1;
-                }
-                c.put_latency.observe(took);
-            }
-        });
-    }
-
-    /// Counts a put call of several batches (`PutBatches`, what the client's `put_records`
-    /// sends): each batch's `(shard_id, stored, bytes, throttled)` in its shard's counters
-    /// (if on), their sums in the stream's, and the call once in `PutRecords_Success` and
-    /// its latency if it stored anything (as Kinesis counts a PutRecords call with at least
-    /// one record stored). One stream look-up per call, not per batch: a call can carry
-    /// thousands (`many-shards`).
-    pub(crate) fn count_put_call(
         &self,
         stream_id: u64,
         name: &str,
-        batches: impl Iterator<Item = (u32, u64, u64, u64)>,
+        batches: impl IntoIterator<Item = (u32, u64, u64, u64)>,
+        single: bool,
         took: Duration,
     ) {
-        if self.off.get() {
-            return;
-        }
-        let shard_level = self.shard_level.borrow().contains(&stream_id);
+        let shard_level = !self.off.get() && self.shard_level.borrow().contains(&stream_id);
         let (mut stored, mut bytes, mut throttled) = (0, 0, 0);
         for (shard_id, s, b, t) in batches {
             stored += s;
@@ -303,13 +271,18 @@ impl CoreMetrics {
                 });
             }
         }
+        // Counted on or off: the metrics-cost phases (`toggle_phase`) divide by it.
         self.stored.set(self.stored.get() + stored);
         self.stream(stream_id, name, |c| {
             c.incoming_records += stored;
             c.incoming_bytes += bytes;
             c.write_throttled += throttled;
             if stored > 0 {
-                c.put_records_success += 1;
+                if single {
+                    c.put_record_success += 1;
+                } else {
+                    c.put_records_success += 1;
+                }
                 c.put_latency.observe(took);
             }
         });
@@ -990,7 +963,7 @@ pub mod bench {
             self.0
                 .request(spate_protocol::Opcode::PutBatches.as_u16(), None);
             self.0
-                .count_put((1, shard_id), "stream", (records, bytes, 0), false, took);
+                .count_put(1, "stream", [(shard_id, records, bytes, 0)], false, took);
         }
     }
 }
@@ -998,6 +971,35 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_put_call_counts_its_batches_once_and_stores_with_metrics_off() {
+        let on = CoreMetrics::new(true);
+        on.count_put(
+            7,
+            "s",
+            [(0, 3, 30, 1), (1, 2, 20, 0)],
+            false,
+            Duration::from_micros(5),
+        );
+        let (_, c) = &on.streams.borrow()[&7];
+        assert_eq!(
+            (c.incoming_records, c.incoming_bytes, c.write_throttled),
+            (5, 50, 1)
+        );
+        assert_eq!((c.put_records_success, c.put_record_success), (1, 0));
+        // Off: no counters, but the records stored still count (the metrics-cost phases).
+        let off = CoreMetrics::new(false);
+        off.count_put(
+            7,
+            "s",
+            [(0, 3, 30, 0), (1, 2, 20, 0)],
+            false,
+            Duration::from_micros(5),
+        );
+        assert_eq!(off.stored.get(), 5);
+        assert!(off.streams.borrow().is_empty());
+    }
 
     #[test]
     fn the_toggle_summary_pairs_busy_whole_periods() {

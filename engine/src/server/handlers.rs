@@ -812,13 +812,14 @@ async fn put_batches<S: Storage + 'static>(
     let entry = route(core, r.stream).map_err(fail)?;
     let started = std::time::Instant::now();
     let results = put_many(core, &entry, &r.batches).await;
-    core.metrics.count_put_call(
+    core.metrics.count_put(
         entry.stream_id,
         r.stream,
         r.batches.iter().zip(&results).filter_map(|(b, res)| {
             let (stored, bytes, throttled) = put_counts(b.batch, res)?;
             Some((b.shard_id, stored, bytes, throttled))
         }),
+        false,
         started.elapsed(),
     );
     let messages: Vec<String> = results
@@ -1071,11 +1072,11 @@ fn count_put<S: Storage + 'static>(
     started: std::time::Instant,
     single: bool,
 ) {
-    if let Some(counts) = put_counts(batch, result) {
+    if let Some((stored, bytes, throttled)) = put_counts(batch, result) {
         core.metrics.count_put(
-            (stream_id, shard_id),
+            stream_id,
             stream,
-            counts,
+            [(shard_id, stored, bytes, throttled)],
             single,
             started.elapsed(),
         );

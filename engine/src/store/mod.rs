@@ -641,7 +641,12 @@ impl<S: Storage> Store<S> {
         // `many-shards` put), read again only after a wait.
         let mut now = self.clock.now_ms();
         for (i, &(key, batch, record_count)) in items.iter().enumerate() {
-            self.prefetch_ahead(items, i);
+            prefetch_shards(
+                &self.st.borrow().shards,
+                |j| items.get(j).map(|t| t.0),
+                i,
+                Touches::Put,
+            );
             debug_assert_eq!(
                 BatchHeader::decode(batch).map(|h| h.record_count),
                 Ok(record_count)
@@ -689,30 +694,6 @@ impl<S: Storage> Store<S> {
                 }
             })
             .collect()
-    }
-
-    /// Hints the CPU to load the state of the shards `append_many` comes to next: each
-    /// batch's shard is a cache miss or three (its log, its active extent, the staging
-    /// buffer) when a put spreads over thousands of shards, and these overlap when asked
-    /// for ahead, a level at a time. (`many-shards`: BENCHMARKS.md.)
-    fn prefetch_ahead(&self, items: &[(ShardKey, &[u8], u32)], i: usize) {
-        const AHEAD: usize = 8;
-        let st = self.st.borrow();
-        if let Some((key, _, _)) = items.get(i + AHEAD) {
-            st.shards.prefetch(key);
-        }
-        if let Some(log) = items
-            .get(i + AHEAD / 2)
-            .and_then(|(k, _, _)| st.shards.get(k))
-        {
-            log.prefetch_active();
-        }
-        if let Some(log) = items
-            .get(i + AHEAD / 4)
-            .and_then(|(k, _, _)| st.shards.get(k))
-        {
-            log.prefetch_staging();
-        }
     }
 
     /// What an append of `len` bytes to `key` has to wait for now, if anything.
@@ -1285,12 +1266,12 @@ impl<S: Storage> Store<S> {
         // What each shard of the round will be able to publish once it is durable.
         let mut completions = Vec::with_capacity(round.touched.len());
         for (k, key) in round.touched.iter().enumerate() {
-            if let Some(ahead) = round.touched.get(k + 8) {
-                st.shards.prefetch(ahead);
-            }
-            if let Some(log) = round.touched.get(k + 4).and_then(|a| st.shards.get(a)) {
-                log.prefetch_active();
-            }
+            prefetch_shards(
+                &st.shards,
+                |j| round.touched.get(j).copied(),
+                k,
+                Touches::Seal,
+            );
             if let Some(log) = st.shards.get(key) {
                 if let Some(a) = log.active() {
                     completions.push(Completion {
@@ -1507,15 +1488,12 @@ impl<S: Storage> Store<S> {
                 st.stats.journal_bytes += r.journal_bytes;
                 st.stats.direct_bytes += r.direct_bytes;
                 for (k, c) in r.completions.iter().enumerate() {
-                    // Thousands of shards in a round: their state a few ahead is asked for
-                    // now, a level at a time, so the cache misses overlap.
-                    if let Some(ahead) = r.completions.get(k + 8) {
-                        st.shards.prefetch(&ahead.key);
-                    }
-                    if let Some(log) = r.completions.get(k + 4).and_then(|a| st.shards.get(&a.key))
-                    {
-                        log.prefetch_completion();
-                    }
+                    prefetch_shards(
+                        &st.shards,
+                        |j| r.completions.get(j).map(|c| c.key),
+                        k,
+                        Touches::Completion,
+                    );
                     let Some(log) = st.shards.get_mut(&c.key) else {
                         continue;
                     };
@@ -2045,6 +2023,45 @@ pub(crate) async fn join_all<T, Fut: std::future::Future<Output = T>>(
     out.into_iter()
         .map(|v| v.expect("every future finished"))
         .collect()
+}
+
+/// What a loop over many shards touches of each, for `prefetch_shards`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Touches {
+    /// A put: the log, the active extent, where the next batch goes.
+    Put,
+    /// A round's seal: the log and the active extent.
+    Seal,
+    /// A round's completion: the log, the active extent and the readers' wake-up.
+    Completion,
+}
+
+/// Hints the CPU to load the state of the shards a loop over many shards (a put's batches,
+/// a round's seal or completion) comes to after item `i`, `key_at` naming each item's
+/// shard: 8 items ahead the shard's log, 4 ahead its active extent (and for a completion
+/// the readers' wake-up), and for a put 2 ahead where its next batch goes. Asked for a
+/// level at a time, the cache misses of consecutive shards overlap (`many-shards`:
+/// BENCHMARKS.md).
+fn prefetch_shards<B: IoBuf>(
+    shards: &crate::shard_table::ShardTable<ShardLog<B>>,
+    key_at: impl Fn(usize) -> Option<ShardKey>,
+    i: usize,
+    touches: Touches,
+) {
+    if let Some(key) = key_at(i + 8) {
+        shards.prefetch(&key);
+    }
+    if let Some(log) = key_at(i + 4).and_then(|k| shards.get(&k)) {
+        log.prefetch_active();
+        if touches == Touches::Completion {
+            log.prefetch_readers();
+        }
+    }
+    if touches == Touches::Put {
+        if let Some(log) = key_at(i + 2).and_then(|k| shards.get(&k)) {
+            log.prefetch_staging();
+        }
+    }
 }
 
 /// Writes a buffer completely. A short direct write is retried once for the remainder (the

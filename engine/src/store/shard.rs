@@ -246,10 +246,8 @@ impl<B: IoBuf> ShardLog<B> {
         }
     }
 
-    /// Starts loading the active extent and the readers' wake-up (what a round's
-    /// completion touches).
-    pub fn prefetch_completion(&self) {
-        self.prefetch_active();
+    /// Starts loading the readers' wake-up (what a round's completion touches besides).
+    pub fn prefetch_readers(&self) {
         crate::shard_table::prefetch_lines(Rc::as_ptr(&self.changed), 64);
     }
 

@@ -4,7 +4,8 @@
 //! One worker task per engine core. `send` routes the record, waits for room (backpressure:
 //! a byte budget shared by the whole producer), and hands it to its core's worker, which
 //! queues it under its shard and returns a [`SendHandle`] that resolves once the record is
-//! acknowledged or has failed. A shard's queued records become a batch when they reach
+//! acknowledged or has failed ([`Producer::send_with`] instead calls back with the outcome,
+//! on the worker, saving the future and its waiter per record). A shard's queued records become a batch when they reach
 //! `batch_bytes_max` or `batch_records_max`, or `linger` after the first of them; the worker
 //! sends every batch that is ready at the same moment in one request (PutBatches), so a
 //! producer writing to thousands of shards of a core sends about one request per linger,
@@ -29,7 +30,7 @@
 //! [`crate::RetryPolicy`]) resolves to the error; its shard goes on with the next batch.
 //! Dropping the producer without [`Producer::close`] still sends what was queued.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,10 +81,35 @@ impl Default for ProducerConfig {
 
 struct Item {
     id: u64,
+    /// The order it was queued in at its current worker (flushes count by it).
+    local: u64,
     entry: Entry,
-    done: oneshot::Sender<Result<PutResult>>,
+    done: Settle,
     /// The record's share of the byte budget, returned when the record settles.
     _budget: OwnedSemaphorePermit,
+}
+
+/// How a record's outcome reaches its sender: a [`SendHandle`] or a callback.
+enum Settle {
+    Handle(oneshot::Sender<Result<PutResult>>),
+    Callback(Box<dyn FnOnce(Result<PutResult>) + Send>),
+}
+
+impl Settle {
+    fn settle(self, outcome: Result<PutResult>) {
+        match self {
+            Settle::Handle(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Settle::Callback(f) => {
+                // A panicking callback must not take the worker (and every other record
+                // it holds) down with it.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(outcome))).is_err() {
+                    tracing::error!("a producer callback panicked; the producer goes on");
+                }
+            }
+        }
+    }
 }
 
 enum Msg {
@@ -209,6 +235,41 @@ impl Producer {
 
     /// As [`Producer::send`], for an [`Entry`] (which may carry an explicit hash key).
     pub async fn send_entry(&self, entry: Entry) -> Result<SendHandle> {
+        let (done, rx) = oneshot::channel();
+        self.queue(entry, Settle::Handle(done)).await?;
+        Ok(SendHandle { rx })
+    }
+
+    /// As [`Producer::send`], but the record's outcome goes to `on_settled` instead of a
+    /// handle: no future per record, so a producer sending millions of records a second
+    /// spends less per record (Kafka's `send(record, callback)`). `on_settled` runs on the
+    /// producer's worker task as soon as the record is acknowledged or has failed: it must
+    /// be quick and must not block (hand heavy work to a channel); a panic in it is caught
+    /// and logged. Records of one partition key settle in the order they were sent.
+    pub async fn send_with<F>(
+        &self,
+        key: impl Into<String>,
+        data: impl Into<Bytes>,
+        on_settled: F,
+    ) -> Result<()>
+    where
+        F: FnOnce(Result<PutResult>) + Send + 'static,
+    {
+        self.send_entry_with(Entry::new(key, data), on_settled)
+            .await
+    }
+
+    /// As [`Producer::send_with`], for an [`Entry`] (which may carry an explicit hash key).
+    pub async fn send_entry_with<F>(&self, entry: Entry, on_settled: F) -> Result<()>
+    where
+        F: FnOnce(Result<PutResult>) + Send + 'static,
+    {
+        self.queue(entry, Settle::Callback(Box::new(on_settled)))
+            .await
+    }
+
+    /// Routes a record and queues it at its core's worker (waiting for room).
+    async fn queue(&self, entry: Entry, done: Settle) -> Result<()> {
         let shared = &self.shared;
         let cost = (entry.key.len() + entry.data.len()).clamp(1, shared.config.buffered_bytes_max);
         let budget = shared
@@ -229,11 +290,11 @@ impl Producer {
             .index_for_hash(hash)
             .map(|i| routing.map.routes()[i])
             .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"))?;
-        let (done, rx) = oneshot::channel();
         let item = Item {
             id: shared
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            local: 0,
             entry,
             done,
             _budget: budget,
@@ -245,7 +306,7 @@ impl Producer {
             .send(Msg::Record(route, item))
             .await
             .map_err(|_| ClientError::Closed)?;
-        Ok(SendHandle { rx })
+        Ok(())
     }
 
     /// Sends everything queued now (without waiting out the linger) and waits until every
@@ -315,8 +376,7 @@ impl Shared {
             refresh: self.refresh.clone(),
             shards: HashMap::new(),
             inflight: 0,
-            unsettled: BTreeSet::new(),
-            flushes: Vec::new(),
+            unsettled: Unsettled::default(),
             releases: Vec::new(),
             force_upto: 0,
             closed: false,
@@ -371,7 +431,7 @@ impl Shared {
                 .index_for_hash(hash)
                 .map(|i| routing.map.routes()[i])
             else {
-                let _ = item.done.send(Err(ClientError::protocol(
+                item.done.settle(Err(ClientError::protocol(
                     "no open shard covers the record's hash key",
                 )));
                 continue;
@@ -380,7 +440,7 @@ impl Shared {
                 if let Err(mpsc::error::SendError(Msg::Record(_, item))) =
                     queue.send(Msg::Record(route, item)).await
                 {
-                    let _ = item.done.send(Err(ClientError::Closed));
+                    item.done.settle(Err(ClientError::Closed));
                 }
             }
         }
@@ -455,13 +515,12 @@ struct CoreWorker {
     shards: HashMap<u32, ShardQueue>,
     /// Requests in flight.
     inflight: usize,
-    /// Ids of records queued or in flight here.
-    unsettled: BTreeSet<u64>,
-    /// Flushes waiting for every record up to an id to settle.
-    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// Records queued or in flight here, and the flushes waiting for some of them.
+    unsettled: Unsettled,
     /// Releases waiting for batches of closed shards in flight.
     releases: Vec<(Vec<u32>, oneshot::Sender<Vec<Item>>)>,
-    /// Records up to this id go out without waiting out the linger (a flush asked).
+    /// Records queued here up to this `local` number go out without waiting out the
+    /// linger (a flush asked).
     force_upto: u64,
     closed: bool,
     /// Every sender is gone.
@@ -475,7 +534,7 @@ impl CoreWorker {
             self.answer_releases();
             self.answer_flushes();
             if self.closed
-                && self.unsettled.is_empty()
+                && self.unsettled.count == 0
                 && self.inflight == 0
                 && self.releases.is_empty()
             {
@@ -489,9 +548,8 @@ impl CoreWorker {
                 msg = self.rx.recv(), if !self.rx_done => match msg {
                     Some(Msg::Record(route, item)) => self.enqueue(route, item),
                     Some(Msg::Flush(ack)) => {
-                        let upto = self.unsettled.last().copied().unwrap_or(0);
+                        let upto = self.unsettled.flush(ack);
                         self.force_upto = self.force_upto.max(upto);
-                        self.flushes.push((upto, ack));
                     }
                     Some(Msg::Release { closed, reply }) => {
                         for id in &closed {
@@ -520,7 +578,7 @@ impl CoreWorker {
         }
     }
 
-    fn enqueue(&mut self, route: ShardRoute, item: Item) {
+    fn enqueue(&mut self, route: ShardRoute, mut item: Item) {
         let q = self
             .shards
             .entry(route.shard_id)
@@ -534,7 +592,7 @@ impl CoreWorker {
                 attempt: 0,
                 held: false,
             });
-        self.unsettled.insert(item.id);
+        item.local = self.unsettled.queued();
         q.bytes += item.entry.key.len() + item.entry.data.len();
         q.first_at.get_or_insert_with(Instant::now);
         q.queue.push_back(item);
@@ -560,7 +618,7 @@ impl CoreWorker {
             || q.bytes >= self.config.batch_bytes_max
             || q.queue.len() >= self.config.batch_records_max as usize
             || q.first_at.is_some_and(|t| t + self.config.linger <= now)
-            || q.queue.front().is_some_and(|i| i.id <= self.force_upto)
+            || q.queue.front().is_some_and(|i| i.local <= self.force_upto)
     }
 
     /// Builds a batch for every shard that is due and sends them, one request per frame's
@@ -686,8 +744,8 @@ impl CoreWorker {
             };
             let mut items = items.into_iter();
             for (i, item) in items.by_ref().take(accepted).enumerate() {
-                self.unsettled.remove(&item.id);
-                let _ = item.done.send(Ok(PutResult {
+                self.unsettled.settled(item.local);
+                item.done.settle(Ok(PutResult {
                     shard_id: q.route.shard_id,
                     seq: base_seq + i as u64,
                 }));
@@ -736,8 +794,8 @@ impl CoreWorker {
                 q.retry_at = None;
                 q.attempt = 0;
                 for item in rest {
-                    self.unsettled.remove(&item.id);
-                    let _ = item.done.send(Err(err.clone()));
+                    self.unsettled.settled(item.local);
+                    item.done.settle(Err(err.clone()));
                 }
             }
         }
@@ -759,14 +817,14 @@ impl CoreWorker {
             for id in &closed {
                 if let Some(q) = self.shards.remove(id) {
                     for item in q.queue {
-                        self.unsettled.remove(&item.id);
+                        self.unsettled.settled(item.local);
                         items.push(item);
                     }
                 }
             }
             if let Err(items) = reply.send(items) {
                 for item in items {
-                    let _ = item.done.send(Err(ClientError::Closed));
+                    item.done.settle(Err(ClientError::Closed));
                 }
             }
         }
@@ -784,19 +842,65 @@ impl CoreWorker {
         for id in held {
             if let Some(q) = self.shards.remove(&id) {
                 for item in q.queue {
-                    self.unsettled.remove(&item.id);
-                    let _ = item.done.send(Err(err.clone()));
+                    self.unsettled.settled(item.local);
+                    item.done.settle(Err(err.clone()));
                 }
             }
         }
     }
 
     fn answer_flushes(&mut self) {
-        let oldest = self.unsettled.first().copied().unwrap_or(u64::MAX);
+        self.unsettled.answer();
+    }
+}
+
+/// A worker's count of records queued or in flight (settled: answered, failed, or handed
+/// back for a re-routing), and its flushes. Each record queued gets the next `local`
+/// number; a flush waits for every record numbered up to the last one queued before it.
+/// (Counts, not a set of ids: this is on every record's path.)
+#[derive(Default)]
+struct Unsettled {
+    count: usize,
+    /// The `local` number of the last record queued here.
+    last: u64,
+    /// Per flush: the last record it waits for, how many up to it are still unsettled,
+    /// and who waits.
+    flushes: Vec<(u64, usize, oneshot::Sender<()>)>,
+}
+
+impl Unsettled {
+    /// Counts a record queued here; returns its `local` number.
+    fn queued(&mut self) -> u64 {
+        self.count += 1;
+        self.last += 1;
+        self.last
+    }
+
+    /// Counts the record numbered `local` settled.
+    fn settled(&mut self, local: u64) {
+        self.count -= 1;
+        for (upto, left, _) in &mut self.flushes {
+            if local <= *upto {
+                *left -= 1;
+            }
+        }
+    }
+
+    /// A flush of every record queued so far; returns the last one's number.
+    fn flush(&mut self, ack: oneshot::Sender<()>) -> u64 {
+        self.flushes.push((self.last, self.count, ack));
+        self.last
+    }
+
+    /// Answers the flushes none of whose records is unsettled any more.
+    fn answer(&mut self) {
+        if self.flushes.iter().all(|(_, left, _)| *left > 0) {
+            return;
+        }
         let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.flushes.drain(..).partition(|(upto, _)| *upto < oldest);
+            self.flushes.drain(..).partition(|(_, left, _)| *left == 0);
         self.flushes = waiting;
-        for (_, ack) in ready {
+        for (_, _, ack) in ready {
             let _ = ack.send(());
         }
     }
@@ -806,5 +910,37 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_waits_for_the_records_queued_before_it_only() {
+        let mut u = Unsettled::default();
+        let a = u.queued();
+        let b = u.queued();
+        let (tx, mut rx) = oneshot::channel();
+        assert_eq!(u.flush(tx), b);
+        let c = u.queued(); // after the flush: not waited for
+        u.settled(b);
+        u.settled(c);
+        u.answer();
+        assert!(rx.try_recv().is_err(), "record {a} is still unsettled");
+        let (tx2, mut rx2) = oneshot::channel();
+        u.flush(tx2);
+        u.settled(a);
+        u.answer();
+        assert!(rx.try_recv().is_ok());
+        assert!(rx2.try_recv().is_ok());
+        assert_eq!(u.count, 0);
+        assert!(u.flushes.is_empty());
+        // Nothing unsettled: a flush is answered at once.
+        let (tx3, mut rx3) = oneshot::channel();
+        u.flush(tx3);
+        u.answer();
+        assert!(rx3.try_recv().is_ok());
     }
 }

@@ -741,6 +741,109 @@ async fn the_producer_batches_per_shard_keeps_one_batch_in_flight_and_key_order(
     producer.close().await;
 }
 
+/// `send_with`: each record's outcome reaches its callback, in send order per key, mixed
+/// with handle sends; a flush returns only once every callback of the records before it
+/// has run; a callback that panics costs nothing but its own record.
+#[tokio::test]
+async fn the_producer_settles_callbacks_in_order_and_flush_waits_for_them() {
+    const SHARDS: u32 = 2;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_records_max: 40,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("s", config).await.unwrap();
+    let keys = [key_for(0, SHARDS, 0), key_for(1, SHARDS, 1)];
+    let settled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut handles = Vec::new();
+    for i in 0..200usize {
+        let key = keys[i % 2].clone();
+        if i % 5 == 4 {
+            handles.push((i, producer.send(key, format!("{i}")).await.unwrap()));
+            continue;
+        }
+        let settled = settled.clone();
+        producer
+            .send_with(key, format!("{i}"), move |r| {
+                settled
+                    .lock()
+                    .unwrap()
+                    .push((i, r.map(|r| (r.shard_id, r.seq))));
+                assert_ne!(i, 7, "a callback that panics");
+            })
+            .await
+            .unwrap();
+    }
+    let flushed = tokio::spawn(async move {
+        producer.flush().await;
+        producer
+    });
+    let mut next_seq = [0u64; 2];
+    let mut answered = 0;
+    while answered < 200 {
+        assert!(
+            !flushed.is_finished(),
+            "a flush returned with records unanswered"
+        );
+        let r = fake.next().await;
+        let mut answers = std::collections::HashMap::new();
+        for (_, shard, records) in r.puts() {
+            let s = shard as usize;
+            answers.insert(
+                shard,
+                PutBatchResponse {
+                    shard_id: shard,
+                    base_seq: next_seq[s],
+                    accepted: records.len() as u32,
+                    rejected: None,
+                },
+            );
+            next_seq[s] += records.len() as u64;
+            answered += records.len();
+        }
+        r.answer_puts(|shard, _| answers[&shard]);
+    }
+    let producer = flushed.await.unwrap();
+    // Every callback ran before the flush returned, the panicking one included.
+    let got = std::mem::take(&mut *settled.lock().unwrap());
+    assert_eq!(got.len(), 160);
+    // Per shard, records were stored in send order (handles and callbacks together).
+    let mut by_index: Vec<(usize, (u32, u64))> = got
+        .into_iter()
+        .map(|(i, r)| (i, r.expect("acknowledged")))
+        .collect();
+    for (i, handle) in handles {
+        let r = handle.await.unwrap();
+        by_index.push((i, (r.shard_id, r.seq)));
+    }
+    by_index.sort();
+    let mut seq = [0u64; 2];
+    for (i, (shard, s)) in by_index {
+        assert_eq!(shard as usize, i % 2, "record {i}");
+        assert_eq!(s, seq[i % 2], "record {i}");
+        seq[i % 2] += 1;
+    }
+    // The worker survived the panic: a later record still settles.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    producer
+        .send_with(keys[0].clone(), "after", move |r| {
+            let _ = tx.send(r.map(|r| r.seq));
+        })
+        .await
+        .unwrap();
+    let r = fake.next().await;
+    r.answer_puts(|shard, _| PutBatchResponse {
+        shard_id: shard,
+        base_seq: 100,
+        accepted: 1,
+        rejected: None,
+    });
+    assert_eq!(rx.await.unwrap().unwrap(), 100);
+    producer.close().await;
+}
+
 fn stored_batch(base_seq: u64, n: u32, ts_ms: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new();
     for i in 0..n {

@@ -11,7 +11,7 @@
 //! | `shard-density-small` | the same with 100 B records (1,000 records/s per shard) |
 //! | `many-shards` | 10,000 shards at 100 records/s of 100 B each, then 10 shards at the same total rate: ack p99, and the engine's CPU per record in both |
 //! | `peer-shape` | 1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop (the shape peers publish): MB/s against fio durable |
-//! | `producer-path` | `Producer::send` on an 8-shard stream, 1 KiB records: its maximum against `put_records`', and ack latency at half its maximum |
+//! | `producer-path` | `Producer::send` on an 8-shard stream, 1 KiB records: its maximum against `put_records`' (and `Producer::send_with`'s, settling by callbacks), and ack latency at half its maximum |
 //! | `fan-out` | 20 push consumers, then 20 polling consumers, on every shard of a 2-shard stream at a fixed rate: end-to-end p99 against ack p99 (goal: + 1 ms at most), each consumer's records/s against the write rate |
 //! | `catch-up` | a backlog of 1 KiB records read from TRIM_HORIZON: 2 push consumers with Kinesis limits (≈ 2 MiB/s each), then one push consumer (and a polling reader) with limits off as fast as it goes, against fio's read bandwidth |
 //! | `group-failover` | 4 workers of a consumer group on 8 shards under steady load; one dropped without leaving: time until its shards are read again (goal ≤ 10 s), records delivered again, none missed |
@@ -420,6 +420,11 @@ impl Bench<'_> {
     /// Says which core ran out, from how busy every CPU was (kernel work and interrupts
     /// included, which neither process's own CPU time shows).
     fn bottleneck_note(&mut self, r: &Report) {
+        self.bottleneck_note_of("", r);
+    }
+
+    /// As `bottleneck_note`, the note starting with `what` (which run of several).
+    fn bottleneck_note_of(&mut self, what: &str, r: &Report) {
         let Some(mine) = self.opts.cores.clone() else {
             return;
         };
@@ -444,7 +449,7 @@ impl Bench<'_> {
             "no core was saturated"
         };
         self.note(format!(
-            "{verdict}: load generator's CPU(s) {:.0} % busy (the process itself {:.2} cores), \
+            "{what}{verdict}: load generator's CPU(s) {:.0} % busy (the process itself {:.2} cores), \
              the other CPU(s) {:.0} % busy and {:.0} % waiting for I/O{}",
             lg * 100.0,
             r.loadgen_cpu.cores_used,
@@ -820,6 +825,14 @@ impl Bench<'_> {
                 ..base(self)
             })
             .await?;
+        // The same producer settling each record by a callback (`send_with`): no handle
+        // for the load generator to await, so less of its core per record.
+        let callback = self
+            .run(RunConfig {
+                api: Api::ProducerCallback,
+                ..base(self)
+            })
+            .await?;
         let half = (producer.acked_records_per_s / 2.0).round().max(1.0);
         let at_half = self
             .run(RunConfig {
@@ -830,6 +843,10 @@ impl Bench<'_> {
             .await?;
         self.figure("put_records_acked_records_per_s", put.acked_records_per_s);
         self.figure("producer_acked_records_per_s", producer.acked_records_per_s);
+        self.figure(
+            "producer_callback_acked_records_per_s",
+            callback.acked_records_per_s,
+        );
         self.figure("producer_half_rate", half);
         self.figure(
             "producer_half_ack_p99_us",
@@ -850,7 +867,13 @@ impl Bench<'_> {
             at_half.ack_latency_us.p99 <= 10_000,
             format!("p99 {} µs", at_half.ack_latency_us.p99),
         );
-        self.bottleneck_note(&producer);
+        self.note(format!(
+            "Producer::send_with (callbacks): {:.0} records/s, {:.0} % of put_records",
+            callback.acked_records_per_s,
+            100.0 * callback.acked_records_per_s / put.acked_records_per_s.max(1.0)
+        ));
+        self.bottleneck_note_of("Producer::send: ", &producer);
+        self.bottleneck_note_of("Producer::send_with: ", &callback);
         Ok(())
     }
 

@@ -84,6 +84,10 @@ pub enum Api {
     /// `Producer::send` per record (the client batches per shard, one batch in flight per
     /// shard); the producer never waits for an acknowledgement.
     Producer,
+    /// `Producer::send_with` per record: the same producer, each record's outcome settled
+    /// by a callback on the producer's worker instead of a handle the load generator awaits
+    /// (no future, no waiting task per record: cheaper per record).
+    ProducerCallback,
     /// `Client::put_records` with every record due so far (at most `--call-records`), one
     /// call in flight per producer, like Kinesis' PutRecords; cheaper per record.
     PutRecords,
@@ -573,6 +577,7 @@ impl RunConfig {
                 self.call_records
             )),
             Api::Producer => {}
+            Api::ProducerCallback => a.push("--api producer-callback".into()),
         }
         a.push(format!("--keys {}", self.keys));
         if self.key_mode == KeyMode::PerShard {

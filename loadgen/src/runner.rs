@@ -61,7 +61,7 @@ use spate_client::{
     ShardState, StreamConfig,
 };
 use spate_protocol::batch::BatchBuilder;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
 use crate::consumers::{ConsumerStats, Prepared, StopAt};
@@ -406,7 +406,7 @@ async fn run_on_stream(
             .await
             .map_err(|e| Error::new(format!("producer {p} cannot connect: {e}")))?;
         let producer = match cfg.api {
-            Api::Producer => ProducerKind::Producer(
+            Api::Producer | Api::ProducerCallback => ProducerKind::Producer(
                 client
                     .producer(
                         &cfg.stream,
@@ -498,6 +498,23 @@ async fn run_on_stream(
         }));
         let acked = cfg.verify.then(|| vec![BitSet::default(); owned.len()]);
         let sender = match producer {
+            ProducerKind::Producer(producer) if cfg.api == Api::ProducerCallback => {
+                let sink = Arc::new(Sink {
+                    verify: acked.is_some(),
+                    shared: shared.clone(),
+                    stats: stats.clone(),
+                    acked: Mutex::new(acked),
+                });
+                // The generator closes its producer (every callback has run) before the
+                // collectors are read.
+                let (closed_tx, closed_rx) = oneshot::channel::<()>();
+                let read = sink.clone();
+                collectors.push(tokio::spawn(async move {
+                    let _ = closed_rx.await;
+                    read.acked.lock().expect("acked lock").take()
+                }));
+                Sender::ProducerCallback(producer, sink, closed_tx)
+            }
             ProducerKind::Producer(producer) => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 collectors.push(tokio::spawn(collect(
@@ -1022,6 +1039,9 @@ async fn shard_tips(admin: &Client, stream: &str) -> Result<Vec<(u32, Option<u64
 enum Sender {
     /// `Producer::send` per record; a collector task awaits the handles.
     Producer(Producer, mpsc::UnboundedSender<Pending>),
+    /// `Producer::send_with` per record; each callback settles its record into the sink;
+    /// the sender says when the producer is closed.
+    ProducerCallback(Producer, Arc<Sink>, oneshot::Sender<()>),
     /// `Client::put_records` per call; the generator settles the results itself.
     PutRecords(Client, Option<Vec<BitSet>>),
     /// `Client::put_shard_batches` per call, records generated into their shard's batch.
@@ -1085,7 +1105,13 @@ impl Generator {
 
     async fn run(mut self) -> Generated {
         match self.sender.take().expect("a generator runs once") {
-            Sender::Producer(producer, tx) => self.run_producer(producer, tx).await,
+            Sender::Producer(producer, tx) => {
+                self.run_producer(producer, Settling::Handles(tx)).await
+            }
+            Sender::ProducerCallback(producer, sink, closed) => {
+                self.run_producer(producer, Settling::Callbacks(sink)).await;
+                let _ = closed.send(());
+            }
             Sender::PutRecords(client, acked) => self.run_put_records(client, acked).await,
             Sender::PutBatches(client, map, acked) => {
                 self.run_put_batches(client, &map, acked).await
@@ -1111,7 +1137,7 @@ impl Generator {
                 // 93 % busy at 95 k records/s through `Producer::send`): it sleeps on the
                 // timer instead and sends what is due in bursts, each record still measured
                 // from its due time. (The producer lingers 5 ms before sending anyway.)
-                let per_record = self.cfg.api == Api::Producer
+                let per_record = matches!(self.cfg.api, Api::Producer | Api::ProducerCallback)
                     && self.cfg.rate * spin.as_secs_f64() > self.cfg.producers as f64;
                 let spin = if per_record { Duration::ZERO } else { spin };
                 wait_until(self.shared.t0 + Duration::from_nanos(due), spin).await;
@@ -1188,8 +1214,10 @@ impl Generator {
         (key, data, meta)
     }
 
-    /// `--api producer`: one `send` per record, never waiting for its answer.
-    async fn run_producer(&mut self, producer: Producer, tx: mpsc::UnboundedSender<Pending>) {
+    /// `--api producer`: one `send` per record, never waiting for its answer (the collector
+    /// awaits the handles); `--api producer-callback`: one `send_with` per record, settled
+    /// by its callback.
+    async fn run_producer(&mut self, producer: Producer, settling: Settling) {
         let run_end = self.run_end();
         loop {
             let Ok(due_ns) = self.wait_due().await else {
@@ -1211,8 +1239,8 @@ impl Generator {
             // Closed loop measures from the send; open loop from the due time.
             let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
             let (key, data, meta) = self.make_record(origin_ns);
-            match producer.send(key, data).await {
-                Ok(handle) => {
+            let sent = match &settling {
+                Settling::Handles(tx) => producer.send(key, data).await.map(|handle| {
                     let pending = Pending {
                         handle,
                         meta,
@@ -1221,7 +1249,19 @@ impl Generator {
                     if tx.send(pending).is_err() {
                         unreachable!("the collector outlives its generator");
                     }
+                }),
+                Settling::Callbacks(sink) => {
+                    let sink = sink.clone();
+                    producer
+                        .send_with(key, data, move |result| {
+                            sink.settle(result, meta);
+                            drop(permit);
+                        })
+                        .await
                 }
+            };
+            match sent {
+                Ok(()) => {}
                 Err(e) => {
                     self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
                     self.stats.lock().expect("stats lock").error(&e);
@@ -1378,6 +1418,35 @@ impl Generator {
             used.clear();
         }
         self.out.acked = acked;
+    }
+}
+
+/// How a `Producer` generator's records settle.
+enum Settling {
+    /// Handles, sent to the collector task that awaits them.
+    Handles(mpsc::UnboundedSender<Pending>),
+    /// Callbacks into the sink.
+    Callbacks(Arc<Sink>),
+}
+
+/// Where `--api producer-callback`'s callbacks settle their records (on the producer's
+/// worker task, as the answers arrive).
+struct Sink {
+    verify: bool,
+    shared: Arc<Shared>,
+    stats: Arc<Mutex<ProducerStats>>,
+    /// Acknowledged counters per owned key (`--verify`), taken once the producer closed.
+    acked: Mutex<Option<Vec<BitSet>>>,
+}
+
+impl Sink {
+    fn settle(&self, result: spate_client::Result<PutResult>, meta: Meta) {
+        if self.verify {
+            let mut acked = self.acked.lock().expect("acked lock");
+            settle(&self.shared, &self.stats, acked.as_mut(), result, meta);
+        } else {
+            settle(&self.shared, &self.stats, None, result, meta);
+        }
     }
 }
 

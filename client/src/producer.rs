@@ -30,7 +30,8 @@
 //! [`crate::RetryPolicy`]) resolves to the error; its shard goes on with the next batch.
 //! Dropping the producer without [`Producer::close`] still sends what was queued.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -379,6 +380,9 @@ impl Shared {
             unsettled: Unsettled::default(),
             releases: Vec::new(),
             force_upto: 0,
+            maybe_due: Vec::new(),
+            timers: BinaryHeap::new(),
+            held: 0,
             closed: false,
             rx_done: false,
         };
@@ -500,6 +504,9 @@ struct Done {
     answers: Vec<Result<PutBatchResponse>>,
 }
 
+/// Messages a worker takes at once before it looks at its batches again.
+const DRAIN_MAX: usize = 256;
+
 /// One core's batching loop.
 struct CoreWorker {
     client: Client,
@@ -522,6 +529,15 @@ struct CoreWorker {
     /// Records queued here up to this `local` number go out without waiting out the
     /// linger (a flush asked).
     force_upto: u64,
+    /// Shards that may have become due (a batch filled, a batch settled, a flush): looked
+    /// at by the next `send_due`, so its work follows what changed, not the shard count
+    /// (a producer may write to thousands of shards of a core).
+    maybe_due: Vec<u32>,
+    /// When waiting shards become due (linger or retry delay), earliest first; an entry
+    /// may be stale (the shard went meanwhile): it is looked at and dropped.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Shards held for a re-routing.
+    held: usize,
     closed: bool,
     /// Every sender is gone.
     rx_done: bool,
@@ -541,41 +557,95 @@ impl CoreWorker {
                 return;
             }
             let deadline = self.next_deadline();
-            let holding = self.shards.values().any(|q| q.held && !q.queue.is_empty());
+            let holding = self.held > 0;
             let refresh = self.refresh.clone();
             tokio::select! {
                 // Read after a close too: a re-routing may still ask for held records.
-                msg = self.rx.recv(), if !self.rx_done => match msg {
-                    Some(Msg::Record(route, item)) => self.enqueue(route, item),
-                    Some(Msg::Flush(ack)) => {
-                        let upto = self.unsettled.flush(ack);
-                        self.force_upto = self.force_upto.max(upto);
-                    }
-                    Some(Msg::Release { closed, reply }) => {
-                        for id in &closed {
-                            if let Some(q) = self.shards.get_mut(id) {
-                                q.held = true;
+                msg = self.rx.recv(), if !self.rx_done => {
+                    self.handle(msg);
+                    // What else is queued, up to a bound, before the batches are looked
+                    // at again: one pass over the shards and one timer per burst of
+                    // records, not per record.
+                    for _ in 0..DRAIN_MAX {
+                        match self.rx.try_recv() {
+                            Ok(msg) => self.handle(Some(msg)),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => {
+                                self.handle(None);
+                                break;
                             }
                         }
-                        self.releases.push((closed, reply));
                     }
-                    Some(Msg::FailHeld(e)) => self.fail_held(e),
-                    Some(Msg::Close) => {
-                        self.closed = true;
-                        self.force_upto = u64::MAX;
+                }
+                Some(done) = self.done_rx.recv() => {
+                    self.settle(done);
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.settle(done);
                     }
-                    None => {
-                        self.rx_done = true;
-                        self.closed = true;
-                        self.force_upto = u64::MAX;
-                    }
-                },
-                Some(done) = self.done_rx.recv() => self.settle(done),
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
                 // The producer is gone: nobody will re-route what is held.
                 _ = refresh.closed(), if holding => self.fail_held(ClientError::Closed),
             }
         }
+    }
+
+    /// One message from the producer (`None`: every sender is gone).
+    fn handle(&mut self, msg: Option<Msg>) {
+        match msg {
+            Some(Msg::Record(route, item)) => self.enqueue(route, item),
+            Some(Msg::Flush(ack)) => {
+                let upto = self.unsettled.flush(ack);
+                self.force(upto);
+            }
+            Some(Msg::Release { closed, reply }) => {
+                for id in &closed {
+                    self.hold(*id);
+                }
+                self.releases.push((closed, reply));
+            }
+            Some(Msg::FailHeld(e)) => self.fail_held(e),
+            Some(Msg::Close) => {
+                self.closed = true;
+                self.force(u64::MAX);
+            }
+            None => {
+                self.rx_done = true;
+                self.closed = true;
+                self.force(u64::MAX);
+            }
+        }
+    }
+
+    /// Records queued up to `upto` go out without waiting out the linger (rare: a flush or
+    /// the close looks at every shard once).
+    fn force(&mut self, upto: u64) {
+        self.force_upto = self.force_upto.max(upto);
+        self.maybe_due.extend(
+            self.shards
+                .iter()
+                .filter(|(_, q)| !q.queue.is_empty())
+                .map(|(id, _)| *id),
+        );
+    }
+
+    /// Holds a shard closed by a split or merge until the producer re-routes its records.
+    fn hold(&mut self, id: u32) {
+        if let Some(q) = self.shards.get_mut(&id) {
+            if !q.held {
+                q.held = true;
+                self.held += 1;
+            }
+        }
+    }
+
+    /// Takes a shard out (its records released or failed).
+    fn remove_shard(&mut self, id: u32) -> Option<ShardQueue> {
+        let q = self.shards.remove(&id)?;
+        if q.held {
+            self.held -= 1;
+        }
+        Some(q)
     }
 
     fn enqueue(&mut self, route: ShardRoute, mut item: Item) {
@@ -593,21 +663,27 @@ impl CoreWorker {
                 held: false,
             });
         item.local = self.unsettled.queued();
+        let before = q.bytes;
         q.bytes += item.entry.key.len() + item.entry.data.len();
-        q.first_at.get_or_insert_with(Instant::now);
+        if q.first_at.is_none() {
+            let now = Instant::now();
+            q.first_at = Some(now);
+            self.timers
+                .push(Reverse((now + self.config.linger, route.shard_id)));
+        }
         q.queue.push_back(item);
+        // A batch's worth now (counted once, when it is reached).
+        let max_bytes = self.config.batch_bytes_max;
+        if (before < max_bytes && q.bytes >= max_bytes)
+            || q.queue.len() == self.config.batch_records_max as usize
+        {
+            self.maybe_due.push(route.shard_id);
+        }
     }
 
     /// The earliest moment a waiting shard becomes due (linger or retry delay).
     fn next_deadline(&self) -> Option<Instant> {
-        self.shards
-            .values()
-            .filter(|q| !q.busy && !q.held && !q.queue.is_empty())
-            .map(|q| match q.retry_at {
-                Some(t) => t,
-                None => q.first_at.expect("queued") + self.config.linger,
-            })
-            .min()
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     fn due(&self, q: &ShardQueue, now: Instant) -> bool {
@@ -625,12 +701,36 @@ impl CoreWorker {
     /// worth (most often one).
     fn send_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<u32> = self
-            .shards
-            .iter()
-            .filter(|(_, q)| self.due(q, now))
-            .map(|(s, _)| *s)
-            .collect();
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            self.maybe_due.push(id);
+        }
+        if self.maybe_due.is_empty() {
+            return;
+        }
+        let mut looked = std::mem::take(&mut self.maybe_due);
+        looked.sort_unstable();
+        looked.dedup();
+        let mut due = Vec::new();
+        for id in looked {
+            let Some(q) = self.shards.get(&id) else {
+                continue;
+            };
+            if self.due(q, now) {
+                due.push(id);
+            } else if !q.busy && !q.held && !q.queue.is_empty() {
+                // Waiting: its deadline is ahead (a due one would have gone).
+                let at = match q.retry_at {
+                    Some(t) => t,
+                    None => q.first_at.expect("queued") + self.config.linger,
+                };
+                self.timers.push(Reverse((at, id)));
+            }
+            // (Busy: looked at again when its batch settles. Held: re-routed.)
+        }
         if due.is_empty() {
             return;
         }
@@ -712,6 +812,7 @@ impl CoreWorker {
         self.inflight -= 1;
         let policy = self.client.config().retry;
         for ((shard, items), answer) in done.sent.into_iter().zip(done.answers) {
+            self.maybe_due.push(shard);
             let q = self.shards.get_mut(&shard).expect("sent shard");
             q.busy = false;
             let count = items.len();
@@ -769,7 +870,10 @@ impl CoreWorker {
                     version = shard_map_version,
                     "shard closed under the producer"
                 );
-                q.held = true;
+                if !q.held {
+                    q.held = true;
+                    self.held += 1;
+                }
                 q.retry_at = None;
                 for item in rest.into_iter().rev() {
                     q.bytes += item.entry.key.len() + item.entry.data.len();
@@ -815,7 +919,7 @@ impl CoreWorker {
             }
             let mut items = Vec::new();
             for id in &closed {
-                if let Some(q) = self.shards.remove(id) {
+                if let Some(q) = self.remove_shard(*id) {
                     for item in q.queue {
                         self.unsettled.settled(item.local);
                         items.push(item);
@@ -840,7 +944,7 @@ impl CoreWorker {
             .map(|(id, _)| *id)
             .collect();
         for id in held {
-            if let Some(q) = self.shards.remove(&id) {
+            if let Some(q) = self.remove_shard(id) {
                 for item in q.queue {
                     self.unsettled.settled(item.local);
                     item.done.settle(Err(err.clone()));

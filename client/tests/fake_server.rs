@@ -844,6 +844,54 @@ async fn the_producer_settles_callbacks_in_order_and_flush_waits_for_them() {
     producer.close().await;
 }
 
+/// A producer over many shards: a record sent alone to each of 256 shards goes out once
+/// its linger passes (no flush, no later record to fill its batch), in few requests, and
+/// every handle resolves to its shard.
+#[tokio::test]
+async fn the_producer_sends_each_of_many_shards_after_its_linger() {
+    const SHARDS: u32 = 256;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer("s", config).await.unwrap();
+    let mut handles = Vec::new();
+    for shard in 0..SHARDS {
+        let key = key_for(shard, SHARDS, shard as usize);
+        handles.push((shard, producer.send(key, "x").await.unwrap()));
+    }
+    let mut seen = 0;
+    let mut requests = 0;
+    while seen < SHARDS as usize {
+        let r = tokio::time::timeout(Duration::from_secs(30), fake.next())
+            .await
+            .expect("every shard's record goes out after its linger");
+        requests += 1;
+        seen += r
+            .puts()
+            .iter()
+            .map(|(_, _, records)| records.len())
+            .sum::<usize>();
+        r.answer_puts(|shard, _| PutBatchResponse {
+            shard_id: shard,
+            base_seq: 7,
+            accepted: 1,
+            rejected: None,
+        });
+    }
+    assert!(
+        requests < SHARDS,
+        "{requests} requests for {SHARDS} one-record batches"
+    );
+    for (shard, handle) in handles {
+        let r = handle.await.unwrap();
+        assert_eq!((r.shard_id, r.seq), (shard, 7));
+    }
+    producer.close().await;
+}
+
 fn stored_batch(base_seq: u64, n: u32, ts_ms: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new();
     for i in 0..n {

@@ -4,12 +4,13 @@
 //! One worker task per engine core. `send` routes the record, waits for room (backpressure:
 //! a byte budget shared by the whole producer), and hands it to its core's worker, which
 //! queues it under its shard and returns a [`SendHandle`] that resolves once the record is
-//! acknowledged or has failed ([`Producer::send_with`] instead calls back with the outcome,
-//! on the worker, saving the future and its waiter per record). A shard's queued records become a batch when they reach
-//! `batch_bytes_max` or `batch_records_max`, or `linger` after the first of them; the worker
-//! sends every batch that is ready at the same moment in one request (PutBatches), so a
-//! producer writing to thousands of shards of a core sends about one request per linger,
-//! not one per shard.
+//! acknowledged or has failed ([`Producer::send_with`] calls back with the outcome instead,
+//! on the worker, saving a future and its waiter per record). A shard's queued records
+//! become a batch when they reach `batch_bytes_max` or `batch_records_max`, or `linger`
+//! after the first of them (the worker looks only at shards that may have become due: a
+//! batch filled, a batch settled, a timer, a flush); the worker sends every batch that is
+//! ready at the same moment in one request (PutBatches), so a producer writing to
+//! thousands of shards of a core sends about one request per linger, not one per shard.
 //!
 //! Ordering: a shard has at most one batch in flight; its next batch is built only after the
 //! previous one settled, and a throttled tail goes back to the front of its shard's queue
@@ -663,6 +664,8 @@ impl CoreWorker {
                 held: false,
             });
         item.local = self.unsettled.queued();
+        // Queued after a close (a re-routing's records): it goes without the linger.
+        let forced = item.local <= self.force_upto;
         let before = q.bytes;
         q.bytes += item.entry.key.len() + item.entry.data.len();
         if q.first_at.is_none() {
@@ -676,6 +679,7 @@ impl CoreWorker {
         let max_bytes = self.config.batch_bytes_max;
         if (before < max_bytes && q.bytes >= max_bytes)
             || q.queue.len() == self.config.batch_records_max as usize
+            || forced
         {
             self.maybe_due.push(route.shard_id);
         }

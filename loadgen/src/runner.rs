@@ -1260,12 +1260,9 @@ impl Generator {
                         .await
                 }
             };
-            match sent {
-                Ok(()) => {}
-                Err(e) => {
-                    self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
-                    self.stats.lock().expect("stats lock").error(&e);
-                }
+            if let Err(e) = sent {
+                self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.lock().expect("stats lock").error(&e);
             }
         }
         // Sends whatever is still queued and waits for it to settle; the collector sees

@@ -47,7 +47,9 @@ fn batches(c: &mut Criterion) {
                 for i in 0..u64::from(records) {
                     let n = (b * u64::from(records) + i).wrapping_mul(7_919) % 10_000;
                     let key = format!("device-{n:06}");
-                    builder.push(key.as_bytes(), &vec![b'x'; bytes], None).unwrap();
+                    builder
+                        .push(key.as_bytes(), &vec![b'x'; bytes], None)
+                        .unwrap();
                 }
                 builder.finish()
             })
@@ -57,8 +59,7 @@ fn batches(c: &mut Criterion) {
         g.bench_function("check_producer_batch+md5-cached-10k-keys", |b| {
             b.iter(|| {
                 next = (next + 1) % spread.len();
-                batch::check_producer_batch_with(&spread[next], &routed, &mut engine_cache)
-                    .unwrap()
+                batch::check_producer_batch_with(&spread[next], &routed, &mut engine_cache).unwrap()
             })
         });
         let mut stamped = built.clone();

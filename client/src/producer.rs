@@ -496,6 +496,18 @@ struct ShardQueue {
     attempt: u32,
     /// Closed by a split or merge: held until the producer re-routes it.
     held: bool,
+    /// The earliest of its entries in the worker's timer heap, if one is pending.
+    timer: Option<Instant>,
+}
+
+/// Wakes the worker for shard `id` at `at`, unless an entry of it fires no later: the heap
+/// holds about one entry per shard whatever the linger (a long linger with frequent
+/// flushes would otherwise leave an entry per flush behind).
+fn arm(timers: &mut BinaryHeap<Reverse<(Instant, u32)>>, q: &mut ShardQueue, id: u32, at: Instant) {
+    if q.timer.is_none_or(|t| at < t) {
+        q.timer = Some(at);
+        timers.push(Reverse((at, id)));
+    }
 }
 
 /// What came back for one request: each shard's batch (its items, how many records) and
@@ -662,6 +674,7 @@ impl CoreWorker {
                 retry_at: None,
                 attempt: 0,
                 held: false,
+                timer: None,
             });
         item.local = self.unsettled.queued();
         // Queued after a close (a re-routing's records): it goes without the linger.
@@ -671,8 +684,12 @@ impl CoreWorker {
         if q.first_at.is_none() {
             let now = Instant::now();
             q.first_at = Some(now);
-            self.timers
-                .push(Reverse((now + self.config.linger, route.shard_id)));
+            arm(
+                &mut self.timers,
+                q,
+                route.shard_id,
+                now + self.config.linger,
+            );
         }
         q.queue.push_back(item);
         // A batch's worth now (counted once, when it is reached).
@@ -710,6 +727,11 @@ impl CoreWorker {
                 break;
             }
             self.timers.pop();
+            if let Some(q) = self.shards.get_mut(&id) {
+                if q.timer == Some(t) {
+                    q.timer = None;
+                }
+            }
             self.maybe_due.push(id);
         }
         if self.maybe_due.is_empty() {
@@ -731,7 +753,8 @@ impl CoreWorker {
                     Some(t) => t,
                     None => q.first_at.expect("queued") + self.config.linger,
                 };
-                self.timers.push(Reverse((at, id)));
+                let q = self.shards.get_mut(&id).expect("looked up above");
+                arm(&mut self.timers, q, id, at);
             }
             // (Busy: looked at again when its batch settles. Held: re-routed.)
         }
@@ -1050,5 +1073,42 @@ mod tests {
         u.flush(tx3);
         u.answer();
         assert!(rx3.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_shard_keeps_one_timer_unless_an_earlier_one_is_asked() {
+        let mut q = ShardQueue {
+            route: ShardRoute {
+                shard_id: 3,
+                hash_key_start: 0,
+                hash_key_end: u128::MAX,
+                core: 0,
+            },
+            queue: VecDeque::new(),
+            bytes: 0,
+            first_at: None,
+            busy: false,
+            retry_at: None,
+            attempt: 0,
+            held: false,
+            timer: None,
+        };
+        let mut timers = BinaryHeap::new();
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        // A long linger re-armed after every flush: still one entry.
+        for i in 0..100 {
+            arm(&mut timers, &mut q, 3, t0 + hour + Duration::from_millis(i));
+        }
+        assert_eq!(timers.len(), 1);
+        assert_eq!(q.timer, Some(t0 + hour));
+        // An earlier deadline (a retry) is armed at once.
+        arm(&mut timers, &mut q, 3, t0 + Duration::from_millis(5));
+        assert_eq!(timers.len(), 2);
+        assert_eq!(
+            timers.peek(),
+            Some(&Reverse((t0 + Duration::from_millis(5), 3)))
+        );
+        assert_eq!(q.timer, Some(t0 + Duration::from_millis(5)));
     }
 }

@@ -91,13 +91,24 @@ fn producers_keep_each_keys_order_across_splits_merges_and_scales() {
                     .await
                     .unwrap();
                 let mut handles = Vec::new();
+                // Every third record settles by callback (`send_with`): re-routed records
+                // carry their callbacks along.
+                let called = Arc::new(AtomicU64::new(0));
                 for i in 0..RECORDS {
                     let key = format!("p{}", i % KEYS);
-                    let h = producer
-                        .send(key.clone(), format!("{key}:{}", i / KEYS))
-                        .await
-                        .unwrap();
-                    handles.push(h);
+                    let data = format!("{key}:{}", i / KEYS);
+                    if i % 3 == 2 {
+                        let called = called.clone();
+                        producer
+                            .send_with(key, data, move |r| {
+                                r.expect("every record is acknowledged");
+                                called.fetch_add(1, Ordering::SeqCst);
+                            })
+                            .await
+                            .unwrap();
+                    } else {
+                        handles.push(producer.send(key, data).await.unwrap());
+                    }
                     sent.fetch_add(1, Ordering::SeqCst);
                     if i % 64 == 0 {
                         tokio::task::yield_now().await;
@@ -107,6 +118,7 @@ fn producers_keep_each_keys_order_across_splits_merges_and_scales() {
                 for h in handles {
                     h.await.expect("every record is acknowledged");
                 }
+                assert_eq!(called.load(Ordering::SeqCst), RECORDS / 3);
             })
         };
         // put_records: keys b0..b9, batches of 50, each key's numbers in order.

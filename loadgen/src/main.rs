@@ -154,10 +154,12 @@ struct RunArgs {
     #[arg(long, default_value = "1024", value_parser = SizeSpec::parse, value_name = "BYTES")]
     size: SizeSpec,
     /// Client call: `producer` (Producer::send per record, batched per shard by the
-    /// client) or `put-records` (one PutRecords call of every record due so far at a time).
+    /// client), `producer-callback` (the same, settled by callbacks), `put-records` (one
+    /// PutRecords call of every record due so far at a time) or `put-batches` (the same
+    /// calls, records generated into their shard's batch).
     #[arg(long, value_enum, default_value = "producer")]
     api: Api,
-    /// `--api put-records`: most records per call.
+    /// `--api put-records` and `put-batches`: most records per call.
     #[arg(long, default_value_t = 2000, value_name = "N")]
     call_records: usize,
     /// Distinct partition keys (devices).

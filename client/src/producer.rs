@@ -500,6 +500,23 @@ struct ShardQueue {
     timer: Option<Instant>,
 }
 
+impl ShardQueue {
+    /// An empty queue for `route`.
+    fn new(route: ShardRoute) -> ShardQueue {
+        ShardQueue {
+            route,
+            queue: VecDeque::new(),
+            bytes: 0,
+            first_at: None,
+            busy: false,
+            retry_at: None,
+            attempt: 0,
+            held: false,
+            timer: None,
+        }
+    }
+}
+
 /// Wakes the worker for shard `id` at `at`, unless an entry of it fires no later: the heap
 /// holds about one entry per shard whatever the linger (a long linger with frequent
 /// flushes would otherwise leave an entry per flush behind).
@@ -665,17 +682,7 @@ impl CoreWorker {
         let q = self
             .shards
             .entry(route.shard_id)
-            .or_insert_with(|| ShardQueue {
-                route,
-                queue: VecDeque::new(),
-                bytes: 0,
-                first_at: None,
-                busy: false,
-                retry_at: None,
-                attempt: 0,
-                held: false,
-                timer: None,
-            });
+            .or_insert_with(|| ShardQueue::new(route));
         item.local = self.unsettled.queued();
         // Queued after a close (a re-routing's records): it goes without the linger.
         let forced = item.local <= self.force_upto;
@@ -1077,22 +1084,12 @@ mod tests {
 
     #[test]
     fn a_shard_keeps_one_timer_unless_an_earlier_one_is_asked() {
-        let mut q = ShardQueue {
-            route: ShardRoute {
-                shard_id: 3,
-                hash_key_start: 0,
-                hash_key_end: u128::MAX,
-                core: 0,
-            },
-            queue: VecDeque::new(),
-            bytes: 0,
-            first_at: None,
-            busy: false,
-            retry_at: None,
-            attempt: 0,
-            held: false,
-            timer: None,
-        };
+        let mut q = ShardQueue::new(ShardRoute {
+            shard_id: 3,
+            hash_key_start: 0,
+            hash_key_end: u128::MAX,
+            core: 0,
+        });
         let mut timers = BinaryHeap::new();
         let t0 = Instant::now();
         let hour = Duration::from_secs(3600);

@@ -172,24 +172,21 @@ impl<S: Storage> Store<S> {
             Ok::<bool, StoreError>(did)
         }
         .await;
-        let mut st = self.st.borrow_mut();
         let did = match result {
             Ok(did) => {
-                if did && st.space_error.take().is_some() {
+                if did && self.st.borrow_mut().space_error.take().is_some() {
                     tracing::info!(store = self.cfg.index, "space is available again");
                 }
                 did
             }
             Err(e) => {
-                if st.space_error.is_none() {
+                if self.st.borrow().space_error.is_none() {
                     tracing::warn!(store = self.cfg.index, error = %e, "cannot create space for data; writes that need it fail with StorageFull until it returns");
                 }
-                st.space_error = Some(e.to_string());
-                st.last_space_attempt_ms = self.clock.now_ms();
+                self.space_failed(&e).await;
                 true
             }
         };
-        drop(st);
         if did {
             self.changed.notify_all();
         }
@@ -378,10 +375,19 @@ impl<S: Storage> Store<S> {
         .await;
         if let Err(e) = result {
             tracing::warn!(store = self.cfg.index, error = %e, "cannot create the store's first files; writes wait for space");
-            let mut st = self.st.borrow_mut();
-            st.space_error = Some(e.to_string());
-            st.last_space_attempt_ms = self.clock.now_ms();
+            self.space_failed(&e).await;
         }
+    }
+
+    /// Notes a failed attempt to create space, and what the file system had free then:
+    /// writes that need space are refused until the next try (`SPACE_RETRY_MS`), or until
+    /// the file system has more room (`Store::space_returned`).
+    async fn space_failed(&self, e: &StoreError) {
+        let free = self.storage.free_bytes(&self.cfg.dir).await.unwrap_or(0);
+        let mut st = self.st.borrow_mut();
+        st.space_error = Some(e.to_string());
+        st.last_space_attempt_ms = self.clock.now_ms();
+        st.free_at_space_error = free;
     }
 
     /// Where a file is made before it is renamed into place (recovery removes leftovers).

@@ -448,9 +448,13 @@ pub(crate) struct State<S: Storage> {
     prewrite_credit: i64,
     /// When the last round completed (the prewrite runs freely while none do).
     last_round_ms: i64,
-    /// Why the last attempt to create space (a volume, a journal file) failed, and when.
+    /// Why the last attempt to create space (a volume, a journal file) failed, when, and
+    /// how many bytes the file system had free then.
     space_error: Option<String>,
     last_space_attempt_ms: i64,
+    free_at_space_error: u64,
+    /// A refused write is looking whether space came back (`space_returned`).
+    free_check_busy: bool,
     stopping: bool,
     stats: StoreStats,
 }
@@ -757,7 +761,10 @@ impl<S: Storage> Store<S> {
             return Err(StoreError::BatchTooLarge(len));
         }
         loop {
-            let wait = self.admission(key, len, self.clock.now_ms())?;
+            let wait = match self.admission(key, len, self.clock.now_ms()) {
+                Err(StoreError::StorageFull) if self.space_returned().await => continue,
+                wait => wait?,
+            };
 
             match wait {
                 Wait::None => break,
@@ -777,6 +784,53 @@ impl<S: Storage> Store<S> {
             }
         }
         Ok(())
+    }
+
+    /// A failed attempt to create space is trusted for `SPACE_RETRY_MS`: writes that need
+    /// space are refused meanwhile, without a try at each. But space may come back sooner
+    /// (a file deleted beside the store). A write about to be refused looks at the file
+    /// system (one at a time; others wait for its answer); if a largest extent more is free
+    /// than at the failure, the background tries again at once and the write waits for it.
+    /// So writes resume with the space, rather than flapping for a second between success
+    /// (a batch that fits its shard's extent) and StorageFull (one that needs a new one).
+    /// Returns whether admission should be looked at again.
+    async fn space_returned(&self) -> bool {
+        let busy = {
+            let st = self.st.borrow();
+            if st.space_error.is_none() {
+                return false;
+            }
+            st.free_check_busy
+        };
+        if busy {
+            self.changed.wait().await;
+            return true;
+        }
+        self.st.borrow_mut().free_check_busy = true;
+        let free = self.storage.free_bytes(&self.cfg.dir).await;
+        let mut st = self.st.borrow_mut();
+        st.free_check_busy = false;
+        let again = match free {
+            // Made meanwhile: look again.
+            _ if st.space_error.is_none() => true,
+            Ok(free)
+                if free
+                    >= st
+                        .free_at_space_error
+                        .saturating_add(self.cfg.extent_bytes_max) =>
+            {
+                st.last_space_attempt_ms = i64::MIN / 2;
+                true
+            }
+            _ => false,
+        };
+        drop(st);
+        if again {
+            self.work.notify_all();
+        }
+        // Those waiting for this answer look again (and, if refused, look themselves).
+        self.changed.notify_all();
+        again
     }
 
     /// Size order of the next extent of a shard: doubles while the shard fills extents,

@@ -251,6 +251,8 @@ impl<S: Storage> Store<S> {
                 last_round_ms: now,
                 space_error: None,
                 last_space_attempt_ms: i64::MIN / 2,
+                free_at_space_error: 0,
+                free_check_busy: false,
                 stopping: false,
                 stats: StoreStats::default(),
             }),

@@ -489,27 +489,40 @@ impl<S: Storage> Store<S> {
 
     // ---------------------------------------------------------------- write-behind
 
-    /// Writes behind the queued shards (and, under memory pressure, the largest ones).
+    /// Writes behind the queued shards (and, under memory pressure, the largest ones);
+    /// with none queued, what the kept snapshot claims, ahead of its checkpoint.
+    ///
+    /// A shard is queued when it has `write_behind_bytes` unwritten; a slow one never
+    /// has, and its bytes would wait for the checkpoint. With 10,000 slow shards that was
+    /// every checkpoint writing 10,000 partial tails (120-160 MB at 100,000 records/s)
+    /// in a burst of about a second, and the rounds' fdatasyncs meanwhile carried it
+    /// (20-50 ms each: the acknowledgement p99 at 10,000 shards was 30-52 ms against
+    /// 7-9 ms at 10 shards; BENCHMARKS.md). The kept snapshot's targets are known an
+    /// interval before its checkpoint: written ahead through the interval, paced by the
+    /// rounds like the rest of write-behind, they leave the checkpoint little to write.
+    /// The same writes, earlier: a target is written once (up to its end, which the
+    /// checkpoint would have written), and one already written is skipped.
     async fn write_behind_some(&self) -> Result<bool, StoreError> {
-        let keys: Vec<ShardKey> = {
-            let mut st = self.st.borrow_mut();
+        let jobs: Vec<(ShardKey, Option<(ExtentId, u64)>)> = {
+            let mut guard = self.st.borrow_mut();
+            let st = &mut *guard;
             // Paced by the rounds (each round's flush carries a little of it: a write-back
             // disk flushes everything written before the flush), unless memory runs short.
             let pressed = st.pending_bytes > self.cfg.memory_bytes_max / 2;
             if st.behind_credit <= 0 && !pressed {
                 return Ok(false);
             }
-            let mut keys = Vec::new();
-            while keys.len() < BEHIND_CONCURRENCY {
+            let mut jobs = Vec::new();
+            while jobs.len() < BEHIND_CONCURRENCY {
                 let Some(k) = st.behind_queue.pop_front() else {
                     break;
                 };
                 if let Some(log) = st.shards.get_mut(&k) {
                     log.queued_behind = false;
-                    keys.push(k);
+                    jobs.push((k, None));
                 }
             }
-            if keys.is_empty() && st.pending_bytes > self.cfg.memory_bytes_max / 2 {
+            if jobs.is_empty() && pressed {
                 let mut by_size: Vec<(u64, ShardKey)> = st
                     .shards
                     .iter()
@@ -517,15 +530,40 @@ impl<S: Storage> Store<S> {
                     .filter(|(n, _)| *n >= BLOCK_BYTES as u64)
                     .collect();
                 by_size.sort_unstable_by(|a, b| b.cmp(a));
-                keys.extend(by_size.into_iter().take(BEHIND_CONCURRENCY).map(|(_, k)| k));
+                jobs.extend(
+                    by_size
+                        .into_iter()
+                        .take(BEHIND_CONCURRENCY)
+                        .map(|(_, k)| (k, None)),
+                );
             }
-            keys
+            if jobs.is_empty() && !st.checkpointing {
+                if let Some(((_, targets, _), _)) = &st.pending_checkpoint {
+                    while jobs.len() < BEHIND_CONCURRENCY && st.settle_ahead_at < targets.len() {
+                        let (key, eid, target) = targets[st.settle_ahead_at];
+                        st.settle_ahead_at += 1;
+                        // Gone (retention) or written already: nothing to do. Busy (a round
+                        // writes it in place, or another writer has it): the checkpoint
+                        // waits for it as before.
+                        let wanted = st.shards.get(&key).is_some_and(|l| {
+                            !l.writing_behind
+                                && l.direct.is_none()
+                                && l.direct_round == 0
+                                && l.extent(eid).is_some_and(|e| e.written_end < target)
+                        });
+                        if wanted {
+                            jobs.push((key, Some((eid, target))));
+                        }
+                    }
+                }
+            }
+            jobs
         };
-        if keys.is_empty() {
+        if jobs.is_empty() {
             return Ok(false);
         }
         let mut did = false;
-        for r in join_all(keys.iter().map(|k| self.write_behind(*k, None))).await {
+        for r in join_all(jobs.iter().map(|&(k, force)| self.write_behind(k, force))).await {
             did |= r?;
         }
         Ok(did)
@@ -820,8 +858,9 @@ impl<S: Storage> Store<S> {
     /// `Deferred`: snapshots the state and keeps the snapshot for the next checkpoint, and
     /// records the one kept by the last (if any). By then write-behind has written nearly
     /// everything that one claims (a busy shard's bytes are written behind in pieces long
-    /// before an interval of journal passes), so the checkpoint writes only the tails of
-    /// slow shards. Taken at once, a snapshot's claims are every busy shard's unwritten tail
+    /// before an interval of journal passes, and slow shards' tails are written ahead of
+    /// the checkpoint through the interval: `write_behind_some`), so the checkpoint
+    /// writes little. Taken at once, a snapshot's claims are every busy shard's unwritten tail
     /// — at 256 shards of 1 MB/s, 50–140 MB written in one burst every half second, which
     /// the rounds' flushes beside it carried (rounds of 80–800 ms; BENCHMARKS.md). Recovery
     /// is unchanged: a manifest and the journal from its replay position, which the journal
@@ -847,6 +886,7 @@ impl<S: Storage> Store<S> {
                 }
                 CheckpointMode::Deferred => {
                     st.pending_checkpoint = Some((now, self.clock.now_ms()));
+                    st.settle_ahead_at = 0;
                     match older {
                         Some((snapshot, _)) => snapshot,
                         None => return Ok(true),
@@ -945,6 +985,7 @@ impl<S: Storage> Store<S> {
         st.stats.checkpoint_syncs += files.len() as u64;
         tracing::debug!(
             store = self.cfg.index,
+            ?mode,
             extents_to_write = targets.len(),
             written_bytes = st.stats.write_behind_bytes - behind_before,
             volumes = files.len(),

@@ -422,6 +422,9 @@ pub(crate) struct State<S: Storage> {
     /// `Store::checkpoint_due`): a busy store's checkpoint records the state of one
     /// interval before, which write-behind has written by then.
     pending_checkpoint: Option<(behind::Snapshot, i64)>,
+    /// How many of the kept snapshot's targets write-behind has looked at (it writes them
+    /// ahead of the checkpoint: `Store::write_behind_some`).
+    settle_ahead_at: usize,
     /// A checkpoint is owed (replayed data, freed extents) even without journal traffic.
     checkpoint_owed: bool,
     /// An appender waits for what only a checkpoint frees (journal files, extents).
@@ -1505,7 +1508,10 @@ impl<S: Storage> Store<S> {
             let before = st.behind_credit;
             let allowance = 2 * r.journal_bytes as i64;
             st.behind_credit = (before + allowance).min(behind::BEHIND_CREDIT_MAX.max(allowance));
-            if before <= 0 && st.behind_credit > 0 && !st.behind_queue.is_empty() {
+            if before <= 0
+                && st.behind_credit > 0
+                && (!st.behind_queue.is_empty() || st.settle_ahead_left())
+            {
                 self.work.notify_all();
             }
         }
@@ -2036,6 +2042,13 @@ fn corrupt(key: ShardKey, eid: ExtentId, offset: u64, why: impl ToString) -> Sto
 }
 
 impl<S: Storage> State<S> {
+    /// Whether targets of the kept snapshot are left to write ahead of its checkpoint.
+    fn settle_ahead_left(&self) -> bool {
+        self.pending_checkpoint
+            .as_ref()
+            .is_some_and(|((_, targets, _), _)| self.settle_ahead_at < targets.len())
+    }
+
     fn volume(&self, id: ExtentId) -> Result<Rc<S::File>, StoreError> {
         self.volumes
             .get(&id.volume())

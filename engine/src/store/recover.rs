@@ -237,6 +237,7 @@ impl<S: Storage> Store<S> {
                 checkpoints: manifest.checkpoint,
                 checkpointing: false,
                 pending_checkpoint: None,
+                settle_ahead_at: 0,
                 checkpoint_owed: false,
                 checkpoint_urgent: false,
                 extent_wanted: false,

@@ -482,6 +482,78 @@ fn a_deferred_checkpoint_skips_a_snapshot_retention_emptied() {
     }
 }
 
+/// Slow shards' tails (never `write_behind_bytes` of them) are written ahead of the
+/// deferred checkpoint that claims them, paced by the rounds, so the checkpoint itself has
+/// nothing left to write (it wrote every slow shard's tail in one burst before), and what
+/// it records comes back after a crash.
+#[test]
+fn a_kept_snapshots_slow_tails_are_written_ahead_of_its_checkpoint() {
+    let keys: Vec<ShardKey> = (0..40).map(|s| key(1, s)).collect();
+    let mut cfg = small_cfg();
+    // Only the checkpoints taken here (none by time, journal traffic or a tight ring).
+    cfg.checkpoint_interval_ms = 60_000;
+    cfg.checkpoint_bytes = 1 << 20;
+    cfg.journal_file_bytes = 1 << 20;
+    let h = Harness::new(31, cfg.clone(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(9);
+    let mut acked: BTreeMap<(ShardKey, u64), Vec<u8>> = BTreeMap::new();
+    let mut append = |store: &Store<SimStorage>, k: ShardKey, rng: &mut SimRng| {
+        let (b, r) = make_batch(rng, "t", false);
+        let a = run(store, store.append(k, &b, r.len() as u32)).unwrap();
+        for (i, (_, d)) in r.into_iter().enumerate() {
+            acked.insert((k, a.base_seq + i as u64), d);
+        }
+    };
+    for &k in &keys {
+        append(&store, k, &mut rng);
+    }
+    let recorded = store.st.borrow().checkpoints;
+    block_on(store.checkpoint_as(CheckpointMode::Deferred)).unwrap();
+    let targets = {
+        let st = store.st.borrow();
+        let ((_, targets, _), _) = st.pending_checkpoint.as_ref().expect("kept");
+        targets.clone()
+    };
+    let unwritten = |store: &Store<SimStorage>| {
+        let st = store.st.borrow();
+        targets
+            .iter()
+            .filter(|(k, eid, end)| st.shards[k].extent(*eid).unwrap().written_end < *end)
+            .count()
+    };
+    // (A shard given more than `write_behind_bytes` was queued and written already.)
+    let slow = unwritten(&store);
+    assert!(slow >= 30, "{slow} slow tails claimed");
+    // The rounds go on (and give write-behind its credit); the background catches up.
+    for _ in 0..3 {
+        for &k in &keys {
+            append(&store, k, &mut rng);
+        }
+    }
+    while block_on(store.background_step()).unwrap() {}
+    assert_eq!(unwritten(&store), 0, "written ahead");
+    let before = store.stats().write_behind_bytes;
+    block_on(store.checkpoint_as(CheckpointMode::Deferred)).unwrap();
+    assert_eq!(store.st.borrow().checkpoints, recorded + 1);
+    assert_eq!(
+        store.stats().write_behind_bytes,
+        before,
+        "the checkpoint had nothing left to write"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    for &k in &keys {
+        let got = read_all(&store, k).unwrap();
+        for ((kk, seq), d) in &acked {
+            if *kk == k {
+                assert_eq!(&got[seq].1, d);
+            }
+        }
+    }
+}
+
 #[test]
 fn seek_by_timestamp_across_extents_and_memory() {
     let k = key(1, 0);

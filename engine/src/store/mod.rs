@@ -810,9 +810,15 @@ impl<S: Storage> Store<S> {
             return true;
         }
         self.st.borrow_mut().free_check_busy = true;
+        // Also if this future is dropped half-way (its request's connection went away): a
+        // stuck flag would keep every later refused write waiting for an answer.
+        let done = crate::notify::OnDrop::new(|| {
+            self.st.borrow_mut().free_check_busy = false;
+            // Those waiting for this answer look again (and, if refused, look themselves).
+            self.changed.notify_all();
+        });
         let free = self.storage.free_bytes(&self.cfg.dir).await;
         let mut st = self.st.borrow_mut();
-        st.free_check_busy = false;
         let again = match free {
             // Made meanwhile: look again.
             _ if st.space_error.is_none() => true,
@@ -831,8 +837,7 @@ impl<S: Storage> Store<S> {
         if again {
             self.work.notify_all();
         }
-        // Those waiting for this answer look again (and, if refused, look themselves).
-        self.changed.notify_all();
+        drop(done);
         again
     }
 

@@ -1483,6 +1483,41 @@ fn a_damaged_manifest_fails_the_store_open_cleanly() {
     h.open().expect("the repaired manifest opens");
 }
 
+/// A refused write that is looking whether space came back, dropped half-way (its
+/// connection went away), leaves no trace: the next refused write looks itself and is
+/// answered StorageFull, rather than waiting for an answer that never comes.
+#[test]
+fn a_dropped_look_at_free_space_leaves_nothing_stuck() {
+    let k = key(1, 0);
+    let mut cfg = small_cfg();
+    cfg.volume_bytes = 128 << 10;
+    let h = Harness::new(10, cfg, vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(5);
+    h.storage.set_faults(SimFaults {
+        disk_full: true,
+        ..SimFaults::default()
+    });
+    let full = (0..400).find_map(|t| {
+        let (b, r) = make_batch(&mut rng, &format!("{t}"), true);
+        h.clock.advance(10);
+        match run(&store, store.append(k, &b, r.len() as u32)) {
+            Err(StoreError::StorageFull) => Some((b, r.len() as u32)),
+            Ok(_) => None,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    });
+    let (b, n) = full.expect("the disk filled up");
+    // Polled once: refused, it is looking at free space when its caller goes away.
+    let first = block_on(futures_lite::future::poll_once(store.append(k, &b, n)));
+    assert!(first.is_none(), "the look at free space yields");
+    assert!(!store.st.borrow().free_check_busy);
+    assert!(matches!(
+        run(&store, store.append(k, &b, n)),
+        Err(StoreError::StorageFull)
+    ));
+}
+
 /// Space that comes back within a second of a failed attempt to make some: the writes go
 /// on at once and keep going. (A write that fits its shard's extent used to succeed and the
 /// next one, needing an extent, be refused until the failure was a second old: a flaky

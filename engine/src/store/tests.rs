@@ -626,12 +626,17 @@ fn a_failed_round_poisons_until_reopen_and_loses_nothing_acknowledged() {
     run(&store, store.append(k, &b, r.len() as u32)).unwrap();
 }
 
-#[test]
-fn a_full_disk_fails_writes_that_need_space_and_they_resume_when_it_returns() {
+/// One shard on a store of 128 KiB volumes (a full disk shows after a few batches).
+fn one_shard_small_volumes() -> (ShardKey, Harness) {
     let k = key(1, 0);
     let mut cfg = small_cfg();
     cfg.volume_bytes = 128 << 10;
-    let h = Harness::new(10, cfg, vec![k]);
+    (k, Harness::new(10, cfg, vec![k]))
+}
+
+#[test]
+fn a_full_disk_fails_writes_that_need_space_and_they_resume_when_it_returns() {
+    let (k, h) = one_shard_small_volumes();
     let store = h.open().unwrap();
     let mut rng = SimRng::new(5);
     let (b, r) = make_batch(&mut rng, "first", false);
@@ -1488,10 +1493,7 @@ fn a_damaged_manifest_fails_the_store_open_cleanly() {
 /// answered StorageFull, rather than waiting for an answer that never comes.
 #[test]
 fn a_dropped_look_at_free_space_leaves_nothing_stuck() {
-    let k = key(1, 0);
-    let mut cfg = small_cfg();
-    cfg.volume_bytes = 128 << 10;
-    let h = Harness::new(10, cfg, vec![k]);
+    let (k, h) = one_shard_small_volumes();
     let store = h.open().unwrap();
     let mut rng = SimRng::new(5);
     h.storage.set_faults(SimFaults {

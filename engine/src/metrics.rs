@@ -420,6 +420,9 @@ pub struct MetricsSnapshot {
     pub direct_bytes: u64,
     pub sync_us: u64,
     pub checkpoints: u64,
+    /// Appends that waited before they could be staged, by what they waited for (`round`,
+    /// `memory`, `journal`, `extent`, `tail`): where backpressure comes from.
+    pub append_waits: BTreeMap<&'static str, u64>,
     /// How long rounds took to flush (fdatasync or O_DSYNC writes).
     pub flush_latency: Latency,
     /// Extents and records retention deleted.
@@ -463,6 +466,9 @@ impl MetricsSnapshot {
         self.direct_bytes += o.direct_bytes;
         self.sync_us += o.sync_us;
         self.checkpoints += o.checkpoints;
+        for (why, n) in &o.append_waits {
+            *self.append_waits.entry(why).or_default() += n;
+        }
         self.flush_latency.merge(&o.flush_latency);
         self.retention_extents += o.retention_extents;
         self.retention_records += o.retention_records;
@@ -698,6 +704,11 @@ impl MetricsSnapshot {
             c
         });
         spate.register("checkpoints", "Store checkpoints", plain(self.checkpoints));
+        spate.register(
+            "append_waits",
+            "Appends that waited before staging, by reason: room in the open round, memory, the journal ring, an extent, their shard's tail",
+            by("reason", &self.append_waits),
+        );
         spate.register(
             "connections",
             "Open client connections",
@@ -1088,6 +1099,7 @@ mod tests {
         core.request(spate_protocol::Opcode::PutBatch.as_u16(), Some("Throttled"));
         let mut snapshot = core.snapshot(0);
         snapshot.disk_bytes.insert("s".into(), 1);
+        snapshot.append_waits.insert("journal", 1);
         snapshot.per_core.insert(0, CoreLoad::default());
         let text = snapshot.encode();
         let exposed: std::collections::BTreeSet<&str> = text
@@ -1110,6 +1122,7 @@ mod tests {
             "code",
             "core",
             "shard",
+            "reason",
             "topk",
             "__rate_interval",
             "label_values",

@@ -669,6 +669,17 @@ fn the_metrics_endpoint_counts_what_was_done() {
             .unwrap_or_else(|| panic!("no {name}"))
     };
     assert!(plain("spate_rounds_total") >= 1.0);
+    // Appends that waited, by reason: every reason is exposed (zero or not).
+    let reasons: std::collections::BTreeSet<&str> = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "spate_append_waits_total")
+        .filter_map(|s| s.labels.get("reason"))
+        .collect();
+    assert_eq!(
+        reasons,
+        ["extent", "journal", "memory", "round", "tail"].into()
+    );
     assert!(plain("spate_journal_bytes_total") >= bytes as f64);
     assert_eq!(plain("spate_connections"), 1.0);
     assert_eq!(plain("spate_retention_deleted_records_total"), 0.0);

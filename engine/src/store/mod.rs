@@ -267,6 +267,14 @@ pub struct StoreStats {
     pub sync_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
     /// Rounds by time from seal to completion (write, wait for the sync turn, sync).
     pub round_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
+    /// Appends that waited (each counted once per reason): for room in the open round (the one before it still writing),
+    /// for memory (unwritten bytes over `memory_bytes_max`), for the journal ring, for an
+    /// extent; and for their shard's tail to load.
+    pub waits_round: u64,
+    pub waits_memory: u64,
+    pub waits_journal: u64,
+    pub waits_extent: u64,
+    pub waits_tail: u64,
 }
 
 /// A shard's vital statistics.
@@ -500,6 +508,13 @@ pub(crate) const SPACE_RETRY_MS: i64 = 1000;
 const READ_PIECE_BYTES: usize = 1 << 20;
 
 /// Staging buffers start this small (an idle shard's first batch).
+/// What an append waited for (`Store::count_wait`).
+const WAITED_ROUND: u8 = 1;
+const WAITED_MEMORY: u8 = 2;
+const WAITED_JOURNAL: u8 = 4;
+const WAITED_EXTENT: u8 = 8;
+const WAITED_TAIL: u8 = 16;
+
 const STAGING_BYTES_MIN: usize = 16 << 10;
 
 impl<S: Storage> Store<S> {
@@ -763,6 +778,8 @@ impl<S: Storage> Store<S> {
         if len + crate::crypto::TAG_BYTES > self.cfg.max_batch_bytes() {
             return Err(StoreError::BatchTooLarge(len));
         }
+        // What this append waited for so far (each reason counted once per append).
+        let mut waited = 0u8;
         loop {
             let wait = match self.admission(key, len, self.clock.now_ms()) {
                 Err(StoreError::StorageFull) if self.space_returned().await => continue,
@@ -771,10 +788,24 @@ impl<S: Storage> Store<S> {
 
             match wait {
                 Wait::None => break,
-                Wait::Round => self.changed.wait().await,
+                Wait::Round => {
+                    self.count_wait(&mut waited, WAITED_ROUND);
+                    self.changed.wait().await
+                }
                 Wait::Background { urgent, extent } => {
                     let w = self.changed.wait();
                     {
+                        // (Urgent without an extent wanted: the journal is full.)
+                        self.count_wait(
+                            &mut waited,
+                            if extent {
+                                WAITED_EXTENT
+                            } else if urgent {
+                                WAITED_JOURNAL
+                            } else {
+                                WAITED_MEMORY
+                            },
+                        );
                         let mut st = self.st.borrow_mut();
                         st.checkpoint_urgent |= urgent;
                         st.extent_wanted |= extent;
@@ -783,10 +814,31 @@ impl<S: Storage> Store<S> {
                     self.work.notify_all();
                     w.await;
                 }
-                Wait::LoadTail => self.load_tail(key).await?,
+                Wait::LoadTail => {
+                    self.count_wait(&mut waited, WAITED_TAIL);
+                    self.load_tail(key).await?
+                }
             }
         }
         Ok(())
+    }
+
+    /// Counts an append's wait for `reason` (a `WAITED_*` bit), once per append.
+    fn count_wait(&self, waited: &mut u8, reason: u8) {
+        if *waited & reason != 0 {
+            return;
+        }
+        *waited |= reason;
+        let mut st = self.st.borrow_mut();
+        let s = &mut st.stats;
+        let counter = match reason {
+            WAITED_ROUND => &mut s.waits_round,
+            WAITED_MEMORY => &mut s.waits_memory,
+            WAITED_JOURNAL => &mut s.waits_journal,
+            WAITED_EXTENT => &mut s.waits_extent,
+            _ => &mut s.waits_tail,
+        };
+        *counter += 1;
     }
 
     /// A failed attempt to create space is trusted for `SPACE_RETRY_MS`: writes that need

@@ -376,6 +376,39 @@ fn hot_shards_are_written_in_place_and_survive_a_crash() {
     assert!(n > 100);
 }
 
+/// An append past the memory bound waits for write-behind, and the wait is counted under
+/// its reason (the `spate_append_waits_total{reason="memory"}` metric), once per append;
+/// every record still comes back.
+#[test]
+fn appends_over_the_memory_bound_wait_and_are_counted_as_memory_waits() {
+    let keys: Vec<ShardKey> = (0..4).map(|s| key(9, s)).collect();
+    let mut cfg = small_cfg();
+    cfg.memory_bytes_max = 20 << 10;
+    // Nothing queued for write-behind by size: only the memory bound makes it run.
+    cfg.write_behind_bytes = 1 << 20;
+    cfg.checkpoint_bytes = 64 << 10;
+    let h = Harness::new(3, cfg, keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(11);
+    // Appends in flight at once (as from many connections): together far past the bound.
+    let batches: Vec<(ShardKey, Vec<u8>, u32)> = (0..24)
+        .map(|tag| {
+            let (b, recs) = make_batch(&mut rng, &format!("m{tag}"), true);
+            (keys[tag % keys.len()], b, recs.len() as u32)
+        })
+        .collect();
+    let stored: u64 = batches.iter().map(|(_, _, n)| u64::from(*n)).sum();
+    let acks = run(
+        &store,
+        join_all(batches.iter().map(|(k, b, n)| store.append(*k, b, *n))),
+    );
+    assert!(acks.iter().all(Result::is_ok));
+    let s = store.stats();
+    // Each append counted once for memory, however often it was woken to look again.
+    assert!(s.waits_memory > 0 && s.waits_memory <= s.appends, "{s:?}");
+    assert_eq!(records_in(&store, &keys), stored);
+}
+
 #[test]
 fn idle_shards_cost_no_files_and_little_memory() {
     let keys: Vec<ShardKey> = (0..20_000).map(|s| key(5, s)).collect();

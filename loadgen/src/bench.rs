@@ -690,13 +690,22 @@ impl Bench<'_> {
             (10_000, 100.0)
         };
         let total = f64::from(shards) * per_shard;
+        // Enough calls in flight that the load generator's window does not bind (as in
+        // `max-100b`): with 4 producers, each one call of at most 2,000 records in flight,
+        // 8,000 records were outstanding at a time, and a call that takes ~30 ms at 10,000
+        // shards (a round of 2,000 single-record batches waiting for the one before it)
+        // capped the run near 250,000 records/s with neither core saturated; 16 producers
+        // gave 406,000-577,000, 64 gave 432,000-784,000 at less engine CPU (BENCHMARKS.md).
+        // Both runs use the same number, so CPU per record compares like with like.
+        const PRODUCERS: usize = 64;
         let base = |b: &Self, n: u32, limits: LimitsArg| RunConfig {
-            producers: 4,
+            producers: PRODUCERS,
             rate: total,
             api: Api::PutRecords,
             call_records: 2000,
             size: SizeSpec::fixed(100),
-            keys: n.max(4 * n.min(2500)),
+            // A key belongs to one producer: at least one key each.
+            keys: n.max(4 * n.min(2500)).max(PRODUCERS as u32),
             key_mode: KeyMode::PerShard,
             duration_s: b.duration(15.0),
             warmup_s: b.warmup(5.0),

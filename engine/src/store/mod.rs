@@ -267,9 +267,9 @@ pub struct StoreStats {
     pub sync_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
     /// Rounds by time from seal to completion (write, wait for the sync turn, sync).
     pub round_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
-    /// Appends that waited (each counted once per reason): for room in the open round (the one before it still writing),
-    /// for memory (unwritten bytes over `memory_bytes_max`), for the journal ring, for an
-    /// extent; and for their shard's tail to load.
+    /// Appends that waited, each counted once per reason: for room in the open round (the
+    /// one before it still writing), for memory (unwritten bytes over `memory_bytes_max`),
+    /// for the journal ring, for an extent; and for their shard's tail to load.
     pub waits_round: u64,
     pub waits_memory: u64,
     pub waits_journal: u64,
@@ -507,7 +507,6 @@ pub(crate) const SPACE_RETRY_MS: i64 = 1000;
 /// Long reads from a volume go out in pieces of this size, all in flight at once.
 const READ_PIECE_BYTES: usize = 1 << 20;
 
-/// Staging buffers start this small (an idle shard's first batch).
 /// What an append waited for (`Store::count_wait`).
 const WAITED_ROUND: u8 = 1;
 const WAITED_MEMORY: u8 = 2;
@@ -515,6 +514,7 @@ const WAITED_JOURNAL: u8 = 4;
 const WAITED_EXTENT: u8 = 8;
 const WAITED_TAIL: u8 = 16;
 
+/// Staging buffers start this small (an idle shard's first batch).
 const STAGING_BYTES_MIN: usize = 16 << 10;
 
 impl<S: Storage> Store<S> {

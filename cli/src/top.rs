@@ -168,7 +168,7 @@ async fn scrape(addr: &str, tls: Option<&Https>) -> Result<Sample, String> {
                 .insert((s.metric.clone(), stream.to_string(), shard), v);
             continue;
         }
-        let label = ["stream", "op", "code", "core"]
+        let label = ["stream", "op", "code", "core", "reason"]
             .iter()
             .find_map(|l| s.labels.get(l))
             .unwrap_or_default()
@@ -335,6 +335,15 @@ fn render(server: &str, url: &str, prev: &Sample, cur: &Sample) -> String {
         cur.get("spate_connections", ""),
         cur.get("spate_parked_reads", ""),
     ));
+    // Appends that had to wait before staging, by what for: where backpressure comes from.
+    let waits: Vec<String> = ["round", "memory", "journal", "extent", "tail"]
+        .iter()
+        .map(|why| format!("{why} {:.0}", rate("spate_append_waits_total", why)))
+        .collect();
+    out.push_str(&format!(
+        "WAITS   appends waiting/s  {}\n",
+        waits.join("  ")
+    ));
     let flush = p99(
         prev.histograms
             .get(&("spate_flush_latency".to_string(), String::new())),
@@ -373,6 +382,33 @@ mod tests {
         assert_eq!(p99(Some(&prev), Some(&cur)), Some(5.0));
         assert_eq!(p99(Some(&cur), Some(&cur)), None);
         assert_eq!(p99(None, None), None);
+    }
+
+    #[test]
+    fn appends_waiting_are_shown_per_second_by_reason() {
+        let sample = |secs: u64, journal: f64| {
+            let mut s = Sample {
+                at: Some(Instant::now() + std::time::Duration::from_secs(secs)),
+                ..Sample::default()
+            };
+            for (why, n) in [("round", 0.0), ("memory", 3.0), ("journal", journal)] {
+                s.values
+                    .insert(("spate_append_waits_total".into(), why.into()), n);
+            }
+            s
+        };
+        let (prev, cur) = (sample(0, 10.0), sample(2, 50.0));
+        let frame = render("s:7400", "s:7480", &prev, &cur);
+        let line = frame
+            .lines()
+            .find(|l| l.starts_with("WAITS"))
+            .expect(&frame);
+        // 40 more journal waits over 2 s; memory did not move; no extent waits exposed.
+        assert!(line.contains("journal 20"), "{line}");
+        assert!(
+            line.contains("memory 0") && line.contains("extent 0"),
+            "{line}"
+        );
     }
 
     #[test]

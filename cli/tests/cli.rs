@@ -1024,6 +1024,10 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
     assert_eq!(row.last(), Some(&"7"), "7 records put into s: {frame}");
     assert!(frame.contains("ENGINE  cores"), "{frame}");
     assert!(frame.contains("CORES   core 0 "), "{frame}");
+    assert!(
+        frame.contains("WAITS   appends waiting/s  round "),
+        "{frame}"
+    );
     assert!(!frame.contains('\x1b'), "no terminal codes with --once");
     let retention = help(&["stream", "set-retention"]);
     assert!(

@@ -376,11 +376,7 @@ async fn append_run(store: &Rc<Store<DmaStorage>>, load: AppendLoad) -> AppendSt
             cut_shards: 0,
             sync_buckets: [0; spate_engine::metrics::LATENCY_BUCKETS],
             round_buckets: [0; spate_engine::metrics::LATENCY_BUCKETS],
-            waits_round: after.waits_round - before.waits_round,
-            waits_memory: after.waits_memory - before.waits_memory,
-            waits_journal: after.waits_journal - before.waits_journal,
-            waits_extent: after.waits_extent - before.waits_extent,
-            waits_tail: after.waits_tail - before.waits_tail,
+            waits: std::array::from_fn(|i| after.waits[i] - before.waits[i]),
         },
     }
 }

@@ -336,8 +336,9 @@ fn render(server: &str, url: &str, prev: &Sample, cur: &Sample) -> String {
         cur.get("spate_parked_reads", ""),
     ));
     // Appends that had to wait before staging, by what for: where backpressure comes from.
-    let waits: Vec<String> = ["round", "memory", "journal", "extent", "tail"]
+    let waits: Vec<String> = spate_engine::store::WaitReason::ALL
         .iter()
+        .map(|w| w.name())
         .map(|why| format!("{why} {:.0}", rate("spate_append_waits_total", why)))
         .collect();
     out.push_str(&format!(

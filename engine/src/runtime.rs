@@ -1227,14 +1227,8 @@ impl<S: Storage + 'static> Core<S> {
             m.direct_bytes += s.direct_bytes;
             m.sync_us += s.sync_us;
             m.checkpoints += s.checkpoints;
-            for (why, n) in [
-                ("round", s.waits_round),
-                ("memory", s.waits_memory),
-                ("journal", s.waits_journal),
-                ("extent", s.waits_extent),
-                ("tail", s.waits_tail),
-            ] {
-                *m.append_waits.entry(why).or_default() += n;
+            for why in crate::store::WaitReason::ALL {
+                *m.append_waits.entry(why.name()).or_default() += s.waits[why as usize];
             }
             m.staged_bytes += store.pending_bytes() as u64;
             m.store_memory_bytes += store.memory_bytes() as u64;
@@ -2935,11 +2929,12 @@ fn log_store_stats(
         checkpoints = b.checkpoints - a.checkpoints,
         write_us_max = b.write_us_max,
         sync_us_max = b.sync_us_max,
-        waits_round = b.waits_round - a.waits_round,
-        waits_memory = b.waits_memory - a.waits_memory,
-        waits_journal = b.waits_journal - a.waits_journal,
-        waits_extent = b.waits_extent - a.waits_extent,
-        waits_tail = b.waits_tail - a.waits_tail,
+        // Appends that waited before staging, by reason, over the window.
+        waits = %crate::store::WaitReason::ALL
+            .iter()
+            .map(|w| format!("{}:{}", w.name(), b.waits[*w as usize] - a.waits[*w as usize]))
+            .collect::<Vec<_>>()
+            .join(" "),
         // Rounds from seal to completion (waiting for the sync turn included), by bucket
         // bound in ms (`metrics::LATENCY_BOUNDS_MS`), over the window.
         round_ms = %round_histogram(&a.round_buckets, &b.round_buckets),

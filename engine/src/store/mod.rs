@@ -267,14 +267,45 @@ pub struct StoreStats {
     pub sync_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
     /// Rounds by time from seal to completion (write, wait for the sync turn, sync).
     pub round_buckets: [u64; crate::metrics::LATENCY_BUCKETS],
-    /// Appends that waited, each counted once per reason: for room in the open round (the
-    /// one before it still writing), for memory (unwritten bytes over `memory_bytes_max`),
-    /// for the journal ring, for an extent; and for their shard's tail to load.
-    pub waits_round: u64,
-    pub waits_memory: u64,
-    pub waits_journal: u64,
-    pub waits_extent: u64,
-    pub waits_tail: u64,
+    /// Appends that waited before staging, by `WaitReason` (index: `reason as usize`),
+    /// each append counted once per reason.
+    pub waits: [u64; WaitReason::ALL.len()],
+}
+
+/// What an append waited for before it could be staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Room in the open round (the one before it still writing, `round_bytes_max`).
+    Round,
+    /// Memory: unwritten bytes over `memory_bytes_max`.
+    Memory,
+    /// The journal ring.
+    Journal,
+    /// An extent of the size it needs.
+    Extent,
+    /// Its shard's tail, loaded at the shard's first append after an open.
+    Tail,
+}
+
+impl WaitReason {
+    pub const ALL: [WaitReason; 5] = [
+        WaitReason::Round,
+        WaitReason::Memory,
+        WaitReason::Journal,
+        WaitReason::Extent,
+        WaitReason::Tail,
+    ];
+
+    /// Its name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitReason::Round => "round",
+            WaitReason::Memory => "memory",
+            WaitReason::Journal => "journal",
+            WaitReason::Extent => "extent",
+            WaitReason::Tail => "tail",
+        }
+    }
 }
 
 /// A shard's vital statistics.
@@ -506,13 +537,6 @@ pub(crate) const SPACE_RETRY_MS: i64 = 1000;
 
 /// Long reads from a volume go out in pieces of this size, all in flight at once.
 const READ_PIECE_BYTES: usize = 1 << 20;
-
-/// What an append waited for (`Store::count_wait`).
-const WAITED_ROUND: u8 = 1;
-const WAITED_MEMORY: u8 = 2;
-const WAITED_JOURNAL: u8 = 4;
-const WAITED_EXTENT: u8 = 8;
-const WAITED_TAIL: u8 = 16;
 
 /// Staging buffers start this small (an idle shard's first batch).
 const STAGING_BYTES_MIN: usize = 16 << 10;
@@ -789,7 +813,7 @@ impl<S: Storage> Store<S> {
             match wait {
                 Wait::None => break,
                 Wait::Round => {
-                    self.count_wait(&mut waited, WAITED_ROUND);
+                    self.count_wait(&mut waited, WaitReason::Round);
                     self.changed.wait().await
                 }
                 Wait::Background { urgent, extent } => {
@@ -799,11 +823,11 @@ impl<S: Storage> Store<S> {
                         self.count_wait(
                             &mut waited,
                             if extent {
-                                WAITED_EXTENT
+                                WaitReason::Extent
                             } else if urgent {
-                                WAITED_JOURNAL
+                                WaitReason::Journal
                             } else {
-                                WAITED_MEMORY
+                                WaitReason::Memory
                             },
                         );
                         let mut st = self.st.borrow_mut();
@@ -815,7 +839,7 @@ impl<S: Storage> Store<S> {
                     w.await;
                 }
                 Wait::LoadTail => {
-                    self.count_wait(&mut waited, WAITED_TAIL);
+                    self.count_wait(&mut waited, WaitReason::Tail);
                     self.load_tail(key).await?
                 }
             }
@@ -823,22 +847,14 @@ impl<S: Storage> Store<S> {
         Ok(())
     }
 
-    /// Counts an append's wait for `reason` (a `WAITED_*` bit), once per append.
-    fn count_wait(&self, waited: &mut u8, reason: u8) {
-        if *waited & reason != 0 {
-            return;
+    /// Counts an append's wait for `reason`, once per append (`waited`: the reasons counted
+    /// so far, one bit each).
+    fn count_wait(&self, waited: &mut u8, reason: WaitReason) {
+        let bit = 1u8 << reason as u8;
+        if *waited & bit == 0 {
+            *waited |= bit;
+            self.st.borrow_mut().stats.waits[reason as usize] += 1;
         }
-        *waited |= reason;
-        let mut st = self.st.borrow_mut();
-        let s = &mut st.stats;
-        let counter = match reason {
-            WAITED_ROUND => &mut s.waits_round,
-            WAITED_MEMORY => &mut s.waits_memory,
-            WAITED_JOURNAL => &mut s.waits_journal,
-            WAITED_EXTENT => &mut s.waits_extent,
-            _ => &mut s.waits_tail,
-        };
-        *counter += 1;
     }
 
     /// A failed attempt to create space is trusted for `SPACE_RETRY_MS`: writes that need

@@ -405,7 +405,8 @@ fn appends_over_the_memory_bound_wait_and_are_counted_as_memory_waits() {
     assert!(acks.iter().all(Result::is_ok));
     let s = store.stats();
     // Each append counted once for memory, however often it was woken to look again.
-    assert!(s.waits_memory > 0 && s.waits_memory <= s.appends, "{s:?}");
+    let memory = s.waits[WaitReason::Memory as usize];
+    assert!(memory > 0 && memory <= s.appends, "{s:?}");
     assert_eq!(records_in(&store, &keys), stored);
 }
 

@@ -34,8 +34,18 @@ pub(crate) const FILL_CREDIT_MAX: u64 = 4 << 20;
 /// Write-behind credit saved up while nothing needed it (a cap, so that a quiet spell is
 /// not followed by a burst).
 pub(crate) const BEHIND_CREDIT_MAX: i64 = 1 << 20;
-/// The same cap for the prewrite of free volume space.
+/// The same cap for the prewrite of free volume space ...
 pub(crate) const PREWRITE_CREDIT_MAX: i64 = 1 << 20;
+/// ... which goes out in pieces of a quarter of a unit, at most this large (see
+/// `Store::prewrite_some`).
+pub(crate) const PREWRITE_CHUNK_BYTES: u64 = 256 << 10;
+
+/// The prewrite's piece for units of `unit` bytes (powers of two of whole blocks).
+pub(crate) fn prewrite_chunk(unit: u64) -> u64 {
+    (unit / 4)
+        .clamp(BLOCK_BYTES as u64, PREWRITE_CHUNK_BYTES)
+        .min(unit)
+}
 
 /// A checkpoint's snapshot: the manifest, the extent ranges it claims that must be
 /// written first (shard, extent, end), and the extents it records as free (quarantined
@@ -684,55 +694,81 @@ impl<S: Storage> Store<S> {
     ///
     /// Keeps at most `prewrite_bytes` of free space written ahead, fills the volumes in
     /// order from their start (allocation is lowest address first), one unit at a time,
-    /// each taken out of free space while its zeros are written. Paced: a quarter of the
-    /// rounds' bytes while they come (each flush carries a little of it), and one unit a
-    /// step while no round has completed for 50 ms. Recycled space (extents retention
-    /// freed) is written already; the prewrite only matters while a store grows.
+    /// each taken out of free space while its zeros are written. Recycled space (extents
+    /// retention freed) is written already; the prewrite only matters while a store grows.
+    ///
+    /// Paced so that no round's flush carries much of it: a write-back disk's flush
+    /// persists everything written before it, so zeros written just before a round's
+    /// fdatasync lengthen that round. While rounds come, a quarter of their bytes, in
+    /// pieces of a quarter unit (`prewrite_chunk`; a unit may take several steps). A whole
+    /// 1 MiB unit whenever there was any credit made every ~40th round of 100 KB carry
+    /// 1 MiB of zeros: `peer-shape`'s one producer had ack p99 4.3-6.5 ms, in pieces
+    /// 1.8-3.5 ms, at the same throughput (BENCHMARKS.md). While no round has
+    /// completed for 50 ms, a unit a step, made durable at once, so the first round after
+    /// a quiet spell carries none of it.
     async fn prewrite_some(&self) -> Result<bool, StoreError> {
         const IDLE_MS: i64 = 50;
         if self.cfg.prewrite_bytes == 0 {
             return Ok(false);
         }
         let unit = self.cfg.extent_bytes_min;
+        let chunk = prewrite_chunk(unit);
         let (mut budget, idle) = {
             let st = self.st.borrow();
             let idle = self.clock.now_ms() - st.last_round_ms >= IDLE_MS;
-            // Idle: one unit a step, so a round that arrives finds at most that in flight.
-            let budget = if idle { 1 } else { st.prewrite_credit };
+            // At most a unit a step: the other background work (write-behind, the
+            // checkpoint) waits for it.
+            let budget = if idle {
+                unit as i64
+            } else {
+                st.prewrite_credit.min(unit as i64)
+            };
             (budget, idle)
         };
-        if budget <= 0 || self.prewritten_free_bytes() >= self.cfg.prewrite_bytes {
+        let part_pending = self.st.borrow().prewrite_part.is_some();
+        if budget <= 0 || (!part_pending && self.prewritten_free_bytes() >= self.cfg.prewrite_bytes)
+        {
             return Ok(false);
         }
         let zeros = {
-            let len = unit.min(1 << 20) as usize;
-            let mut b = self.storage.alloc_buf(len);
+            let mut b = self.storage.alloc_buf(chunk as usize);
             b.as_mut().fill(0);
             Rc::new(b)
         };
         let mut did = false;
         while budget > 0 {
-            // The lowest free unit at or above a volume's written mark.
-            let (id, file) = {
+            // A unit an earlier step left part-written, if it is still free; else the
+            // lowest free unit at or above a volume's written mark.
+            let (id, mut done, file) = {
                 let mut guard = self.st.borrow_mut();
                 let st = &mut *guard;
                 if st.poisoned.is_some() || st.stopping {
                     break;
                 }
                 let mut found = None;
+                if let Some((id, done)) = st.prewrite_part.take() {
+                    if let Some(file) = st.volumes.get(&id.volume()) {
+                        if st.alloc.take(id, 0) {
+                            found = Some((id, done, file.clone()));
+                        }
+                    }
+                }
+                if found.is_none() && self.prewritten_free_bytes_of(st) >= self.cfg.prewrite_bytes {
+                    break;
+                }
                 for (&v, file) in &st.volumes {
+                    if found.is_some() {
+                        break;
+                    }
                     let units = st.alloc.volume_units(v);
                     let w = st.prewritten.entry(v).or_insert(0);
                     while *w < units {
                         let id = ExtentId::new(v, *w);
                         *w += 1;
                         if st.alloc.take(id, 0) {
-                            found = Some((id, file.clone()));
+                            found = Some((id, 0, file.clone()));
                             break;
                         }
-                    }
-                    if found.is_some() {
-                        break;
                     }
                 }
                 match found {
@@ -741,13 +777,30 @@ impl<S: Storage> Store<S> {
                 }
             };
             let base = u64::from(id.unit()) * unit;
-            let step = zeros.as_ref().as_ref().len() as u64;
-            let writes = (0..unit / step)
-                .map(|i| write_fully(&*self.storage, &*file, zeros.clone(), base + i * step));
-            let result = join_all(writes)
+            // As many chunks as the budget allows, at once (under load a step's writes one
+            // after another queued behind the rounds' and fell behind).
+            let n = (unit - done)
+                .div_ceil(chunk)
+                .min((budget as u64).div_ceil(chunk));
+            let writes = (0..n).map(|i| {
+                write_fully(
+                    &*self.storage,
+                    &*file,
+                    zeros.clone(),
+                    base + done + i * chunk,
+                )
+            });
+            let mut result = join_all(writes)
                 .await
                 .into_iter()
                 .collect::<Result<(), _>>();
+            let written = n * chunk;
+            done += written;
+            budget -= written as i64;
+            if result.is_ok() && idle && done >= unit {
+                // Durable now, not in the next round's flush.
+                result = file.fdatasync().await.map_err(StoreError::from);
+            }
             let mut st = self.st.borrow_mut();
             st.alloc.free_now(id, 0);
             if let Err(e) = result {
@@ -760,13 +813,15 @@ impl<S: Storage> Store<S> {
                 self.changed.notify_all();
                 return Err(e);
             }
+            if done < unit {
+                st.prewrite_part = Some((id, done));
+            }
             // The next checkpoint's fdatasync commits the extents' written state.
             st.dirty_volumes.insert(id.volume());
-            st.stats.prewrite_bytes += unit;
+            st.stats.prewrite_bytes += written;
             if !idle {
-                st.prewrite_credit -= unit as i64;
+                st.prewrite_credit -= written as i64;
             }
-            budget -= unit as i64;
             did = true;
         }
         if did {
@@ -777,7 +832,10 @@ impl<S: Storage> Store<S> {
 
     /// Free volume space below the volumes' written marks.
     pub(crate) fn prewritten_free_bytes(&self) -> u64 {
-        let st = self.st.borrow();
+        self.prewritten_free_bytes_of(&self.st.borrow())
+    }
+
+    fn prewritten_free_bytes_of(&self, st: &State<S>) -> u64 {
         let units: u64 = st
             .alloc
             .free_blocks()

@@ -488,6 +488,8 @@ pub(crate) struct State<S: Storage> {
     prewritten: std::collections::BTreeMap<u32, u32>,
     /// Prewrite bytes the completed rounds allow now (a quarter of their bytes).
     prewrite_credit: i64,
+    /// A unit the prewrite has written only this far into (it goes on there next).
+    prewrite_part: Option<(ExtentId, u64)>,
     /// When the last round completed (the prewrite runs freely while none do).
     last_round_ms: i64,
     /// Why the last attempt to create space (a volume, a journal file) failed, when, and

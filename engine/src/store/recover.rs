@@ -249,6 +249,7 @@ impl<S: Storage> Store<S> {
                 behind_credit: 0,
                 prewritten: Default::default(),
                 prewrite_credit: 0,
+                prewrite_part: None,
                 last_round_ms: now,
                 space_error: None,
                 last_space_attempt_ms: i64::MIN / 2,

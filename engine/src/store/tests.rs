@@ -1042,6 +1042,62 @@ fn free_space_is_prewritten_ahead_of_allocation_and_data_is_never_touched() {
 }
 
 #[test]
+fn while_rounds_come_the_prewrite_goes_out_in_pieces_they_have_earned() {
+    // A write-back disk's flush carries every byte written before it: a whole unit of
+    // zeros in front of one small round made that round's flush the tail.
+    let keys: Vec<ShardKey> = (0..2).map(|s| key(15, s)).collect();
+    let cfg = small_cfg();
+    let unit = cfg.extent_bytes_min;
+    let chunk = super::behind::prewrite_chunk(unit);
+    assert!(chunk < unit, "the test needs units in several pieces");
+    let h = Harness::new(16, cfg.clone(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(11);
+    let mut count = 0u64;
+    let mut pieces = 0u64;
+    let mut partial_units = 0u64;
+    for t in 0..600 {
+        let before = store.stats();
+        let (b, r) = make_batch(&mut rng, &format!("p{t}"), false);
+        run(&store, store.append(keys[t % 2], &b, r.len() as u32)).unwrap();
+        count += r.len() as u64;
+        let after = store.stats();
+        let written = after.prewrite_bytes - before.prewrite_bytes;
+        if t > 0 {
+            // The credit left from before and this round's (a quarter of its bytes, under
+            // a piece here), each spent in whole pieces: never a whole unit at once.
+            assert!(
+                written <= 2 * chunk,
+                "round {t}: {written} bytes of zeros at once"
+            );
+        }
+        pieces += written / chunk;
+        partial_units += u64::from(store.st.borrow().prewrite_part.is_some());
+    }
+    let s = store.stats();
+    assert!(
+        pieces > 0 && partial_units > 0,
+        "{pieces} pieces, {partial_units}"
+    );
+    // Paced by the rounds: about a quarter of their bytes.
+    let rounds_bytes = s.journal_bytes + s.direct_bytes;
+    assert!(
+        s.prewrite_bytes <= rounds_bytes / 4 + 2 * unit,
+        "{} of zeros for {rounds_bytes} of rounds",
+        s.prewrite_bytes
+    );
+    assert_eq!(
+        records_in(&store, &keys),
+        count,
+        "zeros never landed on data"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    assert_eq!(records_in(&store, &keys), count, "nor after a crash");
+}
+
+#[test]
 fn append_many_stages_all_and_answers_each() {
     let keys: Vec<ShardKey> = (0..50).map(|s| key(11, s)).collect();
     let h = Harness::new(14, small_cfg(), keys.clone());

@@ -772,6 +772,7 @@ impl Bench<'_> {
 
     async fn peer_shape(&mut self) -> Result<(), Error> {
         let fio = self.machine_limit("fio_durable_write_1m_qd1_bytes_per_s");
+        let fio_100k = self.machine_limit("fio_durable_write_100k_qd1_bytes_per_s");
         for producers in [1usize, 4] {
             let cfg = RunConfig {
                 producers,
@@ -802,6 +803,19 @@ impl Bench<'_> {
                         fio / 1e6
                     ),
                 );
+            }
+            if let (1, Some(f)) = (producers, fio_100k) {
+                // One producer has one 100 KB call in flight: each call is a write and a
+                // flush of its own, whatever the store.
+                self.figure("producers_1_ratio_to_fio_durable_100k", bytes / f);
+                self.note(format!(
+                    "1 producer: {:.1} MB/s is {:.0} % of fio's own 100 KiB write + fdatasync \
+                     at queue depth 1 ({:.1} MB/s), the most a store that acknowledges after a \
+                     flush can do for one call in flight of that size",
+                    bytes / 1e6,
+                    100.0 * bytes / f,
+                    f / 1e6
+                ));
             }
             self.bottleneck_note(&r);
         }

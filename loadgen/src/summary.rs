@@ -20,6 +20,9 @@ pub struct MachineLimits {
     /// 1 MiB writes each followed by fdatasync, QD 1 ("fio durable", SPEC §6).
     #[serde(default)]
     pub fio_durable_write_1m_qd1_bytes_per_s: Option<f64>,
+    /// The same with 100 KiB writes: one `peer-shape` call's bytes.
+    #[serde(default)]
+    pub fio_durable_write_100k_qd1_bytes_per_s: Option<f64>,
     #[serde(default)]
     pub fio_seq_read_1m_qd8_bytes_per_s: Option<f64>,
     pub iperf3_loopback_bytes_per_s: f64,
@@ -376,7 +379,18 @@ fn targets(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Vec<Targe
             fig(peer, "producers_1_ratio_to_fio_durable"),
             fig(peer, "producers_4_ratio_to_fio_durable"),
         ) {
-            (Some(a), Some(b)) => format!("{:.0} %; {:.0} % of fio durable", a * 100.0, b * 100.0),
+            (Some(a), Some(b)) => {
+                let mut r = format!("{:.0} %; {:.0} % of fio durable", a * 100.0, b * 100.0);
+                // One producer's calls are 100 KB: fio's own 100 KiB write + fdatasync at
+                // queue depth 1 is the most any store acknowledging after a flush gets.
+                if let Some(c) = fig(peer, "producers_1_ratio_to_fio_durable_100k") {
+                    r += &format!(
+                        " (one producer: {:.0} % of fio's 100 KiB durable)",
+                        c * 100.0
+                    );
+                }
+                r
+            }
             _ => "—".into(),
         },
         met: peer
@@ -585,6 +599,7 @@ pub fn markdown(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Stri
                  | fio sequential O_DIRECT write, 64 KiB, QD32, already-written file | {} |\n\
                  | fio 64 KiB write + fdatasync, QD1 | p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs |\n\
                  | fio durable: 1 MiB write + fdatasync, QD1 | {} |\n\
+                 | fio durable at `peer-shape`'s call size: 100 KiB write + fdatasync, QD1 | {} |\n\
                  | fio sequential O_DIRECT read, 1 MiB, QD8 | {} |\n\
                  | iperf3 loopback, one stream | {} |",
                 gb(l.fio_seq_write_64k_qd32_bytes_per_s),
@@ -592,6 +607,8 @@ pub fn markdown(limits: Option<&MachineLimits>, results: &[BenchResult]) -> Stri
                 f.p99,
                 f.p999,
                 l.fio_durable_write_1m_qd1_bytes_per_s.map_or("not measured".into(), gb),
+                l.fio_durable_write_100k_qd1_bytes_per_s
+                    .map_or("not measured".into(), gb),
                 l.fio_seq_read_1m_qd8_bytes_per_s.map_or("not measured".into(), gb),
                 gb(l.iperf3_loopback_bytes_per_s),
             );
@@ -814,6 +831,7 @@ mod tests {
                 p999: 200.0,
             },
             fio_durable_write_1m_qd1_bytes_per_s: Some(2.9e9),
+            fio_durable_write_100k_qd1_bytes_per_s: Some(1.2e9),
             fio_seq_read_1m_qd8_bytes_per_s: Some(2.0e9),
             iperf3_loopback_bytes_per_s: 2.5e9,
             disk_floor_quiet: None,
@@ -861,6 +879,16 @@ mod tests {
             result(
                 "latency-half",
                 &[("ack_p99_us", 150.0), ("ack_p999_us", 500.0)],
+            ),
+            result(
+                "peer-shape",
+                &[
+                    ("producers_1_mb_per_s", 600.0),
+                    ("producers_4_mb_per_s", 2400.0),
+                    ("producers_1_ratio_to_fio_durable", 600.0 / 2900.0),
+                    ("producers_4_ratio_to_fio_durable", 2400.0 / 2900.0),
+                    ("producers_1_ratio_to_fio_durable_100k", 0.5),
+                ],
             ),
             result(
                 "on-demand",
@@ -914,6 +942,21 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| not measured |"));
+        // One producer measured against fio at its own call size too.
+        assert!(
+            md.contains(
+                "| 600 MB/s; 2400 MB/s | 21 %; 83 % of fio durable (one producer: 50 % of \
+                 fio's 100 KiB durable) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| fio durable at `peer-shape`'s call size: 100 KiB write + fdatasync, QD1 | \
+                 1.20 GB/s |"
+            ),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| throttling stopped 10.5 s after the step (37.3 % of the records offered \
@@ -974,6 +1017,7 @@ mod tests {
                 p999: 200.0,
             },
             fio_durable_write_1m_qd1_bytes_per_s: None,
+            fio_durable_write_100k_qd1_bytes_per_s: None,
             fio_seq_read_1m_qd8_bytes_per_s: Some(1024.0 * 1024.0 * 1000.0),
             iperf3_loopback_bytes_per_s: 2.5e9,
             disk_floor_quiet: None,

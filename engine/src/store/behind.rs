@@ -730,11 +730,17 @@ impl<S: Storage> Store<S> {
         {
             return Ok(false);
         }
-        let zeros = {
-            let mut b = self.storage.alloc_buf(chunk as usize);
-            b.as_mut().fill(0);
-            Rc::new(b)
-        };
+        // One piece of zeros, made once and shared by every write of every step.
+        let zeros = self
+            .st
+            .borrow_mut()
+            .prewrite_zeros
+            .get_or_insert_with(|| {
+                let mut b = self.storage.alloc_buf(chunk as usize);
+                b.as_mut().fill(0);
+                Rc::new(b)
+            })
+            .clone();
         let mut did = false;
         while budget > 0 {
             // A unit an earlier step left part-written, if it is still free; else the

@@ -490,6 +490,8 @@ pub(crate) struct State<S: Storage> {
     prewrite_credit: i64,
     /// A unit the prewrite has written only this far into (it goes on there next).
     prewrite_part: Option<(ExtentId, u64)>,
+    /// The prewrite's piece of zeros (made at its first step).
+    prewrite_zeros: Option<Rc<S::Buf>>,
     /// When the last round completed (the prewrite runs freely while none do).
     last_round_ms: i64,
     /// Why the last attempt to create space (a volume, a journal file) failed, when, and

@@ -250,6 +250,7 @@ impl<S: Storage> Store<S> {
                 prewritten: Default::default(),
                 prewrite_credit: 0,
                 prewrite_part: None,
+                prewrite_zeros: None,
                 last_round_ms: now,
                 space_error: None,
                 last_space_attempt_ms: i64::MIN / 2,

@@ -222,6 +222,24 @@ fn read_all(store: &Store<SimStorage>, k: ShardKey) -> Result<ReadBack, StoreErr
 }
 
 /// Records readable in these shards, all told.
+/// The prewrite's checks' end: every record is there, and after a crash too.
+fn zeros_never_landed_on_data(
+    h: &Harness,
+    store: Store<SimStorage>,
+    keys: &[ShardKey],
+    count: u64,
+) {
+    assert_eq!(
+        records_in(&store, keys),
+        count,
+        "zeros never landed on data"
+    );
+    drop(store);
+    h.storage.crash();
+    let store = h.open().unwrap();
+    assert_eq!(records_in(&store, keys), count, "nor after a crash");
+}
+
 fn records_in(store: &Store<SimStorage>, keys: &[ShardKey]) -> u64 {
     keys.iter()
         .map(|k| read_all(store, *k).unwrap().len() as u64)
@@ -1030,15 +1048,7 @@ fn free_space_is_prewritten_ahead_of_allocation_and_data_is_never_touched() {
         "{} ahead",
         store.prewritten_free_bytes()
     );
-    assert_eq!(
-        records_in(&store, &keys),
-        count,
-        "zeros never landed on data"
-    );
-    drop(store);
-    h.storage.crash();
-    let store = h.open().unwrap();
-    assert_eq!(records_in(&store, &keys), count, "nor after a crash");
+    zeros_never_landed_on_data(&h, store, &keys, count);
 }
 
 #[test]
@@ -1086,15 +1096,7 @@ fn while_rounds_come_the_prewrite_goes_out_in_pieces_they_have_earned() {
         "{} of zeros for {rounds_bytes} of rounds",
         s.prewrite_bytes
     );
-    assert_eq!(
-        records_in(&store, &keys),
-        count,
-        "zeros never landed on data"
-    );
-    drop(store);
-    h.storage.crash();
-    let store = h.open().unwrap();
-    assert_eq!(records_in(&store, &keys), count, "nor after a crash");
+    zeros_never_landed_on_data(&h, store, &keys, count);
 }
 
 #[test]

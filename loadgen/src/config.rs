@@ -269,6 +269,14 @@ pub fn client_config(tls: Option<&TlsConfig>) -> ClientConfig {
     }
 }
 
+fn one_call() -> usize {
+    1
+}
+
+fn is_one_call(n: &usize) -> bool {
+    *n == 1
+}
+
 /// Everything a run needs; see `spate-loadgen --help` for each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -291,6 +299,10 @@ pub struct RunConfig {
     pub api: Api,
     /// `--api put-records`: most records per call.
     pub call_records: usize,
+    /// `--api put-records`: calls a producer keeps in flight at once (1: one call at a
+    /// time, the next taking every record that came due meanwhile).
+    #[serde(default = "one_call", skip_serializing_if = "is_one_call")]
+    pub calls_in_flight: usize,
     pub keys: u32,
     pub key_mode: KeyMode,
     /// Measured seconds (after the warm-up).
@@ -365,6 +377,7 @@ impl RunConfig {
             size: SizeSpec::fixed(1024),
             api: Api::Producer,
             call_records: 2000,
+            calls_in_flight: 1,
             keys: 1000,
             key_mode: KeyMode::Random,
             duration_s: 10.0,
@@ -415,8 +428,18 @@ impl RunConfig {
         if self.duration_s + self.warmup_s > 72.0 * 3600.0 {
             return Err("--duration plus --warmup must be at most 72 hours".into());
         }
-        if self.inflight == 0 || self.batch_bytes == 0 || self.call_records == 0 {
-            return Err("--inflight, --batch-bytes and --call-records must be positive".into());
+        if self.inflight == 0
+            || self.batch_bytes == 0
+            || self.call_records == 0
+            || self.calls_in_flight == 0
+        {
+            return Err(
+                "--inflight, --batch-bytes, --call-records and --calls-in-flight must be positive"
+                    .into(),
+            );
+        }
+        if self.calls_in_flight > 1 && self.api != Api::PutRecords {
+            return Err("--calls-in-flight is for --api put-records".into());
         }
         if self.read_wait_ms > 30_000 {
             return Err("--read-wait-ms must be at most 30000".into());
@@ -568,10 +591,15 @@ impl RunConfig {
         }
         a.push(format!("--size {}", self.size));
         match self.api {
-            Api::PutRecords => a.push(format!(
-                "--api put-records --call-records {}",
-                self.call_records
-            )),
+            Api::PutRecords => {
+                a.push(format!(
+                    "--api put-records --call-records {}",
+                    self.call_records
+                ));
+                if self.calls_in_flight != 1 {
+                    a.push(format!("--calls-in-flight {}", self.calls_in_flight));
+                }
+            }
             Api::PutBatches => a.push(format!(
                 "--api put-batches --call-records {}",
                 self.call_records
@@ -834,6 +862,31 @@ mod tests {
         assert!(c.command_line().ends_with("--stop-after-mib 64"));
         c.rate = 100.0;
         assert!(c.validate().unwrap_err().contains("--stop-after-mib"));
+    }
+
+    #[test]
+    fn calls_in_flight_validate_print_and_read_back() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.api = Api::PutRecords;
+        c.calls_in_flight = 0;
+        assert!(c.validate().unwrap_err().contains("--calls-in-flight"));
+        c.calls_in_flight = 1;
+        c.validate().unwrap();
+        assert!(!c.command_line().contains("--calls-in-flight"));
+        c.calls_in_flight = 4;
+        c.validate().unwrap();
+        c.api = Api::PutBatches;
+        assert!(c.validate().unwrap_err().contains("put-records"));
+        c.api = Api::PutRecords;
+        assert!(c
+            .command_line()
+            .contains("--api put-records --call-records 2000 --calls-in-flight 4"));
+        // Reports from before the field read back as one call at a time.
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["calls_in_flight"], 4);
+        v.as_object_mut().unwrap().remove("calls_in_flight");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back.calls_in_flight, 1);
     }
 
     #[test]

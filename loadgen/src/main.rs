@@ -162,6 +162,11 @@ struct RunArgs {
     /// `--api put-records` and `put-batches`: most records per call.
     #[arg(long, default_value_t = 2000, value_name = "N")]
     call_records: usize,
+    /// `--api put-records`: calls each producer keeps in flight at once on its connection
+    /// (1: one at a time, each taking every record due meanwhile; more: a record due while
+    /// that many are in flight waits for one to come back).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    calls_in_flight: usize,
     /// Distinct partition keys (devices).
     #[arg(long, default_value_t = 1000, value_name = "K")]
     keys: u32,
@@ -359,6 +364,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         size: a.size,
         api: a.api,
         call_records: a.call_records,
+        calls_in_flight: a.calls_in_flight,
         keys: a.keys,
         key_mode: a.key_mode,
         duration_s: a.duration,

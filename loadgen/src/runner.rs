@@ -1270,21 +1270,45 @@ impl Generator {
         producer.close().await;
     }
 
-    /// `--api put-records`: every record due so far in one call, one call at a time.
+    /// `--api put-records`: every record due so far in one call, up to `--calls-in-flight`
+    /// calls at a time (a record due while that many are out waits for one to return).
     async fn run_put_records(&mut self, client: Client, mut acked: Option<Vec<BitSet>>) {
         let run_end = self.run_end();
         let stream = self.cfg.stream.clone();
-        let mut entries = Vec::with_capacity(self.cfg.call_records);
-        let mut metas = Vec::with_capacity(self.cfg.call_records);
+        let most = self.cfg.calls_in_flight;
+        let mut calls = FuturesUnordered::new();
         loop {
-            // The first record of a call waits for its due time; the rest are those
-            // already due (open loop) or the next ones (closed loop), up to the bound.
-            let Ok(due_ns) = self.wait_due().await else {
+            // Room for a call: settle those that came back.
+            while calls.len() >= most {
+                let Some((metas, results)) = calls.next().await else {
+                    break;
+                };
+                settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+            }
+            // The first record of a call waits for its due time (calls in flight are
+            // settled meanwhile, each when it returns); the rest are those already due
+            // (open loop) or the next ones (closed loop), up to the bound.
+            let due = loop {
+                if calls.is_empty() {
+                    break self.wait_due().await;
+                }
+                let due = std::pin::pin!(self.wait_due());
+                match futures_util::future::select(due, calls.next()).await {
+                    futures_util::future::Either::Left((due, _)) => break due,
+                    futures_util::future::Either::Right((call, _)) => {
+                        let (metas, results) = call.expect("calls in flight");
+                        settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+                    }
+                }
+            };
+            let Ok(due_ns) = due else {
                 break;
             };
             if Instant::now() >= run_end || self.budget_spent() {
                 break;
             }
+            let mut entries = Vec::with_capacity(self.cfg.call_records.min(4096));
+            let mut metas = Vec::with_capacity(self.cfg.call_records.min(4096));
             let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
             let (key, data, meta) = self.make_record(origin_ns);
             entries.push(Entry::new(key, data));
@@ -1301,15 +1325,25 @@ impl Generator {
                 entries.push(Entry::new(key, data));
                 metas.push(meta);
             }
-            let results = client
-                .put_records(&stream, std::mem::take(&mut entries))
-                .await;
-            for (meta, result) in metas.drain(..).zip(results) {
-                settle(&self.shared, &self.stats, acked.as_mut(), result, meta);
-            }
+            let (client, stream) = (client.clone(), stream.clone());
+            calls.push(async move { (metas, client.put_records(&stream, entries).await) });
+        }
+        while let Some((metas, results)) = calls.next().await {
+            settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
         }
         self.out.acked = acked;
     }
+}
+
+/// Settles every record of a `put_records` call with its result.
+fn settle_call(
+    sh: &Shared,
+    stats: &Mutex<ProducerStats>,
+    acked: Option<&mut Vec<BitSet>>,
+    metas: Vec<Meta>,
+    results: Vec<spate_client::Result<PutResult>>,
+) {
+    settle_all(sh, stats, acked, results.into_iter().zip(metas));
 }
 
 impl Generator {
@@ -1386,6 +1420,7 @@ impl Generator {
                 .map(|&r| (routes[r], Bytes::from(builders[r].finish())))
                 .collect();
             let answers = client.put_shard_batches(&stream, batches).await;
+            let mut settled = Vec::with_capacity(count);
             for (&r, answer) in used.iter().zip(answers) {
                 let shard_id = routes[r].shard_id;
                 for (i, meta) in metas[r].drain(..).enumerate() {
@@ -1409,9 +1444,10 @@ impl Generator {
                         }),
                         Err(e) => Err(e.clone()),
                     };
-                    settle(&sh, &self.stats, acked.as_mut(), result, meta);
+                    settled.push((result, meta));
                 }
             }
+            settle_all(&sh, &self.stats, acked.as_mut(), settled);
             used.clear();
         }
         self.out.acked = acked;
@@ -1491,55 +1527,85 @@ fn settle(
     result: spate_client::Result<PutResult>,
     meta: Meta,
 ) {
+    settle_all(sh, stats, acked, std::iter::once((result, meta)));
+}
+
+/// Settles records whose answers arrived together (one call's): the clock is read once,
+/// the stats locked once and the live counters added to once for all of them (at millions
+/// of records a second, a clock reading and a lock per record were a fifth of the load
+/// generator's CPU).
+fn settle_all(
+    sh: &Shared,
+    stats: &Mutex<ProducerStats>,
+    mut acked: Option<&mut Vec<BitSet>>,
+    answers: impl IntoIterator<Item = (spate_client::Result<PutResult>, Meta)>,
+) {
     let now_ns = sh.now_ns();
-    let in_window = sh.in_window(meta.origin_ns);
-    match result {
-        Ok(_) => {
-            if let Some(acked) = acked {
-                acked[meta.key_local as usize].insert(meta.counter);
-            }
-            sh.live.acked.fetch_add(1, Ordering::Relaxed);
-            sh.live
-                .acked_bytes
-                .fetch_add(u64::from(meta.bytes), Ordering::Relaxed);
-            let latency_ns = now_ns.saturating_sub(meta.origin_ns);
-            if in_window || sh.progress {
-                let mut s = stats.lock().expect("stats lock");
-                if sh.progress {
-                    s.ack_1s.record_ns(latency_ns);
+    let (mut n_acked, mut n_bytes, mut n_throttled, mut n_errors) = (0u64, 0u64, 0u64, 0u64);
+    // Taken at the first record that needs it, held to the end.
+    let mut guard: Option<std::sync::MutexGuard<'_, ProducerStats>> = None;
+    for (result, meta) in answers {
+        let in_window = sh.in_window(meta.origin_ns);
+        match result {
+            Ok(_) => {
+                if let Some(acked) = acked.as_deref_mut() {
+                    acked[meta.key_local as usize].insert(meta.counter);
                 }
-                if in_window {
-                    s.ack.record_ns(latency_ns);
-                    s.acked += 1;
-                    s.bytes += u64::from(meta.bytes);
-                    if !sh.changes.is_empty() {
-                        let mut steady = true;
-                        for (c, h) in sh.changes.iter().zip(s.ack_changes.iter_mut()) {
-                            if c.contains(meta.origin_ns) {
-                                h.record_ns(latency_ns);
-                                steady = false;
+                n_acked += 1;
+                n_bytes += u64::from(meta.bytes);
+                let latency_ns = now_ns.saturating_sub(meta.origin_ns);
+                if in_window || sh.progress {
+                    let s = guard.get_or_insert_with(|| stats.lock().expect("stats lock"));
+                    if sh.progress {
+                        s.ack_1s.record_ns(latency_ns);
+                    }
+                    if in_window {
+                        s.ack.record_ns(latency_ns);
+                        s.acked += 1;
+                        s.bytes += u64::from(meta.bytes);
+                        if !sh.changes.is_empty() {
+                            let mut steady = true;
+                            for (c, h) in sh.changes.iter().zip(s.ack_changes.iter_mut()) {
+                                if c.contains(meta.origin_ns) {
+                                    h.record_ns(latency_ns);
+                                    steady = false;
+                                }
                             }
-                        }
-                        if steady {
-                            s.ack_steady.record_ns(latency_ns);
+                            if steady {
+                                s.ack_steady.record_ns(latency_ns);
+                            }
                         }
                     }
                 }
             }
-        }
-        Err(e) if e.code() == Some(ErrorCode::Throttled) => {
-            sh.live.throttled.fetch_add(1, Ordering::Relaxed);
-            sh.live
-                .last_throttled_ns
-                .fetch_max(now_ns, Ordering::Relaxed);
-            if in_window {
-                stats.lock().expect("stats lock").throttled += 1;
+            Err(e) if e.code() == Some(ErrorCode::Throttled) => {
+                n_throttled += 1;
+                if in_window {
+                    guard
+                        .get_or_insert_with(|| stats.lock().expect("stats lock"))
+                        .throttled += 1;
+                }
+            }
+            Err(e) => {
+                n_errors += 1;
+                guard
+                    .get_or_insert_with(|| stats.lock().expect("stats lock"))
+                    .error(&e);
             }
         }
-        Err(e) => {
-            sh.live.errors.fetch_add(1, Ordering::Relaxed);
-            stats.lock().expect("stats lock").error(&e);
-        }
+    }
+    drop(guard);
+    let live = &sh.live;
+    if n_acked > 0 {
+        live.acked.fetch_add(n_acked, Ordering::Relaxed);
+        live.acked_bytes.fetch_add(n_bytes, Ordering::Relaxed);
+    }
+    if n_throttled > 0 {
+        live.throttled.fetch_add(n_throttled, Ordering::Relaxed);
+        live.last_throttled_ns.fetch_max(now_ns, Ordering::Relaxed);
+    }
+    if n_errors > 0 {
+        live.errors.fetch_add(n_errors, Ordering::Relaxed);
     }
 }
 

@@ -316,7 +316,8 @@ impl BatchBuilder {
                 len: key.len(),
             });
         }
-        if std::str::from_utf8(key).is_err() {
+        // (ASCII first: device keys almost always are, and the check is a few word loads.)
+        if !key.is_ascii() && std::str::from_utf8(key).is_err() {
             return Err(BatchError::KeyNotUtf8 { index });
         }
         if data_len > MAX_RECORD_DATA_BYTES_CEILING {

@@ -187,6 +187,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u32) {
 }
 
 /// Reads a LEB128 u32 at `*pos`, advancing it. `None` if truncated or longer than 5 bytes.
+#[inline]
 pub fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u32> {
     let mut v: u32 = 0;
     for i in 0..5 {
@@ -437,7 +438,7 @@ pub fn check_producer_batch_with(
                 len: record.key.len(),
             });
         }
-        if std::str::from_utf8(record.key).is_err() {
+        if !record.key.is_ascii() && std::str::from_utf8(record.key).is_err() {
             return Err(BatchError::KeyNotUtf8 { index });
         }
         if record.data.len() > rules.max_record_data_bytes {
@@ -578,6 +579,7 @@ impl<'a> RecordIter<'a> {
         }
     }
 
+    #[inline(always)]
     fn next_record(&mut self) -> Result<RecordRef<'a>, BatchError> {
         let index = self.index;
         let buf = self.buf;
@@ -613,6 +615,7 @@ impl<'a> RecordIter<'a> {
     }
 }
 
+#[inline]
 fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize) -> Option<&'a [u8]> {
     let end = pos.checked_add(len)?;
     let out = buf.get(*pos..end)?;
@@ -623,6 +626,10 @@ fn take<'a>(buf: &'a [u8], pos: &mut usize, len: usize) -> Option<&'a [u8]> {
 impl<'a> Iterator for RecordIter<'a> {
     type Item = Result<RecordRef<'a>, BatchError>;
 
+    // (Inlined into the engine's checks, a record stays in registers. Returned through
+    // memory, its 16-byte tag was read back at once and stalled on the stores just made:
+    // two thirds of the batch check's samples under `max-100b`.)
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
             return None;

@@ -98,12 +98,38 @@ impl CachedKeyHasher {
 
     /// Index of the first slot of the key's set.
     fn set_of(&self, key: &[u8]) -> usize {
-        // FNV-1a, folded: cheap, and good enough to spread device ids over the sets.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in key {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        // Eight bytes at a time, multiplied and folded: a few cycles for a device id (byte
+        // by byte FNV-1a took longer than the cache line it chose), and good enough to
+        // spread keys over the sets (a poor spread costs hits, never a wrong hash).
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let word = |b: &[u8]| -> u64 {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let len = key.len();
+        let mut h = (len as u64).wrapping_mul(K);
+        if len <= 16 {
+            // The first and the last eight bytes (overlapping when shorter): all of it.
+            let (a, b) = if len >= 8 {
+                (word(&key[..8]), word(&key[len - 8..]))
+            } else {
+                (word(key), 0)
+            };
+            h = (h ^ a).wrapping_mul(K);
+            h = (h ^ b).wrapping_mul(K);
+        } else {
+            let mut chunks = key.chunks_exact(8);
+            for c in &mut chunks {
+                h = (h ^ word(c)).wrapping_mul(K);
+            }
+            h = (h ^ word(&key[len - 8..])).wrapping_mul(K);
         }
-        (((h ^ (h >> 32)) as usize) & self.mask) * 2
+        // (MurmurHash3's finalizer: every bit of the key reaches the low bits.)
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        ((h as usize) & self.mask) * 2
     }
 
     /// Where `key`'s set is, for a caller that prefetches the keys it comes to next.
@@ -193,6 +219,22 @@ mod tests {
         let long = "k".repeat(48);
         assert_eq!(cache.hash_key(long.as_bytes()), hash_key(long.as_bytes()));
         assert_eq!(cache.hash_key(b""), hash_key(b""));
+    }
+
+    #[test]
+    fn cached_hasher_spreads_device_ids_over_its_sets() {
+        // 10,000 device ids of a few shapes over 4,096 sets: no set gets much more than its
+        // share (a poor spread would evict keys that fit).
+        let cache = CachedKeyHasher::new(8192);
+        for shape in ["device-{}", "{}", "sensor/eu-west-1/{}/temp", "k{}"] {
+            let mut per_set = vec![0u32; 4096];
+            for i in 0..10_000 {
+                let key = shape.replace("{}", &i.to_string());
+                per_set[cache.set_of(key.as_bytes()) / 2] += 1;
+            }
+            let max = *per_set.iter().max().unwrap();
+            assert!(max <= 12, "{shape}: a set holds {max} of 10,000 keys");
+        }
     }
 
     #[test]

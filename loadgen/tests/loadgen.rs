@@ -236,9 +236,15 @@ fn a_consumer_group_reads_every_record_once() {
     assert!(groups.is_empty(), "{groups:?}");
 }
 
-#[test]
-fn closed_loop_put_records_run_verifies_clean() {
-    let env = Env::new();
+/// A closed-loop `put_records` run on 2 shards: every record sent is acknowledged once and
+/// reads back in key order. Returns the records acknowledged.
+fn closed_put_records_verifies_clean(
+    env: &Env,
+    stream: &str,
+    call_records: usize,
+    calls_in_flight: usize,
+    keys: u32,
+) -> u64 {
     let cfg = RunConfig {
         create_shards: Some(2),
         limits: LimitsArg::Off,
@@ -246,12 +252,13 @@ fn closed_loop_put_records_run_verifies_clean() {
         producers: 2,
         rate: 0.0,
         api: Api::PutRecords,
-        call_records: 300,
+        call_records,
+        calls_in_flight,
         size: SizeSpec::fixed(128),
-        keys: 1000,
+        keys,
         duration_s: 0.5,
         verify: true,
-        ..env.config("lg-closed")
+        ..env.config(stream)
     };
     let r = run_blocking(&cfg).expect("run succeeds");
     eprintln!("{}", r.summary_line());
@@ -259,10 +266,16 @@ fn closed_loop_put_records_run_verifies_clean() {
     assert_eq!(r.records_due, None, "closed loop has no schedule");
     assert_eq!((r.records_unsent, r.errors, r.records_throttled), (0, 0, 0));
     assert_eq!(r.records_acked, r.records_sent);
-    assert!(r.records_acked > 0);
     let v = r.verify.expect("verify ran");
     assert!(v.passed(), "{v:?}");
     assert_eq!(v.records_read, v.acked);
+    r.records_acked
+}
+
+#[test]
+fn closed_loop_put_records_run_verifies_clean() {
+    let env = Env::new();
+    assert!(closed_put_records_verifies_clean(&env, "lg-closed", 300, 1, 1000) > 0);
 }
 
 /// `--calls-in-flight 4`: each producer keeps four `put_records` calls out at once on its
@@ -271,31 +284,8 @@ fn closed_loop_put_records_run_verifies_clean() {
 #[test]
 fn pipelined_put_records_keep_key_order() {
     let env = Env::new();
-    let cfg = RunConfig {
-        create_shards: Some(2),
-        limits: LimitsArg::Off,
-        delete_after: true,
-        producers: 2,
-        rate: 0.0,
-        api: Api::PutRecords,
-        call_records: 50,
-        calls_in_flight: 4,
-        size: SizeSpec::fixed(128),
-        keys: 8,
-        duration_s: 0.5,
-        verify: true,
-        ..env.config("lg-pipelined")
-    };
-    assert!(cfg.command_line().contains("--calls-in-flight 4"));
-    let r = run_blocking(&cfg).expect("run succeeds");
-    eprintln!("{}", r.summary_line());
-    assert_eq!(r.failure(), None, "{}", r.summary_line());
-    assert_eq!((r.records_unsent, r.errors, r.records_throttled), (0, 0, 0));
-    assert_eq!(r.records_acked, r.records_sent);
-    assert!(r.records_acked > 1000, "{}", r.summary_line());
-    let v = r.verify.expect("verify ran");
-    assert!(v.passed(), "{v:?}");
-    assert_eq!(v.records_read, v.acked);
+    let acked = closed_put_records_verifies_clean(&env, "lg-pipelined", 50, 4, 8);
+    assert!(acked > 1000, "{acked} records acknowledged");
 }
 
 /// `--api producer-callback`: `Producer::send_with`, each record settled by its callback,

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# lgprof.sh OUT ARGS...: engine on CPU 0, loadgen (ARGS) on CPU 1, perf of the loadgen for 8 s after 5 s
+out=/work/prof/$1; shift
+cd /work/main; t=target/release; bin=${BIN:-$t/spate}; lgbin=${LG:-$t/spate-loadgen}
+data=$(mktemp -d /work/spate-one.XXXXXX)
+RUST_LOG=info taskset -c 0 $bin serve --data-dir $data --cores 0 --listen 127.0.0.1:7631 --metrics-listen 127.0.0.1:0 >$out.log 2>&1 &
+pid=$!
+for i in $(seq 100); do grep -q "listening" $out.log 2>/dev/null && break; sleep 0.1; done
+taskset -c 1 $lgbin --server 127.0.0.1:7631 --stream s --engine-pid $pid --cores 1 -q "$@" > $out.txt 2>&1 &
+lg=$!
+sleep 5; [[ -z ${NOPERF:-} ]] && perf record -F ${FREQ:-1999} ${CG:-} -p $lg -o $out.perf.data -- sleep 8 >/dev/null 2>&1
+wait $lg; kill $pid; wait $pid; rm -rf $data
+grep -E '^  per second|^  used' $out.txt

@@ -266,6 +266,8 @@ pub fn decode(data: &[u8]) -> Result<Header, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn hex8_writes_every_value_as_put_hex_does() {
         let mut rng = Rng::new(7);
@@ -278,8 +280,6 @@ mod tests {
             assert_eq!(get_hex(&hex8(v)), Some(u64::from(v)));
         }
     }
-
-    use super::*;
 
     #[test]
     fn records_round_trip_at_every_size() {

@@ -435,32 +435,46 @@ impl Client {
         // records go again, in their order, to the shards that own their keys now (every
         // record of a key before it in the closed shard is acknowledged by then).
         for round in 0..MAX_RESHARD_ROUNDS {
-            let mut groups: Vec<(Vec<usize>, Vec<Entry>)> =
-                vec![(Vec::new(), Vec::new()); map.routes().len()];
+            // Each record's shard, then the records grouped by shard in input order: sorted
+            // (shard, position) pairs, not a vector per open shard. A stream of 10,000
+            // shards made a call allocate and zero a slot for each of them, and grow two
+            // vectors for every shard it touched (a third of the client's CPU in
+            // `many-shards`).
+            let mut keyed: Vec<u64> = Vec::with_capacity(pending.len());
+            let mut routed: Vec<(usize, Option<Entry>)> = Vec::with_capacity(pending.len());
             for (i, entry) in pending.drain(..) {
                 // An invalid record is routed too: it fails in its place in its shard's chain.
                 let hash = entry
                     .explicit_hash_key
                     .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
-                let routed = map.index_for_hash(hash).ok_or_else(|| {
-                    ClientError::protocol("no open shard covers the record's hash key")
-                });
-                match routed {
-                    Ok(shard) => {
-                        groups[shard].0.push(i);
-                        groups[shard].1.push(entry);
+                match map.index_for_hash(hash) {
+                    Some(shard) => {
+                        keyed.push((shard as u64) << 32 | routed.len() as u64);
+                        routed.push((i, Some(entry)));
                     }
-                    Err(e) => results[i] = Some(Err(e)),
+                    None => {
+                        results[i] = Some(Err(ClientError::protocol(
+                            "no open shard covers the record's hash key",
+                        )))
+                    }
                 }
             }
-            let mut chains: Vec<Chain> = groups
-                .into_iter()
-                .enumerate()
-                .filter(|(_, (indices, _))| !indices.is_empty())
-                .map(|(shard, (indices, entries))| {
-                    Chain::new(&map, map.routes()[shard], indices, entries)
-                })
-                .collect();
+            keyed.sort_unstable();
+            let mut chains: Vec<Chain> = Vec::new();
+            let mut at = 0;
+            while at < keyed.len() {
+                let shard = (keyed[at] >> 32) as usize;
+                let run = keyed[at..].partition_point(|k| (k >> 32) as usize == shard);
+                let mut indices = Vec::with_capacity(run);
+                let mut entries = Vec::with_capacity(run);
+                for k in &keyed[at..at + run] {
+                    let (i, entry) = &mut routed[(k & 0xffff_ffff) as usize];
+                    indices.push(*i);
+                    entries.push(entry.take().expect("each record is taken once"));
+                }
+                chains.push(Chain::new(&map, map.routes()[shard], indices, entries));
+                at += run;
+            }
             put_chains(self, stream, &map, &mut chains, MAX_BATCH_BYTES).await;
             let mut version = 0;
             let last = round + 1 == MAX_RESHARD_ROUNDS;

@@ -30,6 +30,9 @@ pub struct ShardMap {
     /// The shard-map version described (raised by every split, merge and scale).
     pub map_version: u64,
     routes: Vec<ShardRoute>,
+    /// `routes`' range starts alone, for the search by hash key (a tenth of the client's
+    /// CPU at 10,000 shards when it walked the 48-byte routes).
+    starts: Vec<u128>,
     /// Every described shard (open or closed) and its core, by shard id.
     cores: Vec<(u32, u16)>,
 }
@@ -51,12 +54,14 @@ impl ShardMap {
         routes.sort_by_key(|r| r.hash_key_start);
         let mut cores: Vec<(u32, u16)> = d.shards.iter().map(|s| (s.id, s.core)).collect();
         cores.sort_unstable();
+        let starts = routes.iter().map(|r| r.hash_key_start).collect();
         ShardMap {
             stream: d.name.to_string(),
             stream_id: d.stream_id,
             max_record_data_bytes: d.max_record_data_bytes,
             map_version: d.map_version,
             routes,
+            starts,
             cores,
         }
     }
@@ -76,7 +81,7 @@ impl ShardMap {
     /// `None` only if the open shards do not cover the whole key space (never for a stream
     /// described by a healthy server).
     pub fn index_for_hash(&self, hash: u128) -> Option<usize> {
-        let after = self.routes.partition_point(|r| r.hash_key_start <= hash);
+        let after = self.starts.partition_point(|&start| start <= hash);
         let i = after.checked_sub(1)?;
         (hash <= self.routes[i].hash_key_end).then_some(i)
     }

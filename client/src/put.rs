@@ -438,8 +438,8 @@ impl Client {
             // Each record's shard, then the records grouped by shard in input order: sorted
             // (shard, position) pairs, not a vector per open shard. A stream of 10,000
             // shards made a call allocate and zero a slot for each of them, and grow two
-            // vectors for every shard it touched (a third of the client's CPU in
-            // `many-shards`).
+            // vectors for every shard it touched (allocations were 29 % of the load
+            // generator's CPU in `many-shards`).
             let mut keyed: Vec<u64> = Vec::with_capacity(pending.len());
             let mut routed: Vec<(usize, Option<Entry>)> = Vec::with_capacity(pending.len());
             for (i, entry) in pending.drain(..) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sd2.sh OUT N:CIF...: shard-density steps against one fresh engine (N shards, CIF calls in flight per producer); the first step FIRST s long
+# sd2.sh OUT N:CIF...: session 03j's sd.sh with a calls-in-flight count per step (N shards, CIF calls in flight per producer) against one fresh engine; the first step FIRST s long
 out=/work/prof/$1; shift
 cd /work/main; t=target/release; bin=${BIN:-$t/spate}
 data=$(mktemp -d /work/spate-one.XXXXXX)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreConfig;
+use crate::store::{RoundSync, StoreConfig};
 
 /// The configuration `spate serve` runs with when given no `--config`.
 pub const DEFAULT_CONFIG_TOML: &str = r#"
@@ -31,6 +31,7 @@ index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 round_bytes_max = 8388608           # bytes one group-commit round takes while the last one writes
 round_rate_max = 1000               # group-commit rounds (write + fdatasync) per second per core at most, on average (0: back to back, as fast as syncs finish); see tuning/README.md
+round_sync = "fdatasync"            # how a round becomes durable: "fdatasync" (write, then fdatasync each file written) or "dsync" (O_DSYNC writes, durable as they complete); see tuning/README.md
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
@@ -102,6 +103,7 @@ pub struct EngineConfig {
     pub read_chunk_bytes: usize,
     pub round_bytes_max: usize,
     pub round_rate_max: u32,
+    pub round_sync: RoundSync,
     pub background_shares: usize,
     pub retention_check_interval_ms: u64,
     pub verify_hash_keys: bool,
@@ -193,6 +195,7 @@ impl Default for EngineConfig {
             read_chunk_bytes: 256 << 10,
             round_bytes_max: 8 << 20,
             round_rate_max: 1000,
+            round_sync: RoundSync::Fdatasync,
             background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
@@ -293,17 +296,23 @@ impl EngineConfig {
             read_chunk_bytes: self.read_chunk_bytes,
             round_bytes_max: self.round_bytes_max,
             round_rate_max: self.round_rate_max,
+            round_sync: self.round_sync,
             write_chunk_bytes_max: self.write_chunk_bytes_max,
         }
     }
 
     /// Descriptors `cores` cores may hold open: every allowed connection and listener, and
-    /// per store its journal ring, a volume per `volume_bytes` of a few GiB of data, the
-    /// manifest and some headroom for transient files.
+    /// per store its journal ring, a volume per `volume_bytes` of a few GiB of data (each
+    /// data file twice with O_DSYNC rounds), the manifest and some headroom for transient
+    /// files.
     pub fn open_files_needed(&self, cores: usize) -> u64 {
         let cores = cores as u64;
         let connections = (self.max_connections_per_core as u64 + 2) * cores;
-        let per_store = u64::from(self.journal_files) + 64;
+        let data_files = u64::from(self.journal_files) + 56;
+        let per_store = match self.round_sync {
+            RoundSync::Fdatasync => data_files + 8,
+            RoundSync::Dsync => 2 * data_files + 8,
+        };
         connections + per_store * cores + 64
     }
 
@@ -444,6 +453,18 @@ mod tests {
                 assert!(e.contains("round_rate_max = 5"), "{e}");
             }
         }
+    }
+
+    #[test]
+    fn round_sync_is_fdatasync_or_dsync() {
+        let default = EngineConfig::from_toml("").unwrap();
+        assert_eq!(default.round_sync, RoundSync::Fdatasync);
+        assert_eq!(default.store_config(0).round_sync, RoundSync::Fdatasync);
+        let c = EngineConfig::from_toml("round_sync = \"dsync\"").unwrap();
+        assert_eq!(c.store_config(3).round_sync, RoundSync::Dsync);
+        assert!(c.open_files_needed(1) > default.open_files_needed(1));
+        let e = EngineConfig::from_toml("round_sync = \"fsync\"").unwrap_err();
+        assert!(e.contains("fdatasync") && e.contains("dsync"), "{e}");
     }
 
     #[test]

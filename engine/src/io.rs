@@ -48,6 +48,9 @@ pub trait SegFile {
     async fn write_at(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize>;
     /// Reads up to `len` bytes at `pos` (any alignment); short at end of file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+    /// As [`SegFile::write_at`], and the bytes it wrote are durable when it returns `Ok`
+    /// (an O_DSYNC write). Other writes to the file are not made durable by it.
+    async fn write_at_durable(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize>;
     /// Makes every completed write durable.
     async fn fdatasync(&self) -> io::Result<()>;
     /// The file's size in bytes.
@@ -107,9 +110,13 @@ pub struct DmaStorage {
     allocator: glommio::io::DmaFile,
 }
 
-/// A data file opened with O_DIRECT on the current core's io_uring.
+/// A data file opened with O_DIRECT on the current core's io_uring; opened a second time
+/// with O_DSYNC at its first durable write (`round_sync = "dsync"`), so a store that
+/// never makes one holds one descriptor per file.
 pub struct DmaSegFile {
     file: glommio::io::DmaFile,
+    path: PathBuf,
+    dsync: std::cell::RefCell<Option<Rc<glommio::io::DmaFile>>>,
 }
 
 impl IoBuf for glommio::io::DmaBuffer {
@@ -148,6 +155,26 @@ impl SegFile for DmaSegFile {
             .await
             .map(DmaRead)
             .map_err(glommio_err)
+    }
+
+    async fn write_at_durable(&self, buf: Rc<Self::Buf>, pos: u64) -> io::Result<usize> {
+        let opened = self.dsync.borrow().clone();
+        let dsync = match opened {
+            Some(f) => f,
+            None => {
+                let f = Rc::new(
+                    glommio::io::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_DSYNC)
+                        .dma_open(&self.path)
+                        .await
+                        .map_err(glommio_err)?,
+                );
+                // Two first writes may race to open it: keep the first, drop the other.
+                self.dsync.borrow_mut().get_or_insert(f).clone()
+            }
+        };
+        dsync.write_rc_at(buf, pos).await.map_err(glommio_err)
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
@@ -189,7 +216,11 @@ impl Storage for DmaStorage {
             .dma_open(path)
             .await
             .map_err(glommio_err)?;
-        Ok(DmaSegFile { file })
+        Ok(DmaSegFile {
+            file,
+            path: path.to_path_buf(),
+            dsync: std::cell::RefCell::new(None),
+        })
     }
 
     async fn create_zeroed(&self, path: &Path, len: u64) -> io::Result<()> {

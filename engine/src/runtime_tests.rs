@@ -21,6 +21,7 @@ use crate::runtime::{
     call, ControlOp, Core, CoreMsg, IteratorPosition, ReadRequest, ShardIdent, ShardSpecMsg,
 };
 use crate::sim::{SimRng, SimStorage};
+use crate::store::RoundSync;
 
 const DATA: &str = "/data";
 
@@ -43,6 +44,15 @@ fn cfg() -> EngineConfig {
         segment_age_max_ms: 1000,
         direct_write_bytes_min: 32 << 10,
         ..EngineConfig::default()
+    }
+}
+
+/// Odd seeds run O_DSYNC rounds, even ones write-then-fdatasync rounds.
+fn round_sync_of(seed: u64) -> RoundSync {
+    if seed % 2 == 1 {
+        RoundSync::Dsync
+    } else {
+        RoundSync::Fdatasync
     }
 }
 
@@ -71,7 +81,8 @@ impl Running {
 /// Starts a single core on the simulated disk (catalog and stores recovered from it) with
 /// its message loop running, as `run_core` does on a real one, and its background work
 /// driven by a task of ours.
-async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
+/// `sync`: how the store's rounds become durable (the seeds alternate between both).
+async fn start(storage: &Rc<SimStorage>, clock: &ManualClock, sync: RoundSync) -> Running {
     let bytes = storage
         .read_small(&Path::new(DATA).join("catalog.bin"))
         .await
@@ -89,7 +100,10 @@ async fn start(storage: &Rc<SimStorage>, clock: &ManualClock) -> Running {
         Core::open(
             0,
             1,
-            cfg(),
+            EngineConfig {
+                round_sync: sync,
+                ..cfg()
+            },
             clock,
             storage.clone(),
             vec![tx],
@@ -197,7 +211,8 @@ async fn run_seed(seed: u64) {
     storage.sync_dir(Path::new("/")).await.unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0xc0);
-    let mut running = start(&storage, &clock).await;
+    let sync = round_sync_of(seed);
+    let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     let shards = 1 + rng.below(8) as u32;
     let create = |name: &str, limits: Limits| ControlOp::CreateStream {
@@ -287,7 +302,7 @@ async fn run_seed(seed: u64) {
                 drop(core);
                 drop(running.stop().await);
                 storage.crash();
-                running = start(&storage, &clock).await;
+                running = start(&storage, &clock, sync).await;
                 core = running.core.clone();
                 let peer = core.peers[0].clone();
                 let snapshot = call(&peer, |reply| CoreMsg::Control {
@@ -388,7 +403,7 @@ fn control_operations_show_kinesis_statuses_while_they_run() {
             storage.create_dir_all(Path::new(DATA)).await.unwrap();
             storage.sync_dir(Path::new("/")).await.unwrap();
             let clock = ManualClock::new(1_700_000_000_000);
-            let running = start(&storage, &clock).await;
+            let running = start(&storage, &clock, RoundSync::Fdatasync).await;
             let core = running.core.clone();
             // Runs `op` to its end, noting every status "s" shows on the way.
             let observe = |op: ControlOp| {
@@ -592,7 +607,8 @@ async fn run_reshard_seed(seed: u64) {
     storage.sync_dir(Path::new("/")).await.unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0x7e);
-    let mut running = start(&storage, &clock).await;
+    let sync = round_sync_of(seed);
+    let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     call(&core.peers[0].clone(), |reply| CoreMsg::Control {
         op: ControlOp::CreateStream {
@@ -719,7 +735,7 @@ async fn run_reshard_seed(seed: u64) {
                 drop(running.stop().await);
                 storage.crash();
                 clock.advance(1000);
-                running = start(&storage, &clock).await;
+                running = start(&storage, &clock, sync).await;
                 core = running.core.clone();
                 check_lineage(&core, seed, step, &acked).await;
             }

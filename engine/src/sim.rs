@@ -111,6 +111,8 @@ struct Disk {
 pub struct SimStats {
     pub writes: u64,
     pub syncs: u64,
+    /// O_DSYNC writes (also counted in `writes`).
+    pub dsync_writes: u64,
     pub dir_syncs: u64,
     pub injected_faults: u64,
     pub bytes_written: u64,
@@ -367,14 +369,11 @@ fn eio(what: &str) -> io::Error {
     io::Error::other(format!("injected I/O error on {what}"))
 }
 
-impl SegFile for SimFile {
-    type Buf = SimBuf;
-    type ReadBuf = Vec<u8>;
-
-    async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
-        yield_once().await;
+impl SimFile {
+    /// The write itself, at once (the caller has yielded as a device would).
+    fn write_now(&self, buf: &SimBuf, pos: u64) -> io::Result<usize> {
         let mut disk = self.disk.borrow_mut();
-        let bytes = buf.as_ref().as_ref();
+        let bytes: &[u8] = buf.as_ref();
         assert_eq!(
             pos % BLOCK_BYTES as u64,
             0,
@@ -413,6 +412,56 @@ impl SegFile for SimFile {
         inode.pending.push((pos, bytes[..len].to_vec()));
         Ok(len)
     }
+}
+
+impl SegFile for SimFile {
+    type Buf = SimBuf;
+    type ReadBuf = Vec<u8>;
+
+    async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
+        yield_once().await;
+        self.write_now(&buf, pos)
+    }
+
+    async fn write_at_durable(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
+        yield_once().await;
+        let len = self.write_now(&buf, pos)?;
+        // The O_DSYNC half: the device flush may fail like an fdatasync, after the bytes
+        // reached the page cache (their fate is then unknown: left pending, a crash decides).
+        let mut disk = self.disk.borrow_mut();
+        disk.stats.dsync_writes += 1;
+        let faults = disk.faults;
+        if disk.rng.chance_ppm(faults.sync_error_ppm) {
+            disk.stats.injected_faults += 1;
+            return Err(eio("O_DSYNC write"));
+        }
+        let inode = disk
+            .inodes
+            .get_mut(&self.inode)
+            .ok_or_else(|| eio("stale handle"))?;
+        // Exactly this write's bytes become durable. Earlier unsynced writes stay pending
+        // (nothing says the flush covered them), less the bytes this write replaced: a crash
+        // must not bring those older bytes back over durable ones.
+        let (from, to) = (pos as usize, pos as usize + len);
+        let (_, bytes) = inode.pending.pop().expect("the write just made");
+        let mut rest = Vec::with_capacity(inode.pending.len());
+        for (p, b) in inode.pending.drain(..) {
+            let end = p + b.len();
+            if end <= from || p >= to {
+                rest.push((p, b));
+                continue;
+            }
+            if p < from {
+                rest.push((p, b[..from - p].to_vec()));
+            }
+            if end > to {
+                rest.push((to, b[to - p..].to_vec()));
+            }
+        }
+        inode.pending = rest;
+        inode.durable[from..to].copy_from_slice(&bytes);
+        Ok(len)
+    }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
         let disk = self.disk.borrow();
@@ -424,7 +473,6 @@ impl SegFile for SimFile {
         let end = start.saturating_add(len).min(inode.current.len());
         Ok(inode.current[start..end].to_vec())
     }
-
     async fn fdatasync(&self) -> io::Result<()> {
         yield_once().await;
         let mut disk = self.disk.borrow_mut();
@@ -726,5 +774,45 @@ mod tests {
         let c = s.file_contents(Path::new("/f")).unwrap();
         assert!(c[..4096].iter().all(|&b| b == 1));
         assert!(c[4096..].iter().all(|&b| b == 0 || b == 2));
+    }
+
+    /// An O_DSYNC write's bytes survive every crash; an earlier unsynced write beside it
+    /// may not (the write does not claim it), and one it overwrote never comes back.
+    #[test]
+    fn a_dsync_write_is_durable_alone_and_is_never_undone_by_older_writes() {
+        let mut kept_beside = [false; 2];
+        for seed in 0..64 {
+            let s = SimStorage::new(seed);
+            let f = block_on(async {
+                s.create_zeroed(Path::new("/f"), 16384).await.unwrap();
+                s.sync_dir(Path::new("/")).await.unwrap();
+                let f = s.open(Path::new("/f")).await.unwrap();
+                let fill = |v: u8, n: usize| {
+                    let mut b = s.alloc_buf(n);
+                    b.as_mut().fill(v);
+                    Rc::new(b)
+                };
+                // Unsynced: 8 KiB of 1s, then 4 KiB of 3s beside it.
+                f.write_at(fill(1, 8192), 0).await.unwrap();
+                f.write_at(fill(3, 4096), 12288).await.unwrap();
+                // Durable: 2s over the second half of the 1s.
+                f.write_at_durable(fill(2, 4096), 4096).await.unwrap();
+                f
+            });
+            drop(f);
+            assert_eq!((s.stats().writes, s.stats().dsync_writes), (3, 1));
+            s.crash();
+            let c = s.file_contents(Path::new("/f")).unwrap();
+            assert!(c[..4096].iter().all(|&b| b == 0 || b == 1), "seed {seed}");
+            assert!(c[4096..8192].iter().all(|&b| b == 2), "seed {seed}");
+            assert!(c[8192..12288].iter().all(|&b| b == 0), "seed {seed}");
+            assert!(c[12288..].iter().all(|&b| b == 0 || b == 3), "seed {seed}");
+            kept_beside[usize::from(c[12288] == 3)] = true;
+        }
+        assert_eq!(
+            kept_beside,
+            [true, true],
+            "a crash may keep or lose the unsynced write"
+        );
     }
 }

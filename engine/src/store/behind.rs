@@ -292,7 +292,7 @@ impl<S: Storage> Store<S> {
                     Rc::new(b)
                 };
                 let file = file.clone();
-                async move { write_fully(storage, &*file, zeros, p).await }
+                async move { write_fully(storage, &*file, zeros, p, false).await }
             });
             let result = join_all(writes)
                 .await
@@ -652,7 +652,7 @@ impl<S: Storage> Store<S> {
         let mut bytes = 0u64;
         for (eid, from, to, file, buf, pos) in jobs {
             bytes += buf.as_ref().as_ref().len() as u64;
-            if let Err(e) = write_fully(storage, &*file, buf, pos).await {
+            if let Err(e) = write_fully(storage, &*file, buf, pos, false).await {
                 result = Err(e);
                 break;
             }
@@ -794,6 +794,7 @@ impl<S: Storage> Store<S> {
                     &*file,
                     zeros.clone(),
                     base + done + i * chunk,
+                    false,
                 )
             });
             let mut result = join_all(writes)

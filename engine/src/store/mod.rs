@@ -114,8 +114,27 @@ pub struct StoreConfig {
     /// Rounds per second at most, on average (a token bucket holding `ROUND_BURST`
     /// rounds); 0: a round starts as soon as the one before it is syncing. See `pace`.
     pub round_rate_max: u32,
+    /// How a round becomes durable: its writes, then an fdatasync of each file written, or
+    /// O_DSYNC writes that are each durable when they complete. See `RoundSync`.
+    pub round_sync: RoundSync,
     /// Largest staging or journal buffer.
     pub write_chunk_bytes_max: usize,
+}
+
+/// How a group-commit round is made durable. Either way a round is acknowledged only once
+/// every byte it wrote is durable in the file that holds it (POSIX: an fdatasync of that
+/// file after the write, or an O_DSYNC write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundSync {
+    /// Write the round's pieces, then fdatasync the journal file and each volume written in
+    /// place (the next round is written while this one syncs).
+    #[default]
+    Fdatasync,
+    /// Write every piece with O_DSYNC: each write returns once its bytes are durable, with
+    /// no separate flush call (no io_uring worker thread per fdatasync). The next round is
+    /// written once this one's writes complete, i.e. once it is durable.
+    Dsync,
 }
 
 impl StoreConfig {
@@ -522,6 +541,9 @@ pub struct Store<S: Storage> {
     changed: Notify,
     /// A round completed: appenders of sealed rounds wait here.
     round_done: Notify,
+    /// A piece reached its extent, or a round failed: an O_DSYNC round's piece that shares
+    /// a block with one the round before is still writing waits here.
+    piece_done: Notify,
     /// Wakes the background task.
     work: Notify,
 }
@@ -755,7 +777,7 @@ impl<S: Storage> Store<S> {
         }
         let log = st.shards.get(&key).ok_or(StoreError::UnknownShard(key))?;
         let len = log.stored_len(len);
-        let round_full = st.writing && st.open.batch_bytes >= self.cfg.round_bytes_max;
+        let round_full = self.round_busy(&st) && st.open.batch_bytes >= self.cfg.round_bytes_max;
         let memory_full =
             st.pending_bytes + len > self.cfg.memory_bytes_max && st.pending_bytes > 0;
         let padded = align_up((st.open.len + entry_len(len) + ENTRY_SLACK_BYTES) as u64);
@@ -1155,7 +1177,13 @@ impl<S: Storage> Store<S> {
                 // At most one round waits for its sync turn: a new round is sealed only once
                 // the one before it is syncing. At low load this merges what would be many
                 // tiny rounds (each paying a device flush) into fewer, fuller ones.
-                !st.writing && st.open_id == round_id && st.sync_started_id + 1 >= round_id
+                let turn = match self.cfg.round_sync {
+                    RoundSync::Fdatasync => st.sync_started_id + 1 >= round_id,
+                    // At most two O_DSYNC rounds in flight: this one starts once the one
+                    // before the last is durable.
+                    RoundSync::Dsync => st.synced_id + 2 >= round_id,
+                };
+                !st.writing && st.open_id == round_id && turn
             };
             if lead {
                 if self.st.borrow().pacing {
@@ -1212,6 +1240,13 @@ impl<S: Storage> Store<S> {
             .then(|| std::time::Duration::from_secs_f64((1.0 - st.round_tokens) / rate))
     }
 
+    /// Whether the open round cannot be sealed now (so it takes at most `round_bytes_max`):
+    /// a round is being written (fdatasync rounds) or sealed, or two O_DSYNC rounds are in
+    /// flight.
+    fn round_busy(&self, st: &State<S>) -> bool {
+        st.writing || (self.cfg.round_sync == RoundSync::Dsync && st.open_id > st.synced_id + 2)
+    }
+
     /// Makes everything staged so far durable (shutdown, tests, the checkpoint).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let round_id = {
@@ -1234,6 +1269,16 @@ impl<S: Storage> Store<S> {
     /// round `n` wrote (a shard's partial last block), with the same bytes for round `n`'s
     /// part, so a crash (even a torn block) leaves round `n`'s records intact. Syncs stay in
     /// order, so a write-back error is seen by the round it belongs to or an earlier one.
+    ///
+    /// O_DSYNC rounds (`RoundSync::Dsync`) have no sync phase: the writes are the flushes.
+    /// Round `n + 1` is sealed and written while round `n`'s writes are in flight (at most
+    /// two rounds at once), except that a piece sharing a block with a piece of the same
+    /// shard that round `n` is still writing waits for it (`earlier_pieces_written`), so
+    /// the newer bytes of a block always land last. Rounds complete in order, and a round
+    /// after a failed one fails too (the store is poisoned), so no acknowledgement
+    /// depends on a round that is not durable. A crash may leave round `n + 1` durable and
+    /// round `n` not; recovery then stops at round `n` as it would for any torn round, and
+    /// nothing of round `n + 1` was acknowledged.
     async fn flush_round(&self) {
         // Claim the write phase, then let every task that is already runnable (appenders
         // woken by the last round) stage before the round is sealed.
@@ -1248,6 +1293,12 @@ impl<S: Storage> Store<S> {
             return;
         };
         let started = std::time::Instant::now();
+        let dsync = self.cfg.round_sync == RoundSync::Dsync;
+        if dsync {
+            // Sealed: the next round may lead now (`wait_round`).
+            self.st.borrow_mut().writing = false;
+            self.changed.notify_all();
+        }
         let already_failed = self.st.borrow().poisoned.is_some();
         let mut result = if already_failed {
             Err(StoreError::Poisoned("an earlier round failed".into()))
@@ -1255,8 +1306,10 @@ impl<S: Storage> Store<S> {
             self.write_round(&sealed).await
         };
         let write_us = started.elapsed().as_micros() as u64;
-        self.st.borrow_mut().writing = false;
-        self.changed.notify_all();
+        if !dsync {
+            self.st.borrow_mut().writing = false;
+            self.changed.notify_all();
+        }
         while self.st.borrow().synced_id + 1 < sealed.id {
             self.changed.wait().await;
         }
@@ -1269,7 +1322,8 @@ impl<S: Storage> Store<S> {
         }
         let sync_started = std::time::Instant::now();
         let mut syncs = 0;
-        if result.is_ok() {
+        // O_DSYNC rounds are durable once written: nothing to flush.
+        if result.is_ok() && !dsync {
             let mut files: Vec<Rc<S::File>> = vec![sealed.journal_file.clone()];
             {
                 let st = self.st.borrow();
@@ -1286,7 +1340,17 @@ impl<S: Storage> Store<S> {
                 }
             }
         }
-        let sync_us = sync_started.elapsed().as_micros() as u64;
+        let mut sync_us = sync_started.elapsed().as_micros() as u64;
+        let mut write_us = write_us;
+        if dsync {
+            // The writes were the flushes: count them as such (`round_syncs`,
+            // `flush_latency`, `flush_seconds`).
+            syncs = (sealed.journal_writes.len()
+                + sealed.direct.iter().map(|j| j.writes.len()).sum::<usize>())
+                as u64;
+            sync_us = write_us;
+            write_us = 0;
+        }
         if write_us + sync_us >= SLOW_ROUND_US {
             // Where an acknowledgement tail comes from (RUST_LOG=spate_engine=debug): the
             // round's own size, and whether a checkpoint was writing beside it.
@@ -1487,10 +1551,11 @@ impl<S: Storage> Store<S> {
     /// order (a padded piece shares its last block with the next), shards concurrently.
     async fn write_round(&self, r: &SealedRound<S>) -> Result<(), StoreError> {
         let storage = &*self.storage;
+        let durable = self.cfg.round_sync == RoundSync::Dsync;
         let journal = join_all(
             r.journal_writes
                 .iter()
-                .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos)),
+                .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable)),
         );
         // A shard's pieces go to the disk at once, except that a piece sharing a block with
         // the one before it (a padded piece is rewritten by its successor) waits for it: so
@@ -1510,10 +1575,12 @@ impl<S: Storage> Store<S> {
                     end += 1;
                 }
                 let wave = &job.writes[start..end];
-                let done = join_all(
-                    wave.iter()
-                        .map(|(_, _, _, w)| write_fully(storage, &*w.file, w.buf.clone(), w.pos)),
-                )
+                if durable {
+                    self.earlier_pieces_written(job, wave).await?;
+                }
+                let done = join_all(wave.iter().map(|(_, _, _, w)| {
+                    write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable)
+                }))
                 .await;
                 for ((eid, from, to, _), result) in wave.iter().zip(done) {
                     result?;
@@ -1530,6 +1597,46 @@ impl<S: Storage> Store<S> {
         Ok(())
     }
 
+    /// Waits until no piece of `job`'s shard that an earlier O_DSYNC round is still writing
+    /// shares a block with a piece of `wave` (that round's write could otherwise land after
+    /// this one and undo the newer bytes of the block). Pieces of `job` itself are ordered
+    /// by its waves.
+    async fn earlier_pieces_written(
+        &self,
+        job: &DirectJob<S::File, S::Buf>,
+        wave: &[(ExtentId, u64, u64, WriteJob<S::File, S::Buf>)],
+    ) -> Result<(), StoreError> {
+        loop {
+            {
+                let st = self.st.borrow();
+                poisoned(&st)?;
+                let Some(log) = st.shards.get(&job.key) else {
+                    return Ok(());
+                };
+                let mine = |eid: ExtentId, from: u64, to: u64| {
+                    job.writes
+                        .iter()
+                        .any(|(e, f, t, _)| *e == eid && *f == from && *t == to)
+                };
+                let blocked = wave.iter().any(|(eid, from, to, _)| {
+                    log.extent(*eid).is_some_and(|e| {
+                        e.pieces.iter().any(|p| {
+                            let (pf, pt) = (p.pos, p.pos + p.len as u64);
+                            p.writing
+                                && align_down(pf) < align_up(*to)
+                                && align_down(*from) < align_up(pt)
+                                && !mine(*eid, pf, pt)
+                        })
+                    })
+                });
+                if !blocked {
+                    return Ok(());
+                }
+            }
+            self.piece_done.wait().await;
+        }
+    }
+
     /// A piece `[from, to)` of an extent reached its volume: drop it from memory.
     ///
     /// Its volume is marked for the next checkpoint's fdatasync, whoever wrote it (a
@@ -1541,6 +1648,7 @@ impl<S: Storage> Store<S> {
     /// checkpoint had claimed that tail and moved replay past its journal rounds, lost
     /// acknowledged records: found by the model check, seed 700819.)
     fn piece_written(&self, key: ShardKey, eid: ExtentId, from: u64, to: u64) {
+        self.piece_done.notify_all();
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
         st.dirty_volumes.insert(eid.volume());
@@ -1670,6 +1778,7 @@ impl<S: Storage> Store<S> {
                     tracing::error!(store = self.cfg.index, error = %e, "round failed; the store refuses writes until restart");
                     st.poisoned = Some(e.to_string());
                 }
+                self.piece_done.notify_all();
                 for c in &r.completions {
                     if let Some(log) = st.shards.get(&c.key) {
                         log.changed.notify_all();
@@ -2208,22 +2317,31 @@ fn prefetch_shards<B: IoBuf>(
     }
 }
 
-/// Writes a buffer completely. A short direct write is retried once for the remainder (the
-/// kernel may split large writes); a write that makes no progress is an error.
+/// Writes a buffer completely (`durable`: with O_DSYNC writes, so it is durable on return).
+/// A short direct write is retried once for the remainder (the kernel may split large
+/// writes); a write that makes no progress is an error.
 async fn write_fully<S: Storage>(
     storage: &S,
     file: &S::File,
     buf: Rc<S::Buf>,
     pos: u64,
+    durable: bool,
 ) -> Result<(), StoreError> {
     let total = buf.as_ref().as_ref().len();
-    let mut done = file.write_at(buf.clone(), pos).await?;
+    let write = |b: Rc<S::Buf>, at: u64| async move {
+        if durable {
+            file.write_at_durable(b, at).await
+        } else {
+            file.write_at(b, at).await
+        }
+    };
+    let mut done = write(buf.clone(), pos).await?;
     if done < total {
         let start = align_down(done as u64) as usize;
         let mut rest = storage.alloc_buf(total - start);
         rest.as_mut()
             .copy_from_slice(&buf.as_ref().as_ref()[start..]);
-        let n = file.write_at(Rc::new(rest), pos + start as u64).await?;
+        let n = write(Rc::new(rest), pos + start as u64).await?;
         done = start + n;
     }
     if done < total {

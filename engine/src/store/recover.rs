@@ -261,6 +261,7 @@ impl<S: Storage> Store<S> {
             }),
             changed: Notify::new(),
             round_done: Notify::new(),
+            piece_done: Notify::new(),
             work: Notify::new(),
         };
         store.replay(&manifest, &headers).await?;
@@ -388,7 +389,7 @@ impl<S: Storage> Store<S> {
                 .expect("file");
             let mut zero = self.storage.alloc_buf(BLOCK_BYTES);
             zero.as_mut().fill(0);
-            super::write_fully(&*self.storage, &*file, Rc::new(zero), 0).await?;
+            super::write_fully(&*self.storage, &*file, Rc::new(zero), 0, false).await?;
             file.fdatasync().await?;
             let mut st = self.st.borrow_mut();
             st.journal.slots[slot].content_seq = 0;

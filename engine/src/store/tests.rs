@@ -39,6 +39,7 @@ fn small_cfg() -> StoreConfig {
         read_chunk_bytes: 4 << 10,
         round_bytes_max: 24 << 10,
         round_rate_max: 0,
+        round_sync: RoundSync::Fdatasync,
         write_chunk_bytes_max: 16 << 10,
     }
 }
@@ -1304,6 +1305,13 @@ fn run_model(seed: u64) {
         Err(_) => seed % 4 != 3,
     };
     cfg.direct_write_bytes_min = [4 << 10, 12 << 10, 1 << 30][rng.below(3) as usize];
+    // Both ways a round can become durable (independent of the checkpoint's way).
+    cfg.round_sync = match std::env::var("SPATE_MODEL_ROUND_SYNC").as_deref() {
+        Ok("dsync") => RoundSync::Dsync,
+        Ok(_) => RoundSync::Fdatasync,
+        Err(_) if (seed / 4) % 2 == 1 => RoundSync::Dsync,
+        Err(_) => RoundSync::Fdatasync,
+    };
     if std::env::var("SPATE_MODEL_NO_PREWRITE").is_ok() {
         cfg.prewrite_bytes = 0;
     }

@@ -212,6 +212,10 @@ async fn run_seed(seed: u64) {
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0xc0);
     let sync = round_sync_of(seed);
+    if sync == RoundSync::Dsync {
+        // O_DSYNC rounds overlap: let writes complete out of order.
+        storage.set_io_jitter(2);
+    }
     let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     let shards = 1 + rng.below(8) as u32;
@@ -608,6 +612,10 @@ async fn run_reshard_seed(seed: u64) {
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0x7e);
     let sync = round_sync_of(seed);
+    if sync == RoundSync::Dsync {
+        // O_DSYNC rounds overlap: let writes complete out of order.
+        storage.set_io_jitter(2);
+    }
     let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     call(&core.peers[0].clone(), |reply| CoreMsg::Control {

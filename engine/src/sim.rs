@@ -103,6 +103,8 @@ struct Disk {
     next_inode: u64,
     rng: SimRng,
     faults: SimFaults,
+    /// Extra yields a write or flush may take (`SimStorage::set_io_jitter`).
+    io_jitter: u32,
     stats: SimStats,
 }
 
@@ -214,6 +216,7 @@ impl SimStorage {
                 next_inode: 1,
                 rng: SimRng::new(seed),
                 faults: SimFaults::default(),
+                io_jitter: 0,
                 stats: SimStats::default(),
             })),
         }
@@ -221,6 +224,12 @@ impl SimStorage {
 
     pub fn set_faults(&self, faults: SimFaults) {
         self.disk.borrow_mut().faults = faults;
+    }
+
+    /// From now on every file write and flush stays in flight for 1 to `extra + 1` yields
+    /// (seeded), instead of exactly one: completions come out of order (0: off).
+    pub fn set_io_jitter(&self, extra: u32) {
+        self.disk.borrow_mut().io_jitter = extra;
     }
 
     pub fn stats(&self) -> SimStats {
@@ -370,6 +379,23 @@ fn eio(what: &str) -> io::Error {
 }
 
 impl SimFile {
+    /// A write or flush in flight: one yield, or with `set_io_jitter(n)` one to `n + 1`
+    /// (seeded), so operations issued together may complete in any order.
+    async fn in_flight(&self) {
+        let yields = {
+            let mut disk = self.disk.borrow_mut();
+            let jitter = disk.io_jitter;
+            if jitter == 0 {
+                1
+            } else {
+                1 + disk.rng.below(u64::from(jitter) + 1)
+            }
+        };
+        for _ in 0..yields {
+            yield_once().await;
+        }
+    }
+
     /// The write itself, at once (the caller has yielded as a device would).
     fn write_now(&self, buf: &SimBuf, pos: u64) -> io::Result<usize> {
         let mut disk = self.disk.borrow_mut();
@@ -419,12 +445,12 @@ impl SegFile for SimFile {
     type ReadBuf = Vec<u8>;
 
     async fn write_at(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
-        yield_once().await;
+        self.in_flight().await;
         self.write_now(&buf, pos)
     }
 
     async fn write_at_durable(&self, buf: Rc<SimBuf>, pos: u64) -> io::Result<usize> {
-        yield_once().await;
+        self.in_flight().await;
         let len = self.write_now(&buf, pos)?;
         // The O_DSYNC half: the device flush may fail like an fdatasync, after the bytes
         // reached the page cache (their fate is then unknown: left pending, a crash decides).
@@ -474,7 +500,7 @@ impl SegFile for SimFile {
         Ok(inode.current[start..end].to_vec())
     }
     async fn fdatasync(&self) -> io::Result<()> {
-        yield_once().await;
+        self.in_flight().await;
         let mut disk = self.disk.borrow_mut();
         disk.stats.syncs += 1;
         let faults = disk.faults;

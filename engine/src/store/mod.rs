@@ -1597,10 +1597,10 @@ impl<S: Storage> Store<S> {
         Ok(())
     }
 
-    /// Waits until no piece of `job`'s shard that an earlier O_DSYNC round is still writing
-    /// shares a block with a piece of `wave` (that round's write could otherwise land after
-    /// this one and undo the newer bytes of the block). Pieces of `job` itself are ordered
-    /// by its waves.
+    /// Waits until no earlier piece of `job`'s shard that an earlier O_DSYNC round is still
+    /// writing shares a block with a piece of `wave` (that round's write could otherwise land
+    /// after this one and undo the newer bytes of the block). Pieces of `job` itself are
+    /// ordered by its waves; pieces of later rounds wait for this one.
     async fn earlier_pieces_written(
         &self,
         job: &DirectJob<S::File, S::Buf>,
@@ -1622,7 +1622,11 @@ impl<S: Storage> Store<S> {
                     log.extent(*eid).is_some_and(|e| {
                         e.pieces.iter().any(|p| {
                             let (pf, pt) = (p.pos, p.pos + p.len as u64);
+                            // Earlier: it ends before this one does (a later round's
+                            // piece shares this one's last block but ends after it, and
+                            // waits for it: waiting for it in turn would deadlock).
                             p.writing
+                                && pt < *to
                                 && align_down(pf) < align_up(*to)
                                 && align_down(*from) < align_up(pt)
                                 && !mine(*eid, pf, pt)

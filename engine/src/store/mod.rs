@@ -131,9 +131,10 @@ pub enum RoundSync {
     /// place (the next round is written while this one syncs).
     #[default]
     Fdatasync,
-    /// Write every piece with O_DSYNC: each write returns once its bytes are durable, with
-    /// no separate flush call (no io_uring worker thread per fdatasync). The next round is
-    /// written once this one's writes complete, i.e. once it is durable.
+    /// A file the round writes once (one producer's call, a small round's journal run) is
+    /// written with O_DSYNC: the write returns once its bytes are durable, with no separate
+    /// fdatasync (no io_uring worker thread and its wake-ups). A file written several times
+    /// is written plainly, then fdatasynced. Two rounds may be in flight at once.
     Dsync,
 }
 
@@ -445,6 +446,25 @@ struct SealedRound<S: Storage> {
     end_pos: manifest::JournalPos,
     journal_bytes: u64,
     direct_bytes: u64,
+}
+
+impl<S: Storage> SealedRound<S> {
+    /// Every file the round writes, with how many writes it gets.
+    fn writes_per_file(&self) -> Vec<(Rc<S::File>, usize)> {
+        let mut files: Vec<(Rc<S::File>, usize)> = Vec::new();
+        let writes = self.journal_writes.iter().chain(
+            self.direct
+                .iter()
+                .flat_map(|j| j.writes.iter().map(|(_, _, _, w)| w)),
+        );
+        for w in writes {
+            match files.iter_mut().find(|(f, _)| Rc::ptr_eq(f, &w.file)) {
+                Some((_, n)) => *n += 1,
+                None => files.push((w.file.clone(), 1)),
+            }
+        }
+        files
+    }
 }
 
 pub(crate) struct State<S: Storage> {
@@ -1270,9 +1290,10 @@ impl<S: Storage> Store<S> {
     /// part, so a crash (even a torn block) leaves round `n`'s records intact. Syncs stay in
     /// order, so a write-back error is seen by the round it belongs to or an earlier one.
     ///
-    /// O_DSYNC rounds (`RoundSync::Dsync`) have no sync phase: the writes are the flushes.
-    /// Round `n + 1` is sealed and written while round `n`'s writes are in flight (at most
-    /// two rounds at once), except that a piece sharing a block with a piece of the same
+    /// O_DSYNC rounds (`RoundSync::Dsync`): a file written once in the round is durable when
+    /// its write completes; the sync phase fdatasyncs only files written more than once,
+    /// still in order of rounds. Round `n + 1` is sealed and written while round `n`'s
+    /// writes are in flight (at most two rounds at once), except that a piece sharing a block with a piece of the same
     /// shard that round `n` is still writing waits for it (`earlier_pieces_written`), so
     /// the newer bytes of a block always land last. Rounds complete in order, and a round
     /// after a failed one fails too (the store is poisoned), so no acknowledgement
@@ -1322,18 +1343,33 @@ impl<S: Storage> Store<S> {
         }
         let sync_started = std::time::Instant::now();
         let mut syncs = 0;
-        // O_DSYNC rounds are durable once written: nothing to flush.
-        if result.is_ok() && !dsync {
-            let mut files: Vec<Rc<S::File>> = vec![sealed.journal_file.clone()];
-            {
+        if result.is_ok() {
+            let files: Vec<Rc<S::File>> = if dsync {
+                // A file written once was written with O_DSYNC: durable already. The others
+                // get their fdatasync.
+                sealed
+                    .writes_per_file()
+                    .into_iter()
+                    .filter_map(|(f, n)| {
+                        if n > 1 {
+                            Some(f)
+                        } else {
+                            syncs += 1;
+                            None
+                        }
+                    })
+                    .collect()
+            } else {
+                let mut files = vec![sealed.journal_file.clone()];
                 let st = self.st.borrow();
                 for v in &sealed.direct_volumes {
                     if let Some(f) = st.volumes.get(v) {
                         files.push(f.clone());
                     }
                 }
-            }
-            syncs = files.len() as u64;
+                files
+            };
+            syncs += files.len() as u64;
             for r in join_all(files.iter().map(|f| f.fdatasync())).await {
                 if let Err(e) = r {
                     result = Err(e.into());
@@ -1343,12 +1379,10 @@ impl<S: Storage> Store<S> {
         let mut sync_us = sync_started.elapsed().as_micros() as u64;
         let mut write_us = write_us;
         if dsync {
-            // The writes were the flushes: count them as such (`round_syncs`,
-            // `flush_latency`, `flush_seconds`).
-            syncs = (sealed.journal_writes.len()
-                + sealed.direct.iter().map(|j| j.writes.len()).sum::<usize>())
-                as u64;
-            sync_us = write_us;
+            // The writes included the flushes (O_DSYNC): count them as flush time
+            // (`flush_latency`, `flush_seconds`); `syncs` counts each file made durable,
+            // by its O_DSYNC write or its fdatasync.
+            sync_us += write_us;
             write_us = 0;
         }
         if write_us + sync_us >= SLOW_ROUND_US {
@@ -1549,13 +1583,27 @@ impl<S: Storage> Store<S> {
 
     /// The write phase of a round: journal buffers concurrently; each hot shard's pieces in
     /// order (a padded piece shares its last block with the next), shards concurrently.
+    ///
+    /// O_DSYNC rounds write a file that gets one write in the round with O_DSYNC, and the
+    /// others plainly (the sync phase fdatasyncs them): an O_DSYNC write makes only its own
+    /// bytes durable, so a file written many times would pay a device flush per write
+    /// (`max-100b`: 9.3 flushes a round, 27 % fewer records a second than with fdatasync).
     async fn write_round(&self, r: &SealedRound<S>) -> Result<(), StoreError> {
         let storage = &*self.storage;
-        let durable = self.cfg.round_sync == RoundSync::Dsync;
+        let dsync = self.cfg.round_sync == RoundSync::Dsync;
+        let once: Vec<Rc<S::File>> = if dsync {
+            r.writes_per_file()
+                .into_iter()
+                .filter_map(|(f, n)| (n == 1).then_some(f))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let durable = |f: &Rc<S::File>| once.iter().any(|o| Rc::ptr_eq(o, f));
         let journal = join_all(
             r.journal_writes
                 .iter()
-                .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable)),
+                .map(|w| write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable(&w.file))),
         );
         // A shard's pieces go to the disk at once, except that a piece sharing a block with
         // the one before it (a padded piece is rewritten by its successor) waits for it: so
@@ -1575,11 +1623,11 @@ impl<S: Storage> Store<S> {
                     end += 1;
                 }
                 let wave = &job.writes[start..end];
-                if durable {
+                if dsync {
                     self.earlier_pieces_written(job, wave).await?;
                 }
                 let done = join_all(wave.iter().map(|(_, _, _, w)| {
-                    write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable)
+                    write_fully(storage, &*w.file, w.buf.clone(), w.pos, durable(&w.file))
                 }))
                 .await;
                 for ((eid, from, to, _), result) in wave.iter().zip(done) {

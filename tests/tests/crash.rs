@@ -1,7 +1,8 @@
 //! Crash recovery on real files: a child process appends from many threads and is killed
 //! with SIGKILL at a random moment; after a restart every acknowledged batch is back, in
 //! order, with its sequence numbers. Repeated on the same data directory, the kills aimed at
-//! journaled rounds, at checkpoints, and at hot shards' in-place writes in turn.
+//! journaled rounds, at checkpoints, and at hot shards' in-place writes in turn, then at the
+//! last two again with O_DSYNC rounds (`round_sync = "dsync"`, two rounds in flight).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -84,6 +85,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_batch() {
         "checkpoint",
         "journal",
         "direct",
+        "direct-dsync",
+        "journal-dsync",
     ]
     .into_iter()
     .enumerate()

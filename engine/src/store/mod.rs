@@ -429,10 +429,13 @@ struct WriteJob<F, B> {
     pos: u64,
 }
 
+/// One in-place write of a hot shard: the extent, the range `[from, to)` of it, the write.
+type DirectWrite<F, B> = (ExtentId, u64, u64, WriteJob<F, B>);
+
 /// A shard's in-place writes of one round, in order, and what they cover.
 struct DirectJob<F, B> {
     key: ShardKey,
-    writes: Vec<(ExtentId, u64, u64, WriteJob<F, B>)>,
+    writes: Vec<DirectWrite<F, B>>,
 }
 
 /// A round, sealed and placed, ready to be written.
@@ -1652,7 +1655,7 @@ impl<S: Storage> Store<S> {
     async fn earlier_pieces_written(
         &self,
         job: &DirectJob<S::File, S::Buf>,
-        wave: &[(ExtentId, u64, u64, WriteJob<S::File, S::Buf>)],
+        wave: &[DirectWrite<S::File, S::Buf>],
     ) -> Result<(), StoreError> {
         loop {
             {

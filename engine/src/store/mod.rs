@@ -1296,13 +1296,13 @@ impl<S: Storage> Store<S> {
     /// O_DSYNC rounds (`RoundSync::Dsync`): a file written once in the round is durable when
     /// its write completes; the sync phase fdatasyncs only files written more than once,
     /// still in order of rounds. Round `n + 1` is sealed and written while round `n`'s
-    /// writes are in flight (at most two rounds at once), except that a piece sharing a block with a piece of the same
-    /// shard that round `n` is still writing waits for it (`earlier_pieces_written`), so
-    /// the newer bytes of a block always land last. Rounds complete in order, and a round
-    /// after a failed one fails too (the store is poisoned), so no acknowledgement
-    /// depends on a round that is not durable. A crash may leave round `n + 1` durable and
-    /// round `n` not; recovery then stops at round `n` as it would for any torn round, and
-    /// nothing of round `n + 1` was acknowledged.
+    /// writes are in flight (at most two rounds at once), except that a piece sharing a
+    /// block with a piece of the same shard that round `n` is still writing waits for it
+    /// (`earlier_pieces_written`), so the newer bytes of a block always land last. Rounds
+    /// complete in order, and a round after a failed one fails too (the store is
+    /// poisoned), so no acknowledgement depends on a round that is not durable. A crash may
+    /// leave round `n + 1` durable and round `n` not; recovery then stops at round `n` as
+    /// it would for any torn round, and nothing of round `n + 1` was acknowledged.
     async fn flush_round(&self) {
         // Claim the write phase, then let every task that is already runnable (appenders
         // woken by the last round) stage before the round is sealed.

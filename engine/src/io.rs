@@ -112,10 +112,11 @@ pub struct DmaStorage {
 
 /// A data file opened with O_DIRECT on the current core's io_uring; opened a second time
 /// with O_DSYNC at its first durable write (`round_sync = "dsync"`), so a store that
-/// never makes one holds one descriptor per file.
+/// never makes one holds one descriptor per file. The second open goes through
+/// `/proc/self/fd/N` of the first descriptor: it reaches the same file even if its name
+/// has since been renamed, removed or reused.
 pub struct DmaSegFile {
     file: glommio::io::DmaFile,
-    path: PathBuf,
     dsync: std::cell::RefCell<Option<Rc<glommio::io::DmaFile>>>,
 }
 
@@ -162,11 +163,13 @@ impl SegFile for DmaSegFile {
         let dsync = match opened {
             Some(f) => f,
             None => {
+                use std::os::fd::AsRawFd;
+                let same_file = format!("/proc/self/fd/{}", self.file.as_raw_fd());
                 let f = Rc::new(
                     glommio::io::OpenOptions::new()
                         .write(true)
                         .custom_flags(libc::O_DSYNC)
-                        .dma_open(&self.path)
+                        .dma_open(&same_file)
                         .await
                         .map_err(glommio_err)?,
                 );
@@ -218,7 +221,6 @@ impl Storage for DmaStorage {
             .map_err(glommio_err)?;
         Ok(DmaSegFile {
             file,
-            path: path.to_path_buf(),
             dsync: std::cell::RefCell::new(None),
         })
     }

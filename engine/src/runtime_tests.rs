@@ -47,9 +47,11 @@ fn cfg() -> EngineConfig {
     }
 }
 
-/// Odd seeds run O_DSYNC rounds, even ones write-then-fdatasync rounds.
-fn round_sync_of(seed: u64) -> RoundSync {
+/// Odd seeds run O_DSYNC rounds, even ones write-then-fdatasync rounds. O_DSYNC rounds
+/// overlap, so their seeds also let the disk's writes complete out of order.
+fn round_sync_of(seed: u64, storage: &SimStorage) -> RoundSync {
     if seed % 2 == 1 {
+        storage.set_io_jitter(2);
         RoundSync::Dsync
     } else {
         RoundSync::Fdatasync
@@ -211,11 +213,7 @@ async fn run_seed(seed: u64) {
     storage.sync_dir(Path::new("/")).await.unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0xc0);
-    let sync = round_sync_of(seed);
-    if sync == RoundSync::Dsync {
-        // O_DSYNC rounds overlap: let writes complete out of order.
-        storage.set_io_jitter(2);
-    }
+    let sync = round_sync_of(seed, &storage);
     let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     let shards = 1 + rng.below(8) as u32;
@@ -611,11 +609,7 @@ async fn run_reshard_seed(seed: u64) {
     storage.sync_dir(Path::new("/")).await.unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
     let mut rng = SimRng::new(seed ^ 0x7e);
-    let sync = round_sync_of(seed);
-    if sync == RoundSync::Dsync {
-        // O_DSYNC rounds overlap: let writes complete out of order.
-        storage.set_io_jitter(2);
-    }
+    let sync = round_sync_of(seed, &storage);
     let mut running = start(&storage, &clock, sync).await;
     let mut core = running.core.clone();
     call(&core.peers[0].clone(), |reply| CoreMsg::Control {

@@ -499,6 +499,7 @@ impl SegFile for SimFile {
         let end = start.saturating_add(len).min(inode.current.len());
         Ok(inode.current[start..end].to_vec())
     }
+
     async fn fdatasync(&self) -> io::Result<()> {
         self.in_flight().await;
         let mut disk = self.disk.borrow_mut();

@@ -1323,11 +1323,18 @@ impl<S: Storage> Store<S> {
             self.st.borrow_mut().writing = false;
             self.changed.notify_all();
         }
+        // O_DSYNC rounds: how many writes each file gets (one: an O_DSYNC write; more: plain
+        // writes, then the sync phase's fdatasync). Empty for fdatasync rounds.
+        let per_file = if dsync {
+            sealed.writes_per_file()
+        } else {
+            Vec::new()
+        };
         let already_failed = self.st.borrow().poisoned.is_some();
         let mut result = if already_failed {
             Err(StoreError::Poisoned("an earlier round failed".into()))
         } else {
-            self.write_round(&sealed).await
+            self.write_round(&sealed, &per_file).await
         };
         let write_us = started.elapsed().as_micros() as u64;
         if !dsync {
@@ -1350,17 +1357,11 @@ impl<S: Storage> Store<S> {
             let files: Vec<Rc<S::File>> = if dsync {
                 // A file written once was written with O_DSYNC: durable already. The others
                 // get their fdatasync.
-                sealed
-                    .writes_per_file()
-                    .into_iter()
-                    .filter_map(|(f, n)| {
-                        if n > 1 {
-                            Some(f)
-                        } else {
-                            syncs += 1;
-                            None
-                        }
-                    })
+                syncs += per_file.iter().filter(|(_, n)| *n == 1).count() as u64;
+                per_file
+                    .iter()
+                    .filter(|(_, n)| *n > 1)
+                    .map(|(f, _)| f.clone())
                     .collect()
             } else {
                 let mut files = vec![sealed.journal_file.clone()];
@@ -1591,18 +1592,15 @@ impl<S: Storage> Store<S> {
     /// others plainly (the sync phase fdatasyncs them): an O_DSYNC write makes only its own
     /// bytes durable, so a file written many times would pay a device flush per write
     /// (`max-100b`: 9.3 flushes a round, 27 % fewer records a second than with fdatasync).
-    async fn write_round(&self, r: &SealedRound<S>) -> Result<(), StoreError> {
+    /// `per_file`: `SealedRound::writes_per_file` for O_DSYNC rounds, empty otherwise.
+    async fn write_round(
+        &self,
+        r: &SealedRound<S>,
+        per_file: &[(Rc<S::File>, usize)],
+    ) -> Result<(), StoreError> {
         let storage = &*self.storage;
         let dsync = self.cfg.round_sync == RoundSync::Dsync;
-        let once: Vec<Rc<S::File>> = if dsync {
-            r.writes_per_file()
-                .into_iter()
-                .filter_map(|(f, n)| (n == 1).then_some(f))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let durable = |f: &Rc<S::File>| once.iter().any(|o| Rc::ptr_eq(o, f));
+        let durable = |f: &Rc<S::File>| per_file.iter().any(|(o, n)| *n == 1 && Rc::ptr_eq(o, f));
         let journal = join_all(
             r.journal_writes
                 .iter()

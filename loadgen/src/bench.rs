@@ -7,7 +7,7 @@
 //! | `max-100b` | the same with 100 B records and 64 producers (a call carries ≤ 500 records a shard): records/s (per engine core) |
 //! | `latency-half` | open loop at half of `max-1k`'s rate: ack p50 … p99.99, max |
 //! | `shard-limit` | one shard offered 2× its Kinesis write limit, in records and in bytes: accepted rate within ±10 % of the limit, the rest throttled, nothing lost |
-//! | `shard-density` | N shards each at its full Kinesis write limit (1,000 records/s of 1,000 B), N growing until ack p99 exceeds 10 ms: the largest N per engine core |
+//! | `shard-density` | N shards each at its full Kinesis write limit (1,000 records/s of 1,000 B; `PutBatches` calls of the records due), N growing until ack p99 exceeds 10 ms: the largest N per engine core |
 //! | `shard-density-small` | the same with 100 B records (1,000 records/s per shard) |
 //! | `many-shards` | 10,000 shards at 100 records/s of 100 B each, then 10 shards at the same total rate: ack p99, and the engine's CPU per record in both |
 //! | `peer-shape` | 1 and 4 producers, one shard each, 1,000 B records, 100 per call, closed loop (the shape peers publish): MB/s against fio durable |
@@ -611,7 +611,13 @@ impl Bench<'_> {
             let cfg = RunConfig {
                 producers: 4,
                 rate: PER_SHARD_RECORDS * f64::from(n),
-                api: Api::PutRecords,
+                // Each record generated straight into its shard's batch, as in the max-*
+                // runs: the engine gets the same PutBatches requests as from `put_records`
+                // (the records due, grouped into one batch per shard, one call in flight
+                // per producer), but `put_records`' per-record key, routing and buffer work
+                // kept the load generator's core 0.89-0.92 busy at 1,024 shards of 100 B
+                // records, against 0.54-0.55 this way (BENCHMARKS.md, session n).
+                api: Api::PutBatches,
                 call_records: 2000,
                 // 1,000 B of data plus a ~15 B key: 1,000 records/s is ~0.97 MiB/s, so a
                 // shard is at both of its write limits at once (100 B: the record limit).

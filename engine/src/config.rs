@@ -35,7 +35,7 @@ round_sync = "fdatasync"            # how a round becomes durable: "fdatasync" (
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
-io_memory_bytes = 2097152           # glommio registered-buffer memory per executor
+io_memory_bytes = 134217728         # I/O buffer memory per executor, allocated at start and reused by staging, journal and write-behind buffers (past it: malloc); registered with io_uring if memlock allows 3x this
 core_queue_depth = 1024             # bound of each core's request channel
 max_frame_bytes = 10551360          # largest request frame (a 10 MiB batch plus headers)
 max_connections_per_core = 10000
@@ -199,7 +199,7 @@ impl Default for EngineConfig {
             background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
-            io_memory_bytes: 2 << 20,
+            io_memory_bytes: spate_tuning::preflight::IO_MEMORY_DEFAULT_BYTES as usize,
             core_queue_depth: 1024,
             max_frame_bytes: spate_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections_per_core: 10_000,
@@ -250,8 +250,8 @@ impl EngineConfig {
     }
 
     /// A configuration with small files (64 MiB volumes, 16 MiB journal files, 64 KiB first
-    /// extents) for tests and trials, so a fresh data directory takes its first write at
-    /// once; everything else is the default.
+    /// extents) and a 4 MiB I/O buffer pool per core, for tests and trials, so a fresh data
+    /// directory takes its first write at once; everything else is the default.
     pub fn small(data_dir: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -263,8 +263,10 @@ impl EngineConfig {
             // A 16 MiB journal file holds a 10 MiB batch and two rounds of 2 MiB.
             round_bytes_max: 2 << 20,
             checkpoint_interval_ms: 1000,
-            // Tests run many servers at once: no fixed metrics port.
+            // Tests run many servers at once: no fixed metrics port, and a small I/O buffer
+            // pool each (what outgrows it comes from malloc, as in a busy default server).
             metrics_listen: String::new(),
+            io_memory_bytes: 4 << 20,
             ..EngineConfig::default()
         }
     }

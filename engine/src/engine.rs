@@ -206,9 +206,13 @@ impl Engine {
         // Refuse to start, with one line naming the fix, when the host cannot run glommio
         // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),
         // instead of panicking deep inside the runtime.
-        let report =
-            spate_tuning::preflight(&cfg.data_dir, cpus.len(), cfg.open_files_needed(cpus.len()))
-                .map_err(|e| EngineError::Startup(e.to_string()))?;
+        let report = spate_tuning::preflight(
+            &cfg.data_dir,
+            cpus.len(),
+            cfg.io_memory_bytes as u64,
+            cfg.open_files_needed(cpus.len()),
+        )
+        .map_err(|e| EngineError::Startup(e.to_string()))?;
         tracing::info!("{}", report.summary());
         if cfg.data_dir.join("streams").exists() {
             return Err(EngineError::Startup(format!(

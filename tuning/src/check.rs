@@ -17,7 +17,7 @@ use crate::parse::{
 };
 use crate::preflight::{
     check_io_uring_switch, io_uring_setup_fix, memlock_need_bytes, memlock_recommended_bytes,
-    KERNEL_MIN, KERNEL_RECOMMENDED,
+    IO_MEMORY_DEFAULT_BYTES, KERNEL_MIN, KERNEL_RECOMMENDED,
 };
 use crate::probe::{probe_io_uring, probe_o_direct};
 use crate::storage::{preferred_schedulers, resolve_disks, DataDirInfo};
@@ -421,7 +421,8 @@ fn check_memlock(ctx: &Ctx) -> Verdict {
     };
     let executors = ctx.executors();
     let need = memlock_need_bytes(executors);
-    let recommended = memlock_recommended_bytes(executors);
+    // (For the default `io_memory_bytes`; a configuration with less needs less.)
+    let recommended = memlock_recommended_bytes(executors, IO_MEMORY_DEFAULT_BYTES);
     let found = format!(
         "soft {}, hard {} (this shell); {executors} executor(s) need >= {}, {} to register I/O buffers",
         format_limit_bytes(pair.soft),
@@ -1277,7 +1278,7 @@ Max locked memory         65536                65536                bytes
         let memlock = &verdicts[3];
         assert_eq!(
             memlock.to_string(),
-            "FAIL    memlock         soft 64 KiB, hard 64 KiB (this shell); 4 executor(s) need >= 2 MiB, 128 MiB to \
+            "FAIL    memlock         soft 64 KiB, hard 64 KiB (this shell); 4 executor(s) need >= 2 MiB, 1.5 GiB to \
              register I/O buffers   fix: ulimit -l unlimited, or LimitMEMLOCK=infinity in the unit \
              (tuning/spate.service), or tuning/limits/99-spate.conf in /etc/security/limits.d"
         );

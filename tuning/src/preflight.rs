@@ -31,12 +31,24 @@ use std::path::{Path, PathBuf};
 /// executors, so Spate asks for this much per executor.
 pub const MEMLOCK_PER_EXECUTOR_BYTES: u64 = 512 * 1024;
 
-/// Locked memory per executor for glommio to also register its I/O buffers: its default
-/// `io_memory` of 10 MiB is registered with each of its three rings and each registration is
-/// charged separately. Below this glommio still runs, but logs a warning and falls back to
-/// unregistered buffers, which costs a page pin per I/O. Processes with `CAP_IPC_LOCK` (root)
-/// are not charged at all.
-pub const MEMLOCK_RECOMMENDED_PER_EXECUTOR_BYTES: u64 = 32 * 1024 * 1024;
+/// The I/O buffer memory each executor allocates up front (`io_memory_bytes`, glommio's
+/// `io_memory`): the store's staging, journal and write-behind buffers come from it, reused,
+/// and only past it from `malloc`. 128 MiB: against the 2 MiB default of before, `max-1k`'s
+/// shape acknowledged 1.1–1.5 M records/s instead of 0.85–0.9 M (BENCHMARKS.md, session o).
+pub const IO_MEMORY_DEFAULT_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Locked memory an executor's io_uring rings take beyond registered buffers.
+const RING_MEMLOCK_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Locked memory per executor for glommio to also register its I/O buffers: its `io_memory`
+/// is registered with each of its three rings and each registration is charged separately.
+/// Below this glommio still runs, but logs a warning and uses the same buffers unregistered,
+/// which costs a page pin per I/O. Processes with `CAP_IPC_LOCK` (root) are not charged at all.
+pub fn memlock_recommended_per_executor_bytes(io_memory_bytes: u64) -> u64 {
+    io_memory_bytes
+        .saturating_mul(3)
+        .saturating_add(RING_MEMLOCK_BYTES)
+}
 
 /// The oldest kernel whose io_uring has everything glommio uses.
 pub const KERNEL_MIN: KernelVersion = KernelVersion::new(5, 8, 0);
@@ -168,6 +180,9 @@ impl PreflightReport {
 /// up to the hard limit when that helps), and `O_DIRECT` works in `data_dir` (created if
 /// missing; a 4 KiB block is written, fdatasync'ed and removed).
 ///
+/// `io_memory_bytes` is each executor's I/O buffer memory: a memlock limit too low to register
+/// it is reported in the notes (the buffers then work unregistered).
+///
 /// `open_files` is how many descriptors the configuration may use (connections and files):
 /// the soft `RLIMIT_NOFILE` is raised towards it, up to the hard limit, and a limit still
 /// below it is reported in the notes (connections past it are refused at accept).
@@ -177,6 +192,7 @@ impl PreflightReport {
 pub fn preflight(
     data_dir: &Path,
     executors: usize,
+    io_memory_bytes: u64,
     open_files: u64,
 ) -> Result<PreflightReport, PreflightError> {
     assert!(
@@ -199,7 +215,7 @@ pub fn preflight(
         source,
     })?;
     let need_bytes = memlock_need_bytes(executors);
-    let decision = decide_memlock(soft, hard, executors)?;
+    let decision = decide_memlock(soft, hard, executors, io_memory_bytes)?;
     let soft_now = match decision {
         MemlockDecision::Keep => soft,
         MemlockDecision::RaiseTo(target) => {
@@ -213,11 +229,13 @@ pub fn preflight(
     let ipc_lock = Host::live()
         .read("/proc/self/status")
         .is_ok_and(|s| has_cap_ipc_lock(&s));
-    if !ipc_lock && !soft_now.at_least(memlock_recommended_bytes(executors)) {
+    let recommended = memlock_recommended_bytes(executors, io_memory_bytes);
+    if !ipc_lock && !soft_now.at_least(recommended) {
         notes.push(format!(
-            "memlock {} is below the {} glommio needs to register its I/O buffers",
+            "memlock {} is below the {} glommio needs to register its I/O buffers with \
+             io_uring: they work unregistered (glommio warns), a page pin per I/O",
             format_limit_bytes(soft_now),
-            format_bytes(memlock_recommended_bytes(executors))
+            format_bytes(recommended)
         ));
     }
 
@@ -276,9 +294,10 @@ pub fn memlock_need_bytes(executors: usize) -> u64 {
     (executors as u64).saturating_mul(MEMLOCK_PER_EXECUTOR_BYTES)
 }
 
-/// Locked memory `executors` executors need to also register their I/O buffers.
-pub fn memlock_recommended_bytes(executors: usize) -> u64 {
-    (executors as u64).saturating_mul(MEMLOCK_RECOMMENDED_PER_EXECUTOR_BYTES)
+/// Locked memory `executors` executors need to also register `io_memory_bytes` of I/O
+/// buffers each.
+pub fn memlock_recommended_bytes(executors: usize, io_memory_bytes: u64) -> u64 {
+    (executors as u64).saturating_mul(memlock_recommended_per_executor_bytes(io_memory_bytes))
 }
 
 /// Refuses kernels older than [`KERNEL_MIN`]. A release string we cannot parse is let through
@@ -327,16 +346,18 @@ pub enum MemlockDecision {
     RaiseTo(LimitValue),
 }
 
-/// Decides whether the memlock limits let `executors` executors start. Below the recommended
-/// amount the soft limit is raised to the hard limit, which any process may do; refusing is left
-/// for when even the hard limit is below glommio's minimum.
+/// Decides whether the memlock limits let `executors` executors start. Below the amount that
+/// registers `io_memory_bytes` of buffers each, the soft limit is raised to the hard limit,
+/// which any process may do; refusing is left for when even the hard limit is below glommio's
+/// minimum.
 pub fn decide_memlock(
     soft: LimitValue,
     hard: LimitValue,
     executors: usize,
+    io_memory_bytes: u64,
 ) -> Result<MemlockDecision, PreflightError> {
     let need_bytes = memlock_need_bytes(executors);
-    if soft.at_least(memlock_recommended_bytes(executors)) {
+    if soft.at_least(memlock_recommended_bytes(executors, io_memory_bytes)) {
         return Ok(MemlockDecision::Keep);
     }
     if hard > soft && hard.at_least(need_bytes) {
@@ -480,8 +501,13 @@ mod tests {
 
     #[test]
     fn memlock_too_low_names_both_fixes() {
-        let err = decide_memlock(LimitValue::Value(64 * KIB), LimitValue::Value(64 * KIB), 2)
-            .expect_err("too low");
+        let err = decide_memlock(
+            LimitValue::Value(64 * KIB),
+            LimitValue::Value(64 * KIB),
+            2,
+            IO_MEMORY_DEFAULT_BYTES,
+        )
+        .expect_err("too low");
         let text = err.to_string();
         assert_eq!(
             text,
@@ -493,33 +519,67 @@ mod tests {
 
     #[test]
     fn memlock_soft_raised_when_hard_allows() {
-        let d = decide_memlock(LimitValue::Value(64 * KIB), LimitValue::Unlimited, 4)
-            .expect("hard allows");
+        let d = decide_memlock(
+            LimitValue::Value(64 * KIB),
+            LimitValue::Unlimited,
+            4,
+            IO_MEMORY_DEFAULT_BYTES,
+        )
+        .expect("hard allows");
         assert_eq!(d, MemlockDecision::RaiseTo(LimitValue::Unlimited));
         // Enough for glommio but not for registered buffers, and the hard limit has room: raise.
-        let d =
-            decide_memlock(LimitValue::Value(8 * MIB), LimitValue::Value(64 * MIB), 2).expect("ok");
+        let d = decide_memlock(
+            LimitValue::Value(8 * MIB),
+            LimitValue::Value(64 * MIB),
+            2,
+            IO_MEMORY_DEFAULT_BYTES,
+        )
+        .expect("ok");
         assert_eq!(d, MemlockDecision::RaiseTo(LimitValue::Value(64 * MIB)));
     }
 
     #[test]
     fn memlock_kept_when_enough_or_as_good_as_it_gets() {
         assert_eq!(
-            decide_memlock(LimitValue::Unlimited, LimitValue::Unlimited, 64).expect("ok"),
+            decide_memlock(
+                LimitValue::Unlimited,
+                LimitValue::Unlimited,
+                64,
+                IO_MEMORY_DEFAULT_BYTES
+            )
+            .expect("ok"),
             MemlockDecision::Keep
         );
         // This machine's shape: 8 MiB soft = hard is enough for 2 executors' minimum.
         assert_eq!(
-            decide_memlock(LimitValue::Value(8 * MIB), LimitValue::Value(8 * MIB), 2).expect("ok"),
+            decide_memlock(
+                LimitValue::Value(8 * MIB),
+                LimitValue::Value(8 * MIB),
+                2,
+                IO_MEMORY_DEFAULT_BYTES
+            )
+            .expect("ok"),
             MemlockDecision::Keep
         );
         // Exactly the minimum passes.
         assert_eq!(
-            decide_memlock(LimitValue::Value(2 * MIB), LimitValue::Value(2 * MIB), 4).expect("ok"),
+            decide_memlock(
+                LimitValue::Value(2 * MIB),
+                LimitValue::Value(2 * MIB),
+                4,
+                IO_MEMORY_DEFAULT_BYTES
+            )
+            .expect("ok"),
             MemlockDecision::Keep
         );
         // A hard limit above soft but still below the minimum does not help.
-        assert!(decide_memlock(LimitValue::Value(64 * KIB), LimitValue::Value(MIB), 4).is_err());
+        assert!(decide_memlock(
+            LimitValue::Value(64 * KIB),
+            LimitValue::Value(MIB),
+            4,
+            IO_MEMORY_DEFAULT_BYTES
+        )
+        .is_err());
     }
 
     #[test]
@@ -591,7 +651,7 @@ mod tests {
     fn preflight_on_this_host() {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
-        match preflight(&data_dir, 2, 64) {
+        match preflight(&data_dir, 2, IO_MEMORY_DEFAULT_BYTES, 64) {
             Ok(report) => {
                 assert!(!report.kernel.is_empty());
                 assert_eq!(report.memlock_need_bytes, MIB);

@@ -401,6 +401,9 @@ pub fn check_producer_batch(buf: &[u8], rules: &RecordRules) -> Result<BatchSumm
     check_producer_batch_with(buf, rules, &mut crate::routing::Md5KeyHasher)
 }
 
+/// How many records ahead `check_producer_batch_with` announces keys to its hasher.
+const HASH_LOOKAHEAD_RECORDS: usize = 4;
+
 /// `check_producer_batch` with the caller's partition-key hasher (the engine passes a
 /// per-core cache, since the same device keys come back again and again).
 pub fn check_producer_batch_with(
@@ -429,8 +432,21 @@ pub fn check_producer_batch_with(
     }
     let mut payload_bytes = 0u64;
     let mut found = 0u32;
+    // The keys a few records on, announced to the hasher before their turn: a caching
+    // hasher's lookups are cache misses, which then overlap instead of following each other.
+    let mut ahead = rules
+        .hash_range
+        .map(|_| RecordIter::new(buf, header.record_count).flatten());
+    if let Some(ahead) = ahead.as_mut() {
+        for r in ahead.by_ref().take(HASH_LOOKAHEAD_RECORDS) {
+            hasher.prefetch(r.key);
+        }
+    }
     for record in RecordIter::new(buf, header.record_count) {
         let record = record?;
+        if let Some(r) = ahead.as_mut().and_then(Iterator::next) {
+            hasher.prefetch(r.key);
+        }
         let index = found;
         if record.key.is_empty() || record.key.len() > MAX_PARTITION_KEY_BYTES {
             return Err(BatchError::KeyLength {
@@ -696,6 +712,73 @@ mod tests {
         assert_eq!(recs[0].key, b"device-1");
         assert_eq!(recs[1].explicit_hash_key, Some(42));
         assert_eq!(recs[2].data.len(), 300);
+    }
+
+    /// A hasher that logs what it is told: each key hashed must have been announced first,
+    /// at most `HASH_LOOKAHEAD_RECORDS` records before, and hashes come out as MD5's.
+    #[derive(Default)]
+    struct Logging {
+        announced: std::cell::RefCell<Vec<Vec<u8>>>,
+        hashed: usize,
+    }
+
+    impl crate::routing::KeyHasher for Logging {
+        fn hash_key(&mut self, key: &[u8]) -> u128 {
+            let announced = self.announced.borrow();
+            let i = announced
+                .iter()
+                .rposition(|k| k == key)
+                .expect("every key is announced before it is hashed");
+            assert!(announced.len() - self.hashed <= HASH_LOOKAHEAD_RECORDS + 1);
+            assert!(
+                i >= self.hashed,
+                "announced for this record, not an earlier one"
+            );
+            self.hashed += 1;
+            crate::routing::hash_key(key)
+        }
+
+        fn prefetch(&self, key: &[u8]) {
+            self.announced.borrow_mut().push(key.to_vec());
+        }
+    }
+
+    #[test]
+    fn keys_are_announced_to_the_hasher_a_few_records_ahead() {
+        let mut b = BatchBuilder::new();
+        let keys: Vec<String> = (0..23).map(|i| format!("device-{}", i % 7)).collect();
+        for k in &keys {
+            b.push(k.as_bytes(), b"x", None).unwrap();
+        }
+        let batch = b.finish();
+        let rules = RecordRules {
+            hash_range: Some((0, u128::MAX)),
+            ..RecordRules::default()
+        };
+        let mut h = Logging::default();
+        let summary = check_producer_batch_with(&batch, &rules, &mut h).unwrap();
+        assert_eq!(summary.record_count, 23);
+        assert_eq!(h.hashed, 23);
+        let announced: Vec<Vec<u8>> = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
+        assert_eq!(*h.announced.borrow(), announced, "each key once, in order");
+        // A one-record batch, and a wrong-shard key: the verdicts are MD5's.
+        let mut one = BatchBuilder::new();
+        one.push(b"k", b"v", None).unwrap();
+        let one = one.finish();
+        let hash = crate::routing::hash_key(b"k");
+        let outside = RecordRules {
+            hash_range: Some((hash.wrapping_add(1), u128::MAX)),
+            ..RecordRules::default()
+        };
+        assert!(check_producer_batch_with(&one, &rules, &mut Logging::default()).is_ok());
+        assert!(matches!(
+            check_producer_batch_with(&one, &outside, &mut Logging::default()),
+            Err(BatchError::WrongShard { index: 0 })
+        ));
+        // Without a hash range nothing is announced or hashed.
+        let mut h = Logging::default();
+        check_producer_batch_with(&batch, &RecordRules::default(), &mut h).unwrap();
+        assert!(h.announced.borrow().is_empty() && h.hashed == 0);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
 /// trades a little memory for skipping MD5 on keys seen recently.
 pub trait KeyHasher {
     fn hash_key(&mut self, partition_key: &[u8]) -> u128;
+
+    /// A hint that `partition_key` is hashed soon: a caching hasher may start loading the
+    /// memory it keeps that key's hash in. Changes nothing a hash returns.
+    fn prefetch(&self, _partition_key: &[u8]) {}
 }
 
 /// MD5 every time.

@@ -277,6 +277,10 @@ fn is_one_call(n: &usize) -> bool {
     *n == 1
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Everything a run needs; see `spate-loadgen --help` for each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -303,6 +307,10 @@ pub struct RunConfig {
     /// time, the next taking every record that came due meanwhile).
     #[serde(default = "one_call", skip_serializing_if = "is_one_call")]
     pub calls_in_flight: usize,
+    /// `--api put-batches`, closed loop: calls built once at the start and sent over and
+    /// over (0: every record generated as it is sent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prebuilt_calls: usize,
     pub keys: u32,
     pub key_mode: KeyMode,
     /// Measured seconds (after the warm-up).
@@ -378,6 +386,7 @@ impl RunConfig {
             api: Api::Producer,
             call_records: 2000,
             calls_in_flight: 1,
+            prebuilt_calls: 0,
             keys: 1000,
             key_mode: KeyMode::Random,
             duration_s: 10.0,
@@ -440,6 +449,19 @@ impl RunConfig {
         }
         if self.calls_in_flight > 1 && self.api != Api::PutRecords {
             return Err("--calls-in-flight is for --api put-records".into());
+        }
+        if self.prebuilt_calls > 0
+            && (self.api != Api::PutBatches
+                || self.rate != 0.0
+                || !self.rate_steps.is_empty()
+                || self.verify
+                || self.consumers > 0)
+        {
+            return Err(
+                "--prebuilt-calls is for --api put-batches in a closed loop (--rate 0), \
+                 without --verify or consumers (its records repeat)"
+                    .into(),
+            );
         }
         if self.read_wait_ms > 30_000 {
             return Err("--read-wait-ms must be at most 30000".into());
@@ -600,10 +622,15 @@ impl RunConfig {
                     a.push(format!("--calls-in-flight {}", self.calls_in_flight));
                 }
             }
-            Api::PutBatches => a.push(format!(
-                "--api put-batches --call-records {}",
-                self.call_records
-            )),
+            Api::PutBatches => {
+                a.push(format!(
+                    "--api put-batches --call-records {}",
+                    self.call_records
+                ));
+                if self.prebuilt_calls > 0 {
+                    a.push(format!("--prebuilt-calls {}", self.prebuilt_calls));
+                }
+            }
             Api::Producer => {}
             Api::ProducerCallback => a.push("--api producer-callback".into()),
         }
@@ -887,6 +914,46 @@ mod tests {
         v.as_object_mut().unwrap().remove("calls_in_flight");
         let back: RunConfig = serde_json::from_value(v).unwrap();
         assert_eq!(back.calls_in_flight, 1);
+    }
+
+    #[test]
+    fn prebuilt_calls_validate_print_and_read_back() {
+        let mut c = RunConfig::new("127.0.0.1:7400", "s");
+        c.api = Api::PutBatches;
+        c.rate = 0.0;
+        c.prebuilt_calls = 2;
+        c.validate().unwrap();
+        assert!(c
+            .command_line()
+            .contains("--api put-batches --call-records 2000 --prebuilt-calls 2"));
+        for bad in [
+            RunConfig {
+                api: Api::PutRecords,
+                ..c.clone()
+            },
+            RunConfig {
+                rate: 1000.0,
+                ..c.clone()
+            },
+            RunConfig {
+                verify: true,
+                ..c.clone()
+            },
+            RunConfig {
+                consumers: 1,
+                ..c.clone()
+            },
+        ] {
+            assert!(bad.validate().unwrap_err().contains("--prebuilt-calls"));
+        }
+        // Reports from before the field read back as records generated one by one.
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["prebuilt_calls"], 2);
+        v.as_object_mut().unwrap().remove("prebuilt_calls");
+        let back: RunConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(back.prebuilt_calls, 0);
+        c.prebuilt_calls = 0;
+        assert!(!c.command_line().contains("--prebuilt-calls"));
     }
 
     #[test]

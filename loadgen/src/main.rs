@@ -167,6 +167,12 @@ struct RunArgs {
     /// that many are in flight waits for one to come back).
     #[arg(long, default_value_t = 1, value_name = "N")]
     calls_in_flight: usize,
+    /// `--api put-batches`, closed loop: build N calls' batches at the start and send them
+    /// over and over instead of generating every record (0: generate every record). Measures
+    /// the engine's ingest past what one load-generator core can generate; the records
+    /// repeat, so it cannot be combined with `--verify` or consumers.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    prebuilt_calls: usize,
     /// Distinct partition keys (devices).
     #[arg(long, default_value_t = 1000, value_name = "K")]
     keys: u32,
@@ -365,6 +371,7 @@ fn run(a: RunArgs) -> Result<(), String> {
         api: a.api,
         call_records: a.call_records,
         calls_in_flight: a.calls_in_flight,
+        prebuilt_calls: a.prebuilt_calls,
         keys: a.keys,
         key_mode: a.key_mode,
         duration_s: a.duration,

@@ -1176,6 +1176,14 @@ impl Generator {
     /// Counts a record of owned key `j` and `size` bytes as sent, due (or sent, closed
     /// loop) at `origin_ns`: its header and what settling it needs.
     fn account(&mut self, j: usize, size: usize, origin_ns: u64) -> (Header, Meta) {
+        let (header, meta) = self.next_record(j, size, origin_ns);
+        self.count_sent(1, u64::from(meta.bytes), origin_ns);
+        (header, meta)
+    }
+
+    /// The header and settling data of owned key `j`'s next record (`size` bytes), due at
+    /// `origin_ns`; not counted as sent.
+    fn next_record(&mut self, j: usize, size: usize, origin_ns: u64) -> (Header, Meta) {
         let sh = &self.shared;
         let counter = self.counters[j];
         self.counters[j] += 1;
@@ -1192,16 +1200,21 @@ impl Generator {
             origin_ns,
             bytes: (sh.keys[key_idx as usize].len() + size) as u32,
         };
-        if let Some(budget) = &sh.budget_bytes {
-            budget.fetch_sub(i64::from(meta.bytes), Ordering::Relaxed);
-        }
-        self.k += 1;
-        self.out.sent += 1;
-        if sh.in_window(origin_ns) {
-            self.out.sent_in_window += 1;
-        }
-        sh.live.sent.fetch_add(1, Ordering::Relaxed);
         (header, meta)
+    }
+
+    /// Counts `n` records of `bytes` key and data bytes in all as sent at `origin_ns`.
+    fn count_sent(&mut self, n: u64, bytes: u64, origin_ns: u64) {
+        let sh = &self.shared;
+        if let Some(budget) = &sh.budget_bytes {
+            budget.fetch_sub(bytes as i64, Ordering::Relaxed);
+        }
+        self.k += n;
+        self.out.sent += n;
+        if sh.in_window(origin_ns) {
+            self.out.sent_in_window += n;
+        }
+        sh.live.sent.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The next record, due (or sent, closed loop) at `origin_ns`.
@@ -1369,6 +1382,12 @@ impl Generator {
                     .expect("the open shards cover every hash key")
             })
             .collect();
+        if self.cfg.prebuilt_calls > 0 {
+            self.run_prebuilt_batches(&client, &stream, routes, &key_route)
+                .await;
+            self.out.acked = acked;
+            return;
+        }
         let mut builders: Vec<BatchBuilder> = routes.iter().map(|_| BatchBuilder::new()).collect();
         let mut metas: Vec<Vec<Meta>> = routes.iter().map(|_| Vec::new()).collect();
         // Shards with records in this call, in first-use order.
@@ -1424,33 +1443,121 @@ impl Generator {
             for (&r, answer) in used.iter().zip(answers) {
                 let shard_id = routes[r].shard_id;
                 for (i, meta) in metas[r].drain(..).enumerate() {
-                    let i = i as u32;
-                    let result = match &answer {
-                        Ok(a) if i < a.accepted => Ok(PutResult {
-                            shard_id,
-                            seq: a.base_seq + u64::from(i),
-                        }),
-                        Ok(a) => Err(match a.rejected {
-                            Some(rej) => ClientError::Server {
-                                code: rej.code,
-                                retry_after_ms: rej.retry_after_ms,
-                                message: format!("shard {shard_id} refused the record"),
-                            },
-                            None => ClientError::Server {
-                                code: ErrorCode::Internal,
-                                retry_after_ms: 0,
-                                message: "the server accounted for only part of the batch".into(),
-                            },
-                        }),
-                        Err(e) => Err(e.clone()),
-                    };
-                    settled.push((result, meta));
+                    settled.push((batch_outcome(&answer, shard_id, i as u32), meta));
                 }
             }
             settle_all(&sh, &self.stats, acked.as_mut(), settled);
             used.clear();
         }
         self.out.acked = acked;
+    }
+
+    /// `--prebuilt-calls N`: N calls built at the start (records generated as usual, one
+    /// batch per shard), then sent over and over in a closed loop, each measured from its
+    /// send. What the load generator's core then does per record is settle it.
+    async fn run_prebuilt_batches(
+        &mut self,
+        client: &Client,
+        stream: &str,
+        routes: &[ShardRoute],
+        key_route: &[usize],
+    ) {
+        let sh = self.shared.clone();
+        let run_end = self.run_end();
+        // Each call: its batches, their records' settling data, and its key and data bytes.
+        let mut calls: Vec<PrebuiltCall> = Vec::with_capacity(self.cfg.prebuilt_calls);
+        for _ in 0..self.cfg.prebuilt_calls {
+            let mut builders: Vec<BatchBuilder> =
+                routes.iter().map(|_| BatchBuilder::new()).collect();
+            let mut metas: Vec<Vec<Meta>> = routes.iter().map(|_| Vec::new()).collect();
+            let mut used: Vec<usize> = Vec::new();
+            let mut bytes = 0u64;
+            for _ in 0..self.cfg.call_records {
+                let (j, size) = self.pick();
+                let r = key_route[j];
+                let key = sh.keys[self.owned[j] as usize].as_bytes();
+                if !builders[r].fits(key.len(), size, false) {
+                    break;
+                }
+                let (header, meta) = self.next_record(j, size, 0);
+                let (pool, rng) = (&self.pool, &mut self.rng);
+                builders[r]
+                    .push_with(key, size, None, |out| {
+                        payload::fill_record(&header, out, pool, rng)
+                    })
+                    .expect("the load generator's records are valid");
+                if metas[r].is_empty() {
+                    used.push(r);
+                }
+                bytes += u64::from(meta.bytes);
+                metas[r].push(meta);
+            }
+            calls.push(PrebuiltCall {
+                batches: used
+                    .iter()
+                    .map(|&r| (routes[r], Bytes::from(builders[r].finish())))
+                    .collect(),
+                metas: used
+                    .iter()
+                    .map(|&r| std::mem::take(&mut metas[r]))
+                    .collect(),
+                bytes,
+            });
+        }
+        for call in calls.iter().cycle() {
+            if self.wait_due().await.is_err() || Instant::now() >= run_end || self.budget_spent() {
+                break;
+            }
+            let origin_ns = sh.now_ns();
+            let count: usize = call.metas.iter().map(Vec::len).sum();
+            self.count_sent(count as u64, call.bytes, origin_ns);
+            let answers = client.put_shard_batches(stream, call.batches.clone()).await;
+            let mut settled = Vec::with_capacity(count);
+            for (((route, _), metas), answer) in call.batches.iter().zip(&call.metas).zip(answers) {
+                for (i, meta) in metas.iter().enumerate() {
+                    let meta = Meta { origin_ns, ..*meta };
+                    settled.push((batch_outcome(&answer, route.shard_id, i as u32), meta));
+                }
+            }
+            settle_all(&sh, &self.stats, None, settled);
+        }
+    }
+}
+
+/// One call of `--prebuilt-calls`: a batch per shard, and what settling its records needs.
+struct PrebuiltCall {
+    batches: Vec<(ShardRoute, Bytes)>,
+    /// Per batch, its records in order.
+    metas: Vec<Vec<Meta>>,
+    /// Key and data bytes of the whole call.
+    bytes: u64,
+}
+
+/// What record `i` of a batch sent to shard `shard_id` came to, by the batch's answer: the
+/// engine stores a prefix of a batch and refuses the rest.
+fn batch_outcome(
+    answer: &spate_client::Result<spate_protocol::PutBatchResponse>,
+    shard_id: u32,
+    i: u32,
+) -> spate_client::Result<PutResult> {
+    match answer {
+        Ok(a) if i < a.accepted => Ok(PutResult {
+            shard_id,
+            seq: a.base_seq + u64::from(i),
+        }),
+        Ok(a) => Err(match a.rejected {
+            Some(rej) => ClientError::Server {
+                code: rej.code,
+                retry_after_ms: rej.retry_after_ms,
+                message: format!("shard {shard_id} refused the record"),
+            },
+            None => ClientError::Server {
+                code: ErrorCode::Internal,
+                retry_after_ms: 0,
+                message: "the server accounted for only part of the batch".into(),
+            },
+        }),
+        Err(e) => Err(e.clone()),
     }
 }
 

@@ -382,6 +382,43 @@ fn put_batches_runs_verify_clean() {
     assert_eq!(v.records_read, v.acked);
 }
 
+/// `--prebuilt-calls`: a few calls built at the start, sent over and over (more records are
+/// acknowledged than were built), every one of them acknowledged.
+#[test]
+fn prebuilt_calls_are_sent_again_and_again() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(3),
+        limits: LimitsArg::Off,
+        delete_after: true,
+        producers: 2,
+        rate: 0.0,
+        api: Api::PutBatches,
+        call_records: 300,
+        prebuilt_calls: 2,
+        size: SizeSpec::fixed(200),
+        keys: 30,
+        duration_s: 0.5,
+        ..env.config("lg-prebuilt")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    assert_eq!((r.records_unsent, r.errors, r.records_throttled), (0, 0, 0));
+    assert_eq!(r.records_acked, r.records_sent);
+    assert!(
+        r.records_acked > 2 * 2 * 300,
+        "the calls were sent again: {}",
+        r.summary_line()
+    );
+    // Repeated records cannot be verified, nor followed by consumers.
+    let refused = RunConfig {
+        verify: true,
+        ..cfg.clone()
+    };
+    assert!(refused.validate().unwrap_err().contains("--prebuilt-calls"));
+}
+
 #[test]
 fn over_the_shard_limit_records_are_throttled_not_lost() {
     let env = Env::new();

@@ -3,7 +3,7 @@
 # 2,000 records a call, 10,000 keys, 10 s after 2 s; engine on CPU 0, load generator on
 # CPU 1). Prints the load generator's "per second", "ack" (ms: p50 p90 p99 p99.9 p99.99 max)
 # and "used" (cores: load generator, engine) lines on one line.
-# Knobs: CONF= engine config (default: none, the built-in defaults), BIN= binaries'
+# Knobs: EXTRA= more load-generator flags, SIZE= record bytes, CONF= engine config (default: none, the built-in defaults), BIN= binaries'
 # directory, P= producers, API=, PERF=engine|loadgen (5 s in: perf record --call-graph dwarf
 # for 2 s into $PERF_OUT/perf.data), AS= a user to run the engine as (with ulimit -l $ML KiB,
 # default 8192: a memlock too low to register the I/O buffers).
@@ -19,7 +19,7 @@ else
 fi
 for i in $(seq 100); do grep -q "listening" $data.log 2>/dev/null && break; sleep 0.1; done
 pid=$(pgrep -f "spate serve --data-dir $data" | tail -1)
-taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s --create-shards 4 --limits off --producers ${P:-16} --rate 0 --size 1024 --api ${API:-put-batches} --call-records 2000 --keys 10000 --duration 10 --warmup 2 --cores 1 --engine-pid $pid -q > $data.out 2>&1 &
+taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s --create-shards 4 --limits off --producers ${P:-16} --rate 0 --size ${SIZE:-1024} --api ${API:-put-batches} --call-records 2000 --keys 10000 --duration 10 --warmup 2 --cores 1 --engine-pid $pid ${EXTRA:-} -q > $data.out 2>&1 &
 lg=$!
 case ${PERF:-} in
   engine) sleep 5; perf record -F 1500 --call-graph dwarf,16384 -p $pid -o ${PERF_OUT:-.}/perf.data -- sleep 2 >/dev/null 2>&1 ;;

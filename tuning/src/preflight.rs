@@ -539,6 +539,27 @@ mod tests {
     }
 
     #[test]
+    fn registering_advice_follows_io_memory() {
+        // Three registrations of the pool, plus the rings.
+        assert_eq!(memlock_recommended_bytes(2, 4 * MIB), 2 * (3 * 4 + 2) * MIB);
+        assert_eq!(
+            memlock_recommended_bytes(1, IO_MEMORY_DEFAULT_BYTES),
+            386 * MIB
+        );
+        // 32 MiB registers a 4 MiB pool on two executors: kept. Not a 128 MiB one: the soft
+        // limit goes up to the hard limit.
+        let (soft, hard) = (LimitValue::Value(32 * MIB), LimitValue::Unlimited);
+        assert_eq!(
+            decide_memlock(soft, hard, 2, 4 * MIB).expect("ok"),
+            MemlockDecision::Keep
+        );
+        assert_eq!(
+            decide_memlock(soft, hard, 2, IO_MEMORY_DEFAULT_BYTES).expect("ok"),
+            MemlockDecision::RaiseTo(LimitValue::Unlimited)
+        );
+    }
+
+    #[test]
     fn memlock_kept_when_enough_or_as_good_as_it_gets() {
         assert_eq!(
             decide_memlock(

@@ -1413,12 +1413,7 @@ impl Generator {
                     break;
                 }
                 let (header, meta) = self.account(j, size, origin_ns);
-                let (pool, rng) = (&self.pool, &mut self.rng);
-                builders[r]
-                    .push_with(key, size, None, |out| {
-                        payload::fill_record(&header, out, pool, rng)
-                    })
-                    .expect("the load generator's records are valid");
+                self.generate_into(&mut builders[r], key, size, &header);
                 if metas[r].is_empty() {
                     used.push(r);
                 }
@@ -1452,6 +1447,22 @@ impl Generator {
         self.out.acked = acked;
     }
 
+    /// Generates the record `header` names (`size` bytes of data) straight into `batch`.
+    fn generate_into(
+        &mut self,
+        batch: &mut BatchBuilder,
+        key: &[u8],
+        size: usize,
+        header: &Header,
+    ) {
+        let (pool, rng) = (&self.pool, &mut self.rng);
+        batch
+            .push_with(key, size, None, |out| {
+                payload::fill_record(header, out, pool, rng)
+            })
+            .expect("the load generator's records are valid");
+    }
+
     /// `--prebuilt-calls N`: N calls built at the start (records generated as usual, one
     /// batch per shard), then sent over and over in a closed loop, each measured from its
     /// send. What the load generator's core then does per record is settle it.
@@ -1480,12 +1491,7 @@ impl Generator {
                     break;
                 }
                 let (header, meta) = self.next_record(j, size, 0);
-                let (pool, rng) = (&self.pool, &mut self.rng);
-                builders[r]
-                    .push_with(key, size, None, |out| {
-                        payload::fill_record(&header, out, pool, rng)
-                    })
-                    .expect("the load generator's records are valid");
+                self.generate_into(&mut builders[r], key, size, &header);
                 if metas[r].is_empty() {
                     used.push(r);
                 }

@@ -319,6 +319,22 @@ fn producer_callback_run_verifies_clean() {
     assert_eq!(v.records_read, v.acked);
 }
 
+/// Half a second of closed-loop `--api put-batches` from 2 producers on a fresh 3-shard
+/// stream of `stream`, limits off, 200 B records, deleted after.
+fn closed_put_batches(env: &Env, stream: &str) -> RunConfig {
+    RunConfig {
+        create_shards: Some(3),
+        limits: LimitsArg::Off,
+        delete_after: true,
+        producers: 2,
+        rate: 0.0,
+        api: Api::PutBatches,
+        size: SizeSpec::fixed(200),
+        duration_s: 0.5,
+        ..env.config(stream)
+    }
+}
+
 /// `--api put-batches`: records generated into their shard's batch, closed loop with calls
 /// larger than a batch holds (600 > 500 records: a call ends at a full batch and the record
 /// that did not fit opens the next one), then open loop with Kinesis limits (throttled
@@ -327,19 +343,11 @@ fn producer_callback_run_verifies_clean() {
 fn put_batches_runs_verify_clean() {
     let env = Env::new();
     let closed = RunConfig {
-        create_shards: Some(3),
-        limits: LimitsArg::Off,
-        delete_after: true,
-        producers: 2,
-        rate: 0.0,
-        api: Api::PutBatches,
         call_records: 600,
-        size: SizeSpec::fixed(200),
         // One key each: all of a producer's records go to one shard.
         keys: 2,
-        duration_s: 0.5,
         verify: true,
-        ..env.config("lg-batches")
+        ..closed_put_batches(&env, "lg-batches")
     };
     let r = run_blocking(&closed).expect("run succeeds");
     eprintln!("{}", r.summary_line());
@@ -388,18 +396,10 @@ fn put_batches_runs_verify_clean() {
 fn prebuilt_calls_are_sent_again_and_again() {
     let env = Env::new();
     let cfg = RunConfig {
-        create_shards: Some(3),
-        limits: LimitsArg::Off,
-        delete_after: true,
-        producers: 2,
-        rate: 0.0,
-        api: Api::PutBatches,
         call_records: 300,
         prebuilt_calls: 2,
-        size: SizeSpec::fixed(200),
         keys: 30,
-        duration_s: 0.5,
-        ..env.config("lg-prebuilt")
+        ..closed_put_batches(&env, "lg-prebuilt")
     };
     let r = run_blocking(&cfg).expect("run succeeds");
     eprintln!("{}", r.summary_line());

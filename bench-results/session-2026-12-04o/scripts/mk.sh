@@ -6,7 +6,7 @@
 # Knobs: EXTRA= more load-generator flags, SIZE= record bytes, CONF= engine config (default: none, the built-in defaults), BIN= binaries'
 # directory, P= producers, API=, PERF=engine|loadgen (5 s in: perf record --call-graph dwarf
 # for 2 s into $PERF_OUT/perf.data), AS= a user to run the engine as (with ulimit -l $ML KiB,
-# default 8192: a memlock too low to register the I/O buffers).
+# default 8192: a memlock too low to register the I/O buffers), MET=1 (round metrics after).
 here=$(cd "$(dirname "$0")" && pwd)
 cd /work/main; t=${BIN:-target/release}
 data=$(mktemp -d /work/spate-one.XXXXXX)
@@ -27,4 +27,6 @@ case ${PERF:-} in
 esac
 wait $lg
 grep -E '^  per second|^  ack |^  used' $data.out | tr '\n' ' ' | tr -s ' '; echo
+# MET=1: the engine's round counters after the run (rounds, syncs, seconds in syncs, sync latency).
+[ -n "${MET:-}" ] && curl -s 127.0.0.1:7699/metrics | grep -E '^spate_(rounds_total|round_syncs_total|flush_seconds_total|flush_latency_bucket)' | grep -v ' 0$'
 kill $pid; wait $pid 2>/dev/null; sleep 0.5; rm -rf $data $data.log $data.out

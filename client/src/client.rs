@@ -1114,7 +1114,7 @@ impl Client {
         builder
             .push(entry.key.as_bytes(), &entry.data, explicit_hash_key)
             .map_err(|e| ClientError::invalid(ErrorCode::from(e.clone()), e.to_string()))?;
-        let batch = Bytes::from(builder.finish());
+        let batch = Bytes::from(builder.into_batch());
         let policy = self.inner.config.retry;
         let mut attempt = 0;
         loop {

@@ -35,15 +35,17 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::routing::cached_hash_key;
 use bytes::Bytes;
-use spate_protocol::batch::{BatchBuilder, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH};
+use spate_protocol::batch::{
+    BatchBuilder, RecordIter, BATCH_HEADER_LEN, MAX_BATCH_BYTES, MAX_RECORDS_PER_BATCH,
+};
 use spate_protocol::{ErrorCode, PutBatchResponse};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -61,7 +63,8 @@ pub struct ProducerConfig {
     pub batch_bytes_max: usize,
     /// A batch is sent once it holds this many records (at most 500).
     pub batch_records_max: u32,
-    /// Records on their way to a core's worker, beyond which `send` waits.
+    /// Records queued for one shard (not counting its batch in flight), beyond which
+    /// `send` waits.
     pub queued_records_max_per_shard: usize,
     /// Key and data bytes queued or in flight in the whole producer, beyond which `send`
     /// waits.
@@ -81,14 +84,54 @@ impl Default for ProducerConfig {
     }
 }
 
+/// A record on its way to a batch: sent, or handed back by a closed shard for re-routing.
 struct Item {
     id: u64,
-    /// The order it was queued in at its current worker (flushes count by it).
-    local: u64,
     entry: Entry,
     done: Settle,
-    /// The record's share of the byte budget, returned when the record settles.
-    _budget: OwnedSemaphorePermit,
+    /// The record's share of the byte budget, given back when it settles.
+    cost: u32,
+}
+
+/// A record in a batch: its bytes are in the batch, this is what settling it needs.
+struct Rec {
+    id: u64,
+    /// The order it was queued in at its core (flushes count by it).
+    local: u64,
+    done: Settle,
+    cost: u32,
+}
+
+/// One shard's records built into a batch as they are sent.
+struct Pending {
+    builder: BatchBuilder,
+    recs: Vec<Rec>,
+    /// When its first record came (the linger runs from it).
+    first_at: Instant,
+}
+
+impl Pending {
+    /// Its records as they were sent (a closed shard's records go back for re-routing).
+    fn into_items(self) -> Vec<Item> {
+        let count = self.recs.len() as u32;
+        let batch = Bytes::from(self.builder.into_batch());
+        RecordIter::new(&batch, count)
+            .zip(self.recs)
+            .map(|(r, rec)| {
+                let r = r.expect("a batch the producer built");
+                Item {
+                    id: rec.id,
+                    entry: Entry {
+                        key: String::from_utf8(r.key.to_vec()).expect("a checked key"),
+                        data: batch.slice_ref(r.data),
+                        explicit_hash_key: r.explicit_hash_key,
+                    },
+                    done: rec.done,
+                    cost: rec.cost,
+                }
+            })
+            .collect()
+    }
 }
 
 /// How a record's outcome reaches its sender: a [`SendHandle`] or a callback.
@@ -114,28 +157,53 @@ impl Settle {
     }
 }
 
-enum Msg {
-    /// A record for this shard.
-    Record(ShardRoute, Item),
-    /// Answered once every record queued before it has settled.
-    Flush(oneshot::Sender<()>),
+/// Outcomes decided under a core's lock, delivered after it is released (a callback must
+/// never run under the lock), with the budget they give back.
+#[derive(Default)]
+struct Outcomes {
+    settled: Vec<(Settle, Result<PutResult>)>,
+    cost: usize,
+}
+
+impl Outcomes {
+    fn push(&mut self, done: Settle, cost: u32, outcome: Result<PutResult>) {
+        self.settled.push((done, outcome));
+        self.cost += cost as usize;
+    }
+
+    fn deliver(self, budget: &Semaphore) {
+        if self.cost > 0 {
+            budget.add_permits(self.cost);
+        }
+        for (done, outcome) in self.settled {
+            done.settle(outcome);
+        }
+    }
+}
+
+/// Rare requests to a core's worker.
+enum Ctrl {
     /// The shards were closed by a split or merge: answer every record queued for them (in
     /// send order), once none of their batches is in flight.
     Release {
         closed: Vec<u32>,
         reply: oneshot::Sender<Vec<Item>>,
     },
-    /// The new routes could not be had: fail the records held for closed shards.
-    FailHeld(ClientError),
     /// Send what is queued and stop once everything has settled.
     Close,
+}
+
+/// A core's worker as the producer sees it.
+struct Worker {
+    core: Arc<CoreShared>,
+    ctrl: mpsc::UnboundedSender<Ctrl>,
 }
 
 /// The routing table and the workers it routes to; replaced as a whole when a split or
 /// merge closes a shard (under the write lock, so no record is routed meanwhile).
 struct Routing {
     map: Arc<ShardMap>,
-    workers: BTreeMap<u16, mpsc::Sender<Msg>>,
+    workers: BTreeMap<u16, Worker>,
     handles: Vec<JoinHandle<()>>,
 }
 
@@ -270,45 +338,94 @@ impl Producer {
             .await
     }
 
-    /// Routes a record and queues it at its core's worker (waiting for room).
+    /// Routes a record and appends it to its shard's batch at its core (waiting for room).
     async fn queue(&self, entry: Entry, done: Settle) -> Result<()> {
+        // A send that finds room never waits, so a task sending in a loop would keep its
+        // thread from the workers (which send the batches and settle them) until something
+        // else made it yield: it spends tokio's cooperative budget instead, yielding every
+        // so many records.
+        tokio::task::consume_budget().await;
         let shared = &self.shared;
         let cost = (entry.key.len() + entry.data.len()).clamp(1, shared.config.buffered_bytes_max);
-        let budget = shared
+        // The budget comes back by the batch (`Outcomes::deliver`), not with a permit per
+        // record.
+        shared
             .budget
-            .clone()
-            .acquire_many_owned(cost as u32)
+            .acquire_many(cost as u32)
             .await
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| ClientError::Closed)?
+            .forget();
         let hash = entry
             .explicit_hash_key
             .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
-        // Routed and queued under the read lock: a re-routing (write lock) sees every record
-        // routed by the old table already at its worker.
-        let routing = shared.routing.read().await;
-        check_entry(&routing.map, &entry)?;
-        let route = routing
-            .map
-            .index_for_hash(hash)
-            .map(|i| routing.map.routes()[i])
-            .ok_or_else(|| ClientError::protocol("no open shard covers the record's hash key"))?;
-        let item = Item {
-            id: shared
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            local: 0,
+        let id = shared
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut item = Some(Item {
+            id,
             entry,
             done,
-            _budget: budget,
+            cost: cost as u32,
+        });
+        let given_back = |item: Option<Item>| {
+            if let Some(item) = item {
+                shared.budget.add_permits(item.cost as usize);
+            }
         };
-        routing
-            .workers
-            .get(&route.core)
-            .ok_or(ClientError::Closed)?
-            .send(Msg::Record(route, item))
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        Ok(())
+        loop {
+            // Routed and queued under the read lock: a re-routing (write lock) sees every
+            // record routed by the old table already in its shard's queue.
+            let routing = shared.routing.read().await;
+            let entry = &item.as_ref().expect("not queued yet").entry;
+            if let Err(e) = check_entry(&routing.map, entry) {
+                given_back(item);
+                return Err(e);
+            }
+            let Some(route) = routing
+                .map
+                .index_for_hash(hash)
+                .map(|i| routing.map.routes()[i])
+            else {
+                given_back(item);
+                return Err(ClientError::protocol(
+                    "no open shard covers the record's hash key",
+                ));
+            };
+            let Some(worker) = routing.workers.get(&route.core) else {
+                given_back(item);
+                return Err(ClientError::Closed);
+            };
+            let core = worker.core.clone();
+            let room = core.room.notified();
+            tokio::pin!(room);
+            let wake = {
+                let mut st = core.lock();
+                if st.stopped {
+                    drop(st);
+                    given_back(item);
+                    return Err(ClientError::Closed);
+                }
+                if st.full(route.shard_id, shared.config.queued_records_max_per_shard) {
+                    // Registered before the lock is let go: the worker's wake-up after it
+                    // takes a batch cannot be missed.
+                    room.as_mut().enable();
+                    None
+                } else {
+                    let item = item.take().expect("not queued yet");
+                    Some(st.enqueue(&shared.config, route, item))
+                }
+            };
+            drop(routing);
+            match wake {
+                Some(wake) => {
+                    if wake {
+                        core.wake.notify_one();
+                    }
+                    return Ok(());
+                }
+                None => room.await,
+            }
+        }
     }
 
     /// Sends everything queued now (without waiting out the linger) and waits until every
@@ -320,11 +437,15 @@ impl Producer {
             let mut acks = Vec::new();
             {
                 let routing = self.shared.routing.read().await;
-                for queue in routing.workers.values() {
+                for worker in routing.workers.values() {
                     let (tx, rx) = oneshot::channel();
-                    if queue.send(Msg::Flush(tx)).await.is_ok() {
-                        acks.push(rx);
+                    {
+                        let mut st = worker.core.lock();
+                        let upto = st.unsettled.flush(tx);
+                        st.force(upto);
                     }
+                    worker.core.wake.notify_one();
+                    acks.push(rx);
                 }
             }
             for ack in acks {
@@ -344,8 +465,8 @@ impl Producer {
         self.flush().await;
         let handles = {
             let mut routing = self.shared.routing.write().await;
-            for queue in routing.workers.values() {
-                let _ = queue.send(Msg::Close).await;
+            for worker in routing.workers.values() {
+                let _ = worker.ctrl.send(Ctrl::Close);
             }
             std::mem::take(&mut routing.handles)
         };
@@ -365,29 +486,39 @@ impl Shared {
         if routing.workers.contains_key(&core) {
             return;
         }
-        let (tx, rx) = mpsc::channel(self.config.queued_records_max_per_shard);
+        let (ctrl, ctrl_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(CoreShared {
+            state: Mutex::new(CoreState {
+                shards: HashMap::new(),
+                unsettled: Unsettled::default(),
+                force_upto: 0,
+                maybe_due: Vec::new(),
+                timers: BinaryHeap::new(),
+                sleep_until: None,
+                held: 0,
+                closed: false,
+                stopped: false,
+            }),
+            wake: Notify::new(),
+            room: Notify::new(),
+            budget: self.budget.clone(),
+        });
         let worker = CoreWorker {
             client: self.client.clone(),
             stream: self.stream.clone(),
             core,
             config: self.config,
-            rx,
+            shared: shared.clone(),
+            ctrl: ctrl_rx,
+            ctrl_done: false,
             done_tx,
             done_rx,
             refresh: self.refresh.clone(),
-            shards: HashMap::new(),
             inflight: 0,
-            unsettled: Unsettled::default(),
             releases: Vec::new(),
-            force_upto: 0,
-            maybe_due: Vec::new(),
-            timers: BinaryHeap::new(),
-            held: 0,
-            closed: false,
-            rx_done: false,
         };
-        routing.workers.insert(core, tx);
+        routing.workers.insert(core, Worker { core: shared, ctrl });
         routing.handles.push(tokio::spawn(worker.run()));
     }
 
@@ -413,42 +544,55 @@ impl Shared {
             self.add_worker(&mut routing, r.core);
         }
         let mut released = Vec::new();
-        for queue in routing.workers.values() {
+        for worker in routing.workers.values() {
             let (tx, rx) = oneshot::channel();
-            let asked = Msg::Release {
+            let asked = Ctrl::Release {
                 closed: closed.clone(),
                 reply: tx,
             };
-            if queue.send(asked).await.is_ok() {
+            if worker.ctrl.send(asked).is_ok() {
                 released.extend(rx.await.unwrap_or_default());
             }
         }
         released.sort_by_key(|i: &Item| i.id);
         tracing::debug!(stream = %self.stream, version = map.map_version, closed = ?closed, moved = released.len(), "producer re-routes after a reshard");
         routing.map = map;
+        let mut failed = Outcomes::default();
         for item in released {
             let hash = item
                 .entry
                 .explicit_hash_key
                 .unwrap_or_else(|| cached_hash_key(item.entry.key.as_bytes()));
-            let Some(route) = routing
+            let route = routing
                 .map
                 .index_for_hash(hash)
-                .map(|i| routing.map.routes()[i])
-            else {
-                item.done.settle(Err(ClientError::protocol(
-                    "no open shard covers the record's hash key",
-                )));
+                .map(|i| routing.map.routes()[i]);
+            let worker = route.and_then(|r| routing.workers.get(&r.core));
+            let (Some(route), Some(worker)) = (route, worker) else {
+                failed.push(
+                    item.done,
+                    item.cost,
+                    Err(ClientError::protocol(
+                        "no open shard covers the record's hash key",
+                    )),
+                );
                 continue;
             };
-            if let Some(queue) = routing.workers.get(&route.core) {
-                if let Err(mpsc::error::SendError(Msg::Record(_, item))) =
-                    queue.send(Msg::Record(route, item)).await
-                {
-                    item.done.settle(Err(ClientError::Closed));
-                }
+            // Past the per-shard bound if need be: these were sent before anything that
+            // waits for room.
+            let mut st = worker.core.lock();
+            if st.stopped {
+                drop(st);
+                failed.push(item.done, item.cost, Err(ClientError::Closed));
+                continue;
+            }
+            let wake = st.enqueue(&self.config, route, item);
+            drop(st);
+            if wake {
+                worker.core.wake.notify_one();
             }
         }
+        failed.deliver(&self.budget);
     }
 }
 
@@ -473,22 +617,25 @@ async fn refresher(shared: std::sync::Weak<Shared>, mut rx: mpsc::UnboundedRecei
             Err(e) => {
                 tracing::warn!(stream = %shared.stream, error = %e, "producer cannot get the routes after a reshard");
                 let routing = shared.routing.read().await;
-                for queue in routing.workers.values() {
-                    let _ = queue.send(Msg::FailHeld(e.clone())).await;
+                for worker in routing.workers.values() {
+                    worker.core.fail_held(e.clone());
                 }
             }
         }
     }
 }
 
-/// A shard's records waiting at its core's worker.
+/// A shard's batches waiting at its core.
 struct ShardQueue {
     route: ShardRoute,
-    queue: VecDeque<Item>,
-    /// Key and data bytes queued.
-    bytes: usize,
-    /// When the oldest queued record arrived (the linger runs from it).
-    first_at: Option<Instant>,
+    /// Oldest first; records join the last one while it has room.
+    batches: VecDeque<Pending>,
+    /// Records in `batches`.
+    records: usize,
+    /// The size and records the last batch was sent with (a new batch starts with room
+    /// for as much).
+    last_batch_bytes: usize,
+    last_batch_records: usize,
     /// A batch of this shard is in flight.
     busy: bool,
     /// A refused tail waits until then.
@@ -505,15 +652,36 @@ impl ShardQueue {
     fn new(route: ShardRoute) -> ShardQueue {
         ShardQueue {
             route,
-            queue: VecDeque::new(),
-            bytes: 0,
-            first_at: None,
+            batches: VecDeque::new(),
+            records: 0,
+            last_batch_bytes: 0,
+            last_batch_records: 0,
             busy: false,
             retry_at: None,
             attempt: 0,
             held: false,
             timer: None,
         }
+    }
+
+    /// Puts the refused tail of a sent batch (its records from `skip` on) back at the front.
+    fn requeue(&mut self, batch: &[u8], count: usize, skip: usize, recs: Vec<Rec>) {
+        if recs.is_empty() {
+            return;
+        }
+        let mut builder = BatchBuilder::with_capacity(batch.len());
+        for r in RecordIter::new(batch, count as u32).skip(skip) {
+            let r = r.expect("a batch the producer built");
+            builder
+                .push(r.key, r.data, r.explicit_hash_key)
+                .expect("it fitted before");
+        }
+        self.records += recs.len();
+        self.batches.push_front(Pending {
+            builder,
+            recs,
+            first_at: Instant::now(),
+        });
     }
 }
 
@@ -527,35 +695,55 @@ fn arm(timers: &mut BinaryHeap<Reverse<(Instant, u32)>>, q: &mut ShardQueue, id:
     }
 }
 
-/// What came back for one request: each shard's batch (its items, how many records) and
-/// the answer for it.
-struct Done {
-    sent: Vec<(u32, Vec<Item>)>,
-    answers: Vec<Result<PutBatchResponse>>,
+/// A core's batches, shared by the senders (who append records to them) and the core's
+/// worker (which sends them and settles their records).
+struct CoreShared {
+    state: Mutex<CoreState>,
+    /// Wakes the worker: a batch filled, a linger due before its sleep ends, a flush.
+    wake: Notify,
+    /// Wakes senders waiting for room in a shard's queue (a batch was taken).
+    room: Notify,
+    budget: Arc<Semaphore>,
 }
 
-/// Messages a worker takes at once before it looks at its batches again.
-const DRAIN_MAX: usize = 256;
+impl CoreShared {
+    fn lock(&self) -> MutexGuard<'_, CoreState> {
+        // (Nothing under the lock runs the caller's code; a panic there is a bug in this
+        // module, and the state is still consistent enough to fail records from.)
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
-/// One core's batching loop.
-struct CoreWorker {
-    client: Client,
-    stream: String,
-    core: u16,
-    config: ProducerConfig,
-    rx: mpsc::Receiver<Msg>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
-    /// Where to ask for newer routes.
-    refresh: mpsc::UnboundedSender<u64>,
+    /// Fails the records held for closed shards (the new routes cannot be had).
+    fn fail_held(&self, err: ClientError) {
+        let mut out = Outcomes::default();
+        {
+            let mut st = self.lock();
+            let held: Vec<u32> = st
+                .shards
+                .iter()
+                .filter(|(_, q)| q.held && !q.busy)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in held {
+                if let Some(q) = st.remove_shard(id) {
+                    for rec in q.batches.into_iter().flat_map(|p| p.recs) {
+                        st.unsettled.settled(rec.local);
+                        out.push(rec.done, rec.cost, Err(err.clone()));
+                    }
+                }
+            }
+        }
+        out.deliver(&self.budget);
+        self.room.notify_waiters();
+    }
+}
+
+/// What a core's senders and its worker share.
+struct CoreState {
     /// Queues by shard id.
     shards: HashMap<u32, ShardQueue>,
-    /// Requests in flight.
-    inflight: usize,
     /// Records queued or in flight here, and the flushes waiting for some of them.
     unsettled: Unsettled,
-    /// Releases waiting for batches of closed shards in flight.
-    releases: Vec<(Vec<u32>, oneshot::Sender<Vec<Item>>)>,
     /// Records queued here up to this `local` number go out without waiting out the
     /// linger (a flush asked).
     force_upto: u64,
@@ -566,85 +754,96 @@ struct CoreWorker {
     /// When waiting shards become due (linger or retry delay), earliest first; an entry
     /// may be stale (the shard went meanwhile): it is looked at and dropped.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Until when the worker sleeps (None: no timer): a sender whose batch's linger ends
+    /// earlier wakes it.
+    sleep_until: Option<Instant>,
     /// Shards held for a re-routing.
     held: usize,
     closed: bool,
-    /// Every sender is gone.
-    rx_done: bool,
+    /// The worker has stopped (after a close, with nothing left): nothing queued here now
+    /// would be sent.
+    stopped: bool,
 }
 
-impl CoreWorker {
-    async fn run(mut self) {
-        loop {
-            self.send_due();
-            self.answer_releases();
-            self.answer_flushes();
-            if self.closed
-                && self.unsettled.count == 0
-                && self.inflight == 0
-                && self.releases.is_empty()
-            {
-                return;
-            }
-            let deadline = self.next_deadline();
-            let holding = self.held > 0;
-            let refresh = self.refresh.clone();
-            tokio::select! {
-                // Read after a close too: a re-routing may still ask for held records.
-                msg = self.rx.recv(), if !self.rx_done => {
-                    self.handle(msg);
-                    // What else is queued, up to a bound, before the batches are looked
-                    // at again: one pass over the shards and one timer per burst of
-                    // records, not per record.
-                    for _ in 0..DRAIN_MAX {
-                        match self.rx.try_recv() {
-                            Ok(msg) => self.handle(Some(msg)),
-                            Err(mpsc::error::TryRecvError::Empty) => break,
-                            Err(mpsc::error::TryRecvError::Disconnected) => {
-                                self.handle(None);
-                                break;
-                            }
-                        }
-                    }
-                }
-                Some(done) = self.done_rx.recv() => {
-                    self.settle(done);
-                    while let Ok(done) = self.done_rx.try_recv() {
-                        self.settle(done);
-                    }
-                }
-                _ = sleep_until(deadline), if deadline.is_some() => {}
-                // The producer is gone: nobody will re-route what is held.
-                _ = refresh.closed(), if holding => self.fail_held(ClientError::Closed),
-            }
-        }
+impl CoreState {
+    /// Whether shard `id` has no room for another record (a held shard always has: its
+    /// records are re-routed, not sent).
+    fn full(&self, id: u32, max: usize) -> bool {
+        self.shards
+            .get(&id)
+            .is_some_and(|q| !q.held && q.records >= max)
     }
 
-    /// One message from the producer (`None`: every sender is gone).
-    fn handle(&mut self, msg: Option<Msg>) {
-        match msg {
-            Some(Msg::Record(route, item)) => self.enqueue(route, item),
-            Some(Msg::Flush(ack)) => {
-                let upto = self.unsettled.flush(ack);
-                self.force(upto);
+    /// Appends a record to its shard's last batch, or to a new one when that is full (the
+    /// copy into the batch is the one the wire format needs). Returns whether the worker
+    /// must be woken: a batch became due, or a linger starts before the worker's sleep
+    /// ends. A shard with a batch in flight is looked at when that settles.
+    fn enqueue(&mut self, config: &ProducerConfig, route: ShardRoute, item: Item) -> bool {
+        let local = self.unsettled.queued();
+        // Queued after a close or a flush reached it (a re-routing's records): no linger.
+        let forced = local <= self.force_upto;
+        let id = route.shard_id;
+        let e = &item.entry;
+        let add = e.encoded_len();
+        let q = self
+            .shards
+            .entry(id)
+            .or_insert_with(|| ShardQueue::new(route));
+        let idle = !q.busy && !q.held && q.retry_at.is_none();
+        let mut wake = false;
+        let joins = q.batches.back().is_some_and(|b| {
+            b.builder.len() < config.batch_records_max
+                && b.builder.encoded_len() + add <= config.batch_bytes_max
+                && b.builder
+                    .fits(e.key.len(), e.data.len(), e.explicit_hash_key.is_some())
+        });
+        if !joins {
+            if !q.batches.is_empty() && idle {
+                // The last batch is full.
+                self.maybe_due.push(id);
+                wake = true;
             }
-            Some(Msg::Release { closed, reply }) => {
-                for id in &closed {
-                    self.hold(*id);
-                }
-                self.releases.push((closed, reply));
-            }
-            Some(Msg::FailHeld(e)) => self.fail_held(e),
-            Some(Msg::Close) => {
-                self.closed = true;
-                self.force(u64::MAX);
-            }
-            None => {
-                self.rx_done = true;
-                self.closed = true;
-                self.force(u64::MAX);
+            let now = Instant::now();
+            // Room for twice what the last batch took, up to a full batch: a buffer that
+            // grows while it fills copies everything in it (a 256 KiB batch, or the
+            // records' list, grown by one record past what the last one held).
+            let bytes = (2 * q.last_batch_bytes)
+                .clamp(4096, config.batch_bytes_max.max(4096))
+                .max(BATCH_HEADER_LEN + add);
+            let records = (2 * q.last_batch_records)
+                .max(8)
+                .min(config.batch_records_max as usize)
+                .min(config.batch_bytes_max / add + 1);
+            q.batches.push_back(Pending {
+                builder: BatchBuilder::with_capacity(bytes),
+                recs: Vec::with_capacity(records),
+                first_at: now,
+            });
+            if q.batches.len() == 1 && idle {
+                // Its linger starts.
+                let at = now + config.linger;
+                wake |= self.sleep_until.is_none_or(|t| at < t);
+                arm(&mut self.timers, q, id, at);
             }
         }
+        let b = q.batches.back_mut().expect("a batch to join");
+        b.builder
+            .push(e.key.as_bytes(), &e.data, e.explicit_hash_key)
+            .expect("entry checked by send");
+        b.recs.push(Rec {
+            id: item.id,
+            local,
+            done: item.done,
+            cost: item.cost,
+        });
+        q.records += 1;
+        let filled = b.builder.len() >= config.batch_records_max
+            || b.builder.encoded_len() >= config.batch_bytes_max;
+        if (filled || forced) && idle {
+            self.maybe_due.push(id);
+            wake = true;
+        }
+        wake
     }
 
     /// Records queued up to `upto` go out without waiting out the linger (rare: a flush or
@@ -654,7 +853,7 @@ impl CoreWorker {
         self.maybe_due.extend(
             self.shards
                 .iter()
-                .filter(|(_, q)| !q.queue.is_empty())
+                .filter(|(_, q)| q.records > 0)
                 .map(|(id, _)| *id),
         );
     }
@@ -678,103 +877,183 @@ impl CoreWorker {
         Some(q)
     }
 
-    fn enqueue(&mut self, route: ShardRoute, mut item: Item) {
-        let q = self
-            .shards
-            .entry(route.shard_id)
-            .or_insert_with(|| ShardQueue::new(route));
-        item.local = self.unsettled.queued();
-        // Queued after a close (a re-routing's records): it goes without the linger.
-        let forced = item.local <= self.force_upto;
-        let before = q.bytes;
-        q.bytes += item.entry.key.len() + item.entry.data.len();
-        if q.first_at.is_none() {
-            let now = Instant::now();
-            q.first_at = Some(now);
-            arm(
-                &mut self.timers,
-                q,
-                route.shard_id,
-                now + self.config.linger,
-            );
-        }
-        q.queue.push_back(item);
-        // A batch's worth now (counted once, when it is reached).
-        let max_bytes = self.config.batch_bytes_max;
-        if (before < max_bytes && q.bytes >= max_bytes)
-            || q.queue.len() == self.config.batch_records_max as usize
-            || forced
-        {
-            self.maybe_due.push(route.shard_id);
-        }
-    }
-
-    /// The earliest moment a waiting shard becomes due (linger or retry delay).
-    fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
-    }
-
-    fn due(&self, q: &ShardQueue, now: Instant) -> bool {
-        if q.busy || q.held || q.queue.is_empty() || q.retry_at.is_some_and(|t| t > now) {
+    fn due(&self, config: &ProducerConfig, q: &ShardQueue, now: Instant) -> bool {
+        if q.busy || q.held || q.retry_at.is_some_and(|t| t > now) {
             return false;
         }
+        let Some(front) = q.batches.front() else {
+            return false;
+        };
         q.retry_at.is_some()
-            || q.bytes >= self.config.batch_bytes_max
-            || q.queue.len() >= self.config.batch_records_max as usize
-            || q.first_at.is_some_and(|t| t + self.config.linger <= now)
-            || q.queue.front().is_some_and(|i| i.local <= self.force_upto)
+            || q.batches.len() > 1
+            || front.builder.len() >= config.batch_records_max
+            || front.builder.encoded_len() >= config.batch_bytes_max
+            || front.first_at + config.linger <= now
+            || front
+                .recs
+                .first()
+                .is_some_and(|r| r.local <= self.force_upto)
     }
 
-    /// Builds a batch for every shard that is due and sends them, one request per frame's
-    /// worth (most often one).
-    fn send_due(&mut self) {
+    /// Takes the shard's oldest batch to send.
+    fn take_batch(&mut self, shard: u32) -> (Vec<Rec>, Bytes) {
+        let q = self.shards.get_mut(&shard).expect("due shard");
+        let p = q.batches.pop_front().expect("a due shard has a batch");
+        q.records -= p.recs.len();
+        q.busy = true;
+        let batch = p.builder.into_batch();
+        q.last_batch_bytes = batch.len();
+        q.last_batch_records = p.recs.len();
+        (p.recs, Bytes::from(batch))
+    }
+}
+
+/// What came back for one request: each shard's batch (its records and bytes) and the
+/// answer for it.
+struct Done {
+    sent: Vec<(u32, Vec<Rec>, Bytes)>,
+    answers: Vec<Result<PutBatchResponse>>,
+}
+
+/// One core's sending loop.
+struct CoreWorker {
+    client: Client,
+    stream: String,
+    core: u16,
+    config: ProducerConfig,
+    shared: Arc<CoreShared>,
+    ctrl: mpsc::UnboundedReceiver<Ctrl>,
+    /// Every sender of `ctrl` is gone (the producer was dropped).
+    ctrl_done: bool,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Where to ask for newer routes.
+    refresh: mpsc::UnboundedSender<u64>,
+    /// Requests in flight.
+    inflight: usize,
+    /// Releases waiting for batches of closed shards in flight.
+    releases: Vec<(Vec<u32>, oneshot::Sender<Vec<Item>>)>,
+}
+
+impl CoreWorker {
+    async fn run(mut self) {
+        loop {
+            let (deadline, holding, taken, failed) = {
+                let shared = self.shared.clone();
+                let mut st = shared.lock();
+                let taken = self.send_due(&mut st);
+                let failed = self.answer_releases(&mut st);
+                st.unsettled.answer();
+                if st.closed
+                    && st.unsettled.count == 0
+                    && self.inflight == 0
+                    && self.releases.is_empty()
+                {
+                    st.stopped = true;
+                    drop(st);
+                    failed.deliver(&self.shared.budget);
+                    return;
+                }
+                let deadline = st.timers.peek().map(|Reverse((t, _))| *t);
+                st.sleep_until = deadline;
+                (deadline, st.held > 0, taken, failed)
+            };
+            failed.deliver(&self.shared.budget);
+            if taken {
+                self.shared.room.notify_waiters();
+            }
+            let refresh = self.refresh.clone();
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                // Read after a close too: a re-routing may still ask for held records.
+                ctrl = self.ctrl.recv(), if !self.ctrl_done => self.handle(ctrl),
+                Some(done) = self.done_rx.recv() => {
+                    self.settle(done);
+                    while let Ok(done) = self.done_rx.try_recv() {
+                        self.settle(done);
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {}
+                // The producer is gone: nobody will re-route what is held.
+                _ = refresh.closed(), if holding => self.shared.fail_held(ClientError::Closed),
+            }
+        }
+    }
+
+    /// One request from the producer (`None`: the producer is gone).
+    fn handle(&mut self, ctrl: Option<Ctrl>) {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        match ctrl {
+            Some(Ctrl::Release { closed, reply }) => {
+                for id in &closed {
+                    st.hold(*id);
+                }
+                self.releases.push((closed, reply));
+            }
+            Some(Ctrl::Close) => {
+                st.closed = true;
+                st.force(u64::MAX);
+            }
+            None => {
+                self.ctrl_done = true;
+                st.closed = true;
+                st.force(u64::MAX);
+            }
+        }
+    }
+
+    /// Sends the batch of every shard that is due, one request per frame's worth (most
+    /// often one). Returns whether it took any.
+    fn send_due(&mut self, st: &mut CoreState) -> bool {
         let now = Instant::now();
-        while let Some(&Reverse((t, id))) = self.timers.peek() {
+        while let Some(&Reverse((t, id))) = st.timers.peek() {
             if t > now {
                 break;
             }
-            self.timers.pop();
-            if let Some(q) = self.shards.get_mut(&id) {
+            st.timers.pop();
+            if let Some(q) = st.shards.get_mut(&id) {
                 if q.timer == Some(t) {
                     q.timer = None;
                 }
             }
-            self.maybe_due.push(id);
+            st.maybe_due.push(id);
         }
-        if self.maybe_due.is_empty() {
-            return;
+        if st.maybe_due.is_empty() {
+            return false;
         }
-        let mut looked = std::mem::take(&mut self.maybe_due);
+        let mut looked = std::mem::take(&mut st.maybe_due);
         looked.sort_unstable();
         looked.dedup();
         let mut due = Vec::new();
         for id in looked {
-            let Some(q) = self.shards.get(&id) else {
+            let Some(q) = st.shards.get(&id) else {
                 continue;
             };
-            if self.due(q, now) {
+            if st.due(&self.config, q, now) {
                 due.push(id);
-            } else if !q.busy && !q.held && !q.queue.is_empty() {
+            } else if !q.busy && !q.held && q.records > 0 {
                 // Waiting: its deadline is ahead (a due one would have gone).
                 let at = match q.retry_at {
                     Some(t) => t,
-                    None => q.first_at.expect("queued") + self.config.linger,
+                    None => q.batches.front().expect("queued").first_at + self.config.linger,
                 };
-                let q = self.shards.get_mut(&id).expect("looked up above");
-                arm(&mut self.timers, q, id, at);
+                let st = &mut *st;
+                let q = st.shards.get_mut(&id).expect("looked up above");
+                arm(&mut st.timers, q, id, at);
             }
             // (Busy: looked at again when its batch settles. Held: re-routed.)
         }
         if due.is_empty() {
-            return;
+            return false;
         }
         // Packed as `put_records` packs (all this worker's shards are on its core), but each
         // request settles its own records when it is answered.
-        let mut taken: Vec<Option<(u32, Vec<Item>, Bytes)>> = due
+        let mut taken: Vec<Option<(u32, Vec<Rec>, Bytes)>> = due
             .into_iter()
             .map(|shard| {
-                let (items, batch) = self.take_batch(shard);
-                Some((shard, items, batch))
+                let (recs, batch) = st.take_batch(shard);
+                Some((shard, recs, batch))
             })
             .collect();
         let packed = crate::put::pack_per_core(
@@ -784,7 +1063,7 @@ impl CoreWorker {
                 .map(|t| (self.core, t.as_ref().map_or(0, |(_, _, b)| b.len()))),
         );
         for (core, indices) in packed {
-            let request: Vec<(u32, Vec<Item>, Bytes)> = indices
+            let request: Vec<(u32, Vec<Rec>, Bytes)> = indices
                 .iter()
                 .map(|&i| taken[i].take().expect("each batch in one request"))
                 .collect();
@@ -793,51 +1072,18 @@ impl CoreWorker {
             let stream = self.stream.clone();
             let parts: Vec<(ShardRoute, Bytes)> = request
                 .iter()
-                .map(|(s, _, b)| (self.shards[s].route, b.clone()))
+                .map(|(s, _, b)| (st.shards[s].route, b.clone()))
                 .collect();
             let done_tx = self.done_tx.clone();
             tokio::spawn(async move {
                 let answers = crate::put::send_packed(&client, &stream, core, &parts).await;
-                let sent = request
-                    .into_iter()
-                    .map(|(s, items, _)| (s, items))
-                    .collect();
-                let _ = done_tx.send(Done { sent, answers });
+                let _ = done_tx.send(Done {
+                    sent: request,
+                    answers,
+                });
             });
         }
-    }
-
-    /// Takes the longest prefix of a shard's queue that makes one batch (within the batch
-    /// bounds; the first record always goes) and builds it.
-    fn take_batch(&mut self, shard: u32) -> (Vec<Item>, Bytes) {
-        let config = self.config;
-        let q = self.shards.get_mut(&shard).expect("due shard");
-        let mut b = BatchBuilder::with_capacity(
-            q.bytes.min(config.batch_bytes_max) + 64 * q.queue.len().min(500),
-        );
-        let mut items = Vec::new();
-        while let Some(item) = q.queue.front() {
-            let e = &item.entry;
-            let size = e.key.len() + e.data.len();
-            let soft = !b.is_empty()
-                && (b.encoded_len() + size > config.batch_bytes_max
-                    || b.len() >= config.batch_records_max);
-            if soft || !b.fits(e.key.len(), e.data.len(), e.explicit_hash_key.is_some()) {
-                break;
-            }
-            // The copy into the batch is the one the wire format needs.
-            b.push(e.key.as_bytes(), &e.data, e.explicit_hash_key)
-                .expect("entry checked by send");
-            q.bytes -= size;
-            items.push(q.queue.pop_front().expect("front"));
-        }
-        assert!(
-            !items.is_empty(),
-            "a checked record always fits an empty batch"
-        );
-        q.busy = true;
-        q.first_at = q.queue.front().map(|_| Instant::now());
-        (items, Bytes::from(b.finish()))
+        true
     }
 
     /// Resolves what a request's answer settled; a refused tail goes back to the front of
@@ -845,150 +1091,143 @@ impl CoreWorker {
     fn settle(&mut self, done: Done) {
         self.inflight -= 1;
         let policy = self.client.config().retry;
-        for ((shard, items), answer) in done.sent.into_iter().zip(done.answers) {
-            self.maybe_due.push(shard);
-            let q = self.shards.get_mut(&shard).expect("sent shard");
-            q.busy = false;
-            let count = items.len();
-            let (accepted, base_seq, err) = match answer {
-                Ok(r) if r.accepted as usize > count => (
-                    0,
-                    0,
-                    Some(ClientError::protocol(format!(
-                        "server accepted {} records of a batch of {count}",
-                        r.accepted
-                    ))),
-                ),
-                Ok(r) => {
-                    let err = match r.rejected {
-                        None if r.accepted as usize == count => None,
-                        None => Some(ClientError::Server {
-                            code: ErrorCode::Internal,
-                            retry_after_ms: 0,
-                            message: "the server accounted for only part of the batch".into(),
+        let mut out = Outcomes::default();
+        let mut gone = false;
+        {
+            let shared = self.shared.clone();
+            let mut guard = shared.lock();
+            let st = &mut *guard;
+            for ((shard, recs, batch), answer) in done.sent.into_iter().zip(done.answers) {
+                st.maybe_due.push(shard);
+                let q = st.shards.get_mut(&shard).expect("sent shard");
+                q.busy = false;
+                let count = recs.len();
+                let (accepted, base_seq, err) = match answer {
+                    Ok(r) if r.accepted as usize > count => (
+                        0,
+                        0,
+                        Some(ClientError::protocol(format!(
+                            "server accepted {} records of a batch of {count}",
+                            r.accepted
+                        ))),
+                    ),
+                    Ok(r) => {
+                        let err = match r.rejected {
+                            None if r.accepted as usize == count => None,
+                            None => Some(ClientError::Server {
+                                code: ErrorCode::Internal,
+                                retry_after_ms: 0,
+                                message: "the server accounted for only part of the batch".into(),
+                            }),
+                            Some(rej) => Some(ClientError::Server {
+                                code: rej.code,
+                                retry_after_ms: rej.retry_after_ms,
+                                message: format!("shard {} refused the record", q.route.shard_id),
+                            }),
+                        };
+                        (r.accepted as usize, r.base_seq, err)
+                    }
+                    Err(e) => (0, 0, Some(e)),
+                };
+                let mut recs = recs.into_iter();
+                for (i, rec) in recs.by_ref().take(accepted).enumerate() {
+                    st.unsettled.settled(rec.local);
+                    out.push(
+                        rec.done,
+                        rec.cost,
+                        Ok(PutResult {
+                            shard_id: q.route.shard_id,
+                            seq: base_seq + i as u64,
                         }),
-                        Some(rej) => Some(ClientError::Server {
-                            code: rej.code,
-                            retry_after_ms: rej.retry_after_ms,
-                            message: format!("shard {} refused the record", q.route.shard_id),
-                        }),
-                    };
-                    (r.accepted as usize, r.base_seq, err)
+                    );
                 }
-                Err(e) => (0, 0, Some(e)),
-            };
-            let mut items = items.into_iter();
-            for (i, item) in items.by_ref().take(accepted).enumerate() {
-                self.unsettled.settled(item.local);
-                item.done.settle(Ok(PutResult {
-                    shard_id: q.route.shard_id,
-                    seq: base_seq + i as u64,
-                }));
-            }
-            if accepted > 0 {
-                q.attempt = 0;
-            }
-            let Some(err) = err else {
-                q.retry_at = None;
-                continue;
-            };
-            let rest: Vec<Item> = items.collect();
-            if let ClientError::ShardClosed {
-                shard_map_version, ..
-            } = err
-            {
-                // Split or merged: held at the front of the queue (nothing of it was stored)
-                // until the producer moves it to the shards that own its keys now.
-                tracing::debug!(
-                    shard = q.route.shard_id,
-                    version = shard_map_version,
-                    "shard closed under the producer"
-                );
-                if !q.held {
-                    q.held = true;
-                    self.held += 1;
+                if accepted > 0 {
+                    q.attempt = 0;
                 }
-                q.retry_at = None;
-                for item in rest.into_iter().rev() {
-                    q.bytes += item.entry.key.len() + item.entry.data.len();
-                    q.queue.push_front(item);
+                let Some(err) = err else {
+                    q.retry_at = None;
+                    continue;
+                };
+                let rest: Vec<Rec> = recs.collect();
+                if let ClientError::ShardClosed {
+                    shard_map_version, ..
+                } = err
+                {
+                    // Split or merged: held at the front of the queue (nothing of it was
+                    // stored) until the producer moves it to the shards that own its keys now.
+                    tracing::debug!(
+                        shard = q.route.shard_id,
+                        version = shard_map_version,
+                        "shard closed under the producer"
+                    );
+                    if !q.held {
+                        q.held = true;
+                        st.held += 1;
+                    }
+                    q.retry_at = None;
+                    q.requeue(&batch, count, accepted, rest);
+                    if self.refresh.send(shard_map_version).is_err() {
+                        // The producer is gone: nobody will re-route it.
+                        gone = true;
+                    }
+                    continue;
                 }
-                if self.refresh.send(shard_map_version).is_err() {
-                    self.fail_held(ClientError::Closed);
-                }
-                continue;
-            }
-            if err.is_safe_to_retry() && q.attempt < policy.max_attempts {
-                tracing::debug!(shard = q.route.shard_id, attempt = q.attempt, error = %err, "retrying batch");
-                q.retry_at = Some(Instant::now() + policy.delay(q.attempt, err.retry_after_ms()));
-                q.attempt += 1;
-                for item in rest.into_iter().rev() {
-                    q.bytes += item.entry.key.len() + item.entry.data.len();
-                    q.queue.push_front(item);
-                }
-                q.first_at.get_or_insert_with(Instant::now);
-            } else {
-                self.client.forget_on(&self.stream, &err);
-                q.retry_at = None;
-                q.attempt = 0;
-                for item in rest {
-                    self.unsettled.settled(item.local);
-                    item.done.settle(Err(err.clone()));
+                if err.is_safe_to_retry() && q.attempt < policy.max_attempts {
+                    tracing::debug!(shard = q.route.shard_id, attempt = q.attempt, error = %err, "retrying batch");
+                    q.retry_at =
+                        Some(Instant::now() + policy.delay(q.attempt, err.retry_after_ms()));
+                    q.attempt += 1;
+                    q.requeue(&batch, count, accepted, rest);
+                } else {
+                    self.client.forget_on(&self.stream, &err);
+                    q.retry_at = None;
+                    q.attempt = 0;
+                    for rec in rest {
+                        st.unsettled.settled(rec.local);
+                        out.push(rec.done, rec.cost, Err(err.clone()));
+                    }
                 }
             }
+        }
+        out.deliver(&self.shared.budget);
+        if gone {
+            self.shared.fail_held(ClientError::Closed);
         }
     }
 
     /// Answers the releases whose shards have no batch in flight: their queued records, in
     /// send order.
-    fn answer_releases(&mut self) {
+    fn answer_releases(&mut self, st: &mut CoreState) -> Outcomes {
         let mut waiting = Vec::new();
+        let mut failed = Outcomes::default();
         for (closed, reply) in std::mem::take(&mut self.releases) {
             let busy = closed
                 .iter()
-                .any(|id| self.shards.get(id).is_some_and(|q| q.busy));
+                .any(|id| st.shards.get(id).is_some_and(|q| q.busy));
             if busy {
                 waiting.push((closed, reply));
                 continue;
             }
             let mut items = Vec::new();
             for id in &closed {
-                if let Some(q) = self.remove_shard(*id) {
-                    for item in q.queue {
-                        self.unsettled.settled(item.local);
-                        items.push(item);
+                if let Some(q) = st.remove_shard(*id) {
+                    for p in q.batches {
+                        for rec in &p.recs {
+                            st.unsettled.settled(rec.local);
+                        }
+                        items.extend(p.into_items());
                     }
                 }
             }
             if let Err(items) = reply.send(items) {
                 for item in items {
-                    item.done.settle(Err(ClientError::Closed));
+                    failed.push(item.done, item.cost, Err(ClientError::Closed));
                 }
             }
         }
         self.releases = waiting;
-    }
-
-    /// Fails the records held for closed shards (the new routes cannot be had).
-    fn fail_held(&mut self, err: ClientError) {
-        let held: Vec<u32> = self
-            .shards
-            .iter()
-            .filter(|(_, q)| q.held && !q.busy)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in held {
-            if let Some(q) = self.remove_shard(id) {
-                for item in q.queue {
-                    self.unsettled.settled(item.local);
-                    item.done.settle(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    fn answer_flushes(&mut self) {
-        self.unsettled.answer();
+        // (Records only when the producer stopped re-routing.)
+        failed
     }
 }
 

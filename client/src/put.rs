@@ -55,7 +55,7 @@ impl Entry {
         }
     }
 
-    fn encoded_len(&self) -> usize {
+    pub(crate) fn encoded_len(&self) -> usize {
         record_encoded_len(
             self.key.len(),
             self.data.len(),
@@ -123,7 +123,7 @@ fn build_batch(entries: &[Entry], bytes_max: usize) -> (Bytes, usize) {
             .expect("entry checked by check_entry, and it fits: counted above");
     }
     debug_assert_eq!(b.encoded_len(), len);
-    (Bytes::from(b.finish()), count)
+    (Bytes::from(b.into_batch()), count)
 }
 
 /// Fails the next record with `err` and every later one as not sent because of it.

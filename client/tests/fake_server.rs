@@ -892,6 +892,76 @@ async fn the_producer_sends_each_of_many_shards_after_its_linger() {
     producer.close().await;
 }
 
+/// `queued_records_max_per_shard` bounds each shard's queue on its own: with a batch of
+/// shard 0 in flight and its queue full, a send to shard 0 waits (and one to shard 1 does
+/// not) until the answer lets the next batch go; everything is acknowledged in order.
+#[tokio::test]
+async fn a_full_shard_queue_makes_its_sends_wait_and_no_other_shards() {
+    const SHARDS: u32 = 2;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let config = ProducerConfig {
+        linger: Duration::from_secs(3600),
+        batch_records_max: 5,
+        queued_records_max_per_shard: 10,
+        ..ProducerConfig::default()
+    };
+    let producer = Arc::new(client.producer("s", config).await.unwrap());
+    let (k0, k1) = (key_for(0, SHARDS, 0), key_for(1, SHARDS, 1));
+    let mut handles = Vec::new();
+    // A full batch goes at once (no linger): shard 0 then has a batch in flight.
+    for i in 0..5 {
+        handles.push(producer.send(k0.clone(), format!("{i}")).await.unwrap());
+    }
+    let first = fake.next().await;
+    assert_eq!(first.puts()[0].2.len(), 5);
+    // Ten more fit its queue.
+    for i in 5..15 {
+        handles.push(producer.send(k0.clone(), format!("{i}")).await.unwrap());
+    }
+    // The next one waits for room...
+    let p = producer.clone();
+    let k = k0.clone();
+    // (The handle comes back in a tuple: a task yielding a future is a lint.)
+    let waiting = tokio::spawn(async move { (p.send(k, "15").await.unwrap(),) });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "a full shard's send waits");
+    // ... and another shard's does not.
+    let other = producer.send(k1.clone(), "x").await.unwrap();
+    // The answer lets shard 0's next batch go, which makes room.
+    first.accept_all(|_| 0);
+    handles.push(waiting.await.unwrap().0);
+    // The rest lingers: a flush sends it.
+    let p = producer.clone();
+    let flushed = tokio::spawn(async move { p.flush().await });
+    let mut next_seq = 5u64;
+    let mut other_records = 0;
+    while next_seq < 16 || other_records == 0 {
+        let r = fake.next().await;
+        let mut seqs = std::collections::HashMap::new();
+        for (_, shard, records) in &r.puts() {
+            if *shard == 0 {
+                seqs.insert(0u32, next_seq);
+                next_seq += records.len() as u64;
+            } else {
+                seqs.insert(1u32, 0);
+                other_records += records.len();
+            }
+        }
+        r.accept_all(|shard| seqs[&shard]);
+    }
+    flushed.await.unwrap();
+    assert_eq!((next_seq, other_records), (16, 1));
+    for (i, h) in handles.into_iter().enumerate() {
+        let r = h.await.unwrap();
+        assert_eq!((r.shard_id, r.seq), (0, i as u64), "record {i}");
+    }
+    assert_eq!(other.await.unwrap().shard_id, 1);
+    Arc::try_unwrap(producer).unwrap().close().await;
+}
+
 fn stored_batch(base_seq: u64, n: u32, ts_ms: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new();
     for i in 0..n {

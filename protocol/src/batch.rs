@@ -349,8 +349,25 @@ impl BatchBuilder {
     }
 
     /// Seals the header (length, count, records CRC) and returns the batch bytes. The
-    /// builder is left empty and reusable.
+    /// builder is left empty and reusable (with a new buffer of the same capacity: a
+    /// builder used once should be [`BatchBuilder::into_batch`]ed instead).
     pub fn finish(&mut self) -> Vec<u8> {
+        self.seal();
+        let mut out = Vec::with_capacity(self.buf.capacity());
+        out.resize(BATCH_HEADER_LEN, 0);
+        self.count = 0;
+        std::mem::replace(&mut self.buf, out)
+    }
+
+    /// As [`BatchBuilder::finish`], consuming the builder: no buffer is made for a next
+    /// batch (for a batch of a few hundred KiB that is an allocation, often an `mmap`, and
+    /// its release, per batch).
+    pub fn into_batch(mut self) -> Vec<u8> {
+        self.seal();
+        self.buf
+    }
+
+    fn seal(&mut self) {
         let records_crc = crc32c::crc32c(&self.buf[BATCH_HEADER_LEN..]);
         let header = BatchHeader {
             batch_len: self.buf.len() as u32,
@@ -360,10 +377,6 @@ impl BatchBuilder {
             ..BatchHeader::default()
         };
         header.encode_into(&mut self.buf[..BATCH_HEADER_LEN]);
-        let mut out = Vec::with_capacity(self.buf.capacity());
-        out.resize(BATCH_HEADER_LEN, 0);
-        self.count = 0;
-        std::mem::replace(&mut self.buf, out)
     }
 }
 
@@ -808,7 +821,12 @@ mod tests {
             })
             .unwrap();
         }
-        assert_eq!(a.finish(), b.finish());
+        let c = a.clone();
+        let finished = a.finish();
+        assert_eq!(finished, b.finish());
+        // Consuming the builder seals the same bytes, and a finished builder starts empty.
+        assert_eq!(c.into_batch(), finished);
+        assert!(a.is_empty() && a.encoded_len() == BATCH_HEADER_LEN);
         // The same checks refuse the same records, and leave the builder as it was.
         let before = b.encoded_len();
         let called = std::cell::Cell::new(false);

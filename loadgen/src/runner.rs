@@ -61,7 +61,7 @@ use spate_client::{
     ShardState, StreamConfig,
 };
 use spate_protocol::batch::BatchBuilder;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::{Api, KeyMode, LimitsArg, ReshardOp, ReshardStep, RunConfig};
 use crate::consumers::{ConsumerStats, Prepared, StopAt};
@@ -227,8 +227,6 @@ enum ProducerKind {
 struct Pending {
     handle: SendHandle,
     meta: Meta,
-    /// The record's place in the producer's window, freed when it settles.
-    permit: OwnedSemaphorePermit,
 }
 
 #[derive(Clone, Copy)]
@@ -497,6 +495,8 @@ async fn run_on_stream(
             ..ProducerStats::default()
         }));
         let acked = cfg.verify.then(|| vec![BitSet::default(); owned.len()]);
+        // The producer's `--inflight` window (its records sent and not settled).
+        let window = Arc::new(Semaphore::new(cfg.inflight));
         let sender = match producer {
             ProducerKind::Producer(producer) if cfg.api == Api::ProducerCallback => {
                 let sink = Arc::new(Sink {
@@ -534,6 +534,7 @@ async fn run_on_stream(
                     acked,
                     lanes,
                     map.routes().len().max(1),
+                    window.clone(),
                 )));
                 Sender::Producer(producer, tx)
             }
@@ -548,6 +549,7 @@ async fn run_on_stream(
             shared.clone(),
             stats.clone(),
             pool.clone(),
+            window,
         );
         let stopped = stopped_tx.clone();
         generators.push(tokio::spawn(async move {
@@ -1091,6 +1093,7 @@ impl Generator {
         shared: Arc<Shared>,
         stats: Arc<Mutex<ProducerStats>>,
         pool: Arc<PaddingPool>,
+        window: Arc<Semaphore>,
     ) -> Generator {
         Generator {
             cfg: cfg.clone(),
@@ -1102,7 +1105,7 @@ impl Generator {
             stats,
             pool,
             rng: Rng::new(payload::mix(cfg.seed.wrapping_add(p as u64))),
-            window: Arc::new(Semaphore::new(cfg.inflight)),
+            window,
             writer: RecordWriter::new(cfg.size.max),
             next_key: 0,
             k: 0,
@@ -1248,39 +1251,35 @@ impl Generator {
             let Ok(due_ns) = self.wait_due().await else {
                 break;
             };
-            let permit = match self.window.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => self
-                    .window
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("window open"),
-            };
-            // A record due before the end but not sent by then is not sent at all.
-            if Instant::now() >= run_end || self.budget_spent() {
+            // A place in the window, given back when the record settles (by the collector,
+            // a batch's at once, or by the record's callback).
+            match self.window.try_acquire() {
+                Ok(p) => p.forget(),
+                Err(_) => self.window.acquire().await.expect("window open").forget(),
+            }
+            // A record due before the end but not sent by then is not sent at all. (One
+            // clock reading for this and for the closed loop's origin.)
+            let now = Instant::now();
+            if now >= run_end || self.budget_spent() {
                 break;
             }
             // Closed loop measures from the send; open loop from the due time.
-            let origin_ns = due_ns.unwrap_or_else(|| self.shared.now_ns());
+            let origin_ns = due_ns
+                .unwrap_or_else(|| now.saturating_duration_since(self.shared.t0).as_nanos() as u64);
             let (key, data, meta) = self.make_record(origin_ns);
             let sent = match &settling {
                 Settling::Handles(tx) => producer.send(key, data).await.map(|handle| {
-                    let pending = Pending {
-                        handle,
-                        meta,
-                        permit,
-                    };
-                    if tx.send(pending).is_err() {
+                    if tx.send(Pending { handle, meta }).is_err() {
                         unreachable!("the collector outlives its generator");
                     }
                 }),
                 Settling::Callbacks(sink) => {
                     let sink = sink.clone();
+                    let window = self.window.clone();
                     producer
                         .send_with(key, data, move |result| {
                             sink.settle(result, meta);
-                            drop(permit);
+                            window.add_permits(1);
                         })
                         .await
                 }
@@ -1288,6 +1287,7 @@ impl Generator {
             if let Err(e) = sent {
                 self.shared.live.errors.fetch_add(1, Ordering::Relaxed);
                 self.stats.lock().expect("stats lock").error(&e);
+                self.window.add_permits(1);
             }
         }
         // Sends whatever is still queued and waits for it to settle; the collector sees
@@ -1637,6 +1637,7 @@ async fn collect(
     mut acked: Option<Vec<BitSet>>,
     lanes: Vec<u32>,
     shards: usize,
+    window: Arc<Semaphore>,
 ) -> Option<Vec<BitSet>> {
     use futures_util::FutureExt;
     let mut queues: Vec<std::collections::VecDeque<Pending>> = (0..shards)
@@ -1660,6 +1661,8 @@ async fn collect(
                     let p = q.pop_front().expect("front");
                     ready.push((result, p.meta));
                 }
+                // Their places in the window come back together.
+                window.add_permits(ready.len());
                 settle_all(&sh, &stats, acked.as_mut(), ready.drain(..));
                 match q.pop_front() {
                     Some(p) => waiting.push(wait(lane, p)),
@@ -1685,14 +1688,8 @@ async fn collect(
 }
 
 async fn wait(lane: usize, p: Pending) -> (usize, spate_client::Result<PutResult>, Meta) {
-    let Pending {
-        handle,
-        meta,
-        permit,
-    } = p;
-    let result = handle.await;
-    drop(permit);
-    (lane, result, meta)
+    let Pending { handle, meta } = p;
+    (lane, handle.await, meta)
 }
 
 /// Settles records whose answers arrived together (one call's): the clock is read once,

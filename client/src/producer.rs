@@ -1,20 +1,24 @@
 //! The [`Producer`]: aggregates records per shard into batches, like the Kinesis Producer
-//! Library's collection, with bounded buffering and per-key order.
+//! Library's collection or Kafka's record accumulator, with bounded buffering and per-key
+//! order.
 //!
-//! One worker task per engine core. `send` routes the record, waits for room (backpressure:
-//! a byte budget shared by the whole producer), and hands it to its core's worker, which
-//! queues it under its shard and returns a [`SendHandle`] that resolves once the record is
+//! `send` routes the record, waits for room (backpressure: a byte budget shared by the
+//! whole producer, and a bound on each shard's queued records), and appends it to its
+//! shard's open batch at its core, under a lock the core's senders share with the core's
+//! worker task: the record is copied into the batch's wire bytes at once, and only what
+//! settling it needs is kept. It returns a [`SendHandle`] that resolves once the record is
 //! acknowledged or has failed ([`Producer::send_with`] calls back with the outcome instead,
-//! on the worker, saving a future and its waiter per record). A shard's queued records
-//! become a batch when they reach `batch_bytes_max` or `batch_records_max`, or `linger`
-//! after the first of them (the worker looks only at shards that may have become due: a
-//! batch filled, a batch settled, a timer, a flush); the worker sends every batch that is
-//! ready at the same moment in one request (PutBatches), so a producer writing to
+//! on the worker, saving a future and its waiter per record). A shard's batch is due when it
+//! reaches `batch_bytes_max` or `batch_records_max` (the next record starts a new one), or
+//! `linger` after its first record. The worker is woken only when a batch fills, a linger
+//! starts before its sleep ends, or a flush asks, and looks only at the shards that may have
+//! become due (a batch filled, a batch settled, a timer, a flush); it sends every batch that
+//! is due at the same moment in one request (PutBatches), so a producer writing to
 //! thousands of shards of a core sends about one request per linger, not one per shard.
 //!
-//! Ordering: a shard has at most one batch in flight; its next batch is built only after the
+//! Ordering: a shard has at most one batch in flight; its next batch goes only after the
 //! previous one settled, and a throttled tail goes back to the front of its shard's queue
-//! (after the retry delay), so a partition key's acknowledged records are stored in the
+//! (rebuilt from the sent batch's bytes; after the retry delay), so a partition key's acknowledged records are stored in the
 //! order they were sent. Different shards' batches are in flight at once, in one or more
 //! requests, pipelined on one connection per core.
 //!

@@ -31,7 +31,7 @@ index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 round_bytes_max = 8388608           # bytes one group-commit round takes while the last one writes
 round_rate_max = 1000               # group-commit rounds (write + fdatasync) per second per core at most, on average (0: back to back, as fast as syncs finish); see tuning/README.md
-round_sync = "fdatasync"            # how a round becomes durable: "fdatasync" (write, then fdatasync each file written) or "dsync" (O_DSYNC writes, durable as they complete); see tuning/README.md
+round_sync = "dsync"                # how a round becomes durable: "dsync" (a file written once in the round: one O_DSYNC write, durable as it completes; two rounds in flight) or "fdatasync" (write, then fdatasync each file written); see tuning/README.md
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
@@ -195,7 +195,7 @@ impl Default for EngineConfig {
             read_chunk_bytes: 256 << 10,
             round_bytes_max: 8 << 20,
             round_rate_max: 1000,
-            round_sync: RoundSync::Fdatasync,
+            round_sync: RoundSync::Dsync,
             background_shares: 100,
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
@@ -460,11 +460,11 @@ mod tests {
     #[test]
     fn round_sync_is_fdatasync_or_dsync() {
         let default = EngineConfig::from_toml("").unwrap();
-        assert_eq!(default.round_sync, RoundSync::Fdatasync);
-        assert_eq!(default.store_config(0).round_sync, RoundSync::Fdatasync);
-        let c = EngineConfig::from_toml("round_sync = \"dsync\"").unwrap();
-        assert_eq!(c.store_config(3).round_sync, RoundSync::Dsync);
-        assert!(c.open_files_needed(1) > default.open_files_needed(1));
+        assert_eq!(default.round_sync, RoundSync::Dsync);
+        assert_eq!(default.store_config(0).round_sync, RoundSync::Dsync);
+        let c = EngineConfig::from_toml("round_sync = \"fdatasync\"").unwrap();
+        assert_eq!(c.store_config(3).round_sync, RoundSync::Fdatasync);
+        assert!(c.open_files_needed(1) < default.open_files_needed(1));
         let e = EngineConfig::from_toml("round_sync = \"fsync\"").unwrap_err();
         assert!(e.contains("fdatasync") && e.contains("dsync"), "{e}");
     }

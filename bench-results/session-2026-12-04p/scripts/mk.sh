@@ -19,7 +19,7 @@ else
 fi
 for i in $(seq 100); do grep -q "listening" $data.log 2>/dev/null && break; sleep 0.1; done
 pid=$(pgrep -f "spate serve --data-dir $data" | tail -1)
-taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s --create-shards 4 --limits off --producers ${P:-16} --rate 0 --size ${SIZE:-1024} --api ${API:-put-batches} --call-records 2000 --keys 10000 --duration 10 --warmup 2 --cores 1 --engine-pid $pid ${EXTRA:-} -q > $data.out 2>&1 &
+taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s --create-shards 4 --limits off --producers ${P:-16} --rate ${RATE:-0} --size ${SIZE:-1024} --api ${API:-put-batches} --call-records 2000 --keys 10000 --duration 10 --warmup 2 --cores 1 --engine-pid $pid ${EXTRA:-} -q > $data.out 2>&1 &
 lg=$!
 sleep 2; w0=$(awk '{print $7}' /sys/block/vda/stat); t0=$(date +%s.%N)
 case ${PERF:-} in

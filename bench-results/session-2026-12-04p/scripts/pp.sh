@@ -11,6 +11,7 @@ for i in $(seq 100); do grep -q "listening" $data.log 2>/dev/null && break; slee
 taskset -c 1 $lg --server 127.0.0.1:7621 --stream s --create-shards 8 --limits off --producers 4 --rate ${RATE:-0} --size 1024 --api $1 --call-records 2000 --keys 10000 --duration 10 --warmup 2 --cores 1 --engine-pid $pid ${EXTRA:-} -q > $data.out 2>&1 &
 l=$!
 case ${PERF:-} in
+  stat) sleep 5; perf stat -e page-faults,cache-misses -p $l -- sleep 2 2>${PERF_OUT:-.}/stat.txt >/dev/null ;;
   loadgen) sleep 5; perf record -F 1500 --call-graph dwarf,16384 -p $l -o ${PERF_OUT:-.}/perf.data -- sleep 2 >/dev/null 2>&1 ;;
 esac
 wait $l

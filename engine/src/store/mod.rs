@@ -129,12 +129,14 @@ pub struct StoreConfig {
 pub enum RoundSync {
     /// Write the round's pieces, then fdatasync the journal file and each volume written in
     /// place (the next round is written while this one syncs).
-    #[default]
     Fdatasync,
     /// A file the round writes once (one producer's call, a small round's journal run) is
     /// written with O_DSYNC: the write returns once its bytes are durable, with no separate
     /// fdatasync (no io_uring worker thread and its wake-ups). A file written several times
-    /// is written plainly, then fdatasynced. Two rounds may be in flight at once.
+    /// is written plainly, then fdatasynced. Two rounds may be in flight at once. The
+    /// default: more throughput at full load in alternated runs (BENCHMARKS.md, "O_DSYNC
+    /// rounds by default").
+    #[default]
     Dsync,
 }
 

@@ -29,13 +29,17 @@ fn main() {
         .unwrap_or(0);
     let mode = std::env::args().nth(3).unwrap_or_else(|| "journal".into());
     let mut cfg = spate_tests::test_config(std::path::Path::new(&dir));
-    // "MODE-dsync": the same load with O_DSYNC rounds (two in flight at once).
+    // "MODE-dsync": the load with O_DSYNC rounds (two in flight at once, the default);
+    // "MODE": with write-then-fdatasync rounds.
     let mode = match mode.strip_suffix("-dsync") {
         Some(m) => {
             cfg.round_sync = spate_engine::store::RoundSync::Dsync;
             m.to_string()
         }
-        None => mode,
+        None => {
+            cfg.round_sync = spate_engine::store::RoundSync::Fdatasync;
+            mode
+        }
     };
     let (size_min, size_spread) = match mode.as_str() {
         "checkpoint" => {

@@ -552,6 +552,9 @@ pub(crate) struct State<S: Storage> {
 /// A round whose write and sync together take this long is logged (debug).
 const SLOW_ROUND_US: u64 = 20_000;
 
+/// O_DSYNC rounds written at once (sealed and not yet durable), at most.
+const DSYNC_ROUNDS_IN_FLIGHT: u64 = 2;
+
 /// Rounds that may start back to back before `round_rate_max` paces them.
 const ROUND_BURST: f64 = 8.0;
 
@@ -1204,9 +1207,9 @@ impl<S: Storage> Store<S> {
                 // tiny rounds (each paying a device flush) into fewer, fuller ones.
                 let turn = match self.cfg.round_sync {
                     RoundSync::Fdatasync => st.sync_started_id + 1 >= round_id,
-                    // At most two O_DSYNC rounds in flight: this one starts once the one
-                    // before the last is durable.
-                    RoundSync::Dsync => st.synced_id + 2 >= round_id,
+                    // At most `DSYNC_ROUNDS_IN_FLIGHT` O_DSYNC rounds in flight: this one
+                    // starts once the one that many before it is durable.
+                    RoundSync::Dsync => st.synced_id + DSYNC_ROUNDS_IN_FLIGHT >= round_id,
                 };
                 !st.writing && st.open_id == round_id && turn
             };
@@ -1269,7 +1272,9 @@ impl<S: Storage> Store<S> {
     /// a round is being written (fdatasync rounds) or sealed, or two O_DSYNC rounds are in
     /// flight.
     fn round_busy(&self, st: &State<S>) -> bool {
-        st.writing || (self.cfg.round_sync == RoundSync::Dsync && st.open_id > st.synced_id + 2)
+        st.writing
+            || (self.cfg.round_sync == RoundSync::Dsync
+                && st.open_id > st.synced_id + DSYNC_ROUNDS_IN_FLIGHT)
     }
 
     /// Makes everything staged so far durable (shutdown, tests, the checkpoint).

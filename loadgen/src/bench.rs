@@ -679,10 +679,22 @@ impl Bench<'_> {
 
     /// The machine's limits measured in the same session (`machine-limits.json` beside the
     /// results), if there.
-    fn machine_limit(&self, field: &str) -> Option<f64> {
+    /// One closed-loop producer with one call in flight makes a round per call, so the
+    /// engine's round rate caps it: see [`round_rate_hint`].
+    fn round_rate_note(&mut self, calls_per_s: f64) {
+        let limits = self.machine_limits().unwrap_or_default();
+        if let Some(note) = round_rate_hint(calls_per_s, &limits) {
+            self.note(note);
+        }
+    }
+
+    fn machine_limits(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.opts.out_dir.join("machine-limits.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v[field].as_f64()
+        serde_json::from_str(&text).ok()
+    }
+
+    fn machine_limit(&self, field: &str) -> Option<f64> {
+        self.machine_limits()?[field].as_f64()
     }
 
     /// The engine's CPU time per record it acknowledged while that time was measured (the
@@ -786,6 +798,8 @@ impl Bench<'_> {
     }
 
     async fn peer_shape(&mut self) -> Result<(), Error> {
+        // Records per call: 100 of 1,000 B, the peer's batch.
+        const PEER_CALL_RECORDS: usize = 100;
         let fio = self.machine_limit("fio_durable_write_1m_qd1_bytes_per_s");
         let fio_100k = self.machine_limit("fio_durable_write_100k_qd1_bytes_per_s");
         for producers in [1usize, 4] {
@@ -793,7 +807,7 @@ impl Bench<'_> {
                 producers,
                 rate: 0.0,
                 api: Api::PutRecords,
-                call_records: 100,
+                call_records: PEER_CALL_RECORDS,
                 size: SizeSpec::fixed(1000),
                 keys: producers as u32,
                 key_mode: KeyMode::PerShard,
@@ -831,6 +845,9 @@ impl Bench<'_> {
                     100.0 * bytes / f,
                     f / 1e6
                 ));
+            }
+            if producers == 1 {
+                self.round_rate_note(r.acked_records_per_s / PEER_CALL_RECORDS as f64);
             }
             self.bottleneck_note(&r);
         }
@@ -1955,9 +1972,65 @@ fn unsent_share(r: &Report) -> f64 {
     r.records_unsent as f64 / whole_due
 }
 
+/// What holds one closed-loop producer whose calls ran at the engine's default round rate
+/// (`round_rate_max`, 1,000 rounds a second; a call is a round), and whether this host
+/// stalled when flushes came back to back (`vm-stalls.py` in `limits`, the machine
+/// limits), in which case the cap is what keeps the VM running. None when the calls ran
+/// at another rate.
+fn round_rate_hint(calls_per_s: f64, limits: &serde_json::Value) -> Option<String> {
+    const DEFAULT_ROUND_RATE: f64 = 1000.0;
+    if (calls_per_s - DEFAULT_ROUND_RATE).abs() > 0.02 * DEFAULT_ROUND_RATE {
+        return None;
+    }
+    let back_to_back = limits["vm_stalls"]["runs"].as_array().and_then(|runs| {
+        runs.iter().find_map(|run| {
+            (run["rate_target"].as_f64()? == 0.0).then(|| {
+                (
+                    run["flushes_per_s"].as_f64().unwrap_or(0.0),
+                    run["probe_gaps_over_5ms"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+    });
+    let host = match back_to_back {
+        Some((flushes, 0)) => format!(
+            "; this host did not stall at {flushes:.0} flushes a second back to back \
+             (vm-stalls), so round_rate_max = 0 is safe here (tuning/README.md, \"Round rate\")"
+        ),
+        Some((flushes, gaps)) => format!(
+            "; this host stalled {gaps} times at {flushes:.0} flushes a second back to back \
+             (vm-stalls): keep the cap"
+        ),
+        None => String::new(),
+    };
+    Some(format!(
+        "1 producer: {calls_per_s:.0} calls a second, one round each: the engine's default \
+         round_rate_max (1,000 rounds a second) is what holds it{host}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_producer_at_the_round_rate_is_told_what_holds_it_and_whether_the_host_stalls() {
+        let limits = |gaps: u64| {
+            serde_json::json!({"vm_stalls": {"runs": [
+                {"rate_target": 0, "flushes_per_s": 7082.0, "probe_gaps_over_5ms": gaps},
+                {"rate_target": 1000, "flushes_per_s": 997.0, "probe_gaps_over_5ms": 0},
+            ]}})
+        };
+        let calm = round_rate_hint(999.0, &limits(0)).unwrap();
+        assert!(calm.contains("999 calls") && calm.contains("round_rate_max = 0 is safe"));
+        let stalls = round_rate_hint(1004.0, &limits(21)).unwrap();
+        assert!(stalls.contains("stalled 21 times at 7082") && stalls.contains("keep the cap"));
+        let unknown = round_rate_hint(1000.0, &serde_json::Value::Null).unwrap();
+        assert!(unknown.ends_with("is what holds it"));
+        // Not at the rate: something else holds it.
+        assert_eq!(round_rate_hint(1800.0, &limits(0)), None);
+        assert_eq!(round_rate_hint(900.0, &limits(0)), None);
+    }
 
     #[test]
     fn unsent_share_counts_the_whole_runs_due_records() {

@@ -161,6 +161,21 @@ impl Settle {
     }
 }
 
+/// A record's share of the byte budget, given back when dropped unless it was queued
+/// (`cost` 0): then it comes back when the record settles.
+struct Refund<'a> {
+    budget: &'a Semaphore,
+    cost: usize,
+}
+
+impl Drop for Refund<'_> {
+    fn drop(&mut self) {
+        if self.cost > 0 {
+            self.budget.add_permits(self.cost);
+        }
+    }
+}
+
 /// Outcomes decided under a core's lock, delivered after it is released (a callback must
 /// never run under the lock), with the budget they give back.
 #[derive(Default)]
@@ -371,32 +386,28 @@ impl Producer {
             done,
             cost: cost as u32,
         });
-        let given_back = |item: Option<Item>| {
-            if let Some(item) = item {
-                shared.budget.add_permits(item.cost as usize);
-            }
+        // Until the record is queued, its budget goes back if the send fails or is dropped
+        // while it waits for room (a send inside a timeout must not shrink the budget).
+        let mut refund = Refund {
+            budget: &shared.budget,
+            cost,
         };
         loop {
             // Routed and queued under the read lock: a re-routing (write lock) sees every
             // record routed by the old table already in its shard's queue.
             let routing = shared.routing.read().await;
             let entry = &item.as_ref().expect("not queued yet").entry;
-            if let Err(e) = check_entry(&routing.map, entry) {
-                given_back(item);
-                return Err(e);
-            }
+            check_entry(&routing.map, entry)?;
             let Some(route) = routing
                 .map
                 .index_for_hash(hash)
                 .map(|i| routing.map.routes()[i])
             else {
-                given_back(item);
                 return Err(ClientError::protocol(
                     "no open shard covers the record's hash key",
                 ));
             };
             let Some(worker) = routing.workers.get(&route.core) else {
-                given_back(item);
                 return Err(ClientError::Closed);
             };
             let core = worker.core.clone();
@@ -405,8 +416,6 @@ impl Producer {
             let wake = {
                 let mut st = core.lock();
                 if st.stopped {
-                    drop(st);
-                    given_back(item);
                     return Err(ClientError::Closed);
                 }
                 if st.full(route.shard_id, shared.config.queued_records_max_per_shard) {
@@ -416,6 +425,8 @@ impl Producer {
                     None
                 } else {
                     let item = item.take().expect("not queued yet");
+                    // Queued: its budget comes back when it settles.
+                    refund.cost = 0;
                     Some(st.enqueue(&shared.config, route, item))
                 }
             };

@@ -962,6 +962,65 @@ async fn a_full_shard_queue_makes_its_sends_wait_and_no_other_shards() {
     Arc::try_unwrap(producer).unwrap().close().await;
 }
 
+/// A send dropped while it waits for room in its shard's queue gives its share of the byte
+/// budget back: afterwards the whole budget is there for new records.
+#[tokio::test]
+async fn a_send_dropped_while_waiting_for_room_gives_its_budget_back() {
+    const SHARDS: u32 = 3;
+    let mut fake = fake::start(1, setup(SHARDS)).await;
+    let client = connect(&fake).await;
+    let key = |shard: u32| key_for(shard, SHARDS, shard as usize);
+    // Three records' worth of budget; every record is a batch of its own.
+    let cost = key(0).len().max(key(1).len()).max(key(2).len()) + 1;
+    let config = ProducerConfig {
+        linger: Duration::from_secs(3600),
+        batch_records_max: 1,
+        queued_records_max_per_shard: 1,
+        buffered_bytes_max: 3 * cost,
+        ..ProducerConfig::default()
+    };
+    let producer = Arc::new(client.producer("s", config).await.unwrap());
+    let pad = move |k: &String| "x".repeat(cost - k.len());
+    let k0 = key(0);
+    // One in flight, one queued: shard 0 is full.
+    let a = producer.send(k0.clone(), pad(&k0)).await.unwrap();
+    let first = fake.next().await;
+    let b = producer.send(k0.clone(), pad(&k0)).await.unwrap();
+    let p = producer.clone();
+    let k = k0.clone();
+    let waiting = tokio::spawn(async move { (p.send(k.clone(), pad(&k)).await.unwrap(),) });
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "a full shard's send waits");
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    // Both settle.
+    first.accept_all(|_| 0);
+    fake.next().await.accept_all(|_| 1);
+    assert_eq!(a.await.unwrap().seq, 0);
+    assert_eq!(b.await.unwrap().seq, 1);
+    // The whole budget is back: three records, one per shard, go out at once.
+    let mut handles = Vec::new();
+    for shard in 0..SHARDS {
+        let k = key(shard);
+        let sent = tokio::time::timeout(Duration::from_secs(30), producer.send(k.clone(), pad(&k)))
+            .await
+            .expect("the dropped send's budget came back");
+        handles.push(sent.unwrap());
+    }
+    let mut seen = 0;
+    while seen < SHARDS as usize {
+        let r = fake.next().await;
+        seen += r.puts().len();
+        r.accept_all(|_| 7);
+    }
+    for h in handles {
+        assert_eq!(h.await.unwrap().seq, 7);
+    }
+    Arc::try_unwrap(producer).unwrap().close().await;
+}
+
 fn stored_batch(base_seq: u64, n: u32, ts_ms: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new();
     for i in 0..n {

@@ -806,11 +806,10 @@ impl CoreState {
             .or_insert_with(|| ShardQueue::new(route));
         let idle = !q.busy && !q.held && q.retry_at.is_none();
         let mut wake = false;
+        // (Within the batch bounds is within the put limits: `start` clamps the bounds.)
         let joins = q.batches.back().is_some_and(|b| {
             b.builder.len() < config.batch_records_max
                 && b.builder.encoded_len() + add <= config.batch_bytes_max
-                && b.builder
-                    .fits(e.key.len(), e.data.len(), e.explicit_hash_key.is_some())
         });
         if !joins {
             if !q.batches.is_empty() && idle {

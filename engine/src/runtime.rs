@@ -64,6 +64,8 @@ struct Prepared<S: Storage> {
 struct PrefetchingHasher<'a>(&'a mut spate_protocol::routing::CachedKeyHasher);
 
 impl spate_protocol::routing::KeyHasher for PrefetchingHasher<'_> {
+    const PREFETCHES: bool = true;
+
     fn hash_key(&mut self, partition_key: &[u8]) -> u128 {
         self.0.hash_key(partition_key)
     }

@@ -36,6 +36,10 @@ pub fn even_range(index: u32, shard_count: u32) -> (u128, u128) {
 pub trait KeyHasher {
     fn hash_key(&mut self, partition_key: &[u8]) -> u128;
 
+    /// Whether [`KeyHasher::prefetch`] does anything: a batch check reads keys ahead for
+    /// it only then.
+    const PREFETCHES: bool = false;
+
     /// A hint that `partition_key` is hashed soon: a caching hasher may start loading the
     /// memory it keeps that key's hash in. Changes nothing a hash returns.
     fn prefetch(&self, _partition_key: &[u8]) {}

@@ -6,6 +6,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{RoundSync, StoreConfig};
 
+/// `round_rate_max`: how many group-commit rounds a second each core may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoundRate {
+    /// Back to back until the host shows it stalls the engine at that rate, then at most a
+    /// rate it takes (`crate::pacer`).
+    #[default]
+    Auto,
+    /// At most this many a second on average, always (0: back to back).
+    Fixed(u32),
+}
+
+impl RoundRate {
+    /// The rate rounds start paced to (0: unpaced; "auto" starts unpaced).
+    pub fn fixed(self) -> u32 {
+        match self {
+            RoundRate::Auto => 0,
+            RoundRate::Fixed(rate) => rate,
+        }
+    }
+}
+
+impl Serialize for RoundRate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RoundRate::Auto => s.serialize_str("auto"),
+            RoundRate::Fixed(rate) => s.serialize_u32(*rate),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RoundRate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Rate(u32),
+            Name(String),
+        }
+        match Repr::deserialize(d) {
+            Ok(Repr::Rate(rate)) => Ok(RoundRate::Fixed(rate)),
+            Ok(Repr::Name(name)) if name == "auto" => Ok(RoundRate::Auto),
+            _ => Err(serde::de::Error::custom(
+                "round_rate_max must be \"auto\" or a whole number of rounds a second (0: unpaced)",
+            )),
+        }
+    }
+}
+
 /// The configuration `spate serve` runs with when given no `--config`.
 pub const DEFAULT_CONFIG_TOML: &str = r#"
 # Spate engine defaults. Every key is optional in a config file.
@@ -30,7 +78,7 @@ write_chunk_bytes_max = 262144      # largest staging or journal buffer
 index_interval_bytes = 65536        # a sparse-index entry every 64 KiB of log
 read_chunk_bytes = 262144
 round_bytes_max = 8388608           # bytes one group-commit round takes while the last one writes
-round_rate_max = 1000               # group-commit rounds (write + fdatasync) per second per core at most, on average (0: back to back, as fast as syncs finish); see tuning/README.md
+round_rate_max = "auto"             # group-commit rounds a second per core at most: "auto" (back to back until the host stalls the engine, then at most a rate it takes), a number (a fixed cap, on average), or 0 (back to back); see tuning/README.md
 round_sync = "dsync"                # how a round becomes durable: "dsync" (a file written once in the round: one O_DSYNC write, durable as it completes; two rounds in flight) or "fdatasync" (write, then fdatasync each file written); see tuning/README.md
 background_shares = 100             # CPU shares of background work (write-behind, checkpoints) vs 1000 for requests
 retention_check_interval_ms = 60000
@@ -102,7 +150,7 @@ pub struct EngineConfig {
     pub index_interval_bytes: u64,
     pub read_chunk_bytes: usize,
     pub round_bytes_max: usize,
-    pub round_rate_max: u32,
+    pub round_rate_max: RoundRate,
     pub round_sync: RoundSync,
     pub background_shares: usize,
     pub retention_check_interval_ms: u64,
@@ -194,7 +242,7 @@ impl Default for EngineConfig {
             index_interval_bytes: 64 << 10,
             read_chunk_bytes: 256 << 10,
             round_bytes_max: 8 << 20,
-            round_rate_max: 1000,
+            round_rate_max: RoundRate::Auto,
             round_sync: RoundSync::Dsync,
             background_shares: 100,
             retention_check_interval_ms: 60_000,
@@ -297,7 +345,7 @@ impl EngineConfig {
             index_interval_bytes: self.index_interval_bytes,
             read_chunk_bytes: self.read_chunk_bytes,
             round_bytes_max: self.round_bytes_max,
-            round_rate_max: self.round_rate_max,
+            round_rate_max: self.round_rate_max.fixed(),
             round_sync: self.round_sync,
             write_chunk_bytes_max: self.write_chunk_bytes_max,
         }
@@ -343,10 +391,9 @@ impl EngineConfig {
         if self.segment_age_max_ms < 1000 {
             return Err("segment_age_max_ms must be at least 1000".into());
         }
-        if self.round_rate_max != 0 && self.round_rate_max < 10 {
+        if let RoundRate::Fixed(rate @ 1..10) = self.round_rate_max {
             return Err(format!(
-                "round_rate_max = {} must be 0 (unpaced) or at least 10 (every acknowledgement may wait 1/round_rate_max s)",
-                self.round_rate_max
+                "round_rate_max = {rate} must be \"auto\", 0 (unpaced) or at least 10 (every acknowledgement may wait 1/round_rate_max s)"
             ));
         }
         if self.core_queue_depth == 0 || self.background_shares == 0 {
@@ -445,10 +492,24 @@ mod tests {
     }
 
     #[test]
-    fn round_rate_max_is_off_or_at_least_ten() {
+    fn round_rate_max_is_auto_off_or_at_least_ten() {
+        assert_eq!(
+            EngineConfig::from_toml(DEFAULT_CONFIG_TOML)
+                .unwrap()
+                .round_rate_max,
+            RoundRate::Auto
+        );
+        let c = EngineConfig::from_toml("round_rate_max = \"auto\"").unwrap();
+        assert_eq!(c.round_rate_max, RoundRate::Auto);
+        assert_eq!(c.store_config(0).round_rate_max, 0, "auto starts unpaced");
+        for bad in ["\"fast\"", "-1", "1.5"] {
+            let e = EngineConfig::from_toml(&format!("round_rate_max = {bad}")).unwrap_err();
+            assert!(e.contains("round_rate_max must be"), "{bad}: {e}");
+        }
         for (rate, ok) in [(0, true), (5, false), (10, true), (1000, true)] {
             let c = EngineConfig::from_toml(&format!("round_rate_max = {rate}")).unwrap();
-            assert_eq!(c.round_rate_max, rate);
+            assert_eq!(c.round_rate_max, RoundRate::Fixed(rate));
+            assert_eq!(c.store_config(0).round_rate_max, rate);
             let r = c.validate();
             assert_eq!(r.is_ok(), ok, "{rate}: {r:?}");
             if let Err(e) = r {

@@ -29,6 +29,7 @@ pub mod keyring;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod pacer;
 pub mod rate;
 pub mod runtime;
 #[cfg(test)]

@@ -392,6 +392,10 @@ pub struct CoreLoad {
     pub connections: u64,
     /// Messages waiting in the core's request channel (from other cores and handles).
     pub queue_depth: u64,
+    /// The rate the core's rounds are paced to now (0: unpaced), and the stalls of its
+    /// executor seen by the adaptive pacer's probe (`crate::pacer`).
+    pub round_rate_cap: u64,
+    pub stalls: u64,
 }
 
 /// What a scrape reports: every core's counters added up.
@@ -478,6 +482,8 @@ impl MetricsSnapshot {
             l.requests += load.requests;
             l.rounds += load.rounds;
             l.connections += load.connections;
+            l.round_rate_cap = load.round_rate_cap;
+            l.stalls += load.stalls;
             l.queue_depth += load.queue_depth;
         }
         self.cores += o.cores;
@@ -790,6 +796,16 @@ impl MetricsSnapshot {
             "core_queue_depth",
             "Messages waiting in each core's request channel",
             gauges(per_core(|l| l.queue_depth)),
+        );
+        spate.register(
+            "core_round_rate_cap",
+            "Group-commit rounds a second each core is paced to now (0: unpaced)",
+            gauges(per_core(|l| l.round_rate_cap)),
+        );
+        spate.register(
+            "core_stalls",
+            "Wake-ups of a core's executor 5 ms late or more, seen while round_rate_max = \"auto\" watches (a stopped VM, another process on the core)",
+            counters(per_core(|l| l.stalls)),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry)

@@ -517,6 +517,10 @@ pub struct Core<S: Storage> {
     retention_deleted: Cell<(u64, u64)>,
     /// How long opening (recovering) this core's stores took at start.
     recovery_ms: Cell<u64>,
+    /// The rate this core's stores pace their rounds to (0: unpaced): `round_rate_max`, or
+    /// with "auto" the pacer's cap (`pace_rounds`); and the stalls its probe saw.
+    round_rate: Cell<u32>,
+    stalls: Cell<u64>,
     pub(crate) peers: Vec<Sender<CoreMsg>>,
     catalog: Option<RefCell<Catalog>>,
     pub(crate) stopping: Cell<bool>,
@@ -676,6 +680,7 @@ impl<S: Storage + 'static> Core<S> {
     ) -> Result<Core<S>, EngineError> {
         let _ = cores;
         let metrics = crate::metrics::CoreMetrics::new(cfg.metrics);
+        let round_rate = cfg.round_rate_max.fixed();
         let core = Core {
             index,
             cfg,
@@ -687,6 +692,8 @@ impl<S: Storage + 'static> Core<S> {
             error_logs: Cell::new((0, 0, 0)),
             retention_deleted: Cell::new((0, 0)),
             recovery_ms: Cell::new(0),
+            round_rate: Cell::new(round_rate),
+            stalls: Cell::new(0),
             peers,
             catalog: catalog.map(RefCell::new),
             stopping: Cell::new(false),
@@ -856,6 +863,10 @@ impl<S: Storage + 'static> Core<S> {
         if tracing::enabled!(tracing::Level::DEBUG) {
             glommio::spawn_local(probe_executor_lateness(self.index)).detach();
         }
+        if self.cfg.round_rate_max == crate::config::RoundRate::Auto {
+            let core = self.clone();
+            glommio::spawn_local(async move { core.pace_rounds().await }).detach();
+        }
         let spawned = glommio::spawn_local_into(sweep_retention(self.clone()), tq);
         if let Ok(t) = spawned {
             t.detach();
@@ -906,6 +917,77 @@ impl<S: Storage + 'static> Core<S> {
                     tracing::warn!(core = self.index, error = %e, "background work failed");
                     glommio::timer::sleep(Duration::from_millis(1000)).await;
                 }
+            }
+        }
+    }
+
+    /// `round_rate_max = "auto"`: watches for stalls of this core's executor while its
+    /// rounds run fast, and paces them as `crate::pacer` decides (see there for why).
+    async fn pace_rounds(&self) {
+        use crate::pacer::{AutoPacer, ACTIVE_RATE, STALL_US};
+        const WINDOW: Duration = Duration::from_millis(100);
+        let rounds = || -> u64 {
+            self.stores
+                .borrow()
+                .values()
+                .map(|s| s.stats().rounds)
+                .sum()
+        };
+        let t0 = std::time::Instant::now();
+        let mut pacer = AutoPacer::default();
+        let (mut window_at, mut window_rounds) = (t0, rounds());
+        // Rounds a second in the last two whole windows (a stall depresses its own window).
+        let (mut rate, mut rate_before) = (0.0f64, 0.0f64);
+        while !self.stopping.get() {
+            let active = rate.max(rate_before) >= ACTIVE_RATE;
+            let nap = if active {
+                Duration::from_millis(1)
+            } else {
+                WINDOW
+            };
+            let slept = std::time::Instant::now();
+            glommio::timer::sleep(nap).await;
+            let now = std::time::Instant::now();
+            let late_us = ((now - slept).saturating_sub(nap)).as_micros() as u64;
+            let now_ms = (now - t0).as_millis() as u64;
+            let mut change = None;
+            if late_us >= STALL_US {
+                self.stalls.set(self.stalls.get() + 1);
+                let seen = rate.max(rate_before);
+                change = pacer.stall(now_ms, seen);
+                if let Some(cap) = change {
+                    tracing::info!(
+                        core = self.index,
+                        late_ms = late_us / 1000,
+                        rounds_per_s = seen as u64,
+                        cap = cap.unwrap_or(0),
+                        hold_s = pacer.hold_ms() / 1000,
+                        "the executor stalled while rounds ran fast (a host that pays for each I/O from the VM's CPU?): rounds are capped (cap: rounds a second; round_rate_max = \"auto\")"
+                    );
+                }
+            }
+            if change.is_none() {
+                change = pacer.tick(now_ms);
+                if let Some(cap) = change {
+                    tracing::debug!(
+                        core = self.index,
+                        cap = cap.unwrap_or(0),
+                        "round pacing eased"
+                    );
+                }
+            }
+            if let Some(cap) = change {
+                let cap = cap.unwrap_or(0);
+                self.round_rate.set(cap);
+                for store in self.stores.borrow().values() {
+                    store.set_round_rate(cap);
+                }
+            }
+            if now - window_at >= WINDOW {
+                let n = rounds();
+                rate_before = rate;
+                rate = (n - window_rounds) as f64 / (now - window_at).as_secs_f64();
+                (window_at, window_rounds) = (now, n);
             }
         }
     }
@@ -1279,6 +1361,8 @@ impl<S: Storage + 'static> Core<S> {
                 rounds: m.rounds,
                 connections: m.connections,
                 queue_depth: self.peers[self.index].len() as u64,
+                round_rate_cap: u64::from(self.round_rate.get()),
+                stalls: self.stalls.get(),
             },
         );
         m
@@ -1337,6 +1421,7 @@ impl<S: Storage + 'static> Core<S> {
         if let Some(e) = existing {
             return Ok(e);
         }
+        s.set_round_rate(self.round_rate.get());
         self.stores.borrow_mut().insert(store, s.clone());
         Ok(s)
     }

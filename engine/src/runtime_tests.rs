@@ -36,7 +36,7 @@ fn cfg() -> EngineConfig {
         journal_files: 3,
         round_bytes_max: 128 << 10,
         // Pacing waits on the wall clock: off, so a seed's schedule stays its own.
-        round_rate_max: 0,
+        round_rate_max: crate::config::RoundRate::Fixed(0),
         write_chunk_bytes_max: 64 << 10,
         memory_bytes_max: 4 << 20,
         checkpoint_bytes: 256 << 10,

@@ -1972,14 +1972,15 @@ fn unsent_share(r: &Report) -> f64 {
     r.records_unsent as f64 / whole_due
 }
 
-/// What holds one closed-loop producer whose calls ran at the engine's default round rate
-/// (`round_rate_max`, 1,000 rounds a second; a call is a round), and whether this host
-/// stalled when flushes came back to back (`vm-stalls.py` in `limits`, the machine
-/// limits), in which case the cap is what keeps the VM running. None when the calls ran
-/// at another rate.
+/// What holds one closed-loop producer whose calls ran at 1,000 a second, the rate the
+/// engine's round pacing falls to (`round_rate_max = "auto"` once its probe saw the host
+/// stall, or a fixed `round_rate_max = 1000`; a call is a round), and whether this host
+/// stalled when flushes came back to back (`vm-stalls.py` in `limits`, the machine limits),
+/// in which case the cap is what keeps the VM running. None when the calls ran at another
+/// rate.
 fn round_rate_hint(calls_per_s: f64, limits: &serde_json::Value) -> Option<String> {
-    const DEFAULT_ROUND_RATE: f64 = 1000.0;
-    if (calls_per_s - DEFAULT_ROUND_RATE).abs() > 0.02 * DEFAULT_ROUND_RATE {
+    const PACED_ROUND_RATE: f64 = 1000.0;
+    if (calls_per_s - PACED_ROUND_RATE).abs() > 0.02 * PACED_ROUND_RATE {
         return None;
     }
     let back_to_back = limits["vm_stalls"]["runs"].as_array().and_then(|runs| {
@@ -1995,17 +1996,19 @@ fn round_rate_hint(calls_per_s: f64, limits: &serde_json::Value) -> Option<Strin
     let host = match back_to_back {
         Some((flushes, 0)) => format!(
             "; this host did not stall at {flushes:.0} flushes a second back to back \
-             (vm-stalls), so round_rate_max = 0 is safe here (tuning/README.md, \"Round rate\")"
+             (vm-stalls), so a fixed cap is not needed here: \"auto\" or 0 (tuning/README.md, \
+             \"Round rate\")"
         ),
         Some((flushes, gaps)) => format!(
             "; this host stalled {gaps} times at {flushes:.0} flushes a second back to back \
-             (vm-stalls): keep the cap"
+             (vm-stalls): the cap is what keeps it running"
         ),
         None => String::new(),
     };
     Some(format!(
-        "1 producer: {calls_per_s:.0} calls a second, one round each: the engine's default \
-         round_rate_max (1,000 rounds a second) is what holds it{host}"
+        "1 producer: {calls_per_s:.0} calls a second, one round each: the engine's round cap \
+         held it (1,000 rounds a second: round_rate_max = \"auto\" after its probe saw the \
+         host stall, spate_core_stalls_total, or a fixed 1000){host}"
     ))
 }
 
@@ -2022,11 +2025,11 @@ mod tests {
             ]}})
         };
         let calm = round_rate_hint(999.0, &limits(0)).unwrap();
-        assert!(calm.contains("999 calls") && calm.contains("round_rate_max = 0 is safe"));
+        assert!(calm.contains("999 calls") && calm.contains("a fixed cap is not needed"));
         let stalls = round_rate_hint(1004.0, &limits(21)).unwrap();
-        assert!(stalls.contains("stalled 21 times at 7082") && stalls.contains("keep the cap"));
+        assert!(stalls.contains("stalled 21 times at 7082") && stalls.contains("keeps it running"));
         let unknown = round_rate_hint(1000.0, &serde_json::Value::Null).unwrap();
-        assert!(unknown.ends_with("is what holds it"));
+        assert!(unknown.ends_with("or a fixed 1000)"));
         // Not at the rate: something else holds it.
         assert_eq!(round_rate_hint(1800.0, &limits(0)), None);
         assert_eq!(round_rate_hint(900.0, &limits(0)), None);

@@ -669,6 +669,10 @@ fn the_metrics_endpoint_counts_what_was_done() {
             .unwrap_or_else(|| panic!("no {name}"))
     };
     assert!(plain("spate_rounds_total") >= 1.0);
+    // The adaptive round pacing (the default): a cap per core (0: unpaced, none of this
+    // test's few rounds ran anywhere near a rate that would be cut) and its stall count.
+    assert_eq!(plain("spate_core_round_rate_cap"), 0.0);
+    assert!(plain("spate_core_stalls_total") >= 0.0);
     // Appends that waited, by reason: every reason is exposed (zero or not).
     let reasons: std::collections::BTreeSet<&str> = parsed
         .samples

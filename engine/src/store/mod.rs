@@ -112,7 +112,8 @@ pub struct StoreConfig {
     /// Bytes one round may take while the previous one is being written.
     pub round_bytes_max: usize,
     /// Rounds per second at most, on average (a token bucket holding `ROUND_BURST`
-    /// rounds); 0: a round starts as soon as the one before it is syncing. See `pace`.
+    /// rounds); 0: a round starts as soon as the one before it is syncing. See `pace`. The
+    /// rate at start: an adaptive pacer (`crate::pacer`) may change it later.
     pub round_rate_max: u32,
     /// How a round becomes durable: its writes, then an fdatasync of each file written, or
     /// O_DSYNC writes that are each durable when they complete. See `RoundSync`.
@@ -487,6 +488,9 @@ pub(crate) struct State<S: Storage> {
     round_tokens: f64,
     round_tokens_at: Option<std::time::Instant>,
     pacing: bool,
+    /// The rate `pace` holds rounds to now (0: unpaced): `round_rate_max` at start, then
+    /// whatever the core's adaptive pacer sets (`Store::set_round_rate`).
+    round_rate: u32,
     synced_id: u64,
     /// The round whose sync phase started last (rounds sync one at a time, in order).
     sync_started_id: u64,
@@ -1251,11 +1255,11 @@ impl<S: Storage> Store<S> {
     /// periods (both vCPUs, whatever ran on them), at ~1,000 a second never
     /// (BENCHMARKS.md, "Pacing rounds"). Bigger, fewer rounds cost the same disk time.
     fn pace(&self) -> Option<std::time::Duration> {
-        if self.cfg.round_rate_max == 0 {
+        let mut st = self.st.borrow_mut();
+        if st.round_rate == 0 {
             return None;
         }
-        let rate = f64::from(self.cfg.round_rate_max);
-        let mut st = self.st.borrow_mut();
+        let rate = f64::from(st.round_rate);
         let now = std::time::Instant::now();
         let Some(at) = st.round_tokens_at else {
             st.round_tokens = ROUND_BURST;
@@ -1266,6 +1270,22 @@ impl<S: Storage> Store<S> {
         st.round_tokens_at = Some(now);
         (st.round_tokens < 1.0)
             .then(|| std::time::Duration::from_secs_f64((1.0 - st.round_tokens) / rate))
+    }
+
+    /// Paces rounds to `rate` a second from now on (0: unpaced). A leader already waiting
+    /// for a token waits out the delay it was given, then asks again.
+    pub fn set_round_rate(&self, rate: u32) {
+        let mut st = self.st.borrow_mut();
+        if st.round_rate == 0 && rate > 0 {
+            // Unpaced until now: the bucket starts full, as at start.
+            st.round_tokens_at = None;
+        }
+        st.round_rate = rate;
+    }
+
+    /// The rate rounds are paced to now (0: unpaced).
+    pub fn round_rate(&self) -> u32 {
+        self.st.borrow().round_rate
     }
 
     /// Whether the open round cannot be sealed now (so it takes at most `round_bytes_max`):
@@ -1433,7 +1453,7 @@ impl<S: Storage> Store<S> {
         let mut round = std::mem::replace(&mut st.open, OpenRound::new());
         st.open_id += 1;
         // A token of the round rate (`pace`; the flush of shutdown and checkpoints counts).
-        if cfg.round_rate_max > 0 {
+        if st.round_rate > 0 {
             st.round_tokens -= 1.0;
         }
         // Hot shards: a final direct entry, and their unwritten bytes sealed for writing.

@@ -210,6 +210,7 @@ impl<S: Storage> Store<S> {
             checkpoint_pos: manifest.replay_from,
         };
         let now = clock.now_ms();
+        let round_rate = cfg.round_rate_max;
         let store = Store {
             storage,
             cfg,
@@ -226,6 +227,7 @@ impl<S: Storage> Store<S> {
                 round_tokens: 0.0,
                 round_tokens_at: None,
                 pacing: false,
+                round_rate,
                 synced_id: 0,
                 sync_started_id: 0,
                 durable_id: 0,

@@ -1243,6 +1243,47 @@ fn rounds_are_paced_to_round_rate_max_after_a_burst() {
     assert_eq!(store.stats().rounds, 20);
 }
 
+/// The adaptive pacer's cap (`Store::set_round_rate`): a store that started unpaced paces
+/// its rounds once a rate is set (after a full burst), and goes back to back once it is
+/// lifted.
+#[test]
+fn a_round_rate_set_while_running_paces_rounds_until_lifted() {
+    let k = key(17, 0);
+    let h = Harness::new(17, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    assert_eq!(store.round_rate(), 0);
+    let mut rng = SimRng::new(17);
+    let mut records = 0;
+    let mut appends = |n: usize, tag: &str| {
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let (b, r) = make_batch(&mut rng, &format!("{tag}{i}"), false);
+            run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+            records += r.len();
+        }
+        started.elapsed()
+    };
+    appends(20, "a");
+    store.set_round_rate(200);
+    assert_eq!(store.round_rate(), 200);
+    // A burst of 8 at once, then 12 waiting 5 ms each.
+    let paced = appends(20, "b");
+    assert!(
+        paced >= std::time::Duration::from_millis(55),
+        "20 rounds at 200 a second after a burst of 8 took only {paced:?}"
+    );
+    store.set_round_rate(0);
+    assert_eq!(store.round_rate(), 0);
+    // Lifted: the bucket (empty now) holds nothing back; 40 rounds at 200 a second
+    // would take 160 ms past a burst.
+    let lifted = appends(40, "c");
+    assert!(
+        lifted < paced * 2,
+        "unpaced rounds took {lifted:?}, paced ones {paced:?}"
+    );
+    assert_eq!(read_all(&store, k).unwrap().len(), records);
+}
+
 /// One record the model knows: its data, whether its append was acknowledged, and its
 /// arrival time once known.
 #[derive(Clone)]

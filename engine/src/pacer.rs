@@ -1,0 +1,188 @@
+//! Adaptive round pacing (`round_rate_max = "auto"`, the default): a core's rounds go back
+//! to back until the host shows that it cannot take that many flushes a second, then at
+//! most a rate it can take.
+//!
+//! Why: on some virtual machines the host emulates every guest I/O on the VM's CPU quota.
+//! At ~2,600 flushes a second one development VM was stopped for 5-23 ms in most 100 ms
+//! periods, both vCPUs, whatever ran on them; at ~1,000 a second never (BENCHMARKS.md,
+//! "Pacing rounds"). A fixed cap of 1,000 rounds a second protected that host, but it held
+//! a closed-loop producer with one call in flight at one call a round: on a host that does
+//! not stall, `peer-shape`'s one producer got 101 MB/s paced against 217 MB/s unpaced.
+//!
+//! How: the core's probe ([`crate::runtime`]) sleeps 1 ms at a time while the core's rounds
+//! run at [`ACTIVE_RATE`] a second or more (otherwise 100 ms at a time, to stay cheap when
+//! rounds are few). A wake-up [`STALL_US`] late or more is a stall: the executor thread did
+//! not run (on such a VM the whole guest was stopped; an executor busy with its own work
+//! wakes its timers far sooner). A stall seen while rounds ran at [`FLOOR`] a second or more
+//! lowers the cap to half the rate just seen, not below [`FLOOR`] (the rate that never
+//! stalled there). After a hold without stalls the cap rises by a quarter every
+//! [`STEP_MS`] and is lifted at [`CEILING`]. The hold starts at [`HOLD_MS`] and doubles
+//! (up to [`HOLD_MAX_MS`]) for a stall within two holds of the last cut, so on a host that
+//! stalls the probing costs a stall every ten minutes at most, and a host that stalled once
+//! is not held back for long.
+//!
+//! A false stall (something else kept the thread from running 5 ms: another process on the
+//! core, a long task) costs a cap of at least [`FLOOR`] for a while: the old fixed default.
+
+/// A wake-up this late (µs) is a stall.
+pub const STALL_US: u64 = 5_000;
+/// The lowest cap the pacer sets (rounds a second), and the round rate below which a stall
+/// is not the rounds' doing.
+pub const FLOOR: u32 = 1_000;
+/// The probe watches closely (1 ms sleeps) while rounds run at this rate or more.
+pub const ACTIVE_RATE: f64 = 900.0;
+/// A cap that rises to this is lifted (rounds go back to back again).
+pub const CEILING: u32 = 16_000;
+/// Stalls within this long after a cut belong to the same episode (the cut takes a moment).
+pub const SETTLE_MS: u64 = 1_000;
+/// The first hold after a cut, and the longest.
+pub const HOLD_MS: u64 = 30_000;
+pub const HOLD_MAX_MS: u64 = 600_000;
+/// After the hold, the cap rises by a quarter this often.
+pub const STEP_MS: u64 = 5_000;
+
+/// What the pacer decided: the new cap (None: unpaced).
+pub type Change = Option<u32>;
+
+/// The decisions of one core's pacer; time is in milliseconds from any origin.
+#[derive(Debug, Clone)]
+pub struct AutoPacer {
+    cap: Option<u32>,
+    hold_ms: u64,
+    last_cut_ms: Option<u64>,
+    last_step_ms: u64,
+}
+
+impl Default for AutoPacer {
+    fn default() -> Self {
+        AutoPacer {
+            cap: None,
+            hold_ms: HOLD_MS,
+            last_cut_ms: None,
+            last_step_ms: 0,
+        }
+    }
+}
+
+impl AutoPacer {
+    /// The cap now (None: unpaced).
+    pub fn cap(&self) -> Option<u32> {
+        self.cap
+    }
+
+    /// How long the pacer holds a cut before raising the cap.
+    pub fn hold_ms(&self) -> u64 {
+        self.hold_ms
+    }
+
+    /// A stall seen at `now_ms` while the core's rounds ran at `rate` a second: the new cap,
+    /// if it changed.
+    pub fn stall(&mut self, now_ms: u64, rate: f64) -> Option<Change> {
+        if rate < f64::from(FLOOR) {
+            return None;
+        }
+        if let Some(cut) = self.last_cut_ms {
+            if now_ms < cut + SETTLE_MS {
+                return None;
+            }
+            self.hold_ms = if now_ms < cut + 2 * self.hold_ms {
+                (self.hold_ms * 2).min(HOLD_MAX_MS)
+            } else {
+                HOLD_MS
+            };
+        }
+        self.last_cut_ms = Some(now_ms);
+        self.last_step_ms = now_ms;
+        let seen = self.cap.map_or(rate, |c| rate.min(f64::from(c)));
+        let cap = ((seen / 2.0) as u32).max(FLOOR);
+        if self.cap == Some(cap) {
+            return None;
+        }
+        self.cap = Some(cap);
+        Some(self.cap)
+    }
+
+    /// Time passing (called often): the new cap, if it rose.
+    pub fn tick(&mut self, now_ms: u64) -> Option<Change> {
+        let (Some(cap), Some(cut)) = (self.cap, self.last_cut_ms) else {
+            return None;
+        };
+        if now_ms < cut + self.hold_ms || now_ms < self.last_step_ms + STEP_MS {
+            return None;
+        }
+        self.last_step_ms = now_ms;
+        let next = cap.saturating_add(cap / 4);
+        self.cap = (next < CEILING).then_some(next);
+        Some(self.cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that stalls above 2,000 rounds a second, and a core that would run 6,000:
+    /// the pacer cuts to half of what it saw, rises after the hold, cuts again when it
+    /// reaches the stalling rate, and holds longer each time.
+    #[test]
+    fn a_host_that_stalls_is_probed_less_and_less_often() {
+        let mut p = AutoPacer::default();
+        assert_eq!(p.cap(), None);
+        // Below the floor a stall is not the rounds' doing.
+        assert_eq!(p.stall(0, 800.0), None);
+        assert_eq!(p.cap(), None);
+        // Unpaced at 6,000 rounds a second: a stall cuts to 3,000, still stalling: 1,500.
+        assert_eq!(p.stall(10_000, 6_000.0), Some(Some(3_000)));
+        // The same episode: ignored.
+        assert_eq!(p.stall(10_500, 3_000.0), None);
+        assert_eq!(p.stall(11_100, 3_000.0), Some(Some(1_500)));
+        assert_eq!(p.hold_ms(), 2 * HOLD_MS);
+        // Held: nothing rises before the hold is over.
+        assert_eq!(p.tick(11_100 + 2 * HOLD_MS - 1), None);
+        let mut t = 11_100 + 2 * HOLD_MS;
+        assert_eq!(p.tick(t), Some(Some(1_875)));
+        assert_eq!(p.tick(t + STEP_MS - 1), None);
+        t += STEP_MS;
+        assert_eq!(p.tick(t), Some(Some(2_343)));
+        // 2,343 stalls (within two holds of the cut): back to 1,171, and a longer hold.
+        assert_eq!(p.stall(t + 100, 2_343.0), Some(Some(1_171)));
+        assert_eq!(p.hold_ms(), 4 * HOLD_MS);
+        // At the floor a stall changes nothing but the hold.
+        let mut p2 = p.clone();
+        assert_eq!(p2.stall(t + 5_000, 1_171.0), Some(Some(FLOOR)));
+        assert_eq!(p2.stall(t + 10_000, 1_000.0), None);
+        assert_eq!(p2.cap(), Some(FLOOR));
+        // The hold never passes its bound.
+        for i in 0..20 {
+            p2.stall(t + 20_000 + i * 2_000, 1_000.0);
+        }
+        assert_eq!(p2.hold_ms(), HOLD_MAX_MS);
+    }
+
+    /// On a host that stopped stalling the cap rises a quarter a step until it is lifted,
+    /// and a stall long after starts again from the shortest hold.
+    #[test]
+    fn a_cap_rises_to_the_ceiling_and_is_lifted() {
+        let mut p = AutoPacer::default();
+        assert_eq!(p.stall(0, 2_400.0), Some(Some(1_200)));
+        let mut t = HOLD_MS;
+        let mut caps = Vec::new();
+        while let Some(c) = p.tick(t) {
+            caps.push(c);
+            t += STEP_MS;
+        }
+        assert_eq!(caps.last(), Some(&None), "{caps:?}");
+        assert!(caps.windows(2).all(|w| match (w[0], w[1]) {
+            (Some(a), Some(b)) => b > a,
+            (Some(a), None) => a + a / 4 >= CEILING,
+            _ => false,
+        }));
+        assert_eq!(p.cap(), None);
+        // Nothing more to do unpaced.
+        assert_eq!(p.tick(t + HOLD_MAX_MS), None);
+        // A stall long after: a fresh episode with the first hold.
+        let later = t + 10 * HOLD_MAX_MS;
+        assert_eq!(p.stall(later, 5_000.0), Some(Some(2_500)));
+        assert_eq!(p.hold_ms(), HOLD_MS);
+    }
+}

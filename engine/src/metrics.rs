@@ -881,7 +881,7 @@ pub(crate) struct TogglePeriod {
 }
 
 /// The CPU time of the calling thread (the core's executor thread), in ns.
-fn thread_cpu_ns() -> u64 {
+pub(crate) fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -921,10 +921,11 @@ impl<S: Storage + 'static> Core<S> {
         }
     }
 
-    /// `round_rate_max = "auto"`: watches for stalls of this core's executor while its
-    /// rounds run fast, and paces them as `crate::pacer` decides (see there for why).
+    /// `round_rate_max = "auto"`: watches this core's executor (stalls while its rounds run
+    /// fast; its CPU share) and paces the rounds as `crate::pacer` decides (see there for
+    /// why).
     async fn pace_rounds(&self) {
-        use crate::pacer::{AutoPacer, ACTIVE_RATE, STALL_US};
+        use crate::pacer::{AutoPacer, Change, ACTIVE_RATE, STALL_US};
         const WINDOW: Duration = Duration::from_millis(100);
         let rounds = || -> u64 {
             self.stores
@@ -935,9 +936,16 @@ impl<S: Storage + 'static> Core<S> {
         };
         let t0 = std::time::Instant::now();
         let mut pacer = AutoPacer::default();
-        let (mut window_at, mut window_rounds) = (t0, rounds());
+        let mut window = (t0, rounds(), crate::metrics::thread_cpu_ns());
         // Rounds a second in the last two whole windows (a stall depresses its own window).
         let (mut rate, mut rate_before) = (0.0f64, 0.0f64);
+        let apply = |cap: Change| {
+            let cap = cap.unwrap_or(0);
+            self.round_rate.set(cap);
+            for store in self.stores.borrow().values() {
+                store.set_round_rate(cap);
+            }
+        };
         while !self.stopping.get() {
             let active = rate.max(rate_before) >= ACTIVE_RATE;
             let nap = if active {
@@ -950,12 +958,10 @@ impl<S: Storage + 'static> Core<S> {
             let now = std::time::Instant::now();
             let late_us = ((now - slept).saturating_sub(nap)).as_micros() as u64;
             let now_ms = (now - t0).as_millis() as u64;
-            let mut change = None;
             if late_us >= STALL_US {
                 self.stalls.set(self.stalls.get() + 1);
                 let seen = rate.max(rate_before);
-                change = pacer.stall(now_ms, seen);
-                if let Some(cap) = change {
+                if let Some(cap) = pacer.stall(now_ms, seen) {
                     tracing::info!(
                         core = self.index,
                         late_ms = late_us / 1000,
@@ -964,30 +970,28 @@ impl<S: Storage + 'static> Core<S> {
                         hold_s = pacer.hold_ms() / 1000,
                         "the executor stalled while rounds ran fast (a host that pays for each I/O from the VM's CPU?): rounds are capped (cap: rounds a second; round_rate_max = \"auto\")"
                     );
+                    apply(cap);
                 }
             }
-            if change.is_none() {
-                change = pacer.tick(now_ms);
-                if let Some(cap) = change {
-                    tracing::debug!(
-                        core = self.index,
-                        cap = cap.unwrap_or(0),
-                        "round pacing eased"
-                    );
-                }
+            if let Some(cap) = pacer.tick(now_ms) {
+                tracing::debug!(
+                    core = self.index,
+                    cap = cap.unwrap_or(0),
+                    "round pacing eased"
+                );
+                apply(cap);
             }
-            if let Some(cap) = change {
-                let cap = cap.unwrap_or(0);
-                self.round_rate.set(cap);
-                for store in self.stores.borrow().values() {
-                    store.set_round_rate(cap);
-                }
-            }
-            if now - window_at >= WINDOW {
-                let n = rounds();
+            let (at, was, cpu_was) = window;
+            if now - at >= WINDOW {
+                let (n, cpu) = (rounds(), crate::metrics::thread_cpu_ns());
+                let wall = (now - at).as_secs_f64();
                 rate_before = rate;
-                rate = (n - window_rounds) as f64 / (now - window_at).as_secs_f64();
-                (window_at, window_rounds) = (now, n);
+                rate = (n - was) as f64 / wall;
+                let busy = cpu.saturating_sub(cpu_was) as f64 / 1e9 / wall;
+                window = (now, n, cpu);
+                if let Some(cap) = pacer.window(busy, rate) {
+                    apply(cap);
+                }
             }
         }
     }

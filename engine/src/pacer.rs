@@ -27,8 +27,8 @@
 //! Rounds also cost the core: ~100-200 µs of CPU each here, mostly the kernel's and the
 //! VM's (submission, the device's notification, the completion's interrupt, wake-ups). Back
 //! to back at low load they buy latency with time the core has spare; near saturation they
-//! take it from the requests (unpaced, `shard-density` held 64 shards under a 10 ms p99
-//! where 1,000 rounds a second held 256). So the pacer also watches the executor thread's
+//! take it from the requests (unpaced, `shard-density` held 32-64 shards under a 10 ms p99
+//! where 1,000 rounds a second held 128-256). So the pacer also watches the executor thread's
 //! CPU share in each window: at [`BUSY_HIGH`] or more it caps rounds at [`LOAD_CUT`] of the
 //! rate just seen (not below [`FLOOR`]); under [`BUSY_LOW`] it raises that cap by a quarter
 //! a window, lifted at [`CEILING`]. The cap in force is the lower of the two.

@@ -961,16 +961,30 @@ impl<S: Storage + 'static> Core<S> {
             if late_us >= STALL_US {
                 self.stalls.set(self.stalls.get() + 1);
                 let seen = rate.max(rate_before);
-                if let Some(cap) = pacer.stall(now_ms, seen) {
-                    tracing::info!(
-                        core = self.index,
-                        late_ms = late_us / 1000,
-                        rounds_per_s = seen as u64,
-                        cap = cap.unwrap_or(0),
-                        hold_s = pacer.hold_ms() / 1000,
-                        "the executor stalled while rounds ran fast (a host that pays for each I/O from the VM's CPU?): rounds are capped (cap: rounds a second; round_rate_max = \"auto\")"
-                    );
-                    apply(cap);
+                let before = pacer.cap();
+                match pacer.stall(now_ms, seen) {
+                    Some(cap) if cap.unwrap_or(u32::MAX) < before.unwrap_or(u32::MAX) => {
+                        tracing::info!(
+                            core = self.index,
+                            late_ms = late_us / 1000,
+                            rounds_per_s = seen as u64,
+                            cap = cap.unwrap_or(0),
+                            hold_s = pacer.hold_ms() / 1000,
+                            "the executor stalled while rounds ran fast (a host that pays for each I/O from the VM's CPU?): rounds are capped (cap: rounds a second; round_rate_max = \"auto\")"
+                        );
+                        apply(cap);
+                    }
+                    Some(cap) => {
+                        tracing::info!(
+                            core = self.index,
+                            late_ms = late_us / 1000,
+                            rounds_per_s = seen as u64,
+                            cap = cap.unwrap_or(0),
+                            "the executor stalls as often with rounds at the floor as faster: the host's stalls, not the rounds'; the stalls' cap is lifted (cap: rounds a second, 0 none; round_rate_max = \"auto\")"
+                        );
+                        apply(cap);
+                    }
+                    None => {}
                 }
             }
             if let Some(cap) = pacer.tick(now_ms) {
@@ -989,7 +1003,7 @@ impl<S: Storage + 'static> Core<S> {
                 rate = (n - was) as f64 / wall;
                 let busy = cpu.saturating_sub(cpu_was) as f64 / 1e9 / wall;
                 window = (now, n, cpu);
-                if let Some(cap) = pacer.window(busy, rate) {
+                if let Some(cap) = pacer.window((now - at).as_millis() as u64, busy, rate) {
                     apply(cap);
                 }
             }

@@ -16,5 +16,5 @@ taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s --create-shards
 grep -E '^  per second|^  ack |^  used' $data.out | tr '\n' ' ' | tr -s ' '; echo
 curl -s 127.0.0.1:7699/metrics | grep -E '^spate_(rounds_total|core_round_rate_cap|core_stalls_total)' | tr '\n' ' '; echo
 [ -n "${STALL:-}" ] && { kill $st; wait $st 2>/dev/null; tail -3 $data.stall; }
-grep -E "stalled|eased" $data.log | tail -5
+grep -E "stalled|stalls as often|eased" $data.log | tail -8
 kill $pid; wait $pid 2>/dev/null; rm -rf $data $data.log $data.out $data.stall

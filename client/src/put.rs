@@ -126,16 +126,16 @@ fn build_batch(entries: &[Entry], bytes_max: usize) -> (Bytes, usize) {
     (Bytes::from(b.into_batch()), count)
 }
 
-/// Fails the next record with `err` and every later one as not sent because of it.
-fn fail_rest(
-    results: &mut Vec<Result<PutResult>>,
-    len: usize,
-    err: ClientError,
-    route: &ShardRoute,
-) {
+/// Fails the first of `results` with `err` and every later one as not sent because of it.
+fn fail_rest(results: &mut [Option<Result<PutResult>>], err: ClientError, route: &ShardRoute) {
     let skipped = err.skipped_after(route.shard_id);
-    results.push(Err(err));
-    results.resize(len, Err(skipped));
+    let Some((first, rest)) = results.split_first_mut() else {
+        return;
+    };
+    for r in rest {
+        *r = Some(Err(skipped.clone()));
+    }
+    *first = Some(Err(err));
 }
 
 /// One shard's records being put in order: a chain of batches, see the module docs.
@@ -145,33 +145,39 @@ const MAX_RESHARD_ROUNDS: usize = 8;
 
 pub(crate) struct Chain {
     pub route: ShardRoute,
-    /// Indices of the records in the caller's order (for `put_records`).
-    pub indices: Vec<usize>,
-    pub entries: Vec<Entry>,
-    /// Records from the first one the client refuses on are never sent.
+    /// Its records: `entries[start..end]` of the call's records grouped by shard, in input
+    /// order, and their results at the same places (a call over 10,000 shards holds about
+    /// a chain per record: three vectors of its own each were three allocations a record).
+    start: usize,
+    end: usize,
+    /// Records settled: their results are set.
+    settled: usize,
+    /// Records from `start + sendable` on: the client refuses the first of them, and none
+    /// is ever sent.
     sendable: usize,
-    pub results: Vec<Result<PutResult>>,
     attempt: u32,
     /// A refused tail is retried no earlier than this.
     ready_at: Option<tokio::time::Instant>,
 }
 
 impl Chain {
+    /// The chain of `entries[start..end]` (one shard's records, in input order).
     pub(crate) fn new(
         map: &ShardMap,
         route: ShardRoute,
-        indices: Vec<usize>,
-        entries: Vec<Entry>,
+        entries: &[Entry],
+        start: usize,
+        end: usize,
     ) -> Chain {
-        let sendable = entries
+        let sendable = entries[start..end]
             .iter()
             .position(|e| check_entry(map, e).is_err())
-            .unwrap_or(entries.len());
+            .unwrap_or(end - start);
         Chain {
             route,
-            indices,
-            results: Vec::with_capacity(entries.len()),
-            entries,
+            start,
+            end,
+            settled: 0,
             sendable,
             attempt: 0,
             ready_at: None,
@@ -179,7 +185,15 @@ impl Chain {
     }
 
     pub(crate) fn done(&self) -> bool {
-        self.results.len() == self.entries.len()
+        self.settled == self.end - self.start
+    }
+
+    /// Its records' results from the first unsettled one on.
+    fn unsettled<'a>(
+        &self,
+        results: &'a mut [Option<Result<PutResult>>],
+    ) -> &'a mut [Option<Result<PutResult>>] {
+        &mut results[self.start + self.settled..self.end]
     }
 
     /// The next batch to send (at most `bytes_max` past its first record) and how many
@@ -188,19 +202,25 @@ impl Chain {
     fn next_batch(
         &mut self,
         map: &ShardMap,
+        entries: &[Entry],
+        results: &mut [Option<Result<PutResult>>],
         bytes_max: usize,
         now: tokio::time::Instant,
     ) -> Option<(Bytes, usize)> {
         if self.done() || self.ready_at.is_some_and(|t| t > now) {
             return None;
         }
-        let next = self.results.len();
-        if next == self.sendable {
-            let err = check_entry(map, &self.entries[next]).expect_err("invalid, found above");
-            fail_rest(&mut self.results, self.entries.len(), err, &self.route);
+        let next = self.start + self.settled;
+        if self.settled == self.sendable {
+            let err = check_entry(map, &entries[next]).expect_err("invalid, found above");
+            fail_rest(self.unsettled(results), err, &self.route);
+            self.settled = self.end - self.start;
             return None;
         }
-        Some(build_batch(&self.entries[next..self.sendable], bytes_max))
+        Some(build_batch(
+            &entries[next..self.start + self.sendable],
+            bytes_max,
+        ))
     }
 
     /// Applies the answer to a batch of `count` records.
@@ -208,6 +228,7 @@ impl Chain {
         &mut self,
         client: &Client,
         stream: &str,
+        results: &mut [Option<Result<PutResult>>],
         count: usize,
         answer: Result<PutBatchResponse>,
     ) {
@@ -218,12 +239,17 @@ impl Chain {
                 resp.accepted
             )),
             Ok(resp) => {
-                for i in 0..resp.accepted {
-                    self.results.push(Ok(PutResult {
-                        shard_id: self.route.shard_id,
-                        seq: resp.base_seq + u64::from(i),
+                let shard_id = self.route.shard_id;
+                for (i, r) in self.unsettled(results)[..resp.accepted as usize]
+                    .iter_mut()
+                    .enumerate()
+                {
+                    *r = Some(Ok(PutResult {
+                        shard_id,
+                        seq: resp.base_seq + i as u64,
                     }));
                 }
+                self.settled += resp.accepted as usize;
                 if resp.accepted > 0 {
                     self.attempt = 0;
                 }
@@ -255,7 +281,8 @@ impl Chain {
             return;
         }
         client.forget_on(stream, &err);
-        fail_rest(&mut self.results, self.entries.len(), err, &self.route);
+        fail_rest(self.unsettled(results), err, &self.route);
+        self.settled = self.end - self.start;
     }
 }
 
@@ -290,11 +317,14 @@ async fn join_all<T>(futs: impl Iterator<Item = impl std::future::Future<Output 
 }
 
 /// Runs chains to completion: each step sends every ready chain's next batch, one request
-/// per core (split when a frame would be too large), all cores at once.
+/// per core (split when a frame would be too large), all cores at once. The chains'
+/// records are `entries`; their results go to the same places in `results`.
 pub(crate) async fn put_chains(
     client: &Client,
     stream: &str,
     map: &ShardMap,
+    entries: &[Entry],
+    results: &mut [Option<Result<PutResult>>],
     chains: &mut [Chain],
     batch_bytes_max: usize,
 ) {
@@ -305,7 +335,7 @@ pub(crate) async fn put_chains(
             .iter_mut()
             .enumerate()
             .filter_map(|(i, c)| {
-                c.next_batch(map, batch_bytes_max, now)
+                c.next_batch(map, entries, results, batch_bytes_max, now)
                     .map(|(batch, count)| (i, batch, count))
             })
             .collect();
@@ -333,7 +363,7 @@ pub(crate) async fn put_chains(
             .enumerate()
         {
             let (i, _, count) = ready[j];
-            chains[i].settle(client, stream, count, answer);
+            chains[i].settle(client, stream, results, count, answer);
         }
     }
 }
@@ -460,35 +490,51 @@ impl Client {
                 }
             }
             keyed.sort_unstable();
+            // The records grouped by shard (input order within each), where each came from,
+            // and one chain per shard over its run of them.
+            let mut order: Vec<usize> = Vec::with_capacity(keyed.len());
+            let mut grouped: Vec<Entry> = Vec::with_capacity(keyed.len());
+            for k in &keyed {
+                let (i, entry) = &mut routed[(k & 0xffff_ffff) as usize];
+                order.push(*i);
+                grouped.push(entry.take().expect("each record is taken once"));
+            }
             let mut chains: Vec<Chain> = Vec::new();
             let mut at = 0;
             while at < keyed.len() {
                 let shard = (keyed[at] >> 32) as usize;
                 let run = keyed[at..].partition_point(|k| (k >> 32) as usize == shard);
-                let mut indices = Vec::with_capacity(run);
-                let mut entries = Vec::with_capacity(run);
-                for k in &keyed[at..at + run] {
-                    let (i, entry) = &mut routed[(k & 0xffff_ffff) as usize];
-                    indices.push(*i);
-                    entries.push(entry.take().expect("each record is taken once"));
-                }
-                chains.push(Chain::new(&map, map.routes()[shard], indices, entries));
+                chains.push(Chain::new(
+                    &map,
+                    map.routes()[shard],
+                    &grouped,
+                    at,
+                    at + run,
+                ));
                 at += run;
             }
-            put_chains(self, stream, &map, &mut chains, MAX_BATCH_BYTES).await;
+            let mut outcomes: Vec<Option<Result<PutResult>>> = vec![None; grouped.len()];
+            put_chains(
+                self,
+                stream,
+                &map,
+                &grouped,
+                &mut outcomes,
+                &mut chains,
+                MAX_BATCH_BYTES,
+            )
+            .await;
             let mut version = 0;
             let last = round + 1 == MAX_RESHARD_ROUNDS;
-            for c in chains {
-                for ((i, r), entry) in c.indices.into_iter().zip(c.results).zip(c.entries) {
-                    match r {
-                        Err(ClientError::ShardClosed {
-                            shard_map_version, ..
-                        }) if !last => {
-                            version = version.max(shard_map_version);
-                            pending.push((i, entry));
-                        }
-                        r => results[i] = Some(r),
+            for ((i, r), entry) in order.into_iter().zip(outcomes).zip(grouped) {
+                match r.expect("every chain runs to its end") {
+                    Err(ClientError::ShardClosed {
+                        shard_map_version, ..
+                    }) if !last => {
+                        version = version.max(shard_map_version);
+                        pending.push((i, entry));
                     }
+                    r => results[i] = Some(r),
                 }
             }
             if pending.is_empty() {

@@ -139,6 +139,61 @@ fn put_records_route_by_md5_and_keep_each_keys_order() {
     });
 }
 
+/// A record the client refuses in the middle of one shard's records: the records of that
+/// shard before it are stored, it fails with its code, every later one of its shard fails
+/// as not sent with the same code, and the other shards' records (interleaved with them in
+/// the call) are all stored, each result in its input place.
+#[test]
+fn put_records_fail_a_shards_rest_after_a_refused_record_and_store_the_others() {
+    let env = Env::new();
+    let client = env.client();
+    env.run(async {
+        client.create_stream("mixed", &off(3)).await.unwrap();
+        let keys: Vec<String> = (0..3).map(|s| key_for_shard(s, 3)).collect();
+        let mut entries = Vec::new();
+        for i in 0..30 {
+            let data = if i == 13 {
+                // Shard 1's fifth record: over the 1 MiB limit.
+                vec![b'x'; (1 << 20) + 1]
+            } else {
+                format!("{i}").into_bytes()
+            };
+            entries.push(Entry::new(keys[i % 3].clone(), data));
+        }
+        let results = client.put_records("mixed", entries.clone()).await;
+        assert_eq!(results.len(), 30);
+        let mut next_seq: HashMap<u32, u64> = HashMap::new();
+        for (i, r) in results.iter().enumerate() {
+            match (i % 3, i) {
+                (1, 13..) => {
+                    let e = r.as_ref().expect_err("refused, or after the refused one");
+                    assert_eq!(e.code(), Some(ErrorCode::RecordTooLarge), "record {i}: {e}");
+                    if i > 13 {
+                        assert!(e.to_string().contains("not sent"), "record {i}: {e}");
+                    }
+                }
+                _ => {
+                    let r = r.as_ref().unwrap_or_else(|e| panic!("record {i}: {e}"));
+                    assert_eq!(r.shard_id, (i % 3) as u32, "record {i}");
+                    // In input order within its shard.
+                    if let Some(prev) = next_seq.insert(r.shard_id, r.seq) {
+                        assert!(r.seq > prev, "record {i}");
+                    }
+                }
+            }
+        }
+        for shard in 0..3u32 {
+            let stored = read_shard(&client, "mixed", shard).await;
+            let expected: Vec<Vec<u8>> = (0..30)
+                .filter(|i| i % 3 == shard as usize && !(shard == 1 && *i >= 13))
+                .map(|i| format!("{i}").into_bytes())
+                .collect();
+            let got: Vec<Vec<u8>> = stored.iter().map(|r| r.data.to_vec()).collect();
+            assert_eq!(got, expected, "shard {shard}");
+        }
+    });
+}
+
 /// `put_shard_batches`: caller-built batches, several shards of one core in one request and
 /// a lone one; each outcome in input order with its sequence numbers; a batch holding a
 /// record whose key does not hash into its shard is refused whole (`WrongShard`) while the

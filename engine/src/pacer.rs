@@ -15,24 +15,24 @@
 //! not run (on such a VM the whole guest was stopped; an executor busy with its own work
 //! wakes its timers far sooner). A stall seen while rounds ran faster than the floor
 //! ([`FLOOR_BAND`]) lowers the cap to half the rate just seen, not below [`FLOOR`] (the
-//! rate that never stalled there). After a hold without stalls the cap rises by a quarter every
-//! [`STEP_MS`] and is lifted at [`CEILING`]. The hold starts at [`HOLD_MS`] and doubles
+//! rate that never stalled there). After a hold without stalls the cap rises by a quarter
+//! every [`STEP_MS`] and is lifted at [`CEILING`]. The hold starts at [`HOLD_MS`] and doubles
 //! (up to [`HOLD_MAX_MS`]) for a stall within two holds of the last cut, so on a host that
 //! stalls the probing costs a stall every ten minutes at most, and a host that stalled once
 //! is not held back for long.
 //!
-//! Some hosts stop the VM now and then whatever it does (one development VM: 4-6 wake-ups
-//! 5-8 ms late in 6 s at 953, 1,704 and 2,660 flushes a second alike). A cut cannot help
-//! there, and it halved one closed-loop producer. So the pacer weighs stalls by the rate
-//! of the rounds they came with: it counts stalls and watched time at the floor (rounds at
-//! most [`FLOOR_BAND`] a second, where a cap leaves them) and faster. Once it has watched
-//! the floor [`NOISE_EVIDENCE_MS`] and seen stalls there, stalls with rounds faster that
-//! come no more than [`NOISE_RATIO`] times as often are the host's
+//! Some hosts stop the VM now and then whatever it does (one development VM: 1-6 wake-ups
+//! 5-7 ms late in 6 s at 953, 1,704 and 2,660 flushes a second alike). A cut cannot help
+//! there, and it held one closed-loop producer at the floor. So the pacer weighs stalls by
+//! the rate of the rounds they came with: it counts stalls and watched time at the floor
+//! (rounds at most [`FLOOR_BAND`] a second, where a cap leaves them) and faster. Once it
+//! has watched the floor [`NOISE_EVIDENCE_MS`] and seen stalls there, stalls with rounds
+//! faster that come no more than [`NOISE_RATIO`] times as often are the host's
 //! ([`AutoPacer::noisy`]): a stall at the floor then lifts the stalls' cap, and one faster
 //! cuts nothing. A host whose stalls follow the rounds' rate shows none at the floor, and
 //! is cut as before. The counts are a moving estimate (halved every [`BAND_SPAN_MS`] of
-//! their band's time). Other false stalls (another process on the core, a long task) cost
-//! a cap of at least [`FLOOR`] for a while: the old fixed default.
+//! their band's time). Other false stalls (another process on the core, a long task) cost a
+//! cap of at least [`FLOOR`] for a while: the old fixed default.
 //!
 //! Rounds also cost the core: ~100-200 µs of CPU each here, mostly the kernel's and the
 //! VM's (submission, the device's notification, the completion's interrupt, wake-ups). Back
@@ -180,9 +180,9 @@ impl AutoPacer {
         self.hold_ms
     }
 
-    /// Whether this host's stalls are its own, not the rounds': after watching rounds at the
-    /// floor long enough, stalls with rounds faster come no more than [`NOISE_RATIO`] times
-    /// as often as at the floor, where no cap can help.
+    /// Whether this host's stalls are its own, not the rounds': after watching rounds at
+    /// the floor long enough, stalls with rounds faster come no more than [`NOISE_RATIO`]
+    /// times as often as at the floor, where no cap can help.
     pub fn noisy(&self) -> bool {
         self.floor.ms >= NOISE_EVIDENCE_MS
             && self.floor.stalls > 0.0

@@ -962,29 +962,27 @@ impl<S: Storage + 'static> Core<S> {
                 self.stalls.set(self.stalls.get() + 1);
                 let seen = rate.max(rate_before);
                 let before = pacer.cap();
-                match pacer.stall(now_ms, seen) {
-                    Some(cap) if cap.unwrap_or(u32::MAX) < before.unwrap_or(u32::MAX) => {
+                if let Some(cap) = pacer.stall(now_ms, seen) {
+                    let (late_ms, rounds_per_s) = (late_us / 1000, seen as u64);
+                    if cap.unwrap_or(u32::MAX) < before.unwrap_or(u32::MAX) {
                         tracing::info!(
                             core = self.index,
-                            late_ms = late_us / 1000,
-                            rounds_per_s = seen as u64,
+                            late_ms,
+                            rounds_per_s,
                             cap = cap.unwrap_or(0),
                             hold_s = pacer.hold_ms() / 1000,
                             "the executor stalled while rounds ran fast (a host that pays for each I/O from the VM's CPU?): rounds are capped (cap: rounds a second; round_rate_max = \"auto\")"
                         );
-                        apply(cap);
-                    }
-                    Some(cap) => {
+                    } else {
                         tracing::info!(
                             core = self.index,
-                            late_ms = late_us / 1000,
-                            rounds_per_s = seen as u64,
+                            late_ms,
+                            rounds_per_s,
                             cap = cap.unwrap_or(0),
                             "the executor stalls as often with rounds at the floor as faster: the host's stalls, not the rounds'; the stalls' cap is lifted (cap: rounds a second, 0 none; round_rate_max = \"auto\")"
                         );
-                        apply(cap);
                     }
-                    None => {}
+                    apply(cap);
                 }
             }
             if let Some(cap) = pacer.tick(now_ms) {

@@ -677,8 +677,6 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// The machine's limits measured in the same session (`machine-limits.json` beside the
-    /// results), if there.
     /// One closed-loop producer with one call in flight makes a round per call, so the
     /// engine's round rate caps it: see [`round_rate_hint`].
     fn round_rate_note(&mut self, calls_per_s: f64) {
@@ -688,6 +686,8 @@ impl Bench<'_> {
         }
     }
 
+    /// The machine's limits measured in the same session (`machine-limits.json` beside the
+    /// results), if there.
     fn machine_limits(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.opts.out_dir.join("machine-limits.json")).ok()?;
         serde_json::from_str(&text).ok()

@@ -483,6 +483,81 @@ fn appends_over_the_memory_bound_wait_and_are_counted_as_memory_waits() {
     assert_eq!(records_in(&store, &keys), stored);
 }
 
+/// A store short of memory writes behind its largest shards first, and one look over the
+/// shards serves several steps: the four largest are written at once and the next largest
+/// (up to `PRESSED_PICK` in all) queued, none of them smaller than a shard left out.
+#[test]
+fn memory_pressure_writes_the_largest_shards_and_queues_the_next_from_one_look() {
+    let keys: Vec<ShardKey> = (0..100).map(|s| key(12, s)).collect();
+    let mut cfg = small_cfg();
+    // Room for everything staged below; pressed once past half of it.
+    cfg.memory_bytes_max = 1 << 20;
+    // Nothing queued by size, nothing in place, one round takes it all, no checkpoint.
+    cfg.write_behind_bytes = 1 << 20;
+    cfg.direct_write_bytes_min = 1 << 20;
+    cfg.round_bytes_max = 1 << 20;
+    cfg.write_chunk_bytes_max = 1 << 20;
+    cfg.checkpoint_bytes = 8 << 20;
+    cfg.journal_file_bytes = 4 << 20;
+    cfg.volume_bytes = 8 << 20;
+    let h = Harness::new(12, cfg, keys.clone());
+    let store = h.open().unwrap();
+    // Shard i stages one batch of 4 KiB + 64 i bytes (the sizes distinct, a shuffled
+    // order): ~700 KiB in all, past half of the bound.
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    let mut rng = SimRng::new(3);
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let batches: Vec<(ShardKey, Vec<u8>)> = order
+        .iter()
+        .map(|&i| {
+            let mut b = BatchBuilder::new();
+            b.push(b"k", &vec![b'a' + (i % 26) as u8; 4096 + 64 * i], None)
+                .unwrap();
+            (keys[i], b.finish())
+        })
+        .collect();
+    let mut appends = Box::pin(join_all(
+        batches.iter().map(|(k, b)| store.append(*k, b, 1)),
+    ));
+    // Staged (and waiting for their rounds), nothing written behind yet.
+    assert!(block_on(futures_lite::future::poll_once(&mut appends)).is_none());
+    let unwritten = |i: usize| store.st.borrow().shards[&keys[i]].unwritten_bytes();
+    let before: Vec<u64> = (0..keys.len()).map(unwritten).collect();
+    assert!(store.st.borrow().pending_bytes > (1 << 20) / 2);
+    assert!(store.st.borrow().behind_queue.is_empty());
+    // One step of background work (it may make space first).
+    block_on(store.background_step()).unwrap();
+    let written: Vec<usize> = (0..keys.len())
+        .filter(|&i| unwritten(i) < before[i])
+        .collect();
+    let queued: Vec<usize> = store
+        .st
+        .borrow()
+        .behind_queue
+        .iter()
+        .map(|k| k.shard_id as usize)
+        .collect();
+    // Largest first by what each had unwritten (a shard still waiting for an extent had
+    // nothing staged).
+    let mut by_size: Vec<usize> = (0..keys.len()).filter(|&i| before[i] >= 4096).collect();
+    assert!(by_size.len() >= 80, "most shards staged: {before:?}");
+    by_size.sort_by_key(|&i| std::cmp::Reverse(before[i]));
+    let mut four = by_size[..4].to_vec();
+    four.sort_unstable();
+    assert_eq!(written, four, "the four largest written first");
+    assert_eq!(
+        queued,
+        by_size[4..64],
+        "the next sixty queued, largest first"
+    );
+    // And every append completes, every record readable.
+    let acks = run(&store, appends);
+    assert!(acks.iter().all(Result::is_ok));
+    assert_eq!(records_in(&store, &keys), keys.len() as u64);
+}
+
 #[test]
 fn idle_shards_cost_no_files_and_little_memory() {
     let keys: Vec<ShardKey> = (0..20_000).map(|s| key(5, s)).collect();

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# warmperf.sh OUT: warm2.sh's measured run with perf record (engine, 4 s at 1999 Hz) from its 5th second
+cd /work/main; t=${BIN:-target/release}
+data=$(mktemp -d /work/spate-one.XXXXXX)
+taskset -c 0 $t/spate serve --data-dir $data --cores 0 --listen 127.0.0.1:7621 --metrics-listen 127.0.0.1:7699 ${CONF:+--config $CONF} >$data.log 2>&1 &
+pid=$!
+for i in $(seq 100); do grep -q "listening" $data.log 2>/dev/null && break; sleep 0.1; done
+for run in cold warm; do
+  d=10; [ $run = cold ] && d=6
+  taskset -c 1 $t/spate-loadgen --server 127.0.0.1:7621 --stream s-$run --create-shards 10000 --limits kinesis --producers 64 --rate ${RATE:-1000000} --size 100 --api put-records --call-records 2000 --keys 10000 --key-mode per-shard --duration $d --warmup 2 --cores 1 --engine-pid $pid --delete-after -q > $data.out 2>&1 &
+  lg=$!
+  [ $run = warm ] && { sleep 5; perf record ${PA:--F 1999} -p $pid -o $1 -- sleep 4 >/dev/null 2>&1; }
+  wait $lg
+  [ $run = warm ] && echo "$(grep -E '^  per second|^  ack |^  used' $data.out | tr '\n' ' ' | tr -s ' ')"
+done
+kill $pid; wait $pid 2>/dev/null; rm -rf $data $data.log $data.out

@@ -348,8 +348,17 @@ pub struct ShardInfo {
 /// The round being filled: its journal payload (built as batches are staged) and the
 /// shards that staged into it.
 struct OpenRound<B> {
-    /// Journal buffers; the first starts with room for the round header.
+    /// Journal buffers; the first starts with room for the round header and is as large
+    /// as the round before (`first_chunk`): under steady load a round is one write, so
+    /// with O_DSYNC rounds one durable write and no fdatasync. Each further one is as
+    /// large as all before it together (up to `write_chunk_bytes_max`): a round of 2 MB
+    /// that outgrows its first buffer takes a few more writes, not 128 of 16 KiB
+    /// (shard-density at 512 shards: BENCHMARKS.md).
     chunks: Vec<B>,
+    /// The size of the first buffer.
+    first_chunk: usize,
+    /// Bytes `chunks` hold in all.
+    cap: usize,
     /// Bytes used in `chunks` (header room included).
     len: usize,
     entries: u32,
@@ -361,9 +370,13 @@ struct OpenRound<B> {
 }
 
 impl<B: IoBuf> OpenRound<B> {
-    fn new() -> OpenRound<B> {
+    /// An empty round whose first journal buffer will hold `first_chunk` bytes (at least
+    /// 16 KiB, block-aligned).
+    fn new(first_chunk: usize) -> OpenRound<B> {
         OpenRound {
             chunks: Vec::new(),
+            first_chunk: align_up(first_chunk.max(16 << 10) as u64) as usize,
+            cap: 0,
             len: ROUND_HEADER_LEN,
             entries: 0,
             crc: 0,
@@ -377,15 +390,20 @@ impl<B: IoBuf> OpenRound<B> {
         self.entries == 0 && self.direct.is_empty()
     }
 
+    fn push_chunk(&mut self, chunk: B) {
+        self.cap += chunk.as_ref().len();
+        self.chunks.push(chunk);
+    }
+
     /// Appends payload bytes, allocating journal buffers as needed.
     fn put(&mut self, bytes: &[u8], chunk_bytes: usize, alloc: &dyn Fn(usize) -> B) {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         let mut rest = bytes;
         while !rest.is_empty() {
-            let cap: usize = self.chunks.iter().map(|c| c.as_ref().len()).sum();
+            let cap = self.cap;
             if self.len == cap {
-                let want = align_up((rest.len() + ROUND_HEADER_LEN) as u64) as usize;
-                self.chunks.push(alloc(want.clamp(16 << 10, chunk_bytes)));
+                let want = (align_up((rest.len() + ROUND_HEADER_LEN) as u64) as usize).max(cap);
+                self.push_chunk(alloc(want.clamp(16 << 10, chunk_bytes)));
                 continue;
             }
             let last = self.chunks.last_mut().expect("a chunk");
@@ -406,7 +424,7 @@ impl<B: IoBuf> OpenRound<B> {
         alloc: &dyn Fn(usize) -> B,
     ) {
         if self.chunks.is_empty() {
-            self.chunks.push(alloc(16 << 10));
+            self.push_chunk(alloc(self.first_chunk));
         }
         self.put(header, chunk_bytes, alloc);
         self.put(body, chunk_bytes, alloc);
@@ -1450,7 +1468,15 @@ impl<S: Storage> Store<S> {
             return None;
         }
         let id = st.open_id;
-        let mut round = std::mem::replace(&mut st.open, OpenRound::new());
+        // The next round's first journal buffer as large as this round, or most of the
+        // largest lately (rounds of one and of two calls alternate under load); a round's
+        // bytes are bounded by `round_bytes_max`, plus a batch that started it past that.
+        let first_chunk = st
+            .open
+            .len
+            .max(st.open.first_chunk / 8 * 7)
+            .min(self.cfg.round_bytes_max);
+        let mut round = std::mem::replace(&mut st.open, OpenRound::new(first_chunk));
         st.open_id += 1;
         // A token of the round rate (`pace`; the flush of shutdown and checkpoints counts).
         if st.round_rate > 0 {

@@ -221,7 +221,7 @@ impl<S: Storage> Store<S> {
                 volumes,
                 next_volume,
                 journal,
-                open: OpenRound::new(),
+                open: OpenRound::new(0),
                 open_id: 1,
                 writing: false,
                 round_tokens: 0.0,

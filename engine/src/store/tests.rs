@@ -16,7 +16,7 @@ use spate_protocol::batch::{self, BatchBuilder, BatchHeader, RecordIter};
 use super::behind::CheckpointMode;
 use super::*;
 use crate::clock::{Clock, ClockRef, ManualClock};
-use crate::sim::{SimFaults, SimRng, SimStorage};
+use crate::sim::{SimBuf, SimFaults, SimRng, SimStorage};
 
 fn small_cfg() -> StoreConfig {
     StoreConfig {
@@ -556,6 +556,53 @@ fn memory_pressure_writes_the_largest_shards_and_queues_the_next_from_one_look()
     let acks = run(&store, appends);
     assert!(acks.iter().all(Result::is_ok));
     assert_eq!(records_in(&store, &keys), keys.len() as u64);
+}
+
+/// A round's journal bytes go out in few writes: each new buffer as large as all before
+/// it, and a round as large as the one before it fits the first buffer whole (one write:
+/// with O_DSYNC rounds, no fdatasync). 128 writes of 16 KiB for a 2 MB round made
+/// `shard-density` at 512 shards a backlog (BENCHMARKS.md).
+#[test]
+fn a_rounds_journal_bytes_go_out_in_few_buffers() {
+    let storage = SimStorage::new(1);
+    let alloc = |n: usize| storage.alloc_buf(n);
+    let entry = |i: usize| (i as u8, vec![i as u8; 4000]);
+    let fill = |r: &mut OpenRound<SimBuf>| {
+        for i in 0..500 {
+            let (h, body) = entry(i);
+            r.put_entry(&[h; 16], &body, 256 << 10, &alloc);
+        }
+    };
+    let want_len = ROUND_HEADER_LEN + 500 * (16 + 4000);
+    let mut cold = OpenRound::<SimBuf>::new(0);
+    fill(&mut cold);
+    assert_eq!(cold.len, want_len);
+    assert!(cold.chunks.len() <= 13, "{} buffers", cold.chunks.len());
+    assert_eq!(
+        cold.cap,
+        cold.chunks.iter().map(|c| c.as_ref().len()).sum::<usize>()
+    );
+    // The bytes are the entries, back to back after the header's room.
+    let bytes: Vec<u8> = cold
+        .chunks
+        .iter()
+        .flat_map(|c| c.as_ref().to_vec())
+        .collect();
+    let mut at = ROUND_HEADER_LEN;
+    for i in 0..500 {
+        let (h, body) = entry(i);
+        assert!(
+            bytes[at..at + 16].iter().all(|&b| b == h),
+            "entry {i}'s header"
+        );
+        assert_eq!(bytes[at + 16..at + 16 + 4000], body[..], "entry {i}'s body");
+        at += 16 + 4000;
+    }
+    // The next round, sized by this one, is one buffer.
+    let mut warm = OpenRound::<SimBuf>::new(cold.len);
+    fill(&mut warm);
+    assert_eq!(warm.chunks.len(), 1);
+    assert_eq!(warm.len, want_len);
 }
 
 #[test]

@@ -118,7 +118,8 @@ pub struct StoreConfig {
     /// How a round becomes durable: its writes, then an fdatasync of each file written, or
     /// O_DSYNC writes that are each durable when they complete. See `RoundSync`.
     pub round_sync: RoundSync,
-    /// Largest staging or journal buffer.
+    /// Largest staging buffer, and journal buffer after a round's first (which is as large
+    /// as the round before, up to `round_bytes_max`: `OpenRound`).
     pub write_chunk_bytes_max: usize,
 }
 

@@ -1,8 +1,9 @@
 //! One pipelined connection to one server address.
 //!
-//! A connection owns two tasks. The writer task takes encoded requests from a bounded queue
-//! and writes them back to back through one buffered writer, flushing when the queue runs
-//! dry, so a burst of small requests leaves in a few syscalls. The reader task decodes
+//! A connection owns two tasks. The writer task takes the encoded requests queued (a bounded
+//! queue) and writes them in one vectored write through a buffered writer, flushing when
+//! the queue runs dry, so a burst of small requests leaves in a few syscalls and a batch is
+//! not copied on its way. The reader task decodes
 //! response frames and hands each one, by correlation id, to the request waiting for it;
 //! responses may arrive in any order.
 //!
@@ -53,6 +54,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Smallest free space the reader asks the socket to fill.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Requests the writer takes from its queue for one burst (one flush).
+const BURST_MESSAGES_MAX: usize = 256;
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
 /// A request answered many times (a subscription): every frame goes down the channel; the
@@ -452,6 +455,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
 ) {
     let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write_half);
+    let mut burst: Vec<Outgoing> = Vec::new();
     loop {
         // The connection closed (the server's end, its goodbye, a failure): close this side
         // too at once, so a server waiting for its clients to hang up is not kept waiting
@@ -461,20 +465,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             () = shared.closed.notified() => None,
         };
         let Some(first) = first else { break };
-        let mut next = Some(first);
-        let result = async {
-            // Write everything queued, then flush once: a burst of requests shares syscalls.
-            while let Some(msg) = next.take() {
-                w.write_all(&msg.head).await?;
-                for part in &msg.body {
-                    // Larger than the buffer: BufWriter writes it straight to the socket.
-                    w.write_all(part).await?;
-                }
-                next = rx.try_recv().ok();
+        burst.push(first);
+        while burst.len() < BURST_MESSAGES_MAX {
+            match rx.try_recv() {
+                Ok(msg) => burst.push(msg),
+                Err(_) => break,
             }
-            w.flush().await
         }
-        .await;
+        let result = write_burst(&mut w, &burst).await;
+        burst.clear();
         if let Err(e) = result {
             // A TLS 1.3 server refuses a client certificate after the client's side of the
             // handshake is done: the alert can surface on the first write as well as on
@@ -494,6 +493,31 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
     // Every sender is gone (the connection is being dropped), or it closed.
     let _ = w.shutdown().await;
+}
+
+/// Writes a burst of queued requests, heads and batches together, then flushes once. One
+/// vectored write takes as much of it as the socket will (a batch is never copied into the
+/// buffer unless what is left of the burst is smaller than the buffer: the small requests of
+/// a burst still share a syscall).
+async fn write_burst<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    burst: &[Outgoing],
+) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = burst
+        .iter()
+        .flat_map(|m| std::iter::once(&m.head[..]).chain(m.body.iter().map(|b| &b[..])))
+        .filter(|s| !s.is_empty())
+        .map(io::IoSlice::new)
+        .collect();
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = w.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut bufs, n);
+    }
+    w.flush().await
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(mut read_half: R, shared: Arc<Shared>) {

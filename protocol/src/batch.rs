@@ -231,6 +231,10 @@ pub fn record_encoded_len(key_len: usize, data_len: usize, explicit_hash_key: bo
 pub struct BatchBuilder {
     buf: Vec<u8>,
     count: u32,
+    /// CRC32C of the records so far (`buf[BATCH_HEADER_LEN..]`), taken as each record is
+    /// written, while its bytes are still in the cache: a batch filled a record at a time
+    /// among other work (the client's `Producer`) is long gone from it when sealed.
+    crc: u32,
 }
 
 impl Default for BatchBuilder {
@@ -247,7 +251,11 @@ impl BatchBuilder {
     pub fn with_capacity(bytes: usize) -> BatchBuilder {
         let mut buf = Vec::with_capacity(bytes.max(BATCH_HEADER_LEN));
         buf.resize(BATCH_HEADER_LEN, 0);
-        BatchBuilder { buf, count: 0 }
+        BatchBuilder {
+            buf,
+            count: 0,
+            crc: 0,
+        }
     }
 
     pub fn len(&self) -> u32 {
@@ -279,9 +287,11 @@ impl BatchBuilder {
         data: &[u8],
         explicit_hash_key: Option<u128>,
     ) -> Result<(), BatchError> {
+        let at = self.buf.len();
         self.push_head(key, data.len(), explicit_hash_key)?;
         self.buf.extend_from_slice(data);
         self.count += 1;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf[at..]);
         Ok(())
     }
 
@@ -295,11 +305,13 @@ impl BatchBuilder {
         explicit_hash_key: Option<u128>,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<(), BatchError> {
+        let head_at = self.buf.len();
         self.push_head(key, data_len, explicit_hash_key)?;
         let at = self.buf.len();
         self.buf.resize(at + data_len, 0);
         fill(&mut self.buf[at..]);
         self.count += 1;
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf[head_at..]);
         Ok(())
     }
 
@@ -356,6 +368,7 @@ impl BatchBuilder {
         let mut out = Vec::with_capacity(self.buf.capacity());
         out.resize(BATCH_HEADER_LEN, 0);
         self.count = 0;
+        self.crc = 0;
         std::mem::replace(&mut self.buf, out)
     }
 
@@ -368,7 +381,8 @@ impl BatchBuilder {
     }
 
     fn seal(&mut self) {
-        let records_crc = crc32c::crc32c(&self.buf[BATCH_HEADER_LEN..]);
+        debug_assert_eq!(self.crc, crc32c::crc32c(&self.buf[BATCH_HEADER_LEN..]));
+        let records_crc = self.crc;
         let header = BatchHeader {
             batch_len: self.buf.len() as u32,
             version: BATCH_VERSION,

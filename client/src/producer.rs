@@ -6,9 +6,10 @@
 //! whole producer, and a bound on each shard's queued records), and appends it to its
 //! shard's open batch at its core, under a lock the core's senders share with the core's
 //! worker task: the record is copied into the batch's wire bytes at once, and only what
-//! settling it needs is kept. It returns a [`SendHandle`] that resolves once the record is
-//! acknowledged or has failed ([`Producer::send_with`] calls back with the outcome instead,
-//! on the worker, saving a future and its waiter per record). A shard's batch is due when it
+//! settling it needs is kept (so `send` borrows the key and data). It returns a
+//! [`SendHandle`] that resolves once the record is acknowledged or has failed: a batch's
+//! handles share one slot, filled when the batch is answered ([`Producer::send_with`] calls
+//! back with the outcome instead, on the worker, saving a future and its waiter per record). A shard's batch is due when it
 //! reaches `batch_bytes_max` or `batch_records_max` (the next record starts a new one), or
 //! `linger` after its first record. The worker is woken only when a batch fills, a linger
 //! starts before its sleep ends, or a flush asks, and looks only at the shards that may have
@@ -40,7 +41,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::routing::cached_hash_key;
@@ -55,7 +56,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::error::{ClientError, Result};
-use crate::put::{check_entry, Entry, PutResult};
+use crate::put::{check_record, Entry, PutResult, RecordView};
 use crate::routing::{ShardMap, ShardRoute};
 
 /// How a [`Producer`] batches and bounds its buffering.
@@ -112,15 +113,41 @@ struct Pending {
     recs: Vec<Rec>,
     /// When its first record came (the linger runs from it).
     first_at: Instant,
+    /// Where its records sent with handles settle (made by the first of them), and how
+    /// many of them joined it (the next one's index).
+    slot: Option<SlotWriter>,
+    handles: u32,
 }
 
 impl Pending {
-    /// Its records as they were sent (a closed shard's records go back for re-routing).
+    fn new(
+        builder: BatchBuilder,
+        recs: Vec<Rec>,
+        slot: Option<SlotWriter>,
+        handles: u32,
+    ) -> Pending {
+        Pending {
+            builder,
+            recs,
+            first_at: Instant::now(),
+            slot,
+            handles,
+        }
+    }
+
+    /// Its records as they were sent (a closed shard's records go back for re-routing; a
+    /// handle's record keeps its place in this batch's slot).
     fn into_items(self) -> Vec<Item> {
-        let count = self.recs.len() as u32;
-        let batch = Bytes::from(self.builder.into_batch());
+        let Pending {
+            builder,
+            recs,
+            slot,
+            ..
+        } = self;
+        let count = recs.len() as u32;
+        let batch = Bytes::from(builder.into_batch());
         RecordIter::new(&batch, count)
-            .zip(self.recs)
+            .zip(recs)
             .map(|(r, rec)| {
                 let r = r.expect("a batch the producer built");
                 Item {
@@ -130,7 +157,13 @@ impl Pending {
                         data: batch.slice_ref(r.data),
                         explicit_hash_key: r.explicit_hash_key,
                     },
-                    done: rec.done,
+                    done: match rec.done {
+                        Settle::Own(i) => Settle::Slot(
+                            slot.clone().expect("a handle's record's batch has a slot"),
+                            i,
+                        ),
+                        done => done,
+                    },
                     cost: rec.cost,
                 }
             })
@@ -140,15 +173,29 @@ impl Pending {
 
 /// How a record's outcome reaches its sender: a [`SendHandle`] or a callback.
 enum Settle {
-    Handle(oneshot::Sender<Result<PutResult>>),
+    /// Sent with a handle, not yet in a batch (`enqueue` makes the handle).
+    Handle,
+    /// A handle's record in the batch it joined: its index in that batch's slot (settled
+    /// with the batch's other handles under one lock: `Outcomes::push_recs`).
+    Own(u32),
+    /// A handle's record away from the batch it joined (re-routed after a split or merge).
+    Slot(SlotWriter, u32),
     Callback(Box<dyn FnOnce(Result<PutResult>) + Send>),
 }
 
 impl Settle {
     fn settle(self, outcome: Result<PutResult>) {
         match self {
-            Settle::Handle(tx) => {
-                let _ = tx.send(outcome);
+            Settle::Slot(slot, i) => {
+                let wakers = {
+                    let mut st = slot.0.lock();
+                    st.put(i, outcome);
+                    std::mem::take(&mut st.wakers)
+                };
+                wakers.into_iter().for_each(Waker::wake);
+            }
+            Settle::Handle | Settle::Own(_) => {
+                debug_assert!(false, "a handle's record settles through its slot");
             }
             Settle::Callback(f) => {
                 // A panicking callback must not take the worker (and every other record
@@ -158,6 +205,76 @@ impl Settle {
                 }
             }
         }
+    }
+}
+
+/// Where the records sent with handles from one batch settle: one allocation a batch
+/// instead of a channel a record (Kafka's per-batch future). A [`SendHandle`] holds the
+/// slot and its record's index in it.
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// By index: the record's outcome once settled, until its handle takes it.
+    outcomes: Vec<Option<Result<PutResult>>>,
+    /// [`SlotWriter`]s alive: the batch, its requeued tail, its re-routed records. Once
+    /// none is, a record not settled never will be (its handle resolves to `Closed`).
+    writers: usize,
+    /// Tasks waiting on a handle of the slot (one entry per task).
+    wakers: Vec<Waker>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SlotState {
+    fn put(&mut self, index: u32, outcome: Result<PutResult>) {
+        let i = index as usize;
+        if i >= self.outcomes.len() {
+            self.outcomes.resize_with(i + 1, || None);
+        }
+        self.outcomes[i] = Some(outcome);
+    }
+}
+
+/// A holder of records of a slot that may still settle them; when the last one goes, the
+/// slot's unsettled records resolve to `Closed` (as a dropped channel's would).
+struct SlotWriter(Arc<Slot>);
+
+impl SlotWriter {
+    fn new() -> SlotWriter {
+        SlotWriter(Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                writers: 1,
+                ..SlotState::default()
+            }),
+        }))
+    }
+}
+
+impl Clone for SlotWriter {
+    fn clone(&self) -> Self {
+        self.0.lock().writers += 1;
+        SlotWriter(self.0.clone())
+    }
+}
+
+impl Drop for SlotWriter {
+    fn drop(&mut self) {
+        let wakers = {
+            let mut st = self.0.lock();
+            st.writers -= 1;
+            if st.writers > 0 {
+                return;
+            }
+            std::mem::take(&mut st.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -181,13 +298,40 @@ impl Drop for Refund<'_> {
 #[derive(Default)]
 struct Outcomes {
     settled: Vec<(Settle, Result<PutResult>)>,
+    /// Waiting on handles whose records are settled.
+    wake: Vec<Waker>,
     cost: usize,
 }
 
 impl Outcomes {
+    /// A record away from a batch (a re-routed or released one: never `Settle::Own`).
     fn push(&mut self, done: Settle, cost: u32, outcome: Result<PutResult>) {
         self.settled.push((done, outcome));
         self.cost += cost as usize;
+    }
+
+    /// Records of the batch whose slot is `slot`: its handles' outcomes go into the slot
+    /// under one lock (no user code runs under it), the rest are delivered later.
+    fn push_recs(
+        &mut self,
+        slot: Option<&SlotWriter>,
+        recs: impl IntoIterator<Item = (Rec, Result<PutResult>)>,
+    ) {
+        let mut filled: Option<MutexGuard<'_, SlotState>> = None;
+        for (rec, outcome) in recs {
+            self.cost += rec.cost as usize;
+            match rec.done {
+                Settle::Own(i) => filled
+                    .get_or_insert_with(|| {
+                        slot.expect("a handle's record's batch has a slot").0.lock()
+                    })
+                    .put(i, outcome),
+                done => self.settled.push((done, outcome)),
+            }
+        }
+        if let Some(mut st) = filled {
+            self.wake.append(&mut st.wakers);
+        }
     }
 
     fn deliver(self, budget: &Semaphore) {
@@ -197,6 +341,7 @@ impl Outcomes {
         for (done, outcome) in self.settled {
             done.settle(outcome);
         }
+        self.wake.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -253,19 +398,40 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Resolves to a sent record's outcome.
-#[derive(Debug)]
+/// Resolves to a sent record's outcome. (It shares its batch's slot with the batch's other
+/// handles: no allocation per record.)
 pub struct SendHandle {
-    rx: oneshot::Receiver<Result<PutResult>>,
+    slot: Arc<Slot>,
+    index: u32,
+}
+
+impl std::fmt::Debug for SendHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendHandle")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Future for SendHandle {
     type Output = Result<PutResult>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = self.slot.lock();
+        if let Some(outcome) = st
+            .outcomes
+            .get_mut(self.index as usize)
+            .and_then(Option::take)
+        {
+            return Poll::Ready(outcome);
+        }
+        if st.writers == 0 {
+            return Poll::Ready(Err(ClientError::Closed));
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            st.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -318,15 +484,27 @@ impl Producer {
     /// Queues a record, waiting while the producer's buffers are full. The returned handle
     /// resolves when the record is acknowledged or has failed. Fails at once for a record
     /// the engine would refuse (key length, data size).
-    pub async fn send(&self, key: impl Into<String>, data: impl Into<Bytes>) -> Result<SendHandle> {
-        self.send_entry(Entry::new(key, data)).await
+    /// The key and data are copied into the shard's batch at once: they can be borrowed
+    /// (`&str`, `&[u8]`, a buffer the caller reuses), and owned ones are dropped when `send`
+    /// returns.
+    pub async fn send(&self, key: impl AsRef<str>, data: impl AsRef<[u8]>) -> Result<SendHandle> {
+        let record = RecordView {
+            key: key.as_ref(),
+            data: data.as_ref(),
+            explicit_hash_key: None,
+        };
+        Ok(self
+            .queue(record, Settle::Handle)
+            .await?
+            .expect("a record sent with a handle gets one"))
     }
 
     /// As [`Producer::send`], for an [`Entry`] (which may carry an explicit hash key).
     pub async fn send_entry(&self, entry: Entry) -> Result<SendHandle> {
-        let (done, rx) = oneshot::channel();
-        self.queue(entry, Settle::Handle(done)).await?;
-        Ok(SendHandle { rx })
+        Ok(self
+            .queue(entry.view(), Settle::Handle)
+            .await?
+            .expect("a record sent with a handle gets one"))
     }
 
     /// As [`Producer::send`], but the record's outcome goes to `on_settled` instead of a
@@ -337,15 +515,21 @@ impl Producer {
     /// and logged. Records of one partition key settle in the order they were sent.
     pub async fn send_with<F>(
         &self,
-        key: impl Into<String>,
-        data: impl Into<Bytes>,
+        key: impl AsRef<str>,
+        data: impl AsRef<[u8]>,
         on_settled: F,
     ) -> Result<()>
     where
         F: FnOnce(Result<PutResult>) + Send + 'static,
     {
-        self.send_entry_with(Entry::new(key, data), on_settled)
+        let record = RecordView {
+            key: key.as_ref(),
+            data: data.as_ref(),
+            explicit_hash_key: None,
+        };
+        self.queue(record, Settle::Callback(Box::new(on_settled)))
             .await
+            .map(|_| ())
     }
 
     /// As [`Producer::send_with`], for an [`Entry`] (which may carry an explicit hash key).
@@ -353,12 +537,14 @@ impl Producer {
     where
         F: FnOnce(Result<PutResult>) + Send + 'static,
     {
-        self.queue(entry, Settle::Callback(Box::new(on_settled)))
+        self.queue(entry.view(), Settle::Callback(Box::new(on_settled)))
             .await
+            .map(|_| ())
     }
 
-    /// Routes a record and appends it to its shard's batch at its core (waiting for room).
-    async fn queue(&self, entry: Entry, done: Settle) -> Result<()> {
+    /// Routes a record and appends it to its shard's batch at its core (waiting for room);
+    /// a record sent with a handle (`Settle::Handle`) gets it.
+    async fn queue(&self, entry: RecordView<'_>, done: Settle) -> Result<Option<SendHandle>> {
         // A send that finds room never waits, so a task sending in a loop would keep its
         // thread from the workers (which send the batches and settle them) until something
         // else made it yield: it spends tokio's cooperative budget instead, yielding every
@@ -380,12 +566,7 @@ impl Producer {
         let id = shared
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut item = Some(Item {
-            id,
-            entry,
-            done,
-            cost: cost as u32,
-        });
+        let mut done = Some(done);
         // Until the record is queued, its budget goes back if the send fails or is dropped
         // while it waits for room (a send inside a timeout must not shrink the budget).
         let mut refund = Refund {
@@ -396,8 +577,7 @@ impl Producer {
             // Routed and queued under the read lock: a re-routing (write lock) sees every
             // record routed by the old table already in its shard's queue.
             let routing = shared.routing.read().await;
-            let entry = &item.as_ref().expect("not queued yet").entry;
-            check_entry(&routing.map, entry)?;
+            check_record(&routing.map, entry)?;
             let Some(route) = routing
                 .map
                 .index_for_hash(hash)
@@ -410,36 +590,34 @@ impl Producer {
             let Some(worker) = routing.workers.get(&route.core) else {
                 return Err(ClientError::Closed);
             };
-            let core = worker.core.clone();
-            let room = core.room.notified();
-            tokio::pin!(room);
-            let wake = {
-                let mut st = core.lock();
+            let max = shared.config.queued_records_max_per_shard;
+            let core = {
+                let mut st = worker.core.lock();
                 if st.stopped {
                     return Err(ClientError::Closed);
                 }
-                if st.full(route.shard_id, shared.config.queued_records_max_per_shard) {
-                    // Registered before the lock is let go: the worker's wake-up after it
-                    // takes a batch cannot be missed.
-                    room.as_mut().enable();
-                    None
-                } else {
-                    let item = item.take().expect("not queued yet");
+                if !st.full(route.shard_id, max) {
                     // Queued: its budget comes back when it settles.
                     refund.cost = 0;
-                    Some(st.enqueue(&shared.config, route, item))
-                }
-            };
-            drop(routing);
-            match wake {
-                Some(wake) => {
+                    let done = done.take().expect("not queued yet");
+                    let (wake, handle) =
+                        st.enqueue(&shared.config, route, entry, id, done, cost as u32);
+                    drop(st);
                     if wake {
-                        core.wake.notify_one();
+                        worker.core.wake.notify_one();
                     }
-                    return Ok(());
+                    return Ok(handle);
                 }
-                None => room.await,
+                worker.core.clone()
+            };
+            // Full: wait for room. The worker wakes everyone waiting (`notify_waiters`)
+            // after it takes a batch; a waiter made before the second look cannot miss it.
+            let room = core.room.notified();
+            if !core.lock().full(route.shard_id, max) {
+                continue;
             }
+            drop(routing);
+            room.await;
         }
     }
 
@@ -601,7 +779,13 @@ impl Shared {
                 failed.push(item.done, item.cost, Err(ClientError::Closed));
                 continue;
             }
-            let wake = st.enqueue(&self.config, route, item);
+            let Item {
+                id,
+                entry,
+                done,
+                cost,
+            } = item;
+            let (wake, _) = st.enqueue(&self.config, route, entry.view(), id, done, cost);
             drop(st);
             if wake {
                 worker.core.wake.notify_one();
@@ -679,11 +863,13 @@ impl ShardQueue {
         }
     }
 
-    /// Puts the refused tail of a sent batch (its records from `skip` on) back at the front.
-    fn requeue(&mut self, batch: &[u8], count: usize, skip: usize, recs: Vec<Rec>) {
+    /// Puts the refused tail of a sent batch (its records from `skip` on) back at the front
+    /// (its handles' records keep their places in the batch's slot).
+    fn requeue(&mut self, sent: Sent, skip: usize, recs: Vec<Rec>) {
         if recs.is_empty() {
             return;
         }
+        let (batch, count) = (&sent.batch, sent.count);
         let mut builder = BatchBuilder::with_capacity(batch.len());
         for r in RecordIter::new(batch, count as u32).skip(skip) {
             let r = r.expect("a batch the producer built");
@@ -692,11 +878,8 @@ impl ShardQueue {
                 .expect("it fitted before");
         }
         self.records += recs.len();
-        self.batches.push_front(Pending {
-            builder,
-            recs,
-            first_at: Instant::now(),
-        });
+        self.batches
+            .push_front(Pending::new(builder, recs, sent.slot, sent.handles));
     }
 }
 
@@ -741,9 +924,12 @@ impl CoreShared {
                 .collect();
             for id in held {
                 if let Some(q) = st.remove_shard(id) {
-                    for rec in q.batches.into_iter().flat_map(|p| p.recs) {
-                        st.unsettled.settled(rec.local);
-                        out.push(rec.done, rec.cost, Err(err.clone()));
+                    for p in q.batches {
+                        for rec in &p.recs {
+                            st.unsettled.settled(rec.local);
+                        }
+                        let failed = p.recs.into_iter().map(|rec| (rec, Err(err.clone())));
+                        out.push_recs(p.slot.as_ref(), failed);
                     }
                 }
             }
@@ -793,12 +979,21 @@ impl CoreState {
     /// copy into the batch is the one the wire format needs). Returns whether the worker
     /// must be woken: a batch became due, or a linger starts before the worker's sleep
     /// ends. A shard with a batch in flight is looked at when that settles.
-    fn enqueue(&mut self, config: &ProducerConfig, route: ShardRoute, item: Item) -> bool {
+    /// A record sent with a handle (`Settle::Handle`) gets it here, in its batch's slot.
+    fn enqueue(
+        &mut self,
+        config: &ProducerConfig,
+        route: ShardRoute,
+        e: RecordView<'_>,
+        id: u64,
+        done: Settle,
+        cost: u32,
+    ) -> (bool, Option<SendHandle>) {
         let local = self.unsettled.queued();
         // Queued after a close or a flush reached it (a re-routing's records): no linger.
         let forced = local <= self.force_upto;
+        let record_id = id;
         let id = route.shard_id;
-        let e = &item.entry;
         let add = e.encoded_len();
         let q = self
             .shards
@@ -828,11 +1023,14 @@ impl CoreState {
                 .max(8)
                 .min(config.batch_records_max as usize)
                 .min(config.batch_bytes_max / add + 1);
-            q.batches.push_back(Pending {
-                builder: BatchBuilder::with_capacity(bytes),
-                recs: Vec::with_capacity(records),
-                first_at: now,
-            });
+            let mut p = Pending::new(
+                BatchBuilder::with_capacity(bytes),
+                Vec::with_capacity(records),
+                None,
+                0,
+            );
+            p.first_at = now;
+            q.batches.push_back(p);
             if q.batches.len() == 1 && idle {
                 // Its linger starts.
                 let at = now + config.linger;
@@ -842,13 +1040,27 @@ impl CoreState {
         }
         let b = q.batches.back_mut().expect("a batch to join");
         b.builder
-            .push(e.key.as_bytes(), &e.data, e.explicit_hash_key)
+            .push(e.key.as_bytes(), e.data, e.explicit_hash_key)
             .expect("entry checked by send");
+        let mut handle = None;
+        let done = match done {
+            Settle::Handle => {
+                let slot = b.slot.get_or_insert_with(SlotWriter::new);
+                let index = b.handles;
+                b.handles += 1;
+                handle = Some(SendHandle {
+                    slot: slot.0.clone(),
+                    index,
+                });
+                Settle::Own(index)
+            }
+            done => done,
+        };
         b.recs.push(Rec {
-            id: item.id,
+            id: record_id,
             local,
-            done: item.done,
-            cost: item.cost,
+            done,
+            cost,
         });
         q.records += 1;
         let filled = b.builder.len() >= config.batch_records_max
@@ -857,7 +1069,7 @@ impl CoreState {
             self.maybe_due.push(id);
             wake = true;
         }
-        wake
+        (wake, handle)
     }
 
     /// Records queued up to `upto` go out without waiting out the linger (rare: a flush or
@@ -910,7 +1122,7 @@ impl CoreState {
     }
 
     /// Takes the shard's oldest batch to send.
-    fn take_batch(&mut self, shard: u32) -> (Vec<Rec>, Bytes) {
+    fn take_batch(&mut self, shard: u32) -> (Sent, Vec<Rec>) {
         let q = self.shards.get_mut(&shard).expect("due shard");
         let p = q.batches.pop_front().expect("a due shard has a batch");
         q.records -= p.recs.len();
@@ -918,14 +1130,33 @@ impl CoreState {
         let batch = p.builder.into_batch();
         q.last_batch_bytes = batch.len();
         q.last_batch_records = p.recs.len();
-        (p.recs, Bytes::from(batch))
+        let sent = Sent {
+            shard,
+            batch: Bytes::from(batch),
+            count: p.recs.len(),
+            slot: p.slot,
+            handles: p.handles,
+        };
+        (sent, p.recs)
     }
+}
+
+/// A batch taken to be sent.
+struct Sent {
+    shard: u32,
+    batch: Bytes,
+    /// Its records.
+    count: usize,
+    /// Its slot and handle count (`Pending`'s), for its records' outcomes or its requeued
+    /// tail.
+    slot: Option<SlotWriter>,
+    handles: u32,
 }
 
 /// What came back for one request: each shard's batch (its records and bytes) and the
 /// answer for it.
 struct Done {
-    sent: Vec<(u32, Vec<Rec>, Bytes)>,
+    sent: Vec<(Sent, Vec<Rec>)>,
     answers: Vec<Result<PutBatchResponse>>,
 }
 
@@ -1063,21 +1294,18 @@ impl CoreWorker {
         }
         // Packed as `put_records` packs (all this worker's shards are on its core), but each
         // request settles its own records when it is answered.
-        let mut taken: Vec<Option<(u32, Vec<Rec>, Bytes)>> = due
+        let mut taken: Vec<Option<(Sent, Vec<Rec>)>> = due
             .into_iter()
-            .map(|shard| {
-                let (recs, batch) = st.take_batch(shard);
-                Some((shard, recs, batch))
-            })
+            .map(|shard| Some(st.take_batch(shard)))
             .collect();
         let packed = crate::put::pack_per_core(
             &self.client,
             taken
                 .iter()
-                .map(|t| (self.core, t.as_ref().map_or(0, |(_, _, b)| b.len()))),
+                .map(|t| (self.core, t.as_ref().map_or(0, |(s, _)| s.batch.len()))),
         );
         for (core, indices) in packed {
-            let request: Vec<(u32, Vec<Rec>, Bytes)> = indices
+            let request: Vec<(Sent, Vec<Rec>)> = indices
                 .iter()
                 .map(|&i| taken[i].take().expect("each batch in one request"))
                 .collect();
@@ -1086,7 +1314,7 @@ impl CoreWorker {
             let stream = self.stream.clone();
             let parts: Vec<(ShardRoute, Bytes)> = request
                 .iter()
-                .map(|(s, _, b)| (st.shards[s].route, b.clone()))
+                .map(|(s, _)| (st.shards[&s.shard].route, s.batch.clone()))
                 .collect();
             let done_tx = self.done_tx.clone();
             tokio::spawn(async move {
@@ -1111,7 +1339,8 @@ impl CoreWorker {
             let shared = self.shared.clone();
             let mut guard = shared.lock();
             let st = &mut *guard;
-            for ((shard, recs, batch), answer) in done.sent.into_iter().zip(done.answers) {
+            for ((sent, recs), answer) in done.sent.into_iter().zip(done.answers) {
+                let shard = sent.shard;
                 st.maybe_due.push(shard);
                 let q = st.shards.get_mut(&shard).expect("sent shard");
                 q.busy = false;
@@ -1144,17 +1373,16 @@ impl CoreWorker {
                     Err(e) => (0, 0, Some(e)),
                 };
                 let mut recs = recs.into_iter();
-                for (i, rec) in recs.by_ref().take(accepted).enumerate() {
-                    st.unsettled.settled(rec.local);
-                    out.push(
-                        rec.done,
-                        rec.cost,
-                        Ok(PutResult {
-                            shard_id: q.route.shard_id,
-                            seq: base_seq + i as u64,
-                        }),
-                    );
-                }
+                let shard_id = q.route.shard_id;
+                let unsettled = &mut st.unsettled;
+                out.push_recs(
+                    sent.slot.as_ref(),
+                    recs.by_ref().take(accepted).enumerate().map(|(i, rec)| {
+                        unsettled.settled(rec.local);
+                        let seq = base_seq + i as u64;
+                        (rec, Ok(PutResult { shard_id, seq }))
+                    }),
+                );
                 if accepted > 0 {
                     q.attempt = 0;
                 }
@@ -1179,7 +1407,7 @@ impl CoreWorker {
                         st.held += 1;
                     }
                     q.retry_at = None;
-                    q.requeue(&batch, count, accepted, rest);
+                    q.requeue(sent, accepted, rest);
                     if self.refresh.send(shard_map_version).is_err() {
                         // The producer is gone: nobody will re-route it.
                         gone = true;
@@ -1191,15 +1419,16 @@ impl CoreWorker {
                     q.retry_at =
                         Some(Instant::now() + policy.delay(q.attempt, err.retry_after_ms()));
                     q.attempt += 1;
-                    q.requeue(&batch, count, accepted, rest);
+                    q.requeue(sent, accepted, rest);
                 } else {
                     self.client.forget_on(&self.stream, &err);
                     q.retry_at = None;
                     q.attempt = 0;
-                    for rec in rest {
+                    for rec in &rest {
                         st.unsettled.settled(rec.local);
-                        out.push(rec.done, rec.cost, Err(err.clone()));
                     }
+                    let failed = rest.into_iter().map(|rec| (rec, Err(err.clone())));
+                    out.push_recs(sent.slot.as_ref(), failed);
                 }
             }
         }
@@ -1333,6 +1562,73 @@ mod tests {
         u.flush(tx3);
         u.answer();
         assert!(rx3.try_recv().is_ok());
+    }
+
+    fn poll(h: &mut SendHandle) -> Poll<Result<PutResult>> {
+        Pin::new(h).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn rec(done: Settle) -> Rec {
+        Rec {
+            id: 0,
+            local: 0,
+            done,
+            cost: 1,
+        }
+    }
+
+    /// A batch's handles share its slot: each resolves to its own outcome, a record moved
+    /// to another shard (a re-routing) settles into the slot it was given, and a record
+    /// nobody holds any more resolves to `Closed` once the last holder is gone.
+    #[test]
+    fn a_batchs_handles_share_its_slot_and_fail_closed_when_none_can_settle() {
+        let ok = |seq| Ok(PutResult { shard_id: 4, seq });
+        let writer = SlotWriter::new();
+        let mut h: Vec<SendHandle> = (0..3)
+            .map(|index| SendHandle {
+                slot: writer.0.clone(),
+                index,
+            })
+            .collect();
+        assert!(poll(&mut h[0]).is_pending());
+        // Record 2 was handed back for a re-routing; records 0 and 1 settle with the batch,
+        // 1 failing.
+        let moved = Settle::Slot(writer.clone(), 2);
+        let budget = Semaphore::new(0);
+        let mut out = Outcomes::default();
+        out.push_recs(
+            Some(&writer),
+            [
+                (rec(Settle::Own(0)), ok(7)),
+                (rec(Settle::Own(1)), Err(ClientError::Closed)),
+            ],
+        );
+        assert_eq!(out.cost, 2);
+        out.deliver(&budget);
+        assert_eq!(budget.available_permits(), 2);
+        assert!(matches!(poll(&mut h[0]), Poll::Ready(Ok(r)) if r.seq == 7));
+        assert!(matches!(
+            poll(&mut h[1]),
+            Poll::Ready(Err(ClientError::Closed))
+        ));
+        // The batch is gone; the moved record still holds the slot.
+        drop(writer);
+        assert!(poll(&mut h[2]).is_pending());
+        moved.settle(ok(9));
+        assert!(matches!(poll(&mut h[2]), Poll::Ready(Ok(r)) if r.seq == 9));
+
+        // A batch dropped unsettled (its worker gone): its handles resolve to `Closed`.
+        let writer = SlotWriter::new();
+        let mut h = SendHandle {
+            slot: writer.0.clone(),
+            index: 0,
+        };
+        assert!(poll(&mut h).is_pending());
+        drop(writer);
+        assert!(matches!(
+            poll(&mut h),
+            Poll::Ready(Err(ClientError::Closed))
+        ));
     }
 
     #[test]

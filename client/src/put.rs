@@ -56,6 +56,28 @@ impl Entry {
     }
 
     pub(crate) fn encoded_len(&self) -> usize {
+        self.view().encoded_len()
+    }
+
+    pub(crate) fn view(&self) -> RecordView<'_> {
+        RecordView {
+            key: &self.key,
+            data: &self.data,
+            explicit_hash_key: self.explicit_hash_key,
+        }
+    }
+}
+
+/// A record borrowed from its sender (the `Producer` copies it into its batch at once).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordView<'a> {
+    pub key: &'a str,
+    pub data: &'a [u8],
+    pub explicit_hash_key: Option<u128>,
+}
+
+impl RecordView<'_> {
+    pub(crate) fn encoded_len(&self) -> usize {
         record_encoded_len(
             self.key.len(),
             self.data.len(),
@@ -74,6 +96,11 @@ pub struct PutResult {
 /// Refuses a record the engine would refuse: a key outside 1..=256 bytes, data above the
 /// stream's limit, or a record too big for any batch.
 pub(crate) fn check_entry(map: &ShardMap, entry: &Entry) -> Result<()> {
+    check_record(map, entry.view())
+}
+
+/// As [`check_entry`], for a borrowed record.
+pub(crate) fn check_record(map: &ShardMap, entry: RecordView<'_>) -> Result<()> {
     if entry.key.is_empty() || entry.key.len() > MAX_PARTITION_KEY_BYTES {
         return Err(ClientError::invalid(
             ErrorCode::InvalidRecord,

@@ -173,6 +173,19 @@ impl RecordWriter {
     }
 }
 
+/// A record of `size` bytes carrying `header` in `out` (resized to it): for a sender that
+/// copies the record at once (the client's `Producer`), one buffer serves every record.
+pub fn write_record_into(
+    out: &mut Vec<u8>,
+    header: &Header,
+    size: usize,
+    pool: &PaddingPool,
+    rng: &mut Rng,
+) {
+    out.resize(size, 0);
+    fill_record(header, out, pool, rng);
+}
+
 /// The record header's bytes.
 fn header_bytes(header: &Header) -> [u8; HEADER_BYTES] {
     assert!(
@@ -306,7 +319,9 @@ mod tests {
     fn a_record_filled_in_place_is_the_record_written() {
         let pool = PaddingPool::new(4096, 7);
         let mut w = RecordWriter::new(4096);
-        for size in [MIN_RECORD_BYTES, 100, 1024, 4096] {
+        // One reused buffer, sizes going up and down.
+        let mut reused = Vec::new();
+        for size in [MIN_RECORD_BYTES, 100, 4096, 1024] {
             let h = Header {
                 run: 3,
                 key: 9,
@@ -318,6 +333,8 @@ mod tests {
             fill_record(&h, &mut filled, &pool, &mut Rng::new(5));
             assert_eq!(&written[..], &filled[..]);
             assert_eq!(decode(&filled).unwrap(), h);
+            write_record_into(&mut reused, &h, size, &pool, &mut Rng::new(5));
+            assert_eq!(reused, filled);
         }
     }
 

@@ -1232,6 +1232,15 @@ impl Generator {
         sh.live.sent.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The next record, due (or sent, closed loop) at `origin_ns`, written into `buf`: the
+    /// index of its key, and its meta.
+    fn make_record_into(&mut self, origin_ns: u64, buf: &mut Vec<u8>) -> (usize, Meta) {
+        let (j, size) = self.pick();
+        let (header, meta) = self.account(j, size, origin_ns);
+        crate::payload::write_record_into(buf, &header, size, &self.pool, &mut self.rng);
+        (header.key as usize, meta)
+    }
+
     /// The next record, due (or sent, closed loop) at `origin_ns`.
     fn make_record(&mut self, origin_ns: u64) -> (String, Bytes, Meta) {
         let (j, size) = self.pick();
@@ -1247,6 +1256,8 @@ impl Generator {
     /// by its callback.
     async fn run_producer(&mut self, producer: Producer, settling: Settling) {
         let run_end = self.run_end();
+        let shared = self.shared.clone();
+        let mut buf = Vec::new();
         loop {
             let Ok(due_ns) = self.wait_due().await else {
                 break;
@@ -1266,7 +1277,11 @@ impl Generator {
             // Closed loop measures from the send; open loop from the due time.
             let origin_ns = due_ns
                 .unwrap_or_else(|| now.saturating_duration_since(self.shared.t0).as_nanos() as u64);
-            let (key, data, meta) = self.make_record(origin_ns);
+            // The producer copies the record into its batch: one buffer serves them all,
+            // and the key is lent, not cloned.
+            let (key, meta) = self.make_record_into(origin_ns, &mut buf);
+            let key = &shared.keys[key];
+            let data = &buf[..];
             let sent = match &settling {
                 Settling::Handles(tx) => producer.send(key, data).await.map(|handle| {
                     if tx.send(Pending { handle, meta }).is_err() {

@@ -484,6 +484,7 @@ impl Producer {
     /// Queues a record, waiting while the producer's buffers are full. The returned handle
     /// resolves when the record is acknowledged or has failed. Fails at once for a record
     /// the engine would refuse (key length, data size).
+    ///
     /// The key and data are copied into the shard's batch at once: they can be borrowed
     /// (`&str`, `&[u8]`, a buffer the caller reuses), and owned ones are dropped when `send`
     /// returns.

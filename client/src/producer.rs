@@ -91,7 +91,8 @@ impl Default for ProducerConfig {
 
 /// A record on its way to a batch: sent, or handed back by a closed shard for re-routing.
 struct Item {
-    id: u64,
+    /// Its order at the core it was queued at (a handed-back record's `Rec::local`).
+    order: u64,
     entry: Entry,
     done: Settle,
     /// The record's share of the byte budget, given back when it settles.
@@ -100,8 +101,7 @@ struct Item {
 
 /// A record in a batch: its bytes are in the batch, this is what settling it needs.
 struct Rec {
-    id: u64,
-    /// The order it was queued in at its core (flushes count by it).
+    /// The order it was queued in at its core (flushes count by it, a re-routing keeps it).
     local: u64,
     done: Settle,
     cost: u32,
@@ -151,7 +151,7 @@ impl Pending {
             .map(|(r, rec)| {
                 let r = r.expect("a batch the producer built");
                 Item {
-                    id: rec.id,
+                    order: rec.local,
                     entry: Entry {
                         key: String::from_utf8(r.key.to_vec()).expect("a checked key"),
                         data: batch.slice_ref(r.data),
@@ -377,7 +377,6 @@ struct Shared {
     config: ProducerConfig,
     routing: tokio::sync::RwLock<Routing>,
     budget: Arc<Semaphore>,
-    next_id: std::sync::atomic::AtomicU64,
     /// Raised by every re-routing (a flush that saw one waits again).
     reroutes: std::sync::atomic::AtomicU64,
     /// Workers ask here for routes of at least a shard-map version.
@@ -467,7 +466,6 @@ impl Producer {
                 handles: Vec::new(),
             }),
             budget: Arc::new(Semaphore::new(config.buffered_bytes_max)),
-            next_id: std::sync::atomic::AtomicU64::new(1),
             reroutes: std::sync::atomic::AtomicU64::new(0),
             refresh,
         });
@@ -564,9 +562,6 @@ impl Producer {
         let hash = entry
             .explicit_hash_key
             .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
-        let id = shared
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut done = Some(done);
         // Until the record is queued, its budget goes back if the send fails or is dropped
         // while it waits for room (a send inside a timeout must not shrink the budget).
@@ -602,7 +597,7 @@ impl Producer {
                     refund.cost = 0;
                     let done = done.take().expect("not queued yet");
                     let (wake, handle) =
-                        st.enqueue(&shared.config, route, entry, id, done, cost as u32);
+                        st.enqueue(&shared.config, route, entry, done, cost as u32);
                     drop(st);
                     if wake {
                         worker.core.wake.notify_one();
@@ -748,7 +743,9 @@ impl Shared {
                 released.extend(rx.await.unwrap_or_default());
             }
         }
-        released.sort_by_key(|i: &Item| i.id);
+        // Each worker's records in the order they were queued there: a key's records are
+        // all of one closed shard, so of one worker, and keep their order.
+        released.sort_by_key(|i: &Item| i.order);
         tracing::debug!(stream = %self.stream, version = map.map_version, closed = ?closed, moved = released.len(), "producer re-routes after a reshard");
         routing.map = map;
         let mut failed = Outcomes::default();
@@ -781,12 +778,9 @@ impl Shared {
                 continue;
             }
             let Item {
-                id,
-                entry,
-                done,
-                cost,
+                entry, done, cost, ..
             } = item;
-            let (wake, _) = st.enqueue(&self.config, route, entry.view(), id, done, cost);
+            let (wake, _) = st.enqueue(&self.config, route, entry.view(), done, cost);
             drop(st);
             if wake {
                 worker.core.wake.notify_one();
@@ -986,14 +980,12 @@ impl CoreState {
         config: &ProducerConfig,
         route: ShardRoute,
         e: RecordView<'_>,
-        id: u64,
         done: Settle,
         cost: u32,
     ) -> (bool, Option<SendHandle>) {
         let local = self.unsettled.queued();
         // Queued after a close or a flush reached it (a re-routing's records): no linger.
         let forced = local <= self.force_upto;
-        let record_id = id;
         let id = route.shard_id;
         let add = e.encoded_len();
         let q = self
@@ -1057,12 +1049,7 @@ impl CoreState {
             }
             done => done,
         };
-        b.recs.push(Rec {
-            id: record_id,
-            local,
-            done,
-            cost,
-        });
+        b.recs.push(Rec { local, done, cost });
         q.records += 1;
         let filled = b.builder.len() >= config.batch_records_max
             || b.builder.encoded_len() >= config.batch_bytes_max;
@@ -1571,7 +1558,6 @@ mod tests {
 
     fn rec(done: Settle) -> Rec {
         Rec {
-            id: 0,
             local: 0,
             done,
             cost: 1,
@@ -1630,6 +1616,12 @@ mod tests {
             poll(&mut h),
             Poll::Ready(Err(ClientError::Closed))
         ));
+    }
+
+    #[test]
+    fn what_a_queued_record_keeps_is_small() {
+        // Order, budget share, and a handle's index or a callback: ARCHITECTURE.md's figure.
+        assert_eq!(std::mem::size_of::<Rec>(), 40);
     }
 
     #[test]

@@ -54,8 +54,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Smallest free space the reader asks the socket to fill.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Requests the writer takes from its queue for one burst (one flush).
-const BURST_MESSAGES_MAX: usize = 256;
+/// Heads and batches the writer takes from its queue for one burst (one flush), past its
+/// first request: a vectored write takes at most 1,024 (`IOV_MAX`) and every call looks at
+/// what is left of the burst.
+const BURST_PARTS_MAX: usize = 1024;
 
 type Waiter = oneshot::Sender<Result<Bytes>>;
 /// A request answered many times (a subscription): every frame goes down the channel; the
@@ -465,10 +467,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             () = shared.closed.notified() => None,
         };
         let Some(first) = first else { break };
+        let mut parts = 1 + first.body.len();
         burst.push(first);
-        while burst.len() < BURST_MESSAGES_MAX {
+        while parts < BURST_PARTS_MAX {
             match rx.try_recv() {
-                Ok(msg) => burst.push(msg),
+                Ok(msg) => {
+                    parts += 1 + msg.body.len();
+                    burst.push(msg);
+                }
                 Err(_) => break,
             }
         }

@@ -1686,12 +1686,18 @@ async fn collect(
             }
             msg = rx.recv(), if open => match msg {
                 Some(p) => {
-                    let lane = lanes.get(p.meta.key_local as usize).map_or(0, |&l| l as usize);
-                    if watched[lane] {
-                        queues[lane].push_back(p);
-                    } else {
-                        watched[lane] = true;
-                        waiting.push(wait(lane, p));
+                    // Everything queued now, before `waiting` is polled again (each poll of
+                    // it registers the task's waker).
+                    let mut next = Some(p);
+                    while let Some(p) = next.take() {
+                        let lane = lanes.get(p.meta.key_local as usize).map_or(0, |&l| l as usize);
+                        if watched[lane] {
+                            queues[lane].push_back(p);
+                        } else {
+                            watched[lane] = true;
+                            waiting.push(wait(lane, p));
+                        }
+                        next = rx.try_recv().ok();
                     }
                 }
                 None => open = false,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Session p's scripts/pp.sh, as run this session, with PERF=io (syscall counts) and MET=1 added.)
 # pp.sh API: producer-path's closed-loop shape (8 shards, 4 producers, 1 KiB, 10,000 keys,
 # 10 s after 2 s; engine on CPU 0, load generator on CPU 1). BIN= binaries' directory,
 # MET=1 prints the engine's round metrics after the run, LG= load generator binary (default $BIN/spate-loadgen), PERF=loadgen (5 s in, 2 s of perf

@@ -9,13 +9,14 @@
 //! settling it needs is kept (so `send` borrows the key and data). It returns a
 //! [`SendHandle`] that resolves once the record is acknowledged or has failed: a batch's
 //! handles share one slot, filled when the batch is answered ([`Producer::send_with`] calls
-//! back with the outcome instead, on the worker, saving a future and its waiter per record). A shard's batch is due when it
-//! reaches `batch_bytes_max` or `batch_records_max` (the next record starts a new one), or
-//! `linger` after its first record. The worker is woken only when a batch fills, a linger
-//! starts before its sleep ends, or a flush asks, and looks only at the shards that may have
-//! become due (a batch filled, a batch settled, a timer, a flush); it sends every batch that
-//! is due at the same moment in one request (PutBatches), so a producer writing to
-//! thousands of shards of a core sends about one request per linger, not one per shard.
+//! back with the outcome instead, on the worker, saving a future and its waiter per
+//! record). A shard's batch is due when it reaches `batch_bytes_max` or `batch_records_max`
+//! (the next record starts a new one), or `linger` after its first record. The worker is
+//! woken only when a batch fills, a linger starts before its sleep ends, or a flush asks,
+//! and looks only at the shards that may have become due (a batch filled, a batch settled,
+//! a timer, a flush); it sends every batch that is due at the same moment in one request
+//! (PutBatches), so a producer writing to thousands of shards of a core sends about one
+//! request per linger, not one per shard.
 //!
 //! Ordering: a shard has at most one batch in flight; its next batch goes only after the
 //! previous one settled, and a throttled tail goes back to the front of its shard's queue
@@ -101,7 +102,8 @@ struct Item {
 
 /// A record in a batch: its bytes are in the batch, this is what settling it needs.
 struct Rec {
-    /// The order it was queued in at its core (flushes count by it, a re-routing keeps it).
+    /// The order it was queued in at its core (flushes count by it; a re-routing orders the
+    /// records it hands back by it).
     local: u64,
     done: Settle,
     cost: u32,

@@ -122,21 +122,6 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(
-        builder: BatchBuilder,
-        recs: Vec<Rec>,
-        slot: Option<SlotWriter>,
-        handles: u32,
-    ) -> Pending {
-        Pending {
-            builder,
-            recs,
-            first_at: Instant::now(),
-            slot,
-            handles,
-        }
-    }
-
     /// Its records as they were sent (a closed shard's records go back for re-routing; a
     /// handle's record keeps its place in this batch's slot).
     fn into_items(self) -> Vec<Item> {
@@ -875,8 +860,13 @@ impl ShardQueue {
                 .expect("it fitted before");
         }
         self.records += recs.len();
-        self.batches
-            .push_front(Pending::new(builder, recs, sent.slot, sent.handles));
+        self.batches.push_front(Pending {
+            builder,
+            recs,
+            first_at: Instant::now(),
+            slot: sent.slot,
+            handles: sent.handles,
+        });
     }
 }
 
@@ -1018,14 +1008,13 @@ impl CoreState {
                 .max(8)
                 .min(config.batch_records_max as usize)
                 .min(config.batch_bytes_max / add + 1);
-            let mut p = Pending::new(
-                BatchBuilder::with_capacity(bytes),
-                Vec::with_capacity(records),
-                None,
-                0,
-            );
-            p.first_at = now;
-            q.batches.push_back(p);
+            q.batches.push_back(Pending {
+                builder: BatchBuilder::with_capacity(bytes),
+                recs: Vec::with_capacity(records),
+                first_at: now,
+                slot: None,
+                handles: 0,
+            });
             if q.batches.len() == 1 && idle {
                 // Its linger starts.
                 let at = now + config.linger;

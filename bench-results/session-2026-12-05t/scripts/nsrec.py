@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # nsrec.py DIR_A CORES_A RATE_A DIR_B CORES_B RATE_B [N]: two perf profiles (DIR/perf.data, as
-# pp.sh PERF=loadgen PERF_OUT=DIR records them) as nanoseconds of the load generator's core
+# session p's pp.sh PERF=loadgen PERF_OUT=DIR records them) as nanoseconds of the load generator's core
 # per record, symbol by symbol (share x cores / records per second), largest differences first.
 import sys,subprocess
 def load(d, cores, rate):

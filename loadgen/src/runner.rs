@@ -1052,7 +1052,7 @@ async fn shard_tips(admin: &Client, stream: &str) -> Result<Vec<(u32, Option<u64
 /// How a generator hands its records to the client.
 enum Sender {
     /// `Producer::send` per record; a collector task awaits the handles.
-    Producer(Producer, mpsc::UnboundedSender<Pending>),
+    Producer(Producer, mpsc::UnboundedSender<Vec<Pending>>),
     /// `Producer::send_with` per record; each callback settles its record into the sink;
     /// the sender says when the producer is closed.
     ProducerCallback(Producer, Arc<Sink>, oneshot::Sender<()>),
@@ -1258,15 +1258,33 @@ impl Generator {
         let run_end = self.run_end();
         let shared = self.shared.clone();
         let mut buf = Vec::new();
+        // Handles not yet given to the collector: they go by the burst (a channel message
+        // and a wake-up of the collector per record were 8 % of the load generator's core),
+        // and always before the generator waits for anything, so none of them sits here
+        // while its answer could arrive.
+        let mut handed: Vec<Pending> = Vec::new();
+        let hand = |handed: &mut Vec<Pending>| {
+            if let Settling::Handles(tx) = &settling {
+                if !handed.is_empty() {
+                    let burst = std::mem::replace(handed, Vec::with_capacity(HANDLES_PER_HAND));
+                    if tx.send(burst).is_err() {
+                        unreachable!("the collector outlives its generator");
+                    }
+                }
+            }
+        };
         loop {
-            let Ok(due_ns) = self.wait_due().await else {
+            let Ok(due_ns) = or_before_waiting(self.wait_due(), || hand(&mut handed)).await else {
                 break;
             };
             // A place in the window, given back when the record settles (by the collector,
             // a batch's at once, or by the record's callback).
             match self.window.try_acquire() {
                 Ok(p) => p.forget(),
-                Err(_) => self.window.acquire().await.expect("window open").forget(),
+                Err(_) => {
+                    hand(&mut handed);
+                    self.window.acquire().await.expect("window open").forget()
+                }
             }
             // A record due before the end but not sent by then is not sent at all. (One
             // clock reading for this and for the closed loop's origin.)
@@ -1283,11 +1301,16 @@ impl Generator {
             let key = &shared.keys[key];
             let data = &buf[..];
             let sent = match &settling {
-                Settling::Handles(tx) => producer.send(key, data).await.map(|handle| {
-                    if tx.send(Pending { handle, meta }).is_err() {
-                        unreachable!("the collector outlives its generator");
-                    }
-                }),
+                Settling::Handles(_) => {
+                    or_before_waiting(producer.send(key, data), || hand(&mut handed))
+                        .await
+                        .map(|handle| {
+                            handed.push(Pending { handle, meta });
+                            if handed.len() >= HANDLES_PER_HAND {
+                                hand(&mut handed);
+                            }
+                        })
+                }
                 Settling::Callbacks(sink) => {
                     let sink = sink.clone();
                     let window = self.window.clone();
@@ -1305,6 +1328,7 @@ impl Generator {
                 self.window.add_permits(1);
             }
         }
+        hand(&mut handed);
         // Sends whatever is still queued and waits for it to settle; the collector sees
         // every handle resolve, then its channel close (when `tx` drops).
         producer.close().await;
@@ -1594,10 +1618,25 @@ fn batch_outcome(
     }
 }
 
+/// The most handles a generator keeps before giving them to its collector.
+const HANDLES_PER_HAND: usize = 64;
+
+/// Awaits `fut`, calling `before` first if it is not ready at once (the generator hands
+/// its collector the handles it holds before it waits for anything).
+async fn or_before_waiting<F: std::future::Future>(fut: F, before: impl FnOnce()) -> F::Output {
+    use futures_util::FutureExt;
+    let mut fut = std::pin::pin!(fut);
+    if let Some(out) = fut.as_mut().now_or_never() {
+        return out;
+    }
+    before();
+    fut.await
+}
+
 /// How a `Producer` generator's records settle.
 enum Settling {
     /// Handles, sent to the collector task that awaits them.
-    Handles(mpsc::UnboundedSender<Pending>),
+    Handles(mpsc::UnboundedSender<Vec<Pending>>),
     /// Callbacks into the sink.
     Callbacks(Arc<Sink>),
 }
@@ -1646,7 +1685,7 @@ fn settle(
 /// only seen when the ones before it are, which can lengthen its measured latency, never
 /// lose it.
 async fn collect(
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut rx: mpsc::UnboundedReceiver<Vec<Pending>>,
     sh: Arc<Shared>,
     stats: Arc<Mutex<ProducerStats>>,
     mut acked: Option<Vec<BitSet>>,
@@ -1685,17 +1724,20 @@ async fn collect(
                 }
             }
             msg = rx.recv(), if open => match msg {
-                Some(p) => {
+                Some(burst) => {
                     // Everything queued now, before `waiting` is polled again (each poll of
                     // it registers the task's waker).
-                    let mut next = Some(p);
-                    while let Some(p) = next.take() {
-                        let lane = lanes.get(p.meta.key_local as usize).map_or(0, |&l| l as usize);
-                        if watched[lane] {
-                            queues[lane].push_back(p);
-                        } else {
-                            watched[lane] = true;
-                            waiting.push(wait(lane, p));
+                    let mut next = Some(burst);
+                    while let Some(burst) = next.take() {
+                        for p in burst {
+                            let lane =
+                                lanes.get(p.meta.key_local as usize).map_or(0, |&l| l as usize);
+                            if watched[lane] {
+                                queues[lane].push_back(p);
+                            } else {
+                                watched[lane] = true;
+                                waiting.push(wait(lane, p));
+                            }
                         }
                         next = rx.try_recv().ok();
                     }

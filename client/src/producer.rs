@@ -26,8 +26,10 @@
 //!
 //! Resharding: a batch refused with `ShardClosed` (its shard was split or merged; nothing of
 //! it was stored) is held at the front of its queue, and the producer asks for routes of at
-//! least the shard-map version the error named. It then swaps its routing table under a
-//! write lock (no record is routed meanwhile): every worker gives back the records of the
+//! least the shard-map version the error named. It then closes its routing gate (a flag
+//! under the routing table's lock: no record is routed meanwhile, and senders wait for it
+//! to open without holding the lock, which a send otherwise takes only to read, for a few
+//! instructions), and every worker gives back the records of the
 //! shards the new table closed, once their batches in flight have settled, and they are
 //! queued at the shards that own their keys now (starting workers for new cores), in the
 //! order they were sent, ahead of anything sent later. So a key's records are acknowledged
@@ -41,7 +43,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -356,13 +358,20 @@ struct Routing {
     map: Arc<ShardMap>,
     workers: BTreeMap<u16, Worker>,
     handles: Vec<JoinHandle<()>>,
+    /// A re-routing is under way: nothing is routed until it ends (`Shared::rerouted`).
+    rerouting: bool,
 }
 
 struct Shared {
     client: Client,
     stream: String,
     config: ProducerConfig,
-    routing: tokio::sync::RwLock<Routing>,
+    /// Held only for a few instructions, never across an await: a re-routing closes the
+    /// gate (`Routing::rerouting`) instead of holding the lock while it waits for the
+    /// workers. (An async lock here cost every `send` a mutex on its way out.)
+    routing: RwLock<Routing>,
+    /// Wakes whoever waits for a re-routing to end.
+    rerouted: Notify,
     budget: Arc<Semaphore>,
     /// Raised by every re-routing (a flush that saw one waits again).
     reroutes: std::sync::atomic::AtomicU64,
@@ -447,17 +456,19 @@ impl Producer {
             client: client.clone(),
             stream: stream.to_string(),
             config,
-            routing: tokio::sync::RwLock::new(Routing {
+            routing: RwLock::new(Routing {
                 map: map.clone(),
                 workers: BTreeMap::new(),
                 handles: Vec::new(),
+                rerouting: false,
             }),
+            rerouted: Notify::new(),
             budget: Arc::new(Semaphore::new(config.buffered_bytes_max)),
             reroutes: std::sync::atomic::AtomicU64::new(0),
             refresh,
         });
         {
-            let mut routing = shared.routing.try_write().expect("nobody else has it yet");
+            let mut routing = shared.write_routing();
             for r in map.routes() {
                 shared.add_worker(&mut routing, r.core);
             }
@@ -540,12 +551,16 @@ impl Producer {
         let cost = (entry.key.len() + entry.data.len()).clamp(1, shared.config.buffered_bytes_max);
         // The budget comes back by the batch (`Outcomes::deliver`), not with a permit per
         // record.
-        shared
-            .budget
-            .acquire_many(cost as u32)
-            .await
-            .map_err(|_| ClientError::Closed)?
-            .forget();
+        match shared.budget.try_acquire_many(cost as u32) {
+            Ok(permits) => permits.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(ClientError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => shared
+                .budget
+                .acquire_many(cost as u32)
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget(),
+        }
         let hash = entry
             .explicit_hash_key
             .unwrap_or_else(|| cached_hash_key(entry.key.as_bytes()));
@@ -557,49 +572,66 @@ impl Producer {
             cost,
         };
         loop {
-            // Routed and queued under the read lock: a re-routing (write lock) sees every
-            // record routed by the old table already in its shard's queue.
-            let routing = shared.routing.read().await;
-            check_record(&routing.map, entry)?;
-            let Some(route) = routing
-                .map
-                .index_for_hash(hash)
-                .map(|i| routing.map.routes()[i])
-            else {
-                return Err(ClientError::protocol(
-                    "no open shard covers the record's hash key",
-                ));
-            };
-            let Some(worker) = routing.workers.get(&route.core) else {
-                return Err(ClientError::Closed);
-            };
-            let max = shared.config.queued_records_max_per_shard;
-            let core = {
-                let mut st = worker.core.lock();
-                if st.stopped {
-                    return Err(ClientError::Closed);
-                }
-                if !st.full(route.shard_id, max) {
-                    // Queued: its budget comes back when it settles.
-                    refund.cost = 0;
-                    let done = done.take().expect("not queued yet");
-                    let (wake, handle) =
-                        st.enqueue(&shared.config, route, entry, done, cost as u32);
-                    drop(st);
-                    if wake {
-                        worker.core.wake.notify_one();
+            // Routed and queued under the read lock: a re-routing (which closes the gate
+            // under the write lock) sees every record routed by the old table already in
+            // its shard's queue. (No await while it is held.)
+            let full = {
+                let routing = shared.read_routing();
+                if routing.rerouting {
+                    // Made under the lock: the re-routing's end (the gate opened under the
+                    // write lock, then everyone woken) cannot be missed.
+                    Err(shared.rerouted.notified())
+                } else {
+                    check_record(&routing.map, entry)?;
+                    let Some(route) = routing
+                        .map
+                        .index_for_hash(hash)
+                        .map(|i| routing.map.routes()[i])
+                    else {
+                        return Err(ClientError::protocol(
+                            "no open shard covers the record's hash key",
+                        ));
+                    };
+                    let Some(worker) = routing.workers.get(&route.core) else {
+                        return Err(ClientError::Closed);
+                    };
+                    let max = shared.config.queued_records_max_per_shard;
+                    let mut st = worker.core.lock();
+                    if st.stopped {
+                        return Err(ClientError::Closed);
                     }
-                    return Ok(handle);
+                    if !st.full(route.shard_id, max) {
+                        // Queued: its budget comes back when it settles.
+                        refund.cost = 0;
+                        let done = done.take().expect("not queued yet");
+                        let (wake, handle) =
+                            st.enqueue(&shared.config, route, entry, done, cost as u32);
+                        drop(st);
+                        if wake {
+                            worker.core.wake.notify_one();
+                        }
+                        return Ok(handle);
+                    }
+                    Ok((worker.core.clone(), route.shard_id))
                 }
-                worker.core.clone()
+            };
+            let (core, shard_id) = match full {
+                Ok(full) => full,
+                Err(opened) => {
+                    opened.await;
+                    continue;
+                }
             };
             // Full: wait for room. The worker wakes everyone waiting (`notify_waiters`)
             // after it takes a batch; a waiter made before the second look cannot miss it.
+            // (A re-routing meanwhile is seen when the loop routes the record again.)
             let room = core.room.notified();
-            if !core.lock().full(route.shard_id, max) {
+            if !core
+                .lock()
+                .full(shard_id, shared.config.queued_records_max_per_shard)
+            {
                 continue;
             }
-            drop(routing);
             room.await;
         }
     }
@@ -612,7 +644,7 @@ impl Producer {
             let reroutes = self.shared.reroutes.load(SeqCst);
             let mut acks = Vec::new();
             {
-                let routing = self.shared.routing.read().await;
+                let routing = self.shared.read_routing();
                 for worker in routing.workers.values() {
                     let (tx, rx) = oneshot::channel();
                     {
@@ -629,7 +661,7 @@ impl Producer {
             }
             // A re-routing that started meanwhile (it counts itself first, under the write
             // lock) is waited out, and the records it moved are waited for once more.
-            drop(self.shared.routing.read().await);
+            self.shared.rerouting_done().await;
             if self.shared.reroutes.load(SeqCst) == reroutes {
                 return;
             }
@@ -639,8 +671,9 @@ impl Producer {
     /// Sends what is queued, waits for every record to settle, and stops the workers.
     pub async fn close(self) {
         self.flush().await;
+        self.shared.rerouting_done().await;
         let handles = {
-            let mut routing = self.shared.routing.write().await;
+            let mut routing = self.shared.write_routing();
             for worker in routing.workers.values() {
                 let _ = worker.ctrl.send(Ctrl::Close);
             }
@@ -657,6 +690,32 @@ impl Producer {
 }
 
 impl Shared {
+    /// The routing table, to read (never held across an await).
+    fn read_routing(&self) -> RwLockReadGuard<'_, Routing> {
+        // (Nothing under the lock runs the caller's code; a panic there is a bug in this
+        // module, and the table is still whole.)
+        self.routing.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The routing table, to change (never held across an await).
+    fn write_routing(&self) -> RwLockWriteGuard<'_, Routing> {
+        self.routing.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once no re-routing is under way.
+    async fn rerouting_done(&self) {
+        loop {
+            let opened = {
+                let routing = self.read_routing();
+                if !routing.rerouting {
+                    return;
+                }
+                self.rerouted.notified()
+            };
+            opened.await;
+        }
+    }
+
     /// Starts the worker of `core` if there is none.
     fn add_worker(&self, routing: &mut Routing, core: u16) {
         if routing.workers.contains_key(&core) {
@@ -703,76 +762,93 @@ impl Shared {
     /// their batches in flight have settled; they go to the shards that own their keys now,
     /// in the order they were sent, ahead of anything sent later.
     async fn reroute(&self, map: Arc<ShardMap>) {
-        let mut routing = self.routing.write().await;
-        if map.map_version <= routing.map.map_version {
-            return;
-        }
-        self.reroutes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let closed: Vec<u32> = routing
-            .map
-            .routes()
-            .iter()
-            .map(|r| r.shard_id)
-            .filter(|id| !map.routes().iter().any(|r| r.shard_id == *id))
-            .collect();
-        for r in map.routes() {
-            self.add_worker(&mut routing, r.core);
-        }
-        let mut released = Vec::new();
-        for worker in routing.workers.values() {
-            let (tx, rx) = oneshot::channel();
-            let asked = Ctrl::Release {
-                closed: closed.clone(),
-                reply: tx,
-            };
-            if worker.ctrl.send(asked).is_ok() {
-                released.extend(rx.await.unwrap_or_default());
+        // Only the refresher task re-routes, one map at a time.
+        let (closed, asked) = {
+            let mut routing = self.write_routing();
+            if map.map_version <= routing.map.map_version {
+                return;
             }
+            debug_assert!(!routing.rerouting, "one re-routing at a time");
+            routing.rerouting = true;
+            self.reroutes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closed: Vec<u32> = routing
+                .map
+                .routes()
+                .iter()
+                .map(|r| r.shard_id)
+                .filter(|id| !map.routes().iter().any(|r| r.shard_id == *id))
+                .collect();
+            for r in map.routes() {
+                self.add_worker(&mut routing, r.core);
+            }
+            let mut asked = Vec::new();
+            for worker in routing.workers.values() {
+                let (tx, rx) = oneshot::channel();
+                let release = Ctrl::Release {
+                    closed: closed.clone(),
+                    reply: tx,
+                };
+                if worker.ctrl.send(release).is_ok() {
+                    asked.push(rx);
+                }
+            }
+            (closed, asked)
+        };
+        // The gate is closed: the workers answer without the lock held.
+        let mut released = Vec::new();
+        for rx in asked {
+            released.extend(rx.await.unwrap_or_default());
         }
         // Each worker's records in the order they were queued there: a key's records are
         // all of one closed shard, so of one worker, and keep their order.
         released.sort_by_key(|i: &Item| i.order);
         tracing::debug!(stream = %self.stream, version = map.map_version, closed = ?closed, moved = released.len(), "producer re-routes after a reshard");
-        routing.map = map;
         let mut failed = Outcomes::default();
-        for item in released {
-            let hash = item
-                .entry
-                .explicit_hash_key
-                .unwrap_or_else(|| cached_hash_key(item.entry.key.as_bytes()));
-            let route = routing
-                .map
-                .index_for_hash(hash)
-                .map(|i| routing.map.routes()[i]);
-            let worker = route.and_then(|r| routing.workers.get(&r.core));
-            let (Some(route), Some(worker)) = (route, worker) else {
-                failed.push(
-                    item.done,
-                    item.cost,
-                    Err(ClientError::protocol(
-                        "no open shard covers the record's hash key",
-                    )),
-                );
-                continue;
-            };
-            // Past the per-shard bound if need be: these were sent before anything that
-            // waits for room.
-            let mut st = worker.core.lock();
-            if st.stopped {
+        {
+            let mut routing = self.write_routing();
+            routing.map = map;
+            for item in released {
+                let hash = item
+                    .entry
+                    .explicit_hash_key
+                    .unwrap_or_else(|| cached_hash_key(item.entry.key.as_bytes()));
+                let route = routing
+                    .map
+                    .index_for_hash(hash)
+                    .map(|i| routing.map.routes()[i]);
+                let worker = route.and_then(|r| routing.workers.get(&r.core));
+                let (Some(route), Some(worker)) = (route, worker) else {
+                    failed.push(
+                        item.done,
+                        item.cost,
+                        Err(ClientError::protocol(
+                            "no open shard covers the record's hash key",
+                        )),
+                    );
+                    continue;
+                };
+                // Past the per-shard bound if need be: these were sent before anything
+                // that waits for room.
+                let mut st = worker.core.lock();
+                if st.stopped {
+                    drop(st);
+                    failed.push(item.done, item.cost, Err(ClientError::Closed));
+                    continue;
+                }
+                let Item {
+                    entry, done, cost, ..
+                } = item;
+                let (wake, _) = st.enqueue(&self.config, route, entry.view(), done, cost);
                 drop(st);
-                failed.push(item.done, item.cost, Err(ClientError::Closed));
-                continue;
+                if wake {
+                    worker.core.wake.notify_one();
+                }
             }
-            let Item {
-                entry, done, cost, ..
-            } = item;
-            let (wake, _) = st.enqueue(&self.config, route, entry.view(), done, cost);
-            drop(st);
-            if wake {
-                worker.core.wake.notify_one();
-            }
+            // Open the gate: senders route by the new table, behind the moved records.
+            routing.rerouting = false;
         }
+        self.rerouted.notify_waiters();
         failed.deliver(&self.budget);
     }
 }
@@ -786,7 +862,7 @@ async fn refresher(shared: std::sync::Weak<Shared>, mut rx: mpsc::UnboundedRecei
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.routing.read().await.map.map_version >= version {
+        if shared.read_routing().map.map_version >= version {
             continue;
         }
         match shared
@@ -797,7 +873,7 @@ async fn refresher(shared: std::sync::Weak<Shared>, mut rx: mpsc::UnboundedRecei
             Ok(map) => shared.reroute(map).await,
             Err(e) => {
                 tracing::warn!(stream = %shared.stream, error = %e, "producer cannot get the routes after a reshard");
-                let routing = shared.routing.read().await;
+                let routing = shared.read_routing();
                 for worker in routing.workers.values() {
                     worker.core.fail_held(e.clone());
                 }

@@ -1685,6 +1685,137 @@ mod tests {
         ));
     }
 
+    /// A server that answers a client's hello and nothing else: enough for a producer that
+    /// never sends (a linger of an hour).
+    async fn hello_only() -> String {
+        use spate_protocol::{
+            decode_frame, encode_response, CoreInfo, HelloResponse, Response,
+            DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let advertised = addr.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let advertised = advertised.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 4096]);
+                    loop {
+                        let n = match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(frame) = decode_frame(&buf, DEFAULT_MAX_FRAME_BYTES).unwrap()
+                        {
+                            let (len, id) = (frame.encoded_len(), frame.header.correlation_id);
+                            let mut out = Vec::new();
+                            let hello = HelloResponse {
+                                protocol_version: PROTOCOL_VERSION,
+                                max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u32,
+                                cores: vec![CoreInfo {
+                                    core_id: 0,
+                                    address: &advertised,
+                                }],
+                                metrics_address: None,
+                                auth_required: false,
+                                principal: None,
+                            };
+                            encode_response(&mut out, id, &Response::Hello(hello));
+                            socket.write_all(&out).await.unwrap();
+                            buf.drain(..len);
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One open shard on core 0 over the whole hash-key space.
+    fn one_shard() -> ShardMap {
+        use spate_protocol::{ShardDescription, ShardState, StreamDescription};
+        ShardMap::from_description(&StreamDescription {
+            name: "s",
+            stream_id: 1,
+            status: spate_protocol::StreamStatus::Active,
+            retention_hours: 24,
+            limits: spate_protocol::Limits::Off,
+            max_record_data_bytes: 1 << 20,
+            created_ms: 0,
+            mode: spate_protocol::CapacityMode::Provisioned,
+            map_version: 1,
+            last_scaling: None,
+            shard_level_metrics: false,
+            encryption: spate_protocol::EncryptionType::None,
+            key_epochs: 0,
+            master_key_id: None,
+            shards: vec![ShardDescription {
+                id: 0,
+                state: ShardState::Open,
+                hash_key_start: 0,
+                hash_key_end: u128::MAX,
+                parent: None,
+                adjacent_parent: None,
+                core: 0,
+                first_seq: None,
+                last_seq: None,
+                records: 0,
+                bytes: 0,
+                disk_bytes: 0,
+            }],
+        })
+    }
+
+    fn queued(producer: &Producer) -> usize {
+        let routing = producer.shared.read_routing();
+        let st = routing.workers[&0].core.lock();
+        st.shards.get(&0).map_or(0, |q| q.records)
+    }
+
+    /// While a re-routing holds the gate, a send neither routes nor queues its record (it
+    /// would go by the old table); once the gate opens, it goes.
+    #[tokio::test]
+    async fn a_send_waits_while_a_re_routing_holds_the_gate_and_goes_once_it_opens() {
+        let client = Client::connect(hello_only().await).await.unwrap();
+        let config = ProducerConfig {
+            linger: Duration::from_secs(3600),
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::start(client, "s", Arc::new(one_shard()), config);
+        let mut first = std::pin::pin!(producer.send("k", b"1"));
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(
+            first.as_mut().poll(cx).is_ready(),
+            "an open gate: queued at once"
+        );
+        assert_eq!(queued(&producer), 1);
+
+        producer.shared.write_routing().rerouting = true;
+        let mut second = std::pin::pin!(producer.send("k", b"2"));
+        assert!(second.as_mut().poll(cx).is_pending());
+        assert!(second.as_mut().poll(cx).is_pending());
+        assert_eq!(
+            queued(&producer),
+            1,
+            "nothing routed while the gate is closed"
+        );
+
+        producer.shared.write_routing().rerouting = false;
+        producer.shared.rerouted.notify_waiters();
+        tokio::time::timeout(Duration::from_secs(30), second)
+            .await
+            .expect("the send goes once the gate opens")
+            .expect("queued");
+        assert_eq!(queued(&producer), 2);
+        // And `rerouting_done` (what a flush and a close wait for) sees it open.
+        tokio::time::timeout(Duration::from_secs(30), producer.shared.rerouting_done())
+            .await
+            .expect("no re-routing under way");
+    }
+
     #[test]
     fn what_a_queued_record_keeps_is_small() {
         // Order, budget share, and a handle's index or a callback: ARCHITECTURE.md's figure.

@@ -23,7 +23,7 @@ use spate_protocol::{
 
 use crate::connection::{decode_reply, Connection, Tls, DEFAULT_MAX_IN_FLIGHT};
 use crate::error::{ClientError, Result};
-use crate::put::{check_entry, Entry, PutResult};
+use crate::put::{check_record, PutResult, RecordView};
 use crate::retry::RetryPolicy;
 use crate::routing::{ShardMap, ShardRoute};
 
@@ -1097,22 +1097,23 @@ impl Client {
         &self,
         stream: &str,
         key: &str,
-        data: impl Into<Bytes>,
+        data: impl AsRef<[u8]>,
         explicit_hash_key: Option<u128>,
     ) -> Result<PutResult> {
-        let entry = Entry {
-            key: key.to_string(),
-            data: data.into(),
+        // Copied once, into the batch that is sent (and re-sent by a retry).
+        let entry = RecordView {
+            key,
+            data: data.as_ref(),
             explicit_hash_key,
         };
         let map = self.shard_map(stream).await?;
-        check_entry(&map, &entry)?;
+        check_record(&map, entry)?;
         let core = map
             .route(entry.key.as_bytes(), explicit_hash_key)
             .map_or(Target::Bootstrap, |r| Target::Core(r.core));
         let mut builder = BatchBuilder::with_capacity(entry.data.len() + entry.key.len() + 96);
         builder
-            .push(entry.key.as_bytes(), &entry.data, explicit_hash_key)
+            .push(entry.key.as_bytes(), entry.data, explicit_hash_key)
             .map_err(|e| ClientError::invalid(ErrorCode::from(e.clone()), e.to_string()))?;
         let batch = Bytes::from(builder.into_batch());
         let policy = self.inner.config.retry;

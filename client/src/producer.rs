@@ -27,10 +27,10 @@
 //! Resharding: a batch refused with `ShardClosed` (its shard was split or merged; nothing of
 //! it was stored) is held at the front of its queue, and the producer asks for routes of at
 //! least the shard-map version the error named. It then closes its routing gate (a flag
-//! under the routing table's lock: no record is routed meanwhile, and senders wait for it
-//! to open without holding the lock, which a send otherwise takes only to read, for a few
-//! instructions), and every worker gives back the records of the
-//! shards the new table closed, once their batches in flight have settled, and they are
+//! under the routing table's lock, which a send otherwise takes only to read, for a few
+//! instructions: no record is routed meanwhile, and senders wait for the gate to open
+//! without holding the lock), and every worker gives back the records of the shards the
+//! new table closed, once their batches in flight have settled, and they are
 //! queued at the shards that own their keys now (starting workers for new cores), in the
 //! order they were sent, ahead of anything sent later. So a key's records are acknowledged
 //! in send order across the lineage, and `send` never sees the reshard.
@@ -352,8 +352,8 @@ struct Worker {
     ctrl: mpsc::UnboundedSender<Ctrl>,
 }
 
-/// The routing table and the workers it routes to; replaced as a whole when a split or
-/// merge closes a shard (under the write lock, so no record is routed meanwhile).
+/// The routing table and the workers it routes to; its map is replaced when a split or
+/// merge closes a shard (with the gate closed meanwhile, so no record is routed by it).
 struct Routing {
     map: Arc<ShardMap>,
     workers: BTreeMap<u16, Worker>,

@@ -1734,41 +1734,6 @@ mod tests {
         addr
     }
 
-    /// One open shard on core 0 over the whole hash-key space.
-    fn one_shard() -> ShardMap {
-        use spate_protocol::{ShardDescription, ShardState, StreamDescription};
-        ShardMap::from_description(&StreamDescription {
-            name: "s",
-            stream_id: 1,
-            status: spate_protocol::StreamStatus::Active,
-            retention_hours: 24,
-            limits: spate_protocol::Limits::Off,
-            max_record_data_bytes: 1 << 20,
-            created_ms: 0,
-            mode: spate_protocol::CapacityMode::Provisioned,
-            map_version: 1,
-            last_scaling: None,
-            shard_level_metrics: false,
-            encryption: spate_protocol::EncryptionType::None,
-            key_epochs: 0,
-            master_key_id: None,
-            shards: vec![ShardDescription {
-                id: 0,
-                state: ShardState::Open,
-                hash_key_start: 0,
-                hash_key_end: u128::MAX,
-                parent: None,
-                adjacent_parent: None,
-                core: 0,
-                first_seq: None,
-                last_seq: None,
-                records: 0,
-                bytes: 0,
-                disk_bytes: 0,
-            }],
-        })
-    }
-
     fn queued(producer: &Producer) -> usize {
         let routing = producer.shared.read_routing();
         let st = routing.workers[&0].core.lock();
@@ -1784,7 +1749,9 @@ mod tests {
             linger: Duration::from_secs(3600),
             ..ProducerConfig::default()
         };
-        let producer = Producer::start(client, "s", Arc::new(one_shard()), config);
+        // One shard, on core 0, over the whole hash-key space.
+        let map = ShardMap::from_description(&crate::routing::tests::description(1));
+        let producer = Producer::start(client, "s", Arc::new(map), config);
         let mut first = std::pin::pin!(producer.send("k", b"1"));
         let cx = &mut Context::from_waker(Waker::noop());
         assert!(

@@ -158,12 +158,13 @@ pub(crate) fn cached_hash_key(partition_key: &[u8]) -> u128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use spate_protocol::routing::even_range;
     use spate_protocol::{Limits, ShardDescription};
 
-    fn description(n: u32) -> StreamDescription<'static> {
+    /// A stream of `n` even shards, shard `i` on core `i % 2`.
+    pub(crate) fn description(n: u32) -> StreamDescription<'static> {
         StreamDescription {
             name: "s",
             stream_id: 1,

@@ -795,7 +795,13 @@ impl Shared {
             }
             (closed, asked)
         };
-        // The gate is closed: the workers answer without the lock held.
+        // The gate is closed: the workers answer without the lock held. (If this future is
+        // dropped or panics before it opens the gate again, `reopen` does, so that no sender
+        // waits for ever.)
+        let mut reopen = Reopen {
+            shared: self,
+            armed: true,
+        };
         let mut released = Vec::new();
         for rx in asked {
             released.extend(rx.await.unwrap_or_default());
@@ -847,9 +853,27 @@ impl Shared {
             }
             // Open the gate: senders route by the new table, behind the moved records.
             routing.rerouting = false;
+            reopen.armed = false;
         }
         self.rerouted.notify_waiters();
         failed.deliver(&self.budget);
+    }
+}
+
+/// Opens the routing gate when dropped armed: a re-routing that ends early (a panic, or
+/// its task dropped with the runtime) leaves senders routing by the old table, as they
+/// would have after a failed refresh, instead of waiting for ever.
+struct Reopen<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Drop for Reopen<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.write_routing().rerouting = false;
+            self.shared.rerouted.notify_waiters();
+        }
     }
 }
 
@@ -1741,7 +1765,8 @@ mod tests {
     }
 
     /// While a re-routing holds the gate, a send neither routes nor queues its record (it
-    /// would go by the old table); once the gate opens, it goes.
+    /// would go by the old table); once the gate opens (here: by the guard that opens it
+    /// when a re-routing ends early), it goes.
     #[tokio::test]
     async fn a_send_waits_while_a_re_routing_holds_the_gate_and_goes_once_it_opens() {
         let client = Client::connect(hello_only().await).await.unwrap();
@@ -1770,8 +1795,11 @@ mod tests {
             "nothing routed while the gate is closed"
         );
 
-        producer.shared.write_routing().rerouting = false;
-        producer.shared.rerouted.notify_waiters();
+        // A re-routing that ends early opens the gate as it goes (its `Reopen` guard).
+        drop(Reopen {
+            shared: &producer.shared,
+            armed: true,
+        });
         tokio::time::timeout(Duration::from_secs(30), second)
             .await
             .expect("the send goes once the gate opens")

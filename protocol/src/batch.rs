@@ -229,7 +229,10 @@ pub fn record_encoded_len(key_len: usize, data_len: usize, explicit_hash_key: bo
 /// hands the finished bytes to the wire unchanged.
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
+    /// The batch is `buf[start..]` (`start` is 0 unless it was begun at the end of a
+    /// caller's buffer: [`BatchBuilder::append_to`]).
     buf: Vec<u8>,
+    start: usize,
     count: u32,
     /// CRC32C of the records so far (`buf[BATCH_HEADER_LEN..]`), taken as each record is
     /// written, while its bytes are still in the cache: a batch filled a record at a time
@@ -253,6 +256,22 @@ impl BatchBuilder {
         buf.resize(BATCH_HEADER_LEN, 0);
         BatchBuilder {
             buf,
+            start: 0,
+            count: 0,
+            crc: 0,
+        }
+    }
+
+    /// Begins a batch at the end of `buf`, after the bytes it holds: a caller sending many
+    /// small batches at once (`put_records` over thousands of shards) builds them back to
+    /// back in one buffer, one allocation instead of one per batch. Finish it with
+    /// [`BatchBuilder::into_buffer`].
+    pub fn append_to(mut buf: Vec<u8>) -> BatchBuilder {
+        let start = buf.len();
+        buf.resize(start + BATCH_HEADER_LEN, 0);
+        BatchBuilder {
+            buf,
+            start,
             count: 0,
             crc: 0,
         }
@@ -268,13 +287,13 @@ impl BatchBuilder {
 
     /// Bytes the finished batch will have, header included.
     pub fn encoded_len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// Whether one more record of this shape keeps the batch within Kinesis' put limits.
     pub fn fits(&self, key_len: usize, data_len: usize, explicit_hash_key: bool) -> bool {
         self.count < MAX_RECORDS_PER_BATCH
-            && self.buf.len() + record_encoded_len(key_len, data_len, explicit_hash_key)
+            && self.encoded_len() + record_encoded_len(key_len, data_len, explicit_hash_key)
                 <= MAX_BATCH_BYTES
     }
 
@@ -344,8 +363,8 @@ impl BatchBuilder {
             return Err(BatchError::RecordCount(self.count + 1));
         }
         let added = record_encoded_len(key.len(), data_len, explicit_hash_key.is_some());
-        if self.buf.len() + added > MAX_BATCH_BYTES {
-            return Err(BatchError::BatchTooLarge(self.buf.len() + added));
+        if self.encoded_len() + added > MAX_BATCH_BYTES {
+            return Err(BatchError::BatchTooLarge(self.encoded_len() + added));
         }
         match explicit_hash_key {
             Some(h) => {
@@ -364,6 +383,10 @@ impl BatchBuilder {
     /// builder is left empty and reusable (with a new buffer of the same capacity: a
     /// builder used once should be [`BatchBuilder::into_batch`]ed instead).
     pub fn finish(&mut self) -> Vec<u8> {
+        assert_eq!(
+            self.start, 0,
+            "a batch begun with append_to ends with into_buffer"
+        );
         self.seal();
         let mut out = Vec::with_capacity(self.buf.capacity());
         out.resize(BATCH_HEADER_LEN, 0);
@@ -376,21 +399,36 @@ impl BatchBuilder {
     /// batch (for a batch of a few hundred KiB that is an allocation, often an `mmap`, and
     /// its release, per batch).
     pub fn into_batch(mut self) -> Vec<u8> {
+        assert_eq!(
+            self.start, 0,
+            "a batch begun with append_to ends with into_buffer"
+        );
+        self.seal();
+        self.buf
+    }
+
+    /// Seals the batch and gives back the whole buffer: what it held before
+    /// [`BatchBuilder::append_to`], then the batch.
+    pub fn into_buffer(mut self) -> Vec<u8> {
         self.seal();
         self.buf
     }
 
     fn seal(&mut self) {
-        debug_assert_eq!(self.crc, crc32c::crc32c(&self.buf[BATCH_HEADER_LEN..]));
+        let start = self.start;
+        debug_assert_eq!(
+            self.crc,
+            crc32c::crc32c(&self.buf[start + BATCH_HEADER_LEN..])
+        );
         let records_crc = self.crc;
         let header = BatchHeader {
-            batch_len: self.buf.len() as u32,
+            batch_len: self.encoded_len() as u32,
             version: BATCH_VERSION,
             record_count: self.count,
             records_crc,
             ..BatchHeader::default()
         };
-        header.encode_into(&mut self.buf[..BATCH_HEADER_LEN]);
+        header.encode_into(&mut self.buf[start..start + BATCH_HEADER_LEN]);
     }
 }
 
@@ -741,6 +779,42 @@ mod tests {
         assert_eq!(recs[0].key, b"device-1");
         assert_eq!(recs[1].explicit_hash_key, Some(42));
         assert_eq!(recs[2].data.len(), 300);
+    }
+
+    /// Batches begun at the end of one buffer are, byte for byte, the batches built on
+    /// their own, back to back; and one that would pass the limits is refused by its own
+    /// size, not the buffer's.
+    #[test]
+    fn batches_appended_to_one_buffer_equal_batches_built_alone() {
+        let second = {
+            let mut b = BatchBuilder::new();
+            b.push(b"k", &[1u8; 10], Some(7)).unwrap();
+            b.finish()
+        };
+        let mut b = BatchBuilder::append_to(Vec::new());
+        b.push(b"device-1", b"hello", None).unwrap();
+        b.push(b"device-2", b"", Some(42)).unwrap();
+        b.push("κλειδί".as_bytes(), &[7u8; 300], None).unwrap();
+        let buf = b.into_buffer();
+        let mut b = BatchBuilder::append_to(buf);
+        assert_eq!(b.encoded_len(), BATCH_HEADER_LEN);
+        b.push(b"k", &[1u8; 10], Some(7)).unwrap();
+        assert_eq!(b.encoded_len(), second.len());
+        let buf = b.into_buffer();
+        let first = sample();
+        assert_eq!(&buf[..first.len()], &first[..]);
+        assert_eq!(&buf[first.len()..], &second[..]);
+        let h = BatchHeader::decode(&buf[first.len()..]).unwrap();
+        assert_eq!(h.record_count, 1);
+        check_producer_batch(&buf[first.len()..], &RecordRules::default()).unwrap();
+        // A buffer already holding most of a batch's limit: the next batch still takes a
+        // record of nearly the whole limit.
+        let big = vec![0u8; MAX_BATCH_BYTES - 1024];
+        let mut b = BatchBuilder::append_to(big);
+        assert!(b.fits(1, MAX_BATCH_BYTES - 1024, false));
+        b.push(b"k", &vec![3u8; MAX_BATCH_BYTES - 1024], None)
+            .unwrap();
+        assert!(b.push(b"k", &[0u8; 2048], None).is_err());
     }
 
     /// A hasher that logs what it is told: each key hashed must have been announced first,

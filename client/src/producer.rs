@@ -490,16 +490,17 @@ impl Producer {
             data: data.as_ref(),
             explicit_hash_key: None,
         };
-        Ok(self
-            .queue(record, Settle::Handle)
-            .await?
-            .expect("a record sent with a handle gets one"))
+        self.send_view(record).await
     }
 
     /// As [`Producer::send`], for an [`Entry`] (which may carry an explicit hash key).
     pub async fn send_entry(&self, entry: Entry) -> Result<SendHandle> {
+        self.send_view(entry.view()).await
+    }
+
+    async fn send_view(&self, record: RecordView<'_>) -> Result<SendHandle> {
         Ok(self
-            .queue(entry.view(), Settle::Handle)
+            .queue(record, Settle::Handle)
             .await?
             .expect("a record sent with a handle gets one"))
     }

@@ -389,30 +389,27 @@ pub(crate) async fn put_chains(
         // record, and a buffer per batch (and the shared header its first clone made) were
         // two allocations a record. (A batch past `PACK_BYTES` has a buffer of its own, as
         // before: one buffer for a call's megabytes was slower to fill.)
-        let mut routed: Vec<(ShardRoute, Bytes)> = Vec::with_capacity(ready.len());
         let mut left: usize = ready.iter().map(|p| p.3).sum();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut packed: Vec<(ShardRoute, std::ops::Range<usize>)> = Vec::new();
-        let seal = |buf: Vec<u8>,
-                    packed: &mut Vec<(ShardRoute, std::ops::Range<usize>)>,
-                    routed: &mut Vec<(ShardRoute, Bytes)>| {
-            let buf = Bytes::from(buf);
-            routed.extend(packed.drain(..).map(|(route, r)| (route, buf.slice(r))));
-        };
+        let mut bufs: Vec<Vec<u8>> = Vec::new();
+        // Per batch: its route, its buffer, its bytes there.
+        let mut spans = Vec::with_capacity(ready.len());
         for &(i, first, count, len) in &ready {
-            if !buf.is_empty() && buf.len() + len > PACK_BYTES {
-                seal(std::mem::take(&mut buf), &mut packed, &mut routed);
+            match bufs.last() {
+                Some(buf) if buf.len() + len <= PACK_BYTES => {}
+                _ => bufs.push(Vec::with_capacity(len.max(left.min(PACK_BYTES)))),
             }
-            if buf.is_empty() {
-                buf = Vec::with_capacity(len.max(left.min(PACK_BYTES)));
-            }
-            let at = buf.len();
-            buf = write_batch(buf, &entries[first..first + count]);
-            debug_assert_eq!(buf.len() - at, len);
-            packed.push((chains[i].route, at..buf.len()));
+            let b = bufs.len() - 1;
+            let at = bufs[b].len();
+            bufs[b] = write_batch(std::mem::take(&mut bufs[b]), &entries[first..first + count]);
+            debug_assert_eq!(bufs[b].len() - at, len);
+            spans.push((chains[i].route, b, at..at + len));
             left -= len;
         }
-        seal(buf, &mut packed, &mut routed);
+        let bufs: Vec<Bytes> = bufs.into_iter().map(Bytes::from).collect();
+        let routed: Vec<(ShardRoute, Bytes)> = spans
+            .into_iter()
+            .map(|(route, b, range)| (route, bufs[b].slice(range)))
+            .collect();
         for (j, answer) in send_per_core(client, stream, &routed)
             .await
             .into_iter()

@@ -234,7 +234,7 @@ pub struct BatchBuilder {
     buf: Vec<u8>,
     start: usize,
     count: u32,
-    /// CRC32C of the records so far (`buf[BATCH_HEADER_LEN..]`), taken as each record is
+    /// CRC32C of the records so far (`buf[start + BATCH_HEADER_LEN..]`), taken as each record is
     /// written, while its bytes are still in the cache: a batch filled a record at a time
     /// among other work (the client's `Producer`) is long gone from it when sealed.
     crc: u32,
@@ -252,14 +252,7 @@ impl BatchBuilder {
     }
 
     pub fn with_capacity(bytes: usize) -> BatchBuilder {
-        let mut buf = Vec::with_capacity(bytes.max(BATCH_HEADER_LEN));
-        buf.resize(BATCH_HEADER_LEN, 0);
-        BatchBuilder {
-            buf,
-            start: 0,
-            count: 0,
-            crc: 0,
-        }
+        Self::append_to(Vec::with_capacity(bytes.max(BATCH_HEADER_LEN)))
     }
 
     /// Begins a batch at the end of `buf`, after the bytes it holds: a caller sending many

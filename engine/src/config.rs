@@ -84,6 +84,7 @@ background_shares = 100             # CPU shares of background work (write-behin
 retention_check_interval_ms = 60000
 verify_hash_keys = true             # check every record's MD5 falls in its shard's range
 io_memory_bytes = 134217728         # I/O buffer memory per executor, allocated at start and reused by staging, journal and write-behind buffers (past it: malloc); registered with io_uring if memlock allows 3x this
+io_uring_coop_taskrun = true        # completions that need an executor's thread (sockets, I/O finished on another CPU) run when it next enters the kernel, not by an interrupt (IPI) while it runs; false: upstream glommio's ring (see tuning/README.md)
 core_queue_depth = 1024             # bound of each core's request channel
 max_frame_bytes = 10551360          # largest request frame (a 10 MiB batch plus headers)
 max_connections_per_core = 10000
@@ -156,6 +157,9 @@ pub struct EngineConfig {
     pub retention_check_interval_ms: u64,
     pub verify_hash_keys: bool,
     pub io_memory_bytes: usize,
+    /// Set up each executor's main io_uring with `IORING_SETUP_COOP_TASKRUN` (vendored
+    /// glommio's patch; Linux 5.19+, a plain ring on older kernels).
+    pub io_uring_coop_taskrun: bool,
     pub core_queue_depth: usize,
     pub max_frame_bytes: usize,
     pub max_connections_per_core: usize,
@@ -248,6 +252,7 @@ impl Default for EngineConfig {
             retention_check_interval_ms: 60_000,
             verify_hash_keys: true,
             io_memory_bytes: spate_tuning::preflight::IO_MEMORY_DEFAULT_BYTES as usize,
+            io_uring_coop_taskrun: true,
             core_queue_depth: 1024,
             max_frame_bytes: spate_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections_per_core: 10_000,

@@ -280,6 +280,8 @@ impl Engine {
                 stores,
                 ready: ready_tx.clone(),
             };
+            // Process-wide in glommio, read as the executor makes its rings.
+            glommio::set_coop_taskrun(cfg.io_uring_coop_taskrun);
             let spawned =
                 glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[index]))
                     .name(&format!("spate-core-{index}"))

@@ -40,6 +40,57 @@ fn off(shards: u32) -> StreamOptions {
     }
 }
 
+/// Both io_uring setups (`io_uring_coop_taskrun`: completions run when the core enters the
+/// kernel, or by an interrupt as upstream glommio does) take appends, wake a long-poll
+/// from another thread, serve reads, shut down and come back with every record. Each call
+/// from this thread wakes the core's executor from its sleep, the path the flag changes.
+#[test]
+fn both_io_uring_setups_store_wake_serve_and_restart() {
+    for coop in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = spate_engine::config::EngineConfig {
+            io_uring_coop_taskrun: coop,
+            ..test_config(dir.path())
+        };
+        let user = key_for_shard(0, 1);
+        {
+            let engine = Arc::new(Engine::start(cfg.clone()).unwrap());
+            block_on(engine.create_stream("s", off(1))).unwrap();
+            for tag in 0..100u64 {
+                let out =
+                    block_on(engine.put_batch("s", 0, tagged_batch(&user, tag, 2, 100))).unwrap();
+                assert_eq!(out.base_seq, tag * 2, "coop_taskrun = {coop}");
+            }
+            // A long-poll at the tip, woken by a put from another thread.
+            let reader = {
+                let engine = engine.clone();
+                std::thread::spawn(move || {
+                    let req = ReadRequest {
+                        from_seq: 200,
+                        max_records: 10,
+                        max_bytes: 1 << 20,
+                        wait_ms: 60_000,
+                    };
+                    block_on(engine.read("s", 0, req)).expect("long-poll")
+                })
+            };
+            let put = block_on(engine.put_batch("s", 0, tagged_batch(&user, 100, 2, 100)));
+            assert_eq!(put.unwrap().base_seq, 200, "coop_taskrun = {coop}");
+            let woke = reader.join().unwrap();
+            assert_eq!(
+                (woke.start_seq, woke.end_seq),
+                (200, 202),
+                "coop_taskrun = {coop}"
+            );
+            engine.shutdown();
+        }
+        let engine = Engine::start(cfg).unwrap();
+        let got = read_all(&engine, "s", 0, 0);
+        assert_eq!(got.len(), 202, "coop_taskrun = {coop}");
+        assert!(got.iter().enumerate().all(|(i, r)| r.0 == i as u64));
+    }
+}
+
 #[test]
 fn streams_lifecycle_and_round_trip() {
     let dir = tempfile::tempdir().unwrap();

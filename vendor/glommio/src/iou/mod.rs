@@ -92,6 +92,12 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// Task work (completions that need the submitting task) runs when the task next
+        /// enters the kernel, instead of interrupting it (an IPI) while it runs (5.19+).
+        const COOP_TASKRUN = 1 << 8;
+        /// With `COOP_TASKRUN`: the kernel flags the SQ ring when task work is pending,
+        /// so that a CQ peek knows to enter the kernel.
+        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

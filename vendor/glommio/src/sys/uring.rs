@@ -895,6 +895,11 @@ struct SleepableRing {
     in_kernel: usize,
 }
 
+/// Spate's patch: whether executors started from now on set up their main ring with
+/// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (see [`crate::set_coop_taskrun`]).
+pub(crate) static COOP_TASKRUN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 impl SleepableRing {
     fn new(
         size: usize,
@@ -904,7 +909,20 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: if name == "main" && COOP_TASKRUN.load(std::sync::atomic::Ordering::Relaxed) {
+                // Spate's patch: completions run as task work when the executor next
+                // enters the kernel (a peek of this ring does when the kernel flags
+                // pending work), instead of by an IPI that interrupts it while it runs;
+                // older kernels refuse the flags, and the ring is made without them.
+                iou::IoUring::new_with_flags(
+                    size as _,
+                    iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+                    iou::SetupFeatures::empty(),
+                )
+                .or_else(|_| iou::IoUring::new(size as _))?
+            } else {
+                iou::IoUring::new(size as _)?
+            },
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,

@@ -280,12 +280,11 @@ impl Engine {
                 stores,
                 ready: ready_tx.clone(),
             };
-            // Process-wide in glommio, read as the executor makes its rings.
-            glommio::set_coop_taskrun(cfg.io_uring_coop_taskrun);
             let spawned =
                 glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(cpus[index]))
                     .name(&format!("spate-core-{index}"))
                     .io_memory(cfg.io_memory_bytes)
+                    .coop_taskrun(cfg.io_uring_coop_taskrun)
                     .spawn(move || run_core(setup));
             match spawned {
                 Ok(handle) => threads.push(handle),

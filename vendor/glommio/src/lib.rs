@@ -834,13 +834,3 @@ pub(crate) mod test_utils {
     }
 }
 
-/// Spate's patch: set up the main io_uring of executors started after this call with
-/// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (Linux 5.19+; refused flags fall
-/// back to a plain ring). Completions that need the executor's thread (sockets, polls, and
-/// I/O completed by interrupts on other CPUs) then run when it next enters the kernel,
-/// instead of interrupting it with an IPI while it runs; a peek of the completion queue
-/// enters the kernel when the kernel flags such work as pending. Off by default, as
-/// upstream.
-pub fn set_coop_taskrun(on: bool) {
-    sys::COOP_TASKRUN.store(on, std::sync::atomic::Ordering::Relaxed);
-}

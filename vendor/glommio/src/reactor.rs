@@ -179,11 +179,12 @@ impl Reactor {
     pub(crate) fn new(
         notifier: Arc<SleepNotifier>,
         io_memory: usize,
+        coop_taskrun: bool,
         ring_depth: usize,
         record_io_latencies: bool,
         blocking_thread: BlockingThreadPool,
     ) -> io::Result<Reactor> {
-        let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
+        let sys = sys::Reactor::new(notifier, io_memory, coop_taskrun, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
         Ok(Reactor {
             sys,

@@ -468,6 +468,9 @@ pub struct LocalExecutorBuilder {
     /// concurrency. A higher ring depth allows a shard to submit a
     /// greater number of IO requests to the kernel at once.
     ring_depth: usize,
+    /// Spate's patch: set up the main ring with `IORING_SETUP_COOP_TASKRUN`
+    /// (see [`LocalExecutorBuilder::coop_taskrun`]).
+    coop_taskrun: bool,
     /// How often to yield to other task queues
     preempt_timer_duration: Duration,
     /// Whether to record the latencies of individual IO requests
@@ -494,6 +497,7 @@ impl LocalExecutorBuilder {
             spin_before_park: None,
             name: String::from(DEFAULT_EXECUTOR_NAME),
             io_memory: DEFAULT_IO_MEMORY,
+            coop_taskrun: false,
             ring_depth: DEFAULT_RING_SUBMISSION_DEPTH,
             preempt_timer_duration: DEFAULT_PREEMPT_TIMER,
             record_io_latencies: false,
@@ -527,6 +531,18 @@ impl LocalExecutorBuilder {
     #[must_use = "The builder must be built to be useful"]
     pub fn io_memory(mut self, io_memory: usize) -> LocalExecutorBuilder {
         self.io_memory = io_memory;
+        self
+    }
+
+    /// Spate's patch: set up the executor's main io_uring with
+    /// `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (Linux 5.19+; where the
+    /// kernel refuses the flags, a plain ring). Completions that need this executor's
+    /// thread (sockets, polls, I/O completed by interrupts on other CPUs) then run when it
+    /// next enters the kernel, instead of interrupting it with an IPI while it runs; a peek
+    /// of the completion queue enters the kernel when the kernel flags such work as
+    /// pending. Off by default, as upstream.
+    pub fn coop_taskrun(mut self, on: bool) -> LocalExecutorBuilder {
+        self.coop_taskrun = on;
         self
     }
 
@@ -618,6 +634,7 @@ impl LocalExecutorBuilder {
             cpu_set_gen.next().cpu_binding(),
             LocalExecutorConfig {
                 io_memory: self.io_memory,
+                coop_taskrun: self.coop_taskrun,
                 ring_depth: self.ring_depth,
                 preempt_timer: self.preempt_timer_duration,
                 record_io_latencies: self.record_io_latencies,
@@ -684,6 +701,7 @@ impl LocalExecutorBuilder {
         let name = format!("{}-{}", self.name, notifier.id());
         let mut cpu_set_gen = placement::CpuSetGenerator::one(self.placement)?;
         let io_memory = self.io_memory;
+        let coop_taskrun = self.coop_taskrun;
         let ring_depth = self.ring_depth;
         let preempt_timer_duration = self.preempt_timer_duration;
         let spin_before_park = self.spin_before_park;
@@ -699,6 +717,7 @@ impl LocalExecutorBuilder {
                     cpu_set_gen.next().cpu_binding(),
                     LocalExecutorConfig {
                         io_memory,
+                        coop_taskrun,
                         ring_depth,
                         preempt_timer: preempt_timer_duration,
                         record_io_latencies,
@@ -982,6 +1001,7 @@ impl LocalExecutorPoolBuilder {
                         cpu_binding,
                         LocalExecutorConfig {
                             io_memory,
+                            coop_taskrun: false,
                             ring_depth,
                             preempt_timer: preempt_timer_duration,
                             record_io_latencies,
@@ -1077,6 +1097,7 @@ pub(crate) fn maybe_activate(tq: Rc<RefCell<TaskQueue>>) {
 
 pub struct LocalExecutorConfig {
     pub io_memory: usize,
+    pub coop_taskrun: bool,
     pub ring_depth: usize,
     pub preempt_timer: Duration,
     pub record_io_latencies: bool,
@@ -1167,6 +1188,7 @@ impl LocalExecutor {
             reactor: Rc::new(reactor::Reactor::new(
                 notifier,
                 config.io_memory,
+                config.coop_taskrun,
                 config.ring_depth,
                 config.record_io_latencies,
                 blocking_thread,

@@ -833,4 +833,3 @@ pub(crate) mod test_utils {
         error!("Started tracing..");
     }
 }
-

@@ -214,6 +214,13 @@ impl Engine {
         )
         .map_err(|e| EngineError::Startup(e.to_string()))?;
         tracing::info!("{}", report.summary());
+        if cfg.io_uring_coop_taskrun {
+            if let Err(e) = spate_tuning::probe::probe_io_uring_coop_taskrun() {
+                tracing::warn!(
+                    "io_uring_coop_taskrun: the kernel refuses IORING_SETUP_COOP_TASKRUN ({e}; Linux 5.19+): each core's ring is set up without it, and completions interrupt the cores (tuning/README.md, \"Interrupts\")"
+                );
+            }
+        }
         if cfg.data_dir.join("streams").exists() {
             return Err(EngineError::Startup(format!(
                 "{} holds data in the per-shard layout of Spate before 0.2, which this build does not read; move it away or use another --data-dir",

@@ -19,7 +19,7 @@ use crate::preflight::{
     check_io_uring_switch, io_uring_setup_fix, memlock_need_bytes, memlock_recommended_bytes,
     IO_MEMORY_DEFAULT_BYTES, KERNEL_MIN, KERNEL_RECOMMENDED,
 };
-use crate::probe::{probe_io_uring, probe_o_direct};
+use crate::probe::{probe_io_uring, probe_io_uring_coop_taskrun, probe_o_direct};
 use crate::storage::{preferred_schedulers, resolve_disks, DataDirInfo};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -399,7 +399,21 @@ fn check_io_uring(ctx: &Ctx) -> Verdict {
             format!("{switch_text}: rings work for this user (root or kernel.io_uring_group) but may not for the service user"),
             "sysctl -w kernel.io_uring_disabled=0, or run spate in the group named by kernel.io_uring_group",
         ),
-        Ok(()) => Verdict::ok(ITEM, format!("{switch_text}; ring setup works")),
+        Ok(()) => match probe_io_uring_coop_taskrun() {
+            Ok(()) => Verdict::ok(
+                ITEM,
+                format!("{switch_text}; ring setup works, with IORING_SETUP_COOP_TASKRUN too"),
+            ),
+            Err(e) => Verdict::warn(
+                ITEM,
+                format!(
+                    "{switch_text}; ring setup works, but not with IORING_SETUP_COOP_TASKRUN ({e}): \
+                     io_uring_coop_taskrun falls back to plain rings, and completions interrupt \
+                     the engine's cores (an IPI each; tuning/README.md, \"Interrupts\")"
+                ),
+                "Linux 5.19 or later",
+            ),
+        },
     }
 }
 

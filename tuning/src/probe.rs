@@ -21,6 +21,18 @@ pub fn probe_io_uring() -> io::Result<()> {
     io_uring::IoUring::new(8).map(drop)
 }
 
+/// Creates and drops an 8-entry io_uring set up with `IORING_SETUP_COOP_TASKRUN |
+/// IORING_SETUP_TASKRUN_FLAG` (Linux 5.19+), as `io_uring_coop_taskrun` asks of each core's
+/// main ring. Where the kernel refuses them, the engine makes its rings without, and
+/// completions interrupt its cores (tuning/README.md, "Interrupts").
+pub fn probe_io_uring_coop_taskrun() -> io::Result<()> {
+    io_uring::IoUring::<io_uring::squeue::Entry>::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(8)
+        .map(drop)
+}
+
 /// The step of the `O_DIRECT` probe that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ODirectStep {
@@ -125,6 +137,25 @@ pub fn nearest_existing(path: &Path) -> Option<&Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where plain rings work, a 5.19+ kernel takes `COOP_TASKRUN` rings too (what
+    /// `io_uring_coop_taskrun` relies on); older kernels may refuse them (the engine then
+    /// falls back) or have them backported, and a host without io_uring proves nothing.
+    #[test]
+    fn coop_taskrun_probe_follows_the_kernel_version() {
+        if probe_io_uring().is_err() {
+            return;
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let version = crate::parse::parse_kernel_version(&release).expect("kernel version");
+        if (version.major, version.minor) >= (5, 19) {
+            assert!(
+                probe_io_uring_coop_taskrun().is_ok(),
+                "kernel {release} refuses IORING_SETUP_COOP_TASKRUN: {:?}",
+                probe_io_uring_coop_taskrun()
+            );
+        }
+    }
 
     #[test]
     fn o_direct_probe_leaves_nothing_behind() {

@@ -94,8 +94,22 @@ fn change_err(name: &str) -> impl Fn(ClientError) -> String + '_ {
     }
 }
 
+/// A failed write to standard output. A reader that went away (`spate read s | head`) ends
+/// the command at once and quietly, with the status of a process that SIGPIPE ended (141),
+/// as `cat` and other Unix filters do; any other failure is an error.
 fn io_err(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
     format!("cannot write to stdout: {e}")
+}
+
+/// One line of a result on standard output (`println!` would panic on a closed pipe).
+fn print_line(line: impl std::fmt::Display) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(io_err)
 }
 
 async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
@@ -1285,7 +1299,7 @@ async fn auth(client: &Client, command: AuthCommand) -> Result<(), String> {
                     "access_key_id": p.access_key_id,
                     "secret": p.secret,
                 });
-                println!("{json}");
+                print_line(json)?;
                 eprintln!(
                     "principal {name} created; its secret is shown this once (it may do nothing until `spate auth policy put {name} ...`)"
                 );
@@ -1304,7 +1318,7 @@ async fn auth(client: &Client, command: AuthCommand) -> Result<(), String> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(json));
+                print_line(serde_json::Value::Array(json))?;
             }
             PrincipalCommand::Enable { name } => {
                 client
@@ -1351,10 +1365,7 @@ async fn auth(client: &Client, command: AuthCommand) -> Result<(), String> {
                 eprintln!("policy {policy} of {principal} stored");
             }
             PolicyCommand::Get { principal, policy } => {
-                println!(
-                    "{}",
-                    client.get_policy(&principal, &policy).await.map_err(err)?
-                );
+                print_line(client.get_policy(&principal, &policy).await.map_err(err)?)?;
             }
             PolicyCommand::Delete { principal, policy } => {
                 client
@@ -1430,10 +1441,7 @@ pub fn audit_verify(data_dir: &std::path::Path) -> Result<(), String> {
             dir.display()
         )
     })?;
-    println!(
-        "{}",
-        serde_json::to_string(&report).map_err(|e| e.to_string())?
-    );
+    print_line(serde_json::to_string(&report).map_err(|e| e.to_string())?)?;
     if !report.torn_tails.is_empty() {
         eprintln!(
             "note: {} file(s) end in a line cut short by a crash (never acknowledged): {}",

@@ -4,14 +4,15 @@
 //! Output contract: results go to standard output in the documented line formats; logs go
 //! to standard error (tracing, `RUST_LOG` filter, default `info` for `serve` and `warn`
 //! otherwise). Exit status 0 on success; on failure, one line `spate: REASON` on standard
-//! error and a non-zero status (2 for a command-line error, 1 otherwise).
+//! error and a non-zero status (2 for a command-line error, 1 otherwise). A reader of
+//! standard output that goes away (`| head`) ends the command quietly with status 141.
 
 mod args;
 mod commands;
 mod serve;
 mod top;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,8 +27,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Err(e) => {
-            // --help and --version.
-            print!("{e}");
+            // --help and --version; a reader that stops early (`spate --help | head`) is
+            // not an error.
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "{e}").and_then(|()| out.flush());
             return ExitCode::SUCCESS;
         }
     };

@@ -660,6 +660,58 @@ fn failures_are_one_line_and_non_zero() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
 }
 
+/// A reader that stops early (`spate read s | head -1`, `spate --help | head`) ends the
+/// command quietly: status 141 (what SIGPIPE gives `cat`), nothing on standard error — not
+/// a panic, not a `spate:` error line.
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("data"), dir.path());
+    let addr = server.addr.clone();
+    ok(
+        &addr,
+        &[
+            "stream", "create", "s", "--shards", "1", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+    // ~300 KB of `read` output: more than a pipe holds, so the writer meets the closed end.
+    let lines: String = (0..3000).map(|i| format!("record {i:060}\n")).collect();
+    ok(&addr, &["put", "s", "--key", "k"], lines.as_bytes());
+    let mut child = Command::new(SPATE)
+        .args(["--server", &addr, "read", "s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"seq\""), "{first}");
+    drop(stdout);
+    let mut stderr = child.stderr.take().unwrap();
+    let status = wait_with_watchdog(&mut child);
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(141), "stderr: {err}");
+    assert!(err.is_empty(), "stderr: {err}");
+    // Help to a reader that has gone: status 0, no panic.
+    let mut child = Command::new(SPATE)
+        .arg("--help")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = child.stderr.take().unwrap();
+    let status = wait_with_watchdog(&mut child);
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    assert!(status.success(), "stderr: {err}");
+    assert!(err.is_empty(), "stderr: {err}");
+}
+
 /// Durability end to end (issue 3): a client writes continuously to a `spate serve` process
 /// that is killed with SIGKILL at a random moment; after a restart every acknowledged record
 /// is read back exactly once, at the sequence number it was acknowledged with, in order per

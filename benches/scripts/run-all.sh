@@ -26,7 +26,9 @@
 #                    during the run and restore them after (root). By default the kernel may
 #                    put them on the load generator's core, which then does the engine's
 #                    I/O-completion work.
-# Needs fio and iperf3 (machine-limits.sh), taskset (util-linux) and cargo.
+# Needs fio and iperf3 (machine-limits.sh), taskset (util-linux), curl and cargo.
+# Besides RESULTS.md, OUT holds each scenario's engine log (engine-SCENARIO.log) and its
+# metrics as the scenario left them (engine-SCENARIO.metrics).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -106,6 +108,10 @@ for s in $scenarios; do
         --cores "$loadgen_cores" --engine-pid "$engine_pid" --out "$out" "${extra[@]}"; then
         failed+=("$s")
     fi
+    # The engine's metrics as the scenario left them (its flush latencies, its cores'
+    # stalls): where a pause a step saw came from, without watching the run.
+    metrics_url=$(grep -o 'metrics at http://[^ ]*' "$out/engine-$s.log" | head -n 1 | cut -d' ' -f3)
+    [[ -n $metrics_url ]] && curl -s --max-time 5 "$metrics_url" >"$out/engine-$s.metrics" || true
     stop_engine
     if [[ -f $out/$s.json ]]; then
         "$loadgen" plot "$out/$s.json" "$out/$s.svg" || true

@@ -937,6 +937,9 @@ impl<S: Storage + 'static> Core<S> {
         let t0 = std::time::Instant::now();
         let mut pacer = AutoPacer::default();
         let mut window = (t0, rounds(), crate::metrics::thread_cpu_ns());
+        // A wake-up this late is logged (at most once per `STALL_WARN_EVERY_MS`).
+        const LATE_WARN_US: u64 = 50_000;
+        let (mut late_warned, mut late_unreported) = (None, 0u64);
         // Rounds a second in the last two whole windows (a stall depresses its own window).
         let (mut rate, mut rate_before) = (0.0f64, 0.0f64);
         let apply = |cap: Change| {
@@ -958,6 +961,21 @@ impl<S: Storage + 'static> Core<S> {
             let now = std::time::Instant::now();
             let late_us = ((now - slept).saturating_sub(nap)).as_micros() as u64;
             let now_ms = (now - t0).as_millis() as u64;
+            if late_us >= LATE_WARN_US {
+                late_unreported += 1;
+                let due = late_warned.is_none_or(|at: std::time::Instant| {
+                    (now - at).as_millis() as i64 >= crate::store::STALL_WARN_EVERY_MS
+                });
+                if due {
+                    tracing::warn!(
+                        core = self.index,
+                        late_ms = late_us / 1000,
+                        times = std::mem::take(&mut late_unreported),
+                        "the core's executor woke over 50 ms late: every request on it waited (the host took the CPU, or a call blocked the thread; times: how many since the last such line)"
+                    );
+                    late_warned = Some(now);
+                }
+            }
             if late_us >= STALL_US {
                 self.stalls.set(self.stalls.get() + 1);
                 let seen = rate.max(rate_before);

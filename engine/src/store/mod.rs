@@ -569,11 +569,23 @@ pub(crate) struct State<S: Storage> {
     /// A refused write is looking whether space came back (`space_returned`).
     free_check_busy: bool,
     stopping: bool,
+    /// Rounds over `STALLED_ROUND_US` not yet in a warning, and when the last one was logged.
+    stalled_rounds: u64,
+    stalled_round_warned_ms: i64,
     stats: StoreStats,
 }
 
 /// A round whose write and sync together take this long is logged (debug).
 const SLOW_ROUND_US: u64 = 20_000;
+
+/// A round whose write and sync together take this long held its acknowledgements long
+/// enough to show in any client's tail: a warning, at most one per `STALL_WARN_EVERY_MS`
+/// per store (with how many such rounds it covers), so that a pause a client sees can be
+/// told apart from one of the executor (`runtime`'s lateness warning) or the network.
+const STALLED_ROUND_US: u64 = 50_000;
+
+/// Warnings of stalled rounds (and of a late executor, `runtime`) at most this often.
+pub(crate) const STALL_WARN_EVERY_MS: i64 = 10_000;
 
 /// O_DSYNC rounds written at once (sealed and not yet durable), at most.
 const DSYNC_ROUNDS_IN_FLIGHT: u64 = 2;
@@ -1449,6 +1461,26 @@ impl<S: Storage> Store<S> {
                 checkpointing = self.st.borrow().checkpointing,
                 "slow round"
             );
+        }
+        if write_us + sync_us >= STALLED_ROUND_US {
+            let now = self.clock.now_ms();
+            let mut st = self.st.borrow_mut();
+            st.stalled_rounds += 1;
+            if now - st.stalled_round_warned_ms >= STALL_WARN_EVERY_MS {
+                let rounds = std::mem::take(&mut st.stalled_rounds);
+                st.stalled_round_warned_ms = now;
+                tracing::warn!(
+                    store = self.cfg.index,
+                    round = sealed.id,
+                    write_ms = write_us / 1000,
+                    sync_ms = sync_us / 1000,
+                    syncs,
+                    journal_bytes = sealed.journal_bytes,
+                    direct_bytes = sealed.direct_bytes,
+                    rounds,
+                    "a round took over 50 ms to write and make durable, and its acknowledgements waited as long: the disk, unless the core's executor was late at the same time (its own warning) (rounds: how many since the last such line)"
+                );
+            }
         }
         self.st.borrow_mut().stats.round_buckets
             [crate::metrics::latency_bucket_us(started.elapsed().as_micros() as u64)] += 1;

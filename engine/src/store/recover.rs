@@ -259,6 +259,8 @@ impl<S: Storage> Store<S> {
                 free_at_space_error: 0,
                 free_check_busy: false,
                 stopping: false,
+                stalled_rounds: 0,
+                stalled_round_warned_ms: i64::MIN / 2,
                 stats: StoreStats::default(),
             }),
             changed: Notify::new(),

@@ -257,6 +257,26 @@ pub struct Mount {
     pub fs_type: String,
     /// `major:minor` of the file system's device (from `mountinfo` only).
     pub dev: Option<(u32, u32)>,
+    /// The mount's and the file system's options together (`rw`, `noatime`, `discard`, …).
+    pub options: Vec<String>,
+}
+
+impl Mount {
+    /// Whether `option` is among the mount's or the file system's options.
+    pub fn has_option(&self, option: &str) -> bool {
+        self.options.iter().any(|o| o == option)
+    }
+}
+
+/// Comma-separated options, each once, in order.
+fn options_of<'a>(lists: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut options: Vec<String> = Vec::new();
+    for o in lists.into_iter().flat_map(|l| l.split(',')) {
+        if !o.is_empty() && !options.iter().any(|x| x == o) {
+            options.push(o.to_string());
+        }
+    }
+    options
 }
 
 /// Parses `/proc/self/mountinfo`:
@@ -280,11 +300,19 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         let dev = dev
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        // Field 6: the mount's options; after the source: the file system's (`discard`).
+        let options = options_of(
+            [fields.get(5), fields.get(sep + 3)]
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
         mounts.push(Mount {
             source: unescape_mount(source),
             mount_point: unescape_mount(mount_point),
             fs_type: fs_type.to_string(),
             dev,
+            options,
         });
     }
     mounts
@@ -302,6 +330,7 @@ pub fn parse_mounts(text: &str) -> Vec<Mount> {
                 mount_point: unescape_mount(mount_point),
                 fs_type: fs_type.to_string(),
                 dev: None,
+                options: options_of(fields.next()),
             })
         })
         .collect()
@@ -635,7 +664,7 @@ Max realtime priority     0                    0
 
     const MOUNTINFO: &str = "\
 22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw
+27 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw,discard
 31 27 259:3 / /var/lib/spate rw,noatime shared:5 master:1 - xfs /dev/nvme1n1 rw,attr2,inode64
 32 27 0:30 / /var/lib/spate-old rw - tmpfs tmpfs rw
 33 27 259:4 / /mnt/with\\040space rw - ext4 /dev/sdb1 rw
@@ -650,6 +679,11 @@ Max realtime priority     0                    0
             (m.fs_type.as_str(), m.source.as_str(), m.dev),
             ("xfs", "/dev/nvme1n1", Some((259, 3)))
         );
+        assert_eq!(m.options, ["rw", "noatime", "attr2", "inode64"]);
+        assert!(!m.has_option("discard"));
+        let root = find_mount(&mounts, Path::new("/etc")).expect("mounted");
+        assert_eq!(root.options, ["rw", "relatime", "discard"]);
+        assert!(root.has_option("discard"));
         // `/var/lib/spate-old` must not match `/var/lib/spate` by string prefix, nor the reverse.
         assert_eq!(
             find_mount(&mounts, Path::new("/var/lib/spate"))

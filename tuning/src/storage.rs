@@ -151,6 +151,7 @@ mod tests {
             mount_point: "/".into(),
             fs_type: fs_type.into(),
             dev,
+            options: Vec::new(),
         }
     }
 

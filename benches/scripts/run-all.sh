@@ -110,7 +110,7 @@ for s in $scenarios; do
     fi
     # The engine's metrics as the scenario left them (its flush latencies, its cores'
     # stalls): where a pause a step saw came from, without watching the run.
-    metrics_url=$(grep -o 'metrics at http://[^ ]*' "$out/engine-$s.log" | head -n 1 | cut -d' ' -f3)
+    metrics_url=$(grep -o 'metrics at http://[^ ]*' "$out/engine-$s.log" | head -n 1 | cut -d' ' -f3) || true
     [[ -n $metrics_url ]] && curl -s --max-time 5 "$metrics_url" >"$out/engine-$s.metrics" || true
     stop_engine
     if [[ -f $out/$s.json ]]; then

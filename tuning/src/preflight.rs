@@ -274,6 +274,7 @@ pub fn preflight(
         step: e.step,
         source: e.source,
     })?;
+    notes.extend(online_discard_note(&Host::live(), data_dir));
 
     Ok(PreflightReport {
         kernel,
@@ -286,6 +287,19 @@ pub fn preflight(
         io_uring_disabled,
         data_dir: data_dir.to_path_buf(),
         notes,
+    })
+}
+
+/// A note when the file system holding `data_dir` is mounted with online discard: every large
+/// deletion on it stalls fdatasync while its discards run (`spate-tune check`'s `filesystem`).
+pub fn online_discard_note(host: &Host, data_dir: &Path) -> Option<String> {
+    let info = crate::storage::DataDirInfo::resolve(host, data_dir);
+    let mount = info.mount.ok()?;
+    mount.has_option("discard").then(|| {
+        format!(
+            "{} is mounted with `discard`: large deletions on it stall fdatasync, so acknowledgements, while their discards run (mount without it, trim with fstrim.timer; tuning/README.md)",
+            mount.mount_point
+        )
     })
 }
 
@@ -474,6 +488,23 @@ mod tests {
 
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * KIB;
+
+    #[test]
+    fn online_discard_is_noted() {
+        let fake = crate::host::fake::FakeHost::new();
+        let data = tempfile::tempdir().expect("tempdir");
+        let line = |opts: &str| {
+            format!(
+                "27 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\n40 27 259:3 / {} rw,noatime - xfs /dev/nvme1n1 {opts}\n",
+                data.path().display()
+            )
+        };
+        fake.file("/proc/self/mountinfo", &line("rw,discard"));
+        let note = online_discard_note(&fake.host(), data.path()).expect("a note");
+        assert!(note.contains("mounted with `discard`"), "{note}");
+        fake.file("/proc/self/mountinfo", &line("rw"));
+        assert_eq!(online_discard_note(&fake.host(), data.path()), None);
+    }
 
     #[test]
     fn open_file_limit_is_raised_to_what_the_configuration_needs() {

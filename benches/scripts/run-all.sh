@@ -52,6 +52,8 @@ loadgen=$target/spate-loadgen
 if [[ -z ${SKIP_LIMITS:-} || ! -f $out/machine-limits.json ]]; then
     echo "== machine limits"
     "$root/benches/scripts/machine-limits.sh" "$bench_dir" "$out/machine-limits.json"
+    # Its 4 GiB fio file was just removed: the first scenario starts on a settled disk.
+    settle_disk "$bench_dir"
 fi
 
 irq_saved=()

@@ -37,6 +37,10 @@ pub struct SimFaults {
     /// A disk of this many bytes: creating a file that would take more than is free fails
     /// with ENOSPC, and `free_bytes` reports what the named files leave.
     pub capacity_bytes: Option<u64>,
+    /// Each flush (an fdatasync, or the flush half of an O_DSYNC write) also blocks the
+    /// calling thread this long in real time: a stalled disk, for what times rounds by the
+    /// real clock (the stalled-round warning).
+    pub flush_delay_ms: u32,
 }
 
 /// A small, fast, seedable PRNG (SplitMix64): no dependency, identical on every platform.
@@ -440,6 +444,14 @@ impl SimFile {
     }
 }
 
+/// Blocks the thread for `SimFaults::flush_delay_ms`, if set.
+fn stall(disk: &RefCell<Disk>) {
+    let ms = disk.borrow().faults.flush_delay_ms;
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(ms)));
+    }
+}
+
 impl SegFile for SimFile {
     type Buf = SimBuf;
     type ReadBuf = Vec<u8>;
@@ -454,6 +466,7 @@ impl SegFile for SimFile {
         let len = self.write_now(&buf, pos)?;
         // The O_DSYNC half: the device flush may fail like an fdatasync, after the bytes
         // reached the page cache (their fate is then unknown: left pending, a crash decides).
+        stall(&self.disk);
         let mut disk = self.disk.borrow_mut();
         disk.stats.dsync_writes += 1;
         let faults = disk.faults;
@@ -502,6 +515,7 @@ impl SegFile for SimFile {
 
     async fn fdatasync(&self) -> io::Result<()> {
         self.in_flight().await;
+        stall(&self.disk);
         let mut disk = self.disk.borrow_mut();
         disk.stats.syncs += 1;
         let faults = disk.faults;

@@ -1365,6 +1365,83 @@ fn rounds_are_paced_to_round_rate_max_after_a_burst() {
     assert_eq!(store.stats().rounds, 20);
 }
 
+/// What a test's tracing subscriber wrote, shared with it.
+#[derive(Clone, Default)]
+struct LogCapture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// The captured lines that contain `text`.
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A round that took 50 ms or more from its write to its durability is a warning at any
+/// log level, at most one per `STALL_WARN_EVERY_MS`, with the count of such rounds since
+/// the last one; rounds on a healthy disk are not.
+#[test]
+fn a_stalled_round_is_warned_at_most_once_per_interval_with_a_count() {
+    let k = key(19, 0);
+    let h = Harness::new(19, small_cfg(), vec![k]);
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(19);
+    let log = LogCapture::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    const STALLED: &str = "a round took over 50 ms";
+    tracing::subscriber::with_default(subscriber, || {
+        let mut append = |tag: &str| {
+            let (b, r) = make_batch(&mut rng, tag, false);
+            run(&store, store.append(k, &b, r.len() as u32)).unwrap();
+        };
+        append("fast");
+        assert!(log.lines_with(STALLED).is_empty());
+        h.storage.set_faults(SimFaults {
+            flush_delay_ms: 60,
+            ..SimFaults::default()
+        });
+        // Three stalled rounds within the interval: one warning, for the first.
+        for i in 0..3 {
+            append(&format!("slow{i}"));
+        }
+        let warned = log.lines_with(STALLED);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("WARN"), "{}", warned[0]);
+        assert!(warned[0].contains(" rounds=1"), "{}", warned[0]);
+        // The interval passed: the next stalled round is logged with the two held back.
+        h.clock.advance(STALL_WARN_EVERY_MS);
+        append("slow3");
+        let warned = log.lines_with(STALLED);
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[1].contains(" rounds=3"), "{}", warned[1]);
+        assert!(warned[1].contains("sync_ms=6"), "{}", warned[1]);
+        // The disk recovered: no more warnings, however long after.
+        h.storage.set_faults(SimFaults::default());
+        h.clock.advance(STALL_WARN_EVERY_MS);
+        append("fast again");
+        assert_eq!(log.lines_with(STALLED).len(), 2);
+    });
+}
+
 /// The adaptive pacer's cap (`Store::set_round_rate`): a store that started unpaced paces
 /// its rounds once a rate is set (after a full burst), and goes back to back once it is
 /// lifted.

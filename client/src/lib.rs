@@ -56,7 +56,7 @@
 //! | a batch | 500 records and 10 MiB (the protocol's); a record is checked against the stream's data limit before it is sent |
 //! | producer buffering | [`ProducerConfig::queued_records_max_per_shard`] records per shard and [`ProducerConfig::buffered_bytes_max`] bytes in all; past them `send` waits |
 //! | producer batches in flight | one per shard |
-//! | a response frame | `DEFAULT_MAX_FRAME_BYTES` (10 MiB and 64 KiB) |
+//! | a response frame | `DEFAULT_MAX_FRAME_BYTES` (10 MiB, one record's framing and 64 KiB) |
 //! | waiting for a response | [`ClientConfig::request_timeout`] plus any long-poll wait |
 //!
 //! # TLS

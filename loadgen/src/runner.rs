@@ -79,7 +79,7 @@ use crate::Error;
 const MIB: f64 = 1024.0 * 1024.0;
 /// Bytes asked for per read. Not the protocol's 10 MiB: the server may answer a 10 MiB
 /// read with whole batches past 10 MiB, in a frame larger than the client accepts
-/// ("frame of 10741664 bytes exceeds the maximum of 10551360").
+/// ("frame of 10741664 bytes exceeds the maximum of 10551639").
 pub(crate) const READ_BYTES_MAX: u32 = 4 << 20;
 /// How long producers may take to settle their outstanding records after the run.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);

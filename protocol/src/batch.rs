@@ -44,8 +44,14 @@ pub const BATCH_VERSION: u16 = 1;
 pub const BATCH_HEADER_LEN: usize = 64;
 /// Kinesis: at most 500 records in one put.
 pub const MAX_RECORDS_PER_BATCH: u32 = 500;
-/// Kinesis: at most 10 MiB in one put (payload, excluding our 64-byte header).
-pub const MAX_BATCH_PAYLOAD_BYTES: usize = 10 * 1024 * 1024;
+/// Kinesis: at most 10 MiB in one put (payload, excluding our 64-byte header), with room
+/// for the framing of one record whose data is the largest a stream may allow
+/// ([`MAX_RECORD_DATA_BYTES_CEILING`]) under the longest key and an explicit hash key, so
+/// that such a record fits a batch of its own.
+pub const MAX_BATCH_PAYLOAD_BYTES: usize = 10 * 1024 * 1024 + MAX_RECORD_FRAMING_BYTES;
+/// The most bytes a record's encoding adds to its data: attributes, explicit hash key, the
+/// longest key and both length varints.
+pub const MAX_RECORD_FRAMING_BYTES: usize = 1 + 16 + 2 + MAX_PARTITION_KEY_BYTES + 4;
 /// Largest encoded batch: the payload bound plus header.
 pub const MAX_BATCH_BYTES: usize = MAX_BATCH_PAYLOAD_BYTES + BATCH_HEADER_LEN;
 /// Partition keys are 1..=256 bytes of UTF-8.
@@ -752,6 +758,30 @@ mod tests {
         b.push(b"device-2", b"", Some(42)).unwrap();
         b.push("κλειδί".as_bytes(), &[7u8; 300], None).unwrap();
         b.finish()
+    }
+
+    /// A stream whose record limit is the ceiling (10 MiB) takes a record of exactly that
+    /// much data under the longest key and an explicit hash key, in a batch of its own.
+    #[test]
+    fn a_record_at_the_largest_data_limit_fits_a_batch_of_its_own() {
+        let data = vec![5u8; MAX_RECORD_DATA_BYTES_CEILING];
+        let key = "k".repeat(MAX_PARTITION_KEY_BYTES);
+        assert_eq!(
+            record_encoded_len(key.len(), data.len(), true),
+            data.len() + MAX_RECORD_FRAMING_BYTES
+        );
+        let mut b = BatchBuilder::new();
+        assert!(b.fits(key.len(), data.len(), true));
+        b.push(key.as_bytes(), &data, Some(u128::MAX)).unwrap();
+        let batch = b.finish();
+        assert_eq!(batch.len(), MAX_BATCH_BYTES);
+        let rules = RecordRules {
+            max_record_data_bytes: MAX_RECORD_DATA_BYTES_CEILING,
+            hash_range: None,
+        };
+        check_producer_batch(&batch, &rules).unwrap();
+        // One byte more of data is over the limit, and no batch holds it with that key.
+        assert!(!BatchBuilder::new().fits(key.len(), data.len() + 1, true));
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn a_client_that_does_not_read_is_bounded_then_dropped() {
     // 4 MiB per connection; a client that reads nothing for 2 s is disconnected.
     let s = server(
         dir.path(),
-        "max_connection_bytes = 10551360\nwrite_stall_timeout_ms = 2000",
+        "max_connection_bytes = 10551639\nwrite_stall_timeout_ms = 2000",
     );
     let addr = s.local_addr();
     let mut c = WireClient::connect(addr);

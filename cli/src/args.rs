@@ -130,6 +130,27 @@ impl Cli {
         }
     }
 
+    /// What clap cannot say of a command line: flags that parse alone but not together
+    /// (a command-line error, exit status 2, before anything is sent).
+    pub fn check(&self) -> Result<(), String> {
+        let by_sequence = |from: &Position| {
+            matches!(
+                from,
+                Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
+            )
+        };
+        match &self.command {
+            Command::Read { args, .. } if args.shard.is_none() && by_sequence(&args.from) => {
+                Err("--from at:SEQ and after:SEQ need --shard: sequence numbers are per shard".into())
+            }
+            Command::Consume { args, .. } if by_sequence(&args.from) => Err(
+                "a group starts at --from oldest, latest or time:RFC3339 (its checkpoints say where each shard goes on)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The server a client command talks to: the flag after the command, else the one
     /// before it, else the default.
     pub fn server(&self) -> String {

@@ -94,6 +94,17 @@ fn change_err(name: &str) -> impl Fn(ClientError) -> String + '_ {
     }
 }
 
+/// A server's complaint about a request field, in the words of the flag that set it.
+fn as_flags(message: String) -> String {
+    [
+        ("invalid new_starting_hash_key", "invalid --at"),
+        ("invalid adjacent_shard_id", "invalid --with"),
+        ("invalid shard_id", "invalid --shard"),
+    ]
+    .iter()
+    .fold(message, |m, (field, flag)| m.replace(field, flag))
+}
+
 /// A failed write to standard output. A reader that went away (`spate read s | head`) ends
 /// the command at once and quietly, with the status of a process that SIGPIPE ended (141),
 /// as `cat` and other Unix filters do; any other failure is an error.
@@ -273,6 +284,13 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
                         .iter()
                         .find(|s| s.id == shard)
                         .ok_or_else(|| format!("stream {name} has no shard {shard}"))?;
+                    if s.hash_key_start == s.hash_key_end {
+                        return Err(format!(
+                            "shard {shard} of {name} holds a single hash key ({}): it cannot be split",
+                            s.hash_key_start
+                        ));
+                    }
+                    // The upper middle: the first child gets the lower half, rounded up.
                     s.hash_key_start + (s.hash_key_end - s.hash_key_start) / 2 + 1
                 }
             };
@@ -280,7 +298,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             let r = client
                 .split_shard(&name, shard, at)
                 .await
-                .map_err(change_err(&name))?;
+                .map_err(|e| as_flags(change_err(&name)(e)))?;
             print_reshard(
                 &format!("split shard {shard} of {name} at {at}"),
                 &r,
@@ -292,7 +310,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             let r = client
                 .merge_shards(&name, shard, with)
                 .await
-                .map_err(change_err(&name))?;
+                .map_err(|e| as_flags(change_err(&name)(e)))?;
             print_reshard(
                 &format!("merged shards {shard} and {with} of {name}"),
                 &r,
@@ -763,14 +781,6 @@ async fn read(client: &Client, server: &str, args: ReadArgs) -> Result<(), Strin
     let shards = match args.shard {
         Some(id) => vec![id],
         None => {
-            if matches!(
-                args.from,
-                Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
-            ) {
-                return Err(
-                    "at:SEQ and after:SEQ need --shard: sequence numbers are per shard".into(),
-                );
-            }
             let info = client.describe_stream(&args.name).await.map_err(err)?;
             lineage_order(&info)
         }
@@ -961,8 +971,11 @@ async fn follow_all(
         }
         for id in ready {
             started.push(id);
-            // A child starts where its keys begin: its first record.
-            let from = if shards_at_start_contains(&info, id, &started) {
+            // A child starts where its keys begin (its first record), or, reading from a
+            // time, at that time as its parents did (its records before it are older).
+            let from = if shards_at_start_contains(&info, id, &started)
+                || matches!(args.from, Position::AtTimestamp { .. })
+            {
                 args.from
             } else {
                 Position::TrimHorizon
@@ -1134,12 +1147,6 @@ async fn subscribe(client: &Client, args: SubscribeArgs) -> Result<(), String> {
 
 /// `consume --group`: a member of a consumer group; checkpoints each batch once printed.
 async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
-    if matches!(
-        args.from,
-        Position::AtSequenceNumber { .. } | Position::AfterSequenceNumber { .. }
-    ) {
-        return Err("a group starts at oldest, latest or time:RFC3339".into());
-    }
     let mut printer = Printer {
         out: std::io::stdout().lock(),
         format: args.format,

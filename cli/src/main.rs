@@ -15,6 +15,7 @@ mod top;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::args::{Cli, Command, LogFormat};
@@ -22,6 +23,12 @@ use crate::args::{Cli, Command, LogFormat};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `spate`, `spate stream`: what there is to run, in full (still a usage error).
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{e}").and_then(|()| err.flush());
+            return ExitCode::from(2);
+        }
         Err(e) if e.use_stderr() => {
             eprintln!("spate: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
@@ -34,6 +41,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if let Err(reason) = cli.check() {
+        eprintln!("spate: {reason}");
+        return ExitCode::from(2);
+    }
     let serving = matches!(cli.command, Command::Serve(_));
     let server = cli.server();
     let tls = cli.tls();

@@ -510,6 +510,65 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         b"",
         "20000000 is not in 1..=10485760",
     );
+    // The largest limit a stream may choose takes a record of exactly that much data, even
+    // under the longest key; a byte more is refused before it is sent.
+    ok(
+        a,
+        &[
+            "stream",
+            "create",
+            "huge",
+            "--shards",
+            "1",
+            "--limits",
+            "off",
+            "--max-record-bytes",
+            "10485760",
+            "--wait",
+        ],
+        b"",
+    );
+    let blob: Vec<u8> = (0..10u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let blob_file = dir.path().join("blob");
+    std::fs::write(&blob_file, &blob).unwrap();
+    let long_key = "k".repeat(256);
+    let blob_path = blob_file.to_str().unwrap();
+    assert_eq!(
+        ok(
+            a,
+            &["put", "huge", "--key", &long_key, "--file", blob_path],
+            b""
+        ),
+        "0 0\n"
+    );
+    let back = spate(
+        a,
+        &[
+            "read",
+            "huge",
+            "--format",
+            "raw",
+            "--delimiter",
+            "\\n",
+            "--limit",
+            "1",
+        ],
+        b"",
+    );
+    assert!(back.status.success());
+    assert_eq!(back.stdout.len(), blob.len() + 1);
+    assert!(
+        back.stdout[..blob.len()] == blob[..],
+        "the record came back changed"
+    );
+    std::fs::write(&blob_file, [&blob[..], b"+"].concat()).unwrap();
+    fails(
+        a,
+        &["put", "huge", "--key", "k", "--file", blob_path],
+        b"",
+        "record data of 10485761 bytes exceeds the stream's limit of 10485760",
+    );
+    assert_eq!(ok(a, &["stream", "delete", "huge"], b""), "");
     fails(
         a,
         &["stream", "set-retention", "other", "--hours", "9000"],
@@ -628,6 +687,34 @@ fn failures_are_one_line_and_non_zero() {
     assert_eq!(out.status.code(), Some(2));
     let out = fails("127.0.0.1:1", &["stream", "create", "s"], b"", "--shards");
     assert_eq!(out.status.code(), Some(2));
+    // Flags that parse alone but not together are command-line errors too, found before
+    // anything is sent.
+    let out = fails(
+        "127.0.0.1:1",
+        &["read", "s", "--from", "at:1"],
+        b"",
+        "need --shard",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = fails(
+        "127.0.0.1:1",
+        &["consume", "s", "--group", "g", "--from", "after:5"],
+        b"",
+        "a group starts at --from oldest, latest or time",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    // A command with its subcommand missing prints its full help (what there is to run)
+    // on stderr, status 2.
+    for (args, lists) in [(vec![], "serve"), (vec!["stream"], "set-retention")] {
+        let out = Command::new(SPATE).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            stderr.contains("Usage:") && stderr.contains("Commands:") && stderr.contains(lists),
+            "{args:?}: {stderr}"
+        );
+    }
     // Startup errors of serve end with one `spate:` line (logs may precede it).
     let dir = tempfile::tempdir().unwrap();
     for args in [
@@ -1432,6 +1519,69 @@ fn split_merge_scale_and_a_follower_that_crosses_a_split() {
     let data: Vec<&[u8]> = all.iter().map(|r| r.4.as_slice()).collect();
     assert_eq!(data.len(), 11);
     assert_eq!(data[10], b"new", "the parent's records come first");
+
+    // A shard of one hash key cannot be split: said in those words, not as a key of 0.
+    ok(
+        a,
+        &[
+            "stream", "create", "one", "--shards", "1", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+    let max = u128::MAX.to_string();
+    ok(
+        a,
+        &["stream", "split", "one", "--shard", "0", "--at", &max],
+        b"",
+    );
+    fails(
+        a,
+        &["stream", "split", "one", "--shard", "2"],
+        b"",
+        "shard 2 of one holds a single hash key",
+    );
+    // The server's complaint names the flag.
+    fails(
+        a,
+        &["stream", "split", "one", "--shard", "1", "--at", "0"],
+        b"",
+        "invalid --at: 0",
+    );
+
+    // --follow from a time reads the children from that time too, as their parents.
+    ok(
+        a,
+        &[
+            "stream", "create", "tf", "--shards", "1", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+    ok(a, &["put", "tf", "--key", "k1", "parent"], b"");
+    ok(a, &["stream", "split", "tf", "--shard", "0"], b"");
+    ok(a, &["put", "tf", "--key", "k1", "child-old"], b"");
+    let ts_of = |data: &[u8]| {
+        parse_read(&ok(a, &["read", "tf"], b""))
+            .into_iter()
+            .filter(|r| r.4 == data)
+            .map(|r| r.3)
+            .next_back()
+            .unwrap()
+    };
+    let old_ts = ts_of(b"child-old");
+    // The first record stamped after it (the clock may not have moved for the next put).
+    let mut t = old_ts;
+    while t <= old_ts {
+        ok(a, &["put", "tf", "--key", "k1", "child-new"], b"");
+        t = ts_of(b"child-new");
+    }
+    let from = format!("time:{}", rfc3339(t));
+    let followed = parse_read(&ok(
+        a,
+        &["read", "tf", "--from", &from, "--follow", "--limit", "1"],
+        b"",
+    ));
+    assert_eq!(followed[0].4, b"child-new", "{followed:?}");
+    assert_eq!(followed[0].3, t);
     server.stop(libc::SIGTERM);
 }
 

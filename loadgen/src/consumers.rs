@@ -61,6 +61,8 @@ fn stop_tip(stop: &watch::Receiver<StopAt>, shard: u32) -> Option<Option<u64>> {
 
 /// Failed reads in a row after which a reader, subscription or worker gives up.
 const ERRORS_IN_A_ROW_MAX: u32 = 10;
+/// The least a throttled read waits (a hint of 0 is not an invitation to spin).
+const THROTTLED_WAIT_MIN_MS: u64 = 10;
 /// How long the group's workers may take to settle their leases before the run starts.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a worker is dropped, how long a description of the group is polled for the
@@ -80,6 +82,8 @@ pub(crate) struct ConsumerStats {
     pub received_in_window: u64,
     /// Delivered again (see [`crate::report::ConsumerReport::redelivered`]); whole run.
     pub redelivered: u64,
+    /// Reads the shard's read limit refused, each waited out as the server said.
+    pub throttled: u64,
     pub errors: u64,
 }
 
@@ -361,6 +365,14 @@ async fn follow(
                 account(&sh, &stats, &records.records, None);
             }
             Ok(None) => return,
+            // The shard's read limit (Kinesis: 5 reads and 2 MiB a second): what a
+            // consumer at the tip meets all the time; waited out as the server says, as a
+            // Kinesis consumer backs off, and counted apart from failures.
+            Err(e) if e.code() == Some(spate_client::ErrorCode::ReadThrottled) => {
+                stats.lock().expect("stats lock").throttled += 1;
+                let wait = u64::from(e.retry_after_ms()).max(THROTTLED_WAIT_MIN_MS);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
             Err(e) => {
                 stats.lock().expect("stats lock").errors += 1;
                 errors_in_a_row += 1;

@@ -56,6 +56,10 @@ pub struct ConsumerReport {
     /// delivered twice, which the engine promises never happens).
     #[serde(default)]
     pub redelivered: u64,
+    /// Reads refused by the shard's read limit (`ReadThrottled`), each waited out as the
+    /// server's hint said: not failures.
+    #[serde(default)]
+    pub throttled: u64,
     /// Failed reads (after the client's retries).
     pub errors: u64,
 }
@@ -283,6 +287,10 @@ pub struct Report {
     /// With consumers: records delivered more than once (whole run).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub redelivered: Option<u64>,
+    /// With consumers: reads the shards' read limits refused and the consumers waited out
+    /// (whole run; see [`ConsumerReport::throttled`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub consumer_reads_throttled: Option<u64>,
     /// `--consumer-mode group`: the group's checkpoints, leases and failover.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub group: Option<GroupReport>,
@@ -496,6 +504,7 @@ impl Report {
                 "MiB/s",
                 "slowest/s",
                 "redelivered",
+                "throttled",
             ]);
             let slowest = self
                 .per_consumer_records_per_s
@@ -514,6 +523,7 @@ impl Report {
                         "-".into()
                     },
                     self.redelivered.unwrap_or(0).to_string(),
+                    self.consumer_reads_throttled.unwrap_or(0).to_string(),
                 ],
             );
         }
@@ -809,6 +819,7 @@ pub(crate) mod tests {
                 received_records_per_s: 4.0,
                 e2e_latency_us: h.summary(),
                 redelivered: 0,
+                throttled: 3,
                 errors: 0,
             }],
             consumer_mode: Some(ConsumerMode::Poll),
@@ -817,6 +828,7 @@ pub(crate) mod tests {
             consumed_mib_per_s: Some(4096.0 / 1048576.0),
             per_consumer_records_per_s: vec![4.0],
             redelivered: Some(0),
+            consumer_reads_throttled: Some(3),
             group: None,
             verify: Some(VerifyReport::default()),
             loadgen_cpu: CpuUse::default(),
@@ -891,6 +903,7 @@ pub(crate) mod tests {
             consumed_mib_per_s: None,
             per_consumer_records_per_s: Vec::new(),
             redelivered: None,
+            consumer_reads_throttled: None,
             verify: None,
             ..sample()
         };
@@ -950,7 +963,7 @@ pub(crate) mod tests {
             .unwrap_or_else(|| panic!("no consumers row in\n{table}"));
         assert_eq!(
             row.split_whitespace().skip(2).collect::<Vec<_>>(),
-            ["4", "4.0", "0.00", "4.0", "3"]
+            ["4", "4.0", "0.00", "4.0", "3", "3"]
         );
         assert!(table.contains(
             "\ngroup loadgen-1: lease timeout 6000 ms, 12 checkpoints (p50 1.500 ms, p99 20.000 \

@@ -740,6 +740,7 @@ async fn run_on_stream(
                 received_records_per_s: s.received_in_window as f64 / duration_s,
                 e2e_latency_us: s.e2e.summary(),
                 redelivered: s.redelivered,
+                throttled: s.throttled,
                 errors: s.errors,
             }
         })
@@ -818,6 +819,8 @@ async fn run_on_stream(
         consumed_mib_per_s: with_consumers.then(|| consumed_bytes as f64 / MIB / duration_s),
         per_consumer_records_per_s: consumers.iter().map(|c| c.records_per_s).collect(),
         redelivered: with_consumers.then(|| consumers.iter().map(|c| c.redelivered).sum()),
+        consumer_reads_throttled: with_consumers
+            .then(|| consumers.iter().map(|c| c.throttled).sum()),
         group: group.map(|(report, _)| report),
         consumers,
         verify,

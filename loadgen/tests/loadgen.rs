@@ -110,6 +110,38 @@ fn open_loop_run_with_consumers_verifies_clean() {
     }
 }
 
+/// Polling consumers at the tip under Kinesis' read limit (5 reads a second a shard) are
+/// refused reads all the time: each is waited out as the server's hint says and counted as
+/// throttled, not as a failed read, and the run (every record read) succeeds.
+#[test]
+fn polling_consumers_wait_out_the_read_limit_and_the_run_succeeds() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(2),
+        limits: LimitsArg::Kinesis,
+        producers: 1,
+        rate: 200.0,
+        size: SizeSpec::parse("100").unwrap(),
+        keys: 50,
+        duration_s: 2.0,
+        consumers: 1,
+        verify: true,
+        read_wait_ms: 200,
+        spin_us: 0,
+        ..env.config("lg-read-limit")
+    };
+    let r = run_blocking(&cfg).expect("run succeeds");
+    eprintln!("{}", r.summary_line());
+    assert_eq!(r.failure(), None, "{}", r.summary_line());
+    let c = &r.consumers[0];
+    assert_eq!((c.records, c.errors), (r.records_acked, 0));
+    // A record every 10 ms a shard, each ending a long-poll: over 5 reads a second.
+    assert!(c.throttled > 0, "no read was throttled: {c:?}");
+    assert_eq!(r.consumer_reads_throttled, Some(c.throttled));
+    let v = r.verify.expect("verify ran");
+    assert_eq!((v.lost, v.duplicated, v.reordered, v.corrupt), (0, 0, 0, 0));
+}
+
 /// The consumer keys every mode's JSON report holds.
 fn assert_consumer_keys(r: &spate_loadgen::Report, mode: &str, consumers: usize) {
     let json = serde_json::to_value(r).unwrap();

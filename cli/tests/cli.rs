@@ -741,6 +741,35 @@ fn failures_are_one_line_and_non_zero() {
         let last = stderr.lines().last().unwrap_or_default();
         assert!(last.starts_with("spate: "), "{args:?}: {stderr}");
     }
+    // A core's own port (the listen port + 1 + its index) that is taken is named as such.
+    let listen = free_listen_addr();
+    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    let out = Command::new(SPATE)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen",
+            &listen,
+            "--cores",
+            "0",
+            "--metrics-listen",
+            "off",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!(
+            "spate: cannot start: cannot listen on 127.0.0.1:{} (core 0's own port",
+            port + 1
+        )),
+        "{stderr}"
+    );
     // --help goes to stdout with status 0.
     let out = Command::new(SPATE).arg("--help").output().unwrap();
     assert!(out.status.success());

@@ -182,8 +182,14 @@ pub(crate) fn listen<S: Storage + 'static>(
     // another core's.
     *core.net.tls.borrow_mut() = ServerTls::load(&core.cfg)?;
     let reuse_port = public.is_some_and(|p| p.port() != 0);
-    let public_listener = public.map(|p| bind_listener(p, reuse_port)).transpose()?;
-    let own_listener = bind_listener(own, false)?;
+    let public_listener = public
+        .map(|p| bind_listener(p, reuse_port, "the listen address"))
+        .transpose()?;
+    let own_role = format!(
+        "core {}'s own port, where shard-aware clients reach it: the listen port + 1 + {}",
+        core.index, core.index
+    );
+    let own_listener = bind_listener(own, false, &own_role)?;
     let local = |l: &TcpListener| {
         l.local_addr()
             .map_err(|e| EngineError::Startup(format!("listener address: {e}")))
@@ -275,10 +281,12 @@ pub(crate) async fn close_connections<S: Storage + 'static>(core: &Core<S>) {
 fn bind_listener(
     addr: SocketAddr,
     reuse_port: bool,
+    role: &str,
 ) -> Result<(TcpListener, std::os::fd::RawFd), EngineError> {
     use socket2::{Domain, Socket, Type};
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let fail = |e: io::Error| EngineError::Startup(format!("cannot listen on {addr}: {e}"));
+    let fail =
+        |e: io::Error| EngineError::Startup(format!("cannot listen on {addr} ({role}): {e}"));
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
     socket.set_reuse_port(reuse_port).map_err(fail)?;

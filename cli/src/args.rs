@@ -397,12 +397,14 @@ pub enum AuditCommand {
         /// How many of the newest lines to start with.
         #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         lines: u32,
+        /// Keep printing new lines as the server writes them.
         #[arg(long)]
         follow: bool,
     },
     /// Check the audit files of a data directory (offline): every line's hash and the
     /// chain across lines and files; prints a JSON summary, exits 1 on damage.
     Verify {
+        /// The server's data directory (its audit files are in `audit/` there).
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
@@ -411,23 +413,54 @@ pub enum AuditCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConsumerCommand {
     /// Register CONSUMER on stream NAME; prints its description as JSON.
-    Register { name: String, consumer: String },
+    Register {
+        /// Stream name.
+        name: String,
+        /// Consumer name (1..=128 characters of [a-zA-Z0-9_.-]).
+        consumer: String,
+    },
     /// The stream's consumers, as a JSON array.
-    List { name: String },
+    List {
+        /// Stream name.
+        name: String,
+    },
     /// One consumer, as JSON.
-    Describe { name: String, consumer: String },
+    Describe {
+        /// Stream name.
+        name: String,
+        /// Consumer name.
+        consumer: String,
+    },
     /// Remove CONSUMER; its subscriptions end.
-    Deregister { name: String, consumer: String },
+    Deregister {
+        /// Stream name.
+        name: String,
+        /// Consumer name.
+        consumer: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
     /// A group's members, leases, checkpoints and lag per shard, as one JSON object.
-    Describe { name: String, group: String },
+    Describe {
+        /// Stream name.
+        name: String,
+        /// Consumer group name.
+        group: String,
+    },
     /// The stream's groups, one per line.
-    List { name: String },
+    List {
+        /// Stream name.
+        name: String,
+    },
     /// Remove a group and its checkpoints.
-    Delete { name: String, group: String },
+    Delete {
+        /// Stream name.
+        name: String,
+        /// Consumer group name.
+        group: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -437,6 +470,7 @@ pub struct SubscribeArgs {
     /// The registered consumer to read as.
     #[arg(long, value_name = "CONSUMER")]
     pub consumer: String,
+    /// The shard to subscribe to.
     #[arg(long, value_name = "ID")]
     pub shard: u32,
     /// Where to start: oldest, latest, at:SEQ, after:SEQ or time:RFC3339.
@@ -445,8 +479,10 @@ pub struct SubscribeArgs {
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
+    /// What follows each record with --format raw (escapes as for put).
     #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, default_value = "\\n")]
     pub delimiter: Delimiter,
 }
@@ -550,7 +586,8 @@ pub enum StreamCommand {
     Create {
         /// Stream name.
         name: String,
-        /// Number of shards (1..=65536); with `--mode on-demand`, 4 unless given.
+        /// Number of shards (1..=65536; the server's `max_shards_per_stream` allows 10,000
+        /// by default); with `--mode on-demand`, 4 unless given.
         #[arg(long, value_name = "N", required_unless_present = "mode", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
         shards: Option<u32>,
         /// Capacity mode: provisioned (the shards you choose) or on-demand (the engine
@@ -675,7 +712,8 @@ pub enum StreamCommand {
     Scale {
         /// Stream name.
         name: String,
-        /// The open-shard count afterwards (1..=65536).
+        /// The open-shard count afterwards (1..=65536; the server's `max_shards_per_stream`
+        /// allows 10,000 by default).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(spate_protocol::stream::MAX_SHARDS_PER_STREAM)))]
         shards: u32,
     },
@@ -725,8 +763,9 @@ pub struct PutArgs {
     /// this top-level field (a string or a number).
     #[arg(long, value_name = "FIELD", conflicts_with_all = ["data", "file", "delimiter"])]
     pub key_field: Option<String>,
-    /// Records in standard input end with this instead of a newline (escapes: \n, \t,
-    /// \0, \\, \xHH); the last one needs none.
+    /// Records in standard input end with this instead of a newline (escapes: \n, \r,
+    /// \t, \0, \\, \xHH); the last one needs none. Without it a record is a line, and a
+    /// CR before its newline (a CRLF file's) is not part of it.
     #[arg(long, value_name = "DELIMITER", value_parser = parse_delimiter, conflicts_with_all = ["data", "file"])]
     pub delimiter: Option<Delimiter>,
     /// A file whose whole content is one record; repeat for more records, sent in order.

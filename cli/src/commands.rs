@@ -155,21 +155,22 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
             } else {
                 String::new()
             };
+            let shard_count = plural(u64::from(shards), "shard");
             if status == StreamStatus::Active {
-                eprintln!("created stream {name} with {shards} shards{sealed}");
+                eprintln!("created stream {name} with {shard_count}{sealed}");
             } else if wait {
-                eprintln!("creating stream {name} with {shards} shards{sealed} ...");
-                wait_active(client, &name, None).await?;
-                eprintln!("created stream {name} with {shards} shards{sealed}");
+                eprintln!("creating stream {name} with {shard_count}{sealed} ...");
+                wait_active(client, &name, None, true).await?;
+                eprintln!("created stream {name} with {shard_count}{sealed}");
             } else {
                 eprintln!(
-                    "creating stream {name} with {shards} shards{sealed} (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
+                    "creating stream {name} with {shard_count}{sealed} (status CREATING); `spate stream wait {name}` waits until it is ACTIVE"
                 );
             }
             if on_demand {
                 // A second request: if it fails, the stream stays provisioned (it says so).
                 if status != StreamStatus::Active && !wait {
-                    wait_active(client, &name, None).await?;
+                    wait_active(client, &name, None, true).await?;
                 }
                 client
                     .update_stream_mode(&name, spate_client::CapacityMode::OnDemand, max_write_mib)
@@ -221,7 +222,7 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
         }
         StreamCommand::Wait { name, timeout } => {
             let timeout = (timeout > 0).then(|| Duration::from_secs(timeout));
-            wait_active(client, &name, timeout).await?;
+            wait_active(client, &name, timeout, false).await?;
             eprintln!("stream {name} is ACTIVE");
         }
         StreamCommand::List { json } => {
@@ -335,13 +336,49 @@ async fn stream(client: &Client, command: StreamCommand) -> Result<(), String> {
 
 /// A reshard's outcome: what it did on stderr, and on stdout one JSON object with the new
 /// shard-map version and the shards it opened.
+/// `n` and `noun`, plural unless one: "1 shard", "4 shards".
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Shard ids for people: runs of consecutive ids as `a-b` ("1-1000, 1003"), so that a
+/// scale to a thousand shards is one short line (standard output's JSON lists each id).
+fn id_runs(ids: &[u32]) -> String {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &id in ids {
+        match runs.last_mut() {
+            Some((_, end)) if end.checked_add(1) == Some(id) => *end = id,
+            _ => runs.push((id, id)),
+        }
+    }
+    runs.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_reshard(what: &str, r: &spate_client::Reshard, started: Instant) -> Result<(), String> {
     if r.new_shards.is_empty() {
         eprintln!("{what}: nothing to change");
     } else {
         eprintln!(
-            "{what}: new shards {:?}, shard-map version {} ({} ms)",
-            r.new_shards,
+            "{what}: new {} {}, shard-map version {} ({} ms)",
+            if r.new_shards.len() == 1 {
+                "shard"
+            } else {
+                "shards"
+            },
+            id_runs(&r.new_shards),
             r.map_version,
             started.elapsed().as_millis()
         );
@@ -357,17 +394,26 @@ fn print_reshard(what: &str, r: &spate_client::Reshard, started: Instant) -> Res
 }
 
 /// Describes `name` until it is ACTIVE, saying every few seconds that it is still waiting.
-async fn wait_active(client: &Client, name: &str, timeout: Option<Duration>) -> Result<(), String> {
+/// `created`: the stream was just created here (so a disappearance is a create undone).
+async fn wait_active(
+    client: &Client,
+    name: &str,
+    timeout: Option<Duration>,
+    created: bool,
+) -> Result<(), String> {
     let start = Instant::now();
     let mut said = start;
     let mut pause = Duration::from_millis(50);
     loop {
         let info = match client.describe_stream(name).await {
             Ok(info) => info,
-            Err(e) if e.code() == Some(ErrorCode::UnknownStream) => {
+            Err(e) if e.code() == Some(ErrorCode::UnknownStream) && created => {
                 return Err(format!(
-                    "stream {name} does not exist (a create that failed is undone: the server's log says why)"
+                    "stream {name} no longer exists: its create failed and was undone (the server's log says why)"
                 ))
+            }
+            Err(e) if e.code() == Some(ErrorCode::UnknownStream) => {
+                return Err(format!("stream {name} does not exist"))
             }
             Err(e) => return Err(e.to_string()),
         };
@@ -1457,4 +1503,22 @@ pub fn audit_verify(data_dir: &std::path::Path) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{id_runs, plural};
+
+    #[test]
+    fn shard_ids_print_as_runs_and_counts_agree_with_their_noun() {
+        assert_eq!(id_runs(&[]), "");
+        assert_eq!(id_runs(&[4]), "4");
+        assert_eq!(id_runs(&[1, 2]), "1-2");
+        let scaled: Vec<u32> = (5..=1004).chain([1010, 1011, 7]).collect();
+        assert_eq!(id_runs(&scaled), "5-1004, 1010-1011, 7");
+        assert_eq!(id_runs(&[u32::MAX - 1, u32::MAX]), "4294967294-4294967295");
+        assert_eq!(plural(1, "shard"), "1 shard");
+        assert_eq!(plural(0, "shard"), "0 shards");
+        assert_eq!(plural(4, "shard"), "4 shards");
+    }
 }

@@ -1740,7 +1740,7 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
         a,
         &["consume", "f", "--group", "g", "--from", "at:3"],
         b"",
-        "a group starts at oldest, latest or time",
+        "a group starts at --from oldest, latest or time",
     );
     server.stop(libc::SIGTERM);
 }

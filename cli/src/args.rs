@@ -649,7 +649,7 @@ pub enum StreamCommand {
         hours: u32,
     },
     /// Split an open shard in two at a hash key (Kinesis' SplitShard); the shard closes and
-    /// stays readable until retention removes its records.
+    /// stays readable until retention removes its records. Provisioned streams only.
     Split {
         /// Stream name.
         name: String,
@@ -662,6 +662,7 @@ pub enum StreamCommand {
         at: Option<u128>,
     },
     /// Merge two open shards whose hash-key ranges touch (Kinesis' MergeShards).
+    /// Provisioned streams only.
     Merge {
         /// Stream name.
         name: String,
@@ -708,7 +709,7 @@ pub enum StreamCommand {
         name: String,
     },
     /// Change the number of open shards, with even hash-key ranges (Kinesis'
-    /// UpdateShardCount, uniform scaling), by splits and merges.
+    /// UpdateShardCount, uniform scaling), by splits and merges. Provisioned streams only.
     Scale {
         /// Stream name.
         name: String,

@@ -2010,20 +2010,29 @@ impl<S: Storage + 'static> Core<S> {
         match op {
             ControlOp::Snapshot => unreachable!("answered above"),
             ControlOp::SplitShard { name, shard_id, at } => {
-                self.reshard(&name, |s, now| s.plan_split(shard_id, at, now))
-                    .await
+                self.reshard(&name, |s, now| {
+                    provisioned_only(s, "SplitShard")?;
+                    s.plan_split(shard_id, at, now)
+                })
+                .await
             }
             ControlOp::MergeShards {
                 name,
                 shard_id,
                 adjacent,
             } => {
-                self.reshard(&name, |s, now| s.plan_merge(shard_id, adjacent, now))
-                    .await
+                self.reshard(&name, |s, now| {
+                    provisioned_only(s, "MergeShards")?;
+                    s.plan_merge(shard_id, adjacent, now)
+                })
+                .await
             }
             ControlOp::UpdateShardCount { name, target } => {
-                self.reshard(&name, |s, now| s.plan_scale(target, now))
-                    .await
+                self.reshard(&name, |s, now| {
+                    provisioned_only(s, "UpdateShardCount")?;
+                    s.plan_scale(target, now)
+                })
+                .await
             }
             ControlOp::ExpireClosedShards => self.expire_closed_shards().await,
             ControlOp::SetMode {
@@ -3175,4 +3184,16 @@ impl CoreMsg {
             CoreMsg::Load { reply } => no(reply),
         }
     }
+}
+
+/// Kinesis: SplitShard, MergeShards and UpdateShardCount are for provisioned streams; an
+/// on-demand stream's shards are the engine's to split and merge.
+fn provisioned_only(entry: &StreamEntry, op: &str) -> Result<(), EngineError> {
+    if entry.mode == crate::catalog::CapacityMode::OnDemand {
+        return Err(EngineError::InvalidArgument(format!(
+            "{op} is for provisioned streams; stream {:?} is on-demand (the engine splits and merges its shards): switch it to provisioned first",
+            entry.name
+        )));
+    }
+    Ok(())
 }

@@ -527,6 +527,13 @@ impl RunConfig {
                     .into(),
             );
         }
+        if self.on_demand && !self.reshards.is_empty() {
+            return Err(
+                "--reshard splits and merges a provisioned stream; an --on-demand stream's shards \
+                 are the engine's (it refuses SplitShard, MergeShards and UpdateShardCount)"
+                    .into(),
+            );
+        }
         if self.on_demand && self.create_shards.is_none() {
             return Err(
                 "--on-demand switches a stream the run creates (--create-shards) to on-demand"
@@ -834,6 +841,9 @@ mod tests {
         c.create_shards = Some(4);
         c.timeline = true;
         c.validate().unwrap();
+        c.reshards.push(ReshardStep::parse("5:split=0").unwrap());
+        assert!(c.validate().unwrap_err().contains("provisioned"));
+        c.reshards.clear();
         assert_eq!(
             c.command_line(),
             "spate-loadgen --server 127.0.0.1:7400 --stream s --create-shards 4 --limits kinesis \

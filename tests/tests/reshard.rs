@@ -391,6 +391,33 @@ fn an_on_demand_stream_splits_when_it_throttles_and_merges_when_quiet() {
         let info = client.describe_stream("auto").await.unwrap();
         assert_eq!(info.mode, spate_client::CapacityMode::OnDemand);
         assert_eq!(open(&info), 4, "on-demand starts at 4 shards");
+        // Its shards are the engine's: the user's resharding calls are refused, as Kinesis
+        // refuses them on an on-demand stream.
+        let first = info
+            .shards
+            .iter()
+            .find(|s| s.state == ShardState::Open)
+            .unwrap();
+        for refused in [
+            client
+                .split_shard("auto", first.id, first.hash_key_start + 1)
+                .await,
+            client.update_shard_count("auto", 8).await,
+        ] {
+            let e = refused.unwrap_err();
+            assert_eq!(
+                e.code(),
+                Some(spate_client::ErrorCode::InvalidArgument),
+                "{e}"
+            );
+            assert!(e.to_string().contains("on-demand"), "{e}");
+        }
+        let e = client.merge_shards("auto", 0, 1).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("MergeShards is for provisioned streams"),
+            "{e}"
+        );
         // A stream whose ceiling is its starting capacity (4 shards of 1 MiB/s) throttles
         // (10 records/s a shard) but never splits: throttled before "auto" below, so the
         // look that splits "auto" has seen it throttle.

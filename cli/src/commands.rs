@@ -1191,6 +1191,23 @@ async fn subscribe(client: &Client, args: SubscribeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The first SIGINT or SIGTERM from now on: its name and the exit status a shell gives a
+/// process it ended (128 + the signal's number).
+fn stop_signal() -> Result<impl std::future::Future<Output = (&'static str, i32)>, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handler = |kind| signal(kind).map_err(|e| format!("cannot install a signal handler: {e}"));
+    let (mut int, mut term) = (
+        handler(SignalKind::interrupt())?,
+        handler(SignalKind::terminate())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
+        }
+    })
+}
+
 /// `consume --group`: a member of a consumer group; checkpoints each batch once printed.
 async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
     let mut printer = Printer {
@@ -1210,6 +1227,12 @@ async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
     if let Some(w) = args.worker {
         options.worker = w;
     }
+    // Ctrl-C or SIGTERM: leave the group, so that its other members take this worker's
+    // shards at once instead of after the lease timeout (what was printed is checkpointed;
+    // a batch not yet printed comes again to whoever takes its shard). Caught from before
+    // the join, so that one sent once the join is announced is not missed.
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
     let mut worker = spate_client::GroupWorker::join(client, &args.name, &args.group, options)
         .await
         .map_err(err)?;
@@ -1219,7 +1242,21 @@ async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
         args.name,
         worker.worker()
     );
-    while let Some(event) = worker.next().await {
+    loop {
+        let event = tokio::select! {
+            event = worker.next() => event,
+            (signal, status) = &mut stop => {
+                worker.leave().await.map_err(err)?;
+                eprintln!(
+                    "spate: stopped by {signal}; left group {}, whose other members take its shards now",
+                    args.group
+                );
+                std::process::exit(status);
+            }
+        };
+        let Some(event) = event else {
+            break;
+        };
         match event.map_err(err)? {
             spate_client::GroupEvent::Records {
                 shard_id, records, ..

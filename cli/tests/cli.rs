@@ -1734,6 +1734,35 @@ fn consumers_subscriptions_and_a_group_that_resumes_after_its_checkpoints() {
             "no row for shard {shard}: {frame}"
         );
     }
+    // A member stopped by SIGTERM (or Ctrl-C) leaves the group on its way out, so that its
+    // shards go to the others at once rather than after the lease timeout.
+    let mut member = Command::new(SPATE)
+        .args(["--server", a, "consume", "f", "--group", "etl"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(member.stderr.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert!(line.starts_with("joined group etl on f as "), "{line:?}");
+    let members = || {
+        let g: Value =
+            serde_json::from_str(&ok(a, &["group", "describe", "f", "etl"], b"")).unwrap();
+        g["members"].as_array().unwrap().len()
+    };
+    assert_eq!(members(), 1);
+    // SAFETY: kill(2) on our child, not yet reaped.
+    unsafe { libc::kill(member.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait_with_watchdog(&mut member);
+    let mut rest = String::new();
+    said.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(143), "{rest}");
+    assert!(
+        rest.contains("stopped by SIGTERM; left group etl"),
+        "{rest:?}"
+    );
+    assert_eq!(members(), 0, "it left");
     ok(a, &["group", "delete", "f", "etl"], b"");
     fails(a, &["group", "describe", "f", "etl"], b"", "UnknownGroup");
     fails(

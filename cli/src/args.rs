@@ -20,13 +20,31 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A secret file's secret, and the access key id it names if any: either the secret on its
+/// first line, or the JSON object `auth principal create` prints and the server writes to
+/// `root.credentials` (`access_key_id` and `secret`).
+fn secret_file_contents(text: &str) -> Result<(String, Option<String>), String> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| format!("not a JSON credentials object: {e}"))?;
+        let field = |name: &str| v.get(name).and_then(|f| f.as_str()).map(str::to_owned);
+        let secret = field("secret").ok_or("a JSON credentials object without \"secret\"")?;
+        return Ok((secret, field("access_key_id")));
+    }
+    let first = text.lines().next().unwrap_or("").trim().to_string();
+    Ok((first, None))
+}
+
 /// Who a client command authenticates as (before the command).
 #[derive(Debug, Clone, Default, Args)]
 pub struct CredArgs {
     /// The principal's access key id [default: SPATE_ACCESS_KEY_ID].
     #[arg(long, value_name = "ID")]
     pub access_key_id: Option<String>,
-    /// A file holding the principal's secret (its first line) [default: SPATE_SECRET].
+    /// A file holding the principal's secret (its first line), or the JSON credentials
+    /// `auth principal create` prints (root.credentials too), which name the access key id
+    /// [default: SPATE_SECRET].
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
 }
@@ -37,7 +55,9 @@ pub struct CredAfterArgs {
     /// The principal's access key id [default: SPATE_ACCESS_KEY_ID].
     #[arg(long = "access-key-id", value_name = "ID", global = true)]
     pub access_key_id: Option<String>,
-    /// A file holding the principal's secret (its first line) [default: SPATE_SECRET].
+    /// A file holding the principal's secret (its first line), or the JSON credentials
+    /// `auth principal create` prints (root.credentials too), which name the access key id
+    /// [default: SPATE_SECRET].
     #[arg(long = "secret-file", value_name = "FILE", global = true)]
     pub secret_file: Option<PathBuf>,
 }
@@ -172,22 +192,23 @@ impl Cli {
     /// unauthenticated.
     pub fn credentials(&self) -> Result<Option<Credentials>, String> {
         let after = self.after().map(|a| a.creds.clone()).unwrap_or_default();
-        let id = after
+        let flag_id = after
             .access_key_id
-            .or_else(|| self.creds.access_key_id.clone())
-            .or_else(|| std::env::var("SPATE_ACCESS_KEY_ID").ok());
-        let secret = match after.secret_file.or_else(|| self.creds.secret_file.clone()) {
-            Some(file) => Some(
-                std::fs::read_to_string(&file)
-                    .map_err(|e| format!("cannot read the secret file {}: {e}", file.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string(),
-            ),
-            None => std::env::var("SPATE_SECRET").ok(),
+            .or_else(|| self.creds.access_key_id.clone());
+        let (secret, file_id) = match after.secret_file.or_else(|| self.creds.secret_file.clone()) {
+            Some(file) => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read the secret file {}: {e}", file.display()))?;
+                let (secret, id) = secret_file_contents(&text)
+                    .map_err(|why| format!("the secret file {}: {why}", file.display()))?;
+                (Some(secret), id)
+            }
+            None => (std::env::var("SPATE_SECRET").ok(), None),
         };
+        // The flag, then the credentials file's own id, then the environment.
+        let id = flag_id
+            .or(file_id)
+            .or_else(|| std::env::var("SPATE_ACCESS_KEY_ID").ok());
         match (id, secret) {
             (Some(id), Some(secret)) if !secret.is_empty() => {
                 Ok(Some(Credentials::new(id, secret)))
@@ -952,6 +973,25 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_a_first_line_or_json_credentials() {
+        assert_eq!(
+            secret_file_contents("s3cret\nignored\n").unwrap(),
+            ("s3cret".to_string(), None)
+        );
+        let json = r#"{"name":"root","access_key_id":"SPAKROOT","secret":"abc"}"#;
+        assert_eq!(
+            secret_file_contents(&format!("  {json}\n")).unwrap(),
+            ("abc".to_string(), Some("SPAKROOT".to_string()))
+        );
+        assert!(secret_file_contents(r#"{"access_key_id":"x"}"#)
+            .unwrap_err()
+            .contains("without \"secret\""));
+        assert!(secret_file_contents("{not json")
+            .unwrap_err()
+            .contains("not a JSON credentials object"));
+    }
 
     #[test]
     fn tls_flags_before_or_after_the_command_and_from_the_environment() {

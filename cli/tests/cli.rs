@@ -1926,6 +1926,22 @@ fn auth_principals_policies_and_the_audit_trail_from_the_command_line() {
     };
     // Without credentials: one clear line.
     fails(&a, &["stream", "list"], b"", "only authenticated clients");
+    // The credentials file the server wrote serves as a secret file as it is: it names
+    // the access key id too.
+    let root_file = data.join("root.credentials");
+    assert_eq!(
+        ok(
+            &a,
+            &[
+                "--secret-file",
+                root_file.to_str().unwrap(),
+                "stream",
+                "list"
+            ],
+            b""
+        ),
+        ""
+    );
     as_root(
         &["stream", "create", "clicks", "--shards", "1", "--wait"],
         b"",

@@ -77,8 +77,11 @@ impl Keyring {
                 return Ok(Some(k.clone()));
             }
         }
-        let provider = self.provider().map_err(|e| {
-            EngineError::KeyUnavailable(format!("stream {} is encrypted: {e}", entry.name))
+        let provider = self.provider().map_err(|e| match e {
+            EngineError::KeyUnavailable(why) => {
+                EngineError::KeyUnavailable(format!("stream {} is encrypted: {why}", entry.name))
+            }
+            other => other,
         })?;
         let mut keys = Vec::with_capacity(enc.epochs.len());
         for e in &enc.epochs {

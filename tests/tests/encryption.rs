@@ -281,6 +281,11 @@ fn a_wrong_or_missing_master_key_stops_the_server_naming_the_stream() {
         why.contains("stream vault") && why.contains("--key-file"),
         "{why}"
     );
+    assert_eq!(
+        why.matches("encryption key unavailable").count(),
+        1,
+        "said once: {why}"
+    );
     // The right key again: everything is there.
     write_keys(&key_file, &[(1, 0x11)]);
     let server = start(dir.path(), &key_file);

@@ -584,6 +584,32 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         "InvalidArgument (104): sequence number 999999 is not in the shard",
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("invalid argument"));
+    // At the next sequence number (where a reader that read everything stands): nothing
+    // yet, and not an error; after it is past the end.
+    let d: Value = serde_json::from_str(&ok(a, &["stream", "describe", "clicks"], b"")).unwrap();
+    let next = d["shards"][0]["last_seq"].as_u64().map_or(0, |s| s + 1);
+    let at_next = format!("at:{next}");
+    assert_eq!(
+        ok(
+            a,
+            &["read", "clicks", "--shard", "0", "--from", &at_next],
+            b""
+        ),
+        ""
+    );
+    fails(
+        a,
+        &[
+            "read",
+            "clicks",
+            "--shard",
+            "0",
+            "--from",
+            &format!("after:{next}"),
+        ],
+        b"",
+        &format!("not written yet (the next is {next})"),
+    );
 
     // Retention: confirmed on stderr, visible in describe.
     let out = spate(

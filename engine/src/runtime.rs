@@ -1830,12 +1830,15 @@ impl<S: Storage + 'static> Core<S> {
         let seq = match pos {
             IteratorPosition::TrimHorizon => horizon,
             IteratorPosition::Latest => durable,
+            // At the next sequence number: the next record written (as LATEST), where a
+            // reader that has read everything, or a group's checkpoint, stands.
+            IteratorPosition::AtSequenceNumber { seq: s } if s == durable => durable,
             IteratorPosition::AtSequenceNumber { seq: s }
             | IteratorPosition::AfterSequenceNumber { seq: s }
                 if s >= durable =>
             {
                 return Err(EngineError::InvalidArgument(format!(
-                    "sequence number {s} is not in the shard (next is {durable})"
+                    "sequence number {s} is not in the shard: not written yet (the next is {durable})"
                 )))
             }
             IteratorPosition::AtSequenceNumber { seq: s } => s.max(horizon),

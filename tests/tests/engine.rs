@@ -264,10 +264,17 @@ fn every_iterator_position() {
         pos(IteratorPosition::AfterSequenceNumber { seq: 42 }).unwrap(),
         43
     );
-    assert!(matches!(
-        pos(IteratorPosition::AtSequenceNumber { seq: 100 }),
-        Err(EngineError::InvalidArgument(_))
-    ));
+    // At the next sequence number: where LATEST stands; past it, or after it: refused.
+    assert_eq!(
+        pos(IteratorPosition::AtSequenceNumber { seq: 100 }).unwrap(),
+        100
+    );
+    for past in [
+        IteratorPosition::AtSequenceNumber { seq: 101 },
+        IteratorPosition::AfterSequenceNumber { seq: 100 },
+    ] {
+        assert!(matches!(pos(past), Err(EngineError::InvalidArgument(_))));
+    }
     for &(t, seq) in ts.iter().step_by(3) {
         assert_eq!(
             pos(IteratorPosition::AtTimestamp { ts_ms: t }).unwrap(),

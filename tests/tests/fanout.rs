@@ -540,6 +540,30 @@ fn a_latest_group_reads_from_its_creation_whichever_worker_holds_the_shard() {
         assert_eq!(created.start, Position::Latest);
         drop(w1);
         put(&client, "late", 300, 300, 8).await;
+        // Its lag counts what it will take: the records since its creation, not the shards'
+        // whole history; a group that starts in the future has nothing to take yet.
+        let lag =
+            |d: &spate_client::GroupInfo| -> u64 { d.shards.iter().map(|s| s.lag_records).sum() };
+        let d = client.describe_group("late", "g").await.unwrap();
+        assert_eq!(lag(&d), 300, "{d:?}");
+        let future = GroupWorker::join(
+            &client,
+            "late",
+            "future",
+            opts(
+                "w9",
+                Position::AtTimestamp {
+                    ts_ms: 4_102_444_800_000,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            lag(&client.describe_group("late", "future").await.unwrap()),
+            0
+        );
+        future.leave().await.unwrap();
         // w2 asks for TRIM_HORIZON, but the group's start is what counts; once w1's leases
         // expire it reads both shards from the group's creation: what came after it,
         // nothing before.

@@ -82,8 +82,9 @@ pub(crate) enum FanoutAnswer {
         /// Where a leased shard without a checkpoint is read from.
         start: IteratorPosition,
     },
-    /// A group, with each of its shards' next sequence number (in the view's order).
-    Group(GroupView, Vec<u64>),
+    /// A group, with each of its shards' next sequence number and how many records the
+    /// group has yet to take from it (in the view's order).
+    Group(GroupView, Vec<(u64, u64)>),
     Groups(Vec<String>),
     Done,
 }
@@ -226,10 +227,24 @@ impl<S: Storage + 'static> Core<S> {
                 let mut next = Vec::with_capacity(view.shards.len());
                 for s in &view.shards {
                     let (ident, owner) = entry.locate(s.shard_id, cores)?;
-                    let stats =
-                        call_read(&self.peers[owner], |reply| CoreMsg::Stats { ident, reply })
-                            .await;
-                    next.push(stats.map_or(0, |st| st.next_seq));
+                    let peer = &self.peers[owner];
+                    let next_seq = call_read(peer, |reply| CoreMsg::Stats { ident, reply })
+                        .await
+                        .map_or(0, |st| st.next_seq);
+                    // Where the group goes on: after its checkpoint, or, on a shard it has
+                    // not checkpointed, where its start puts a reader (records before that,
+                    // or already past retention, are not the group's to take).
+                    let lag = match s.checkpoint {
+                        Checkpoint::After { seq } => next_seq.saturating_sub(seq + 1),
+                        Checkpoint::ShardEnd => 0,
+                        Checkpoint::None => {
+                            let pos = view.start.read_from(view.created_ms);
+                            call_read(peer, |reply| CoreMsg::Position { ident, pos, reply })
+                                .await
+                                .map_or(next_seq, |from| next_seq.saturating_sub(from))
+                        }
+                    };
+                    next.push((next_seq, lag));
                 }
                 Ok(FanoutAnswer::Group(view, next))
             }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use spate_protocol::consumer::{
-    encode_subscribe_event_head, Checkpoint, CheckpointRequest, ConsumerDescription, CreditRequest,
+    encode_subscribe_event_head, CheckpointRequest, ConsumerDescription, CreditRequest,
     GroupDescription, GroupHeartbeatRequest, GroupHeartbeatResponse, GroupMember, GroupShard,
     ListConsumersResponse, ListGroupsResponse, SubscribeEventHead, SubscribeRequest,
 };
@@ -169,17 +169,13 @@ pub(super) async fn describe_group<S: Storage + 'static>(
         .shards
         .iter()
         .zip(&next)
-        .map(|(s, &next_seq)| GroupShard {
+        .map(|(s, &(next_seq, lag_records))| GroupShard {
             shard_id: s.shard_id,
             owner: s.owner.as_deref(),
             epoch: s.epoch,
             checkpoint: s.checkpoint,
             next_seq,
-            lag_records: match s.checkpoint {
-                Checkpoint::None => next_seq,
-                Checkpoint::After { seq } => next_seq.saturating_sub(seq + 1),
-                Checkpoint::ShardEnd => 0,
-            },
+            lag_records,
         })
         .collect();
     let members = view

@@ -793,6 +793,10 @@ pub struct PutArgs {
     /// A file whose whole content is one record; repeat for more records, sent in order.
     #[arg(long, value_name = "FILE", conflicts_with = "data")]
     pub file: Vec<PathBuf>,
+    /// Route every record by this hash key (a decimal number below 2^128) instead of the
+    /// MD5 of its partition key (Kinesis' ExplicitHashKey); the key is still stored.
+    #[arg(long, value_name = "HASH_KEY")]
+    pub explicit_hash_key: Option<u128>,
     /// The record's data; without it (and without --file), standard input is read.
     pub data: Option<String>,
 }

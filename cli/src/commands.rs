@@ -581,11 +581,19 @@ async fn put(client: &Client, args: PutArgs) -> Result<(), String> {
         key_field,
         delimiter,
         file,
+        explicit_hash_key,
         data,
     } = args;
+    let entry = |key: String, data: Vec<u8>| {
+        let e = Entry::new(key, data);
+        match explicit_hash_key {
+            Some(h) => e.with_explicit_hash_key(h),
+            None => e,
+        }
+    };
     if let Some(data) = data {
         let key = key.expect("clap requires --key without --key-field");
-        let entries = vec![Entry::new(key, data.into_bytes())];
+        let entries = vec![entry(key, data.into_bytes())];
         return put_chunk(client, &name, entries, &mut out).await;
     }
     let (tx, mut rx) = mpsc::channel::<PutItem>(PUT_QUEUE_RECORDS);
@@ -611,7 +619,7 @@ async fn put(client: &Client, args: PutArgs) -> Result<(), String> {
                 }
             };
             bytes += data.len();
-            entries.push(Entry::new(key, data));
+            entries.push(entry(key, data));
             if entries.len() < PUT_CHUNK_RECORDS && bytes < PUT_CHUNK_BYTES {
                 next = rx.try_recv().ok();
             }

@@ -569,6 +569,38 @@ fn serve_streams_put_read_follow_delete_and_restart() {
         "record data of 10485761 bytes exceeds the stream's limit of 10485760",
     );
     assert_eq!(ok(a, &["stream", "delete", "huge"], b""), "");
+    // --explicit-hash-key routes by that hash key, whatever the partition key's MD5.
+    ok(
+        a,
+        &[
+            "stream", "create", "hk", "--shards", "2", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+    let max = u128::MAX.to_string();
+    for (hash, shard) in [("0", "0"), (max.as_str(), "1")] {
+        let out = ok(
+            a,
+            &["put", "hk", "--key", "same", "--explicit-hash-key", hash],
+            b"one\ntwo\n",
+        );
+        assert_eq!(out, format!("{shard} 0\n{shard} 1\n"));
+    }
+    fails(
+        a,
+        &[
+            "put",
+            "hk",
+            "--key",
+            "k",
+            "--explicit-hash-key",
+            "340282366920938463463374607431768211456",
+            "x",
+        ],
+        b"",
+        "--explicit-hash-key",
+    );
+    assert_eq!(ok(a, &["stream", "delete", "hk"], b""), "");
     fails(
         a,
         &["stream", "set-retention", "other", "--hours", "9000"],

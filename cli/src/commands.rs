@@ -456,6 +456,9 @@ struct Description {
     map_version: u64,
     /// On-demand: the last scaling decision (when, what and why), or null.
     last_scaling: Option<String>,
+    /// On-demand: the most write capacity the engine may scale to, MiB/s; null when
+    /// provisioned.
+    max_write_mib_per_s: Option<u32>,
     /// Per-shard metrics exported (`stream shard-metrics NAME on`).
     shard_level_metrics: bool,
     /// `none` or `aes-256-gcm`: how records written from now on are kept at rest.
@@ -550,6 +553,7 @@ impl From<&StreamInfo> for Description {
             mode: info.mode.name(),
             map_version: info.map_version,
             last_scaling: info.last_scaling.clone(),
+            max_write_mib_per_s: info.max_write_mib_per_s,
             shard_level_metrics: info.shard_level_metrics,
             encryption: info.encryption.name(),
             key_epochs: info.key_epochs,

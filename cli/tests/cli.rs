@@ -252,6 +252,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
             "map_version",
             "master_key_id",
             "max_record_bytes",
+            "max_write_mib_per_s",
             "mode",
             "name",
             "records",
@@ -272,6 +273,7 @@ fn check_description(json: &str, name: &str, shards: u32, limits: &str) -> Value
     assert_eq!(v["name"], name);
     assert_eq!(v["status"], "ACTIVE");
     assert_eq!(v["mode"], "provisioned");
+    assert_eq!(v["max_write_mib_per_s"], Value::Null);
     assert_eq!(v["retention_hours"], 24);
     assert_eq!(v["limits"], limits);
     assert_eq!(v["encryption"], "none");
@@ -2203,6 +2205,21 @@ fn encrypted_streams_start_stop_rotate_and_survive_a_restart() {
         (d["mode"].as_str(), d["encryption"].as_str()),
         (Some("on-demand"), Some("aes-256-gcm"))
     );
+    // Its write ceiling: the server's default (200 MiB/s) until one is set.
+    assert_eq!(d["max_write_mib_per_s"], 200);
+    ok(
+        &a,
+        &[
+            "stream",
+            "update-mode",
+            "elastic",
+            "on-demand",
+            "--max-write-mib",
+            "64",
+        ],
+        b"",
+    );
+    assert_eq!(describe(&a, "elastic")["max_write_mib_per_s"], 64);
 
     // Stop: new records in the clear, the sealed ones still read; start: a new data key.
     ok(&a, &["stream", "stop-encryption", "sealed"], b"");

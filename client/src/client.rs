@@ -342,6 +342,9 @@ pub struct StreamInfo {
     pub key_epochs: u32,
     /// The master key the current data key is wrapped under; `None` when not encrypted.
     pub master_key_id: Option<u32>,
+    /// On-demand: the most write capacity the engine may scale the stream to, in MiB/s;
+    /// `None` when provisioned.
+    pub max_write_mib_per_s: Option<u32>,
 }
 
 /// What a split, merge or scale did.
@@ -842,6 +845,7 @@ impl Client {
             encryption: d.encryption,
             key_epochs: d.key_epochs,
             master_key_id: d.master_key_id,
+            max_write_mib_per_s: d.max_write_mib_per_s,
         };
         Ok((info, map))
     }

@@ -180,6 +180,7 @@ pub(crate) mod tests {
             encryption: spate_protocol::EncryptionType::None,
             key_epochs: 0,
             master_key_id: None,
+            max_write_mib_per_s: None,
             // Listed in reverse to check the map sorts them.
             shards: (0..n)
                 .rev()

@@ -334,6 +334,7 @@ mod fake {
                     },
                     key_epochs: u32::from(setup.master_key_id.is_some()),
                     master_key_id: setup.master_key_id,
+                    max_write_mib_per_s: None,
                 }));
                 true
             }

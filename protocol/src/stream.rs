@@ -42,8 +42,9 @@
 //! table is older than the version a `ShardClosed` error names describes the stream
 //! again), `last_scaling opt<str>` (on-demand: the last scaling decision, for people),
 //! `shard_level_metrics bool`, `encryption u8`, `key_epochs u32` (data keys the stream
-//! keeps) and `master_key_id opt<u32>` (the master key its current data key is wrapped
-//! under: present exactly when `encryption` is not none).
+//! keeps), `master_key_id opt<u32>` (the master key its current data key is wrapped
+//! under: present exactly when `encryption` is not none) and `max_write_mib_per_s
+//! opt<u32>` (the write-capacity ceiling: present exactly when on-demand).
 //!
 //! Encryption at rest (Kinesis' `EncryptionType`, with the server's key file in place of
 //! KMS): an encrypted stream's records are sealed with AES-256-GCM under a *data key* of
@@ -552,6 +553,9 @@ pub struct StreamDescription<'a> {
     /// The master key the current data key is wrapped under; `None` exactly when
     /// `encryption` is `None`.
     pub master_key_id: Option<u32>,
+    /// On-demand: the most write capacity the engine may scale the stream to, in MiB/s
+    /// (its own ceiling, else the server's); `None` exactly when provisioned.
+    pub max_write_mib_per_s: Option<u32>,
 }
 
 impl<'a> Payload<'a> for CreateStreamRequest<'a> {
@@ -812,6 +816,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         put_u8(out, self.encryption as u8);
         put_u32(out, self.key_epochs);
         put_option(out, self.master_key_id, put_u32);
+        put_option(out, self.max_write_mib_per_s, put_u32);
     }
 
     fn decode_payload(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
@@ -838,6 +843,15 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         let encryption = EncryptionType::decode(r, "encryption")?;
         let key_epochs = r.u32("key_epochs")?;
         let master_key_id = r.option("master_key_id", Reader::u32)?;
+        let max_write_mib_per_s = r.option("max_write_mib_per_s", Reader::u32)?;
+        if max_write_mib_per_s.is_some() != (mode == CapacityMode::OnDemand)
+            || max_write_mib_per_s.is_some_and(|m| !(4..=1_000_000).contains(&m))
+        {
+            return Err(DecodeError::Malformed {
+                field: "max_write_mib_per_s",
+                reason: "present exactly when on-demand, in 4..=1000000",
+            });
+        }
         // A sealing stream has a current data key, wrapped under some master key; a stream
         // in the clear has no current one (older keys may remain: `key_epochs`).
         if encryption.is_encrypted() != master_key_id.is_some()
@@ -864,6 +878,7 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
             encryption,
             key_epochs,
             master_key_id,
+            max_write_mib_per_s,
         })
     }
 }
@@ -1112,6 +1127,7 @@ mod tests {
             encryption: EncryptionType::Aes256Gcm,
             key_epochs: 3,
             master_key_id: Some(u32::MAX),
+            max_write_mib_per_s: Some(200),
         }
     }
 
@@ -1429,8 +1445,34 @@ mod tests {
             1,              // encryption: aes-256-gcm
             2, 0, 0, 0,     // key_epochs
             1, 5, 0, 0, 0,  // master_key_id: 5
+            1, 200, 0, 0, 0, // max_write_mib_per_s: 200
         ];
         assert_eq!(out[out.len() - tail.len()..], tail);
+        // Provisioned: absent; present exactly when on-demand, in range.
+        let mut d = description();
+        d.mode = CapacityMode::Provisioned;
+        d.max_write_mib_per_s = None;
+        let out = check_response(&Response::DescribeStream(d));
+        assert_eq!(out[out.len() - 1], 0);
+        for (mode, ceiling) in [
+            (CapacityMode::Provisioned, Some(200)),
+            (CapacityMode::OnDemand, None),
+            (CapacityMode::OnDemand, Some(3)),
+        ] {
+            let mut d = description();
+            d.mode = mode;
+            d.max_write_mib_per_s = ceiling;
+            let mut payload = Vec::new();
+            d.encode_payload(&mut payload);
+            assert!(
+                crate::message::Response::decode(
+                    crate::frame::Opcode::DescribeStream.as_u16(),
+                    &payload
+                )
+                .is_err(),
+                "{mode:?} {ceiling:?}"
+            );
+        }
     }
 
     #[test]
@@ -1722,6 +1764,7 @@ mod tests {
                 name: &name, stream_id, status, retention_hours, limits, max_record_data_bytes, created_ms, shards,
                 mode: if on_demand { CapacityMode::OnDemand } else { CapacityMode::Provisioned }, map_version, last_scaling: None, shard_level_metrics: false,
                 encryption, key_epochs, master_key_id,
+                max_write_mib_per_s: on_demand.then_some(200),
             }));
         }
 

@@ -322,6 +322,7 @@ fn frame_corpus() -> Vec<Vec<u8>> {
             encryption: EncryptionType::Aes256Gcm,
             key_epochs: 2,
             master_key_id: Some(3),
+            max_write_mib_per_s: None,
         }),
         Response::StartStreamEncryption,
         Response::StopStreamEncryption,

@@ -744,6 +744,14 @@ async fn describe_stream<S: Storage + 'static>(
             .encryption
             .as_ref()
             .and_then(crate::keyring::Keyring::master_of),
+        // The ceiling the on-demand scaler works to: the stream's own, else the server's.
+        max_write_mib_per_s: (entry.mode == crate::catalog::CapacityMode::OnDemand).then(|| {
+            match entry.max_write_mib_per_s {
+                0 => core.cfg.on_demand_max_write_mib_per_s,
+                m => m,
+            }
+            .clamp(4, 1_000_000)
+        }),
     };
     encode_response(out, cid, &Response::DescribeStream(d));
     Ok(())

@@ -63,6 +63,8 @@ struct Inner {
     routes: SharedRoutes,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     cfg: EngineConfig,
+    /// `<data>/LOCK`, locked while the cores run (released at shutdown).
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl Drop for Inner {
@@ -203,6 +205,7 @@ impl Engine {
                 cfg.data_dir.display()
             ))
         })?;
+        let lock = lock_data_dir(&cfg.data_dir)?;
         // Refuse to start, with one line naming the fix, when the host cannot run glommio
         // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),
         // instead of panicking deep inside the runtime.
@@ -312,6 +315,7 @@ impl Engine {
             routes: published,
             threads: Mutex::new(threads),
             cfg,
+            lock: Mutex::new(Some(lock)),
         };
         for _ in 0..n {
             match ready_rx.recv() {
@@ -603,7 +607,60 @@ impl Engine {
     /// from an engine core. Idempotent.
     pub fn shutdown(&self) {
         shutdown_cores(&self.inner.cores, &self.inner.threads);
+        // Every core has stopped: the data directory is free for the next engine.
+        drop(
+            self.inner
+                .lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
+}
+
+/// The data directory's lock file: an exclusive `flock` on it is held while the engine
+/// runs, so that a second engine on the same directory (which would write the same
+/// journals and volumes, and lose records the first acknowledged) refuses to start.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes `<data>/LOCK` (and writes this process's id into it), or says who holds it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let fail = |e: std::io::Error| {
+        EngineError::Startup(format!(
+            "cannot lock the data dir ({}): {e}",
+            path.display()
+        ))
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            return Err(EngineError::Startup(format!(
+                "data dir {} is in use by another Spate engine{holder}: two engines on one directory would lose acknowledged records; stop it, or use another --data-dir",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(fail)?;
+    Ok(file)
 }
 
 fn shutdown_cores(

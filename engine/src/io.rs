@@ -418,7 +418,8 @@ impl DmaStorage {
     /// with 0 bytes, glommio wrongly enables IOPOLL for the device, and every later direct
     /// read fails with EOPNOTSUPP on devices without poll queues (seen on virtio disks with
     /// kernel 6.18). Opening a non-empty probe file first makes the probe ask the kernel
-    /// for real. The probe stays open: buffers are allocated through it.
+    /// for real. The probe stays open (buffers are allocated through it), its name removed
+    /// once it is open, so that nothing is left in the data directory.
     pub async fn open_core(dir: &Path, core: usize) -> io::Result<DmaStorage> {
         let d = dir.to_path_buf();
         let probe: PathBuf = dir.join(format!(".iopoll-probe-{core}"));
@@ -432,6 +433,7 @@ impl DmaStorage {
             .await
             .map_err(glommio_err)?;
         let read = file.read_at(0, BLOCK_BYTES).await.map(|r| r.len());
+        blocking(move || std::fs::remove_file(&probe)).await?;
         match read {
             Ok(n) if n == BLOCK_BYTES => Ok(DmaStorage { allocator: file }),
             Ok(n) => Err(io::Error::other(format!(

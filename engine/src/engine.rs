@@ -640,9 +640,17 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
         .truncate(false)
         .open(&path)
         .map_err(fail)?;
-    match file.try_lock() {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let locked = if locked == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    match locked {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = match holder.trim() {
@@ -654,7 +662,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, EngineError> {
                 dir.display()
             )));
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        Err(e) => return Err(fail(e)),
     }
     file.set_len(0)
         .and_then(|()| file.rewind())

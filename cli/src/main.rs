@@ -71,9 +71,13 @@ fn main() -> ExitCode {
 fn init_logging(default_filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // A log line that cannot be written (standard error closed: `spate serve 2>&1 | head`)
+    // is dropped. Reporting it would write to the same closed stderr with `eprintln!`,
+    // whose panic killed the core thread that logged and left the server hung.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         logs.json().init();
     } else {

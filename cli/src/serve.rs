@@ -61,6 +61,14 @@ pub fn config(args: &ServeArgs) -> Result<EngineConfig, String> {
 
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let cfg = config(&args)?;
+    // A panic on any thread is a bug that leaves the engine unable to finish: a core that
+    // died serves none of its shards and a shutdown would wait for it forever. End the
+    // process at once instead (what follows is a restart's recovery, as after kill -9).
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     // Registered before the engine starts, so a signal during startup is not lost: it is
     // handled as soon as the server is up.
     let mut signals = Signals::new([SIGTERM, SIGINT])

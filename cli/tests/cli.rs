@@ -836,6 +836,55 @@ fn failures_are_one_line_and_non_zero() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("serve"));
 }
 
+/// A server whose standard error was closed (`spate serve 2>&1 >log | head -1`) goes on
+/// serving, dropping the log lines it cannot write, and still stops cleanly on SIGTERM (a
+/// failed log write used to panic a core and leave the process hung, deaf to SIGTERM).
+#[test]
+fn a_server_whose_stderr_is_gone_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(SPATE)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader of its standard error goes away before the server has started.
+    drop(child.stderr.take());
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim_end()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_string();
+    // Requests log (stream created, …): every such line now fails to be written.
+    ok(
+        &addr,
+        &[
+            "stream", "create", "s", "--shards", "1", "--limits", "off", "--wait",
+        ],
+        b"",
+    );
+    assert_eq!(
+        ok(&addr, &["put", "s", "--key", "k"], b"a\nb\n"),
+        "0 0\n0 1\n"
+    );
+    // SAFETY: kill(2) on our child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = wait_with_watchdog(&mut child);
+    assert!(status.success(), "{status:?}");
+}
+
 /// A reader that stops early (`spate read s | head -1`, `spate --help | head`) ends the
 /// command quietly: status 141 (what SIGPIPE gives `cat`), nothing on standard error — not
 /// a panic, not a `spate:` error line.

@@ -522,7 +522,7 @@ impl MetricsSnapshot {
         with_shards(
             &mut registry,
             "IncomingBytes",
-            "Bytes of records stored (Kinesis IncomingBytes)",
+            "Partition key and data bytes of the records stored (Kinesis IncomingBytes)",
             &|c| c.incoming_bytes,
             &|c| c.incoming_bytes,
         );
@@ -568,7 +568,7 @@ impl MetricsSnapshot {
         counter(
             &mut registry,
             "GetRecords_Bytes",
-            "Bytes returned by GetRecords",
+            "Partition key and data bytes of the records GetRecords returned",
             &|c| c.get_records_bytes,
         );
         counter(
@@ -580,7 +580,7 @@ impl MetricsSnapshot {
         with_shards(
             &mut registry,
             "OutgoingBytes",
-            "Bytes sent to consumers",
+            "Partition key and data bytes of the records sent to consumers",
             &|c| c.outgoing_bytes,
             &|c| c.outgoing_bytes,
         );

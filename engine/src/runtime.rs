@@ -55,6 +55,8 @@ struct Prepared<S: Storage> {
     cut: Option<Vec<u8>>,
     accepted: u32,
     record_count: u32,
+    /// Key and data bytes of the accepted records (what Kinesis' byte metrics count).
+    bytes: u64,
     retry_after_ms: Option<u32>,
 }
 
@@ -86,6 +88,7 @@ impl<S: Storage> Prepared<S> {
             base_seq: ack.base_seq,
             accepted: self.accepted,
             record_count: self.record_count,
+            bytes: self.bytes,
             ts_ms: ack.ts_ms,
             retry_after_ms: self.retry_after_ms,
         }
@@ -193,6 +196,9 @@ pub struct PutOutcome {
     pub base_seq: u64,
     pub accepted: u32,
     pub record_count: u32,
+    /// Key and data bytes of the accepted records: what Kinesis' `IncomingBytes` counts
+    /// (not the batch's framing).
+    pub bytes: u64,
     pub ts_ms: i64,
     /// Set when `accepted < record_count`.
     pub retry_after_ms: Option<u32>,
@@ -1630,6 +1636,7 @@ impl<S: Storage + 'static> Core<S> {
             &mut PrefetchingHasher(&mut self.key_hashes.borrow_mut()),
         )?;
         let mut accepted = summary.record_count;
+        let mut bytes = summary.payload_bytes;
         let mut retry_after_ms = None;
         if has_limits {
             if let Some(limiter) = slot.write.borrow_mut().as_mut() {
@@ -1638,6 +1645,7 @@ impl<S: Storage + 'static> Core<S> {
                     .map(|r| r.map_or(0, |r| (r.key.len() + r.data.len()) as u64));
                 let admission = limiter.admit(sizes, now);
                 accepted = admission.records;
+                bytes = admission.bytes;
                 retry_after_ms = admission.retry_after_ms;
                 let refused = u64::from(summary.record_count - accepted);
                 slot.throttled.set(slot.throttled.get() + refused);
@@ -1665,6 +1673,7 @@ impl<S: Storage + 'static> Core<S> {
             cut,
             accepted,
             record_count: summary.record_count,
+            bytes,
             retry_after_ms,
         })
     }

@@ -1027,11 +1027,12 @@ async fn get_records<S: Storage + 'static>(
         got.bytes.len(),
     );
     out.extend_from_slice(&got.bytes);
+    let record_bytes = records_bytes(&got.bytes, got.start_seq, got.end_seq);
     core.metrics.stream(entry.stream_id, &entry.name, |c| {
         c.get_records_success += 1;
         c.get_records_records += got.end_seq - got.start_seq;
-        c.get_records_bytes += got.bytes.len() as u64;
-        c.outgoing_bytes += got.bytes.len() as u64;
+        c.get_records_bytes += record_bytes;
+        c.outgoing_bytes += record_bytes;
         c.get_records_latency.observe(started.elapsed());
         c.iterator_age_ms = millis_behind_latest;
         c.iterator_age_at_ms = now;
@@ -1039,7 +1040,7 @@ async fn get_records<S: Storage + 'static>(
     core.metrics
         .shard(entry.stream_id, token.shard_id, &entry.name, |c| {
             c.outgoing_records += got.end_seq - got.start_seq;
-            c.outgoing_bytes += got.bytes.len() as u64;
+            c.outgoing_bytes += record_bytes;
             c.iterator_age_ms = millis_behind_latest;
             c.iterator_age_at_ms = now;
         });
@@ -1069,8 +1070,8 @@ async fn put_counted<S: Storage + 'static>(
     result
 }
 
-/// Counts a put of one batch in its stream's metrics: what was stored (bytes in proportion
-/// to the records stored), throttled records, the latency.
+/// Counts a put of one batch in its stream's metrics: what was stored (its records' keys
+/// and data, as Kinesis counts), throttled records, the latency.
 fn count_put<S: Storage + 'static>(
     core: &Core<S>,
     (stream_id, shard_id): (u64, u32),
@@ -1092,14 +1093,13 @@ fn count_put<S: Storage + 'static>(
 }
 
 /// What a put of `batch` counts in the metrics: `(stored, bytes, throttled)` records and
-/// bytes stored (bytes in proportion to the records stored) and records throttled; nothing
-/// for a put that failed otherwise.
+/// key and data bytes stored, and records throttled; nothing for a put that failed
+/// otherwise.
 fn put_counts(batch: &[u8], result: &Result<PutOutcome, EngineError>) -> Option<(u64, u64, u64)> {
     match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);
-            let bytes = batch.len() as u64 * stored / u64::from(o.record_count.max(1));
-            Some((stored, bytes, u64::from(o.record_count - o.accepted)))
+            Some((stored, o.bytes, u64::from(o.record_count - o.accepted)))
         }
         Err(EngineError::Throttled { .. }) => {
             let throttled = BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
@@ -1324,6 +1324,37 @@ fn put_batch_response(
 }
 
 /// Arrival time of the last batch in a read's concatenated stored batches.
+/// Key and data bytes of the records `start_seq..end_seq` in `bytes` (whole stored batches,
+/// which may hold records outside the range): what Kinesis' `GetRecords.Bytes` and
+/// `OutgoingBytes` count. A batch whose records cannot be walked counts its own length.
+pub(super) fn records_bytes(bytes: &[u8], start_seq: u64, end_seq: u64) -> u64 {
+    let mut pos = 0;
+    let mut total = 0;
+    while bytes.len() - pos >= BATCH_HEADER_LEN {
+        let Ok(h) = BatchHeader::decode(&bytes[pos..]) else {
+            return total + (bytes.len() - pos) as u64;
+        };
+        let batch = &bytes[pos..(pos + h.batch_len as usize).min(bytes.len())];
+        let mut sum = 0;
+        let records = spate_protocol::batch::RecordIter::new(batch, h.record_count);
+        for (seq, r) in (h.base_seq..).zip(records) {
+            match r {
+                Ok(r) if (start_seq..end_seq).contains(&seq) => {
+                    sum += (r.key.len() + r.data.len()) as u64
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    sum = batch.len() as u64;
+                    break;
+                }
+            }
+        }
+        total += sum;
+        pos += (h.batch_len as usize).max(BATCH_HEADER_LEN);
+    }
+    total
+}
+
 fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
     let mut pos = 0;
     let mut last = None;
@@ -1333,4 +1364,37 @@ fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
         pos += h.batch_len as usize;
     }
     last
+}
+
+#[cfg(test)]
+mod tests {
+    use spate_protocol::batch::{BatchBuilder, BatchHeader};
+
+    /// Stored batches as a read returns them: `sizes` records each of key "k" and that
+    /// much data, stamped from `base`.
+    fn stored(base: u64, sizes: &[usize]) -> Vec<u8> {
+        let mut b = BatchBuilder::new();
+        for &n in sizes {
+            b.push(b"k", &vec![7u8; n], None).unwrap();
+        }
+        let mut batch = b.finish();
+        let mut h = BatchHeader::decode(&batch).unwrap();
+        h.base_seq = base;
+        h.encode_into(&mut batch[..spate_protocol::batch::BATCH_HEADER_LEN]);
+        batch
+    }
+
+    #[test]
+    fn read_metrics_count_the_keys_and_data_of_the_records_delivered() {
+        let mut bytes = stored(10, &[100; 20]);
+        bytes.extend(stored(30, &[5, 6]));
+        // All of it: 22 records' keys (1 B each) and data.
+        assert_eq!(super::records_bytes(&bytes, 10, 32), 20 * 101 + 6 + 7);
+        // Three records of the first batch (a read limited to 3 gets the whole batch).
+        assert_eq!(super::records_bytes(&bytes, 10, 13), 3 * 101);
+        // The second batch's last record only.
+        assert_eq!(super::records_bytes(&bytes, 31, 32), 7);
+        // Something that does not walk: counted whole.
+        assert_eq!(super::records_bytes(&[0u8; 100], 0, 1), 100);
+    }
 }

@@ -452,18 +452,19 @@ pub(super) async fn subscribe<S: Storage + 'static>(
         credit.bytes.set(credit.bytes.get() - bytes as i64);
         next = got.end_seq;
         last_push = Instant::now();
+        let record_bytes = super::records_bytes(&got.bytes, got.start_seq, got.end_seq);
         core.metrics.stream(entry.stream_id, &entry.name, |c| {
             c.subscribe_events += 1;
             c.subscribe_event_records += got.end_seq - got.start_seq;
-            c.subscribe_event_bytes += bytes;
-            c.outgoing_bytes += bytes;
+            c.subscribe_event_bytes += record_bytes;
+            c.outgoing_bytes += record_bytes;
             c.subscribe_millis_behind = millis_behind_latest;
             c.subscribe_millis_behind_at_ms = now;
         });
         core.metrics
             .shard(entry.stream_id, r.shard_id, &entry.name, |c| {
                 c.outgoing_records += got.end_seq - got.start_seq;
-                c.outgoing_bytes += bytes;
+                c.outgoing_bytes += record_bytes;
             });
     }
 }

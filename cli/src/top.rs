@@ -324,14 +324,19 @@ fn render(server: &str, url: &str, prev: &Sample, cur: &Sample) -> String {
         }
     }
     let per_s = |metric: &str| (cur.sum(metric) - prev.sum(metric)).max(0.0) / dt;
+    // Requests answered "throttled" (a whole put refused, a read over the shard's five calls
+    // a second) are the limits at work, shown per stream above: not errors here.
+    let throttled_answers =
+        rate("spate_errors_total", "Throttled") + rate("spate_errors_total", "ReadThrottled");
     out.push_str(&format!(
-        "\nENGINE  cores {:.0}  rounds/s {:.0}  flushes/s {:.0}  journal MiB/s {:.2}  requests/s {:.0}  errors/s {:.0}  connections {:.0}  parked reads {:.0}\n",
+        "\nENGINE  cores {:.0}  rounds/s {:.0}  flushes/s {:.0}  journal MiB/s {:.2}  requests/s {:.0}  errors/s {:.0}  throttled/s {:.0}  connections {:.0}  parked reads {:.0}\n",
         cur.get("spate_cores", ""),
         per_s("spate_rounds_total"),
         per_s("spate_round_syncs_total"),
         mib(per_s("spate_journal_bytes_total")),
         per_s("spate_requests_total"),
-        per_s("spate_errors_total"),
+        (per_s("spate_errors_total") - throttled_answers).max(0.0),
+        throttled_answers,
         cur.get("spate_connections", ""),
         cur.get("spate_parked_reads", ""),
     ));
@@ -410,6 +415,32 @@ mod tests {
             line.contains("memory 0") && line.contains("extent 0"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn throttled_answers_are_not_counted_as_errors() {
+        let sample = |secs: u64, read_throttled: f64, unknown: f64| {
+            let mut s = Sample {
+                at: Some(Instant::now() + std::time::Duration::from_secs(secs)),
+                ..Sample::default()
+            };
+            for (code, n) in [
+                ("ReadThrottled", read_throttled),
+                ("UnknownStream", unknown),
+            ] {
+                s.values
+                    .insert(("spate_errors_total".into(), code.into()), n);
+            }
+            s
+        };
+        let (prev, cur) = (sample(0, 0.0, 0.0), sample(2, 10.0, 4.0));
+        let frame = render("s:7400", "s:7480", &prev, &cur);
+        let line = frame
+            .lines()
+            .find(|l| l.starts_with("ENGINE"))
+            .expect(&frame);
+        assert!(line.contains("errors/s 2 "), "{line}");
+        assert!(line.contains("throttled/s 5 "), "{line}");
     }
 
     #[test]

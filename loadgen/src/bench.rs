@@ -254,7 +254,7 @@ async fn scenario_async(scenario: Scenario, opts: &BenchOptions) -> Result<Bench
     let probe =
         spate_client::Client::connect_with(opts.server.clone(), client_config(opts.tls.as_ref()))
             .await
-            .map_err(|e| Error::new(format!("cannot connect to {}: {e}", opts.server)))?;
+            .map_err(|e| crate::runner::connect_failed(&opts.server, &e))?;
     let engine_cores = probe.server_info().cores.len().max(1);
     drop(probe);
     let mut b = Bench {

@@ -287,6 +287,35 @@ async fn open_push(
     consumer_cfg: &ClientConfig,
     shards: &[u32],
 ) -> Result<PushSetup, Error> {
+    let mut registered = Vec::new();
+    match subscribe_push(cfg, admin, consumer_cfg, shards, &mut registered).await {
+        Ok(consumers) => Ok(PushSetup {
+            stream: cfg.stream.clone(),
+            consumers,
+            admin: admin.clone(),
+        }),
+        Err(e) => {
+            // What the run registered goes, as at the end of a run (the stream's 20
+            // consumers are a quota: leftovers would refuse the next registration).
+            for name in &registered {
+                if let Err(e) = admin.deregister_consumer(&cfg.stream, name).await {
+                    tracing::warn!(consumer = %name, error = %e, "could not deregister");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The consumers of [`open_push`], subscribed; `registered` collects their names as they
+/// are registered (or found), for the clean-up of a setup that fails half way.
+async fn subscribe_push(
+    cfg: &RunConfig,
+    admin: &Client,
+    consumer_cfg: &ClientConfig,
+    shards: &[u32],
+    registered: &mut Vec<String>,
+) -> Result<Vec<(String, Client, Vec<Subscription>)>, Error> {
     let mut consumers = Vec::new();
     for c in 0..cfg.consumers {
         let name = push_name(c);
@@ -300,6 +329,7 @@ async fn open_push(
                 )))
             }
         }
+        registered.push(name.clone());
         let client = Client::connect_with(cfg.server.clone(), consumer_cfg.clone())
             .await
             .map_err(|e| Error::new(format!("consumer {name} cannot connect: {e}")))?;
@@ -321,11 +351,7 @@ async fn open_push(
         }
         consumers.push((name, client, subs));
     }
-    Ok(PushSetup {
-        stream: cfg.stream.clone(),
-        consumers,
-        admin: admin.clone(),
-    })
+    Ok(consumers)
 }
 
 /// Follows one shard from the tip for one polling consumer until the stop signal's tip.

@@ -329,6 +329,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let creds = match &cli.command {
@@ -354,8 +356,29 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("spate-loadgen: {}", why.replace('\n', " "));
-            ExitCode::FAILURE
+            // A command line that cannot run (flags that parse alone but not together, an
+            // unknown scenario, a --json file that cannot be written): status 2, before
+            // anything was sent.
+            if why.starts_with(USAGE) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
+    }
+}
+
+/// How a command-line error's message starts (it exits with status 2).
+const USAGE: &str = "invalid command line: ";
+
+/// `--json FILE` is writable (created empty now, written at the end): found out before
+/// the run, not after it.
+fn check_json_path(path: Option<&std::path::Path>) -> Result<(), String> {
+    match path {
+        Some(p) if p.as_os_str() != "-" => std::fs::File::create(p)
+            .map(drop)
+            .map_err(|e| format!("{USAGE}cannot write --json {}: {e}", p.display())),
+        _ => Ok(()),
     }
 }
 
@@ -401,7 +424,8 @@ fn run(a: RunArgs) -> Result<(), String> {
             a.stream.expect("clap requires --stream"),
         )
     };
-    cfg.validate()?;
+    cfg.validate().map_err(|e| format!("{USAGE}{e}"))?;
+    check_json_path(a.json.as_deref())?;
     let report = spate_loadgen::run_blocking(&cfg).map_err(|e| e.to_string())?;
     let json_on_stdout = a.json.as_ref().is_some_and(|p| p.as_os_str() == "-");
     if json_on_stdout {
@@ -440,6 +464,13 @@ fn run_bench(b: BenchArgs) -> Result<(), String> {
         return Ok(());
     }
     let name = b.name.expect("clap requires a name");
+    if !bench::SCENARIOS.iter().any(|s| s.name == name) {
+        let names: Vec<&str> = bench::SCENARIOS.iter().map(|s| s.name).collect();
+        return Err(format!(
+            "{USAGE}no scenario {name:?}; scenarios: {}",
+            names.join(", ")
+        ));
+    }
     let opts = BenchOptions {
         server: b.server,
         cores: b.cores.map(|c| c.0),

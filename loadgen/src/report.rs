@@ -318,6 +318,11 @@ pub struct Report {
     /// `--timeline`: the on-demand scaling decisions seen during the run, in order.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub scalings: Vec<ScalingSeen>,
+    /// What the run could not do after its records were answered (the stream could not be
+    /// described: deleted, or the server gone), so consumers stopped where they were and
+    /// nothing was read back; the figures above still hold. A failure of the run.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub incomplete: Option<String>,
 }
 
 impl Report {
@@ -338,6 +343,9 @@ impl Report {
                 self.errors,
                 self.first_error.as_deref().unwrap_or("unknown")
             ));
+        }
+        if let Some(why) = &self.incomplete {
+            return Some(format!("the run is incomplete: {why}"));
         }
         let read_errors: u64 = self.consumers.iter().map(|c| c.errors).sum();
         if read_errors > 0 {
@@ -838,6 +846,7 @@ pub(crate) mod tests {
             ack_latency_steady_us: None,
             timeline: Vec::new(),
             scalings: Vec::new(),
+            incomplete: None,
         }
     }
 

@@ -261,7 +261,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
     };
     let admin = Client::connect_with(cfg.server.clone(), client_cfg.clone())
         .await
-        .map_err(|e| Error::new(format!("cannot connect to {}: {e}", cfg.server)))?;
+        .map_err(|e| connect_failed(&cfg.server, &e))?;
     let engine_cores = admin.server_info().cores.len();
     if let Some(shards) = cfg.create_shards {
         create_stream(&admin, cfg, shards).await?;
@@ -642,9 +642,21 @@ async fn run_on_stream(
         None => Vec::new(),
     };
 
-    // Consumers read up to each shard's last record, then stop.
-    let tips = shard_tips(admin, &cfg.stream).await?;
-    stop_tx.send_replace(Some(Arc::new(tips.iter().copied().collect())));
+    // Consumers read up to each shard's last record, then stop. A stream that cannot be
+    // described now (deleted under the run, the server gone) stops them where they are and
+    // leaves nothing to read back, but what the producers saw is still reported.
+    let (tips, incomplete) = match shard_tips(admin, &cfg.stream).await {
+        Ok(tips) => (Some(tips), None),
+        Err(e) => {
+            let also = if cfg.verify {
+                "; nothing read back"
+            } else {
+                ""
+            };
+            (None, Some(format!("{e}{also}")))
+        }
+    };
+    stop_tx.send_replace(Some(Arc::new(tips.iter().flatten().copied().collect())));
     let caught_up = match consumers {
         Some(c) => tokio::time::timeout(CATCH_UP_TIMEOUT, c.finish())
             .await
@@ -663,7 +675,7 @@ async fn run_on_stream(
     };
     let mut group = finished.and_then(|f| f.group);
 
-    let verify = if cfg.verify {
+    let verify = if let (true, Some(tips)) = (cfg.verify, &tips) {
         let mut acked = vec![BitSet::default(); keys.len()];
         // Each producer's counters come from its collector or (put-records) itself.
         let mut collected = collected.drain(..);
@@ -687,7 +699,7 @@ async fn run_on_stream(
                 .map(|(a, s)| a.count_not_in(s));
             report.missed = Some(missed.sum());
         }
-        Some(read_back(admin, &cfg.stream, &tips, &shared, Verifier::new(acked)).await?)
+        Some(read_back(admin, &cfg.stream, tips, &shared, Verifier::new(acked)).await?)
     } else {
         None
     };
@@ -834,6 +846,7 @@ async fn run_on_stream(
         reshards,
         timeline,
         scalings,
+        incomplete,
     })
 }
 
@@ -1022,6 +1035,16 @@ pub(crate) fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A failed connect, naming the server once (the client's own message may already).
+pub(crate) fn connect_failed(server: &str, e: &ClientError) -> Error {
+    let m = e.to_string();
+    Error::new(if m.contains(server) {
+        m
+    } else {
+        format!("cannot connect to {server}: {m}")
+    })
 }
 
 /// A short name for an error, for `errors_by_code`.

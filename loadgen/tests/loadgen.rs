@@ -173,6 +173,89 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .block_on(f)
 }
 
+/// A run whose push consumers cannot all be registered (the stream's 20-consumer quota)
+/// fails, and takes back the ones it registered: nothing is left to refuse the next.
+#[test]
+fn a_push_setup_that_fails_half_way_deregisters_what_it_registered() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(1),
+        limits: LimitsArg::Off,
+        producers: 1,
+        rate: 100.0,
+        keys: 10,
+        duration_s: 0.5,
+        consumers: 21,
+        consumer_mode: ConsumerMode::Push,
+        spin_us: 0,
+        ..env.config("lg-push-quota")
+    };
+    let e = run_blocking(&cfg).expect_err("21 consumers are over the quota");
+    assert!(
+        e.to_string()
+            .contains("cannot register consumer loadgen-20"),
+        "{e}"
+    );
+    let left = block_on(async {
+        let client = spate_client::Client::connect(cfg.server.clone())
+            .await
+            .unwrap();
+        client.list_consumers("lg-push-quota").await.unwrap()
+    });
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A stream deleted under a run: the producers' failures are reported (the report is
+/// written, naming the first error), and the run says what it could not do after.
+#[test]
+fn a_stream_deleted_during_the_run_still_gets_its_report() {
+    let env = Env::new();
+    let cfg = RunConfig {
+        create_shards: Some(1),
+        limits: LimitsArg::Off,
+        producers: 1,
+        rate: 500.0,
+        keys: 10,
+        duration_s: 2.0,
+        warmup_s: 0.0,
+        verify: true,
+        spin_us: 0,
+        ..env.config("lg-deleted")
+    };
+    let server = cfg.server.clone();
+    // Deletes the stream once the run has stored some records in it.
+    let deleter = std::thread::spawn(move || {
+        block_on(async {
+            let c = spate_client::Client::connect(server).await.unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                if let Ok(info) = c.describe_stream("lg-deleted").await {
+                    if info.shards.iter().any(|s| s.records >= 50) {
+                        break;
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "no records stored");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            c.delete_stream("lg-deleted").await.unwrap();
+        })
+    });
+    let r = run_blocking(&cfg).expect("a report, not an error");
+    deleter.join().unwrap();
+    assert!(r.records_acked >= 50, "{}", r.summary_line());
+    assert!(r.errors > 0, "{}", r.summary_line());
+    assert!(
+        r.incomplete
+            .as_deref()
+            .unwrap_or("")
+            .contains("nothing read back"),
+        "{:?}",
+        r.incomplete
+    );
+    assert!(r.verify.is_none());
+    assert!(r.failure().is_some());
+}
+
 #[test]
 fn push_consumers_each_read_every_record_once() {
     let env = Env::new();
@@ -571,6 +654,61 @@ fn every_bench_scenario_runs_tiny() {
         &out.path().join("fan-out.svg"),
     )
     .unwrap();
+}
+
+/// Command lines that cannot run exit with status 2 and one line, before anything is
+/// sent (no server listens on port 1): flags that do not go together, an unknown
+/// scenario, a --json file that cannot be written.
+#[test]
+fn command_line_errors_exit_2_before_the_run() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let base = [
+        "--server",
+        "127.0.0.1:1",
+        "--stream",
+        "s",
+        "--duration",
+        "1",
+    ];
+    for (extra, says) in [
+        (&["--producers", "0"][..], "invalid command line"),
+        (
+            &["--json", "/nonexistent/dir/r.json"][..],
+            "cannot write --json",
+        ),
+        (
+            &["--consumers", "1", "--crash-worker-at", "1"][..],
+            "invalid command line",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.lines().count() == 1,
+            "{stderr}"
+        );
+    }
+    let (code, stderr) = run(&["bench", "nosuch", "--server", "127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no scenario \"nosuch\""), "{stderr}");
+    // A run that cannot be done is status 1.
+    let (code, stderr) = run(&base);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("cannot connect to 127.0.0.1:1").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]

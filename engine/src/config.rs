@@ -99,7 +99,7 @@ max_parked_reads_per_core = 10000   # long-polls waiting at once per core; past 
 max_streams = 10000                 # quotas: streams on this node ...
 max_shards_per_stream = 10000       # ... shards in one stream (at most 10,000) ...
 max_shards = 100000                 # ... and open shards on this node (each costs ~1 KiB idle); past them LimitExceeded
-metrics_listen = "127.0.0.1:7480"  # HTTP GET /metrics, Prometheus text format ("": off)
+metrics_listen = "127.0.0.1:7480"  # HTTP GET /metrics, Prometheus text format ("" or "off": none)
 metrics = true                      # count per-stream and engine metrics (false: nothing is counted)
 create_answer_ms = 1000             # a create answers when its stream is ACTIVE or after this long with CREATING (0: at once)
 on_demand_check_ms = 1000           # how often core 0 looks at on-demand streams' write rates
@@ -410,14 +410,27 @@ impl EngineConfig {
         if self.max_connection_bytes < self.max_frame_bytes {
             return Err("max_connection_bytes must hold one maximal frame".into());
         }
-        if self.write_stall_timeout_ms == 0
-            || self.idle_timeout_ms == 0
-            || self.frame_timeout_ms == 0
-        {
-            return Err(
-                "write_stall_timeout_ms, idle_timeout_ms and frame_timeout_ms must be positive"
-                    .into(),
-            );
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(cpu) = self.cores.iter().find(|&&c| !seen.insert(c)) {
+            return Err(format!(
+                "cores = {:?}: CPU {cpu} appears twice (one engine core per CPU)",
+                self.cores
+            ));
+        }
+        // One key at a time, named with its value and the rule it breaks.
+        let check = |ok: bool, key: &str, value: &dyn std::fmt::Display, rule: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{key} = {value}: it must be {rule}"))
+            }
+        };
+        for (key, value) in [
+            ("write_stall_timeout_ms", self.write_stall_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("frame_timeout_ms", self.frame_timeout_ms),
+        ] {
+            check(value > 0, key, &value, "positive")?;
         }
         if self.max_shards_per_stream == 0
             || self.max_shards_per_stream > crate::catalog::MAX_SHARDS_PER_STREAM
@@ -430,21 +443,55 @@ impl EngineConfig {
         if self.memory_bytes_max < 2 * spate_protocol::batch::MAX_BATCH_BYTES {
             return Err("memory_bytes_max must hold two maximal batches".into());
         }
-        if self.on_demand_check_ms == 0
-            || self.on_demand_peak_window_days == 0
-            || self.on_demand_max_write_mib_per_s < 4
-            || !(1..=100).contains(&self.on_demand_scale_out_percent)
-            || self.on_demand_scale_in_percent >= self.on_demand_scale_out_percent
-        {
-            return Err("on_demand_*: check_ms and peak_window_days positive, max_write_mib_per_s at least 4, 0 < scale_in_percent < scale_out_percent <= 100".into());
-        }
-        if self.subscription_heartbeat_ms == 0
-            || self.subscription_heartbeat_ms > u64::from(spate_protocol::read::MAX_WAIT_MS)
-            || self.max_subscription_credit_bytes < 1 << 20
-            || !(300..=3_600_000).contains(&self.group_lease_timeout_ms)
-        {
-            return Err("subscription_heartbeat_ms must be 1..=30000, max_subscription_credit_bytes at least 1 MiB, group_lease_timeout_ms 300..=3600000".into());
-        }
+        check(
+            self.on_demand_check_ms > 0,
+            "on_demand_check_ms",
+            &self.on_demand_check_ms,
+            "positive",
+        )?;
+        check(
+            self.on_demand_peak_window_days > 0,
+            "on_demand_peak_window_days",
+            &self.on_demand_peak_window_days,
+            "positive",
+        )?;
+        check(
+            (4..=1_000_000).contains(&self.on_demand_max_write_mib_per_s),
+            "on_demand_max_write_mib_per_s",
+            &self.on_demand_max_write_mib_per_s,
+            "4..=1000000",
+        )?;
+        check(
+            (1..=100).contains(&self.on_demand_scale_out_percent),
+            "on_demand_scale_out_percent",
+            &self.on_demand_scale_out_percent,
+            "1..=100",
+        )?;
+        check(
+            self.on_demand_scale_in_percent < self.on_demand_scale_out_percent,
+            "on_demand_scale_in_percent",
+            &self.on_demand_scale_in_percent,
+            "below on_demand_scale_out_percent",
+        )?;
+        check(
+            (1..=u64::from(spate_protocol::read::MAX_WAIT_MS))
+                .contains(&self.subscription_heartbeat_ms),
+            "subscription_heartbeat_ms",
+            &self.subscription_heartbeat_ms,
+            "1..=30000",
+        )?;
+        check(
+            self.max_subscription_credit_bytes >= 1 << 20,
+            "max_subscription_credit_bytes",
+            &self.max_subscription_credit_bytes,
+            "at least 1048576 (1 MiB)",
+        )?;
+        check(
+            (300..=3_600_000).contains(&self.group_lease_timeout_ms),
+            "group_lease_timeout_ms",
+            &self.group_lease_timeout_ms,
+            "300..=3600000",
+        )?;
         self.validate_tls()?;
         self.store_config(0).validate()
     }
@@ -485,6 +532,37 @@ mod tests {
         assert_eq!(c, EngineConfig::default());
         assert_eq!(c.listen, "127.0.0.1:7400");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_is_named_with_its_key_and_rule() {
+        let refused = |toml: &str| {
+            EngineConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        };
+        assert_eq!(
+            refused("group_lease_timeout_ms = 10"),
+            "group_lease_timeout_ms = 10: it must be 300..=3600000"
+        );
+        assert_eq!(
+            refused("on_demand_scale_out_percent = 150"),
+            "on_demand_scale_out_percent = 150: it must be 1..=100"
+        );
+        assert_eq!(
+            refused("idle_timeout_ms = 0"),
+            "idle_timeout_ms = 0: it must be positive"
+        );
+        assert_eq!(
+            refused("cores = [0, 0]"),
+            "cores = [0, 0]: CPU 0 appears twice (one engine core per CPU)"
+        );
+        // "off" turns the metrics endpoint off in a file as on the command line.
+        EngineConfig::from_toml("metrics_listen = \"off\"")
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl Server {
     pub fn start(cfg: EngineConfig) -> Result<Server, EngineError> {
         let listen = resolve(&cfg.listen)?;
         let metrics_listen = match cfg.metrics_listen.as_str() {
-            "" => None,
+            "" | "off" => None,
             addr => Some(resolve(addr)?),
         };
         cfg.validate().map_err(EngineError::Startup)?;

@@ -270,8 +270,21 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
                 let _ = admin.delete_stream(&cfg.stream).await;
                 return Err(e);
             }
-        } else if let Some(warning) = over_limits(cfg, shards) {
+        } else if let Some(warning) = over_limits(cfg, &limits_of(cfg.limits), shards) {
             eprintln!("spate-loadgen: {warning}");
+        }
+    } else if let Ok(info) = admin.describe_stream(&cfg.stream).await {
+        // An existing stream keeps its own limits, whatever --limits says.
+        if cfg.limits == LimitsArg::Off && info.limits != Limits::Off {
+            eprintln!(
+                "spate-loadgen: --limits off applies to a stream the run creates (--create-shards); stream {} keeps its limits",
+                cfg.stream
+            );
+        }
+        if info.mode != CapacityMode::OnDemand {
+            if let Some(warning) = over_limits(cfg, &info.limits, open_shards(&info)) {
+                eprintln!("spate-loadgen: {warning}");
+            }
         }
     }
     let result = run_on_stream(cfg, &admin, client_cfg, engine_cores, started_unix_s).await;
@@ -283,20 +296,36 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, Error> {
     result
 }
 
-/// A warning when the offered rate is above what Kinesis limits let `shards` shards take:
-/// the surplus is throttled (reported, never dropped), which a user should expect up front.
-fn over_limits(cfg: &RunConfig, shards: u32) -> Option<String> {
-    if cfg.limits != LimitsArg::Kinesis || cfg.rate <= 0.0 || shards == 0 {
+fn limits_of(arg: LimitsArg) -> Limits {
+    match arg {
+        LimitsArg::Kinesis => Limits::Kinesis,
+        LimitsArg::Off => Limits::Off,
+    }
+}
+
+/// A warning when the offered rate is above what `limits` let `shards` shards take: the
+/// surplus is throttled (reported, never dropped), which a user should expect up front.
+fn over_limits(cfg: &RunConfig, limits: &Limits, shards: u32) -> Option<String> {
+    let (records_per_s, bytes_per_s, what) = match *limits {
+        Limits::Off => return None,
+        Limits::Kinesis => (1000, 1 << 20, "Kinesis limits"),
+        Limits::Custom {
+            write_bytes_per_s,
+            write_records_per_s,
+            ..
+        } => (write_records_per_s, write_bytes_per_s, "its limits"),
+    };
+    if cfg.rate <= 0.0 || shards == 0 {
         return None;
     }
-    // Kinesis: 1,000 records/s and 1 MiB/s in, per shard (keys and data count).
+    // Per shard, records and bytes (keys and data count).
     let per_record = cfg.size.mean() + 16.0;
-    let records = 1000.0 * f64::from(shards);
-    let bytes = f64::from(1u32 << 20) * f64::from(shards);
+    let records = records_per_s as f64 * f64::from(shards);
+    let bytes = bytes_per_s as f64 * f64::from(shards);
     let capacity = records.min(bytes / per_record);
     (cfg.rate > capacity * 1.05).then(|| {
         format!(
-            "offering {:.0} records/s to {shards} shard(s) with Kinesis limits, which take about {:.0} records/s of this size: expect about {:.0} % throttled (use --limits off, or more shards)",
+            "offering {:.0} records/s to {shards} shard(s) with {what}, which take about {:.0} records/s of this size: expect about {:.0} % throttled (use --limits off on a stream the run creates, or more shards)",
             cfg.rate,
             capacity,
             100.0 * (1.0 - capacity / cfg.rate)
@@ -305,10 +334,7 @@ fn over_limits(cfg: &RunConfig, shards: u32) -> Option<String> {
 }
 
 async fn create_stream(admin: &Client, cfg: &RunConfig, shards: u32) -> Result<(), Error> {
-    let limits = match cfg.limits {
-        LimitsArg::Kinesis => Limits::Kinesis,
-        LimitsArg::Off => Limits::Off,
-    };
+    let limits = limits_of(cfg.limits);
     match admin
         .create_stream(
             &cfg.stream,
@@ -2110,21 +2136,28 @@ mod over_limits_tests {
     use crate::config::SizeSpec;
 
     #[test]
-    fn warns_only_above_the_kinesis_capacity() {
-        let cfg = |rate: f64, limits| RunConfig {
+    fn warns_only_above_the_streams_capacity() {
+        let cfg = |rate: f64| RunConfig {
             rate,
             size: SizeSpec::fixed(1024),
-            limits,
             ..RunConfig::new("127.0.0.1:1".to_string(), "s".to_string())
         };
-        let w = over_limits(&cfg(10_000.0, LimitsArg::Kinesis), 4).expect("a warning");
+        let kinesis = limits_of(LimitsArg::Kinesis);
+        let w = over_limits(&cfg(10_000.0), &kinesis, 4).expect("a warning");
         assert!(w.contains("expect about 60 % throttled"), "{w}");
-        assert_eq!(over_limits(&cfg(10_000.0, LimitsArg::Kinesis), 12), None);
-        assert_eq!(over_limits(&cfg(10_000.0, LimitsArg::Off), 4), None);
-        assert_eq!(
-            over_limits(&cfg(0.0, LimitsArg::Kinesis), 1),
-            None,
-            "closed loop"
+        assert_eq!(over_limits(&cfg(10_000.0), &kinesis, 12), None);
+        assert_eq!(over_limits(&cfg(10_000.0), &Limits::Off, 4), None);
+        assert_eq!(over_limits(&cfg(0.0), &kinesis, 1), None, "closed loop");
+        // An existing stream's own limits: 100 records/s a shard.
+        let custom = Limits::Custom {
+            write_bytes_per_s: 1 << 30,
+            write_records_per_s: 100,
+            read_bytes_per_s: 1 << 30,
+        };
+        let w = over_limits(&cfg(1_000.0), &custom, 2).expect("a warning");
+        assert!(
+            w.contains("with its limits") && w.contains("about 80 % throttled"),
+            "{w}"
         );
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! Per stream, Kinesis' CloudWatch metrics under their names (a `.` becomes `_`, and
 //! counters end in `_total` as OpenMetrics wants): `IncomingBytes`, `IncomingRecords`,
-//! `PutRecord_Success`, `PutRecords_Success`, `PutRecords_Latency`,
+//! `PutRecord_Success`, `PutRecord_Bytes`, `PutRecord_Latency`, `PutRecords_Success`,
+//! `PutRecords_Bytes`, `PutRecords_TotalRecords`, `PutRecords_SuccessfulRecords`,
+//! `PutRecords_ThrottledRecords`, `PutRecords_FailedRecords`, `PutRecords_Latency`,
 //! `WriteProvisionedThroughputExceeded`, `ReadProvisionedThroughputExceeded`,
 //! `GetRecords_Success`, `GetRecords_Bytes`, `GetRecords_Records`, `GetRecords_Latency`,
 //! `GetRecords_IteratorAgeMilliseconds` and `OutgoingBytes`, each with a `stream` label.
@@ -76,7 +78,19 @@ pub struct StreamCounters {
     /// stored something.
     pub put_record_success: u64,
     pub put_records_success: u64,
+    /// Key and data bytes stored by PutRecord calls, and by batch calls (PutRecord.Bytes,
+    /// PutRecords.Bytes).
+    pub put_record_bytes: u64,
+    pub put_records_bytes: u64,
+    /// Records in batch calls: all, stored, refused by the write limit, failed otherwise
+    /// (PutRecords.TotalRecords, .SuccessfulRecords, .ThrottledRecords, .FailedRecords).
+    pub put_records_total_records: u64,
+    pub put_records_successful_records: u64,
+    pub put_records_throttled_records: u64,
+    pub put_records_failed_records: u64,
+    /// Latency of batch calls (PutRecords.Latency) and of PutRecord calls.
     pub put_latency: Latency,
+    pub put_record_latency: Latency,
     /// Records refused by the write limit (reported to the producer, never dropped).
     pub write_throttled: u64,
     /// Reads refused by the read limit.
@@ -110,7 +124,14 @@ impl StreamCounters {
         self.incoming_records += o.incoming_records;
         self.put_record_success += o.put_record_success;
         self.put_records_success += o.put_records_success;
+        self.put_record_bytes += o.put_record_bytes;
+        self.put_records_bytes += o.put_records_bytes;
+        self.put_records_total_records += o.put_records_total_records;
+        self.put_records_successful_records += o.put_records_successful_records;
+        self.put_records_throttled_records += o.put_records_throttled_records;
+        self.put_records_failed_records += o.put_records_failed_records;
         self.put_latency.merge(&o.put_latency);
+        self.put_record_latency.merge(&o.put_record_latency);
         self.write_throttled += o.write_throttled;
         self.read_throttled += o.read_throttled;
         self.get_records_success += o.get_records_success;
@@ -253,16 +274,17 @@ impl CoreMetrics {
         &self,
         stream_id: u64,
         name: &str,
-        batches: impl IntoIterator<Item = (u32, u64, u64, u64)>,
+        batches: impl IntoIterator<Item = (u32, u64, u64, u64, u64)>,
         single: bool,
         took: Duration,
     ) {
         let shard_level = !self.off.get() && self.shard_level.borrow().contains(&stream_id);
-        let (mut stored, mut bytes, mut throttled) = (0, 0, 0);
-        for (shard_id, s, b, t) in batches {
+        let (mut stored, mut bytes, mut throttled, mut failed) = (0, 0, 0, 0);
+        for (shard_id, s, b, t, f) in batches {
             stored += s;
             bytes += b;
             throttled += t;
+            failed += f;
             if shard_level {
                 self.shard(stream_id, shard_id, name, |c| {
                     c.incoming_records += s;
@@ -277,13 +299,23 @@ impl CoreMetrics {
             c.incoming_records += stored;
             c.incoming_bytes += bytes;
             c.write_throttled += throttled;
+            if single {
+                c.put_record_bytes += bytes;
+            } else {
+                c.put_records_bytes += bytes;
+                c.put_records_total_records += stored + throttled + failed;
+                c.put_records_successful_records += stored;
+                c.put_records_throttled_records += throttled;
+                c.put_records_failed_records += failed;
+            }
             if stored > 0 {
                 if single {
                     c.put_record_success += 1;
+                    c.put_record_latency.observe(took);
                 } else {
                     c.put_records_success += 1;
+                    c.put_latency.observe(took);
                 }
-                c.put_latency.observe(took);
             }
         });
     }
@@ -545,6 +577,42 @@ impl MetricsSnapshot {
             "PutRecords and PutBatches calls that stored at least one record",
             &|c| c.put_records_success,
         );
+        counter(
+            &mut registry,
+            "PutRecord_Bytes",
+            "Partition key and data bytes stored by PutRecord calls",
+            &|c| c.put_record_bytes,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_Bytes",
+            "Partition key and data bytes stored by PutRecords and PutBatches calls",
+            &|c| c.put_records_bytes,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_TotalRecords",
+            "Records sent in PutRecords and PutBatches calls",
+            &|c| c.put_records_total_records,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_SuccessfulRecords",
+            "Records of PutRecords and PutBatches calls that were stored",
+            &|c| c.put_records_successful_records,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_ThrottledRecords",
+            "Records of PutRecords and PutBatches calls refused by the shard's write limit",
+            &|c| c.put_records_throttled_records,
+        );
+        counter(
+            &mut registry,
+            "PutRecords_FailedRecords",
+            "Records of PutRecords and PutBatches calls that failed otherwise",
+            &|c| c.put_records_failed_records,
+        );
         with_shards(
             &mut registry,
             "WriteProvisionedThroughputExceeded",
@@ -654,8 +722,14 @@ impl MetricsSnapshot {
         latency(
             &mut registry,
             "PutRecords_Latency",
-            "Put latency in ms, arrival to acknowledgement",
+            "PutRecords and PutBatches latency in ms, arrival to acknowledgement",
             &|c| &c.put_latency,
+        );
+        latency(
+            &mut registry,
+            "PutRecord_Latency",
+            "PutRecord latency in ms, arrival to acknowledgement",
+            &|c| &c.put_record_latency,
         );
         latency(
             &mut registry,
@@ -990,7 +1064,7 @@ pub mod bench {
             self.0
                 .request(spate_protocol::Opcode::PutBatches.as_u16(), None);
             self.0
-                .count_put(1, "stream", [(shard_id, records, bytes, 0)], false, took);
+                .count_put(1, "stream", [(shard_id, records, bytes, 0, 0)], false, took);
         }
     }
 }
@@ -1005,7 +1079,7 @@ mod tests {
         on.count_put(
             7,
             "s",
-            [(0, 3, 30, 1), (1, 2, 20, 0)],
+            [(0, 3, 30, 1, 0), (1, 2, 20, 0, 4)],
             false,
             Duration::from_micros(5),
         );
@@ -1015,12 +1089,24 @@ mod tests {
             (5, 50, 1)
         );
         assert_eq!((c.put_records_success, c.put_record_success), (1, 0));
+        assert_eq!(
+            (
+                c.put_records_total_records,
+                c.put_records_successful_records,
+                c.put_records_throttled_records,
+                c.put_records_failed_records,
+                c.put_records_bytes,
+                c.put_record_bytes
+            ),
+            (10, 5, 1, 4, 50, 0)
+        );
+        assert_eq!((c.put_latency.count, c.put_record_latency.count), (1, 0));
         // Off: no counters, but the records stored still count (the metrics-cost phases).
         let off = CoreMetrics::new(false);
         off.count_put(
             7,
             "s",
-            [(0, 3, 30, 0), (1, 2, 20, 0)],
+            [(0, 3, 30, 0, 0), (1, 2, 20, 0, 0)],
             false,
             Duration::from_micros(5),
         );

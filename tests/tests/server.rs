@@ -637,6 +637,17 @@ fn the_metrics_endpoint_counts_what_was_done() {
         refused as f64
     );
     assert_eq!(value("PutRecords_Success_total", stream), stored_calls);
+    assert_eq!(value("PutRecords_TotalRecords_total", stream), 1500.0);
+    assert_eq!(
+        value("PutRecords_SuccessfulRecords_total", stream),
+        accepted as f64
+    );
+    assert_eq!(
+        value("PutRecords_ThrottledRecords_total", stream),
+        refused as f64
+    );
+    assert_eq!(value("PutRecords_FailedRecords_total", stream), 0.0);
+    assert_eq!(value("PutRecords_Bytes_total", stream), bytes as f64);
     assert_eq!(value("GetRecords_Records_total", stream), read.len() as f64);
     assert_eq!(
         value("ReadProvisionedThroughputExceeded_total", stream),

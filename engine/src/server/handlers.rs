@@ -823,9 +823,9 @@ async fn put_batches<S: Storage + 'static>(
     core.metrics.count_put(
         entry.stream_id,
         r.stream,
-        r.batches.iter().zip(&results).filter_map(|(b, res)| {
-            let (stored, bytes, throttled) = put_counts(b.batch, res)?;
-            Some((b.shard_id, stored, bytes, throttled))
+        r.batches.iter().zip(&results).map(|(b, res)| {
+            let (stored, bytes, throttled, failed) = put_counts(b.batch, res);
+            (b.shard_id, stored, bytes, throttled, failed)
         }),
         false,
         started.elapsed(),
@@ -1081,31 +1081,28 @@ fn count_put<S: Storage + 'static>(
     started: std::time::Instant,
     single: bool,
 ) {
-    if let Some((stored, bytes, throttled)) = put_counts(batch, result) {
-        core.metrics.count_put(
-            stream_id,
-            stream,
-            [(shard_id, stored, bytes, throttled)],
-            single,
-            started.elapsed(),
-        );
-    }
+    let (stored, bytes, throttled, failed) = put_counts(batch, result);
+    core.metrics.count_put(
+        stream_id,
+        stream,
+        [(shard_id, stored, bytes, throttled, failed)],
+        single,
+        started.elapsed(),
+    );
 }
 
-/// What a put of `batch` counts in the metrics: `(stored, bytes, throttled)` records and
-/// key and data bytes stored, and records throttled; nothing for a put that failed
+/// What a put of `batch` counts in the metrics: `(stored, bytes, throttled, failed)`
+/// records and key and data bytes stored, records throttled, and records that failed
 /// otherwise.
-fn put_counts(batch: &[u8], result: &Result<PutOutcome, EngineError>) -> Option<(u64, u64, u64)> {
+fn put_counts(batch: &[u8], result: &Result<PutOutcome, EngineError>) -> (u64, u64, u64, u64) {
+    let records = || BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
     match result {
         Ok(o) => {
             let stored = u64::from(o.accepted);
-            Some((stored, o.bytes, u64::from(o.record_count - o.accepted)))
+            (stored, o.bytes, u64::from(o.record_count - o.accepted), 0)
         }
-        Err(EngineError::Throttled { .. }) => {
-            let throttled = BatchHeader::decode(batch).map_or(0, |h| u64::from(h.record_count));
-            Some((0, 0, throttled))
-        }
-        Err(_) => None,
+        Err(EngineError::Throttled { .. }) => (0, 0, records(), 0),
+        Err(_) => (0, 0, 0, records()),
     }
 }
 

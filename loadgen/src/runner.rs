@@ -134,6 +134,9 @@ pub(crate) struct Shared {
     changes: Vec<ChangeWindow>,
     /// `--stop-after-mib`: bytes (key and data) the producers may still send.
     budget_bytes: Option<AtomicI64>,
+    /// SIGINT or SIGTERM came: the producers send nothing more, and the run ends as at its
+    /// planned end (drained, consumers caught up, reported, cleaned up).
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 /// A `--reshard` step's change window on the run's clock: the records due from `from_ns`
@@ -165,6 +168,7 @@ impl Shared {
             progress: false,
             changes: Vec::new(),
             budget_bytes: None,
+            interrupted: Default::default(),
         }
     }
 
@@ -397,6 +401,10 @@ async fn run_on_stream(
     engine_cores: usize,
     started_unix_s: u64,
 ) -> Result<Report, Error> {
+    // SIGINT or SIGTERM from here on stops the run early, with its report and clean-up
+    // (consumers deregistered, the group and, with --delete-after, the stream deleted).
+    let interrupt = interrupt_signal();
+    tokio::pin!(interrupt);
     let info = admin
         .describe_stream(&cfg.stream)
         .await
@@ -493,6 +501,7 @@ async fn run_on_stream(
         budget_bytes: cfg
             .stop_after_mib
             .map(|mib| AtomicI64::new((mib * MIB) as i64)),
+        interrupted: Default::default(),
     });
     // The shards change (if asked) on the admin connection while the producers go on.
     let reshards = (!cfg.reshards.is_empty()).then(|| {
@@ -621,10 +630,22 @@ async fn run_on_stream(
     let window_start = Instant::now();
     let run_end = tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into());
     let budget_spent = cfg.stop_after_mib.is_some();
+    let mut interrupted: Option<(&str, f64)> = None;
     let stopped_early = tokio::select! {
         _ = run_end => false,
         _ = stopped_rx.wait_for(|&n| n == cfg.producers), if budget_spent => true,
+        signal = &mut interrupt => {
+            shared.interrupted.store(true, Ordering::Relaxed);
+            interrupted = Some((signal, shared.t0.elapsed().as_secs_f64()));
+            eprintln!(
+                "spate-loadgen: {signal}: stopping the run (again to quit at once, without a report or clean-up)"
+            );
+            true
+        }
     };
+    // Past the measured window (draining, consumers catching up, reading back, cleaning
+    // up) a signal ends the process at once.
+    exit_on_interrupt();
     let cpu_end = (
         CpuTimes::of_self(),
         cfg.engine_pid.and_then(CpuTimes::of_pid),
@@ -681,6 +702,14 @@ async fn run_on_stream(
             };
             (None, Some(format!("{e}{also}")))
         }
+    };
+    let incomplete = match (interrupted, incomplete) {
+        (Some((signal, at_s)), after) => Some(format!(
+            "stopped by {signal} at {at_s:.1} s of {:.1} s{}",
+            cfg.run_duration().as_secs_f64(),
+            after.map(|a| format!("; {a}")).unwrap_or_default()
+        )),
+        (None, after) => after,
     };
     stop_tx.send_replace(Some(Arc::new(tips.iter().flatten().copied().collect())));
     let caught_up = match consumers {
@@ -1063,6 +1092,35 @@ pub(crate) fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// The first SIGINT or SIGTERM from now on (the handlers are installed at the call), by
+/// name; never, if they cannot be installed (the signal then ends the process as usual).
+fn interrupt_signal() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        match handlers {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// From now on SIGINT or SIGTERM ends the process at once, with the status a shell gives
+/// an interrupted command.
+fn exit_on_interrupt() {
+    let signal = interrupt_signal();
+    tokio::spawn(async move {
+        signal.await;
+        std::process::exit(130);
+    });
+}
+
 /// A failed connect, naming the server once (the client's own message may already).
 pub(crate) fn connect_failed(server: &str, e: &ClientError) -> Error {
     let m = e.to_string();
@@ -1185,7 +1243,13 @@ impl Generator {
             }
         }
         if self.schedule.is_open_loop() {
-            self.out.unsent = self.schedule.due_count(u64::MAX) - self.k;
+            // Interrupted: what fell due until then (the rest was never due).
+            let until = if self.shared.interrupted.load(Ordering::Relaxed) {
+                self.shared.now_ns()
+            } else {
+                u64::MAX
+            };
+            self.out.unsent = self.schedule.due_count(until).saturating_sub(self.k);
         }
         self.out
     }
@@ -1217,10 +1281,12 @@ impl Generator {
 
     /// `--stop-after-mib`: the producers have sent that much.
     fn budget_spent(&self) -> bool {
-        self.shared
-            .budget_bytes
-            .as_ref()
-            .is_some_and(|b| b.load(Ordering::Relaxed) <= 0)
+        self.shared.interrupted.load(Ordering::Relaxed)
+            || self
+                .shared
+                .budget_bytes
+                .as_ref()
+                .is_some_and(|b| b.load(Ordering::Relaxed) <= 0)
     }
 
     /// Which owned key the next record goes to, and its size.

@@ -711,6 +711,82 @@ fn command_line_errors_exit_2_before_the_run() {
     );
 }
 
+/// SIGINT stops a run early as its end would: the producers stop, the report is written
+/// (saying it was interrupted, and when), and the clean-up is done (the push consumers
+/// deregistered, the stream deleted with --delete-after); the status says it is incomplete.
+#[test]
+fn an_interrupted_run_reports_and_cleans_up() {
+    let env = Env::new();
+    let addr = env.server.as_ref().unwrap().local_addr().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("r.json");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+        .args([
+            "--server",
+            &addr,
+            "--stream",
+            "lg-int",
+            "--create-shards",
+            "1",
+            "--limits",
+            "off",
+            "--producers",
+            "1",
+            "--rate",
+            "500",
+            "--keys",
+            "10",
+            "--duration",
+            "600",
+            "--warmup",
+            "0",
+            "--consumers",
+            "1",
+            "--consumer-mode",
+            "push",
+            "--delete-after",
+            "-q",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once the run has stored some records.
+    block_on(async {
+        let c = spate_client::Client::connect(addr.clone()).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(info) = c.describe_stream("lg-int").await {
+                if info.shards.iter().any(|s| s.records >= 100) {
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no records stored");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+    // SAFETY: kill(2) on our child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the run is incomplete: stopped by SIGINT at"),
+        "{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(report["records_acked"].as_u64().unwrap() >= 100, "{report}");
+    assert!(report["duration_s"].as_f64().unwrap() < 600.0, "{report}");
+    let listed = block_on(async {
+        let c = spate_client::Client::connect(addr.clone()).await.unwrap();
+        c.list_streams().await.unwrap()
+    });
+    assert!(!listed.iter().any(|s| s == "lg-int"), "{listed:?}");
+}
+
 #[test]
 fn the_binary_prints_a_table_and_writes_json_and_plot() {
     let env = Env::new();

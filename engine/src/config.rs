@@ -410,13 +410,6 @@ impl EngineConfig {
         if self.max_connection_bytes < self.max_frame_bytes {
             return Err("max_connection_bytes must hold one maximal frame".into());
         }
-        let mut seen = std::collections::BTreeSet::new();
-        if let Some(cpu) = self.cores.iter().find(|&&c| !seen.insert(c)) {
-            return Err(format!(
-                "cores = {:?}: CPU {cpu} appears twice (one engine core per CPU)",
-                self.cores
-            ));
-        }
         // One key at a time, named with its value and the rule it breaks.
         let check = |ok: bool, key: &str, value: &dyn std::fmt::Display, rule: &str| {
             if ok {
@@ -553,10 +546,6 @@ mod tests {
         assert_eq!(
             refused("idle_timeout_ms = 0"),
             "idle_timeout_ms = 0: it must be positive"
-        );
-        assert_eq!(
-            refused("cores = [0, 0]"),
-            "cores = [0, 0]: CPU 0 appears twice (one engine core per CPU)"
         );
         // "off" turns the metrics endpoint off in a file as on the command line.
         EngineConfig::from_toml("metrics_listen = \"off\"")

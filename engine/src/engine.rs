@@ -199,6 +199,14 @@ impl Engine {
     pub fn start_with_clock(cfg: EngineConfig, clock: ClockRef) -> Result<Engine, EngineError> {
         cfg.validate().map_err(EngineError::Startup)?;
         let cpus = engine_cpus(&cfg)?;
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(cpu) = cpus.iter().find(|&&c| !seen.insert(c)) {
+            // Allowed (tests run several cores on one CPU), but never what production wants:
+            // the executors on one CPU take turns, and each keeps its store for good.
+            tracing::warn!(
+                "cores = {cpus:?}: CPU {cpu} runs more than one engine core; they take turns on it (the command line's --cores refuses this)"
+            );
+        }
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             EngineError::Startup(format!(
                 "cannot create data dir {}: {e}",

@@ -1203,6 +1203,9 @@ async fn subscribe(client: &Client, args: SubscribeArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a stopped `consume` waits to leave its group.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The first SIGINT or SIGTERM from now on: its name and the exit status a shell gives a
 /// process it ended (128 + the signal's number).
 fn stop_signal() -> Result<impl std::future::Future<Output = (&'static str, i32)>, String> {
@@ -1258,11 +1261,23 @@ async fn consume(client: &Client, args: ConsumeArgs) -> Result<(), String> {
         let event = tokio::select! {
             event = worker.next() => event,
             (signal, status) = &mut stop => {
-                worker.leave().await.map_err(err)?;
-                eprintln!(
-                    "spate: stopped by {signal}; left group {}, whose other members take its shards now",
-                    args.group
-                );
+                // A server that does not answer in time leaves the leases to its timeout.
+                let left = tokio::time::timeout(LEAVE_TIMEOUT, worker.leave()).await;
+                match left {
+                    Ok(Ok(())) => eprintln!(
+                        "spate: stopped by {signal}; left group {}, whose other members take its shards now",
+                        args.group
+                    ),
+                    Ok(Err(e)) => eprintln!(
+                        "spate: stopped by {signal}; could not leave group {} ({e}): its shards move after the lease timeout",
+                        args.group
+                    ),
+                    Err(_) => eprintln!(
+                        "spate: stopped by {signal}; leaving group {} took over {} s: its shards move after the lease timeout",
+                        args.group,
+                        LEAVE_TIMEOUT.as_secs()
+                    ),
+                }
                 std::process::exit(status);
             }
         };

@@ -802,9 +802,15 @@ fn failures_are_one_line_and_non_zero() {
         assert!(last.starts_with("spate: "), "{args:?}: {stderr}");
     }
     // A core's own port (the listen port + 1 + its index) that is taken is named as such.
-    let listen = free_listen_addr();
-    let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
-    let _taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).unwrap();
+    // (Another test may take a port between the look and the bind: look again.)
+    let (listen, port, _taken) = (0..20)
+        .find_map(|_| {
+            let listen = free_listen_addr();
+            let port: u16 = listen.rsplit(':').next().unwrap().parse().unwrap();
+            let taken = std::net::TcpListener::bind(("127.0.0.1", port + 1)).ok()?;
+            Some((listen, port, taken))
+        })
+        .expect("a free pair of ports");
     let out = Command::new(SPATE)
         .arg("serve")
         .arg("--data-dir")

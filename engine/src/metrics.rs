@@ -285,7 +285,9 @@ impl CoreMetrics {
             bytes += b;
             throttled += t;
             failed += f;
-            if shard_level {
+            // A batch that failed outright names a shard the client chose, which may not
+            // exist: only shards that stored or refused records get counters of their own.
+            if shard_level && s + t > 0 {
                 self.shard(stream_id, shard_id, name, |c| {
                     c.incoming_records += s;
                     c.incoming_bytes += b;
@@ -1112,6 +1114,23 @@ mod tests {
         );
         assert_eq!(off.stored.get(), 5);
         assert!(off.streams.borrow().is_empty());
+    }
+
+    /// Shard-level counters: a batch that failed outright (a shard id the client made up)
+    /// gets none, so made-up ids cannot grow the table.
+    #[test]
+    fn a_failed_batch_gets_no_shard_counters() {
+        let on = CoreMetrics::new(true);
+        on.shard_level.borrow_mut().insert(8);
+        on.count_put(
+            8,
+            "t",
+            [(5, 1, 10, 0, 0), (4_000_000, 0, 0, 0, 3)],
+            false,
+            Duration::from_micros(5),
+        );
+        let shards: Vec<(u64, u32)> = on.shards.borrow().keys().copied().collect();
+        assert_eq!(shards, [(8, 5)]);
     }
 
     #[test]

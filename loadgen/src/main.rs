@@ -371,11 +371,15 @@ fn main() -> ExitCode {
 /// How a command-line error's message starts (it exits with status 2).
 const USAGE: &str = "invalid command line: ";
 
-/// `--json FILE` is writable (created empty now, written at the end): found out before
-/// the run, not after it.
+/// `--json FILE` is writable (opened, created if missing, but not emptied: a report
+/// already there stays until this run's replaces it): found out before the run, not after.
 fn check_json_path(path: Option<&std::path::Path>) -> Result<(), String> {
     match path {
-        Some(p) if p.as_os_str() != "-" => std::fs::File::create(p)
+        Some(p) if p.as_os_str() != "-" => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
             .map(drop)
             .map_err(|e| format!("{USAGE}cannot write --json {}: {e}", p.display())),
         _ => Ok(()),

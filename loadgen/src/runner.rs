@@ -401,10 +401,9 @@ async fn run_on_stream(
     engine_cores: usize,
     started_unix_s: u64,
 ) -> Result<Report, Error> {
-    // SIGINT or SIGTERM from here on stops the run early, with its report and clean-up
-    // (consumers deregistered, the group and, with --delete-after, the stream deleted).
-    let interrupt = interrupt_signal();
-    tokio::pin!(interrupt);
+    // While the run is set up, SIGINT or SIGTERM quits at once (as a signal's default would);
+    // from the clock's start it stops the run early instead, with its report and clean-up.
+    let setup_exit = exit_on_interrupt();
     let info = admin
         .describe_stream(&cfg.stream)
         .await
@@ -479,6 +478,9 @@ async fn run_on_stream(
     };
     let consumer_names = prepared.as_ref().map(Prepared::names).unwrap_or_default();
 
+    let interrupt = interrupt_signal();
+    tokio::pin!(interrupt);
+    drop(setup_exit);
     // The clock starts now: record n is due at t0 + n / rate.
     let shared = Arc::new(Shared {
         t0: Instant::now(),
@@ -617,7 +619,18 @@ async fn run_on_stream(
     });
 
     // CPU is measured over the measured window.
-    tokio::time::sleep_until((shared.t0 + cfg.warmup()).into()).await;
+    let mut interrupted: Option<(&str, f64)> = None;
+    let stop_now = |signal: &'static str| {
+        shared.interrupted.store(true, Ordering::Relaxed);
+        eprintln!(
+            "spate-loadgen: {signal}: stopping the run (again to quit at once, without a report or clean-up)"
+        );
+        (signal, shared.t0.elapsed().as_secs_f64())
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until((shared.t0 + cfg.warmup()).into()) => {}
+        signal = &mut interrupt => interrupted = Some(stop_now(signal)),
+    }
     let cpu_start = (
         CpuTimes::of_self(),
         cfg.engine_pid.and_then(CpuTimes::of_pid),
@@ -630,22 +643,18 @@ async fn run_on_stream(
     let window_start = Instant::now();
     let run_end = tokio::time::sleep_until((shared.t0 + cfg.run_duration()).into());
     let budget_spent = cfg.stop_after_mib.is_some();
-    let mut interrupted: Option<(&str, f64)> = None;
-    let stopped_early = tokio::select! {
-        _ = run_end => false,
-        _ = stopped_rx.wait_for(|&n| n == cfg.producers), if budget_spent => true,
-        signal = &mut interrupt => {
-            shared.interrupted.store(true, Ordering::Relaxed);
-            interrupted = Some((signal, shared.t0.elapsed().as_secs_f64()));
-            eprintln!(
-                "spate-loadgen: {signal}: stopping the run (again to quit at once, without a report or clean-up)"
-            );
-            true
-        }
-    };
+    let stopped_early = interrupted.is_some()
+        || tokio::select! {
+            _ = run_end => false,
+            _ = stopped_rx.wait_for(|&n| n == cfg.producers), if budget_spent => true,
+            signal = &mut interrupt => {
+                interrupted = Some(stop_now(signal));
+                true
+            }
+        };
     // Past the measured window (draining, consumers catching up, reading back, cleaning
-    // up) a signal ends the process at once.
-    exit_on_interrupt();
+    // up) a signal ends the process at once; not after this run (a bench runs several).
+    let _tail_exit = exit_on_interrupt();
     let cpu_end = (
         CpuTimes::of_self(),
         cfg.engine_pid.and_then(CpuTimes::of_pid),
@@ -1111,14 +1120,26 @@ fn interrupt_signal() -> impl std::future::Future<Output = &'static str> {
     }
 }
 
-/// From now on SIGINT or SIGTERM ends the process at once, with the status a shell gives
-/// an interrupted command.
-fn exit_on_interrupt() {
+/// Until the guard is dropped, SIGINT or SIGTERM ends the process at once, with the status
+/// a shell gives a process that signal ended (128 + its number).
+fn exit_on_interrupt() -> AbortOnDrop {
     let signal = interrupt_signal();
-    tokio::spawn(async move {
-        signal.await;
-        std::process::exit(130);
-    });
+    AbortOnDrop(tokio::spawn(async move {
+        let status = match signal.await {
+            "SIGTERM" => 128 + libc::SIGTERM,
+            _ => 128 + libc::SIGINT,
+        };
+        std::process::exit(status);
+    }))
+}
+
+/// A task that ends with its guard.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A failed connect, naming the server once (the client's own message may already).

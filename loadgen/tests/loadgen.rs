@@ -711,6 +711,24 @@ fn command_line_errors_exit_2_before_the_run() {
     );
 }
 
+/// A child process killed if the test fails before it has let go of it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn take(mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// SIGINT stops a run early as its end would: the producers stop, the report is written
 /// (saying it was interrupted, and when), and the clean-up is done (the push consumers
 /// deregistered, the stream deleted with --delete-after); the status says it is incomplete.
@@ -720,39 +738,41 @@ fn an_interrupted_run_reports_and_cleans_up() {
     let addr = env.server.as_ref().unwrap().local_addr().to_string();
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("r.json");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
-        .args([
-            "--server",
-            &addr,
-            "--stream",
-            "lg-int",
-            "--create-shards",
-            "1",
-            "--limits",
-            "off",
-            "--producers",
-            "1",
-            "--rate",
-            "500",
-            "--keys",
-            "10",
-            "--duration",
-            "600",
-            "--warmup",
-            "0",
-            "--consumers",
-            "1",
-            "--consumer-mode",
-            "push",
-            "--delete-after",
-            "-q",
-            "--json",
-        ])
-        .arg(&json)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop(Some(
+        std::process::Command::new(env!("CARGO_BIN_EXE_spate-loadgen"))
+            .args([
+                "--server",
+                &addr,
+                "--stream",
+                "lg-int",
+                "--create-shards",
+                "1",
+                "--limits",
+                "off",
+                "--producers",
+                "1",
+                "--rate",
+                "500",
+                "--keys",
+                "10",
+                "--duration",
+                "600",
+                "--warmup",
+                "0",
+                "--consumers",
+                "1",
+                "--consumer-mode",
+                "push",
+                "--delete-after",
+                "-q",
+                "--json",
+            ])
+            .arg(&json)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     // Interrupted once the run has stored some records.
     block_on(async {
         let c = spate_client::Client::connect(addr.clone()).await.unwrap();
@@ -767,6 +787,7 @@ fn an_interrupted_run_reports_and_cleans_up() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     });
+    let child = child.take();
     // SAFETY: kill(2) on our child, not yet reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let output = child.wait_with_output().unwrap();

@@ -44,7 +44,8 @@
 //! `shard_level_metrics bool`, `encryption u8`, `key_epochs u32` (data keys the stream
 //! keeps), `master_key_id opt<u32>` (the master key its current data key is wrapped
 //! under: present exactly when `encryption` is not none) and `max_write_mib_per_s
-//! opt<u32>` (the write-capacity ceiling: present exactly when on-demand).
+//! opt<u32>` (the write-capacity ceiling of an on-demand stream; a later addition, so a
+//! description may end before it).
 //!
 //! Encryption at rest (Kinesis' `EncryptionType`, with the server's key file in place of
 //! KMS): an encrypted stream's records are sealed with AES-256-GCM under a *data key* of
@@ -843,13 +844,16 @@ impl<'a> Payload<'a> for StreamDescription<'a> {
         let encryption = EncryptionType::decode(r, "encryption")?;
         let key_epochs = r.u32("key_epochs")?;
         let master_key_id = r.option("master_key_id", Reader::u32)?;
-        let max_write_mib_per_s = r.option("max_write_mib_per_s", Reader::u32)?;
-        if max_write_mib_per_s.is_some() != (mode == CapacityMode::OnDemand)
-            || max_write_mib_per_s.is_some_and(|m| !(4..=1_000_000).contains(&m))
+        // Added later: a server from before it ends the description here.
+        let max_write_mib_per_s = r
+            .trailing("max_write_mib_per_s", |r, f| r.option(f, Reader::u32))?
+            .flatten();
+        if max_write_mib_per_s
+            .is_some_and(|m| mode != CapacityMode::OnDemand || !(4..=1_000_000).contains(&m))
         {
             return Err(DecodeError::Malformed {
                 field: "max_write_mib_per_s",
-                reason: "present exactly when on-demand, in 4..=1000000",
+                reason: "only when on-demand, in 4..=1000000",
             });
         }
         // A sealing stream has a current data key, wrapped under some master key; a stream
@@ -1448,15 +1452,30 @@ mod tests {
             1, 200, 0, 0, 0, // max_write_mib_per_s: 200
         ];
         assert_eq!(out[out.len() - tail.len()..], tail);
-        // Provisioned: absent; present exactly when on-demand, in range.
+        // Provisioned: absent; present only when on-demand, in range. A description from a
+        // server before the field ends without it.
         let mut d = description();
         d.mode = CapacityMode::Provisioned;
         d.max_write_mib_per_s = None;
         let out = check_response(&Response::DescribeStream(d));
         assert_eq!(out[out.len() - 1], 0);
+        let mut older = Vec::new();
+        let mut d = description();
+        d.max_write_mib_per_s = None;
+        d.encode_payload(&mut older);
+        older.pop(); // an absent option is one byte: a description that ends before it
+        let decoded =
+            crate::message::Response::decode(crate::frame::Opcode::DescribeStream.as_u16(), &older)
+                .unwrap();
+        assert!(matches!(
+            decoded,
+            crate::message::Response::DescribeStream(StreamDescription {
+                max_write_mib_per_s: None,
+                ..
+            })
+        ));
         for (mode, ceiling) in [
             (CapacityMode::Provisioned, Some(200)),
-            (CapacityMode::OnDemand, None),
             (CapacityMode::OnDemand, Some(3)),
         ] {
             let mut d = description();

@@ -1320,7 +1320,6 @@ fn put_batch_response(
     }
 }
 
-/// Arrival time of the last batch in a read's concatenated stored batches.
 /// Key and data bytes of the records `start_seq..end_seq` in `bytes` (whole stored batches,
 /// which may hold records outside the range): what Kinesis' `GetRecords.Bytes` and
 /// `OutgoingBytes` count. A batch whose records cannot be walked counts its own length.
@@ -1352,6 +1351,7 @@ pub(super) fn records_bytes(bytes: &[u8], start_seq: u64, end_seq: u64) -> u64 {
     total
 }
 
+/// Arrival time of the last batch in a read's concatenated stored batches.
 fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
     let mut pos = 0;
     let mut last = None;

@@ -78,14 +78,16 @@ impl Server {
         // naming it. Each core builds its own configuration from the same files (`tls`).
         let tls = tls::ServerTls::load(&cfg)?;
         let mutual_tls = cfg.tls_client_ca_file.is_some();
-        let engine = Engine::start(cfg)?;
-        let n = engine.core_cpus().len();
+        // Checked before the engine starts (and recovers every shard) for nothing.
+        let n = crate::engine::engine_cpus(&cfg)?.len();
         if listen.port() != 0 && usize::from(listen.port()) + n > usize::from(u16::MAX) {
             return Err(EngineError::Startup(format!(
                 "listen port {} leaves no room for the {n} cores' own ports (the listen port + 1 + each core's index, at most 65535)",
                 listen.port()
             )));
         }
+        let engine = Engine::start(cfg)?;
+        let n = engine.core_cpus().len();
         // A core's own port: the public port + 1 + its index, or any free port when the
         // public port is 0 (tests).
         let own = |public: SocketAddr, i: usize| {

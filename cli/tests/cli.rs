@@ -1348,6 +1348,22 @@ fn creates_wait_puts_take_files_and_fields_reads_take_streams_and_formats() {
         f["request_id"].is_u64() && f["peer"].as_str().is_some_and(|p| p.contains("127.0.0.1")),
         "{f}"
     );
+    // Values as people write them, not Rust's debug text (`Some(…)`, `[…]`).
+    assert!(
+        f["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{f}"
+    );
+    let listening = lines
+        .iter()
+        .find(|v| message(v) == "listening")
+        .unwrap_or_else(|| panic!("{log}"));
+    let cores = listening["fields"]["cores"].as_str().unwrap_or_default();
+    assert!(
+        cores.starts_with("127.0.0.1:") && !cores.contains('['),
+        "{listening}"
+    );
     assert!(f["code"].as_str().unwrap().contains("UnknownStream"), "{f}");
     server.stop(libc::SIGTERM);
 }

@@ -274,11 +274,11 @@ fn log_error<S: Storage + 'static>(
     let principal = conn.security.borrow().principal();
     let principal = principal.as_deref();
     if server_side {
-        tracing::warn!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
+        tracing::warn!(request_id, peer = %super::Peer(peer), principal, op, stream, %code, suppressed, "{message}");
     } else if pushback {
-        tracing::debug!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
+        tracing::debug!(request_id, peer = %super::Peer(peer), principal, op, stream, %code, suppressed, "{message}");
     } else {
-        tracing::info!(request_id, ?peer, principal, op, stream, %code, suppressed, "{message}");
+        tracing::info!(request_id, peer = %super::Peer(peer), principal, op, stream, %code, suppressed, "{message}");
     }
 }
 

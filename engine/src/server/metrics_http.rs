@@ -54,7 +54,7 @@ impl MetricsEndpoint {
                         Ok(conn) => {
                             let peer = conn.peer_addr().ok();
                             if let Err(e) = serve(conn, &engine, tls.as_ref()) {
-                                tracing::debug!(?peer, error = %e, "metrics request failed");
+                                tracing::debug!(peer = %super::Peer(peer), error = %e, "metrics request failed");
                             }
                         }
                         // Out of descriptors, most likely: not a busy loop.

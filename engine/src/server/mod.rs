@@ -140,7 +140,12 @@ impl Server {
                 }
             }))?;
         }
-        tracing::info!(%public, ?cores, tls = tls.is_some(), mutual_tls, "listening");
+        let core_ports = cores
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(%public, cores = %core_ports, tls = tls.is_some(), mutual_tls, "listening");
         Ok(Server {
             engine,
             public,
@@ -203,5 +208,18 @@ impl Server {
             m.stop();
         }
         self.engine.shutdown();
+    }
+}
+
+/// A peer's address for logs: `127.0.0.1:50800`, or `unknown` (not Rust's
+/// `Some(127.0.0.1:50800)`, which JSON logs carried as text).
+pub(crate) struct Peer(pub Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("unknown"),
+        }
     }
 }

@@ -405,7 +405,7 @@ async fn open<S: Storage + 'static>(
 /// the last one) at most every `TLS_WARN_EVERY` per core, so a scanner or a misconfigured
 /// fleet cannot flood the log.
 fn handshake_failed<S: Storage + 'static>(core: &Core<S>, peer: Option<SocketAddr>, e: &io::Error) {
-    tracing::debug!(core = core.index, ?peer, error = %e, "TLS handshake failed");
+    tracing::debug!(core = core.index, peer = %super::Peer(peer), error = %e, "TLS handshake failed");
     let net = &core.net;
     let failures = net.tls_failures.get() + 1;
     net.tls_failures.set(failures);
@@ -414,7 +414,7 @@ fn handshake_failed<S: Storage + 'static>(core: &Core<S>, peer: Option<SocketAdd
         .get()
         .is_none_or(|t| t.elapsed() >= TLS_WARN_EVERY)
     {
-        tracing::warn!(core = core.index, ?peer, error = %e, failures, "TLS handshake failed");
+        tracing::warn!(core = core.index, peer = %super::Peer(peer), error = %e, failures, "TLS handshake failed");
         net.tls_warned.set(Some(Instant::now()));
         net.tls_failures.set(0);
     }
@@ -856,7 +856,7 @@ impl<S: Storage + 'static> Connection<S> {
         match conn.read_loop(&mut frame).await {
             Ok(()) => {}
             Err(e) => tracing::debug!(
-                peer = ?conn.state.peer,
+                peer = %super::Peer(conn.state.peer),
                 identity = ?conn.state.client_identity(),
                 error = %e,
                 "connection closed"
@@ -1068,7 +1068,7 @@ impl<S: Storage + 'static> Connection<S> {
             let answers = self.state.outbox.answers.replace(0);
             if !sending.is_empty() && !self.state.gone.get() && !finished {
                 if let Err(e) = self.write_all(&sending).await {
-                    tracing::debug!(peer = ?self.state.peer, error = %e, "connection dropped");
+                    tracing::debug!(peer = %super::Peer(self.state.peer), error = %e, "connection dropped");
                     self.state.drop_connection();
                 }
             }
@@ -1213,18 +1213,18 @@ async fn sweep_connections<S: Storage + 'static>(core: Rc<Core<S>>) {
                 t.is_some_and(|t| now.saturating_duration_since(t) >= limit)
             };
             if past(c.write_since.get(), stall) {
-                tracing::debug!(peer = ?c.peer, "the peer reads none of its answers: dropped");
+                tracing::debug!(peer = %super::Peer(c.peer), "the peer reads none of its answers: dropped");
                 c.drop_connection();
                 return false;
             }
             if past(c.frame_since.get(), frame) {
-                tracing::debug!(peer = ?c.peer, "a started frame did not arrive in time");
+                tracing::debug!(peer = %super::Peer(c.peer), "a started frame did not arrive in time");
                 c.shutdown();
                 return false;
             }
             let quiet = c.inflight.get() == 0 && c.held.get() == 0 && c.frame_since.get().is_none();
             if quiet && past(Some(c.last_read.get()), idle) {
-                tracing::debug!(peer = ?c.peer, "idle connection closed");
+                tracing::debug!(peer = %super::Peer(c.peer), "idle connection closed");
                 c.shutdown();
                 return false;
             }

@@ -630,22 +630,34 @@ pub(crate) mod testkit {
         assert_eq!(frame.encoded_len(), out.len());
         assert_eq!(&decode_response(&frame).unwrap().unwrap(), response);
         assert!(decode_request(&frame).is_err());
-        // A description's last field came later (`max_write_mib_per_s`, one byte when
-        // absent, five when present): a server from before it ends there, which decodes.
-        let older_len = match response {
-            Response::DescribeStream(d) => Some(
-                frame.payload.len()
-                    - if d.max_write_mib_per_s.is_some() {
-                        5
-                    } else {
-                        1
-                    },
-            ),
-            _ => None,
-        };
         check_prefixes(&out, |payload| {
-            Some(payload.len()) == older_len
-                || Response::decode(frame.header.opcode, payload).is_err()
+            Response::decode(frame.header.opcode, payload).is_err()
+        });
+        out
+    }
+
+    /// As [`check_request_with_added_tail`], for a response: the payload without its last
+    /// `added` bytes is what a server from before sends, and must decode as `older`.
+    pub(crate) fn check_response_with_added_tail(
+        response: &Response<'_>,
+        older: &Response<'_>,
+        added: usize,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_response(&mut out, 42, response);
+        let frame = decode_frame(&out, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&decode_response(&frame).unwrap().unwrap(), response);
+        assert!(decode_request(&frame).is_err());
+        let older_len = frame.payload.len() - added;
+        assert_eq!(
+            Response::decode(frame.header.opcode, &frame.payload[..older_len]).as_ref(),
+            Ok(older),
+            "the payload without its added tail"
+        );
+        check_prefixes(&out, |payload| {
+            payload.len() == older_len || Response::decode(frame.header.opcode, payload).is_err()
         });
         out
     }

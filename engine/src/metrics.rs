@@ -890,6 +890,51 @@ impl MetricsSnapshot {
     }
 }
 
+/// The classic Prometheus text format (`text/plain; version=0.0.4`) of an OpenMetrics
+/// exposition as `encode` writes it, for scrapers that do not ask for OpenMetrics: a
+/// counter's `# HELP`/`# TYPE` name its samples (`x_total`, not the family `x`), and the
+/// lines that format lacks (`# UNIT`, `# EOF`, counters' `_created`) are left out. Samples
+/// and label escaping are the same in both.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if tail == "unknown" { "untyped" } else { tail };
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{total} {tail}\n"));
+            }
+            None => {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                let created = name
+                    .strip_suffix("_created")
+                    .is_some_and(|family| counters.contains(family));
+                if !created {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
 /// A metric's label set: (name, value) pairs.
 type Labels = Vec<(&'static str, String)>;
 
@@ -1208,6 +1253,66 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The classic text format: counters' metadata names their `_total` samples, the
+    /// OpenMetrics-only lines are gone, and every sample is kept as it was.
+    #[test]
+    fn the_classic_text_format_names_counters_by_their_samples() {
+        let core = CoreMetrics::default();
+        core.stream(1, "s", |c| c.put_latency.observe(Duration::from_millis(1)));
+        core.request(spate_protocol::Opcode::PutBatch.as_u16(), Some("Throttled"));
+        let open = core.snapshot(0).encode();
+        let classic = to_prometheus_text(&open);
+        assert!(open.contains("# TYPE spate_requests counter\n"), "{open}");
+        assert!(
+            classic.contains("# TYPE spate_requests_total counter\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# HELP spate_requests_total "),
+            "{classic}"
+        );
+        assert!(
+            !classic.contains("# TYPE spate_requests counter"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE PutRecords_Latency histogram\n"),
+            "{classic}"
+        );
+        assert!(
+            classic.contains("# TYPE spate_connections gauge\n"),
+            "{classic}"
+        );
+        assert!(
+            !classic.contains("# EOF") && !classic.contains("# UNIT"),
+            "{classic}"
+        );
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&open), samples(&classic));
+        assert!(samples(&classic).len() > 10);
+        // Metadata of every family, each once, and every sample after its family's.
+        let typed: Vec<&str> = classic
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        let open_typed = open.lines().filter(|l| l.starts_with("# TYPE ")).count();
+        assert_eq!(typed.len(), open_typed);
+        // `_created` samples of counters are OpenMetrics only; other names keep theirs.
+        let with_created =
+            "# HELP c_x A count.\n# TYPE c_x counter\nc_x_total 3\nc_x_created 1.5\n\
+                            # TYPE g_created gauge\ng_created 2\n# UNIT c_x seconds\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(with_created),
+            "# HELP c_x_total A count.\n# TYPE c_x_total counter\nc_x_total 3\n\
+             # TYPE g_created gauge\ng_created 2\n"
+        );
     }
 
     /// The Grafana dashboard in the repository uses only names the endpoint exposes.

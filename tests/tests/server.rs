@@ -544,7 +544,8 @@ fn put_batches_stores_each_shard_on_its_own_and_answers_per_shard() {
 }
 
 /// `GET /metrics` on the metrics address: a known workload is counted exactly (Kinesis'
-/// names, per stream), and the text parses with a Prometheus text-format parser.
+/// names, per stream), and the text parses with a Prometheus text-format parser; the
+/// format follows the scraper's `Accept`.
 #[test]
 fn the_metrics_endpoint_counts_what_was_done() {
     use std::io::{Read, Write};
@@ -596,18 +597,47 @@ fn the_metrics_endpoint_counts_what_was_done() {
     let (read, _, read_throttled) = read_to_tip_counting(&mut c, it);
     assert!(read_throttled > 0);
 
-    let scrape = |path: &str| {
+    let request = |head: &str| {
         let mut s = std::net::TcpStream::connect(srv.metrics_addr().expect("metrics on")).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "{head}\r\nHost: x\r\n\r\n").unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         text
     };
+    let scrape = |path: &str| request(&format!("GET {path} HTTP/1.1"));
     assert!(scrape("/nope").starts_with("HTTP/1.1 404"));
-    let text = scrape("/metrics");
+    assert!(request("POST /metrics HTTP/1.1").starts_with("HTTP/1.1 405"));
+    // What Prometheus asks for: OpenMetrics (counters' families without `_total`, `# EOF`).
+    let open = request(
+        "GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,\
+         text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    );
+    let (head, body) = open.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"));
+    assert!(body.contains("# TYPE IncomingRecords counter\n"), "{body}");
+    // Anyone else (curl, older agents): the classic text format, also with a query string.
+    let text = scrape("/metrics?debug=1");
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    assert!(body.ends_with("# EOF\n"));
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(!body.contains("# EOF"));
+    assert!(
+        body.contains("# TYPE IncomingRecords_total counter\n"),
+        "{body}"
+    );
+    // HEAD: GET's headers, no body.
+    let only_head = request("HEAD /metrics HTTP/1.1");
+    let (head, rest) = only_head.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("Content-Length: "), "{head}");
+    assert_eq!(rest, "");
     let lines = body.lines().map(|l| Ok(l.to_string()));
     let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
     // A sample with `label`, and with `shard` (`None`: without a shard label).

@@ -1,7 +1,9 @@
 //! The metrics endpoint: `GET /metrics` over HTTP/1.1 on `metrics_listen`, answered by a
 //! thread of its own (never an engine core) with every core's counters merged and encoded
-//! in the Prometheus text format (`crate::metrics`). With TLS configured it speaks HTTPS
-//! only, with the listeners' certificate (and client CAs), through blocking rustls.
+//! in the Prometheus text format (`crate::metrics`): OpenMetrics when the scraper's
+//! `Accept` asks for it (Prometheus does), else the classic `text/plain; version=0.0.4`;
+//! `HEAD` too, and a query string is ignored. With TLS configured it speaks HTTPS only,
+//! with the listeners' certificate (and client CAs), through blocking rustls.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -142,29 +144,62 @@ fn answer(mut conn: impl Read + Write, engine: &Engine) -> std::io::Result<()> {
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split(' ');
+    let (method, target) = (
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    // A query string (`/metrics?x=1`, as some scrapers add) does not change the answer.
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    // OpenMetrics when the scraper asks for it (Prometheus does), else the classic text
+    // format every other scraper reads.
+    let openmetrics = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
+        .any(|(_, value)| {
+            value
+                .to_ascii_lowercase()
+                .contains("application/openmetrics-text")
+        });
     let (status, kind, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            gather(engine).encode(),
-        ),
-        (b"GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
+        ("GET" | "HEAD", "/metrics") => {
+            let text = gather(engine).encode();
+            if openmetrics {
+                (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                )
+            } else {
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::to_prometheus_text(&text),
+                )
+            }
+        }
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "try /metrics\n".to_string()),
         _ => (
             "405 Method Not Allowed",
             "text/plain",
-            "only GET\n".to_string(),
+            "only GET and HEAD\n".to_string(),
         ),
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
     };
     write!(
         conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )?;
+    // HEAD: the headers GET would send, without the body.
+    if method != "HEAD" {
+        conn.write_all(body.as_bytes())?;
+    }
     conn.flush()
 }

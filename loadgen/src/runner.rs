@@ -1211,6 +1211,9 @@ struct Generator {
     next_key: usize,
     /// Records sent so far (the schedule's index of the next one).
     k: u64,
+    /// Closed loop: no call before this time (run clock, ns), the server's retry hint for
+    /// the last throttled call (sending again at once only collects more refusals).
+    hold_until_ns: AtomicU64,
     out: Generated,
 }
 
@@ -1227,6 +1230,7 @@ impl Generator {
         window: Arc<Semaphore>,
     ) -> Generator {
         Generator {
+            hold_until_ns: AtomicU64::new(0),
             cfg: cfg.clone(),
             sender: Some(sender),
             schedule: schedule_of(cfg, p, cfg.producers),
@@ -1296,7 +1300,23 @@ impl Generator {
                 Ok(Some(due))
             }
             None if self.schedule.is_open_loop() => Err(()),
-            None => Ok(None),
+            None => {
+                let hold = self.hold_until_ns.load(Ordering::Relaxed);
+                if hold > self.shared.now_ns() {
+                    wait_until(self.shared.t0 + Duration::from_nanos(hold), Duration::ZERO).await;
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// After a call whose throttled records the server told to come back in
+    /// `retry_after_ms`: a closed loop's next call waits that long (an open loop keeps its
+    /// schedule: its offered rate is the point).
+    fn hold_for(&self, retry_after_ms: u32) {
+        if retry_after_ms > 0 && !self.schedule.is_open_loop() {
+            let until = self.shared.now_ns() + u64::from(retry_after_ms) * 1_000_000;
+            self.hold_until_ns.fetch_max(until, Ordering::Relaxed);
         }
     }
 
@@ -1486,7 +1506,8 @@ impl Generator {
                 let Some((metas, results)) = calls.next().await else {
                     break;
                 };
-                settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+                let hint = settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+                self.hold_for(hint);
             }
             // The first record of a call waits for its due time (calls in flight are
             // settled meanwhile, each when it returns); the rest are those already due
@@ -1500,7 +1521,9 @@ impl Generator {
                     futures_util::future::Either::Left((due, _)) => break due,
                     futures_util::future::Either::Right((call, _)) => {
                         let (metas, results) = call.expect("calls in flight");
-                        settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+                        let hint =
+                            settle_call(&self.shared, &self.stats, acked.as_mut(), metas, results);
+                        self.hold_for(hint);
                     }
                 }
             };
@@ -1545,8 +1568,8 @@ fn settle_call(
     acked: Option<&mut Vec<BitSet>>,
     metas: Vec<Meta>,
     results: Vec<spate_client::Result<PutResult>>,
-) {
-    settle_all(sh, stats, acked, results.into_iter().zip(metas));
+) -> u32 {
+    settle_all(sh, stats, acked, results.into_iter().zip(metas))
 }
 
 impl Generator {
@@ -1631,7 +1654,8 @@ impl Generator {
                     settled.push((batch_outcome(&answer, shard_id, i as u32), meta));
                 }
             }
-            settle_all(&sh, &self.stats, acked.as_mut(), settled);
+            let hint = settle_all(&sh, &self.stats, acked.as_mut(), settled);
+            self.hold_for(hint);
             used.clear();
         }
         self.out.acked = acked;
@@ -1715,7 +1739,8 @@ impl Generator {
                     settled.push((batch_outcome(&answer, route.shard_id, i as u32), meta));
                 }
             }
-            settle_all(&sh, &self.stats, None, settled);
+            let hint = settle_all(&sh, &self.stats, None, settled);
+            self.hold_for(hint);
         }
     }
 }
@@ -1897,13 +1922,14 @@ async fn wait(lane: usize, p: Pending) -> (usize, spate_client::Result<PutResult
 /// Settles records whose answers arrived together (one call's): the clock is read once,
 /// the stats locked once and the live counters added to once for all of them (at millions
 /// of records a second, a clock reading and a lock per record were a fifth of the load
-/// generator's CPU).
+/// generator's CPU). Returns the longest retry hint of the throttled ones (0: none).
 fn settle_all(
     sh: &Shared,
     stats: &Mutex<ProducerStats>,
     mut acked: Option<&mut Vec<BitSet>>,
     answers: impl IntoIterator<Item = (spate_client::Result<PutResult>, Meta)>,
-) {
+) -> u32 {
+    let mut retry_after_ms = 0;
     let now_ns = sh.now_ns();
     let (mut n_acked, mut n_bytes, mut n_throttled, mut n_errors) = (0u64, 0u64, 0u64, 0u64);
     // Taken at the first record that needs it, held to the end.
@@ -1944,6 +1970,7 @@ fn settle_all(
             }
             Err(e) if e.code() == Some(ErrorCode::Throttled) => {
                 n_throttled += 1;
+                retry_after_ms = retry_after_ms.max(e.retry_after_ms());
                 if in_window {
                     guard
                         .get_or_insert_with(|| stats.lock().expect("stats lock"))
@@ -1971,6 +1998,7 @@ fn settle_all(
     if n_errors > 0 {
         live.errors.fetch_add(n_errors, Ordering::Relaxed);
     }
+    retry_after_ms
 }
 
 /// Shards read back at once by `--verify`. With Kinesis limits each shard's reads are

@@ -569,6 +569,44 @@ fn over_the_shard_limit_records_are_throttled_not_lost() {
     );
 }
 
+/// A closed loop against a shard's write limit waits out the server's retry hint after a
+/// throttled call (it resent at once: ~150,000 refused records a second against one
+/// Kinesis-limited shard, the engine busy refusing them), for both put APIs.
+#[test]
+fn a_closed_loop_waits_out_the_throttle_hint() {
+    let env = Env::new();
+    for (api, stream) in [
+        (Api::PutRecords, "lg-hint-r"),
+        (Api::PutBatches, "lg-hint-b"),
+    ] {
+        let cfg = RunConfig {
+            create_shards: Some(1),
+            limits: LimitsArg::Kinesis,
+            delete_after: true,
+            producers: 1,
+            rate: 0.0,
+            api,
+            call_records: 100,
+            size: SizeSpec::fixed(100),
+            keys: 20,
+            duration_s: 1.0,
+            ..env.config(stream)
+        };
+        let r = run_blocking(&cfg).expect("run succeeds");
+        eprintln!("{api:?}: {}", r.summary_line());
+        assert_eq!(r.errors, 0);
+        assert_eq!(r.records_acked + r.records_throttled, r.records_sent);
+        // The burst and a second's refill admit about 2,000 records; a call comes back
+        // throttled at most every hint (tens of ms), so at most 100 records each time.
+        assert!(r.records_acked >= 500, "{}", r.summary_line());
+        assert!(
+            r.records_throttled < 10_000,
+            "throttled calls were resent without waiting: {}",
+            r.summary_line()
+        );
+    }
+}
+
 #[test]
 fn reshards_during_a_run_verify_across_the_lineage() {
     use spate_loadgen::{ReshardOp, ReshardStep};

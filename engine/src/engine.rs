@@ -208,8 +208,13 @@ impl Engine {
             );
         }
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            // `create_dir_all` says only "File exists" of a file in the way.
+            let what = match std::fs::metadata(&cfg.data_dir) {
+                Ok(m) if !m.is_dir() => "it exists and is not a directory".to_string(),
+                _ => e.to_string(),
+            };
             EngineError::Startup(format!(
-                "cannot create data dir {}: {e}",
+                "cannot create data dir {}: {what}",
                 cfg.data_dir.display()
             ))
         })?;

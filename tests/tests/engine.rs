@@ -493,3 +493,18 @@ fn a_data_dir_serves_one_engine_at_a_time() {
     assert_eq!(read_all(&second, "s", 0, 0).len(), 3);
     second.shutdown();
 }
+
+/// A data directory path that names a file is refused in words (the OS said only "File
+/// exists").
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    std::fs::write(&file, b"x").unwrap();
+    let why = Engine::start(test_config(&file)).unwrap_err().to_string();
+    assert!(
+        why.contains("cannot create data dir") && why.contains("is not a directory"),
+        "{why}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}

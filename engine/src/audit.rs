@@ -14,6 +14,13 @@
 //!  "prev":"<hash of line 6>","hash":"<SHA-256 of this line up to the hash field, hex>"}
 //! ```
 //!
+//! Refusals (`AccessDenied`, `AuthenticationRequired`, `AuthenticationFailed`) are one line
+//! each up to `audit_refusal_lines_per_s` a second (a bucket of one second's worth); past
+//! it they are counted into one `spate:Refusals` line a second (how many, from when to
+//! when, by source address, principal, action and result), so that a client refused
+//! hundreds of thousands of times a second cannot fill the disk with lines. Calls that
+//! were done are never folded.
+//!
 //! The chain starts at 64 zeros and runs across files. What it cannot show is lines cut
 //! from the very end of the newest file (verify reports the last sequence number, which an
 //! operator can compare with a copy shipped elsewhere). A line cut short by a crash while
@@ -239,10 +246,126 @@ struct State {
     pending_lines: Vec<(u64, Rc<str>, [u8; 32])>,
 }
 
+/// Whether an audit line's result is a refusal for security (subject to the budget).
+fn is_refusal(result: &str) -> bool {
+    matches!(
+        result,
+        "AccessDenied" | "AuthenticationRequired" | "AuthenticationFailed"
+    )
+}
+
+/// Distinct values a summary counts one by one (per field); the rest count as `other`.
+const SUMMARY_KEYS_MAX: usize = 32;
+
+/// Refusals past the budget, waiting for their summary line.
+#[derive(Debug, Default)]
+struct Folded {
+    count: u64,
+    first_ms: i64,
+    last_ms: i64,
+    by_source: std::collections::BTreeMap<String, u64>,
+    by_principal: std::collections::BTreeMap<String, u64>,
+    by_action: std::collections::BTreeMap<String, u64>,
+    by_result: std::collections::BTreeMap<String, u64>,
+}
+
+fn count_into(map: &mut std::collections::BTreeMap<String, u64>, key: &str) {
+    if let Some(n) = map.get_mut(key) {
+        *n += 1;
+    } else if map.len() < SUMMARY_KEYS_MAX {
+        map.insert(key.to_owned(), 1);
+    } else {
+        *map.entry("other".into()).or_default() += 1;
+    }
+}
+
+/// The refusal budget: a bucket of `per_s` lines refilled at `per_s` a second.
+#[derive(Debug)]
+struct RefusalBudget {
+    per_s: f64,
+    tokens: f64,
+    at: std::time::Instant,
+    folded: Option<Folded>,
+}
+
+impl RefusalBudget {
+    fn new(per_s: u32) -> RefusalBudget {
+        RefusalBudget {
+            per_s: f64::from(per_s),
+            tokens: f64::from(per_s),
+            at: std::time::Instant::now(),
+            folded: None,
+        }
+    }
+
+    /// Takes a line's worth of budget, if there is one.
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now.max(self.at);
+        self.tokens = (self.tokens + dt * self.per_s).min(self.per_s);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn fold(&mut self, e: &AuditEvent) {
+        let f = self.folded.get_or_insert_with(|| Folded {
+            first_ms: e.time_ms,
+            ..Folded::default()
+        });
+        f.count += 1;
+        f.first_ms = f.first_ms.min(e.time_ms);
+        f.last_ms = f.last_ms.max(e.time_ms);
+        // By host: a client's many connections count together.
+        let source = e.source.as_deref().map_or("unknown".to_string(), |s| {
+            s.parse::<std::net::SocketAddr>()
+                .map_or_else(|_| s.to_owned(), |a| a.ip().to_string())
+        });
+        count_into(&mut f.by_source, &source);
+        count_into(
+            &mut f.by_principal,
+            e.principal.as_deref().unwrap_or("(unauthenticated)"),
+        );
+        count_into(&mut f.by_action, &e.action);
+        count_into(&mut f.by_result, &e.result);
+    }
+
+    /// The summary line of the refusals folded so far, if any.
+    fn take_summary(&mut self, now_ms: i64) -> Option<AuditEvent> {
+        let f = self.folded.take()?;
+        Some(AuditEvent {
+            time_ms: now_ms,
+            principal: None,
+            source: None,
+            action: "spate:Refusals".into(),
+            resource: "*".into(),
+            params: serde_json::json!({
+                "refusals": f.count,
+                "first_time_ms": f.first_ms,
+                "last_time_ms": f.last_ms,
+                "by_source": f.by_source,
+                "by_principal": f.by_principal,
+                "by_action": f.by_action,
+                "by_result": f.by_result,
+            }),
+            result: "summary".into(),
+            error: Some(format!(
+                "{} refusals past audit_refusal_lines_per_s, counted here instead of one line each",
+                f.count
+            )),
+            request_id: 0,
+        })
+    }
+}
+
 /// Core 0's audit trail writer; see the module docs.
 pub struct AuditLog {
     dir: PathBuf,
     max_file_bytes: u64,
+    refusals: RefCell<RefusalBudget>,
     st: RefCell<State>,
     writer: TaskLock,
     /// The last durable line's sequence number and hash.
@@ -264,6 +387,7 @@ impl AuditLog {
         storage: &S,
         data_dir: &Path,
         max_file_bytes: u64,
+        refusal_lines_per_s: u32,
     ) -> std::io::Result<AuditLog> {
         let dir = data_dir.join(AUDIT_DIR);
         storage.create_dir_all(&dir).await?;
@@ -311,6 +435,7 @@ impl AuditLog {
         Ok(AuditLog {
             dir,
             max_file_bytes: max_file_bytes.max(4096),
+            refusals: RefCell::new(RefusalBudget::new(refusal_lines_per_s.max(1))),
             st: RefCell::new(State {
                 next_seq,
                 prev,
@@ -327,6 +452,39 @@ impl AuditLog {
             recent: RefCell::new(recent),
             appended: Notify::new(),
         })
+    }
+
+    /// Appends `event` as [`append`](Self::append) does, unless it is a refusal past the
+    /// refusal budget: that is counted into the next summary line and `None` answered at
+    /// once. Refusals folded earlier get their summary line first.
+    pub async fn record<S: Storage>(
+        &self,
+        storage: &S,
+        event: &AuditEvent,
+    ) -> std::io::Result<Option<u64>> {
+        if is_refusal(&event.result) {
+            let mut budget = self.refusals.borrow_mut();
+            if !budget.admit(std::time::Instant::now()) {
+                budget.fold(event);
+                return Ok(None);
+            }
+        }
+        self.flush_refusals(storage, event.time_ms).await?;
+        self.append(storage, event).await.map(Some)
+    }
+
+    /// Writes the summary line of the refusals folded since the last one, if any (core 0
+    /// calls this once a second, so a summary is never more than a second late).
+    pub async fn flush_refusals<S: Storage>(
+        &self,
+        storage: &S,
+        now_ms: i64,
+    ) -> std::io::Result<()> {
+        let summary = self.refusals.borrow_mut().take_summary(now_ms);
+        match summary {
+            Some(summary) => self.append(storage, &summary).await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Appends `event` and returns once it is durable (sharing the fdatasync with every
@@ -466,7 +624,7 @@ mod tests {
                     let storage = SimStorage::new(1);
                     let data = Path::new("/data");
                     storage.create_dir_all(data).await.unwrap();
-                    let log = Rc::new(AuditLog::open(&storage, data, max).await.unwrap());
+                    let log = Rc::new(AuditLog::open(&storage, data, max, 100).await.unwrap());
                     // Concurrent appends share writes and still chain in order.
                     let tasks: Vec<_> = (0..n)
                         .map(|i| {
@@ -483,7 +641,7 @@ mod tests {
                     let (lines, next) = log.read(n - 1, 10);
                     assert_eq!((lines.len(), next), (2, n + 1));
                     // Reopening continues the chain.
-                    let log = AuditLog::open(&storage, data, max).await.unwrap();
+                    let log = AuditLog::open(&storage, data, max, 100).await.unwrap();
                     log.append(&storage, &event(n)).await.unwrap();
                     let mut files = Vec::new();
                     for name in storage.list_dir(&data.join(AUDIT_DIR)).await.unwrap() {

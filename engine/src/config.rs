@@ -116,6 +116,7 @@ group_lease_timeout_ms = 6000       # a consumer-group worker silent this long l
 auth = false                        # true: every request needs an authenticated principal whose policies allow it
 audit = true                        # record control-plane calls, authentications and denials in <data-dir>/audit
 audit_max_file_bytes = 16777216     # the audit trail starts a new file past this size (none is ever deleted)
+audit_refusal_lines_per_s = 100     # refused requests get a line each up to this rate; past it, one summary line a second
 # TLS (rustls): with a certificate every listener, the metrics endpoint included, speaks TLS only.
 # tls_cert_file = "server.pem"      # PEM certificate chain, the server's own first
 # tls_key_file = "server-key.pem"   # its PEM private key (PKCS#8, PKCS#1 or SEC1)
@@ -191,6 +192,9 @@ pub struct EngineConfig {
     /// Record control-plane calls, authentications and denials (`crate::audit`).
     pub audit: bool,
     pub audit_max_file_bytes: u64,
+    /// Refusals (denied, unauthenticated) recorded one line each up to this many a
+    /// second; past it counted into one summary line a second (`crate::audit`).
+    pub audit_refusal_lines_per_s: u32,
     pub metrics_listen: String,
     pub metrics: bool,
     /// PEM certificate chain (the server's own certificate first). With `tls_key_file`,
@@ -282,6 +286,7 @@ impl Default for EngineConfig {
             auth: false,
             audit: true,
             audit_max_file_bytes: 16 << 20,
+            audit_refusal_lines_per_s: 100,
             metrics_listen: "127.0.0.1:7480".into(),
             metrics: true,
             tls_cert_file: None,
@@ -484,6 +489,12 @@ impl EngineConfig {
             "group_lease_timeout_ms",
             &self.group_lease_timeout_ms,
             "300..=3600000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.audit_refusal_lines_per_s),
+            "audit_refusal_lines_per_s",
+            &self.audit_refusal_lines_per_s,
+            "1..=1000000",
         )?;
         self.validate_tls()?;
         self.store_config(0).validate()

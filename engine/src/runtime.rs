@@ -881,6 +881,23 @@ impl<S: Storage + 'static> Core<S> {
             let core = self.clone();
             glommio::spawn_local(async move { core.toggle_metrics().await }).detach();
         }
+        if self.audit.is_some() {
+            // Refusals folded past the audit budget get their summary line within a second.
+            let core = self.clone();
+            glommio::spawn_local(async move {
+                while !core.stopping.get() {
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                    let Some(log) = &core.audit else { return };
+                    if let Err(e) = log
+                        .flush_refusals(&*core.storage, core.clock.now_ms())
+                        .await
+                    {
+                        tracing::error!(error = %e, "the audit trail cannot be written");
+                    }
+                }
+            })
+            .detach();
+        }
         if self.catalog.is_some() {
             let core = self.clone();
             glommio::spawn_local(async move {

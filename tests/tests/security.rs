@@ -478,3 +478,175 @@ fn a_group_reader_refused_for_a_while_resumes_where_it_stopped() {
     });
     server.shutdown();
 }
+
+/// Access taken away reaches what is already under way: a connection of a principal that
+/// was deleted and made again (a new secret, which that connection never proved) is
+/// refused; an open subscription and a long-poll waiting for records end refused instead
+/// of delivering what arrives after the principal was disabled; a refused read's audit line
+/// names its stream.
+#[test]
+fn revoked_access_reaches_open_connections_subscriptions_and_long_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addr = server.local_addr().to_string();
+    let root = root_credentials(dir.path());
+    runtime().block_on(async {
+        let admin = connect(&addr, &root).await.unwrap();
+        admin
+            .create_stream("s", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        admin.register_consumer("s", "c").await.unwrap();
+        let policy =
+            r#"{"Statement":[{"Effect":"Allow","Action":"spate:*","Resource":["s","*"]}]}"#;
+        let grant = |name: &'static str| {
+            let admin = admin.clone();
+            async move {
+                let p = admin.create_principal(name).await.unwrap();
+                admin.put_policy(name, "all", policy).await.unwrap();
+                Credentials::new(&p.access_key_id, &p.secret)
+            }
+        };
+
+        // Deleted and made again: the old login is not the new principal.
+        let old = connect(&addr, &grant("alice").await).await.unwrap();
+        old.describe_stream("s").await.unwrap();
+        admin.delete_principal("alice").await.unwrap();
+        let fresh = grant("alice").await;
+        let e = old.describe_stream("s").await.unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::AccessDenied), "{e}");
+        assert!(e.to_string().contains("was deleted"), "{e}");
+        let new = connect(&addr, &fresh).await.unwrap();
+        new.describe_stream("s").await.unwrap();
+
+        // A subscription open when its principal is disabled gets nothing put after.
+        let mut sub = new
+            .subscribe("s", "c", 0, Position::Latest, Default::default())
+            .await
+            .unwrap();
+        let started = sub.next().await.unwrap().unwrap();
+        assert!(started.records.is_empty());
+        // A long-poll waiting at the tip, on its own connection.
+        let poller = connect(&addr, &fresh).await.unwrap();
+        let it = poller.get_iterator("s", 0, Position::Latest).await.unwrap();
+        let poll = tokio::spawn({
+            let poller = poller.clone();
+            async move { poller.get_records(&it, 100, 1 << 20, 20_000).await }
+        });
+        admin.set_principal_enabled("alice", false).await.unwrap();
+        admin
+            .put_records("s", vec![Entry::new("k", b"after".to_vec())])
+            .await
+            .remove(0)
+            .unwrap();
+        loop {
+            match sub.next().await {
+                Ok(Some(event)) => assert!(
+                    event.records.is_empty(),
+                    "a disabled principal's subscription delivered {:?}",
+                    event.records
+                ),
+                Ok(None) => panic!("the subscription ended without its refusal"),
+                Err(e) => {
+                    assert_eq!(code(&e), Some(ErrorCode::AccessDenied), "{e}");
+                    break;
+                }
+            }
+        }
+        let e = poll.await.unwrap().unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::AccessDenied), "{e}");
+
+        // The refused reads' audit lines name the stream.
+        let (lines, _) = admin.read_audit(1, 10_000, 0).await.unwrap();
+        let refused_reads = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["action"] == "spate:GetRecords" && l["result"] == "AccessDenied")
+            .map(|l| l["resource"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>();
+        assert_eq!(refused_reads, ["s"]);
+    });
+    server.shutdown();
+}
+
+/// Refusals past `audit_refusal_lines_per_s` are counted into a summary line, not written
+/// one line each: a client that is refused over and over cannot fill the disk (it wrote
+/// 45 MB of lines a second before), and the trail still says who was refused and how often.
+#[test]
+fn refusals_past_the_audit_budget_are_summarized() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        auth: true,
+        audit_refusal_lines_per_s: 5,
+        ..test_config(dir.path())
+    })
+    .expect("server starts");
+    let addr = server.local_addr().to_string();
+    let root = root_credentials(dir.path());
+    let mut raw = TcpStream::connect(&addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let list = Request::ListStreams(ListStreamsRequest {
+        exclusive_start_name: None,
+        limit: 10,
+    });
+    let refusals = 200;
+    for i in 0..refusals {
+        assert_eq!(
+            error_of(&raw_call(&mut raw, i, &list)),
+            Some(ErrorCode::AuthenticationRequired)
+        );
+    }
+    runtime().block_on(async {
+        let admin = connect(&addr, &root).await.unwrap();
+        // The summary is written within a second of the refusals it counts.
+        let mut from = 1;
+        let mut lines: Vec<serde_json::Value> = Vec::new();
+        let summarized = loop {
+            let (more, next) = admin.read_audit(from, 10_000, 2_000).await.unwrap();
+            from = next;
+            lines.extend(more.iter().map(|l| serde_json::from_str(l).unwrap()));
+            let summarized: u64 = lines
+                .iter()
+                .filter(|l| l["action"] == "spate:Refusals")
+                .map(|l| l["params"]["refusals"].as_u64().unwrap())
+                .sum();
+            let single = lines
+                .iter()
+                .filter(|l| l["result"] == "AuthenticationRequired")
+                .count() as u64;
+            if summarized + single == refusals {
+                break summarized;
+            }
+        };
+        let single = refusals - summarized;
+        // The bucket holds a second's worth; the refusals took well under a few seconds.
+        assert!((5..=60).contains(&single), "{single} refusals had lines");
+        let summary = lines
+            .iter()
+            .find(|l| l["action"] == "spate:Refusals")
+            .unwrap();
+        assert_eq!(summary["result"], "summary");
+        let params = &summary["params"];
+        assert!(
+            params["by_source"]["127.0.0.1"].as_u64().unwrap() > 0,
+            "{summary}"
+        );
+        assert!(
+            params["by_principal"]["(unauthenticated)"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert!(params["by_action"]["spate:ListStreams"].as_u64().unwrap() > 0);
+        assert!(
+            params["by_result"]["AuthenticationRequired"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+    });
+    server.shutdown();
+    // The chain, summaries included, verifies.
+    spate_engine::audit::verify_dir(&dir.path().join("audit")).unwrap();
+}

@@ -149,6 +149,10 @@ pub enum Decision {
     /// The principal exists but is disabled: nothing is allowed. Only
     /// [`AuthStore::decide`](super::AuthStore::decide) answers it; [`evaluate`] never does.
     PrincipalDisabled,
+    /// The principal a connection authenticated as is gone: deleted, or deleted and made
+    /// again (new access key and secret, which the connection never proved). Answered on
+    /// the request path only; a new connection must authenticate.
+    PrincipalGone,
 }
 
 impl Decision {

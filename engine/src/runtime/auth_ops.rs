@@ -32,6 +32,9 @@ pub(crate) enum AuthOp {
     },
     Decide {
         principal: String,
+        /// The access key the connection proved (none: a client certificate): a principal
+        /// of the same name with another key is not the one the connection authenticated as.
+        access_key_id: Option<String>,
         action: &'static str,
         resource: String,
     },
@@ -159,6 +162,7 @@ impl<S: Storage + 'static> Core<S> {
                 &*self.storage,
                 &self.cfg.data_dir,
                 self.cfg.audit_max_file_bytes,
+                self.cfg.audit_refusal_lines_per_s,
             )
             .await
             .map_err(|e| EngineError::Startup(format!("cannot open the audit trail: {e}")))?;
@@ -188,10 +192,21 @@ impl<S: Storage + 'static> Core<S> {
             }
             AuthOp::Decide {
                 principal,
+                access_key_id,
                 action,
                 resource,
             } => {
-                let d = store.borrow().decide(&principal, action, &resource);
+                let s = store.borrow();
+                let same = s.by_name(&principal).is_some_and(|p| {
+                    access_key_id
+                        .as_deref()
+                        .is_none_or(|k| k == p.access_key_id)
+                });
+                let d = if same {
+                    s.decide(&principal, action, &resource)
+                } else {
+                    Decision::PrincipalGone
+                };
                 return Ok(AuthAnswer::Decision(d));
             }
             AuthOp::List => return Ok(AuthAnswer::Principals(store.borrow().list())),
@@ -203,7 +218,7 @@ impl<S: Storage + 'static> Core<S> {
                 let Some(log) = &self.audit else {
                     return Ok(AuthAnswer::Done);
                 };
-                log.append(&*self.storage, &event).await.map_err(|e| {
+                log.record(&*self.storage, &event).await.map_err(|e| {
                     tracing::error!(error = %e, "the audit trail cannot be written");
                     EngineError::Io(format!("the audit trail cannot be written: {e}"))
                 })?;

@@ -969,6 +969,10 @@ async fn get_records<S: Storage + 'static>(
             .await
             .ok_or_else(gone)?
             .map_err(fail)?;
+        // Access taken away during the wait: nothing is answered.
+        if core.cfg.auth {
+            security::authorize(core, conn, "spate:GetRecords", &entry.name).await?;
+        }
     }
     // A connection whose client has not read earlier answers gets less, or waits.
     let room = conn

@@ -389,6 +389,12 @@ pub(super) async fn subscribe<S: Storage + 'static>(
             .await
             .ok_or_else(gone)?
             .map_err(fail)?;
+        // A principal disabled, deleted or stripped of the permission since the subscription
+        // began gets nothing more (the connection's cached decision, asked again only after
+        // principals or policies changed).
+        if core.cfg.auth {
+            super::security::authorize(core, conn, "spate:Subscribe", r.stream).await?;
+        }
         let want = (credit.bytes.get() as u64).min(MAX_EVENT_BYTES) as usize;
         let room = conn.reserve(want).await.ok_or_else(gone)?;
         let req = ReadRequest {

@@ -32,6 +32,8 @@ use crate::server::transport::ConnState;
 pub(crate) struct ConnSecurity {
     /// Who the connection is authenticated as.
     principal: Option<Rc<str>>,
+    /// The access key it proved (none: its client certificate named the principal).
+    access_key_id: Option<Rc<str>>,
     /// Whether its TLS client certificate was looked up as a principal already.
     certificate_checked: bool,
     /// The challenge sent, waiting for its proof (used once).
@@ -119,7 +121,7 @@ pub(crate) async fn authorize<S: Storage + 'static>(
     }
     certificate_principal(core, conn).await;
     let version = core.auth_version.get();
-    let principal = {
+    let (principal, access_key_id) = {
         let mut sec = conn.security.borrow_mut();
         let Some(p) = sec.principal.clone() else {
             return Err(failure(
@@ -130,10 +132,11 @@ pub(crate) async fn authorize<S: Storage + 'static>(
         if let Some(d) = sec.decisions.get(version, action, resource) {
             return verdict(d, &p, action, resource);
         }
-        p
+        (p, sec.access_key_id.clone())
     };
     let op = AuthOp::Decide {
         principal: principal.to_string(),
+        access_key_id: access_key_id.map(|k| k.to_string()),
         action,
         resource: resource.to_owned(),
     };
@@ -161,6 +164,9 @@ fn verdict(d: Decision, principal: &str, action: &str, resource: &str) -> Result
         Decision::ExplicitDeny => "a policy denies it",
         Decision::ImplicitDeny => "no policy allows it",
         Decision::PrincipalDisabled => "the principal is disabled",
+        Decision::PrincipalGone => {
+            "the principal this connection authenticated as was deleted (authenticate on a new connection)"
+        }
     };
     Err(failure(
         ErrorCode::AccessDenied,
@@ -241,6 +247,7 @@ pub(super) fn authenticate(
     match (signature, p.principal) {
         (Some(server_signature), Some((name, true))) => {
             sec.principal = Some(Rc::from(name.as_str()));
+            sec.access_key_id = Some(Rc::from(p.access_key_id.as_str()));
             sec.decisions.clear();
             let response = Response::Authenticate(AuthenticateResponse {
                 principal: &name,
@@ -412,12 +419,32 @@ pub(super) fn audit_event<S: Storage + 'static>(
             .map(str::to_owned),
         source: conn.peer().map(|p| p.to_string()),
         action: audit_action(req).to_owned(),
-        resource: resource_of(req).to_owned(),
+        resource: match req {
+            // A read names its stream inside its iterator (a forged one names none).
+            Request::GetRecords(r) => iterator_stream(core, r.iterator),
+            other => resource_of(other).to_owned(),
+        },
         params: params_of(req),
         result: result.map_or("ok", |(c, _)| c.name()).to_owned(),
         error: result.map(|(_, m)| m.to_owned()),
         request_id: cid,
     }
+}
+
+/// The stream an iterator was issued for, if it verifies and the stream still exists;
+/// else `*`.
+fn iterator_stream<S: Storage + 'static>(core: &Core<S>, iterator: &[u8]) -> String {
+    let Some(key) = core.token_key.get() else {
+        return "*".into();
+    };
+    let Ok(token) = spate_protocol::token::IteratorToken::decode(iterator, key) else {
+        return "*".into();
+    };
+    core.routes
+        .borrow()
+        .values()
+        .find(|e| e.stream_id == token.stream_id)
+        .map_or_else(|| "*".into(), |e| e.name.clone())
 }
 
 /// The action an audit line names.

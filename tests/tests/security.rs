@@ -650,3 +650,38 @@ fn refusals_past_the_audit_budget_are_summarized() {
     // The chain, summaries included, verifies.
     spate_engine::audit::verify_dir(&dir.path().join("audit")).unwrap();
 }
+
+/// With authentication off, principals and policies cannot be made: made while anyone may
+/// connect, they could be anyone's, and the first start with authentication on would then
+/// make no root (one principal exists), leaving their maker the only administrator.
+#[test]
+fn principals_are_not_made_while_authentication_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        ..test_config(dir.path())
+    })
+    .expect("server starts");
+    let addr = server.local_addr().to_string();
+    runtime().block_on(async {
+        let open = Client::connect(addr.clone()).await.unwrap();
+        let e = open.create_principal("mallory").await.unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::InvalidArgument), "{e}");
+        assert!(e.to_string().contains("authentication is off"), "{e}");
+        let e = open
+            .put_policy(
+                "root",
+                "all",
+                r#"{"Statement":[{"Effect":"Allow","Action":"spate:*","Resource":"*"}]}"#,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::InvalidArgument), "{e}");
+        assert!(open.list_principals().await.unwrap().is_empty());
+    });
+    server.shutdown();
+    // The first start with authentication on makes root.
+    let server = start(dir.path());
+    root_credentials(dir.path());
+    server.shutdown();
+}

@@ -5,7 +5,8 @@
 //! trail (its action, resource and parameters).
 //!
 //! With `auth = false` (the default) nothing is checked: every request is allowed, and a
-//! connection may still authenticate (to test credentials). The audit trail is kept either
+//! connection may still authenticate (to test credentials); principals and policies cannot
+//! be changed (made while anyone may connect, they could be anyone's). The audit trail is kept either
 //! way unless `audit = false`.
 
 use std::rc::Rc;
@@ -333,6 +334,15 @@ pub(super) async fn admin<S: Storage + 'static>(
         ),
         _ => unreachable!("not an administration request"),
     };
+    // Made while anyone may connect, a principal and its policies could be anyone's: and
+    // at the first start with authentication on, no root would be made (one exists), so
+    // whoever made them would be the only administrator.
+    if changes && !core.cfg.auth {
+        return Err(failure(
+            ErrorCode::InvalidArgument,
+            "authentication is off on this server: principals and policies are managed on a server started with --auth on (auth = true), which creates root at its first start".into(),
+        ));
+    }
     let answer = auth_call(core, op, changes).await?;
     match answer {
         AuthAnswer::Created {

@@ -73,6 +73,10 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     // handled as soon as the server is up.
     let mut signals = Signals::new([SIGTERM, SIGINT])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // What the server writes — principals' keys (auth.bin), the catalog, the audit trail,
+    // records of streams stored in the clear — is for its own user only.
+    // SAFETY: umask only sets this process's file-mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let server = Server::start(cfg).map_err(|e| format!("cannot start: {e}"))?;
     let mut out = std::io::stdout().lock();
     let (tls, scheme) = if server.tls_enabled() {

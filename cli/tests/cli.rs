@@ -2155,6 +2155,22 @@ fn auth_principals_policies_and_the_audit_trail_from_the_command_line() {
         .any(|l| l["action"] == "spate:CreateStream" && l["result"] == "AccessDenied"));
     as_root(&["auth", "principal", "delete", "app"], b"");
     serve.stop(libc::SIGTERM);
+    // Nothing the server wrote is for other users: the data dir it made is 0700 and every
+    // file and directory in it its user's only (principals' keys, the trail, the records).
+    fn private(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", path.display());
+        if path.is_dir() {
+            for e in std::fs::read_dir(path).unwrap() {
+                private(&e.unwrap().path());
+            }
+        }
+    }
+    private(&data);
+    for name in ["auth.bin", "catalog.bin", "audit"] {
+        assert!(data.join(name).exists(), "{name}");
+    }
     let out = Command::new(SPATE)
         .args(["audit", "verify", "--data-dir"])
         .arg(&data)

@@ -207,18 +207,30 @@ impl Engine {
                 "cores = {cpus:?}: CPU {cpu} runs more than one engine core; they take turns on it (the command line's --cores refuses this)"
             );
         }
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
-            // `create_dir_all` says only "File exists" of a file in the way.
-            let what = match std::fs::metadata(&cfg.data_dir) {
-                Ok(m) if !m.is_dir() => "it exists and is not a directory".to_string(),
-                _ => e.to_string(),
-            };
-            EngineError::Startup(format!(
-                "cannot create data dir {}: {what}",
-                cfg.data_dir.display()
-            ))
-        })?;
+        // Its own user's only (principals' keys, the audit trail, records in the clear).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&cfg.data_dir)
+            .map_err(|e| {
+                // `create_dir_all` says only "File exists" of a file in the way.
+                let what = match std::fs::metadata(&cfg.data_dir) {
+                    Ok(m) if !m.is_dir() => "it exists and is not a directory".to_string(),
+                    _ => e.to_string(),
+                };
+                EngineError::Startup(format!(
+                    "cannot create data dir {}: {what}",
+                    cfg.data_dir.display()
+                ))
+            })?;
         let lock = lock_data_dir(&cfg.data_dir)?;
+        if let Ok(m) = std::fs::metadata(&cfg.data_dir) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "data dir {} has mode {mode:o}: other users may read what it holds (principals' keys in auth.bin, the audit trail, records of streams stored in the clear); chmod 700 it",
+                    cfg.data_dir.display()
+                );
+            }
+        }
         // Refuse to start, with one line naming the fix, when the host cannot run glommio
         // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),
         // instead of panicking deep inside the runtime.

@@ -1822,7 +1822,10 @@ impl<S: Storage + 'static> Core<S> {
         let out = store
             .read(ident, req.from_seq, req.max_records, req.max_bytes)
             .await?;
-        let taken = out.bytes.len() as u64;
+        // Charged as Kinesis does: the records' keys and data delivered, not the whole
+        // stored batches sent around them (a 1-record read out of a 1 MB batch was charged
+        // 1 MB, and readers asking for few records were throttled far below the limit).
+        let taken = out.record_bytes;
         match consumer {
             None => {
                 if let Some(bucket) = slot.read.borrow_mut().as_mut() {

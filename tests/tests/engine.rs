@@ -395,6 +395,48 @@ fn kinesis_limits_throttle_a_prefix_and_never_drop() {
     engine.shutdown();
 }
 
+/// A read is charged to the shard's 2 MiB/s the records' keys and data it delivers, as
+/// Kinesis does, not the whole stored batch around them: reading one record at a time out
+/// of a 960 KB batch was charged 960 KB a call and throttled at the third.
+#[test]
+fn reads_are_charged_the_records_they_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let engine =
+        Engine::start_with_clock(test_config(dir.path()), Arc::new(clock.clone())).unwrap();
+    block_on(engine.create_stream("wide", StreamOptions::new(1))).unwrap();
+    let out = block_on(engine.put_batch("wide", 0, tagged_batch("k", 1, 400, 2400))).unwrap();
+    assert_eq!(out.accepted, 400);
+    // Five calls (Kinesis' 5 a second) of one record each, the clock standing still.
+    for seq in [399, 0, 200, 398, 1] {
+        let req = ReadRequest {
+            from_seq: seq,
+            max_records: 1,
+            max_bytes: 1 << 20,
+            wait_ms: 0,
+        };
+        let r = block_on(engine.read("wide", 0, req))
+            .unwrap_or_else(|e| panic!("one record at {seq}: {e}"));
+        assert_eq!((r.start_seq, r.end_seq), (seq, seq + 1));
+        assert_eq!(r.record_bytes, 1 + 2400);
+        let got = records(&r.bytes, r.start_seq, r.end_seq);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, seq);
+    }
+    // The sixth call in the same millisecond is past the calls allowance.
+    let req = ReadRequest {
+        from_seq: 0,
+        max_records: 1,
+        max_bytes: 1 << 20,
+        wait_ms: 0,
+    };
+    assert!(matches!(
+        block_on(engine.read("wide", 0, req)),
+        Err(EngineError::ReadThrottled { .. })
+    ));
+    engine.shutdown();
+}
+
 #[test]
 fn retention_and_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -1031,7 +1031,7 @@ async fn get_records<S: Storage + 'static>(
         got.bytes.len(),
     );
     out.extend_from_slice(&got.bytes);
-    let record_bytes = records_bytes(&got.bytes, got.start_seq, got.end_seq);
+    let record_bytes = got.record_bytes;
     core.metrics.stream(entry.stream_id, &entry.name, |c| {
         c.get_records_success += 1;
         c.get_records_records += got.end_seq - got.start_seq;
@@ -1324,37 +1324,6 @@ fn put_batch_response(
     }
 }
 
-/// Key and data bytes of the records `start_seq..end_seq` in `bytes` (whole stored batches,
-/// which may hold records outside the range): what Kinesis' `GetRecords.Bytes` and
-/// `OutgoingBytes` count. A batch whose records cannot be walked counts its own length.
-pub(super) fn records_bytes(bytes: &[u8], start_seq: u64, end_seq: u64) -> u64 {
-    let mut pos = 0;
-    let mut total = 0;
-    while bytes.len() - pos >= BATCH_HEADER_LEN {
-        let Ok(h) = BatchHeader::decode(&bytes[pos..]) else {
-            return total + (bytes.len() - pos) as u64;
-        };
-        let batch = &bytes[pos..(pos + h.batch_len as usize).min(bytes.len())];
-        let mut sum = 0;
-        let records = spate_protocol::batch::RecordIter::new(batch, h.record_count);
-        for (seq, r) in (h.base_seq..).zip(records) {
-            match r {
-                Ok(r) if (start_seq..end_seq).contains(&seq) => {
-                    sum += (r.key.len() + r.data.len()) as u64
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    sum = batch.len() as u64;
-                    break;
-                }
-            }
-        }
-        total += sum;
-        pos += (h.batch_len as usize).max(BATCH_HEADER_LEN);
-    }
-    total
-}
-
 /// Arrival time of the last batch in a read's concatenated stored batches.
 fn last_arrival_ms(bytes: &[u8]) -> Option<i64> {
     let mut pos = 0;
@@ -1390,12 +1359,15 @@ mod tests {
         let mut bytes = stored(10, &[100; 20]);
         bytes.extend(stored(30, &[5, 6]));
         // All of it: 22 records' keys (1 B each) and data.
-        assert_eq!(super::records_bytes(&bytes, 10, 32), 20 * 101 + 6 + 7);
+        assert_eq!(
+            crate::store::records_bytes(&bytes, 10, 32),
+            20 * 101 + 6 + 7
+        );
         // Three records of the first batch (a read limited to 3 gets the whole batch).
-        assert_eq!(super::records_bytes(&bytes, 10, 13), 3 * 101);
+        assert_eq!(crate::store::records_bytes(&bytes, 10, 13), 3 * 101);
         // The second batch's last record only.
-        assert_eq!(super::records_bytes(&bytes, 31, 32), 7);
+        assert_eq!(crate::store::records_bytes(&bytes, 31, 32), 7);
         // Something that does not walk: counted whole.
-        assert_eq!(super::records_bytes(&[0u8; 100], 0, 1), 100);
+        assert_eq!(crate::store::records_bytes(&[0u8; 100], 0, 1), 100);
     }
 }

@@ -259,6 +259,41 @@ pub struct ReadOutput {
     pub latest_ts_ms: i64,
     /// One past the newest durable record.
     pub durable_seq: u64,
+    /// Key and data bytes of the records `start_seq..end_seq` ([`records_bytes`]): what a
+    /// read is charged to its shard's limit and counted as in the metrics (`bytes` holds
+    /// whole batches, which may hold records outside the range).
+    pub record_bytes: u64,
+}
+
+/// Key and data bytes of the records `start_seq..end_seq` in `bytes` (whole stored batches,
+/// which may hold records outside the range): what Kinesis' `GetRecords.Bytes` and
+/// `OutgoingBytes` count. A batch whose records cannot be walked counts its own length.
+pub fn records_bytes(bytes: &[u8], start_seq: u64, end_seq: u64) -> u64 {
+    let mut pos = 0;
+    let mut total = 0;
+    while bytes.len() - pos >= BATCH_HEADER_LEN {
+        let Ok(h) = BatchHeader::decode(&bytes[pos..]) else {
+            return total + (bytes.len() - pos) as u64;
+        };
+        let batch = &bytes[pos..(pos + h.batch_len as usize).min(bytes.len())];
+        let mut sum = 0;
+        let records = spate_protocol::batch::RecordIter::new(batch, h.record_count);
+        for (seq, r) in (h.base_seq..).zip(records) {
+            match r {
+                Ok(r) if (start_seq..end_seq).contains(&seq) => {
+                    sum += (r.key.len() + r.data.len()) as u64
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    sum = batch.len() as u64;
+                    break;
+                }
+            }
+        }
+        total += sum;
+        pos += (h.batch_len as usize).max(BATCH_HEADER_LEN);
+    }
+    total
 }
 
 /// Counters of a store (its metrics probe).
@@ -1987,6 +2022,7 @@ impl<S: Storage> Store<S> {
             crate::crypto::open_batches(Some(keys), ctx, &mut out.bytes)
                 .map_err(|e| StoreError::Corrupt(format!("shard {key:?}: {e}")))?;
         }
+        out.record_bytes = records_bytes(&out.bytes, out.start_seq, out.end_seq);
         Ok(out)
     }
 

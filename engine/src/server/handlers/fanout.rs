@@ -458,7 +458,7 @@ pub(super) async fn subscribe<S: Storage + 'static>(
         credit.bytes.set(credit.bytes.get() - bytes as i64);
         next = got.end_seq;
         last_push = Instant::now();
-        let record_bytes = super::records_bytes(&got.bytes, got.start_seq, got.end_seq);
+        let record_bytes = got.record_bytes;
         core.metrics.stream(entry.stream_id, &entry.name, |c| {
             c.subscribe_events += 1;
             c.subscribe_event_records += got.end_seq - got.start_seq;

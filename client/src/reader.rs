@@ -172,6 +172,9 @@ pub struct StreamReader {
     shards: Vec<(u32, Vec<u32>)>,
     started: Vec<u32>,
     ended: Vec<u32>,
+    /// Where a child of a shard read to its end starts: from a time, at that time (its
+    /// records before it are older than asked for); else from its first record.
+    child_from: Position,
     tx: tokio::sync::mpsc::Sender<Result<Followed>>,
     rx: tokio::sync::mpsc::Receiver<Result<Followed>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -195,7 +198,8 @@ impl Drop for StreamReader {
 impl Client {
     /// A reader of every shard of `stream`: from `position` on the shards whose parents are
     /// gone (TRIM_HORIZON, AT_TIMESTAMP) or on the open shards (LATEST), then each child
-    /// from its first record once all its parents have been read to their ends (children
+    /// from its first record (from the time, for AT_TIMESTAMP) once all its parents have
+    /// been read to their ends (children
     /// made while reading are found as their parents end). Sequence-number positions are
     /// per shard and refused here. One task per shard being read, long-polling with
     /// `options.wait_ms` (at least a second: it follows the stream, and ends only once
@@ -252,6 +256,10 @@ impl Client {
             shards,
             started: Vec::new(),
             ended: Vec::new(),
+            child_from: match position {
+                Position::AtTimestamp { .. } => position,
+                _ => Position::TrimHorizon,
+            },
             tx,
             rx,
             tasks: Vec::new(),
@@ -323,11 +331,7 @@ impl StreamReader {
             .map(|(id, parents)| (*id, parents.iter().any(|p| known.contains(p))))
             .collect();
         for (id, child) in ready {
-            let from = if child {
-                Position::TrimHorizon
-            } else {
-                position
-            };
+            let from = if child { self.child_from } else { position };
             let mut reader = self
                 .client
                 .shard_reader(&self.stream, id, from, self.options)

@@ -433,6 +433,17 @@ impl Fanout {
             Ok(i) => i,
             Err(_) if leave => return Ok(Vec::new()),
             Err(_) => {
+                // A group is not made to start in the future (as an iterator is not): its
+                // readers would be refused, or read what came before its time.
+                if let GroupStart::AtTimestamp(ts) = start {
+                    if ts > now_ms {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "group {group:?} cannot start at {}: that is in the future (the server's time is {}); start it at LATEST",
+                            crate::clock::rfc3339_ms(ts),
+                            crate::clock::rfc3339_ms(now_ms)
+                        )));
+                    }
+                }
                 let mut entry = GroupEntry {
                     stream_id: stream.stream_id,
                     name: group.to_owned(),
@@ -837,6 +848,22 @@ mod tests {
         let mut damaged = bytes.clone();
         *damaged.last_mut().unwrap() ^= 1;
         assert!(Fanout::from_bytes(Path::new("/x"), Some(&damaged), 0).is_err());
+    }
+
+    /// A group is not made to start in the future; one made at a past time, or now, is.
+    #[test]
+    fn a_group_is_not_made_to_start_in_the_future() {
+        let s = stream(1);
+        let mut f = fanout();
+        let at = |ts_ms| IteratorPosition::AtTimestamp { ts_ms };
+        let e = f
+            .heartbeat(&s, "g", "w", at(1_001), false, 1_000, 6000)
+            .unwrap_err();
+        assert!(e.to_string().contains("in the future"), "{e}");
+        assert!(f
+            .heartbeat(&s, "g", "w", at(1_000), false, 1_000, 6000)
+            .is_ok());
+        assert!(f.heartbeat(&s, "h", "w", at(5), false, 1_000, 6000).is_ok());
     }
 
     #[test]

@@ -1872,6 +1872,15 @@ impl<S: Storage + 'static> Core<S> {
             }
             IteratorPosition::AtSequenceNumber { seq: s } => s.max(horizon),
             IteratorPosition::AfterSequenceNumber { seq: s } => (s + 1).max(horizon),
+            // As Kinesis: a time after now is refused (positioned at the tip, such a reader
+            // was handed the records that arrived before its time).
+            IteratorPosition::AtTimestamp { ts_ms: ts } if ts > self.clock.now_ms() => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "timestamp {} is in the future (the server's time is {}): records arriving from now on are read from LATEST",
+                    crate::clock::rfc3339_ms(ts),
+                    crate::clock::rfc3339_ms(self.clock.now_ms())
+                )))
+            }
             IteratorPosition::AtTimestamp { ts_ms: ts } => {
                 store.seq_at_timestamp(ident, ts).await?
             }

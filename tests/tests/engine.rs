@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::block_on;
-use spate_engine::clock::ManualClock;
+use spate_engine::clock::{Clock, ManualClock};
 use spate_engine::engine::StreamOptions;
 use spate_engine::limits::Limits;
 use spate_engine::runtime::{IteratorPosition, ReadRequest};
@@ -286,10 +286,22 @@ fn every_iterator_position() {
         );
     }
     assert_eq!(pos(IteratorPosition::AtTimestamp { ts_ms: 0 }).unwrap(), 0);
+    // Now is the tip; a time after now is refused, as Kinesis does (a reader positioned at
+    // the tip would be handed records from before its time).
     assert_eq!(
-        pos(IteratorPosition::AtTimestamp { ts_ms: i64::MAX }).unwrap(),
+        pos(IteratorPosition::AtTimestamp {
+            ts_ms: clock.now_ms()
+        })
+        .unwrap(),
         100
     );
+    for future in [clock.now_ms() + 1, i64::MAX] {
+        let e = pos(IteratorPosition::AtTimestamp { ts_ms: future }).unwrap_err();
+        assert!(
+            matches!(&e, EngineError::InvalidArgument(m) if m.contains("in the future")),
+            "{e}"
+        );
+    }
     // Reading from the middle of a batch yields exactly the records asked for.
     let r = block_on(engine.read(
         "s",

@@ -572,3 +572,75 @@ fn a_long_poll_at_a_parents_tip_ends_when_it_is_split() {
     });
     server.shutdown();
 }
+
+/// A whole-stream reader from a time reads the children of a shard it read to its end
+/// from that time too, not from their first record (which may be older than asked for).
+#[test]
+fn a_stream_reader_from_a_time_reads_children_from_that_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let addr = server.local_addr().to_string();
+    runtime().block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .create_stream("t", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        let split = client.split_shard("t", 0, u128::MAX / 2).await.unwrap();
+        assert_eq!(split.new_shards.len(), 2);
+        // A record in a child, then one at a later millisecond: the time to read from.
+        let put = |data: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .put_records("t", vec![Entry::new("k", data)])
+                    .await
+                    .remove(0)
+                    .unwrap()
+            }
+        };
+        let first = put("before").await;
+        let read_one = |shard, seq| {
+            let client = client.clone();
+            async move {
+                let it = client
+                    .get_iterator("t", shard, Position::AtSequenceNumber { seq })
+                    .await
+                    .unwrap();
+                client
+                    .get_records(&it, 1, 1 << 20, 0)
+                    .await
+                    .unwrap()
+                    .records[0]
+                    .clone()
+            }
+        };
+        let before = read_one(first.shard_id, first.seq).await;
+        let mut after = before.clone();
+        while after.ts_ms <= before.ts_ms {
+            let r = put("after").await;
+            after = read_one(r.shard_id, r.seq).await;
+        }
+        let mut reader = client
+            .stream_reader(
+                "t",
+                Position::AtTimestamp { ts_ms: after.ts_ms },
+                ReadOptions::default(),
+            )
+            .await
+            .unwrap();
+        let (shard, got) = loop {
+            let (shard, r) = reader.next().await.unwrap().expect("open shards remain");
+            if !r.records.is_empty() {
+                break (shard, r.records);
+            }
+        };
+        assert_eq!(shard, first.shard_id);
+        assert!(
+            got.iter()
+                .all(|r| r.ts_ms >= after.ts_ms && &r.data[..] == b"after"),
+            "{got:?}"
+        );
+    });
+    server.shutdown();
+}

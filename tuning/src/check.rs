@@ -168,11 +168,18 @@ impl Ctx<'_> {
         self.engine.len().max(1)
     }
 
-    /// The layout to put in fixes: the engine cores and IRQ cores as given; else the online
-    /// cores the engine leaves free for IRQs; else (engine on every core) all but the first
+    /// The layout to put in fixes: the engine cores and IRQ cores as given (if apart);
+    /// else the online cores the engine leaves free for IRQs; else (engine on every core) all but the first
     /// core for the engine and the first for IRQs.
     fn suggested_layout(&self) -> Option<(CpuSet, CpuSet)> {
-        if let Some(irq) = &self.config.irq_cores {
+        // IRQ cores that overlap the engine's are refused (the `cores` item says so), not
+        // recommended back by every other item's fix.
+        if let Some(irq) = self
+            .config
+            .irq_cores
+            .as_ref()
+            .filter(|irq| irq.intersection(&self.engine).is_empty())
+        {
             return Some((self.engine.clone(), irq.clone()));
         }
         let online = self.online.as_ref().ok()?;
@@ -1265,6 +1272,26 @@ Max locked memory         65536                65536                bytes
             irq_cores: irq.map(|c| CpuSet::parse(c).expect("cores")),
             nic: None,
         }
+    }
+
+    /// IRQ cores that overlap the engine's fail the `cores` item and are not what the other
+    /// items' fixes recommend (they recommended `--irq-cores 1` back, which apply refuses).
+    #[test]
+    fn overlapping_irq_cores_fail_and_are_not_recommended() {
+        let fake = untuned();
+        let data = tempfile::tempdir().expect("tempdir");
+        let verdicts = run_checks(&fake.host(), &config(data.path(), Some("1-3"), Some("1")));
+        assert_eq!(levels(&verdicts)["cores"], Level::Fail);
+        for v in &verdicts {
+            let fix = v.fix.as_deref().unwrap_or_default();
+            assert!(!fix.contains("--irq-cores 1 "), "{}: {fix}", v.item);
+            assert!(!fix.contains("irqaffinity=1 "), "{}: {fix}", v.item);
+        }
+        assert!(verdicts.iter().any(|v| v
+            .fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("--engine-cores 1-3 --irq-cores 0")));
     }
 
     #[test]

@@ -79,6 +79,20 @@ fn host(root: Option<PathBuf>) -> Host {
     root.map_or_else(Host::live, Host::with_root)
 }
 
+/// A `--nic` that names no interface of the host is a command-line error, not a finding
+/// (it said "no NIC queue IRQs found for bogus0", as if the interface existed).
+fn check_nic(host: &Host, nic: Option<&str>) -> Result<(), String> {
+    let Some(nic) = nic else { return Ok(()) };
+    let interfaces = host.list_dir("/sys/class/net").unwrap_or_default();
+    if interfaces.is_empty() || interfaces.iter().any(|i| i == nic) {
+        return Ok(());
+    }
+    Err(format!(
+        "--nic {nic}: no such network interface (this host has: {})",
+        interfaces.join(", ")
+    ))
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check {
@@ -95,7 +109,12 @@ fn main() -> ExitCode {
                 irq_cores,
                 nic,
             };
-            let verdicts = check::run_checks(&host(root), &config);
+            let host = host(root);
+            if let Err(e) = check_nic(&host, config.nic.as_deref()) {
+                eprintln!("spate-tune check: {e}");
+                return ExitCode::from(2);
+            }
+            let verdicts = check::run_checks(&host, &config);
             if json {
                 let doc = serde_json::json!({
                     "data_dir": config.data_dir,
@@ -134,6 +153,10 @@ fn main() -> ExitCode {
             root,
         } => {
             let host = host(root);
+            if let Err(e) = check_nic(&host, nic.as_deref()) {
+                eprintln!("spate-tune apply: {e}");
+                return ExitCode::from(2);
+            }
             let config = ApplyConfig {
                 engine_cores,
                 irq_cores,

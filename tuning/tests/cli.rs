@@ -44,6 +44,8 @@ fn fake_host() -> tempfile::TempDir {
         "  CPU0 CPU1\n 30: 5 0 PCI-MSIX-0000:00:03.0 1-edge virtio0-input.0\n",
     );
     write(root, "/proc/irq/30/smp_affinity_list", "0-1\n");
+    fs::create_dir_all(root.join("sys/class/net/eth0")).expect("mkdir");
+    fs::create_dir_all(root.join("sys/class/net/lo")).expect("mkdir");
     dir
 }
 
@@ -162,4 +164,30 @@ fn bad_arguments_exit_2() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cores 1 are in both"));
+    // An interface the host does not have is a command-line error, for both commands.
+    for cmd in [
+        vec!["check", "--root", root, "--nic", "bogus0"],
+        vec![
+            "apply",
+            "--root",
+            root,
+            "--engine-cores",
+            "1",
+            "--irq-cores",
+            "0",
+            "--nic",
+            "bogus0",
+            "--dry-run",
+        ],
+    ] {
+        let out = spate_tune(&cmd);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--nic bogus0: no such network interface (this host has: eth0, lo)"),
+            "{stderr}"
+        );
+    }
+    let ok = spate_tune(&["check", "--root", root, "--nic", "eth0"]);
+    assert_ne!(ok.status.code(), Some(2));
 }

@@ -550,6 +550,12 @@ impl RunConfig {
                     .into(),
             );
         }
+        if self.consumer_mode != ConsumerMode::Poll && self.consumers == 0 {
+            return Err(format!(
+                "--consumer-mode {} with no consumers: give --consumers N (it would run producers only)",
+                self.consumer_mode.name()
+            ));
+        }
         if let Some(at_s) = self.crash_worker_at_s {
             if self.consumer_mode != ConsumerMode::Group || self.consumers < 2 {
                 return Err(
@@ -744,6 +750,12 @@ mod tests {
         c.keys = 4;
         c.delete_after = true;
         assert!(c.validate().unwrap_err().contains("--delete-after"));
+        c.delete_after = false;
+        // A consumer mode without consumers would run producers only, silently.
+        c.consumer_mode = ConsumerMode::Push;
+        assert!(c.validate().unwrap_err().contains("--consumers N"));
+        c.consumers = 1;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -3146,6 +3146,8 @@ fn round_histogram(a: &[u64], b: &[u64]) -> String {
 }
 
 async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {
+    // At once at start too: what expired while the server was down is not served.
+    core.apply_retention();
     loop {
         glommio::timer::sleep(Duration::from_millis(
             core.cfg.retention_check_interval_ms.max(10),

@@ -2370,6 +2370,17 @@ impl<S: Storage> Store<S> {
             st.checkpoint_owed = true;
             log.changed.notify_all();
         }
+        // The extent appended to is kept (the shard goes on in it), but when even its newest
+        // durable record is past the window, every record of the shard is: none is served.
+        if log
+            .extents
+            .back()
+            .is_some_and(|e| e.durable_end_seq > e.base_seq && e.durable_last_ts_ms < cutoff_ms)
+            && log.durable_seq > log.trim_horizon()
+        {
+            log.expired_to = log.durable_seq;
+            log.changed.notify_all();
+        }
         removed
     }
 }

@@ -195,6 +195,11 @@ pub(crate) struct ShardLog<B> {
     pub next_order: u32,
     /// Long-polling readers wait here; woken when the durable end moves.
     pub changed: Rc<Notify>,
+    /// Records below this are past the stream's retention though their extent is kept: the
+    /// extent being appended to is never freed, so a shard no longer written (idle, or a
+    /// closed parent) would serve its expired records for good. Derived from timestamps
+    /// by each retention sweep (the first at start), so never persisted.
+    pub expired_to: u64,
 }
 
 /// What a staged batch told the round.
@@ -226,12 +231,16 @@ impl<B: IoBuf> ShardLog<B> {
             queued_behind: false,
             next_order: 0,
             changed: Rc::new(Notify::new()),
+            expired_to: 0,
         }
     }
 
     /// Oldest sequence number still retained.
     pub fn trim_horizon(&self) -> u64 {
-        self.extents.front().map_or(self.next_seq, |e| e.base_seq)
+        self.extents
+            .front()
+            .map_or(self.next_seq, |e| e.base_seq)
+            .max(self.expired_to)
     }
 
     pub fn active(&self) -> Option<&Extent<B>> {
@@ -294,6 +303,10 @@ impl<B: IoBuf> ShardLog<B> {
                     || (a.end > EXTENT_DATA_START
                         && a.first_ts_ms
                             .is_some_and(|t| now_ms.saturating_sub(t) >= age_max_ms))
+                    // Its records are all past retention: new ones go in a new extent, so
+                    // the old one can be freed whole (and a restart, which forgets
+                    // `expired_to`, finds it expired again rather than mixed with them).
+                    || self.expired_to > a.base_seq
             }
         }
     }

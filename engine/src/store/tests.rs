@@ -658,6 +658,50 @@ fn retention_frees_whole_extents_and_space_is_reused() {
     assert_eq!(read_all(&store, keys[0]).unwrap(), got);
 }
 
+/// A shard no longer written keeps the extent it was appended to (the shard goes on in
+/// it), but once its newest record is past the window none of its records is served: the
+/// trim horizon moves to its end (it served them for good, idle shards and closed parents
+/// alike). New records then go into an extent of their own, and the old one is freed; a
+/// restart agrees.
+#[test]
+fn an_idle_shards_expired_records_are_not_served() {
+    let keys = vec![key(1, 0)];
+    let h = Harness::new(7, small_cfg(), keys.clone());
+    let store = h.open().unwrap();
+    let mut rng = SimRng::new(2);
+    let mut written = 0;
+    for t in 0..3 {
+        let (b, r) = make_batch(&mut rng, &format!("old{t}"), false);
+        run(&store, store.append(keys[0], &b, r.len() as u32)).unwrap();
+        written += r.len() as u64;
+    }
+    let newest = h.clock.now_ms();
+    // Inside the window: nothing changes.
+    assert_eq!(store.apply_retention(keys[0], newest), 0);
+    assert_eq!(store.trim_horizon(keys[0]).unwrap(), 0);
+    assert_eq!(read_all(&store, keys[0]).unwrap().len() as u64, written);
+    // Past it: the one extent stays, its records are gone from reads.
+    h.clock.advance(10);
+    store.apply_retention(keys[0], newest + 1);
+    assert_eq!(store.trim_horizon(keys[0]).unwrap(), written);
+    assert!(read_all(&store, keys[0]).unwrap().is_empty());
+    // A new record is served, the old ones still not.
+    let (b, r) = make_batch(&mut rng, "new", false);
+    run(&store, store.append(keys[0], &b, r.len() as u32)).unwrap();
+    let got = read_all(&store, keys[0]).unwrap();
+    assert_eq!(got.len(), r.len());
+    assert!(got.keys().all(|s| *s >= written));
+    // They went into an extent of their own: the old one is freed whole.
+    assert_eq!(store.apply_retention(keys[0], newest + 1), 1);
+    assert_eq!(read_all(&store, keys[0]).unwrap(), got, "the new ones stay");
+    run(&store, store.checkpoint()).unwrap();
+    run(&store, store.shutdown()).unwrap();
+    drop(store);
+    let store = h.open().unwrap();
+    assert_eq!(store.trim_horizon(keys[0]).unwrap(), written);
+    assert_eq!(read_all(&store, keys[0]).unwrap(), got);
+}
+
 /// A deferred checkpoint records the snapshot the one before kept; when retention freed
 /// every extent that snapshot claims of a shard that goes on (here the written one and the
 /// one with an unwritten tail), recording it would lose where the shard continues: it is

@@ -978,6 +978,48 @@ fn gone(e: &ClientError) -> Option<String> {
     }
 }
 
+/// Runs `op` until it answers, waiting out a server that is gone (a restart) or busy as a
+/// follower's reads do: `read --follow` goes on across a restart at any moment, also
+/// between a parent's end and its children's start (it exited there).
+async fn while_away<T, Fut>(server: &str, mut op: impl FnMut() -> Fut) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = spate_client::Result<T>>,
+{
+    let mut lost_since: Option<Instant> = None;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => {
+                if let Some(since) = lost_since {
+                    eprintln!(
+                        "spate: {server} is back after {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(v);
+            }
+            Err(e) if e.is_retryable() && gone(&e).is_none() => {
+                tokio::time::sleep(Duration::from_millis(u64::from(
+                    e.retry_after_ms().max(100),
+                )))
+                .await;
+            }
+            Err(e) if e.is_retryable() => {
+                if lost_since.is_none() {
+                    eprintln!(
+                        "spate: {}; waiting for {server} to come back",
+                        gone(&e).unwrap_or_default()
+                    );
+                    lost_since = Some(Instant::now());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
 /// What a shard's follower tells the printer.
 enum Followed {
     Records(u32, Records),
@@ -1038,10 +1080,11 @@ async fn follow_all(
             } else {
                 Position::TrimHorizon
             };
-            let reader = client
-                .shard_reader(&args.name, id, from, read_options(args, printer.left()))
-                .await
-                .map_err(err)?;
+            let options = read_options(args, printer.left());
+            let reader = while_away(server, || {
+                client.shard_reader(&args.name, id, from, options)
+            })
+            .await?;
             tokio::spawn(follow_one(reader, server.to_string(), tx.clone()));
         }
         match rx.recv().await {
@@ -1058,7 +1101,7 @@ async fn follow_all(
                     .filter(|c| !shards.contains(c))
                     .collect();
                 if !new.is_empty() {
-                    info = client.describe_stream(&args.name).await.map_err(err)?;
+                    info = while_away(server, || client.describe_stream(&args.name)).await?;
                     shards.extend(new);
                 }
             }

@@ -71,6 +71,10 @@ pub struct SubscriptionEvent {
     pub child_shards: Vec<u32>,
 }
 
+/// The least credit a server holds for a subscription: its `max_subscription_credit_bytes`
+/// is at least this (`engine::config`).
+const SERVER_CREDIT_FLOOR_BYTES: u64 = 1 << 20;
+
 impl Client {
     async fn consumer_call(&self, req: &Request<'_>, expect: Opcode) -> Result<Bytes> {
         let frame = self.request(Target::Bootstrap, req, 0).await?;
@@ -147,6 +151,7 @@ impl Client {
             ended: false,
             consumed: 0,
             pending_end: None,
+            replaced: None,
         };
         sub.open().await?;
         Ok(sub)
@@ -196,6 +201,9 @@ pub struct Subscription {
     consumed: u64,
     /// The shard's end, when the server answered the subscription with it.
     pending_end: Option<SubscriptionEvent>,
+    /// A newer subscription of the consumer to the shard took over: every later call
+    /// answers this (subscribing again would take the shard back from it).
+    replaced: Option<ClientError>,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -268,8 +276,22 @@ impl Subscription {
     }
 
     /// The next event: records (or a heartbeat), or the shard's end. `None` after the
-    /// shard's end was delivered.
+    /// shard's end was delivered. Once replaced by a newer subscription of the consumer to
+    /// the shard (`SubscriptionReplaced`), that error every time.
     pub async fn next(&mut self) -> Result<Option<SubscriptionEvent>> {
+        if let Some(e) = &self.replaced {
+            return Err(e.clone());
+        }
+        let result = self.next_event().await;
+        if let Err(e) = &result {
+            if e.code() == Some(ErrorCode::SubscriptionReplaced) {
+                self.replaced = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>> {
         let policy = self.client.config().retry;
         let mut attempt = 0u32;
         while !self.ended {
@@ -336,10 +358,13 @@ impl Subscription {
         Ok(None)
     }
 
-    /// Grants credit back once half of it has been handed out.
+    /// Grants credit back once half of it has been handed out: half of what the server
+    /// surely holds, which caps `credit_bytes` at its `max_subscription_credit_bytes` (1 MiB
+    /// at least). Half of a larger credit than the server took was never reached: the
+    /// server, out of credit, went silent until the silence timeout (30 s) reconnected.
     fn grant(&mut self, bytes: u64) {
         self.consumed += bytes;
-        let half = u64::from(self.options.credit_bytes) / 2;
+        let half = u64::from(self.options.credit_bytes).min(SERVER_CREDIT_FLOOR_BYTES) / 2;
         if self.consumed < half.max(1) {
             return;
         }

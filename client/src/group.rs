@@ -431,6 +431,9 @@ enum ReaderEnd {
 struct ShardTask {
     epoch: u64,
     task: JoinHandle<ReaderEnd>,
+    /// The task finished for good and its result was taken (a handle is awaited once:
+    /// awaiting it again panics).
+    done: bool,
 }
 
 /// The worker's background task: heartbeats and one reader per leased shard.
@@ -456,6 +459,7 @@ impl Runner {
     async fn run(mut self, first: Heartbeat) {
         let mut failures = 0u32;
         let mut beat = first;
+        let mut renewed = tokio::time::Instant::now();
         loop {
             self.apply(&beat).await;
             let every = Duration::from_millis(u64::from(beat.lease_timeout_ms / 3).max(50));
@@ -474,6 +478,7 @@ impl Runner {
                 Ok(b) => {
                     failures = 0;
                     beat = b;
+                    renewed = tokio::time::Instant::now();
                 }
                 Err(e) => {
                     // Unreachable for a while (a server restart): keep reading what we
@@ -482,6 +487,15 @@ impl Runner {
                     if !(passing(&e) || matches!(e, ClientError::Closed)) || failures > 100 {
                         let _ = self.tx.send(Err(e)).await;
                         return;
+                    }
+                    // Not renewed within the lease timeout: the server has given the leases
+                    // to other workers by now, so stop reading them (two workers would
+                    // process the same shards) and say so; the next heartbeat that gets
+                    // through answers what this worker holds again.
+                    let timeout = Duration::from_millis(u64::from(beat.lease_timeout_ms));
+                    if renewed.elapsed() >= timeout && !beat.leases.is_empty() {
+                        beat.leases.clear();
+                        self.apply(&beat).await;
                     }
                 }
             }
@@ -517,9 +531,15 @@ impl Runner {
         for l in &beat.leases {
             let position = match self.readers.get_mut(&l.shard_id) {
                 // Still held: a reader that failed starts again where it stopped.
+                Some(r) if r.done => continue,
                 Some(r) if r.task.is_finished() => match (&mut r.task).await {
                     Ok(ReaderEnd::Failed(at)) => at,
-                    _ => continue,
+                    // Read to its end: the caller checkpoints the end; until then the
+                    // lease stays and nothing is read again.
+                    _ => {
+                        r.done = true;
+                        continue;
+                    }
                 },
                 Some(_) => continue,
                 None => match l.checkpoint {
@@ -546,6 +566,7 @@ impl Runner {
                 ShardTask {
                     epoch: l.epoch,
                     task,
+                    done: false,
                 },
             );
         }

@@ -1024,6 +1024,9 @@ impl CoreShared {
         }
         out.deliver(&self.budget);
         self.room.notify_waiters();
+        // The worker answers flushes (and so `close`) that these settled records complete;
+        // nothing else may wake it (a flush waiting on them hung).
+        self.wake.notify_one();
     }
 }
 

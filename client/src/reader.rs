@@ -172,6 +172,8 @@ pub struct StreamReader {
     shards: Vec<(u32, Vec<u32>)>,
     started: Vec<u32>,
     ended: Vec<u32>,
+    /// A shard's end not yet taken up (its children not yet found or started).
+    pending_end: Option<(u32, Vec<u32>)>,
     /// Where a child of a shard read to its end starts: from a time, at that time (its
     /// records before it are older than asked for); else from its first record.
     child_from: Position,
@@ -256,6 +258,7 @@ impl Client {
             shards,
             started: Vec::new(),
             ended: Vec::new(),
+            pending_end: None,
             child_from: match position {
                 Position::AtTimestamp { .. } => position,
                 _ => Position::TrimHorizon,
@@ -271,43 +274,59 @@ impl Client {
 
 impl StreamReader {
     /// The next answer with records, and the shard it is from; `None` once every shard is
-    /// closed and read to its end.
+    /// closed and read to its end. A shard's end whose children could not be found or
+    /// started (the server unreachable a moment) is taken up again by the next call.
     pub async fn next(&mut self) -> Result<Option<(u32, Records)>> {
         loop {
+            if let Some((id, children)) = self.pending_end.take() {
+                if let Err(e) = self.take_end(id, &children).await {
+                    self.pending_end = Some((id, children));
+                    return Err(e);
+                }
+            }
             if self.ended.len() == self.shards.len() {
                 return Ok(None);
             }
             match self.rx.recv().await {
                 Some(Ok(Followed::Records(id, r))) => return Ok(Some((id, r))),
                 Some(Ok(Followed::Ended(id, children))) => {
-                    self.ended.push(id);
-                    let new: Vec<u32> = children
-                        .into_iter()
-                        .filter(|c| !self.shards.iter().any(|s| s.0 == *c))
-                        .collect();
-                    if !new.is_empty() {
-                        let info = self.client.describe_stream(&self.stream).await?;
-                        for c in new {
-                            let parents = info
-                                .shards
-                                .iter()
-                                .find(|s| s.id == c)
-                                .map(|s| {
-                                    [s.parent, s.adjacent_parent]
-                                        .into_iter()
-                                        .flatten()
-                                        .collect()
-                                })
-                                .unwrap_or_else(|| vec![id]);
-                            self.shards.push((c, parents));
-                        }
-                    }
-                    self.start_ready(Position::TrimHorizon).await?;
+                    self.pending_end = Some((id, children));
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Ok(None),
             }
         }
+    }
+
+    /// Shard `id` was read to its end: learns its children, counts it ended and starts the
+    /// children whose parents have all ended. Safe to run again after an error part way.
+    async fn take_end(&mut self, id: u32, children: &[u32]) -> Result<()> {
+        let new: Vec<u32> = children
+            .iter()
+            .copied()
+            .filter(|c| !self.shards.iter().any(|s| s.0 == *c))
+            .collect();
+        if !new.is_empty() {
+            let info = self.client.describe_stream(&self.stream).await?;
+            for c in new {
+                let parents = info
+                    .shards
+                    .iter()
+                    .find(|s| s.id == c)
+                    .map(|s| {
+                        [s.parent, s.adjacent_parent]
+                            .into_iter()
+                            .flatten()
+                            .collect()
+                    })
+                    .unwrap_or_else(|| vec![id]);
+                self.shards.push((c, parents));
+            }
+        }
+        if !self.ended.contains(&id) {
+            self.ended.push(id);
+        }
+        self.start_ready(Position::TrimHorizon).await
     }
 
     /// The shards being read or read to their end.

@@ -160,6 +160,10 @@ fn subscriptions_push_every_record_once_in_order_and_resume_at_the_continuation(
             }
         };
         assert_eq!(err.code(), Some(ErrorCode::SubscriptionReplaced));
+        // Asked again, the replaced one says so again: it does not subscribe anew and take
+        // the shard back from the newer one (which reads on below).
+        let err = sub_b.next().await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::SubscriptionReplaced));
         // A deregistered consumer's subscription ends.
         client.deregister_consumer("push", "b").await.unwrap();
         put(&client, "push", 3010, 10, 16).await;
@@ -722,6 +726,125 @@ fn a_subscription_goes_on_across_a_server_restart_without_loss_or_repeat() {
             numbers.extend(e.records.iter().map(|r| number(&r.data)));
         }
         assert_eq!(*numbers, (0..1000).collect::<Vec<_>>());
+    });
+    server.shutdown();
+}
+
+/// A worker that takes its time to checkpoint a shard's end (a consumer behind: the end
+/// waits in its queue while heartbeats go on) then reads the children. Its background task
+/// awaited the finished reader again at every heartbeat, panicked at the second, and the
+/// worker ended without an error and never read the children.
+#[test]
+fn a_worker_slow_to_checkpoint_a_shards_end_goes_on_to_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| EngineConfig {
+        group_lease_timeout_ms: 300,
+        ..c
+    });
+    let addr = server.local_addr().to_string();
+    runtime().block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .create_stream("ends", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        put(&client, "ends", 0, 50, 8).await;
+        client.split_shard("ends", 0, u128::MAX / 2).await.unwrap();
+        put(&client, "ends", 50, 50, 8).await;
+        let mut worker = GroupWorker::join(
+            &client,
+            "ends",
+            "g",
+            GroupOptions {
+                worker: "slow".into(),
+                read: ReadOptions {
+                    wait_ms: 100,
+                    ..ReadOptions::default()
+                },
+                ..GroupOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 100 {
+            assert!(Instant::now() < deadline, "read {} of 100", seen.len());
+            let event = tokio::time::timeout(Duration::from_secs(10), worker.next())
+                .await
+                .expect("an event")
+                .expect("the worker goes on")
+                .unwrap();
+            match event {
+                GroupEvent::Records {
+                    shard_id, records, ..
+                } => {
+                    seen.extend(records.iter().map(|r| number(&r.data)));
+                    worker
+                        .checkpoint(shard_id, records.last().unwrap().seq)
+                        .await
+                        .unwrap();
+                }
+                GroupEvent::ShardEnded { shard_id } => {
+                    // Several heartbeats (every lease_timeout / 3) pass before the end is
+                    // checkpointed: this is the delay under test, not a wait for a condition.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    worker.checkpoint_shard_end(shard_id).await.unwrap();
+                }
+                GroupEvent::LeaseLost { shard_id } => panic!("lease of {shard_id} lost"),
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..100).collect::<Vec<u64>>());
+        worker.leave().await.unwrap();
+    });
+    server.shutdown();
+}
+
+/// A subscription whose credit is larger than the server takes (its
+/// `max_subscription_credit_bytes`) still flows: the client granted back only after half of
+/// its own credit, which the server never sent, and each MiB waited out the silence timeout.
+#[test]
+fn a_subscription_with_more_credit_than_the_server_takes_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), |c| EngineConfig {
+        max_subscription_credit_bytes: 1 << 20,
+        ..c
+    });
+    let addr = server.local_addr().to_string();
+    runtime().block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .create_stream("wide", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        put(&client, "wide", 0, 3000, 1000).await;
+        client.register_consumer("wide", "c").await.unwrap();
+        let mut sub = client
+            .subscribe(
+                "wide",
+                "c",
+                0,
+                Position::TrimHorizon,
+                SubscribeOptions {
+                    credit_bytes: 4 << 20,
+                    // Far longer than the test waits: a stall cannot be covered by it.
+                    silence_timeout: Duration::from_secs(300),
+                },
+            )
+            .await
+            .unwrap();
+        let read_all = async {
+            let mut n = 0;
+            while n < 3000 {
+                n += sub.next().await.unwrap().unwrap().records.len();
+            }
+            n
+        };
+        let n = tokio::time::timeout(Duration::from_secs(60), read_all)
+            .await
+            .expect("3 MB through a 1 MiB server credit without stalling");
+        assert_eq!(n, 3000);
     });
     server.shutdown();
 }

@@ -2025,11 +2025,11 @@ impl<S: Storage + 'static> Core<S> {
             .data
             .streams
             .iter()
-            .map(|s| s.shards.len() as u64)
+            .map(|s| s.open_shards().len() as u64)
             .sum();
         if shards + u64::from(opts.shard_count) > cfg.max_shards {
             return Err(EngineError::LimitExceeded(format!(
-                "this node has {shards} shards; {} more would pass its quota of {} (max_shards)",
+                "this node has {shards} open shards; {} more would pass its quota of {} (max_shards)",
                 opts.shard_count, cfg.max_shards
             )));
         }
@@ -2700,17 +2700,21 @@ impl<S: Storage + 'static> Core<S> {
                 self.cfg.max_shards_per_stream
             )));
         }
-        let shards: u64 = catalog
+        // The quota is of open shards (closed parents stay until their data expires: a node
+        // that reshards often would otherwise be refused for shards that take nothing).
+        let open: u64 = catalog
             .borrow()
             .data
             .streams
             .iter()
-            .map(|s| s.shards.len() as u64)
+            .map(|s| s.open_shards().len() as u64)
             .sum();
-        if shards + plan.new_shards.len() as u64 > self.cfg.max_shards {
+        let open_now = before.open_shards().len() as u64;
+        if open_after as u64 > open_now && open - open_now + open_after as u64 > self.cfg.max_shards
+        {
             return Err(EngineError::LimitExceeded(format!(
-                "this node has {shards} shards; {} more would pass its quota of {} (max_shards)",
-                plan.new_shards.len(),
+                "this node has {open} open shards; {} more would pass its quota of {} (max_shards)",
+                open_after as u64 - open_now,
                 self.cfg.max_shards
             )));
         }

@@ -604,6 +604,29 @@ fn quotas_are_refused_with_a_clear_error() {
     ));
     assert!(r.reply().is_ok());
     create_n(&mut c, "c", 5).unwrap();
+    // The node quota counts open shards: after a merge in "c" (7 open, 9 in all with its
+    // closed parents) a split in "b" makes 8 open, within the quota of 8.
+    let r = c.call(&Request::MergeShards(spate_protocol::MergeShardsRequest {
+        name: "c",
+        shard_id: 0,
+        adjacent_shard_id: 1,
+    }));
+    assert!(r.reply().is_ok(), "{:?}", r.reply());
+    let r = c.call(&Request::SplitShard(spate_protocol::SplitShardRequest {
+        name: "b",
+        shard_id: 0,
+        new_starting_hash_key: 1 << 64,
+    }));
+    assert!(r.reply().is_ok(), "{:?}", r.reply());
+    // One more open shard would pass it.
+    let r = c.call(&Request::SplitShard(spate_protocol::SplitShardRequest {
+        name: "b",
+        shard_id: 1,
+        new_starting_hash_key: u128::MAX / 2,
+    }));
+    let e = r.reply().unwrap_err();
+    assert_eq!(e.code, ErrorCode::LimitExceeded);
+    assert!(e.message.contains("8 open shards"), "{}", e.message);
     s.shutdown();
 }
 

@@ -431,7 +431,38 @@ impl StreamEntry {
                 "target shard count {target} must be 1..={MAX_SHARDS_PER_STREAM}"
             )));
         }
-        let targets: Vec<(u128, u128)> = (0..target).map(|i| even_range(i, target)).collect();
+        // Even ranges (floor(2^128 / n) apart, as Kinesis cuts them), each cut moved onto an
+        // open shard's edge when it is within rounding of one: the even ranges of n and of
+        // 2n (or n/2) differ by a few keys where n is not a power of two, and cutting there
+        // made one-key slivers to merge away (500 -> 250 shards made 997 new ones).
+        const SNAP_KEYS: u128 = 1 << 32;
+        let edges: std::collections::BTreeSet<u128> = self
+            .open_shards()
+            .iter()
+            .map(|s| s.hash_range().0)
+            .filter(|&e| e > 0)
+            .collect();
+        let starts: Vec<u128> = (0..target)
+            .map(|i| {
+                let t = even_range(i, target).0;
+                if t == 0 {
+                    return 0;
+                }
+                edges
+                    .range(t.saturating_sub(SNAP_KEYS)..=t.saturating_add(SNAP_KEYS))
+                    .min_by_key(|&&e| e.abs_diff(t))
+                    .copied()
+                    .unwrap_or(t)
+            })
+            .collect();
+        let targets: Vec<(u128, u128)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                let end = starts.get(i + 1).map_or(u128::MAX, |&next| next - 1);
+                (start, end)
+            })
+            .collect();
         let mut p = Planner::new(self, now_ms);
         let mut pieces = Vec::new();
         for sh in self.open_shards() {
@@ -1073,8 +1104,13 @@ mod tests {
             assert!(s.covers_key_space(), "{target}");
             let open = s.open_shards();
             assert_eq!(open.len(), target as usize);
+            // Even ranges, give or take the few keys of a cut moved onto an existing edge.
             for (i, sh) in open.iter().enumerate() {
-                assert_eq!(sh.hash_range(), even_range(i as u32, target), "{target}");
+                let (want, got) = (even_range(i as u32, target), sh.hash_range());
+                assert!(
+                    want.0.abs_diff(got.0) <= 1 << 32 && want.1.abs_diff(got.1) <= 1 << 32,
+                    "{target}: {got:?} for {want:?}"
+                );
             }
             // Every shard's parents are older (lower ids): id order is lineage order.
             for sh in &s.shards {
@@ -1082,6 +1118,26 @@ mod tests {
                     assert!(p < sh.shard_id);
                 }
             }
+        }
+    }
+
+    /// Between counts that are not powers of two a doubling is still one split per shard
+    /// and a halving one merge per pair: the even cuts of n and 2n differ by a few keys,
+    /// and cutting at both made one-key slivers (3 -> 6 made 10 new shards, 500 -> 250 made
+    /// 997, 10 -> 20 made 38).
+    #[test]
+    fn doubling_and_halving_uneven_counts_make_no_slivers() {
+        for (from, to) in [(3, 6), (10, 20), (500, 250), (6, 3), (1000, 2000)] {
+            let mut s = stream_with(from);
+            let plan = s.plan_scale(to, 1).unwrap();
+            assert_eq!(plan.new_shards.len() as u32, to, "{from} -> {to}");
+            assert!(
+                plan.new_shards.iter().all(|n| n.state == ShardState::Open),
+                "{from} -> {to}: no shard made only to be merged away"
+            );
+            apply(&mut s, &plan);
+            assert!(s.covers_key_space());
+            assert_eq!(s.open_shards().len() as u32, to);
         }
     }
 

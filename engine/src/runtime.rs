@@ -463,6 +463,9 @@ pub(crate) struct ShardSlot<S: Storage> {
     appends_done: crate::notify::Notify,
     /// Recent write rate (bytes of key and data per second).
     rate: Cell<crate::rate::RateMeter>,
+    /// Recent write rate in records per second (on-demand scaling: a shard's record limit
+    /// is met long before its byte limit with small records).
+    records_rate: Cell<crate::rate::RateMeter>,
     /// Records refused by the write limit, ever.
     throttled: Cell<u64>,
 }
@@ -471,6 +474,7 @@ pub(crate) struct ShardSlot<S: Storage> {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ShardLoad {
     pub bytes_per_s: f64,
+    pub records_per_s: f64,
     /// Records refused by the write limit since the shard was opened.
     pub throttled: u64,
 }
@@ -1153,6 +1157,7 @@ impl<S: Storage + 'static> Core<S> {
                     .map(|(ident, slot)| {
                         let load = ShardLoad {
                             bytes_per_s: slot.rate.get().per_second(now),
+                            records_per_s: slot.records_rate.get().per_second(now),
                             throttled: slot.throttled.get(),
                         };
                         (*ident, load)
@@ -1504,6 +1509,7 @@ impl<S: Storage + 'static> Core<S> {
             appending: Cell::new(0),
             appends_done: crate::notify::Notify::new(),
             rate: Cell::new(Default::default()),
+            records_rate: Cell::new(Default::default()),
             throttled: Cell::new(0),
         };
         self.shards.borrow_mut().insert(spec.ident, Rc::new(slot));
@@ -1684,6 +1690,9 @@ impl<S: Storage + 'static> Core<S> {
         let mut rate = slot.rate.get();
         rate.add(cut.as_ref().map_or(batch.len(), Vec::len) as u64, now);
         slot.rate.set(rate);
+        let mut records = slot.records_rate.get();
+        records.add(u64::from(accepted), now);
+        slot.records_rate.set(records);
         Ok(Prepared {
             _appending: Appending::new(&slot),
             slot,
@@ -2384,20 +2393,30 @@ impl<S: Storage + 'static> Core<S> {
         let now = self.clock.now_ms();
         let mut changed = Vec::new();
         for s in streams {
-            let per_shard = s
+            let (per_shard, per_shard_records) = s
                 .limits
                 .rates()
-                .map_or(1 << 20, |(write_bytes, _, _)| write_bytes)
-                .max(1) as f64;
+                .map_or((1 << 20, 1000), |(write_bytes, write_records, _)| {
+                    (write_bytes, write_records)
+                });
+            let per_shard = per_shard.max(1) as f64;
+            let per_shard_records = per_shard_records.max(1) as f64;
             let open = s.open_shards();
+            // A shard's load in bytes a second, or as many bytes as its records a second are
+            // of its record limit if that is more: with 100 B records the record limit is
+            // met at a tenth of the byte limit (it scaled in to throttling at 62 % of it).
             let load_of = |id: u32| {
-                loads
+                let mut load = loads
                     .get(&ShardIdent {
                         stream_id: s.stream_id,
                         shard_id: id,
                     })
                     .copied()
-                    .unwrap_or_default()
+                    .unwrap_or_default();
+                load.bytes_per_s = load
+                    .bytes_per_s
+                    .max(load.records_per_s / per_shard_records * per_shard);
+                load
             };
             let rate: f64 = open.iter().map(|sh| load_of(sh.shard_id).bytes_per_s).sum();
             let throttled_total: u64 = open.iter().map(|sh| load_of(sh.shard_id).throttled).sum();

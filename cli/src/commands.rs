@@ -919,48 +919,28 @@ async fn next_answer(
     server: &str,
     follow: bool,
 ) -> Result<Option<Records>, String> {
-    let mut lost_since: Option<Instant> = None;
-    let mut pause = Duration::from_millis(100);
+    if !follow {
+        return reader.next().await.map_err(err);
+    }
+    let mut away = Away::new(server);
     loop {
         let asked = Instant::now();
         match reader.next().await {
             Ok(answer) => {
-                if let Some(since) = lost_since {
-                    eprintln!(
-                        "spate: {server} is back after {:.1} s; shard {} goes on where it stopped",
-                        since.elapsed().as_secs_f64(),
-                        reader.shard_id()
-                    );
-                }
+                away.back(&format!(
+                    "; shard {} goes on where it stopped",
+                    reader.shard_id()
+                ));
                 // A long-poll that came back empty at once (the server's bound of parked
                 // reads, or its shutdown) is not asked again at once.
-                if follow
-                    && answer.as_ref().is_some_and(|a| a.records.is_empty())
+                if answer.as_ref().is_some_and(|a| a.records.is_empty())
                     && asked.elapsed() < Duration::from_millis(100)
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 return Ok(answer);
             }
-            // Throttled or busy: the server is there; wait as it says.
-            Err(e) if follow && e.is_retryable() && gone(&e).is_none() => {
-                tokio::time::sleep(Duration::from_millis(u64::from(
-                    e.retry_after_ms().max(100),
-                )))
-                .await;
-            }
-            Err(e) if follow && e.is_retryable() => {
-                if lost_since.is_none() {
-                    eprintln!(
-                        "spate: {}; waiting for {server} to come back",
-                        gone(&e).unwrap_or_default()
-                    );
-                    lost_since = Some(Instant::now());
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => away.wait_out(e).await?,
         }
     }
 }
@@ -978,44 +958,74 @@ fn gone(e: &ClientError) -> Option<String> {
     }
 }
 
-/// Runs `op` until it answers, waiting out a server that is gone (a restart) or busy as a
-/// follower's reads do: `read --follow` goes on across a restart at any moment, also
-/// between a parent's end and its children's start (it exited there).
+/// A server that went away, as a follower waits for it: busy (throttled) answers are waited
+/// out as the server says; a server gone (shutting down, restarting, unreachable) is said
+/// once on standard error, asked again with backoff, and said again when it is back.
+struct Away<'a> {
+    server: &'a str,
+    lost_since: Option<Instant>,
+    pause: Duration,
+}
+
+impl<'a> Away<'a> {
+    fn new(server: &'a str) -> Away<'a> {
+        Away {
+            server,
+            lost_since: None,
+            pause: Duration::from_millis(100),
+        }
+    }
+
+    /// An answer came: says so if the server had been gone.
+    fn back(&mut self, how: &str) {
+        if let Some(since) = self.lost_since.take() {
+            eprintln!(
+                "spate: {} is back after {:.1} s{how}",
+                self.server,
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// Waits before the next try after `e`, or answers it when it is not a passing one.
+    async fn wait_out(&mut self, e: ClientError) -> Result<(), String> {
+        if !e.is_retryable() {
+            return Err(err(e));
+        }
+        match gone(&e) {
+            None => {
+                let hint = u64::from(e.retry_after_ms().max(100));
+                tokio::time::sleep(Duration::from_millis(hint)).await;
+            }
+            Some(why) => {
+                if self.lost_since.is_none() {
+                    eprintln!("spate: {why}; waiting for {} to come back", self.server);
+                    self.lost_since = Some(Instant::now());
+                }
+                tokio::time::sleep(self.pause).await;
+                self.pause = (self.pause * 2).min(Duration::from_secs(2));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `op` until it answers, waiting out a server that is busy (as it says) or gone (a
+/// restart: said once on standard error, and again when it is back): `read --follow` goes
+/// on across a restart at any moment, also between a parent's end and its children's start
+/// (it exited there).
 async fn while_away<T, Fut>(server: &str, mut op: impl FnMut() -> Fut) -> Result<T, String>
 where
     Fut: std::future::Future<Output = spate_client::Result<T>>,
 {
-    let mut lost_since: Option<Instant> = None;
-    let mut pause = Duration::from_millis(100);
+    let mut away = Away::new(server);
     loop {
         match op().await {
             Ok(v) => {
-                if let Some(since) = lost_since {
-                    eprintln!(
-                        "spate: {server} is back after {:.1} s",
-                        since.elapsed().as_secs_f64()
-                    );
-                }
+                away.back("");
                 return Ok(v);
             }
-            Err(e) if e.is_retryable() && gone(&e).is_none() => {
-                tokio::time::sleep(Duration::from_millis(u64::from(
-                    e.retry_after_ms().max(100),
-                )))
-                .await;
-            }
-            Err(e) if e.is_retryable() => {
-                if lost_since.is_none() {
-                    eprintln!(
-                        "spate: {}; waiting for {server} to come back",
-                        gone(&e).unwrap_or_default()
-                    );
-                    lost_since = Some(Instant::now());
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(err(e)),
+            Err(e) => away.wait_out(e).await?,
         }
     }
 }

@@ -459,26 +459,47 @@ impl Runner {
     async fn run(mut self, first: Heartbeat) {
         let mut failures = 0u32;
         let mut beat = first;
+        // When the last heartbeat that got through was sent: the server counts the lease
+        // timeout from no later than that.
         let mut renewed = tokio::time::Instant::now();
         loop {
             self.apply(&beat).await;
             let every = Duration::from_millis(u64::from(beat.lease_timeout_ms / 3).max(50));
             tokio::time::sleep(every).await;
-            match self
-                .client
-                .group_heartbeat(
-                    &self.stream,
-                    &self.group,
-                    &self.options.worker,
-                    self.options.start,
-                    false,
-                )
-                .await
-            {
+            let sent = tokio::time::Instant::now();
+            let client = self.client.clone();
+            let (stream, group, worker) = (
+                self.stream.clone(),
+                self.group.clone(),
+                self.options.worker.clone(),
+            );
+            let start = self.options.start;
+            let call = async move {
+                client
+                    .group_heartbeat(&stream, &group, &worker, start, false)
+                    .await
+            };
+            tokio::pin!(call);
+            // Not renewed within the lease timeout (a heartbeat failing, or one waiting for
+            // an unreachable server): the server has given the leases to other workers, so
+            // stop reading them at that moment (two workers would process the same shards)
+            // and say so; the next heartbeat that gets through answers what this worker
+            // holds again.
+            let expiry = renewed + Duration::from_millis(u64::from(beat.lease_timeout_ms));
+            let result = loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    () = tokio::time::sleep_until(expiry), if !beat.leases.is_empty() => {
+                        beat.leases.clear();
+                        self.apply(&beat).await;
+                    }
+                }
+            };
+            match result {
                 Ok(b) => {
                     failures = 0;
                     beat = b;
-                    renewed = tokio::time::Instant::now();
+                    renewed = sent;
                 }
                 Err(e) => {
                     // Unreachable for a while (a server restart): keep reading what we
@@ -488,12 +509,7 @@ impl Runner {
                         let _ = self.tx.send(Err(e)).await;
                         return;
                     }
-                    // Not renewed within the lease timeout: the server has given the leases
-                    // to other workers by now, so stop reading them (two workers would
-                    // process the same shards) and say so; the next heartbeat that gets
-                    // through answers what this worker holds again.
-                    let timeout = Duration::from_millis(u64::from(beat.lease_timeout_ms));
-                    if renewed.elapsed() >= timeout && !beat.leases.is_empty() {
+                    if sent >= expiry && !beat.leases.is_empty() {
                         beat.leases.clear();
                         self.apply(&beat).await;
                     }
@@ -536,8 +552,18 @@ impl Runner {
                     Ok(ReaderEnd::Failed(at)) => at,
                     // Read to its end: the caller checkpoints the end; until then the
                     // lease stays and nothing is read again.
-                    _ => {
+                    Ok(_) => {
                         r.done = true;
+                        continue;
+                    }
+                    // A bug in the reader: said, not left as a shard that is never read.
+                    Err(e) => {
+                        r.done = true;
+                        let e = ClientError::Invalid {
+                            code: ErrorCode::Internal,
+                            message: format!("the reader of shard {} failed: {e}", l.shard_id),
+                        };
+                        let _ = self.tx.send(Err(e)).await;
                         continue;
                     }
                 },

@@ -333,10 +333,33 @@ impl RefusalBudget {
         count_into(&mut f.by_result, &e.result);
     }
 
-    /// The summary line of the refusals folded so far, if any.
-    fn take_summary(&mut self, now_ms: i64) -> Option<AuditEvent> {
-        let f = self.folded.take()?;
-        Some(AuditEvent {
+    /// Puts back refusals whose summary could not be written (with any folded since).
+    fn refold(&mut self, f: Folded) {
+        let Some(now) = self.folded.as_mut() else {
+            self.folded = Some(f);
+            return;
+        };
+        now.count += f.count;
+        now.first_ms = now.first_ms.min(f.first_ms);
+        now.last_ms = now.last_ms.max(f.last_ms);
+        for (into, from) in [
+            (&mut now.by_source, f.by_source),
+            (&mut now.by_principal, f.by_principal),
+            (&mut now.by_action, f.by_action),
+            (&mut now.by_result, f.by_result),
+        ] {
+            for (k, n) in from {
+                *into.entry(k).or_default() += n;
+            }
+        }
+    }
+}
+
+impl Folded {
+    /// The summary line of these refusals.
+    fn summary(&self, now_ms: i64) -> AuditEvent {
+        let f = self;
+        AuditEvent {
             time_ms: now_ms,
             principal: None,
             source: None,
@@ -357,7 +380,7 @@ impl RefusalBudget {
                 f.count
             )),
             request_id: 0,
-        })
+        }
     }
 }
 
@@ -480,10 +503,16 @@ impl AuditLog {
         storage: &S,
         now_ms: i64,
     ) -> std::io::Result<()> {
-        let summary = self.refusals.borrow_mut().take_summary(now_ms);
-        match summary {
-            Some(summary) => self.append(storage, &summary).await.map(|_| ()),
-            None => Ok(()),
+        let Some(folded) = self.refusals.borrow_mut().folded.take() else {
+            return Ok(());
+        };
+        match self.append(storage, &folded.summary(now_ms)).await {
+            Ok(_) => Ok(()),
+            // Counted again in the next summary rather than lost with this write.
+            Err(e) => {
+                self.refusals.borrow_mut().refold(folded);
+                Err(e)
+            }
         }
     }
 

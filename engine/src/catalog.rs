@@ -420,7 +420,8 @@ impl StreamEntry {
     }
 
     /// Kinesis' UpdateShardCount with uniform scaling: afterwards `target` open shards
-    /// with even ranges. Every open shard with a target boundary inside it is split there;
+    /// with even ranges (a cut within 2^32 keys of an open shard's edge is moved onto it,
+    /// so ranges are even to that much). Every open shard with a target boundary inside it is split there;
     /// the pieces inside each target range are then merged one after the other. A doubling
     /// is one split per shard, a halving one merge per pair; other ratios leave closed,
     /// empty shards between (as Kinesis does). An open shard that already is a target

@@ -222,14 +222,29 @@ impl Engine {
                 ))
             })?;
         let lock = lock_data_dir(&cfg.data_dir)?;
-        if let Ok(m) = std::fs::metadata(&cfg.data_dir) {
-            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777;
-            if mode & 0o077 != 0 {
-                tracing::warn!(
-                    "data dir {} has mode {mode:o}: other users may read what it holds (principals' keys in auth.bin, the audit trail, records of streams stored in the clear); chmod 700 it",
-                    cfg.data_dir.display()
-                );
-            }
+        let mode_of = |path: &std::path::Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        };
+        if let Some(mode) = mode_of(&cfg.data_dir).filter(|m| m & 0o077 != 0) {
+            tracing::warn!(
+                "data dir {} has mode {mode:o}: other users may read what it holds (principals' keys in auth.bin, the audit trail, records of streams stored in the clear); chmod 700 it",
+                cfg.data_dir.display()
+            );
+        }
+        // Written readable by an older version (before the server's umask).
+        let secrets: Vec<String> = ["auth.bin", "iterator.key", "root.credentials"]
+            .into_iter()
+            .filter(|f| mode_of(&cfg.data_dir.join(f)).is_some_and(|m| m & 0o077 != 0))
+            .map(str::to_owned)
+            .collect();
+        if !secrets.is_empty() {
+            tracing::warn!(
+                "{} in {} may be read by other users: chmod 600 them",
+                secrets.join(", "),
+                cfg.data_dir.display()
+            );
         }
         // Refuse to start, with one line naming the fix, when the host cannot run glommio
         // (old kernel, io_uring disabled, memlock too low, no O_DIRECT on the data dir),

@@ -436,7 +436,7 @@ impl Fanout {
                 // A group is not made to start in the future (as an iterator is not): its
                 // readers would be refused, or read what came before its time.
                 if let GroupStart::AtTimestamp(ts) = start {
-                    if ts > now_ms {
+                    if ts > now_ms.saturating_add(crate::runtime::FUTURE_TIMESTAMP_GRACE_MS) {
                         return Err(EngineError::InvalidArgument(format!(
                             "group {group:?} cannot start at {}: that is in the future (the server's time is {}); start it at LATEST",
                             crate::clock::rfc3339_ms(ts),
@@ -850,14 +850,15 @@ mod tests {
         assert!(Fanout::from_bytes(Path::new("/x"), Some(&damaged), 0).is_err());
     }
 
-    /// A group is not made to start in the future; one made at a past time, or now, is.
+    /// A group is not made to start in the future (past a second's grace); one made at a
+    /// past time, or now, is.
     #[test]
     fn a_group_is_not_made_to_start_in_the_future() {
         let s = stream(1);
         let mut f = fanout();
         let at = |ts_ms| IteratorPosition::AtTimestamp { ts_ms };
         let e = f
-            .heartbeat(&s, "g", "w", at(1_001), false, 1_000, 6000)
+            .heartbeat(&s, "g", "w", at(2_001), false, 1_000, 6000)
             .unwrap_err();
         assert!(e.to_string().contains("in the future"), "{e}");
         assert!(f

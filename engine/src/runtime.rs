@@ -586,6 +586,13 @@ pub struct Core<S: Storage> {
 /// Kinesis: polling consumers share 5 read calls per second per shard.
 pub const KINESIS_READ_CALLS_PER_S: u64 = 5;
 
+/// A read is charged at least 1/this of the stored bytes it read and sent (`read_as`).
+const READ_CHARGE_SHARE: u64 = 4;
+
+/// How far past the server's time an AT_TIMESTAMP position (or a group's start) may be
+/// before it is refused as in the future: clocks a little ahead of the server's.
+pub(crate) const FUTURE_TIMESTAMP_GRACE_MS: i64 = 1000;
+
 type Limiters = (
     Option<WriteLimiter>,
     Option<TokenBucket>,
@@ -850,6 +857,8 @@ impl<S: Storage + 'static> Core<S> {
     /// Starts the background tasks: per store write-behind, checkpoints and space, in a low
     /// priority task queue; and the retention sweeper.
     pub(crate) fn spawn_background(self: &Rc<Self>) {
+        // Before anything is served: what expired while the server was down is not.
+        self.apply_retention();
         let shares = glommio::Shares::Static(self.cfg.background_shares);
         let tq = glommio::executor().create_task_queue(
             shares,
@@ -889,14 +898,23 @@ impl<S: Storage + 'static> Core<S> {
             // Refusals folded past the audit budget get their summary line within a second.
             let core = self.clone();
             glommio::spawn_local(async move {
-                while !core.stopping.get() {
-                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                loop {
+                    // Once a second, and once more when the core starts stopping (what was
+                    // folded in its last second is written, not dropped).
+                    let stopping = core.stopping.get();
+                    if !stopping {
+                        let tick = glommio::timer::sleep(Duration::from_secs(1));
+                        futures_lite::future::or(tick, core.net.stopping.wait()).await;
+                    }
                     let Some(log) = &core.audit else { return };
                     if let Err(e) = log
                         .flush_refusals(&*core.storage, core.clock.now_ms())
                         .await
                     {
                         tracing::error!(error = %e, "the audit trail cannot be written");
+                    }
+                    if stopping {
+                        return;
                     }
                 }
             })
@@ -1831,10 +1849,15 @@ impl<S: Storage + 'static> Core<S> {
         let out = store
             .read(ident, req.from_seq, req.max_records, req.max_bytes)
             .await?;
-        // Charged as Kinesis does: the records' keys and data delivered, not the whole
+        // Charged as Kinesis does, the records' keys and data delivered, not the whole
         // stored batches sent around them (a 1-record read out of a 1 MB batch was charged
-        // 1 MB, and readers asking for few records were throttled far below the limit).
-        let taken = out.record_bytes;
+        // 1 MB, and readers asking for few records were throttled far below the limit);
+        // but at least a quarter of the bytes read and sent, so that readers asking for a
+        // record at a time inside large batches (calls are not limited under custom limits)
+        // cannot make the shard read and send more than 4x its limit.
+        let taken = out
+            .record_bytes
+            .max(out.bytes.len() as u64 / READ_CHARGE_SHARE);
         match consumer {
             None => {
                 if let Some(bucket) = slot.read.borrow_mut().as_mut() {
@@ -1882,8 +1905,11 @@ impl<S: Storage + 'static> Core<S> {
             IteratorPosition::AtSequenceNumber { seq: s } => s.max(horizon),
             IteratorPosition::AfterSequenceNumber { seq: s } => (s + 1).max(horizon),
             // As Kinesis: a time after now is refused (positioned at the tip, such a reader
-            // was handed the records that arrived before its time).
-            IteratorPosition::AtTimestamp { ts_ms: ts } if ts > self.clock.now_ms() => {
+            // was handed the records that arrived before its time). A second's grace for
+            // clocks a little ahead of the server's.
+            IteratorPosition::AtTimestamp { ts_ms: ts }
+                if ts > self.clock.now_ms().saturating_add(FUTURE_TIMESTAMP_GRACE_MS) =>
+            {
                 return Err(EngineError::InvalidArgument(format!(
                     "timestamp {} is in the future (the server's time is {}): records arriving from now on are read from LATEST",
                     crate::clock::rfc3339_ms(ts),
@@ -1909,8 +1935,10 @@ impl<S: Storage + 'static> Core<S> {
             let cutoff = now - i64::from(hours) * 3_600_000;
             let before = slot.store.trim_horizon(ident).unwrap_or(0);
             let extents = slot.store.apply_retention(ident, cutoff);
-            if extents > 0 {
-                let after = slot.store.trim_horizon(ident).unwrap_or(before);
+            // Records past the window leave reads by whole extents or, in the extent last
+            // appended to, by the horizon alone: both count.
+            let after = slot.store.trim_horizon(ident).unwrap_or(before);
+            if extents > 0 || after > before {
                 let (e, r) = self.retention_deleted.get();
                 self.retention_deleted
                     .set((e + extents as u64, r + after.saturating_sub(before)));
@@ -2393,14 +2421,14 @@ impl<S: Storage + 'static> Core<S> {
         let now = self.clock.now_ms();
         let mut changed = Vec::new();
         for s in streams {
+            // Without limits a shard's scale is Kinesis' 1 MiB/s, and records do not count.
             let (per_shard, per_shard_records) = s
                 .limits
                 .rates()
-                .map_or((1 << 20, 1000), |(write_bytes, write_records, _)| {
-                    (write_bytes, write_records)
+                .map_or((1 << 20, None), |(write_bytes, write_records, _)| {
+                    (write_bytes, Some(write_records))
                 });
             let per_shard = per_shard.max(1) as f64;
-            let per_shard_records = per_shard_records.max(1) as f64;
             let open = s.open_shards();
             // A shard's load in bytes a second, or as many bytes as its records a second are
             // of its record limit if that is more: with 100 B records the record limit is
@@ -2413,9 +2441,11 @@ impl<S: Storage + 'static> Core<S> {
                     })
                     .copied()
                     .unwrap_or_default();
-                load.bytes_per_s = load
-                    .bytes_per_s
-                    .max(load.records_per_s / per_shard_records * per_shard);
+                if let Some(records) = per_shard_records {
+                    load.bytes_per_s = load
+                        .bytes_per_s
+                        .max(load.records_per_s / records.max(1) as f64 * per_shard);
+                }
                 load
             };
             let rate: f64 = open.iter().map(|sh| load_of(sh.shard_id).bytes_per_s).sum();
@@ -3169,8 +3199,6 @@ fn round_histogram(a: &[u64], b: &[u64]) -> String {
 }
 
 async fn sweep_retention<S: Storage + 'static>(core: Rc<Core<S>>) {
-    // At once at start too: what expired while the server was down is not served.
-    core.apply_retention();
     loop {
         glommio::timer::sleep(Duration::from_millis(
             core.cfg.retention_check_interval_ms.max(10),

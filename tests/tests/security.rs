@@ -539,8 +539,16 @@ fn revoked_access_reaches_open_connections_subscriptions_and_long_polls() {
             .await
             .remove(0)
             .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match sub.next().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refusal within 60 s"
+            );
+            let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .expect("an event or the refusal within 30 s");
+            match next {
                 Ok(Some(event)) => assert!(
                     event.records.is_empty(),
                     "a disabled principal's subscription delivered {:?}",
@@ -553,7 +561,11 @@ fn revoked_access_reaches_open_connections_subscriptions_and_long_polls() {
                 }
             }
         }
-        let e = poll.await.unwrap().unwrap_err();
+        let e = tokio::time::timeout(Duration::from_secs(30), poll)
+            .await
+            .expect("the long-poll answers")
+            .unwrap()
+            .unwrap_err();
         assert_eq!(code(&e), Some(ErrorCode::AccessDenied), "{e}");
 
         // The refused reads' audit lines name the stream.
@@ -602,7 +614,12 @@ fn refusals_past_the_audit_budget_are_summarized() {
         // The summary is written within a second of the refusals it counts.
         let mut from = 1;
         let mut lines: Vec<serde_json::Value> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let summarized = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not every refusal was accounted for within 60 s: {lines:?}"
+            );
             let (more, next) = admin.read_audit(from, 10_000, 2_000).await.unwrap();
             from = next;
             lines.extend(more.iter().map(|l| serde_json::from_str(l).unwrap()));

@@ -304,8 +304,9 @@ impl<B: IoBuf> ShardLog<B> {
                         && a.first_ts_ms
                             .is_some_and(|t| now_ms.saturating_sub(t) >= age_max_ms))
                     // Its records are all past retention: new ones go in a new extent, so
-                    // the old one can be freed whole (and a restart, which forgets
-                    // `expired_to`, finds it expired again rather than mixed with them).
+                    // the old one can be freed whole and a restart, which forgets
+                    // `expired_to`, finds it expired again (records staged into it while
+                    // the horizon moved are the exception: they keep it until it ages out).
                     || self.expired_to > a.base_seq
             }
         }

@@ -90,7 +90,16 @@ impl ShardReader {
         while !self.finished {
             let iterator = match &self.iterator {
                 Some(it) => it.clone(),
-                None => self.reopen().await?,
+                // Renewing an expired iterator is a read too: retried like one.
+                None => match self.reopen().await {
+                    Ok(it) => it,
+                    Err(err) if err.is_retryable() && attempt < policy.max_attempts => {
+                        tokio::time::sleep(policy.delay(attempt, err.retry_after_ms())).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                },
             };
             let o = self.options;
             let err = match self
@@ -275,7 +284,9 @@ impl Client {
 impl StreamReader {
     /// The next answer with records, and the shard it is from; `None` once every shard is
     /// closed and read to its end. A shard's end whose children could not be found or
-    /// started (the server unreachable a moment) is taken up again by the next call.
+    /// started (the server unreachable a moment) is taken up again by the next call; a
+    /// shard whose reads failed past its retries returns the error once and is read again
+    /// a second later, so calling `next` again goes on.
     pub async fn next(&mut self) -> Result<Option<(u32, Records)>> {
         loop {
             if let Some((id, children)) = self.pending_end.take() {
@@ -373,9 +384,16 @@ impl StreamReader {
                         Ok(None) => Ok(Followed::Ended(id, std::mem::take(&mut children))),
                         Err(e) => Err(e),
                     };
-                    let last = !matches!(msg, Ok(Followed::Records(..)));
+                    // An error is the caller's to see, but the shard is not given up: its
+                    // reader tries again from where it stands (it was left unread for the
+                    // rest of the reader's life), a second later.
+                    let failed = msg.is_err();
+                    let last = matches!(msg, Ok(Followed::Ended(..)));
                     if tx.send(msg).await.is_err() || last {
                         return;
+                    }
+                    if failed {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
                 }
             }));

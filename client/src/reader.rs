@@ -285,8 +285,9 @@ impl StreamReader {
     /// The next answer with records, and the shard it is from; `None` once every shard is
     /// closed and read to its end. A shard's end whose children could not be found or
     /// started (the server unreachable a moment) is taken up again by the next call; a
-    /// shard whose reads failed past its retries returns the error once and is read again
-    /// a second later, so calling `next` again goes on.
+    /// shard whose reads failed past their retries returns the error and is read again a
+    /// second later (an error that lasts comes back each time), so calling `next` again
+    /// goes on.
     pub async fn next(&mut self) -> Result<Option<(u32, Records)>> {
         loop {
             if let Some((id, children)) = self.pending_end.take() {

@@ -910,19 +910,13 @@ async fn get_records<S: Storage + 'static>(
         };
         (code, 0, why.to_string())
     })?;
-    let entry = core
-        .routes
-        .borrow()
-        .values()
-        .find(|e| e.stream_id == token.stream_id)
-        .cloned()
-        .ok_or_else(|| {
-            (
-                ErrorCode::InvalidIterator,
-                0,
-                "the iterator's stream no longer exists".to_string(),
-            )
-        })?;
+    let entry = route_by_id(core, token.stream_id).ok_or_else(|| {
+        (
+            ErrorCode::InvalidIterator,
+            0,
+            "the iterator's stream no longer exists".to_string(),
+        )
+    })?;
     if core.cfg.auth {
         security::authorize(core, conn, "spate:GetRecords", &entry.name).await?;
     }
@@ -1322,6 +1316,19 @@ fn put_batch_response(
         }),
         Err(e) => Err(e),
     }
+}
+
+/// This core's route of the stream incarnation `stream_id` (an iterator names its stream
+/// by id), if it still exists.
+pub(super) fn route_by_id<S: Storage + 'static>(
+    core: &Core<S>,
+    stream_id: u64,
+) -> Option<Rc<StreamEntry>> {
+    core.routes
+        .borrow()
+        .values()
+        .find(|e| e.stream_id == stream_id)
+        .cloned()
 }
 
 /// Arrival time of the last batch in a read's concatenated stored batches.

@@ -450,11 +450,7 @@ fn iterator_stream<S: Storage + 'static>(core: &Core<S>, iterator: &[u8]) -> Str
     let Ok(token) = spate_protocol::token::IteratorToken::decode(iterator, key) else {
         return "*".into();
     };
-    core.routes
-        .borrow()
-        .values()
-        .find(|e| e.stream_id == token.stream_id)
-        .map_or_else(|| "*".into(), |e| e.name.clone())
+    super::route_by_id(core, token.stream_id).map_or_else(|| "*".into(), |e| e.name.clone())
 }
 
 /// The action an audit line names.

@@ -44,7 +44,7 @@ pub struct CredArgs {
     pub access_key_id: Option<String>,
     /// A file holding the principal's secret (its first line), or the JSON credentials
     /// `auth principal create` prints (root.credentials too), which name the access key id
-    /// [default: SPATE_SECRET].
+    /// [default: the secret itself in SPATE_SECRET].
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
 }
@@ -57,7 +57,7 @@ pub struct CredAfterArgs {
     pub access_key_id: Option<String>,
     /// A file holding the principal's secret (its first line), or the JSON credentials
     /// `auth principal create` prints (root.credentials too), which name the access key id
-    /// [default: SPATE_SECRET].
+    /// [default: the secret itself in SPATE_SECRET].
     #[arg(long = "secret-file", value_name = "FILE", global = true)]
     pub secret_file: Option<PathBuf>,
 }
@@ -214,7 +214,7 @@ impl Cli {
                 Ok(Some(Credentials::new(id, secret)))
             }
             (Some(_), _) => {
-                Err("--access-key-id needs a secret: --secret-file FILE or SPATE_SECRET".into())
+                Err("--access-key-id needs a secret: --secret-file FILE, or the secret itself in SPATE_SECRET".into())
             }
             (None, Some(_)) if self.creds.secret_file.is_some() => {
                 Err("--secret-file needs --access-key-id (or SPATE_ACCESS_KEY_ID)".into())

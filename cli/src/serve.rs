@@ -94,7 +94,7 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     drop(out);
     if !server.config().auth {
         tracing::warn!(
-            "authentication is off: anyone who can reach {} may read, write and delete every stream (start with --auth on to require principals; README: Security)",
+            "authentication is off: anyone who can reach {} may read, write and delete every stream (start with --auth on to require principals; README: \"Running closed\")",
             server.local_addr()
         );
     }

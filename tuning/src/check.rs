@@ -328,9 +328,9 @@ fn check_cores(ctx: &Ctx) -> Verdict {
     if ctx.engine == *online && online.len() > 1 {
         let fix = match ctx.suggested_layout() {
             Some((engine, irq)) => {
-                format!("leave housekeeping cores, e.g. spate serve --cores {engine} with IRQs on {irq} (README: core layout)")
+                format!("leave housekeeping cores, e.g. spate serve --cores {engine} with IRQs on {irq} (tuning/README.md: core layout)")
             }
-            None => "leave housekeeping cores (README: core layout)".to_string(),
+            None => "leave housekeeping cores (tuning/README.md: core layout)".to_string(),
         };
         return Verdict::warn(
             ITEM,

@@ -749,7 +749,16 @@ impl MetricsSnapshot {
             "Requests by operation",
             by("op", &self.requests),
         );
-        spate.register("errors", "Error answers by code", by("code", &self.errors));
+        // Every code from the first scrape on, at 0 until it happens: a rate() or an alert
+        // on a code sees a series before its first error, not a gap.
+        let mut errors: BTreeMap<&'static str, u64> = spate_protocol::ErrorCode::ALL
+            .iter()
+            .map(|c| (c.name(), 0))
+            .collect();
+        for (code, n) in &self.errors {
+            *errors.entry(code).or_default() += n;
+        }
+        spate.register("errors", "Error answers by code", by("code", &errors));
         let plain = |n: u64| {
             let c = Counter::<u64>::default();
             c.inc_by(n);
@@ -1238,6 +1247,11 @@ mod tests {
         );
         assert!(
             text.contains("spate_errors_total{code=\"Throttled\"} 2"),
+            "{text}"
+        );
+        // Codes that never happened are there at 0 (an alert's series exists from the start).
+        assert!(
+            text.contains("spate_errors_total{code=\"StorageFull\"} 0"),
             "{text}"
         );
         assert!(

@@ -238,7 +238,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also report this process's CPU use (the engine's pid).
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
     engine_pid: Option<u32>,
     /// Change the shards during the run, AT seconds after it starts (warm-up included):
     /// `AT:count=N` (UpdateShardCount), `AT:split=ID` (at the middle of its range),
@@ -283,7 +283,7 @@ struct BenchArgs {
     /// Directory for NAME.json.
     #[arg(long, default_value = "bench-results", value_name = "DIR")]
     out: PathBuf,
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
     engine_pid: Option<u32>,
     /// Override each run's measured seconds.
     #[arg(long, value_name = "SECS")]
@@ -320,6 +320,17 @@ struct CpuList(Vec<usize>);
 
 fn parse_cpus(text: &str) -> Result<CpuList, String> {
     parse_cpu_list(text).map(CpuList)
+}
+
+/// `--engine-pid`: a running process (a wrong one gave a report with no engine CPU, silently).
+fn parse_pid(text: &str) -> Result<u32, String> {
+    let pid: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a process id"))?;
+    if !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+        return Err(format!("no process {pid} (is the engine running?)"));
+    }
+    Ok(pid)
 }
 
 fn main() -> ExitCode {

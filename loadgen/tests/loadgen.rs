@@ -739,6 +739,15 @@ fn command_line_errors_exit_2_before_the_run() {
     let (code, stderr) = run(&["bench", "nosuch", "--server", "127.0.0.1:1"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no scenario \"nosuch\""), "{stderr}");
+    // An --engine-pid that is no process (its report had no engine CPU, silently).
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--engine-pid", "4294967294"])
+        .collect();
+    let (code, stderr) = run(&args);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no process 4294967294"), "{stderr}");
     // A run that cannot be done is status 1.
     let (code, stderr) = run(&base);
     assert_eq!(code, Some(1), "{stderr}");

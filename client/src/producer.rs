@@ -444,7 +444,12 @@ impl Producer {
         assert!(config.queued_records_max_per_shard > 0 && config.buffered_bytes_max > 0);
         let config = ProducerConfig {
             batch_records_max: config.batch_records_max.clamp(1, MAX_RECORDS_PER_BATCH),
-            batch_bytes_max: config.batch_bytes_max.min(MAX_BATCH_BYTES),
+            // And within the server's largest request, less a request's own framing (a
+            // server configured with a smaller `max_frame_bytes` refused every full batch).
+            batch_bytes_max: config
+                .batch_bytes_max
+                .min(MAX_BATCH_BYTES)
+                .min(crate::put::request_room(&client)),
             buffered_bytes_max: config
                 .buffered_bytes_max
                 .min(Semaphore::MAX_PERMITS)

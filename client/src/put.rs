@@ -421,6 +421,12 @@ pub(crate) async fn put_chains(
     }
 }
 
+/// Batch bytes a request to the server can carry: its largest request frame, less room for
+/// the frame head, the stream name and each entry's shard id.
+pub(crate) fn request_room(client: &Client) -> usize {
+    client.max_request_bytes().saturating_sub(1024)
+}
+
 /// Packs batches into requests, one core's per request, in input order: a new request for a
 /// core when its open one would pass the request size or `MAX_BATCHES_PER_PUT`. Takes each
 /// batch's core and length; gives each request's core and the indices of its batches.
@@ -428,8 +434,7 @@ pub(crate) fn pack_per_core(
     client: &Client,
     batches: impl Iterator<Item = (u16, usize)>,
 ) -> Vec<(u16, Vec<usize>)> {
-    // Room for the frame head, the stream name and each entry's shard id.
-    let frame_max = client.max_request_bytes().saturating_sub(1024);
+    let frame_max = request_room(client);
     // Requests: core, indices in input order, frame bytes so far.
     let mut requests: Vec<(u16, Vec<usize>, usize)> = Vec::new();
     let mut open: std::collections::BTreeMap<u16, usize> = Default::default();

@@ -575,3 +575,46 @@ fn administration_and_errors() {
             .is_err());
     });
 }
+
+/// A server configured with requests smaller than the producer's default batch (256 KiB)
+/// still takes everything a producer sends: its batches are capped by the server's largest
+/// request (every full batch was refused `FrameTooLarge`).
+#[test]
+fn a_producers_batches_fit_the_servers_smaller_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(EngineConfig {
+        listen: "127.0.0.1:0".into(),
+        max_frame_bytes: 64 << 10,
+        ..test_config(dir.path())
+    })
+    .expect("server starts");
+    let addr = server.local_addr().to_string();
+    let rt = spate_tests::runtime();
+    rt.block_on(async {
+        let client = Client::connect(addr).await.unwrap();
+        client
+            .create_stream("small", &StreamConfig::new(1).limits(Limits::Off))
+            .await
+            .unwrap();
+        let producer = client
+            .producer(
+                "small",
+                ProducerConfig {
+                    linger: std::time::Duration::from_millis(50),
+                    ..ProducerConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..1000 {
+            handles.push(producer.send("k", vec![b'x'; 1000]).await.unwrap());
+        }
+        producer.flush().await;
+        for h in handles {
+            h.await.expect("every record acknowledged");
+        }
+        producer.close().await;
+    });
+    server.shutdown();
+}

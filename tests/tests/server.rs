@@ -619,6 +619,13 @@ fn the_metrics_endpoint_counts_what_was_done() {
     );
     assert!(body.ends_with("# EOF\n"));
     assert!(body.contains("# TYPE IncomingRecords counter\n"), "{body}");
+    // Refused with q=0: not OpenMetrics.
+    let not_open =
+        request("GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text;q=0, text/plain");
+    assert!(
+        not_open.contains("Content-Type: text/plain; version=0.0.4"),
+        "{not_open}"
+    );
     // Anyone else (curl, older agents): the classic text format, also with a query string.
     let text = scrape("/metrics?debug=1");
     let (head, body) = text.split_once("\r\n\r\n").unwrap();

@@ -159,9 +159,16 @@ fn answer(mut conn: impl Read + Write, engine: &Engine) -> std::io::Result<()> {
         .filter_map(|l| l.split_once(':'))
         .filter(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
         .any(|(_, value)| {
-            value
-                .to_ascii_lowercase()
-                .contains("application/openmetrics-text")
+            // A media range of it, not refused with `q=0`.
+            value.to_ascii_lowercase().split(',').any(|range| {
+                let mut params = range.split(';').map(str::trim);
+                params.next() == Some("application/openmetrics-text")
+                    && !params.any(|p| {
+                        p.strip_prefix("q=")
+                            .and_then(|q| q.parse::<f64>().ok())
+                            .is_some_and(|q| q == 0.0)
+                    })
+            })
         });
     let (status, kind, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {

@@ -435,7 +435,7 @@ impl StreamEntry {
         // Even ranges (floor(2^128 / n) apart, as Kinesis cuts them), each cut moved onto an
         // open shard's edge when it is within rounding of one: the even ranges of n and of
         // 2n (or n/2) differ by a few keys where n is not a power of two, and cutting there
-        // made one-key slivers to merge away (500 -> 250 shards made 997 new ones).
+        // made one-key slivers to merge away, several new shards where one would do.
         const SNAP_KEYS: u128 = 1 << 32;
         let edges: std::collections::BTreeSet<u128> = self
             .open_shards()
@@ -1124,8 +1124,8 @@ mod tests {
 
     /// Between counts that are not powers of two a doubling is still one split per shard
     /// and a halving one merge per pair: the even cuts of n and 2n differ by a few keys,
-    /// and cutting at both made one-key slivers (3 -> 6 made 10 new shards, 500 -> 250 made
-    /// 997, 10 -> 20 made 38).
+    /// and cutting at both made one-key slivers, each a new shard made only to be merged
+    /// away.
     #[test]
     fn doubling_and_halving_uneven_counts_make_no_slivers() {
         for (from, to) in [(3, 6), (10, 20), (500, 250), (6, 3), (1000, 2000)] {
